@@ -1,0 +1,37 @@
+# Thin wrapper over CMake. `make run` and `make test` do all the set-up on a fresh Debian 12.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CONFIG ?= configs/default.json
+
+.PHONY: all setup configure build run test bench format clean data
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+
+configure: setup $(BUILD)/CMakeCache.txt
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+data: build
+	@test -f data/brown/train.txt || $(BUILD)/moe data fetch brown --out data/brown
+
+run: data
+	bash scripts/run_default.sh $(CONFIG)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	bash bench/run_bench.sh
+
+format:
+	clang-format -i $$(git ls-files '*.cpp' '*.h')
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,44 @@
+// One aligned allocation per class of memory (parameters, gradients, optimizer state,
+// activations), with pointers carved out of it. Sizing is done by running the same carving code
+// twice: first against a measuring arena (no memory, only a running total), then against the
+// real one. So the size can never drift from what the code takes, and nothing is allocated
+// inside a training step.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace moe {
+
+inline constexpr std::size_t kAlign = 64;  // one cache line, one AVX-512 register
+
+class Arena {
+ public:
+  Arena() = default;  // measuring arena: take() returns nullptr and counts
+  explicit Arena(std::size_t capacity_bytes);
+  Arena(Arena&&) = default;
+  Arena& operator=(Arena&&) = default;
+
+  // n elements of T, aligned to kAlign, zero-initialised on first allocation.
+  template <typename T>
+  T* take(std::size_t n) {
+    return static_cast<T*>(take_bytes(n * sizeof(T)));
+  }
+  void* take_bytes(std::size_t bytes);
+
+  bool measuring() const { return base_ == nullptr; }
+  std::size_t used() const { return used_; }
+  std::size_t capacity() const { return capacity_; }
+  void reset() { used_ = 0; }
+
+ private:
+  struct Free {
+    void operator()(void* p) const;
+  };
+  std::unique_ptr<std::byte, Free> storage_;
+  std::byte* base_ = nullptr;
+  std::size_t capacity_ = 0;
+  std::size_t used_ = 0;
+};
+
+}  // namespace moe

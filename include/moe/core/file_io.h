@@ -1,0 +1,19 @@
+// Whole-file reads and atomic writes. A write goes to "<path>.tmp.<pid>", is fsynced, then
+// renamed over the target (and the directory fsynced), so a crash leaves either the old file or
+// the new one, never half of one.
+#pragma once
+#include <cstdio>
+#include <functional>
+#include <string>
+
+namespace moe {
+
+std::string read_file(const std::string& path);
+// `write` receives an open FILE*; it should fwrite everything. Errors throw moe::Error and leave
+// the target untouched.
+void write_file_atomic(const std::string& path, const std::function<void(std::FILE*)>& write);
+void write_file_atomic(const std::string& path, const std::string& contents);
+bool file_exists(const std::string& path);
+void make_dirs(const std::string& path);
+
+}  // namespace moe

@@ -1,0 +1,53 @@
+// ParamStore: every trainable tensor of a model, registered by name and shape, then placed in
+// one aligned arena for weights and one for gradients (same layout), so zeroing gradients is a
+// single memset and the optimizer sees flat arrays. Names are the checkpoint's tensor names.
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "moe/core/arena.h"
+
+namespace moe {
+
+enum class Init { kNormal, kOnes, kZeros, kUniform };
+
+struct Param {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::size_t numel = 0;
+  std::size_t offset = 0;  // in floats, into the weight and gradient arenas
+  Init init = Init::kNormal;
+  float scale = 0.02f;     // std for kNormal, bound for kUniform
+  bool decay = true;       // weight decay applies
+  bool is_embedding = false;
+  float* w = nullptr;
+  float* g = nullptr;
+};
+
+class ParamStore {
+ public:
+  // Pointers stay valid for the store's lifetime (deque storage).
+  Param* add(std::string name, std::vector<int64_t> shape, Init init, float scale, bool decay);
+  void allocate();                // after all add(); fills w and g pointers
+  void initialize(uint64_t seed);  // deterministic: parameter i uses Philox stream (init, i)
+  void zero_grad();
+
+  std::deque<Param>& all() { return params_; }
+  const std::deque<Param>& all() const { return params_; }
+  Param* find(const std::string& name);
+  std::size_t numel() const { return total_; }
+  float* weights() { return base_w_; }
+  float* grads() { return base_g_; }
+  bool allocated() const { return base_w_ != nullptr; }
+
+ private:
+  std::deque<Param> params_;
+  std::size_t total_ = 0;
+  Arena weights_, grads_;
+  float* base_w_ = nullptr;
+  float* base_g_ = nullptr;
+};
+
+}  // namespace moe

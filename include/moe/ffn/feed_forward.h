@@ -1,0 +1,43 @@
+// The one interface every FFN kind implements (dense now; moe and peer plug in here). A block
+// owns one FeedForward and never looks inside it, so attention and the trainer do not change
+// when a new kind arrives.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "moe/core/arena.h"
+#include "moe/core/params.h"
+#include "moe/model/config.h"
+
+namespace moe {
+
+// What a layer may need to know about the step it runs in (routing noise is keyed by step and
+// layer; expert-choice groups tokens by position, so it needs the batch shape).
+struct StepInfo {
+  bool training = true;
+  int64_t step = 0;
+  uint64_t seed = 0;
+  int batch = 1;    // B
+  int seq_len = 1;  // T; tokens are laid out [B, T] row-major
+};
+
+class FeedForward {
+ public:
+  virtual ~FeedForward() = default;
+  // Carves this layer's activation buffers for up to max_tokens rows out of `acts`. Called twice
+  // (a measuring pass, then the real arena) and must take the same sizes both times.
+  virtual void bind(Arena& acts, int max_tokens) = 0;
+  // out [N,C] (written) from x [N,C]. x stays valid and unchanged until backward.
+  virtual void forward(float* out, const float* x, int n_tokens, const StepInfo& info) = 0;
+  // dx [N,C] (+=), parameter gradients (+=); dout [N,C], x as given to forward.
+  virtual void backward(float* dx, const float* dout, const float* x, int n_tokens) = 0;
+  // Extra loss terms this layer added in the last forward (balancing losses; 0 for dense).
+  virtual double aux_loss() const { return 0; }
+  virtual std::string describe() const = 0;
+};
+
+std::unique_ptr<FeedForward> make_feed_forward(const FfnConfig& ffn, const ModelConfig& model,
+                                               ParamStore& params, const std::string& prefix);
+
+}  // namespace moe

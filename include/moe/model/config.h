@@ -1,0 +1,89 @@
+// Run configuration, read from JSON. Every field has a default; unknown fields and invalid
+// values are rejected with the field's dotted path, the bad value and what is allowed.
+// `--set a.b=value` overrides are applied to the JSON before it is parsed, so they are checked
+// the same way. The README's "Config reference" documents each field.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+enum class Activation { kSwiGLU, kGELU };
+
+// The FFN of one block. `kind` selects the implementation behind ffn/feed_forward.h.
+struct FfnConfig {
+  std::string kind = "dense";              // dense (moe, peer: later issues)
+  Activation activation = Activation::kSwiGLU;
+  int d_ff = 0;                            // hidden width; 0 = auto (see resolve())
+};
+
+struct ModelConfig {
+  int vocab_size = 256;   // set from the tokenizer when "auto" (0)
+  int d_model = 128;      // C
+  int n_layers = 4;
+  int n_heads = 4;
+  int n_kv_heads = 0;     // 0 = n_heads (plain multi-head attention); must divide n_heads
+  int head_dim = 0;       // 0 = d_model / n_heads
+  int max_seq_len = 256;  // longest context (RoPE table, KV cache)
+  float rope_theta = 10000.f;
+  float norm_eps = 1e-5f;
+  bool qk_norm = false;   // RMSNorm over the whole q row (n_heads*head_dim) and k row
+  bool tie_embeddings = true;
+  float init_std = 0.02f;
+  FfnConfig ffn;
+  // Per-block overrides of `ffn`, by block index (JSON object {"0": {...}}); empty = same FFN
+  // in every block.
+  std::vector<std::pair<int, FfnConfig>> ffn_overrides;
+
+  const FfnConfig& ffn_for(int layer) const;
+  void resolve();  // fills the 0 = auto fields and validates; throws moe::Error
+};
+
+struct TokenizerConfig {
+  std::string kind = "byte";  // byte | bpe
+  int vocab_size = 4096;      // bpe only
+};
+
+struct DataConfig {
+  std::string dir = "data/brown";  // holds train.txt, val.txt, test.txt
+};
+
+struct TrainConfig {
+  int batch_size = 16;       // sequences per micro-batch
+  int seq_len = 128;         // T
+  int grad_accum = 1;        // micro-batches per optimizer step
+  int steps = 1000;
+  float lr = 1e-3f;
+  float min_lr = 1e-4f;
+  int warmup_steps = 100;
+  float weight_decay = 0.1f;
+  float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
+  float grad_clip = 1.0f;    // global-norm clip; 0 = off
+  bool decay_embeddings = false;  // norms never decay; embeddings only if this is set
+  int eval_every = 200;
+  int eval_batches = 20;     // val batches per periodic evaluation
+  int log_every = 10;
+  int checkpoint_every = 500;
+  uint64_t seed = 1234;
+  int threads = 0;           // 0 = OpenMP default
+  float time_limit_s = 0;    // stop (with checkpoint) after this much training time; 0 = off
+  std::string out_dir = "runs/default";
+};
+
+struct Config {
+  ModelConfig model;
+  TokenizerConfig tokenizer;
+  DataConfig data;
+  TrainConfig train;
+  nlohmann::json to_json() const;
+};
+
+// Parses and validates. `source` names the file in error messages.
+Config config_from_json(const nlohmann::json& j, const std::string& source);
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// Applies "a.b.c=value" (value parsed as JSON, else taken as a string) to j.
+void apply_override(nlohmann::json& j, const std::string& assignment);
+
+}  // namespace moe

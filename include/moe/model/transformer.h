@@ -1,0 +1,81 @@
+// Decoder-only transformer LM with hand-written forward and backward (llm.c style):
+//   tokens → embed → L × [ x += Attn(RMSNorm(x)); x += FFN(RMSNorm(x)) ] → RMSNorm → head → CE
+// Attention: causal, RoPE (rotate-half), grouped-query heads, optional QK-norm over the whole
+// q / k row. FFN: any kind behind ffn/feed_forward.h, chosen per block.
+// Checkpoint names: see docs/FORMATS.md. All activations live in one arena sized at
+// construction for max_batch × max_seq tokens; nothing is allocated during a step.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "moe/core/arena.h"
+#include "moe/core/params.h"
+#include "moe/ffn/feed_forward.h"
+#include "moe/model/config.h"
+#include "moe/nn/rope.h"
+
+namespace moe {
+
+struct KVCache {
+  int max_seq = 0;
+  std::vector<float> k, v;  // [L, max_seq, Hkv·hd] each
+};
+
+class Transformer {
+ public:
+  Transformer(const ModelConfig& cfg, int max_batch, int max_seq);
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
+
+  const ModelConfig& config() const { return cfg_; }
+  ParamStore& params() { return params_; }
+  std::size_t activation_bytes() const { return acts_.capacity(); }
+
+  // tokens, targets [B·T] (targets may be null: logits only). Returns the mean loss (nats) or 0.
+  // grad_scale > 0 prepares backward: dL/dlogits is scaled by grad_scale/(B·T) (1/grad_accum
+  // for accumulation) and written over the logits.
+  double forward(const int32_t* tokens, const int32_t* targets, int B, int T, const StepInfo& info,
+                 float grad_scale);
+  // Accumulates parameter gradients for the last forward (which must have had grad_scale > 0).
+  void backward();
+  const float* logits() const { return logits_; }        // [B·T, V] after a forward without grad
+  const float* token_losses() const { return losses_; }  // [B·T] nats
+  // Sum of the FFNs' auxiliary losses in the last forward.
+  double aux_loss() const;
+
+  // Incremental decoding with a KV cache: feeds `token` at position `pos` and returns logits [V].
+  // Needs a model built with max_batch = max_seq = 1 or more.
+  KVCache make_cache(int max_seq) const;
+  const float* decode_step(int32_t token, int pos, KVCache& cache);
+
+  const std::vector<std::unique_ptr<FeedForward>>& ffns() const { return ffn_; }
+
+ private:
+  struct Layer {
+    Param *attn_norm, *wq, *wk, *wv, *wo, *q_norm = nullptr, *k_norm = nullptr, *ffn_norm;
+    // activations
+    float *res_in, *res_mid, *ln1, *rstd1, *q_raw, *q, *rstd_q, *k_raw, *k, *rstd_k, *v, *probs,
+        *att, *ln2, *rstd2;
+  };
+  void bind(Arena& a);
+  void check_tokens(const int32_t* tokens, int n, const char* what) const;
+
+  ModelConfig cfg_;
+  int max_batch_, max_seq_, max_tokens_;
+  int C_, V_, Hq_, Hkv_, hd_, Dq_, Dkv_;
+  ParamStore params_;
+  Param *embed_, *norm_, *head_;  // head_ == embed_ when tied
+  std::vector<Layer> layers_;
+  std::vector<std::unique_ptr<FeedForward>> ffn_;
+  RopeTable<float> rope_;
+  Arena acts_;
+  // top-level activations and backward scratch
+  float *res_final_, *lnf_, *rstdf_, *logits_, *losses_, *ffn_out_;
+  float *dres_, *dln_, *datt_, *dq_, *dk_, *dv_, *dq_raw_, *dk_raw_, *att_scratch_, *decode_scores_;
+  int32_t* tokens_;
+  int cur_B_ = 0, cur_T_ = 0;
+  bool have_grad_ = false;
+};
+
+}  // namespace moe

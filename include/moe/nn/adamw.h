@@ -1,0 +1,25 @@
+// AdamW (Loshchilov & Hutter), as torch.optim.AdamW computes it: decoupled weight decay
+// p ← p − lr·wd·p, then the bias-corrected Adam step. Plus the learning-rate schedule
+// (linear warmup, cosine decay to min_lr) and global-norm gradient clipping.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace moe {
+
+struct AdamWHyper {
+  float lr, beta1, beta2, eps, weight_decay;
+};
+
+// One tensor: p, m, v [n] updated in place; g [n] read. t is the 1-based step count.
+void adamw_update(float* p, float* m, float* v, const float* g, std::size_t n, const AdamWHyper& h,
+                  bool decay, int64_t t);
+
+// Learning rate for optimizer step s (0-based): linear warmup over `warmup` steps to lr, then
+// cosine decay to min_lr at step `total`.
+double lr_schedule(int64_t s, double lr, double min_lr, int64_t warmup, int64_t total);
+
+// Sum of squares in double, over n floats, in a fixed reduction order (deterministic).
+double sum_squares(const float* g, std::size_t n);
+
+}  // namespace moe

@@ -1,0 +1,113 @@
+// Causal scaled-dot-product attention with grouped-query heads (the core after the projections
+// and RoPE). Query head h reads kv head h / (Hq/Hkv). One (batch, kv head) pair is one task:
+// its query heads run in sequence inside the task, so the dK/dV they share are summed in a fixed
+// order without atomics, and every GEMM is a single-threaded BLAS call inside our parallel loop.
+#pragma once
+#include <cmath>
+#include <cstring>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "moe/kernels/gemm.h"
+
+namespace moe {
+
+inline int attention_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// out [B·T, Hq·hd] (written), probs [B, Hq, T, T] (written, saved for backward; exact zeros above
+// the diagonal); q [B·T, Hq·hd], k and v [B·T, Hkv·hd].
+template <typename T>
+void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int B, int Tn, int Hq,
+                       int Hkv, int hd) {
+  const int ldq = Hq * hd, ldk = Hkv * hd, group = Hq / Hkv;
+  const T scale = T(1.0 / std::sqrt(double(hd)));
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int task = 0; task < B * Hkv; ++task) {
+    const int b = task / Hkv, kh = task % Hkv;
+    const T* K = k + std::size_t(b) * Tn * ldk + kh * hd;
+    const T* V = v + std::size_t(b) * Tn * ldk + kh * hd;
+    for (int h = kh * group; h < (kh + 1) * group; ++h) {
+      const T* Q = q + std::size_t(b) * Tn * ldq + h * hd;
+      T* P = probs + (std::size_t(b) * Hq + h) * Tn * Tn;
+      gemm<T>(false, true, Tn, Tn, hd, scale, Q, ldq, K, ldk, T(0), P, Tn);
+      for (int i = 0; i < Tn; ++i) {
+        T* row = P + std::size_t(i) * Tn;
+        T mx = row[0];
+        for (int j = 1; j <= i; ++j) mx = row[j] > mx ? row[j] : mx;
+        T sum = 0;
+        for (int j = 0; j <= i; ++j) {
+          row[j] = std::exp(row[j] - mx);
+          sum += row[j];
+        }
+        const T inv = T(1) / sum;
+        for (int j = 0; j <= i; ++j) row[j] *= inv;
+        for (int j = i + 1; j < Tn; ++j) row[j] = 0;
+      }
+      gemm<T>(false, false, Tn, hd, Tn, T(1), P, Tn, V, ldk, T(0),
+              out + std::size_t(b) * Tn * ldq + h * hd, ldq);
+    }
+  }
+}
+
+// Scratch floats attention_backward needs: one T×T panel per thread.
+inline std::size_t attention_scratch_size(int Tn) {
+  return std::size_t(attention_threads()) * Tn * Tn;
+}
+
+// dq [B·T, Hq·hd], dk and dv [B·T, Hkv·hd] (all written); dout [B·T, Hq·hd]; probs, q, k, v as
+// saved by the forward. scratch: attention_scratch_size(T) elements.
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* dout, const T* probs, const T* q,
+                        const T* k, const T* v, int B, int Tn, int Hq, int Hkv, int hd) {
+  const int ldq = Hq * hd, ldk = Hkv * hd, group = Hq / Hkv;
+  const T scale = T(1.0 / std::sqrt(double(hd)));
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int task = 0; task < B * Hkv; ++task) {
+    const int b = task / Hkv, kh = task % Hkv;
+#ifdef _OPENMP
+    T* dS = scratch + std::size_t(omp_get_thread_num()) * Tn * Tn;
+#else
+    T* dS = scratch;
+#endif
+    const std::size_t kv0 = std::size_t(b) * Tn * ldk + kh * hd;
+    const T* K = k + kv0;
+    const T* V = v + kv0;
+    T* dK = dk + kv0;
+    T* dV = dv + kv0;
+    for (int i = 0; i < Tn; ++i) {
+      std::memset(dK + std::size_t(i) * ldk, 0, sizeof(T) * hd);
+      std::memset(dV + std::size_t(i) * ldk, 0, sizeof(T) * hd);
+    }
+    for (int h = kh * group; h < (kh + 1) * group; ++h) {
+      const std::size_t q0 = std::size_t(b) * Tn * ldq + h * hd;
+      const T* Q = q + q0;
+      const T* dO = dout + q0;
+      const T* P = probs + (std::size_t(b) * Hq + h) * Tn * Tn;
+      // dV += Pᵀ·dO ;  dP = dO·Vᵀ
+      gemm<T>(true, false, Tn, hd, Tn, T(1), P, Tn, dO, ldq, T(1), dV, ldk);
+      gemm<T>(false, true, Tn, Tn, hd, T(1), dO, ldq, V, ldk, T(0), dS, Tn);
+      // Softmax backward, then fold in the 1/sqrt(hd) of the scores: dS = P∘(dP − Σ P∘dP)·scale.
+      for (int i = 0; i < Tn; ++i) {
+        const T* p = P + std::size_t(i) * Tn;
+        T* d = dS + std::size_t(i) * Tn;
+        T dot = 0;
+        for (int j = 0; j <= i; ++j) dot += p[j] * d[j];
+        for (int j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - dot) * scale;
+        for (int j = i + 1; j < Tn; ++j) d[j] = 0;
+      }
+      // dQ = dS·K ;  dK += dSᵀ·Q
+      gemm<T>(false, false, Tn, hd, Tn, T(1), dS, Tn, K, ldk, T(0), dq + q0, ldq);
+      gemm<T>(true, false, Tn, hd, Tn, T(1), dS, Tn, Q, ldq, T(1), dK, ldk);
+    }
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages moe.cpp needs, only when something is missing, so re-running
+# `make run` / `make test` costs a dpkg query and nothing more.
+set -euo pipefail
+PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libgtest-dev libgmock-dev
+      libbenchmark-dev nlohmann-json3-dev libcli11-dev libfmt-dev libsentencepiece-dev
+      xz-utils npm python3-numpy python3-torch python3-matplotlib)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "moe.cpp: missing Debian packages; run as root:" >&2
+  echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "moe.cpp: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,3 @@
+#include <cstdio>
+#include "moe/core/error.h"
+int main() { return 0; }

@@ -1,0 +1,66 @@
+#include "moe/core/params.h"
+
+#include <cstring>
+
+#include "moe/core/error.h"
+#include "moe/core/rng.h"
+
+namespace moe {
+
+Param* ParamStore::add(std::string name, std::vector<int64_t> shape, Init init, float scale,
+                       bool decay) {
+  MOE_CHECK(base_w_ == nullptr, "ParamStore::add('{}') after allocate()", name);
+  MOE_CHECK(find(name) == nullptr, "duplicate parameter name '{}'", name);
+  Param p;
+  p.name = std::move(name);
+  p.shape = std::move(shape);
+  p.numel = 1;
+  for (int64_t s : p.shape) p.numel *= std::size_t(s);
+  p.init = init;
+  p.scale = scale;
+  p.decay = decay;
+  // Each tensor starts on a cache line so kernels may assume alignment.
+  p.offset = total_;
+  total_ += (p.numel + 15) / 16 * 16;
+  params_.push_back(std::move(p));
+  return &params_.back();
+}
+
+Param* ParamStore::find(const std::string& name) {
+  for (auto& p : params_)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+void ParamStore::allocate() {
+  weights_ = Arena(total_ * sizeof(float));
+  grads_ = Arena(total_ * sizeof(float));
+  base_w_ = weights_.take<float>(total_);
+  base_g_ = grads_.take<float>(total_);
+  for (auto& p : params_) {
+    p.w = base_w_ + p.offset;
+    p.g = base_g_ + p.offset;
+  }
+}
+
+void ParamStore::initialize(uint64_t seed) {
+  MOE_CHECK(base_w_ != nullptr, "ParamStore::initialize before allocate()");
+  uint32_t index = 0;
+  for (auto& p : params_) {
+    Rng rng(seed, stream_id(kPurposeInit, index++));
+    for (std::size_t i = 0; i < p.numel; ++i) {
+      switch (p.init) {
+        case Init::kNormal: p.w[i] = p.scale * rng.normal(i); break;
+        case Init::kUniform: p.w[i] = p.scale * (2.f * rng.uniform(i) - 1.f); break;
+        case Init::kOnes: p.w[i] = 1.f; break;
+        case Init::kZeros: p.w[i] = 0.f; break;
+      }
+    }
+  }
+}
+
+void ParamStore::zero_grad() {
+  if (base_g_) std::memset(base_g_, 0, total_ * sizeof(float));
+}
+
+}  // namespace moe

@@ -1,0 +1,348 @@
+#include "moe/model/config.h"
+
+#include <cmath>
+#include <fstream>
+#include <set>
+
+#include "moe/core/error.h"
+#include "moe/core/file_io.h"
+
+namespace moe {
+
+using json = nlohmann::json;
+
+namespace {
+
+// Reads the fields of one JSON object, remembering which were consumed, so unknown fields can be
+// rejected by name afterwards. Every message carries "<source>: field <path>".
+class Fields {
+ public:
+  Fields(const json& j, std::string source, std::string path)
+      : j_(j), source_(std::move(source)), path_(std::move(path)) {
+    MOE_CHECK(j.is_object(), "{}: field {}: expected a JSON object, got {}", source_,
+              path_.empty() ? "<root>" : path_, j.dump());
+  }
+
+  std::string where(const std::string& key) const {
+    return path_.empty() ? key : path_ + "." + key;
+  }
+
+  template <typename T>
+  void get(const std::string& key, T& out) {
+    seen_.insert(key);
+    if (!j_.contains(key)) return;
+    const json& v = j_[key];
+    bool ok;
+    if constexpr (std::is_same_v<T, bool>) ok = v.is_boolean();
+    else if constexpr (std::is_integral_v<T>) ok = v.is_number_integer();
+    else if constexpr (std::is_floating_point_v<T>) ok = v.is_number();
+    else ok = v.is_string();
+    MOE_CHECK(ok, "{}: field {}: got {}, expected {}", source_, where(key), v.dump(),
+              std::is_same_v<T, bool> ? "true or false"
+              : std::is_integral_v<T> ? "an integer"
+              : std::is_floating_point_v<T> ? "a number"
+                                            : "a string");
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      const auto x = v.get<int64_t>();
+      MOE_CHECK(x >= int64_t(std::numeric_limits<T>::min()) &&
+                    x <= int64_t(std::numeric_limits<T>::max()),
+                "{}: field {}: {} is out of range", source_, where(key), x);
+    }
+    out = v.get<T>();
+  }
+
+  // A string restricted to a fixed set of values.
+  void get_choice(const std::string& key, std::string& out, const std::vector<std::string>& allowed) {
+    get(key, out);
+    bool ok = false;
+    std::string list;
+    for (auto& a : allowed) {
+      ok |= (a == out);
+      list += (list.empty() ? "" : ", ") + a;
+    }
+    MOE_CHECK(ok, "{}: field {}: got \"{}\", expected one of: {}", source_, where(key), out, list);
+  }
+
+  const json* sub(const std::string& key) {
+    seen_.insert(key);
+    return j_.contains(key) ? &j_[key] : nullptr;
+  }
+
+  void reject_unknown() const {
+    for (auto& [k, _] : j_.items()) {
+      if (k == "comment" || k == "_comment") continue;  // free-text notes are allowed anywhere
+      if (!seen_.count(k)) {
+        std::string known;
+        for (auto& s : seen_) known += (known.empty() ? "" : ", ") + s;
+        MOE_FAIL("{}: unknown field {} (known fields here: {})", source_, where(k), known);
+      }
+    }
+  }
+
+  const std::string& source() const { return source_; }
+
+ private:
+  const json& j_;
+  std::string source_, path_;
+  std::set<std::string> seen_;
+};
+
+FfnConfig parse_ffn(const json& j, const std::string& source, const std::string& path,
+                    FfnConfig base) {
+  Fields f(j, source, path);
+  f.get_choice("kind", base.kind, {"dense"});
+  std::string act = base.activation == Activation::kGELU ? "gelu" : "swiglu";
+  f.get_choice("activation", act, {"swiglu", "gelu"});
+  base.activation = act == "gelu" ? Activation::kGELU : Activation::kSwiGLU;
+  f.get("d_ff", base.d_ff);
+  MOE_CHECK(base.d_ff >= 0, "{}: field {}.d_ff: got {}, expected >= 0 (0 = auto)", source, path,
+            base.d_ff);
+  f.reject_unknown();
+  return base;
+}
+
+json ffn_to_json(const FfnConfig& f) {
+  return {{"kind", f.kind},
+          {"activation", f.activation == Activation::kGELU ? "gelu" : "swiglu"},
+          {"d_ff", f.d_ff}};
+}
+
+}  // namespace
+
+const FfnConfig& ModelConfig::ffn_for(int layer) const {
+  for (auto& [l, f] : ffn_overrides)
+    if (l == layer) return f;
+  return ffn;
+}
+
+static void resolve_ffn(FfnConfig& f, int d_model) {
+  if (f.d_ff != 0) return;
+  // GELU: the classic 4·C. SwiGLU has three matrices, so 2/3 of that width keeps the parameter
+  // count equal (LLaMA's rule), rounded up to a multiple of 64 for the GEMMs.
+  f.d_ff = f.activation == Activation::kGELU ? 4 * d_model : (8 * d_model / 3 + 63) / 64 * 64;
+}
+
+void ModelConfig::resolve() {
+  auto pos = [](const char* name, long v) {
+    MOE_CHECK(v > 0, "config: field model.{}: got {}, expected a positive integer", name, v);
+  };
+  pos("vocab_size", vocab_size);
+  pos("d_model", d_model);
+  pos("n_layers", n_layers);
+  pos("n_heads", n_heads);
+  pos("max_seq_len", max_seq_len);
+  if (n_kv_heads == 0) n_kv_heads = n_heads;
+  MOE_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+            "config: field model.n_kv_heads: got {}, expected a divisor of n_heads = {}",
+            n_kv_heads, n_heads);
+  if (head_dim == 0) {
+    MOE_CHECK(d_model % n_heads == 0,
+              "config: field model.n_heads: d_model = {} is not divisible by n_heads = {}; set "
+              "model.head_dim explicitly",
+              d_model, n_heads);
+    head_dim = d_model / n_heads;
+  }
+  MOE_CHECK(head_dim > 0 && head_dim % 2 == 0,
+            "config: field model.head_dim: got {}, expected a positive even number (RoPE rotates "
+            "pairs)",
+            head_dim);
+  MOE_CHECK(rope_theta > 0, "config: field model.rope_theta: got {}, expected > 0", rope_theta);
+  MOE_CHECK(norm_eps > 0, "config: field model.norm_eps: got {}, expected > 0", norm_eps);
+  MOE_CHECK(init_std > 0, "config: field model.init_std: got {}, expected > 0", init_std);
+  resolve_ffn(ffn, d_model);
+  for (auto& [l, f] : ffn_overrides) {
+    MOE_CHECK(l >= 0 && l < n_layers,
+              "config: field model.ffn_overrides: block {} does not exist (n_layers = {})", l,
+              n_layers);
+    resolve_ffn(f, d_model);
+  }
+}
+
+Config config_from_json(const json& j, const std::string& source) {
+  Config c;
+  Fields root(j, source, "");
+  if (const json* m = root.sub("model")) {
+    ModelConfig& mc = c.model;
+    Fields f(*m, source, "model");
+    f.get("vocab_size", mc.vocab_size);
+    f.get("d_model", mc.d_model);
+    f.get("n_layers", mc.n_layers);
+    f.get("n_heads", mc.n_heads);
+    f.get("n_kv_heads", mc.n_kv_heads);
+    f.get("head_dim", mc.head_dim);
+    f.get("max_seq_len", mc.max_seq_len);
+    f.get("rope_theta", mc.rope_theta);
+    f.get("norm_eps", mc.norm_eps);
+    f.get("qk_norm", mc.qk_norm);
+    f.get("tie_embeddings", mc.tie_embeddings);
+    f.get("init_std", mc.init_std);
+    if (const json* ffn = f.sub("ffn")) mc.ffn = parse_ffn(*ffn, source, "model.ffn", mc.ffn);
+    if (const json* ov = f.sub("ffn_overrides")) {
+      MOE_CHECK(ov->is_object(),
+                "{}: field model.ffn_overrides: expected an object {{\"<block>\": {{ffn}}}}",
+                source);
+      for (auto& [k, v] : ov->items()) {
+        int layer = -1;
+        try {
+          size_t used = 0;
+          layer = std::stoi(k, &used);
+          if (used != k.size()) layer = -1;
+        } catch (...) {
+        }
+        MOE_CHECK(layer >= 0, "{}: field model.ffn_overrides.{}: expected a block index", source,
+                  k);
+        mc.ffn_overrides.push_back(
+            {layer, parse_ffn(v, source, "model.ffn_overrides." + k, mc.ffn)});
+      }
+    }
+    f.reject_unknown();
+  }
+  if (const json* t = root.sub("tokenizer")) {
+    Fields f(*t, source, "tokenizer");
+    f.get_choice("kind", c.tokenizer.kind, {"byte", "bpe"});
+    f.get("vocab_size", c.tokenizer.vocab_size);
+    MOE_CHECK(c.tokenizer.vocab_size >= 260 && c.tokenizer.vocab_size <= 65536,
+              "{}: field tokenizer.vocab_size: got {}, expected 260..65536", source,
+              c.tokenizer.vocab_size);
+    f.reject_unknown();
+  }
+  if (const json* d = root.sub("data")) {
+    Fields f(*d, source, "data");
+    f.get("dir", c.data.dir);
+    f.reject_unknown();
+  }
+  if (const json* t = root.sub("train")) {
+    TrainConfig& tc = c.train;
+    Fields f(*t, source, "train");
+    f.get("batch_size", tc.batch_size);
+    f.get("seq_len", tc.seq_len);
+    f.get("grad_accum", tc.grad_accum);
+    f.get("steps", tc.steps);
+    f.get("lr", tc.lr);
+    f.get("min_lr", tc.min_lr);
+    f.get("warmup_steps", tc.warmup_steps);
+    f.get("weight_decay", tc.weight_decay);
+    f.get("beta1", tc.beta1);
+    f.get("beta2", tc.beta2);
+    f.get("eps", tc.eps);
+    f.get("grad_clip", tc.grad_clip);
+    f.get("decay_embeddings", tc.decay_embeddings);
+    f.get("eval_every", tc.eval_every);
+    f.get("eval_batches", tc.eval_batches);
+    f.get("log_every", tc.log_every);
+    f.get("checkpoint_every", tc.checkpoint_every);
+    f.get("seed", tc.seed);
+    f.get("threads", tc.threads);
+    f.get("time_limit_s", tc.time_limit_s);
+    f.get("out_dir", tc.out_dir);
+    f.reject_unknown();
+    auto pos = [&](const char* name, double v) {
+      MOE_CHECK(v > 0, "{}: field train.{}: got {}, expected > 0", source, name, v);
+    };
+    pos("batch_size", tc.batch_size);
+    pos("seq_len", tc.seq_len);
+    pos("grad_accum", tc.grad_accum);
+    pos("steps", tc.steps);
+    pos("lr", tc.lr);
+    pos("eps", tc.eps);
+    pos("eval_batches", tc.eval_batches);
+    pos("log_every", tc.log_every);
+    MOE_CHECK(tc.min_lr >= 0 && tc.min_lr <= tc.lr,
+              "{}: field train.min_lr: got {}, expected 0 <= min_lr <= lr = {}", source, tc.min_lr,
+              tc.lr);
+    MOE_CHECK(tc.warmup_steps >= 0, "{}: field train.warmup_steps: got {}, expected >= 0", source,
+              tc.warmup_steps);
+    MOE_CHECK(tc.weight_decay >= 0, "{}: field train.weight_decay: got {}, expected >= 0", source,
+              tc.weight_decay);
+    MOE_CHECK(tc.beta1 >= 0 && tc.beta1 < 1, "{}: field train.beta1: got {}, expected [0, 1)",
+              source, tc.beta1);
+    MOE_CHECK(tc.beta2 >= 0 && tc.beta2 < 1, "{}: field train.beta2: got {}, expected [0, 1)",
+              source, tc.beta2);
+    MOE_CHECK(tc.grad_clip >= 0, "{}: field train.grad_clip: got {}, expected >= 0 (0 = off)",
+              source, tc.grad_clip);
+    MOE_CHECK(tc.eval_every >= 0 && tc.checkpoint_every >= 0 && tc.threads >= 0 &&
+                  tc.time_limit_s >= 0,
+              "{}: fields train.eval_every, checkpoint_every, threads, time_limit_s must be >= 0",
+              source);
+  }
+  root.reject_unknown();
+  if (c.tokenizer.kind == "byte" && !(j.contains("model") && j["model"].contains("vocab_size")))
+    c.model.vocab_size = 256;
+  if (c.tokenizer.kind == "bpe") c.model.vocab_size = c.tokenizer.vocab_size;
+  MOE_CHECK(c.tokenizer.kind != "byte" || c.model.vocab_size >= 256,
+            "{}: field model.vocab_size: got {}, the byte tokenizer needs at least 256", source,
+            c.model.vocab_size);
+  try {
+    c.model.resolve();
+  } catch (const Error& e) {
+    throw Error(source + ": " + e.message(), "config");
+  }
+  MOE_CHECK(c.train.seq_len <= c.model.max_seq_len,
+            "{}: field train.seq_len: got {}, expected <= model.max_seq_len = {}", source,
+            c.train.seq_len, c.model.max_seq_len);
+  return c;
+}
+
+json Config::to_json() const {
+  json ov = json::object();
+  for (auto& [l, f] : model.ffn_overrides) ov[std::to_string(l)] = ffn_to_json(f);
+  json m = {{"vocab_size", model.vocab_size},   {"d_model", model.d_model},
+            {"n_layers", model.n_layers},       {"n_heads", model.n_heads},
+            {"n_kv_heads", model.n_kv_heads},   {"head_dim", model.head_dim},
+            {"max_seq_len", model.max_seq_len}, {"rope_theta", model.rope_theta},
+            {"norm_eps", model.norm_eps},       {"qk_norm", model.qk_norm},
+            {"tie_embeddings", model.tie_embeddings}, {"init_std", model.init_std},
+            {"ffn", ffn_to_json(model.ffn)}};
+  if (!ov.empty()) m["ffn_overrides"] = ov;
+  const TrainConfig& t = train;
+  return {{"model", m},
+          {"tokenizer", {{"kind", tokenizer.kind}, {"vocab_size", tokenizer.vocab_size}}},
+          {"data", {{"dir", data.dir}}},
+          {"train",
+           {{"batch_size", t.batch_size},   {"seq_len", t.seq_len},
+            {"grad_accum", t.grad_accum},   {"steps", t.steps},
+            {"lr", t.lr},                   {"min_lr", t.min_lr},
+            {"warmup_steps", t.warmup_steps}, {"weight_decay", t.weight_decay},
+            {"beta1", t.beta1},             {"beta2", t.beta2},
+            {"eps", t.eps},                 {"grad_clip", t.grad_clip},
+            {"decay_embeddings", t.decay_embeddings}, {"eval_every", t.eval_every},
+            {"eval_batches", t.eval_batches}, {"log_every", t.log_every},
+            {"checkpoint_every", t.checkpoint_every}, {"seed", t.seed},
+            {"threads", t.threads},         {"time_limit_s", t.time_limit_s},
+            {"out_dir", t.out_dir}}}};
+}
+
+void apply_override(json& j, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  MOE_CHECK(eq != std::string::npos && eq > 0,
+            "--set {}: expected key=value, e.g. train.lr=3e-4", assignment);
+  const std::string key = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+  json* node = &j;
+  size_t start = 0;
+  while (true) {
+    const size_t dot = key.find('.', start);
+    const std::string part = key.substr(start, dot == std::string::npos ? dot : dot - start);
+    MOE_CHECK(!part.empty(), "--set {}: empty component in key '{}'", assignment, key);
+    if (!node->is_object()) *node = json::object();
+    node = &(*node)[part];
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  json v = json::parse(value, nullptr, /*allow_exceptions=*/false);
+  *node = v.is_discarded() ? json(value) : v;
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  json j;
+  if (!path.empty()) {
+    const std::string text = read_file(path);
+    j = json::parse(text, nullptr, false);
+    MOE_CHECK(!j.is_discarded(), "{}: not valid JSON", path);
+  } else {
+    j = json::object();
+  }
+  for (auto& o : overrides) apply_override(j, o);
+  return config_from_json(j, path.empty() ? "<defaults>" : path);
+}
+
+}  // namespace moe

@@ -1,0 +1,281 @@
+#include "moe/model/transformer.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "moe/core/error.h"
+#include "moe/nn/attention.h"
+#include "moe/nn/cross_entropy.h"
+#include "moe/nn/embedding.h"
+#include "moe/nn/linear.h"
+#include "moe/nn/rmsnorm.h"
+
+namespace moe {
+
+Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq)
+    : cfg_(cfg), max_batch_(max_batch), max_seq_(max_seq), max_tokens_(max_batch * max_seq) {
+  cfg_.resolve();
+  MOE_CHECK(max_batch > 0 && max_seq > 0 && max_seq <= cfg_.max_seq_len,
+            "model built for batch {} × seq {}: expected positive sizes and seq <= max_seq_len {}",
+            max_batch, max_seq, cfg_.max_seq_len);
+  C_ = cfg_.d_model;
+  V_ = cfg_.vocab_size;
+  Hq_ = cfg_.n_heads;
+  Hkv_ = cfg_.n_kv_heads;
+  hd_ = cfg_.head_dim;
+  Dq_ = Hq_ * hd_;
+  Dkv_ = Hkv_ * hd_;
+  const float std = cfg_.init_std, std_out = std / std::sqrt(2.f * cfg_.n_layers);
+  // Registration order = checkpoint order = init stream order.
+  embed_ = params_.add("embed.weight", {V_, C_}, Init::kNormal, std, false);
+  embed_->is_embedding = true;
+  layers_.resize(cfg_.n_layers);
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    Layer& L = layers_[l];
+    const std::string p = "layers." + std::to_string(l);
+    L.attn_norm = params_.add(p + ".attn_norm.weight", {C_}, Init::kOnes, 0, false);
+    L.wq = params_.add(p + ".attn.wq", {Dq_, C_}, Init::kNormal, std, true);
+    L.wk = params_.add(p + ".attn.wk", {Dkv_, C_}, Init::kNormal, std, true);
+    L.wv = params_.add(p + ".attn.wv", {Dkv_, C_}, Init::kNormal, std, true);
+    L.wo = params_.add(p + ".attn.wo", {C_, Dq_}, Init::kNormal, std_out, true);
+    if (cfg_.qk_norm) {
+      L.q_norm = params_.add(p + ".attn.q_norm", {Dq_}, Init::kOnes, 0, false);
+      L.k_norm = params_.add(p + ".attn.k_norm", {Dkv_}, Init::kOnes, 0, false);
+    }
+    L.ffn_norm = params_.add(p + ".ffn_norm.weight", {C_}, Init::kOnes, 0, false);
+    ffn_.push_back(make_feed_forward(cfg_.ffn_for(l), cfg_, params_, p + ".ffn"));
+  }
+  norm_ = params_.add("norm.weight", {C_}, Init::kOnes, 0, false);
+  if (cfg_.tie_embeddings) {
+    head_ = embed_;
+  } else {
+    head_ = params_.add("head.weight", {V_, C_}, Init::kNormal, std, true);
+  }
+  params_.allocate();
+  rope_ = RopeTable<float>(cfg_.max_seq_len, hd_, cfg_.rope_theta);
+  Arena measure;
+  bind(measure);
+  acts_ = Arena(measure.used());
+  bind(acts_);
+}
+
+void Transformer::bind(Arena& a) {
+  const std::size_t N = max_tokens_;
+  auto f = [&](std::size_t n) { return a.take<float>(n); };
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    Layer& L = layers_[l];
+    L.res_in = f(N * C_);
+    L.res_mid = f(N * C_);
+    L.ln1 = f(N * C_);
+    L.rstd1 = f(N);
+    L.q_raw = cfg_.qk_norm ? f(N * Dq_) : nullptr;
+    L.q = f(N * Dq_);
+    L.rstd_q = cfg_.qk_norm ? f(N) : nullptr;
+    L.k_raw = cfg_.qk_norm ? f(N * Dkv_) : nullptr;
+    L.k = f(N * Dkv_);
+    L.rstd_k = cfg_.qk_norm ? f(N) : nullptr;
+    L.v = f(N * Dkv_);
+    L.probs = f(std::size_t(max_batch_) * Hq_ * max_seq_ * max_seq_);
+    L.att = f(N * Dq_);
+    L.ln2 = f(N * C_);
+    L.rstd2 = f(N);
+    ffn_[l]->bind(a, max_tokens_);
+  }
+  res_final_ = f(N * C_);
+  lnf_ = f(N * C_);
+  rstdf_ = f(N);
+  logits_ = f(N * V_);
+  losses_ = f(N);
+  ffn_out_ = f(N * C_);
+  dres_ = f(N * C_);
+  dln_ = f(N * C_);
+  datt_ = f(N * Dq_);
+  dq_ = f(N * Dq_);
+  dk_ = f(N * Dkv_);
+  dv_ = f(N * Dkv_);
+  dq_raw_ = cfg_.qk_norm ? f(N * Dq_) : nullptr;
+  dk_raw_ = cfg_.qk_norm ? f(N * Dkv_) : nullptr;
+  att_scratch_ = f(attention_scratch_size(max_seq_));
+  decode_scores_ = f(cfg_.max_seq_len);
+  tokens_ = a.take<int32_t>(N);
+}
+
+void Transformer::check_tokens(const int32_t* t, int n, const char* what) const {
+  for (int i = 0; i < n; ++i)
+    MOE_CHECK(t[i] >= 0 && t[i] < V_, "{} id {} at position {} is out of range [0, {})", what,
+              t[i], i, V_);
+}
+
+double Transformer::forward(const int32_t* tokens, const int32_t* targets, int B, int T,
+                            const StepInfo& info, float grad_scale) {
+  MOE_CHECK(B > 0 && T > 0 && B <= max_batch_ && T <= max_seq_,
+            "forward with batch {} × seq {}, but the model was built for at most {} × {}", B, T,
+            max_batch_, max_seq_);
+  const int N = B * T;
+  check_tokens(tokens, N, "token");
+  if (targets) check_tokens(targets, N, "target");
+  std::memcpy(tokens_, tokens, sizeof(int32_t) * N);
+  cur_B_ = B;
+  cur_T_ = T;
+  StepInfo si = info;
+  si.batch = B;
+  si.seq_len = T;
+  const float eps = cfg_.norm_eps;
+
+  embedding_forward(layers_.empty() ? res_final_ : layers_[0].res_in, tokens, embed_->w, N, C_);
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    Layer& L = layers_[l];
+    float* out = l + 1 < cfg_.n_layers ? layers_[l + 1].res_in : res_final_;
+    rmsnorm_forward(L.ln1, L.rstd1, L.res_in, L.attn_norm->w, N, C_, eps);
+    linear_forward(cfg_.qk_norm ? L.q_raw : L.q, L.ln1, L.wq->w, N, C_, Dq_);
+    linear_forward(cfg_.qk_norm ? L.k_raw : L.k, L.ln1, L.wk->w, N, C_, Dkv_);
+    linear_forward(L.v, L.ln1, L.wv->w, N, C_, Dkv_);
+    if (cfg_.qk_norm) {
+      rmsnorm_forward(L.q, L.rstd_q, L.q_raw, L.q_norm->w, N, Dq_, eps);
+      rmsnorm_forward(L.k, L.rstd_k, L.k_raw, L.k_norm->w, N, Dkv_, eps);
+    }
+    rope_apply(L.q, rope_, N, T, 0, Hq_, false);
+    rope_apply(L.k, rope_, N, T, 0, Hkv_, false);
+    attention_forward(L.att, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_, hd_);
+    // res_mid = res_in + att·Woᵀ
+    std::memcpy(L.res_mid, L.res_in, sizeof(float) * N * C_);
+    gemm<float>(false, true, N, C_, Dq_, 1.f, L.att, Dq_, L.wo->w, Dq_, 1.f, L.res_mid, C_);
+    rmsnorm_forward(L.ln2, L.rstd2, L.res_mid, L.ffn_norm->w, N, C_, eps);
+    ffn_[l]->forward(ffn_out_, L.ln2, N, si);
+#pragma omp parallel for schedule(static)
+    for (std::size_t i = 0; i < std::size_t(N) * C_; ++i) out[i] = L.res_mid[i] + ffn_out_[i];
+  }
+  rmsnorm_forward(lnf_, rstdf_, res_final_, norm_->w, N, C_, eps);
+  linear_forward(logits_, lnf_, head_->w, N, C_, V_);
+  have_grad_ = false;
+  if (!targets) return 0;
+  const bool grad = grad_scale > 0;
+  cross_entropy_forward_backward(losses_, grad ? logits_ : nullptr, logits_, targets, N, V_,
+                                 grad_scale / float(N));
+  have_grad_ = grad;
+  double sum = 0;
+  for (int i = 0; i < N; ++i) sum += losses_[i];
+  return sum / N;
+}
+
+double Transformer::aux_loss() const {
+  double a = 0;
+  for (auto& f : ffn_) a += f->aux_loss();
+  return a;
+}
+
+void Transformer::backward() {
+  MOE_CHECK(have_grad_, "backward() without a preceding forward(..., grad_scale > 0)");
+  have_grad_ = false;
+  const int B = cur_B_, T = cur_T_, N = B * T;
+  const float* dlogits = logits_;
+  // Head: dlnf = dlogits·W_head, dW_head += dlogitsᵀ·lnf (into embed's grad when tied).
+  linear_backward(dln_, head_->g, dlogits, lnf_, head_->w, N, C_, V_, false);
+  std::memset(dres_, 0, sizeof(float) * N * C_);
+  rmsnorm_backward(dres_, norm_->g, dln_, res_final_, norm_->w, rstdf_, N, C_);
+  for (int l = cfg_.n_layers - 1; l >= 0; --l) {
+    Layer& L = layers_[l];
+    // FFN sublayer: dres is d(res_out); it passes through the residual unchanged.
+    std::memset(dln_, 0, sizeof(float) * N * C_);
+    ffn_[l]->backward(dln_, dres_, L.ln2, N);
+    rmsnorm_backward(dres_, L.ffn_norm->g, dln_, L.res_mid, L.ffn_norm->w, L.rstd2, N, C_);
+    // Attention sublayer: dres is now d(res_mid).
+    linear_backward(datt_, L.wo->g, dres_, L.att, L.wo->w, N, Dq_, C_, false);
+    attention_backward(dq_, dk_, dv_, att_scratch_, datt_, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_,
+                       hd_);
+    rope_apply(dq_, rope_, N, T, 0, Hq_, true);
+    rope_apply(dk_, rope_, N, T, 0, Hkv_, true);
+    float* dq = dq_;
+    float* dk = dk_;
+    if (cfg_.qk_norm) {
+      std::memset(dq_raw_, 0, sizeof(float) * N * Dq_);
+      std::memset(dk_raw_, 0, sizeof(float) * N * Dkv_);
+      rmsnorm_backward(dq_raw_, L.q_norm->g, dq_, L.q_raw, L.q_norm->w, L.rstd_q, N, Dq_);
+      rmsnorm_backward(dk_raw_, L.k_norm->g, dk_, L.k_raw, L.k_norm->w, L.rstd_k, N, Dkv_);
+      dq = dq_raw_;
+      dk = dk_raw_;
+    }
+    linear_backward(dln_, L.wq->g, dq, L.ln1, L.wq->w, N, C_, Dq_, false);
+    linear_backward(dln_, L.wk->g, dk, L.ln1, L.wk->w, N, C_, Dkv_, true);
+    linear_backward(dln_, L.wv->g, dv_, L.ln1, L.wv->w, N, C_, Dkv_, true);
+    rmsnorm_backward(dres_, L.attn_norm->g, dln_, L.res_in, L.attn_norm->w, L.rstd1, N, C_);
+  }
+  embedding_backward(embed_->g, dres_, tokens_, N, C_);
+}
+
+KVCache Transformer::make_cache(int max_seq) const {
+  MOE_CHECK(max_seq > 0 && max_seq <= cfg_.max_seq_len,
+            "KV cache of {} positions: expected 1..max_seq_len = {}", max_seq, cfg_.max_seq_len);
+  KVCache c;
+  c.max_seq = max_seq;
+  c.k.assign(std::size_t(cfg_.n_layers) * max_seq * Dkv_, 0.f);
+  c.v.assign(std::size_t(cfg_.n_layers) * max_seq * Dkv_, 0.f);
+  return c;
+}
+
+const float* Transformer::decode_step(int32_t token, int pos, KVCache& cache) {
+  MOE_CHECK(pos >= 0 && pos < cache.max_seq, "decode position {} outside the KV cache (size {})",
+            pos, cache.max_seq);
+  check_tokens(&token, 1, "token");
+  StepInfo si;
+  si.training = false;
+  const float eps = cfg_.norm_eps;
+  // One token: every layer uses layer 0's buffers as scratch (there is no backward to feed).
+  Layer& S = layers_[0];
+  float* x = res_final_;
+  embedding_forward(x, &token, embed_->w, 1, C_);
+  const float scale = 1.f / std::sqrt(float(hd_));
+  const int group = Hq_ / Hkv_;
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    Layer& L = layers_[l];
+    rmsnorm_forward(S.ln1, S.rstd1, x, L.attn_norm->w, 1, C_, eps);
+    float* kc = cache.k.data() + (std::size_t(l) * cache.max_seq) * Dkv_;
+    float* vc = cache.v.data() + (std::size_t(l) * cache.max_seq) * Dkv_;
+    float* q = S.q;
+    float* k = kc + std::size_t(pos) * Dkv_;
+    float* v = vc + std::size_t(pos) * Dkv_;
+    if (cfg_.qk_norm) {
+      linear_forward(S.q_raw, S.ln1, L.wq->w, 1, C_, Dq_);
+      linear_forward(S.k_raw, S.ln1, L.wk->w, 1, C_, Dkv_);
+      rmsnorm_forward(q, S.rstd_q, S.q_raw, L.q_norm->w, 1, Dq_, eps);
+      rmsnorm_forward(k, S.rstd_k, S.k_raw, L.k_norm->w, 1, Dkv_, eps);
+    } else {
+      linear_forward(q, S.ln1, L.wq->w, 1, C_, Dq_);
+      linear_forward(k, S.ln1, L.wk->w, 1, C_, Dkv_);
+    }
+    linear_forward(v, S.ln1, L.wv->w, 1, C_, Dkv_);
+    rope_apply(q, rope_, 1, 1, pos, Hq_, false);
+    rope_apply(k, rope_, 1, 1, pos, Hkv_, false);
+    float* scores = decode_scores_;
+    for (int h = 0; h < Hq_; ++h) {
+      const int kh = h / group;
+      const float* qh = q + h * hd_;
+      float mx = -INFINITY;
+      for (int j = 0; j <= pos; ++j) {
+        const float* kj = kc + std::size_t(j) * Dkv_ + kh * hd_;
+        float s = 0;
+        for (int d = 0; d < hd_; ++d) s += qh[d] * kj[d];
+        scores[j] = s * scale;
+        mx = scores[j] > mx ? scores[j] : mx;
+      }
+      float sum = 0;
+      for (int j = 0; j <= pos; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+      float* o = S.att + h * hd_;
+      std::memset(o, 0, sizeof(float) * hd_);
+      for (int j = 0; j <= pos; ++j) {
+        const float p = scores[j] / sum;
+        const float* vj = vc + std::size_t(j) * Dkv_ + kh * hd_;
+        for (int d = 0; d < hd_; ++d) o[d] += p * vj[d];
+      }
+    }
+    gemm<float>(false, true, 1, C_, Dq_, 1.f, S.att, Dq_, L.wo->w, Dq_, 1.f, x, C_);
+    rmsnorm_forward(S.ln2, S.rstd2, x, L.ffn_norm->w, 1, C_, eps);
+    ffn_[l]->forward(ffn_out_, S.ln2, 1, si);
+    for (int i = 0; i < C_; ++i) x[i] += ffn_out_[i];
+  }
+  rmsnorm_forward(lnf_, rstdf_, x, norm_->w, 1, C_, eps);
+  linear_forward(logits_, lnf_, head_->w, 1, C_, V_);
+  return logits_;
+}
+
+}  // namespace moe
