@@ -1,3 +1,67 @@
+// moe <subcommand>: the command-line front end. Every moe::Error is caught here and printed as
+// one line ("moe: error: ..."), with a non-zero exit status.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "commands.h"
 #include "moe/core/error.h"
-int main() { return 0; }
+
+extern "C" char* openblas_get_corename(void);
+
+// OpenBLAS (DYNAMIC_ARCH) picks its kernels from CPUID when it loads. Virtual CPUs that report a
+// generic model make it fall back to Prescott (SSE3) kernels, 2-4x slower than the AVX-512 ones
+// the CPU can run. The choice is made at load time, so the only fix from inside is to set
+// OPENBLAS_CORETYPE and re-execute once. A user's own OPENBLAS_CORETYPE is always respected.
+static void pick_blas_kernels(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("MOE_NO_BLAS_REEXEC")) return;
+  const char* core = openblas_get_corename();
+  if (!core || (std::strcmp(core, "Prescott") != 0 && std::strcmp(core, "Core2") != 0 &&
+                std::strcmp(core, "Nehalem") != 0))
+    return;
+  const char* better = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+                           ? "SkylakeX"
+                       : __builtin_cpu_supports("avx2") ? "Haswell"
+                                                        : nullptr;
+  if (!better) return;
+  setenv("OPENBLAS_CORETYPE", better, 1);
+  setenv("MOE_NO_BLAS_REEXEC", "1", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: carry on with the slow kernels
+}
+
+int main(int argc, char** argv) {
+  pick_blas_kernels(argv);
+  CLI::App app{"moe.cpp: train, measure and run Mixture-of-Experts language models on CPUs"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show help for every subcommand");
+  moe::cli::register_train(app);
+  moe::cli::register_eval(app);
+  moe::cli::register_generate(app);
+  moe::cli::register_params(app);
+  moe::cli::register_data(app);
+  moe::cli::register_bench(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const moe::Error& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "moe: error: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "moe: error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -44,9 +44,12 @@ class Fields {
                                             : "a string");
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
       const auto x = v.get<int64_t>();
-      MOE_CHECK(x >= int64_t(std::numeric_limits<T>::min()) &&
-                    x <= int64_t(std::numeric_limits<T>::max()),
-                "{}: field {}: {} is out of range", source_, where(key), x);
+      const bool ok_range =
+          std::is_unsigned_v<T> ? x >= 0
+                                : x >= int64_t(std::numeric_limits<T>::min()) &&
+                                      x <= int64_t(std::numeric_limits<T>::max());
+      MOE_CHECK(ok_range, "{}: field {}: {} is out of range for this field", source_, where(key),
+                x);
     }
     out = v.get<T>();
   }

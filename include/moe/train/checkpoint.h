@@ -1,0 +1,38 @@
+// Checkpoints are safetensors files (docs/FORMATS.md): every parameter under its model name,
+// optionally the AdamW moments as "optim.m.<name>" / "optim.v.<name>", and in __metadata__
+// (string values, as the format requires): "format" = "moe.cpp/1", "config" (JSON),
+// "train_state" (JSON: step, tokens_seen, elapsed_s), "tokenizer.kind", "tokenizer.blob".
+// Written atomically; loading validates format, names, dtypes and shapes, naming the file.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "moe/model/config.h"
+#include "moe/model/transformer.h"
+#include "moe/train/optimizer.h"
+
+namespace moe {
+
+inline constexpr const char* kCheckpointFormat = "moe.cpp/1";
+
+struct TrainState {
+  int64_t step = 0;  // optimizer steps completed
+  int64_t tokens_seen = 0;
+  double elapsed_s = 0;
+};
+
+struct CheckpointMeta {
+  Config config;
+  TrainState state;
+  std::string tokenizer_kind = "byte";
+  std::string tokenizer_blob;
+};
+
+void save_checkpoint(const std::string& path, Transformer& model, const AdamWOptimizer* opt,
+                     const CheckpointMeta& meta);
+// Reads only the metadata (config, state, tokenizer); validates the format tag.
+CheckpointMeta read_checkpoint_meta(const std::string& path);
+// Loads parameters (and the optimizer moments when opt is given; error if absent).
+void load_checkpoint(const std::string& path, Transformer& model, AdamWOptimizer* opt);
+
+}  // namespace moe

@@ -1,0 +1,79 @@
+// moe params, moe data.
+#include <fmt/format.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "moe/core/error.h"
+#include "moe/data/corpus.h"
+#include "moe/model/config.h"
+#include "moe/scaling/accounting.h"
+
+namespace moe::cli {
+
+void register_params(CLI::App& app) {
+  struct Args {
+    std::string config;
+    std::vector<std::string> sets;
+    bool json = false;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* c = app.add_subcommand("params", "Count parameters and FLOPs per token of a config");
+  c->add_option("--config", a->config, "config file (JSON)");
+  c->add_option("--set", a->sets, "override a config field (repeatable)");
+  c->add_flag("--json", a->json, "print one JSON object");
+  c->callback([a] {
+    Config cfg = load_config(a->config, a->sets);
+    ModelCount m = count_model(cfg.model, cfg.train.seq_len);
+    if (a->json) {
+      fmt::print("{}\n",
+                 nlohmann::json({{"total_params", m.total},
+                                 {"active_params", m.active},
+                                 {"embedding_params", m.embedding},
+                                 {"attention_params", m.attention},
+                                 {"ffn_params", m.ffn},
+                                 {"norm_params", m.norms},
+                                 {"head_params", m.head},
+                                 {"flops_per_token_forward", m.flops_fwd},
+                                 {"flops_per_token_attention_forward", m.flops_attention_fwd},
+                                 {"flops_per_token_train", m.flops_train},
+                                 {"bytes_weights_fp32", m.total * 4},
+                                 {"seq_len", cfg.train.seq_len}})
+                     .dump(2));
+      return;
+    }
+    fmt::print("parameters\n");
+    fmt::print("  embedding   {:>16L}\n", m.embedding);
+    fmt::print("  attention   {:>16L}\n", m.attention);
+    fmt::print("  ffn         {:>16L}\n", m.ffn);
+    fmt::print("  norms       {:>16L}\n", m.norms);
+    fmt::print("  head        {:>16L}{}\n", m.head, cfg.model.tie_embeddings ? "  (tied)" : "");
+    fmt::print("  total       {:>16L}\n  active      {:>16L}\n", m.total, m.active);
+    fmt::print("FLOPs per token (seq_len {}, causal mean context (T+1)/2)\n", cfg.train.seq_len);
+    fmt::print("  forward matmuls   {:.4g}\n  forward attention {:.4g}\n  forward total     "
+               "{:.4g}\n  training (3×)     {:.4g}\n",
+               m.flops_matmul_fwd, m.flops_attention_fwd, m.flops_fwd, m.flops_train);
+    fmt::print("memory: weights {:.1f} MiB fp32, + gradients and AdamW moments = {:.1f} MiB\n",
+               m.total * 4 / 1048576.0, m.total * 16 / 1048576.0);
+  });
+}
+
+void register_data(CLI::App& app) {
+  CLI::App* d = app.add_subcommand("data", "Fetch or prepare text data");
+  d->require_subcommand(1);
+  auto out = std::make_shared<std::string>("data/brown");
+  CLI::App* f = d->add_subcommand("fetch", "Download a corpus (brown) and split it");
+  auto name = std::make_shared<std::string>();
+  f->add_option("corpus", *name, "corpus name (brown)")->required()->check(CLI::IsMember({"brown"}));
+  f->add_option("--out", *out, "output directory");
+  f->callback([out, name] { data::fetch_brown(*out); });
+  auto inputs = std::make_shared<std::vector<std::string>>();
+  auto pout = std::make_shared<std::string>();
+  CLI::App* p = d->add_subcommand("prepare", "Split your own text files into train/val/test");
+  p->add_option("--input", *inputs, "text files (UTF-8)")->required();
+  p->add_option("--out", *pout, "output directory")->required();
+  p->callback([inputs, pout] { data::prepare_text(*inputs, *pout); });
+}
+
+}  // namespace moe::cli

@@ -1,0 +1,142 @@
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <memory>
+
+#include "commands.h"
+#include "moe/core/error.h"
+#include "moe/core/file_io.h"
+#include "moe/data/corpus.h"
+#include "moe/infer/generator.h"
+#include "moe/train/checkpoint.h"
+#include "moe/train/trainer.h"
+
+namespace moe::cli {
+
+namespace {
+
+struct TrainArgs {
+  std::string config;
+  std::vector<std::string> sets;
+  std::string resume, init_from;
+  bool quiet = false;
+};
+
+struct EvalArgs {
+  std::string checkpoint, split = "test", data_dir;
+  int batch = 8, seq = 0, threads = 0;
+  bool json = false;
+};
+
+struct GenArgs {
+  std::string checkpoint, prompt = "The ";
+  int tokens = 200;
+  float temperature = 0.8f, top_p = 0.95f;
+  uint64_t seed = 1;
+};
+
+// A model ready for inference from a checkpoint: config, tokenizer and weights.
+struct Loaded {
+  CheckpointMeta meta;
+  std::unique_ptr<data::Tokenizer> tok;
+  std::unique_ptr<Transformer> model;
+};
+
+Loaded load_for_inference(const std::string& path, int batch, int seq) {
+  Loaded l;
+  l.meta = read_checkpoint_meta(path);
+  l.tok = data::tokenizer_from_serialized(l.meta.tokenizer_kind, l.meta.tokenizer_blob);
+  l.model = std::make_unique<Transformer>(l.meta.config.model, batch, seq);
+  load_checkpoint(path, *l.model, nullptr);
+  return l;
+}
+
+}  // namespace
+
+void register_train(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  CLI::App* c = app.add_subcommand("train", "Train a model from a JSON config");
+  c->add_option("--config", a->config, "config file (JSON); omitted = all defaults");
+  c->add_option("--set", a->sets, "override a config field, e.g. --set train.lr=3e-4 (repeatable)");
+  c->add_option("--resume", a->resume,
+                "continue from a checkpoint with optimizer state (bit-identical to an "
+                "uninterrupted run)");
+  c->add_option("--init-from", a->init_from, "start a fresh run from a checkpoint's weights");
+  c->add_flag("--quiet", a->quiet, "no progress output");
+  c->callback([a] {
+    MOE_CHECK(a->resume.empty() || a->init_from.empty(),
+              "--resume and --init-from are exclusive: resume continues a run, init-from starts "
+              "a new one");
+    Config cfg = load_config(a->config, a->sets);
+    install_sigint_handler();
+    Trainer t(cfg, {a->resume, a->init_from, a->quiet});
+    TrainResult r = t.run();
+    if (!a->quiet)
+      fmt::print("done: {} steps, final train loss {:.4f}, val bpb {:.4f}, checkpoint {}\n",
+                 r.steps_done, r.final_loss, r.last_val.bpb, r.checkpoint);
+  });
+}
+
+void register_eval(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  CLI::App* c = app.add_subcommand("eval", "Evaluate a checkpoint on a data split (bits per byte)");
+  c->add_option("--checkpoint", a->checkpoint, "checkpoint (.safetensors)")->required();
+  c->add_option("--split", a->split, "train | val | test")
+      ->check(CLI::IsMember({"train", "val", "test"}));
+  c->add_option("--data-dir", a->data_dir, "data directory (default: the config's data.dir)");
+  c->add_option("--batch", a->batch, "windows per forward pass")->check(CLI::PositiveNumber);
+  c->add_option("--seq-len", a->seq, "window length (default: the training seq_len)");
+  c->add_option("--threads", a->threads, "OpenMP threads (0 = default)");
+  c->add_flag("--json", a->json, "print one JSON object");
+  c->callback([a] {
+    if (a->threads > 0) omp_set_num_threads(a->threads);
+    CheckpointMeta meta = read_checkpoint_meta(a->checkpoint);
+    const int T = a->seq > 0 ? a->seq : meta.config.train.seq_len;
+    MOE_CHECK(T <= meta.config.model.max_seq_len, "--seq-len {}: the model's max_seq_len is {}",
+              T, meta.config.model.max_seq_len);
+    Loaded l = load_for_inference(a->checkpoint, a->batch, T);
+    const std::string dir = a->data_dir.empty() ? meta.config.data.dir : a->data_dir;
+    data::TokenStream s = data::tokenize_file(*l.tok, dir + "/" + a->split + ".txt");
+    EvalResult r = evaluate(*l.model, s, a->batch, T);
+    if (a->json) {
+      fmt::print("{}\n", nlohmann::json({{"split", a->split}, {"loss", r.loss}, {"bpb", r.bpb},
+                                         {"tokens", r.tokens}, {"bytes", r.bytes}})
+                             .dump());
+    } else {
+      fmt::print("{} split: {} tokens, {} bytes, loss {:.4f} nats/token, {:.4f} bits per byte\n",
+                 a->split, r.tokens, r.bytes, r.loss, r.bpb);
+    }
+  });
+}
+
+void register_generate(CLI::App& app) {
+  auto a = std::make_shared<GenArgs>();
+  CLI::App* c = app.add_subcommand("generate", "Sample text from a checkpoint (KV cache)");
+  c->add_option("--checkpoint", a->checkpoint, "checkpoint (.safetensors)")->required();
+  c->add_option("--prompt", a->prompt, "text to continue");
+  c->add_option("--tokens", a->tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
+  c->add_option("--temperature", a->temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  c->add_option("--top-p", a->top_p, "nucleus sampling mass, in (0, 1]");
+  c->add_option("--seed", a->seed, "sampling seed");
+  c->callback([a] {
+    Loaded l = load_for_inference(a->checkpoint, 1, 1);
+    SampleOptions o{a->tokens, a->temperature, a->top_p, a->seed};
+    std::vector<int32_t> prompt = l.tok->encode(a->prompt);
+    fmt::print("{}", a->prompt);
+    // Print whole UTF-8 characters as they complete (a byte token may be half of one).
+    std::vector<int32_t> pending;
+    generate(*l.model, prompt, o, [&](int32_t t) {
+      pending.push_back(t);
+      std::string s = l.tok->decode(pending);
+      if (data::find_invalid_utf8(s) == std::string::npos) {
+        fmt::print("{}", s);
+        std::fflush(stdout);
+        pending.clear();
+      }
+    });
+    if (!pending.empty()) fmt::print("{}", l.tok->decode(pending));
+    fmt::print("\n");
+  });
+}
+
+}  // namespace moe::cli

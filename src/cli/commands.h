@@ -1,0 +1,12 @@
+// Each subcommand registers itself on the CLI11 app and runs from its callback.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace moe::cli {
+void register_train(CLI::App& app);
+void register_eval(CLI::App& app);
+void register_generate(CLI::App& app);
+void register_params(CLI::App& app);
+void register_data(CLI::App& app);
+void register_bench(CLI::App& app);
+}  // namespace moe::cli

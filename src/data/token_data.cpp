@@ -1,0 +1,47 @@
+#include "moe/data/token_data.h"
+
+#include <cmath>
+#include <numbers>
+
+#include "moe/core/error.h"
+#include "moe/core/file_io.h"
+
+namespace moe::data {
+
+TokenStream tokenize_text(const Tokenizer& tokenizer, const std::string& text) {
+  TokenStream stream;
+  stream.ids = tokenizer.encode(text);
+  stream.bytes_per_token.resize(stream.ids.size());
+  for (std::size_t i = 0; i < stream.ids.size(); ++i) {
+    const int b = tokenizer.token_bytes(stream.ids[i]);
+    stream.bytes_per_token[i] = static_cast<uint16_t>(b);
+    stream.total_bytes += static_cast<uint64_t>(b);
+  }
+  // Bits per byte is only honest if the tokens account for every byte exactly once.
+  MOE_CHECK(stream.total_bytes == text.size(),
+            "{} tokenizer: {} tokens stand for {} bytes but the text has {}", tokenizer.kind(),
+            stream.ids.size(), stream.total_bytes, text.size());
+  return stream;
+}
+
+TokenStream tokenize_file(const Tokenizer& tokenizer, const std::string& path) {
+  MOE_CHECK(file_exists(path),
+            "{}: no such file; prepare the data first (run `moe data fetch brown`)", path);
+  return tokenize_text(tokenizer, read_file(path));
+}
+
+uint64_t count_bytes(const TokenStream& stream, std::size_t begin, std::size_t end) {
+  MOE_CHECK(begin <= end && end <= stream.bytes_per_token.size(),
+            "count_bytes: range [{}, {}) outside a stream of {} tokens", begin, end,
+            stream.bytes_per_token.size());
+  uint64_t sum = 0;
+  for (std::size_t i = begin; i < end; ++i) sum += stream.bytes_per_token[i];
+  return sum;
+}
+
+double bits_per_byte(double sum_nats, uint64_t bytes) {
+  MOE_CHECK(bytes > 0, "bits_per_byte: no bytes");
+  return sum_nats / std::numbers::ln2 / static_cast<double>(bytes);
+}
+
+}  // namespace moe::data

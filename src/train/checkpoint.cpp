@@ -1,0 +1,99 @@
+#include "moe/train/checkpoint.h"
+
+#include <sys/statvfs.h>
+
+#include <filesystem>
+
+#include "moe/core/error.h"
+#include "moe/core/safetensors.h"
+
+namespace moe {
+
+using json = nlohmann::json;
+
+void save_checkpoint(const std::string& path, Transformer& model, const AdamWOptimizer* opt,
+                     const CheckpointMeta& meta) {
+  ParamStore& ps = model.params();
+  std::vector<TensorRef> tensors;
+  std::size_t bytes = 0;
+  for (const Param& p : ps.all()) {
+    tensors.push_back({p.name, DType::F32, p.shape, p.w});
+    bytes += p.numel * 4;
+  }
+  if (opt) {
+    auto* o = const_cast<AdamWOptimizer*>(opt);
+    for (const Param& p : ps.all()) {
+      tensors.push_back({"optim.m." + p.name, DType::F32, p.shape, o->m() + p.offset});
+      tensors.push_back({"optim.v." + p.name, DType::F32, p.shape, o->v() + p.offset});
+      bytes += 2 * p.numel * 4;
+    }
+  }
+  // Refuse early, with a clear message, rather than fail half way through the write.
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  struct statvfs sv {};
+  if (::statvfs(dir.empty() ? "." : dir.c_str(), &sv) == 0) {
+    const double avail = double(sv.f_bavail) * double(sv.f_frsize);
+    MOE_CHECK(avail > double(bytes) + (1 << 20),
+              "{}: not enough free disk for the checkpoint ({:.1f} MiB needed, {:.1f} MiB free); "
+              "the previous checkpoint is untouched",
+              path, bytes / 1048576.0, avail / 1048576.0);
+  }
+  json st = {{"step", meta.state.step},
+             {"tokens_seen", meta.state.tokens_seen},
+             {"elapsed_s", meta.state.elapsed_s}};
+  std::map<std::string, std::string> md = {{"format", kCheckpointFormat},
+                                           {"config", meta.config.to_json().dump()},
+                                           {"train_state", st.dump()},
+                                           {"tokenizer.kind", meta.tokenizer_kind},
+                                           {"tokenizer.blob", meta.tokenizer_blob},
+                                           {"has_optimizer", opt ? "1" : "0"}};
+  write_safetensors(path, tensors, md);
+}
+
+CheckpointMeta read_checkpoint_meta(const std::string& path) {
+  SafeTensorsReader r(path);
+  auto it = r.metadata().find("format");
+  MOE_CHECK(it != r.metadata().end() && it->second == kCheckpointFormat,
+            "{}: not a moe.cpp checkpoint (__metadata__.format is {}, expected \"{}\")", path,
+            it == r.metadata().end() ? std::string("missing") : "\"" + it->second + "\"",
+            kCheckpointFormat);
+  CheckpointMeta m;
+  json cj = json::parse(r.meta("config"), nullptr, false);
+  MOE_CHECK(!cj.is_discarded(), "{}: __metadata__.config is not valid JSON", path);
+  m.config = config_from_json(cj, path + " (__metadata__.config)");
+  json st = json::parse(r.meta("train_state"), nullptr, false);
+  MOE_CHECK(!st.is_discarded() && st.is_object() && st.contains("step"),
+            "{}: __metadata__.train_state is not a valid JSON object with a step", path);
+  m.state.step = st.value("step", int64_t(0));
+  m.state.tokens_seen = st.value("tokens_seen", int64_t(0));
+  m.state.elapsed_s = st.value("elapsed_s", 0.0);
+  m.tokenizer_kind = r.meta("tokenizer.kind");
+  m.tokenizer_blob = r.meta("tokenizer.blob");
+  return m;
+}
+
+void load_checkpoint(const std::string& path, Transformer& model, AdamWOptimizer* opt) {
+  SafeTensorsReader r(path);
+  auto it = r.metadata().find("format");
+  MOE_CHECK(it != r.metadata().end() && it->second == kCheckpointFormat,
+            "{}: not a moe.cpp checkpoint (no __metadata__.format = \"{}\")", path,
+            kCheckpointFormat);
+  for (Param& p : model.params().all()) {
+    MOE_CHECK(r.has(p.name), "{}: tensor '{}' missing (does the checkpoint match the config?)",
+              path, p.name);
+    r.read_into(p.name, DType::F32, p.shape, p.w);
+  }
+  if (opt) {
+    for (Param& p : model.params().all()) {
+      const std::string mn = "optim.m." + p.name, vn = "optim.v." + p.name;
+      MOE_CHECK(r.has(mn) && r.has(vn),
+                "{}: optimizer state for '{}' missing: this checkpoint cannot resume training "
+                "(use it with --init-from instead)",
+                path, p.name);
+      r.read_into(mn, DType::F32, p.shape, opt->m() + p.offset);
+      r.read_into(vn, DType::F32, p.shape, opt->v() + p.offset);
+    }
+  }
+}
+
+}  // namespace moe

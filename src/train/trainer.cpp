@@ -1,0 +1,273 @@
+#include "moe/train/trainer.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+
+#include "moe/core/error.h"
+#include "moe/core/file_io.h"
+#include "moe/core/rng.h"
+#include "moe/data/corpus.h"
+#include "moe/kernels/gemm.h"
+
+namespace moe {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::atomic<bool> g_stop_requested{false};
+
+static void on_sigint(int) {
+  // A second Ctrl-C kills at once (the default action) for a user who does not want to wait.
+  if (g_stop_requested.exchange(true)) std::_Exit(130);
+}
+
+void install_sigint_handler() { std::signal(SIGINT, on_sigint); }
+
+EvalResult evaluate(Transformer& model, const data::TokenStream& s, int B, int T,
+                    int64_t max_windows) {
+  EvalResult r;
+  const int64_t n = int64_t(s.ids.size());
+  if (n < 2) return r;
+  // Window w predicts tokens [w·T + 1, w·T + T]; the last window may be shorter.
+  const int64_t total = (n - 1 + T - 1) / T;
+  const int64_t use = max_windows > 0 && max_windows < total ? max_windows : total;
+  std::vector<int32_t> x(std::size_t(B) * T), y(std::size_t(B) * T);
+  StepInfo info;
+  info.training = false;
+  double nats = 0;
+  auto start_of = [&](int64_t i) { return (use == total ? i : i * total / use) * T; };
+  int64_t w = 0;
+  while (w < use) {
+    // Full-length windows go in batches of B; a short (last) window runs alone.
+    int b = 0, len = T;
+    while (b < B && w < use) {
+      const int64_t st = start_of(w);
+      const int l = int(std::min<int64_t>(T, n - 1 - st));
+      if (l < T && b > 0) break;
+      len = l;
+      for (int t = 0; t < len; ++t) {
+        x[std::size_t(b) * len + t] = s.ids[st + t];
+        y[std::size_t(b) * len + t] = s.ids[st + t + 1];
+      }
+      r.bytes += data::count_bytes(s, st + 1, st + 1 + len);
+      ++b;
+      ++w;
+      if (l < T) break;
+    }
+    model.forward(x.data(), y.data(), b, len, info, 0.f);
+    const float* l = model.token_losses();
+    for (int i = 0; i < b * len; ++i) nats += l[i];
+    r.tokens += int64_t(b) * len;
+  }
+  r.loss = nats / double(r.tokens);
+  r.bpb = data::bits_per_byte(nats, r.bytes);
+  return r;
+}
+
+std::unique_ptr<data::Tokenizer> make_tokenizer(const Config& cfg) {
+  if (cfg.tokenizer.kind == "byte") return data::make_byte_tokenizer();
+  const std::string cache = cfg.train.out_dir + "/tokenizer.blob";
+  if (file_exists(cache)) return data::tokenizer_from_serialized("bpe", read_file(cache));
+  auto tok = data::train_bpe(cfg.data.dir + "/train.txt", cfg.tokenizer.vocab_size);
+  make_dirs(cfg.train.out_dir);
+  write_file_atomic(cache, tok->serialize());
+  return tok;
+}
+
+Trainer::Trainer(const Config& cfg, TrainOptions opts) : cfg_(cfg), opts_(std::move(opts)) {
+  if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
+  check_blas_is_openmp();
+  make_dirs(cfg_.train.out_dir);
+  CheckpointMeta resume_meta;
+  if (!opts_.resume.empty()) {
+    resume_meta = read_checkpoint_meta(opts_.resume);
+    // The model must be the one in the checkpoint; training settings may differ (e.g. more steps).
+    MOE_CHECK(resume_meta.config.model.d_model == cfg_.model.d_model &&
+                  resume_meta.config.model.n_layers == cfg_.model.n_layers &&
+                  resume_meta.config.model.vocab_size == cfg_.model.vocab_size,
+              "{}: checkpoint model (d_model {}, n_layers {}, vocab {}) does not match the config "
+              "(d_model {}, n_layers {}, vocab {})",
+              opts_.resume, resume_meta.config.model.d_model, resume_meta.config.model.n_layers,
+              resume_meta.config.model.vocab_size, cfg_.model.d_model, cfg_.model.n_layers,
+              cfg_.model.vocab_size);
+    tokenizer_ = data::tokenizer_from_serialized(resume_meta.tokenizer_kind,
+                                                 resume_meta.tokenizer_blob);
+  } else {
+    tokenizer_ = make_tokenizer(cfg_);
+  }
+  MOE_CHECK(tokenizer_->vocab_size() <= cfg_.model.vocab_size,
+            "tokenizer has {} tokens but model.vocab_size is {}", tokenizer_->vocab_size(),
+            cfg_.model.vocab_size);
+  train_ = data::tokenize_file(*tokenizer_, cfg_.data.dir + "/train.txt");
+  val_ = data::tokenize_file(*tokenizer_, cfg_.data.dir + "/val.txt");
+  MOE_CHECK(int64_t(train_.ids.size()) > cfg_.train.seq_len + 1,
+            "{}/train.txt: {} tokens, need more than seq_len + 1 = {}", cfg_.data.dir,
+            train_.ids.size(), cfg_.train.seq_len + 1);
+  model_ = std::make_unique<Transformer>(cfg_.model, cfg_.train.batch_size, cfg_.train.seq_len);
+  model_->params().initialize(cfg_.train.seed);
+  opt_ = std::make_unique<AdamWOptimizer>(model_->params(), cfg_.train);
+  if (!opts_.resume.empty()) {
+    load_checkpoint(opts_.resume, *model_, opt_.get());
+    state_ = resume_meta.state;
+  } else if (!opts_.init_from.empty()) {
+    load_checkpoint(opts_.init_from, *model_, nullptr);
+  }
+}
+
+void Trainer::sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) const {
+  const int B = cfg_.train.batch_size, T = cfg_.train.seq_len;
+  const uint64_t range = train_.ids.size() - T - 1;
+  Rng rng(cfg_.train.seed, stream_id(kPurposeData, uint32_t(step), uint32_t(micro)));
+  for (int b = 0; b < B; ++b) {
+    const uint64_t r = (uint64_t(rng.u32(2 * b)) << 32) | rng.u32(2 * b + 1);
+    const uint64_t st = r % (range + 1);
+    for (int t = 0; t < T; ++t) {
+      x[b * T + t] = train_.ids[st + t];
+      y[b * T + t] = train_.ids[st + t + 1];
+    }
+  }
+}
+
+void Trainer::save(const std::string& path) {
+  CheckpointMeta m;
+  m.config = cfg_;
+  m.state = state_;
+  m.tokenizer_kind = tokenizer_->kind();
+  m.tokenizer_blob = tokenizer_->serialize();
+  save_checkpoint(path, *model_, opt_.get(), m);
+}
+
+void Trainer::log_json(const json& j) {
+  std::ofstream f(cfg_.train.out_dir + "/metrics.jsonl", std::ios::app);
+  f << j.dump() << "\n";
+}
+
+static std::string fmt_duration(double s) {
+  if (s < 0 || !std::isfinite(s)) return "?";
+  const int t = int(s + 0.5);
+  return t >= 3600 ? fmt::format("{}h{:02d}m", t / 3600, t / 60 % 60)
+                   : fmt::format("{}m{:02d}s", t / 60, t % 60);
+}
+
+TrainResult Trainer::run() {
+  const TrainConfig& tc = cfg_.train;
+  const int B = tc.batch_size, T = tc.seq_len;
+  const bool tty = !opts_.quiet && ::isatty(STDOUT_FILENO);
+  std::vector<int32_t> x(std::size_t(B) * T), y(std::size_t(B) * T);
+  TrainResult res;
+  if (!opts_.quiet) {
+    std::size_t nparams = 0;
+    for (auto& p : model_->params().all()) nparams += p.numel;
+    fmt::print("moe train: {} parameters, {} layers × [{}], tokenizer {} (vocab {}), {} train / "
+               "{} val tokens, {} threads\n  BLAS: {}\n",
+               nparams, cfg_.model.n_layers, model_->ffns()[0]->describe(), tokenizer_->kind(),
+               tokenizer_->vocab_size(), train_.ids.size(), val_.ids.size(),
+               omp_get_max_threads(), blas_info());
+    if (state_.step > 0) fmt::print("  resuming at step {}\n", state_.step);
+    std::fflush(stdout);
+  }
+  const auto t0 = Clock::now();
+  const double elapsed0 = state_.elapsed_s;
+  auto elapsed = [&] {
+    return elapsed0 + std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  auto window_t = Clock::now();
+  int64_t window_tokens = 0;
+  const std::string last = tc.out_dir + "/last.safetensors";
+  while (state_.step < tc.steps) {
+    const int64_t s = state_.step;
+    model_->params().zero_grad();
+    StepInfo info;
+    info.training = true;
+    info.step = s;
+    info.seed = tc.seed;
+    double loss = 0;
+    for (int m = 0; m < tc.grad_accum; ++m) {
+      sample_batch(s, m, x.data(), y.data());
+      loss += model_->forward(x.data(), y.data(), B, T, info, 1.f / float(tc.grad_accum));
+      model_->backward();
+    }
+    loss /= tc.grad_accum;
+    if (!std::isfinite(loss)) {
+      if (tty) fmt::print("\n");
+      MOE_FAIL("loss is {} at step {}: stopping without saving; the last good checkpoint {} is "
+               "kept (try a lower train.lr or train.grad_clip)",
+               loss, s, file_exists(last) ? last : std::string("(none yet)"));
+    }
+    const OptimStats st = opt_->step(s);
+    losses_.push_back(loss);
+    state_.step = s + 1;
+    state_.tokens_seen += int64_t(B) * T * tc.grad_accum;
+    window_tokens += int64_t(B) * T * tc.grad_accum;
+    res.final_loss = loss;
+
+    const bool log_now = state_.step % tc.log_every == 0 || state_.step == tc.steps;
+    if (log_now) {
+      const double dt = std::chrono::duration<double>(Clock::now() - window_t).count();
+      const double tps = dt > 0 ? window_tokens / dt : 0;
+      window_t = Clock::now();
+      window_tokens = 0;
+      const double el = elapsed();
+      log_json({{"step", state_.step}, {"loss", loss}, {"lr", st.lr},
+                {"grad_norm", st.grad_norm}, {"tokens_per_s", tps}, {"elapsed_s", el}});
+      if (!opts_.quiet) {
+        const double eta = tps > 0 ? double(tc.steps - state_.step) * B * T * tc.grad_accum / tps : -1;
+        if (tty) {
+          const int width = 30, done = int(width * state_.step / tc.steps);
+          fmt::print("\r[{}{}] {}/{} loss {:.4f} lr {:.2e} |g| {:.2f} {:.0f} tok/s ETA {}   ",
+                     std::string(done, '='), std::string(width - done, ' '), state_.step,
+                     tc.steps, loss, st.lr, st.grad_norm, tps, fmt_duration(eta));
+        } else {
+          fmt::print("step {}/{} loss {:.4f} lr {:.2e} grad_norm {:.3f} tok/s {:.0f} elapsed {} "
+                     "ETA {}\n",
+                     state_.step, tc.steps, loss, st.lr, st.grad_norm, tps, fmt_duration(el),
+                     fmt_duration(eta));
+        }
+        std::fflush(stdout);
+      }
+    }
+    const bool eval_now =
+        (tc.eval_every > 0 && state_.step % tc.eval_every == 0) || state_.step == tc.steps;
+    if (eval_now && !val_.ids.empty()) {
+      res.last_val = evaluate(*model_, val_, B, T, tc.eval_batches * B);
+      log_json({{"step", state_.step}, {"val_loss", res.last_val.loss},
+                {"val_bpb", res.last_val.bpb}, {"elapsed_s", elapsed()}});
+      if (!opts_.quiet) {
+        fmt::print("{}step {} val loss {:.4f} val bpb {:.4f}\n", tty ? "\n" : "", state_.step,
+                   res.last_val.loss, res.last_val.bpb);
+        std::fflush(stdout);
+      }
+      window_t = Clock::now();  // evaluation time is not training throughput
+    }
+    state_.elapsed_s = elapsed();
+    const bool time_up = tc.time_limit_s > 0 && state_.elapsed_s >= tc.time_limit_s;
+    if (g_stop_requested || time_up) {
+      save(last);
+      res.interrupted = true;
+      res.checkpoint = last;
+      if (!opts_.quiet)
+        fmt::print("{}{} at step {}: checkpoint saved to {} (continue with --resume {})\n",
+                   tty ? "\n" : "", time_up ? "time limit reached" : "interrupted", state_.step,
+                   last, last);
+      break;
+    }
+    if (tc.checkpoint_every > 0 && state_.step % tc.checkpoint_every == 0 &&
+        state_.step < tc.steps)
+      save(last);
+  }
+  res.steps_done = state_.step;
+  if (!res.interrupted) {
+    res.checkpoint = tc.out_dir + "/final.safetensors";
+    save(res.checkpoint);
+    if (!opts_.quiet) fmt::print("{}saved {}\n", tty ? "\n" : "", res.checkpoint);
+  }
+  return res;
+}
+
+}  // namespace moe
