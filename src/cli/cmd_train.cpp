@@ -20,6 +20,7 @@ struct TrainArgs {
   std::vector<std::string> sets;
   std::string resume, init_from;
   bool quiet = false;
+  int64_t stop_after = 0;
 };
 
 struct EvalArgs {
@@ -63,13 +64,15 @@ void register_train(CLI::App& app) {
                 "uninterrupted run)");
   c->add_option("--init-from", a->init_from, "start a fresh run from a checkpoint's weights");
   c->add_flag("--quiet", a->quiet, "no progress output");
+  c->add_option("--stop-after", a->stop_after,
+                "stop with a checkpoint after this many steps (resume later with --resume)");
   c->callback([a] {
     MOE_CHECK(a->resume.empty() || a->init_from.empty(),
               "--resume and --init-from are exclusive: resume continues a run, init-from starts "
               "a new one");
     Config cfg = load_config(a->config, a->sets);
     install_sigint_handler();
-    Trainer t(cfg, {a->resume, a->init_from, a->quiet});
+    Trainer t(cfg, {a->resume, a->init_from, a->quiet, a->stop_after});
     TrainResult r = t.run();
     if (!a->quiet)
       fmt::print("done: {} steps, final train loss {:.4f}, val bpb {:.4f}, checkpoint {}\n",

@@ -272,9 +272,6 @@ Config config_from_json(const json& j, const std::string& source) {
   if (c.tokenizer.kind == "byte" && !(j.contains("model") && j["model"].contains("vocab_size")))
     c.model.vocab_size = 256;
   if (c.tokenizer.kind == "bpe") c.model.vocab_size = c.tokenizer.vocab_size;
-  MOE_CHECK(c.tokenizer.kind != "byte" || c.model.vocab_size >= 256,
-            "{}: field model.vocab_size: got {}, the byte tokenizer needs at least 256", source,
-            c.model.vocab_size);
   try {
     c.model.resolve();
   } catch (const Error& e) {

@@ -247,7 +247,8 @@ TrainResult Trainer::run() {
     }
     state_.elapsed_s = elapsed();
     const bool time_up = tc.time_limit_s > 0 && state_.elapsed_s >= tc.time_limit_s;
-    if (g_stop_requested || time_up) {
+    const bool stop_here = opts_.stop_after > 0 && state_.step >= opts_.stop_after;
+    if (g_stop_requested || time_up || stop_here) {
       save(last);
       res.interrupted = true;
       res.checkpoint = last;

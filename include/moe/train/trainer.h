@@ -42,6 +42,10 @@ struct TrainOptions {
   std::string resume;     // checkpoint to resume (model + optimizer + step); "" = fresh
   std::string init_from;  // checkpoint whose weights start a fresh run; "" = random init
   bool quiet = false;
+  // Stop after this many optimizer steps in total (saving last.safetensors as Ctrl-C does), as
+  // if interrupted; 0 = run to train.steps. The schedule still spans train.steps, so a resumed
+  // run continues exactly where this one stopped.
+  int64_t stop_after = 0;
 };
 
 struct TrainResult {

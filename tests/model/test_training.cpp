@@ -1,0 +1,294 @@
+// Training-loop behaviour: determinism, bit-exact resume, checkpoint validation, NaN handling,
+// config errors, KV-cache decoding, and the accountant against the allocated model.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "moe/core/error.h"
+#include "moe/core/file_io.h"
+#include "moe/core/safetensors.h"
+#include "moe/infer/generator.h"
+#include "moe/scaling/accounting.h"
+#include "moe/train/checkpoint.h"
+#include "moe/train/trainer.h"
+
+using namespace moe;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh temporary directory per test, removed afterwards.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    path = (fs::temp_directory_path() /
+            ("moe_test_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+// Writes small train/val/test splits of English-like text.
+std::string make_data(const std::string& dir) {
+  const char* words[] = {"the", "jury", "said", "that", "city", "election", "was", "conducted",
+                         "in", "a", "manner", "of", "praise", "and", "thanks", "for", "it"};
+  for (const char* split : {"train", "val", "test"}) {
+    std::string text;
+    uint32_t x = split[0];
+    const int n = split[0] == 't' && split[1] == 'r' ? 6000 : 800;
+    for (int i = 0; i < n; ++i) {
+      x = x * 1664525u + 1013904223u;
+      text += words[(x >> 16) % 17];
+      text += (i % 11 == 10) ? " .\n" : " ";
+    }
+    write_file_atomic(dir + "/" + split + ".txt", text);
+  }
+  return dir;
+}
+
+Config tiny_config(const std::string& data_dir, const std::string& out_dir) {
+  nlohmann::json j = {
+      {"model",
+       {{"d_model", 32}, {"n_layers", 2}, {"n_heads", 4}, {"n_kv_heads", 2}, {"max_seq_len", 32},
+        {"qk_norm", true}, {"ffn", {{"kind", "dense"}, {"d_ff", 64}}}}},
+      {"data", {{"dir", data_dir}}},
+      {"train",
+       {{"batch_size", 4}, {"seq_len", 16}, {"steps", 12}, {"lr", 3e-3}, {"warmup_steps", 3},
+        {"min_lr", 3e-4}, {"eval_every", 6}, {"eval_batches", 2}, {"log_every", 3},
+        {"checkpoint_every", 0}, {"grad_accum", 2}, {"out_dir", out_dir}}}};
+  return config_from_json(j, "test");
+}
+
+TEST(Training, SameSeedGivesBitIdenticalLosses) {
+  TempDir d;
+  make_data(d.path);
+  Trainer a(tiny_config(d.path, d.path + "/a"), {.quiet = true});
+  a.run();
+  Trainer b(tiny_config(d.path, d.path + "/b"), {.quiet = true});
+  b.run();
+  ASSERT_EQ(a.losses().size(), 12u);
+  for (std::size_t i = 0; i < a.losses().size(); ++i) EXPECT_EQ(a.losses()[i], b.losses()[i]) << i;
+  EXPECT_LT(a.losses().back(), a.losses().front());  // it learns something
+}
+
+TEST(Training, ResumeIsBitIdenticalToUninterruptedRun) {
+  TempDir d;
+  make_data(d.path);
+  Trainer full(tiny_config(d.path, d.path + "/full"), {.quiet = true});
+  full.run();
+  Trainer first(tiny_config(d.path, d.path + "/part"), {.quiet = true, .stop_after = 5});
+  TrainResult r1 = first.run();
+  EXPECT_TRUE(r1.interrupted);
+  EXPECT_EQ(r1.steps_done, 5);
+  Trainer second(tiny_config(d.path, d.path + "/part"), {.resume = r1.checkpoint, .quiet = true});
+  TrainResult r2 = second.run();
+  EXPECT_EQ(r2.steps_done, 12);
+  ASSERT_EQ(second.losses().size(), 7u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(first.losses()[i], full.losses()[i]) << i;
+  for (int i = 0; i < 7; ++i) EXPECT_EQ(second.losses()[i], full.losses()[5 + i]) << 5 + i;
+  // And the final weights agree bit for bit.
+  auto& pa = full.model().params();
+  auto& pb = second.model().params();
+  for (std::size_t i = 0; i < pa.numel(); ++i) ASSERT_EQ(pa.weights()[i], pb.weights()[i]) << i;
+}
+
+TEST(Training, NanLossStopsNamingTheStepAndKeepsNoBadCheckpoint) {
+  TempDir d;
+  make_data(d.path);
+  Config cfg = tiny_config(d.path, d.path + "/nan");
+  cfg.train.lr = 1e30f;  // the first update overflows the weights
+  cfg.train.min_lr = 0;
+  cfg.train.warmup_steps = 0;
+  cfg.train.grad_clip = 0;
+  Trainer t(cfg, {.quiet = true});
+  try {
+    t.run();
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("at step"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(file_exists(d.path + "/nan/final.safetensors"));
+}
+
+TEST(Checkpoint, RoundTripRestoresEveryTensorAndMetadata) {
+  TempDir d;
+  make_data(d.path);
+  Config cfg = tiny_config(d.path, d.path + "/ck");
+  Transformer m(cfg.model, 1, 8);
+  m.params().initialize(42);
+  AdamWOptimizer opt(m.params(), cfg.train);
+  for (std::size_t i = 0; i < opt.numel(); ++i) {
+    opt.m()[i] = float(i) * 1e-3f;
+    opt.v()[i] = float(i) * 2e-3f;
+  }
+  CheckpointMeta meta{cfg, {17, 1000, 2.5}, "byte", ""};
+  const std::string path = d.path + "/ck.safetensors";
+  save_checkpoint(path, m, &opt, meta);
+  Transformer m2(cfg.model, 1, 8);
+  AdamWOptimizer opt2(m2.params(), cfg.train);
+  load_checkpoint(path, m2, &opt2);
+  for (std::size_t i = 0; i < m.params().numel(); ++i) {
+    ASSERT_EQ(m.params().weights()[i], m2.params().weights()[i]);
+    ASSERT_EQ(opt.m()[i], opt2.m()[i]);
+    ASSERT_EQ(opt.v()[i], opt2.v()[i]);
+  }
+  CheckpointMeta back = read_checkpoint_meta(path);
+  EXPECT_EQ(back.state.step, 17);
+  EXPECT_EQ(back.state.tokens_seen, 1000);
+  EXPECT_EQ(back.config.to_json(), cfg.to_json());
+  // No temporary file is left behind.
+  for (auto& e : fs::directory_iterator(d.path))
+    EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << e.path();
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(Checkpoint, TruncatedForeignAndMismatchedFilesGiveClearErrors) {
+  TempDir d;
+  make_data(d.path);
+  Config cfg = tiny_config(d.path, d.path + "/ck");
+  Transformer m(cfg.model, 1, 8);
+  m.params().initialize(1);
+  const std::string good = d.path + "/good.safetensors";
+  save_checkpoint(good, m, nullptr, {cfg, {}, "byte", ""});
+  const std::string bytes = read_file(good);
+
+  const std::string trunc = d.path + "/trunc.safetensors";
+  write_file_atomic(trunc, bytes.substr(0, bytes.size() - 100));
+  std::string e = error_of([&] { load_checkpoint(trunc, m, nullptr); });
+  EXPECT_NE(e.find("truncated"), std::string::npos) << e;
+  EXPECT_NE(e.find(trunc), std::string::npos) << e;
+
+  write_file_atomic(trunc, bytes.substr(0, 5));
+  e = error_of([&] { read_checkpoint_meta(trunc); });
+  EXPECT_NE(e.find("not a safetensors file"), std::string::npos) << e;
+
+  const std::string foreign = d.path + "/foreign.safetensors";
+  float x[2] = {1, 2};
+  write_safetensors(foreign, {{"w", DType::F32, {2}, x}}, {{"format", "pt"}});
+  e = error_of([&] { read_checkpoint_meta(foreign); });
+  EXPECT_NE(e.find("not a moe.cpp checkpoint"), std::string::npos) << e;
+  e = error_of([&] { load_checkpoint(foreign, m, nullptr); });
+  EXPECT_NE(e.find("not a moe.cpp checkpoint"), std::string::npos) << e;
+
+  Config wide = cfg;
+  wide.model.ffn.d_ff = 96;
+  Transformer m_wide(wide.model, 1, 8);
+  e = error_of([&] { load_checkpoint(good, m_wide, nullptr); });
+  EXPECT_NE(e.find("layers.0.ffn.w_gate"), std::string::npos) << e;
+  EXPECT_NE(e.find("[96, 32]"), std::string::npos) << e;
+
+  AdamWOptimizer opt(m.params(), cfg.train);
+  e = error_of([&] { load_checkpoint(good, m, &opt); });
+  EXPECT_NE(e.find("optimizer state"), std::string::npos) << e;
+}
+
+TEST(Config, UnknownAndInvalidFieldsAreNamed) {
+  auto err = [](const char* text) {
+    return error_of([&] { config_from_json(nlohmann::json::parse(text), "cfg.json"); });
+  };
+  std::string e = err(R"({"model": {"d_modle": 64}})");
+  EXPECT_NE(e.find("unknown field model.d_modle"), std::string::npos) << e;
+  e = err(R"({"train": {"lr": "fast"}})");
+  EXPECT_NE(e.find("train.lr"), std::string::npos) << e;
+  EXPECT_NE(e.find("\"fast\""), std::string::npos) << e;
+  e = err(R"({"model": {"n_heads": 4, "n_kv_heads": 3}})");
+  EXPECT_NE(e.find("n_kv_heads"), std::string::npos) << e;
+  e = err(R"({"model": {"ffn": {"activation": "relu"}}})");
+  EXPECT_NE(e.find("swiglu, gelu"), std::string::npos) << e;
+  e = err(R"({"train": {"seq_len": 512}})");
+  EXPECT_NE(e.find("max_seq_len"), std::string::npos) << e;
+  e = err(R"({"train": {"beta2": 1.0}})");
+  EXPECT_NE(e.find("train.beta2"), std::string::npos) << e;
+  e = err(R"([1, 2])");
+  EXPECT_NE(e.find("expected a JSON object"), std::string::npos) << e;
+}
+
+TEST(Config, SetOverridesAreAppliedAndValidated) {
+  nlohmann::json j = nlohmann::json::object();
+  apply_override(j, "train.lr=0.0003");
+  apply_override(j, "model.ffn.activation=gelu");
+  apply_override(j, "model.qk_norm=true");
+  Config c = config_from_json(j, "--set");
+  EXPECT_FLOAT_EQ(c.train.lr, 3e-4f);
+  EXPECT_EQ(c.model.ffn.activation, Activation::kGELU);
+  EXPECT_TRUE(c.model.qk_norm);
+  nlohmann::json k = nlohmann::json::object();
+  apply_override(k, "train.nope=1");
+  EXPECT_NE(error_of([&] { config_from_json(k, "--set"); }).find("train.nope"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(k, "noequals"); }).find("key=value"), std::string::npos);
+}
+
+TEST(Generation, KvCacheDecodingEqualsFullForward) {
+  TempDir d;
+  Config cfg = tiny_config(d.path, d.path);
+  const int T = 12;
+  Transformer full(cfg.model, 1, T), step(cfg.model, 1, 1);
+  full.params().initialize(7);
+  step.params().initialize(7);
+  std::vector<int32_t> toks(T);
+  for (int i = 0; i < T; ++i) toks[i] = (i * 37 + 11) % 256;
+  StepInfo info;
+  info.training = false;
+  full.forward(toks.data(), nullptr, 1, T, info, 0.f);
+  KVCache cache = step.make_cache(T);
+  const int V = cfg.model.vocab_size;
+  for (int t = 0; t < T; ++t) {
+    const float* l = step.decode_step(toks[t], t, cache);
+    for (int v = 0; v < V; ++v)
+      ASSERT_NEAR(l[v], full.logits()[t * V + v], 1e-4) << "position " << t << " token " << v;
+  }
+}
+
+TEST(Generation, SamplerIsGreedyAtZeroTemperatureAndRespectsTopP) {
+  std::vector<float> logits = {0.f, 3.f, 1.f, 2.9f};
+  std::vector<std::pair<float, int32_t>> scratch;
+  EXPECT_EQ(sample_token(logits.data(), 4, 0.f, 1.f, 0.99f, scratch), 1);
+  // With top_p small only the most likely token survives, whatever the draw.
+  for (float u : {0.f, 0.5f, 0.999f}) EXPECT_EQ(sample_token(logits.data(), 4, 1.f, 0.1f, u, scratch), 1);
+  // With top_p = 1 a draw near 1 reaches the least likely token.
+  EXPECT_EQ(sample_token(logits.data(), 4, 1.f, 1.f, 0.9999f, scratch), 0);
+}
+
+TEST(Accounting, CountsEqualAllocatedParameters) {
+  for (const char* text :
+       {R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 4}})",
+        R"({"model": {"d_model": 48, "n_layers": 3, "n_heads": 6, "n_kv_heads": 2, "qk_norm": true, "tie_embeddings": false}})",
+        R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "head_dim": 24, "ffn": {"activation": "gelu", "d_ff": 80}}})",
+        R"({"model": {"d_model": 32, "n_layers": 3, "n_heads": 4, "ffn_overrides": {"1": {"activation": "gelu", "d_ff": 40}}}})"}) {
+    Config c = config_from_json(nlohmann::json::parse(text), "test");
+    Transformer m(c.model, 1, 4);
+    int64_t allocated = 0;
+    for (auto& p : m.params().all()) allocated += int64_t(p.numel);
+    ModelCount mc = count_model(c.model, 16);
+    EXPECT_EQ(mc.total, allocated) << text;
+    EXPECT_EQ(mc.active, mc.total) << text;  // dense: every parameter is active
+  }
+}
+
+TEST(Accounting, FlopsMatchHandCount) {
+  // C=32, L=2, 4 heads of 8, byte vocab, SwiGLU d_ff=64, tied, T=16.
+  Config c = config_from_json(
+      nlohmann::json::parse(R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 4, "ffn": {"d_ff": 64}}, "train": {"seq_len": 16}})"),
+      "test");
+  ModelCount m = count_model(c.model, 16);
+  const double attn = 2 * 4.0 * 32 * 32, ffn = 2 * 3.0 * 32 * 64, head = 256.0 * 32;
+  EXPECT_DOUBLE_EQ(m.flops_matmul_fwd, 2 * (attn + ffn + head));
+  EXPECT_DOUBLE_EQ(m.flops_attention_fwd, 2 * 2 * 2 * 32 * 17 / 2.0);
+  EXPECT_DOUBLE_EQ(m.flops_train, 3 * (m.flops_matmul_fwd + m.flops_attention_fwd));
+}
+
+}  // namespace
