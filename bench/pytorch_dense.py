@@ -59,7 +59,20 @@ def load_config(path):
         lr=t.get("lr", 1e-3), weight_decay=t.get("weight_decay", 0.1),
         betas=(t.get("beta1", 0.9), t.get("beta2", 0.95)), eps=t.get("eps", 1e-8),
         grad_clip=t.get("grad_clip", 1.0), seed=t.get("seed", 1234),
+        min_lr=t.get("min_lr", 1e-4), warmup_steps=t.get("warmup_steps", 100),
+        total_steps=t.get("steps", 1000),
     )
+
+
+def lr_schedule(s, cfg):
+    """moe.cpp's schedule (src/nn/adamw.cpp): linear warm-up, then cosine to min_lr. `moe bench
+    train` steps through it too, so the two losses stay comparable (not the same: the initial
+    weights and tokens come from different random generators)."""
+    lr, warm = cfg["lr"], cfg["warmup_steps"]
+    if s < warm:
+        return lr * (s + 1) / warm
+    progress = min(1.0, (s - warm) / max(1, cfg["total_steps"] - warm))
+    return cfg["min_lr"] + 0.5 * (lr - cfg["min_lr"]) * (1 + math.cos(math.pi * progress))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,7 +181,8 @@ class Transformer(nn.Module):
 def make_optimizer(model, cfg, foreach):
     # Weight decay on the matrices of the blocks only: not on norms, not on the (tied) embedding.
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("embed")]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() == 2 and not n.startswith("embed"))]
+    ids = {id(p) for p in decay}
+    no_decay = [p for p in model.parameters() if id(p) not in ids]
     groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg["lr"], betas=cfg["betas"], eps=cfg["eps"],
@@ -256,6 +270,8 @@ def main():
         loss.backward()
         t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
+        for g in opt.param_groups:
+            g["lr"] = lr_schedule(i, cfg)
         opt.step()
         t3 = time.perf_counter()
         if i >= args.warmup:

@@ -115,7 +115,11 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts) : cfg_(cfg), opts_(std::m
   if (!opts_.resume.empty()) {
     load_checkpoint(opts_.resume, *model_, opt_.get());
     state_ = resume_meta.state;
-  } else if (!opts_.init_from.empty()) {
+  } else {
+    // A fresh run starts a fresh log (a resumed one appends).
+    std::ofstream(cfg_.train.out_dir + "/metrics.jsonl", std::ios::trunc);
+  }
+  if (opts_.resume.empty() && !opts_.init_from.empty()) {
     load_checkpoint(opts_.init_from, *model_, nullptr);
   }
 }
