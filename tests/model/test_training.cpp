@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 
@@ -289,6 +290,90 @@ TEST(Accounting, FlopsMatchHandCount) {
   EXPECT_DOUBLE_EQ(m.flops_matmul_fwd, 2 * (attn + ffn + head));
   EXPECT_DOUBLE_EQ(m.flops_attention_fwd, 2 * 2 * 2 * 32 * 17 / 2.0);
   EXPECT_DOUBLE_EQ(m.flops_train, 3 * (m.flops_matmul_fwd + m.flops_attention_fwd));
+}
+
+
+TEST(Training, CtrlCSavesACheckpointThatResumes) {
+  TempDir d;
+  make_data(d.path);
+  install_sigint_handler();
+  std::raise(SIGINT);  // as if the user pressed Ctrl-C before the first step finished
+  Trainer t(tiny_config(d.path, d.path + "/int"), {.quiet = true});
+  TrainResult r = t.run();
+  g_stop_requested = false;
+  std::signal(SIGINT, SIG_DFL);
+  EXPECT_TRUE(r.interrupted);
+  EXPECT_EQ(r.steps_done, 1);
+  ASSERT_TRUE(file_exists(d.path + "/int/last.safetensors"));
+  EXPECT_EQ(read_checkpoint_meta(d.path + "/int/last.safetensors").state.step, 1);
+}
+
+TEST(Training, GradientAccumulationEqualsOneLargeBatch) {
+  // Two micro-batches of 2 sequences scaled by 1/2 give the gradient of one batch of 4 (mean
+  // loss over the same tokens), up to float32 summation order: 1e-5 of the largest entry.
+  TempDir d;
+  Config cfg = tiny_config(d.path, d.path);
+  const int T = 8;
+  Transformer big(cfg.model, 4, T), small(cfg.model, 2, T);
+  big.params().initialize(3);
+  small.params().initialize(3);
+  std::vector<int32_t> x(4 * T), y(4 * T);
+  for (int i = 0; i < 4 * T; ++i) {
+    x[i] = (i * 31 + 7) % 256;
+    y[i] = (i * 17 + 3) % 256;
+  }
+  StepInfo info;
+  big.params().zero_grad();
+  big.forward(x.data(), y.data(), 4, T, info, 1.f);
+  big.backward();
+  small.params().zero_grad();
+  for (int m = 0; m < 2; ++m) {
+    small.forward(x.data() + m * 2 * T, y.data() + m * 2 * T, 2, T, info, 0.5f);
+    small.backward();
+  }
+  float mx = 0;
+  for (std::size_t i = 0; i < big.params().numel(); ++i) mx = std::max(mx, std::abs(big.params().grads()[i]));
+  ASSERT_GT(mx, 0);
+  for (std::size_t i = 0; i < big.params().numel(); ++i)
+    ASSERT_NEAR(small.params().grads()[i], big.params().grads()[i], 1e-5 * mx) << i;
+}
+
+TEST(Training, BpeTokenizerTrainsAndEvaluatesInBitsPerByte) {
+  TempDir d;
+  make_data(d.path);
+  Config cfg = tiny_config(d.path, d.path + "/bpe");
+  cfg.tokenizer.kind = "bpe";
+  cfg.tokenizer.vocab_size = 300;
+  cfg.model.vocab_size = 300;
+  cfg.train.steps = 4;
+  Trainer t(cfg, {.quiet = true});
+  TrainResult r = t.run();
+  EXPECT_EQ(t.tokenizer().kind(), "bpe");
+  EXPECT_TRUE(file_exists(d.path + "/bpe/tokenizer.blob"));
+  // bpb counts the bytes the predicted tokens stand for, so it is comparable to a byte model's.
+  EXPECT_GT(r.last_val.bytes, uint64_t(r.last_val.tokens));
+  EXPECT_NEAR(r.last_val.bpb, r.last_val.loss * r.last_val.tokens / r.last_val.bytes / std::log(2.0), 1e-9);
+  // The checkpoint carries the tokenizer: a resume needs nothing else.
+  CheckpointMeta m = read_checkpoint_meta(r.checkpoint);
+  EXPECT_EQ(m.tokenizer_kind, "bpe");
+  EXPECT_FALSE(m.tokenizer_blob.empty());
+}
+
+TEST(Evaluation, EveryTokenAfterTheFirstIsPredictedOnce) {
+  TempDir d;
+  Config cfg = tiny_config(d.path, d.path);
+  auto tok = data::make_byte_tokenizer();
+  data::TokenStream s = data::tokenize_text(*tok, std::string(103, 'a') + "bc");
+  Transformer m(cfg.model, 3, 16);
+  m.params().initialize(5);
+  EvalResult r = evaluate(m, s, 3, 16);
+  EXPECT_EQ(r.tokens, int64_t(s.ids.size()) - 1);
+  EXPECT_EQ(r.bytes, s.ids.size() - 1);
+  // The same total with another batching: the loss is a property of the text, not of batching.
+  Transformer m1(cfg.model, 1, 16);
+  m1.params().initialize(5);
+  EvalResult r1 = evaluate(m1, s, 1, 16);
+  EXPECT_NEAR(r1.loss, r.loss, 1e-6);
 }
 
 }  // namespace
