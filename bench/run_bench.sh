@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks: moe.cpp against PyTorch on the same model, batch and optimizer.
+#
+#   bash bench/run_bench.sh            # every benchmark (run by `make bench` after the build)
+#   bash bench/run_bench.sh dense      # only the named ones (sgemm, the ceiling, always runs)
+#
+# Prints a table and appends it, dated, to bench/RESULTS.md. See bench/README.md.
+#
+# Adding a benchmark: write a function bench_<name> that runs both sides and calls add_row for
+# each line of the table (and add_note for remarks), then add <name> to ALL_BENCHES.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+MOE=${MOE:-build/moe}
+PY=${PYTHON:-/usr/bin/python3}  # Debian's python3, with torch 1.13 and numpy
+RESULTS=${RESULTS:-bench/RESULTS.md}
+THREADS=2
+ROUNDS=${BENCH_ROUNDS:-3}  # alternating runs per side in each benchmark; the fastest is kept
+ALL_BENCHES=(dense)
+
+die() { echo "run_bench.sh: $*" >&2; exit 1; }
+[[ -x $MOE ]] || die "$MOE not found: build first (make build, or cmake --build build)"
+[[ -x $PY ]] || die "$PY not found (set PYTHON= to a python3 with torch)"
+
+# ---- Environment shared by both sides ---------------------------------------------------------
+# OpenBLAS's DYNAMIC_ARCH mis-detects some virtual CPUs as Prescott (SSE3 kernels). build/moe
+# re-executes itself with OPENBLAS_CORETYPE set (src/cli/main.cpp); torch, which calls the same
+# system OpenBLAS (OpenMP build) through libblas.so.3, would keep the slow kernels. Setting it for
+# the whole script gives both sides the same kernels. A core type set by the caller is kept.
+CORETYPE_NOTE="OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} (set by the caller)"
+if [[ -z ${OPENBLAS_CORETYPE:-} ]]; then
+  if grep -qw avx512f /proc/cpuinfo; then
+    export OPENBLAS_CORETYPE=SkylakeX
+    CORETYPE_NOTE="OPENBLAS_CORETYPE=SkylakeX (set by run_bench.sh: the CPU has avx512f)"
+  else
+    CORETYPE_NOTE="OPENBLAS_CORETYPE unset (no avx512f; OpenBLAS autodetects)"
+  fi
+fi
+export OMP_NUM_THREADS=$THREADS
+
+# ---- Helpers ----------------------------------------------------------------------------------
+# jget JSON KEY: one field of a JSON object.
+jget() { "$PY" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+# num FORMAT EXPR: evaluates an arithmetic expression (awk) and prints it with printf FORMAT.
+num() { awk "BEGIN { printf \"$1\", $2 }"; }
+# gt A B: succeeds when the number A is greater than B.
+gt() { awk "BEGIN { exit !($1 > $2) }"; }
+
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+
+ROWS=()
+NOTES=()
+add_row() { ROWS+=("| $1 | $2 | $3 | $4 |"); }  # benchmark, moe.cpp, PyTorch, moe / PyTorch
+add_note() { NOTES+=("- $*"); }
+
+# ---- Benchmarks -------------------------------------------------------------------------------
+SGEMM_GFLOPS=
+
+bench_sgemm() {
+  echo "== sgemm (OpenBLAS, the compute ceiling)" >&2
+  local r j best= runs=()
+  for ((r = 1; r <= ROUNDS; r++)); do
+    j=$("$MOE" bench sgemm --json | tail -n1)
+    runs+=("$(num %.0f "$(jget "$j" gflops)")")
+    if [[ -z $best ]] || gt "$(jget "$j" gflops)" "$(jget "$best" gflops)"; then best=$j; fi
+  done
+  SGEMM_GFLOPS=$(jget "$best" gflops)
+  local blas size
+  blas=$(jget "$best" blas)
+  size=$(jget "$best" size)
+  echo "   $blas; GFLOP/s: ${runs[*]}" >&2
+  add_row "sgemm ${size}³ (GFLOP/s)" "$(num %.1f "$SGEMM_GFLOPS")" "–" "–"
+  add_note "moe.cpp BLAS: $blas"
+  add_note "sgemm: best of $ROUNDS runs (GFLOP/s, in run order: ${runs[*]})"
+}
+
+# Dense transformer (configs/bench-dense.json) training step: zero grads, forward, backward,
+# clip, AdamW. PyTorch: bench/pytorch_dense.py, the same model written in plain PyTorch.
+bench_dense() {
+  local cfg=configs/bench-dense.json
+  echo "== dense train step ($cfg)" >&2
+  local params flops mj
+  params=$("$MOE" params --config "$cfg" --json)
+  flops=$(jget "$params" flops_per_token_train)
+  # ROUNDS alternating runs of each side; the fastest of each is kept (this VM's speed drifts).
+  local r j p_failed=0 pj= m_runs=() p_runs=()
+  mj=
+  for ((r = 1; r <= ROUNDS; r++)); do
+    j=$("$MOE" bench train --config "$cfg" --json | tail -n1)
+    m_runs+=("$(num %.0f "$(jget "$j" ms_per_step)")")
+    echo "   moe.cpp: ${m_runs[-1]} ms/step" >&2
+    if [[ -z $mj ]] || gt "$(jget "$j" tokens_per_s)" "$(jget "$mj" tokens_per_s)"; then
+      mj=$j
+    fi
+    if ((p_failed)); then continue; fi
+    if j=$("$PY" bench/pytorch_dense.py --config "$cfg" --moe "$MOE" --threads "$THREADS" \
+           --json 2>"$LOG" | tail -n1); then
+      [[ $r -gt 1 ]] || sed 's/^/   /' "$LOG" >&2
+      p_runs+=("$(num %.0f "$(jget "$j" ms_per_step)")")
+      echo "   PyTorch: ${p_runs[-1]} ms/step" >&2
+      if [[ -z $pj ]] || gt "$(jget "$j" tokens_per_s)" "$(jget "$pj" tokens_per_s)"; then
+        pj=$j
+      fi
+    else
+      cat "$LOG" >&2
+      echo "   PyTorch side failed (above); its columns read n/a" >&2
+      p_failed=1
+    fi
+  done
+  local m_tps m_ms
+  m_tps=$(jget "$mj" tokens_per_s)
+  m_ms=$(jget "$mj" ms_per_step)
+
+  local p_tps=n/a p_ms=n/a ratio=n/a p_mfu=n/a
+  if [[ -n $pj ]]; then
+    p_tps=$(jget "$pj" tokens_per_s)
+    p_ms=$(jget "$pj" ms_per_step)
+    ratio=$(num %.2f "$m_tps / $p_tps")
+    p_mfu=$(num %.1f%% "100 * $p_tps * $flops / ($SGEMM_GFLOPS * 1e9)")
+    add_note "PyTorch $(jget "$pj" torch), OpenBLAS core $(jget "$pj" blas_core);" \
+      "dense parameters: PyTorch $(jget "$pj" params), moe.cpp $(jget "$pj" moe_params)" \
+      "($(if [[ $(jget "$pj" params_match) == True ]]; then echo match; else echo MISMATCH; fi))"
+    add_note "PyTorch dense step split (medians): forward $(num %.1f "$(jget "$pj" forward_ms)") ms," \
+      "backward $(num %.1f "$(jget "$pj" backward_ms)") ms," \
+      "clip + AdamW $(num %.1f "$(jget "$pj" optimizer_ms)") ms"
+  else
+    add_note "PyTorch dense run failed; its columns read n/a"
+  fi
+  local m_mfu
+  m_mfu=$(num %.1f%% "100 * $m_tps * $flops / ($SGEMM_GFLOPS * 1e9)")
+  [[ $p_ms == n/a ]] || p_ms=$(num %.1f "$p_ms")
+  [[ $p_tps == n/a ]] || p_tps=$(num %.0f "$p_tps")
+  add_row "dense train (tokens/s)" "$(num %.0f "$m_tps")" "$p_tps" "$ratio"
+  add_row "dense train (ms/step)" "$(num %.1f "$m_ms")" "$p_ms" "–"
+  add_row "dense model FLOP/s ÷ sgemm FLOP/s" "$m_mfu" "$p_mfu" "–"
+  add_note "dense: best of $ROUNDS alternating runs per side (ms/step, in run order: moe.cpp" \
+    "${m_runs[*]}; PyTorch ${p_runs[*]:-n/a});" \
+    "batch $(jget "$mj" batch) × $(jget "$mj" seq_len), $(jget "$mj" threads) threads," \
+    "$(num %.2f "$flops / 1e6") MFLOP/token per training step (moe params: flops_per_token_train)"
+}
+
+# ---- Main -------------------------------------------------------------------------------------
+benches=("$@")
+[[ ${#benches[@]} -gt 0 ]] || benches=("${ALL_BENCHES[@]}")
+for b in "${benches[@]}"; do
+  declare -F "bench_$b" >/dev/null || die "unknown benchmark '$b' (known: ${ALL_BENCHES[*]})"
+done
+
+echo "$CORETYPE_NOTE; OMP_NUM_THREADS=$OMP_NUM_THREADS" >&2
+bench_sgemm
+for b in "${benches[@]}"; do "bench_$b"; done
+
+model=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)
+mem=$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
+machine="${model:-unknown CPU}, $(nproc) cores, $mem"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ $commit != unknown && -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+  commit="$commit (with uncommitted changes)"
+fi
+section=$(
+  echo "## $(date -u +%F) — ${benches[*]}"
+  echo
+  echo "Machine: $machine. Commit: $commit. $CORETYPE_NOTE; OMP_NUM_THREADS=$OMP_NUM_THREADS."
+  echo
+  echo "| Benchmark | moe.cpp | PyTorch | moe / PyTorch |"
+  echo "|---|---:|---:|---:|"
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  printf '%s\n' "${NOTES[@]}"
+)
+
+echo
+echo "$section"
+
+if [[ ! -s $RESULTS ]]; then
+  cat >"$RESULTS" <<'EOF'
+# Benchmark results
+
+Each section is one run of `bash bench/run_bench.sh` (or `make bench`), appended by the script:
+moe.cpp against PyTorch on the same model, batch and optimizer, on the machine named in the
+section. "moe / PyTorch" is the ratio of training throughputs (tokens/s; above 1 = moe.cpp is
+faster). "model FLOP/s ÷ sgemm FLOP/s" is tokens/s × training FLOPs per token (from
+`moe params`) divided by the sgemm 2048³ rate measured in the same run (best of its runs): the
+share of this machine's BLAS ceiling that a whole training step reaches. Each side's figure is
+the fastest of a few alternating runs, all listed in the notes, because these VMs' speed drifts.
+See bench/README.md.
+EOF
+fi
+printf '\n%s\n' "$section" >>"$RESULTS"
+echo
+echo "appended to $RESULTS" >&2
