@@ -221,3 +221,24 @@ TEST(Ops, AttentionIsCausal) {
   attention_forward(o2.data(), p.data(), q.data(), k.data(), v.data(), B, T, H, H, hd);
   for (int i = 0; i < (T - 1) * H * hd; ++i) EXPECT_EQ(o1[i], o2[i]) << "position " << i / (H * hd);
 }
+
+TEST(Ops, AttentionRowBlocksCoverLongSequences) {
+  // T spans several row blocks (and ends in a partial one) so the causal blocking is exercised.
+  const int B = 1, T = 2 * kAttnRowBlock + 7, Hq = 2, Hkv = 1, hd = 4;
+  V q = randn(B * T * Hq * hd, 22), k = randn(B * T * Hkv * hd, 23),
+    v = randn(B * T * Hkv * hd, 24), R = randn(B * T * Hq * hd, 25);
+  V out(q.size()), probs(std::size_t(B) * Hq * T * T);
+  attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), B, T, Hq, Hkv, hd);
+  EXPECT_TRUE(all_close("out", out, attention_reference(q, k, v, B, T, Hq, Hkv, hd), 1e-12, 1e-10));
+  auto loss = [&] {
+    V o(q.size()), p(probs.size());
+    attention_forward(o.data(), p.data(), q.data(), k.data(), v.data(), B, T, Hq, Hkv, hd);
+    return dot(o, R);
+  };
+  V dq(q.size()), dk(k.size()), dv(v.size()), scratch(attention_scratch_size(T));
+  attention_backward(dq.data(), dk.data(), dv.data(), scratch.data(), R.data(), probs.data(),
+                     q.data(), k.data(), v.data(), B, T, Hq, Hkv, hd);
+  EXPECT_TRUE(all_close("dq", dq, numeric_grad(q, loss), kTol, kTol));
+  EXPECT_TRUE(all_close("dk", dk, numeric_grad(k, loss), kTol, kTol));
+  EXPECT_TRUE(all_close("dv", dv, numeric_grad(v, loss), kTol, kTol));
+}

@@ -3,25 +3,27 @@
 #include <cmath>
 #include <cstddef>
 
+#include "moe/kernels/vexp.h"
+
 namespace moe {
 
 // out [n] (written) = silu(gate) · up
 template <typename T>
 void swiglu_forward(T* out, const T* gate, const T* up, std::size_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for simd schedule(static) if (n > 65536)
   for (std::size_t i = 0; i < n; ++i) {
     const T g = gate[i];
-    out[i] = g / (T(1) + std::exp(-g)) * up[i];
+    out[i] = g / (T(1) + vexp(-g)) * up[i];
   }
 }
 
 // dgate, dup [n] (written; may alias gate / up: each element is read before it is written).
 template <typename T>
 void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, std::size_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for simd schedule(static) if (n > 65536)
   for (std::size_t i = 0; i < n; ++i) {
     const T g = gate[i], u = up[i], d = dout[i];
-    const T s = T(1) / (T(1) + std::exp(-g));
+    const T s = T(1) / (T(1) + vexp(-g));
     const T silu = g * s;
     dgate[i] = d * u * s * (T(1) + g * (T(1) - s));
     dup[i] = d * silu;

@@ -11,8 +11,13 @@
 #endif
 
 #include "moe/kernels/gemm.h"
+#include "moe/kernels/vexp.h"
 
 namespace moe {
+
+// Rows of the score matrix handled per GEMM. Smaller blocks skip more of the masked triangle
+// (block b of n computes (b+1)/n of a full row) but make smaller, less efficient GEMMs.
+inline constexpr int kAttnRowBlock = 64;
 
 inline int attention_threads() {
 #ifdef _OPENMP
@@ -37,22 +42,30 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int
     for (int h = kh * group; h < (kh + 1) * group; ++h) {
       const T* Q = q + std::size_t(b) * Tn * ldq + h * hd;
       T* P = probs + (std::size_t(b) * Hq + h) * Tn * Tn;
-      gemm<T>(false, true, Tn, Tn, hd, scale, Q, ldq, K, ldk, T(0), P, Tn);
-      for (int i = 0; i < Tn; ++i) {
-        T* row = P + std::size_t(i) * Tn;
-        T mx = row[0];
-        for (int j = 1; j <= i; ++j) mx = row[j] > mx ? row[j] : mx;
-        T sum = 0;
-        for (int j = 0; j <= i; ++j) {
-          row[j] = std::exp(row[j] - mx);
-          sum += row[j];
+      T* O = out + std::size_t(b) * Tn * ldq + h * hd;
+      // Causal: row block [r0, r1) only needs keys [0, r1), which skips most of the masked
+      // upper triangle (the GEMMs below are the bulk of attention's time).
+      for (int r0 = 0; r0 < Tn; r0 += kAttnRowBlock) {
+        const int r1 = r0 + kAttnRowBlock < Tn ? r0 + kAttnRowBlock : Tn;
+        gemm<T>(false, true, r1 - r0, r1, hd, scale, Q + std::size_t(r0) * ldq, ldq, K, ldk,
+                T(0), P + std::size_t(r0) * Tn, Tn);
+        for (int i = r0; i < r1; ++i) {
+          T* row = P + std::size_t(i) * Tn;
+          T mx = row[0];
+          for (int j = 1; j <= i; ++j) mx = row[j] > mx ? row[j] : mx;
+          T sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int j = 0; j <= i; ++j) {
+            row[j] = vexp(row[j] - mx);
+            sum += row[j];
+          }
+          const T inv = T(1) / sum;
+          for (int j = 0; j <= i; ++j) row[j] *= inv;
+          for (int j = i + 1; j < Tn; ++j) row[j] = 0;
         }
-        const T inv = T(1) / sum;
-        for (int j = 0; j <= i; ++j) row[j] *= inv;
-        for (int j = i + 1; j < Tn; ++j) row[j] = 0;
+        gemm<T>(false, false, r1 - r0, hd, r1, T(1), P + std::size_t(r0) * Tn, Tn, V, ldk, T(0),
+                O + std::size_t(r0) * ldq, ldq);
       }
-      gemm<T>(false, false, Tn, hd, Tn, T(1), P, Tn, V, ldk, T(0),
-              out + std::size_t(b) * Tn * ldq + h * hd, ldq);
     }
   }
 }
@@ -91,21 +104,30 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* dout, const T*
       const T* Q = q + q0;
       const T* dO = dout + q0;
       const T* P = probs + (std::size_t(b) * Hq + h) * Tn * Tn;
-      // dV += Pᵀ·dO ;  dP = dO·Vᵀ
-      gemm<T>(true, false, Tn, hd, Tn, T(1), P, Tn, dO, ldq, T(1), dV, ldk);
-      gemm<T>(false, true, Tn, Tn, hd, T(1), dO, ldq, V, ldk, T(0), dS, Tn);
-      // Softmax backward, then fold in the 1/sqrt(hd) of the scores: dS = P∘(dP − Σ P∘dP)·scale.
-      for (int i = 0; i < Tn; ++i) {
-        const T* p = P + std::size_t(i) * Tn;
-        T* d = dS + std::size_t(i) * Tn;
-        T dot = 0;
-        for (int j = 0; j <= i; ++j) dot += p[j] * d[j];
-        for (int j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - dot) * scale;
-        for (int j = i + 1; j < Tn; ++j) d[j] = 0;
+      for (int r0 = 0; r0 < Tn; r0 += kAttnRowBlock) {
+        const int r1 = r0 + kAttnRowBlock < Tn ? r0 + kAttnRowBlock : Tn, m = r1 - r0;
+        const T* Pb = P + std::size_t(r0) * Tn;
+        T* dSb = dS + std::size_t(r0) * Tn;
+        // dV[0:r1] += Pbᵀ·dO[r0:r1] ;  dP = dO[r0:r1]·V[0:r1]ᵀ
+        gemm<T>(true, false, r1, hd, m, T(1), Pb, Tn, dO + std::size_t(r0) * ldq, ldq, T(1), dV,
+                ldk);
+        gemm<T>(false, true, m, r1, hd, T(1), dO + std::size_t(r0) * ldq, ldq, V, ldk, T(0), dSb,
+                Tn);
+        // Softmax backward, then fold in the 1/sqrt(hd) of the scores: dS = P∘(dP − Σ P∘dP)·scale.
+        for (int i = r0; i < r1; ++i) {
+          const T* p = P + std::size_t(i) * Tn;
+          T* d = dS + std::size_t(i) * Tn;
+          T dot = 0;
+          for (int j = 0; j <= i; ++j) dot += p[j] * d[j];
+          for (int j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - dot) * scale;
+          for (int j = i + 1; j < r1; ++j) d[j] = 0;
+        }
+        // dQ[r0:r1] = dS·K[0:r1] ;  dK[0:r1] += dSᵀ·Q[r0:r1]
+        gemm<T>(false, false, m, hd, r1, T(1), dSb, Tn, K, ldk, T(0), dq + q0 + std::size_t(r0) * ldq,
+                ldq);
+        gemm<T>(true, false, r1, hd, m, T(1), dSb, Tn, Q + std::size_t(r0) * ldq, ldq, T(1), dK,
+                ldk);
       }
-      // dQ = dS·K ;  dK += dSᵀ·Q
-      gemm<T>(false, false, Tn, hd, Tn, T(1), dS, Tn, K, ldk, T(0), dq + q0, ldq);
-      gemm<T>(true, false, Tn, hd, Tn, T(1), dS, Tn, Q, ldq, T(1), dK, ldk);
     }
   }
 }

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "moe/kernels/vexp.h"
+
 namespace moe {
 
 // losses [N] (written, nats) for logits [N,V] and targets [N]. If dlogits is non-null it gets
@@ -15,16 +17,27 @@ void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits,
     const T* z = logits + std::size_t(n) * V;
     T mx = z[0];
     for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
-    double sum = 0;
-    for (int v = 0; v < V; ++v) sum += std::exp(double(z[v] - mx));
+    // The exponentials go straight into dlogits (when wanted): computed once, vectorized.
+    T* e = dlogits ? dlogits + std::size_t(n) * V : nullptr;
     const int t = targets[n];
-    const double lse = double(mx) + std::log(sum);
-    losses[n] = T(lse - double(z[t]));
-    if (dlogits) {
-      T* d = dlogits + std::size_t(n) * V;
-      const double inv = 1.0 / sum;
-      for (int v = 0; v < V; ++v) d[v] = T(std::exp(double(z[v] - mx)) * inv) * scale;
-      d[t] -= scale;
+    const T zt = z[t];
+    double sum = 0;
+    if (e) {
+#pragma omp simd reduction(+ : sum)
+      for (int v = 0; v < V; ++v) {
+        e[v] = vexp(z[v] - mx);
+        sum += double(e[v]);
+      }
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (int v = 0; v < V; ++v) sum += double(vexp(z[v] - mx));
+    }
+    losses[n] = T(double(mx) + std::log(sum) - double(zt));
+    if (e) {
+      const T k = T(1.0 / sum) * scale;
+#pragma omp simd
+      for (int v = 0; v < V; ++v) e[v] *= k;
+      e[t] -= scale;
     }
   }
 }
