@@ -8,7 +8,7 @@
 namespace moe {
 
 Param* ParamStore::add(std::string name, std::vector<int64_t> shape, Init init, float scale,
-                       bool decay) {
+                       bool decay, bool contiguous_next) {
   MOE_CHECK(base_w_ == nullptr, "ParamStore::add('{}') after allocate()", name);
   MOE_CHECK(find(name) == nullptr, "duplicate parameter name '{}'", name);
   Param p;
@@ -19,9 +19,10 @@ Param* ParamStore::add(std::string name, std::vector<int64_t> shape, Init init, 
   p.init = init;
   p.scale = scale;
   p.decay = decay;
-  // Each tensor starts on a cache line so kernels may assume alignment.
+  // Tensors start on a cache line (16 floats) unless the previous one asked to be contiguous.
+  // Padding stays zero in the gradient arena, so flat passes (norms) see only real entries.
   p.offset = total_;
-  total_ += (p.numel + 15) / 16 * 16;
+  total_ += contiguous_next ? p.numel : (p.numel + 15) / 16 * 16;
   params_.push_back(std::move(p));
   return &params_.back();
 }

@@ -96,20 +96,30 @@ TEST(Ops, RopeRotatesPairsAndInverseIsBackward) {
 }
 
 TEST(Ops, SwiGluAndGeluGradients) {
-  const std::size_t n = 40;
-  V g = randn(n, 9, 2.0), u = randn(n, 10), R = randn(n, 11);
+  const int N = 4, H = 10;
+  const std::size_t n = std::size_t(N) * H;
+  V gu = randn(2 * n, 9, 2.0), R = randn(n, 11);  // [N, 2H]: gate | up per row
   auto loss_s = [&] {
     V out(n);
-    swiglu_forward(out.data(), g.data(), u.data(), n);
+    swiglu_forward(out.data(), gu.data(), N, H);
     return dot(out, R);
   };
   V out(n);
-  swiglu_forward(out.data(), g.data(), u.data(), n);
-  for (std::size_t i = 0; i < n; ++i) EXPECT_NEAR(out[i], g[i] / (1 + std::exp(-g[i])) * u[i], 1e-12);
-  V dg(n), du(n);
-  swiglu_backward(dg.data(), du.data(), R.data(), g.data(), u.data(), n);
-  EXPECT_TRUE(all_close("dgate", dg, numeric_grad(g, loss_s), kTol, kTol));
-  EXPECT_TRUE(all_close("dup", du, numeric_grad(u, loss_s), kTol, kTol));
+  swiglu_forward(out.data(), gu.data(), N, H);
+  for (int r = 0; r < N; ++r)
+    for (int i = 0; i < H; ++i) {
+      const double g = gu[r * 2 * H + i], u = gu[r * 2 * H + H + i];
+      EXPECT_NEAR(out[r * H + i], g / (1 + std::exp(-g)) * u, 1e-12);
+    }
+  V dgu(2 * n, 5.0);
+  swiglu_backward(dgu.data(), R.data(), gu.data(), N, H);
+  EXPECT_TRUE(all_close("dgate|dup", dgu, numeric_grad(gu, loss_s), kTol, kTol));
+  // In place (dgu aliases gu), as the FFN calls it.
+  V inplace = gu;
+  swiglu_backward(inplace.data(), R.data(), inplace.data(), N, H);
+  EXPECT_TRUE(all_close("in place", inplace, dgu, 0, 0));
+
+  V g = randn(n, 10, 2.0);
   auto loss_g = [&] {
     V o(n);
     gelu_forward(o.data(), g.data(), n);

@@ -29,7 +29,11 @@ struct Param {
 class ParamStore {
  public:
   // Pointers stay valid for the store's lifetime (deque storage).
-  Param* add(std::string name, std::vector<int64_t> shape, Init init, float scale, bool decay);
+  // The next tensor starts on a cache line, unless contiguous_next: then it starts right after
+  // this one, so tensors added that way form one matrix (e.g. w_gate and w_up of a SwiGLU FFN
+  // are multiplied by one GEMM as a [2H, C] matrix while staying two tensors in checkpoints).
+  Param* add(std::string name, std::vector<int64_t> shape, Init init, float scale, bool decay,
+             bool contiguous_next = false);
   void allocate();                // after all add(); fills w and g pointers
   void initialize(uint64_t seed);  // deterministic: parameter i uses Philox stream (init, i)
   void zero_grad();

@@ -19,9 +19,10 @@ class DenseFfn final : public FeedForward {
   Activation act_;
   int C_, H_;
   Param *w_gate_ = nullptr, *w_up_ = nullptr, *w_down_ = nullptr;
-  // [N,H] each: pre-activations (gate, up) and the activated hidden; backward reuses them in
-  // place for their own gradients.
-  float *gate_ = nullptr, *up_ = nullptr, *hidden_ = nullptr;
+  // SwiGLU: gu [N,2H] holds gate | up pre-activations (one GEMM against the contiguous
+  // [W_gate; W_up]); GELU: gu [N,H] holds the pre-activation. hidden [N,H] is the activated
+  // hidden. Backward reuses both in place for their own gradients.
+  float *gu_ = nullptr, *hidden_ = nullptr;
 };
 
 }  // namespace moe

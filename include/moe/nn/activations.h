@@ -7,26 +7,38 @@
 
 namespace moe {
 
-// out [n] (written) = silu(gate) · up
+// out [N,H] (written) = silu(gate) · up, with gate and up side by side in gu [N,2H]
+// (gate in columns 0..H-1, up in H..2H-1): the layout one GEMM against [W_gate; W_up] produces.
 template <typename T>
-void swiglu_forward(T* out, const T* gate, const T* up, std::size_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (std::size_t i = 0; i < n; ++i) {
-    const T g = gate[i];
-    out[i] = g / (T(1) + vexp(-g)) * up[i];
+void swiglu_forward(T* out, const T* gu, int N, int H) {
+#pragma omp parallel for schedule(static) if (std::size_t(N) * H > 65536)
+  for (int n = 0; n < N; ++n) {
+    const T* g = gu + std::size_t(n) * 2 * H;
+    const T* u = g + H;
+    T* o = out + std::size_t(n) * H;
+#pragma omp simd
+    for (int i = 0; i < H; ++i) o[i] = g[i] / (T(1) + vexp(-g[i])) * u[i];
   }
 }
 
-// dgate, dup [n] (written; may alias gate / up: each element is read before it is written).
+// dgu [N,2H] (written; may alias gu: each element is read before it is written) from
+// dout [N,H]: d(gate) = dout·u·σ(g)·(1 + g·(1−σ(g))), d(up) = dout·silu(g).
 template <typename T>
-void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, std::size_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (std::size_t i = 0; i < n; ++i) {
-    const T g = gate[i], u = up[i], d = dout[i];
-    const T s = T(1) / (T(1) + vexp(-g));
-    const T silu = g * s;
-    dgate[i] = d * u * s * (T(1) + g * (T(1) - s));
-    dup[i] = d * silu;
+void swiglu_backward(T* dgu, const T* dout, const T* gu, int N, int H) {
+#pragma omp parallel for schedule(static) if (std::size_t(N) * H > 65536)
+  for (int n = 0; n < N; ++n) {
+    const T* g = gu + std::size_t(n) * 2 * H;
+    const T* u = g + H;
+    const T* d = dout + std::size_t(n) * H;
+    T* dg = dgu + std::size_t(n) * 2 * H;
+    T* du = dg + H;
+#pragma omp simd
+    for (int i = 0; i < H; ++i) {
+      const T gi = g[i], ui = u[i], di = d[i];
+      const T s = T(1) / (T(1) + vexp(-gi));
+      dg[i] = di * ui * s * (T(1) + gi * (T(1) - s));
+      du[i] = di * gi * s;
+    }
   }
 }
 

@@ -52,14 +52,17 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int
         for (int i = r0; i < r1; ++i) {
           T* row = P + std::size_t(i) * Tn;
           T mx = row[0];
-          for (int j = 1; j <= i; ++j) mx = row[j] > mx ? row[j] : mx;
+          // This operand order (and j from 0) is the form GCC vectorizes as a max reduction.
+#pragma omp simd reduction(max : mx)
+          for (int j = 0; j <= i; ++j) mx = mx > row[j] ? mx : row[j];
+          // Two loops: GCC vectorizes the exp loop only without the reduction in it.
+#pragma omp simd
+          for (int j = 0; j <= i; ++j) row[j] = vexp(row[j] - mx);
           T sum = 0;
 #pragma omp simd reduction(+ : sum)
-          for (int j = 0; j <= i; ++j) {
-            row[j] = vexp(row[j] - mx);
-            sum += row[j];
-          }
+          for (int j = 0; j <= i; ++j) sum += row[j];
           const T inv = T(1) / sum;
+#pragma omp simd
           for (int j = 0; j <= i; ++j) row[j] *= inv;
           for (int j = i + 1; j < Tn; ++j) row[j] = 0;
         }
@@ -118,7 +121,9 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* dout, const T*
           const T* p = P + std::size_t(i) * Tn;
           T* d = dS + std::size_t(i) * Tn;
           T dot = 0;
+#pragma omp simd reduction(+ : dot)
           for (int j = 0; j <= i; ++j) dot += p[j] * d[j];
+#pragma omp simd
           for (int j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - dot) * scale;
           for (int j = i + 1; j < r1; ++j) d[j] = 0;
         }

@@ -16,18 +16,18 @@ void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits,
   for (int n = 0; n < N; ++n) {
     const T* z = logits + std::size_t(n) * V;
     T mx = z[0];
-    for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
+#pragma omp simd reduction(max : mx)
+    for (int v = 0; v < V; ++v) mx = mx > z[v] ? mx : z[v];
     // The exponentials go straight into dlogits (when wanted): computed once, vectorized.
     T* e = dlogits ? dlogits + std::size_t(n) * V : nullptr;
     const int t = targets[n];
     const T zt = z[t];
     double sum = 0;
     if (e) {
+#pragma omp simd
+      for (int v = 0; v < V; ++v) e[v] = vexp(z[v] - mx);
 #pragma omp simd reduction(+ : sum)
-      for (int v = 0; v < V; ++v) {
-        e[v] = vexp(z[v] - mx);
-        sum += double(e[v]);
-      }
+      for (int v = 0; v < V; ++v) sum += double(e[v]);
     } else {
 #pragma omp simd reduction(+ : sum)
       for (int v = 0; v < V; ++v) sum += double(vexp(z[v] - mx));
