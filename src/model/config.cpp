@@ -93,21 +93,80 @@ class Fields {
 FfnConfig parse_ffn(const json& j, const std::string& source, const std::string& path,
                     FfnConfig base) {
   Fields f(j, source, path);
-  f.get_choice("kind", base.kind, {"dense"});
+  f.get_choice("kind", base.kind, {"dense", "moe"});
   std::string act = base.activation == Activation::kGELU ? "gelu" : "swiglu";
   f.get_choice("activation", act, {"swiglu", "gelu"});
   base.activation = act == "gelu" ? Activation::kGELU : Activation::kSwiGLU;
   f.get("d_ff", base.d_ff);
-  MOE_CHECK(base.d_ff >= 0, "{}: field {}.d_ff: got {}, expected >= 0 (0 = auto)", source, path,
-            base.d_ff);
+  f.get("num_experts", base.num_experts);
+  f.get("top_k", base.top_k);
+  f.get("d_expert", base.d_expert);
+  f.get("granularity", base.granularity);
+  f.get("expansion", base.expansion);
+  f.get("k_base", base.k_base);
+  f.get("shared_experts", base.shared_experts);
+  f.get("capacity_factor", base.capacity_factor);
+  f.get("eval_capacity_factor", base.eval_capacity_factor);
+  f.get("aux_loss_coef", base.aux_loss_coef);
+  f.get("z_loss_coef", base.z_loss_coef);
+  if (const json* r = f.sub("router")) {
+    Fields rf(*r, source, path + ".router");
+    rf.get_choice("kind", base.router.kind, {"topk", "noisy_topk", "gshard", "expert_choice"});
+    rf.get("normalize", base.router.normalize);
+    rf.get_choice("score", base.router.score, {"softmax", "sigmoid"});
+    rf.get("jitter", base.router.jitter);
+    rf.get("bias_balance", base.router.bias_balance);
+    rf.get("bias_rate", base.router.bias_rate);
+    rf.reject_unknown();
+  }
   f.reject_unknown();
+  auto nonneg = [&](const char* name, double v) {
+    MOE_CHECK(v >= 0, "{}: field {}.{}: got {}, expected >= 0", source, path, name, v);
+  };
+  nonneg("d_ff", base.d_ff);
+  nonneg("num_experts", base.num_experts);
+  nonneg("top_k", base.top_k);
+  nonneg("d_expert", base.d_expert);
+  nonneg("granularity", base.granularity);
+  nonneg("expansion", base.expansion);
+  nonneg("shared_experts", base.shared_experts);
+  nonneg("capacity_factor", base.capacity_factor);
+  nonneg("eval_capacity_factor", base.eval_capacity_factor);
+  nonneg("aux_loss_coef", base.aux_loss_coef);
+  nonneg("z_loss_coef", base.z_loss_coef);
+  MOE_CHECK(base.router.jitter >= 0 && base.router.jitter < 1,
+            "{}: field {}.router.jitter: got {}, expected [0, 1)", source, path,
+            base.router.jitter);
+  MOE_CHECK(base.k_base >= 1, "{}: field {}.k_base: got {}, expected >= 1", source, path,
+            base.k_base);
   return base;
 }
 
 json ffn_to_json(const FfnConfig& f) {
-  return {{"kind", f.kind},
-          {"activation", f.activation == Activation::kGELU ? "gelu" : "swiglu"},
-          {"d_ff", f.d_ff}};
+  json j = {{"kind", f.kind},
+            {"activation", f.activation == Activation::kGELU ? "gelu" : "swiglu"},
+            {"d_ff", f.d_ff}};
+  if (f.kind == "moe") {
+    j.update({{"num_experts", f.num_experts},
+              {"top_k", f.top_k},
+              {"d_expert", f.d_expert},
+              {"granularity", f.granularity},
+              {"expansion", f.expansion},
+              {"k_base", f.k_base},
+              {"shared_experts", f.shared_experts},
+              {"capacity_factor", f.capacity_factor},
+              {"eval_capacity_factor", f.eval_capacity_factor},
+              {"aux_loss_coef", f.aux_loss_coef},
+              {"z_loss_coef", f.z_loss_coef},
+              {"router",
+               {{"kind", f.router.kind},
+                {"normalize", f.router.normalize},
+                {"score", f.router.score},
+                {"jitter", f.router.jitter},
+                {"bias_balance", f.router.bias_balance},
+                {"bias_rate", f.router.bias_rate}}}});
+  }
+  return j;
 }
 
 }  // namespace
@@ -118,11 +177,53 @@ const FfnConfig& ModelConfig::ffn_for(int layer) const {
   return ffn;
 }
 
-static void resolve_ffn(FfnConfig& f, int d_model) {
-  if (f.d_ff != 0) return;
-  // GELU: the classic 4·C. SwiGLU has three matrices, so 2/3 of that width keeps the parameter
-  // count equal (LLaMA's rule), rounded up to a multiple of 64 for the GEMMs.
-  f.d_ff = f.activation == Activation::kGELU ? 4 * d_model : (8 * d_model / 3 + 63) / 64 * 64;
+static void resolve_ffn(FfnConfig& f, int d_model, const std::string& where) {
+  if (f.d_ff == 0) {
+    // GELU: the classic 4·C. SwiGLU has three matrices, so 2/3 of that width keeps the parameter
+    // count equal (LLaMA's rule), rounded up to a multiple of 64 for the GEMMs.
+    f.d_ff = f.activation == Activation::kGELU ? 4 * d_model : (8 * d_model / 3 + 63) / 64 * 64;
+  }
+  if (f.kind != "moe") return;
+  if (f.granularity > 0) {
+    // Krajewski et al.: E·G experts of width d_ff/G, each token to G·k_base of them, so the
+    // active parameters stay those of the dense FFN (times k_base) whatever G is.
+    MOE_CHECK(f.expansion > 0,
+              "config: field {}.expansion: got {}, the fine-grained form (granularity > 0) needs "
+              "an expansion rate >= 1",
+              where, f.expansion);
+    MOE_CHECK(f.d_ff % f.granularity == 0,
+              "config: field {}.granularity: d_ff = {} is not divisible by G = {}", where, f.d_ff,
+              f.granularity);
+    MOE_CHECK(f.num_experts == 0 || f.num_experts == f.expansion * f.granularity,
+              "config: field {}.num_experts: got {}, but expansion·granularity = {}; set one form",
+              where, f.num_experts, f.expansion * f.granularity);
+    f.num_experts = f.expansion * f.granularity;
+    f.d_expert = f.d_ff / f.granularity;
+    if (f.top_k == 0) f.top_k = f.granularity * f.k_base;
+  }
+  if (f.d_expert == 0) f.d_expert = f.d_ff;
+  MOE_CHECK(f.num_experts >= 1,
+            "config: field {}.num_experts: got {}, an MoE FFN needs at least 1 expert (or "
+            "granularity + expansion)",
+            where, f.num_experts);
+  if (f.top_k == 0) f.top_k = f.router.kind == "gshard" ? 2 : 1;
+  MOE_CHECK(f.top_k <= f.num_experts,
+            "config: field {}.top_k: got {}, expected 1..num_experts = {}", where, f.top_k,
+            f.num_experts);
+  if (f.router.kind == "gshard")
+    MOE_CHECK(f.top_k == 2, "config: field {}.top_k: got {}, the gshard router is top-2", where,
+              f.top_k);
+  if (f.router.kind == "expert_choice") {
+    // Here the capacity factor is the mean number of experts per token; default: top_k.
+    if (f.capacity_factor == 0) f.capacity_factor = float(f.top_k);
+    if (f.eval_capacity_factor == 0) f.eval_capacity_factor = f.capacity_factor;
+    MOE_CHECK(!f.router.bias_balance,
+              "config: field {}.router.bias_balance: expert choice balances by construction; "
+              "bias_balance is for token-choice routers",
+              where);
+  }
+  MOE_CHECK(f.router.score == "softmax" || f.router.kind == "topk",
+            "config: field {}.router.score: sigmoid scores are only for the topk router", where);
 }
 
 void ModelConfig::resolve() {
@@ -152,12 +253,12 @@ void ModelConfig::resolve() {
   MOE_CHECK(rope_theta > 0, "config: field model.rope_theta: got {}, expected > 0", rope_theta);
   MOE_CHECK(norm_eps > 0, "config: field model.norm_eps: got {}, expected > 0", norm_eps);
   MOE_CHECK(init_std > 0, "config: field model.init_std: got {}, expected > 0", init_std);
-  resolve_ffn(ffn, d_model);
+  resolve_ffn(ffn, d_model, "model.ffn");
   for (auto& [l, f] : ffn_overrides) {
     MOE_CHECK(l >= 0 && l < n_layers,
               "config: field model.ffn_overrides: block {} does not exist (n_layers = {})", l,
               n_layers);
-    resolve_ffn(f, d_model);
+    resolve_ffn(f, d_model, "model.ffn_overrides." + std::to_string(l));
   }
 }
 

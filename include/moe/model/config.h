@@ -12,11 +12,36 @@ namespace moe {
 
 enum class Activation { kSwiGLU, kGELU };
 
+// Router of an MoE FFN (ffn.router). See docs/MOE.md.
+struct RouterConfig {
+  std::string kind = "topk";     // topk | noisy_topk | gshard | expert_choice
+  bool normalize = true;         // topk: renormalise the k gates to sum 1 (Mixtral); false = Switch
+  std::string score = "softmax"; // topk: softmax | sigmoid
+  float jitter = 0;              // topk: multiplicative input jitter x·U(1−j, 1+j), training only
+  bool bias_balance = false;     // DeepSeek-V3 aux-loss-free bias on the selection (token choice)
+  float bias_rate = 1e-3f;       // γ of the bias update b_e += γ·sign(mean load − load_e)
+};
+
 // The FFN of one block. `kind` selects the implementation behind ffn/feed_forward.h.
 struct FfnConfig {
-  std::string kind = "dense";              // dense (moe, peer: later issues)
+  std::string kind = "dense";              // dense | moe
   Activation activation = Activation::kSwiGLU;
-  int d_ff = 0;                            // hidden width; 0 = auto (see resolve())
+  int d_ff = 0;                            // dense hidden width; 0 = auto (see resolve())
+  // --- kind "moe" (ignored for dense). Either explicit sizes ...
+  int num_experts = 0;                     // E (routed experts)
+  int top_k = 0;                           // k
+  int d_expert = 0;                        // H of one expert; 0 = d_ff (or d_ff / G)
+  // ... or the fine-grained parametrisation of Krajewski et al.: E·G experts of width d_ff/G,
+  // top-k = G·k_base. Set granularity > 0 to use it.
+  int granularity = 0;                     // G
+  int expansion = 0;                       // E (expansion rate)
+  int k_base = 1;
+  int shared_experts = 0;                  // dense experts every token passes through (width H)
+  float capacity_factor = 0;               // training; 0 = dropless (token choice)
+  float eval_capacity_factor = 0;          // evaluation / generation; 0 = dropless
+  double aux_loss_coef = 0.01;             // α of the Switch load-balancing loss
+  double z_loss_coef = 0.001;              // β of the router z-loss
+  RouterConfig router;
 };
 
 struct ModelConfig {

@@ -1,0 +1,667 @@
+#include "moe/ffn/moe/moe_layer.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "moe/core/error.h"
+#include "moe/core/rng.h"
+#include "moe/kernels/gemm.h"
+#include "moe/nn/activations.h"
+
+namespace moe {
+
+MoeSpec MoeSpec::from_config(const FfnConfig& f, int d_model) {
+  MoeSpec s;
+  s.C = d_model;
+  s.E = f.num_experts;
+  s.H = f.d_expert;
+  s.k = f.top_k;
+  s.n_shared = f.shared_experts;
+  s.act = f.activation;
+  s.kind = f.router.kind == "noisy_topk"      ? RouterKind::kNoisyTopK
+           : f.router.kind == "gshard"        ? RouterKind::kGShard
+           : f.router.kind == "expert_choice" ? RouterKind::kExpertChoice
+                                              : RouterKind::kTopK;
+  s.normalize = f.router.normalize;
+  s.sigmoid = f.router.score == "sigmoid";
+  s.bias_balance = f.router.bias_balance;
+  s.bias_rate = f.router.bias_rate;
+  s.jitter = f.router.jitter;
+  s.capacity_factor = f.capacity_factor;
+  s.eval_capacity_factor = f.eval_capacity_factor;
+  s.alpha = f.aux_loss_coef;
+  s.beta = f.z_loss_coef;
+  return s;
+}
+
+namespace {
+
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+template <typename T>
+void activation_forward(T* hid, const T* gu, int m, int H, Activation a) {
+  if (a == Activation::kSwiGLU)
+    swiglu_forward(hid, gu, m, H);
+  else
+    gelu_forward(hid, gu, std::size_t(m) * H);
+}
+
+// dgu (written over gu) from dhid.
+template <typename T>
+void activation_backward(T* gu, const T* dhid, int m, int H, Activation a) {
+  if (a == Activation::kSwiGLU)
+    swiglu_backward(gu, dhid, gu, m, H);
+  else
+    gelu_backward(gu, dhid, gu, std::size_t(m) * H);
+}
+
+// The first projection of an expert: gu [m, W1] = X [m,C] · [W_gate; W_up]ᵀ (SwiGLU: gate in
+// columns 0..H-1, up in H..2H-1) or X · W_upᵀ (GELU). wg may be null for GELU.
+template <typename T>
+void first_forward(T* gu, const T* X, const T* wg, const T* wu, int m, int C, int H,
+                   Activation a) {
+  if (a == Activation::kSwiGLU) {
+    gemm<T>(false, true, m, H, C, T(1), X, C, wg, C, T(0), gu, 2 * H);
+    gemm<T>(false, true, m, H, C, T(1), X, C, wu, C, T(0), gu + H, 2 * H);
+  } else {
+    gemm<T>(false, true, m, H, C, T(1), X, C, wu, C, T(0), gu, H);
+  }
+}
+
+// Its backward from dgu [m, W1]: dW (+=) and dX (+= if accumulate, else =).
+template <typename T>
+void first_backward(T* dX, T* dwg, T* dwu, const T* dgu, const T* X, const T* wg, const T* wu,
+                    int m, int C, int H, Activation a, bool accumulate) {
+  const T beta = accumulate ? T(1) : T(0);
+  if (a == Activation::kSwiGLU) {
+    gemm<T>(true, false, H, C, m, T(1), dgu, 2 * H, X, C, T(1), dwg, C);
+    gemm<T>(true, false, H, C, m, T(1), dgu + H, 2 * H, X, C, T(1), dwu, C);
+    gemm<T>(false, false, m, C, H, T(1), dgu, 2 * H, wg, C, beta, dX, C);
+    gemm<T>(false, false, m, C, H, T(1), dgu + H, 2 * H, wu, C, T(1), dX, C);
+  } else {
+    gemm<T>(true, false, H, C, m, T(1), dgu, H, X, C, T(1), dwu, C);
+    gemm<T>(false, false, m, C, H, T(1), dgu, H, wu, C, beta, dX, C);
+  }
+}
+
+// Runs fn(e) for every expert in `order`. Many experts: one expert per task across threads
+// (largest first, dynamic), each GEMM single-threaded. Few experts: one after another, each GEMM
+// using all threads. Either way one expert's weight gradient is written by one task only.
+template <typename F>
+void for_each_expert(const int32_t* order, int E, F&& fn) {
+  const int nt = max_threads();
+  if (E >= 2 * nt && nt > 1) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < E; ++i) fn(order[i]);
+  } else {
+    for (int i = 0; i < E; ++i) fn(order[i]);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void MoeLayer<T>::bind(Arena& a, int max_batch, int max_seq) {
+  const int N = max_batch * max_seq, E = s_.E, C = s_.C, H = s_.H, W1 = s_.w1_rows();
+  // Bound on routed rows: token choice ≤ N·k; expert choice ≤ T·E·c with c ≤ min(B, ⌈B·cf/E⌉);
+  // the decode fallback of expert choice routes ≤ N·round(cf) ≤ N·E.
+  int64_t rows = int64_t(N) * s_.k;
+  if (s_.kind == RouterKind::kExpertChoice) {
+    const float cf = std::max(s_.capacity_factor, s_.eval_capacity_factor);
+    const int64_t c = std::min<int64_t>(max_batch, int64_t(std::ceil(max_batch * cf / E)));
+    const int64_t kk = std::min<int64_t>(E, std::max<int64_t>(1, std::lround(cf)));
+    rows = std::max(int64_t(max_seq) * E * c, int64_t(N) * kk);
+  }
+  max_rows_ = int(rows);
+  max_assign_ = int(rows);
+  auto f = [&](std::size_t n) { return a.take<T>(n); };
+  auto i32 = [&](std::size_t n) { return a.take<int32_t>(n); };
+  logits_ = f(std::size_t(N) * E);
+  scores_ = f(std::size_t(N) * E);
+  dlogits_ = f(std::size_t(N) * E);
+  lse_ = f(N);
+  score_sum_ = f(N);
+  cursor_ = i32(std::max(E, N));
+  if (s_.kind == RouterKind::kNoisyTopK) {
+    noise_logits_ = f(std::size_t(N) * E);
+    eps_ = f(std::size_t(N) * E);
+  }
+  if (s_.jitter > 0) jittered_ = f(2 * std::size_t(N) * C);  // jittered x, then the factors
+  a_expert_ = i32(max_assign_);
+  a_token_ = i32(max_assign_);
+  a_row_ = i32(max_assign_);
+  a_gate_ = f(max_assign_);
+  a_dgate_ = f(max_assign_);
+  offsets_ = i32(E + 1);
+  sel_count_ = i32(E);
+  expert_order_ = i32(E);
+  row_assign_ = i32(max_rows_);
+  row_token_ = i32(max_rows_);
+  tok_off_ = i32(N + 1);
+  tok_rows_ = i32(max_rows_);
+  xe_ = f(std::size_t(max_rows_) * C);
+  gu_ = f(std::size_t(max_rows_) * W1);
+  hid_ = f(std::size_t(max_rows_) * H);
+  ye_ = f(std::size_t(max_rows_) * C);
+  dye_ = f(std::size_t(max_rows_) * C);
+  if (s_.n_shared > 0) {
+    s_gu_ = f(std::size_t(s_.n_shared) * N * W1);
+    s_hid_ = f(std::size_t(s_.n_shared) * N * H);
+    s_y_ = f(std::size_t(N) * C);
+  }
+}
+
+// Top-k of key[0..E) into idx[0..k): largest first, ties → lower index.
+template <typename T>
+static void topk_indices(const T* key, int E, int k, int32_t* idx, int32_t* scratch) {
+  for (int e = 0; e < E; ++e) scratch[e] = e;
+  std::partial_sort(scratch, scratch + k, scratch + E, [&](int32_t a, int32_t b) {
+    return key[a] != key[b] ? key[a] > key[b] : a < b;
+  });
+  std::copy(scratch, scratch + k, idx);
+}
+
+template <typename T>
+void MoeLayer<T>::route_token_choice(const T* xr, const MoeParams<T>& p, bool training,
+                                     uint64_t seed, int64_t step, int layer,
+                                     const MoeNoise<T>& noise) {
+  const int N = N_, E = s_.E, k = kk_;
+  const bool noisy = s_.kind == RouterKind::kNoisyTopK && training;
+  noisy_active_ = noisy;
+  const bool gshard = s_.kind == RouterKind::kGShard;
+  // Scores: softmax (default), sigmoid, or for the noisy router the softmax of the noisy logits.
+  if (noisy) {
+    gemm<T>(false, true, N, E, s_.C, T(1), xr, s_.C, p.w_noise, s_.C, T(0), noise_logits_, E);
+    Rng rng(seed, stream_id(kPurposeNoise, uint32_t(step), uint32_t(layer)));
+    for (std::size_t i = 0; i < std::size_t(N) * E; ++i)
+      eps_[i] = noise.normal ? noise.normal[i] : T(rng.normal(i));
+  }
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    const T* r = logits_ + std::size_t(n) * E;
+    T* sc = scores_ + std::size_t(n) * E;
+    if (s_.sigmoid) {
+      T sum = 0;
+      for (int e = 0; e < E; ++e) sum += (sc[e] = T(1) / (T(1) + std::exp(-r[e])));
+      score_sum_[n] = sum;
+      continue;
+    }
+    T h[1024];  // E <= 1024 is checked by MoeFfn
+    for (int e = 0; e < E; ++e) {
+      h[e] = r[e];
+      if (noisy) {
+        const T z = noise_logits_[std::size_t(n) * E + e];
+        const T softplus = z > T(20) ? z : std::log1p(std::exp(z));
+        h[e] += eps_[std::size_t(n) * E + e] * softplus;
+      }
+    }
+    T mx = h[0];
+    for (int e = 1; e < E; ++e) mx = std::max(mx, h[e]);
+    T sum = 0;
+    for (int e = 0; e < E; ++e) sum += (sc[e] = std::exp(h[e] - mx));
+    for (int e = 0; e < E; ++e) sc[e] /= sum;
+    if (noisy) {  // keep the noisy logits themselves for the gate softmax below
+      for (int e = 0; e < E; ++e) dlogits_[std::size_t(n) * E + e] = h[e];
+    }
+  }
+  // Selection and gates, per token.
+  n_assign_ = N * k;
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    const T* sc = scores_ + std::size_t(n) * E;
+    T key[1024];
+    int32_t scratch[1024], idx[1024];
+    const T* base = noisy ? dlogits_ + std::size_t(n) * E : sc;
+    for (int e = 0; e < E; ++e) key[e] = base[e] + (s_.bias_balance ? p.bias[e] : T(0));
+    topk_indices(key, E, k, idx, scratch);
+    T g[1024];
+    if (noisy) {  // softmax over the kept noisy logits
+      T mx = base[idx[0]], sum = 0;
+      for (int s = 0; s < k; ++s) mx = std::max(mx, base[idx[s]]);
+      for (int s = 0; s < k; ++s) sum += (g[s] = std::exp(base[idx[s]] - mx));
+      for (int s = 0; s < k; ++s) g[s] /= sum;
+    } else {
+      T sum = 0;
+      for (int s = 0; s < k; ++s) sum += (g[s] = sc[idx[s]]);
+      // Expert choice's decode fallback keeps the raw softmax scores as gates.
+      if ((s_.normalize && s_.kind != RouterKind::kExpertChoice) || gshard)
+        for (int s = 0; s < k; ++s) g[s] /= sum;
+    }
+    for (int s = 0; s < k; ++s) {
+      const int a = n * k + s;
+      a_expert_[a] = idx[s];
+      a_token_[a] = n;
+      a_gate_[a] = g[s];
+      a_row_[a] = 0;  // provisionally kept
+    }
+    // GShard: the second expert is kept with probability min(1, 2·g2) during training.
+    if (gshard && training) {
+      const T u = noise.uniform ? noise.uniform[n]
+                                : T(Rng(seed, stream_id(kPurposeNoise, uint32_t(step),
+                                                        uint32_t(layer) | 0x8000u))
+                                        .uniform(n));
+      if (!(T(2) * g[1] > u)) a_row_[n * k + 1] = -2;  // -2: skipped by random routing
+    }
+  }
+  // Capacity, in the documented drop order: all first choices (by token index) before any
+  // second choice, and so on; an assignment to an expert already holding `cap` is dropped.
+  std::fill(sel_count_, sel_count_ + E, 0);
+  std::vector<int64_t>& kept = stats_.tokens_per_expert;
+  kept.assign(E, 0);
+  stats_.dropped = 0;
+  stats_.assignments = 0;
+  for (int s = 0; s < k; ++s)
+    for (int n = 0; n < N; ++n) {
+      const int a = n * k + s;
+      const int e = a_expert_[a];
+      if (!gshard || s == 0) ++sel_count_[e];  // f_e counts (GShard: first choices only)
+      if (a_row_[a] == -2) continue;
+      ++stats_.assignments;
+      if (kept[e] < cap_) {
+        ++kept[e];
+      } else {
+        a_row_[a] = -1;
+        ++stats_.dropped;
+      }
+    }
+}
+
+template <typename T>
+void MoeLayer<T>::route_expert_choice(int B, int Tn, float cf) {
+  const int E = s_.E, N = B * Tn;
+  const int c = std::min(B, int(std::ceil(B * double(cf) / E)));
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    const T* r = logits_ + std::size_t(n) * E;
+    T* sc = scores_ + std::size_t(n) * E;
+    T mx = r[0], sum = 0;
+    for (int e = 1; e < E; ++e) mx = std::max(mx, r[e]);
+    for (int e = 0; e < E; ++e) sum += (sc[e] = std::exp(r[e] - mx));
+    for (int e = 0; e < E; ++e) sc[e] /= sum;
+  }
+  // Group t = the tokens at position t of every sequence; each expert takes its top-c of them.
+  n_assign_ = Tn * E * c;
+#pragma omp parallel for schedule(static) if (Tn * E > 16)
+  for (int ge = 0; ge < Tn * E; ++ge) {
+    const int t = ge / E, e = ge % E;
+    int32_t order[4096];  // B <= 4096 is checked by MoeFfn
+    for (int b = 0; b < B; ++b) order[b] = b;
+    std::partial_sort(order, order + c, order + B, [&](int32_t x, int32_t y) {
+      const T px = scores_[std::size_t(x * Tn + t) * E + e];
+      const T py = scores_[std::size_t(y * Tn + t) * E + e];
+      return px != py ? px > py : x < y;
+    });
+    for (int j = 0; j < c; ++j) {
+      const int a = ge * c + j, n = order[j] * Tn + t;
+      a_expert_[a] = e;
+      a_token_[a] = n;
+      a_gate_[a] = scores_[std::size_t(n) * E + e];
+      a_row_[a] = 0;
+    }
+  }
+  std::fill(sel_count_, sel_count_ + E, Tn * c);
+  stats_.tokens_per_expert.assign(E, int64_t(Tn) * c);
+  stats_.assignments = n_assign_;
+  stats_.dropped = 0;
+}
+
+template <typename T>
+void MoeLayer<T>::dispatch() {
+  const int E = s_.E, N = N_;
+  // Counting sort of the kept assignments by expert (assignment order within an expert).
+  std::fill(offsets_, offsets_ + E + 1, 0);
+  for (int a = 0; a < n_assign_; ++a)
+    if (a_row_[a] >= 0) ++offsets_[a_expert_[a] + 1];
+  for (int e = 0; e < E; ++e) offsets_[e + 1] += offsets_[e];
+  n_rows_ = offsets_[E];
+  MOE_CHECK(n_rows_ <= max_rows_, "internal: {} routed rows exceed the bound {}", n_rows_,
+            max_rows_);
+  std::copy(offsets_, offsets_ + E, cursor_);
+  for (int a = 0; a < n_assign_; ++a) {
+    if (a_row_[a] < 0) continue;
+    const int r = cursor_[a_expert_[a]]++;
+    a_row_[a] = r;
+    row_assign_[r] = a;
+    row_token_[r] = a_token_[a];
+  }
+  // Token CSR over rows, in assignment order per token: for token choice a = n·k + s (slot
+  // order); for expert choice a = (t·E + e)·c + j (expert order). This is the fixed order of
+  // the combine and of dx's scatter.
+  std::fill(tok_off_, tok_off_ + N + 1, 0);
+  for (int a = 0; a < n_assign_; ++a)
+    if (a_row_[a] >= 0) ++tok_off_[a_token_[a] + 1];
+  for (int n = 0; n < N; ++n) tok_off_[n + 1] += tok_off_[n];
+  std::copy(tok_off_, tok_off_ + N, cursor_);
+  for (int a = 0; a < n_assign_; ++a)
+    if (a_row_[a] >= 0) tok_rows_[cursor_[a_token_[a]]++] = a_row_[a];
+  for (int e = 0; e < E; ++e) expert_order_[e] = e;
+  std::stable_sort(expert_order_, expert_order_ + E, [&](int32_t x, int32_t y) {
+    return offsets_[x + 1] - offsets_[x] > offsets_[y + 1] - offsets_[y];
+  });
+}
+
+template <typename T>
+void MoeLayer<T>::experts_forward(const T* x, const MoeParams<T>& p) {
+  const int C = s_.C, H = s_.H, W1 = s_.w1_rows();
+#pragma omp parallel for schedule(static) if (n_rows_ > 256)
+  for (int r = 0; r < n_rows_; ++r)
+    std::memcpy(xe_ + std::size_t(r) * C, x + std::size_t(row_token_[r]) * C, sizeof(T) * C);
+  for_each_expert(expert_order_, s_.E, [&](int e) {
+    const int o = offsets_[e], m = offsets_[e + 1] - o;
+    if (m == 0) return;
+    const std::size_t we = std::size_t(e) * H * C;
+    first_forward(gu_ + std::size_t(o) * W1, xe_ + std::size_t(o) * C,
+                  p.w_gate ? p.w_gate + we : nullptr, p.w_up + we, m, C, H, s_.act);
+    activation_forward(hid_ + std::size_t(o) * H, gu_ + std::size_t(o) * W1, m, H, s_.act);
+    gemm<T>(false, true, m, C, H, T(1), hid_ + std::size_t(o) * H, H,
+            p.w_down + std::size_t(e) * C * H, H, T(0), ye_ + std::size_t(o) * C, C);
+  });
+}
+
+template <typename T>
+void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn, bool training,
+                          uint64_t seed, int64_t step, int layer, T loss_scale,
+                          const MoeNoise<T>& noise) {
+  const int N = B * Tn, E = s_.E, C = s_.C;
+  N_ = N;
+  B_ = B;
+  T_ = Tn;
+  loss_scale_ = loss_scale;
+  const float cf = training ? s_.capacity_factor : s_.eval_capacity_factor;
+  // Expert choice needs a group of sequences; decoding one sequence (B = 1) routes with
+  // token-choice top-round(cf) on the same softmax scores, unnormalised (docs/MOE.md).
+  ec_mode_ = s_.kind == RouterKind::kExpertChoice && B > 1;
+  kk_ = s_.kind == RouterKind::kExpertChoice
+            ? std::min(E, std::max(1, int(std::lround(cf))))
+            : s_.k;
+  cap_ = (s_.kind != RouterKind::kExpertChoice && cf > 0)
+             ? int(std::ceil(double(cf) * N * kk_ / E))
+             : INT_MAX;
+  // Router input: x, or x with multiplicative jitter (training only; the experts see plain x).
+  const T* xr = x;
+  if (training && s_.jitter > 0) {
+    T* u = jittered_ + std::size_t(N) * C;
+    Rng rng(seed, stream_id(kPurposeNoise, uint32_t(step), uint32_t(layer) | 0x4000u));
+    for (std::size_t i = 0; i < std::size_t(N) * C; ++i) {
+      u[i] = T(1) - T(s_.jitter) + T(2 * s_.jitter) * T(rng.uniform(i));
+      jittered_[i] = x[i] * u[i];
+    }
+    xr = jittered_;
+  }
+  jitter_active_ = xr != x;
+  gemm<T>(false, true, N, E, C, T(1), xr, C, p.router, C, T(0), logits_, E);
+  // z-loss needs logsumexp of the raw logits.
+  double z = 0;
+  for (int n = 0; n < N; ++n) {
+    const T* r = logits_ + std::size_t(n) * E;
+    T mx = r[0];
+    for (int e = 1; e < E; ++e) mx = std::max(mx, r[e]);
+    double sum = 0;
+    for (int e = 0; e < E; ++e) sum += std::exp(double(r[e] - mx));
+    lse_[n] = T(double(mx) + std::log(sum));
+    z += double(lse_[n]) * double(lse_[n]);
+  }
+  stats_.z_loss = s_.beta * z / N;
+  noisy_active_ = false;
+  if (ec_mode_)
+    route_expert_choice(B, Tn, cf);
+  else
+    route_token_choice(xr, p, training, seed, step, layer, noise);
+  dispatch();
+  experts_forward(x, p);
+  // Combine in the fixed per-token order.
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    T* yn = y + std::size_t(n) * C;
+    std::fill(yn, yn + C, T(0));
+    for (int i = tok_off_[n]; i < tok_off_[n + 1]; ++i) {
+      const int r = tok_rows_[i];
+      const T g = a_gate_[row_assign_[r]];
+      const T* ye = ye_ + std::size_t(r) * C;
+      for (int c = 0; c < C; ++c) yn[c] += g * ye[c];
+    }
+  }
+  // Shared experts: dense FFNs on every token, added with weight 1.
+  const int H = s_.H, W1 = s_.w1_rows();
+  for (int s = 0; s < s_.n_shared; ++s) {
+    T* gu = s_gu_ + std::size_t(s) * N * W1;
+    T* hid = s_hid_ + std::size_t(s) * N * H;
+    const std::size_t ws = std::size_t(s) * H * C;
+    first_forward(gu, x, p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, N, C, H, s_.act);
+    activation_forward(hid, gu, N, H, s_.act);
+    gemm<T>(false, true, N, C, H, T(1), hid, H, p.s_down + std::size_t(s) * C * H, H, T(1), y, C);
+  }
+  // Aux loss (token choice): α·E·Σ_e f_e·P_e, f from the selections before capacity.
+  stats_.aux_loss = 0;
+  if (!ec_mode_ && s_.alpha > 0 && s_.kind != RouterKind::kExpertChoice) {
+    const double denom = s_.kind == RouterKind::kGShard ? double(N) : double(N) * kk_;
+    double acc = 0;
+    for (int e = 0; e < E; ++e) {
+      double P = 0;
+      for (int n = 0; n < N; ++n) P += double(balance_prob(n, e));
+      acc += sel_count_[e] / denom * (P / N);
+    }
+    stats_.aux_loss = s_.alpha * E * acc;
+  }
+  // Metrics.
+  double ent = 0;
+  for (int n = 0; n < N; ++n)
+    for (int e = 0; e < E; ++e) {
+      const double q = double(balance_prob(n, e));
+      if (q > 0) ent -= q * std::log(q);
+    }
+  stats_.router_entropy = ent / N;
+  int64_t mx = 0, tot = 0;
+  stats_.unused_experts = 0;
+  for (int e = 0; e < E; ++e) {
+    const int64_t c = stats_.tokens_per_expert[e];
+    mx = std::max(mx, c);
+    tot += c;
+    stats_.unused_experts += c == 0;
+  }
+  stats_.max_over_mean_load = tot > 0 ? double(mx) / (double(tot) / E) : 0;
+}
+
+template <typename T>
+T MoeLayer<T>::balance_prob(int n, int e) const {
+  const T sc = scores_[std::size_t(n) * s_.E + e];
+  return s_.sigmoid ? sc / score_sum_[n] : sc;
+}
+
+template <typename T>
+void MoeLayer<T>::backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
+                           const MoeParams<T>& p) {
+  const int N = N_, C = s_.C, H = s_.H, W1 = s_.w1_rows();
+  // Shared experts.
+  for (int s = 0; s < s_.n_shared; ++s) {
+    T* gu = s_gu_ + std::size_t(s) * N * W1;
+    T* hid = s_hid_ + std::size_t(s) * N * H;
+    const T* wd = p.s_down + std::size_t(s) * C * H;
+    const std::size_t ws = std::size_t(s) * H * C;
+    gemm<T>(true, false, C, H, N, T(1), dy, C, hid, H, T(1), g.s_down + std::size_t(s) * C * H, H);
+    gemm<T>(false, false, N, H, C, T(1), dy, C, wd, H, T(0), hid, H);  // hid ← d(hid)
+    activation_backward(gu, hid, N, H, s_.act);                          // gu ← d(gu)
+    first_backward(dx, g.s_gate ? g.s_gate + ws : nullptr, g.s_up + ws, gu, x,
+                   p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, N, C, H, s_.act, true);
+  }
+  // Per routed row: d(ye) = gate·dy[token]; d(gate) = dy[token]·ye.
+  std::fill(a_dgate_, a_dgate_ + n_assign_, T(0));
+#pragma omp parallel for schedule(static) if (n_rows_ > 256)
+  for (int r = 0; r < n_rows_; ++r) {
+    const int a = row_assign_[r];
+    const T* d = dy + std::size_t(row_token_[r]) * C;
+    const T* ye = ye_ + std::size_t(r) * C;
+    T* dye = dye_ + std::size_t(r) * C;
+    const T gate = a_gate_[a];
+    T dot = 0;
+    for (int c = 0; c < C; ++c) {
+      dot += d[c] * ye[c];
+      dye[c] = gate * d[c];
+    }
+    a_dgate_[a] = dot;
+  }
+  // Experts: each expert's weight gradients are written by one task.
+  T* dxe = ye_;  // ye is no longer needed
+  for_each_expert(expert_order_, s_.E, [&](int e) {
+    const int o = offsets_[e], m = offsets_[e + 1] - o;
+    if (m == 0) return;
+    const T* wd = p.w_down + std::size_t(e) * C * H;
+    const std::size_t we = std::size_t(e) * H * C;
+    T* hid = hid_ + std::size_t(o) * H;
+    T* gu = gu_ + std::size_t(o) * W1;
+    const T* dye = dye_ + std::size_t(o) * C;
+    gemm<T>(true, false, C, H, m, T(1), dye, C, hid, H, T(1), g.w_down + std::size_t(e) * C * H, H);
+    gemm<T>(false, false, m, H, C, T(1), dye, C, wd, H, T(0), hid, H);
+    activation_backward(gu, hid, m, H, s_.act);
+    first_backward(dxe + std::size_t(o) * C, g.w_gate ? g.w_gate + we : nullptr, g.w_up + we, gu,
+                   xe_ + std::size_t(o) * C, p.w_gate ? p.w_gate + we : nullptr, p.w_up + we, m,
+                   C, H, s_.act, false);
+  });
+  // Scatter back to tokens in the fixed per-token order.
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    T* dxn = dx + std::size_t(n) * C;
+    for (int i = tok_off_[n]; i < tok_off_[n + 1]; ++i) {
+      const T* d = dxe + std::size_t(tok_rows_[i]) * C;
+      for (int c = 0; c < C; ++c) dxn[c] += d[c];
+    }
+  }
+  router_backward(dx, g, x, p);
+}
+
+template <typename T>
+void MoeLayer<T>::router_backward(T* dx, const MoeGrads<T>& g, const T* x, const MoeParams<T>& p) {
+  const int N = N_, E = s_.E, C = s_.C, k = kk_;
+  const bool aux = !ec_mode_ && s_.alpha > 0 && s_.kind != RouterKind::kExpertChoice;
+  const double denom = s_.kind == RouterKind::kGShard ? double(N) : double(N) * k;
+  // Expert choice: the gate of (n, e) is p[n,e] itself; gather d/dp into dlogits_ first.
+  std::fill(dlogits_, dlogits_ + std::size_t(N) * E, T(0));
+  if (ec_mode_) {
+    for (int a = 0; a < n_assign_; ++a)
+      dlogits_[std::size_t(a_token_[a]) * E + a_expert_[a]] += a_dgate_[a];
+  }
+  const bool tc = !ec_mode_;
+  const bool renorm =
+      (s_.normalize && s_.kind != RouterKind::kExpertChoice) || s_.kind == RouterKind::kGShard;
+  const T zc = T(2.0 * s_.beta / N) * loss_scale_;
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    T* d = dlogits_ + std::size_t(n) * E;
+    const T* sc = scores_ + std::size_t(n) * E;
+    const T* r = logits_ + std::size_t(n) * E;
+    T dsel[1024], dq[1024];  // d/d(score or noisy logit) from the gates; d/dP from the aux loss
+    for (int e = 0; e < E; ++e) dsel[e] = d[e];
+    if (tc) {
+      const int a0 = n * k;
+      if (noisy_active_) {
+        // Gates = softmax over the selected noisy logits: dH_s = g_s·(dg_s − Σ_j g_j·dg_j).
+        T dot = 0;
+        for (int s = 0; s < k; ++s) dot += a_gate_[a0 + s] * a_dgate_[a0 + s];
+        for (int s = 0; s < k; ++s)
+          dsel[a_expert_[a0 + s]] += a_gate_[a0 + s] * (a_dgate_[a0 + s] - dot);
+      } else if (renorm) {
+        // g_s = p_s/S, S = Σ_selected p:  dp_s = dg_s/S − Σ_j dg_j·p_j / S².
+        T S = 0, dot = 0;
+        for (int s = 0; s < k; ++s) {
+          const T pe = sc[a_expert_[a0 + s]];
+          S += pe;
+          dot += a_dgate_[a0 + s] * pe;
+        }
+        for (int s = 0; s < k; ++s)
+          dsel[a_expert_[a0 + s]] += a_dgate_[a0 + s] / S - dot / (S * S);
+      } else {
+        for (int s = 0; s < k; ++s) dsel[a_expert_[a0 + s]] += a_dgate_[a0 + s];
+      }
+    }
+    // Aux loss α·E·Σ_e f_e·P_e, P_e = mean_n q[n,e]:  d/dq[n,e] = α·E·f_e/N.
+    for (int e = 0; e < E; ++e)
+      dq[e] = aux ? T(s_.alpha * E * (sel_count_[e] / denom) / N) * loss_scale_ : T(0);
+    if (s_.sigmoid) {
+      // q = p/S_n (S_n = Σ_e p): dp_e += (dq_e − Σ_j dq_j·q_j)/S_n; then σ' = p(1−p).
+      const T S = score_sum_[n];
+      T dot = 0;
+      for (int e = 0; e < E; ++e) dot += dq[e] * sc[e] / S;
+      for (int e = 0; e < E; ++e) d[e] = (dsel[e] + (dq[e] - dot) / S) * sc[e] * (T(1) - sc[e]);
+    } else if (noisy_active_) {
+      // dH = gates' part + softmax backward of the aux part through P = softmax(H);
+      // then r gets dH and the noise logits z get dH·eps·softplus'(z) = dH·eps·σ(z).
+      T dot = 0;
+      for (int e = 0; e < E; ++e) dot += sc[e] * dq[e];
+      T* z = noise_logits_ + std::size_t(n) * E;
+      const T* ep = eps_ + std::size_t(n) * E;
+      for (int e = 0; e < E; ++e) {
+        const T dH = dsel[e] + sc[e] * (dq[e] - dot);
+        d[e] = dH;
+        z[e] = dH * ep[e] / (T(1) + std::exp(-z[e]));  // z ← d(z), in place
+      }
+    } else {
+      // Softmax backward of d/dp (gates + aux).
+      T dot = 0;
+      for (int e = 0; e < E; ++e) dot += sc[e] * (dsel[e] + dq[e]);
+      for (int e = 0; e < E; ++e) d[e] = sc[e] * (dsel[e] + dq[e] - dot);
+    }
+    // z-loss β·mean_n lse_n²:  d/dr = 2β/N·lse·softmax(r).
+    if (s_.beta > 0)
+      for (int e = 0; e < E; ++e) d[e] += zc * lse_[n] * std::exp(r[e] - lse_[n]);
+  }
+  const T* xr = jitter_active_ ? jittered_ : x;
+  gemm<T>(true, false, E, C, N, T(1), dlogits_, E, xr, C, T(1), g.router, C);
+  if (noisy_active_)
+    gemm<T>(true, false, E, C, N, T(1), noise_logits_, E, xr, C, T(1), g.w_noise, C);
+  if (jitter_active_) {
+    // dx += (dr·W_r [+ dz·W_noise]) ∘ u, the jitter factors. dye_ ([rows, C], rows >= N·k >= N)
+    // is free scratch by now.
+    T* tmp = dye_;
+    gemm<T>(false, false, N, C, E, T(1), dlogits_, E, p.router, C, T(0), tmp, C);
+    if (noisy_active_)
+      gemm<T>(false, false, N, C, E, T(1), noise_logits_, E, p.w_noise, C, T(1), tmp, C);
+    const T* u = jittered_ + std::size_t(N) * C;
+    for (std::size_t i = 0; i < std::size_t(N) * C; ++i) dx[i] += tmp[i] * u[i];
+  } else {
+    gemm<T>(false, false, N, C, E, T(1), dlogits_, E, p.router, C, T(1), dx, C);
+    if (noisy_active_)
+      gemm<T>(false, false, N, C, E, T(1), noise_logits_, E, p.w_noise, C, T(1), dx, C);
+  }
+}
+
+template <typename T>
+void MoeLayer<T>::update_bias(T* bias) const {
+  // Load = selections per expert in this forward (before capacity), as DeepSeek-V3 counts it.
+  const int E = s_.E;
+  double mean = 0;
+  for (int e = 0; e < E; ++e) mean += sel_count_[e];
+  mean /= E;
+  for (int e = 0; e < E; ++e) {
+    const double d = mean - sel_count_[e];
+    bias[e] += T(s_.bias_rate) * T(d > 0 ? 1 : d < 0 ? -1 : 0);
+  }
+}
+
+template <typename T>
+std::vector<int32_t> MoeLayer<T>::selected_experts() const {
+  return std::vector<int32_t>(a_expert_, a_expert_ + (ec_mode_ ? 0 : N_ * kk_));
+}
+
+template <typename T>
+std::vector<int32_t> MoeLayer<T>::dropped_mask() const {
+  std::vector<int32_t> m(ec_mode_ ? 0 : N_ * kk_);
+  for (std::size_t a = 0; a < m.size(); ++a) m[a] = a_row_[a] < 0;
+  return m;
+}
+
+template class MoeLayer<float>;
+template class MoeLayer<double>;
+
+}  // namespace moe
