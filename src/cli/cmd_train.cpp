@@ -102,12 +102,26 @@ void register_eval(CLI::App& app) {
     data::TokenStream s = data::tokenize_file(*l.tok, dir + "/" + a->split + ".txt");
     EvalResult r = evaluate(*l.model, s, a->batch, T);
     if (a->json) {
-      fmt::print("{}\n", nlohmann::json({{"split", a->split}, {"loss", r.loss}, {"bpb", r.bpb},
-                                         {"tokens", r.tokens}, {"bytes", r.bytes}})
-                             .dump());
+      nlohmann::json j = {{"split", a->split}, {"loss", r.loss},   {"bpb", r.bpb},
+                          {"tokens", r.tokens}, {"bytes", r.bytes}};
+      if (!r.moe.is_null()) j["moe"] = r.moe;
+      fmt::print("{}\n", j.dump());
     } else {
       fmt::print("{} split: {} tokens, {} bytes, loss {:.4f} nats/token, {:.4f} bits per byte\n",
                  a->split, r.tokens, r.bytes, r.loss, r.bpb);
+      if (!r.moe.is_null()) {
+        fmt::print("MoE routing over the split (per layer):\n");
+        for (auto& m : r.moe) {
+          std::string loads;
+          for (auto& t : m["tokens_per_expert"]) loads += fmt::format(" {}", t.get<int64_t>());
+          fmt::print("  layer {}: dropped {:.2f}%, router entropy {:.3f} nats, unused experts {}, "
+                     "max/mean load {:.2f}, aux {:.4g}, z {:.4g}\n    tokens per expert:{}\n",
+                     m["layer"].get<int>(), m["dropped_pct"].get<double>(),
+                     m["router_entropy"].get<double>(), m["unused_experts"].get<int>(),
+                     m["max_over_mean_load"].get<double>(), m["aux_loss"].get<double>(),
+                     m["z_loss"].get<double>(), loads);
+        }
+      }
     }
   });
 }

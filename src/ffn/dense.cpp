@@ -3,7 +3,6 @@
 #include <cmath>
 #include <fmt/format.h>
 
-#include "moe/core/error.h"
 #include "moe/nn/activations.h"
 #include "moe/nn/linear.h"
 
@@ -22,8 +21,8 @@ DenseFfn::DenseFfn(const FfnConfig& ffn, const ModelConfig& model, ParamStore& p
   w_down_ = params.add(prefix + ".w_down", {C_, H_}, Init::kNormal, std_out, true);
 }
 
-void DenseFfn::bind(Arena& acts, int max_tokens) {
-  const std::size_t n = std::size_t(max_tokens) * H_;
+void DenseFfn::bind(Arena& acts, int max_batch, int max_seq) {
+  const std::size_t n = std::size_t(max_batch) * max_seq * H_;
   gu_ = acts.take<float>(act_ == Activation::kSwiGLU ? 2 * n : n);
   hidden_ = acts.take<float>(n);
 }
@@ -59,12 +58,6 @@ void DenseFfn::backward(float* dx, const float* dout, const float* x, int N) {
 
 std::string DenseFfn::describe() const {
   return fmt::format("dense {} d_ff={}", act_ == Activation::kSwiGLU ? "swiglu" : "gelu", H_);
-}
-
-std::unique_ptr<FeedForward> make_feed_forward(const FfnConfig& ffn, const ModelConfig& model,
-                                               ParamStore& params, const std::string& prefix) {
-  if (ffn.kind == "dense") return std::make_unique<DenseFfn>(ffn, model, params, prefix);
-  MOE_FAIL("ffn kind '{}' is not available (known: dense)", ffn.kind);
 }
 
 }  // namespace moe

@@ -43,7 +43,7 @@ Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq)
       L.k_norm = params_.add(p + ".attn.k_norm", {Dkv_}, Init::kOnes, 0, false);
     }
     L.ffn_norm = params_.add(p + ".ffn_norm.weight", {C_}, Init::kOnes, 0, false);
-    ffn_.push_back(make_feed_forward(cfg_.ffn_for(l), cfg_, params_, p + ".ffn"));
+    ffn_.push_back(make_feed_forward(cfg_.ffn_for(l), cfg_, params_, p + ".ffn", l));
   }
   norm_ = params_.add("norm.weight", {C_}, Init::kOnes, 0, false);
   if (cfg_.tie_embeddings) {
@@ -79,7 +79,7 @@ void Transformer::bind(Arena& a) {
     L.att = f(N * Dq_);
     L.ln2 = f(N * C_);
     L.rstd2 = f(N);
-    ffn_[l]->bind(a, max_tokens_);
+    ffn_[l]->bind(a, max_batch_, max_seq_);
   }
   res_final_ = f(N * C_);
   lnf_ = f(N * C_);
@@ -120,6 +120,7 @@ double Transformer::forward(const int32_t* tokens, const int32_t* targets, int B
   StepInfo si = info;
   si.batch = B;
   si.seq_len = T;
+  si.loss_scale = targets && grad_scale > 0 ? grad_scale : 0.f;
   const float eps = cfg_.norm_eps;
 
   embedding_forward(layers_.empty() ? res_final_ : layers_[0].res_in, tokens, embed_->w, N, C_);
@@ -219,6 +220,7 @@ const float* Transformer::decode_step(int32_t token, int pos, KVCache& cache) {
   check_tokens(&token, 1, "token");
   StepInfo si;
   si.training = false;
+  si.loss_scale = 0;
   const float eps = cfg_.norm_eps;
   // One token: every layer uses layer 0's buffers as scratch (there is no backward to feed).
   Layer& S = layers_[0];

@@ -1,5 +1,7 @@
 #include "moe/scaling/accounting.h"
 
+#include <cmath>
+
 #include "moe/core/error.h"
 
 namespace moe {
@@ -8,28 +10,48 @@ ModelCount count_model(const ModelConfig& cfg, int seq_len) {
   ModelConfig m = cfg;
   m.resolve();
   ModelCount c;
+  double ffn_matmul_active = 0;  // FFN matmul parameters a token uses (dense or experts)
   const int64_t C = m.d_model, V = m.vocab_size, L = m.n_layers;
   const int64_t Dq = int64_t(m.n_heads) * m.head_dim, Dkv = int64_t(m.n_kv_heads) * m.head_dim;
   c.embedding = V * C;
   c.head = m.tie_embeddings ? 0 : V * C;
   c.attention = L * (Dq * C + 2 * Dkv * C + C * Dq);
   c.norms = L * 2 * C + C + (m.qk_norm ? L * (Dq + Dkv) : 0);
+  double router_flop_params = 0;  // Σ over MoE layers of C·E
   for (int l = 0; l < L; ++l) {
     const FfnConfig& f = m.ffn_for(l);
-    MOE_CHECK(f.kind == "dense", "accounting: ffn kind '{}' is not known", f.kind);
     const int64_t mats = f.activation == Activation::kSwiGLU ? 3 : 2;
-    c.ffn += mats * C * f.d_ff;
-    c.ffn_active += mats * C * f.d_ff;
+    if (f.kind == "dense") {
+      c.ffn += mats * C * f.d_ff;
+      c.ffn_active += mats * C * f.d_ff;
+      ffn_matmul_active += double(mats * C * f.d_ff);
+      continue;
+    }
+    MOE_CHECK(f.kind == "moe", "accounting: ffn kind '{}' is not known", f.kind);
+    const int64_t E = f.num_experts, H = f.d_expert, S = f.shared_experts;
+    const int64_t router = E * C * (f.router.kind == "noisy_topk" ? 2 : 1) +
+                           (f.router.bias_balance ? E : 0);
+    const int64_t expert = mats * C * H;
+    // Experts a token uses: k for token choice; on average capacity_factor for expert choice.
+    const double per_token = f.router.kind == "expert_choice" ? f.capacity_factor : f.top_k;
+    c.router += router;
+    c.experts += E * expert;
+    c.shared += S * expert;
+    c.ffn += router + (E + S) * expert;
+    c.ffn_active += router + int64_t(std::llround(per_token * expert)) + S * expert;
+    router_flop_params += double(E) * C;
+    ffn_matmul_active += per_token * expert + double(S) * expert;
   }
   c.total = c.embedding + c.head + c.attention + c.norms + c.ffn;
   c.active = c.total - c.ffn + c.ffn_active;
-  // Matmul parameters a token uses: attention, active FFN, the LM head (the tied embedding
-  // matrix is a matmul when it acts as the head; the input lookup is not).
-  const double matmul = double(c.attention + c.ffn_active + V * C);
-  c.flops_matmul_fwd = 2 * matmul;
+  // Matmul parameters a token uses: attention, the FFN weights it passes through (router
+  // excluded: it is counted with its own constant), and the LM head (the tied embedding matrix
+  // is a matmul when it acts as the head; the input lookup is not).
+  const double matmul = double(c.attention) + ffn_matmul_active + double(V * C);
+  c.flops_matmul_fwd = 2 * matmul + 2 * router_flop_params;
   c.flops_attention_fwd = double(L) * 2 * 2 * double(Dq) * (seq_len + 1) / 2.0;
   c.flops_fwd = c.flops_matmul_fwd + c.flops_attention_fwd;
-  c.flops_train = 3 * c.flops_fwd;
+  c.flops_train = 6 * matmul + 14 * router_flop_params + 3 * c.flops_attention_fwd;
   return c;
 }
 

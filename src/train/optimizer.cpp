@@ -36,7 +36,8 @@ OptimStats AdamWOptimizer::step(int64_t s) {
   }
   const AdamWHyper h{float(st.lr), cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay};
   for (Param& p : params_.all())
-    adamw_update(p.w, m_ + p.offset, v_ + p.offset, p.g, p.numel, h, decays(p), s + 1);
+    if (p.trainable)
+      adamw_update(p.w, m_ + p.offset, v_ + p.offset, p.g, p.numel, h, decays(p), s + 1);
   return st;
 }
 

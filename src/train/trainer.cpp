@@ -29,9 +29,20 @@ static void on_sigint(int) {
 
 void install_sigint_handler() { std::signal(SIGINT, on_sigint); }
 
+json collect_moe_metrics(Transformer& model) {
+  json all = json::array();
+  for (auto& f : model.ffns()) {
+    json m = f->metrics();
+    if (!m.is_null()) all.push_back(std::move(m));
+    f->reset_metrics();
+  }
+  return all.empty() ? json(nullptr) : all;
+}
+
 EvalResult evaluate(Transformer& model, const data::TokenStream& s, int B, int T,
                     int64_t max_windows) {
   EvalResult r;
+  collect_moe_metrics(model);  // start the routing metrics afresh for this evaluation
   const int64_t n = int64_t(s.ids.size());
   if (n < 2) return r;
   // Window w predicts tokens [w·T + 1, w·T + T]; the last window may be shorter.
@@ -67,6 +78,7 @@ EvalResult evaluate(Transformer& model, const data::TokenStream& s, int B, int T
   }
   r.loss = nats / double(r.tokens);
   r.bpb = data::bits_per_byte(nats, r.bytes);
+  r.moe = collect_moe_metrics(model);
   return r;
 }
 
@@ -191,14 +203,17 @@ TrainResult Trainer::run() {
     info.training = true;
     info.step = s;
     info.seed = tc.seed;
-    double loss = 0;
+    double loss = 0, aux = 0;
     for (int m = 0; m < tc.grad_accum; ++m) {
       sample_batch(s, m, x.data(), y.data());
       loss += model_->forward(x.data(), y.data(), B, T, info, 1.f / float(tc.grad_accum));
+      aux += model_->aux_loss();
       model_->backward();
     }
     loss /= tc.grad_accum;
-    if (!std::isfinite(loss)) {
+    aux /= tc.grad_accum;
+    if (!std::isfinite(loss) || !std::isfinite(aux)) {
+      loss = std::isfinite(loss) ? aux : loss;
       if (tty) fmt::print("\n");
       MOE_FAIL("loss is {} at step {}: stopping without saving; the last good checkpoint {} is "
                "kept (try a lower train.lr or train.grad_clip)",
@@ -218,8 +233,14 @@ TrainResult Trainer::run() {
       window_t = Clock::now();
       window_tokens = 0;
       const double el = elapsed();
-      log_json({{"step", state_.step}, {"loss", loss}, {"lr", st.lr},
-                {"grad_norm", st.grad_norm}, {"tokens_per_s", tps}, {"elapsed_s", el}});
+      json line = {{"step", state_.step}, {"loss", loss},          {"lr", st.lr},
+                   {"grad_norm", st.grad_norm}, {"tokens_per_s", tps}, {"elapsed_s", el}};
+      json moe = collect_moe_metrics(*model_);
+      if (!moe.is_null()) {
+        line["aux_loss"] = aux;
+        line["moe"] = moe;
+      }
+      log_json(line);
       if (!opts_.quiet) {
         const double eta = tps > 0 ? double(tc.steps - state_.step) * B * T * tc.grad_accum / tps : -1;
         if (tty) {
@@ -240,8 +261,10 @@ TrainResult Trainer::run() {
         (tc.eval_every > 0 && state_.step % tc.eval_every == 0) || state_.step == tc.steps;
     if (eval_now && !val_.ids.empty()) {
       res.last_val = evaluate(*model_, val_, B, T, tc.eval_batches * B);
-      log_json({{"step", state_.step}, {"val_loss", res.last_val.loss},
-                {"val_bpb", res.last_val.bpb}, {"elapsed_s", elapsed()}});
+      json line = {{"step", state_.step}, {"val_loss", res.last_val.loss},
+                   {"val_bpb", res.last_val.bpb}, {"elapsed_s", elapsed()}};
+      if (!res.last_val.moe.is_null()) line["val_moe"] = res.last_val.moe;
+      log_json(line);
       if (!opts_.quiet) {
         fmt::print("{}step {} val loss {:.4f} val bpb {:.4f}\n", tty ? "\n" : "", state_.step,
                    res.last_val.loss, res.last_val.bpb);

@@ -22,6 +22,8 @@ struct Param {
   float scale = 0.02f;     // std for kNormal, bound for kUniform
   bool decay = true;       // weight decay applies
   bool is_embedding = false;
+  bool trainable = true;   // false: state kept in checkpoints but never touched by the optimizer
+                           // (e.g. the DeepSeek-V3 routing bias, updated by its own rule)
   float* w = nullptr;
   float* g = nullptr;
 };

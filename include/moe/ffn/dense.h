@@ -10,7 +10,7 @@ class DenseFfn final : public FeedForward {
  public:
   DenseFfn(const FfnConfig& ffn, const ModelConfig& model, ParamStore& params,
            const std::string& prefix);
-  void bind(Arena& acts, int max_tokens) override;
+  void bind(Arena& acts, int max_batch, int max_seq) override;
   void forward(float* out, const float* x, int n_tokens, const StepInfo& info) override;
   void backward(float* dx, const float* dout, const float* x, int n_tokens) override;
   std::string describe() const override;

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "moe/core/arena.h"
@@ -20,14 +21,17 @@ struct StepInfo {
   uint64_t seed = 0;
   int batch = 1;    // B
   int seq_len = 1;  // T; tokens are laid out [B, T] row-major
+  // Gradient scale of the step's loss (1/grad_accum); auxiliary losses scale their gradients by
+  // it too, so they accumulate like the main loss.
+  float loss_scale = 1.f;
 };
 
 class FeedForward {
  public:
   virtual ~FeedForward() = default;
-  // Carves this layer's activation buffers for up to max_tokens rows out of `acts`. Called twice
-  // (a measuring pass, then the real arena) and must take the same sizes both times.
-  virtual void bind(Arena& acts, int max_tokens) = 0;
+  // Carves this layer's activation buffers for up to max_batch × max_seq tokens out of `acts`.
+  // Called twice (a measuring pass, then the real arena) and must take the same sizes both times.
+  virtual void bind(Arena& acts, int max_batch, int max_seq) = 0;
   // out [N,C] (written) from x [N,C]. x stays valid and unchanged until backward.
   virtual void forward(float* out, const float* x, int n_tokens, const StepInfo& info) = 0;
   // dx [N,C] (+=), parameter gradients (+=); dout [N,C], x as given to forward.
@@ -35,9 +39,14 @@ class FeedForward {
   // Extra loss terms this layer added in the last forward (balancing losses; 0 for dense).
   virtual double aux_loss() const { return 0; }
   virtual std::string describe() const = 0;
+  // Routing metrics accumulated over the forwards since the last reset (null for dense).
+  virtual nlohmann::json metrics() const { return nullptr; }
+  virtual void reset_metrics() {}
 };
 
+// `layer` is the block index (it keys the routing noise).
 std::unique_ptr<FeedForward> make_feed_forward(const FfnConfig& ffn, const ModelConfig& model,
-                                               ParamStore& params, const std::string& prefix);
+                                               ParamStore& params, const std::string& prefix,
+                                               int layer);
 
 }  // namespace moe

@@ -26,7 +26,12 @@ struct EvalResult {
   double bpb = 0;   // bits per byte of the text those tokens stand for
   int64_t tokens = 0;
   uint64_t bytes = 0;
+  nlohmann::json moe;  // per MoE layer routing metrics over the evaluated text (null if dense)
 };
+
+// Routing metrics of every MoE layer accumulated since the last call, then reset (null if the
+// model has no MoE layer).
+nlohmann::json collect_moe_metrics(Transformer& model);
 
 // Evaluates windows of T tokens (stride T, so every token after the first is predicted exactly
 // once) in batches of B; max_windows > 0 caps how many (taken evenly spaced across the stream,

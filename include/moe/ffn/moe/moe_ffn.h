@@ -1,0 +1,42 @@
+// FFN kind "moe": the FeedForward face of MoeLayer<float> (moe_layer.h), with its parameters in
+// the model's ParamStore under <prefix> (checkpoint names, docs/FORMATS.md):
+//   router.weight [E,C]; router.w_noise [E,C] (noisy_topk); router.bias [E] (bias_balance,
+//   not trained by the optimizer); experts.w_gate [E,H,C] (SwiGLU), experts.w_up [E,H,C],
+//   experts.w_down [E,C,H]; shared.w_gate / shared.w_up [S,H,C], shared.w_down [S,C,H].
+#pragma once
+#include "moe/ffn/feed_forward.h"
+#include "moe/ffn/moe/moe_layer.h"
+
+namespace moe {
+
+class MoeFfn final : public FeedForward {
+ public:
+  MoeFfn(const FfnConfig& ffn, const ModelConfig& model, ParamStore& params,
+         const std::string& prefix, int layer);
+  void bind(Arena& acts, int max_batch, int max_seq) override;
+  void forward(float* out, const float* x, int n_tokens, const StepInfo& info) override;
+  void backward(float* dx, const float* dout, const float* x, int n_tokens) override;
+  double aux_loss() const override { return layer_.aux_loss(); }
+  std::string describe() const override;
+  nlohmann::json metrics() const override;
+  void reset_metrics() override;
+  const MoeLayer<float>& layer() const { return layer_; }
+
+ private:
+  MoeParams<float> params() const;
+  MoeGrads<float> grads() const;
+
+  MoeSpec spec_;
+  int layer_index_;
+  std::string router_kind_;
+  MoeLayer<float> layer_;
+  Param *router_ = nullptr, *w_noise_ = nullptr, *bias_ = nullptr;
+  Param *w_gate_ = nullptr, *w_up_ = nullptr, *w_down_ = nullptr;
+  Param *s_gate_ = nullptr, *s_up_ = nullptr, *s_down_ = nullptr;
+  // Metrics accumulated since reset_metrics().
+  std::vector<int64_t> acc_tokens_;
+  int64_t acc_assign_ = 0, acc_dropped_ = 0, acc_forwards_ = 0;
+  double acc_entropy_ = 0, acc_aux_ = 0, acc_z_ = 0;
+};
+
+}  // namespace moe

@@ -1,0 +1,125 @@
+#include "moe/ffn/moe/moe_ffn.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "moe/core/error.h"
+#include "moe/ffn/dense.h"
+
+namespace moe {
+
+MoeFfn::MoeFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
+               const std::string& prefix, int layer)
+    : spec_(MoeSpec::from_config(f, model.d_model)),
+      layer_index_(layer),
+      router_kind_(f.router.kind),
+      layer_(spec_) {
+  const int E = spec_.E, C = spec_.C, H = spec_.H, S = spec_.n_shared;
+  MOE_CHECK(E <= 1024, "{}: num_experts = {}: at most 1024 routed experts per layer", prefix, E);
+  const bool glu = spec_.act == Activation::kSwiGLU;
+  // Router: small uniform init U(±1/√C) (REFERENCE §1: a zero router would send every token to
+  // experts 0..k−1). The noise projection starts at zero as in Shazeer et al.
+  router_ = ps.add(prefix + ".router.weight", {E, C}, Init::kUniform, 1.f / std::sqrt(float(C)),
+                   false);
+  if (spec_.kind == RouterKind::kNoisyTopK)
+    w_noise_ = ps.add(prefix + ".router.w_noise", {E, C}, Init::kZeros, 0, false);
+  if (spec_.bias_balance) {
+    bias_ = ps.add(prefix + ".router.bias", {E}, Init::kZeros, 0, false);
+    bias_->trainable = false;
+  }
+  // Experts initialised like the dense FFN; the down projection also gets the depth scaling.
+  const float std_in = model.init_std, std_out = model.init_std / std::sqrt(2.f * model.n_layers);
+  if (glu) w_gate_ = ps.add(prefix + ".experts.w_gate", {E, H, C}, Init::kNormal, std_in, true);
+  w_up_ = ps.add(prefix + ".experts.w_up", {E, H, C}, Init::kNormal, std_in, true);
+  w_down_ = ps.add(prefix + ".experts.w_down", {E, C, H}, Init::kNormal, std_out, true);
+  if (S > 0) {
+    if (glu) s_gate_ = ps.add(prefix + ".shared.w_gate", {S, H, C}, Init::kNormal, std_in, true);
+    s_up_ = ps.add(prefix + ".shared.w_up", {S, H, C}, Init::kNormal, std_in, true);
+    s_down_ = ps.add(prefix + ".shared.w_down", {S, C, H}, Init::kNormal, std_out, true);
+  }
+  acc_tokens_.assign(E, 0);
+}
+
+void MoeFfn::bind(Arena& acts, int max_batch, int max_seq) {
+  MOE_CHECK(max_batch <= 4096, "MoE layers support at most 4096 sequences per batch, got {}",
+            max_batch);
+  layer_.bind(acts, max_batch, max_seq);
+}
+
+static const float* w_of(const Param* p) { return p ? p->w : nullptr; }
+static float* g_of(const Param* p) { return p ? p->g : nullptr; }
+
+MoeParams<float> MoeFfn::params() const {
+  return {w_of(router_), w_of(w_noise_), w_of(bias_),  w_of(w_gate_), w_of(w_up_),
+          w_of(w_down_), w_of(s_gate_),  w_of(s_up_), w_of(s_down_)};
+}
+
+MoeGrads<float> MoeFfn::grads() const {
+  return {g_of(router_), g_of(w_noise_), g_of(w_gate_), g_of(w_up_),
+          g_of(w_down_), g_of(s_gate_),  g_of(s_up_),   g_of(s_down_)};
+}
+
+void MoeFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
+  MOE_CHECK(N == info.batch * info.seq_len, "MoE forward: {} tokens but batch {} × seq {}", N,
+            info.batch, info.seq_len);
+  layer_.forward(out, x, params(), info.batch, info.seq_len, info.training, info.seed, info.step,
+                 layer_index_, info.loss_scale);
+  // DeepSeek-V3: after each training forward, nudge the selection bias towards balance.
+  if (bias_ && info.training) layer_.update_bias(bias_->w);
+  const MoeStats& st = layer_.stats();
+  for (std::size_t e = 0; e < acc_tokens_.size(); ++e) acc_tokens_[e] += st.tokens_per_expert[e];
+  acc_assign_ += st.assignments;
+  acc_dropped_ += st.dropped;
+  acc_entropy_ += st.router_entropy;
+  acc_aux_ += st.aux_loss;
+  acc_z_ += st.z_loss;
+  ++acc_forwards_;
+}
+
+void MoeFfn::backward(float* dx, const float* dout, const float* x, int N) {
+  layer_.backward(dx, grads(), dout, x, params());
+}
+
+std::string MoeFfn::describe() const {
+  return fmt::format("moe {} E={} k={} H={}{}{}", router_kind_, spec_.E, spec_.k, spec_.H,
+                     spec_.n_shared ? fmt::format(" shared={}", spec_.n_shared) : "",
+                     spec_.capacity_factor > 0 ? fmt::format(" cf={}", spec_.capacity_factor)
+                                               : " dropless");
+}
+
+nlohmann::json MoeFfn::metrics() const {
+  if (acc_forwards_ == 0) return nullptr;
+  int64_t total = 0, mx = 0;
+  int unused = 0;
+  for (int64_t c : acc_tokens_) {
+    total += c;
+    mx = std::max(mx, c);
+    unused += c == 0;
+  }
+  const double mean = double(total) / acc_tokens_.size();
+  return {{"layer", layer_index_},
+          {"tokens_per_expert", acc_tokens_},
+          {"dropped_pct", acc_assign_ ? 100.0 * acc_dropped_ / acc_assign_ : 0.0},
+          {"router_entropy", acc_entropy_ / acc_forwards_},
+          {"unused_experts", unused},
+          {"max_over_mean_load", mean > 0 ? mx / mean : 0.0},
+          {"aux_loss", acc_aux_ / acc_forwards_},
+          {"z_loss", acc_z_ / acc_forwards_}};
+}
+
+void MoeFfn::reset_metrics() {
+  std::fill(acc_tokens_.begin(), acc_tokens_.end(), 0);
+  acc_assign_ = acc_dropped_ = acc_forwards_ = 0;
+  acc_entropy_ = acc_aux_ = acc_z_ = 0;
+}
+
+std::unique_ptr<FeedForward> make_feed_forward(const FfnConfig& ffn, const ModelConfig& model,
+                                               ParamStore& params, const std::string& prefix,
+                                               int layer) {
+  if (ffn.kind == "dense") return std::make_unique<DenseFfn>(ffn, model, params, prefix);
+  if (ffn.kind == "moe") return std::make_unique<MoeFfn>(ffn, model, params, prefix, layer);
+  MOE_FAIL("ffn kind '{}' is not available (known: dense, moe)", ffn.kind);
+}
+
+}  // namespace moe
