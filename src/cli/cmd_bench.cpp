@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
+#include "moe/ffn/moe/moe_layer.h"
 #include "moe/kernels/gemm.h"
 #include "moe/model/transformer.h"
 #include "moe/train/optimizer.h"
@@ -121,6 +122,80 @@ void register_bench(CLI::App& app) {
     else
       fmt::print("train step: {:.1f} ms/step, {:.0f} tokens/s (batch {} × {}, {} threads)\n", ms,
                  tps, B, T, omp_get_max_threads());
+  });
+
+  struct MoeArgs {
+    int d_model = 512, experts = 8, top_k = 2, d_expert = 1024, tokens = 4096, repeats = 5;
+    bool json = false;
+  };
+  auto m = std::make_shared<MoeArgs>();
+  CLI::App* mb = b->add_subcommand(
+      "moe", "One MoE layer forward+backward: SwiGLU experts, softmax top-k renormalised, "
+             "dropless, Switch aux loss 0.01, loss = mean(y²) + aux");
+  mb->add_option("--d-model", m->d_model)->check(CLI::PositiveNumber);
+  mb->add_option("--experts", m->experts)->check(CLI::PositiveNumber);
+  mb->add_option("--top-k", m->top_k)->check(CLI::PositiveNumber);
+  mb->add_option("--d-expert", m->d_expert)->check(CLI::PositiveNumber);
+  mb->add_option("--tokens", m->tokens)->check(CLI::PositiveNumber);
+  mb->add_option("--repeats", m->repeats, "timed repeats (median)")->check(CLI::PositiveNumber);
+  mb->add_flag("--json", m->json, "print one JSON object");
+  mb->callback([m] {
+    check_blas_is_openmp();
+    MOE_CHECK(m->top_k <= m->experts, "--top-k {} exceeds --experts {}", m->top_k, m->experts);
+    FfnConfig f;
+    f.kind = "moe";
+    f.num_experts = m->experts;
+    f.top_k = m->top_k;
+    f.d_expert = m->d_expert;
+    f.aux_loss_coef = 0.01;
+    f.z_loss_coef = 0;
+    const int C = m->d_model, E = m->experts, H = m->d_expert, N = m->tokens;
+    MoeSpec spec = MoeSpec::from_config(f, C);
+    MoeLayer<float> layer(spec);
+    Arena measure;
+    layer.bind(measure, 1, N);
+    Arena acts(measure.used());
+    layer.bind(acts, 1, N);
+    // x ~ N(0,1), router U(±1/√C), experts N(0, 0.02²), as the PyTorch side does.
+    const std::size_t wsz = std::size_t(E) * H * C;
+    std::vector<float> x(std::size_t(N) * C), router(std::size_t(E) * C), wg(wsz), wu(wsz),
+        wd(wsz), y(x.size()), dy(x.size()), dx(x.size());
+    Rng r(1, 99);
+    uint64_t i = 0;
+    for (auto& v : x) v = r.normal(i++);
+    const float bound = 1.f / std::sqrt(float(C));
+    for (auto& v : router) v = bound * (2 * r.uniform(i++) - 1);
+    for (auto* w : {&wg, &wu, &wd})
+      for (auto& v : *w) v = 0.02f * r.normal(i++);
+    std::vector<float> grouter(router.size()), gg(wsz), gu(wsz), gd(wsz);
+    MoeParams<float> p{router.data(), nullptr, nullptr, wg.data(), wu.data(), wd.data()};
+    MoeGrads<float> g{grouter.data(), nullptr, gg.data(), gu.data(), gd.data()};
+    std::vector<double> times;
+    for (int it = 0; it < m->repeats + 1; ++it) {
+      auto t0 = Clock::now();
+      layer.forward(y.data(), x.data(), p, 1, N, true, 1, it, 0, 1.f);
+      // loss = mean(y²) + aux: dL/dy = 2y / (N·C).
+      const float sc = 2.f / (float(N) * C);
+      for (std::size_t j = 0; j < y.size(); ++j) dy[j] = sc * y[j];
+      std::fill(dx.begin(), dx.end(), 0.f);
+      layer.backward(dx.data(), g, dy.data(), x.data(), p);
+      if (it > 0) times.push_back(seconds_since(t0));  // the first run warms caches and pages
+    }
+    const double ms = median(times) * 1e3;
+    const double gflops = 6.0 * N * m->top_k * 3.0 * C * H / (ms / 1e3) / 1e9;
+    const MoeStats& st = layer.stats();
+    if (m->json)
+      fmt::print("{}\n", nlohmann::json({{"ms_per_step", ms},
+                                         {"tokens_per_s", N / (ms / 1e3)},
+                                         {"gflops", gflops},
+                                         {"max_over_mean_load", st.max_over_mean_load},
+                                         {"aux_loss", st.aux_loss},
+                                         {"threads", omp_get_max_threads()}})
+                             .dump());
+    else
+      fmt::print("moe layer C={} E={} k={} H={} tokens={}: {:.1f} ms/step, {:.0f} tokens/s, "
+                 "{:.1f} GFLOP/s expert compute, max/mean expert load {:.2f}\n",
+                 C, E, m->top_k, H, N, ms, N / (ms / 1e3), gflops, st.max_over_mean_load);
   });
 }
 
