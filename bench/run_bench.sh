@@ -3,6 +3,7 @@
 #
 #   bash bench/run_bench.sh            # every benchmark (run by `make bench` after the build)
 #   bash bench/run_bench.sh dense      # only the named ones (sgemm, the ceiling, always runs)
+#   bash bench/run_bench.sh moe        # the MoE layer against PyTorch (bench/pytorch_moe.py)
 #
 # Prints a table and appends it, dated, to bench/RESULTS.md. See bench/README.md.
 #
@@ -17,7 +18,7 @@ PY=${PYTHON:-/usr/bin/python3}  # Debian's python3, with torch 1.13 and numpy
 RESULTS=${RESULTS:-bench/RESULTS.md}
 THREADS=2
 ROUNDS=${BENCH_ROUNDS:-3}  # alternating runs per side in each benchmark; the fastest is kept
-ALL_BENCHES=(dense)
+ALL_BENCHES=(dense moe)
 
 die() { echo "run_bench.sh: $*" >&2; exit 1; }
 [[ -x $MOE ]] || die "$MOE not found: build first (make build, or cmake --build build)"
@@ -139,6 +140,111 @@ bench_dense() {
     "${m_runs[*]}; PyTorch ${p_runs[*]:-n/a});" \
     "batch $(jget "$mj" batch) × $(jget "$mj" seq_len), $(jget "$mj" threads) threads," \
     "$(num %.2f "$flops / 1e6") MFLOP/token per training step (moe params: flops_per_token_train)"
+}
+
+# One MoE layer, forward + backward (`moe bench moe`) against two PyTorch layers doing the same
+# step (bench/pytorch_moe.py): `loop`, the Mixtral / Hugging Face expert loop, and `bmm`,
+# capacity-padded batched experts. Two shapes: Mixtral-like top-2 of 8 and fine-grained top-8 of
+# 64 (the same expert FLOPs per token), d_model 512, 4096 tokens. The three sides run alternately,
+# ROUNDS times; the fastest run of each is kept.
+MOE_SHAPES=("8 2 1024" "64 8 128")  # experts, top-k, d_expert
+MOE_C=512
+MOE_TOKENS=4096
+
+bench_moe() {
+  echo "== moe layer forward+backward (d_model $MOE_C, $MOE_TOKENS tokens)" >&2
+  # The PyTorch layers must compute the same step: loop, bmm and a dense float64 reference agree
+  # on small shapes (y, loss and every gradient), or the PyTorch columns are not comparable.
+  local out check
+  if out=$("$PY" bench/pytorch_moe.py --check --threads "$THREADS" 2>&1); then
+    check="passed"
+  else
+    check="FAILED (see the log)"
+  fi
+  sed 's/^/   /' <<<"$out" >&2
+  add_note "moe layer: bench/pytorch_moe.py --check $check: PyTorch loop, bmm and a dense" \
+    "float64 reference give the same y, loss and gradients of x, router, w_gate, w_up, w_down" \
+    "(largest relative difference ≤ 1e-4) on two small shapes"
+
+  local shape E k H
+  for shape in "${MOE_SHAPES[@]}"; do
+    read -r E k H <<<"$shape"
+    local args=(--d-model "$MOE_C" --experts "$E" --top-k "$k" --d-expert "$H" --tokens "$MOE_TOKENS")
+    local label="MoE E=$E k=$k H=$H"
+    echo "   -- $label" >&2
+    local -A best=() runs=() failed=()
+    local r side j
+    for ((r = 1; r <= ROUNDS; r++)); do
+      for side in moe loop bmm; do
+        [[ -z ${failed[$side]:-} ]] || continue
+        local cmd=("$PY" bench/pytorch_moe.py --impl "$side" "${args[@]}" --threads "$THREADS" --json)
+        [[ $side != moe ]] || cmd=("$MOE" bench moe "${args[@]}" --json)
+        if j=$("${cmd[@]}" 2>"$LOG" | tail -n1) && [[ $j == "{"* ]]; then
+          runs[$side]+=" $(num %.0f "$(jget "$j" ms_per_step)")"
+          echo "   $side: $(num %.1f "$(jget "$j" ms_per_step)") ms/step," \
+            "$(num %.1f "$(jget "$j" gflops)") GFLOP/s" >&2
+          if [[ -z ${best[$side]:-} ]] || gt "$(jget "${best[$side]}" ms_per_step)" "$(jget "$j" ms_per_step)"; then
+            best[$side]=$j
+          fi
+        else
+          cat "$LOG" >&2
+          [[ $side != moe ]] || die "build/moe bench moe failed (above)"
+          echo "   PyTorch $side failed (above); its figures read n/a" >&2
+          failed[$side]=1
+        fi
+      done
+    done
+
+    local mj=${best[moe]}
+    local m_ms m_gf m_pct
+    m_ms=$(jget "$mj" ms_per_step)
+    m_gf=$(jget "$mj" gflops)
+    m_pct=$(num %.1f "100 * $m_gf / $SGEMM_GFLOPS")
+    # Per PyTorch side: ms/step, speed ratio (above 1 = moe.cpp faster), GFLOP/s, % of sgemm.
+    local -A p_ms=() ratio=() p_gf=() p_pct=() p_load=()
+    local fastest= fastest_ms=
+    for side in loop bmm; do
+      if [[ -n ${best[$side]:-} ]]; then
+        j=${best[$side]}
+        p_ms[$side]=$(jget "$j" ms_per_step)
+        ratio[$side]=$(num %.2f "${p_ms[$side]} / $m_ms")
+        p_gf[$side]=$(jget "$j" gflops)
+        p_pct[$side]=$(num %.1f%% "100 * ${p_gf[$side]} / $SGEMM_GFLOPS")
+        p_load[$side]=$(num %.2f "$(jget "$j" max_over_mean_load)")
+        if [[ -z $fastest ]] || gt "$fastest_ms" "${p_ms[$side]}"; then
+          fastest=$side
+          fastest_ms=${p_ms[$side]}
+        fi
+        p_ms[$side]=$(num %.1f "${p_ms[$side]}")
+        p_gf[$side]=$(num %.1f "${p_gf[$side]}")
+        add_note "$label, PyTorch $side step split (medians): forward" \
+          "$(num %.1f "$(jget "$j" forward_ms)") ms, backward $(num %.1f "$(jget "$j" backward_ms)") ms"
+      else
+        p_ms[$side]=n/a ratio[$side]=n/a p_gf[$side]=n/a p_pct[$side]=n/a p_load[$side]=n/a
+        runs[$side]=${runs[$side]:- n/a}
+      fi
+    done
+    add_row "$label vs PyTorch loop (ms/step)" "$(num %.1f "$m_ms")" "${p_ms[loop]}" "${ratio[loop]}"
+    add_row "$label vs PyTorch bmm (ms/step)" "$(num %.1f "$m_ms")" "${p_ms[bmm]}" "${ratio[bmm]}"
+    add_row "$label expert GFLOP/s (PyTorch: loop / bmm)" "$(num %.1f "$m_gf")" \
+      "${p_gf[loop]} / ${p_gf[bmm]}" "–"
+    add_row "$label expert GFLOP/s ÷ sgemm (PyTorch: loop / bmm)" "$m_pct%" \
+      "${p_pct[loop]} / ${p_pct[bmm]}" "–"
+    add_row "$label max/mean expert load (PyTorch: loop / bmm)" \
+      "$(num %.2f "$(jget "$mj" max_over_mean_load)")" "${p_load[loop]} / ${p_load[bmm]}" "–"
+    local vs_fast=n/a
+    [[ -z $fastest ]] || vs_fast="$(num %.2f "$fastest_ms / $m_ms")×, vs $fastest"
+    add_note "$label: best of $ROUNDS alternating runs per side (ms/step, in run order: moe.cpp" \
+      "${runs[moe]# }; PyTorch loop ${runs[loop]# }; PyTorch bmm ${runs[bmm]# });" \
+      "targets (not asserted): expert compute ≥ 75% of sgemm (here $m_pct%)," \
+      "≈ 1.5× the faster PyTorch layer (here $vs_fast), ≥ 2× the loop (here ${ratio[loop]}×)"
+  done
+  add_note "moe layer: C=$MOE_C, $MOE_TOKENS tokens, SwiGLU experts, softmax top-k renormalised," \
+    "dropless, Switch aux loss 0.01, loss = mean(y²) + aux, forward + backward (gradients of x" \
+    "and every weight, no optimizer), median of 5 steps after 1 warm-up per run;" \
+    "GFLOP/s = 6·tokens·k·3·C·H / time (expert matmuls only: the router, the softmax and the" \
+    "bmm layer's padding rows are not counted); the load differs slightly between the sides" \
+    "(same distributions, different random generators)"
 }
 
 # ---- Main -------------------------------------------------------------------------------------

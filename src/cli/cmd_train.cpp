@@ -18,7 +18,7 @@ namespace {
 struct TrainArgs {
   std::string config;
   std::vector<std::string> sets;
-  std::string resume, init_from;
+  std::string resume, init_from, upcycle_from;
   bool quiet = false;
   int64_t stop_after = 0;
 };
@@ -63,6 +63,8 @@ void register_train(CLI::App& app) {
                 "continue from a checkpoint with optimizer state (bit-identical to an "
                 "uninterrupted run)");
   c->add_option("--init-from", a->init_from, "start a fresh run from a checkpoint's weights");
+  c->add_option("--upcycle-from", a->upcycle_from,
+                "start an MoE run from a dense checkpoint: experts copy (or slice) its FFNs");
   c->add_flag("--quiet", a->quiet, "no progress output");
   c->add_option("--stop-after", a->stop_after,
                 "stop with a checkpoint after this many steps (resume later with --resume)");
@@ -72,7 +74,9 @@ void register_train(CLI::App& app) {
               "a new one");
     Config cfg = load_config(a->config, a->sets);
     install_sigint_handler();
-    Trainer t(cfg, {a->resume, a->init_from, a->quiet, a->stop_after});
+    MOE_CHECK(a->resume.empty() || a->upcycle_from.empty(),
+              "--resume and --upcycle-from are exclusive");
+    Trainer t(cfg, {a->resume, a->init_from, a->upcycle_from, a->quiet, a->stop_after});
     TrainResult r = t.run();
     if (!a->quiet)
       fmt::print("done: {} steps, final train loss {:.4f}, val bpb {:.4f}, checkpoint {}\n",

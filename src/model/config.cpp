@@ -109,6 +109,7 @@ FfnConfig parse_ffn(const json& j, const std::string& source, const std::string&
   f.get("eval_capacity_factor", base.eval_capacity_factor);
   f.get("aux_loss_coef", base.aux_loss_coef);
   f.get("z_loss_coef", base.z_loss_coef);
+  f.get("expert_dropout", base.expert_dropout);
   if (const json* r = f.sub("router")) {
     Fields rf(*r, source, path + ".router");
     rf.get_choice("kind", base.router.kind, {"topk", "noisy_topk", "gshard", "expert_choice"});
@@ -137,6 +138,9 @@ FfnConfig parse_ffn(const json& j, const std::string& source, const std::string&
   MOE_CHECK(base.router.jitter >= 0 && base.router.jitter < 1,
             "{}: field {}.router.jitter: got {}, expected [0, 1)", source, path,
             base.router.jitter);
+  MOE_CHECK(base.expert_dropout >= 0 && base.expert_dropout < 1,
+            "{}: field {}.expert_dropout: got {}, expected [0, 1)", source, path,
+            base.expert_dropout);
   MOE_CHECK(base.k_base >= 1, "{}: field {}.k_base: got {}, expected >= 1", source, path,
             base.k_base);
   return base;
@@ -158,6 +162,7 @@ json ffn_to_json(const FfnConfig& f) {
               {"eval_capacity_factor", f.eval_capacity_factor},
               {"aux_loss_coef", f.aux_loss_coef},
               {"z_loss_coef", f.z_loss_coef},
+              {"expert_dropout", f.expert_dropout},
               {"router",
                {{"kind", f.router.kind},
                 {"normalize", f.router.normalize},
@@ -339,6 +344,15 @@ Config config_from_json(const json& j, const std::string& source) {
     f.get("threads", tc.threads);
     f.get("time_limit_s", tc.time_limit_s);
     f.get("out_dir", tc.out_dir);
+    if (const json* fr = f.sub("freeze")) {
+      MOE_CHECK(fr->is_array(), "{}: field train.freeze: expected a list of name patterns, got {}",
+                source, fr->dump());
+      for (auto& p : *fr) {
+        MOE_CHECK(p.is_string(), "{}: field train.freeze: entry {} is not a string", source,
+                  p.dump());
+        tc.freeze.push_back(p.get<std::string>());
+      }
+    }
     f.reject_unknown();
     auto pos = [&](const char* name, double v) {
       MOE_CHECK(v > 0, "{}: field train.{}: got {}, expected > 0", source, name, v);
@@ -410,7 +424,7 @@ json Config::to_json() const {
             {"eval_batches", t.eval_batches}, {"log_every", t.log_every},
             {"checkpoint_every", t.checkpoint_every}, {"seed", t.seed},
             {"threads", t.threads},         {"time_limit_s", t.time_limit_s},
-            {"out_dir", t.out_dir}}}};
+            {"out_dir", t.out_dir},         {"freeze", t.freeze}}}};
 }
 
 void apply_override(json& j, const std::string& assignment) {

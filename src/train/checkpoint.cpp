@@ -96,4 +96,50 @@ void load_checkpoint(const std::string& path, Transformer& model, AdamWOptimizer
   }
 }
 
+int upcycle_from_dense(const std::string& path, Transformer& model) {
+  SafeTensorsReader r(path);
+  auto it = r.metadata().find("format");
+  MOE_CHECK(it != r.metadata().end() && it->second == kCheckpointFormat,
+            "{}: not a moe.cpp checkpoint (no __metadata__.format = \"{}\")", path,
+            kCheckpointFormat);
+  int filled = 0;
+  for (Param& p : model.params().all()) {
+    if (r.has(p.name) && r.info(p.name).shape == p.shape) {
+      r.read_into(p.name, DType::F32, p.shape, p.w);
+      ++filled;
+      continue;
+    }
+    // layers.L.ffn.experts.w_up [E,H,C] ← layers.L.ffn.w_up [D,C] (D = dense d_ff), etc.
+    for (const char* group : {".ffn.experts.", ".ffn.shared."}) {
+      const auto pos = p.name.find(group);
+      if (pos == std::string::npos) continue;
+      const std::string mat = p.name.substr(pos + std::string(group).size());  // w_gate|w_up|w_down
+      const std::string src = p.name.substr(0, pos) + ".ffn." + mat;
+      MOE_CHECK(r.has(src), "{}: upcycling {} needs the dense tensor '{}', which is missing",
+                path, p.name, src);
+      const TensorInfo& t = r.info(src);
+      const int64_t E = p.shape[0];
+      const bool down = mat == "w_down";
+      const int64_t H = down ? p.shape[2] : p.shape[1], C = down ? p.shape[1] : p.shape[2];
+      const int64_t D = down ? t.shape[1] : t.shape[0];
+      MOE_CHECK(t.shape.size() == 2 && (down ? t.shape[0] : t.shape[1]) == C && D % H == 0,
+                "{}: cannot upcycle '{}' {} from '{}' {}: the dense width must be a multiple of "
+                "d_expert = {} and the model widths must match",
+                path, p.name, shape_str(p.shape), src, shape_str(t.shape), H);
+      std::vector<float> dense = r.read_f32(src);
+      const int64_t slices = D / H;
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t s0 = (e % slices) * H;  // first hidden unit of this expert's slice
+        float* dst = p.w + e * H * C;
+        for (int64_t i = 0; i < (down ? C : H); ++i)
+          for (int64_t j = 0; j < (down ? H : C); ++j)
+            dst[i * (down ? H : C) + j] =
+                down ? dense[i * D + s0 + j] : dense[(s0 + i) * C + j];
+      }
+      ++filled;
+    }
+  }
+  return filled;
+}
+
 }  // namespace moe

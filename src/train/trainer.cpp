@@ -1,6 +1,7 @@
 #include "moe/train/trainer.h"
 
 #include <omp.h>
+#include <fnmatch.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -133,6 +134,25 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts) : cfg_(cfg), opts_(std::m
   }
   if (opts_.resume.empty() && !opts_.init_from.empty()) {
     load_checkpoint(opts_.init_from, *model_, nullptr);
+  }
+  if (opts_.resume.empty() && !opts_.upcycle_from.empty()) {
+    const int n = upcycle_from_dense(opts_.upcycle_from, *model_);
+    if (!opts_.quiet)
+      fmt::print("upcycled {} tensors from {}\n", n, opts_.upcycle_from);
+  }
+  // Frozen parameters keep their values: the optimizer skips them. On resume the same patterns
+  // apply (they are part of the config).
+  for (const std::string& pat : cfg_.train.freeze) {
+    int matched = 0;
+    for (Param& p : model_->params().all())
+      if (::fnmatch(pat.c_str(), p.name.c_str(), 0) == 0) {
+        p.trainable = false;
+        ++matched;
+      }
+    MOE_CHECK(matched > 0,
+              "config: field train.freeze: pattern \"{}\" matches no parameter (names look like "
+              "layers.0.attn.wq, layers.1.ffn.experts.w_up; see docs/FORMATS.md)",
+              pat);
   }
 }
 

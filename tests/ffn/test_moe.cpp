@@ -10,6 +10,7 @@
 #include "moe/model/transformer.h"
 #include "moe/scaling/accounting.h"
 #include "moe/train/optimizer.h"
+#include "moe/train/checkpoint.h"
 #include "moe/core/error.h"
 
 using namespace moe;
@@ -106,6 +107,15 @@ TEST(MoeGrad, TopKRenormalisedWithDropsSharedAndJitter) {
   L.forward();
   EXPECT_GT(L.layer.stats().dropped, 0);
   check_gradients(L, 12);
+}
+
+TEST(MoeGrad, ExpertDropoutUsesOneMaskInForwardAndBackward) {
+  MoeSpec s = spec_of(RouterKind::kTopK, 4, 2);
+  s.expert_dropout = 0.3f;
+  Layer L(s, 2, 4, 15);
+  V y_train = L.forward(true), y_eval = L.forward(false);
+  EXPECT_NE(y_train, y_eval);  // dropout acts in training only
+  check_gradients(L, 16);
 }
 
 TEST(MoeGrad, SwitchSigmoidNoisyGShardExpertChoiceGelu) {
@@ -342,6 +352,46 @@ TEST(MoeModel, TinyMoeModelTrainsDeterministically) {
   std::vector<double> a = run(), b = run();
   EXPECT_EQ(a, b);
   EXPECT_LT(a.back(), 0.7 * a.front());
+}
+
+TEST(MoeModel, UpcycledCopiesReproduceTheDenseModel) {
+  // Every expert a copy of the dense FFN, renormalised top-2, dropless: Σ gates = 1, so the MoE
+  // model computes exactly the dense model's function (up to float summation order).
+  const char* dense_cfg = R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2,
+      "max_seq_len": 8, "ffn": {"d_ff": 64}}, "train": {"seq_len": 8}})";
+  Config dc = config_from_json(nlohmann::json::parse(dense_cfg), "dense");
+  Transformer dense(dc.model, 2, 8);
+  dense.params().initialize(9);
+  const std::string path = ::testing::TempDir() + "/moe_upcycle_dense.safetensors";
+  save_checkpoint(path, dense, nullptr, {dc, {}, "byte", ""});
+  nlohmann::json mj = nlohmann::json::parse(dense_cfg);
+  mj["model"]["ffn"] = {{"kind", "moe"}, {"num_experts", 4}, {"top_k", 2}, {"d_ff", 64}};
+  Config mc = config_from_json(mj, "moe");
+  Transformer moe(mc.model, 2, 8);
+  moe.params().initialize(10);
+  EXPECT_GT(upcycle_from_dense(path, moe), 0);
+  std::vector<int32_t> x(16);
+  for (int i = 0; i < 16; ++i) x[i] = (i * 29 + 3) % 256;
+  StepInfo info;
+  info.training = false;
+  dense.forward(x.data(), nullptr, 2, 8, info, 0.f);
+  moe.forward(x.data(), nullptr, 2, 8, info, 0.f);
+  for (int i = 0; i < 16 * 256; ++i) ASSERT_NEAR(moe.logits()[i], dense.logits()[i], 1e-4) << i;
+  // Fine-grained: d_expert = d_ff/2, expert e holds hidden units [(e mod 2)·32, +32).
+  mj["model"]["ffn"] = {{"kind", "moe"}, {"num_experts", 4}, {"top_k", 2}, {"d_expert", 32}};
+  Config gc = config_from_json(mj, "fine");
+  Transformer fine(gc.model, 2, 8);
+  upcycle_from_dense(path, fine);
+  const Param* up = fine.params().find("layers.1.ffn.experts.w_up");
+  const Param* dup = dense.params().find("layers.1.ffn.w_up");
+  const Param* down = fine.params().find("layers.1.ffn.experts.w_down");
+  const Param* ddown = dense.params().find("layers.1.ffn.w_down");
+  for (int e = 0; e < 4; ++e)
+    for (int i = 0; i < 32; ++i)
+      for (int c = 0; c < 32; ++c) {
+        ASSERT_EQ(up->w[(e * 32 + i) * 32 + c], dup->w[((e % 2) * 32 + i) * 32 + c]);
+        ASSERT_EQ(down->w[(e * 32 + c) * 32 + i], ddown->w[c * 64 + (e % 2) * 32 + i]);
+      }
 }
 
 }  // namespace

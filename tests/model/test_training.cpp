@@ -148,6 +148,8 @@ TEST(Checkpoint, RoundTripRestoresEveryTensorAndMetadata) {
     EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << e.path();
 }
 
+std::string error_of(const std::function<void()>& f);
+
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
@@ -306,6 +308,26 @@ TEST(Training, CtrlCSavesACheckpointThatResumes) {
   EXPECT_EQ(r.steps_done, 1);
   ASSERT_TRUE(file_exists(d.path + "/int/last.safetensors"));
   EXPECT_EQ(read_checkpoint_meta(d.path + "/int/last.safetensors").state.step, 1);
+}
+
+TEST(Training, FrozenParametersStayBitIdentical) {
+  TempDir d;
+  make_data(d.path);
+  Config cfg = tiny_config(d.path, d.path + "/fz");
+  cfg.train.freeze = {"*.attn.*", "embed.weight"};
+  cfg.train.steps = 3;
+  Trainer t(cfg, {.quiet = true});
+  std::map<std::string, std::vector<float>> before;
+  for (auto& p : t.model().params().all()) before[p.name] = std::vector<float>(p.w, p.w + p.numel);
+  t.run();
+  for (auto& p : t.model().params().all()) {
+    const bool frozen = p.name.find(".attn.") != std::string::npos || p.name == "embed.weight";
+    const bool same = before[p.name] == std::vector<float>(p.w, p.w + p.numel);
+    EXPECT_EQ(same, frozen) << p.name;
+  }
+  Config bad = cfg;
+  bad.train.freeze = {"*.expertz.*"};
+  EXPECT_NE(error_of([&] { Trainer x(bad, {.quiet = true}); }).find("expertz"), std::string::npos);
 }
 
 TEST(Training, GradientAccumulationEqualsOneLargeBatch) {

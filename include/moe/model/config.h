@@ -41,6 +41,7 @@ struct FfnConfig {
   float eval_capacity_factor = 0;          // evaluation / generation; 0 = dropless
   double aux_loss_coef = 0.01;             // α of the Switch load-balancing loss
   double z_loss_coef = 0.001;              // β of the router z-loss
+  float expert_dropout = 0;                // dropout on expert hidden units, training only
   RouterConfig router;
 };
 
@@ -94,6 +95,9 @@ struct TrainConfig {
   uint64_t seed = 1234;
   int threads = 0;           // 0 = OpenMP default
   float time_limit_s = 0;    // stop (with checkpoint) after this much training time; 0 = off
+  // Glob patterns (fnmatch) of parameter names the optimizer must not update, for fine-tuning,
+  // e.g. ["*.experts.*", "*.router.*"] or ["*.attn.*"].
+  std::vector<std::string> freeze;
   std::string out_dir = "runs/default";
 };
 

@@ -35,4 +35,12 @@ CheckpointMeta read_checkpoint_meta(const std::string& path);
 // Loads parameters (and the optimizer moments when opt is given; error if absent).
 void load_checkpoint(const std::string& path, Transformer& model, AdamWOptimizer* opt);
 
+// Sparse upcycling (Komatsuzaki et al. 2023): starts an MoE model from a dense checkpoint.
+// Every tensor whose name and shape match is copied (embeddings, attention, norms, dense
+// FFNs); each MoE layer's experts start from the dense FFN of the same block: a copy when
+// d_expert equals the dense d_ff, else expert e takes the slice e mod (d_ff/d_expert) of the
+// hidden units (so G fine-grained experts together hold the whole dense FFN); shared experts
+// alike. Routers keep their fresh initialisation. Returns the number of tensors filled.
+int upcycle_from_dense(const std::string& path, Transformer& model);
+
 }  // namespace moe

@@ -46,6 +46,7 @@ void install_sigint_handler();
 struct TrainOptions {
   std::string resume;     // checkpoint to resume (model + optimizer + step); "" = fresh
   std::string init_from;  // checkpoint whose weights start a fresh run; "" = random init
+  std::string upcycle_from;  // dense checkpoint to upcycle into this (MoE) model; "" = none
   bool quiet = false;
   // Stop after this many optimizer steps in total (saving last.safetensors as Ctrl-C does), as
   // if interrupted; 0 = run to train.steps. The schedule still spans train.steps, so a resumed

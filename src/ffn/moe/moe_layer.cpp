@@ -33,6 +33,7 @@ MoeSpec MoeSpec::from_config(const FfnConfig& f, int d_model) {
   s.bias_balance = f.router.bias_balance;
   s.bias_rate = f.router.bias_rate;
   s.jitter = f.router.jitter;
+  s.expert_dropout = f.expert_dropout;
   s.capacity_factor = f.capacity_factor;
   s.eval_capacity_factor = f.eval_capacity_factor;
   s.alpha = f.aux_loss_coef;
@@ -353,6 +354,20 @@ void MoeLayer<T>::dispatch() {
 }
 
 template <typename T>
+void MoeLayer<T>::apply_expert_dropout(T* hid, int o, int m) const {
+  // Element (row r, unit j) is kept with probability 1 − p; kept ones are scaled by 1/(1 − p).
+  const Rng rng(seed_, stream_id(kPurposeDropout, uint32_t(step_), uint32_t(layer_)));
+  const float p = s_.expert_dropout;
+  const T scale = T(1) / T(1 - p);
+  const int H = s_.H;
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < H; ++j) {
+      T& h = hid[std::size_t(i) * H + j];
+      h = rng.uniform(uint64_t(o + i) * H + j) < p ? T(0) : h * scale;
+    }
+}
+
+template <typename T>
 void MoeLayer<T>::experts_forward(const T* x, const MoeParams<T>& p) {
   const int C = s_.C, H = s_.H, W1 = s_.w1_rows();
 #pragma omp parallel for schedule(static) if (n_rows_ > 256)
@@ -365,6 +380,7 @@ void MoeLayer<T>::experts_forward(const T* x, const MoeParams<T>& p) {
     first_forward(gu_ + std::size_t(o) * W1, xe_ + std::size_t(o) * C,
                   p.w_gate ? p.w_gate + we : nullptr, p.w_up + we, m, C, H, s_.act);
     activation_forward(hid_ + std::size_t(o) * H, gu_ + std::size_t(o) * W1, m, H, s_.act);
+    if (dropout_active_) apply_expert_dropout(hid_ + std::size_t(o) * H, o, m);
     gemm<T>(false, true, m, C, H, T(1), hid_ + std::size_t(o) * H, H,
             p.w_down + std::size_t(e) * C * H, H, T(0), ye_ + std::size_t(o) * C, C);
   });
@@ -379,6 +395,10 @@ void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn
   B_ = B;
   T_ = Tn;
   loss_scale_ = loss_scale;
+  seed_ = seed;
+  step_ = step;
+  layer_ = layer;
+  dropout_active_ = training && s_.expert_dropout > 0;
   const float cf = training ? s_.capacity_factor : s_.eval_capacity_factor;
   // Expert choice needs a group of sequences; decoding one sequence (B = 1) routes with
   // token-choice top-round(cf) on the same softmax scores, unnormalised (docs/MOE.md).
@@ -524,6 +544,7 @@ void MoeLayer<T>::backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
     const T* dye = dye_ + std::size_t(o) * C;
     gemm<T>(true, false, C, H, m, T(1), dye, C, hid, H, T(1), g.w_down + std::size_t(e) * C * H, H);
     gemm<T>(false, false, m, H, C, T(1), dye, C, wd, H, T(0), hid, H);
+    if (dropout_active_) apply_expert_dropout(hid, o, m);  // the same mask, redrawn
     activation_backward(gu, hid, m, H, s_.act);
     first_backward(dxe + std::size_t(o) * C, g.w_gate ? g.w_gate + we : nullptr, g.w_up + we, gu,
                    xe_ + std::size_t(o) * C, p.w_gate ? p.w_gate + we : nullptr, p.w_up + we, m,

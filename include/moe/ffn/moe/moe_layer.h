@@ -35,6 +35,7 @@ struct MoeSpec {
   bool bias_balance = false;
   float bias_rate = 1e-3f;
   float jitter = 0;
+  float expert_dropout = 0;
   float capacity_factor = 0, eval_capacity_factor = 0;
   double alpha = 0.01, beta = 0.001;  // double: the loss values are compared in double
   static MoeSpec from_config(const FfnConfig& f, int d_model);
@@ -113,6 +114,8 @@ class MoeLayer {
                           int64_t step, int layer, const MoeNoise<T>& noise);
   void route_expert_choice(int B, int Tn, float cf);
   void dispatch();
+  // Multiplies expert e's hidden panel rows [o, o+m) by the dropout mask / (1 − p).
+  void apply_expert_dropout(T* hid, int o, int m) const;
   void experts_forward(const T* x, const MoeParams<T>& p);
   void router_backward(T* dx, const MoeGrads<T>& g, const T* x, const MoeParams<T>& p);
   // P of the balancing loss: the softmax score (sigmoid: p normalised over experts).
@@ -123,7 +126,11 @@ class MoeLayer {
   int N_ = 0, B_ = 0, T_ = 0, max_rows_ = 0, max_assign_ = 0, cap_ = 0;
   bool ec_mode_ = false;
   bool jitter_active_ = false;
-  bool noisy_active_ = false;  // noisy router in training: noise was added  // expert choice this forward (else token choice)
+  bool noisy_active_ = false;  // noisy router in training: noise was added
+  bool dropout_active_ = false;
+  uint64_t seed_ = 0;  // keys of this forward's random draws (expert dropout is redrawn in
+  int64_t step_ = 0;   // backward from the same keys instead of storing a mask)
+  int layer_ = 0;  // expert choice this forward (else token choice)
   int kk_ = 1;            // experts per token in token-choice mode
   T loss_scale_ = 1;
   // Router state [N,E]: logits, scores (softmax / sigmoid / softmax of noisy logits),
