@@ -89,9 +89,12 @@ void check_gradients(Layer& L, uint32_t seed) {
   EXPECT_TRUE(all_close("d router", gr, numeric_grad(L.router, loss), tol, tol));
   EXPECT_TRUE(all_close("d w_up", gu, numeric_grad(L.wu, loss), tol, tol));
   EXPECT_TRUE(all_close("d w_down", gd, numeric_grad(L.wd, loss), tol, tol));
-  if (glu) EXPECT_TRUE(all_close("d w_gate", gg, numeric_grad(L.wg, loss), tol, tol));
-  if (L.spec.kind == RouterKind::kNoisyTopK)
+  if (glu) {
+    EXPECT_TRUE(all_close("d w_gate", gg, numeric_grad(L.wg, loss), tol, tol));
+  }
+  if (L.spec.kind == RouterKind::kNoisyTopK) {
     EXPECT_TRUE(all_close("d w_noise", gn, numeric_grad(L.noise_w, loss), tol, tol));
+  }
   if (L.spec.n_shared) {
     EXPECT_TRUE(all_close("d shared w_up", sgu, numeric_grad(L.su, loss), tol, tol));
     EXPECT_TRUE(all_close("d shared w_down", sgd, numeric_grad(L.sd, loss), tol, tol));

@@ -11,8 +11,8 @@ namespace moe {
 
 class Error : public std::runtime_error {
  public:
-  Error(std::string message, std::string where)
-      : std::runtime_error(message + " [" + where + "]"), message_(std::move(message)) {}
+  Error(std::string message, const std::string& where)
+      : std::runtime_error(fmt::format("{} [{}]", message, where)), message_(std::move(message)) {}
   // The message without the source location, for tests that match on it.
   const std::string& message() const { return message_; }
 
