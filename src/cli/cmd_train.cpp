@@ -141,7 +141,8 @@ void register_generate(CLI::App& app) {
   c->add_option("--seed", a->seed, "sampling seed");
   c->callback([a] {
     Loaded l = load_for_inference(a->checkpoint, 1, 1);
-    SampleOptions o{a->tokens, a->temperature, a->top_p, a->seed};
+    SampleOptions o{a->tokens, a->temperature, a->top_p, a->seed,
+                    l.meta.config.train.seq_len};
     std::vector<int32_t> prompt = l.tok->encode(a->prompt);
     fmt::print("{}", a->prompt);
     // Print whole UTF-8 characters as they complete (a byte token may be half of one).

@@ -49,7 +49,9 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
   MOE_CHECK(!prompt.empty(), "generate: the prompt must have at least one token");
   MOE_CHECK(opt.temperature >= 0, "--temperature {}: expected >= 0", opt.temperature);
   MOE_CHECK(opt.top_p > 0 && opt.top_p <= 1, "--top-p {}: expected in (0, 1]", opt.top_p);
-  const int max_ctx = model.config().max_seq_len, V = model.config().vocab_size;
+  const int max_ctx = opt.max_context > 0 ? std::min(opt.max_context, model.config().max_seq_len)
+                                          : model.config().max_seq_len;
+  const int V = model.config().vocab_size;
   KVCache cache = model.make_cache(max_ctx);
   std::vector<int32_t> ctx(prompt);
   if (int(ctx.size()) > max_ctx) ctx.erase(ctx.begin(), ctx.end() - max_ctx / 2);

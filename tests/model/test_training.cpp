@@ -256,6 +256,29 @@ TEST(Generation, KvCacheDecodingEqualsFullForward) {
   }
 }
 
+TEST(Generation, SlidingWindowKeepsTheContextWithinMaxContext) {
+  // Past max_context the last half of the context is re-encoded: the tokens generated after a
+  // slide equal those of a fresh generation from that half-context (greedy, so deterministic).
+  TempDir d;
+  Config cfg = tiny_config(d.path, d.path);
+  Transformer m(cfg.model, 1, 1);
+  m.params().initialize(13);
+  SampleOptions o;
+  o.max_new_tokens = 12;
+  o.temperature = 0;
+  o.max_context = 8;
+  std::vector<int32_t> prompt = {1, 2, 3};
+  std::vector<int32_t> out = generate(m, prompt, o);
+  ASSERT_EQ(out.size(), 12u);
+  // The 9th context token triggers the slide: context = last 4 of the first 9.
+  std::vector<int32_t> ctx = prompt;
+  ctx.insert(ctx.end(), out.begin(), out.begin() + 6);  // 9 tokens
+  std::vector<int32_t> half(ctx.end() - 4, ctx.end());
+  SampleOptions o2 = o;
+  o2.max_new_tokens = 1;
+  EXPECT_EQ(generate(m, half, o2)[0], out[6]);
+}
+
 TEST(Generation, SamplerIsGreedyAtZeroTemperatureAndRespectsTopP) {
   std::vector<float> logits = {0.f, 3.f, 1.f, 2.9f};
   std::vector<std::pair<float, int32_t>> scratch;

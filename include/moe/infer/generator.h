@@ -1,8 +1,8 @@
 // Text generation with a KV cache: prefill the prompt token by token, then sample.
 // Sampling: temperature (0 = greedy), then nucleus (top-p) truncation, then a draw from the
 // counter-based RNG keyed by (seed, position), so the same seed gives the same text.
-// When the context reaches model.max_seq_len, the last half of it is re-encoded into a fresh
-// cache and generation continues (a sliding window).
+// When the context reaches max_context (default: the training seq_len, via the CLI), the last
+// half of it is re-encoded into a fresh cache and generation continues (a sliding window).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -19,6 +19,9 @@ struct SampleOptions {
   float temperature = 0.8f;
   float top_p = 0.95f;
   uint64_t seed = 1;
+  // Longest context to attend over; 0 = model.max_seq_len. Set it to the training seq_len:
+  // RoPE positions beyond what training saw are not learned, and text degrades past them.
+  int max_context = 0;
 };
 
 // Picks a token from logits [V]. u is a uniform draw in [0, 1).
