@@ -160,13 +160,19 @@ void register_bench(CLI::App& app) {
     const std::size_t wsz = std::size_t(E) * H * C;
     std::vector<float> x(std::size_t(N) * C), router(std::size_t(E) * C), wg(wsz), wu(wsz),
         wd(wsz), y(x.size()), dy(x.size()), dx(x.size());
-    Rng r(1, 99);
-    uint64_t i = 0;
-    for (auto& v : x) v = r.normal(i++);
     const float bound = 1.f / std::sqrt(float(C));
-    for (auto& v : router) v = bound * (2 * r.uniform(i++) - 1);
-    for (auto* w : {&wg, &wu, &wd})
-      for (auto& v : *w) v = 0.02f * r.normal(i++);
+    auto fill = [](std::vector<float>& v, uint32_t stream, auto&& draw) {
+      const Rng r(1, stream_id(kPurposeInit, 99, stream));
+      const std::ptrdiff_t n = std::ptrdiff_t(v.size());
+#pragma omp parallel for schedule(static)
+      for (std::ptrdiff_t j = 0; j < n; ++j) v[j] = draw(r, j);
+    };
+    auto normal = [](float s) { return [s](const Rng& r, std::ptrdiff_t j) { return s * r.normal(j); }; };
+    fill(x, 0, normal(1.f));
+    fill(router, 1, [bound](const Rng& r, std::ptrdiff_t j) { return bound * (2 * r.uniform(j) - 1); });
+    fill(wg, 2, normal(0.02f));
+    fill(wu, 3, normal(0.02f));
+    fill(wd, 4, normal(0.02f));
     std::vector<float> grouter(router.size()), gg(wsz), gu(wsz), gd(wsz);
     MoeParams<float> p{router.data(), nullptr, nullptr, wg.data(), wu.data(), wd.data()};
     MoeGrads<float> g{grouter.data(), nullptr, gg.data(), gu.data(), gd.data()};

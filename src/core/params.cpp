@@ -48,8 +48,12 @@ void ParamStore::initialize(uint64_t seed) {
   MOE_CHECK(base_w_ != nullptr, "ParamStore::initialize before allocate()");
   uint32_t index = 0;
   for (auto& p : params_) {
-    Rng rng(seed, stream_id(kPurposeInit, index++));
-    for (std::size_t i = 0; i < p.numel; ++i) {
+    const Rng rng(seed, stream_id(kPurposeInit, index++));
+    // Element i is a function of (seed, parameter index, i) only, so the parallel loop gives
+    // the same values as a serial one, for any thread count.
+    const std::ptrdiff_t n = std::ptrdiff_t(p.numel);
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (std::ptrdiff_t i = 0; i < n; ++i) {
       switch (p.init) {
         case Init::kNormal: p.w[i] = p.scale * rng.normal(i); break;
         case Init::kUniform: p.w[i] = p.scale * (2.f * rng.uniform(i) - 1.f); break;
