@@ -27,12 +27,13 @@ FLOPs of forward + backward (the router and the aux loss are not counted), the f
         [--top-k 2] [--d-expert 1024] [--tokens 4096] [--repeats 5] [--threads 2] [--json]
     /usr/bin/python3 bench/pytorch_moe.py --check   # loop, bmm and a dense float64 reference
                                                     # agree (y, loss, all gradients)
+    /usr/bin/python3 bench/pytorch_moe.py --gemm-ceiling [shape options]  # the expert matmuls
+                                                    # alone, torch.mm per expert, balanced load
 """
 import argparse
 import ctypes
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -146,17 +147,20 @@ class BmmMoE(nn.Module):
         cap = int(counts.max())                                      # dropless capacity
         start = torch.cumsum(counts, 0) - counts                     # first sorted row of e
         row = expert * cap + (torch.arange(N * k) - start[expert])   # row in [E·cap]
-        # One gather builds [E, cap, C]: padding rows read a zero row appended to x.
+        # One gather builds [E, cap, C]: padding rows read a zero row appended to x. (The gathers
+        # are index_select, whose backward is an index_add: with x[src] and ye[row] instead, the
+        # backward's accumulating index_put runs on one thread in 1.13 and the step takes
+        # 10-15 % longer.)
         src = torch.full((E * cap,), N, dtype=torch.long)
         src[row] = token
         x_pad = torch.cat([x, x.new_zeros(1, C)])
-        xin = x_pad[src].view(E, cap, C)
+        xin = x_pad.index_select(0, src).view(E, cap, C)
         h = F.silu(torch.bmm(xin, self.w_gate.transpose(1, 2))) * \
             torch.bmm(xin, self.w_up.transpose(1, 2))                # [E, cap, H]
         ye = torch.bmm(h, self.w_down.transpose(1, 2)).view(E * cap, C)
         # Combine: the real rows, scaled by their gates, summed into their tokens.
         g = gates.reshape(-1)[order].to(x.dtype)
-        y = x.new_zeros(N, C).index_add(0, token, ye[row] * g[:, None])
+        y = x.new_zeros(N, C).index_add(0, token, ye.index_select(0, row) * g[:, None])
         return y, aux, counts
 
 
@@ -262,6 +266,30 @@ def check(args):
     return ok
 
 
+def gemm_ceiling(C, E, k, H, N, repeats, gen):
+    """The nine expert matmuls of a step alone, as torch.mm calls (OpenBLAS) on each expert's
+    share of a perfectly balanced load, N·k/E rows: forward x·W_gᵀ, x·W_uᵀ, h·W_dᵀ; backward
+    dy·W_d, dyᵀ·h, dg·W_g, du·W_u, dgᵀ·x, duᵀ·x. No routing, gathers or elementwise work: what
+    this BLAS does on these shapes, the ceiling of a layer made of per-expert BLAS calls.
+    Returns the median ms of one such step over `repeats` (after one warm-up)."""
+    n = max(1, N * k // E)
+    x, dy = torch.randn(n, C, generator=gen), torch.randn(n, C, generator=gen)
+    h, dg = torch.randn(n, H, generator=gen), torch.randn(n, H, generator=gen)
+    wg, wd = torch.randn(H, C, generator=gen), torch.randn(C, H, generator=gen)
+    ops = [lambda: x @ wg.t(), lambda: x @ wg.t(), lambda: h @ wd.t(),
+           lambda: dy @ wd, lambda: dy.t() @ h, lambda: dg @ wg, lambda: dg @ wg,
+           lambda: dg.t() @ x, lambda: dg.t() @ x]
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        for _ in range(E):
+            for op in ops:
+                op()
+        if i > 0:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
 def blas_core():
     """OpenBLAS core type of the BLAS library torch loaded (it calls the system libblas)."""
     torch.mm(torch.ones(8, 8), torch.ones(8, 8))
@@ -292,16 +320,27 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--check", action="store_true",
                     help="check on small shapes that loop and bmm compute the same step, and exit")
+    ap.add_argument("--gemm-ceiling", action="store_true",
+                    help="time only the nine expert matmuls per expert (torch.mm, balanced load)")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.check:
         sys.exit(0 if check(args) else 1)
-    if args.impl is None:
-        ap.error("--impl loop|bmm is required (or --check)")
     C, E, k, H, N = args.d_model, args.experts, args.top_k, args.d_expert, args.tokens
     if min(C, E, k, H, N, args.repeats, args.threads) < 1 or args.warmup < 0 or k > E:
         ap.error("sizes, --repeats and --threads must be >= 1, --top-k <= --experts")
+    if args.gemm_ceiling:
+        ms = gemm_ceiling(C, E, k, H, N, args.repeats, torch.Generator().manual_seed(args.seed))
+        gflops = 6.0 * (N * k // E) * E * 3.0 * C * H / (ms / 1e3) / 1e9
+        res = {"ms_per_step": ms, "gflops": gflops, "rows_per_expert": N * k // E,
+               "threads": torch.get_num_threads()}
+        print(json.dumps(res) if args.json else
+              f"expert matmuls alone (torch.mm, {N * k // E} rows per expert) C={C} E={E} k={k} "
+              f"H={H}: {ms:.1f} ms/step, {gflops:.1f} GFLOP/s")
+        return
+    if args.impl is None:
+        ap.error("--impl loop|bmm is required (or --check, --gemm-ceiling)")
 
     gen = torch.Generator().manual_seed(args.seed)
     layer = make_layer(args.impl, C, E, k, H, init_weights(C, E, H, gen))

@@ -175,10 +175,13 @@ bench_moe() {
     local -A best=() runs=() failed=()
     local r side j
     for ((r = 1; r <= ROUNDS; r++)); do
-      for side in moe loop bmm; do
+      for side in moe loop bmm gemm; do
         [[ -z ${failed[$side]:-} ]] || continue
         local cmd=("$PY" bench/pytorch_moe.py --impl "$side" "${args[@]}" --threads "$THREADS" --json)
         [[ $side != moe ]] || cmd=("$MOE" bench moe "${args[@]}" --json)
+        # gemm: the nine expert matmuls alone (torch.mm per expert, balanced load), for the notes.
+        [[ $side != gemm ]] || cmd=("$PY" bench/pytorch_moe.py --gemm-ceiling "${args[@]}" \
+                                    --threads "$THREADS" --json)
         if j=$("${cmd[@]}" 2>"$LOG" | tail -n1) && [[ $j == "{"* ]]; then
           runs[$side]+=" $(num %.0f "$(jget "$j" ms_per_step)")"
           echo "   $side: $(num %.1f "$(jget "$j" ms_per_step)") ms/step," \
@@ -232,6 +235,15 @@ bench_moe() {
       "${p_pct[loop]} / ${p_pct[bmm]}" "–"
     add_row "$label max/mean expert load (PyTorch: loop / bmm)" \
       "$(num %.2f "$(jget "$mj" max_over_mean_load)")" "${p_load[loop]} / ${p_load[bmm]}" "–"
+    if [[ -n ${best[gemm]:-} ]]; then
+      local c_gf
+      c_gf=$(jget "${best[gemm]}" gflops)
+      add_note "$label: the nine expert matmuls alone (bench/pytorch_moe.py --gemm-ceiling:" \
+        "torch.mm on OpenBLAS, $(jget "${best[gemm]}" rows_per_expert) rows per expert, no routing" \
+        "or elementwise work; runs: ${runs[gemm]# } ms, the fastest kept) run at $(num %.1f "$c_gf") GFLOP/s," \
+        "$(num %.1f%% "100 * $c_gf / $SGEMM_GFLOPS") of sgemm; moe.cpp's whole step reaches" \
+        "$(num %.0f%% "100 * $m_gf / $c_gf") of that rate"
+    fi
     local vs_fast=n/a
     [[ -z $fastest ]] || vs_fast="$(num %.2f "$fastest_ms / $m_ms")×, vs $fastest"
     add_note "$label: best of $ROUNDS alternating runs per side (ms/step, in run order: moe.cpp" \
