@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "moe/core/error.h"
+#include "moe/core/file_io.h"
 #include "moe/data/corpus.h"
 #include "moe/model/config.h"
 #include "moe/scaling/accounting.h"
@@ -14,17 +15,29 @@ namespace moe::cli {
 
 void register_params(CLI::App& app) {
   struct Args {
-    std::string config;
+    std::string config, preset;
     std::vector<std::string> sets;
     bool json = false;
   };
   auto a = std::make_shared<Args>();
   CLI::App* c = app.add_subcommand("params", "Count parameters and FLOPs per token of a config");
   c->add_option("--config", a->config, "config file (JSON)");
+  c->add_option("--preset", a->preset,
+                "a published model in configs/presets/: mixtral-8x7b, deepseek-moe-16b, "
+                "olmoe-1b-7b");
   c->add_option("--set", a->sets, "override a config field (repeatable)");
   c->add_flag("--json", a->json, "print one JSON object");
   c->callback([a] {
-    Config cfg = load_config(a->config, a->sets);
+    MOE_CHECK(a->config.empty() || a->preset.empty(), "--config and --preset are exclusive");
+    std::string path = a->config;
+    if (!a->preset.empty()) {
+      // The presets ship with the sources; look beside the working directory first.
+      path = "configs/presets/" + a->preset + ".json";
+      if (!file_exists(path)) path = std::string(MOE_SOURCE_DIR) + "/" + path;
+      MOE_CHECK(file_exists(path), "--preset {}: no such preset (configs/presets/{}.json)",
+                a->preset, a->preset);
+    }
+    Config cfg = load_config(path, a->sets);
     ModelCount m = count_model(cfg.model, cfg.train.seq_len);
     if (a->json) {
       fmt::print("{}\n",
@@ -33,12 +46,18 @@ void register_params(CLI::App& app) {
                                  {"embedding_params", m.embedding},
                                  {"attention_params", m.attention},
                                  {"ffn_params", m.ffn},
+                                 {"router_params", m.router},
+                                 {"expert_params", m.experts},
+                                 {"shared_expert_params", m.shared},
                                  {"norm_params", m.norms},
                                  {"head_params", m.head},
                                  {"flops_per_token_forward", m.flops_fwd},
                                  {"flops_per_token_attention_forward", m.flops_attention_fwd},
                                  {"flops_per_token_train", m.flops_train},
                                  {"bytes_weights_fp32", m.total * 4},
+                                 {"bytes_weights_bf16", m.total * 2},
+                                 {"bytes_grads_fp32", m.total * 4},
+                                 {"bytes_adamw_state_fp32", m.total * 8},
                                  {"seq_len", cfg.train.seq_len}})
                      .dump(2));
       return;
@@ -47,15 +66,19 @@ void register_params(CLI::App& app) {
     fmt::print("  embedding   {:>16L}\n", m.embedding);
     fmt::print("  attention   {:>16L}\n", m.attention);
     fmt::print("  ffn         {:>16L}\n", m.ffn);
+    if (m.router > 0)
+      fmt::print("    router    {:>16L}\n    experts   {:>16L}\n    shared    {:>16L}\n",
+                 m.router, m.experts, m.shared);
     fmt::print("  norms       {:>16L}\n", m.norms);
     fmt::print("  head        {:>16L}{}\n", m.head, cfg.model.tie_embeddings ? "  (tied)" : "");
     fmt::print("  total       {:>16L}\n  active      {:>16L}\n", m.total, m.active);
     fmt::print("FLOPs per token (seq_len {}, causal mean context (T+1)/2)\n", cfg.train.seq_len);
     fmt::print("  forward matmuls   {:.4g}\n  forward attention {:.4g}\n  forward total     "
-               "{:.4g}\n  training (3×)     {:.4g}\n",
+               "{:.4g}\n  training          {:.4g}\n",
                m.flops_matmul_fwd, m.flops_attention_fwd, m.flops_fwd, m.flops_train);
-    fmt::print("memory: weights {:.1f} MiB fp32, + gradients and AdamW moments = {:.1f} MiB\n",
-               m.total * 4 / 1048576.0, m.total * 16 / 1048576.0);
+    fmt::print("memory: weights {:.1f} MiB fp32 ({:.1f} MiB bf16); training with fp32 gradients "
+               "and AdamW moments: {:.1f} MiB\n",
+               m.total * 4 / 1048576.0, m.total * 2 / 1048576.0, m.total * 16 / 1048576.0);
   });
 }
 

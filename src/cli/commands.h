@@ -9,4 +9,5 @@ void register_generate(CLI::App& app);
 void register_params(CLI::App& app);
 void register_data(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_scaling(CLI::App& app);
 }  // namespace moe::cli

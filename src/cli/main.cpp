@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   moe::cli::register_params(app);
   moe::cli::register_data(app);
   moe::cli::register_bench(app);
+  moe::cli::register_scaling(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
