@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "moe/scaling/fit.h"
 #include "moe/scaling/laws.h"
 
 namespace moe::cli {
@@ -91,6 +92,54 @@ void register_scaling(CLI::App& app) {
                  q.n_total, q.tokens);
     fmt::print("Shape assumptions: d_model = 64·n_blocks, N = d²(8E+4)·n_blocks, "
                "F = (72·d² + 14·d·E·G)·D·n_blocks; losses are nats per GPT-2 token on C4.\n");
+  });
+
+  struct FitArgs {
+    std::string runs;
+    int bootstrap = 100;
+    uint64_t seed = 1;
+    double weight_decay = 0;
+    bool dense = false, json = false;
+  };
+  auto f = std::make_shared<FitArgs>();
+  CLI::App* fit = s->add_subcommand("fit", "Fit (a, α, b, β, g, γ, c) to runs (JSON lines)");
+  fit->add_option("--runs", f->runs, "runs.jsonl: one {\"N\", \"D\", \"G\", \"loss\"} per line")
+      ->required();
+  fit->add_option("--bootstrap", f->bootstrap, "bootstrap resamples for the intervals");
+  fit->add_option("--seed", f->seed, "seed of the held-out split and the resamples");
+  fit->add_option("--weight-decay", f->weight_decay, "decay on the fit variables (paper: 5e-4)");
+  fit->add_flag("--dense", f->dense, "fit the dense law (g = 0)");
+  fit->add_flag("--json", f->json, "print one JSON object");
+  fit->callback([f] {
+    const auto pts = scaling::read_runs(f->runs);
+    const scaling::FitResult r =
+        scaling::fit_law(pts, !f->dense, f->bootstrap, f->seed, f->weight_decay);
+    const scaling::Law& l = r.law;
+    const std::vector<std::pair<const char*, double>> coef = {
+        {"a", l.a}, {"alpha", l.alpha}, {"b", l.b}, {"beta", l.beta},
+        {"g", l.g}, {"gamma", l.gamma}, {"c", l.c}};
+    if (f->json) {
+      nlohmann::json j = {{"runs", r.n_points}, {"rmse", r.rmse}, {"heldout_rmse", r.heldout_rmse},
+                          {"heldout_runs", r.n_heldout}};
+      for (auto [k, v] : coef) {
+        j[k] = v;
+        if (r.interval.count(k))
+          j["interval_" + std::string(k)] = {r.interval.at(k).first, r.interval.at(k).second};
+      }
+      fmt::print("{}\n", j.dump(2));
+      return;
+    }
+    fmt::print("Fit of L = c + (g/G^γ + a)/N^α + b/D^β to {} runs (Huber δ = 0.1, NLopt BOBYQA)\n",
+               r.n_points);
+    for (auto [k, v] : coef) {
+      if (r.interval.count(k))
+        fmt::print("  {:<6} {:>10.4g}   [{:.4g}, {:.4g}] (bootstrap 5–95%)\n", k, v,
+                   r.interval.at(k).first, r.interval.at(k).second);
+      else
+        fmt::print("  {:<6} {:>10.4g}\n", k, v);
+    }
+    fmt::print("  RMSE {:.4f} on all runs; held-out RMSE {:.4f} on {} runs (fit on the rest)\n",
+               r.rmse, r.heldout_rmse, r.n_heldout);
   });
 }
 
