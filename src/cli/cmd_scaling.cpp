@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "moe/scaling/fit.h"
 #include "moe/scaling/laws.h"
+#include "moe/train/sweep.h"
 
 namespace moe::cli {
 
@@ -140,6 +141,21 @@ void register_scaling(CLI::App& app) {
     }
     fmt::print("  RMSE {:.4f} on all runs; held-out RMSE {:.4f} on {} runs (fit on the rest)\n",
                r.rmse, r.heldout_rmse, r.n_heldout);
+  });
+}
+
+void register_sweep(CLI::App& app) {
+  auto grid = std::make_shared<std::string>();
+  auto quiet = std::make_shared<bool>(false);
+  CLI::App* s = app.add_subcommand(
+      "sweep", "Run a grid of small trainings (d_model × tokens × G), appending to runs.jsonl");
+  s->add_option("--grid", *grid, "grid file (JSON), e.g. configs/sweep/brown-small.json")
+      ->required();
+  s->add_flag("--quiet", *quiet, "no progress output");
+  s->callback([grid, quiet] {
+    SweepSummary r = run_sweep(*grid, *quiet);
+    fmt::print("sweep: {} runs done, {} already in {}; fit with: moe scaling fit --runs {}\n",
+               r.ran, r.skipped, r.runs_file, r.runs_file);
   });
 }
 

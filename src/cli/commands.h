@@ -10,4 +10,5 @@ void register_params(CLI::App& app);
 void register_data(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_scaling(CLI::App& app);
+void register_sweep(CLI::App& app);
 }  // namespace moe::cli

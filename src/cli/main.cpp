@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   moe::cli::register_data(app);
   moe::cli::register_bench(app);
   moe::cli::register_scaling(app);
+  moe::cli::register_sweep(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

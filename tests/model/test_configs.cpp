@@ -17,7 +17,10 @@ namespace {
 std::vector<std::string> shipped_configs() {
   std::vector<std::string> out;
   for (auto& e : fs::recursive_directory_iterator(std::string(MOE_SOURCE_DIR) + "/configs"))
-    if (e.path().extension() == ".json") out.push_back(e.path().string());
+    // Sweep grids (configs/sweeps/*.json other than base configs) are not model configs.
+    if (e.path().extension() == ".json" &&
+        (e.path().parent_path().filename() != "sweeps" || e.path().filename() == "base.json"))
+      out.push_back(e.path().string());
   std::sort(out.begin(), out.end());
   return out;
 }

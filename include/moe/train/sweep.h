@@ -1,0 +1,22 @@
+// moe sweep: a grid of small trainings (model width, tokens, granularity) run one after
+// another, each appending {name, N, D, G, E, flops, loss, val_bpb} to <out_dir>/runs.jsonl —
+// the input of `moe scaling fit`. Resumable: a run whose name is already in runs.jsonl is
+// skipped. Models follow the paper's shape: d_model = 64·n_blocks, heads of 64, a non-gated
+// (GELU) FFN of width 4·d_model split into E·G experts of width 4·d_model/G (docs/SCALING.md).
+//
+// Grid file (JSON): {"base": "configs/x.json" (optional), "out_dir": "runs/sweep",
+//   "d_model": [64, 128], "tokens": [1e6, 2e6], "granularity": [1, 2, 4], "expansion": 4,
+//   "router": "topk" | "expert_choice" (default topk), "set": ["train.lr=2e-3", ...]}
+#pragma once
+#include <string>
+
+namespace moe {
+
+struct SweepSummary {
+  int ran = 0, skipped = 0;
+  std::string runs_file;
+};
+
+SweepSummary run_sweep(const std::string& grid_path, bool quiet);
+
+}  // namespace moe

@@ -1,0 +1,118 @@
+#include "moe/train/sweep.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "moe/core/error.h"
+#include "moe/core/file_io.h"
+#include "moe/scaling/accounting.h"
+#include "moe/train/trainer.h"
+
+namespace moe {
+
+using json = nlohmann::json;
+
+static std::vector<double> numbers(const json& g, const char* key, const std::string& path) {
+  MOE_CHECK(g.contains(key), "{}: field {} missing", path, key);
+  std::vector<double> v;
+  const json& a = g[key];
+  if (a.is_number()) return {a.get<double>()};
+  MOE_CHECK(a.is_array() && !a.empty(), "{}: field {}: expected a number or a list of numbers",
+            path, key);
+  for (auto& x : a) {
+    MOE_CHECK(x.is_number() && x.get<double>() > 0, "{}: field {}: bad entry {}", path, key,
+              x.dump());
+    v.push_back(x.get<double>());
+  }
+  return v;
+}
+
+SweepSummary run_sweep(const std::string& grid_path, bool quiet) {
+  json g = json::parse(read_file(grid_path), nullptr, false);
+  MOE_CHECK(!g.is_discarded() && g.is_object(), "{}: not a JSON object", grid_path);
+  for (auto& [k, _] : g.items())
+    MOE_CHECK(k == "comment" || k == "base" || k == "out_dir" || k == "d_model" || k == "tokens" ||
+                  k == "granularity" || k == "expansion" || k == "router" || k == "set",
+              "{}: unknown field {} (known: base, out_dir, d_model, tokens, granularity, "
+              "expansion, router, set)",
+              grid_path, k);
+  json base = g.contains("base") ? json::parse(read_file(g["base"].get<std::string>()))
+                                 : json::object();
+  const std::string out = g.value("out_dir", std::string("runs/sweep"));
+  const auto widths = numbers(g, "d_model", grid_path), tokens = numbers(g, "tokens", grid_path),
+             grans = numbers(g, "granularity", grid_path);
+  const int E = g.value("expansion", 4);
+  const std::string router = g.value("router", std::string("topk"));
+  make_dirs(out);
+  SweepSummary sum;
+  sum.runs_file = out + "/runs.jsonl";
+  std::set<std::string> done;
+  if (file_exists(sum.runs_file)) {
+    std::ifstream in(sum.runs_file);
+    std::string line;
+    while (std::getline(in, line)) {
+      json j = json::parse(line, nullptr, false);
+      if (!j.is_discarded() && j.contains("name")) done.insert(j["name"].get<std::string>());
+    }
+  }
+  for (double d : widths)
+    for (double D : tokens)
+      for (double G : grans) {
+        const int dm = int(d), gi = int(G);
+        MOE_CHECK(dm % 64 == 0, "{}: d_model {} is not a multiple of 64 (d_model = 64·n_blocks)",
+                  grid_path, dm);
+        const std::string name = fmt::format("d{}_t{:.0f}_g{}", dm, D, gi);
+        if (done.count(name)) {
+          ++sum.skipped;
+          continue;
+        }
+        json j = base;
+        j["model"]["d_model"] = dm;
+        j["model"]["n_layers"] = dm / 64;
+        j["model"]["n_heads"] = dm / 64;
+        j["model"]["ffn"] = {{"kind", "moe"},        {"activation", "gelu"}, {"d_ff", 4 * dm},
+                             {"granularity", gi},    {"expansion", E},
+                             {"router", {{"kind", router}}}};
+        const int B = j["train"].value("batch_size", 16), T = j["train"].value("seq_len", 128);
+        const int steps = std::max(1, int(std::llround(D / (double(B) * T))));
+        j["train"]["steps"] = steps;
+        j["train"]["warmup_steps"] = std::min(100, std::max(1, steps / 10));
+        j["train"]["out_dir"] = out + "/" + name;
+        j["train"]["eval_every"] = 0;
+        j["train"]["checkpoint_every"] = 0;
+        j["train"]["time_limit_s"] = 0;
+        if (g.contains("set"))
+          for (auto& s : g["set"]) apply_override(j, s.get<std::string>());
+        Config cfg = config_from_json(j, grid_path + " (run " + name + ")");
+        if (!quiet) fmt::print("sweep: run {} ({} steps)\n", name, steps);
+        Trainer t(cfg, {.quiet = true});
+        TrainResult r = t.run();
+        // Smoothed final training loss: the mean over the last 10% of steps.
+        const auto& L = t.losses();
+        const std::size_t tail = std::max<std::size_t>(1, L.size() / 10);
+        double loss = 0;
+        for (std::size_t i = L.size() - tail; i < L.size(); ++i) loss += L[i];
+        loss /= tail;
+        const ModelCount mc = count_model(cfg.model, cfg.train.seq_len);
+        const double N = double(mc.total - mc.embedding - mc.head - mc.router);
+        const double tokens_seen = double(steps) * B * T * cfg.train.grad_accum;
+        json line = {{"name", name},  {"N", N},       {"D", tokens_seen},
+                     {"G", gi},       {"E", E},       {"d_model", dm},
+                     {"flops", mc.flops_train * tokens_seen}, {"loss", loss},
+                     {"val_bpb", r.last_val.bpb}};
+        // Append atomically: the file is rewritten whole, so a crash never leaves half a line.
+        std::string all = file_exists(sum.runs_file) ? read_file(sum.runs_file) : "";
+        write_file_atomic(sum.runs_file, all + line.dump() + "\n");
+        ++sum.ran;
+        if (!quiet)
+          fmt::print("sweep: {} N {:.3g} D {:.3g} G {} loss {:.4f} val bpb {:.4f}\n", name, N,
+                     tokens_seen, gi, loss, r.last_val.bpb);
+      }
+  return sum;
+}
+
+}  // namespace moe
