@@ -88,7 +88,10 @@ SweepSummary run_sweep(const std::string& grid_path, bool quiet) {
         if (g.contains("set"))
           for (auto& s : g["set"]) apply_override(j, s.get<std::string>());
         Config cfg = config_from_json(j, grid_path + " (run " + name + ")");
-        if (!quiet) fmt::print("sweep: run {} ({} steps)\n", name, steps);
+        if (!quiet) {
+          fmt::print("sweep: run {} ({} steps)\n", name, steps);
+          std::fflush(stdout);
+        }
         Trainer t(cfg, {.quiet = true});
         TrainResult r = t.run();
         // Smoothed final training loss: the mean over the last 10% of steps.
@@ -111,6 +114,7 @@ SweepSummary run_sweep(const std::string& grid_path, bool quiet) {
         if (!quiet)
           fmt::print("sweep: {} N {:.3g} D {:.3g} G {} loss {:.4f} val bpb {:.4f}\n", name, N,
                      tokens_seen, gi, loss, r.last_val.bpb);
+        std::fflush(stdout);
       }
   return sum;
 }
