@@ -56,6 +56,13 @@ template <typename A, typename B>
          << double(b[wi]) << " (atol " << atol << ", rtol " << rtol << ", n " << a.size() << ")";
 }
 
+template <typename Vec>
+double max_abs(const Vec& v) {
+  double m = 0;
+  for (auto x : v) m = std::max(m, std::abs(double(x)));
+  return m;
+}
+
 inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;
   for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -36,7 +37,13 @@ DPI = 100
 
 
 class PlotError(Exception):
-    pass
+    def __init__(self, message, detail=None):
+        super().__init__(message)
+        self.detail = detail or message  # the short reason (e.g. the binary's own error line)
+
+
+class MoeNotRunnable(PlotError):
+    """The binary itself could not be started (as opposed to a command that ran and failed)."""
 
 
 def run_moe(moe, args):
@@ -45,9 +52,13 @@ def run_moe(moe, args):
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as e:
-        raise PlotError(f"cannot run {moe}: {e} (build it with `cmake --build build`, or pass --moe)")
+        raise MoeNotRunnable(f"cannot run {moe}: {e} (build it with `cmake --build build`, "
+                             "or pass --moe)")
     if p.returncode != 0:
-        raise PlotError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
+        msg = p.stderr.strip() or p.stdout.strip()
+        short = re.sub(r"\s*\[[^\]]*\]$", "", msg.splitlines()[-1] if msg else "")
+        short = re.sub(r"^moe: error: ", "", short)
+        raise PlotError(f"{' '.join(cmd)} failed ({p.returncode}): {msg}", short or None)
     try:
         return json.loads(p.stdout)
     except json.JSONDecodeError as e:
@@ -107,8 +118,10 @@ def plot_runs(runs_path, out_dir, moe=DEFAULT_MOE, bootstrap=100, dense=False, s
     fit, fit_error = None, None
     try:
         fit = run_moe(moe, args)
-    except PlotError as e:  # e.g. too few finished runs yet: still draw the points
-        fit_error = str(e)
+    except MoeNotRunnable:
+        raise
+    except PlotError as e:  # the fit refused, e.g. too few finished runs yet: still draw the points
+        fit_error = e.detail
         print(f"plot_scaling: warning: no fitted law drawn: {e}", file=sys.stderr)
 
     os.makedirs(out_dir, exist_ok=True)
@@ -142,8 +155,8 @@ def plot_runs(runs_path, out_dir, moe=DEFAULT_MOE, bootstrap=100, dense=False, s
             line3 += f", held-out RMSE {fit['heldout_rmse']:.4f} ({fit['heldout_runs']} runs)"
         ax.set_title(f"{line1}\n{line2}\n{line3}", fontsize=8.5)
     else:
-        ax.set_title(f"{len(runs)} runs (no fit: {fit_error[:60]}…)" if fit_error else
-                     f"{len(runs)} runs", fontsize=8.5)
+        reason = fit_error if len(fit_error) <= 70 else fit_error[:69] + "…"
+        ax.set_title(f"{len(runs)} runs, no fitted law:\n{reason}", fontsize=8.5)
     fig.tight_layout()
     path = os.path.join(out_dir, "loss_vs_flops.png")
     fig.savefig(path)

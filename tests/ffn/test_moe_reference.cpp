@@ -14,6 +14,7 @@
 
 using namespace moe;
 using moe::testing::all_close;
+using moe::testing::max_abs;
 
 namespace {
 
@@ -22,12 +23,6 @@ std::vector<double> as_double(const SafeTensorsReader& r, const std::string& nam
   if (t.dtype == DType::F64) return r.read_f64(name);
   std::vector<float> f = r.read_f32(name);
   return std::vector<double>(f.begin(), f.end());
-}
-
-double max_abs(const std::vector<double>& v) {
-  double m = 0;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
 }
 
 class MoeReference : public ::testing::TestWithParam<const char*> {};

@@ -19,17 +19,12 @@
 
 using namespace moe;
 using moe::testing::all_close;
+using moe::testing::max_abs;
 
 namespace {
 
 std::string fixture(const std::string& name) {
   return std::string(MOE_SOURCE_DIR) + "/tests/fixtures/" + name;
-}
-
-double max_abs(const std::vector<double>& v) {
-  double m = 0;
-  for (double x : v) m = std::max(m, std::abs(x));
-  return m;
 }
 
 class Reference : public ::testing::TestWithParam<const char*> {};

@@ -138,6 +138,7 @@ class PlotScalingTest(unittest.TestCase):
         p = self._script("runs", "--runs", few, "--out", out, "--bootstrap", "0")
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("no fitted law drawn", p.stderr)
+        self.assertIn("at least 7 runs", p.stderr)
         _check_png(self, os.path.join(out, "loss_vs_flops.png"), min_bytes=5_000)
 
     def test_bad_runs_file(self):
@@ -153,8 +154,15 @@ class PlotScalingTest(unittest.TestCase):
         self.assertIn("error", p.stderr)
 
     def test_missing_binary(self):
-        with self.assertRaises(ps.PlotError):
-            ps.run_moe(os.path.join(self.dir, "no-such-moe"), ["scaling", "plan", "--flops", 1e20])
+        missing = os.path.join(self.dir, "no-such-moe")
+        with self.assertRaises(ps.MoeNotRunnable):
+            ps.run_moe(missing, ["scaling", "plan", "--flops", 1e20])
+        # A binary that cannot run is an error, not a figure without a law.
+        p = subprocess.run([sys.executable, SCRIPT, "runs", "--runs", self.runs, "--out",
+                            os.path.join(self.dir, "nobin"), "--moe", missing],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("cannot run", p.stderr)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
+#include "moe/core/threading.h"
 #include "moe/kernels/gemm.h"
 #include "moe/kernels/vexp.h"
 
@@ -18,14 +15,6 @@ namespace moe {
 // Rows of the score matrix handled per GEMM. Smaller blocks skip more of the masked triangle
 // (block b of n computes (b+1)/n of a full row) but make smaller, less efficient GEMMs.
 inline constexpr int kAttnRowBlock = 64;
-
-inline int attention_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
 
 // out [B·T, Hq·hd] (written), probs [B, Hq, T, T] (written, saved for backward; exact zeros above
 // the diagonal); q [B·T, Hq·hd], k and v [B·T, Hkv·hd].
@@ -75,7 +64,7 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int
 
 // Scratch floats attention_backward needs: one T×T panel per thread.
 inline std::size_t attention_scratch_size(int Tn) {
-  return std::size_t(attention_threads()) * Tn * Tn;
+  return std::size_t(max_threads()) * Tn * Tn;
 }
 
 // dq [B·T, Hq·hd], dk and dv [B·T, Hkv·hd] (all written); dout [B·T, Hq·hd]; probs, q, k, v as
@@ -88,11 +77,7 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* dout, const T*
 #pragma omp parallel for schedule(dynamic, 1)
   for (int task = 0; task < B * Hkv; ++task) {
     const int b = task / Hkv, kh = task % Hkv;
-#ifdef _OPENMP
-    T* dS = scratch + std::size_t(omp_get_thread_num()) * Tn * Tn;
-#else
-    T* dS = scratch;
-#endif
+    T* dS = scratch + std::size_t(thread_index()) * Tn * Tn;
     const std::size_t kv0 = std::size_t(b) * Tn * ldk + kh * hd;
     const T* K = k + kv0;
     const T* V = v + kv0;

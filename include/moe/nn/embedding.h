@@ -2,9 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "moe/core/threading.h"
 
 namespace moe {
 
@@ -23,10 +21,11 @@ void embedding_backward(T* dE, const T* dout, const int32_t* tokens, int N, int 
 #pragma omp parallel
   {
 #ifdef _OPENMP
-    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int nt = omp_get_num_threads();
 #else
-    const int nt = 1, t = 0;
+    const int nt = 1;
 #endif
+    const int t = thread_index();
     const int c0 = C * t / nt, c1 = C * (t + 1) / nt;
     for (int n = 0; n < N; ++n) {
       T* row = dE + std::size_t(tokens[n]) * C;

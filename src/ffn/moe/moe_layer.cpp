@@ -5,12 +5,10 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
+#include "moe/core/threading.h"
 #include "moe/kernels/gemm.h"
 #include "moe/nn/activations.h"
 
@@ -42,14 +40,6 @@ MoeSpec MoeSpec::from_config(const FfnConfig& f, int d_model) {
 }
 
 namespace {
-
-int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
 
 template <typename T>
 void activation_forward(T* hid, const T* gu, int m, int H, Activation a) {

@@ -1,0 +1,27 @@
+// Thread-count queries that also compile without OpenMP.
+#pragma once
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace moe {
+
+// Threads an OpenMP parallel region started here would use.
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// This thread's index inside a parallel region (0 outside one).
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace moe
