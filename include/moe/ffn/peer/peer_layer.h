@@ -1,0 +1,88 @@
+// PEER (He 2024, "Mixture of A Million Experts"; REFERENCE.md §3), templated on the scalar type
+// (float for training, double for the gradient checks):
+//   per head j: q_j = norm(x·W_qᵀ + b_q)_j [d_key]; halves q¹, q² scored against shared sub-keys
+//   K¹, K² [S, d_key/2]; exact top-k of the S² sums (product_keys.h); g = softmax(top-k scores);
+//   y = Σ_heads Σ_top-k g · σ(u_eᵀx) · v_e over S² single-neuron experts (u_e, v_e ∈ R^C).
+// Query norm: batchnorm (training: statistics of the current batch — which includes later
+// tokens of the same sequence, as in the paper; eval and decoding: running statistics),
+// layernorm (per head over d_key) or none.
+// Expert-table gradients are grouped by expert id (counting sort, prefix sums, a token-order
+// list per expert), so each row is summed by one task in a fixed order: no atomics.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "moe/core/arena.h"
+
+namespace moe {
+
+enum class QueryNorm { kBatch, kLayer, kNone };
+
+struct PeerSpec {
+  int C = 0, S = 0, heads = 1, k = 1, d_key = 0;
+  bool gelu = true;  // else ReLU
+  QueryNorm qnorm = QueryNorm::kBatch;
+  double bn_eps = 1e-5, bn_momentum = 0.1;
+  int64_t experts() const { return int64_t(S) * S; }
+};
+
+template <typename T>
+struct PeerParams {
+  const T* wq = nullptr;     // [h·dk, C]
+  const T* bq = nullptr;     // [h·dk]
+  const T* gamma = nullptr;  // [h·dk] norm affine (batch/layer norm)
+  const T* beta = nullptr;   // [h·dk]
+  const T* keys1 = nullptr;  // [S, dk/2]
+  const T* keys2 = nullptr;  // [S, dk/2]
+  const T* u = nullptr;      // [S², C]
+  const T* v = nullptr;      // [S², C]
+  T* running_mean = nullptr; // [h·dk] batchnorm state (updated in training forward)
+  T* running_var = nullptr;  // [h·dk]
+};
+
+template <typename T>
+struct PeerGrads {  // accumulated (+=)
+  T *wq = nullptr, *bq = nullptr, *gamma = nullptr, *beta = nullptr, *keys1 = nullptr,
+    *keys2 = nullptr, *u = nullptr, *v = nullptr;
+};
+
+template <typename T>
+class PeerLayer {
+ public:
+  explicit PeerLayer(const PeerSpec& s) : s_(s) {}
+  void bind(Arena& a, int max_tokens);
+  // y [N,C] written.
+  void forward(T* y, const T* x, const PeerParams<T>& p, int N, bool training);
+  // dx [N,C] (+=), grads (+=).
+  void backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* x, const PeerParams<T>& p);
+  // The retrieved experts and router weights of the last forward: [N, heads, k].
+  const int32_t* ids() const { return ids_; }
+  const T* weights() const { return gate_; }
+  int tokens() const { return N_; }
+  const PeerSpec& spec() const { return s_; }
+
+ private:
+  PeerSpec s_;
+  int N_ = 0, max_tokens_ = 0;
+  bool training_ = false;
+  T *z_ = nullptr, *q_ = nullptr, *mean_ = nullptr, *rstd_ = nullptr;  // query pre/post norm
+  T *s1_ = nullptr, *s2_ = nullptr;   // [N·h, S] sub-key scores (then their gradients)
+  int32_t* ids_ = nullptr;            // [N·h·k]
+  T *score_ = nullptr, *gate_ = nullptr, *act_in_ = nullptr;  // [N·h·k]
+  T* dq_ = nullptr;                   // [N, h·dk]
+  int32_t *e_off_ = nullptr, *e_list_ = nullptr;  // grouping by expert: [S²+1], [N·h·k]
+  T* dgate_ = nullptr;                // [N·h·k] d(router weight)
+  int32_t* e_cur_ = nullptr;          // [S²] fill cursors
+  int32_t* topk_scratch_ = nullptr;   // per (token, head) row: product_key_topk scratch
+  T* topk_cand_ = nullptr;
+};
+
+// Usage metrics (Lample et al.; PEER): z_e = Σ router weights over an evaluation set; usage =
+// fraction of experts with z_e > 0; KL(z‖uniform) = log E + Σ z̄ log z̄ (z̄ = z/Σz); the effective
+// fraction exp(−KL).
+struct UsageStats {
+  double usage = 0, kl = 0, effective = 0;
+};
+UsageStats usage_stats(const std::vector<double>& z);
+
+}  // namespace moe

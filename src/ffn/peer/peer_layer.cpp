@@ -1,0 +1,278 @@
+#include "moe/ffn/peer/peer_layer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "moe/core/error.h"
+#include "moe/ffn/peer/product_keys.h"
+#include "moe/kernels/gemm.h"
+
+namespace moe {
+
+namespace {
+
+template <typename T>
+T act(T z, bool gelu) {
+  if (!gelu) return z > T(0) ? z : T(0);
+  return T(0.5) * z * (T(1) + std::erf(z * T(0.70710678118654752440)));
+}
+
+template <typename T>
+T act_grad(T z, bool gelu) {
+  if (!gelu) return z > T(0) ? T(1) : T(0);
+  const T cdf = T(0.5) * (T(1) + std::erf(z * T(0.70710678118654752440)));
+  return cdf + z * T(0.39894228040143267794) * std::exp(T(-0.5) * z * z);
+}
+
+}  // namespace
+
+template <typename T>
+void PeerLayer<T>::bind(Arena& a, int max_tokens) {
+  const std::size_t N = max_tokens, D = std::size_t(s_.heads) * s_.d_key,
+                    R = N * s_.heads, A = R * s_.k;
+  max_tokens_ = max_tokens;
+  z_ = a.take<T>(N * D);
+  q_ = a.take<T>(N * D);
+  dq_ = a.take<T>(N * D);
+  mean_ = a.take<T>(std::max(D, R));
+  rstd_ = a.take<T>(std::max(D, R));
+  s1_ = a.take<T>(R * s_.S);
+  s2_ = a.take<T>(R * s_.S);
+  ids_ = a.take<int32_t>(A);
+  score_ = a.take<T>(A);
+  gate_ = a.take<T>(A);
+  act_in_ = a.take<T>(A);
+  dgate_ = a.take<T>(A);
+  e_off_ = a.take<int32_t>(std::size_t(s_.experts()) + 1);
+  e_list_ = a.take<int32_t>(A);
+  e_cur_ = a.take<int32_t>(std::size_t(s_.experts()));
+  topk_scratch_ = a.take<int32_t>(R * (2 * std::size_t(s_.S) + 2 * s_.k * s_.k));
+  topk_cand_ = a.take<T>(R * s_.k * s_.k);
+}
+
+template <typename T>
+void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool training) {
+  MOE_CHECK(N <= max_tokens_, "PEER forward with {} tokens, bound for {}", N, max_tokens_);
+  N_ = N;
+  training_ = training;
+  const int C = s_.C, h = s_.heads, dk = s_.d_key, half = dk / 2, D = h * dk, S = s_.S, k = s_.k;
+  // Query network: z = x·W_qᵀ + b_q, then the norm.
+  gemm<T>(false, true, N, D, C, T(1), x, C, p.wq, C, T(0), z_, D);
+  for (int n = 0; n < N; ++n)
+    for (int f = 0; f < D; ++f) z_[std::size_t(n) * D + f] += p.bq[f];
+  if (s_.qnorm == QueryNorm::kBatch) {
+    for (int f = 0; f < D; ++f) {
+      double m = 0, v = 0;
+      if (training) {
+        for (int n = 0; n < N; ++n) m += double(z_[std::size_t(n) * D + f]);
+        m /= N;
+        for (int n = 0; n < N; ++n) {
+          const double d = double(z_[std::size_t(n) * D + f]) - m;
+          v += d * d;
+        }
+        v /= N;
+        // Running statistics as torch.nn.BatchNorm1d: unbiased variance, momentum.
+        if (p.running_mean) {
+          const double mo = s_.bn_momentum;
+          p.running_mean[f] = T((1 - mo) * double(p.running_mean[f]) + mo * m);
+          p.running_var[f] =
+              T((1 - mo) * double(p.running_var[f]) + mo * (N > 1 ? v * N / (N - 1) : v));
+        }
+      } else {
+        m = double(p.running_mean[f]);
+        v = double(p.running_var[f]);
+      }
+      mean_[f] = T(m);
+      rstd_[f] = T(1.0 / std::sqrt(v + s_.bn_eps));
+      for (int n = 0; n < N; ++n) {
+        const std::size_t i = std::size_t(n) * D + f;
+        q_[i] = (z_[i] - mean_[f]) * rstd_[f] * p.gamma[f] + p.beta[f];
+      }
+    }
+  } else if (s_.qnorm == QueryNorm::kLayer) {
+    for (int r = 0; r < N * h; ++r) {
+      const T* zr = z_ + std::size_t(r) * dk;
+      double m = 0, v = 0;
+      for (int i = 0; i < dk; ++i) m += double(zr[i]);
+      m /= dk;
+      for (int i = 0; i < dk; ++i) v += (double(zr[i]) - m) * (double(zr[i]) - m);
+      v /= dk;
+      mean_[r] = T(m);
+      rstd_[r] = T(1.0 / std::sqrt(v + s_.bn_eps));
+      const int f0 = (r % h) * dk;
+      for (int i = 0; i < dk; ++i)
+        q_[std::size_t(r) * dk + i] = (zr[i] - mean_[r]) * rstd_[r] * p.gamma[f0 + i] + p.beta[f0 + i];
+    }
+  } else {
+    std::memcpy(q_, z_, sizeof(T) * std::size_t(N) * D);
+  }
+  // Sub-key scores for every (token, head) row: one GEMM per half.
+  const int R = N * h;
+  gemm<T>(false, true, R, S, half, T(1), q_, dk, p.keys1, half, T(0), s1_, S);
+  gemm<T>(false, true, R, S, half, T(1), q_ + half, dk, p.keys2, half, T(0), s2_, S);
+#pragma omp parallel for schedule(static) if (R > 16)
+  for (int r = 0; r < R; ++r) {
+    int32_t* id = ids_ + std::size_t(r) * k;
+    T* sc = score_ + std::size_t(r) * k;
+    product_key_topk(id, sc, s1_ + std::size_t(r) * S, s2_ + std::size_t(r) * S, S, k,
+                     topk_scratch_ + std::size_t(r) * (2 * S + 2 * k * k),
+                     topk_cand_ + std::size_t(r) * k * k);
+    T mx = sc[0], sum = 0;  // sc[0] is the largest
+    T* g = gate_ + std::size_t(r) * k;
+    for (int s = 0; s < k; ++s) sum += (g[s] = std::exp(sc[s] - mx));
+    for (int s = 0; s < k; ++s) g[s] /= sum;
+  }
+  // Experts: y_n = Σ_heads Σ_k g·σ(u_e·x_n)·v_e, each token's sum in (head, rank) order.
+#pragma omp parallel for schedule(static) if (N > 16)
+  for (int n = 0; n < N; ++n) {
+    const T* xn = x + std::size_t(n) * C;
+    T* yn = y + std::size_t(n) * C;
+    std::fill(yn, yn + C, T(0));
+    for (int a = n * h * k; a < (n + 1) * h * k; ++a) {
+      const T* u = p.u + std::size_t(ids_[a]) * C;
+      const T* v = p.v + std::size_t(ids_[a]) * C;
+      T z = 0;
+      for (int c = 0; c < C; ++c) z += u[c] * xn[c];
+      act_in_[a] = z;
+      const T w = gate_[a] * act(z, s_.gelu);
+      for (int c = 0; c < C; ++c) yn[c] += w * v[c];
+    }
+  }
+}
+
+template <typename T>
+void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* x,
+                            const PeerParams<T>& p) {
+  MOE_CHECK(training_ || s_.qnorm != QueryNorm::kBatch,
+            "PEER backward after an evaluation-mode forward with batch norm");
+  const int N = N_, C = s_.C, h = s_.heads, dk = s_.d_key, half = dk / 2, D = h * dk, S = s_.S,
+            k = s_.k, A = N * h * k;
+  // Per assignment: d(gate) and d(pre-activation); dx from the experts' input rows.
+  T* dz = score_;  // the scores are no longer needed
+#pragma omp parallel for schedule(static) if (N > 16)
+  for (int n = 0; n < N; ++n) {
+    const T* dyn = dy + std::size_t(n) * C;
+    T* dxn = dx + std::size_t(n) * C;
+    for (int a = n * h * k; a < (n + 1) * h * k; ++a) {
+      const T* u = p.u + std::size_t(ids_[a]) * C;
+      const T* v = p.v + std::size_t(ids_[a]) * C;
+      T dot = 0;
+      for (int c = 0; c < C; ++c) dot += v[c] * dyn[c];
+      dgate_[a] = act(act_in_[a], s_.gelu) * dot;
+      dz[a] = gate_[a] * dot * act_grad(act_in_[a], s_.gelu);
+      for (int c = 0; c < C; ++c) dxn[c] += dz[a] * u[c];
+    }
+  }
+  // u, v gradients grouped by expert (counting sort, prefix sum, assignment lists in token
+  // order), so each row is summed by one task in a fixed order.
+  const int64_t E = s_.experts();
+  std::fill(e_off_, e_off_ + E + 1, 0);
+  for (int a = 0; a < A; ++a) ++e_off_[ids_[a] + 1];
+  for (int64_t e = 0; e < E; ++e) e_off_[e + 1] += e_off_[e];
+  // Stable fill: walk assignments in order, placing each at its expert's next free slot.
+  std::copy(e_off_, e_off_ + E, e_cur_);
+  for (int a = 0; a < A; ++a) e_list_[e_cur_[ids_[a]]++] = a;
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t e = 0; e < E; ++e) {
+    if (e_off_[e] == e_off_[e + 1]) continue;
+    T* gu = g.u + e * C;
+    T* gv = g.v + e * C;
+    for (int i = e_off_[e]; i < e_off_[e + 1]; ++i) {
+      const int a = e_list_[i], n = a / (h * k);
+      const T* xn = x + std::size_t(n) * C;
+      const T* dyn = dy + std::size_t(n) * C;
+      const T w = gate_[a] * act(act_in_[a], s_.gelu);
+      for (int c = 0; c < C; ++c) {
+        gu[c] += dz[a] * xn[c];
+        gv[c] += w * dyn[c];
+      }
+    }
+  }
+  // Router: softmax backward per (token, head), into sparse d(s1), d(s2).
+  const int R = N * h;
+  std::fill(s1_, s1_ + std::size_t(R) * S, T(0));
+  std::fill(s2_, s2_ + std::size_t(R) * S, T(0));
+  for (int r = 0; r < R; ++r) {
+    const T* gt = gate_ + std::size_t(r) * k;
+    const T* dg = dgate_ + std::size_t(r) * k;
+    T dot = 0;
+    for (int s = 0; s < k; ++s) dot += gt[s] * dg[s];
+    for (int s = 0; s < k; ++s) {
+      const T ds = gt[s] * (dg[s] - dot);
+      const int32_t id = ids_[std::size_t(r) * k + s];
+      s1_[std::size_t(r) * S + id / S] += ds;
+      s2_[std::size_t(r) * S + id % S] += ds;
+    }
+  }
+  // Keys and queries: dQ¹ = dS¹·K¹, dK¹ += dS¹ᵀ·Q¹ (and the second half alike).
+  gemm<T>(false, false, R, half, S, T(1), s1_, S, p.keys1, half, T(0), dq_, dk);
+  gemm<T>(false, false, R, half, S, T(1), s2_, S, p.keys2, half, T(0), dq_ + half, dk);
+  gemm<T>(true, false, S, half, R, T(1), s1_, S, q_, dk, T(1), g.keys1, half);
+  gemm<T>(true, false, S, half, R, T(1), s2_, S, q_ + half, dk, T(1), g.keys2, half);
+  // Norm backward: dq → dz (in place in dq_).
+  if (s_.qnorm == QueryNorm::kBatch) {
+    for (int f = 0; f < D; ++f) {
+      double sd = 0, sdx = 0;
+      for (int n = 0; n < N; ++n) {
+        const std::size_t i = std::size_t(n) * D + f;
+        const double xh = double((z_[i] - mean_[f]) * rstd_[f]);
+        g.gamma[f] += dq_[i] * T(xh);
+        g.beta[f] += dq_[i];
+        sd += double(dq_[i]) * double(p.gamma[f]);
+        sdx += double(dq_[i]) * double(p.gamma[f]) * xh;
+      }
+      for (int n = 0; n < N; ++n) {
+        const std::size_t i = std::size_t(n) * D + f;
+        const double xh = double((z_[i] - mean_[f]) * rstd_[f]);
+        const double d = double(dq_[i]) * double(p.gamma[f]);
+        dq_[i] = T(double(rstd_[f]) / N * (N * d - sd - xh * sdx));
+      }
+    }
+  } else if (s_.qnorm == QueryNorm::kLayer) {
+    for (int r = 0; r < R; ++r) {
+      const int f0 = (r % h) * dk;
+      double sd = 0, sdx = 0;
+      for (int i = 0; i < dk; ++i) {
+        const std::size_t j = std::size_t(r) * dk + i;
+        const double xh = double((z_[j] - mean_[r]) * rstd_[r]);
+        const double d = double(dq_[j]) * double(p.gamma[f0 + i]);
+        sd += d;
+        sdx += d * xh;
+        g.gamma[f0 + i] += dq_[j] * T(xh);  // rows in order: deterministic
+        g.beta[f0 + i] += dq_[j];
+      }
+      for (int i = 0; i < dk; ++i) {
+        const std::size_t j = std::size_t(r) * dk + i;
+        const double xh = double((z_[j] - mean_[r]) * rstd_[r]);
+        const double d = double(dq_[j]) * double(p.gamma[f0 + i]);
+        dq_[j] = T(double(rstd_[r]) / dk * (dk * d - sd - xh * sdx));
+      }
+    }
+  }
+  // Query network.
+  gemm<T>(true, false, D, C, N, T(1), dq_, D, x, C, T(1), g.wq, C);
+  for (int n = 0; n < N; ++n)
+    for (int f = 0; f < D; ++f) g.bq[f] += dq_[std::size_t(n) * D + f];
+  gemm<T>(false, false, N, C, D, T(1), dq_, D, p.wq, C, T(1), dx, C);
+}
+
+UsageStats usage_stats(const std::vector<double>& z) {
+  UsageStats u;
+  double total = 0;
+  for (double v : z) total += v;
+  const int64_t used = std::count_if(z.begin(), z.end(), [](double v) { return v > 0; });
+  if (z.empty() || total <= 0) return u;
+  u.usage = double(used) / z.size();
+  double s = 0;
+  for (double v : z)
+    if (v > 0) s += (v / total) * std::log(v / total);
+  u.kl = std::log(double(z.size())) + s;
+  u.effective = std::exp(-u.kl);
+  return u;
+}
+
+template class PeerLayer<float>;
+template class PeerLayer<double>;
+
+}  // namespace moe
