@@ -114,8 +114,18 @@ void register_eval(CLI::App& app) {
       fmt::print("{} split: {} tokens, {} bytes, loss {:.4f} nats/token, {:.4f} bits per byte\n",
                  a->split, r.tokens, r.bytes, r.loss, r.bpb);
       if (!r.moe.is_null()) {
-        fmt::print("MoE routing over the split (per layer):\n");
+        fmt::print("Routing over the split (per MoE/PEER layer):\n");
         for (auto& m : r.moe) {
+          if (m.value("kind", "") == "peer") {
+            std::string heads;
+            for (auto& h : m["per_head"]) heads += fmt::format(" {:.1f}%", 100 * h["usage"].get<double>());
+            fmt::print("  layer {} (PEER, {} experts): usage {:.2f}%, KL(z||uniform) {:.3f}, "
+                       "effective fraction exp(-KL) {:.3f}\n    usage per head:{}\n",
+                       m["layer"].get<int>(), m["experts"].get<int64_t>(),
+                       100 * m["usage"].get<double>(), m["kl"].get<double>(),
+                       m["effective"].get<double>(), heads);
+            continue;
+          }
           std::string loads;
           for (auto& t : m["tokens_per_expert"]) loads += fmt::format(" {}", t.get<int64_t>());
           fmt::print("  layer {}: dropped {:.2f}%, router entropy {:.3f} nats, unused experts {}, "

@@ -1,5 +1,6 @@
 #include "moe/model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -93,10 +94,29 @@ class Fields {
 FfnConfig parse_ffn(const json& j, const std::string& source, const std::string& path,
                     FfnConfig base) {
   Fields f(j, source, path);
-  f.get_choice("kind", base.kind, {"dense", "moe"});
-  std::string act = base.activation == Activation::kGELU ? "gelu" : "swiglu";
-  f.get_choice("activation", act, {"swiglu", "gelu"});
-  base.activation = act == "gelu" ? Activation::kGELU : Activation::kSwiGLU;
+  // An override of another kind starts from that kind's defaults, not from the default FFN's
+  // fields (a PEER block's ReLU must not leak into a dense block).
+  const std::string inherited_kind = base.kind;
+  f.get_choice("kind", base.kind, {"dense", "moe", "peer"});
+  if (base.kind != inherited_kind) {
+    const std::string kind = base.kind;
+    base = FfnConfig{};
+    base.kind = kind;
+  }
+  if (base.kind == "peer" && !j.contains("activation")) base.activation = Activation::kGELU;
+  std::string act = base.activation == Activation::kGELU   ? "gelu"
+                    : base.activation == Activation::kReLU ? "relu"
+                                                           : "swiglu";
+  if (base.kind == "peer")
+    f.get_choice("activation", act, {"gelu", "relu"});
+  else
+    f.get_choice("activation", act, {"swiglu", "gelu"});
+  base.activation = act == "gelu"   ? Activation::kGELU
+                    : act == "relu" ? Activation::kReLU
+                                    : Activation::kSwiGLU;
+  f.get("heads", base.heads);
+  f.get("d_key", base.d_key);
+  f.get_choice("query_norm", base.query_norm, {"batchnorm", "layernorm", "none"});
   f.get("d_ff", base.d_ff);
   f.get("num_experts", base.num_experts);
   f.get("top_k", base.top_k);
@@ -148,8 +168,13 @@ FfnConfig parse_ffn(const json& j, const std::string& source, const std::string&
 
 json ffn_to_json(const FfnConfig& f) {
   json j = {{"kind", f.kind},
-            {"activation", f.activation == Activation::kGELU ? "gelu" : "swiglu"},
+            {"activation", f.activation == Activation::kGELU   ? "gelu"
+                           : f.activation == Activation::kReLU ? "relu"
+                                                               : "swiglu"},
             {"d_ff", f.d_ff}};
+  if (f.kind == "peer")
+    j.update({{"num_experts", f.num_experts}, {"heads", f.heads}, {"top_k", f.top_k},
+              {"d_key", f.d_key}, {"query_norm", f.query_norm}});
   if (f.kind == "moe") {
     j.update({{"num_experts", f.num_experts},
               {"top_k", f.top_k},
@@ -187,6 +212,21 @@ static void resolve_ffn(FfnConfig& f, int d_model, const std::string& where) {
     // GELU: the classic 4·C. SwiGLU has three matrices, so 2/3 of that width keeps the parameter
     // count equal (LLaMA's rule), rounded up to a multiple of 64 for the GEMMs.
     f.d_ff = f.activation == Activation::kGELU ? 4 * d_model : (8 * d_model / 3 + 63) / 64 * 64;
+  }
+  if (f.kind == "peer") {
+    const int S = int(std::lround(std::sqrt(double(f.num_experts))));
+    MOE_CHECK(f.num_experts > 0 && int64_t(S) * S == f.num_experts,
+              "config: field {}.num_experts: got {}, PEER needs a perfect square S² (S sub-keys "
+              "per half), e.g. 16384 or 1048576",
+              where, f.num_experts);
+    if (f.top_k == 0) f.top_k = std::min(16, S);
+    MOE_CHECK(f.top_k >= 1 && f.top_k <= S,
+              "config: field {}.top_k: got {}, expected 1..S = {} (the top-k per half)", where,
+              f.top_k, S);
+    MOE_CHECK(f.heads >= 1, "config: field {}.heads: got {}, expected >= 1", where, f.heads);
+    MOE_CHECK(f.d_key >= 2 && f.d_key % 2 == 0,
+              "config: field {}.d_key: got {}, expected an even number >= 2", where, f.d_key);
+    return;
   }
   if (f.kind != "moe") return;
   if (f.granularity > 0) {

@@ -18,6 +18,7 @@ ModelCount count_model(const ModelConfig& cfg, int seq_len) {
   c.attention = L * (Dq * C + 2 * Dkv * C + C * Dq);
   c.norms = L * 2 * C + C + (m.qk_norm ? L * (Dq + Dkv) : 0);
   double router_flop_params = 0;  // Σ over MoE layers of C·E
+  double peer_retrieval_fwd = 0;  // Σ over PEER layers of retrieval FLOPs per token
   for (int l = 0; l < L; ++l) {
     const FfnConfig& f = m.ffn_for(l);
     const int64_t mats = f.activation == Activation::kSwiGLU ? 3 : 2;
@@ -25,6 +26,21 @@ ModelCount count_model(const ModelConfig& cfg, int seq_len) {
       c.ffn += mats * C * f.d_ff;
       c.ffn_active += mats * C * f.d_ff;
       ffn_matmul_active += double(mats * C * f.d_ff);
+      continue;
+    }
+    if (f.kind == "peer") {
+      // Query network (+ norm affine and batch-norm running statistics), shared sub-keys,
+      // expert tables u, v. Per token: the query network and keys all, 2·h·k·C expert weights.
+      const int64_t D = int64_t(f.heads) * f.d_key, E = f.num_experts;
+      const int64_t S = std::llround(std::sqrt(double(E)));
+      const int64_t norm = f.query_norm == "batchnorm" ? 4 * D : f.query_norm == "layernorm" ? 2 * D : 0;
+      const int64_t fixed = D * C + D + norm + S * f.d_key;
+      c.ffn += fixed + 2 * E * C;
+      c.ffn_active += fixed + 2 * int64_t(f.heads) * f.top_k * C;
+      c.experts += 2 * E * C;
+      ffn_matmul_active += 2.0 * f.heads * f.top_k * C;
+      // Retrieval (REFERENCE §3): query network C·h·dk and sub-key scores h·S·dk multiply-adds.
+      peer_retrieval_fwd += 2.0 * (double(C) * D + double(f.heads) * S * f.d_key);
       continue;
     }
     MOE_CHECK(f.kind == "moe", "accounting: ffn kind '{}' is not known", f.kind);
@@ -48,10 +64,11 @@ ModelCount count_model(const ModelConfig& cfg, int seq_len) {
   // excluded: it is counted with its own constant), and the LM head (the tied embedding matrix
   // is a matmul when it acts as the head; the input lookup is not).
   const double matmul = double(c.attention) + ffn_matmul_active + double(V * C);
-  c.flops_matmul_fwd = 2 * matmul + 2 * router_flop_params;
+  c.flops_matmul_fwd = 2 * matmul + 2 * router_flop_params + peer_retrieval_fwd;
   c.flops_attention_fwd = double(L) * 2 * 2 * double(Dq) * (seq_len + 1) / 2.0;
   c.flops_fwd = c.flops_matmul_fwd + c.flops_attention_fwd;
-  c.flops_train = 6 * matmul + 14 * router_flop_params + 3 * c.flops_attention_fwd;
+  c.flops_train = 6 * matmul + 14 * router_flop_params + 3 * peer_retrieval_fwd +
+                  3 * c.flops_attention_fwd;
   return c;
 }
 

@@ -314,7 +314,10 @@ TEST(MoeModel, AccountantEqualsAllocatedForEveryRouter) {
         R"({"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16, "shared_experts": 2, "activation": "gelu"})",
         R"({"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16, "router": {"kind": "noisy_topk"}})",
         R"({"kind": "moe", "num_experts": 4, "top_k": 1, "d_expert": 16, "router": {"bias_balance": true, "score": "sigmoid"}})",
-        R"({"kind": "moe", "d_ff": 64, "granularity": 2, "expansion": 4, "router": {"kind": "expert_choice"}})"}) {
+        R"({"kind": "moe", "d_ff": 64, "granularity": 2, "expansion": 4, "router": {"kind": "expert_choice"}})",
+        R"({"kind": "peer", "num_experts": 64, "heads": 2, "top_k": 3, "d_key": 8})",
+        R"({"kind": "peer", "num_experts": 49, "heads": 3, "top_k": 2, "d_key": 4, "query_norm": "layernorm", "activation": "relu"})",
+        R"({"kind": "peer", "num_experts": 16, "heads": 1, "top_k": 2, "d_key": 6, "query_norm": "none"})"}) {
     nlohmann::json j = {{"model", {{"d_model", 32}, {"n_layers", 3}, {"n_heads", 2},
                                    {"ffn", nlohmann::json::parse(ffn)},
                                    {"ffn_overrides", {{"0", {{"kind", "dense"}}}}}}}};

@@ -29,7 +29,11 @@ std::vector<std::string> shipped_configs() {
 void shrink(nlohmann::json& j) {
   auto& m = j["model"];
   m["d_model"] = 32;
-  m["n_layers"] = std::min(2, m.value("n_layers", 4));
+  // Keep enough blocks for every per-block override.
+  int need = 2;
+  if (m.contains("ffn_overrides"))
+    for (auto& [k, v] : m["ffn_overrides"].items()) need = std::max(need, std::stoi(k) + 1);
+  m["n_layers"] = std::min(std::max(2, need), m.value("n_layers", 4));
   m["n_heads"] = 4;
   if (m.contains("n_kv_heads")) m["n_kv_heads"] = 2;
   m.erase("head_dim");

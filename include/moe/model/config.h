@@ -10,7 +10,7 @@
 
 namespace moe {
 
-enum class Activation { kSwiGLU, kGELU };
+enum class Activation { kSwiGLU, kGELU, kReLU };  // ReLU: PEER experts only
 
 // Router of an MoE FFN (ffn.router). See docs/MOE.md.
 struct RouterConfig {
@@ -42,6 +42,11 @@ struct FfnConfig {
   double aux_loss_coef = 0.01;             // α of the Switch load-balancing loss
   double z_loss_coef = 0.001;              // β of the router z-loss
   float expert_dropout = 0;                // dropout on expert hidden units, training only
+  // --- kind "peer" (He 2024): num_experts = S² single-neuron experts, `heads` query heads each
+  // retrieving top_k of them by product keys of dimension d_key; activation gelu or relu.
+  int heads = 8;
+  int d_key = 128;
+  std::string query_norm = "batchnorm";    // batchnorm | layernorm | none
   RouterConfig router;
 };
 

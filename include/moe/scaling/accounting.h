@@ -5,7 +5,8 @@
 //            + 2·C·E per MoE layer (router logits) + attention (below)
 //   training = 6·(the same matmul parameters) + 14·C·E per MoE layer (Krajewski et al.'s c_r = 14:
 //              router forward, two backward products, dispatch, combine and their backward)
-//            + 3 · attention forward.
+//            + 3 · attention forward + 3 · PEER retrieval forward (query network and sub-key
+//              scores: 2·(C·h·d_key + h·S·d_key) per PEER layer; its experts are matmul params).
 // Attention's score and value products are counted separately with the causal convention: a
 // token at position t attends to t+1 positions, so the mean context over a window of T tokens
 // is (T+1)/2; per layer and token that is 2·2·Hq·hd·(T+1)/2 forward FLOPs.

@@ -6,6 +6,7 @@
 
 #include "moe/core/error.h"
 #include "moe/ffn/dense.h"
+#include "moe/ffn/peer/peer_ffn.h"
 
 namespace moe {
 
@@ -119,7 +120,8 @@ std::unique_ptr<FeedForward> make_feed_forward(const FfnConfig& ffn, const Model
                                                int layer) {
   if (ffn.kind == "dense") return std::make_unique<DenseFfn>(ffn, model, params, prefix);
   if (ffn.kind == "moe") return std::make_unique<MoeFfn>(ffn, model, params, prefix, layer);
-  MOE_FAIL("ffn kind '{}' is not available (known: dense, moe)", ffn.kind);
+  if (ffn.kind == "peer") return std::make_unique<PeerFfn>(ffn, model, params, prefix, layer);
+  MOE_FAIL("ffn kind '{}' is not available (known: dense, moe, peer)", ffn.kind);
 }
 
 }  // namespace moe

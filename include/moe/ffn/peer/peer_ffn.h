@@ -1,0 +1,35 @@
+// FFN kind "peer": the FeedForward face of PeerLayer<float>. Checkpoint names under <prefix>:
+//   query.weight [h·dk, C], query.bias [h·dk], query_norm.weight / .bias [h·dk] (batch or layer
+//   norm), query_norm.running_mean / .running_var [h·dk] (batch norm; not trained), keys1 /
+//   keys2 [S, dk/2] (shared by all heads), u / v [S², C] (the experts' input and output rows).
+// The expert tables are ordinary parameters here, updated by the dense AdamW: the sparse,
+// row-lazy optimizer for million-expert tables is not written yet (see the issue notes).
+#pragma once
+#include "moe/ffn/feed_forward.h"
+#include "moe/ffn/peer/peer_layer.h"
+
+namespace moe {
+
+class PeerFfn final : public FeedForward {
+ public:
+  PeerFfn(const FfnConfig& ffn, const ModelConfig& model, ParamStore& params,
+          const std::string& prefix, int layer);
+  void bind(Arena& acts, int max_batch, int max_seq) override;
+  void forward(float* out, const float* x, int n_tokens, const StepInfo& info) override;
+  void backward(float* dx, const float* dout, const float* x, int n_tokens) override;
+  std::string describe() const override;
+  nlohmann::json metrics() const override;
+  void reset_metrics() override;
+
+ private:
+  PeerParams<float> params() const;
+  PeerSpec spec_;
+  int layer_index_;
+  PeerLayer<float> layer_;
+  Param *wq_, *bq_, *gamma_ = nullptr, *beta_ = nullptr, *rmean_ = nullptr, *rvar_ = nullptr;
+  Param *keys1_, *keys2_, *u_, *v_;
+  std::vector<std::vector<double>> usage_;  // per head: Σ router weight per expert since reset
+  int64_t forwards_ = 0;
+};
+
+}  // namespace moe

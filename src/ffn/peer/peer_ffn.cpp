@@ -1,0 +1,105 @@
+#include "moe/ffn/peer/peer_ffn.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "moe/core/error.h"
+
+namespace moe {
+
+PeerFfn::PeerFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
+                 const std::string& prefix, int layer)
+    : layer_index_(layer), layer_(PeerSpec{}) {
+  PeerSpec s;
+  s.C = model.d_model;
+  s.S = int(std::lround(std::sqrt(double(f.num_experts))));
+  s.heads = f.heads;
+  s.k = f.top_k;
+  s.d_key = f.d_key;
+  s.gelu = f.activation != Activation::kReLU;
+  s.qnorm = f.query_norm == "batchnorm"   ? QueryNorm::kBatch
+            : f.query_norm == "layernorm" ? QueryNorm::kLayer
+                                          : QueryNorm::kNone;
+  spec_ = s;
+  layer_ = PeerLayer<float>(s);
+  const int D = s.heads * s.d_key, C = s.C;
+  const int64_t E = s.experts();
+  wq_ = ps.add(prefix + ".query.weight", {D, C}, Init::kNormal, 1.f / std::sqrt(float(C)), true);
+  bq_ = ps.add(prefix + ".query.bias", {D}, Init::kZeros, 0, false);
+  if (s.qnorm != QueryNorm::kNone) {
+    gamma_ = ps.add(prefix + ".query_norm.weight", {D}, Init::kOnes, 0, false);
+    beta_ = ps.add(prefix + ".query_norm.bias", {D}, Init::kZeros, 0, false);
+  }
+  if (s.qnorm == QueryNorm::kBatch) {
+    rmean_ = ps.add(prefix + ".query_norm.running_mean", {D}, Init::kZeros, 0, false);
+    rvar_ = ps.add(prefix + ".query_norm.running_var", {D}, Init::kOnes, 0, false);
+    rmean_->trainable = rvar_->trainable = false;
+  }
+  // Sub-keys ~ N(0, 2/dk) so each half-score is O(1) for unit-variance queries.
+  const float key_std = std::sqrt(2.f / s.d_key);
+  keys1_ = ps.add(prefix + ".keys1", {s.S, s.d_key / 2}, Init::kNormal, key_std, false);
+  keys2_ = ps.add(prefix + ".keys2", {s.S, s.d_key / 2}, Init::kNormal, key_std, false);
+  u_ = ps.add(prefix + ".u", {E, C}, Init::kNormal, 1.f / std::sqrt(float(C)), false);
+  v_ = ps.add(prefix + ".v", {E, C}, Init::kNormal, model.init_std, false);
+  usage_.assign(s.heads, std::vector<double>(E, 0.0));
+}
+
+void PeerFfn::bind(Arena& acts, int max_batch, int max_seq) {
+  layer_.bind(acts, max_batch * max_seq);
+}
+
+PeerParams<float> PeerFfn::params() const {
+  auto w = [](const Param* p) { return p ? p->w : nullptr; };
+  return {wq_->w,  bq_->w,  w(gamma_), w(beta_), keys1_->w, keys2_->w,
+          u_->w,   v_->w,   w(rmean_), w(rvar_)};
+}
+
+void PeerFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
+  layer_.forward(out, x, params(), N, info.training);
+  // Usage: accumulate router weights per expert and head.
+  const int h = spec_.heads, k = spec_.k;
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < h; ++j)
+      for (int s = 0; s < k; ++s) {
+        const int a = (n * h + j) * k + s;
+        usage_[j][layer_.ids()[a]] += layer_.weights()[a];
+      }
+  ++forwards_;
+}
+
+void PeerFfn::backward(float* dx, const float* dout, const float* x, int N) {
+  auto g = [](const Param* p) { return p ? p->g : nullptr; };
+  layer_.backward(dx, {wq_->g, bq_->g, g(gamma_), g(beta_), keys1_->g, keys2_->g, u_->g, v_->g},
+                  dout, x, params());
+}
+
+std::string PeerFfn::describe() const {
+  return fmt::format("peer {} experts h={} k={} d_key={} {}", spec_.experts(), spec_.heads,
+                     spec_.k, spec_.d_key,
+                     spec_.qnorm == QueryNorm::kBatch   ? "query-BN"
+                     : spec_.qnorm == QueryNorm::kLayer ? "query-LN"
+                                                        : "no query norm");
+}
+
+nlohmann::json PeerFfn::metrics() const {
+  if (forwards_ == 0) return nullptr;
+  std::vector<double> all(spec_.experts(), 0.0);
+  nlohmann::json heads = nlohmann::json::array();
+  for (auto& z : usage_) {
+    for (std::size_t e = 0; e < z.size(); ++e) all[e] += z[e];
+    const UsageStats u = usage_stats(z);
+    heads.push_back({{"usage", u.usage}, {"kl", u.kl}, {"effective", u.effective}});
+  }
+  const UsageStats u = usage_stats(all);
+  return {{"layer", layer_index_}, {"kind", "peer"}, {"experts", spec_.experts()},
+          {"usage", u.usage},      {"kl", u.kl},     {"effective", u.effective},
+          {"per_head", heads}};
+}
+
+void PeerFfn::reset_metrics() {
+  for (auto& z : usage_) std::fill(z.begin(), z.end(), 0.0);
+  forwards_ = 0;
+}
+
+}  // namespace moe
