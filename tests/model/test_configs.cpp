@@ -39,6 +39,12 @@ void shrink(nlohmann::json& j) {
   m.erase("head_dim");
   m["max_seq_len"] = 16;
   auto shrink_ffn = [](nlohmann::json& f) {
+    if (f.value("kind", "") == "peer") {  // 16² experts, small keys: same structure, small tables
+      f["num_experts"] = 256;
+      f["d_key"] = 8;
+      f["heads"] = 2;
+      f["top_k"] = 4;
+    }
     if (f.contains("d_ff") && f["d_ff"].get<int>() > 0) f["d_ff"] = 64;
     if (f.contains("d_expert")) f["d_expert"] = 16;
     if (f.value("granularity", 0) > 0 && !f.contains("d_ff")) f["d_ff"] = 64;

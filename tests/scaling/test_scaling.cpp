@@ -7,6 +7,7 @@
 #include "moe/model/config.h"
 #include "moe/scaling/accounting.h"
 #include "moe/scaling/laws.h"
+#include <nlohmann/json.hpp>
 
 using namespace moe;
 using namespace moe::scaling;
@@ -84,4 +85,22 @@ TEST(Presets, CountsEqualThePublishedModels) {
   ModelCount o = count_preset("olmoe-1b-7b");
   EXPECT_EQ(o.total, 6919161856);
   EXPECT_NEAR(o.active / 1e9, 1.3, 0.05);
+}
+
+TEST(Accounting, MoeAndPeerFlopsMatchHandCounts) {
+  // One MoE block (C=32, E=4, k=2, H=16, SwiGLU) and one PEER block (h=2, k=3, d_key=8, S=8),
+  // byte vocabulary, tied head, T=8 (4 heads of 8).
+  Config c = config_from_json(nlohmann::json::parse(R"({"model": {"d_model": 32, "n_layers": 2,
+      "n_heads": 4, "ffn": {"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16},
+      "ffn_overrides": {"1": {"kind": "peer", "num_experts": 64, "heads": 2, "top_k": 3,
+      "d_key": 8}}}, "train": {"seq_len": 8}})"),
+                              "test");
+  ModelCount m = count_model(c.model, 8);
+  const double attn = 2 * 4.0 * 32 * 32, head = 256.0 * 32;
+  const double moe_active = 2 * 3.0 * 32 * 16, router = 32.0 * 4;
+  const double peer_experts = 2.0 * 2 * 3 * 32, retrieval = 2 * (32.0 * 16 + 2.0 * 8 * 8);
+  const double matmul = attn + moe_active + peer_experts + head;
+  const double attention_fwd = 2 * 2 * 2 * 32 * 9 / 2.0;
+  EXPECT_DOUBLE_EQ(m.flops_train, 6 * matmul + 14 * router + 3 * retrieval + 3 * attention_fwd);
+  EXPECT_DOUBLE_EQ(m.flops_fwd, 2 * matmul + 2 * router + retrieval + attention_fwd);
 }
