@@ -8,28 +8,23 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../fixture_util.h"
 #include "../grad_check.h"
 #include "moe/core/safetensors.h"
 #include "moe/ffn/moe/moe_layer.h"
 
 using namespace moe;
 using moe::testing::all_close;
+using moe::testing::as_double;
+using moe::testing::fixture_path;
 using moe::testing::max_abs;
 
 namespace {
 
-std::vector<double> as_double(const SafeTensorsReader& r, const std::string& name) {
-  const TensorInfo& t = r.info(name);
-  if (t.dtype == DType::F64) return r.read_f64(name);
-  std::vector<float> f = r.read_f32(name);
-  return std::vector<double>(f.begin(), f.end());
-}
-
 class MoeReference : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(MoeReference, MatchesPyTorch) {
-  SafeTensorsReader r(std::string(MOE_SOURCE_DIR) + "/tests/fixtures/moe_" + GetParam() +
-                      ".safetensors");
+  SafeTensorsReader r(fixture_path(std::string("moe_") + GetParam() + ".safetensors"));
   const nlohmann::json L = nlohmann::json::parse(r.meta("layer"));
   FfnConfig f;
   f.kind = "moe";

@@ -12,6 +12,7 @@
 
 #include <cmath>
 
+#include "../fixture_util.h"
 #include "../grad_check.h"
 #include "moe/core/safetensors.h"
 #include "moe/model/transformer.h"
@@ -23,14 +24,10 @@ using moe::testing::max_abs;
 
 namespace {
 
-std::string fixture(const std::string& name) {
-  return std::string(MOE_SOURCE_DIR) + "/tests/fixtures/" + name;
-}
-
 class Reference : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(Reference, ForwardBackwardAndTenAdamWSteps) {
-  SafeTensorsReader r(fixture(GetParam()));
+  SafeTensorsReader r(moe::testing::fixture_path(GetParam()));
   Config cfg = config_from_json(nlohmann::json::parse(r.meta("config")), r.path());
   std::vector<int64_t> tshape;
   std::vector<int32_t> tokens = r.read_i32("tokens", &tshape), targets = r.read_i32("targets");
