@@ -64,8 +64,31 @@ void ParamStore::initialize(uint64_t seed) {
   }
 }
 
+void Param::make_row_sparse() {
+  MOE_CHECK(shape.size() == 2, "parameter '{}': row-sparse needs a matrix, got {} dims", name,
+            shape.size());
+  sparse_rows = true;
+  row_len = shape[1];
+  touched_mark.assign(std::size_t(shape[0]), 0);
+}
+
 void ParamStore::zero_grad() {
-  if (base_g_) std::memset(base_g_, 0, total_ * sizeof(float));
+  if (!base_g_) return;
+  // Dense tensors: one memset over each contiguous run of them; row-sparse ones: just the rows
+  // the last step touched (the rest are still zero), so a million-row table costs nothing here.
+  std::size_t run_start = 0;
+  for (auto& p : params_) {
+    if (!p.sparse_rows) continue;
+    std::memset(base_g_ + run_start, 0, (p.offset - run_start) * sizeof(float));
+    for (int32_t r : p.touched) {
+      std::memset(p.g + std::size_t(r) * p.row_len, 0, p.row_len * sizeof(float));
+      p.touched_mark[r] = 0;
+    }
+    p.touched.clear();
+    run_start = p.offset + (p.numel + 15) / 16 * 16;
+    if (run_start > total_) run_start = total_;
+  }
+  std::memset(base_g_ + run_start, 0, (total_ - run_start) * sizeof(float));
 }
 
 }  // namespace moe

@@ -384,6 +384,9 @@ Config config_from_json(const json& j, const std::string& source) {
     f.get("threads", tc.threads);
     f.get("time_limit_s", tc.time_limit_s);
     f.get("out_dir", tc.out_dir);
+    f.get("sparse_lr", tc.sparse_lr);
+    MOE_CHECK(tc.sparse_lr >= 0, "{}: field train.sparse_lr: got {}, expected >= 0", source,
+              tc.sparse_lr);
     if (const json* fr = f.sub("freeze")) {
       MOE_CHECK(fr->is_array(), "{}: field train.freeze: expected a list of name patterns, got {}",
                 source, fr->dump());
@@ -464,7 +467,8 @@ json Config::to_json() const {
             {"eval_batches", t.eval_batches}, {"log_every", t.log_every},
             {"checkpoint_every", t.checkpoint_every}, {"seed", t.seed},
             {"threads", t.threads},         {"time_limit_s", t.time_limit_s},
-            {"out_dir", t.out_dir},         {"freeze", t.freeze}}}};
+            {"out_dir", t.out_dir},         {"freeze", t.freeze},
+            {"sparse_lr", t.sparse_lr}}}};
 }
 
 void apply_override(json& j, const std::string& assignment) {

@@ -26,6 +26,10 @@ void save_checkpoint(const std::string& path, Transformer& model, const AdamWOpt
       tensors.push_back({"optim.m." + p.name, DType::F32, p.shape, o->m() + p.offset});
       tensors.push_back({"optim.v." + p.name, DType::F32, p.shape, o->v() + p.offset});
       bytes += 2 * p.numel * 4;
+      if (const int32_t* t = o->row_steps(p)) {  // lazy Adam's per-row step counts
+        tensors.push_back({"optim.t." + p.name, DType::I32, {p.shape[0]}, t});
+        bytes += p.shape[0] * 4;
+      }
     }
   }
   // Refuse early, with a clear message, rather than fail half way through the write.
@@ -92,6 +96,10 @@ void load_checkpoint(const std::string& path, Transformer& model, AdamWOptimizer
                 path, p.name);
       r.read_into(mn, DType::F32, p.shape, opt->m() + p.offset);
       r.read_into(vn, DType::F32, p.shape, opt->v() + p.offset);
+      if (p.sparse_rows && r.has("optim.t." + p.name)) {
+        opt->ensure_row_steps(p);
+        r.read_into("optim.t." + p.name, DType::I32, {p.shape[0]}, opt->row_steps(p));
+      }
     }
   }
 }

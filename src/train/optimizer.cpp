@@ -1,5 +1,6 @@
 #include "moe/train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "moe/nn/adamw.h"
@@ -17,27 +18,68 @@ bool AdamWOptimizer::decays(const Param& p) const {
   return p.decay;
 }
 
+int32_t* AdamWOptimizer::row_steps(const Param& p) {
+  auto it = row_steps_.find(&p);
+  return it == row_steps_.end() ? nullptr : it->second.data();
+}
+
+void AdamWOptimizer::ensure_row_steps(const Param& p) {
+  if (p.sparse_rows && !row_steps_.count(&p)) row_steps_[&p].assign(std::size_t(p.shape[0]), 0);
+}
+
 OptimStats AdamWOptimizer::step(int64_t s) {
   OptimStats st;
   st.lr = lr_schedule(s, cfg_.lr, cfg_.min_lr, cfg_.warmup_steps, cfg_.steps);
-  // Padding between tensors is always zero in the gradient arena, so one pass over it is the
-  // norm of the real gradients.
-  st.grad_norm = std::sqrt(sum_squares(params_.grads(), params_.numel()));
-  float* g = params_.grads();
+  // Row-sparse tables: visit touched rows in ascending order (a canonical order for the sums).
+  for (Param& p : params_.all())
+    if (p.sparse_rows) {
+      std::sort(p.touched.begin(), p.touched.end());
+      ensure_row_steps(p);
+    }
+  // Global gradient norm, parameter by parameter in registration order.
+  double ss = 0;
+  for (Param& p : params_.all()) {
+    if (!p.sparse_rows) {
+      ss += sum_squares(p.g, p.numel);
+      continue;
+    }
+    for (int32_t r : p.touched) ss += sum_squares(p.g + std::size_t(r) * p.row_len, p.row_len);
+  }
+  st.grad_norm = std::sqrt(ss);
   if (cfg_.grad_clip > 0) {
     // torch.nn.utils.clip_grad_norm_: coef = max/(norm + 1e-6), applied when < 1.
     const double coef = cfg_.grad_clip / (st.grad_norm + 1e-6);
     if (coef < 1) {
       const float c = float(coef);
-      const std::size_t n = params_.numel();
+      auto scale = [c](float* g, std::size_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
-      for (std::size_t i = 0; i < n; ++i) g[i] *= c;
+        for (std::size_t i = 0; i < n; ++i) g[i] *= c;
+      };
+      for (Param& p : params_.all()) {
+        if (!p.sparse_rows) {
+          scale(p.g, p.numel);
+          continue;
+        }
+        for (int32_t r : p.touched) scale(p.g + std::size_t(r) * p.row_len, p.row_len);
+      }
     }
   }
   const AdamWHyper h{float(st.lr), cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay};
-  for (Param& p : params_.all())
-    if (p.trainable)
+  AdamWHyper hs = h;
+  if (cfg_.sparse_lr > 0) hs.lr = cfg_.sparse_lr;
+  for (Param& p : params_.all()) {
+    if (!p.trainable) continue;
+    if (!p.sparse_rows) {
       adamw_update(p.w, m_ + p.offset, v_ + p.offset, p.g, p.numel, h, decays(p), s + 1);
+      continue;
+    }
+    int32_t* t = row_steps_[&p].data();
+    const std::size_t L = p.row_len;
+    for (int32_t r : p.touched) {
+      const std::size_t o = std::size_t(r) * L;
+      adamw_update(p.w + o, m_ + p.offset + o, v_ + p.offset + o, p.g + o, L, hs, false, ++t[r]);
+    }
+  }
   return st;
 }
 

@@ -79,25 +79,57 @@ TEST(Training, SameSeedGivesBitIdenticalLosses) {
   EXPECT_LT(a.losses().back(), a.losses().front());  // it learns something
 }
 
-TEST(Training, ResumeIsBitIdenticalToUninterruptedRun) {
-  TempDir d;
-  make_data(d.path);
-  Trainer full(tiny_config(d.path, d.path + "/full"), {.quiet = true});
+// Runs 12 steps straight, and 5 + resume + 7; the losses and final weights must be identical.
+void check_resume(const std::string& dir, const std::function<void(Config&)>& edit) {
+  Config full_cfg = tiny_config(dir, dir + "/full"), part_cfg = tiny_config(dir, dir + "/part");
+  edit(full_cfg);
+  edit(part_cfg);
+  Trainer full(full_cfg, {.quiet = true});
   full.run();
-  Trainer first(tiny_config(d.path, d.path + "/part"), {.quiet = true, .stop_after = 5});
+  Trainer first(part_cfg, {.quiet = true, .stop_after = 5});
   TrainResult r1 = first.run();
   EXPECT_TRUE(r1.interrupted);
   EXPECT_EQ(r1.steps_done, 5);
-  Trainer second(tiny_config(d.path, d.path + "/part"), {.resume = r1.checkpoint, .quiet = true});
+  Trainer second(part_cfg, {.resume = r1.checkpoint, .quiet = true});
   TrainResult r2 = second.run();
   EXPECT_EQ(r2.steps_done, 12);
   ASSERT_EQ(second.losses().size(), 7u);
   for (int i = 0; i < 5; ++i) EXPECT_EQ(first.losses()[i], full.losses()[i]) << i;
   for (int i = 0; i < 7; ++i) EXPECT_EQ(second.losses()[i], full.losses()[5 + i]) << 5 + i;
-  // And the final weights agree bit for bit.
   auto& pa = full.model().params();
   auto& pb = second.model().params();
   for (std::size_t i = 0; i < pa.numel(); ++i) ASSERT_EQ(pa.weights()[i], pb.weights()[i]) << i;
+}
+
+TEST(Training, ResumeIsBitIdenticalToUninterruptedRun) {
+  TempDir d;
+  make_data(d.path);
+  check_resume(d.path, [](Config&) {});
+}
+
+TEST(Training, ResumeIsBitIdenticalWithMoeAndPeerBlocks) {
+  // Noisy routing (RNG keyed by step), the bias-balance state, PEER's batch-norm running
+  // statistics and its lazy Adam's per-row step counts must all survive the checkpoint.
+  TempDir d;
+  make_data(d.path);
+  check_resume(d.path, [](Config& c) {
+    FfnConfig moe;
+    moe.kind = "moe";
+    moe.num_experts = 4;
+    moe.top_k = 2;
+    moe.d_expert = 16;
+    moe.router.kind = "noisy_topk";
+    FfnConfig peer;
+    peer.kind = "peer";
+    peer.activation = Activation::kGELU;
+    peer.num_experts = 64;
+    peer.heads = 2;
+    peer.top_k = 3;
+    peer.d_key = 8;
+    c.model.ffn_overrides = {{0, moe}, {1, peer}};
+    c.train.sparse_lr = 1e-3f;
+    c.model.resolve();
+  });
 }
 
 TEST(Training, NanLossStopsNamingTheStepAndKeepsNoBadCheckpoint) {

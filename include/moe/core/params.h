@@ -26,6 +26,20 @@ struct Param {
                            // (e.g. the DeepSeek-V3 routing bias, updated by its own rule)
   float* w = nullptr;
   float* g = nullptr;
+  // Row-sparse parameters (PEER's expert tables): only the rows a step touched get gradients.
+  // The layer calls touch(row) for each row it will write; zero_grad() clears just those rows,
+  // and the optimizer updates just those (lazy Adam with per-row step counts).
+  bool sparse_rows = false;
+  int64_t row_len = 0;                // floats per row (shape[1])
+  std::vector<int32_t> touched;       // rows touched since the last zero_grad(), unsorted
+  std::vector<uint8_t> touched_mark;  // [rows] 1 if in `touched`
+  void make_row_sparse();
+  void touch(int32_t row) {
+    if (!touched_mark[row]) {
+      touched_mark[row] = 1;
+      touched.push_back(row);
+    }
+  }
 };
 
 class ParamStore {

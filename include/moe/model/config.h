@@ -103,6 +103,8 @@ struct TrainConfig {
   // Glob patterns (fnmatch) of parameter names the optimizer must not update, for fine-tuning,
   // e.g. ["*.experts.*", "*.router.*"] or ["*.attn.*"].
   std::vector<std::string> freeze;
+  // Constant learning rate of row-sparse tables (PEER's u, v); 0 = the scheduled rate.
+  float sparse_lr = 0;
   std::string out_dir = "runs/default";
 };
 

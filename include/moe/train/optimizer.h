@@ -1,8 +1,14 @@
 // AdamW over a whole ParamStore: moments in one arena with the store's layout, global-norm
-// clipping, the warmup + cosine schedule. Which tensors decay: matrices yes; norm weights never;
+// clipping, the warmup + cosine schedule. Row-sparse parameters (PEER's expert tables) get the
+// lazy rule: only rows touched this step are updated, each with its own step count t_r for the
+// bias corrections (so an untouched row's moments do not decay and the row stays bit-identical),
+// at train.sparse_lr when set (a constant rate, as memory-layer practice uses) else the
+// scheduled rate, without weight decay. Which tensors decay: matrices yes; norm weights never;
 // the embedding only with train.decay_embeddings (a tied head shares the embedding's rule).
 #pragma once
 #include <cstdint>
+#include <map>
+#include <vector>
 
 #include "moe/core/arena.h"
 #include "moe/core/params.h"
@@ -22,6 +28,9 @@ class AdamWOptimizer {
   OptimStats step(int64_t step);
   float* m() { return m_; }
   float* v() { return v_; }
+  // Per-row step counts of a row-sparse parameter (lazy Adam), or null for a dense one.
+  int32_t* row_steps(const Param& p);
+  void ensure_row_steps(const Param& p);
   std::size_t numel() const { return params_.numel(); }
   bool decays(const Param& p) const;
 
@@ -30,6 +39,7 @@ class AdamWOptimizer {
   TrainConfig cfg_;
   Arena state_;
   float *m_ = nullptr, *v_ = nullptr;
+  std::map<const Param*, std::vector<int32_t>> row_steps_;
 };
 
 }  // namespace moe

@@ -42,6 +42,8 @@ PeerFfn::PeerFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
   keys2_ = ps.add(prefix + ".keys2", {s.S, s.d_key / 2}, Init::kNormal, key_std, false);
   u_ = ps.add(prefix + ".u", {E, C}, Init::kNormal, 1.f / std::sqrt(float(C)), false);
   v_ = ps.add(prefix + ".v", {E, C}, Init::kNormal, model.init_std, false);
+  u_->make_row_sparse();
+  v_->make_row_sparse();
   usage_.assign(s.heads, std::vector<double>(E, 0.0));
 }
 
@@ -57,6 +59,12 @@ PeerParams<float> PeerFfn::params() const {
 
 void PeerFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
   layer_.forward(out, x, params(), N, info.training);
+  // Only the retrieved rows of u and v will get gradients: tell the store and the optimizer.
+  if (info.training && info.loss_scale > 0)
+    for (int a = 0; a < N * spec_.heads * spec_.k; ++a) {
+      u_->touch(layer_.ids()[a]);
+      v_->touch(layer_.ids()[a]);
+    }
   // Usage: accumulate router weights per expert and head.
   const int h = spec_.heads, k = spec_.k;
   for (int n = 0; n < N; ++n)
