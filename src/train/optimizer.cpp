@@ -75,7 +75,11 @@ OptimStats AdamWOptimizer::step(int64_t s) {
     }
     int32_t* t = row_steps_[&p].data();
     const std::size_t L = p.row_len;
-    for (int32_t r : p.touched) {
+    const int64_t nrows = int64_t(p.touched.size());
+    // Rows are independent: parallel over them (each row's update is the serial rule).
+#pragma omp parallel for schedule(static) if (nrows > 64)
+    for (int64_t i = 0; i < nrows; ++i) {
+      const int32_t r = p.touched[i];
       const std::size_t o = std::size_t(r) * L;
       adamw_update(p.w + o, m_ + p.offset + o, v_ + p.offset + o, p.g + o, L, hs, false, ++t[r]);
     }

@@ -133,9 +133,11 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
       const T* u = p.u + std::size_t(ids_[a]) * C;
       const T* v = p.v + std::size_t(ids_[a]) * C;
       T z = 0;
+#pragma omp simd reduction(+ : z)
       for (int c = 0; c < C; ++c) z += u[c] * xn[c];
       act_in_[a] = z;
       const T w = gate_[a] * act(z, s_.gelu);
+#pragma omp simd
       for (int c = 0; c < C; ++c) yn[c] += w * v[c];
     }
   }
@@ -158,10 +160,13 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
       const T* u = p.u + std::size_t(ids_[a]) * C;
       const T* v = p.v + std::size_t(ids_[a]) * C;
       T dot = 0;
+#pragma omp simd reduction(+ : dot)
       for (int c = 0; c < C; ++c) dot += v[c] * dyn[c];
       dgate_[a] = act(act_in_[a], s_.gelu) * dot;
-      dz[a] = gate_[a] * dot * act_grad(act_in_[a], s_.gelu);
-      for (int c = 0; c < C; ++c) dxn[c] += dz[a] * u[c];
+      const T d = gate_[a] * dot * act_grad(act_in_[a], s_.gelu);
+      dz[a] = d;
+#pragma omp simd
+      for (int c = 0; c < C; ++c) dxn[c] += d * u[c];
     }
   }
   // u, v gradients grouped by expert (counting sort, prefix sum, assignment lists in token
@@ -182,9 +187,10 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
       const int a = e_list_[i], n = a / (h * k);
       const T* xn = x + std::size_t(n) * C;
       const T* dyn = dy + std::size_t(n) * C;
-      const T w = gate_[a] * act(act_in_[a], s_.gelu);
+      const T w = gate_[a] * act(act_in_[a], s_.gelu), d = dz[a];
+#pragma omp simd
       for (int c = 0; c < C; ++c) {
-        gu[c] += dz[a] * xn[c];
+        gu[c] += d * xn[c];
         gv[c] += w * dyn[c];
       }
     }
