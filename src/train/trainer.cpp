@@ -233,11 +233,10 @@ TrainResult Trainer::run() {
     loss /= tc.grad_accum;
     aux /= tc.grad_accum;
     if (!std::isfinite(loss) || !std::isfinite(aux)) {
-      loss = std::isfinite(loss) ? aux : loss;
       if (tty) fmt::print("\n");
-      MOE_FAIL("loss is {} at step {}: stopping without saving; the last good checkpoint {} is "
-               "kept (try a lower train.lr or train.grad_clip)",
-               loss, s, file_exists(last) ? last : std::string("(none yet)"));
+      MOE_FAIL("loss is {} (auxiliary routing loss {}) at step {}: stopping without saving; the "
+               "last good checkpoint {} is kept (try a lower train.lr or train.grad_clip)",
+               loss, aux, s, file_exists(last) ? last : std::string("(none yet)"));
     }
     const OptimStats st = opt_->step(s);
     losses_.push_back(loss);
