@@ -16,6 +16,7 @@
 
 #include "commands.h"
 #include "moe/core/error.h"
+#include "moe/dist/communicator.h"
 
 extern "C" char* openblas_get_corename(void);
 
@@ -53,15 +54,17 @@ int main(int argc, char** argv) {
   moe::cli::register_scaling(app);
   moe::cli::register_sweep(app);
   try {
+    moe::set_world(moe::make_communicator(&argc, &argv));
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
-  } catch (const moe::Error& e) {
-    std::fflush(stdout);
-    fmt::print(stderr, "moe: error: {}\n", e.what());
-    return 1;
   } catch (const std::exception& e) {
     std::fflush(stdout);
+    if (moe::world().size() > 1) {
+      fmt::print(stderr, "moe: error (rank {}): {}\n", moe::world().rank(), e.what());
+      std::fflush(stderr);
+      moe::world().abort(1);
+    }
     fmt::print(stderr, "moe: error: {}\n", e.what());
     return 1;
   }

@@ -93,7 +93,27 @@ std::unique_ptr<data::Tokenizer> make_tokenizer(const Config& cfg) {
   return tok;
 }
 
-Trainer::Trainer(const Config& cfg, TrainOptions opts) : cfg_(cfg), opts_(std::move(opts)) {
+Trainer::Trainer(const Config& cfg, TrainOptions opts)
+    : cfg_(cfg), opts_(std::move(opts)), comm_(&world()) {
+  const int P = comm_->size();
+  MOE_CHECK(cfg_.train.batch_size % P == 0,
+            "config: field train.batch_size: got {}, data parallelism over {} ranks needs a "
+            "multiple of {}",
+            cfg_.train.batch_size, P, P);
+  local_batch_ = cfg_.train.batch_size / P;
+  if (P > 1) {
+    // Every rank must run the same config: compare a hash of it across ranks.
+    const double h = double(std::hash<std::string>{}(cfg_.to_json().dump()) % (1ull << 52));
+    double mm[2] = {h, -h};
+    comm_->allreduce_max(mm, 2);
+    MOE_CHECK(mm[0] == -mm[1], "ranks were started with different configs (rank {})",
+              comm_->rank());
+    for (int l = 0; l < cfg_.model.n_layers; ++l)
+      MOE_CHECK(cfg_.model.ffn_for(l).kind != "peer",
+                "data parallelism with PEER blocks is not supported yet (their sparse tables "
+                "need the union of the ranks' touched rows)");
+    if (!comm_->is_root()) opts_.quiet = true;  // one rank speaks
+  }
   if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
   check_blas_is_openmp();
   make_dirs(cfg_.train.out_dir);
@@ -122,13 +142,13 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts) : cfg_(cfg), opts_(std::m
   MOE_CHECK(int64_t(train_.ids.size()) > cfg_.train.seq_len + 1,
             "{}/train.txt: {} tokens, need more than seq_len + 1 = {}", cfg_.data.dir,
             train_.ids.size(), cfg_.train.seq_len + 1);
-  model_ = std::make_unique<Transformer>(cfg_.model, cfg_.train.batch_size, cfg_.train.seq_len);
+  model_ = std::make_unique<Transformer>(cfg_.model, local_batch_, cfg_.train.seq_len);
   model_->params().initialize(cfg_.train.seed);
   opt_ = std::make_unique<AdamWOptimizer>(model_->params(), cfg_.train);
   if (!opts_.resume.empty()) {
     load_checkpoint(opts_.resume, *model_, opt_.get());
     state_ = resume_meta.state;
-  } else {
+  } else if (comm_->is_root()) {
     // A fresh run starts a fresh log (a resumed one appends).
     std::ofstream(cfg_.train.out_dir + "/metrics.jsonl", std::ios::trunc);
   }
@@ -157,20 +177,24 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts) : cfg_(cfg), opts_(std::m
 }
 
 void Trainer::sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) const {
-  const int B = cfg_.train.batch_size, T = cfg_.train.seq_len;
+  // The global batch is drawn identically on every rank; this rank keeps its contiguous slice
+  // of sequences, so P ranks together see exactly the batch one process would.
+  const int T = cfg_.train.seq_len, b0 = comm_->rank() * local_batch_;
   const uint64_t range = train_.ids.size() - T - 1;
   Rng rng(cfg_.train.seed, stream_id(kPurposeData, uint32_t(step), uint32_t(micro)));
-  for (int b = 0; b < B; ++b) {
+  for (int lb = 0; lb < local_batch_; ++lb) {
+    const int b = b0 + lb;
     const uint64_t r = (uint64_t(rng.u32(2 * b)) << 32) | rng.u32(2 * b + 1);
     const uint64_t st = r % (range + 1);
     for (int t = 0; t < T; ++t) {
-      x[b * T + t] = train_.ids[st + t];
-      y[b * T + t] = train_.ids[st + t + 1];
+      x[lb * T + t] = train_.ids[st + t];
+      y[lb * T + t] = train_.ids[st + t + 1];
     }
   }
 }
 
 void Trainer::save(const std::string& path) {
+  if (!comm_->is_root()) return;  // identical replicas: one writer
   CheckpointMeta m;
   m.config = cfg_;
   m.state = state_;
@@ -180,6 +204,7 @@ void Trainer::save(const std::string& path) {
 }
 
 void Trainer::log_json(const json& j) {
+  if (!comm_->is_root()) return;
   std::ofstream f(cfg_.train.out_dir + "/metrics.jsonl", std::ios::app);
   f << j.dump() << "\n";
 }
@@ -193,7 +218,7 @@ static std::string fmt_duration(double s) {
 
 TrainResult Trainer::run() {
   const TrainConfig& tc = cfg_.train;
-  const int B = tc.batch_size, T = tc.seq_len;
+  const int B = local_batch_, T = tc.seq_len, P = comm_->size();
   const bool tty = !opts_.quiet && ::isatty(STDOUT_FILENO);
   std::vector<int32_t> x(std::size_t(B) * T), y(std::size_t(B) * T);
   TrainResult res;
@@ -226,12 +251,21 @@ TrainResult Trainer::run() {
     double loss = 0, aux = 0;
     for (int m = 0; m < tc.grad_accum; ++m) {
       sample_batch(s, m, x.data(), y.data());
-      loss += model_->forward(x.data(), y.data(), B, T, info, 1.f / float(tc.grad_accum));
+      // Mean over the global batch: each rank's share of the gradient is scaled by 1/P.
+      loss += model_->forward(x.data(), y.data(), B, T, info, 1.f / float(tc.grad_accum * P));
       aux += model_->aux_loss();
       model_->backward();
     }
     loss /= tc.grad_accum;
     aux /= tc.grad_accum;
+    if (P > 1) {
+      // Data parallel: sum the gradient shares (every rank gets the same bits) and the losses.
+      comm_->allreduce_sum(model_->params().grads(), model_->params().numel());
+      double l[2] = {loss / P, aux / P};
+      comm_->allreduce_sum(l, 2);
+      loss = l[0];
+      aux = l[1];
+    }
     if (!std::isfinite(loss) || !std::isfinite(aux)) {
       if (tty) fmt::print("\n");
       MOE_FAIL("loss is {} (auxiliary routing loss {}) at step {}: stopping without saving; the "
@@ -241,8 +275,8 @@ TrainResult Trainer::run() {
     const OptimStats st = opt_->step(s);
     losses_.push_back(loss);
     state_.step = s + 1;
-    state_.tokens_seen += int64_t(B) * T * tc.grad_accum;
-    window_tokens += int64_t(B) * T * tc.grad_accum;
+    state_.tokens_seen += int64_t(B) * P * T * tc.grad_accum;
+    window_tokens += int64_t(B) * P * T * tc.grad_accum;
     res.final_loss = loss;
 
     const bool log_now = state_.step % tc.log_every == 0 || state_.step == tc.steps;
@@ -261,7 +295,8 @@ TrainResult Trainer::run() {
       }
       log_json(line);
       if (!opts_.quiet) {
-        const double eta = tps > 0 ? double(tc.steps - state_.step) * B * T * tc.grad_accum / tps : -1;
+        const double eta =
+            tps > 0 ? double(tc.steps - state_.step) * B * P * T * tc.grad_accum / tps : -1;
         if (tty) {
           const int width = 30, done = int(width * state_.step / tc.steps);
           fmt::print("\r[{}{}] {}/{} loss {:.4f} lr {:.2e} |g| {:.2f} {:.0f} tok/s ETA {}   ",
@@ -294,7 +329,9 @@ TrainResult Trainer::run() {
     state_.elapsed_s = elapsed();
     const bool time_up = tc.time_limit_s > 0 && state_.elapsed_s >= tc.time_limit_s;
     const bool stop_here = opts_.stop_after > 0 && state_.step >= opts_.stop_after;
-    if (g_stop_requested || time_up || stop_here) {
+    double stop = (g_stop_requested || time_up || stop_here) ? 1 : 0;
+    comm_->allreduce_max(&stop, 1);  // all ranks stop at the same step, or none does
+    if (stop > 0) {
       save(last);
       res.interrupted = true;
       res.checkpoint = last;

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "moe/data/token_data.h"
+#include "moe/dist/communicator.h"
 #include "moe/data/tokenizer.h"
 #include "moe/model/config.h"
 #include "moe/model/transformer.h"
@@ -78,6 +79,8 @@ class Trainer {
 
   Config cfg_;
   TrainOptions opts_;
+  Communicator* comm_;   // data parallel: each rank takes batch_size / P sequences of each batch
+  int local_batch_ = 0;
   std::unique_ptr<data::Tokenizer> tokenizer_;
   data::TokenStream train_, val_;
   std::unique_ptr<Transformer> model_;

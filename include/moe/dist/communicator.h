@@ -1,0 +1,38 @@
+// The one interface the trainer uses to talk to other processes. Single-process and MPI
+// implementations; `moe` picks MPI when it was built with it and launched by mpirun
+// (OMPI_COMM_WORLD_SIZE / PMI_SIZE set), else the single-process one.
+// Every collective is called by every rank in the same order, with the same sizes.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace moe {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // In place: every rank ends with the element-wise sum (the same bits on every rank).
+  virtual void allreduce_sum(float* data, std::size_t n) = 0;
+  virtual void allreduce_sum(double* data, std::size_t n) = 0;
+  virtual void allreduce_max(double* data, std::size_t n) = 0;
+  virtual void barrier() = 0;
+  // Ends every rank of the job at once (a failing rank must not leave the others waiting in a
+  // collective). Does not return.
+  [[noreturn]] virtual void abort(int code) = 0;
+  virtual std::string describe() const = 0;
+  bool is_root() const { return rank() == 0; }
+};
+
+std::unique_ptr<Communicator> make_single_process_communicator();
+// MPI when available and launched under mpirun; calls MPI_Init (and MPI_Finalize at exit).
+std::unique_ptr<Communicator> make_communicator(int* argc, char*** argv);
+
+// The process-wide communicator: set once by main(), single-process by default (tests).
+Communicator& world();
+void set_world(std::unique_ptr<Communicator> c);
+
+}  // namespace moe

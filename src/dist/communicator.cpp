@@ -1,0 +1,54 @@
+#include "moe/dist/communicator.h"
+
+#include <cstdlib>
+
+#include "moe/core/error.h"
+
+namespace moe {
+
+namespace {
+
+class SingleProcess final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void allreduce_sum(float*, std::size_t) override {}
+  void allreduce_sum(double*, std::size_t) override {}
+  void allreduce_max(double*, std::size_t) override {}
+  void barrier() override {}
+  [[noreturn]] void abort(int code) override { std::exit(code); }
+  std::string describe() const override { return "single process"; }
+};
+
+std::unique_ptr<Communicator>& world_ptr() {
+  static std::unique_ptr<Communicator> w = make_single_process_communicator();
+  return w;
+}
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_single_process_communicator() {
+  return std::make_unique<SingleProcess>();
+}
+
+#ifdef MOE_HAVE_MPI
+std::unique_ptr<Communicator> make_mpi_communicator(int* argc, char*** argv);
+#endif
+
+std::unique_ptr<Communicator> make_communicator(int* argc, char*** argv) {
+  const bool launched = std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") ||
+                        std::getenv("PMIX_RANK");
+#ifdef MOE_HAVE_MPI
+  if (launched) return make_mpi_communicator(argc, argv);
+#else
+  MOE_CHECK(!launched,
+            "launched by mpirun, but this moe was built without MPI: apt-get install "
+            "libopenmpi-dev openmpi-bin and rebuild");
+#endif
+  return make_single_process_communicator();
+}
+
+Communicator& world() { return *world_ptr(); }
+void set_world(std::unique_ptr<Communicator> c) { world_ptr() = std::move(c); }
+
+}  // namespace moe
