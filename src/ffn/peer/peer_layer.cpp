@@ -129,9 +129,19 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
     const T* xn = x + std::size_t(n) * C;
     T* yn = y + std::size_t(n) * C;
     std::fill(yn, yn + C, T(0));
-    for (int a = n * h * k; a < (n + 1) * h * k; ++a) {
+    const int a_end = (n + 1) * h * k;
+    for (int a = n * h * k; a < a_end; ++a) {
       const T* u = p.u + std::size_t(ids_[a]) * C;
       const T* v = p.v + std::size_t(ids_[a]) * C;
+      // The rows are scattered over the tables: ask for the next retrieval's rows early.
+      if (a + 2 < a_end) {
+        const T* un = p.u + std::size_t(ids_[a + 2]) * C;
+        const T* vn = p.v + std::size_t(ids_[a + 2]) * C;
+        for (int c = 0; c < C; c += 64 / int(sizeof(T))) {
+          __builtin_prefetch(un + c);
+          __builtin_prefetch(vn + c);
+        }
+      }
       T z = 0;
 #pragma omp simd reduction(+ : z)
       for (int c = 0; c < C; ++c) z += u[c] * xn[c];
@@ -156,9 +166,18 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   for (int n = 0; n < N; ++n) {
     const T* dyn = dy + std::size_t(n) * C;
     T* dxn = dx + std::size_t(n) * C;
-    for (int a = n * h * k; a < (n + 1) * h * k; ++a) {
+    const int a_end = (n + 1) * h * k;
+    for (int a = n * h * k; a < a_end; ++a) {
       const T* u = p.u + std::size_t(ids_[a]) * C;
       const T* v = p.v + std::size_t(ids_[a]) * C;
+      if (a + 2 < a_end) {
+        const T* un = p.u + std::size_t(ids_[a + 2]) * C;
+        const T* vn = p.v + std::size_t(ids_[a + 2]) * C;
+        for (int c = 0; c < C; c += 64 / int(sizeof(T))) {
+          __builtin_prefetch(un + c);
+          __builtin_prefetch(vn + c);
+        }
+      }
       T dot = 0;
 #pragma omp simd reduction(+ : dot)
       for (int c = 0; c < C; ++c) dot += v[c] * dyn[c];
