@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "moe/scaling/fit.h"
 #include "moe/scaling/laws.h"
+#include "moe/train/compare.h"
 #include "moe/train/sweep.h"
 
 namespace moe::cli {
@@ -142,6 +143,19 @@ void register_scaling(CLI::App& app) {
     fmt::print("  RMSE {:.4f} on all runs; held-out RMSE {:.4f} on {} runs (fit on the rest)\n",
                r.rmse, r.heldout_rmse, r.n_heldout);
   });
+}
+
+void register_compare(CLI::App& app) {
+  auto o = std::make_shared<CompareOptions>();
+  CLI::App* c = app.add_subcommand(
+      "compare", "Train configs to the same training-FLOP budget and compare them (val bpb)");
+  c->add_option("--flops", o->flops, "training FLOPs per config (as moe params counts them)")
+      ->required();
+  c->add_option("--configs", o->configs, "config files")->required();
+  c->add_option("--set", o->overrides, "override a field of every config (repeatable)");
+  c->add_option("--out", o->out_dir, "directory for the runs and results.jsonl");
+  c->add_flag("--quiet", o->quiet, "no table");
+  c->callback([o] { run_compare(*o); });
 }
 
 void register_sweep(CLI::App& app) {

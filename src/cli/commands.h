@@ -11,4 +11,5 @@ void register_data(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_scaling(CLI::App& app);
 void register_sweep(CLI::App& app);
+void register_compare(CLI::App& app);
 }  // namespace moe::cli

@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
   moe::cli::register_bench(app);
   moe::cli::register_scaling(app);
   moe::cli::register_sweep(app);
+  moe::cli::register_compare(app);
   try {
     moe::set_world(moe::make_communicator(&argc, &argv));
     app.parse(argc, argv);

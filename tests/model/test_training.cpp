@@ -14,6 +14,7 @@
 #include "moe/infer/generator.h"
 #include "moe/scaling/accounting.h"
 #include "moe/train/checkpoint.h"
+#include "moe/train/compare.h"
 #include "moe/train/sweep.h"
 #include "moe/train/trainer.h"
 
@@ -484,6 +485,38 @@ TEST(Sweep, AppendsOneLinePerRunAndResumesBySkippingFinishedRuns) {
   SweepSummary b = run_sweep(grid, true);
   EXPECT_EQ(b.ran, 0);
   EXPECT_EQ(b.skipped, 4);
+}
+
+TEST(Compare, EqualFlopBudgetsAndResumableResults) {
+  TempDir d;
+  make_data(d.path);
+  auto write_cfg = [&](const std::string& name, const nlohmann::json& ffn) {
+    const std::string p = d.path + "/" + name + ".json";
+    write_file_atomic(p, nlohmann::json({{"model", {{"d_model", 32}, {"n_layers", 2},
+                                                    {"n_heads", 2}, {"max_seq_len", 16},
+                                                    {"ffn", ffn}}},
+                                         {"data", {{"dir", d.path}}},
+                                         {"train", {{"batch_size", 4}, {"seq_len", 16}}}})
+                             .dump());
+    return p;
+  };
+  CompareOptions o;
+  o.flops = 3e8;
+  o.configs = {write_cfg("small", {{"d_ff", 32}}), write_cfg("big", {{"d_ff", 256}})};
+  o.out_dir = d.path + "/cmp";
+  o.quiet = true;
+  auto r = run_compare(o);
+  ASSERT_EQ(r.size(), 2u);
+  for (auto& j : r) {
+    // Each run spends the budget to within one step.
+    const double per_step = j["flops_per_token_train"].get<double>() * 64;
+    EXPECT_LE(j["flops"].get<double>(), o.flops);
+    EXPECT_GT(j["flops"].get<double>(), o.flops - per_step);
+    EXPECT_TRUE(std::isfinite(j["val_bpb"].get<double>()));
+  }
+  EXPECT_GT(r[0]["steps"].get<int64_t>(), r[1]["steps"].get<int64_t>());  // cheaper model, more steps
+  auto again = run_compare(o);  // resumable: read back, not retrained
+  EXPECT_EQ(again[1]["wall_s"], r[1]["wall_s"]);
 }
 
 }  // namespace
