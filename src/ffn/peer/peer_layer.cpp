@@ -25,6 +25,18 @@ T act_grad(T z, bool gelu) {
   return cdf + z * T(0.39894228040143267794) * std::exp(T(-0.5) * z * z);
 }
 
+// The retrieved rows are scattered over the tables: the loops ask for a later retrieval's u and
+// v rows early, one cache line at a time.
+template <typename T>
+void prefetch_rows(const PeerParams<T>& p, int32_t id, int C) {
+  const T* u = p.u + std::size_t(id) * C;
+  const T* v = p.v + std::size_t(id) * C;
+  for (int c = 0; c < C; c += 64 / int(sizeof(T))) {
+    __builtin_prefetch(u + c);
+    __builtin_prefetch(v + c);
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -133,15 +145,7 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
     for (int a = n * h * k; a < a_end; ++a) {
       const T* u = p.u + std::size_t(ids_[a]) * C;
       const T* v = p.v + std::size_t(ids_[a]) * C;
-      // The rows are scattered over the tables: ask for the next retrieval's rows early.
-      if (a + 2 < a_end) {
-        const T* un = p.u + std::size_t(ids_[a + 2]) * C;
-        const T* vn = p.v + std::size_t(ids_[a + 2]) * C;
-        for (int c = 0; c < C; c += 64 / int(sizeof(T))) {
-          __builtin_prefetch(un + c);
-          __builtin_prefetch(vn + c);
-        }
-      }
+      if (a + 2 < a_end) prefetch_rows(p, ids_[a + 2], C);
       T z = 0;
 #pragma omp simd reduction(+ : z)
       for (int c = 0; c < C; ++c) z += u[c] * xn[c];
@@ -170,14 +174,7 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
     for (int a = n * h * k; a < a_end; ++a) {
       const T* u = p.u + std::size_t(ids_[a]) * C;
       const T* v = p.v + std::size_t(ids_[a]) * C;
-      if (a + 2 < a_end) {
-        const T* un = p.u + std::size_t(ids_[a + 2]) * C;
-        const T* vn = p.v + std::size_t(ids_[a + 2]) * C;
-        for (int c = 0; c < C; c += 64 / int(sizeof(T))) {
-          __builtin_prefetch(un + c);
-          __builtin_prefetch(vn + c);
-        }
-      }
+      if (a + 2 < a_end) prefetch_rows(p, ids_[a + 2], C);
       T dot = 0;
 #pragma omp simd reduction(+ : dot)
       for (int c = 0; c < C; ++c) dot += v[c] * dyn[c];
