@@ -1,10 +1,12 @@
 // moe scaling law | plan: the fitted laws of Krajewski et al. and the compute-optimal planner.
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "moe/core/file_io.h"
 #include "moe/scaling/fit.h"
 #include "moe/scaling/laws.h"
 #include "moe/train/compare.h"
@@ -155,7 +157,22 @@ void register_compare(CLI::App& app) {
   c->add_option("--set", o->overrides, "override a field of every config (repeatable)");
   c->add_option("--out", o->out_dir, "directory for the runs and results.jsonl");
   c->add_flag("--quiet", o->quiet, "no table");
-  c->callback([o] { run_compare(*o); });
+  c->callback([o] {
+    run_compare(*o);
+    std::fflush(stdout);  // the table before the plot script's own output
+    // Plots, when Debian's matplotlib is there (tools/plot.py ships with the sources).
+    std::string script = "tools/plot.py";
+    if (!file_exists(script)) script = std::string(MOE_SOURCE_DIR) + "/tools/plot.py";
+    if (file_exists(script) &&
+        std::system("/usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1") == 0) {
+      const std::string cmd = "/usr/bin/python3 '" + script + "' --dir '" + o->out_dir + "'";
+      if (std::system(cmd.c_str()) != 0)
+        fmt::print(stderr, "moe compare: plotting failed ({}); the results are in {}\n", cmd,
+                   o->out_dir);
+    } else if (!o->quiet) {
+      fmt::print("moe compare: no plots (needs /usr/bin/python3 with matplotlib and tools/plot.py)\n");
+    }
+  });
 }
 
 void register_sweep(CLI::App& app) {
