@@ -14,7 +14,6 @@ Warm-up steps are not timed; the median of the timed steps is reported.
                                             [--breakdown]
 """
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -26,6 +25,9 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_blas import blas_core  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -191,22 +193,6 @@ def make_optimizer(model, cfg, foreach):
 
 # ----------------------------------------------------------------------------------------------
 # Reporting helpers
-
-
-def blas_core():
-    """OpenBLAS core type of the BLAS library torch loaded (it calls the system libblas)."""
-    torch.mm(torch.ones(8, 8), torch.ones(8, 8))  # make sure the BLAS library is loaded
-    try:
-        libs = sorted({l.split()[-1] for l in open("/proc/self/maps")
-                       if "openblas" in l.split()[-1] and ".so" in l.split()[-1]})
-        for lib in libs:
-            h = ctypes.CDLL(lib)
-            if hasattr(h, "openblas_get_corename"):
-                h.openblas_get_corename.restype = ctypes.c_char_p
-                return h.openblas_get_corename().decode(), lib
-    except OSError:
-        pass
-    return "unknown (no OpenBLAS loaded)", ""
 
 
 def moe_params(moe, config):

@@ -31,9 +31,9 @@ FLOPs of forward + backward (the router and the aux loss are not counted), the f
                                                     # alone, torch.mm per expert, balanced load
 """
 import argparse
-import ctypes
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -41,6 +41,9 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_blas import blas_core  # noqa: E402
 
 ALPHA = 0.01  # Switch aux-loss coefficient, as in `moe bench moe`
 
@@ -290,22 +293,6 @@ def gemm_ceiling(C, E, k, H, N, repeats, gen):
     return statistics.median(times) * 1e3
 
 
-def blas_core():
-    """OpenBLAS core type of the BLAS library torch loaded (it calls the system libblas)."""
-    torch.mm(torch.ones(8, 8), torch.ones(8, 8))
-    try:
-        libs = sorted({l.split()[-1] for l in open("/proc/self/maps")
-                       if "openblas" in l.split()[-1] and ".so" in l.split()[-1]})
-        for lib in libs:
-            h = ctypes.CDLL(lib)
-            if hasattr(h, "openblas_get_corename"):
-                h.openblas_get_corename.restype = ctypes.c_char_p
-                return h.openblas_get_corename().decode()
-    except OSError:
-        pass
-    return "unknown (no OpenBLAS loaded)"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--impl", choices=sorted(IMPLS), help="which PyTorch layer to time")
@@ -363,7 +350,7 @@ def main():
            "loss": float(loss), "threads": torch.get_num_threads(),
            "forward_ms": statistics.median(fwd) * 1e3,
            "backward_ms": statistics.median(bwd) * 1e3,
-           "torch": torch.__version__, "blas_core": blas_core()}
+           "torch": torch.__version__, "blas_core": blas_core()[0]}
     if args.json:
         print(json.dumps(res))
     else:

@@ -29,9 +29,9 @@ row was retrieved). Both update only the retrieved rows of the weights and momen
     /usr/bin/python3 bench/pytorch_peer.py --check   # product-key ids == brute-force top-k
 """
 import argparse
-import ctypes
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -39,6 +39,9 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_blas import blas_core  # noqa: E402
 
 
 class PeerLayer(nn.Module):
@@ -125,7 +128,7 @@ def bench(args):
     return {"ms_per_step": ms, "tokens_per_s": args.tokens / (ms / 1e3),
             "experts": args.experts, "unique_rows_per_step": int(torch.unique(ids).numel()),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "blas_core": blas_core(), "runs_ms": [t * 1e3 for t in times]}
+            "blas_core": blas_core()[0], "runs_ms": [t * 1e3 for t in times]}
 
 
 def check():
@@ -170,22 +173,6 @@ def check():
     ok &= rows_ok
     print(f"check sparse step: rows of u updated == rows retrieved: {'ok' if rows_ok else 'FAILED'}")
     return ok
-
-
-def blas_core():
-    """OpenBLAS core type of the BLAS library torch loaded (it calls the system libblas)."""
-    torch.mm(torch.ones(8, 8), torch.ones(8, 8))
-    try:
-        libs = sorted({l.split()[-1] for l in open("/proc/self/maps")
-                       if "openblas" in l.split()[-1] and ".so" in l.split()[-1]})
-        for lib in libs:
-            h = ctypes.CDLL(lib)
-            if hasattr(h, "openblas_get_corename"):
-                h.openblas_get_corename.restype = ctypes.c_char_p
-                return h.openblas_get_corename().decode()
-    except OSError:
-        pass
-    return "unknown (no OpenBLAS loaded)"
 
 
 def main():
