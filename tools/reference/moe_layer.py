@@ -78,7 +78,6 @@ choice the c-th and (c+1)-th p in every (group, expert) are >= 1e-3 apart; a cas
 draw fails is redrawn with the next seed. float32 rounding and gradcheck's perturbations
 therefore cannot change a choice, a slot order or a capacity decision.
 """
-import argparse
 import collections
 import json
 import math
@@ -94,6 +93,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import safetensors_np  # noqa: E402
+from reference.common import max_diff, parse_case_args, to64  # noqa: E402
 
 DT = torch.float64
 GENERATOR = "tools/reference/moe_layer.py"
@@ -524,10 +524,6 @@ def acceptable(o, inp, cfg):
 # Fixture
 
 
-def to64(d):
-    return {k: v.to(DT) for k, v in d.items()}
-
-
 def run_layer(P32, inp32, cfg, fn=layer):
     """float64 forward + backward from float32 values. Returns (out, loss, grads)."""
     P = {k: v.clone().requires_grad_(True) for k, v in to64(P32).items()}
@@ -586,10 +582,6 @@ def make_fixture(name):
 
 # ------------------------------------------------------------------------------------------
 # Sanity checks of the reference itself
-
-
-def max_diff(a, b):
-    return (torch.as_tensor(a, dtype=DT) - torch.as_tensor(b, dtype=DT)).abs().max().item()
 
 
 def compare_runs(ra, rb):
@@ -695,17 +687,7 @@ def global_checks():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out-dir", default=os.path.join(REPO, "tests", "fixtures"))
-    ap.add_argument("--check", action="store_true", help="run the sanity checks, write nothing")
-    ap.add_argument("--no-check", action="store_true", help="skip the sanity checks")
-    ap.add_argument("cases", nargs="*", metavar="NAME",
-                    help=f"which cases (default: all of {', '.join(CASES)})")
-    args = ap.parse_args()
-    for key in args.cases:
-        if key not in CASES:
-            ap.error(f"unknown case {key!r}; choose from {', '.join(CASES)}")
-    args.cases = args.cases or list(CASES)
+    args = parse_case_args(__doc__, CASES)
     torch.set_num_threads(1)  # keeps the float64 sums in one fixed order
     if not args.no_check:
         global_checks()

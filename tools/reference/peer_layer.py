@@ -63,7 +63,6 @@ Scales: x, R ~ N(0, 1); query.weight ~ N(0, 1/C), query.bias ~ N(0, 0.1^2); quer
 ~ 1 + N(0, 0.2^2), query_norm.bias ~ N(0, 0.2^2); keys ~ N(0, 2/dk) (each half-score ~ N(0, 1)
 for unit queries); u ~ N(0, 1/C); v ~ N(0, 1/h).
 """
-import argparse
 import collections
 import json
 import math
@@ -78,6 +77,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import safetensors_np as st  # noqa: E402
+from reference.common import max_diff, parse_case_args, to64  # noqa: E402
 
 DT = torch.float64
 GENERATOR = "tools/reference/peer_layer.py"
@@ -153,10 +153,6 @@ def draw(cfg, seed):
     inp = {k: v.to(torch.float32) for k, v in inp.items()}
     P = {k: v.to(torch.float32) for k, v in P.items()}
     return inp, P
-
-
-def to64(d):
-    return {k: v.to(DT) for k, v in d.items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -419,10 +415,6 @@ def make_fixture(name):
 # Sanity checks of the reference itself
 
 
-def max_diff(a, b):
-    return (torch.as_tensor(a, dtype=DT) - torch.as_tensor(b, dtype=DT)).abs().max().item()
-
-
 def compare_runs(ra, rb):
     oa, la, ga = ra
     ob, lb, gb = rb
@@ -537,17 +529,7 @@ def global_checks():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out-dir", default=os.path.join(REPO, "tests", "fixtures"))
-    ap.add_argument("--check", action="store_true", help="run the sanity checks, write nothing")
-    ap.add_argument("--no-check", action="store_true", help="skip the sanity checks")
-    ap.add_argument("cases", nargs="*", metavar="NAME",
-                    help=f"which cases (default: all of {', '.join(CASES)})")
-    args = ap.parse_args()
-    for key in args.cases:
-        if key not in CASES:
-            ap.error(f"unknown case {key!r}; choose from {', '.join(CASES)}")
-    args.cases = args.cases or list(CASES)
+    args = parse_case_args(__doc__, CASES)
     torch.set_num_threads(1)  # keeps the float64 sums in one fixed order
     if not args.no_check:
         global_checks()
