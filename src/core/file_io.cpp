@@ -68,4 +68,9 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
   });
 }
 
+void append_line_atomic(const std::string& path, const std::string& line) {
+  const std::string old = file_exists(path) ? read_file(path) : "";
+  write_file_atomic(path, old + line + "\n");
+}
+
 }  // namespace moe

@@ -5,12 +5,12 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
 #include "moe/scaling/accounting.h"
+#include "moe/train/sweep.h"
 #include "moe/train/trainer.h"
 
 namespace moe {
@@ -22,15 +22,7 @@ std::vector<json> run_compare(const CompareOptions& o) {
   MOE_CHECK(!o.configs.empty(), "--configs: give at least one config file");
   make_dirs(o.out_dir);
   const std::string results = o.out_dir + "/results.jsonl";
-  std::map<std::string, json> done;
-  if (file_exists(results)) {
-    std::ifstream in(results);
-    std::string line;
-    while (std::getline(in, line)) {
-      json j = json::parse(line, nullptr, false);
-      if (!j.is_discarded() && j.contains("name")) done[j["name"]] = j;
-    }
-  }
+  auto done = read_finished_runs(results);
   std::vector<json> out;
   for (const std::string& path : o.configs) {
     const std::string name = std::filesystem::path(path).stem().string();
@@ -61,8 +53,7 @@ std::vector<json> run_compare(const CompareOptions& o) {
     TrainResult r = t.run();
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     // The whole validation split, same windows for every model.
-    data::TokenStream val = data::tokenize_file(t.tokenizer(), cfg.data.dir + "/val.txt");
-    EvalResult ev = evaluate(t.model(), val, cfg.train.batch_size, cfg.train.seq_len);
+    EvalResult ev = evaluate(t.model(), t.val_stream(), cfg.train.batch_size, cfg.train.seq_len);
     // The FFN kinds of the blocks, e.g. "dense+peer".
     std::string kinds;
     for (const char* k : {"dense", "moe", "peer"})
@@ -85,8 +76,7 @@ std::vector<json> run_compare(const CompareOptions& o) {
               {"wall_s", wall},
               {"tokens_per_s", steps * tokens_per_step / wall}};
     if (!ev.moe.is_null()) j["routing"] = ev.moe;
-    const std::string all = file_exists(results) ? read_file(results) : "";
-    write_file_atomic(results, all + j.dump() + "\n");
+    append_line_atomic(results, j.dump());
     out.push_back(j);
   }
   if (!o.quiet) {

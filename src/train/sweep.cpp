@@ -5,7 +5,6 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <set>
 
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
@@ -31,6 +30,19 @@ static std::vector<double> numbers(const json& g, const char* key, const std::st
   return v;
 }
 
+std::map<std::string, json> read_finished_runs(const std::string& path) {
+  std::map<std::string, json> done;
+  if (!file_exists(path)) return done;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    json j = json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object() && j.contains("name") && j["name"].is_string())
+      done[j["name"].get<std::string>()] = j;
+  }
+  return done;
+}
+
 SweepSummary run_sweep(const std::string& grid_path, bool quiet) {
   json g = json::parse(read_file(grid_path), nullptr, false);
   MOE_CHECK(!g.is_discarded() && g.is_object(), "{}: not a JSON object", grid_path);
@@ -50,15 +62,7 @@ SweepSummary run_sweep(const std::string& grid_path, bool quiet) {
   make_dirs(out);
   SweepSummary sum;
   sum.runs_file = out + "/runs.jsonl";
-  std::set<std::string> done;
-  if (file_exists(sum.runs_file)) {
-    std::ifstream in(sum.runs_file);
-    std::string line;
-    while (std::getline(in, line)) {
-      json j = json::parse(line, nullptr, false);
-      if (!j.is_discarded() && j.contains("name")) done.insert(j["name"].get<std::string>());
-    }
-  }
+  const auto done = read_finished_runs(sum.runs_file);
   for (double d : widths)
     for (double D : tokens)
       for (double G : grans) {
@@ -107,9 +111,7 @@ SweepSummary run_sweep(const std::string& grid_path, bool quiet) {
                      {"G", gi},       {"E", E},       {"d_model", dm},
                      {"flops", mc.flops_train * tokens_seen}, {"loss", loss},
                      {"val_bpb", r.last_val.bpb}};
-        // Append atomically: the file is rewritten whole, so a crash never leaves half a line.
-        std::string all = file_exists(sum.runs_file) ? read_file(sum.runs_file) : "";
-        write_file_atomic(sum.runs_file, all + line.dump() + "\n");
+        append_line_atomic(sum.runs_file, line.dump());
         ++sum.ran;
         if (!quiet)
           fmt::print("sweep: {} N {:.3g} D {:.3g} G {} loss {:.4f} val bpb {:.4f}\n", name, N,

@@ -13,6 +13,9 @@ std::string read_file(const std::string& path);
 // the target untouched.
 void write_file_atomic(const std::string& path, const std::function<void(std::FILE*)>& write);
 void write_file_atomic(const std::string& path, const std::string& contents);
+// Appends one line (a '\n' is added) by rewriting the file atomically: a crash leaves the old
+// lines or all of them, never half a line. For small logs of finished runs (results.jsonl).
+void append_line_atomic(const std::string& path, const std::string& line);
 bool file_exists(const std::string& path);
 void make_dirs(const std::string& path);
 

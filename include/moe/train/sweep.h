@@ -8,6 +8,8 @@
 //   "d_model": [64, 128], "tokens": [1e6, 2e6], "granularity": [1, 2, 4], "expansion": 4,
 //   "router": "topk" | "expert_choice" (default topk), "set": ["train.lr=2e-3", ...]}
 #pragma once
+#include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace moe {
@@ -18,5 +20,10 @@ struct SweepSummary {
 };
 
 SweepSummary run_sweep(const std::string& grid_path, bool quiet);
+
+// The finished runs recorded in a JSON-lines file (runs.jsonl, results.jsonl), by "name"; an
+// absent file is no runs, and unreadable lines (none are written half) are skipped. Shared by
+// the resumable `moe sweep` and `moe compare`.
+std::map<std::string, nlohmann::json> read_finished_runs(const std::string& path);
 
 }  // namespace moe

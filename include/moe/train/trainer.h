@@ -71,6 +71,7 @@ class Trainer {
   const std::vector<double>& losses() const { return losses_; }
   Transformer& model() { return *model_; }
   const data::Tokenizer& tokenizer() const { return *tokenizer_; }
+  const data::TokenStream& val_stream() const { return val_; }
 
  private:
   void sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) const;
