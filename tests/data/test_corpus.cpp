@@ -11,12 +11,16 @@
 #include <string>
 #include <vector>
 
+#include "../error_util.h"
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
 #include "moe/data/corpus.h"
 
 namespace moe::data {
 namespace {
+
+using moe::testing::error_of;
+using moe::testing::expect_error;
 namespace fs = std::filesystem;
 
 // A fresh directory per test, removed afterwards.
@@ -35,19 +39,6 @@ class ScratchDir {
  private:
   fs::path path_;
 };
-
-// Runs f, expects a moe::Error whose message contains every one of `parts`.
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected moe::Error";
-  } catch (const Error& e) {
-    for (const auto& p : parts) {
-      EXPECT_NE(e.message().find(p), std::string::npos) << "'" << p << "' not in: " << e.what();
-    }
-  }
-}
 
 std::map<std::string, std::string> read_splits(const std::string& dir) {
   std::map<std::string, std::string> out;

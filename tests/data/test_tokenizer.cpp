@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "../error_util.h"
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
 #include "moe/data/token_data.h"
@@ -18,6 +19,9 @@
 
 namespace moe::data {
 namespace {
+
+using moe::testing::error_of;
+using moe::testing::expect_error;
 namespace fs = std::filesystem;
 
 constexpr int kVocab = 400;
@@ -91,16 +95,6 @@ void expect_exact(const Tokenizer& tok, const std::string& text) {
     bytes += static_cast<std::size_t>(tok.token_bytes(id));
   }
   EXPECT_EQ(bytes, text.size()) << "byte count of: " << text.substr(0, 60);
-}
-
-template <typename F>
-void expect_error(F&& f, const std::string& part) {
-  try {
-    f();
-    ADD_FAILURE() << "expected moe::Error containing '" << part << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(e.message().find(part), std::string::npos) << e.what();
-  }
 }
 
 TEST(TokenizerByte, RoundTripAndBytes) {

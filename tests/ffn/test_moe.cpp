@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "../error_util.h"
 #include "../grad_check.h"
 #include "moe/ffn/moe/moe_layer.h"
 #include "moe/model/transformer.h"
@@ -18,6 +19,9 @@ using namespace moe::testing;
 using V = std::vector<double>;
 
 namespace {
+
+using moe::testing::error_of;
+using moe::testing::expect_error;
 
 struct Layer {
   MoeSpec spec;
@@ -285,12 +289,7 @@ TEST(MoeConfig, FineGrainedParametrisationMapsToShapes) {
 
 TEST(MoeConfig, BadFieldsAreRejectedByName) {
   auto err = [](const char* t) {
-    try {
-      config_from_json(nlohmann::json::parse(t), "m.json");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("(no error)");
+    return error_of([&] { config_from_json(nlohmann::json::parse(t), "m.json"); });
   };
   EXPECT_NE(err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "top_k": 5}}})").find("top_k"),
             std::string::npos);

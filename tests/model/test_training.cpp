@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../error_util.h"
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
 #include "moe/core/safetensors.h"
@@ -22,6 +23,9 @@ using namespace moe;
 namespace fs = std::filesystem;
 
 namespace {
+
+using moe::testing::error_of;
+using moe::testing::expect_error;
 
 // A fresh temporary directory per test, removed afterwards.
 struct TempDir {
@@ -180,17 +184,6 @@ TEST(Checkpoint, RoundTripRestoresEveryTensorAndMetadata) {
   // No temporary file is left behind.
   for (auto& e : fs::directory_iterator(d.path))
     EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << e.path();
-}
-
-std::string error_of(const std::function<void()>& f);
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 TEST(Checkpoint, TruncatedForeignAndMismatchedFilesGiveClearErrors) {
