@@ -21,6 +21,7 @@ struct TrainArgs {
   std::string resume, init_from, upcycle_from;
   bool quiet = false;
   int64_t stop_after = 0;
+  int expert_parallel = 1;
 };
 
 struct EvalArgs {
@@ -68,6 +69,10 @@ void register_train(CLI::App& app) {
   c->add_flag("--quiet", a->quiet, "no progress output");
   c->add_option("--stop-after", a->stop_after,
                 "stop with a checkpoint after this many steps (resume later with --resume)");
+  c->add_option("--expert-parallel", a->expert_parallel,
+                "partition each MoE layer's experts over this many MPI ranks (1 or all ranks; "
+                "mpirun -np P moe train ... --expert-parallel P)")
+      ->check(CLI::PositiveNumber);
   c->callback([a] {
     MOE_CHECK(a->resume.empty() || a->init_from.empty(),
               "--resume and --init-from are exclusive: resume continues a run, init-from starts "
@@ -76,7 +81,8 @@ void register_train(CLI::App& app) {
     install_sigint_handler();
     MOE_CHECK(a->resume.empty() || a->upcycle_from.empty(),
               "--resume and --upcycle-from are exclusive");
-    Trainer t(cfg, {a->resume, a->init_from, a->upcycle_from, a->quiet, a->stop_after});
+    Trainer t(cfg, {a->resume, a->init_from, a->upcycle_from, a->quiet, a->stop_after,
+                    a->expert_parallel});
     TrainResult r = t.run();
     if (!a->quiet)
       fmt::print("done: {} steps, final train loss {:.4f}, val bpb {:.4f}, checkpoint {}\n",
@@ -99,15 +105,18 @@ void register_eval(CLI::App& app) {
     if (a->threads > 0) omp_set_num_threads(a->threads);
     CheckpointMeta meta = read_checkpoint_meta(a->checkpoint);
     const int T = a->seq > 0 ? a->seq : meta.config.train.seq_len;
-    MOE_CHECK(T <= meta.config.model.max_seq_len, "--seq-len {}: the model's max_seq_len is {}",
-              T, meta.config.model.max_seq_len);
+    MOE_CHECK(T <= meta.config.model.max_seq_len, "--seq-len {}: the model's max_seq_len is {}", T,
+              meta.config.model.max_seq_len);
     Loaded l = load_for_inference(a->checkpoint, a->batch, T);
     const std::string dir = a->data_dir.empty() ? meta.config.data.dir : a->data_dir;
     data::TokenStream s = data::tokenize_file(*l.tok, dir + "/" + a->split + ".txt");
     EvalResult r = evaluate(*l.model, s, a->batch, T);
     if (a->json) {
-      nlohmann::json j = {{"split", a->split}, {"loss", r.loss},   {"bpb", r.bpb},
-                          {"tokens", r.tokens}, {"bytes", r.bytes}};
+      nlohmann::json j = {{"split", a->split},
+                          {"loss", r.loss},
+                          {"bpb", r.bpb},
+                          {"tokens", r.tokens},
+                          {"bytes", r.bytes}};
       if (!r.moe.is_null()) j["moe"] = r.moe;
       fmt::print("{}\n", j.dump());
     } else {
@@ -118,22 +127,24 @@ void register_eval(CLI::App& app) {
         for (auto& m : r.moe) {
           if (m.value("kind", "") == "peer") {
             std::string heads;
-            for (auto& h : m["per_head"]) heads += fmt::format(" {:.1f}%", 100 * h["usage"].get<double>());
-            fmt::print("  layer {} (PEER, {} experts): usage {:.2f}%, KL(z||uniform) {:.3f}, "
-                       "effective fraction exp(-KL) {:.3f}\n    usage per head:{}\n",
-                       m["layer"].get<int>(), m["experts"].get<int64_t>(),
-                       100 * m["usage"].get<double>(), m["kl"].get<double>(),
-                       m["effective"].get<double>(), heads);
+            for (auto& h : m["per_head"])
+              heads += fmt::format(" {:.1f}%", 100 * h["usage"].get<double>());
+            fmt::print(
+                "  layer {} (PEER, {} experts): usage {:.2f}%, KL(z||uniform) {:.3f}, "
+                "effective fraction exp(-KL) {:.3f}\n    usage per head:{}\n",
+                m["layer"].get<int>(), m["experts"].get<int64_t>(), 100 * m["usage"].get<double>(),
+                m["kl"].get<double>(), m["effective"].get<double>(), heads);
             continue;
           }
           std::string loads;
           for (auto& t : m["tokens_per_expert"]) loads += fmt::format(" {}", t.get<int64_t>());
-          fmt::print("  layer {}: dropped {:.2f}%, router entropy {:.3f} nats, unused experts {}, "
-                     "max/mean load {:.2f}, aux {:.4g}, z {:.4g}\n    tokens per expert:{}\n",
-                     m["layer"].get<int>(), m["dropped_pct"].get<double>(),
-                     m["router_entropy"].get<double>(), m["unused_experts"].get<int>(),
-                     m["max_over_mean_load"].get<double>(), m["aux_loss"].get<double>(),
-                     m["z_loss"].get<double>(), loads);
+          fmt::print(
+              "  layer {}: dropped {:.2f}%, router entropy {:.3f} nats, unused experts {}, "
+              "max/mean load {:.2f}, aux {:.4g}, z {:.4g}\n    tokens per expert:{}\n",
+              m["layer"].get<int>(), m["dropped_pct"].get<double>(),
+              m["router_entropy"].get<double>(), m["unused_experts"].get<int>(),
+              m["max_over_mean_load"].get<double>(), m["aux_loss"].get<double>(),
+              m["z_loss"].get<double>(), loads);
         }
       }
     }
@@ -151,8 +162,7 @@ void register_generate(CLI::App& app) {
   c->add_option("--seed", a->seed, "sampling seed");
   c->callback([a] {
     Loaded l = load_for_inference(a->checkpoint, 1, 1);
-    SampleOptions o{a->tokens, a->temperature, a->top_p, a->seed,
-                    l.meta.config.train.seq_len};
+    SampleOptions o{a->tokens, a->temperature, a->top_p, a->seed, l.meta.config.train.seq_len};
     std::vector<int32_t> prompt = l.tok->encode(a->prompt);
     fmt::print("{}", a->prompt);
     // Print whole UTF-8 characters as they complete (a byte token may be half of one).

@@ -52,13 +52,22 @@ void ParamStore::initialize(uint64_t seed) {
     // Element i is a function of (seed, parameter index, i) only, so the parallel loop gives
     // the same values as a serial one, for any thread count.
     const std::ptrdiff_t n = std::ptrdiff_t(p.numel);
+    const uint64_t first = uint64_t(p.shard_first) * p.row_numel();  // a shard's place
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (std::ptrdiff_t i = 0; i < n; ++i) {
       switch (p.init) {
-        case Init::kNormal: p.w[i] = p.scale * rng.normal(i); break;
-        case Init::kUniform: p.w[i] = p.scale * (2.f * rng.uniform(i) - 1.f); break;
-        case Init::kOnes: p.w[i] = 1.f; break;
-        case Init::kZeros: p.w[i] = 0.f; break;
+        case Init::kNormal:
+          p.w[i] = p.scale * rng.normal(first + i);
+          break;
+        case Init::kUniform:
+          p.w[i] = p.scale * (2.f * rng.uniform(first + i) - 1.f);
+          break;
+        case Init::kOnes:
+          p.w[i] = 1.f;
+          break;
+        case Init::kZeros:
+          p.w[i] = 0.f;
+          break;
       }
     }
   }

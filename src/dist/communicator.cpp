@@ -1,5 +1,6 @@
 #include "moe/dist/communicator.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "moe/core/error.h"
@@ -16,6 +17,13 @@ class SingleProcess final : public Communicator {
   void allreduce_sum(double*, std::size_t) override {}
   void allreduce_max(double*, std::size_t) override {}
   void barrier() override {}
+  void alltoall(const int* send, int* recv, int n) override { std::copy(send, send + n, recv); }
+  void alltoallv(const float* send, const int64_t* sc, float* recv, const int64_t*) override {
+    std::copy(send, send + sc[0], recv);
+  }
+  void alltoallv(const double* send, const int64_t* sc, double* recv, const int64_t*) override {
+    std::copy(send, send + sc[0], recv);
+  }
   [[noreturn]] void abort(int code) override { std::exit(code); }
   std::string describe() const override { return "single process"; }
 };
@@ -36,8 +44,8 @@ std::unique_ptr<Communicator> make_mpi_communicator(int* argc, char*** argv);
 #endif
 
 std::unique_ptr<Communicator> make_communicator(int* argc, char*** argv) {
-  const bool launched = std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") ||
-                        std::getenv("PMIX_RANK");
+  const bool launched =
+      std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") || std::getenv("PMIX_RANK");
 #ifdef MOE_HAVE_MPI
   if (launched) return make_mpi_communicator(argc, argv);
 #else

@@ -2,29 +2,46 @@
 
 #include <sys/statvfs.h>
 
+#include <deque>
 #include <filesystem>
 
 #include "moe/core/error.h"
 #include "moe/core/safetensors.h"
+#include "moe/dist/communicator.h"
 
 namespace moe {
 
 using json = nlohmann::json;
 
+// Expert parallelism: the whole tensor of a sharded parameter (or of its optimizer moment), on
+// every rank. Each rank contributes its rows to a zero tensor and the ranks sum them (exact: every
+// element has one non-zero term). A collective: every rank must call it, in the same order.
+static const float* gather_shard(const Param& p, const float* local,
+                                 std::deque<std::vector<float>>& keep) {
+  if (!p.sharded()) return local;
+  std::vector<float>& full = keep.emplace_back(std::size_t(p.global_rows) * p.row_numel(), 0.f);
+  std::copy(local, local + p.numel, full.begin() + std::size_t(p.shard_first) * p.row_numel());
+  world().allreduce_sum(full.data(), full.size());
+  return full.data();
+}
+
 void save_checkpoint(const std::string& path, Transformer& model, const AdamWOptimizer* opt,
                      const CheckpointMeta& meta) {
   ParamStore& ps = model.params();
   std::vector<TensorRef> tensors;
+  std::deque<std::vector<float>> gathered;  // whole tensors of expert-parallel shards
   std::size_t bytes = 0;
   for (const Param& p : ps.all()) {
-    tensors.push_back({p.name, DType::F32, p.shape, p.w});
+    tensors.push_back({p.name, DType::F32, p.global_shape(), gather_shard(p, p.w, gathered)});
     bytes += p.numel * 4;
   }
   if (opt) {
     auto* o = const_cast<AdamWOptimizer*>(opt);
     for (const Param& p : ps.all()) {
-      tensors.push_back({"optim.m." + p.name, DType::F32, p.shape, o->m() + p.offset});
-      tensors.push_back({"optim.v." + p.name, DType::F32, p.shape, o->v() + p.offset});
+      tensors.push_back({"optim.m." + p.name, DType::F32, p.global_shape(),
+                         gather_shard(p, o->m() + p.offset, gathered)});
+      tensors.push_back({"optim.v." + p.name, DType::F32, p.global_shape(),
+                         gather_shard(p, o->v() + p.offset, gathered)});
       bytes += 2 * p.numel * 4;
       if (const int32_t* t = o->row_steps(p)) {  // lazy Adam's per-row step counts
         tensors.push_back({"optim.t." + p.name, DType::I32, {p.shape[0]}, t});
@@ -32,6 +49,7 @@ void save_checkpoint(const std::string& path, Transformer& model, const AdamWOpt
       }
     }
   }
+  if (!world().is_root()) return;  // the ranks hold the same model now: one writer
   // Refuse early, with a clear message, rather than fail half way through the write.
   std::string dir = std::filesystem::path(path).parent_path().string();
   struct statvfs sv {};
@@ -82,10 +100,18 @@ void load_checkpoint(const std::string& path, Transformer& model, AdamWOptimizer
   MOE_CHECK(it != r.metadata().end() && it->second == kCheckpointFormat,
             "{}: not a moe.cpp checkpoint (no __metadata__.format = \"{}\")", path,
             kCheckpointFormat);
+  // A sharded parameter (expert parallelism) takes its rows of the whole stored tensor.
+  auto read = [&](const std::string& name, const Param& p, float* dst) {
+    if (!p.sharded()) return r.read_into(name, DType::F32, p.shape, dst);
+    std::vector<float> full(std::size_t(p.global_rows) * p.row_numel());
+    r.read_into(name, DType::F32, p.global_shape(), full.data());
+    const auto first = full.begin() + std::size_t(p.shard_first) * p.row_numel();
+    std::copy(first, first + p.numel, dst);
+  };
   for (Param& p : model.params().all()) {
     MOE_CHECK(r.has(p.name), "{}: tensor '{}' missing (does the checkpoint match the config?)",
               path, p.name);
-    r.read_into(p.name, DType::F32, p.shape, p.w);
+    read(p.name, p, p.w);
   }
   if (opt) {
     for (Param& p : model.params().all()) {
@@ -94,8 +120,8 @@ void load_checkpoint(const std::string& path, Transformer& model, AdamWOptimizer
                 "{}: optimizer state for '{}' missing: this checkpoint cannot resume training "
                 "(use it with --init-from instead)",
                 path, p.name);
-      r.read_into(mn, DType::F32, p.shape, opt->m() + p.offset);
-      r.read_into(vn, DType::F32, p.shape, opt->v() + p.offset);
+      read(mn, p, opt->m() + p.offset);
+      read(vn, p, opt->v() + p.offset);
       if (p.sparse_rows && r.has("optim.t." + p.name)) {
         opt->ensure_row_steps(p);
         r.read_into("optim.t." + p.name, DType::I32, {p.shape[0]}, opt->row_steps(p));
@@ -123,8 +149,8 @@ int upcycle_from_dense(const std::string& path, Transformer& model) {
       if (pos == std::string::npos) continue;
       const std::string mat = p.name.substr(pos + std::string(group).size());  // w_gate|w_up|w_down
       const std::string src = p.name.substr(0, pos) + ".ffn." + mat;
-      MOE_CHECK(r.has(src), "{}: upcycling {} needs the dense tensor '{}', which is missing",
-                path, p.name, src);
+      MOE_CHECK(r.has(src), "{}: upcycling {} needs the dense tensor '{}', which is missing", path,
+                p.name, src);
       const TensorInfo& t = r.info(src);
       const int64_t E = p.shape[0];
       const bool down = mat == "w_down";
@@ -137,12 +163,12 @@ int upcycle_from_dense(const std::string& path, Transformer& model) {
       std::vector<float> dense = r.read_f32(src);
       const int64_t slices = D / H;
       for (int64_t e = 0; e < E; ++e) {
-        const int64_t s0 = (e % slices) * H;  // first hidden unit of this expert's slice
+        // First hidden unit of this expert's slice (by its global index under expert parallelism).
+        const int64_t s0 = ((p.shard_first + e) % slices) * H;
         float* dst = p.w + e * H * C;
         for (int64_t i = 0; i < (down ? C : H); ++i)
           for (int64_t j = 0; j < (down ? H : C); ++j)
-            dst[i * (down ? H : C) + j] =
-                down ? dense[i * D + s0 + j] : dense[(s0 + i) * C + j];
+            dst[i * (down ? H : C) + j] = down ? dense[i * D + s0 + j] : dense[(s0 + i) * C + j];
       }
       ++filled;
     }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "moe/dist/communicator.h"
 #include "moe/nn/adamw.h"
 
 namespace moe {
@@ -36,14 +37,26 @@ OptimStats AdamWOptimizer::step(int64_t s) {
       std::sort(p.touched.begin(), p.touched.end());
       ensure_row_steps(p);
     }
-  // Global gradient norm, parameter by parameter in registration order.
-  double ss = 0;
+  // Global gradient norm, parameter by parameter in registration order. Expert-parallel shards
+  // hold different experts on each rank: their part is summed over the ranks (every rank then
+  // clips with the same norm).
+  double ss = 0, ss_sharded = 0;
+  bool any_sharded = false;
   for (Param& p : params_.all()) {
+    if (p.sharded()) {
+      any_sharded = true;
+      ss_sharded += sum_squares(p.g, p.numel);
+      continue;
+    }
     if (!p.sparse_rows) {
       ss += sum_squares(p.g, p.numel);
       continue;
     }
     for (int32_t r : p.touched) ss += sum_squares(p.g + std::size_t(r) * p.row_len, p.row_len);
+  }
+  if (any_sharded) {
+    world().allreduce_sum(&ss_sharded, 1);
+    ss += ss_sharded;
   }
   st.grad_norm = std::sqrt(ss);
   if (cfg_.grad_clip > 0) {

@@ -1,7 +1,7 @@
 #include "moe/train/trainer.h"
 
-#include <omp.h>
 #include <fnmatch.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -101,6 +101,10 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
             "multiple of {}",
             cfg_.train.batch_size, P, P);
   local_batch_ = cfg_.train.batch_size / P;
+  MOE_CHECK(opts_.expert_parallel == 1 || opts_.expert_parallel == P,
+            "--expert-parallel {}: expected 1 (off) or the number of MPI ranks ({})",
+            opts_.expert_parallel, P);
+  cfg_.model.expert_parallel = opts_.expert_parallel;
   if (P > 1) {
     // Every rank must run the same config: compare a hash of it across ranks.
     const double h = double(std::hash<std::string>{}(cfg_.to_json().dump()) % (1ull << 52));
@@ -129,8 +133,8 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
               opts_.resume, resume_meta.config.model.d_model, resume_meta.config.model.n_layers,
               resume_meta.config.model.vocab_size, cfg_.model.d_model, cfg_.model.n_layers,
               cfg_.model.vocab_size);
-    tokenizer_ = data::tokenizer_from_serialized(resume_meta.tokenizer_kind,
-                                                 resume_meta.tokenizer_blob);
+    tokenizer_ =
+        data::tokenizer_from_serialized(resume_meta.tokenizer_kind, resume_meta.tokenizer_blob);
   } else {
     tokenizer_ = make_tokenizer(cfg_);
   }
@@ -157,8 +161,7 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
   }
   if (opts_.resume.empty() && !opts_.upcycle_from.empty()) {
     const int n = upcycle_from_dense(opts_.upcycle_from, *model_);
-    if (!opts_.quiet)
-      fmt::print("upcycled {} tensors from {}\n", n, opts_.upcycle_from);
+    if (!opts_.quiet) fmt::print("upcycled {} tensors from {}\n", n, opts_.upcycle_from);
   }
   // Frozen parameters keep their values: the optimizer skips them. On resume the same patterns
   // apply (they are part of the config).
@@ -194,7 +197,7 @@ void Trainer::sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) cons
 }
 
 void Trainer::save(const std::string& path) {
-  if (!comm_->is_root()) return;  // identical replicas: one writer
+  // Every rank calls this: expert-parallel shards are gathered (a collective), then rank 0 writes.
   CheckpointMeta m;
   m.config = cfg_;
   m.state = state_;
@@ -216,6 +219,20 @@ static std::string fmt_duration(double s) {
                    : fmt::format("{}m{:02d}s", t / 60, t % 60);
 }
 
+void Trainer::allreduce_replicated_grads() {
+  // One allreduce per contiguous run of replicated parameters; expert-parallel shards are left
+  // out: each rank's experts already hold the gradient of the whole global batch (every row
+  // routed to them, from every rank, came through the exchange).
+  auto& ps = model_->params();
+  std::size_t start = 0;
+  for (const Param& p : ps.all()) {
+    if (!p.sharded()) continue;
+    if (p.offset > start) comm_->allreduce_sum(ps.grads() + start, p.offset - start);
+    start = p.offset + p.numel;
+  }
+  if (ps.numel() > start) comm_->allreduce_sum(ps.grads() + start, ps.numel() - start);
+}
+
 TrainResult Trainer::run() {
   const TrainConfig& tc = cfg_.train;
   const int B = local_batch_, T = tc.seq_len, P = comm_->size();
@@ -225,11 +242,12 @@ TrainResult Trainer::run() {
   if (!opts_.quiet) {
     std::size_t nparams = 0;
     for (auto& p : model_->params().all()) nparams += p.numel;
-    fmt::print("moe train: {} parameters, {} layers × [{}], tokenizer {} (vocab {}), {} train / "
-               "{} val tokens, {} threads\n  BLAS: {}\n",
-               nparams, cfg_.model.n_layers, model_->ffns()[0]->describe(), tokenizer_->kind(),
-               tokenizer_->vocab_size(), train_.ids.size(), val_.ids.size(),
-               omp_get_max_threads(), blas_info());
+    fmt::print(
+        "moe train: {} parameters, {} layers × [{}], tokenizer {} (vocab {}), {} train / "
+        "{} val tokens, {} threads\n  BLAS: {}\n",
+        nparams, cfg_.model.n_layers, model_->ffns()[0]->describe(), tokenizer_->kind(),
+        tokenizer_->vocab_size(), train_.ids.size(), val_.ids.size(), omp_get_max_threads(),
+        blas_info());
     if (state_.step > 0) fmt::print("  resuming at step {}\n", state_.step);
     std::fflush(stdout);
   }
@@ -260,7 +278,7 @@ TrainResult Trainer::run() {
     aux /= tc.grad_accum;
     if (P > 1) {
       // Data parallel: sum the gradient shares (every rank gets the same bits) and the losses.
-      comm_->allreduce_sum(model_->params().grads(), model_->params().numel());
+      allreduce_replicated_grads();
       double l[2] = {loss / P, aux / P};
       comm_->allreduce_sum(l, 2);
       loss = l[0];
@@ -268,9 +286,10 @@ TrainResult Trainer::run() {
     }
     if (!std::isfinite(loss) || !std::isfinite(aux)) {
       if (tty) fmt::print("\n");
-      MOE_FAIL("loss is {} (auxiliary routing loss {}) at step {}: stopping without saving; the "
-               "last good checkpoint {} is kept (try a lower train.lr or train.grad_clip)",
-               loss, aux, s, file_exists(last) ? last : std::string("(none yet)"));
+      MOE_FAIL(
+          "loss is {} (auxiliary routing loss {}) at step {}: stopping without saving; the "
+          "last good checkpoint {} is kept (try a lower train.lr or train.grad_clip)",
+          loss, aux, s, file_exists(last) ? last : std::string("(none yet)"));
     }
     const OptimStats st = opt_->step(s);
     losses_.push_back(loss);
@@ -286,11 +305,20 @@ TrainResult Trainer::run() {
       window_t = Clock::now();
       window_tokens = 0;
       const double el = elapsed();
-      json line = {{"step", state_.step}, {"loss", loss},          {"lr", st.lr},
+      json line = {{"step", state_.step},       {"loss", loss},        {"lr", st.lr},
                    {"grad_norm", st.grad_norm}, {"tokens_per_s", tps}, {"elapsed_s", el}};
       json moe = collect_moe_metrics(*model_);
       if (!moe.is_null()) {
         line["aux_loss"] = aux;
+        // Expert parallelism: the share of this window's wall time spent in the exchanges.
+        double a2a = 0;
+        bool has_a2a = false;
+        for (const json& m : moe)
+          if (m.contains("a2a_s")) {
+            a2a += m["a2a_s"].get<double>();
+            has_a2a = true;
+          }
+        if (has_a2a && dt > 0) line["a2a_share"] = a2a / dt;
         line["moe"] = moe;
       }
       log_json(line);
@@ -300,13 +328,14 @@ TrainResult Trainer::run() {
         if (tty) {
           const int width = 30, done = int(width * state_.step / tc.steps);
           fmt::print("\r[{}{}] {}/{} loss {:.4f} lr {:.2e} |g| {:.2f} {:.0f} tok/s ETA {}   ",
-                     std::string(done, '='), std::string(width - done, ' '), state_.step,
-                     tc.steps, loss, st.lr, st.grad_norm, tps, fmt_duration(eta));
+                     std::string(done, '='), std::string(width - done, ' '), state_.step, tc.steps,
+                     loss, st.lr, st.grad_norm, tps, fmt_duration(eta));
         } else {
-          fmt::print("step {}/{} loss {:.4f} lr {:.2e} grad_norm {:.3f} tok/s {:.0f} elapsed {} "
-                     "ETA {}\n",
-                     state_.step, tc.steps, loss, st.lr, st.grad_norm, tps, fmt_duration(el),
-                     fmt_duration(eta));
+          fmt::print(
+              "step {}/{} loss {:.4f} lr {:.2e} grad_norm {:.3f} tok/s {:.0f} elapsed {} "
+              "ETA {}\n",
+              state_.step, tc.steps, loss, st.lr, st.grad_norm, tps, fmt_duration(el),
+              fmt_duration(eta));
         }
         std::fflush(stdout);
       }
@@ -314,9 +343,12 @@ TrainResult Trainer::run() {
     const bool eval_now =
         (tc.eval_every > 0 && state_.step % tc.eval_every == 0) || state_.step == tc.steps;
     if (eval_now && !val_.ids.empty()) {
-      res.last_val = evaluate(*model_, val_, B, T, tc.eval_batches * B);
-      json line = {{"step", state_.step}, {"val_loss", res.last_val.loss},
-                   {"val_bpb", res.last_val.bpb}, {"elapsed_s", elapsed()}};
+      // eval_batches counts global batches: the same windows whatever the number of ranks.
+      res.last_val = evaluate(*model_, val_, B, T, int64_t(tc.eval_batches) * B * P);
+      json line = {{"step", state_.step},
+                   {"val_loss", res.last_val.loss},
+                   {"val_bpb", res.last_val.bpb},
+                   {"elapsed_s", elapsed()}};
       if (!res.last_val.moe.is_null()) line["val_moe"] = res.last_val.moe;
       log_json(line);
       if (!opts_.quiet) {
@@ -341,8 +373,7 @@ TrainResult Trainer::run() {
                    last, last);
       break;
     }
-    if (tc.checkpoint_every > 0 && state_.step % tc.checkpoint_every == 0 &&
-        state_.step < tc.steps)
+    if (tc.checkpoint_every > 0 && state_.step % tc.checkpoint_every == 0 && state_.step < tc.steps)
       save(last);
   }
   res.steps_done = state_.step;

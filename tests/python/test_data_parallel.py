@@ -60,8 +60,11 @@ class DataParallel(unittest.TestCase):
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
     def test_two_ranks_match_one_process(self):
+        # The MoE case drops tokens (capacity 1.0) and has both routing losses: capacity, f_e and
+        # P_e are computed over the global batch, so two ranks still compute one function.
         for extra in (None, {"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16,
-                             "aux_loss_coef": 0.0, "z_loss_coef": 0.0}):
+                             "capacity_factor": 1.0, "aux_loss_coef": 0.01,
+                             "z_loss_coef": 0.001}):
             p1 = os.path.join(self.d, "p1")
             p2 = os.path.join(self.d, "p2")
             r1 = self.run_cfg(config(self.d, p1, extra), "one", mpi=False)

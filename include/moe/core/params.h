@@ -19,17 +19,29 @@ struct Param {
   std::size_t numel = 0;
   std::size_t offset = 0;  // in floats, into the weight and gradient arenas
   Init init = Init::kNormal;
-  float scale = 0.02f;     // std for kNormal, bound for kUniform
-  bool decay = true;       // weight decay applies
+  float scale = 0.02f;  // std for kNormal, bound for kUniform
+  bool decay = true;    // weight decay applies
   bool is_embedding = false;
-  bool trainable = true;   // false: state kept in checkpoints but never touched by the optimizer
-                           // (e.g. the DeepSeek-V3 routing bias, updated by its own rule)
+  bool trainable = true;  // false: state kept in checkpoints but never touched by the optimizer
+                          // (e.g. the DeepSeek-V3 routing bias, updated by its own rule)
   float* w = nullptr;
   float* g = nullptr;
   // Row-sparse parameters (PEER's expert tables): only the rows a step touched get gradients.
   // The layer calls touch(row) for each row it will write; zero_grad() clears just those rows,
   // and the optimizer updates just those (lazy Adam with per-row step counts).
   bool sparse_rows = false;
+  // Expert parallelism: this rank holds rows [shard_first, shard_first + shape[0]) of a tensor
+  // whose first dimension is global_rows (0 = whole tensor). Checkpoints store the whole tensor
+  // (gathered on save, sliced on load) and initialisation gives each element the value it has
+  // in the whole tensor, so any number of ranks starts from the same model.
+  int64_t global_rows = 0, shard_first = 0;
+  bool sharded() const { return global_rows > 0; }
+  std::vector<int64_t> global_shape() const {
+    std::vector<int64_t> s = shape;
+    if (sharded()) s[0] = global_rows;
+    return s;
+  }
+  std::size_t row_numel() const { return shape.empty() ? 1 : numel / std::size_t(shape[0]); }
   int64_t row_len = 0;                // floats per row (shape[1])
   std::vector<int32_t> touched;       // rows touched since the last zero_grad(), unsorted
   std::vector<uint8_t> touched_mark;  // [rows] 1 if in `touched`
@@ -50,7 +62,7 @@ class ParamStore {
   // are multiplied by one GEMM as a [2H, C] matrix while staying two tensors in checkpoints).
   Param* add(std::string name, std::vector<int64_t> shape, Init init, float scale, bool decay,
              bool contiguous_next = false);
-  void allocate();                // after all add(); fills w and g pointers
+  void allocate();                 // after all add(); fills w and g pointers
   void initialize(uint64_t seed);  // deterministic: parameter i uses Philox stream (init, i)
   void zero_grad();
 

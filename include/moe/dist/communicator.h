@@ -20,6 +20,15 @@ class Communicator {
   virtual void allreduce_sum(double* data, std::size_t n) = 0;
   virtual void allreduce_max(double* data, std::size_t n) = 0;
   virtual void barrier() = 0;
+  // Personalised exchange (expert parallelism). alltoall: n ints to every rank, n from every
+  // rank (send/recv [size·n], block r goes to / came from rank r). alltoallv: send_counts[r]
+  // elements (rank-ordered contiguous blocks of send) go to rank r; recv_counts[r] arrive from
+  // rank r into rank-ordered contiguous blocks of recv. Counts in elements.
+  virtual void alltoall(const int* send, int* recv, int n) = 0;
+  virtual void alltoallv(const float* send, const int64_t* send_counts, float* recv,
+                         const int64_t* recv_counts) = 0;
+  virtual void alltoallv(const double* send, const int64_t* send_counts, double* recv,
+                         const int64_t* recv_counts) = 0;
   // Ends every rank of the job at once (a failing rank must not leave the others waiting in a
   // collective). Does not return.
   [[noreturn]] virtual void abort(int code) = 0;

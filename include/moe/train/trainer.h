@@ -13,8 +13,8 @@
 #include <string>
 
 #include "moe/data/token_data.h"
-#include "moe/dist/communicator.h"
 #include "moe/data/tokenizer.h"
+#include "moe/dist/communicator.h"
 #include "moe/model/config.h"
 #include "moe/model/transformer.h"
 #include "moe/train/checkpoint.h"
@@ -45,14 +45,16 @@ extern std::atomic<bool> g_stop_requested;
 void install_sigint_handler();
 
 struct TrainOptions {
-  std::string resume;     // checkpoint to resume (model + optimizer + step); "" = fresh
-  std::string init_from;  // checkpoint whose weights start a fresh run; "" = random init
+  std::string resume;        // checkpoint to resume (model + optimizer + step); "" = fresh
+  std::string init_from;     // checkpoint whose weights start a fresh run; "" = random init
   std::string upcycle_from;  // dense checkpoint to upcycle into this (MoE) model; "" = none
   bool quiet = false;
   // Stop after this many optimizer steps in total (saving last.safetensors as Ctrl-C does), as
   // if interrupted; 0 = run to train.steps. The schedule still spans train.steps, so a resumed
   // run continues exactly where this one stopped.
   int64_t stop_after = 0;
+  // Partition every MoE layer's experts over this many MPI ranks: 1 (off) or all of them.
+  int expert_parallel = 1;
 };
 
 struct TrainResult {
@@ -74,13 +76,14 @@ class Trainer {
   const data::TokenStream& val_stream() const { return val_; }
 
  private:
+  void allreduce_replicated_grads();
   void sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) const;
   void save(const std::string& path);
   void log_json(const nlohmann::json& j);
 
   Config cfg_;
   TrainOptions opts_;
-  Communicator* comm_;   // data parallel: each rank takes batch_size / P sequences of each batch
+  Communicator* comm_;  // data parallel: each rank takes batch_size / P sequences of each batch
   int local_batch_ = 0;
   std::unique_ptr<data::Tokenizer> tokenizer_;
   data::TokenStream train_, val_;

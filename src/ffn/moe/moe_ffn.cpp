@@ -21,19 +21,36 @@ MoeFfn::MoeFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
   const bool glu = spec_.act == Activation::kSwiGLU;
   // Router: small uniform init U(±1/√C) (REFERENCE §1: a zero router would send every token to
   // experts 0..k−1). The noise projection starts at zero as in Shazeer et al.
-  router_ = ps.add(prefix + ".router.weight", {E, C}, Init::kUniform, 1.f / std::sqrt(float(C)),
-                   false);
+  router_ =
+      ps.add(prefix + ".router.weight", {E, C}, Init::kUniform, 1.f / std::sqrt(float(C)), false);
   if (spec_.kind == RouterKind::kNoisyTopK)
     w_noise_ = ps.add(prefix + ".router.w_noise", {E, C}, Init::kZeros, 0, false);
   if (spec_.bias_balance) {
     bias_ = ps.add(prefix + ".router.bias", {E}, Init::kZeros, 0, false);
     bias_->trainable = false;
   }
+  // Parallel training: routing statistics over the global batch whenever there are several
+  // ranks; with expert parallelism this rank holds only its block of E/P experts.
+  Communicator& w = world();
+  const bool ep = model.expert_parallel > 1;
+  MOE_CHECK(!ep || model.expert_parallel == w.size(),
+            "--expert-parallel {}: expected 1 or the number of MPI ranks ({})",
+            model.expert_parallel, w.size());
+  layer_.set_parallel(w.size() > 1 ? &w : nullptr, ep);
+  const int El = layer_.local_experts(), e0 = layer_.first_local_expert();
   // Experts initialised like the dense FFN; the down projection also gets the depth scaling.
   const float std_in = model.init_std, std_out = model.init_std / std::sqrt(2.f * model.n_layers);
-  if (glu) w_gate_ = ps.add(prefix + ".experts.w_gate", {E, H, C}, Init::kNormal, std_in, true);
-  w_up_ = ps.add(prefix + ".experts.w_up", {E, H, C}, Init::kNormal, std_in, true);
-  w_down_ = ps.add(prefix + ".experts.w_down", {E, C, H}, Init::kNormal, std_out, true);
+  auto shard = [&](Param* p) {
+    if (ep) {
+      p->global_rows = E;
+      p->shard_first = e0;
+    }
+    return p;
+  };
+  if (glu)
+    w_gate_ = shard(ps.add(prefix + ".experts.w_gate", {El, H, C}, Init::kNormal, std_in, true));
+  w_up_ = shard(ps.add(prefix + ".experts.w_up", {El, H, C}, Init::kNormal, std_in, true));
+  w_down_ = shard(ps.add(prefix + ".experts.w_down", {El, C, H}, Init::kNormal, std_out, true));
   if (S > 0) {
     if (glu) s_gate_ = ps.add(prefix + ".shared.w_gate", {S, H, C}, Init::kNormal, std_in, true);
     s_up_ = ps.add(prefix + ".shared.w_up", {S, H, C}, Init::kNormal, std_in, true);
@@ -43,8 +60,9 @@ MoeFfn::MoeFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
 }
 
 void MoeFfn::bind(Arena& acts, int max_batch, int max_seq) {
-  MOE_CHECK(max_batch <= 4096, "MoE layers support at most 4096 sequences per batch, got {}",
-            max_batch);
+  MOE_CHECK(int64_t(max_batch) * world().size() <= 4096,
+            "MoE layers support at most 4096 sequences per (global) batch, got {}",
+            int64_t(max_batch) * world().size());
   layer_.bind(acts, max_batch, max_seq);
 }
 
@@ -52,7 +70,7 @@ static const float* w_of(const Param* p) { return p ? p->w : nullptr; }
 static float* g_of(const Param* p) { return p ? p->g : nullptr; }
 
 MoeParams<float> MoeFfn::params() const {
-  return {w_of(router_), w_of(w_noise_), w_of(bias_),  w_of(w_gate_), w_of(w_up_),
+  return {w_of(router_), w_of(w_noise_), w_of(bias_), w_of(w_gate_), w_of(w_up_),
           w_of(w_down_), w_of(s_gate_),  w_of(s_up_), w_of(s_down_)};
 }
 
@@ -83,14 +101,24 @@ void MoeFfn::backward(float* dx, const float* dout, const float* x, int N) {
 }
 
 std::string MoeFfn::describe() const {
-  return fmt::format("moe {} E={} k={} H={}{}{}", router_kind_, spec_.E, spec_.k, spec_.H,
-                     spec_.n_shared ? fmt::format(" shared={}", spec_.n_shared) : "",
-                     spec_.capacity_factor > 0 ? fmt::format(" cf={}", spec_.capacity_factor)
-                                               : " dropless");
+  return fmt::format(
+      "moe {} E={} k={} H={}{}{}", router_kind_, spec_.E, spec_.k, spec_.H,
+      spec_.n_shared ? fmt::format(" shared={}", spec_.n_shared) : "",
+      spec_.capacity_factor > 0 ? fmt::format(" cf={}", spec_.capacity_factor) : " dropless");
 }
 
 nlohmann::json MoeFfn::metrics() const {
   if (acc_forwards_ == 0) return nullptr;
+  nlohmann::json j = metrics_common();
+  if (layer_.local_experts() < spec_.E) {
+    // Expert parallelism: this rank's all-to-all traffic since the last reset.
+    j["a2a_s"] = layer_.comm_stats().seconds;
+    j["a2a_bytes"] = layer_.comm_stats().bytes;
+  }
+  return j;
+}
+
+nlohmann::json MoeFfn::metrics_common() const {
   int64_t total = 0, mx = 0;
   int unused = 0;
   for (int64_t c : acc_tokens_) {
@@ -110,6 +138,7 @@ nlohmann::json MoeFfn::metrics() const {
 }
 
 void MoeFfn::reset_metrics() {
+  layer_.reset_comm_stats();
   std::fill(acc_tokens_.begin(), acc_tokens_.end(), 0);
   acc_assign_ = acc_dropped_ = acc_forwards_ = 0;
   acc_entropy_ = acc_aux_ = acc_z_ = 0;

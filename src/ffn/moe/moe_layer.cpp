@@ -1,6 +1,7 @@
 #include "moe/ffn/moe/moe_layer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -61,8 +62,7 @@ void activation_backward(T* gu, const T* dhid, int m, int H, Activation a) {
 // The first projection of an expert: gu [m, W1] = X [m,C] · [W_gate; W_up]ᵀ (SwiGLU: gate in
 // columns 0..H-1, up in H..2H-1) or X · W_upᵀ (GELU). wg may be null for GELU.
 template <typename T>
-void first_forward(T* gu, const T* X, const T* wg, const T* wu, int m, int C, int H,
-                   Activation a) {
+void first_forward(T* gu, const T* X, const T* wg, const T* wu, int m, int C, int H, Activation a) {
   if (a == Activation::kSwiGLU) {
     gemm<T>(false, true, m, H, C, T(1), X, C, wg, C, T(0), gu, 2 * H);
     gemm<T>(false, true, m, H, C, T(1), X, C, wu, C, T(0), gu + H, 2 * H);
@@ -104,16 +104,37 @@ void for_each_expert(const int32_t* order, int E, F&& fn) {
 }  // namespace
 
 template <typename T>
+void MoeLayer<T>::set_parallel(Communicator* comm, bool expert_parallel) {
+  comm_ = comm;
+  P_ = comm ? comm->size() : 1;
+  rank_ = comm ? comm->rank() : 0;
+  ep_ = expert_parallel && P_ > 1;
+  El_ = s_.E;
+  e0_ = 0;
+  if (ep_) {
+    MOE_CHECK(s_.E % P_ == 0,
+              "expert parallelism over {} ranks needs num_experts divisible by {}, got {}", P_, P_,
+              s_.E);
+    El_ = s_.E / P_;
+    e0_ = rank_ * El_;
+  }
+}
+
+template <typename T>
 void MoeLayer<T>::bind(Arena& a, int max_batch, int max_seq) {
   const int N = max_batch * max_seq, E = s_.E, C = s_.C, H = s_.H, W1 = s_.w1_rows();
   // Bound on routed rows: token choice ≤ N·k; expert choice ≤ T·E·c with c ≤ min(B, ⌈B·cf/E⌉);
   // the decode fallback of expert choice routes ≤ N·round(cf) ≤ N·E.
   int64_t rows = int64_t(N) * s_.k;
   if (s_.kind == RouterKind::kExpertChoice) {
+    // Distributed training selects over the global batch of max_batch·P sequences; this rank
+    // keeps at most all c of each (position, expert) group, and at most E per token.
     const float cf = std::max(s_.capacity_factor, s_.eval_capacity_factor);
-    const int64_t c = std::min<int64_t>(max_batch, int64_t(std::ceil(max_batch * cf / E)));
+    const int64_t Bg = int64_t(max_batch) * P_;
+    const int64_t c = std::min<int64_t>(Bg, int64_t(std::ceil(Bg * cf / E)));
     const int64_t kk = std::min<int64_t>(E, std::max<int64_t>(1, std::lround(cf)));
-    rows = std::max(int64_t(max_seq) * E * c, int64_t(N) * kk);
+    rows = std::max(std::min(int64_t(max_seq) * E * c, int64_t(N) * E), int64_t(N) * kk);
+    if (P_ > 1) ec_scores_ = a.take<T>(std::size_t(Bg) * max_seq * E);
   }
   max_rows_ = int(rows);
   max_assign_ = int(rows);
@@ -147,6 +168,19 @@ void MoeLayer<T>::bind(Arena& a, int max_batch, int max_seq) {
   hid_ = f(std::size_t(max_rows_) * H);
   ye_ = f(std::size_t(max_rows_) * C);
   dye_ = f(std::size_t(max_rows_) * C);
+  if (ep_) {
+    // An owner can receive every routed row of the global batch (all of it to its experts).
+    max_panel_rows_ = P_ * max_rows_;
+    const std::size_t R = std::size_t(max_panel_rows_);
+    rbuf_ = f(R * C);
+    pxe_ = f(R * C);
+    pgu_ = f(R * W1);
+    phid_ = f(R * H);
+    pye_ = f(R * C);
+    pdye_ = f(R * C);
+    p_off_ = i32(El_ + 1);
+    p_order_ = i32(El_);
+  }
   if (s_.n_shared > 0) {
     s_gu_ = f(std::size_t(s_.n_shared) * N * W1);
     s_hid_ = f(std::size_t(s_.n_shared) * N * H);
@@ -177,7 +211,7 @@ void MoeLayer<T>::route_token_choice(const T* xr, const MoeParams<T>& p, bool tr
     gemm<T>(false, true, N, E, s_.C, T(1), xr, s_.C, p.w_noise, s_.C, T(0), noise_logits_, E);
     Rng rng(seed, stream_id(kPurposeNoise, uint32_t(step), uint32_t(layer)));
     for (std::size_t i = 0; i < std::size_t(N) * E; ++i)
-      eps_[i] = noise.normal ? noise.normal[i] : T(rng.normal(i));
+      eps_[i] = noise.normal ? noise.normal[i] : T(rng.normal(uint64_t(tok0_) * E + i));
   }
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n) {
@@ -239,40 +273,68 @@ void MoeLayer<T>::route_token_choice(const T* xr, const MoeParams<T>& p, bool tr
     }
     // GShard: the second expert is kept with probability min(1, 2·g2) during training.
     if (gshard && training) {
-      const T u = noise.uniform ? noise.uniform[n]
-                                : T(Rng(seed, stream_id(kPurposeNoise, uint32_t(step),
-                                                        uint32_t(layer) | 0x8000u))
-                                        .uniform(n));
+      const T u =
+          noise.uniform
+              ? noise.uniform[n]
+              : T(Rng(seed, stream_id(kPurposeNoise, uint32_t(step), uint32_t(layer) | 0x8000u))
+                      .uniform(tok0_ + n));
       if (!(T(2) * g[1] > u)) a_row_[n * k + 1] = -2;  // -2: skipped by random routing
     }
   }
-  // Capacity, in the documented drop order: all first choices (by token index) before any
-  // second choice, and so on; an assignment to an expert already holding `cap` is dropped.
-  std::fill(sel_count_, sel_count_ + E, 0);
+}
+
+template <typename T>
+void MoeLayer<T>::apply_capacity() {
+  const int N = N_, E = s_.E, k = kk_;
+  const int P = dist_ ? P_ : 1, me = dist_ ? rank_ : 0;
+  const bool gshard = s_.kind == RouterKind::kGShard;
+  // cnt(r, s, e): rank r's slot-s assignments to expert e (GShard's skipped second choices
+  // excluded); then sel[e], what f_e counts (GShard: first choices only). Summed over ranks.
+  std::vector<double> buf(std::size_t(P) * k * E + E, 0.0);
+  auto cnt = [&](int r, int s) { return buf.data() + (std::size_t(r) * k + s) * E; };
+  double* sel = buf.data() + std::size_t(P) * k * E;
+  for (int s = 0; s < k; ++s)
+    for (int n = 0; n < N; ++n) {
+      const int a = n * k + s, e = a_expert_[a];
+      if (!gshard || s == 0) sel[e] += 1;
+      if (a_row_[a] != -2) cnt(me, s)[e] += 1;
+    }
+  if (P > 1) comm_->allreduce_sum(buf.data(), buf.size());
+  for (int e = 0; e < E; ++e) sel_count_[e] = int32_t(sel[e]);
+  // The documented drop order over the global batch: all first choices before any second
+  // choice, and so on; within a slot by global token index (rank by rank, then token by token).
+  // An assignment is kept iff fewer than cap assignments to its expert precede it: kept counts
+  // stop growing at cap, so "kept < cap" and "preceding < cap" are the same test.
+  std::vector<int64_t> before(E, 0), run(E);
   std::vector<int64_t>& kept = stats_.tokens_per_expert;
   kept.assign(E, 0);
   stats_.dropped = 0;
   stats_.assignments = 0;
-  for (int s = 0; s < k; ++s)
+  for (int s = 0; s < k; ++s) {
+    run = before;
+    for (int r = 0; r < me; ++r)
+      for (int e = 0; e < E; ++e) run[e] += int64_t(cnt(r, s)[e]);
     for (int n = 0; n < N; ++n) {
       const int a = n * k + s;
-      const int e = a_expert_[a];
-      if (!gshard || s == 0) ++sel_count_[e];  // f_e counts (GShard: first choices only)
       if (a_row_[a] == -2) continue;
+      const int e = a_expert_[a];
       ++stats_.assignments;
-      if (kept[e] < cap_) {
+      if (run[e] < cap_) {
         ++kept[e];
       } else {
         a_row_[a] = -1;
         ++stats_.dropped;
       }
+      ++run[e];
     }
+    for (int r = 0; r < P; ++r)
+      for (int e = 0; e < E; ++e) before[e] += int64_t(cnt(r, s)[e]);
+  }
 }
 
 template <typename T>
 void MoeLayer<T>::route_expert_choice(int B, int Tn, float cf) {
   const int E = s_.E, N = B * Tn;
-  const int c = std::min(B, int(std::ceil(B * double(cf) / E)));
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n) {
     const T* r = logits_ + std::size_t(n) * E;
@@ -282,29 +344,49 @@ void MoeLayer<T>::route_expert_choice(int B, int Tn, float cf) {
     for (int e = 0; e < E; ++e) sum += (sc[e] = std::exp(r[e] - mx));
     for (int e = 0; e < E; ++e) sc[e] /= sum;
   }
+  // Distributed training: the groups span the global batch (B·P sequences, rank-major), so
+  // every rank sees every rank's scores (summed into a zero buffer: exact) and makes the same
+  // selection; it keeps the assignments of its own tokens.
+  const int P = dist_ ? P_ : 1;
+  const int Bg = B * P;
+  const T* gs = scores_;
+  if (P > 1) {
+    std::fill(ec_scores_, ec_scores_ + std::size_t(Bg) * Tn * E, T(0));
+    std::copy(scores_, scores_ + std::size_t(N) * E, ec_scores_ + std::size_t(tok0_) * E);
+    comm_->allreduce_sum(ec_scores_, std::size_t(Bg) * Tn * E);
+    gs = ec_scores_;
+  }
+  const int c = std::min(Bg, int(std::ceil(Bg * double(cf) / E)));
   // Group t = the tokens at position t of every sequence; each expert takes its top-c of them.
-  n_assign_ = Tn * E * c;
+  // Slot (t, e, j) of the global order is kept here iff its token is one of this rank's.
+  std::vector<int32_t> pick(std::size_t(Tn) * E * c);
 #pragma omp parallel for schedule(static) if (Tn * E > 16)
   for (int ge = 0; ge < Tn * E; ++ge) {
     const int t = ge / E, e = ge % E;
-    int32_t order[4096];  // B <= 4096 is checked by MoeFfn
-    for (int b = 0; b < B; ++b) order[b] = b;
-    std::partial_sort(order, order + c, order + B, [&](int32_t x, int32_t y) {
-      const T px = scores_[std::size_t(x * Tn + t) * E + e];
-      const T py = scores_[std::size_t(y * Tn + t) * E + e];
+    int32_t order[4096];  // B·P <= 4096 is checked by MoeFfn
+    for (int b = 0; b < Bg; ++b) order[b] = b;
+    std::partial_sort(order, order + c, order + Bg, [&](int32_t x, int32_t y) {
+      const T px = gs[std::size_t(x * Tn + t) * E + e];
+      const T py = gs[std::size_t(y * Tn + t) * E + e];
       return px != py ? px > py : x < y;
     });
-    for (int j = 0; j < c; ++j) {
-      const int a = ge * c + j, n = order[j] * Tn + t;
-      a_expert_[a] = e;
-      a_token_[a] = n;
-      a_gate_[a] = scores_[std::size_t(n) * E + e];
-      a_row_[a] = 0;
-    }
+    for (int j = 0; j < c; ++j) pick[std::size_t(ge) * c + j] = order[j] * Tn + t;
+  }
+  n_assign_ = 0;
+  std::vector<int64_t>& kept = stats_.tokens_per_expert;
+  kept.assign(E, 0);
+  for (std::size_t i = 0; i < pick.size(); ++i) {
+    const int64_t n = pick[i] - tok0_;
+    if (n < 0 || n >= N) continue;
+    const int a = n_assign_++, e = int(i / c) % E;
+    a_expert_[a] = e;
+    a_token_[a] = int32_t(n);
+    a_gate_[a] = scores_[std::size_t(n) * E + e];
+    a_row_[a] = 0;
+    ++kept[e];
   }
   std::fill(sel_count_, sel_count_ + E, Tn * c);
-  stats_.tokens_per_expert.assign(E, int64_t(Tn) * c);
-  stats_.assignments = n_assign_;
+  stats_.assignments = n_assign_;  // this rank's; finish_stats sums over ranks
   stats_.dropped = 0;
 }
 
@@ -358,22 +440,126 @@ void MoeLayer<T>::apply_expert_dropout(T* hid, int o, int m) const {
 }
 
 template <typename T>
-void MoeLayer<T>::experts_forward(const T* x, const MoeParams<T>& p) {
+void MoeLayer<T>::panels_forward(const Panels& q, const MoeParams<T>& p) {
   const int C = s_.C, H = s_.H, W1 = s_.w1_rows();
-#pragma omp parallel for schedule(static) if (n_rows_ > 256)
-  for (int r = 0; r < n_rows_; ++r)
-    std::memcpy(xe_ + std::size_t(r) * C, x + std::size_t(row_token_[r]) * C, sizeof(T) * C);
-  for_each_expert(expert_order_, s_.E, [&](int e) {
-    const int o = offsets_[e], m = offsets_[e + 1] - o;
+  for_each_expert(q.order, q.n, [&](int e) {
+    const int o = q.off[e], m = q.off[e + 1] - o;
     if (m == 0) return;
     const std::size_t we = std::size_t(e) * H * C;
-    first_forward(gu_ + std::size_t(o) * W1, xe_ + std::size_t(o) * C,
+    first_forward(q.gu + std::size_t(o) * W1, q.xe + std::size_t(o) * C,
                   p.w_gate ? p.w_gate + we : nullptr, p.w_up + we, m, C, H, s_.act);
-    activation_forward(hid_ + std::size_t(o) * H, gu_ + std::size_t(o) * W1, m, H, s_.act);
-    if (dropout_active_) apply_expert_dropout(hid_ + std::size_t(o) * H, o, m);
-    gemm<T>(false, true, m, C, H, T(1), hid_ + std::size_t(o) * H, H,
-            p.w_down + std::size_t(e) * C * H, H, T(0), ye_ + std::size_t(o) * C, C);
+    activation_forward(q.hid + std::size_t(o) * H, q.gu + std::size_t(o) * W1, m, H, s_.act);
+    if (dropout_active_) apply_expert_dropout(q.hid + std::size_t(o) * H, o, m);
+    gemm<T>(false, true, m, C, H, T(1), q.hid + std::size_t(o) * H, H,
+            p.w_down + std::size_t(e) * C * H, H, T(0), q.ye + std::size_t(o) * C, C);
   });
+}
+
+template <typename T>
+void MoeLayer<T>::panels_backward(const Panels& q, const MoeGrads<T>& g, const MoeParams<T>& p,
+                                  T* dxe) {
+  const int C = s_.C, H = s_.H, W1 = s_.w1_rows();
+  // Each expert's weight gradients are written by one task.
+  for_each_expert(q.order, q.n, [&](int e) {
+    const int o = q.off[e], m = q.off[e + 1] - o;
+    if (m == 0) return;
+    const T* wd = p.w_down + std::size_t(e) * C * H;
+    const std::size_t we = std::size_t(e) * H * C;
+    T* hid = q.hid + std::size_t(o) * H;
+    T* gu = q.gu + std::size_t(o) * W1;
+    const T* dye = q.dye + std::size_t(o) * C;
+    gemm<T>(true, false, C, H, m, T(1), dye, C, hid, H, T(1), g.w_down + std::size_t(e) * C * H, H);
+    gemm<T>(false, false, m, H, C, T(1), dye, C, wd, H, T(0), hid, H);
+    if (dropout_active_) apply_expert_dropout(hid, o, m);  // the same mask, redrawn
+    activation_backward(gu, hid, m, H, s_.act);
+    first_backward(dxe + std::size_t(o) * C, g.w_gate ? g.w_gate + we : nullptr, g.w_up + we, gu,
+                   q.xe + std::size_t(o) * C, p.w_gate ? p.w_gate + we : nullptr, p.w_up + we, m, C,
+                   H, s_.act, false);
+  });
+}
+
+template <typename T>
+void MoeLayer<T>::exchange_setup() {
+  // Rows are sorted by expert and experts are owned in contiguous blocks of El, so the rows for
+  // rank q are one contiguous range. First the per-(rank, local expert) row counts.
+  const int P = P_, El = El_;
+  const auto t0 = std::chrono::steady_clock::now();
+  send_e_.assign(std::size_t(P) * El, 0);
+  recv_e_.assign(std::size_t(P) * El, 0);
+  for (int e = 0; e < s_.E; ++e) send_e_[e] = offsets_[e + 1] - offsets_[e];
+  comm_->alltoall(send_e_.data(), recv_e_.data(), El);
+  comm_stats_.seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  comm_stats_.bytes += double(P - 1) * El * sizeof(int);
+  send_n_.assign(P, 0);
+  recv_n_.assign(P, 0);
+  for (int r = 0; r < P; ++r) {
+    send_n_[r] = offsets_[(r + 1) * El] - offsets_[r * El];
+    for (int j = 0; j < El; ++j) recv_n_[r] += recv_e_[std::size_t(r) * El + j];
+  }
+  // Owner panels: local expert j's rows from rank 0, then rank 1, ... (a fixed order).
+  p_off_[0] = 0;
+  for (int j = 0; j < El; ++j) {
+    int64_t m = 0;
+    for (int r = 0; r < P; ++r) m += recv_e_[std::size_t(r) * El + j];
+    p_off_[j + 1] = int32_t(p_off_[j] + m);
+  }
+  MOE_CHECK(p_off_[El] <= max_panel_rows_, "internal: {} received rows exceed the bound {}",
+            p_off_[El], max_panel_rows_);
+  blk_panel_.assign(std::size_t(P) * El, 0);
+  for (int j = 0; j < El; ++j) {
+    int o = p_off_[j];
+    for (int r = 0; r < P; ++r) {
+      blk_panel_[std::size_t(r) * El + j] = o;
+      o += recv_e_[std::size_t(r) * El + j];
+    }
+  }
+  for (int j = 0; j < El; ++j) p_order_[j] = j;
+  std::stable_sort(p_order_, p_order_ + El, [&](int32_t x, int32_t y) {
+    return p_off_[x + 1] - p_off_[x] > p_off_[y + 1] - p_off_[y];
+  });
+}
+
+template <typename T>
+void MoeLayer<T>::exchange(const T* send, T* recv, bool to_owner) {
+  // to_owner: send = this rank's rows in expert order → recv = the owner's panels.
+  // Back: send = the owner's panels → recv = the rows in the order this rank sent them.
+  const int P = P_, El = El_, C = s_.C;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<int64_t> sc(P), rc(P);
+  for (int r = 0; r < P; ++r) {
+    sc[r] = send_n_[r] * C;
+    rc[r] = recv_n_[r] * C;
+  }
+  // Arrival order (rank, local expert) ↔ panel blocks; each block is contiguous in both.
+  auto blocks = [&](bool into_panels) {
+    std::size_t at = 0;
+    for (int r = 0; r < P; ++r)
+      for (int j = 0; j < El; ++j) {
+        const std::size_t m = std::size_t(recv_e_[std::size_t(r) * El + j]) * C;
+        T* pan =
+            (into_panels ? recv : rbuf_) + std::size_t(blk_panel_[std::size_t(r) * El + j]) * C;
+        if (into_panels)
+          std::memcpy(pan, rbuf_ + at, m * sizeof(T));
+        else
+          std::memcpy(rbuf_ + at, send + std::size_t(blk_panel_[std::size_t(r) * El + j]) * C,
+                      m * sizeof(T));
+        at += m;
+      }
+  };
+  if (to_owner) {
+    comm_->alltoallv(send, sc.data(), rbuf_, rc.data());
+    blocks(true);
+  } else {
+    blocks(false);
+    comm_->alltoallv(rbuf_, rc.data(), recv, sc.data());
+  }
+  double sent = 0;
+  for (int r = 0; r < P; ++r)
+    if (r != rank_) sent += double(to_owner ? sc[r] : rc[r]) * sizeof(T);
+  comm_stats_.bytes += sent;
+  comm_stats_.seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 template <typename T>
@@ -384,6 +570,9 @@ void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn
   N_ = N;
   B_ = B;
   T_ = Tn;
+  dist_ = training && P_ > 1;
+  n_global_ = int64_t(N) * (dist_ ? P_ : 1);
+  tok0_ = dist_ ? int64_t(rank_) * N : 0;
   loss_scale_ = loss_scale;
   seed_ = seed;
   step_ = step;
@@ -393,11 +582,10 @@ void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn
   // Expert choice needs a group of sequences; decoding one sequence (B = 1) routes with
   // token-choice top-round(cf) on the same softmax scores, unnormalised (docs/MOE.md).
   ec_mode_ = s_.kind == RouterKind::kExpertChoice && B > 1;
-  kk_ = s_.kind == RouterKind::kExpertChoice
-            ? std::min(E, std::max(1, int(std::lround(cf))))
-            : s_.k;
+  kk_ =
+      s_.kind == RouterKind::kExpertChoice ? std::min(E, std::max(1, int(std::lround(cf)))) : s_.k;
   cap_ = (s_.kind != RouterKind::kExpertChoice && cf > 0)
-             ? int(std::ceil(double(cf) * N * kk_ / E))
+             ? int(std::min<double>(INT_MAX, std::ceil(double(cf) * n_global_ * kk_ / E)))
              : INT_MAX;
   // Router input: x, or x with multiplicative jitter (training only; the experts see plain x).
   const T* xr = x;
@@ -405,7 +593,7 @@ void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn
     T* u = jittered_ + std::size_t(N) * C;
     Rng rng(seed, stream_id(kPurposeNoise, uint32_t(step), uint32_t(layer) | 0x4000u));
     for (std::size_t i = 0; i < std::size_t(N) * C; ++i) {
-      u[i] = T(1) - T(s_.jitter) + T(2 * s_.jitter) * T(rng.uniform(i));
+      u[i] = T(1) - T(s_.jitter) + T(2 * s_.jitter) * T(rng.uniform(uint64_t(tok0_) * C + i));
       jittered_[i] = x[i] * u[i];
     }
     xr = jittered_;
@@ -423,14 +611,37 @@ void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn
     lse_[n] = T(double(mx) + std::log(sum));
     z += double(lse_[n]) * double(lse_[n]);
   }
-  stats_.z_loss = s_.beta * z / N;
   noisy_active_ = false;
-  if (ec_mode_)
+  if (ec_mode_) {
     route_expert_choice(B, Tn, cf);
-  else
+  } else {
     route_token_choice(xr, p, training, seed, step, layer, noise);
+    apply_capacity();
+  }
   dispatch();
-  experts_forward(x, p);
+#pragma omp parallel for schedule(static) if (n_rows_ > 256)
+  for (int r = 0; r < n_rows_; ++r)
+    std::memcpy(xe_ + std::size_t(r) * C, x + std::size_t(row_token_[r]) * C, sizeof(T) * C);
+  if (ep_ && dist_) {
+    // Expert parallel training: rows to their experts' owners, experts there, results back.
+    exchange_setup();
+    exchange(xe_, pxe_, true);
+    panels_forward({pxe_, pgu_, phid_, pye_, pdye_, p_off_, p_order_, El_}, p);
+    exchange(pye_, ye_, false);
+  } else if (ep_) {
+    // Evaluation: every rank holds the same tokens and routes them alike; each runs its own
+    // experts' rows, the others' contribute zero, and the partial outputs are summed below.
+    for (int j = 0; j < El_; ++j) p_order_[j] = j;
+    const int32_t* off = offsets_ + e0_;
+    std::stable_sort(p_order_, p_order_ + El_, [&](int32_t a, int32_t b) {
+      return off[a + 1] - off[a] > off[b + 1] - off[b];
+    });
+    panels_forward({xe_, gu_, hid_, ye_, dye_, off, p_order_, El_}, p);
+    std::fill(ye_, ye_ + std::size_t(off[0]) * C, T(0));
+    std::fill(ye_ + std::size_t(off[El_]) * C, ye_ + std::size_t(n_rows_) * C, T(0));
+  } else {
+    panels_forward({xe_, gu_, hid_, ye_, dye_, offsets_, expert_order_, E}, p);
+  }
   // Combine in the fixed per-token order.
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n) {
@@ -443,6 +654,12 @@ void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn
       for (int c = 0; c < C; ++c) yn[c] += g * ye[c];
     }
   }
+  if (ep_ && !dist_) {
+    const auto t0 = std::chrono::steady_clock::now();
+    comm_->allreduce_sum(y, std::size_t(N) * C);
+    comm_stats_.seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
   // Shared experts: dense FFNs on every token, added with weight 1.
   const int H = s_.H, W1 = s_.w1_rows();
   for (int s = 0; s < s_.n_shared; ++s) {
@@ -453,26 +670,44 @@ void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn
     activation_forward(hid, gu, N, H, s_.act);
     gemm<T>(false, true, N, C, H, T(1), hid, H, p.s_down + std::size_t(s) * C * H, H, T(1), y, C);
   }
-  // Aux loss (token choice): α·E·Σ_e f_e·P_e, f from the selections before capacity.
-  stats_.aux_loss = 0;
-  if (!ec_mode_ && s_.alpha > 0 && s_.kind != RouterKind::kExpertChoice) {
-    const double denom = s_.kind == RouterKind::kGShard ? double(N) : double(N) * kk_;
-    double acc = 0;
-    for (int e = 0; e < E; ++e) {
-      double P = 0;
-      for (int n = 0; n < N; ++n) P += double(balance_prob(n, e));
-      acc += sel_count_[e] / denom * (P / N);
-    }
-    stats_.aux_loss = s_.alpha * E * acc;
-  }
-  // Metrics.
+  finish_stats(z);
+}
+
+template <typename T>
+void MoeLayer<T>::finish_stats(double z_sum) {
+  // Aux loss (token choice): α·E·Σ_e f_e·P_e, f from the selections before capacity, P the mean
+  // router probability; both over the global batch when distributed, like the other statistics.
+  const int N = N_, E = s_.E;
+  const bool aux = !ec_mode_ && s_.alpha > 0 && s_.kind != RouterKind::kExpertChoice;
+  // [kept per expert E | Σ_n P(n, e) E | assignments, dropped, Σ entropy, Σ lse²]
+  std::vector<double> b(2 * std::size_t(E) + 4, 0.0);
+  for (int e = 0; e < E; ++e) b[e] = double(stats_.tokens_per_expert[e]);
+  double* psum = b.data() + E;
   double ent = 0;
   for (int n = 0; n < N; ++n)
     for (int e = 0; e < E; ++e) {
       const double q = double(balance_prob(n, e));
+      psum[e] += q;
       if (q > 0) ent -= q * std::log(q);
     }
-  stats_.router_entropy = ent / N;
+  b[2 * E] = double(stats_.assignments);
+  b[2 * E + 1] = double(stats_.dropped);
+  b[2 * E + 2] = ent;
+  b[2 * E + 3] = z_sum;
+  if (dist_) comm_->allreduce_sum(b.data(), b.size());
+  const double Ng = double(n_global_);
+  for (int e = 0; e < E; ++e) stats_.tokens_per_expert[e] = int64_t(b[e]);
+  stats_.assignments = int64_t(b[2 * E]);
+  stats_.dropped = int64_t(b[2 * E + 1]);
+  stats_.router_entropy = b[2 * E + 2] / Ng;
+  stats_.z_loss = s_.beta * b[2 * E + 3] / Ng;
+  stats_.aux_loss = 0;
+  if (aux) {
+    const double denom = s_.kind == RouterKind::kGShard ? Ng : Ng * kk_;
+    double acc = 0;
+    for (int e = 0; e < E; ++e) acc += sel_count_[e] / denom * (psum[e] / Ng);
+    stats_.aux_loss = s_.alpha * E * acc;
+  }
   int64_t mx = 0, tot = 0;
   stats_.unused_experts = 0;
   for (int e = 0; e < E; ++e) {
@@ -502,7 +737,7 @@ void MoeLayer<T>::backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
     const std::size_t ws = std::size_t(s) * H * C;
     gemm<T>(true, false, C, H, N, T(1), dy, C, hid, H, T(1), g.s_down + std::size_t(s) * C * H, H);
     gemm<T>(false, false, N, H, C, T(1), dy, C, wd, H, T(0), hid, H);  // hid ← d(hid)
-    activation_backward(gu, hid, N, H, s_.act);                          // gu ← d(gu)
+    activation_backward(gu, hid, N, H, s_.act);                        // gu ← d(gu)
     first_backward(dx, g.s_gate ? g.s_gate + ws : nullptr, g.s_up + ws, gu, x,
                    p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, N, C, H, s_.act, true);
   }
@@ -522,24 +757,16 @@ void MoeLayer<T>::backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
     }
     a_dgate_[a] = dot;
   }
-  // Experts: each expert's weight gradients are written by one task.
   T* dxe = ye_;  // ye is no longer needed
-  for_each_expert(expert_order_, s_.E, [&](int e) {
-    const int o = offsets_[e], m = offsets_[e + 1] - o;
-    if (m == 0) return;
-    const T* wd = p.w_down + std::size_t(e) * C * H;
-    const std::size_t we = std::size_t(e) * H * C;
-    T* hid = hid_ + std::size_t(o) * H;
-    T* gu = gu_ + std::size_t(o) * W1;
-    const T* dye = dye_ + std::size_t(o) * C;
-    gemm<T>(true, false, C, H, m, T(1), dye, C, hid, H, T(1), g.w_down + std::size_t(e) * C * H, H);
-    gemm<T>(false, false, m, H, C, T(1), dye, C, wd, H, T(0), hid, H);
-    if (dropout_active_) apply_expert_dropout(hid, o, m);  // the same mask, redrawn
-    activation_backward(gu, hid, m, H, s_.act);
-    first_backward(dxe + std::size_t(o) * C, g.w_gate ? g.w_gate + we : nullptr, g.w_up + we, gu,
-                   xe_ + std::size_t(o) * C, p.w_gate ? p.w_gate + we : nullptr, p.w_up + we, m,
-                   C, H, s_.act, false);
-  });
+  if (ep_ && dist_) {
+    // The mirror of the forward exchange: d(ye) rows to the owners, dX rows back.
+    exchange(dye_, pdye_, true);
+    panels_backward({pxe_, pgu_, phid_, pye_, pdye_, p_off_, p_order_, El_}, g, p, pye_);
+    exchange(pye_, dxe, false);
+  } else {
+    MOE_CHECK(!ep_, "internal: MoE backward after an expert-parallel evaluation forward");
+    panels_backward({xe_, gu_, hid_, ye_, dye_, offsets_, expert_order_, s_.E}, g, p, dxe);
+  }
   // Scatter back to tokens in the fixed per-token order.
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n) {
@@ -556,7 +783,9 @@ template <typename T>
 void MoeLayer<T>::router_backward(T* dx, const MoeGrads<T>& g, const T* x, const MoeParams<T>& p) {
   const int N = N_, E = s_.E, C = s_.C, k = kk_;
   const bool aux = !ec_mode_ && s_.alpha > 0 && s_.kind != RouterKind::kExpertChoice;
-  const double denom = s_.kind == RouterKind::kGShard ? double(N) : double(N) * k;
+  // f_e = global selections / global assignments; d/dq[n,e] = α·E·f_e/N_global, which is
+  // α·E·f_e/N · loss_scale here (the trainer's loss_scale carries the 1/P).
+  const double denom = s_.kind == RouterKind::kGShard ? double(n_global_) : double(n_global_) * k;
   // Expert choice: the gate of (n, e) is p[n,e] itself; gather d/dp into dlogits_ first.
   std::fill(dlogits_, dlogits_ + std::size_t(N) * E, T(0));
   if (ec_mode_) {
@@ -590,8 +819,7 @@ void MoeLayer<T>::router_backward(T* dx, const MoeGrads<T>& g, const T* x, const
           S += pe;
           dot += a_dgate_[a0 + s] * pe;
         }
-        for (int s = 0; s < k; ++s)
-          dsel[a_expert_[a0 + s]] += a_dgate_[a0 + s] / S - dot / (S * S);
+        for (int s = 0; s < k; ++s) dsel[a_expert_[a0 + s]] += a_dgate_[a0 + s] / S - dot / (S * S);
       } else {
         for (int s = 0; s < k; ++s) dsel[a_expert_[a0 + s]] += a_dgate_[a0 + s];
       }

@@ -25,6 +25,7 @@ class MoeFfn final : public FeedForward {
  private:
   MoeParams<float> params() const;
   MoeGrads<float> grads() const;
+  nlohmann::json metrics_common() const;
 
   MoeSpec spec_;
   int layer_index_;
