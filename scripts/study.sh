@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# make study: the miniature reproduction of docs/RESULTS.md. Trains the 15 configs of
+# configs/study/ to one training-FLOP budget (as `moe params` counts it) for each seed, evaluates
+# each on the whole val split (moe compare), plots each seed's runs (tools/plot.py) and writes the
+# tables of docs/RESULTS.md to runs/study/report.md (tools/study_report.py).
+# Resumable: rerunning skips the runs already in runs/study/seed*/results.jsonl.
+# About 1 hour on 2 cores at the default budget. Environment:
+#   STUDY_FLOPS  training FLOPs per run (default 1e13)
+#   STUDY_SEEDS  seeds (default "1 2")
+#   STUDY_OUT    output directory (default runs/study)
+#   MOE          the moe binary (default build/moe)
+set -euo pipefail
+FLOPS=${STUDY_FLOPS:-1e13}
+SEEDS=${STUDY_SEEDS:-1 2}
+OUT=${STUDY_OUT:-runs/study}
+MOE=${MOE:-build/moe}
+# Comparison 1: dense vs Switch / GShard / Mixtral-style; 2: granularity at fixed E;
+# 3: PEER (with and without query BatchNorm) vs dense and MoE; 4: capacity and the aux loss.
+CONFIGS="dense switch gshard mixtral g1 g2 g4 g8 peer-bn peer-nobn cap1.0 cap1.25 cap2.0
+         cap1.25-noaux dropless-noaux"
+paths=()
+for c in $CONFIGS; do paths+=("configs/study/$c.json"); done
+for seed in $SEEDS; do
+  echo "== seed $seed: ${#paths[@]} configs at $FLOPS training FLOPs each -> $OUT/seed$seed"
+  $MOE compare --flops "$FLOPS" --configs "${paths[@]}" --set "train.seed=$seed" --out "$OUT/seed$seed"
+done
+/usr/bin/python3 tools/study_report.py --dir "$OUT" > "$OUT/report.md.tmp"
+mv "$OUT/report.md.tmp" "$OUT/report.md"
+echo "== tables: $OUT/report.md; plots: $OUT/seed*/*.png"
