@@ -27,7 +27,7 @@ run: data
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-bench: build
+bench: data
 	bash bench/run_bench.sh
 
 format:

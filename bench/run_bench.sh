@@ -5,6 +5,7 @@
 #   bash bench/run_bench.sh dense      # only the named ones (sgemm, the ceiling, always runs)
 #   bash bench/run_bench.sh moe        # the MoE layer against PyTorch (bench/pytorch_moe.py)
 #   bash bench/run_bench.sh peer       # a PEER layer step against PyTorch (bench/pytorch_peer.py)
+#   bash bench/run_bench.sh mpi        # MoE training at P = 1 vs P = 2 ranks (expert / data parallel)
 #
 # Prints a table and appends it, dated, to bench/RESULTS.md. See bench/README.md.
 #
@@ -19,7 +20,7 @@ PY=${PYTHON:-/usr/bin/python3}  # Debian's python3, with torch 1.13 and numpy
 RESULTS=${RESULTS:-bench/RESULTS.md}
 THREADS=2
 ROUNDS=${BENCH_ROUNDS:-3}  # alternating runs per side in each benchmark; the fastest is kept
-ALL_BENCHES=(dense moe peer)
+ALL_BENCHES=(dense moe peer mpi)
 
 die() { echo "run_bench.sh: $*" >&2; exit 1; }
 [[ -x $MOE ]] || die "$MOE not found: build first (make build, or cmake --build build)"
@@ -258,6 +259,72 @@ bench_moe() {
     "GFLOP/s = 6·tokens·k·3·C·H / time (expert matmuls only: the router, the softmax and the" \
     "bmm layer's padding rows are not counted); the load differs slightly between the sides" \
     "(same distributions, different random generators)"
+}
+
+# MoE training over MPI on this machine: the same config and global batch at P = 1 (2 OpenMP
+# threads) and at P = 2 ranks (1 thread each: the same 2 cores), expert parallel and data
+# parallel. Times come from moe train's own log (tokens/s per log window, the first window
+# dropped as warm-up, the median kept); the all-to-all share is the logged a2a_share.
+MPI_CONFIG=${MPI_CONFIG:-configs/moe/mixtral-style.json}
+MPI_STEPS=${MPI_STEPS:-30}
+bench_mpi() {
+  echo "== MoE training, P = 1 vs P = 2 ($MPI_CONFIG, $MPI_STEPS steps)" >&2
+  local mpirun
+  mpirun=$(command -v mpirun || true)
+  if [[ -z $mpirun ]]; then
+    add_note "mpi: mpirun not found (scripts/setup.sh installs openmpi-bin); skipped"
+    return
+  fi
+  [[ -f data/brown/train.txt ]] || die "data/brown missing: make data (make bench does it)"
+  local tmp
+  tmp=$(mktemp -d)
+  local sets=(--set "train.steps=$MPI_STEPS" --set train.log_every=5 --set train.eval_every=0
+              --set train.checkpoint_every=0 --set train.time_limit_s=0)
+  local flags=(-np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OPENBLAS_CORETYPE)
+  [[ $(id -u) -ne 0 ]] || flags+=(--allow-run-as-root)
+  # median_tps DIR: median tokens/s over the log windows after the first; mean a2a share.
+  stats() {
+    "$PY" - "$1/metrics.jsonl" <<'PYEOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_s"' in l][1:]
+tps = statistics.median(r["tokens_per_s"] for r in rows)
+share = [r["a2a_share"] for r in rows if "a2a_share" in r]
+print(tps, statistics.mean(share) if share else -1)
+PYEOF
+  }
+  local tokens_per_step
+  tokens_per_step=$("$PY" -c 'import json,sys; t=json.load(open(sys.argv[1]))["train"]; print(t["batch_size"]*t["seq_len"])' "$MPI_CONFIG")
+  local r kind tps share ms base_ms=
+  for kind in p1 ep dp; do
+    local out="$tmp/$kind"
+    case $kind in
+      p1) OMP_NUM_THREADS=2 "$MOE" train --config "$MPI_CONFIG" "${sets[@]}" \
+            --set "train.out_dir=$out" --quiet >"$LOG" 2>&1 || { cat "$LOG" >&2; die "P=1 run failed"; } ;;
+      ep) "$mpirun" "${flags[@]}" "$MOE" train --config "$MPI_CONFIG" "${sets[@]}" \
+            --set "train.out_dir=$out" --quiet --expert-parallel 2 >"$LOG" 2>&1 \
+            || { cat "$LOG" >&2; die "P=2 expert-parallel run failed"; } ;;
+      dp) "$mpirun" "${flags[@]}" "$MOE" train --config "$MPI_CONFIG" "${sets[@]}" \
+            --set "train.out_dir=$out" --quiet >"$LOG" 2>&1 \
+            || { cat "$LOG" >&2; die "P=2 data-parallel run failed"; } ;;
+    esac
+    read -r tps share <<<"$(stats "$out")"
+    ms=$(num %.0f "1000 * $tokens_per_step / $tps")
+    echo "   $kind: $ms ms/step, a2a share $share" >&2
+    case $kind in
+      p1) base_ms=$ms
+          add_row "MoE train step, P=1 × 2 threads (ms/step)" "$ms" "–" "–" ;;
+      ep) add_row "MoE train step, P=2 expert parallel × 1 thread (ms/step; a2a share of step)" \
+            "$ms ($(num %.1f%% "100 * $share"))" "–" "$(num %.2f "$base_ms / $ms")× vs P=1" ;;
+      dp) add_row "MoE train step, P=2 data parallel × 1 thread (ms/step)" "$ms" "–" \
+            "$(num %.2f "$base_ms / $ms")× vs P=1" ;;
+    esac
+  done
+  add_note "mpi: $MPI_CONFIG, global batch $tokens_per_step tokens, $MPI_STEPS steps; ms/step from" \
+    "the median tokens/s of moe train's log windows (5 steps each, the first dropped); P=2 runs" \
+    "two ranks on the same 2 cores (one thread each), so the ratio shows the cost of the" \
+    "exchange and of splitting the work, not extra hardware; a2a share = time inside the" \
+    "all-to-alls (counts, rows, results, gradients) / wall time"
+  rm -rf "$tmp"
 }
 
 # One PEER layer training step (`moe bench peer`: forward, backward, Adam on the dense

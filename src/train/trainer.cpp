@@ -112,10 +112,6 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
     comm_->allreduce_max(mm, 2);
     MOE_CHECK(mm[0] == -mm[1], "ranks were started with different configs (rank {})",
               comm_->rank());
-    for (int l = 0; l < cfg_.model.n_layers; ++l)
-      MOE_CHECK(cfg_.model.ffn_for(l).kind != "peer",
-                "data parallelism with PEER blocks is not supported yet (their sparse tables "
-                "need the union of the ranks' touched rows)");
     if (!comm_->is_root()) opts_.quiet = true;  // one rank speaks
   }
   if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
@@ -198,6 +194,7 @@ void Trainer::sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) cons
 
 void Trainer::save(const std::string& path) {
   // Every rank calls this: expert-parallel shards are gathered (a collective), then rank 0 writes.
+  check_replicas();  // what is written must be what every rank holds
   CheckpointMeta m;
   m.config = cfg_;
   m.state = state_;
@@ -219,16 +216,51 @@ static std::string fmt_duration(double s) {
                    : fmt::format("{}m{:02d}s", t / 60, t % 60);
 }
 
+void Trainer::check_replicas() {
+  // Replicated parameters must hold the same bits on every rank (the same summed gradients and
+  // the same AdamW step keep them so; a bug or a flaky network would not). A 52-bit hash of
+  // them, compared as max(h) = −max(−h) like the config check.
+  if (comm_->size() == 1) return;
+  uint64_t h = 1469598103934665603ull;
+  for (const Param& p : model_->params().all()) {
+    if (p.sharded()) continue;
+    const uint32_t* u = reinterpret_cast<const uint32_t*>(p.w);
+    for (std::size_t i = 0; i < p.numel; ++i) h = (h ^ u[i]) * 1099511628211ull;
+  }
+  double mm[2] = {double(h % (1ull << 52)), -double(h % (1ull << 52))};
+  comm_->allreduce_max(mm, 2);
+  MOE_CHECK(mm[0] == -mm[1],
+            "step {}: the replicated parameters differ between ranks (rank {}); stopping",
+            state_.step, comm_->rank());
+}
+
 void Trainer::allreduce_replicated_grads() {
-  // One allreduce per contiguous run of replicated parameters; expert-parallel shards are left
-  // out: each rank's experts already hold the gradient of the whole global batch (every row
-  // routed to them, from every rank, came through the exchange).
+  // One allreduce per contiguous run of dense replicated parameters. Expert-parallel shards are
+  // left out: each rank's experts already hold the gradient of the whole global batch (every
+  // row routed to them, from every rank, came through the exchange). Row-sparse tables (PEER)
+  // go by rows: the union of the rows any rank touched, packed, summed, unpacked.
   auto& ps = model_->params();
   std::size_t start = 0;
-  for (const Param& p : ps.all()) {
-    if (!p.sharded()) continue;
+  for (Param& p : ps.all()) {
+    if (!p.sharded() && !p.sparse_rows) continue;
     if (p.offset > start) comm_->allreduce_sum(ps.grads() + start, p.offset - start);
     start = p.offset + p.numel;
+    if (!p.sparse_rows) continue;
+    const std::size_t rows = std::size_t(p.shape[0]), L = p.row_len;
+    std::vector<float> mark(rows, 0.f);
+    for (int32_t r : p.touched) mark[r] = 1.f;
+    comm_->allreduce_sum(mark.data(), rows);
+    std::vector<int32_t> all;
+    for (std::size_t r = 0; r < rows; ++r)
+      if (mark[r] > 0) all.push_back(int32_t(r));
+    std::vector<float> buf(all.size() * L);  // a row this rank did not touch has zero gradient
+    for (std::size_t i = 0; i < all.size(); ++i)
+      std::copy(p.g + all[i] * L, p.g + (all[i] + 1) * L, buf.begin() + i * L);
+    comm_->allreduce_sum(buf.data(), buf.size());
+    for (std::size_t i = 0; i < all.size(); ++i) {
+      std::copy(buf.begin() + i * L, buf.begin() + (i + 1) * L, p.g + all[i] * L);
+      p.touch(all[i]);
+    }
   }
   if (ps.numel() > start) comm_->allreduce_sum(ps.grads() + start, ps.numel() - start);
 }
@@ -292,6 +324,9 @@ TrainResult Trainer::run() {
           loss, aux, s, file_exists(last) ? last : std::string("(none yet)"));
     }
     const OptimStats st = opt_->step(s);
+#ifndef NDEBUG
+    check_replicas();  // debug builds: every step
+#endif
     losses_.push_back(loss);
     state_.step = s + 1;
     state_.tokens_seen += int64_t(B) * P * T * tc.grad_accum;

@@ -64,12 +64,23 @@ class DataParallel(unittest.TestCase):
         # P_e are computed over the global batch, so two ranks still compute one function.
         for extra in (None, {"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16,
                              "capacity_factor": 1.0, "aux_loss_coef": 0.01,
-                             "z_loss_coef": 0.001}):
+                             "z_loss_coef": 0.001},
+                      # PEER with query BatchNorm: batch statistics over the global batch, the
+                      # tables' gradients summed over the union of the ranks' retrieved rows.
+                      "peer"):
             p1 = os.path.join(self.d, "p1")
             p2 = os.path.join(self.d, "p2")
-            r1 = self.run_cfg(config(self.d, p1, extra), "one", mpi=False)
+            if extra == "peer":
+                c1, c2 = config(self.d, p1), config(self.d, p2)
+                for c in (c1, c2):
+                    c["model"]["ffn_overrides"] = {"1": {
+                        "kind": "peer", "num_experts": 256, "heads": 2, "top_k": 4, "d_key": 16,
+                        "query_norm": "batchnorm"}}
+            else:
+                c1, c2 = config(self.d, p1, extra), config(self.d, p2, extra)
+            r1 = self.run_cfg(c1, "one", mpi=False)
             self.assertEqual(r1.returncode, 0, r1.stderr)
-            r2 = self.run_cfg(config(self.d, p2, extra), "two", mpi=True)
+            r2 = self.run_cfg(c2, "two", mpi=True)
             self.assertEqual(r2.returncode, 0, r2.stderr)
             a, b = losses(p1), losses(p2)
             self.assertEqual(len(a), 10)

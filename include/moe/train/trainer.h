@@ -77,6 +77,7 @@ class Trainer {
 
  private:
   void allreduce_replicated_grads();
+  void check_replicas();
   void sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) const;
   void save(const std::string& path);
   void log_json(const nlohmann::json& j);

@@ -45,6 +45,7 @@ PeerFfn::PeerFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
   u_->make_row_sparse();
   v_->make_row_sparse();
   usage_.assign(s.heads, std::vector<double>(E, 0.0));
+  if (world().size() > 1) layer_.set_parallel(&world());
 }
 
 void PeerFfn::bind(Arena& acts, int max_batch, int max_seq) {
@@ -53,8 +54,8 @@ void PeerFfn::bind(Arena& acts, int max_batch, int max_seq) {
 
 PeerParams<float> PeerFfn::params() const {
   auto w = [](const Param* p) { return p ? p->w : nullptr; };
-  return {wq_->w,  bq_->w,  w(gamma_), w(beta_), keys1_->w, keys2_->w,
-          u_->w,   v_->w,   w(rmean_), w(rvar_)};
+  return {wq_->w,    bq_->w, w(gamma_), w(beta_),  keys1_->w,
+          keys2_->w, u_->w,  v_->w,     w(rmean_), w(rvar_)};
 }
 
 void PeerFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
@@ -74,6 +75,8 @@ void PeerFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
         usage_[j][layer_.ids()[a]] += layer_.weights()[a];
       }
   ++forwards_;
+  // Distributed training: each rank saw its slice; metrics() sums the histograms over ranks.
+  if (info.training && world().size() > 1) dist_acc_ = true;
 }
 
 void PeerFfn::backward(float* dx, const float* dout, const float* x, int N) {
@@ -83,8 +86,8 @@ void PeerFfn::backward(float* dx, const float* dout, const float* x, int N) {
 }
 
 std::string PeerFfn::describe() const {
-  return fmt::format("peer {} experts h={} k={} d_key={} {}", spec_.experts(), spec_.heads,
-                     spec_.k, spec_.d_key,
+  return fmt::format("peer {} experts h={} k={} d_key={} {}", spec_.experts(), spec_.heads, spec_.k,
+                     spec_.d_key,
                      spec_.qnorm == QueryNorm::kBatch   ? "query-BN"
                      : spec_.qnorm == QueryNorm::kLayer ? "query-LN"
                                                         : "no query norm");
@@ -94,7 +97,12 @@ nlohmann::json PeerFfn::metrics() const {
   if (forwards_ == 0) return nullptr;
   std::vector<double> all(spec_.experts(), 0.0);
   nlohmann::json heads = nlohmann::json::array();
-  for (auto& z : usage_) {
+  std::vector<std::vector<double>> global;
+  if (dist_acc_) {  // a collective: every rank logs at the same steps
+    global = usage_;
+    for (auto& z : global) world().allreduce_sum(z.data(), z.size());
+  }
+  for (auto& z : dist_acc_ ? global : usage_) {
     for (std::size_t e = 0; e < z.size(); ++e) all[e] += z[e];
     const UsageStats u = usage_stats(z);
     heads.push_back({{"usage", u.usage}, {"kl", u.kl}, {"effective", u.effective}});
@@ -108,6 +116,7 @@ nlohmann::json PeerFfn::metrics() const {
 void PeerFfn::reset_metrics() {
   for (auto& z : usage_) std::fill(z.begin(), z.end(), 0.0);
   forwards_ = 0;
+  dist_acc_ = false;
 }
 
 }  // namespace moe

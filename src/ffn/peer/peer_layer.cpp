@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "moe/core/error.h"
 #include "moe/ffn/peer/product_keys.h"
@@ -41,8 +42,8 @@ void prefetch_rows(const PeerParams<T>& p, int32_t id, int C) {
 
 template <typename T>
 void PeerLayer<T>::bind(Arena& a, int max_tokens) {
-  const std::size_t N = max_tokens, D = std::size_t(s_.heads) * s_.d_key,
-                    R = N * s_.heads, A = R * s_.k;
+  const std::size_t N = max_tokens, D = std::size_t(s_.heads) * s_.d_key, R = N * s_.heads,
+                    A = R * s_.k;
   max_tokens_ = max_tokens;
   z_ = a.take<T>(N * D);
   q_ = a.take<T>(N * D);
@@ -73,23 +74,35 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
   gemm<T>(false, true, N, D, C, T(1), x, C, p.wq, C, T(0), z_, D);
   for (int n = 0; n < N; ++n)
     for (int f = 0; f < D; ++f) z_[std::size_t(n) * D + f] += p.bq[f];
+  dist_ = training && comm_ && comm_->size() > 1;
   if (s_.qnorm == QueryNorm::kBatch) {
+    // Batch statistics per feature (two passes: mean, then the centred squares), over the
+    // global batch when distributed: the per-rank sums are all-reduced between the passes.
+    const double Ng = double(N) * (dist_ ? comm_->size() : 1);
+    std::vector<double> mean(D, 0.0), sq(D, 0.0);
+    if (training) {
+      for (int n = 0; n < N; ++n)
+        for (int f = 0; f < D; ++f) mean[f] += double(z_[std::size_t(n) * D + f]);
+      if (dist_) comm_->allreduce_sum(mean.data(), D);
+      for (int f = 0; f < D; ++f) mean[f] /= Ng;
+      for (int n = 0; n < N; ++n)
+        for (int f = 0; f < D; ++f) {
+          const double d = double(z_[std::size_t(n) * D + f]) - mean[f];
+          sq[f] += d * d;
+        }
+      if (dist_) comm_->allreduce_sum(sq.data(), D);
+    }
     for (int f = 0; f < D; ++f) {
       double m = 0, v = 0;
       if (training) {
-        for (int n = 0; n < N; ++n) m += double(z_[std::size_t(n) * D + f]);
-        m /= N;
-        for (int n = 0; n < N; ++n) {
-          const double d = double(z_[std::size_t(n) * D + f]) - m;
-          v += d * d;
-        }
-        v /= N;
+        m = mean[f];
+        v = sq[f] / Ng;
         // Running statistics as torch.nn.BatchNorm1d: unbiased variance, momentum.
         if (p.running_mean) {
           const double mo = s_.bn_momentum;
           p.running_mean[f] = T((1 - mo) * double(p.running_mean[f]) + mo * m);
           p.running_var[f] =
-              T((1 - mo) * double(p.running_var[f]) + mo * (N > 1 ? v * N / (N - 1) : v));
+              T((1 - mo) * double(p.running_var[f]) + mo * (Ng > 1 ? v * Ng / (Ng - 1) : v));
         }
       } else {
         m = double(p.running_mean[f]);
@@ -114,7 +127,8 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
       rstd_[r] = T(1.0 / std::sqrt(v + s_.bn_eps));
       const int f0 = (r % h) * dk;
       for (int i = 0; i < dk; ++i)
-        q_[std::size_t(r) * dk + i] = (zr[i] - mean_[r]) * rstd_[r] * p.gamma[f0 + i] + p.beta[f0 + i];
+        q_[std::size_t(r) * dk + i] =
+            (zr[i] - mean_[r]) * rstd_[r] * p.gamma[f0 + i] + p.beta[f0 + i];
     }
   } else {
     std::memcpy(q_, z_, sizeof(T) * std::size_t(N) * D);
@@ -234,6 +248,10 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   gemm<T>(true, false, S, half, R, T(1), s2_, S, q_ + half, dk, T(1), g.keys2, half);
   // Norm backward: dq → dz (in place in dq_).
   if (s_.qnorm == QueryNorm::kBatch) {
+    // dz = rstd/N·(N·d − Σd − x̂·Σd·x̂), d = dq·γ; the sums over the global batch when
+    // distributed (the loss scale already holds the 1/P of each rank's share).
+    const double Ng = double(N) * (dist_ ? comm_->size() : 1);
+    std::vector<double> sums(2 * std::size_t(D), 0.0);  // [Σd | Σd·x̂] per feature
     for (int f = 0; f < D; ++f) {
       double sd = 0, sdx = 0;
       for (int n = 0; n < N; ++n) {
@@ -244,11 +262,17 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
         sd += double(dq_[i]) * double(p.gamma[f]);
         sdx += double(dq_[i]) * double(p.gamma[f]) * xh;
       }
+      sums[f] = sd;
+      sums[D + f] = sdx;
+    }
+    if (dist_) comm_->allreduce_sum(sums.data(), sums.size());
+    for (int f = 0; f < D; ++f) {
+      const double sd = sums[f], sdx = sums[D + f];
       for (int n = 0; n < N; ++n) {
         const std::size_t i = std::size_t(n) * D + f;
         const double xh = double((z_[i] - mean_[f]) * rstd_[f]);
         const double d = double(dq_[i]) * double(p.gamma[f]);
-        dq_[i] = T(double(rstd_[f]) / N * (N * d - sd - xh * sdx));
+        dq_[i] = T(double(rstd_[f]) / Ng * (Ng * d - sd - xh * sdx));
       }
     }
   } else if (s_.qnorm == QueryNorm::kLayer) {

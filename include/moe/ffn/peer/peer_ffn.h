@@ -30,6 +30,7 @@ class PeerFfn final : public FeedForward {
   Param *keys1_, *keys2_, *u_, *v_;
   std::vector<std::vector<double>> usage_;  // per head: Σ router weight per expert since reset
   int64_t forwards_ = 0;
+  bool dist_acc_ = false;  // usage_ holds this rank's share of distributed training forwards
 };
 
 }  // namespace moe

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "moe/core/arena.h"
+#include "moe/dist/communicator.h"
 
 namespace moe {
 
@@ -28,16 +29,16 @@ struct PeerSpec {
 
 template <typename T>
 struct PeerParams {
-  const T* wq = nullptr;     // [h·dk, C]
-  const T* bq = nullptr;     // [h·dk]
-  const T* gamma = nullptr;  // [h·dk] norm affine (batch/layer norm)
-  const T* beta = nullptr;   // [h·dk]
-  const T* keys1 = nullptr;  // [S, dk/2]
-  const T* keys2 = nullptr;  // [S, dk/2]
-  const T* u = nullptr;      // [S², C]
-  const T* v = nullptr;      // [S², C]
-  T* running_mean = nullptr; // [h·dk] batchnorm state (updated in training forward)
-  T* running_var = nullptr;  // [h·dk]
+  const T* wq = nullptr;      // [h·dk, C]
+  const T* bq = nullptr;      // [h·dk]
+  const T* gamma = nullptr;   // [h·dk] norm affine (batch/layer norm)
+  const T* beta = nullptr;    // [h·dk]
+  const T* keys1 = nullptr;   // [S, dk/2]
+  const T* keys2 = nullptr;   // [S, dk/2]
+  const T* u = nullptr;       // [S², C]
+  const T* v = nullptr;       // [S², C]
+  T* running_mean = nullptr;  // [h·dk] batchnorm state (updated in training forward)
+  T* running_var = nullptr;   // [h·dk]
 };
 
 template <typename T>
@@ -50,6 +51,10 @@ template <typename T>
 class PeerLayer {
  public:
   explicit PeerLayer(const PeerSpec& s) : s_(s) {}
+  // Data parallel training (P > 1 ranks): a training forward's N tokens are this rank's slice
+  // of a global batch, and query BatchNorm uses the global batch's mean and variance (and its
+  // backward the global sums), so P ranks compute the function of one process.
+  void set_parallel(Communicator* comm) { comm_ = comm; }
   void bind(Arena& a, int max_tokens);
   // y [N,C] written.
   void forward(T* y, const T* x, const PeerParams<T>& p, int N, bool training);
@@ -63,17 +68,19 @@ class PeerLayer {
 
  private:
   PeerSpec s_;
+  Communicator* comm_ = nullptr;
+  bool dist_ = false;  // this forward is one rank's slice of a global training batch
   int N_ = 0, max_tokens_ = 0;
   bool training_ = false;
   T *z_ = nullptr, *q_ = nullptr, *mean_ = nullptr, *rstd_ = nullptr;  // query pre/post norm
-  T *s1_ = nullptr, *s2_ = nullptr;   // [N·h, S] sub-key scores (then their gradients)
-  int32_t* ids_ = nullptr;            // [N·h·k]
+  T *s1_ = nullptr, *s2_ = nullptr;  // [N·h, S] sub-key scores (then their gradients)
+  int32_t* ids_ = nullptr;           // [N·h·k]
   T *score_ = nullptr, *gate_ = nullptr, *act_in_ = nullptr;  // [N·h·k]
-  T* dq_ = nullptr;                   // [N, h·dk]
+  T* dq_ = nullptr;                                           // [N, h·dk]
   int32_t *e_off_ = nullptr, *e_list_ = nullptr;  // grouping by expert: [S²+1], [N·h·k]
-  T* dgate_ = nullptr;                // [N·h·k] d(router weight)
-  int32_t* e_cur_ = nullptr;          // [S²] fill cursors
-  int32_t* topk_scratch_ = nullptr;   // per (token, head) row: product_key_topk scratch
+  T* dgate_ = nullptr;                            // [N·h·k] d(router weight)
+  int32_t* e_cur_ = nullptr;                      // [S²] fill cursors
+  int32_t* topk_scratch_ = nullptr;               // per (token, head) row: product_key_topk scratch
   T* topk_cand_ = nullptr;
 };
 
