@@ -290,6 +290,7 @@ TrainResult Trainer::run() {
   };
   auto window_t = Clock::now();
   int64_t window_tokens = 0;
+  double window_allreduce_s = 0;  // data parallel: time in the gradient all-reduce this window
   const std::string last = tc.out_dir + "/last.safetensors";
   while (state_.step < tc.steps) {
     const int64_t s = state_.step;
@@ -310,7 +311,9 @@ TrainResult Trainer::run() {
     aux /= tc.grad_accum;
     if (P > 1) {
       // Data parallel: sum the gradient shares (every rank gets the same bits) and the losses.
+      const auto ar0 = Clock::now();
       allreduce_replicated_grads();
+      window_allreduce_s += std::chrono::duration<double>(Clock::now() - ar0).count();
       double l[2] = {loss / P, aux / P};
       comm_->allreduce_sum(l, 2);
       loss = l[0];
@@ -339,9 +342,12 @@ TrainResult Trainer::run() {
       const double tps = dt > 0 ? window_tokens / dt : 0;
       window_t = Clock::now();
       window_tokens = 0;
+      const double allreduce_s = window_allreduce_s;
+      window_allreduce_s = 0;
       const double el = elapsed();
       json line = {{"step", state_.step},       {"loss", loss},        {"lr", st.lr},
                    {"grad_norm", st.grad_norm}, {"tokens_per_s", tps}, {"elapsed_s", el}};
+      if (P > 1 && dt > 0) line["grad_allreduce_share"] = allreduce_s / dt;
       json moe = collect_moe_metrics(*model_);
       if (!moe.is_null()) {
         line["aux_loss"] = aux;
