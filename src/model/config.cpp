@@ -34,21 +34,24 @@ class Fields {
     if (!j_.contains(key)) return;
     const json& v = j_[key];
     bool ok;
-    if constexpr (std::is_same_v<T, bool>) ok = v.is_boolean();
-    else if constexpr (std::is_integral_v<T>) ok = v.is_number_integer();
-    else if constexpr (std::is_floating_point_v<T>) ok = v.is_number();
-    else ok = v.is_string();
+    if constexpr (std::is_same_v<T, bool>)
+      ok = v.is_boolean();
+    else if constexpr (std::is_integral_v<T>)
+      ok = v.is_number_integer();
+    else if constexpr (std::is_floating_point_v<T>)
+      ok = v.is_number();
+    else
+      ok = v.is_string();
     MOE_CHECK(ok, "{}: field {}: got {}, expected {}", source_, where(key), v.dump(),
-              std::is_same_v<T, bool> ? "true or false"
-              : std::is_integral_v<T> ? "an integer"
+              std::is_same_v<T, bool>       ? "true or false"
+              : std::is_integral_v<T>       ? "an integer"
               : std::is_floating_point_v<T> ? "a number"
                                             : "a string");
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
       const auto x = v.get<int64_t>();
-      const bool ok_range =
-          std::is_unsigned_v<T> ? x >= 0
-                                : x >= int64_t(std::numeric_limits<T>::min()) &&
-                                      x <= int64_t(std::numeric_limits<T>::max());
+      const bool ok_range = std::is_unsigned_v<T> ? x >= 0
+                                                  : x >= int64_t(std::numeric_limits<T>::min()) &&
+                                                        x <= int64_t(std::numeric_limits<T>::max());
       MOE_CHECK(ok_range, "{}: field {}: {} is out of range for this field", source_, where(key),
                 x);
     }
@@ -56,7 +59,8 @@ class Fields {
   }
 
   // A string restricted to a fixed set of values.
-  void get_choice(const std::string& key, std::string& out, const std::vector<std::string>& allowed) {
+  void get_choice(const std::string& key, std::string& out,
+                  const std::vector<std::string>& allowed) {
     get(key, out);
     bool ok = false;
     std::string list;
@@ -173,8 +177,11 @@ json ffn_to_json(const FfnConfig& f) {
                                                                : "swiglu"},
             {"d_ff", f.d_ff}};
   if (f.kind == "peer")
-    j.update({{"num_experts", f.num_experts}, {"heads", f.heads}, {"top_k", f.top_k},
-              {"d_key", f.d_key}, {"query_norm", f.query_norm}});
+    j.update({{"num_experts", f.num_experts},
+              {"heads", f.heads},
+              {"top_k", f.top_k},
+              {"d_key", f.d_key},
+              {"query_norm", f.query_norm}});
   if (f.kind == "moe") {
     j.update({{"num_experts", f.num_experts},
               {"top_k", f.top_k},
@@ -205,6 +212,54 @@ const FfnConfig& ModelConfig::ffn_for(int layer) const {
   for (auto& [l, f] : ffn_overrides)
     if (l == layer) return f;
   return ffn;
+}
+
+// A key of model.ffn_overrides: a block index ("2"), a comma list ("0,3"), or a Python-style
+// slice "start:stop[:step]" with the ends optional: "1::2" = every other block from 1, "1:" = all
+// but the first, ":2" = the first two.
+static std::vector<int> parse_block_set(const std::string& key, int n_layers,
+                                        const std::string& source) {
+  auto fail = [&]() {
+    MOE_FAIL(
+        "{}: field model.ffn_overrides.\"{}\": expected a block index, a list \"0,2\" or a "
+        "slice \"start:stop:step\" (e.g. \"1::2\" every other block, \"1:\" all but the "
+        "first) with blocks in 0..{}",
+        source, key, n_layers - 1);
+  };
+  auto number = [&](const std::string& t, int dflt) {
+    if (t.empty()) return dflt;
+    std::size_t used = 0;
+    int v = -1;
+    try {
+      v = std::stoi(t, &used);
+    } catch (...) {
+      fail();
+    }
+    if (used != t.size() || v < 0) fail();
+    return v;
+  };
+  std::vector<int> out;
+  if (key.find(':') != std::string::npos) {
+    std::vector<std::string> parts;
+    std::size_t at = 0;
+    for (std::size_t c; (c = key.find(':', at)) != std::string::npos; at = c + 1)
+      parts.push_back(key.substr(at, c - at));
+    parts.push_back(key.substr(at));
+    if (parts.size() > 3) fail();
+    const int start = number(parts[0], 0), stop = std::min(number(parts[1], n_layers), n_layers);
+    const int step = parts.size() == 3 ? number(parts[2], 1) : 1;
+    if (step < 1) fail();
+    for (int l = start; l < stop; l += step) out.push_back(l);
+  } else {
+    std::size_t at = 0;
+    for (std::size_t c; (c = key.find(',', at)) != std::string::npos; at = c + 1)
+      out.push_back(number(key.substr(at, c - at), -1));
+    out.push_back(number(key.substr(at), -1));
+  }
+  if (out.empty()) fail();
+  for (int l : out)
+    if (l >= n_layers) fail();
+  return out;
 }
 
 static void resolve_ffn(FfnConfig& f, int d_model, const std::string& where) {
@@ -331,17 +386,14 @@ Config config_from_json(const json& j, const std::string& source) {
                 "{}: field model.ffn_overrides: expected an object {{\"<block>\": {{ffn}}}}",
                 source);
       for (auto& [k, v] : ov->items()) {
-        int layer = -1;
-        try {
-          size_t used = 0;
-          layer = std::stoi(k, &used);
-          if (used != k.size()) layer = -1;
-        } catch (...) {
+        const std::vector<int> blocks = parse_block_set(k, mc.n_layers, source);
+        const FfnConfig fc = parse_ffn(v, source, "model.ffn_overrides." + k, mc.ffn);
+        for (int layer : blocks) {
+          for (auto& [l, unused] : mc.ffn_overrides)
+            MOE_CHECK(l != layer, "{}: field model.ffn_overrides: block {} is given twice", source,
+                      layer);
+          mc.ffn_overrides.push_back({layer, fc});
         }
-        MOE_CHECK(layer >= 0, "{}: field model.ffn_overrides.{}: expected a block index", source,
-                  k);
-        mc.ffn_overrides.push_back(
-            {layer, parse_ffn(v, source, "model.ffn_overrides." + k, mc.ffn)});
       }
     }
     f.reject_unknown();
@@ -421,10 +473,10 @@ Config config_from_json(const json& j, const std::string& source) {
               source, tc.beta2);
     MOE_CHECK(tc.grad_clip >= 0, "{}: field train.grad_clip: got {}, expected >= 0 (0 = off)",
               source, tc.grad_clip);
-    MOE_CHECK(tc.eval_every >= 0 && tc.checkpoint_every >= 0 && tc.threads >= 0 &&
-                  tc.time_limit_s >= 0,
-              "{}: fields train.eval_every, checkpoint_every, threads, time_limit_s must be >= 0",
-              source);
+    MOE_CHECK(
+        tc.eval_every >= 0 && tc.checkpoint_every >= 0 && tc.threads >= 0 && tc.time_limit_s >= 0,
+        "{}: fields train.eval_every, checkpoint_every, threads, time_limit_s must be >= 0",
+        source);
   }
   root.reject_unknown();
   if (c.tokenizer.kind == "byte" && !(j.contains("model") && j["model"].contains("vocab_size")))
@@ -444,12 +496,18 @@ Config config_from_json(const json& j, const std::string& source) {
 json Config::to_json() const {
   json ov = json::object();
   for (auto& [l, f] : model.ffn_overrides) ov[std::to_string(l)] = ffn_to_json(f);
-  json m = {{"vocab_size", model.vocab_size},   {"d_model", model.d_model},
-            {"n_layers", model.n_layers},       {"n_heads", model.n_heads},
-            {"n_kv_heads", model.n_kv_heads},   {"head_dim", model.head_dim},
-            {"max_seq_len", model.max_seq_len}, {"rope_theta", model.rope_theta},
-            {"norm_eps", model.norm_eps},       {"qk_norm", model.qk_norm},
-            {"tie_embeddings", model.tie_embeddings}, {"init_std", model.init_std},
+  json m = {{"vocab_size", model.vocab_size},
+            {"d_model", model.d_model},
+            {"n_layers", model.n_layers},
+            {"n_heads", model.n_heads},
+            {"n_kv_heads", model.n_kv_heads},
+            {"head_dim", model.head_dim},
+            {"max_seq_len", model.max_seq_len},
+            {"rope_theta", model.rope_theta},
+            {"norm_eps", model.norm_eps},
+            {"qk_norm", model.qk_norm},
+            {"tie_embeddings", model.tie_embeddings},
+            {"init_std", model.init_std},
             {"ffn", ffn_to_json(model.ffn)}};
   if (!ov.empty()) m["ffn_overrides"] = ov;
   const TrainConfig& t = train;
@@ -457,24 +515,35 @@ json Config::to_json() const {
           {"tokenizer", {{"kind", tokenizer.kind}, {"vocab_size", tokenizer.vocab_size}}},
           {"data", {{"dir", data.dir}}},
           {"train",
-           {{"batch_size", t.batch_size},   {"seq_len", t.seq_len},
-            {"grad_accum", t.grad_accum},   {"steps", t.steps},
-            {"lr", t.lr},                   {"min_lr", t.min_lr},
-            {"warmup_steps", t.warmup_steps}, {"weight_decay", t.weight_decay},
-            {"beta1", t.beta1},             {"beta2", t.beta2},
-            {"eps", t.eps},                 {"grad_clip", t.grad_clip},
-            {"decay_embeddings", t.decay_embeddings}, {"eval_every", t.eval_every},
-            {"eval_batches", t.eval_batches}, {"log_every", t.log_every},
-            {"checkpoint_every", t.checkpoint_every}, {"seed", t.seed},
-            {"threads", t.threads},         {"time_limit_s", t.time_limit_s},
-            {"out_dir", t.out_dir},         {"freeze", t.freeze},
+           {{"batch_size", t.batch_size},
+            {"seq_len", t.seq_len},
+            {"grad_accum", t.grad_accum},
+            {"steps", t.steps},
+            {"lr", t.lr},
+            {"min_lr", t.min_lr},
+            {"warmup_steps", t.warmup_steps},
+            {"weight_decay", t.weight_decay},
+            {"beta1", t.beta1},
+            {"beta2", t.beta2},
+            {"eps", t.eps},
+            {"grad_clip", t.grad_clip},
+            {"decay_embeddings", t.decay_embeddings},
+            {"eval_every", t.eval_every},
+            {"eval_batches", t.eval_batches},
+            {"log_every", t.log_every},
+            {"checkpoint_every", t.checkpoint_every},
+            {"seed", t.seed},
+            {"threads", t.threads},
+            {"time_limit_s", t.time_limit_s},
+            {"out_dir", t.out_dir},
+            {"freeze", t.freeze},
             {"sparse_lr", t.sparse_lr}}}};
 }
 
 void apply_override(json& j, const std::string& assignment) {
   const auto eq = assignment.find('=');
-  MOE_CHECK(eq != std::string::npos && eq > 0,
-            "--set {}: expected key=value, e.g. train.lr=3e-4", assignment);
+  MOE_CHECK(eq != std::string::npos && eq > 0, "--set {}: expected key=value, e.g. train.lr=3e-4",
+            assignment);
   const std::string key = assignment.substr(0, eq), value = assignment.substr(eq + 1);
   json* node = &j;
   size_t start = 0;

@@ -43,8 +43,9 @@ struct TempDir {
 
 // Writes small train/val/test splits of English-like text.
 std::string make_data(const std::string& dir) {
-  const char* words[] = {"the", "jury", "said", "that", "city", "election", "was", "conducted",
-                         "in", "a", "manner", "of", "praise", "and", "thanks", "for", "it"};
+  const char* words[] = {"the",    "jury",      "said",   "that", "city",   "election",
+                         "was",    "conducted", "in",     "a",    "manner", "of",
+                         "praise", "and",       "thanks", "for",  "it"};
   for (const char* split : {"train", "val", "test"}) {
     std::string text;
     uint32_t x = split[0];
@@ -60,15 +61,28 @@ std::string make_data(const std::string& dir) {
 }
 
 Config tiny_config(const std::string& data_dir, const std::string& out_dir) {
-  nlohmann::json j = {
-      {"model",
-       {{"d_model", 32}, {"n_layers", 2}, {"n_heads", 4}, {"n_kv_heads", 2}, {"max_seq_len", 32},
-        {"qk_norm", true}, {"ffn", {{"kind", "dense"}, {"d_ff", 64}}}}},
-      {"data", {{"dir", data_dir}}},
-      {"train",
-       {{"batch_size", 4}, {"seq_len", 16}, {"steps", 12}, {"lr", 3e-3}, {"warmup_steps", 3},
-        {"min_lr", 3e-4}, {"eval_every", 6}, {"eval_batches", 2}, {"log_every", 3},
-        {"checkpoint_every", 0}, {"grad_accum", 2}, {"out_dir", out_dir}}}};
+  nlohmann::json j = {{"model",
+                       {{"d_model", 32},
+                        {"n_layers", 2},
+                        {"n_heads", 4},
+                        {"n_kv_heads", 2},
+                        {"max_seq_len", 32},
+                        {"qk_norm", true},
+                        {"ffn", {{"kind", "dense"}, {"d_ff", 64}}}}},
+                      {"data", {{"dir", data_dir}}},
+                      {"train",
+                       {{"batch_size", 4},
+                        {"seq_len", 16},
+                        {"steps", 12},
+                        {"lr", 3e-3},
+                        {"warmup_steps", 3},
+                        {"min_lr", 3e-4},
+                        {"eval_every", 6},
+                        {"eval_batches", 2},
+                        {"log_every", 3},
+                        {"checkpoint_every", 0},
+                        {"grad_accum", 2},
+                        {"out_dir", out_dir}}}};
   return config_from_json(j, "test");
 }
 
@@ -247,6 +261,37 @@ TEST(Config, UnknownAndInvalidFieldsAreNamed) {
   EXPECT_NE(e.find("expected a JSON object"), std::string::npos) << e;
 }
 
+TEST(Config, BlockPatternsOfFfnOverrides) {
+  // Which blocks are MoE, for a 6-block model: "every other block", "all but the first", lists.
+  auto kinds = [](const char* key) {
+    nlohmann::json j = nlohmann::json::parse(
+        R"({"model": {"n_layers": 6, "ffn_overrides": {")" + std::string(key) +
+        R"(": {"kind": "moe", "num_experts": 4, "top_k": 2}}}})");
+    Config c = config_from_json(j, "cfg.json");
+    std::string s;
+    for (int l = 0; l < 6; ++l) s += c.model.ffn_for(l).kind == "moe" ? 'M' : 'd';
+    return s;
+  };
+  EXPECT_EQ(kinds("1::2"), "dMdMdM");
+  EXPECT_EQ(kinds("::2"), "MdMdMd");
+  EXPECT_EQ(kinds("1:"), "dMMMMM");
+  EXPECT_EQ(kinds(":2"), "MMdddd");
+  EXPECT_EQ(kinds("2:5"), "ddMMMd");
+  EXPECT_EQ(kinds("0,5"), "MddddM");
+  EXPECT_EQ(kinds("3"), "dddMdd");
+  for (const char* bad : {"6", "a:b", "1:2:0", "1:2:3:4", "-1", "1,,2", ""}) {
+    const std::string e = error_of([&] { kinds(bad); });
+    EXPECT_NE(e.find("model.ffn_overrides"), std::string::npos) << bad << ": " << e;
+  }
+  // One block in two keys is ambiguous: refused.
+  const std::string e = error_of([&] {
+    config_from_json(nlohmann::json::parse(R"({"model": {"n_layers": 4, "ffn_overrides":
+        {"1::2": {"kind": "moe"}, "3": {"kind": "peer", "num_experts": 16}}}})"),
+                     "cfg.json");
+  });
+  EXPECT_NE(e.find("block 3 is given twice"), std::string::npos) << e;
+}
+
 TEST(Config, SetOverridesAreAppliedAndValidated) {
   nlohmann::json j = nlohmann::json::object();
   apply_override(j, "train.lr=0.0003");
@@ -311,17 +356,19 @@ TEST(Generation, SamplerIsGreedyAtZeroTemperatureAndRespectsTopP) {
   std::vector<std::pair<float, int32_t>> scratch;
   EXPECT_EQ(sample_token(logits.data(), 4, 0.f, 1.f, 0.99f, scratch), 1);
   // With top_p small only the most likely token survives, whatever the draw.
-  for (float u : {0.f, 0.5f, 0.999f}) EXPECT_EQ(sample_token(logits.data(), 4, 1.f, 0.1f, u, scratch), 1);
+  for (float u : {0.f, 0.5f, 0.999f})
+    EXPECT_EQ(sample_token(logits.data(), 4, 1.f, 0.1f, u, scratch), 1);
   // With top_p = 1 a draw near 1 reaches the least likely token.
   EXPECT_EQ(sample_token(logits.data(), 4, 1.f, 1.f, 0.9999f, scratch), 0);
 }
 
 TEST(Accounting, CountsEqualAllocatedParameters) {
-  for (const char* text :
-       {R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 4}})",
-        R"({"model": {"d_model": 48, "n_layers": 3, "n_heads": 6, "n_kv_heads": 2, "qk_norm": true, "tie_embeddings": false}})",
-        R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "head_dim": 24, "ffn": {"activation": "gelu", "d_ff": 80}}})",
-        R"({"model": {"d_model": 32, "n_layers": 3, "n_heads": 4, "ffn_overrides": {"1": {"activation": "gelu", "d_ff": 40}}}})"}) {
+  for (
+      const char* text :
+      {R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 4}})",
+       R"({"model": {"d_model": 48, "n_layers": 3, "n_heads": 6, "n_kv_heads": 2, "qk_norm": true, "tie_embeddings": false}})",
+       R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "head_dim": 24, "ffn": {"activation": "gelu", "d_ff": 80}}})",
+       R"({"model": {"d_model": 32, "n_layers": 3, "n_heads": 4, "ffn_overrides": {"1": {"activation": "gelu", "d_ff": 40}}}})"}) {
     Config c = config_from_json(nlohmann::json::parse(text), "test");
     Transformer m(c.model, 1, 4);
     int64_t allocated = 0;
@@ -335,7 +382,8 @@ TEST(Accounting, CountsEqualAllocatedParameters) {
 TEST(Accounting, FlopsMatchHandCount) {
   // C=32, L=2, 4 heads of 8, byte vocab, SwiGLU d_ff=64, tied, T=16.
   Config c = config_from_json(
-      nlohmann::json::parse(R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 4, "ffn": {"d_ff": 64}}, "train": {"seq_len": 16}})"),
+      nlohmann::json::parse(
+          R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 4, "ffn": {"d_ff": 64}}, "train": {"seq_len": 16}})"),
       "test");
   ModelCount m = count_model(c.model, 16);
   const double attn = 2 * 4.0 * 32 * 32, ffn = 2 * 3.0 * 32 * 64, head = 256.0 * 32;
@@ -343,7 +391,6 @@ TEST(Accounting, FlopsMatchHandCount) {
   EXPECT_DOUBLE_EQ(m.flops_attention_fwd, 2 * 2 * 2 * 32 * 17 / 2.0);
   EXPECT_DOUBLE_EQ(m.flops_train, 3 * (m.flops_matmul_fwd + m.flops_attention_fwd));
 }
-
 
 TEST(Training, CtrlCSavesACheckpointThatResumes) {
   TempDir d;
@@ -404,7 +451,8 @@ TEST(Training, GradientAccumulationEqualsOneLargeBatch) {
     small.backward();
   }
   float mx = 0;
-  for (std::size_t i = 0; i < big.params().numel(); ++i) mx = std::max(mx, std::abs(big.params().grads()[i]));
+  for (std::size_t i = 0; i < big.params().numel(); ++i)
+    mx = std::max(mx, std::abs(big.params().grads()[i]));
   ASSERT_GT(mx, 0);
   for (std::size_t i = 0; i < big.params().numel(); ++i)
     ASSERT_NEAR(small.params().grads()[i], big.params().grads()[i], 1e-5 * mx) << i;
@@ -424,7 +472,8 @@ TEST(Training, BpeTokenizerTrainsAndEvaluatesInBitsPerByte) {
   EXPECT_TRUE(file_exists(d.path + "/bpe/tokenizer.blob"));
   // bpb counts the bytes the predicted tokens stand for, so it is comparable to a byte model's.
   EXPECT_GT(r.last_val.bytes, uint64_t(r.last_val.tokens));
-  EXPECT_NEAR(r.last_val.bpb, r.last_val.loss * r.last_val.tokens / r.last_val.bytes / std::log(2.0), 1e-9);
+  EXPECT_NEAR(r.last_val.bpb,
+              r.last_val.loss * r.last_val.tokens / r.last_val.bytes / std::log(2.0), 1e-9);
   // The checkpoint carries the tokenizer: a resume needs nothing else.
   CheckpointMeta m = read_checkpoint_meta(r.checkpoint);
   EXPECT_EQ(m.tokenizer_kind, "bpe");
@@ -485,9 +534,12 @@ TEST(Compare, EqualFlopBudgetsAndResumableResults) {
   make_data(d.path);
   auto write_cfg = [&](const std::string& name, const nlohmann::json& ffn) {
     const std::string p = d.path + "/" + name + ".json";
-    write_file_atomic(p, nlohmann::json({{"model", {{"d_model", 32}, {"n_layers", 2},
-                                                    {"n_heads", 2}, {"max_seq_len", 16},
-                                                    {"ffn", ffn}}},
+    write_file_atomic(p, nlohmann::json({{"model",
+                                          {{"d_model", 32},
+                                           {"n_layers", 2},
+                                           {"n_heads", 2},
+                                           {"max_seq_len", 16},
+                                           {"ffn", ffn}}},
                                          {"data", {{"dir", d.path}}},
                                          {"train", {{"batch_size", 4}, {"seq_len", 16}}}})
                              .dump());
@@ -507,8 +559,9 @@ TEST(Compare, EqualFlopBudgetsAndResumableResults) {
     EXPECT_GT(j["flops"].get<double>(), o.flops - per_step);
     EXPECT_TRUE(std::isfinite(j["val_bpb"].get<double>()));
   }
-  EXPECT_GT(r[0]["steps"].get<int64_t>(), r[1]["steps"].get<int64_t>());  // cheaper model, more steps
-  auto again = run_compare(o);  // resumable: read back, not retrained
+  EXPECT_GT(r[0]["steps"].get<int64_t>(),
+            r[1]["steps"].get<int64_t>());  // cheaper model, more steps
+  auto again = run_compare(o);              // resumable: read back, not retrained
   EXPECT_EQ(again[1]["wall_s"], r[1]["wall_s"]);
 }
 
