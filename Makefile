@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CONFIG ?= configs/default.json
 
-.PHONY: all setup configure build run test bench format clean data
+.PHONY: all setup configure build run test bench format clean data study
 
 all: build
 
@@ -29,6 +29,10 @@ test: build
 
 bench: data
 	bash bench/run_bench.sh
+
+# The miniature reproduction of the papers' claims (docs/RESULTS.md), about 1.5 hours on 2 cores.
+study: data
+	bash scripts/study.sh
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h')

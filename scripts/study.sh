@@ -4,9 +4,10 @@
 # each on the whole val split (moe compare), plots each seed's runs (tools/plot.py) and writes the
 # tables of docs/RESULTS.md to runs/study/report.md (tools/study_report.py).
 # Resumable: rerunning skips the runs already in runs/study/seed*/results.jsonl.
-# About 1 hour on 2 cores at the default budget. Environment:
+# About 1.5 hours on 2 cores at the default budgets. Environment:
 #   STUDY_FLOPS  training FLOPs per run (default 1e13)
 #   STUDY_SEEDS  seeds (default "1 2")
+#   STUDY_LONG_FLOPS  budget of the comparison-1 rerun (default 2.5e13; empty = skip it)
 #   STUDY_OUT    output directory (default runs/study)
 #   MOE          the moe binary (default build/moe)
 set -euo pipefail
@@ -24,6 +25,14 @@ for seed in $SEEDS; do
   echo "== seed $seed: ${#paths[@]} configs at $FLOPS training FLOPs each -> $OUT/seed$seed"
   $MOE compare --flops "$FLOPS" --configs "${paths[@]}" --set "train.seed=$seed" --out "$OUT/seed$seed"
 done
+# Comparison 1 again at 2.5× the budget (one seed; dense still sees less than one epoch of
+# Brown's train split): does the gap between dense and MoE move with compute?
+if [[ -n ${STUDY_LONG_FLOPS-2.5e13} ]]; then
+  LONG=${STUDY_LONG_FLOPS:-2.5e13}
+  echo "== comparison 1 at $LONG training FLOPs (seed 1) -> $OUT/long"
+  $MOE compare --flops "$LONG" --configs configs/study/{dense,switch,gshard,mixtral}.json \
+    --set train.seed=1 --out "$OUT/long"
+fi
 /usr/bin/python3 tools/study_report.py --dir "$OUT" > "$OUT/report.md.tmp"
 mv "$OUT/report.md.tmp" "$OUT/report.md"
 echo "== tables: $OUT/report.md; plots: $OUT/seed*/*.png"
