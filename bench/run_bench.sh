@@ -266,7 +266,7 @@ bench_moe() {
 # parallel. Times come from moe train's own log (tokens/s per log window, the first window
 # dropped as warm-up, the median kept); the all-to-all share is the logged a2a_share.
 MPI_CONFIG=${MPI_CONFIG:-configs/moe/mixtral-style.json}
-MPI_STEPS=${MPI_STEPS:-30}
+MPI_STEPS=${MPI_STEPS:-100}
 bench_mpi() {
   echo "== MoE training, P = 1 vs P = 2 ($MPI_CONFIG, $MPI_STEPS steps)" >&2
   local mpirun
@@ -278,7 +278,7 @@ bench_mpi() {
   [[ -f data/brown/train.txt ]] || die "data/brown missing: make data (make bench does it)"
   local tmp
   tmp=$(mktemp -d)
-  local sets=(--set "train.steps=$MPI_STEPS" --set train.log_every=5 --set train.eval_every=0
+  local sets=(--set "train.steps=$MPI_STEPS" --set train.log_every=5 --set train.eval_every=50
               --set train.checkpoint_every=0 --set train.time_limit_s=0)
   local flags=(-np 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OPENBLAS_CORETYPE)
   [[ $(id -u) -ne 0 ]] || flags+=(--allow-run-as-root)
@@ -319,6 +319,27 @@ PYEOF
             "$(num %.2f "$base_ms / $ms")× vs P=1" ;;
     esac
   done
+  # The same curve: training loss at every logged step and val bpb, P=2 against P=1.
+  local curve
+  curve=$("$PY" - "$tmp" <<'PYEOF'
+import json, sys
+def log(k):
+    return [json.loads(l) for l in open(f"{sys.argv[1]}/{k}/metrics.jsonl")]
+ref = log("p1")
+out = []
+for k in ("ep", "dp"):
+    got = log(k)
+    dl = max(abs(a["loss"] - b["loss"]) for a, b in zip(ref, got) if "loss" in a)
+    dv = max((abs(a["val_bpb"] - b["val_bpb"]) for a, b in zip(ref, got) if "val_bpb" in a),
+             default=float("nan"))
+    n = sum(1 for a in ref if "loss" in a)
+    last = [a["loss"] for a in ref if "loss" in a][-1]
+    out.append(f"{k.upper()}: max |Δ train loss| {dl:.1e} over {n} logged steps (P=1 final loss {last:.4f}), max |Δ val bpb| {dv:.1e}")
+print("; ".join(out))
+PYEOF
+)
+  echo "   curves: $curve" >&2
+  add_note "mpi: P=2 vs P=1 on the same global batch — $curve"
   add_note "mpi: $MPI_CONFIG, global batch $tokens_per_step tokens, $MPI_STEPS steps; ms/step from" \
     "the median tokens/s of moe train's log windows (5 steps each, the first dropped); P=2 runs" \
     "two ranks on the same 2 cores (one thread each), so the ratio shows the cost of the" \
