@@ -40,7 +40,9 @@ def losses(out):
         return [json.loads(l)["loss"] for l in f if '"loss"' in l]
 
 
-class DataParallel(unittest.TestCase):
+class MpiCase(unittest.TestCase):
+    """A temporary data directory with a small corpus; mpirun must be there."""
+
     def setUp(self):
         self.assertTrue(MPIRUN, "mpirun not found at configure time (scripts/setup.sh installs "
                         "openmpi-bin and libopenmpi-dev)")
@@ -51,6 +53,8 @@ class DataParallel(unittest.TestCase):
     def tearDown(self):
         self.tmp.cleanup()
 
+
+class DataParallel(MpiCase):
     def run_cfg(self, cfg, name, mpi):
         path = os.path.join(self.d, name + ".json")
         with open(path, "w") as f:

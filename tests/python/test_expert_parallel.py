@@ -9,11 +9,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_data_parallel import MPIRUN, MPI_FLAGS, MOE, write_data  # noqa: E402
+from test_data_parallel import MPIRUN, MPI_FLAGS, MOE, MpiCase  # noqa: E402
 
 # Tolerance: P=1 and P=2 differ only in the order of float32 sums. Each owner stacks an expert's
 # rows rank by rank, which is the global token order of one process, so the expert GEMMs see the
@@ -39,17 +38,10 @@ def read_log(out):
         return [json.loads(l) for l in f]
 
 
-class ExpertParallel(unittest.TestCase):
+class ExpertParallel(MpiCase):
     def setUp(self):
-        self.assertTrue(MPIRUN, "mpirun not found at configure time (scripts/setup.sh installs "
-                        "openmpi-bin and libopenmpi-dev)")
-        self.tmp = tempfile.TemporaryDirectory()
-        self.d = self.tmp.name
-        write_data(self.d)
+        super().setUp()
         self.n = 0
-
-    def tearDown(self):
-        self.tmp.cleanup()
 
     def train(self, cfg, ranks, extra=()):
         self.n += 1
