@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make study: the miniature reproduction of docs/RESULTS.md. Trains the 15 configs of
 # configs/study/ to one training-FLOP budget (as `moe params` counts it) for each seed, evaluates
-# each on the whole val split (moe compare), plots each seed's runs (tools/plot.py) and writes the
-# tables of docs/RESULTS.md to runs/study/report.md (tools/study_report.py).
+# each on the whole val split (moe compare), plots each seed's runs (tools/plot.py), writes the
+# tables of docs/RESULTS.md to runs/study/report.md (tools/study_report.py) and its figures to
+# runs/study/img (tools/plot_study.py).
 # Resumable: rerunning skips the runs already in runs/study/seed*/results.jsonl.
 # About 1.5 hours on 2 cores at the default budgets. Environment:
 #   STUDY_FLOPS  training FLOPs per run (default 1e13)
@@ -35,4 +36,5 @@ if [[ -n ${STUDY_LONG_FLOPS-2.5e13} ]]; then
 fi
 /usr/bin/python3 tools/study_report.py --dir "$OUT" > "$OUT/report.md.tmp"
 mv "$OUT/report.md.tmp" "$OUT/report.md"
-echo "== tables: $OUT/report.md; plots: $OUT/seed*/*.png"
+/usr/bin/python3 tools/plot_study.py --dir "$OUT" --out "$OUT/img"
+echo "== tables: $OUT/report.md; figures: $OUT/img/*.png (per seed: $OUT/seed*/*.png)"
