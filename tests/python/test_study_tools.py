@@ -1,0 +1,97 @@
+#!/usr/bin/python3
+"""tools/study_report.py and tools/plot_study.py on a hand-made study directory.
+
+Run by ctest as:  /usr/bin/python3 tests/python/test_study_tools.py <build_dir>
+Two seeds; "switch" is missing from seed 2. The numbers are chosen so the aggregates can be
+checked by hand: dense bpb 2.0 / 2.2 (mean 2.1, spread 0.2); switch 2.5 (seed 1 only); the
+paired Δ of switch vs dense uses seed 1 only: 2.5 − 2.0 = 0.5.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOOLS = os.path.join(HERE, "..", "..", "tools")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _write_jsonl(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def _entry(name, kind, bpb, routing=None):
+    e = {"name": name, "config": f"configs/study/{name}.json", "kind": kind,
+         "total_params": 1000, "active_params": 500, "flops_per_token_train": 1e6, "steps": 10,
+         "tokens": 10 * 2048, "flops": 1e6 * 10 * 2048, "val_bpb": bpb, "final_train_loss": 1.0,
+         "wall_s": 10.0, "tokens_per_s": 2048.0}
+    if routing is not None:
+        e["routing"] = routing
+    return e
+
+
+def _make(d):
+    moe = [{"layer": 0, "max_over_mean_load": 1.2, "dropped_pct": 2.0},
+           {"layer": 1, "max_over_mean_load": 1.4, "dropped_pct": 4.0}]
+    peer = [{"layer": 2, "kind": "peer", "usage": 0.9, "kl": 0.5, "effective": 0.6,
+             "per_head": [{"usage": 0.8, "kl": 0.6, "effective": 0.55},
+                          {"usage": 1.0, "kl": 0.4, "effective": 0.67}]}]
+    for seed, dense_bpb in ((1, 2.0), (2, 2.2)):
+        rows = [_entry("dense", "dense", dense_bpb), _entry("peer-bn", "dense+peer", 1.9, peer)]
+        if seed == 1:
+            rows.append(_entry("switch", "moe", 2.5, moe))
+        _write_jsonl(os.path.join(d, f"seed{seed}", "results.jsonl"), rows)
+        for r in rows:
+            _write_jsonl(os.path.join(d, f"seed{seed}", r["name"], "metrics.jsonl"),
+                         [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 11)])
+
+
+class StudyTools(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.d = self.tmp.name
+        _make(self.d)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def run_tool(self, *args):
+        return subprocess.run(["/usr/bin/python3", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    def test_report_aggregates(self):
+        r = self.run_tool(os.path.join(TOOLS, "study_report.py"), "--dir", self.d, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        j = json.loads(r.stdout)
+        self.assertEqual(j["seeds"], [1, 2])
+        dense, switch = j["configs"]["dense"], j["configs"]["switch"]
+        self.assertAlmostEqual(dense["mean"], 2.1, places=12)
+        self.assertAlmostEqual(dense["spread"], 0.2, places=12)
+        self.assertEqual(switch["val_bpb_per_seed"], [2.5, None])
+        rows = {r["config"]: r for r in j["sections"][0]["rows"]}
+        self.assertAlmostEqual(rows["switch"]["delta_vs_first"], 0.5, places=12)
+        md = self.run_tool(os.path.join(TOOLS, "study_report.py"), "--dir", self.d)
+        self.assertEqual(md.returncode, 0, md.stderr)
+        # Layer means of the routing metrics: max/mean (1.2 + 1.4)/2, drop (2 + 4)/2.
+        self.assertIn("max/mean 1.30, drop 3.0%", md.stdout)
+        self.assertIn("usage 90.0%", md.stdout)
+
+    def test_plots_are_written(self):
+        out = os.path.join(self.d, "img")
+        r = self.run_tool(os.path.join(TOOLS, "plot_study.py"), "--dir", self.d, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for name in ("comparison1.png", "comparison3.png", "peer_usage.png"):
+            with open(os.path.join(out, name), "rb") as f:
+                self.assertEqual(f.read(8), PNG_MAGIC, name)
+        r = self.run_tool(os.path.join(TOOLS, "plot_study.py"), "--dir",
+                          os.path.join(self.d, "missing"))
+        self.assertNotEqual(r.returncode, 0)
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0]], verbosity=2)
