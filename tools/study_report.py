@@ -323,6 +323,34 @@ def markdown(d, seeds, agg):
             if ph:
                 out += [""] + ph
         out.append("")
+    # Comparison 1 rerun at a larger budget (scripts/study.sh: <dir>/long, seed 1), with the
+    # same configs' seed-1 bpb at the main budget beside it.
+    long_path = os.path.join(d, "long", "results.jsonl")
+    if os.path.isfile(long_path):
+        runs = read_results(long_path)
+        agg_long = aggregate([(1, runs)])
+        lb = max((a["flops"] for a in agg_long.values() if a["flops"] is not None), default=None)
+        rows = SECTIONS[0][1]
+        ref = agg_long.get(rows[0][0])
+        header = ["config", "tokens", f"val bpb at {f_sci(lb)}", f"Δ vs {rows[0][0]}",
+                  f"val bpb at {f_sci(budget)} (seed 1)", "gain from the larger budget",
+                  "routing"]
+        body = []
+        for i, (name, label) in enumerate(rows):
+            a = agg_long.get(name)
+            short = agg.get(name)
+            sb = short["val_bpb"][0] if short and seed_ids and seed_ids[0] == 1 else None
+            if a is None:
+                body.append([label or name] + [DASH] * (len(header) - 1))
+                continue
+            lbpb = a["val_bpb"][0]
+            body.append([label or name, f_count(a["tokens"]), f_fix(lbpb),
+                         "(ref)" if i == 0 else f_fix(paired_delta(a, ref), 4, signed=True),
+                         f_fix(sb), f_fix(sb - lbpb if sb is not None and lbpb is not None
+                                          else None), f_routing(a["routing"])])
+        out += [f"## 1b. Dense vs MoE at {f_sci(lb)} FLOPs (seed 1)", ""]
+        out += table(header, body, "lrrrrrl")
+        out.append("")
     extra = [n for n in agg if n not in wanted]
     if extra:
         out += ["## Other configs", ""]

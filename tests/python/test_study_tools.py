@@ -49,6 +49,9 @@ def _make(d):
         for r in rows:
             _write_jsonl(os.path.join(d, f"seed{seed}", r["name"], "metrics.jsonl"),
                          [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 11)])
+    # Comparison 1 at a larger budget (seed 1): dense 1.8, switch 2.1.
+    _write_jsonl(os.path.join(d, "long", "results.jsonl"),
+                 [_entry("dense", "dense", 1.8), _entry("switch", "moe", 2.1, moe)])
 
 
 class StudyTools(unittest.TestCase):
@@ -80,6 +83,9 @@ class StudyTools(unittest.TestCase):
         # Layer means of the routing metrics: max/mean (1.2 + 1.4)/2, drop (2 + 4)/2.
         self.assertIn("max/mean 1.30, drop 3.0%", md.stdout)
         self.assertIn("usage 90.0%", md.stdout)
+        # The larger-budget rerun: Δ vs dense 2.1 − 1.8 = +0.3; gain of switch 2.5 − 2.1 = 0.4.
+        long = md.stdout[md.stdout.index("## 1b."):]
+        self.assertRegex(long, r"\| switch \| 20\.5K \| 2\.1000 \| \+0\.3000 \| 2\.5000 \| 0\.4000 \|")
 
     def test_plots_are_written(self):
         out = os.path.join(self.d, "img")
