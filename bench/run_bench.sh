@@ -339,7 +339,10 @@ print("; ".join(out))
 PYEOF
 )
   echo "   curves: $curve" >&2
-  add_note "mpi: P=2 vs P=1 on the same global batch — $curve"
+  add_note "mpi: P=2 vs P=1 on the same global batch — $curve. (P=1 is bit-identical for any" \
+    "thread count; P=2 sums the replicated gradients in another order, ~1e-8 apart, until a" \
+    "token near a top-k tie flips to another expert and the runs drift apart at the 1e-2 level" \
+    "— docs/DISTRIBUTED.md)"
   add_note "mpi: $MPI_CONFIG, global batch $tokens_per_step tokens, $MPI_STEPS steps; ms/step from" \
     "the median tokens/s of moe train's log windows (5 steps each, the first dropped); P=2 runs" \
     "two ranks on the same 2 cores (one thread each), so the ratio shows the cost of the" \
