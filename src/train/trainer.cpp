@@ -247,13 +247,16 @@ void Trainer::allreduce_replicated_grads() {
     start = p.offset + p.numel;
     if (!p.sparse_rows) continue;
     const std::size_t rows = std::size_t(p.shape[0]), L = p.row_len;
-    std::vector<float> mark(rows, 0.f);
+    std::vector<float>& mark = sparse_mark_;  // members: no allocation after the first step
+    mark.assign(rows, 0.f);
     for (int32_t r : p.touched) mark[r] = 1.f;
     comm_->allreduce_sum(mark.data(), rows);
-    std::vector<int32_t> all;
+    std::vector<int32_t>& all = sparse_rows_;
+    all.clear();
     for (std::size_t r = 0; r < rows; ++r)
       if (mark[r] > 0) all.push_back(int32_t(r));
-    std::vector<float> buf(all.size() * L);  // a row this rank did not touch has zero gradient
+    std::vector<float>& buf = sparse_buf_;  // a row this rank did not touch has zero gradient
+    buf.resize(all.size() * L);
     for (std::size_t i = 0; i < all.size(); ++i)
       std::copy(p.g + all[i] * L, p.g + (all[i] + 1) * L, buf.begin() + i * L);
     comm_->allreduce_sum(buf.data(), buf.size());

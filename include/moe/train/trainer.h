@@ -77,6 +77,9 @@ class Trainer {
 
  private:
   void allreduce_replicated_grads();
+  // Data-parallel reduction of row-sparse tables: scratch reused every step.
+  std::vector<float> sparse_mark_, sparse_buf_;
+  std::vector<int32_t> sparse_rows_;
   void check_replicas();
   void sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) const;
   void save(const std::string& path);

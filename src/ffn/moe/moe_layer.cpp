@@ -290,7 +290,8 @@ void MoeLayer<T>::apply_capacity() {
   const bool gshard = s_.kind == RouterKind::kGShard;
   // cnt(r, s, e): rank r's slot-s assignments to expert e (GShard's skipped second choices
   // excluded); then sel[e], what f_e counts (GShard: first choices only). Summed over ranks.
-  std::vector<double> buf(std::size_t(P) * k * E + E, 0.0);
+  std::vector<double>& buf = cap_buf_;  // members: no allocation after the first step
+  buf.assign(std::size_t(P) * k * E + E, 0.0);
   auto cnt = [&](int r, int s) { return buf.data() + (std::size_t(r) * k + s) * E; };
   double* sel = buf.data() + std::size_t(P) * k * E;
   for (int s = 0; s < k; ++s)
@@ -305,7 +306,9 @@ void MoeLayer<T>::apply_capacity() {
   // choice, and so on; within a slot by global token index (rank by rank, then token by token).
   // An assignment is kept iff fewer than cap assignments to its expert precede it: kept counts
   // stop growing at cap, so "kept < cap" and "preceding < cap" are the same test.
-  std::vector<int64_t> before(E, 0), run(E);
+  std::vector<int64_t>&before = cap_before_, &run = cap_run_;
+  before.assign(E, 0);
+  run.assign(E, 0);
   std::vector<int64_t>& kept = stats_.tokens_per_expert;
   kept.assign(E, 0);
   stats_.dropped = 0;
@@ -359,7 +362,8 @@ void MoeLayer<T>::route_expert_choice(int B, int Tn, float cf) {
   const int c = std::min(Bg, int(std::ceil(Bg * double(cf) / E)));
   // Group t = the tokens at position t of every sequence; each expert takes its top-c of them.
   // Slot (t, e, j) of the global order is kept here iff its token is one of this rank's.
-  std::vector<int32_t> pick(std::size_t(Tn) * E * c);
+  std::vector<int32_t>& pick = ec_pick_;
+  pick.resize(std::size_t(Tn) * E * c);
 #pragma omp parallel for schedule(static) if (Tn * E > 16)
   for (int ge = 0; ge < Tn * E; ++ge) {
     const int t = ge / E, e = ge % E;
@@ -526,7 +530,9 @@ void MoeLayer<T>::exchange(const T* send, T* recv, bool to_owner) {
   // Back: send = the owner's panels → recv = the rows in the order this rank sent them.
   const int P = P_, El = El_, C = s_.C;
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<int64_t> sc(P), rc(P);
+  std::vector<int64_t>&sc = xch_sc_, &rc = xch_rc_;
+  sc.resize(P);
+  rc.resize(P);
   for (int r = 0; r < P; ++r) {
     sc[r] = send_n_[r] * C;
     rc[r] = recv_n_[r] * C;
@@ -680,7 +686,8 @@ void MoeLayer<T>::finish_stats(double z_sum) {
   const int N = N_, E = s_.E;
   const bool aux = !ec_mode_ && s_.alpha > 0 && s_.kind != RouterKind::kExpertChoice;
   // [kept per expert E | Σ_n P(n, e) E | assignments, dropped, Σ entropy, Σ lse²]
-  std::vector<double> b(2 * std::size_t(E) + 4, 0.0);
+  std::vector<double>& b = stats_buf_;
+  b.assign(2 * std::size_t(E) + 4, 0.0);
   for (int e = 0; e < E; ++e) b[e] = double(stats_.tokens_per_expert[e]);
   double* psum = b.data() + E;
   double ent = 0;

@@ -79,7 +79,9 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
     // Batch statistics per feature (two passes: mean, then the centred squares), over the
     // global batch when distributed: the per-rank sums are all-reduced between the passes.
     const double Ng = double(N) * (dist_ ? comm_->size() : 1);
-    std::vector<double> mean(D, 0.0), sq(D, 0.0);
+    std::vector<double>&mean = bn_a_, &sq = bn_b_;  // members: no allocation per step
+    mean.assign(D, 0.0);
+    sq.assign(D, 0.0);
     if (training) {
       for (int n = 0; n < N; ++n)
         for (int f = 0; f < D; ++f) mean[f] += double(z_[std::size_t(n) * D + f]);
@@ -251,7 +253,8 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
     // dz = rstd/N·(N·d − Σd − x̂·Σd·x̂), d = dq·γ; the sums over the global batch when
     // distributed (the loss scale already holds the 1/P of each rank's share).
     const double Ng = double(N) * (dist_ ? comm_->size() : 1);
-    std::vector<double> sums(2 * std::size_t(D), 0.0);  // [Σd | Σd·x̂] per feature
+    std::vector<double>& sums = bn_a_;  // [Σd | Σd·x̂] per feature
+    sums.assign(2 * std::size_t(D), 0.0);
     for (int f = 0; f < D; ++f) {
       double sd = 0, sdx = 0;
       for (int n = 0; n < N; ++n) {

@@ -69,7 +69,8 @@ class PeerLayer {
  private:
   PeerSpec s_;
   Communicator* comm_ = nullptr;
-  bool dist_ = false;  // this forward is one rank's slice of a global training batch
+  bool dist_ = false;                // this forward is one rank's slice of a global training batch
+  std::vector<double> bn_a_, bn_b_;  // BatchNorm sums, reused every step
   int N_ = 0, max_tokens_ = 0;
   bool training_ = false;
   T *z_ = nullptr, *q_ = nullptr, *mean_ = nullptr, *rstd_ = nullptr;  // query pre/post norm
