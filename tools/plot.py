@@ -5,8 +5,11 @@
 
 DIR holds results.jsonl (one JSON object per config) and one subdirectory per config name with
 its metrics.jsonl. Writes to OUTDIR (default DIR):
-  training_curves.png  training loss (nats/token) vs training FLOPs, log-x, one line per config,
-                       final val bpb in the legend
+  training_curves.png  val bpb (periodic evaluations, ending at the whole-split result) and
+                       training loss vs training FLOPs, log-x, one line per config
+  expert_load_over_time_<config>.png
+                       per MoE config, one heatmap per layer: expert x logged step, the
+                       fraction of the layer's tokens each expert received
   expert_load.png      per MoE config, a layer x expert heatmap of the fraction of tokens routed
                        to each expert at the last logged step (only if some config logs "moe")
   peer_usage.png       usage % and effective fraction exp(-KL) per config/layer of PEER layers
@@ -46,31 +49,84 @@ def load_metrics(d, name):
 
 
 def plot_training_curves(results, metrics, out):
-    fig, ax = plt.subplots(figsize=(8, 5))
+    """Left: val bpb vs training FLOPs (the periodic evaluations moe compare logs, ending at the
+    whole-val-split result). Right: training loss vs FLOPs. Log-x, one line per config."""
+    fig, (av, at) = plt.subplots(1, 2, figsize=(12, 5), sharex=True)
     for r in results:
         name = r.get("name", "?")
         steps = r.get("steps") or 0
         tokens = r.get("tokens") or 0
         fpt = r.get("flops_per_token_train") or 0
         tps = tokens / steps if steps else 0
-        train = [m for m in metrics.get(name, []) if "loss" in m and "step" in m]
-        xs = [m["step"] * fpt * tps for m in train]
-        ys = [m["loss"] for m in train]
-        pts = [(x, y) for x, y in zip(xs, ys) if x > 0 and y is not None and math.isfinite(y)]
+        rows = metrics.get(name, [])
         bpb = r.get("val_bpb")
         label = name + (f" (val bpb {bpb:.4f})" if isinstance(bpb, (int, float)) else "")
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, marker="o", markersize=3)
-        else:
-            ax.plot([], [], label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("training loss (nats/token)")
-    ax.set_title("Training loss vs compute")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+
+        def curve(key):
+            pts = [(m["step"] * fpt * tps, m[key]) for m in rows if key in m and "step" in m]
+            return [(x, y) for x, y in pts
+                    if x > 0 and isinstance(y, (int, float)) and math.isfinite(y)]
+
+        val = curve("val_bpb")
+        # The last periodic evaluation uses a subset of the val windows: end the line at the
+        # whole-split number moe compare reports.
+        if isinstance(bpb, (int, float)) and steps and fpt:
+            val = [p for p in val if p[0] < steps * fpt * tps] + [(steps * fpt * tps, bpb)]
+        line = av.plot([p[0] for p in val], [p[1] for p in val], label=label, marker="o",
+                       markersize=3)[0]
+        train = curve("loss")
+        at.plot([p[0] for p in train], [p[1] for p in train], label=name, color=line.get_color(),
+                marker="o" if len(train) < 20 else None, markersize=3)
+    for ax, what in ((av, "val bits per byte"), (at, "training loss (nats/token)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs")
+        ax.set_ylabel(what)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    av.set_title("Validation bpb vs compute")
+    at.set_title("Training loss vs compute")
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def load_over_time(rows):
+    """{layer: (steps, [experts x steps] fractions)} from every logged "moe" entry."""
+    per = {}
+    for m in rows:
+        for l in m.get("moe") or []:
+            t = l.get("tokens_per_expert")
+            if not t or l.get("kind") == "peer":
+                continue
+            per.setdefault(l.get("layer", 0), []).append((m.get("step", 0), t))
+    out = {}
+    for layer, seq in per.items():
+        width = max(len(t) for _, t in seq)
+        mat = np.full((width, len(seq)), np.nan)
+        for j, (_, t) in enumerate(seq):
+            t = np.asarray(t, dtype=float)
+            s = t.sum()
+            mat[:len(t), j] = t / s if s > 0 else 0.0
+        out[layer] = ([st for st, _ in seq], mat)
+    return out
+
+
+def plot_load_over_time(name, layers, out):
+    """One heatmap per MoE layer: expert (rows) x logged step (columns), colour = the fraction
+    of the layer's routed tokens that expert received in that log window."""
+    ids = sorted(layers)
+    fig, axes = plt.subplots(1, len(ids), figsize=(3.2 * len(ids) + 1.5, 3.8), squeeze=False)
+    vmax = max(np.nanmax(layers[l][1]) for l in ids)
+    for ax, l in zip(axes[0], ids):
+        steps, mat = layers[l]
+        im = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0,
+                       vmax=vmax, extent=(steps[0], steps[-1], mat.shape[0] - 0.5, -0.5))
+        ax.set_title(f"layer {l}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("expert")
+    fig.colorbar(im, ax=list(axes[0]), label="fraction of the layer's tokens")
+    fig.suptitle(f"{name}: expert load over training")
+    fig.savefig(out, dpi=100)
     plt.close(fig)
 
 
@@ -172,6 +228,13 @@ def main(argv=None):
         p = os.path.join(out_dir, "expert_load.png")
         plot_expert_load(panels, p)
         written.append(p)
+    for r in results:
+        name = r.get("name", "?")
+        layers = load_over_time(metrics.get(name, []))
+        if layers and max(len(v[0]) for v in layers.values()) >= 2:
+            p = os.path.join(out_dir, f"expert_load_over_time_{name}.png")
+            plot_load_over_time(name, layers, p)
+            written.append(p)
 
     peer = [(r.get("name", "?"), l) for r in results for l in (r.get("routing") or [])
             if isinstance(l, dict) and l.get("kind") == "peer"]

@@ -35,12 +35,15 @@ std::vector<json> run_compare(const CompareOptions& o) {
     const double tokens_per_step =
         double(cfg.train.batch_size) * cfg.train.seq_len * cfg.train.grad_accum;
     const int64_t steps = int64_t(o.flops / (mc.flops_train * tokens_per_step));
-    MOE_CHECK(steps >= 1, "{}: the budget {:.3g} FLOPs is less than one step ({:.3g} FLOPs)",
-              path, o.flops, mc.flops_train * tokens_per_step);
+    MOE_CHECK(steps >= 1, "{}: the budget {:.3g} FLOPs is less than one step ({:.3g} FLOPs)", path,
+              o.flops, mc.flops_train * tokens_per_step);
     cfg.train.steps = int(steps);
-    cfg.train.warmup_steps = int(std::min<int64_t>(cfg.train.warmup_steps, std::max<int64_t>(1, steps / 10)));
+    cfg.train.warmup_steps =
+        int(std::min<int64_t>(cfg.train.warmup_steps, std::max<int64_t>(1, steps / 10)));
     cfg.train.out_dir = o.out_dir + "/" + name;
-    cfg.train.eval_every = 0;
+    // About ten evaluations on eval_batches of the val split (the curve tools/plot.py draws);
+    // the final number is the whole split, below.
+    cfg.train.eval_every = int(std::max<int64_t>(1, steps / 10));
     cfg.train.checkpoint_every = 0;
     cfg.train.time_limit_s = 0;
     if (!o.quiet) {
@@ -51,7 +54,8 @@ std::vector<json> run_compare(const CompareOptions& o) {
     const auto t0 = std::chrono::steady_clock::now();
     Trainer t(cfg, {.quiet = true});
     TrainResult r = t.run();
-    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double wall =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     // The whole validation split, same windows for every model.
     EvalResult ev = evaluate(t.model(), t.val_stream(), cfg.train.batch_size, cfg.train.seq_len);
     // The FFN kinds of the blocks, e.g. "dense+peer".
@@ -80,8 +84,8 @@ std::vector<json> run_compare(const CompareOptions& o) {
     out.push_back(j);
   }
   if (!o.quiet) {
-    fmt::print("\n{:<24} {:>10} {:>12} {:>12} {:>10} {:>8} {:>8} {:>9}  routing\n", "config", "kind",
-               "total", "active", "tokens", "val bpb", "wall s", "tok/s");
+    fmt::print("\n{:<24} {:>10} {:>12} {:>12} {:>10} {:>8} {:>8} {:>9}  routing\n", "config",
+               "kind", "total", "active", "tokens", "val bpb", "wall s", "tok/s");
     for (const json& j : out) {
       std::string routing;
       if (j.contains("routing"))
@@ -90,9 +94,9 @@ std::vector<json> run_compare(const CompareOptions& o) {
             routing += fmt::format(" L{} usage {:.1f}% KL {:.2f};", m["layer"].get<int>(),
                                    100 * m["usage"].get<double>(), m["kl"].get<double>());
           else
-            routing += fmt::format(" L{} max/mean {:.2f} drop {:.1f}%;", m["layer"].get<int>(),
-                                   m["max_over_mean_load"].get<double>(),
-                                   m["dropped_pct"].get<double>());
+            routing +=
+                fmt::format(" L{} max/mean {:.2f} drop {:.1f}%;", m["layer"].get<int>(),
+                            m["max_over_mean_load"].get<double>(), m["dropped_pct"].get<double>());
         }
       fmt::print("{:<24} {:>10} {:>12} {:>12} {:>10.3g} {:>8.4f} {:>8.0f} {:>9.0f} {}\n",
                  j["name"].get<std::string>(), j["kind"].get<std::string>(),
@@ -100,9 +104,10 @@ std::vector<json> run_compare(const CompareOptions& o) {
                  j["tokens"].get<double>(), j["val_bpb"].get<double>(), j["wall_s"].get<double>(),
                  j["tokens_per_s"].get<double>(), routing);
     }
-    fmt::print("(results: {}; FLOPs counted as `moe params` does: router and PEER retrieval "
-               "included)\n",
-               results);
+    fmt::print(
+        "(results: {}; FLOPs counted as `moe params` does: router and PEER retrieval "
+        "included)\n",
+        results);
   }
   return out;
 }

@@ -61,14 +61,25 @@ def _make_compare(d):
 
 
 class PlotTest(unittest.TestCase):
-    def test_writes_three_pngs(self):
+    def test_load_over_time_matrix(self):
+        # Two log lines of one layer: fractions per expert (rows) per step (columns).
+        sys.path.insert(0, os.path.dirname(SCRIPT))
+        import plot
+        rows = [{"step": 10, "moe": [{"layer": 1, "tokens_per_expert": [1, 3]}]},
+                {"step": 20, "moe": [{"layer": 1, "tokens_per_expert": [2, 2]}]}]
+        steps, mat = plot.load_over_time(rows)[1]
+        self.assertEqual(steps, [10, 20])
+        self.assertEqual(mat.tolist(), [[0.25, 0.5], [0.75, 0.5]])
+
+    def test_writes_the_pngs(self):
         with tempfile.TemporaryDirectory() as d:
             _make_compare(d)
             out = os.path.join(d, "figs")
             r = subprocess.run([sys.executable, SCRIPT, "--dir", d, "--out", out],
                                capture_output=True, text=True, timeout=60)
             self.assertEqual(r.returncode, 0, r.stderr)
-            for f in ("training_curves.png", "expert_load.png", "peer_usage.png"):
+            for f in ("training_curves.png", "expert_load.png", "peer_usage.png",
+                      "expert_load_over_time_moe.png"):
                 p = os.path.join(out, f)
                 self.assertIn(p, r.stdout)
                 with open(p, "rb") as fh:
