@@ -30,7 +30,7 @@ test: build
 bench: data
 	bash bench/run_bench.sh
 
-# The miniature reproduction of the papers' claims (docs/RESULTS.md), about 1.5 hours on 2 cores.
+# The miniature reproduction of the papers' claims (docs/RESULTS.md), about 2 hours on 2 cores.
 study: data
 	bash scripts/study.sh
 

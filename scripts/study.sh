@@ -5,7 +5,8 @@
 # tables of docs/RESULTS.md to runs/study/report.md (tools/study_report.py) and its figures to
 # runs/study/img (tools/plot_study.py).
 # Resumable: rerunning skips the runs already in runs/study/seed*/results.jsonl.
-# About 1.5 hours on 2 cores at the default budgets. Environment:
+# About 2 hours on 2 cores at the default budgets (the run in docs/RESULTS.md took 1 h 40 min
+# without the periodic evaluations moe compare has made since, which add ~15%). Environment:
 #   STUDY_FLOPS  training FLOPs per run (default 1e13)
 #   STUDY_SEEDS  seeds (default "1 2")
 #   STUDY_LONG_FLOPS  budget of the comparison-1 rerun (default 2.5e13; empty = skip it)
