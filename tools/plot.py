@@ -30,16 +30,20 @@ import numpy as np  # noqa: E402
 
 
 def read_jsonl(path):
+    """The JSON objects of a JSON-lines file; [] if it cannot be read (a run not started)."""
     rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a partly written last line of a live run
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue  # a partly written last line of a live run
+    except OSError:
+        pass
     return rows
 
 

@@ -19,7 +19,6 @@ The study may be partial: missing seeds, configs, runs and fields are skipped. P
 written (not with --quiet).
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -34,6 +33,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import study_report  # noqa: E402  (SECTIONS, read_results, find_seeds, routing_of, num, mean)
+from plot import read_jsonl  # noqa: E402  (tolerates a missing file or a partial last line)
 
 SECTIONS = study_report.SECTIONS
 num = study_report.num
@@ -71,23 +71,6 @@ def color(name, fallback=0):
 
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8,
                      "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 6.5})
-
-
-def read_jsonl(path):
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    continue  # a partly written last line of a live run
-    except OSError:
-        pass
-    return rows
 
 
 def smooth(ys, half=SMOOTH_HALF):

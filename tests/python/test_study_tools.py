@@ -15,14 +15,8 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOOLS = os.path.join(HERE, "..", "..", "tools")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _write_jsonl(path, rows):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+sys.path.insert(0, HERE)
+from test_plot import PNG_MAGIC, _write_jsonl  # noqa: E402
 
 
 def _entry(name, kind, bpb, routing=None):
