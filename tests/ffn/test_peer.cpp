@@ -29,8 +29,8 @@ std::vector<int32_t> brute_topk(const V& s1, const V& s2, int S, int k) {
 }
 
 std::vector<int32_t> pk_topk(const V& s1, const V& s2, int S, int k, V* scores = nullptr) {
-  std::vector<int32_t> ids(k), scratch(2 * S + 2 * k * k);
-  V sc(k), cand(k * k);
+  std::vector<int32_t> ids(k), scratch(k * k + 2 * k);
+  V sc(k), cand(k * k + 2 * k);
   product_key_topk(ids.data(), sc.data(), s1.data(), s2.data(), S, k, scratch.data(), cand.data());
   if (scores) *scores = sc;
   return ids;
@@ -96,8 +96,8 @@ struct Peer {
     layer.bind(arena, n);
   }
   PeerParams<double> params() {
-    return {wq.data(), bq.data(), gamma.data(), beta.data(), k1.data(), k2.data(),
-            u.data(),  v.data(),  rm.data(),    rv.data()};
+    return {wq.data(), bq.data(), gamma.data(), beta.data(), k1.data(),
+            k2.data(), u.data(),  v.data(),     rm.data(),   rv.data()};
   }
   V forward() {
     V y(std::size_t(N) * spec.C);
@@ -114,10 +114,10 @@ void check_peer_gradients(PeerSpec s, uint32_t seed) {
   V dx(P.x.size(), 0.0), gwq(P.wq.size(), 0.0), gbq(P.bq.size(), 0.0), gg(P.gamma.size(), 0.0),
       gb(P.beta.size(), 0.0), gk1(P.k1.size(), 0.0), gk2(P.k2.size(), 0.0), gu(P.u.size(), 0.0),
       gv(P.v.size(), 0.0);
-  P.layer.backward(dx.data(),
-                   {gwq.data(), gbq.data(), gg.data(), gb.data(), gk1.data(), gk2.data(),
-                    gu.data(), gv.data()},
-                   R.data(), P.x.data(), P.params());
+  P.layer.backward(
+      dx.data(),
+      {gwq.data(), gbq.data(), gg.data(), gb.data(), gk1.data(), gk2.data(), gu.data(), gv.data()},
+      R.data(), P.x.data(), P.params());
   const double t = 1e-6;
   EXPECT_TRUE(all_close("dx", dx, numeric_grad(P.x, loss), t, t));
   EXPECT_TRUE(all_close("d query.weight", gwq, numeric_grad(P.wq, loss), t, t));
@@ -147,7 +147,9 @@ PeerSpec peer_spec(QueryNorm qn, bool gelu, int k, int S = 4) {
 }
 
 TEST(PeerGrad, BatchNormGeluK3) { check_peer_gradients(peer_spec(QueryNorm::kBatch, true, 3), 11); }
-TEST(PeerGrad, LayerNormReluK2) { check_peer_gradients(peer_spec(QueryNorm::kLayer, false, 2), 21); }
+TEST(PeerGrad, LayerNormReluK2) {
+  check_peer_gradients(peer_spec(QueryNorm::kLayer, false, 2), 21);
+}
 TEST(PeerGrad, NoNormGeluK4) { check_peer_gradients(peer_spec(QueryNorm::kNone, true, 4, 5), 31); }
 
 TEST(PeerSemantics, TopOneIsAnMlpOfHChosenNeurons) {

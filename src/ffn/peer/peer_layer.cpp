@@ -60,8 +60,9 @@ void PeerLayer<T>::bind(Arena& a, int max_tokens) {
   e_off_ = a.take<int32_t>(std::size_t(s_.experts()) + 1);
   e_list_ = a.take<int32_t>(A);
   e_cur_ = a.take<int32_t>(std::size_t(s_.experts()));
-  topk_scratch_ = a.take<int32_t>(R * (2 * std::size_t(s_.S) + 2 * s_.k * s_.k));
-  topk_cand_ = a.take<T>(R * s_.k * s_.k);
+  const std::size_t kk = std::size_t(s_.k) * s_.k + 2 * s_.k;  // product_key_topk's scratch
+  topk_scratch_ = a.take<int32_t>(R * kk);
+  topk_cand_ = a.take<T>(R * kk);
 }
 
 template <typename T>
@@ -144,8 +145,8 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
     int32_t* id = ids_ + std::size_t(r) * k;
     T* sc = score_ + std::size_t(r) * k;
     product_key_topk(id, sc, s1_ + std::size_t(r) * S, s2_ + std::size_t(r) * S, S, k,
-                     topk_scratch_ + std::size_t(r) * (2 * S + 2 * k * k),
-                     topk_cand_ + std::size_t(r) * k * k);
+                     topk_scratch_ + std::size_t(r) * (k * k + 2 * k),
+                     topk_cand_ + std::size_t(r) * (k * k + 2 * k));
     T mx = sc[0], sum = 0;  // sc[0] is the largest
     T* g = gate_ + std::size_t(r) * k;
     for (int s = 0; s < k; ++s) sum += (g[s] = std::exp(sc[s] - mx));

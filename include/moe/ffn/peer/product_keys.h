@@ -8,34 +8,65 @@
 
 namespace moe {
 
+// The k best of s[0..S) by (score desc, index asc) into idx[0..k), best first: one scan keeping
+// a sorted list of the best so far. Most elements lose to the current k-th and cost one
+// comparison; a winner is inserted after every kept element that beats or ties it (ties: the
+// kept one has the lower index, as the scan is in index order).
+template <typename T>
+void topk_scan(int32_t* idx, T* val, const T* s, int S, int k) {
+  int n = 0;
+  for (int i = 0; i < S; ++i) {
+    const T x = s[i];
+    if (n == k && !(x > val[k - 1])) continue;
+    int j = n < k ? n++ : k - 1;
+    for (; j > 0 && x > val[j - 1]; --j) {
+      val[j] = val[j - 1];
+      idx[j] = idx[j - 1];
+    }
+    val[j] = x;
+    idx[j] = i;
+  }
+}
+
 // ids [k], scores [k] (written, best first) for one query; s1, s2 [S]; k <= S.
-// scratch: at least 2·S + 2·k·k int32; cand_scores: k·k T.
+// scratch: at least k·k + 2·k int32; cand_scores: at least k·k + 2·k T.
 template <typename T>
 void product_key_topk(int32_t* ids, T* scores, const T* s1, const T* s2, int S, int k,
                       int32_t* scratch, T* cand_scores) {
   int32_t* i1 = scratch;
-  int32_t* i2 = scratch + S;
-  int32_t* cand = scratch + 2 * S;
-  for (int i = 0; i < S; ++i) i1[i] = i2[i] = i;
-  auto by = [](const T* s) {
-    return [s](int32_t a, int32_t b) { return s[a] != s[b] ? s[a] > s[b] : a < b; };
-  };
-  std::partial_sort(i1, i1 + k, i1 + S, by(s1));
-  std::partial_sort(i2, i2 + k, i2 + S, by(s2));
+  int32_t* i2 = scratch + k;
+  T* v1 = cand_scores;  // k values each, used before the candidates are formed
+  T* v2 = cand_scores + k;
+  topk_scan(i1, v1, s1, S, k);
+  topk_scan(i2, v2, s2, S, k);
+  // Candidate (a, b) = (a-th best of half 1, b-th best of half 2). Every (a', b') with a' <= a,
+  // b' <= b is at least as good in the order (score desc, id asc) — its score is no lower and on
+  // a tie its id is lower, because each half is ordered with ties to the lower index and the id
+  // is i1·S + i2 — so (a, b) is in the top-k only if (a + 1)(b + 1) <= k: about k·ln k
+  // candidates instead of k².
+  int32_t* cand = scratch + 2 * k;
+  T* cs = cand_scores + 2 * k;
+  int nc = 0;
   for (int a = 0; a < k; ++a)
-    for (int b = 0; b < k; ++b) {
-      cand[a * k + b] = i1[a] * S + i2[b];  // the real expert id, not the candidate position
-      cand_scores[a * k + b] = s1[i1[a]] + s2[i2[b]];
+    for (int b = 0; (a + 1) * (b + 1) <= k; ++b) {
+      cand[nc] = i1[a] * S + i2[b];  // the real expert id, not the candidate position
+      cs[nc] = v1[a] + v2[b];
+      ++nc;
     }
-  // Order candidate positions by (score desc, id asc).
-  int32_t* pos = scratch + 2 * S + k * k;
-  for (int c = 0; c < k * k; ++c) pos[c] = c;
-  std::partial_sort(pos, pos + k, pos + k * k, [&](int32_t x, int32_t y) {
-    return cand_scores[x] != cand_scores[y] ? cand_scores[x] > cand_scores[y] : cand[x] < cand[y];
-  });
-  for (int s = 0; s < k; ++s) {
-    ids[s] = cand[pos[s]];
-    scores[s] = cand_scores[pos[s]];
+  // The k best candidates by (score desc, id asc): insertion, comparing ids on ties.
+  int n = 0;
+  for (int c = 0; c < nc; ++c) {
+    const T x = cs[c];
+    const int32_t id = cand[c];
+    auto better = [&](int j) { return x > scores[j] || (x == scores[j] && id < ids[j]); };
+    if (n == k && !better(k - 1)) continue;
+    int j = n < k ? n++ : k - 1;
+    for (; j > 0 && better(j - 1); --j) {
+      scores[j] = scores[j - 1];
+      ids[j] = ids[j - 1];
+    }
+    scores[j] = x;
+    ids[j] = id;
   }
 }
 
