@@ -2,7 +2,10 @@
 import argparse
 import os
 
+import numpy as np
 import torch
+
+import safetensors_np  # tools/ is on sys.path (the scripts put it there before importing this)
 
 DT = torch.float64
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -30,3 +33,18 @@ def parse_case_args(doc, cases):
             ap.error(f"unknown case {key!r}; choose from {', '.join(cases)}")
     args.cases = args.cases or list(cases)
     return args
+
+
+def write_fixture(out_dir, filename, out, meta, max_bytes=None):
+    """Writes one fixture, reads it back, checks it round-trips exactly and (when max_bytes is
+    given) stays under max_bytes, as fixtures are committed; returns its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, filename)
+    safetensors_np.save(path, out, meta)
+    back, meta2 = safetensors_np.load(path)
+    assert meta2 == meta and sorted(back) == sorted(out)
+    for k in out:
+        assert np.array_equal(back[k], out[k]), k
+    size = os.path.getsize(path)
+    assert max_bytes is None or size < max_bytes, f"{path}: {size} bytes"
+    return path

@@ -32,7 +32,6 @@ update; the same batch every step. losses[s] is the loss before update s (losses
 Initial parameters are drawn in float64, rounded to float32, stored as F32, and the float64
 reference runs FROM the rounded values, so the C++ side starts from exactly the same numbers.
 """
-import argparse
 import json
 import math
 import os
@@ -45,9 +44,7 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(REPO, "tools"))
-import safetensors_np  # noqa: E402
-
-DT = torch.float64
+from reference.common import DT, parse_case_args, write_fixture  # noqa: E402
 GENERATOR = "tools/reference/tiny_model.py"
 
 # The config JSON is the C++ side's schema (include/moe/model/config.h); key order is kept.
@@ -468,19 +465,9 @@ def run_checks(key, out, cfg, verbose=True):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out-dir", default=os.path.join(REPO, "tests", "fixtures"))
-    ap.add_argument("--check", action="store_true", help="run the sanity checks, write nothing")
-    ap.add_argument("--no-check", action="store_true", help="skip the sanity checks")
-    ap.add_argument("fixtures", nargs="*", metavar="NAME",
-                    help=f"which fixtures (default: all of {', '.join(sorted(FIXTURES))})")
-    args = ap.parse_args()
-    for key in args.fixtures:
-        if key not in FIXTURES:
-            ap.error(f"unknown fixture {key!r}; choose from {', '.join(sorted(FIXTURES))}")
-    args.fixtures = args.fixtures or sorted(FIXTURES)
+    args = parse_case_args(__doc__, sorted(FIXTURES))
     torch.set_num_threads(1)  # keeps the float64 sums in one fixed order
-    for key in args.fixtures:
+    for key in args.cases:
         out, meta, cfg = make_fixture(key)
         if not args.no_check:
             run_checks(key, out, cfg)
@@ -493,13 +480,7 @@ def main():
         print(f"  clipping active at steps {clipped}")
         if args.check:
             continue
-        os.makedirs(args.out_dir, exist_ok=True)
-        path = os.path.join(args.out_dir, f"tiny_model_{key}.safetensors")
-        safetensors_np.save(path, out, meta)
-        back, meta2 = safetensors_np.load(path)
-        assert meta2 == meta and sorted(back) == sorted(out)
-        for k in out:
-            assert np.array_equal(back[k], out[k]), k
+        path = write_fixture(args.out_dir, f"tiny_model_{key}.safetensors", out, meta)
         print(f"  wrote {os.path.relpath(path, REPO)} ({os.path.getsize(path)} bytes, "
               f"{len(out)} tensors)")
     return 0
