@@ -57,6 +57,19 @@ ROWS=()
 NOTES=()
 add_row() { ROWS+=("| $1 | $2 | $3 | $4 |"); }  # benchmark, moe.cpp, PyTorch, moe / PyTorch
 add_note() { NOTES+=("- $*"); }
+# py_check LABEL SCRIPT WHAT...: runs SCRIPT --check (the PyTorch side's own correctness check),
+# shows its output and records "LABEL: SCRIPT --check passed|FAILED: WHAT" as a note.
+py_check() {
+  local label=$1 script=$2 out check
+  shift 2
+  if out=$("$PY" "$script" --check --threads "$THREADS" 2>&1); then
+    check="passed"
+  else
+    check="FAILED (see the log)"
+  fi
+  sed 's/^/   /' <<<"$out" >&2
+  add_note "$label: $script --check $check: $*"
+}
 
 # ---- Benchmarks -------------------------------------------------------------------------------
 SGEMM_GFLOPS=
@@ -157,16 +170,9 @@ bench_moe() {
   echo "== moe layer forward+backward (d_model $MOE_C, $MOE_TOKENS tokens)" >&2
   # The PyTorch layers must compute the same step: loop, bmm and a dense float64 reference agree
   # on small shapes (y, loss and every gradient), or the PyTorch columns are not comparable.
-  local out check
-  if out=$("$PY" bench/pytorch_moe.py --check --threads "$THREADS" 2>&1); then
-    check="passed"
-  else
-    check="FAILED (see the log)"
-  fi
-  sed 's/^/   /' <<<"$out" >&2
-  add_note "moe layer: bench/pytorch_moe.py --check $check: PyTorch loop, bmm and a dense" \
-    "float64 reference give the same y, loss and gradients of x, router, w_gate, w_up, w_down" \
-    "(largest relative difference ≤ 1e-4) on two small shapes"
+  py_check "moe layer" bench/pytorch_moe.py "PyTorch loop, bmm and a dense float64 reference" \
+    "give the same y, loss and gradients of x, router, w_gate, w_up, w_down (largest relative" \
+    "difference ≤ 1e-4) on two small shapes"
 
   local shape E k H
   for shape in "${MOE_SHAPES[@]}"; do
@@ -362,17 +368,9 @@ PEER_PY_TIMEOUT=${PEER_PY_TIMEOUT:-600}  # seconds per PyTorch run before it is 
 
 bench_peer() {
   echo "== PEER layer train step (C=256, h=8, k=16, d_key=128, $PEER_TOKENS tokens)" >&2
-  local out check
-  if out=$("$PY" bench/pytorch_peer.py --check --threads "$THREADS" 2>&1); then
-    check="passed"
-  else
-    check="FAILED (see the log)"
-  fi
-  sed 's/^/   /' <<<"$out" >&2
-  add_note "PEER: bench/pytorch_peer.py --check $check: on three small shapes the product-key" \
-    "ids (torch.topk per half, k² candidate sums, torch.topk, real ids gathered) equal a" \
-    "brute-force top-k over all S² keys, y matches a float64 evaluation, and SparseAdam" \
-    "updates exactly the retrieved rows"
+  py_check "PEER" bench/pytorch_peer.py "on three small shapes the product-key ids (torch.topk" \
+    "per half, k² candidate sums, torch.topk, real ids gathered) equal a brute-force top-k over" \
+    "all S² keys, y matches a float64 evaluation, and SparseAdam updates exactly the retrieved rows"
 
   local lg
   for lg in "${PEER_LOG2_EXPERTS[@]}"; do
