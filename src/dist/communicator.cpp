@@ -56,6 +56,13 @@ std::unique_ptr<Communicator> make_communicator(int* argc, char*** argv) {
   return make_single_process_communicator();
 }
 
+bool same_on_all_ranks(Communicator& c, uint64_t value) {
+  const double v = double(value % (1ull << 52));  // exact in a double
+  double mm[2] = {v, -v};
+  c.allreduce_max(mm, 2);
+  return mm[0] == -mm[1];
+}
+
 Communicator& world() { return *world_ptr(); }
 void set_world(std::unique_ptr<Communicator> c) { world_ptr() = std::move(c); }
 

@@ -107,11 +107,8 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
   cfg_.model.expert_parallel = opts_.expert_parallel;
   if (P > 1) {
     // Every rank must run the same config: compare a hash of it across ranks.
-    const double h = double(std::hash<std::string>{}(cfg_.to_json().dump()) % (1ull << 52));
-    double mm[2] = {h, -h};
-    comm_->allreduce_max(mm, 2);
-    MOE_CHECK(mm[0] == -mm[1], "ranks were started with different configs (rank {})",
-              comm_->rank());
+    MOE_CHECK(same_on_all_ranks(*comm_, std::hash<std::string>{}(cfg_.to_json().dump())),
+              "ranks were started with different configs (rank {})", comm_->rank());
     if (!comm_->is_root()) opts_.quiet = true;  // one rank speaks
   }
   if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
@@ -219,7 +216,7 @@ static std::string fmt_duration(double s) {
 void Trainer::check_replicas() {
   // Replicated parameters must hold the same bits on every rank (the same summed gradients and
   // the same AdamW step keep them so; a bug or a flaky network would not). A 52-bit hash of
-  // them, compared as max(h) = −max(−h) like the config check.
+  // them, compared across ranks like the config.
   if (comm_->size() == 1) return;
   uint64_t h = 1469598103934665603ull;
   for (const Param& p : model_->params().all()) {
@@ -227,9 +224,7 @@ void Trainer::check_replicas() {
     const uint32_t* u = reinterpret_cast<const uint32_t*>(p.w);
     for (std::size_t i = 0; i < p.numel; ++i) h = (h ^ u[i]) * 1099511628211ull;
   }
-  double mm[2] = {double(h % (1ull << 52)), -double(h % (1ull << 52))};
-  comm_->allreduce_max(mm, 2);
-  MOE_CHECK(mm[0] == -mm[1],
+  MOE_CHECK(same_on_all_ranks(*comm_, h),
             "step {}: the replicated parameters differ between ranks (rank {}); stopping",
             state_.step, comm_->rank());
 }

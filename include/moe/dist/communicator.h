@@ -36,6 +36,10 @@ class Communicator {
   bool is_root() const { return rank() == 0; }
 };
 
+// True on every rank iff every rank passed the same value (compared in 52 bits: max(v) and
+// max(−v) over the ranks in one all-reduce). A collective.
+bool same_on_all_ranks(Communicator& c, uint64_t value);
+
 std::unique_ptr<Communicator> make_single_process_communicator();
 // MPI when available and launched under mpirun; calls MPI_Init (and MPI_Finalize at exit).
 std::unique_ptr<Communicator> make_communicator(int* argc, char*** argv);

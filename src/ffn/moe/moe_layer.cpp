@@ -101,6 +101,14 @@ void for_each_expert(const int32_t* order, int E, F&& fn) {
   }
 }
 
+// order[0..n) = 0..n−1 sorted by rows off[e+1] − off[e], most first (ties: lower index first):
+// the largest-first schedule of for_each_expert.
+void order_by_rows(int32_t* order, const int32_t* off, int n) {
+  for (int e = 0; e < n; ++e) order[e] = e;
+  std::stable_sort(order, order + n,
+                   [&](int32_t x, int32_t y) { return off[x + 1] - off[x] > off[y + 1] - off[y]; });
+}
+
 }  // namespace
 
 template <typename T>
@@ -423,10 +431,7 @@ void MoeLayer<T>::dispatch() {
   std::copy(tok_off_, tok_off_ + N, cursor_);
   for (int a = 0; a < n_assign_; ++a)
     if (a_row_[a] >= 0) tok_rows_[cursor_[a_token_[a]]++] = a_row_[a];
-  for (int e = 0; e < E; ++e) expert_order_[e] = e;
-  std::stable_sort(expert_order_, expert_order_ + E, [&](int32_t x, int32_t y) {
-    return offsets_[x + 1] - offsets_[x] > offsets_[y + 1] - offsets_[y];
-  });
+  order_by_rows(expert_order_, offsets_, E);
 }
 
 template <typename T>
@@ -518,10 +523,7 @@ void MoeLayer<T>::exchange_setup() {
       o += recv_e_[std::size_t(r) * El + j];
     }
   }
-  for (int j = 0; j < El; ++j) p_order_[j] = j;
-  std::stable_sort(p_order_, p_order_ + El, [&](int32_t x, int32_t y) {
-    return p_off_[x + 1] - p_off_[x] > p_off_[y + 1] - p_off_[y];
-  });
+  order_by_rows(p_order_, p_off_, El);
 }
 
 template <typename T>
@@ -637,11 +639,8 @@ void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn
   } else if (ep_) {
     // Evaluation: every rank holds the same tokens and routes them alike; each runs its own
     // experts' rows, the others' contribute zero, and the partial outputs are summed below.
-    for (int j = 0; j < El_; ++j) p_order_[j] = j;
     const int32_t* off = offsets_ + e0_;
-    std::stable_sort(p_order_, p_order_ + El_, [&](int32_t a, int32_t b) {
-      return off[a + 1] - off[a] > off[b + 1] - off[b];
-    });
+    order_by_rows(p_order_, off, El_);
     panels_forward({xe_, gu_, hid_, ye_, dye_, off, p_order_, El_}, p);
     std::fill(ye_, ye_ + std::size_t(off[0]) * C, T(0));
     std::fill(ye_ + std::size_t(off[El_]) * C, ye_ + std::size_t(n_rows_) * C, T(0));
