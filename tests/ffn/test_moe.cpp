@@ -7,12 +7,12 @@
 
 #include "../error_util.h"
 #include "../grad_check.h"
+#include "moe/core/error.h"
 #include "moe/ffn/moe/moe_layer.h"
 #include "moe/model/transformer.h"
 #include "moe/scaling/accounting.h"
-#include "moe/train/optimizer.h"
 #include "moe/train/checkpoint.h"
-#include "moe/core/error.h"
+#include "moe/train/optimizer.h"
 
 using namespace moe;
 using namespace moe::testing;
@@ -50,9 +50,15 @@ struct Layer {
   }
   MoeParams<double> params() const {
     const bool glu = spec.act == Activation::kSwiGLU;
-    return {router.data(), noise_w.data(), bias.data(), glu ? wg.data() : nullptr, wu.data(),
-            wd.data(),     glu && spec.n_shared ? sg.data() : nullptr,
-            spec.n_shared ? su.data() : nullptr, spec.n_shared ? sd.data() : nullptr};
+    return {router.data(),
+            noise_w.data(),
+            bias.data(),
+            glu ? wg.data() : nullptr,
+            wu.data(),
+            wd.data(),
+            glu && spec.n_shared ? sg.data() : nullptr,
+            spec.n_shared ? su.data() : nullptr,
+            spec.n_shared ? sd.data() : nullptr};
   }
   V forward(bool training = true) {
     V y(std::size_t(N) * spec.C);
@@ -81,12 +87,17 @@ void check_gradients(Layer& L, uint32_t seed) {
   };
   L.forward();
   const bool glu = L.spec.act == Activation::kSwiGLU;
-  V dx(L.x.size(), 0.0), gr(L.router.size(), 0.0), gn(L.noise_w.size(), 0.0),
-      gg(L.wg.size(), 0.0), gu(L.wu.size(), 0.0), gd(L.wd.size(), 0.0), sgg(L.sg.size(), 0.0),
-      sgu(L.su.size(), 0.0), sgd(L.sd.size(), 0.0);
-  MoeGrads<double> g{gr.data(), gn.data(), glu ? gg.data() : nullptr, gu.data(), gd.data(),
+  V dx(L.x.size(), 0.0), gr(L.router.size(), 0.0), gn(L.noise_w.size(), 0.0), gg(L.wg.size(), 0.0),
+      gu(L.wu.size(), 0.0), gd(L.wd.size(), 0.0), sgg(L.sg.size(), 0.0), sgu(L.su.size(), 0.0),
+      sgd(L.sd.size(), 0.0);
+  MoeGrads<double> g{gr.data(),
+                     gn.data(),
+                     glu ? gg.data() : nullptr,
+                     gu.data(),
+                     gd.data(),
                      glu && L.spec.n_shared ? sgg.data() : nullptr,
-                     L.spec.n_shared ? sgu.data() : nullptr, L.spec.n_shared ? sgd.data() : nullptr};
+                     L.spec.n_shared ? sgu.data() : nullptr,
+                     L.spec.n_shared ? sgd.data() : nullptr};
   L.layer.backward(dx.data(), g, R.data(), L.x.data(), L.params());
   const double tol = 1e-6;
   EXPECT_TRUE(all_close("dx", dx, numeric_grad(L.x, loss), tol, tol));
@@ -148,8 +159,7 @@ TEST(MoeGrad, SwitchSigmoidNoisyGShardExpertChoiceGelu) {
 }
 
 // Dense SwiGLU FFN in double: y = (silu(x·Wgᵀ)∘(x·Wuᵀ))·Wdᵀ for one expert's weights.
-V dense_ffn(const V& x, int N, int C, int H, const double* wg, const double* wu,
-            const double* wd) {
+V dense_ffn(const V& x, int N, int C, int H, const double* wg, const double* wu, const double* wd) {
   V y(std::size_t(N) * C, 0.0);
   for (int n = 0; n < N; ++n) {
     std::vector<double> h(H);
@@ -167,13 +177,65 @@ V dense_ffn(const V& x, int N, int C, int H, const double* wg, const double* wu,
   return y;
 }
 
+// The float layer takes a different GEMM than the double one: with AVX-512 and several experts
+// per thread, kernels/panel_gemm (packed B, 12×32 tiles, k passes of 256). At sizes where every
+// expert has ~300 rows (two k passes in the weight-gradient products) and H = 72 (the
+// [W_gate; W_up] split inside a 32-column panel), it must give the double (OpenBLAS) result up to
+// float rounding: 1e-4 of each tensor's largest entry (float sums of ≤ 300 O(1) terms stay
+// within ~300·6e-8 ≈ 2e-5 relative; a wrong tile or offset is O(1)).
+TEST(MoeKernels, FloatPanelPathMatchesDoubleAtRealSizes) {
+  for (Activation act : {Activation::kSwiGLU, Activation::kGELU}) {
+    MoeSpec s = spec_of(RouterKind::kTopK, 8, 2, 96, 72);
+    s.act = act;
+    Layer L(s, 2, 600, 301);
+    const V y = L.forward();
+    const int C = s.C;
+    const V R = randn(std::size_t(L.N) * C, 302);
+    const bool glu = act == Activation::kSwiGLU;
+    V dx(L.x.size(), 0.0), gr(L.router.size(), 0.0), gg(L.wg.size(), 0.0), gu(L.wu.size(), 0.0),
+        gd(L.wd.size(), 0.0);
+    L.layer.backward(dx.data(),
+                     {gr.data(), nullptr, glu ? gg.data() : nullptr, gu.data(), gd.data()},
+                     R.data(), L.x.data(), L.params());
+
+    auto f = [](const V& v) { return std::vector<float>(v.begin(), v.end()); };
+    std::vector<float> x = f(L.x), router = f(L.router), wg = f(L.wg), wu = f(L.wu), wd = f(L.wd),
+                       Rf = f(R);
+    MoeLayer<float> layer(s);
+    Arena m;
+    layer.bind(m, L.B, L.T);
+    Arena acts(m.used());
+    layer.bind(acts, L.B, L.T);
+    MoeParams<float> p{router.data(), nullptr,  nullptr, glu ? wg.data() : nullptr,
+                       wu.data(),     wd.data()};
+    std::vector<float> yf(y.size()), dxf(x.size(), 0.f), grf(router.size(), 0.f),
+        ggf(wg.size(), 0.f), guf(wu.size(), 0.f), gdf(wd.size(), 0.f);
+    layer.forward(yf.data(), x.data(), p, L.B, L.T, true, 7, 3, 1, 1.f);
+    layer.backward(dxf.data(),
+                   {grf.data(), nullptr, glu ? ggf.data() : nullptr, guf.data(), gdf.data()},
+                   Rf.data(), x.data(), p);
+    EXPECT_EQ(layer.selected_experts(), L.layer.selected_experts());
+    auto close = [](const char* what, const std::vector<float>& got, const V& ref) {
+      return all_close(what, V(got.begin(), got.end()), ref, 1e-4 * max_abs(ref), 0);
+    };
+    EXPECT_TRUE(close("y", yf, y));
+    EXPECT_TRUE(close("dx", dxf, dx));
+    EXPECT_TRUE(close("d router", grf, gr));
+    EXPECT_TRUE(close("d w_up", guf, gu));
+    EXPECT_TRUE(close("d w_down", gdf, gd));
+    if (glu) {
+      EXPECT_TRUE(close("d w_gate", ggf, gg));
+    }
+  }
+}
+
 TEST(MoeSemantics, OneExpertTopOneIsTheDenseFfn) {
   MoeSpec s = spec_of(RouterKind::kTopK, 1, 1);
   s.normalize = false;  // p = softmax over one expert = 1 exactly
   Layer L(s, 2, 3, 71);
   V y = L.forward();
-  EXPECT_TRUE(all_close("y", y, dense_ffn(L.x, L.N, s.C, s.H, L.wg.data(), L.wu.data(), L.wd.data()),
-                        1e-12, 1e-12));
+  EXPECT_TRUE(all_close(
+      "y", y, dense_ffn(L.x, L.N, s.C, s.H, L.wg.data(), L.wu.data(), L.wd.data()), 1e-12, 1e-12));
 }
 
 TEST(MoeSemantics, TwoExpertsTopTwoIsTheProbabilityWeightedSum) {
@@ -280,8 +342,7 @@ TEST(MoeConfig, FineGrainedParametrisationMapsToShapes) {
   Param* up = m.params().find("layers.1.ffn.experts.w_up");
   ASSERT_NE(up, nullptr);
   EXPECT_EQ(up->shape, (std::vector<int64_t>{32, 32, 32}));
-  EXPECT_EQ(m.params().find("layers.0.ffn.router.weight")->shape,
-            (std::vector<int64_t>{32, 32}));
+  EXPECT_EQ(m.params().find("layers.0.ffn.router.weight")->shape, (std::vector<int64_t>{32, 32}));
   // Active FFN parameters equal the dense FFN's (k_base = 1) plus the router.
   ModelCount mc = count_model(c.model, 4);
   EXPECT_EQ(mc.ffn_active, 2 * (3 * 32 * 128 + 32 * 32));
@@ -291,35 +352,43 @@ TEST(MoeConfig, BadFieldsAreRejectedByName) {
   auto err = [](const char* t) {
     return error_of([&] { config_from_json(nlohmann::json::parse(t), "m.json"); });
   };
-  EXPECT_NE(err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "top_k": 5}}})").find("top_k"),
-            std::string::npos);
-  EXPECT_NE(err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "router": {"kind": "hash"}}}})")
-                .find("topk, noisy_topk, gshard, expert_choice"),
-            std::string::npos);
-  EXPECT_NE(err(R"({"model": {"ffn": {"kind": "moe", "granularity": 3, "expansion": 2, "d_ff": 128}}})")
-                .find("not divisible"),
-            std::string::npos);
+  EXPECT_NE(
+      err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "top_k": 5}}})").find("top_k"),
+      std::string::npos);
+  EXPECT_NE(
+      err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "router": {"kind": "hash"}}}})")
+          .find("topk, noisy_topk, gshard, expert_choice"),
+      std::string::npos);
+  EXPECT_NE(
+      err(R"({"model": {"ffn": {"kind": "moe", "granularity": 3, "expansion": 2, "d_ff": 128}}})")
+          .find("not divisible"),
+      std::string::npos);
   EXPECT_NE(err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "capacity_factor": -1}}})")
                 .find("capacity_factor"),
             std::string::npos);
-  EXPECT_NE(err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "router": {"kind": "gshard"}, "top_k": 1}}})")
-                .find("top-2"),
-            std::string::npos);
+  EXPECT_NE(
+      err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "router": {"kind": "gshard"}, "top_k": 1}}})")
+          .find("top-2"),
+      std::string::npos);
 }
 
 TEST(MoeModel, AccountantEqualsAllocatedForEveryRouter) {
-  for (const char* ffn :
-       {R"({"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16})",
-        R"({"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16, "shared_experts": 2, "activation": "gelu"})",
-        R"({"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16, "router": {"kind": "noisy_topk"}})",
-        R"({"kind": "moe", "num_experts": 4, "top_k": 1, "d_expert": 16, "router": {"bias_balance": true, "score": "sigmoid"}})",
-        R"({"kind": "moe", "d_ff": 64, "granularity": 2, "expansion": 4, "router": {"kind": "expert_choice"}})",
-        R"({"kind": "peer", "num_experts": 64, "heads": 2, "top_k": 3, "d_key": 8})",
-        R"({"kind": "peer", "num_experts": 49, "heads": 3, "top_k": 2, "d_key": 4, "query_norm": "layernorm", "activation": "relu"})",
-        R"({"kind": "peer", "num_experts": 16, "heads": 1, "top_k": 2, "d_key": 6, "query_norm": "none"})"}) {
-    nlohmann::json j = {{"model", {{"d_model", 32}, {"n_layers", 3}, {"n_heads", 2},
-                                   {"ffn", nlohmann::json::parse(ffn)},
-                                   {"ffn_overrides", {{"0", {{"kind", "dense"}}}}}}}};
+  for (
+      const char* ffn :
+      {R"({"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16})",
+       R"({"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16, "shared_experts": 2, "activation": "gelu"})",
+       R"({"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16, "router": {"kind": "noisy_topk"}})",
+       R"({"kind": "moe", "num_experts": 4, "top_k": 1, "d_expert": 16, "router": {"bias_balance": true, "score": "sigmoid"}})",
+       R"({"kind": "moe", "d_ff": 64, "granularity": 2, "expansion": 4, "router": {"kind": "expert_choice"}})",
+       R"({"kind": "peer", "num_experts": 64, "heads": 2, "top_k": 3, "d_key": 8})",
+       R"({"kind": "peer", "num_experts": 49, "heads": 3, "top_k": 2, "d_key": 4, "query_norm": "layernorm", "activation": "relu"})",
+       R"({"kind": "peer", "num_experts": 16, "heads": 1, "top_k": 2, "d_key": 6, "query_norm": "none"})"}) {
+    nlohmann::json j = {{"model",
+                         {{"d_model", 32},
+                          {"n_layers", 3},
+                          {"n_heads", 2},
+                          {"ffn", nlohmann::json::parse(ffn)},
+                          {"ffn_overrides", {{"0", {{"kind", "dense"}}}}}}}};
     Config c = config_from_json(j, "test");
     Transformer m(c.model, 2, 4);
     int64_t allocated = 0;

@@ -24,4 +24,13 @@ inline int thread_index() {
 #endif
 }
 
+// Whether the caller is inside an active OpenMP parallel region (then nested loops run serially).
+inline bool in_parallel() {
+#ifdef _OPENMP
+  return omp_in_parallel() != 0;
+#else
+  return false;
+#endif
+}
+
 }  // namespace moe

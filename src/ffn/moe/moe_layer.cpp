@@ -6,11 +6,13 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
 #include "moe/core/threading.h"
 #include "moe/kernels/gemm.h"
+#include "moe/kernels/panel_gemm.h"
 #include "moe/nn/activations.h"
 
 namespace moe {
@@ -87,13 +89,59 @@ void first_backward(T* dX, T* dwg, T* dwu, const T* dgu, const T* X, const T* wg
   }
 }
 
+// The same products with panel_gemm (float, AVX-512): B packed into `pack`, A read in place.
+// Shapes as in first_forward / first_backward and the down projection; W1 = 2H (SwiGLU) or H.
+void panel_first_forward(float* gu, const float* X, const float* wg, const float* wu, int m, int C,
+                         int H, Activation a, float* pack) {
+  const int W1 = a == Activation::kSwiGLU ? 2 * H : H;
+  // B(k = c, n) = W_gate[n, c] for n < H, W_up[n − H, c] after: [W_gate; W_up]ᵀ [C, W1].
+  if (a == Activation::kSwiGLU) panel_pack_b(pack, C, W1, 0, 0, C, H, wg, C, true);
+  panel_pack_b(pack, C, W1, 0, W1 - H, C, H, wu, C, true);
+  panel_gemm(m, W1, C, X, C, false, pack, gu, W1, false);
+}
+
+// ye [m, C] = hid [m, H] · W_downᵀ (W_down [C, H]).
+void panel_down_forward(float* ye, const float* hid, const float* wd, int m, int C, int H,
+                        float* pack) {
+  panel_pack_b(pack, H, C, 0, 0, H, C, wd, H, true);
+  panel_gemm(m, C, H, hid, H, false, pack, ye, C, false);
+}
+
+// dW_down [C, H] += dyeᵀ · hid, then hid ← dhid = dye · W_down.
+void panel_down_backward(float* dwd, float* hid, const float* dye, const float* wd, int m, int C,
+                         int H, float* pack, float* apack) {
+  panel_pack_b(pack, m, H, 0, 0, m, H, hid, H, false);
+  panel_gemm(C, H, m, dye, C, true, pack, dwd, H, true, apack);
+  panel_pack_b(pack, C, H, 0, 0, C, H, wd, H, false);
+  panel_gemm(m, H, C, dye, C, false, pack, hid, H, false);
+}
+
+// From dgu [m, W1]: dW_gate, dW_up [H, C] += dguᵀ · X (one packed X for both), then
+// dX [m, C] (+)= dgu · [W_gate; W_up].
+void panel_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, const float* X,
+                          const float* wg, const float* wu, int m, int C, int H, Activation a,
+                          bool accumulate, float* pack, float* apack) {
+  const bool swiglu = a == Activation::kSwiGLU;
+  const int W1 = swiglu ? 2 * H : H;
+  panel_pack_b(pack, m, C, 0, 0, m, C, X, C, false);
+  if (swiglu) panel_gemm(H, C, m, dgu, W1, true, pack, dwg, C, true, apack);
+  panel_gemm(H, C, m, dgu + (W1 - H), W1, true, pack, dwu, C, true, apack);
+  if (swiglu) panel_pack_b(pack, W1, C, 0, 0, H, C, wg, C, false);
+  panel_pack_b(pack, W1, C, W1 - H, 0, H, C, wu, C, false);
+  panel_gemm(m, C, W1, dgu, W1, false, pack, dX, C, accumulate);
+}
+
 // Runs fn(e) for every expert in `order`. Many experts: one expert per task across threads
 // (largest first, dynamic), each GEMM single-threaded. Few experts: one after another, each GEMM
 // using all threads. Either way one expert's weight gradient is written by one task only.
+bool experts_in_parallel(int E) {
+  const int nt = max_threads();
+  return E >= 2 * nt && nt > 1;
+}
+
 template <typename F>
 void for_each_expert(const int32_t* order, int E, F&& fn) {
-  const int nt = max_threads();
-  if (E >= 2 * nt && nt > 1) {
+  if (experts_in_parallel(E)) {
 #pragma omp parallel for schedule(dynamic, 1)
     for (int i = 0; i < E; ++i) fn(order[i]);
   } else {
@@ -188,6 +236,21 @@ void MoeLayer<T>::bind(Arena& a, int max_batch, int max_seq) {
     pdye_ = f(R * C);
     p_off_ = i32(El_ + 1);
     p_order_ = i32(El_);
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (panel_gemm_native()) {
+      // An expert gets each token at most once (token choice, and expert choice's groups), so
+      // ≤ N rows here, ≤ P·N on an owner under expert parallelism.
+      pack_rows_ = ep_ ? P_ * N : N;
+      const int Mx = std::max({pack_rows_, C, W1, H});
+      pack_b_floats_ =
+          std::max({panel_b_floats(C, W1), panel_b_floats(Mx, C), panel_b_floats(Mx, H),
+                    panel_b_floats(W1, C), panel_b_floats(H, C)});
+      // + A tiles of the weight-gradient products (M = C or H rows).
+      pack_stride_ = pack_b_floats_ + panel_a_floats(std::max(C, H));
+      pack_threads_ = max_threads();
+      pack_ = a.take<float>(pack_stride_ * pack_threads_);
+    }
   }
   if (s_.n_shared > 0) {
     s_gu_ = f(std::size_t(s_.n_shared) * N * W1);
@@ -449,18 +512,43 @@ void MoeLayer<T>::apply_expert_dropout(T* hid, int o, int m) const {
 }
 
 template <typename T>
+float* MoeLayer<T>::pack_buffer() const {
+  const int t = thread_index();
+  MOE_CHECK(t < pack_threads_, "internal: thread {} of a pack scratch sized for {} threads", t,
+            pack_threads_);
+  return pack_ + std::size_t(t) * pack_stride_;
+}
+
+template <typename T>
 void MoeLayer<T>::panels_forward(const Panels& q, const MoeParams<T>& p) {
   const int C = s_.C, H = s_.H, W1 = s_.w1_rows();
+  // Our panel GEMM when each expert runs on one thread; few experts in turn keep OpenBLAS's
+  // multi-threaded GEMM.
+  const bool panel = pack_ && (experts_in_parallel(q.n) || max_threads() == 1);
   for_each_expert(q.order, q.n, [&](int e) {
     const int o = q.off[e], m = q.off[e + 1] - o;
     if (m == 0) return;
     const std::size_t we = std::size_t(e) * H * C;
-    first_forward(q.gu + std::size_t(o) * W1, q.xe + std::size_t(o) * C,
-                  p.w_gate ? p.w_gate + we : nullptr, p.w_up + we, m, C, H, s_.act);
-    activation_forward(q.hid + std::size_t(o) * H, q.gu + std::size_t(o) * W1, m, H, s_.act);
-    if (dropout_active_) apply_expert_dropout(q.hid + std::size_t(o) * H, o, m);
-    gemm<T>(false, true, m, C, H, T(1), q.hid + std::size_t(o) * H, H,
-            p.w_down + std::size_t(e) * C * H, H, T(0), q.ye + std::size_t(o) * C, C);
+    T* gu = q.gu + std::size_t(o) * W1;
+    T* hid = q.hid + std::size_t(o) * H;
+    const T* wg = p.w_gate ? p.w_gate + we : nullptr;
+    const T* wd = p.w_down + std::size_t(e) * C * H;
+    if constexpr (std::is_same_v<T, float>) {
+      if (panel) {
+        MOE_CHECK(m <= pack_rows_, "internal: {} rows for one expert exceed the bound {}", m,
+                  pack_rows_);
+        float* pack = pack_buffer();
+        panel_first_forward(gu, q.xe + std::size_t(o) * C, wg, p.w_up + we, m, C, H, s_.act, pack);
+        activation_forward(hid, gu, m, H, s_.act);
+        if (dropout_active_) apply_expert_dropout(hid, o, m);
+        panel_down_forward(q.ye + std::size_t(o) * C, hid, wd, m, C, H, pack);
+        return;
+      }
+    }
+    first_forward(gu, q.xe + std::size_t(o) * C, wg, p.w_up + we, m, C, H, s_.act);
+    activation_forward(hid, gu, m, H, s_.act);
+    if (dropout_active_) apply_expert_dropout(hid, o, m);
+    gemm<T>(false, true, m, C, H, T(1), hid, H, wd, H, T(0), q.ye + std::size_t(o) * C, C);
   });
 }
 
@@ -468,22 +556,38 @@ template <typename T>
 void MoeLayer<T>::panels_backward(const Panels& q, const MoeGrads<T>& g, const MoeParams<T>& p,
                                   T* dxe) {
   const int C = s_.C, H = s_.H, W1 = s_.w1_rows();
+  const bool panel = pack_ && (experts_in_parallel(q.n) || max_threads() == 1);
   // Each expert's weight gradients are written by one task.
   for_each_expert(q.order, q.n, [&](int e) {
     const int o = q.off[e], m = q.off[e + 1] - o;
     if (m == 0) return;
     const T* wd = p.w_down + std::size_t(e) * C * H;
+    T* dwd = g.w_down + std::size_t(e) * C * H;
     const std::size_t we = std::size_t(e) * H * C;
     T* hid = q.hid + std::size_t(o) * H;
     T* gu = q.gu + std::size_t(o) * W1;
     const T* dye = q.dye + std::size_t(o) * C;
-    gemm<T>(true, false, C, H, m, T(1), dye, C, hid, H, T(1), g.w_down + std::size_t(e) * C * H, H);
+    const T* wg = p.w_gate ? p.w_gate + we : nullptr;
+    T* dwg = g.w_gate ? g.w_gate + we : nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      if (panel) {
+        float* pack = pack_buffer();
+        float* apack = pack + pack_b_floats_;
+        panel_down_backward(dwd, hid, dye, wd, m, C, H, pack, apack);
+        if (dropout_active_) apply_expert_dropout(hid, o, m);  // the same mask, redrawn
+        activation_backward(gu, hid, m, H, s_.act);
+        panel_first_backward(dxe + std::size_t(o) * C, dwg, g.w_up + we, gu,
+                             q.xe + std::size_t(o) * C, wg, p.w_up + we, m, C, H, s_.act, false,
+                             pack, apack);
+        return;
+      }
+    }
+    gemm<T>(true, false, C, H, m, T(1), dye, C, hid, H, T(1), dwd, H);
     gemm<T>(false, false, m, H, C, T(1), dye, C, wd, H, T(0), hid, H);
     if (dropout_active_) apply_expert_dropout(hid, o, m);  // the same mask, redrawn
     activation_backward(gu, hid, m, H, s_.act);
-    first_backward(dxe + std::size_t(o) * C, g.w_gate ? g.w_gate + we : nullptr, g.w_up + we, gu,
-                   q.xe + std::size_t(o) * C, p.w_gate ? p.w_gate + we : nullptr, p.w_up + we, m, C,
-                   H, s_.act, false);
+    first_backward(dxe + std::size_t(o) * C, dwg, g.w_up + we, gu, q.xe + std::size_t(o) * C, wg,
+                   p.w_up + we, m, C, H, s_.act, false);
   });
 }
 

@@ -198,6 +198,12 @@ class MoeLayer {
   int64_t n_global_ = 0;  // tokens in the global batch
   int64_t tok0_ = 0;      // global index of this rank's first token (keys the random draws)
   int max_panel_rows_ = 0;
+  // Float with AVX-512: packed-B scratch of panel_gemm, pack_stride_ floats per thread, sized
+  // for experts of up to pack_rows_ rows (null otherwise: the layer uses OpenBLAS).
+  float* pack_ = nullptr;
+  std::size_t pack_stride_ = 0, pack_b_floats_ = 0;
+  int pack_rows_ = 0, pack_threads_ = 0;
+  float* pack_buffer() const;
   T* ec_scores_ = nullptr;  // [B·P·T, E] expert choice's global scores (distributed)
   T *rbuf_ = nullptr, *pxe_ = nullptr, *pgu_ = nullptr, *phid_ = nullptr, *pye_ = nullptr,
     *pdye_ = nullptr;                              // owner-side panels [max_panel_rows, ·]

@@ -1,0 +1,45 @@
+// Our own float GEMM for the expert panels of the MoE layer (issue 3): C = A·B with B packed by
+// the caller and A read in place, either row by row or column by column.
+//
+// Why not OpenBLAS here: per expert the layer runs nine products of ~512×512×128, and OpenBLAS
+// packs both operands of every call (and clears C first when beta = 0). Most of those copies are
+// not needed: the activations are contiguous in the direction the micro-kernel broadcasts them,
+// and only B — a weight (H·C floats) or one activation panel shared by two products — is packed.
+// That cut the copies to about a fifth and let the products reach the kernel's peak at these
+// shapes (bench/RESULTS.md, docs/MOE.md).
+//
+// Packed-B layout: ⌈N/32⌉ column panels, each K rows of 32 floats (64-byte aligned when Bp is),
+// columns past N zero. The micro-kernel holds a 12×32 block of C in 24 zmm registers and, per k,
+// loads one 32-float row of the panel and broadcasts 12 elements of A.
+#pragma once
+#include <cstddef>
+
+namespace moe {
+
+inline constexpr int kPanelNR = 32;
+
+// Floats of a packed B with K rows and N columns.
+std::size_t panel_b_floats(int K, int N);
+
+// Packs rows k0..k0+kn and columns n0..n0+nn of B (K rows, N columns in all) into Bp, from src:
+// element (k0 + i, n0 + j) = trans ? src[j·ld + i] : src[i·ld + j]. Several calls fill one
+// packed B from different sources (e.g. [W_gate; W_up] stacked along K or along N). The call
+// that writes the last columns (n0 + nn == N) also zeroes the padding of the last panel.
+void panel_pack_b(float* Bp, int K, int N, int k0, int n0, int kn, int nn, const float* src, int ld,
+                  bool trans);
+
+// Floats of the scratch panel_gemm needs for an A of M rows read with a_trans.
+std::size_t panel_a_floats(int M);
+
+// C[M, N] = A·B (accumulate: C += A·B), row-major C with leading dimension ldc, on the calling
+// thread (the MoE layer runs one expert per thread). A(i, k) = a_trans ? A[k·lda + i] :
+// A[i·lda + k]; Bp packed as above with K rows; apack: panel_a_floats(M) floats of scratch,
+// used only when a_trans. Each element of C is summed over k in increasing order.
+void panel_gemm(int M, int N, int K, const float* A, int lda, bool a_trans, const float* Bp,
+                float* C, int ldc, bool accumulate, float* apack = nullptr);
+
+// True when built with AVX-512 (the fast micro-kernel); otherwise the functions above run a
+// portable loop of the same semantics and callers should prefer OpenBLAS.
+bool panel_gemm_native();
+
+}  // namespace moe

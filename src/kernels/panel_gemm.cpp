@@ -1,0 +1,294 @@
+#include "moe/kernels/panel_gemm.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace moe {
+
+namespace {
+
+constexpr int NR = kPanelNR;
+constexpr int MR = 12;   // rows of the micro-kernel's C block: 12×32 = 24 zmm accumulators
+constexpr int KC = 256;  // k rows of a B panel per pass: 256·32·4 B = 32 KiB stays in L1
+
+// The generic (unaligned or partial-panel) packing path: one element at a time.
+void pack_elementwise(float* Bp, int K, int k0, int n0, int kn, int nn, const float* src, int ld,
+                      bool trans) {
+  for (int j = 0; j < nn; ++j) {
+    const int n = n0 + j;
+    float* d = Bp + (std::size_t(n / NR) * K + k0) * NR + n % NR;
+    for (int i = 0; i < kn; ++i)
+      d[std::size_t(i) * NR] = trans ? src[std::size_t(j) * ld + i] : src[std::size_t(i) * ld + j];
+  }
+}
+
+#if defined(__AVX512F__)
+
+// C[MR_, ≤32] (+)= A[MR_, K] · Bp[K, 32]; A(i, k) = AT ? A[k·lda + i] : A[i·lda + k].
+// m0/m1 mask the two 16-column halves for a partial last panel.
+template <int MR_, bool AT>
+inline void micro(int K, const float* A, std::int64_t lda, const float* Bp, float* C,
+                  std::int64_t ldc, __mmask16 m0, __mmask16 m1, bool acc) {
+  __m512 c0[MR_], c1[MR_];
+  // C's lines are usually cold (an expert's output panel): ask for them now so they arrive
+  // while the k loop runs instead of stalling the stores.
+  for (int i = 0; i < MR_; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + 16), _MM_HINT_T0);
+  }
+  for (int i = 0; i < MR_; ++i) {
+    c0[i] = _mm512_setzero_ps();
+    c1[i] = _mm512_setzero_ps();
+  }
+  for (int k = 0; k < K; ++k) {
+    const __m512 b0 = _mm512_load_ps(Bp + std::size_t(k) * NR);
+    const __m512 b1 = _mm512_load_ps(Bp + std::size_t(k) * NR + 16);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR_; ++i) {
+      const __m512 a = _mm512_set1_ps(AT ? A[k * lda + i] : A[i * lda + k]);
+      c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+    }
+  }
+  for (int i = 0; i < MR_; ++i) {
+    float* c = C + i * ldc;
+    if (acc) {
+      c0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c), c0[i]);
+      c1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c + 16), c1[i]);
+    }
+    _mm512_mask_storeu_ps(c, m0, c0[i]);
+    _mm512_mask_storeu_ps(c + 16, m1, c1[i]);
+  }
+}
+
+template <bool AT>
+void micro_rows(int rows, int K, const float* A, std::int64_t lda, const float* Bp, float* C,
+                std::int64_t ldc, __mmask16 m0, __mmask16 m1, bool acc) {
+  switch (rows) {
+#define MOE_PANEL_CASE(r)                             \
+  case r:                                             \
+    micro<r, AT>(K, A, lda, Bp, C, ldc, m0, m1, acc); \
+    break;
+    MOE_PANEL_CASE(1)
+    MOE_PANEL_CASE(2)
+    MOE_PANEL_CASE(3)
+    MOE_PANEL_CASE(4)
+    MOE_PANEL_CASE(5)
+    MOE_PANEL_CASE(6)
+    MOE_PANEL_CASE(7)
+    MOE_PANEL_CASE(8)
+    MOE_PANEL_CASE(9)
+    MOE_PANEL_CASE(10)
+    MOE_PANEL_CASE(11)
+    MOE_PANEL_CASE(12)
+#undef MOE_PANEL_CASE
+    default:
+      break;
+  }
+}
+
+// In-register transpose of a 16×16 block: r[j] = row j on entry, column j on exit.
+// (GCC 12 warns that the intrinsics' internal _mm512_undefined_ps() "may be used
+// uninitialized"; the shuffles overwrite every lane, so the warning is off for this function.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  // Pairs of rows interleaved, then 4×4 blocks inside each 128-bit lane: r[4g+b] lane L holds
+  // column 4L+b of rows 4g..4g+3.
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  // Then a 4×4 transpose of the 128-bit lanes of {r[b], r[4+b], r[8+b], r[12+b]} for each b:
+  // column 4L+b gathers lane L of the four.
+  for (int b = 0; b < 4; ++b) {
+    const __m512 u0 = _mm512_shuffle_f32x4(r[b], r[4 + b], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 u1 = _mm512_shuffle_f32x4(r[b], r[4 + b], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 u3 = _mm512_shuffle_f32x4(r[8 + b], r[12 + b], _MM_SHUFFLE(3, 2, 3, 2));
+    t[b] = _mm512_shuffle_f32x4(u0, u2, _MM_SHUFFLE(2, 0, 2, 0));
+    t[4 + b] = _mm512_shuffle_f32x4(u0, u2, _MM_SHUFFLE(3, 1, 3, 1));
+    t[8 + b] = _mm512_shuffle_f32x4(u1, u3, _MM_SHUFFLE(2, 0, 2, 0));
+    t[12 + b] = _mm512_shuffle_f32x4(u1, u3, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+#pragma GCC diagnostic pop
+
+// One k pass of column panel p over all M rows. A is either row-major in place or (a_trans)
+// packed by the caller as tiles [⌈M/MR⌉][kc][MR], so the micro-kernel reads it contiguously.
+template <bool AT>
+void pass(int p, int M, int N, int kc, int K, int k0, const float* A, std::int64_t lda,
+          const float* Bp, float* C, std::int64_t ldc, bool acc) {
+  const int nv = std::min(NR, N - p * NR);
+  const __mmask16 m0 = nv >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nv) - 1);
+  const __mmask16 m1 = nv >= 32  ? __mmask16(0xFFFF)
+                       : nv > 16 ? __mmask16((1u << (nv - 16)) - 1)
+                                 : __mmask16(0);
+  const float* B = Bp + (std::size_t(p) * K + k0) * NR;
+  float* Cp = C + std::size_t(p) * NR;
+  for (int i = 0; i < M; i += MR) {
+    const float* Ai = AT ? A + std::size_t(i) * kc : A + std::size_t(i) * lda + k0;
+    micro_rows<AT>(std::min(MR, M - i), kc, Ai, AT ? MR : lda, B, Cp + std::size_t(i) * ldc, ldc,
+                   m0, m1, acc);
+  }
+}
+
+#else
+
+// Portable path (no AVX-512): the same tiles, one element at a time.
+template <bool AT>
+void tile(int p, int i0, int i1, int N, int K, const float* A, std::int64_t lda, const float* Bp,
+          float* C, std::int64_t ldc, bool accumulate) {
+  const int nv = std::min(NR, N - p * NR);
+  const float* Bpan = Bp + std::size_t(p) * K * NR;
+  for (int i = i0; i < i1; ++i)
+    for (int j = 0; j < nv; ++j) {
+      float s = 0;
+      for (int k = 0; k < K; ++k)
+        s += (AT ? A[k * lda + i] : A[i * lda + k]) * Bpan[std::size_t(k) * NR + j];
+      float& c = C[i * ldc + p * NR + j];
+      c = accumulate ? c + s : s;
+    }
+}
+
+#endif
+
+#if defined(__AVX512F__)
+// k passes of ≤ KC rows; per pass each B panel (≤ 32 KiB) stays in L1 while all M rows use it.
+void run(int M, int N, int K, const float* A, int lda, bool a_trans, const float* Bp, float* C,
+         int ldc, bool accumulate, float* apack) {
+  const int np = (N + NR - 1) / NR;
+  for (int k0 = 0; k0 < K; k0 += KC) {
+    const int kc = std::min(KC, K - k0);
+    const bool acc = accumulate || k0 > 0;
+    if (a_trans) {
+      // A(i, k) = A[k·lda + i]: every k would touch a new line of a strided column (and with
+      // lda a multiple of 512 floats those lines share a few L1 sets), so copy the pass's A
+      // into micro-tiles once and let every panel read it contiguously.
+      for (int t = 0; t * MR < M; ++t) {
+        const int rows = std::min(MR, M - t * MR);
+        const __mmask16 mk = __mmask16((1u << rows) - 1);
+        float* d = apack + std::size_t(t) * kc * MR;
+        const float* src = A + std::size_t(k0) * lda + t * MR;
+        for (int k = 0; k < kc; ++k)
+          _mm512_mask_storeu_ps(d + k * MR, mk,
+                                _mm512_maskz_loadu_ps(mk, src + std::size_t(k) * lda));
+      }
+      for (int p = 0; p < np; ++p) pass<true>(p, M, N, kc, K, k0, apack, MR, Bp, C, ldc, acc);
+    } else {
+      for (int p = 0; p < np; ++p) pass<false>(p, M, N, kc, K, k0, A, lda, Bp, C, ldc, acc);
+    }
+  }
+}
+#else
+void run(int M, int N, int K, const float* A, int lda, bool a_trans, const float* Bp, float* C,
+         int ldc, bool accumulate, float*) {
+  const int np = (N + NR - 1) / NR;
+  for (int p = 0; p < np; ++p) {
+    if (a_trans)
+      tile<true>(p, 0, M, N, K, A, lda, Bp, C, ldc, accumulate);
+    else
+      tile<false>(p, 0, M, N, K, A, lda, Bp, C, ldc, accumulate);
+  }
+}
+#endif
+
+}  // namespace
+
+std::size_t panel_b_floats(int K, int N) {
+  return std::size_t((N + NR - 1) / NR) * NR * std::size_t(K);
+}
+
+void panel_pack_b(float* Bp, int K, int N, int k0, int n0, int kn, int nn, const float* src, int ld,
+                  bool trans) {
+  const int full = n0 % NR == 0 ? nn / NR : 0;  // whole 32-column panels from n0 on
+  if (!trans) {
+    // Row-major source: each (k, panel) is one contiguous 32-float copy.
+    for (int i = 0; i < kn; ++i) {
+      const float* s = src + std::size_t(i) * ld;
+      for (int q = 0; q < full; ++q) {
+        float* d = Bp + (std::size_t(n0 / NR + q) * K + k0 + i) * NR;
+#if defined(__AVX512F__)
+        _mm512_store_ps(d, _mm512_loadu_ps(s + q * NR));
+        _mm512_store_ps(d + 16, _mm512_loadu_ps(s + q * NR + 16));
+#else
+        std::memcpy(d, s + q * NR, NR * sizeof(float));
+#endif
+      }
+    }
+  } else {
+#if defined(__AVX512F__)
+    // Transposed source (B(k, n) = src[n·ld + k]): 16×16 blocks transposed in registers, so
+    // each source line is read once (strided scalar reads would keep re-missing in L1: rows
+    // 2 KiB apart share its sets).
+    const int kb16 = kn / 16 * 16;
+    for (int q = 0; q < full; ++q)
+      for (int h = 0; h < 2; ++h) {
+        const float* s = src + std::size_t(q * NR + h * 16) * ld;
+        float* d = Bp + (std::size_t(n0 / NR + q) * K + k0) * NR + h * 16;
+        for (int kb = 0; kb < kb16; kb += 16) {
+          __m512 r[16];
+          for (int j = 0; j < 16; ++j) r[j] = _mm512_loadu_ps(s + std::size_t(j) * ld + kb);
+          transpose16(r);
+          for (int i = 0; i < 16; ++i) _mm512_store_ps(d + std::size_t(kb + i) * NR, r[i]);
+        }
+        if (kb16 < kn)
+          pack_elementwise(Bp, K, k0 + kb16, n0 + q * NR + h * 16, kn - kb16, 16, s + kb16, ld,
+                           true);
+      }
+#else
+    for (int q = 0; q < full; ++q)
+      pack_elementwise(Bp, K, k0, n0 + q * NR, kn, NR, src + std::size_t(q * NR) * ld, ld, true);
+#endif
+  }
+  // The columns not covered by whole panels (n0 unaligned, or a partial last panel).
+  if (full * NR < nn) {
+    const int j0 = full * NR;
+    pack_elementwise(Bp, K, k0, n0 + j0, kn, nn - j0, trans ? src + std::size_t(j0) * ld : src + j0,
+                     ld, trans);
+  }
+  if (n0 + nn == N && N % NR != 0) {
+    // Zero the padding columns of the last panel (they feed only masked-out accumulators, but
+    // uninitialised floats could be denormals or NaNs and slow the FMAs down).
+    float* last = Bp + std::size_t(N / NR) * K * NR;
+    for (int i = k0; i < k0 + kn; ++i)
+      std::fill(last + std::size_t(i) * NR + N % NR, last + std::size_t(i + 1) * NR, 0.0f);
+  }
+}
+
+std::size_t panel_a_floats(int M) { return std::size_t((M + MR - 1) / MR) * MR * KC; }
+
+void panel_gemm(int M, int N, int K, const float* A, int lda, bool a_trans, const float* Bp,
+                float* C, int ldc, bool accumulate, float* apack) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int i = 0; i < M; ++i)
+        std::fill(C + std::size_t(i) * ldc, C + std::size_t(i) * ldc + N, 0.0f);
+    return;
+  }
+  run(M, N, K, A, lda, a_trans, Bp, C, ldc, accumulate, apack);
+}
+
+bool panel_gemm_native() {
+#if defined(__AVX512F__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace moe

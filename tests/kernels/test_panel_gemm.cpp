@@ -1,0 +1,119 @@
+// panel_gemm (the MoE layer's float GEMM with a packed B) against a double-precision loop, on
+// shapes that hit every edge: partial micro-tiles (M not a multiple of 12), a partial last
+// panel (N not a multiple of 32), k passes split at 256, both ways of reading A, overwrite and
+// accumulate, and packed Bs stacked from two sources along K and along N (the layer's
+// [W_gate; W_up]). Tolerance: a float sum of K products of O(1) values, rounded at each step,
+// is within ~K·2⁻²⁴·Σ|a·b| of the exact one; we allow 4·K·2⁻²⁴·Σ|a·b| + 1e-6 per element.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "moe/core/arena.h"
+#include "moe/core/rng.h"
+#include "moe/kernels/panel_gemm.h"
+
+using namespace moe;
+
+namespace {
+
+std::vector<float> randf(std::size_t n, uint32_t stream) {
+  const Rng r(11, stream);
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = float(r.normal(i));
+  return v;
+}
+
+// 64-byte aligned float storage (the packed B is read with aligned loads).
+struct Aligned {
+  explicit Aligned(std::size_t n) : arena(n * sizeof(float) + kAlign), p(arena.take<float>(n)) {}
+  Arena arena;
+  float* p;
+};
+
+struct Case {
+  int M, N, K;
+  bool a_trans, accumulate;
+};
+
+void check(const Case& c, bool b_trans, bool split_k, bool split_n) {
+  SCOPED_TRACE(::testing::Message()
+               << "M=" << c.M << " N=" << c.N << " K=" << c.K << " a_trans=" << c.a_trans
+               << " acc=" << c.accumulate << " b_trans=" << b_trans << " split_k=" << split_k
+               << " split_n=" << split_n);
+  const int M = c.M, N = c.N, K = c.K;
+  // A: [M, K] row-major, or [K, M] read as A(i, k) = A[k·M + i]; lda = the row length + 3 so
+  // a wrong stride cannot pass.
+  const int lda = (c.a_trans ? M : K) + 3;
+  const std::vector<float> A = randf(std::size_t(c.a_trans ? K : M) * lda, 1);
+  auto a = [&](int i, int k) {
+    return c.a_trans ? A[std::size_t(k) * lda + i] : A[std::size_t(i) * lda + k];
+  };
+  // B as (k, n) → value; its source is [K, N] (ldb = N + 5) or, transposed, [N, K] (ldb = K + 5).
+  const int ldb = (b_trans ? K : N) + 5;
+  const std::vector<float> Bs = randf(std::size_t(b_trans ? N : K) * ldb, 2);
+  auto b = [&](int k, int n) {
+    return b_trans ? Bs[std::size_t(n) * ldb + k] : Bs[std::size_t(k) * ldb + n];
+  };
+  Aligned Bp(panel_b_floats(K, N));
+  std::fill(Bp.p, Bp.p + panel_b_floats(K, N), std::nanf(""));  // padding must be written
+  auto pack = [&](int k0, int n0, int kn, int nn) {
+    const float* src = b_trans ? &Bs[std::size_t(n0) * ldb + k0] : &Bs[std::size_t(k0) * ldb + n0];
+    panel_pack_b(Bp.p, K, N, k0, n0, kn, nn, src, ldb, b_trans);
+  };
+  const int ks = split_k ? K / 3 : K, ns = split_n ? N / 2 + 1 : N;  // ns deliberately unaligned
+  for (int k0 = 0; k0 < K; k0 += std::max(ks, 1)) {
+    const int kn = std::min(std::max(ks, 1), K - k0);
+    if (ns < N) {
+      pack(k0, 0, kn, ns);
+      pack(k0, ns, kn, N - ns);
+    } else {
+      pack(k0, 0, kn, N);
+    }
+  }
+  const int ldc = N + 2;
+  std::vector<float> C = randf(std::size_t(M) * ldc, 3), C0 = C;
+  Aligned apack(panel_a_floats(M));
+  panel_gemm(M, N, K, A.data(), lda, c.a_trans, Bp.p, C.data(), ldc, c.accumulate, apack.p);
+  int bad = 0;
+  for (int i = 0; i < M; ++i) {
+    for (int n = 0; n < N; ++n) {
+      double ref = c.accumulate ? C0[std::size_t(i) * ldc + n] : 0.0, mag = std::fabs(ref);
+      for (int k = 0; k < K; ++k) {
+        ref += double(a(i, k)) * b(k, n);
+        mag += std::fabs(double(a(i, k)) * b(k, n));
+      }
+      const double tol = 4.0 * K * std::ldexp(1.0, -24) * mag + 1e-6;
+      if (!(std::fabs(C[std::size_t(i) * ldc + n] - ref) <= tol) && ++bad <= 5)
+        ADD_FAILURE() << "C(" << i << "," << n << ") = " << C[std::size_t(i) * ldc + n]
+                      << ", expected " << ref;
+    }
+    // Columns past N (ldc padding) are never written.
+    for (int n = N; n < ldc; ++n)
+      ASSERT_EQ(C[std::size_t(i) * ldc + n], C0[std::size_t(i) * ldc + n]) << "row " << i;
+  }
+  EXPECT_EQ(bad, 0);
+}
+
+}  // namespace
+
+TEST(PanelGemm, MatchesDoubleLoopOnEdgeShapes) {
+  const Case cases[] = {
+      {1, 1, 1, false, false},    {12, 32, 256, false, false}, {13, 33, 257, false, true},
+      {11, 31, 255, true, false}, {25, 64, 600, true, true},   {50, 100, 40, false, false},
+      {37, 96, 513, true, false}, {24, 16, 7, false, true},    {7, 130, 300, true, true},
+  };
+  for (const Case& c : cases)
+    for (bool b_trans : {false, true})
+      for (bool split : {false, true}) check(c, b_trans, split && c.K >= 3, split && c.N >= 4);
+}
+
+TEST(PanelGemm, ZeroKOverwritesOrKeeps) {
+  // K = 0: C = 0 (overwrite) or C unchanged (accumulate), as a GEMM with an empty sum.
+  std::vector<float> C(6, 2.f);
+  Aligned Bp(panel_b_floats(0, 3) + 16);
+  panel_gemm(2, 3, 0, nullptr, 1, false, Bp.p, C.data(), 3, true);
+  EXPECT_EQ(C, std::vector<float>(6, 2.f));
+  panel_gemm(2, 3, 0, nullptr, 1, false, Bp.p, C.data(), 3, false);
+  EXPECT_EQ(C, std::vector<float>(6, 0.f));
+}
