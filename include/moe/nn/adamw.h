@@ -22,4 +22,15 @@ double lr_schedule(int64_t s, double lr, double min_lr, int64_t warmup, int64_t 
 // Sum of squares in double, over n floats, in a fixed reduction order (deterministic).
 double sum_squares(const float* g, std::size_t n);
 
+// The same over rows[0..n_rows) of a row-major table with rows of row_len floats, added in that
+// order (parallel over rows; the result does not depend on the thread count).
+double sum_squares_rows(const float* g, std::size_t row_len, const int32_t* rows,
+                        std::size_t n_rows);
+
+// The row-lazy rule of row-sparse tables: adamw_update (no decay) on each listed row with that
+// row's own step count, steps[r] incremented first. Rows must be distinct.
+void adamw_update_rows(float* p, float* m, float* v, const float* g, std::size_t row_len,
+                       const int32_t* rows, std::size_t n_rows, int32_t* steps,
+                       const AdamWHyper& h);
+
 }  // namespace moe
