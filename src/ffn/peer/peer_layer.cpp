@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "moe/core/error.h"
+#include "moe/core/threading.h"
 #include "moe/ffn/peer/product_keys.h"
 #include "moe/kernels/gemm.h"
 
@@ -228,27 +229,68 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
       }
     }
   }
-  // Router: softmax backward per (token, head), into sparse d(s1), d(s2).
+  // Router: softmax backward per (token, head): d(score) of each of the k candidates, in place
+  // of d(gate). A candidate's score is s1[id / S] + s2[id % S], so d(s1), d(s2) have at most k
+  // non-zeros per row out of S: the products with the sub-keys go over those only (dense GEMMs
+  // over the [N·h, S] matrices did ~S/k times the work, and had to clear them first).
   const int R = N * h;
-  std::fill(s1_, s1_ + std::size_t(R) * S, T(0));
-  std::fill(s2_, s2_ + std::size_t(R) * S, T(0));
+  T* ds = dgate_;
+#pragma omp parallel for schedule(static) if (R > 64)
   for (int r = 0; r < R; ++r) {
     const T* gt = gate_ + std::size_t(r) * k;
-    const T* dg = dgate_ + std::size_t(r) * k;
+    T* dg = ds + std::size_t(r) * k;
     T dot = 0;
     for (int s = 0; s < k; ++s) dot += gt[s] * dg[s];
+    for (int s = 0; s < k; ++s) dg[s] = gt[s] * (dg[s] - dot);
+  }
+  // dQ¹[r] = Σ_s ds·K¹[id/S], dQ²[r] = Σ_s ds·K²[id%S], candidates in rank order.
+#pragma omp parallel for schedule(static) if (R > 64)
+  for (int r = 0; r < R; ++r) {
+    T* d1 = dq_ + std::size_t(r) * dk;
+    T* d2 = d1 + half;
+    std::fill(d1, d1 + dk, T(0));
     for (int s = 0; s < k; ++s) {
-      const T ds = gt[s] * (dg[s] - dot);
-      const int32_t id = ids_[std::size_t(r) * k + s];
-      s1_[std::size_t(r) * S + id / S] += ds;
-      s2_[std::size_t(r) * S + id % S] += ds;
+      const std::size_t a = std::size_t(r) * k + s;
+      const T w = ds[a];
+      const T* k1 = p.keys1 + std::size_t(ids_[a] / S) * half;
+      const T* k2 = p.keys2 + std::size_t(ids_[a] % S) * half;
+#pragma omp simd
+      for (int i = 0; i < half; ++i) {
+        d1[i] += w * k1[i];
+        d2[i] += w * k2[i];
+      }
     }
   }
-  // Keys and queries: dQ¹ = dS¹·K¹, dK¹ += dS¹ᵀ·Q¹ (and the second half alike).
-  gemm<T>(false, false, R, half, S, T(1), s1_, S, p.keys1, half, T(0), dq_, dk);
-  gemm<T>(false, false, R, half, S, T(1), s2_, S, p.keys2, half, T(0), dq_ + half, dk);
-  gemm<T>(true, false, S, half, R, T(1), s1_, S, q_, dk, T(1), g.keys1, half);
-  gemm<T>(true, false, S, half, R, T(1), s2_, S, q_ + half, dk, T(1), g.keys2, half);
+  // dK¹[j] += Σ ds·Q¹[r] over the candidates with id/S = j (and dK² with id%S = j), summed in
+  // (row, rank) order. Each thread owns a contiguous range of sub-keys and walks every
+  // candidate, so each sum has one fixed order whatever the thread count.
+  {
+    const int nt = std::max(1, std::min(max_threads(), S / 16));
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+      const int t = thread_index(), nth = nt > 1 ? nt : 1;
+      const int j0 = int(int64_t(S) * t / nth), j1 = int(int64_t(S) * (t + 1) / nth);
+      for (int r = 0; r < R; ++r) {
+        const T* q1 = q_ + std::size_t(r) * dk;
+        const T* q2 = q1 + half;
+        for (int s = 0; s < k; ++s) {
+          const std::size_t a = std::size_t(r) * k + s;
+          const int j1s = ids_[a] / S, j2s = ids_[a] % S;
+          const T w = ds[a];
+          if (j1s >= j0 && j1s < j1) {
+            T* gk = g.keys1 + std::size_t(j1s) * half;
+#pragma omp simd
+            for (int i = 0; i < half; ++i) gk[i] += w * q1[i];
+          }
+          if (j2s >= j0 && j2s < j1) {
+            T* gk = g.keys2 + std::size_t(j2s) * half;
+#pragma omp simd
+            for (int i = 0; i < half; ++i) gk[i] += w * q2[i];
+          }
+        }
+      }
+    }
+  }
   // Norm backward: dq → dz (in place in dq_).
   if (s_.qnorm == QueryNorm::kBatch) {
     // dz = rstd/N·(N·d − Σd − x̂·Σd·x̂), d = dq·γ; the sums over the global batch when
