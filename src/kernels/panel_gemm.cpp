@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "moe/core/error.h"
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -18,12 +20,15 @@ constexpr int KC = 256;  // k rows of a B panel per pass: 256·32·4 B = 32 KiB 
 
 // The generic (unaligned or partial-panel) packing path: one element at a time.
 void pack_elementwise(float* Bp, int K, int k0, int n0, int kn, int nn, const float* src, int ld,
-                      bool trans) {
+                      bool trans, const int32_t* rows = nullptr, const float* scale = nullptr) {
   for (int j = 0; j < nn; ++j) {
     const int n = n0 + j;
     float* d = Bp + (std::size_t(n / NR) * K + k0) * NR + n % NR;
-    for (int i = 0; i < kn; ++i)
-      d[std::size_t(i) * NR] = trans ? src[std::size_t(j) * ld + i] : src[std::size_t(i) * ld + j];
+    for (int i = 0; i < kn; ++i) {
+      const std::size_t r = rows ? std::size_t(rows[i]) : std::size_t(i);
+      const float x = trans ? src[std::size_t(j) * ld + i] : src[r * ld + j];
+      d[std::size_t(i) * NR] = scale ? scale[i] * x : x;
+    }
   }
 }
 
@@ -127,10 +132,11 @@ inline void transpose16(__m512 r[16]) {
 }
 #pragma GCC diagnostic pop
 
-// One k pass of column panel p over all M rows. A is either row-major in place or (a_trans)
-// packed by the caller as tiles [⌈M/MR⌉][kc][MR], so the micro-kernel reads it contiguously.
+// One k pass (k0..k0+kc) of column panel p over all M rows. A is row-major with this pass's
+// column 0 at ak0 (in place: ak0 = k0; a gathered block: 0), or (AT) tiles [⌈M/MR⌉][kc][MR],
+// so the micro-kernel reads it contiguously.
 template <bool AT>
-void pass(int p, int M, int N, int kc, int K, int k0, const float* A, std::int64_t lda,
+void pass(int p, int M, int N, int kc, int K, int k0, const float* A, std::int64_t lda, int ak0,
           const float* Bp, float* C, std::int64_t ldc, bool acc) {
   const int nv = std::min(NR, N - p * NR);
   const __mmask16 m0 = nv >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nv) - 1);
@@ -140,7 +146,7 @@ void pass(int p, int M, int N, int kc, int K, int k0, const float* A, std::int64
   const float* B = Bp + (std::size_t(p) * K + k0) * NR;
   float* Cp = C + std::size_t(p) * NR;
   for (int i = 0; i < M; i += MR) {
-    const float* Ai = AT ? A + std::size_t(i) * kc : A + std::size_t(i) * lda + k0;
+    const float* Ai = AT ? A + std::size_t(i) * kc : A + std::size_t(i) * lda + ak0;
     micro_rows<AT>(std::min(MR, M - i), kc, Ai, AT ? MR : lda, B, Cp + std::size_t(i) * ldc, ldc,
                    m0, m1, acc);
   }
@@ -150,15 +156,16 @@ void pass(int p, int M, int N, int kc, int K, int k0, const float* A, std::int64
 
 // Portable path (no AVX-512): the same tiles, one element at a time.
 template <bool AT>
-void tile(int p, int i0, int i1, int N, int K, const float* A, std::int64_t lda, const float* Bp,
-          float* C, std::int64_t ldc, bool accumulate) {
+void tile(int p, int i0, int i1, int N, int K, const float* A, std::int64_t lda,
+          const int32_t* rows, const float* Bp, float* C, std::int64_t ldc, bool accumulate) {
   const int nv = std::min(NR, N - p * NR);
   const float* Bpan = Bp + std::size_t(p) * K * NR;
+  auto row = [rows](int i) { return std::int64_t(rows ? rows[i] : i); };
   for (int i = i0; i < i1; ++i)
     for (int j = 0; j < nv; ++j) {
       float s = 0;
       for (int k = 0; k < K; ++k)
-        s += (AT ? A[k * lda + i] : A[i * lda + k]) * Bpan[std::size_t(k) * NR + j];
+        s += (AT ? A[row(k) * lda + i] : A[row(i) * lda + k]) * Bpan[std::size_t(k) * NR + j];
       float& c = C[i * ldc + p * NR + j];
       c = accumulate ? c + s : s;
     }
@@ -168,40 +175,54 @@ void tile(int p, int i0, int i1, int N, int K, const float* A, std::int64_t lda,
 
 #if defined(__AVX512F__)
 // k passes of ≤ KC rows; per pass each B panel (≤ 32 KiB) stays in L1 while all M rows use it.
-void run(int M, int N, int K, const float* A, int lda, bool a_trans, const float* Bp, float* C,
-         int ldc, bool accumulate, float* apack) {
+void run(int M, int N, int K, const float* A, int lda, bool a_trans, const int32_t* rows,
+         const float* Bp, float* C, int ldc, bool accumulate, float* apack) {
   const int np = (N + NR - 1) / NR;
   for (int k0 = 0; k0 < K; k0 += KC) {
     const int kc = std::min(KC, K - k0);
     const bool acc = accumulate || k0 > 0;
-    if (a_trans) {
+    if (!a_trans && rows) {
+      // Rows picked by index (an expert's tokens, read straight from the token matrix): gather
+      // the pass's [M, kc] block once into contiguous scratch, which every panel then reads.
+      for (int i = 0; i < M; ++i) {
+        const float* src = A + std::size_t(rows[i]) * lda + k0;
+        float* d = apack + std::size_t(i) * kc;
+        int k = 0;
+        for (; k + 16 <= kc; k += 16) _mm512_storeu_ps(d + k, _mm512_loadu_ps(src + k));
+        if (k < kc) {
+          const __mmask16 mk = __mmask16((1u << (kc - k)) - 1);
+          _mm512_mask_storeu_ps(d + k, mk, _mm512_maskz_loadu_ps(mk, src + k));
+        }
+      }
+      for (int p = 0; p < np; ++p) pass<false>(p, M, N, kc, K, k0, apack, kc, 0, Bp, C, ldc, acc);
+    } else if (a_trans) {
       // A(i, k) = A[k·lda + i]: every k would touch a new line of a strided column (and with
       // lda a multiple of 512 floats those lines share a few L1 sets), so copy the pass's A
       // into micro-tiles once and let every panel read it contiguously.
       for (int t = 0; t * MR < M; ++t) {
-        const int rows = std::min(MR, M - t * MR);
-        const __mmask16 mk = __mmask16((1u << rows) - 1);
+        const int nr = std::min(MR, M - t * MR);
+        const __mmask16 mk = __mmask16((1u << nr) - 1);
         float* d = apack + std::size_t(t) * kc * MR;
-        const float* src = A + std::size_t(k0) * lda + t * MR;
-        for (int k = 0; k < kc; ++k)
-          _mm512_mask_storeu_ps(d + k * MR, mk,
-                                _mm512_maskz_loadu_ps(mk, src + std::size_t(k) * lda));
+        for (int k = 0; k < kc; ++k) {
+          const std::size_t r = rows ? std::size_t(rows[k0 + k]) : std::size_t(k0 + k);
+          _mm512_mask_storeu_ps(d + k * MR, mk, _mm512_maskz_loadu_ps(mk, A + r * lda + t * MR));
+        }
       }
-      for (int p = 0; p < np; ++p) pass<true>(p, M, N, kc, K, k0, apack, MR, Bp, C, ldc, acc);
+      for (int p = 0; p < np; ++p) pass<true>(p, M, N, kc, K, k0, apack, MR, 0, Bp, C, ldc, acc);
     } else {
-      for (int p = 0; p < np; ++p) pass<false>(p, M, N, kc, K, k0, A, lda, Bp, C, ldc, acc);
+      for (int p = 0; p < np; ++p) pass<false>(p, M, N, kc, K, k0, A, lda, k0, Bp, C, ldc, acc);
     }
   }
 }
 #else
-void run(int M, int N, int K, const float* A, int lda, bool a_trans, const float* Bp, float* C,
-         int ldc, bool accumulate, float*) {
+void run(int M, int N, int K, const float* A, int lda, bool a_trans, const int32_t* rows,
+         const float* Bp, float* C, int ldc, bool accumulate, float*) {
   const int np = (N + NR - 1) / NR;
   for (int p = 0; p < np; ++p) {
     if (a_trans)
-      tile<true>(p, 0, M, N, K, A, lda, Bp, C, ldc, accumulate);
+      tile<true>(p, 0, M, N, K, A, lda, rows, Bp, C, ldc, accumulate);
     else
-      tile<false>(p, 0, M, N, K, A, lda, Bp, C, ldc, accumulate);
+      tile<false>(p, 0, M, N, K, A, lda, rows, Bp, C, ldc, accumulate);
   }
 }
 #endif
@@ -213,19 +234,29 @@ std::size_t panel_b_floats(int K, int N) {
 }
 
 void panel_pack_b(float* Bp, int K, int N, int k0, int n0, int kn, int nn, const float* src, int ld,
-                  bool trans) {
+                  bool trans, const int32_t* rows, const float* row_scale) {
+  MOE_CHECK(!trans || (!rows && !row_scale),
+            "internal: panel_pack_b picks or scales rows of a row-major source only");
   const int full = n0 % NR == 0 ? nn / NR : 0;  // whole 32-column panels from n0 on
   if (!trans) {
-    // Row-major source: each (k, panel) is one contiguous 32-float copy.
+    // Row-major source: each (k, panel) is one contiguous 32-float copy (of row rows[i] if
+    // given, times row_scale[i] if given).
     for (int i = 0; i < kn; ++i) {
-      const float* s = src + std::size_t(i) * ld;
+      const float* s = src + (rows ? std::size_t(rows[i]) : std::size_t(i)) * ld;
       for (int q = 0; q < full; ++q) {
         float* d = Bp + (std::size_t(n0 / NR + q) * K + k0 + i) * NR;
 #if defined(__AVX512F__)
-        _mm512_store_ps(d, _mm512_loadu_ps(s + q * NR));
-        _mm512_store_ps(d + 16, _mm512_loadu_ps(s + q * NR + 16));
+        __m512 lo = _mm512_loadu_ps(s + q * NR), hi = _mm512_loadu_ps(s + q * NR + 16);
+        if (row_scale) {
+          const __m512 f = _mm512_set1_ps(row_scale[i]);
+          lo = _mm512_mul_ps(lo, f);
+          hi = _mm512_mul_ps(hi, f);
+        }
+        _mm512_store_ps(d, lo);
+        _mm512_store_ps(d + 16, hi);
 #else
-        std::memcpy(d, s + q * NR, NR * sizeof(float));
+        for (int j = 0; j < NR; ++j)
+          d[j] = row_scale ? row_scale[i] * s[q * NR + j] : s[q * NR + j];
 #endif
       }
     }
@@ -258,7 +289,7 @@ void panel_pack_b(float* Bp, int K, int N, int k0, int n0, int kn, int nn, const
   if (full * NR < nn) {
     const int j0 = full * NR;
     pack_elementwise(Bp, K, k0, n0 + j0, kn, nn - j0, trans ? src + std::size_t(j0) * ld : src + j0,
-                     ld, trans);
+                     ld, trans, rows, row_scale);
   }
   if (n0 + nn == N && N % NR != 0) {
     // Zero the padding columns of the last panel (they feed only masked-out accumulators, but
@@ -272,7 +303,7 @@ void panel_pack_b(float* Bp, int K, int N, int k0, int n0, int kn, int nn, const
 std::size_t panel_a_floats(int M) { return std::size_t((M + MR - 1) / MR) * MR * KC; }
 
 void panel_gemm(int M, int N, int K, const float* A, int lda, bool a_trans, const float* Bp,
-                float* C, int ldc, bool accumulate, float* apack) {
+                float* C, int ldc, bool accumulate, float* apack, const int32_t* a_rows) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -280,7 +311,7 @@ void panel_gemm(int M, int N, int K, const float* A, int lda, bool a_trans, cons
         std::fill(C + std::size_t(i) * ldc, C + std::size_t(i) * ldc + N, 0.0f);
     return;
   }
-  run(M, N, K, A, lda, a_trans, Bp, C, ldc, accumulate, apack);
+  run(M, N, K, A, lda, a_trans, a_rows, Bp, C, ldc, accumulate, apack);
 }
 
 bool panel_gemm_native() {

@@ -184,9 +184,18 @@ V dense_ffn(const V& x, int N, int C, int H, const double* wg, const double* wu,
 // float rounding: 1e-4 of each tensor's largest entry (float sums of ≤ 300 O(1) terms stay
 // within ~300·6e-8 ≈ 2e-5 relative; a wrong tile or offset is O(1)).
 TEST(MoeKernels, FloatPanelPathMatchesDoubleAtRealSizes) {
-  for (Activation act : {Activation::kSwiGLU, Activation::kGELU}) {
+  // SwiGLU; GELU; SwiGLU with expert dropout (the same mask redrawn in the backward), capacity
+  // drops (dropped assignments get no gate gradient) and router jitter.
+  for (int variant = 0; variant < 3; ++variant) {
+    const Activation act = variant == 1 ? Activation::kGELU : Activation::kSwiGLU;
     MoeSpec s = spec_of(RouterKind::kTopK, 8, 2, 96, 72);
     s.act = act;
+    if (variant == 2) {
+      s.expert_dropout = 0.25f;
+      s.capacity_factor = 0.9f;
+      s.jitter = 0.01f;  // its backward borrows a panel buffer as scratch
+    }
+    SCOPED_TRACE(::testing::Message() << "variant " << variant);
     Layer L(s, 2, 600, 301);
     const V y = L.forward();
     const int C = s.C;

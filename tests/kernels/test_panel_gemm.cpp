@@ -36,28 +36,50 @@ struct Case {
   bool a_trans, accumulate;
 };
 
-void check(const Case& c, bool b_trans, bool split_k, bool split_n) {
+// A row permutation-with-repeats of [0, big): the rows an expert picks from the token matrix.
+std::vector<int32_t> pick(int n, int big, uint32_t seed) {
+  std::vector<int32_t> r(n);
+  for (int i = 0; i < n; ++i) r[i] = int32_t((uint64_t(i) * 7919 + seed * 31) % uint64_t(big));
+  return r;
+}
+
+void check(const Case& c, bool b_trans, bool split_k, bool split_n, bool indexed = false) {
   SCOPED_TRACE(::testing::Message()
                << "M=" << c.M << " N=" << c.N << " K=" << c.K << " a_trans=" << c.a_trans
                << " acc=" << c.accumulate << " b_trans=" << b_trans << " split_k=" << split_k
-               << " split_n=" << split_n);
+               << " split_n=" << split_n << " indexed=" << indexed);
   const int M = c.M, N = c.N, K = c.K;
   // A: [M, K] row-major, or [K, M] read as A(i, k) = A[k·M + i]; lda = the row length + 3 so
-  // a wrong stride cannot pass.
+  // a wrong stride cannot pass. Indexed: the rows (of A, or of Aᵀ's source) are picked from a
+  // matrix of 2·(rows) + 5 rows.
   const int lda = (c.a_trans ? M : K) + 3;
-  const std::vector<float> A = randf(std::size_t(c.a_trans ? K : M) * lda, 1);
+  const int a_src_rows = c.a_trans ? K : M, a_big = indexed ? 2 * a_src_rows + 5 : a_src_rows;
+  const std::vector<float> A = randf(std::size_t(a_big) * lda, 1);
+  std::vector<int32_t> a_rows = pick(a_src_rows, a_big, 4);
+  if (!indexed)
+    for (int i = 0; i < a_src_rows; ++i) a_rows[i] = i;
   auto a = [&](int i, int k) {
-    return c.a_trans ? A[std::size_t(k) * lda + i] : A[std::size_t(i) * lda + k];
+    return c.a_trans ? A[std::size_t(a_rows[k]) * lda + i] : A[std::size_t(a_rows[i]) * lda + k];
   };
   // B as (k, n) → value; its source is [K, N] (ldb = N + 5) or, transposed, [N, K] (ldb = K + 5).
+  // Indexed (row-major only): row k is source row b_rows[k] of a larger matrix, times scale[k].
   const int ldb = (b_trans ? K : N) + 5;
-  const std::vector<float> Bs = randf(std::size_t(b_trans ? N : K) * ldb, 2);
+  const bool b_idx = indexed && !b_trans;
+  const int b_big = b_idx ? 2 * K + 5 : (b_trans ? N : K);
+  const std::vector<float> Bs = randf(std::size_t(b_big) * ldb, 2);
+  const std::vector<int32_t> b_rows = pick(K, b_big, 9);
+  const std::vector<float> scale = randf(K, 5);
   auto b = [&](int k, int n) {
+    if (b_idx) return scale[k] * Bs[std::size_t(b_rows[k]) * ldb + n];
     return b_trans ? Bs[std::size_t(n) * ldb + k] : Bs[std::size_t(k) * ldb + n];
   };
   Aligned Bp(panel_b_floats(K, N));
   std::fill(Bp.p, Bp.p + panel_b_floats(K, N), std::nanf(""));  // padding must be written
   auto pack = [&](int k0, int n0, int kn, int nn) {
+    if (b_idx) {
+      panel_pack_b(Bp.p, K, N, k0, n0, kn, nn, &Bs[n0], ldb, false, &b_rows[k0], &scale[k0]);
+      return;
+    }
     const float* src = b_trans ? &Bs[std::size_t(n0) * ldb + k0] : &Bs[std::size_t(k0) * ldb + n0];
     panel_pack_b(Bp.p, K, N, k0, n0, kn, nn, src, ldb, b_trans);
   };
@@ -74,7 +96,8 @@ void check(const Case& c, bool b_trans, bool split_k, bool split_n) {
   const int ldc = N + 2;
   std::vector<float> C = randf(std::size_t(M) * ldc, 3), C0 = C;
   Aligned apack(panel_a_floats(M));
-  panel_gemm(M, N, K, A.data(), lda, c.a_trans, Bp.p, C.data(), ldc, c.accumulate, apack.p);
+  panel_gemm(M, N, K, A.data(), lda, c.a_trans, Bp.p, C.data(), ldc, c.accumulate, apack.p,
+             indexed ? a_rows.data() : nullptr);
   int bad = 0;
   for (int i = 0; i < M; ++i) {
     for (int n = 0; n < N; ++n) {
@@ -106,6 +129,19 @@ TEST(PanelGemm, MatchesDoubleLoopOnEdgeShapes) {
   for (const Case& c : cases)
     for (bool b_trans : {false, true})
       for (bool split : {false, true}) check(c, b_trans, split && c.K >= 3, split && c.N >= 4);
+}
+
+TEST(PanelGemm, RowsPickedByIndexAndScaled) {
+  // The MoE layer's fused path: A's rows (or, transposed, its k rows) taken from the token matrix
+  // by index, B's rows by index and scaled by the gates.
+  const Case cases[] = {
+      {13, 33, 257, false, false}, {11, 31, 255, true, true}, {37, 96, 513, true, false},
+      {50, 100, 40, false, true},  {1, 1, 1, false, false},
+  };
+  for (const Case& c : cases)
+    for (bool b_trans : {false, true})
+      for (bool split : {false, true})
+        check(c, b_trans, split && c.K >= 3, split && c.N >= 4, /*indexed=*/true);
 }
 
 TEST(PanelGemm, ZeroKOverwritesOrKeeps) {

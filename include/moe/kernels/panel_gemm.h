@@ -13,6 +13,7 @@
 // loads one 32-float row of the panel and broadcasts 12 elements of A.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace moe {
 
@@ -25,18 +26,23 @@ std::size_t panel_b_floats(int K, int N);
 // element (k0 + i, n0 + j) = trans ? src[j·ld + i] : src[i·ld + j]. Several calls fill one
 // packed B from different sources (e.g. [W_gate; W_up] stacked along K or along N). The call
 // that writes the last columns (n0 + nn == N) also zeroes the padding of the last panel.
+// Row-major sources only (trans = false): rows[i] picks the source row of packed row k0 + i
+// (else row i), and row_scale[i] multiplies it (e.g. an expert's tokens times their gates).
 void panel_pack_b(float* Bp, int K, int N, int k0, int n0, int kn, int nn, const float* src, int ld,
-                  bool trans);
+                  bool trans, const int32_t* rows = nullptr, const float* row_scale = nullptr);
 
-// Floats of the scratch panel_gemm needs for an A of M rows read with a_trans.
+// Floats of the scratch panel_gemm needs for an A of M rows read with a_trans or a_rows.
 std::size_t panel_a_floats(int M);
 
 // C[M, N] = A·B (accumulate: C += A·B), row-major C with leading dimension ldc, on the calling
 // thread (the MoE layer runs one expert per thread). A(i, k) = a_trans ? A[k·lda + i] :
 // A[i·lda + k]; Bp packed as above with K rows; apack: panel_a_floats(M) floats of scratch,
-// used only when a_trans. Each element of C is summed over k in increasing order.
+// used when a_trans or a_rows. a_rows (optional) picks A's rows from a larger matrix: row i of
+// A is A[a_rows[i]·lda ...] (not a_trans), or column k is taken from row a_rows[k] (a_trans).
+// Each element of C is summed over k in increasing order.
 void panel_gemm(int M, int N, int K, const float* A, int lda, bool a_trans, const float* Bp,
-                float* C, int ldc, bool accumulate, float* apack = nullptr);
+                float* C, int ldc, bool accumulate, float* apack = nullptr,
+                const int32_t* a_rows = nullptr);
 
 // True when built with AVX-512 (the fast micro-kernel); otherwise the functions above run a
 // portable loop of the same semantics and callers should prefer OpenBLAS.

@@ -4,8 +4,10 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <string_view>
 #include <type_traits>
 
 #include "moe/core/error.h"
@@ -91,13 +93,16 @@ void first_backward(T* dX, T* dwg, T* dwu, const T* dgu, const T* X, const T* wg
 
 // The same products with panel_gemm (float, AVX-512): B packed into `pack`, A read in place.
 // Shapes as in first_forward / first_backward and the down projection; W1 = 2H (SwiGLU) or H.
-void panel_first_forward(float* gu, const float* X, const float* wg, const float* wu, int m, int C,
-                         int H, Activation a, float* pack) {
+// rows (optional): X is the token matrix and the expert's row i is token rows[i] (no gathered
+// copy of the expert's inputs); apack: panel_gemm's A scratch.
+void panel_first_forward(float* gu, const float* X, const int32_t* rows, const float* wg,
+                         const float* wu, int m, int C, int H, Activation a, float* pack,
+                         float* apack) {
   const int W1 = a == Activation::kSwiGLU ? 2 * H : H;
   // B(k = c, n) = W_gate[n, c] for n < H, W_up[n − H, c] after: [W_gate; W_up]ᵀ [C, W1].
   if (a == Activation::kSwiGLU) panel_pack_b(pack, C, W1, 0, 0, C, H, wg, C, true);
   panel_pack_b(pack, C, W1, 0, W1 - H, C, H, wu, C, true);
-  panel_gemm(m, W1, C, X, C, false, pack, gu, W1, false);
+  panel_gemm(m, W1, C, X, C, false, pack, gu, W1, false, apack, rows);
 }
 
 // ye [m, C] = hid [m, H] · W_downᵀ (W_down [C, H]).
@@ -105,6 +110,32 @@ void panel_down_forward(float* ye, const float* hid, const float* wd, int m, int
                         float* pack) {
   panel_pack_b(pack, H, C, 0, 0, H, C, wd, H, true);
   panel_gemm(m, C, H, hid, H, false, pack, ye, C, false);
+}
+
+// The down projection's backward without a d(ye) panel, from dy (the token matrix) and the
+// expert's rows, gates and hidden panel: d(ye)_i = gate_i·dy[rows_i], so
+//   dW_down [C, H] += Σ_i dy[rows_i]ᵀ · (gate_i·hid_i),
+//   u = dy[rows] · W_down [m, H];  d(gate)_i = u_i · hid_i (= dy·ye, as ye = hid·W_downᵀ);
+//   hid ← d(hid) = gate·u.
+// u: [m, H] scratch.
+void panel_down_backward_rows(float* dwd, float* hid, float* dgate, const float* dy,
+                              const int32_t* rows, const float* gate, const float* wd, int m, int C,
+                              int H, float* pack, float* apack, float* u) {
+  panel_pack_b(pack, m, H, 0, 0, m, H, hid, H, false, nullptr, gate);
+  panel_gemm(C, H, m, dy, C, true, pack, dwd, H, true, apack, rows);
+  panel_pack_b(pack, C, H, 0, 0, C, H, wd, H, false);
+  panel_gemm(m, H, C, dy, C, false, pack, u, H, false, apack, rows);
+  for (int i = 0; i < m; ++i) {
+    float* h = hid + std::size_t(i) * H;
+    const float* ui = u + std::size_t(i) * H;
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j < H; ++j) dot += ui[j] * h[j];
+    dgate[i] = dot;
+    const float gi = gate[i];
+#pragma omp simd
+    for (int j = 0; j < H; ++j) h[j] = gi * ui[j];
+  }
 }
 
 // dW_down [C, H] += dyeᵀ · hid, then hid ← dhid = dye · W_down.
@@ -119,11 +150,11 @@ void panel_down_backward(float* dwd, float* hid, const float* dye, const float* 
 // From dgu [m, W1]: dW_gate, dW_up [H, C] += dguᵀ · X (one packed X for both), then
 // dX [m, C] (+)= dgu · [W_gate; W_up].
 void panel_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, const float* X,
-                          const float* wg, const float* wu, int m, int C, int H, Activation a,
-                          bool accumulate, float* pack, float* apack) {
+                          const int32_t* rows, const float* wg, const float* wu, int m, int C,
+                          int H, Activation a, bool accumulate, float* pack, float* apack) {
   const bool swiglu = a == Activation::kSwiGLU;
   const int W1 = swiglu ? 2 * H : H;
-  panel_pack_b(pack, m, C, 0, 0, m, C, X, C, false);
+  panel_pack_b(pack, m, C, 0, 0, m, C, X, C, false, rows);
   if (swiglu) panel_gemm(H, C, m, dgu, W1, true, pack, dwg, C, true, apack);
   panel_gemm(H, C, m, dgu + (W1 - H), W1, true, pack, dwu, C, true, apack);
   if (swiglu) panel_pack_b(pack, W1, C, 0, 0, H, C, wg, C, false);
@@ -219,11 +250,9 @@ void MoeLayer<T>::bind(Arena& a, int max_batch, int max_seq) {
   row_token_ = i32(max_rows_);
   tok_off_ = i32(N + 1);
   tok_rows_ = i32(max_rows_);
-  xe_ = f(std::size_t(max_rows_) * C);
   gu_ = f(std::size_t(max_rows_) * W1);
   hid_ = f(std::size_t(max_rows_) * H);
   ye_ = f(std::size_t(max_rows_) * C);
-  dye_ = f(std::size_t(max_rows_) * C);
   if (ep_) {
     // An owner can receive every routed row of the global batch (all of it to its experts).
     max_panel_rows_ = P_ * max_rows_;
@@ -238,19 +267,40 @@ void MoeLayer<T>::bind(Arena& a, int max_batch, int max_seq) {
     p_order_ = i32(El_);
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (panel_gemm_native()) {
+    // Our panel GEMM wins where experts are small (fine-grained: the per-call packing of
+    // OpenBLAS dominates); at H·C ≥ 256K floats OpenBLAS's blocking is as fast or faster
+    // (measured side by side, docs/MOE.md). MOE_PANEL_GEMM=0 / 1 forces it off / on.
+    const char* env = std::getenv("MOE_PANEL_GEMM");
+    const std::string_view force = env ? env : "";
+    const bool small = std::size_t(H) * C <= (std::size_t(1) << 17);
+    if (panel_gemm_native() && force != "0" && (small || force == "1")) {
       // An expert gets each token at most once (token choice, and expert choice's groups), so
       // ≤ N rows here, ≤ P·N on an owner under expert parallelism.
       pack_rows_ = ep_ ? P_ * N : N;
       const int Mx = std::max({pack_rows_, C, W1, H});
+      // Per thread: packed B | A scratch (tiles of the weight-gradient products, or an expert's
+      // gathered rows) | u [rows, H] of the fused down-projection backward. Each part a multiple
+      // of 16 floats, so every part stays 64-byte aligned.
+      auto up16 = [](std::size_t n) { return (n + 15) / 16 * 16; };
       pack_b_floats_ =
-          std::max({panel_b_floats(C, W1), panel_b_floats(Mx, C), panel_b_floats(Mx, H),
-                    panel_b_floats(W1, C), panel_b_floats(H, C)});
-      // + A tiles of the weight-gradient products (M = C or H rows).
-      pack_stride_ = pack_b_floats_ + panel_a_floats(std::max(C, H));
+          up16(std::max({panel_b_floats(C, W1), panel_b_floats(Mx, C), panel_b_floats(Mx, H),
+                         panel_b_floats(W1, C), panel_b_floats(H, C)}));
+      pack_a_floats_ = up16(panel_a_floats(Mx));
+      pack_stride_ = pack_b_floats_ + pack_a_floats_ + up16(std::size_t(pack_rows_) * H);
       pack_threads_ = max_threads();
       pack_ = a.take<float>(pack_stride_ * pack_threads_);
+      // Without expert parallelism, and where the experts run one per thread (the panel path),
+      // they read their inputs and d(y) straight from the token matrices (no gathered x or
+      // d(ye) panels).
+      fused_ = !ep_ && (experts_in_parallel(E) || max_threads() == 1);
     }
+  }
+  if (fused_) {
+    row_gate_ = f(max_rows_);
+    row_dgate_ = f(max_rows_);
+  } else {
+    xe_ = f(std::size_t(max_rows_) * C);
+    dye_ = f(std::size_t(max_rows_) * C);
   }
   if (s_.n_shared > 0) {
     s_gu_ = f(std::size_t(s_.n_shared) * N * W1);
@@ -524,7 +574,8 @@ void MoeLayer<T>::panels_forward(const Panels& q, const MoeParams<T>& p) {
   const int C = s_.C, H = s_.H, W1 = s_.w1_rows();
   // Our panel GEMM when each expert runs on one thread; few experts in turn keep OpenBLAS's
   // multi-threaded GEMM.
-  const bool panel = pack_ && (experts_in_parallel(q.n) || max_threads() == 1);
+  // q.rows (token-indexed inputs) exist only on that path.
+  const bool panel = q.rows || (pack_ && (experts_in_parallel(q.n) || max_threads() == 1));
   for_each_expert(q.order, q.n, [&](int e) {
     const int o = q.off[e], m = q.off[e + 1] - o;
     if (m == 0) return;
@@ -538,7 +589,10 @@ void MoeLayer<T>::panels_forward(const Panels& q, const MoeParams<T>& p) {
         MOE_CHECK(m <= pack_rows_, "internal: {} rows for one expert exceed the bound {}", m,
                   pack_rows_);
         float* pack = pack_buffer();
-        panel_first_forward(gu, q.xe + std::size_t(o) * C, wg, p.w_up + we, m, C, H, s_.act, pack);
+        float* apack = pack + pack_b_floats_;
+        const float* X = q.rows ? q.xe : q.xe + std::size_t(o) * C;
+        panel_first_forward(gu, X, q.rows ? q.rows + o : nullptr, wg, p.w_up + we, m, C, H, s_.act,
+                            pack, apack);
         activation_forward(hid, gu, m, H, s_.act);
         if (dropout_active_) apply_expert_dropout(hid, o, m);
         panel_down_forward(q.ye + std::size_t(o) * C, hid, wd, m, C, H, pack);
@@ -556,7 +610,7 @@ template <typename T>
 void MoeLayer<T>::panels_backward(const Panels& q, const MoeGrads<T>& g, const MoeParams<T>& p,
                                   T* dxe) {
   const int C = s_.C, H = s_.H, W1 = s_.w1_rows();
-  const bool panel = pack_ && (experts_in_parallel(q.n) || max_threads() == 1);
+  const bool panel = q.rows || (pack_ && (experts_in_parallel(q.n) || max_threads() == 1));
   // Each expert's weight gradients are written by one task.
   for_each_expert(q.order, q.n, [&](int e) {
     const int o = q.off[e], m = q.off[e + 1] - o;
@@ -566,19 +620,28 @@ void MoeLayer<T>::panels_backward(const Panels& q, const MoeGrads<T>& g, const M
     const std::size_t we = std::size_t(e) * H * C;
     T* hid = q.hid + std::size_t(o) * H;
     T* gu = q.gu + std::size_t(o) * W1;
-    const T* dye = q.dye + std::size_t(o) * C;
+    const T* dye = q.dye ? q.dye + std::size_t(o) * C : nullptr;  // null when fused
     const T* wg = p.w_gate ? p.w_gate + we : nullptr;
     T* dwg = g.w_gate ? g.w_gate + we : nullptr;
     if constexpr (std::is_same_v<T, float>) {
       if (panel) {
         float* pack = pack_buffer();
         float* apack = pack + pack_b_floats_;
-        panel_down_backward(dwd, hid, dye, wd, m, C, H, pack, apack);
+        const float* X = q.xe + std::size_t(o) * C;
+        const int32_t* rows = nullptr;
+        if (q.rows) {
+          // Fused: inputs and d(y) read from the token matrices through the expert's rows.
+          rows = q.rows + o;
+          X = q.xe;
+          panel_down_backward_rows(dwd, hid, q.row_dgate + o, q.dy, rows, q.row_gate + o, wd, m, C,
+                                   H, pack, apack, apack + pack_a_floats_);
+        } else {
+          panel_down_backward(dwd, hid, dye, wd, m, C, H, pack, apack);
+        }
         if (dropout_active_) apply_expert_dropout(hid, o, m);  // the same mask, redrawn
         activation_backward(gu, hid, m, H, s_.act);
-        panel_first_backward(dxe + std::size_t(o) * C, dwg, g.w_up + we, gu,
-                             q.xe + std::size_t(o) * C, wg, p.w_up + we, m, C, H, s_.act, false,
-                             pack, apack);
+        panel_first_backward(dxe + std::size_t(o) * C, dwg, g.w_up + we, gu, X, rows, wg,
+                             p.w_up + we, m, C, H, s_.act, false, pack, apack);
         return;
       }
     }
@@ -731,9 +794,11 @@ void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn
     apply_capacity();
   }
   dispatch();
+  if (!fused_) {
 #pragma omp parallel for schedule(static) if (n_rows_ > 256)
-  for (int r = 0; r < n_rows_; ++r)
-    std::memcpy(xe_ + std::size_t(r) * C, x + std::size_t(row_token_[r]) * C, sizeof(T) * C);
+    for (int r = 0; r < n_rows_; ++r)
+      std::memcpy(xe_ + std::size_t(r) * C, x + std::size_t(row_token_[r]) * C, sizeof(T) * C);
+  }
   if (ep_ && dist_) {
     // Expert parallel training: rows to their experts' owners, experts there, results back.
     exchange_setup();
@@ -748,6 +813,10 @@ void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn
     panels_forward({xe_, gu_, hid_, ye_, dye_, off, p_order_, El_}, p);
     std::fill(ye_, ye_ + std::size_t(off[0]) * C, T(0));
     std::fill(ye_ + std::size_t(off[El_]) * C, ye_ + std::size_t(n_rows_) * C, T(0));
+  } else if (fused_) {
+    Panels q{x, gu_, hid_, ye_, nullptr, offsets_, expert_order_, E};
+    q.rows = row_token_;
+    panels_forward(q, p);
   } else {
     panels_forward({xe_, gu_, hid_, ye_, dye_, offsets_, expert_order_, E}, p);
   }
@@ -851,31 +920,44 @@ void MoeLayer<T>::backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
     first_backward(dx, g.s_gate ? g.s_gate + ws : nullptr, g.s_up + ws, gu, x,
                    p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, N, C, H, s_.act, true);
   }
-  // Per routed row: d(ye) = gate·dy[token]; d(gate) = dy[token]·ye.
+  T* dxe = ye_;  // ye is no longer needed once d(gate) is known
   std::fill(a_dgate_, a_dgate_ + n_assign_, T(0));
+  if (fused_) {
+    // d(ye) and d(gate) are formed inside each expert's products (panel_down_backward_rows).
 #pragma omp parallel for schedule(static) if (n_rows_ > 256)
-  for (int r = 0; r < n_rows_; ++r) {
-    const int a = row_assign_[r];
-    const T* d = dy + std::size_t(row_token_[r]) * C;
-    const T* ye = ye_ + std::size_t(r) * C;
-    T* dye = dye_ + std::size_t(r) * C;
-    const T gate = a_gate_[a];
-    T dot = 0;
-    for (int c = 0; c < C; ++c) {
-      dot += d[c] * ye[c];
-      dye[c] = gate * d[c];
-    }
-    a_dgate_[a] = dot;
-  }
-  T* dxe = ye_;  // ye is no longer needed
-  if (ep_ && dist_) {
-    // The mirror of the forward exchange: d(ye) rows to the owners, dX rows back.
-    exchange(dye_, pdye_, true);
-    panels_backward({pxe_, pgu_, phid_, pye_, pdye_, p_off_, p_order_, El_}, g, p, pye_);
-    exchange(pye_, dxe, false);
+    for (int r = 0; r < n_rows_; ++r) row_gate_[r] = a_gate_[row_assign_[r]];
+    Panels q{x, gu_, hid_, ye_, nullptr, offsets_, expert_order_, s_.E};
+    q.rows = row_token_;
+    q.dy = dy;
+    q.row_gate = row_gate_;
+    q.row_dgate = row_dgate_;
+    panels_backward(q, g, p, dxe);
+    for (int r = 0; r < n_rows_; ++r) a_dgate_[row_assign_[r]] = row_dgate_[r];
   } else {
-    MOE_CHECK(!ep_, "internal: MoE backward after an expert-parallel evaluation forward");
-    panels_backward({xe_, gu_, hid_, ye_, dye_, offsets_, expert_order_, s_.E}, g, p, dxe);
+    // Per routed row: d(ye) = gate·dy[token]; d(gate) = dy[token]·ye.
+#pragma omp parallel for schedule(static) if (n_rows_ > 256)
+    for (int r = 0; r < n_rows_; ++r) {
+      const int a = row_assign_[r];
+      const T* d = dy + std::size_t(row_token_[r]) * C;
+      const T* ye = ye_ + std::size_t(r) * C;
+      T* dye = dye_ + std::size_t(r) * C;
+      const T gate = a_gate_[a];
+      T dot = 0;
+      for (int c = 0; c < C; ++c) {
+        dot += d[c] * ye[c];
+        dye[c] = gate * d[c];
+      }
+      a_dgate_[a] = dot;
+    }
+    if (ep_ && dist_) {
+      // The mirror of the forward exchange: d(ye) rows to the owners, dX rows back.
+      exchange(dye_, pdye_, true);
+      panels_backward({pxe_, pgu_, phid_, pye_, pdye_, p_off_, p_order_, El_}, g, p, pye_);
+      exchange(pye_, dxe, false);
+    } else {
+      MOE_CHECK(!ep_, "internal: MoE backward after an expert-parallel evaluation forward");
+      panels_backward({xe_, gu_, hid_, ye_, dye_, offsets_, expert_order_, s_.E}, g, p, dxe);
+    }
   }
   // Scatter back to tokens in the fixed per-token order.
 #pragma omp parallel for schedule(static) if (N > 64)
@@ -970,9 +1052,9 @@ void MoeLayer<T>::router_backward(T* dx, const MoeGrads<T>& g, const T* x, const
   if (noisy_active_)
     gemm<T>(true, false, E, C, N, T(1), noise_logits_, E, xr, C, T(1), g.w_noise, C);
   if (jitter_active_) {
-    // dx += (dr·W_r [+ dz·W_noise]) ∘ u, the jitter factors. dye_ ([rows, C], rows >= N·k >= N)
-    // is free scratch by now.
-    T* tmp = dye_;
+    // dx += (dr·W_r [+ dz·W_noise]) ∘ u, the jitter factors. ye_ ([rows, C], rows >= N·k >= N;
+    // it held dX rows, already scattered) is free scratch by now.
+    T* tmp = ye_;
     gemm<T>(false, false, N, C, E, T(1), dlogits_, E, p.router, C, T(0), tmp, C);
     if (noisy_active_)
       gemm<T>(false, false, N, C, E, T(1), noise_logits_, E, p.w_noise, C, T(1), tmp, C);

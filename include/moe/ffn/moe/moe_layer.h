@@ -141,10 +141,17 @@ class MoeLayer {
   // Expert panels: rows of local expert j at [off[j], off[j+1]) of xe/gu/hid/ye/dye; weights of
   // local expert j at index j of MoeParams' expert tensors.
   struct Panels {
-    T *xe, *gu, *hid, *ye, *dye;
+    const T* xe;  // the experts' input rows, or the token matrix x when `rows` is set
+    T *gu, *hid, *ye, *dye;
     const int32_t* off;
     const int32_t* order;  // local experts, most rows first
     int n;
+    // Fused (float panel path, no expert parallelism): panel row r is token rows[r] of xe and
+    // of dy, with gate row_gate[r]; backward writes d(gate) to row_dgate[r]. dye is unused.
+    const int32_t* rows = nullptr;
+    const T* dy = nullptr;
+    const T* row_gate = nullptr;
+    T* row_dgate = nullptr;
   };
   void panels_forward(const Panels& q, const MoeParams<T>& p);
   void panels_backward(const Panels& q, const MoeGrads<T>& g, const MoeParams<T>& p, T* dxe);
@@ -201,7 +208,9 @@ class MoeLayer {
   // Float with AVX-512: packed-B scratch of panel_gemm, pack_stride_ floats per thread, sized
   // for experts of up to pack_rows_ rows (null otherwise: the layer uses OpenBLAS).
   float* pack_ = nullptr;
-  std::size_t pack_stride_ = 0, pack_b_floats_ = 0;
+  std::size_t pack_stride_ = 0, pack_b_floats_ = 0, pack_a_floats_ = 0;
+  bool fused_ = false;  // experts read x and dy through row indices (see Panels)
+  T *row_gate_ = nullptr, *row_dgate_ = nullptr;  // [max_rows] (fused)
   int pack_rows_ = 0, pack_threads_ = 0;
   float* pack_buffer() const;
   T* ec_scores_ = nullptr;  // [B·P·T, E] expert choice's global scores (distributed)
