@@ -89,17 +89,24 @@ double sum_squares_rows(const float* g, std::size_t row_len, const int32_t* rows
 }
 
 void adamw_update_rows(float* p, float* m, float* v, const float* g, std::size_t row_len,
-                       const int32_t* rows, std::size_t n_rows, int32_t* steps,
-                       const AdamWHyper& h) {
+                       const int32_t* rows, std::size_t n_rows, int32_t* steps, const AdamWHyper& h,
+                       double* sum_sq) {
   // Rows are independent: parallel over them, each row the serial rule with its own step count.
   // (Software prefetch of the next rows was tried: no gain measurable over this VM's noise, as
   // the pass is bound by bandwidth rather than by the latency of starting each row.)
   const auto n = std::ptrdiff_t(n_rows);
+  double* part = sum_sq ? partials(n_rows) : nullptr;
 #pragma omp parallel for schedule(static) if (n > 64)
   for (std::ptrdiff_t i = 0; i < n; ++i) {
     const int32_t r = rows[i];
     const std::size_t o = std::size_t(r) * row_len;
+    if (part) part[i] = lane_sum_squares(g + o, row_len);  // as sum_squares_rows does
     adamw_update(p + o, m + o, v + o, g + o, row_len, h, false, ++steps[r]);
+  }
+  if (sum_sq) {
+    double total = 0;
+    for (std::ptrdiff_t i = 0; i < n; ++i) total += part[i];
+    *sum_sq = total;
   }
 }
 

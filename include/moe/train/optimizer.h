@@ -40,6 +40,7 @@ class AdamWOptimizer {
   Arena state_;
   float *m_ = nullptr, *v_ = nullptr;
   std::map<const Param*, std::vector<int32_t>> row_steps_;
+  std::vector<double> norm_parts_;  // per parameter Σg², reused every step
 };
 
 }  // namespace moe
