@@ -1,6 +1,7 @@
 #include "moe/nn/adamw.h"
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace moe {
@@ -88,7 +89,7 @@ double sum_squares_rows(const float* g, std::size_t row_len, const int32_t* rows
   return total;
 }
 
-void adamw_update_rows(float* p, float* m, float* v, const float* g, std::size_t row_len,
+void adamw_update_rows(float* p, float* m, float* v, float* g, std::size_t row_len,
                        const int32_t* rows, std::size_t n_rows, int32_t* steps, const AdamWHyper& h,
                        double* sum_sq) {
   // Rows are independent: parallel over them, each row the serial rule with its own step count.
@@ -102,6 +103,7 @@ void adamw_update_rows(float* p, float* m, float* v, const float* g, std::size_t
     const std::size_t o = std::size_t(r) * row_len;
     if (part) part[i] = lane_sum_squares(g + o, row_len);  // as sum_squares_rows does
     adamw_update(p + o, m + o, v + o, g + o, row_len, h, false, ++steps[r]);
+    std::memset(g + o, 0, row_len * sizeof(float));  // in cache now; zero_grad would reload it
   }
   if (sum_sq) {
     double total = 0;

@@ -54,6 +54,10 @@ void check_lazy_rule(int kRows, const std::vector<std::vector<int>>& touched) {
     }
     const OptimStats st = opt.step(s);
     EXPECT_NEAR(st.grad_norm, std::sqrt(ss), 1e-12 * std::sqrt(ss)) << "step " << s;
+    // The step leaves the table's gradient zero and nothing listed for zero_grad().
+    for (std::size_t i = 0; i < t->numel; ++i) ASSERT_EQ(t->g[i], 0.f) << "step " << s;
+    EXPECT_TRUE(t->touched.empty());
+    for (int r = 0; r < kRows; ++r) ASSERT_EQ(t->touched_mark[r], 0) << "step " << s;
     for (int r = 0; r < kRows; ++r) {
       const bool hit = std::find(touched[s].begin(), touched[s].end(), r) != touched[s].end();
       if (!hit) {

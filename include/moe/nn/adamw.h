@@ -28,9 +28,10 @@ double sum_squares_rows(const float* g, std::size_t row_len, const int32_t* rows
                         std::size_t n_rows);
 
 // The row-lazy rule of row-sparse tables: adamw_update (no decay) on each listed row with that
-// row's own step count, steps[r] incremented first. Rows must be distinct. With sum_sq, also
-// *sum_sq = Σ g² over the rows before the update, exactly as sum_squares_rows returns it.
-void adamw_update_rows(float* p, float* m, float* v, const float* g, std::size_t row_len,
+// row's own step count, steps[r] incremented first, then the row's gradient zeroed. Rows must be
+// distinct. With sum_sq, also *sum_sq = Σ g² over the rows before the update, exactly as
+// sum_squares_rows returns it.
+void adamw_update_rows(float* p, float* m, float* v, float* g, std::size_t row_len,
                        const int32_t* rows, std::size_t n_rows, int32_t* steps, const AdamWHyper& h,
                        double* sum_sq = nullptr);
 

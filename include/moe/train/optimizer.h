@@ -25,6 +25,9 @@ class AdamWOptimizer {
  public:
   AdamWOptimizer(ParamStore& params, const TrainConfig& cfg);
   // Applies optimizer step `step` (0-based): schedule, clip, update. Gradients must be complete.
+  // Trainable row-sparse tables leave it with their touched gradient rows zeroed and their
+  // touched lists cleared (each row is zeroed while the update has it in cache, so the next
+  // zero_grad() has nothing left to do for them).
   OptimStats step(int64_t step);
   float* m() { return m_; }
   float* v() { return v_; }
