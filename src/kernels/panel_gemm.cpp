@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "moe/core/error.h"
+#include "moe/core/threading.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -136,8 +137,8 @@ inline void transpose16(__m512 r[16]) {
 // column 0 at ak0 (in place: ak0 = k0; a gathered block: 0), or (AT) tiles [⌈M/MR⌉][kc][MR],
 // so the micro-kernel reads it contiguously.
 template <bool AT>
-void pass(int p, int M, int N, int kc, int K, int k0, const float* A, std::int64_t lda, int ak0,
-          const float* Bp, float* C, std::int64_t ldc, bool acc) {
+void pass(int p, int i0, int i1, int N, int kc, int K, int k0, const float* A, std::int64_t lda,
+          int ak0, const float* Bp, float* C, std::int64_t ldc, bool acc) {
   const int nv = std::min(NR, N - p * NR);
   const __mmask16 m0 = nv >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nv) - 1);
   const __mmask16 m1 = nv >= 32  ? __mmask16(0xFFFF)
@@ -145,9 +146,9 @@ void pass(int p, int M, int N, int kc, int K, int k0, const float* A, std::int64
                                  : __mmask16(0);
   const float* B = Bp + (std::size_t(p) * K + k0) * NR;
   float* Cp = C + std::size_t(p) * NR;
-  for (int i = 0; i < M; i += MR) {
+  for (int i = i0; i < i1; i += MR) {
     const float* Ai = AT ? A + std::size_t(i) * kc : A + std::size_t(i) * lda + ak0;
-    micro_rows<AT>(std::min(MR, M - i), kc, Ai, AT ? MR : lda, B, Cp + std::size_t(i) * ldc, ldc,
+    micro_rows<AT>(std::min(MR, i1 - i), kc, Ai, AT ? MR : lda, B, Cp + std::size_t(i) * ldc, ldc,
                    m0, m1, acc);
   }
 }
@@ -178,39 +179,70 @@ void tile(int p, int i0, int i1, int N, int K, const float* A, std::int64_t lda,
 void run(int M, int N, int K, const float* A, int lda, bool a_trans, const int32_t* rows,
          const float* Bp, float* C, int ldc, bool accumulate, float* apack) {
   const int np = (N + NR - 1) / NR;
-  for (int k0 = 0; k0 < K; k0 += KC) {
-    const int kc = std::min(KC, K - k0);
-    const bool acc = accumulate || k0 > 0;
-    if (!a_trans && rows) {
-      // Rows picked by index (an expert's tokens, read straight from the token matrix): gather
-      // the pass's [M, kc] block once into contiguous scratch, which every panel then reads.
-      for (int i = 0; i < M; ++i) {
-        const float* src = A + std::size_t(rows[i]) * lda + k0;
-        float* d = apack + std::size_t(i) * kc;
-        int k = 0;
-        for (; k + 16 <= kc; k += 16) _mm512_storeu_ps(d + k, _mm512_loadu_ps(src + k));
-        if (k < kc) {
-          const __mmask16 mk = __mmask16((1u << (kc - k)) - 1);
-          _mm512_mask_storeu_ps(d + k, mk, _mm512_maskz_loadu_ps(mk, src + k));
-        }
-      }
-      for (int p = 0; p < np; ++p) pass<false>(p, M, N, kc, K, k0, apack, kc, 0, Bp, C, ldc, acc);
-    } else if (a_trans) {
+  // Outside a parallel region (the layer's few-experts mode) the k pass's copies and its
+  // (panel, block of MB rows) tiles are shared out among the threads; the k passes stay in
+  // order, so each element of C is still summed over k in increasing order, by one thread.
+  constexpr int MB = 4 * MR;
+  const int nb = (M + MB - 1) / MB;
+  const bool par =
+      !in_parallel() && max_threads() > 1 && np * nb > 1 && double(M) * N * K >= double(1 << 22);
+  // The pass's A: in place, or copied into apack (a_trans: tiles of MR rows; rows: gathered).
+  const bool copy = a_trans || rows;
+  const int ntile = a_trans ? (M + MR - 1) / MR : M;
+  auto copy_part = [&](int t, int k0, int kc) {
+    if (a_trans) {
       // A(i, k) = A[k·lda + i]: every k would touch a new line of a strided column (and with
       // lda a multiple of 512 floats those lines share a few L1 sets), so copy the pass's A
       // into micro-tiles once and let every panel read it contiguously.
-      for (int t = 0; t * MR < M; ++t) {
-        const int nr = std::min(MR, M - t * MR);
-        const __mmask16 mk = __mmask16((1u << nr) - 1);
-        float* d = apack + std::size_t(t) * kc * MR;
-        for (int k = 0; k < kc; ++k) {
-          const std::size_t r = rows ? std::size_t(rows[k0 + k]) : std::size_t(k0 + k);
-          _mm512_mask_storeu_ps(d + k * MR, mk, _mm512_maskz_loadu_ps(mk, A + r * lda + t * MR));
-        }
+      const int nr = std::min(MR, M - t * MR);
+      const __mmask16 mk = __mmask16((1u << nr) - 1);
+      float* d = apack + std::size_t(t) * kc * MR;
+      for (int k = 0; k < kc; ++k) {
+        const std::size_t r = rows ? std::size_t(rows[k0 + k]) : std::size_t(k0 + k);
+        _mm512_mask_storeu_ps(d + k * MR, mk, _mm512_maskz_loadu_ps(mk, A + r * lda + t * MR));
       }
-      for (int p = 0; p < np; ++p) pass<true>(p, M, N, kc, K, k0, apack, MR, 0, Bp, C, ldc, acc);
     } else {
-      for (int p = 0; p < np; ++p) pass<false>(p, M, N, kc, K, k0, A, lda, k0, Bp, C, ldc, acc);
+      // Rows picked by index (an expert's tokens, read straight from the token matrix): gather
+      // row t of the pass's [M, kc] block into contiguous scratch, which every panel then reads.
+      const float* src = A + std::size_t(rows[t]) * lda + k0;
+      float* d = apack + std::size_t(t) * kc;
+      int k = 0;
+      for (; k + 16 <= kc; k += 16) _mm512_storeu_ps(d + k, _mm512_loadu_ps(src + k));
+      if (k < kc) {
+        const __mmask16 mk = __mmask16((1u << (kc - k)) - 1);
+        _mm512_mask_storeu_ps(d + k, mk, _mm512_maskz_loadu_ps(mk, src + k));
+      }
+    }
+  };
+  auto tile_part = [&](int p, int i0, int i1, int k0, int kc, bool acc) {
+    if (a_trans)
+      pass<true>(p, i0, i1, N, kc, K, k0, apack, MR, 0, Bp, C, ldc, acc);
+    else if (rows)
+      pass<false>(p, i0, i1, N, kc, K, k0, apack, kc, 0, Bp, C, ldc, acc);
+    else
+      pass<false>(p, i0, i1, N, kc, K, k0, A, lda, k0, Bp, C, ldc, acc);
+  };
+  if (!par) {
+    for (int k0 = 0; k0 < K; k0 += KC) {
+      const int kc = std::min(KC, K - k0);
+      if (copy)
+        for (int t = 0; t < ntile; ++t) copy_part(t, k0, kc);
+      // Per pass each B panel (≤ 32 KiB) stays in L1 while all M rows use it.
+      for (int p = 0; p < np; ++p) tile_part(p, 0, M, k0, kc, accumulate || k0 > 0);
+    }
+    return;
+  }
+#pragma omp parallel
+  for (int k0 = 0; k0 < K; k0 += KC) {
+    const int kc = std::min(KC, K - k0);
+    if (copy) {
+#pragma omp for schedule(static)
+      for (int t = 0; t < ntile; ++t) copy_part(t, k0, kc);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int task = 0; task < np * nb; ++task) {
+      const int p = task % np, b = task / np;
+      tile_part(p, b * MB, std::min(M, (b + 1) * MB), k0, kc, accumulate || k0 > 0);
     }
   }
 }

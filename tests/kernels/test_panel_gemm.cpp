@@ -5,6 +5,7 @@
 // [W_gate; W_up]). Tolerance: a float sum of K products of O(1) values, rounded at each step,
 // is within ~K·2⁻²⁴·Σ|a·b| of the exact one; we allow 4·K·2⁻²⁴·Σ|a·b| + 1e-6 per element.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <vector>
@@ -152,4 +153,31 @@ TEST(PanelGemm, ZeroKOverwritesOrKeeps) {
   EXPECT_EQ(C, std::vector<float>(6, 2.f));
   panel_gemm(2, 3, 0, nullptr, 1, false, Bp.p, C.data(), 3, false);
   EXPECT_EQ(C, std::vector<float>(6, 0.f));
+}
+
+TEST(PanelGemm, SameBitsForAnyThreadCount) {
+  // Called outside a parallel region, the product is shared out among the threads; the bits must
+  // not depend on how many (each element is summed over k in order by one thread).
+  const int M = 301, N = 130, K = 600;    // big enough to go parallel, with partial tiles/panels
+  for (int mode = 0; mode < 3; ++mode) {  // in place; a_trans; rows picked by index
+    const bool a_trans = mode == 1, indexed = mode == 2;
+    const int a_rows_n = a_trans ? K : M, lda = (a_trans ? M : K) + 1;
+    const std::vector<float> A = randf(std::size_t(2 * a_rows_n) * lda, 21);
+    const std::vector<int32_t> rows = pick(a_rows_n, 2 * a_rows_n, 3);
+    const std::vector<float> B = randf(std::size_t(K) * N, 22);
+    Aligned Bp(panel_b_floats(K, N)), apack(panel_a_floats(M));
+    panel_pack_b(Bp.p, K, N, 0, 0, K, N, B.data(), N, false);
+    std::vector<std::vector<float>> out;
+    const int saved = omp_get_max_threads();
+    for (int threads : {1, 2, 3}) {
+      omp_set_num_threads(threads);
+      std::vector<float> C = randf(std::size_t(M) * N, 23);
+      panel_gemm(M, N, K, A.data(), lda, a_trans, Bp.p, C.data(), N, /*accumulate=*/true, apack.p,
+                 indexed || a_trans ? rows.data() : nullptr);
+      out.push_back(std::move(C));
+    }
+    omp_set_num_threads(saved);
+    EXPECT_EQ(out[0], out[1]) << "mode " << mode;
+    EXPECT_EQ(out[0], out[2]) << "mode " << mode;
+  }
 }

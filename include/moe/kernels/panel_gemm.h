@@ -34,12 +34,14 @@ void panel_pack_b(float* Bp, int K, int N, int k0, int n0, int kn, int nn, const
 // Floats of the scratch panel_gemm needs for an A of M rows read with a_trans or a_rows.
 std::size_t panel_a_floats(int M);
 
-// C[M, N] = A·B (accumulate: C += A·B), row-major C with leading dimension ldc, on the calling
-// thread (the MoE layer runs one expert per thread). A(i, k) = a_trans ? A[k·lda + i] :
-// A[i·lda + k]; Bp packed as above with K rows; apack: panel_a_floats(M) floats of scratch,
-// used when a_trans or a_rows. a_rows (optional) picks A's rows from a larger matrix: row i of
-// A is A[a_rows[i]·lda ...] (not a_trans), or column k is taken from row a_rows[k] (a_trans).
-// Each element of C is summed over k in increasing order.
+// C[M, N] = A·B (accumulate: C += A·B), row-major C with leading dimension ldc. Inside an
+// OpenMP parallel region (the MoE layer running one expert per thread) on the calling thread;
+// outside one, the work of each k pass is shared out among the threads. Either way each element
+// of C is summed over k in increasing order by one thread: the result does not depend on the
+// thread count. A(i, k) = a_trans ? A[k·lda + i] : A[i·lda + k]; Bp packed as above with K rows;
+// apack: panel_a_floats(M) floats of scratch, used when a_trans or a_rows. a_rows (optional)
+// picks A's rows from a larger matrix: row i of A is A[a_rows[i]·lda ...] (not a_trans), or
+// column k is taken from row a_rows[k] (a_trans).
 void panel_gemm(int M, int N, int K, const float* A, int lda, bool a_trans, const float* Bp,
                 float* C, int ldc, bool accumulate, float* apack = nullptr,
                 const int32_t* a_rows = nullptr);

@@ -289,10 +289,9 @@ void MoeLayer<T>::bind(Arena& a, int max_batch, int max_seq) {
       pack_stride_ = pack_b_floats_ + pack_a_floats_ + up16(std::size_t(pack_rows_) * H);
       pack_threads_ = max_threads();
       pack_ = a.take<float>(pack_stride_ * pack_threads_);
-      // Without expert parallelism, and where the experts run one per thread (the panel path),
-      // they read their inputs and d(y) straight from the token matrices (no gathered x or
-      // d(ye) panels).
-      fused_ = !ep_ && (experts_in_parallel(E) || max_threads() == 1);
+      // Without expert parallelism the experts read their inputs and d(y) straight from the
+      // token matrices (no gathered x or d(ye) panels).
+      fused_ = !ep_;
     }
   }
   if (fused_) {
@@ -572,10 +571,9 @@ float* MoeLayer<T>::pack_buffer() const {
 template <typename T>
 void MoeLayer<T>::panels_forward(const Panels& q, const MoeParams<T>& p) {
   const int C = s_.C, H = s_.H, W1 = s_.w1_rows();
-  // Our panel GEMM when each expert runs on one thread; few experts in turn keep OpenBLAS's
-  // multi-threaded GEMM.
-  // q.rows (token-indexed inputs) exist only on that path.
-  const bool panel = q.rows || (pack_ && (experts_in_parallel(q.n) || max_threads() == 1));
+  // Our panel GEMM for small experts (chosen in bind by shape only, so results do not depend on
+  // the thread count; with few experts in turn, panel_gemm spreads each product over threads).
+  const bool panel = pack_ != nullptr;
   for_each_expert(q.order, q.n, [&](int e) {
     const int o = q.off[e], m = q.off[e + 1] - o;
     if (m == 0) return;
@@ -610,7 +608,7 @@ template <typename T>
 void MoeLayer<T>::panels_backward(const Panels& q, const MoeGrads<T>& g, const MoeParams<T>& p,
                                   T* dxe) {
   const int C = s_.C, H = s_.H, W1 = s_.w1_rows();
-  const bool panel = q.rows || (pack_ && (experts_in_parallel(q.n) || max_threads() == 1));
+  const bool panel = pack_ != nullptr;
   // Each expert's weight gradients are written by one task.
   for_each_expert(q.order, q.n, [&](int e) {
     const int o = q.off[e], m = q.off[e + 1] - o;
