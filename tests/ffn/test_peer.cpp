@@ -70,6 +70,29 @@ TEST(ProductKeys, AdversarialAndTiedScores) {
   EXPECT_EQ(pk_topk(a, b, S, 3), (std::vector<int32_t>{6 * S + 7, 6 * S + 6, 6 * S + 5}));
 }
 
+TEST(ProductKeys, FloatScanFilters16AtATimeLikeTheScalarScan) {
+  // In float with AVX-512, topk_scan compares 16 scores at a time against the current k-th once
+  // its list is full. Against a stable sort (value desc, index asc) for long rows, heavy ties
+  // (scores on a coarse grid), k up to 32 and S not a multiple of 16.
+  for (int trial = 0; trial < 60; ++trial) {
+    const int S = 17 + 37 * trial, k = 1 + trial % 32;
+    const V r = randn(S, 900 + trial);
+    std::vector<float> sc(S);
+    for (int i = 0; i < S; ++i)
+      sc[i] = trial % 2 ? float(std::round(r[i] * 4) / 4) : float(r[i]);  // odd trials: ties
+    std::vector<int32_t> order(S);
+    for (int i = 0; i < S; ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return sc[a] > sc[b]; });
+    std::vector<int32_t> idx(std::min(k, S));
+    std::vector<float> val(idx.size());
+    topk_scan(idx.data(), val.data(), sc.data(), S, int(idx.size()));
+    for (std::size_t j = 0; j < idx.size(); ++j) {
+      ASSERT_EQ(idx[j], order[j]) << "S " << S << " k " << k << " rank " << j;
+      ASSERT_EQ(val[j], sc[order[j]]);
+    }
+  }
+}
+
 struct Peer {
   PeerSpec spec;
   int N;

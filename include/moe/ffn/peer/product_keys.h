@@ -5,6 +5,9 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace moe {
 
@@ -12,12 +15,16 @@ namespace moe {
 // a sorted list of the best so far. Most elements lose to the current k-th and cost one
 // comparison; a winner is inserted after every kept element that beats or ties it (ties: the
 // kept one has the lower index, as the scan is in index order).
+// (GCC 12 warns that _mm512_reduce_max_ps's internal _mm512_undefined "may be used
+// uninitialized"; it is overwritten in full, so that warning is off for this function.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <typename T>
 void topk_scan(int32_t* idx, T* val, const T* s, int S, int k) {
   int n = 0;
-  for (int i = 0; i < S; ++i) {
+  auto offer = [&](int i) {
     const T x = s[i];
-    if (n == k && !(x > val[k - 1])) continue;
+    if (n == k && !(x > val[k - 1])) return;
     int j = n < k ? n++ : k - 1;
     for (; j > 0 && x > val[j - 1]; --j) {
       val[j] = val[j - 1];
@@ -25,8 +32,41 @@ void topk_scan(int32_t* idx, T* val, const T* s, int S, int k) {
     }
     val[j] = x;
     idx[j] = i;
+  };
+  int i = 0;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    // A threshold first: the k-th largest of the maxima of the 16-score chunks. Those k chunks
+    // each hold a score at least that high, so the k best all are too; then one compare per 16
+    // scores keeps the few that reach it, offered in index order — the scalar scan's result,
+    // without its ~k·ln(S/k) mispredicted insertions among all S scores.
+    constexpr int kMaxChunks = 512;
+    const int nch = S / 16;
+    const float* f = reinterpret_cast<const float*>(s);
+    if (nch >= k && nch <= kMaxChunks) {
+      float mx[kMaxChunks];
+      for (int c = 0; c < nch; ++c) mx[c] = _mm512_reduce_max_ps(_mm512_loadu_ps(f + 16 * c));
+      std::nth_element(mx, mx + (k - 1), mx + nch, [](float a, float b) { return a > b; });
+      const float tau = mx[k - 1];
+      if (tau == tau) {  // not NaN
+        const __m512 t = _mm512_set1_ps(tau);
+        for (int c = 0; c < nch; ++c) {
+          __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(f + 16 * c), t, _CMP_GE_OQ);
+          while (m) {
+            offer(16 * c + __builtin_ctz(m));
+            m &= m - 1;
+          }
+        }
+        for (i = 16 * nch; i < S; ++i)
+          if (f[i] >= tau) offer(i);
+        return;
+      }
+    }
   }
+#endif
+  for (; i < S; ++i) offer(i);
 }
+#pragma GCC diagnostic pop
 
 // ids [k], scores [k] (written, best first) for one query; s1, s2 [S]; k <= S.
 // scratch: at least k·k + 2·k int32; cand_scores: at least k·k + 2·k T.
