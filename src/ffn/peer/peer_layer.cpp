@@ -51,8 +51,8 @@ void PeerLayer<T>::bind(Arena& a, int max_tokens) {
   dq_ = a.take<T>(N * D);
   mean_ = a.take<T>(std::max(D, R));
   rstd_ = a.take<T>(std::max(D, R));
-  s1_ = a.take<T>(R * s_.S);
-  s2_ = a.take<T>(R * s_.S);
+  score_threads_ = max_threads();
+  s1_ = a.take<T>(std::size_t(score_threads_) * 2 * kScoreRows * s_.S);  // per thread: two blocks
   ids_ = a.take<int32_t>(A);
   score_ = a.take<T>(A);
   gate_ = a.take<T>(A);
@@ -137,21 +137,35 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
   } else {
     std::memcpy(q_, z_, sizeof(T) * std::size_t(N) * D);
   }
-  // Sub-key scores for every (token, head) row: one GEMM per half.
+  // Sub-key scores of every (token, head) row against both halves' keys, then its top-k. In
+  // blocks of kScoreRows rows per task, scored by two GEMMs into the task's scratch (2·64·S
+  // floats, 512 KiB at S = 1024: it stays in L2), so the [N·h, S] score matrices never go to
+  // memory (at 2^20 experts they were 2 × 64 MiB written and read back per step). The blocks
+  // are fixed, so the result does not depend on the thread count.
   const int R = N * h;
-  gemm<T>(false, true, R, S, half, T(1), q_, dk, p.keys1, half, T(0), s1_, S);
-  gemm<T>(false, true, R, S, half, T(1), q_ + half, dk, p.keys2, half, T(0), s2_, S);
-#pragma omp parallel for schedule(static) if (R > 16)
-  for (int r = 0; r < R; ++r) {
-    int32_t* id = ids_ + std::size_t(r) * k;
-    T* sc = score_ + std::size_t(r) * k;
-    product_key_topk(id, sc, s1_ + std::size_t(r) * S, s2_ + std::size_t(r) * S, S, k,
-                     topk_scratch_ + std::size_t(r) * (k * k + 2 * k),
-                     topk_cand_ + std::size_t(r) * (k * k + 2 * k));
-    T mx = sc[0], sum = 0;  // sc[0] is the largest
-    T* g = gate_ + std::size_t(r) * k;
-    for (int s = 0; s < k; ++s) sum += (g[s] = std::exp(sc[s] - mx));
-    for (int s = 0; s < k; ++s) g[s] /= sum;
+  const int nblk = (R + kScoreRows - 1) / kScoreRows;
+#pragma omp parallel for schedule(dynamic, 1) if (nblk > 1)
+  for (int blk = 0; blk < nblk; ++blk) {
+    const int r0 = blk * kScoreRows, rb = std::min(kScoreRows, R - r0);
+    const int t = thread_index();
+    MOE_CHECK(t < score_threads_, "internal: thread {} of a score scratch sized for {} threads", t,
+              score_threads_);
+    T* sc1 = s1_ + std::size_t(t) * 2 * kScoreRows * S;
+    T* sc2 = sc1 + std::size_t(kScoreRows) * S;
+    const T* qb = q_ + std::size_t(r0) * dk;
+    gemm<T>(false, true, rb, S, half, T(1), qb, dk, p.keys1, half, T(0), sc1, S);
+    gemm<T>(false, true, rb, S, half, T(1), qb + half, dk, p.keys2, half, T(0), sc2, S);
+    for (int r = r0; r < r0 + rb; ++r) {
+      int32_t* id = ids_ + std::size_t(r) * k;
+      T* sc = score_ + std::size_t(r) * k;
+      product_key_topk(id, sc, sc1 + std::size_t(r - r0) * S, sc2 + std::size_t(r - r0) * S, S, k,
+                       topk_scratch_ + std::size_t(r) * (k * k + 2 * k),
+                       topk_cand_ + std::size_t(r) * (k * k + 2 * k));
+      T mx = sc[0], sum = 0;  // sc[0] is the largest
+      T* g = gate_ + std::size_t(r) * k;
+      for (int s = 0; s < k; ++s) sum += (g[s] = std::exp(sc[s] - mx));
+      for (int s = 0; s < k; ++s) g[s] /= sum;
+    }
   }
   // Experts: y_n = Σ_heads Σ_k g·σ(u_e·x_n)·v_e, each token's sum in (head, rank) order.
 #pragma omp parallel for schedule(static) if (N > 16)

@@ -74,8 +74,11 @@ class PeerLayer {
   int N_ = 0, max_tokens_ = 0;
   bool training_ = false;
   T *z_ = nullptr, *q_ = nullptr, *mean_ = nullptr, *rstd_ = nullptr;  // query pre/post norm
-  T *s1_ = nullptr, *s2_ = nullptr;  // [N·h, S] sub-key scores (then their gradients)
-  int32_t* ids_ = nullptr;           // [N·h·k]
+  // Per thread, the sub-key scores of one block of kScoreRows (token, head) rows: [2, rows, S].
+  static constexpr int kScoreRows = 64;
+  T* s1_ = nullptr;
+  int score_threads_ = 0;
+  int32_t* ids_ = nullptr;                                    // [N·h·k]
   T *score_ = nullptr, *gate_ = nullptr, *act_in_ = nullptr;  // [N·h·k]
   T* dq_ = nullptr;                                           // [N, h·dk]
   int32_t *e_off_ = nullptr, *e_list_ = nullptr;  // grouping by expert: [S²+1], [N·h·k]
