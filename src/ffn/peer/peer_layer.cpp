@@ -114,10 +114,12 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
       }
       mean_[f] = T(m);
       rstd_[f] = T(1.0 / std::sqrt(v + s_.bn_eps));
-      for (int n = 0; n < N; ++n) {
-        const std::size_t i = std::size_t(n) * D + f;
-        q_[i] = (z_[i] - mean_[f]) * rstd_[f] * p.gamma[f] + p.beta[f];
-      }
+    }
+    // Row by row (feature-major loops over [N, D] strode 4·D bytes per element).
+    for (int n = 0; n < N; ++n) {
+      const T* zn = z_ + std::size_t(n) * D;
+      T* qn = q_ + std::size_t(n) * D;
+      for (int f = 0; f < D; ++f) qn[f] = (zn[f] - mean_[f]) * rstd_[f] * p.gamma[f] + p.beta[f];
     }
   } else if (s_.qnorm == QueryNorm::kLayer) {
     for (int r = 0; r < N * h; ++r) {
@@ -312,27 +314,28 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
     const double Ng = double(N) * (dist_ ? comm_->size() : 1);
     std::vector<double>& sums = bn_a_;  // [Σd | Σd·x̂] per feature
     sums.assign(2 * std::size_t(D), 0.0);
-    for (int f = 0; f < D; ++f) {
-      double sd = 0, sdx = 0;
-      for (int n = 0; n < N; ++n) {
-        const std::size_t i = std::size_t(n) * D + f;
-        const double xh = double((z_[i] - mean_[f]) * rstd_[f]);
-        g.gamma[f] += dq_[i] * T(xh);
-        g.beta[f] += dq_[i];
-        sd += double(dq_[i]) * double(p.gamma[f]);
-        sdx += double(dq_[i]) * double(p.gamma[f]) * xh;
+    double* sd = sums.data();
+    double* sdx = sums.data() + D;
+    // Row by row, each feature's sums still over n in increasing order.
+    for (int n = 0; n < N; ++n) {
+      const T* zn = z_ + std::size_t(n) * D;
+      const T* dn = dq_ + std::size_t(n) * D;
+      for (int f = 0; f < D; ++f) {
+        const double xh = double((zn[f] - mean_[f]) * rstd_[f]);
+        g.gamma[f] += dn[f] * T(xh);
+        g.beta[f] += dn[f];
+        sd[f] += double(dn[f]) * double(p.gamma[f]);
+        sdx[f] += double(dn[f]) * double(p.gamma[f]) * xh;
       }
-      sums[f] = sd;
-      sums[D + f] = sdx;
     }
     if (dist_) comm_->allreduce_sum(sums.data(), sums.size());
-    for (int f = 0; f < D; ++f) {
-      const double sd = sums[f], sdx = sums[D + f];
-      for (int n = 0; n < N; ++n) {
-        const std::size_t i = std::size_t(n) * D + f;
-        const double xh = double((z_[i] - mean_[f]) * rstd_[f]);
-        const double d = double(dq_[i]) * double(p.gamma[f]);
-        dq_[i] = T(double(rstd_[f]) / Ng * (Ng * d - sd - xh * sdx));
+    for (int n = 0; n < N; ++n) {
+      const T* zn = z_ + std::size_t(n) * D;
+      T* dn = dq_ + std::size_t(n) * D;
+      for (int f = 0; f < D; ++f) {
+        const double xh = double((zn[f] - mean_[f]) * rstd_[f]);
+        const double d = double(dn[f]) * double(p.gamma[f]);
+        dn[f] = T(double(rstd_[f]) / Ng * (Ng * d - sd[f] - xh * sdx[f]));
       }
     }
   } else if (s_.qnorm == QueryNorm::kLayer) {
