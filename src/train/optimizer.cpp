@@ -104,7 +104,16 @@ OptimStats AdamWOptimizer::step(int64_t s) {
           scale(p.g, p.numel);
           continue;
         }
-        for (int32_t r : p.touched) scale(p.g + std::size_t(r) * p.row_len, p.row_len);
+        // One parallel loop over the rows (not one per row: a nested OpenMP region per
+        // ~256-float row costs more than the row).
+        const int32_t* rows = p.touched.data();
+        const std::size_t L = p.row_len;
+        const auto nr = std::ptrdiff_t(p.touched.size());
+#pragma omp parallel for schedule(static) if (nr > 64)
+        for (std::ptrdiff_t i = 0; i < nr; ++i) {
+          float* g = p.g + std::size_t(rows[i]) * L;
+          for (std::size_t j = 0; j < L; ++j) g[j] *= c;
+        }
       }
     }
   }
