@@ -89,11 +89,9 @@ void ParamStore::zero_grad() {
   for (auto& p : params_) {
     if (!p.sparse_rows) continue;
     std::memset(base_g_ + run_start, 0, (p.offset - run_start) * sizeof(float));
-    for (int32_t r : p.touched) {
+    for (int32_t r : p.touched)
       std::memset(p.g + std::size_t(r) * p.row_len, 0, p.row_len * sizeof(float));
-      p.touched_mark[r] = 0;
-    }
-    p.touched.clear();
+    p.clear_touched();
     run_start = p.offset + (p.numel + 15) / 16 * 16;
     if (run_start > total_) run_start = total_;
   }

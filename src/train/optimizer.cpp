@@ -129,9 +129,7 @@ OptimStats AdamWOptimizer::step(int64_t s) {
     }
     adamw_update_rows(p.w, m_ + p.offset, v_ + p.offset, p.g, p.row_len, p.touched.data(),
                       p.touched.size(), row_steps_[&p].data(), hs, defer ? &part[i] : nullptr);
-    // Its gradient rows are zero again: nothing for the next zero_grad() to clear.
-    for (int32_t r : p.touched) p.touched_mark[r] = 0;
-    p.touched.clear();
+    p.clear_touched();  // its gradient rows are zero again: nothing for zero_grad() to clear
   }
   if (defer) st.grad_norm = std::sqrt(total());
   return st;

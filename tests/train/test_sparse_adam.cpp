@@ -30,9 +30,9 @@ float grad_value(int step, int row, int col) { return std::sin(1.3f * step + 0.7
 // Runs the optimizer over `touched` (one row set per step, rows touched in the listed order)
 // on a table of `rows` rows and checks every row against the scalar rule, and the reported
 // gradient norm against a plain double sum.
-void check_lazy_rule(int kRows, const std::vector<std::vector<int>>& touched) {
+void check_lazy_rule(int rows, const std::vector<std::vector<int>>& touched) {
   ParamStore ps;
-  Param* t = ps.add("table", {kRows, kLen}, Init::kNormal, 1.f, false);
+  Param* t = ps.add("table", {rows, kLen}, Init::kNormal, 1.f, false);
   ps.allocate();
   ps.initialize(3);
   t->make_row_sparse();
@@ -40,7 +40,7 @@ void check_lazy_rule(int kRows, const std::vector<std::vector<int>>& touched) {
   AdamWOptimizer opt(ps, cfg);
   // Scalar reference state (double).
   std::vector<double> w(t->w, t->w + t->numel), m(t->numel, 0.0), v(t->numel, 0.0);
-  std::vector<int> steps(kRows, 0);
+  std::vector<int> steps(rows, 0);
   for (int s = 0; s < int(touched.size()); ++s) {
     ps.zero_grad();
     std::vector<float> before(t->w, t->w + t->numel);
@@ -57,8 +57,8 @@ void check_lazy_rule(int kRows, const std::vector<std::vector<int>>& touched) {
     // The step leaves the table's gradient zero and nothing listed for zero_grad().
     for (std::size_t i = 0; i < t->numel; ++i) ASSERT_EQ(t->g[i], 0.f) << "step " << s;
     EXPECT_TRUE(t->touched.empty());
-    for (int r = 0; r < kRows; ++r) ASSERT_EQ(t->touched_mark[r], 0) << "step " << s;
-    for (int r = 0; r < kRows; ++r) {
+    for (int r = 0; r < rows; ++r) ASSERT_EQ(t->touched_mark[r], 0) << "step " << s;
+    for (int r = 0; r < rows; ++r) {
       const bool hit = std::find(touched[s].begin(), touched[s].end(), r) != touched[s].end();
       if (!hit) {
         for (int c = 0; c < kLen; ++c) ASSERT_EQ(t->w[r * kLen + c], before[r * kLen + c]) << s;

@@ -52,6 +52,11 @@ struct Param {
       touched.push_back(row);
     }
   }
+  // Forgets the touched rows (their gradient rows must already be zero).
+  void clear_touched() {
+    for (int32_t r : touched) touched_mark[r] = 0;
+    touched.clear();
+  }
 };
 
 class ParamStore {

@@ -1,16 +1,17 @@
 // Our own float GEMM for the expert panels of the MoE layer (issue 3): C = A·B with B packed by
-// the caller and A read in place, either row by row or column by column.
+// the caller, and A read in place when it is row-major, else copied per k pass (tiles of a
+// column-read A, or rows gathered by index).
 //
 // Why not OpenBLAS here: per expert the layer runs nine products of ~512×512×128, and OpenBLAS
-// packs both operands of every call (and clears C first when beta = 0). Most of those copies are
-// not needed: the activations are contiguous in the direction the micro-kernel broadcasts them,
-// and only B — a weight (H·C floats) or one activation panel shared by two products — is packed.
-// That cut the copies to about a fifth and let the products reach the kernel's peak at these
-// shapes (bench/RESULTS.md, docs/MOE.md).
+// packs both operands of every call (and clears C first when beta = 0). Here a row-major A is not
+// copied at all, a packed B (a weight, or one activation panel) can serve two products, and C is
+// written directly: fewer copies, and at small-expert shapes a faster layer step
+// (bench/RESULTS.md, docs/MOE.md).
 //
-// Packed-B layout: ⌈N/32⌉ column panels, each K rows of 32 floats (64-byte aligned when Bp is),
-// columns past N zero. The micro-kernel holds a 12×32 block of C in 24 zmm registers and, per k,
-// loads one 32-float row of the panel and broadcasts 12 elements of A.
+// Packed-B layout: ⌈N/32⌉ column panels, each K rows of 32 floats, columns past N zero. Bp must
+// be 64-byte aligned (it is read and written with aligned loads and stores). The micro-kernel holds
+// a 12×32 block of C in 24 zmm registers and, per k, loads one 32-float row of the panel and
+// broadcasts 12 elements of A.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -162,14 +162,15 @@ void panel_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, c
   panel_gemm(m, C, W1, dgu, W1, false, pack, dX, C, accumulate);
 }
 
-// Runs fn(e) for every expert in `order`. Many experts: one expert per task across threads
-// (largest first, dynamic), each GEMM single-threaded. Few experts: one after another, each GEMM
-// using all threads. Either way one expert's weight gradient is written by one task only.
+// Whether for_each_expert runs the experts in parallel (one per task) for E experts.
 bool experts_in_parallel(int E) {
   const int nt = max_threads();
   return E >= 2 * nt && nt > 1;
 }
 
+// Runs fn(e) for every expert in `order`. Many experts: one expert per task across threads
+// (largest first, dynamic), each GEMM single-threaded. Few experts: one after another, each GEMM
+// using all threads. Either way one expert's weight gradient is written by one task only.
 template <typename F>
 void for_each_expert(const int32_t* order, int E, F&& fn) {
   if (experts_in_parallel(E)) {

@@ -52,7 +52,8 @@ void PeerLayer<T>::bind(Arena& a, int max_tokens) {
   mean_ = a.take<T>(std::max(D, R));
   rstd_ = a.take<T>(std::max(D, R));
   score_threads_ = max_threads();
-  s1_ = a.take<T>(std::size_t(score_threads_) * 2 * kScoreRows * s_.S);  // per thread: two blocks
+  score_blk_ =
+      a.take<T>(std::size_t(score_threads_) * 2 * kScoreRows * s_.S);  // per thread: two blocks
   ids_ = a.take<int32_t>(A);
   score_ = a.take<T>(A);
   gate_ = a.take<T>(A);
@@ -152,7 +153,7 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
     const int t = thread_index();
     MOE_CHECK(t < score_threads_, "internal: thread {} of a score scratch sized for {} threads", t,
               score_threads_);
-    T* sc1 = s1_ + std::size_t(t) * 2 * kScoreRows * S;
+    T* sc1 = score_blk_ + std::size_t(t) * 2 * kScoreRows * S;
     T* sc2 = sc1 + std::size_t(kScoreRows) * S;
     const T* qb = q_ + std::size_t(r0) * dk;
     gemm<T>(false, true, rb, S, half, T(1), qb, dk, p.keys1, half, T(0), sc1, S);
@@ -284,8 +285,8 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
     const int nt = std::max(1, std::min(max_threads(), S / 16));
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-      const int t = thread_index(), nth = nt > 1 ? nt : 1;
-      const int j0 = int(int64_t(S) * t / nth), j1 = int(int64_t(S) * (t + 1) / nth);
+      const int t = thread_index();
+      const int j0 = int(int64_t(S) * t / nt), j1 = int(int64_t(S) * (t + 1) / nt);
       for (int r = 0; r < R; ++r) {
         const T* q1 = q_ + std::size_t(r) * dk;
         const T* q2 = q1 + half;

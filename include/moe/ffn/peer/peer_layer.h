@@ -76,7 +76,7 @@ class PeerLayer {
   T *z_ = nullptr, *q_ = nullptr, *mean_ = nullptr, *rstd_ = nullptr;  // query pre/post norm
   // Per thread, the sub-key scores of one block of kScoreRows (token, head) rows: [2, rows, S].
   static constexpr int kScoreRows = 64;
-  T* s1_ = nullptr;
+  T* score_blk_ = nullptr;
   int score_threads_ = 0;
   int32_t* ids_ = nullptr;                                    // [N·h·k]
   T *score_ = nullptr, *gate_ = nullptr, *act_in_ = nullptr;  // [N·h·k]
