@@ -175,6 +175,35 @@ TEST(PeerGrad, LayerNormReluK2) {
 }
 TEST(PeerGrad, NoNormGeluK4) { check_peer_gradients(peer_spec(QueryNorm::kNone, true, 4, 5), 31); }
 
+TEST(PeerSemantics, RetrievalAcrossScoreBlocksEqualsBruteForce) {
+  // The forward scores its (token, head) rows in blocks of 64 per task: with 100 tokens × 2 heads
+  // (three full blocks and a partial one), every row's ids must be the brute-force top-k of its
+  // own query against both halves' sub-keys (query norm off, so q = x·W_qᵀ + b_q here).
+  PeerSpec s = peer_spec(QueryNorm::kNone, true, 3, 6);
+  Peer P(s, 100, 61);
+  P.forward();
+  const int C = s.C, dk = s.d_key, half = dk / 2, S = s.S, k = s.k;
+  for (int n = 0; n < P.N; ++n)
+    for (int j = 0; j < s.heads; ++j) {
+      V q(dk, 0.0), s1(S, 0.0), s2(S, 0.0);
+      for (int i = 0; i < dk; ++i) {
+        const int f = j * dk + i;
+        q[i] = P.bq[f];
+        for (int c = 0; c < C; ++c)
+          q[i] += P.x[std::size_t(n) * C + c] * P.wq[std::size_t(f) * C + c];
+      }
+      for (int a = 0; a < S; ++a)
+        for (int i = 0; i < half; ++i) {
+          s1[a] += q[i] * P.k1[std::size_t(a) * half + i];
+          s2[a] += q[half + i] * P.k2[std::size_t(a) * half + i];
+        }
+      const int r = n * s.heads + j;
+      const std::vector<int32_t> got(P.layer.ids() + std::size_t(r) * k,
+                                     P.layer.ids() + std::size_t(r + 1) * k);
+      ASSERT_EQ(got, brute_topk(s1, s2, S, k)) << "token " << n << " head " << j;
+    }
+}
+
 TEST(PeerSemantics, TopOneIsAnMlpOfHChosenNeurons) {
   PeerSpec s = peer_spec(QueryNorm::kNone, true, 1);
   Peer P(s, 5, 41);
