@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 
 #include "../error_util.h"
 #include "../grad_check.h"
@@ -236,6 +237,15 @@ TEST(MoeKernels, FloatPanelPathMatchesDoubleAtRealSizes) {
       EXPECT_TRUE(close("d w_gate", ggf, gg));
     }
   }
+}
+
+TEST(MoeKernels, BadPanelGemmSettingIsRefusedByName) {
+  // MOE_PANEL_GEMM takes 0, 1 or nothing; anything else is an error naming it and the value.
+  ::setenv("MOE_PANEL_GEMM", "yes", 1);
+  MoeLayer<float> layer(spec_of(RouterKind::kTopK, 4, 2, 16, 8));
+  Arena m;
+  expect_error([&] { layer.bind(m, 1, 8); }, {"MOE_PANEL_GEMM", "'yes'", "expected 0"});
+  ::unsetenv("MOE_PANEL_GEMM");
 }
 
 TEST(MoeSemantics, OneExpertTopOneIsTheDenseFfn) {

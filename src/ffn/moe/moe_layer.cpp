@@ -273,6 +273,10 @@ void MoeLayer<T>::bind(Arena& a, int max_batch, int max_seq) {
     // (measured side by side, docs/MOE.md). MOE_PANEL_GEMM=0 / 1 forces it off / on.
     const char* env = std::getenv("MOE_PANEL_GEMM");
     const std::string_view force = env ? env : "";
+    MOE_CHECK(force.empty() || force == "0" || force == "1",
+              "environment variable MOE_PANEL_GEMM: got '{}', expected 0 (OpenBLAS for the expert "
+              "products), 1 (moe.cpp's panel GEMM) or unset (by expert size)",
+              force);
     const bool small = std::size_t(H) * C <= (std::size_t(1) << 17);
     if (panel_gemm_native() && force != "0" && (small || force == "1")) {
       // An expert gets each token at most once (token choice, and expert choice's groups), so
