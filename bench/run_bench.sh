@@ -454,8 +454,9 @@ bench_peer() {
     "target (not asserted) ≥ 10× at N = 2^20"
   add_note "PEER: distinct rows = experts retrieved at least once in the step (of" \
     "$PEER_TOKENS·8·16 = $((PEER_TOKENS * 128)) retrievals); MB moved = moe.cpp's fp32 estimate" \
-    "(u_e, v_e read per retrieval in forward and backward, grouped gradient pass, optimizer" \
-    "read/write of w, g, m, v per distinct row); % of bandwidth = that ÷ step time ÷ a triad" \
+    "(u_e, v_e read per retrieval in forward and backward, the grouped gradient pass reading x," \
+    "dy rows, and the update in that pass reading and writing w, m, v of each distinct row: the" \
+    "gradient rows stay in cache); % of bandwidth = that ÷ step time ÷ a triad" \
     "bandwidth moe.cpp measures right after (noisy on this VM). The sub-key scoring grows like" \
     "√N; the rows touched grow until nearly every retrieval hits a distinct expert, and the" \
     "tables (2·N·256·4 B, plus gradients and two moments each) leave the caches for DRAM"

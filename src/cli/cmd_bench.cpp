@@ -10,10 +10,10 @@
 
 #include "commands.h"
 #include "moe/core/error.h"
+#include "moe/core/params.h"
 #include "moe/core/rng.h"
 #include "moe/ffn/moe/moe_layer.h"
 #include "moe/ffn/peer/peer_layer.h"
-#include "moe/core/params.h"
 #include "moe/kernels/gemm.h"
 #include "moe/model/transformer.h"
 #include "moe/train/optimizer.h"
@@ -66,9 +66,11 @@ void register_bench(CLI::App& app) {
     }
     const double gf = 2.0 * n * n * n / median(t) / 1e9;
     if (s->json)
-      fmt::print("{}\n", nlohmann::json({{"size", n}, {"gflops", gf},
+      fmt::print("{}\n", nlohmann::json({{"size", n},
+                                         {"gflops", gf},
                                          {"threads", omp_get_max_threads()},
-                                         {"blas", blas_info()}}).dump());
+                                         {"blas", blas_info()}})
+                             .dump());
     else
       fmt::print("sgemm {}³: {:.1f} GFLOP/s ({} threads; {})\n", n, gf, omp_get_max_threads(),
                  blas_info());
@@ -117,9 +119,12 @@ void register_bench(CLI::App& app) {
     const double ms = median(times) * 1e3;
     const double tps = double(B) * T / (ms / 1e3);
     if (t->json)
-      fmt::print("{}\n", nlohmann::json({{"ms_per_step", ms}, {"tokens_per_s", tps},
-                                         {"batch", B}, {"seq_len", T},
-                                         {"threads", omp_get_max_threads()}, {"loss", loss}})
+      fmt::print("{}\n", nlohmann::json({{"ms_per_step", ms},
+                                         {"tokens_per_s", tps},
+                                         {"batch", B},
+                                         {"seq_len", T},
+                                         {"threads", omp_get_max_threads()},
+                                         {"loss", loss}})
                              .dump());
     else
       fmt::print("train step: {:.1f} ms/step, {:.0f} tokens/s (batch {} × {}, {} threads)\n", ms,
@@ -132,8 +137,9 @@ void register_bench(CLI::App& app) {
   };
   auto m = std::make_shared<MoeArgs>();
   CLI::App* mb = b->add_subcommand(
-      "moe", "One MoE layer forward+backward: SwiGLU experts, softmax top-k renormalised, "
-             "dropless, Switch aux loss 0.01, loss = mean(y²) + aux");
+      "moe",
+      "One MoE layer forward+backward: SwiGLU experts, softmax top-k renormalised, "
+      "dropless, Switch aux loss 0.01, loss = mean(y²) + aux");
   mb->add_option("--d-model", m->d_model)->check(CLI::PositiveNumber);
   mb->add_option("--experts", m->experts)->check(CLI::PositiveNumber);
   mb->add_option("--top-k", m->top_k)->check(CLI::PositiveNumber);
@@ -160,8 +166,8 @@ void register_bench(CLI::App& app) {
     layer.bind(acts, 1, N);
     // x ~ N(0,1), router U(±1/√C), experts N(0, 0.02²), as the PyTorch side does.
     const std::size_t wsz = std::size_t(E) * H * C;
-    std::vector<float> x(std::size_t(N) * C), router(std::size_t(E) * C), wg(wsz), wu(wsz),
-        wd(wsz), y(x.size()), dy(x.size()), dx(x.size());
+    std::vector<float> x(std::size_t(N) * C), router(std::size_t(E) * C), wg(wsz), wu(wsz), wd(wsz),
+        y(x.size()), dy(x.size()), dx(x.size());
     const float bound = 1.f / std::sqrt(float(C));
     auto fill = [](std::vector<float>& v, uint32_t stream, auto&& draw) {
       const Rng r(1, stream_id(kPurposeInit, 99, stream));
@@ -169,9 +175,12 @@ void register_bench(CLI::App& app) {
 #pragma omp parallel for schedule(static)
       for (std::ptrdiff_t j = 0; j < n; ++j) v[j] = draw(r, j);
     };
-    auto normal = [](float s) { return [s](const Rng& r, std::ptrdiff_t j) { return s * r.normal(j); }; };
+    auto normal = [](float s) {
+      return [s](const Rng& r, std::ptrdiff_t j) { return s * r.normal(j); };
+    };
     fill(x, 0, normal(1.f));
-    fill(router, 1, [bound](const Rng& r, std::ptrdiff_t j) { return bound * (2 * r.uniform(j) - 1); });
+    fill(router, 1,
+         [bound](const Rng& r, std::ptrdiff_t j) { return bound * (2 * r.uniform(j) - 1); });
     fill(wg, 2, normal(0.02f));
     fill(wu, 3, normal(0.02f));
     fill(wd, 4, normal(0.02f));
@@ -201,9 +210,10 @@ void register_bench(CLI::App& app) {
                                          {"threads", omp_get_max_threads()}})
                              .dump());
     else
-      fmt::print("moe layer C={} E={} k={} H={} tokens={}: {:.1f} ms/step, {:.0f} tokens/s, "
-                 "{:.1f} GFLOP/s expert compute, max/mean expert load {:.2f}\n",
-                 C, E, m->top_k, H, N, ms, N / (ms / 1e3), gflops, st.max_over_mean_load);
+      fmt::print(
+          "moe layer C={} E={} k={} H={} tokens={}: {:.1f} ms/step, {:.0f} tokens/s, "
+          "{:.1f} GFLOP/s expert compute, max/mean expert load {:.2f}\n",
+          C, E, m->top_k, H, N, ms, N / (ms / 1e3), gflops, st.max_over_mean_load);
   });
 
   struct PeerArgs {
@@ -213,9 +223,10 @@ void register_bench(CLI::App& app) {
   };
   auto pa = std::make_shared<PeerArgs>();
   CLI::App* pb = b->add_subcommand(
-      "peer", "One PEER layer training step: query Linear+bias, BatchNorm (batch statistics), "
-              "shared sub-keys, GELU, per-head softmax; forward, backward, Adam (lr 1e-3) on the "
-              "dense parameters and the row-lazy rule on u, v; loss = mean(y²)");
+      "peer",
+      "One PEER layer training step: query Linear+bias, BatchNorm (batch statistics), "
+      "shared sub-keys, GELU, per-head softmax; forward, backward, Adam (lr 1e-3) on the "
+      "dense parameters and the row-lazy rule on u, v; loss = mean(y²)");
   pb->add_option("--d-model", pa->d_model)->check(CLI::PositiveNumber);
   pb->add_option("--experts", pa->experts, "S² (a perfect square)")->check(CLI::PositiveNumber);
   pb->add_option("--heads", pa->heads)->check(CLI::PositiveNumber);
@@ -229,7 +240,8 @@ void register_bench(CLI::App& app) {
     const int S = int(std::lround(std::sqrt(double(pa->experts))));
     MOE_CHECK(int64_t(S) * S == pa->experts, "--experts {}: expected a perfect square",
               pa->experts);
-    MOE_CHECK(pa->top_k <= S && pa->d_key % 2 == 0, "--top-k must be <= sqrt(experts) and "
+    MOE_CHECK(pa->top_k <= S && pa->d_key % 2 == 0,
+              "--top-k must be <= sqrt(experts) and "
               "--d-key even");
     PeerSpec sp;
     sp.C = pa->d_model;
@@ -274,6 +286,8 @@ void register_bench(CLI::App& app) {
       for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(x.size()); ++i) x[i] = r.normal(i);
     }
     PeerParams<float> p{wq->w, bq->w, gm->w, bt->w, k1->w, k2->w, u->w, v->w, rm->w, rv->w};
+    // u->row_rule, v->row_rule: the optimizer's rule for this step (prepare() below), read when
+    // the backward runs.
     PeerGrads<float> g{wq->g, bq->g, gm->g, bt->g, k1->g, k2->g, u->g, v->g};
     std::vector<double> times;
     std::size_t unique_rows = 0;
@@ -288,6 +302,9 @@ void register_bench(CLI::App& app) {
       const float sc = 2.f / (float(N) * C);
       for (std::size_t j = 0; j < y.size(); ++j) dy[j] = sc * y[j];
       std::fill(dx.begin(), dx.end(), 0.f);
+      opt.prepare(it);  // no clipping here: u and v are updated in the backward, row by row
+      g.u_rule = u->row_rule;
+      g.v_rule = v->row_rule;
       layer.backward(dx.data(), g, dy.data(), x.data(), p);
       unique_rows = u->touched.size();
       opt.step(it);
@@ -295,11 +312,10 @@ void register_bench(CLI::App& app) {
     }
     const double ms = median(times) * 1e3;
     // Bytes moved per step (estimate, fp32): each retrieval reads u_e and v_e in the forward and
-    // again in the backward, and the grouped gradient pass reads x, dy rows and writes du, dv;
-    // per unique row the optimizer reads w, g, m, v and writes w, m, v (two tables), and
-    // zero_grad writes g.
+    // again in the backward, and the grouped gradient pass reads x, dy rows; it forms du, dv of
+    // a row in cache and updates the row at once, reading and writing w, m, v (two tables).
     const double A = double(N) * sp.heads * sp.k;
-    const double bytes = 4.0 * C * (4 * A + 4 * A + 2 * 8.0 * double(unique_rows));
+    const double bytes = 4.0 * C * (4 * A + 2 * A + 2 * 6.0 * double(unique_rows));
     // This machine's memory bandwidth, measured now: a streaming triad over 256 MiB arrays.
     const std::size_t M = std::size_t(64) << 20;
     std::vector<float> ba(M, 1.f), bb(M, 2.f), bc(M, 0.f);
@@ -323,13 +339,14 @@ void register_bench(CLI::App& app) {
                                          {"threads", omp_get_max_threads()}})
                              .dump());
     else
-      fmt::print("peer layer C={} experts={} h={} k={} d_key={} tokens={}: {:.1f} ms/step, {:.0f} "
-                 "tokens/s; {} distinct rows touched; ~{:.1f} MB moved per step = {:.1f}% of the "
-                 "measured {:.1f} GB/s\n  (defaults: sub-keys shared by the heads, query "
-                 "Linear+bias then BatchNorm on batch statistics, GELU, per-head softmax, Adam "
-                 "lr 1e-3 dense, lazy per-row Adam on u and v, loss = mean(y²))\n",
-                 C, E, sp.heads, sp.k, sp.d_key, N, ms, N / (ms / 1e3), unique_rows, bytes / 1e6,
-                 100 * frac, bandwidth / 1e9);
+      fmt::print(
+          "peer layer C={} experts={} h={} k={} d_key={} tokens={}: {:.1f} ms/step, {:.0f} "
+          "tokens/s; {} distinct rows touched; ~{:.1f} MB moved per step = {:.1f}% of the "
+          "measured {:.1f} GB/s\n  (defaults: sub-keys shared by the heads, query "
+          "Linear+bias then BatchNorm on batch statistics, GELU, per-head softmax, Adam "
+          "lr 1e-3 dense, lazy per-row Adam on u and v, loss = mean(y²))\n",
+          C, E, sp.heads, sp.k, sp.d_key, N, ms, N / (ms / 1e3), unique_rows, bytes / 1e6,
+          100 * frac, bandwidth / 1e9);
   });
 }
 

@@ -35,9 +35,11 @@ double* partials(std::size_t n) {
 // region per row (even one that runs on one thread) cost a runtime call each time.
 struct AdamStep {
   float step, inv_sqrt_bc2, shrink, b1, b2, eps;
-  AdamStep(const AdamWHyper& h, bool decay, int64_t t) {
-    const double bc1 = 1.0 - std::pow(double(h.beta1), double(t));
-    const double bc2 = 1.0 - std::pow(double(h.beta2), double(t));
+  AdamStep(const AdamWHyper& h, bool decay, int64_t t)
+      : AdamStep(h, decay, 1.0 - std::pow(double(h.beta1), double(t)),
+                 1.0 - std::pow(double(h.beta2), double(t))) {}
+  // From the bias corrections bc1 = 1 − β1^t, bc2 = 1 − β2^t.
+  AdamStep(const AdamWHyper& h, bool decay, double bc1, double bc2) {
     // torch: p -= lr·wd·p; m,v updated; p -= (lr/bc1) · m / (sqrt(v)/sqrt(bc2) + eps)
     step = float(h.lr / bc1);
     inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
@@ -58,7 +60,40 @@ struct AdamStep {
   }
 };
 
+// One row of the row-lazy rule (no decay, the row's own step count): returns the row's Σ g², as
+// sum_squares_rows forms it.
+// bias: when given, the bias corrections by step count (BiasCorrections), else std::pow per row.
+double update_row(float* p, float* m, float* v, const float* g, std::size_t row_len, int32_t& steps,
+                  const AdamWHyper& h, const BiasCorrections* bias = nullptr) {
+  const double sq = lane_sum_squares(g, row_len);
+  const int64_t t = ++steps;
+  if (bias && t < int64_t(bias->bc1.size()))
+    AdamStep(h, false, bias->bc1[t], bias->bc2[t]).apply(p, m, v, g, 0, row_len);
+  else
+    AdamStep(h, false, t).apply(p, m, v, g, 0, row_len);
+  return sq;
+}
+
 }  // namespace
+
+void BiasCorrections::cover(int64_t t_max, float beta1, float beta2) {
+  if (beta1 != b1 || beta2 != b2) {
+    bc1.clear();
+    bc2.clear();
+    b1 = beta1;
+    b2 = beta2;
+  }
+  // The expressions AdamStep would evaluate for step count t: the same bits.
+  for (int64_t t = int64_t(bc1.size()); t <= t_max; ++t) {
+    bc1.push_back(1.0 - std::pow(double(beta1), double(t)));
+    bc2.push_back(1.0 - std::pow(double(beta2), double(t)));
+  }
+}
+
+double SparseRowRule::apply(int64_t r, const float* g) const {
+  const std::size_t o = std::size_t(r) * row_len;
+  return update_row(p + o, m + o, v + o, g, row_len, steps[r], h, bias);
+}
 
 void adamw_update(float* p, float* m, float* v, const float* g, std::size_t n, const AdamWHyper& h,
                   bool decay, int64_t t) {
@@ -117,16 +152,15 @@ void adamw_update_rows(float* p, float* m, float* v, float* g, std::size_t row_l
                        const int32_t* rows, std::size_t n_rows, int32_t* steps, const AdamWHyper& h,
                        double* sum_sq) {
   // Rows are independent: parallel over them, each row the serial rule with its own step count.
-  // (Software prefetch of the next rows was tried: no gain measurable over this VM's noise, as
-  // the pass is bound by bandwidth rather than by the latency of starting each row.)
+  // (Software prefetch of the next rows was tried: no gain measurable over this VM's noise.)
   const auto n = std::ptrdiff_t(n_rows);
   double* part = sum_sq ? partials(n_rows) : nullptr;
 #pragma omp parallel for schedule(static) if (n > 64)
   for (std::ptrdiff_t i = 0; i < n; ++i) {
     const int32_t r = rows[i];
     const std::size_t o = std::size_t(r) * row_len;
-    if (part) part[i] = lane_sum_squares(g + o, row_len);  // as sum_squares_rows does
-    AdamStep(h, false, ++steps[r]).apply(p + o, m + o, v + o, g + o, 0, row_len);
+    const double sq = update_row(p + o, m + o, v + o, g + o, row_len, steps[r], h);
+    if (part) part[i] = sq;
     std::memset(g + o, 0, row_len * sizeof(float));  // in cache now; zero_grad would reload it
   }
   if (sum_sq) {

@@ -50,12 +50,50 @@ void sort_touched(Param& p) {
 
 }  // namespace
 
+AdamWHyper AdamWOptimizer::sparse_hyper(int64_t s) const {
+  const float lr = float(lr_schedule(s, cfg_.lr, cfg_.min_lr, cfg_.warmup_steps, cfg_.steps));
+  return {cfg_.sparse_lr > 0 ? cfg_.sparse_lr : lr, cfg_.beta1, cfg_.beta2, cfg_.eps,
+          cfg_.weight_decay};
+}
+
+bool AdamWOptimizer::prepare(int64_t s) {
+  if (cfg_.grad_clip > 0) return false;
+  // A row's step count is at most the steps taken so far plus this one (after a resume, at most
+  // the checkpoint's); a larger one would fall back to std::pow.
+  bias_.cover(s + 1, cfg_.beta1, cfg_.beta2);
+  bool any = false;
+  for (Param& p : params_.all()) {
+    if (!p.sparse_rows || !p.trainable || p.sharded()) continue;
+    ensure_row_steps(p);
+    SparseRowRule& r = rules_[&p];
+    r = SparseRowRule{};
+    r.p = p.w;
+    r.m = m_ + p.offset;
+    r.v = v_ + p.offset;
+    r.row_len = p.row_len;
+    r.steps = row_steps_[&p].data();
+    r.h = sparse_hyper(s);
+    r.bias = &bias_;
+    p.row_rule = &r;
+    any = true;
+  }
+  return any;
+}
+
 OptimStats AdamWOptimizer::step(int64_t s) {
   OptimStats st;
   st.lr = lr_schedule(s, cfg_.lr, cfg_.min_lr, cfg_.warmup_steps, cfg_.steps);
+  // Tables updated in the backward (prepare()): every touched row, and nothing else, must have
+  // been updated; their norm share is the layer's.
+  for (Param& p : params_.all())
+    if (p.row_rule) {
+      MOE_CHECK(p.row_rule->rows_done == p.touched.size(),
+                "internal: parameter '{}': the backward updated {} rows of the {} it touched",
+                p.name, p.row_rule->rows_done, p.touched.size());
+    }
   // Row-sparse tables: visit touched rows in ascending order (a canonical order for the sums).
   for (Param& p : params_.all())
-    if (p.sparse_rows) {
+    if (p.sparse_rows && !p.row_rule) {
       sort_touched(p);
       ensure_row_steps(p);
     }
@@ -78,6 +116,8 @@ OptimStats AdamWOptimizer::step(int64_t s) {
       ss_sharded += sum_squares(p.g, p.numel);
     } else if (!p.sparse_rows) {
       part[i] = sum_squares(p.g, p.numel);
+    } else if (p.row_rule) {
+      part[i] = p.row_rule->sum_sq;
     } else if (!(defer && p.trainable)) {
       part[i] = sum_squares_rows(p.g, p.row_len, p.touched.data(), p.touched.size());
     }
@@ -118,11 +158,15 @@ OptimStats AdamWOptimizer::step(int64_t s) {
     }
   }
   const AdamWHyper h{float(st.lr), cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay};
-  AdamWHyper hs = h;
-  if (cfg_.sparse_lr > 0) hs.lr = cfg_.sparse_lr;
+  const AdamWHyper hs = sparse_hyper(s);
   for (std::size_t i = 0; i < params.size(); ++i) {
     Param& p = params[i];
     if (!p.trainable) continue;
+    if (p.row_rule) {  // already updated, row by row, in the backward
+      p.row_rule = nullptr;
+      p.clear_touched();
+      continue;
+    }
     if (!p.sparse_rows) {
       adamw_update(p.w, m_ + p.offset, v_ + p.offset, p.g, p.numel, h, decays(p), s + 1);
       continue;

@@ -297,6 +297,9 @@ TrainResult Trainer::run() {
     info.training = true;
     info.step = s;
     info.seed = tc.seed;
+    // One backward forms the whole gradient: row-sparse tables (PEER) are then updated inside
+    // it, each row as soon as its gradient is complete (the optimizer skips them in step()).
+    if (tc.grad_accum == 1 && P == 1) opt_->prepare(s);
     double loss = 0, aux = 0;
     for (int m = 0; m < tc.grad_accum; ++m) {
       sample_batch(s, m, x.data(), y.data());

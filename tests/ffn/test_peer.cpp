@@ -1,14 +1,18 @@
 // PEER: product-key retrieval against brute force, the layer's gradients in double (k >= 2,
-// every query norm), k = 1 as an MLP of h chosen neurons, and the usage/KL formulas.
+// every query norm), k = 1 as an MLP of h chosen neurons, the usage/KL formulas, and the tables
+// updated inside the backward against the optimizer's own pass.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <random>
 
 #include "../grad_check.h"
+#include "moe/core/error.h"
 #include "moe/ffn/peer/peer_layer.h"
 #include "moe/ffn/peer/product_keys.h"
+#include "moe/train/optimizer.h"
 
 using namespace moe;
 using namespace moe::testing;
@@ -246,3 +250,120 @@ TEST(PeerMetrics, UsageAndKlOnHandMadeHistograms) {
 }
 
 }  // namespace
+
+// The optimizer in backward (AdamWOptimizer::prepare: each retrieved row of u and v updated by
+// the layer as soon as its gradient is summed) against the optimizer's own pass over the rows,
+// in float, over several steps whose row sets partly overlap: every weight, moment, row step
+// count and the reported gradient norm must be the same bits.
+struct PeerTrain {
+  PeerSpec spec;
+  ParamStore ps;
+  Param *wq, *bq, *gm, *bt, *rm, *rv, *k1, *k2, *u, *v;
+  std::unique_ptr<AdamWOptimizer> opt;
+  PeerLayer<float> layer;
+  Arena arena;
+  PeerTrain(PeerSpec s, int N, const TrainConfig& tc) : spec(s), layer(s) {
+    const int D = s.heads * s.d_key, C = s.C;
+    wq = ps.add("query.weight", {D, C}, Init::kNormal, 0.5f, true);
+    bq = ps.add("query.bias", {D}, Init::kNormal, 0.1f, false);
+    gm = ps.add("query_norm.weight", {D}, Init::kOnes, 0, false);
+    bt = ps.add("query_norm.bias", {D}, Init::kZeros, 0, false);
+    rm = ps.add("query_norm.running_mean", {D}, Init::kZeros, 0, false);
+    rv = ps.add("query_norm.running_var", {D}, Init::kOnes, 0, false);
+    k1 = ps.add("keys1", {s.S, s.d_key / 2}, Init::kNormal, 1.f, false);
+    k2 = ps.add("keys2", {s.S, s.d_key / 2}, Init::kNormal, 1.f, false);
+    u = ps.add("u", {s.experts(), C}, Init::kNormal, 0.5f, false);
+    v = ps.add("v", {s.experts(), C}, Init::kNormal, 0.5f, false);
+    ps.allocate();
+    ps.initialize(5);
+    rm->trainable = rv->trainable = false;
+    u->make_row_sparse();
+    v->make_row_sparse();
+    opt = std::make_unique<AdamWOptimizer>(ps, tc);
+    Arena m;
+    layer.bind(m, N);
+    arena = Arena(m.used());
+    layer.bind(arena, N);
+  }
+  // One training step on x (loss = Σ y·r); returns the optimizer's report.
+  OptimStats step(int s, const std::vector<float>& x, const std::vector<float>& r, int N,
+                  bool in_backward) {
+    ps.zero_grad();
+    std::vector<float> y(x.size()), dx(x.size(), 0.f);
+    PeerParams<float> p{wq->w, bq->w, gm->w, bt->w, k1->w, k2->w, u->w, v->w, rm->w, rv->w};
+    layer.forward(y.data(), x.data(), p, N, true);
+    for (int a = 0; a < N * spec.heads * spec.k; ++a) {
+      u->touch(layer.ids()[a]);
+      v->touch(layer.ids()[a]);
+    }
+    if (in_backward) EXPECT_TRUE(opt->prepare(s));
+    PeerGrads<float> g{wq->g, bq->g, gm->g, bt->g,       k1->g,
+                       k2->g, u->g,  v->g,  u->row_rule, v->row_rule};
+    layer.backward(dx.data(), g, r.data(), x.data(), p);
+    if (in_backward)  // nothing went to the tables' gradients
+      for (std::size_t i = 0; i < u->numel; ++i) EXPECT_TRUE(u->g[i] == 0.f && v->g[i] == 0.f);
+    return opt->step(s);
+  }
+};
+
+TEST(PeerOptimizer, UpdateInBackwardEqualsTheOptimizerPass) {
+  PeerSpec s;
+  s.C = 16;
+  s.S = 12;  // 144 experts; 20 tokens × 2 heads × 4 retrievals touch a changing part of them
+  s.heads = 2;
+  s.k = 4;
+  s.d_key = 8;
+  const int N = 20;
+  TrainConfig tc;
+  tc.lr = 1e-2f;
+  tc.min_lr = 1e-3f;
+  tc.warmup_steps = 2;
+  tc.steps = 6;
+  tc.grad_clip = 0;
+  tc.weight_decay = 0.1f;
+  PeerTrain a(s, N, tc), b(s, N, tc);
+  for (int st = 0; st < 6; ++st) {
+    std::vector<float> x(std::size_t(N) * s.C), r(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      x[i] = std::sin(0.37f * float(i) + 1.9f * float(st));
+      r[i] = std::cos(0.23f * float(i) - 0.7f * float(st));
+    }
+    const OptimStats sa = a.step(st, x, r, N, true), sb = b.step(st, x, r, N, false);
+    ASSERT_GT(sb.grad_norm, 0);
+    ASSERT_EQ(sa.grad_norm, sb.grad_norm) << "step " << st;
+    ASSERT_EQ(a.u->touched.size(), 0u);  // the marks are cleared either way
+    for (std::size_t i = 0; i < a.ps.numel(); ++i) {
+      ASSERT_EQ(a.ps.weights()[i], b.ps.weights()[i]) << "step " << st << " element " << i;
+      ASSERT_EQ(a.opt->m()[i], b.opt->m()[i]) << "step " << st << " element " << i;
+      ASSERT_EQ(a.opt->v()[i], b.opt->v()[i]) << "step " << st << " element " << i;
+    }
+    for (int64_t e = 0; e < s.experts(); ++e) {
+      ASSERT_EQ(a.opt->row_steps(*a.u)[e], b.opt->row_steps(*b.u)[e]) << e;
+      ASSERT_EQ(a.opt->row_steps(*a.v)[e], b.opt->row_steps(*b.v)[e]) << e;
+    }
+  }
+  // Some rows were touched at some steps only (else the lazy rule was not exercised).
+  const int32_t* t = b.opt->row_steps(*b.u);
+  EXPECT_LT(*std::min_element(t, t + s.experts()), 6);
+  EXPECT_GT(*std::max_element(t, t + s.experts()), 1);
+}
+
+TEST(PeerOptimizer, UpdateInBackwardIsRefusedOrCheckedWhereItCannotHold) {
+  PeerSpec s;
+  s.C = 8;
+  s.S = 6;
+  s.heads = 1;
+  s.k = 2;
+  s.d_key = 4;
+  TrainConfig tc;
+  tc.grad_clip = 1.0f;  // the norm of the whole gradient is needed before any update
+  PeerTrain clipped(s, 4, tc);
+  EXPECT_FALSE(clipped.opt->prepare(0));
+  EXPECT_EQ(clipped.u->row_rule, nullptr);
+  // A rule handed out but not used by the backward, with rows touched: step() refuses.
+  tc.grad_clip = 0;
+  PeerTrain t(s, 4, tc);
+  EXPECT_TRUE(t.opt->prepare(0));
+  t.u->touch(3);
+  EXPECT_THROW(t.opt->step(0), Error);
+}

@@ -151,6 +151,26 @@ TEST(Training, ResumeIsBitIdenticalWithMoeAndPeerBlocks) {
   });
 }
 
+TEST(Training, ResumeIsBitIdenticalWithPeerTablesUpdatedInBackward) {
+  // One micro-batch and no clipping: the trainer hands PEER's tables their rule before each
+  // backward (AdamWOptimizer::prepare), and step() fails if a touched row was not updated.
+  TempDir d;
+  make_data(d.path);
+  check_resume(d.path, [](Config& c) {
+    FfnConfig peer;
+    peer.kind = "peer";
+    peer.activation = Activation::kGELU;
+    peer.num_experts = 64;
+    peer.heads = 2;
+    peer.top_k = 3;
+    peer.d_key = 8;
+    c.model.ffn_overrides = {{1, peer}};
+    c.train.grad_accum = 1;
+    c.train.grad_clip = 0;
+    c.model.resolve();
+  });
+}
+
 TEST(Training, NanLossStopsNamingTheStepAndKeepsNoBadCheckpoint) {
   TempDir d;
   make_data(d.path);

@@ -11,6 +11,8 @@
 
 namespace moe {
 
+struct SparseRowRule;  // nn/adamw.h
+
 enum class Init { kNormal, kOnes, kZeros, kUniform };
 
 struct Param {
@@ -45,6 +47,9 @@ struct Param {
   int64_t row_len = 0;                // floats per row (shape[1])
   std::vector<int32_t> touched;       // rows touched since the last zero_grad(), unsorted
   std::vector<uint8_t> touched_mark;  // [rows] 1 if in `touched`
+  // Set by AdamWOptimizer::prepare() for this step only: the layer updates each row with it as
+  // soon as the row's gradient is complete, instead of accumulating into g (see SparseRowRule).
+  SparseRowRule* row_rule = nullptr;
   void make_row_sparse();
   void touch(int32_t row) {
     if (!touched_mark[row]) {

@@ -13,6 +13,7 @@
 #include "moe/core/arena.h"
 #include "moe/core/params.h"
 #include "moe/model/config.h"
+#include "moe/nn/adamw.h"
 
 namespace moe {
 
@@ -29,6 +30,14 @@ class AdamWOptimizer {
   // touched lists cleared (each row is zeroed while the update has it in cache, so the next
   // zero_grad() has nothing left to do for them).
   OptimStats step(int64_t step);
+  // Before the backward of step `step`, when that one backward forms the whole gradient (no
+  // accumulation over micro-batches, one process): gives each trainable row-sparse table its
+  // rule for this step (Param::row_rule), so the layer updates each row as soon as it has the
+  // row's gradient; step() then only checks that every touched row was updated, takes the
+  // table's share of the gradient norm and clears the marks. Same bits as without prepare().
+  // Does nothing with gradient clipping on: that needs the whole gradient's norm before any
+  // update. Returns whether any table took a rule.
+  bool prepare(int64_t step);
   float* m() { return m_; }
   float* v() { return v_; }
   // Per-row step counts of a row-sparse parameter (lazy Adam), or null for a dense one.
@@ -38,12 +47,15 @@ class AdamWOptimizer {
   bool decays(const Param& p) const;
 
  private:
+  AdamWHyper sparse_hyper(int64_t step) const;  // the row-sparse tables' rule at this step
   ParamStore& params_;
   TrainConfig cfg_;
   Arena state_;
   float *m_ = nullptr, *v_ = nullptr;
   std::map<const Param*, std::vector<int32_t>> row_steps_;
-  std::vector<double> norm_parts_;  // per parameter Σg², reused every step
+  std::map<const Param*, SparseRowRule> rules_;  // prepare()'s rules, by table
+  BiasCorrections bias_;                         // their bias corrections by row step count
+  std::vector<double> norm_parts_;               // per parameter Σg², reused every step
 };
 
 }  // namespace moe

@@ -81,7 +81,10 @@ void PeerFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
 
 void PeerFfn::backward(float* dx, const float* dout, const float* x, int N) {
   auto g = [](const Param* p) { return p ? p->g : nullptr; };
-  layer_.backward(dx, {wq_->g, bq_->g, g(gamma_), g(beta_), keys1_->g, keys2_->g, u_->g, v_->g},
+  // u_->row_rule / v_->row_rule: set when the optimizer updates the tables in this backward.
+  layer_.backward(dx,
+                  {wq_->g, bq_->g, g(gamma_), g(beta_), keys1_->g, keys2_->g, u_->g, v_->g,
+                   u_->row_rule, v_->row_rule},
                   dout, x, params());
 }
 

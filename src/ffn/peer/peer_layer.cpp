@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "moe/core/error.h"
@@ -62,6 +63,10 @@ void PeerLayer<T>::bind(Arena& a, int max_tokens) {
   e_off_ = a.take<int32_t>(std::size_t(s_.experts()) + 1);
   e_list_ = a.take<int32_t>(A);
   e_cur_ = a.take<int32_t>(std::size_t(s_.experts()));
+  const std::size_t rows = std::min<std::size_t>(A, std::size_t(s_.experts()));
+  e_rows_ = a.take<int32_t>(rows);
+  row_sq_ = a.take<double>(2 * rows);
+  row_g_ = a.take<T>(std::size_t(score_threads_) * 2 * s_.C);
   const std::size_t kk = std::size_t(s_.k) * s_.k + 2 * s_.k;  // product_key_topk's scratch
   topk_scratch_ = a.take<int32_t>(R * kk);
   topk_cand_ = a.take<T>(R * kk);
@@ -225,17 +230,37 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   const int64_t E = s_.experts();
   std::fill(e_off_, e_off_ + E + 1, 0);
   for (int a = 0; a < A; ++a) ++e_off_[ids_[a] + 1];
-  for (int64_t e = 0; e < E; ++e) e_off_[e + 1] += e_off_[e];
+  int nrows = 0;  // and the retrieved experts, in ascending order
+  for (int64_t e = 0; e < E; ++e) {
+    if (e_off_[e + 1] > 0) e_rows_[nrows++] = int32_t(e);
+    e_off_[e + 1] += e_off_[e];
+  }
   // Stable fill: walk assignments in order, placing each at its expert's next free slot.
   std::copy(e_off_, e_off_ + E, e_cur_);
   for (int a = 0; a < A; ++a) e_list_[e_cur_[ids_[a]]++] = a;
-#pragma omp parallel for schedule(dynamic, 64)
-  for (int64_t e = 0; e < E; ++e) {
-    if (e_off_[e] == e_off_[e + 1]) continue;
-    T* gu = g.u + e * C;
-    T* gv = g.v + e * C;
-    for (int i = e_off_[e]; i < e_off_[e + 1]; ++i) {
-      const int a = e_list_[i], n = a / (h * k);
+  // With the optimizer in backward, a row's sum is formed in the thread's scratch (from zero, as
+  // the zeroed gradient row would be: the same bits) and the row is updated at once; its Σ g²
+  // is kept per row and the rows' sums added in ascending order, as the optimizer's pass does.
+  SparseRowRule *ur = nullptr, *vr = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    ur = g.u_rule;
+    vr = g.v_rule;
+  } else {
+    MOE_CHECK(!g.u_rule && !g.v_rule, "internal: the optimizer in backward is float only");
+  }
+  MOE_CHECK(max_threads() <= score_threads_,
+            "internal: {} threads, PEER scratch bound for {} (thread count changed after bind)",
+            max_threads(), score_threads_);
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int i = 0; i < nrows; ++i) {
+    const int64_t e = e_rows_[i];
+    T* scratch = row_g_ + std::size_t(thread_index()) * 2 * C;
+    T* gu = ur ? scratch : g.u + e * C;
+    T* gv = vr ? scratch + C : g.v + e * C;
+    if (ur) std::fill(gu, gu + C, T(0));
+    if (vr) std::fill(gv, gv + C, T(0));
+    for (int j = e_off_[e]; j < e_off_[e + 1]; ++j) {
+      const int a = e_list_[j], n = a / (h * k);
       const T* xn = x + std::size_t(n) * C;
       const T* dyn = dy + std::size_t(n) * C;
       const T w = gate_[a] * act(act_in_[a], s_.gelu), d = dz[a];
@@ -245,6 +270,18 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
         gv[c] += w * dyn[c];
       }
     }
+    if constexpr (std::is_same_v<T, float>) {
+      if (ur) row_sq_[i] = ur->apply(e, gu);
+      if (vr) row_sq_[nrows + i] = vr->apply(e, gv);
+    }
+  }
+  for (int t = 0; t < 2; ++t) {
+    SparseRowRule* rule = t == 0 ? ur : vr;
+    if (!rule) continue;
+    double sum = 0;
+    for (int i = 0; i < nrows; ++i) sum += row_sq_[std::size_t(t) * nrows + i];
+    rule->sum_sq = sum;
+    rule->rows_done = std::size_t(nrows);
   }
   // Router: softmax backward per (token, head): d(score) of each of the k candidates, in place
   // of d(gate). A candidate's score is s1[id / S] + s2[id % S], so d(s1), d(s2) have at most k

@@ -2,8 +2,9 @@
 //   query.weight [h·dk, C], query.bias [h·dk], query_norm.weight / .bias [h·dk] (batch or layer
 //   norm), query_norm.running_mean / .running_var [h·dk] (batch norm; not trained), keys1 /
 //   keys2 [S, dk/2] (shared by all heads), u / v [S², C] (the experts' input and output rows).
-// The expert tables are ordinary parameters here, updated by the dense AdamW: the sparse,
-// row-lazy optimizer for million-expert tables is not written yet (see the issue notes).
+// u and v are row-sparse parameters: a training forward marks the retrieved rows, and only those
+// rows get gradients and the row-lazy Adam update — inside the backward itself when the
+// optimizer has handed the tables their rule (AdamWOptimizer::prepare; docs/PEER.md).
 #pragma once
 #include "moe/ffn/feed_forward.h"
 #include "moe/ffn/peer/peer_layer.h"

@@ -14,6 +14,7 @@
 
 #include "moe/core/arena.h"
 #include "moe/dist/communicator.h"
+#include "moe/nn/adamw.h"
 
 namespace moe {
 
@@ -45,6 +46,10 @@ template <typename T>
 struct PeerGrads {  // accumulated (+=)
   T *wq = nullptr, *bq = nullptr, *gamma = nullptr, *beta = nullptr, *keys1 = nullptr,
     *keys2 = nullptr, *u = nullptr, *v = nullptr;
+  // Optimizer in backward (float only): with a rule, each retrieved row of that table is updated
+  // with its complete gradient as soon as the row's sum is formed, and nothing is added to u / v
+  // above (AdamWOptimizer::prepare).
+  SparseRowRule *u_rule = nullptr, *v_rule = nullptr;
 };
 
 template <typename T>
@@ -84,7 +89,10 @@ class PeerLayer {
   int32_t *e_off_ = nullptr, *e_list_ = nullptr;  // grouping by expert: [S²+1], [N·h·k]
   T* dgate_ = nullptr;                            // [N·h·k] d(router weight)
   int32_t* e_cur_ = nullptr;                      // [S²] fill cursors
-  int32_t* topk_scratch_ = nullptr;               // per (token, head) row: product_key_topk scratch
+  int32_t* e_rows_ = nullptr;                     // the retrieved experts, ascending [≤ N·h·k]
+  double* row_sq_ = nullptr;  // optimizer in backward: Σ g² per retrieved row of u, then of v
+  T* row_g_ = nullptr;        // optimizer in backward: per thread, one row's du | dv [2·C]
+  int32_t* topk_scratch_ = nullptr;  // per (token, head) row: product_key_topk scratch
   T* topk_cand_ = nullptr;
 };
 
