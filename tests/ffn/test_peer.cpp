@@ -2,6 +2,7 @@
 // every query norm), k = 1 as an MLP of h chosen neurons, the usage/KL formulas, and the tables
 // updated inside the backward against the optimizer's own pass.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -75,9 +76,10 @@ TEST(ProductKeys, AdversarialAndTiedScores) {
 }
 
 TEST(ProductKeys, FloatScanFilters16AtATimeLikeTheScalarScan) {
-  // In float with AVX-512, topk_scan compares 16 scores at a time against the current k-th once
-  // its list is full. Against a stable sort (value desc, index asc) for long rows, heavy ties
-  // (scores on a coarse grid), k up to 32 and S not a multiple of 16.
+  // In float with AVX-512, topk_scan keeps the scores that reach a threshold (the k-th largest
+  // of the 16-score chunk maxima) and ranks the kept ones with vector compares, or scans them
+  // when more than 32 tie at the threshold. Against a stable sort (value desc, index asc) for
+  // long rows, heavy ties (scores on a coarse grid), k up to 32 and S not a multiple of 16.
   for (int trial = 0; trial < 60; ++trial) {
     const int S = 17 + 37 * trial, k = 1 + trial % 32;
     const V r = randn(S, 900 + trial);
@@ -262,6 +264,7 @@ struct PeerTrain {
   std::unique_ptr<AdamWOptimizer> opt;
   PeerLayer<float> layer;
   Arena arena;
+  std::vector<float> last_dx;  // the input gradient of the last step
   PeerTrain(PeerSpec s, int N, const TrainConfig& tc) : spec(s), layer(s) {
     const int D = s.heads * s.d_key, C = s.C;
     wq = ps.add("query.weight", {D, C}, Init::kNormal, 0.5f, true);
@@ -296,12 +299,16 @@ struct PeerTrain {
       u->touch(layer.ids()[a]);
       v->touch(layer.ids()[a]);
     }
-    if (in_backward) EXPECT_TRUE(opt->prepare(s));
+    if (in_backward) {
+      EXPECT_TRUE(opt->prepare(s));
+    }
     PeerGrads<float> g{wq->g, bq->g, gm->g, bt->g,       k1->g,
                        k2->g, u->g,  v->g,  u->row_rule, v->row_rule};
     layer.backward(dx.data(), g, r.data(), x.data(), p);
-    if (in_backward)  // nothing went to the tables' gradients
+    if (in_backward) {  // nothing went to the tables' gradients
       for (std::size_t i = 0; i < u->numel; ++i) EXPECT_TRUE(u->g[i] == 0.f && v->g[i] == 0.f);
+    }
+    last_dx = dx;
     return opt->step(s);
   }
 };
@@ -366,4 +373,46 @@ TEST(PeerOptimizer, UpdateInBackwardIsRefusedOrCheckedWhereItCannotHold) {
   EXPECT_TRUE(t.opt->prepare(0));
   t.u->touch(3);
   EXPECT_THROW(t.opt->step(0), Error);
+}
+
+TEST(PeerOptimizer, TrainingStepsAreBitIdenticalAcrossThreadCounts) {
+  // Scores in blocks of rows, the expert pass in fixed blocks of experts with one dx buffer each,
+  // the rows updated in the backward: none of it may depend on how many threads run it.
+  PeerSpec s;
+  s.C = 32;
+  s.S = 16;
+  s.heads = 2;
+  s.k = 4;
+  s.d_key = 8;
+  const int N = 90;  // 180 (token, head) rows: two full score blocks of 64 and a partial one
+  TrainConfig tc;
+  tc.lr = 1e-2f;
+  tc.min_lr = 1e-2f;
+  tc.warmup_steps = 0;
+  tc.grad_clip = 0;
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(3);  // scratch bound for up to 3 threads
+  std::vector<std::unique_ptr<PeerTrain>> runs;
+  for (int t = 0; t < 3; ++t) runs.push_back(std::make_unique<PeerTrain>(s, N, tc));
+  std::vector<double> norms[3];
+  std::vector<std::vector<float>> dxs[3];
+  for (int t = 0; t < 3; ++t) {
+    omp_set_num_threads(t + 1);
+    for (int st = 0; st < 3; ++st) {
+      std::vector<float> x(std::size_t(N) * s.C), r(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) {
+        x[i] = std::sin(0.11f * float(i) + float(st));
+        r[i] = std::cos(0.07f * float(i) + 0.5f * float(st));
+      }
+      norms[t].push_back(runs[t]->step(st, x, r, N, true).grad_norm);
+      dxs[t].push_back(runs[t]->last_dx);
+    }
+  }
+  omp_set_num_threads(saved);
+  for (int t = 1; t < 3; ++t) {
+    EXPECT_EQ(norms[t], norms[0]) << t + 1 << " threads";
+    EXPECT_EQ(dxs[t], dxs[0]) << t + 1 << " threads";
+    for (std::size_t i = 0; i < runs[0]->ps.numel(); ++i)
+      ASSERT_EQ(runs[t]->ps.weights()[i], runs[0]->ps.weights()[i]) << t + 1 << " threads, " << i;
+  }
 }

@@ -10,6 +10,7 @@
 #include "moe/core/threading.h"
 #include "moe/ffn/peer/product_keys.h"
 #include "moe/kernels/gemm.h"
+#include "moe/kernels/panel_gemm.h"
 
 namespace moe {
 
@@ -31,13 +32,15 @@ T act_grad(T z, bool gelu) {
 // The retrieved rows are scattered over the tables: the loops ask for a later retrieval's u and
 // v rows early, one cache line at a time.
 template <typename T>
+void prefetch_row(const T* table, int32_t id, int C) {
+  const T* r = table + std::size_t(id) * C;
+  for (int c = 0; c < C; c += 64 / int(sizeof(T))) __builtin_prefetch(r + c);
+}
+
+template <typename T>
 void prefetch_rows(const PeerParams<T>& p, int32_t id, int C) {
-  const T* u = p.u + std::size_t(id) * C;
-  const T* v = p.v + std::size_t(id) * C;
-  for (int c = 0; c < C; c += 64 / int(sizeof(T))) {
-    __builtin_prefetch(u + c);
-    __builtin_prefetch(v + c);
-  }
+  prefetch_row(p.u, id, C);
+  prefetch_row(p.v, id, C);
 }
 
 }  // namespace
@@ -67,6 +70,9 @@ void PeerLayer<T>::bind(Arena& a, int max_tokens) {
   e_rows_ = a.take<int32_t>(rows);
   row_sq_ = a.take<double>(2 * rows);
   row_g_ = a.take<T>(std::size_t(score_threads_) * 2 * s_.C);
+  if (std::is_same_v<T, float> && panel_gemm_native())
+    keys_p_ = a.take<T>(2 * panel_b_floats(s_.d_key / 2, s_.S));
+  dx_blk_ = a.take<T>(std::size_t(kDxBlocks) * N * s_.C);
   const std::size_t kk = std::size_t(s_.k) * s_.k + 2 * s_.k;  // product_key_topk's scratch
   topk_scratch_ = a.take<int32_t>(R * kk);
   topk_cand_ = a.take<T>(R * kk);
@@ -152,6 +158,17 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
   // are fixed, so the result does not depend on the thread count.
   const int R = N * h;
   const int nblk = (R + kScoreRows - 1) / kScoreRows;
+  // In float on AVX-512 the blocks' products run on moe.cpp's panel GEMM against sub-keys packed
+  // once per forward (OpenBLAS packed the keys again in each of the 2·R/64 calls).
+  const std::size_t kp = keys_p_ ? panel_b_floats(half, S) : 0;
+  bool keys_packed = false;
+  if constexpr (std::is_same_v<T, float>) {
+    if (keys_p_) {
+      panel_pack_b(keys_p_, half, S, 0, 0, half, S, p.keys1, half, true);
+      panel_pack_b(keys_p_ + kp, half, S, 0, 0, half, S, p.keys2, half, true);
+      keys_packed = true;
+    }
+  }
 #pragma omp parallel for schedule(dynamic, 1) if (nblk > 1)
   for (int blk = 0; blk < nblk; ++blk) {
     const int r0 = blk * kScoreRows, rb = std::min(kScoreRows, R - r0);
@@ -161,8 +178,16 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
     T* sc1 = score_blk_ + std::size_t(t) * 2 * kScoreRows * S;
     T* sc2 = sc1 + std::size_t(kScoreRows) * S;
     const T* qb = q_ + std::size_t(r0) * dk;
-    gemm<T>(false, true, rb, S, half, T(1), qb, dk, p.keys1, half, T(0), sc1, S);
-    gemm<T>(false, true, rb, S, half, T(1), qb + half, dk, p.keys2, half, T(0), sc2, S);
+    if constexpr (std::is_same_v<T, float>) {
+      if (keys_packed) {
+        panel_gemm(rb, S, half, qb, dk, false, keys_p_, sc1, S, false);
+        panel_gemm(rb, S, half, qb + half, dk, false, keys_p_ + kp, sc2, S, false);
+      }
+    }
+    if (!keys_packed) {
+      gemm<T>(false, true, rb, S, half, T(1), qb, dk, p.keys1, half, T(0), sc1, S);
+      gemm<T>(false, true, rb, S, half, T(1), qb + half, dk, p.keys2, half, T(0), sc2, S);
+    }
     for (int r = r0; r < r0 + rb; ++r) {
       int32_t* id = ids_ + std::size_t(r) * k;
       T* sc = score_ + std::size_t(r) * k;
@@ -204,29 +229,14 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
             "PEER backward after an evaluation-mode forward with batch norm");
   const int N = N_, C = s_.C, h = s_.heads, dk = s_.d_key, half = dk / 2, D = h * dk, S = s_.S,
             k = s_.k, A = N * h * k;
-  // Per assignment: d(gate) and d(pre-activation); dx from the experts' input rows.
-  T* dz = score_;  // the scores are no longer needed
-#pragma omp parallel for schedule(static) if (N > 16)
-  for (int n = 0; n < N; ++n) {
-    const T* dyn = dy + std::size_t(n) * C;
-    T* dxn = dx + std::size_t(n) * C;
-    const int a_end = (n + 1) * h * k;
-    for (int a = n * h * k; a < a_end; ++a) {
-      const T* u = p.u + std::size_t(ids_[a]) * C;
-      const T* v = p.v + std::size_t(ids_[a]) * C;
-      if (a + 2 < a_end) prefetch_rows(p, ids_[a + 2], C);
-      T dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int c = 0; c < C; ++c) dot += v[c] * dyn[c];
-      dgate_[a] = act(act_in_[a], s_.gelu) * dot;
-      const T d = gate_[a] * dot * act_grad(act_in_[a], s_.gelu);
-      dz[a] = d;
-#pragma omp simd
-      for (int c = 0; c < C; ++c) dxn[c] += d * u[c];
-    }
-  }
-  // u, v gradients grouped by expert (counting sort, prefix sum, assignment lists in token
-  // order), so each row is summed by one task in a fixed order.
+  // The experts, in one pass over the retrieved experts in ascending order (grouped by counting
+  // sort: prefix sums, then each expert's assignments in token order). Each expert's rows u_e,
+  // v_e are read once, and with them, for each of its assignments: d(gate), d(pre-activation),
+  // the row gradients du_e, dv_e (one task sums a row, in a fixed order: no atomics) and dx's
+  // share d·u_e. (A token-major pass for dx and d(gate) had read u_e, v_e once more per
+  // retrieval: ~1/8 of a 2^20-expert step.) dx's shares go to one buffer per block of experts,
+  // the blocks fixed by the assignment counts alone, and the buffers are added in block order,
+  // so dx does not depend on the thread count.
   const int64_t E = s_.experts();
   std::fill(e_off_, e_off_ + E + 1, 0);
   for (int a = 0; a < A; ++a) ++e_off_[ids_[a] + 1];
@@ -238,9 +248,17 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   // Stable fill: walk assignments in order, placing each at its expert's next free slot.
   std::copy(e_off_, e_off_ + E, e_cur_);
   for (int a = 0; a < A; ++a) e_list_[e_cur_[ids_[a]]++] = a;
+  // Blocks: [blk_[b], blk_[b+1]) of the retrieved experts, about A / kDxBlocks assignments each.
+  blk_[0] = 0;
+  for (int b = 1, i = 0; b <= kDxBlocks; ++b) {
+    const int64_t until = int64_t(A) * b / kDxBlocks;
+    while (i < nrows && e_off_[e_rows_[i]] < until) ++i;
+    blk_[b] = b == kDxBlocks ? nrows : i;
+  }
   // With the optimizer in backward, a row's sum is formed in the thread's scratch (from zero, as
-  // the zeroed gradient row would be: the same bits) and the row is updated at once; its Σ g²
-  // is kept per row and the rows' sums added in ascending order, as the optimizer's pass does.
+  // the zeroed gradient row would be: the same bits) and the row is updated at once, after its
+  // old values served dx and d(gate); its Σ g² is kept per row and the rows' sums added in
+  // ascending order, as the optimizer's pass does.
   SparseRowRule *ur = nullptr, *vr = nullptr;
   if constexpr (std::is_same_v<T, float>) {
     ur = g.u_rule;
@@ -251,28 +269,59 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   MOE_CHECK(max_threads() <= score_threads_,
             "internal: {} threads, PEER scratch bound for {} (thread count changed after bind)",
             max_threads(), score_threads_);
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int i = 0; i < nrows; ++i) {
-    const int64_t e = e_rows_[i];
+  const std::size_t NC = std::size_t(N) * C;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int b = 0; b < kDxBlocks; ++b) {
+    T* dxb = dx_blk_ + std::size_t(b) * NC;
+    std::fill(dxb, dxb + NC, T(0));
     T* scratch = row_g_ + std::size_t(thread_index()) * 2 * C;
-    T* gu = ur ? scratch : g.u + e * C;
-    T* gv = vr ? scratch + C : g.v + e * C;
-    if (ur) std::fill(gu, gu + C, T(0));
-    if (vr) std::fill(gv, gv + C, T(0));
-    for (int j = e_off_[e]; j < e_off_[e + 1]; ++j) {
-      const int a = e_list_[j], n = a / (h * k);
-      const T* xn = x + std::size_t(n) * C;
-      const T* dyn = dy + std::size_t(n) * C;
-      const T w = gate_[a] * act(act_in_[a], s_.gelu), d = dz[a];
+    for (int i = blk_[b]; i < blk_[b + 1]; ++i) {
+      const int64_t e = e_rows_[i];
+      if (i + 2 < blk_[b + 1]) {
+        const int32_t next = e_rows_[i + 2];
+        prefetch_rows(p, next, C);
+        if constexpr (std::is_same_v<T, float>) {  // and the moments the update will read
+          if (ur) prefetch_row(ur->m, next, C), prefetch_row(ur->v, next, C);
+          if (vr) prefetch_row(vr->m, next, C), prefetch_row(vr->v, next, C);
+        }
+      }
+      const T* u = p.u + e * C;
+      const T* v = p.v + e * C;
+      T* gu = ur ? scratch : g.u + e * C;
+      T* gv = vr ? scratch + C : g.v + e * C;
+      if (ur) std::fill(gu, gu + C, T(0));
+      if (vr) std::fill(gv, gv + C, T(0));
+      for (int j = e_off_[e]; j < e_off_[e + 1]; ++j) {
+        const int a = e_list_[j], n = a / (h * k);
+        const T* xn = x + std::size_t(n) * C;
+        const T* dyn = dy + std::size_t(n) * C;
+        T* dxn = dxb + std::size_t(n) * C;
+        T dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int c = 0; c < C; ++c) dot += v[c] * dyn[c];
+        const T s = act(act_in_[a], s_.gelu);
+        dgate_[a] = s * dot;
+        const T w = gate_[a] * s, d = gate_[a] * dot * act_grad(act_in_[a], s_.gelu);
 #pragma omp simd
-      for (int c = 0; c < C; ++c) {
-        gu[c] += d * xn[c];
-        gv[c] += w * dyn[c];
+        for (int c = 0; c < C; ++c) {
+          gu[c] += d * xn[c];
+          gv[c] += w * dyn[c];
+          dxn[c] += d * u[c];
+        }
+      }
+      if constexpr (std::is_same_v<T, float>) {
+        if (ur) row_sq_[i] = ur->apply(e, gu);
+        if (vr) row_sq_[nrows + i] = vr->apply(e, gv);
       }
     }
-    if constexpr (std::is_same_v<T, float>) {
-      if (ur) row_sq_[i] = ur->apply(e, gu);
-      if (vr) row_sq_[nrows + i] = vr->apply(e, gv);
+  }
+#pragma omp parallel for schedule(static) if (N > 16)
+  for (int n = 0; n < N; ++n) {
+    T* dxn = dx + std::size_t(n) * C;
+    for (int b = 0; b < kDxBlocks; ++b) {
+      const T* src = dx_blk_ + std::size_t(b) * NC + std::size_t(n) * C;
+#pragma omp simd
+      for (int c = 0; c < C; ++c) dxn[c] += src[c];
     }
   }
   for (int t = 0; t < 2; ++t) {

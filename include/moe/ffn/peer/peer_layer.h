@@ -82,6 +82,7 @@ class PeerLayer {
   // Per thread, the sub-key scores of one block of kScoreRows (token, head) rows: [2, rows, S].
   static constexpr int kScoreRows = 64;
   T* score_blk_ = nullptr;
+  T* keys_p_ = nullptr;  // float on AVX-512: K¹ᵀ then K²ᵀ packed for panel_gemm (null otherwise)
   int score_threads_ = 0;
   int32_t* ids_ = nullptr;                                    // [N·h·k]
   T *score_ = nullptr, *gate_ = nullptr, *act_in_ = nullptr;  // [N·h·k]
@@ -92,6 +93,12 @@ class PeerLayer {
   int32_t* e_rows_ = nullptr;                     // the retrieved experts, ascending [≤ N·h·k]
   double* row_sq_ = nullptr;  // optimizer in backward: Σ g² per retrieved row of u, then of v
   T* row_g_ = nullptr;        // optimizer in backward: per thread, one row's du | dv [2·C]
+  // The backward's expert pass runs in kDxBlocks fixed blocks of experts (split by assignment
+  // counts, not by threads), each adding its dx shares into its own [N, C] buffer: 8 blocks keep
+  // up to 8 threads busy for 8·N·C floats (16 MiB at 2048 tokens of width 256).
+  static constexpr int kDxBlocks = 8;
+  T* dx_blk_ = nullptr;              // [kDxBlocks, N, C]
+  int blk_[kDxBlocks + 1] = {};      // block b: retrieved experts [blk_[b], blk_[b+1])
   int32_t* topk_scratch_ = nullptr;  // per (token, head) row: product_key_topk scratch
   T* topk_cand_ = nullptr;
 };
