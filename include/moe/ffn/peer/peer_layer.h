@@ -6,8 +6,9 @@
 // Query norm: batchnorm (training: statistics of the current batch — which includes later
 // tokens of the same sequence, as in the paper; eval and decoding: running statistics),
 // layernorm (per head over d_key) or none.
-// Expert-table gradients are grouped by expert id (counting sort, prefix sums, a token-order
-// list per expert), so each row is summed by one task in a fixed order: no atomics.
+// Expert-table gradients are grouped by expert id (a stable counting sort by digits of the id:
+// counts, prefix sums, a token-order list per expert), so each row is summed by one task in a
+// fixed order: no atomics.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -87,12 +88,14 @@ class PeerLayer {
   int32_t* ids_ = nullptr;                                    // [N·h·k]
   T *score_ = nullptr, *gate_ = nullptr, *act_in_ = nullptr;  // [N·h·k]
   T* dq_ = nullptr;                                           // [N, h·dk]
-  int32_t *e_off_ = nullptr, *e_list_ = nullptr;  // grouping by expert: [S²+1], [N·h·k]
-  T* dgate_ = nullptr;                            // [N·h·k] d(router weight)
-  int32_t* e_cur_ = nullptr;                      // [S²] fill cursors
-  int32_t* e_rows_ = nullptr;                     // the retrieved experts, ascending [≤ N·h·k]
-  double* row_sq_ = nullptr;  // optimizer in backward: Σ g² per retrieved row of u, then of v
-  T* row_g_ = nullptr;        // optimizer in backward: per thread, one row's du | dv [2·C]
+  int32_t* e_list_ = nullptr;  // assignments grouped by expert, each group in token order [N·h·k]
+  int32_t* e_key_ = nullptr;   // radix sort keys, two buffers [2, N·h·k]
+  int32_t* e_tmp_ = nullptr;   // radix sort values, second buffer [N·h·k]
+  T* dgate_ = nullptr;         // [N·h·k] d(router weight)
+  int32_t* e_rows_ = nullptr;  // the retrieved experts, ascending [≤ N·h·k]
+  int32_t* row_off_ = nullptr;  // e_rows_[i]'s assignments: e_list_[row_off_[i] .. row_off_[i+1])
+  double* row_sq_ = nullptr;    // optimizer in backward: Σ g² per retrieved row of u, then of v
+  T* row_g_ = nullptr;          // optimizer in backward: per thread, one row's du | dv [2·C]
   // The backward's expert pass runs in kDxBlocks fixed blocks of experts (split by assignment
   // counts, not by threads), each adding its dx shares into its own [N, C] buffer: 8 blocks keep
   // up to 8 threads busy for 8·N·C floats (16 MiB at 2048 tokens of width 256).
