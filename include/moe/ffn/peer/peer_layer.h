@@ -87,7 +87,8 @@ class PeerLayer {
   int score_threads_ = 0;
   int32_t* ids_ = nullptr;                                    // [N·h·k]
   T *score_ = nullptr, *gate_ = nullptr, *act_in_ = nullptr;  // [N·h·k]
-  T* dq_ = nullptr;                                           // [N, h·dk]
+  T* act_e1_ = nullptr;        // [N·h·k] GELU's 1 + erf(z/√2) of each assignment
+  T* dq_ = nullptr;            // [N, h·dk]
   int32_t* e_list_ = nullptr;  // assignments grouped by expert, each group in token order [N·h·k]
   int32_t* e_key_ = nullptr;   // radix sort keys, two buffers [2, N·h·k]
   int32_t* e_tmp_ = nullptr;   // radix sort values, second buffer [N·h·k]
