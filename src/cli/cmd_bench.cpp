@@ -295,10 +295,8 @@ void register_bench(CLI::App& app) {
       auto t0 = Clock::now();
       ps.zero_grad();
       layer.forward(y.data(), x.data(), p, N, true);
-      for (int a = 0; a < N * sp.heads * sp.k; ++a) {
-        u->touch(layer.ids()[a]);
-        v->touch(layer.ids()[a]);
-      }
+      u->touch_rows(layer.ids(), std::size_t(N) * sp.heads * sp.k);
+      v->touch_rows(layer.ids(), std::size_t(N) * sp.heads * sp.k);
       const float sc = 2.f / (float(N) * C);
       for (std::size_t j = 0; j < y.size(); ++j) dy[j] = sc * y[j];
       std::fill(dx.begin(), dx.end(), 0.f);

@@ -81,6 +81,20 @@ void Param::make_row_sparse() {
   touched_mark.assign(std::size_t(shape[0]), 0);
 }
 
+void Param::touch_rows(const int32_t* rows, std::size_t n) {
+  std::size_t k = touched.size();
+  touched.resize(k + n);
+  int32_t* t = touched.data();
+  uint8_t* mark = touched_mark.data();
+  for (std::size_t i = 0; i < n; ++i) {
+    const int32_t r = rows[i];
+    t[k] = r;           // kept only if the row is new
+    k += mark[r] ^ 1u;  // marks are 0 or 1
+    mark[r] = 1;
+  }
+  touched.resize(k);
+}
+
 void ParamStore::zero_grad() {
   if (!base_g_) return;
   // Dense tensors: one memset over each contiguous run of them; row-sparse ones: just the rows

@@ -149,3 +149,22 @@ TEST(SparseAdam, ZeroGradClearsOnlyTouchedRowsAndTheMarks) {
 }
 
 }  // namespace
+
+TEST(SparseAdam, TouchRowsListsEachNewRowOnceInFirstSeenOrder) {
+  // The branch-free batch form against touch() row by row: the same list and marks, across two
+  // calls (rows already touched by the first call are not listed again).
+  ParamStore ps;
+  Param* a = ps.add("a", {50, 2}, Init::kZeros, 0, false);
+  Param* b = ps.add("b", {50, 2}, Init::kZeros, 0, false);
+  ps.allocate();
+  a->make_row_sparse();
+  b->make_row_sparse();
+  const std::vector<int32_t> first = {7, 3, 7, 49, 0, 3, 3, 12}, second = {12, 5, 0, 5, 48};
+  for (const auto* rows : {&first, &second}) {
+    for (int32_t r : *rows) a->touch(r);
+    b->touch_rows(rows->data(), rows->size());
+    ASSERT_EQ(b->touched, a->touched);
+    ASSERT_EQ(b->touched_mark, a->touched_mark);
+  }
+  EXPECT_EQ(b->touched, (std::vector<int32_t>{7, 3, 49, 0, 12, 5, 48}));
+}

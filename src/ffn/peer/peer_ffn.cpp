@@ -61,11 +61,11 @@ PeerParams<float> PeerFfn::params() const {
 void PeerFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
   layer_.forward(out, x, params(), N, info.training);
   // Only the retrieved rows of u and v will get gradients: tell the store and the optimizer.
-  if (info.training && info.loss_scale > 0)
-    for (int a = 0; a < N * spec_.heads * spec_.k; ++a) {
-      u_->touch(layer_.ids()[a]);
-      v_->touch(layer_.ids()[a]);
-    }
+  if (info.training && info.loss_scale > 0) {
+    const std::size_t A = std::size_t(N) * spec_.heads * spec_.k;
+    u_->touch_rows(layer_.ids(), A);
+    v_->touch_rows(layer_.ids(), A);
+  }
   // Usage: accumulate router weights per expert and head.
   const int h = spec_.heads, k = spec_.k;
   for (int n = 0; n < N; ++n)

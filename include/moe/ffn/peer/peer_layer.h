@@ -101,6 +101,7 @@ class PeerLayer {
   // counts, not by threads), each adding its dx shares into its own [N, C] buffer: 8 blocks keep
   // up to 8 threads busy for 8·N·C floats (16 MiB at 2048 tokens of width 256).
   static constexpr int kDxBlocks = 8;
+  uint8_t* dx_seen_ = nullptr;       // [kDxBlocks, N] 1 if the block wrote that token's row
   T* dx_blk_ = nullptr;              // [kDxBlocks, N, C]
   int blk_[kDxBlocks + 1] = {};      // block b: retrieved experts [blk_[b], blk_[b+1])
   int32_t* topk_scratch_ = nullptr;  // per (token, head) row: product_key_topk scratch
