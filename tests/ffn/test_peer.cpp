@@ -251,7 +251,16 @@ TEST(PeerMetrics, UsageAndKlOnHandMadeHistograms) {
               std::log(4.0) + 0.5 * std::log(0.5) + 2 * 0.25 * std::log(0.25), 1e-15);
 }
 
-}  // namespace
+// Batch norm and GELU (the defaults), with the given sizes.
+PeerSpec sized_spec(int C, int S, int heads, int k, int d_key) {
+  PeerSpec s;
+  s.C = C;
+  s.S = S;
+  s.heads = heads;
+  s.k = k;
+  s.d_key = d_key;
+  return s;
+}
 
 // The optimizer in backward (AdamWOptimizer::prepare: each retrieved row of u and v updated by
 // the layer as soon as its gradient is summed) against the optimizer's own pass over the rows,
@@ -314,12 +323,8 @@ struct PeerTrain {
 };
 
 TEST(PeerOptimizer, UpdateInBackwardEqualsTheOptimizerPass) {
-  PeerSpec s;
-  s.C = 16;
-  s.S = 12;  // 144 experts; 20 tokens × 2 heads × 4 retrievals touch a changing part of them
-  s.heads = 2;
-  s.k = 4;
-  s.d_key = 8;
+  // 144 experts; 20 tokens × 2 heads × 4 retrievals touch a changing part of them.
+  const PeerSpec s = sized_spec(16, 12, 2, 4, 8);
   const int N = 20;
   TrainConfig tc;
   tc.lr = 1e-2f;
@@ -356,12 +361,7 @@ TEST(PeerOptimizer, UpdateInBackwardEqualsTheOptimizerPass) {
 }
 
 TEST(PeerOptimizer, UpdateInBackwardIsRefusedOrCheckedWhereItCannotHold) {
-  PeerSpec s;
-  s.C = 8;
-  s.S = 6;
-  s.heads = 1;
-  s.k = 2;
-  s.d_key = 4;
+  const PeerSpec s = sized_spec(8, 6, 1, 2, 4);
   TrainConfig tc;
   tc.grad_clip = 1.0f;  // the norm of the whole gradient is needed before any update
   PeerTrain clipped(s, 4, tc);
@@ -378,12 +378,7 @@ TEST(PeerOptimizer, UpdateInBackwardIsRefusedOrCheckedWhereItCannotHold) {
 TEST(PeerOptimizer, TrainingStepsAreBitIdenticalAcrossThreadCounts) {
   // Scores in blocks of rows, the expert pass in fixed blocks of experts with one dx buffer each,
   // the rows updated in the backward: none of it may depend on how many threads run it.
-  PeerSpec s;
-  s.C = 32;
-  s.S = 16;
-  s.heads = 2;
-  s.k = 4;
-  s.d_key = 8;
+  const PeerSpec s = sized_spec(32, 16, 2, 4, 8);
   const int N = 90;  // 180 (token, head) rows: two full score blocks of 64 and a partial one
   TrainConfig tc;
   tc.lr = 1e-2f;
@@ -416,3 +411,5 @@ TEST(PeerOptimizer, TrainingStepsAreBitIdenticalAcrossThreadCounts) {
       ASSERT_EQ(runs[t]->ps.weights()[i], runs[0]->ps.weights()[i]) << t + 1 << " threads, " << i;
   }
 }
+
+}  // namespace

@@ -98,6 +98,18 @@ TEST(Training, SameSeedGivesBitIdenticalLosses) {
   EXPECT_LT(a.losses().back(), a.losses().front());  // it learns something
 }
 
+// A PEER block small enough for these runs: 8² experts, 2 heads × top-3.
+FfnConfig tiny_peer() {
+  FfnConfig peer;
+  peer.kind = "peer";
+  peer.activation = Activation::kGELU;
+  peer.num_experts = 64;
+  peer.heads = 2;
+  peer.top_k = 3;
+  peer.d_key = 8;
+  return peer;
+}
+
 // Runs 12 steps straight, and 5 + resume + 7; the losses and final weights must be identical.
 void check_resume(const std::string& dir, const std::function<void(Config&)>& edit) {
   Config full_cfg = tiny_config(dir, dir + "/full"), part_cfg = tiny_config(dir, dir + "/part");
@@ -138,13 +150,7 @@ TEST(Training, ResumeIsBitIdenticalWithMoeAndPeerBlocks) {
     moe.top_k = 2;
     moe.d_expert = 16;
     moe.router.kind = "noisy_topk";
-    FfnConfig peer;
-    peer.kind = "peer";
-    peer.activation = Activation::kGELU;
-    peer.num_experts = 64;
-    peer.heads = 2;
-    peer.top_k = 3;
-    peer.d_key = 8;
+    const FfnConfig peer = tiny_peer();
     c.model.ffn_overrides = {{0, moe}, {1, peer}};
     c.train.sparse_lr = 1e-3f;
     c.model.resolve();
@@ -157,13 +163,7 @@ TEST(Training, ResumeIsBitIdenticalWithPeerTablesUpdatedInBackward) {
   TempDir d;
   make_data(d.path);
   check_resume(d.path, [](Config& c) {
-    FfnConfig peer;
-    peer.kind = "peer";
-    peer.activation = Activation::kGELU;
-    peer.num_experts = 64;
-    peer.heads = 2;
-    peer.top_k = 3;
-    peer.d_key = 8;
+    const FfnConfig peer = tiny_peer();
     c.model.ffn_overrides = {{1, peer}};
     c.train.grad_accum = 1;
     c.train.grad_clip = 0;
