@@ -15,6 +15,13 @@ AdamWOptimizer::AdamWOptimizer(ParamStore& params, const TrainConfig& cfg)
   v_ = state_.take<float>(params.numel());
 }
 
+AdamWOptimizer::~AdamWOptimizer() {
+  for (Param& p : params_.all()) {
+    auto it = rules_.find(&p);
+    if (it != rules_.end() && p.row_rule == &it->second) p.row_rule = nullptr;
+  }
+}
+
 bool AdamWOptimizer::decays(const Param& p) const {
   if (p.is_embedding) return cfg_.decay_embeddings;
   return p.decay;

@@ -373,6 +373,11 @@ TEST(PeerOptimizer, UpdateInBackwardIsRefusedOrCheckedWhereItCannotHold) {
   EXPECT_TRUE(t.opt->prepare(0));
   t.u->touch(3);
   EXPECT_THROW(t.opt->step(0), Error);
+  // An optimizer that goes away takes back the rules it handed out.
+  ASSERT_NE(t.u->row_rule, nullptr);
+  t.opt.reset();
+  EXPECT_EQ(t.u->row_rule, nullptr);
+  EXPECT_EQ(t.v->row_rule, nullptr);
 }
 
 TEST(PeerOptimizer, TrainingStepsAreBitIdenticalAcrossThreadCounts) {

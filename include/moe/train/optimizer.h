@@ -25,6 +25,11 @@ struct OptimStats {
 class AdamWOptimizer {
  public:
   AdamWOptimizer(ParamStore& params, const TrainConfig& cfg);
+  // Takes back any rule prepare() handed out and step() has not consumed (e.g. a step abandoned
+  // on a non-finite loss), so no Param keeps a pointer into this optimizer.
+  ~AdamWOptimizer();
+  AdamWOptimizer(const AdamWOptimizer&) = delete;
+  AdamWOptimizer& operator=(const AdamWOptimizer&) = delete;
   // Applies optimizer step `step` (0-based): schedule, clip, update. Gradients must be complete.
   // Trainable row-sparse tables leave it with their touched gradient rows zeroed and their
   // touched lists cleared (each row is zeroed while the update has it in cache, so the next
