@@ -60,12 +60,12 @@ struct AdamStep {
   }
 };
 
-// One row of the row-lazy rule (no decay, the row's own step count): returns the row's Σ g², as
-// sum_squares_rows forms it.
-// bias: when given, the bias corrections by step count (BiasCorrections), else std::pow per row.
+// One row of the row-lazy rule (no decay, the row's own step count). With want_sq, returns the
+// row's Σ g² as sum_squares_rows forms it (else 0). bias: when given, the bias corrections by
+// step count (BiasCorrections), else std::pow per row.
 double update_row(float* p, float* m, float* v, const float* g, std::size_t row_len, int32_t& steps,
-                  const AdamWHyper& h, const BiasCorrections* bias = nullptr) {
-  const double sq = lane_sum_squares(g, row_len);
+                  const AdamWHyper& h, const BiasCorrections* bias, bool want_sq) {
+  const double sq = want_sq ? lane_sum_squares(g, row_len) : 0.0;
   const int64_t t = ++steps;
   if (bias && t < int64_t(bias->bc1.size()))
     AdamStep(h, false, bias->bc1[t], bias->bc2[t]).apply(p, m, v, g, 0, row_len);
@@ -92,7 +92,7 @@ void BiasCorrections::cover(int64_t t_max, float beta1, float beta2) {
 
 double SparseRowRule::apply(int64_t r, const float* g) const {
   const std::size_t o = std::size_t(r) * row_len;
-  return update_row(p + o, m + o, v + o, g, row_len, steps[r], h, bias);
+  return update_row(p + o, m + o, v + o, g, row_len, steps[r], h, bias, true);
 }
 
 void adamw_update(float* p, float* m, float* v, const float* g, std::size_t n, const AdamWHyper& h,
@@ -150,7 +150,7 @@ double sum_squares_rows(const float* g, std::size_t row_len, const int32_t* rows
 
 void adamw_update_rows(float* p, float* m, float* v, float* g, std::size_t row_len,
                        const int32_t* rows, std::size_t n_rows, int32_t* steps, const AdamWHyper& h,
-                       double* sum_sq) {
+                       const BiasCorrections* bias, double* sum_sq) {
   // Rows are independent: parallel over them, each row the serial rule with its own step count.
   // (Software prefetch of the next rows was tried: no gain measurable over this VM's noise.)
   const auto n = std::ptrdiff_t(n_rows);
@@ -159,7 +159,8 @@ void adamw_update_rows(float* p, float* m, float* v, float* g, std::size_t row_l
   for (std::ptrdiff_t i = 0; i < n; ++i) {
     const int32_t r = rows[i];
     const std::size_t o = std::size_t(r) * row_len;
-    const double sq = update_row(p + o, m + o, v + o, g + o, row_len, steps[r], h);
+    const double sq =
+        update_row(p + o, m + o, v + o, g + o, row_len, steps[r], h, bias, part != nullptr);
     if (part) part[i] = sq;
     std::memset(g + o, 0, row_len * sizeof(float));  // in cache now; zero_grad would reload it
   }

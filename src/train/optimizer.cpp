@@ -166,6 +166,7 @@ OptimStats AdamWOptimizer::step(int64_t s) {
   }
   const AdamWHyper h{float(st.lr), cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay};
   const AdamWHyper hs = sparse_hyper(s);
+  bias_.cover(s + 1, cfg_.beta1, cfg_.beta2);  // row step counts reach at most s + 1
   for (std::size_t i = 0; i < params.size(); ++i) {
     Param& p = params[i];
     if (!p.trainable) continue;
@@ -179,7 +180,8 @@ OptimStats AdamWOptimizer::step(int64_t s) {
       continue;
     }
     adamw_update_rows(p.w, m_ + p.offset, v_ + p.offset, p.g, p.row_len, p.touched.data(),
-                      p.touched.size(), row_steps_[&p].data(), hs, defer ? &part[i] : nullptr);
+                      p.touched.size(), row_steps_[&p].data(), hs, &bias_,
+                      defer ? &part[i] : nullptr);
     p.clear_touched();  // its gradient rows are zero again: nothing for zero_grad() to clear
   }
   if (defer) st.grad_norm = std::sqrt(total());

@@ -28,14 +28,6 @@ double sum_squares(const float* g, std::size_t n);
 double sum_squares_rows(const float* g, std::size_t row_len, const int32_t* rows,
                         std::size_t n_rows);
 
-// The row-lazy rule of row-sparse tables: adamw_update (no decay) on each listed row with that
-// row's own step count, steps[r] incremented first, then the row's gradient zeroed. Rows must be
-// distinct. With sum_sq, also *sum_sq = Σ g² over the rows before the update, exactly as
-// sum_squares_rows returns it.
-void adamw_update_rows(float* p, float* m, float* v, float* g, std::size_t row_len,
-                       const int32_t* rows, std::size_t n_rows, int32_t* steps, const AdamWHyper& h,
-                       double* sum_sq = nullptr);
-
 // 1 − β1^t and 1 − β2^t for t = 0 .. size−1, kept across steps and grown as step counts grow:
 // the row-lazy rule needs them for each row's own t, and two std::pow per 1 KiB row were ~2% of a
 // PEER step at 2^20 experts.
@@ -44,6 +36,15 @@ struct BiasCorrections {
   float b1 = 0, b2 = 0;
   void cover(int64_t t_max, float beta1, float beta2);  // entries up to t_max
 };
+
+// The row-lazy rule of row-sparse tables: adamw_update (no decay) on each listed row with that
+// row's own step count, steps[r] incremented first, then the row's gradient zeroed. Rows must be
+// distinct. bias (optional): the bias corrections by step count, for rows whose count it covers.
+// With sum_sq, also *sum_sq = Σ g² over the rows before the update, exactly as
+// sum_squares_rows returns it.
+void adamw_update_rows(float* p, float* m, float* v, float* g, std::size_t row_len,
+                       const int32_t* rows, std::size_t n_rows, int32_t* steps, const AdamWHyper& h,
+                       const BiasCorrections* bias = nullptr, double* sum_sq = nullptr);
 
 // The same rule handed to the layer that forms the rows' gradients, to apply to each row as soon
 // as its gradient is complete (optimizer in backward): the gradient row then lives in the

@@ -50,16 +50,16 @@ void prefetch_rows(const PeerParams<T>& p, int32_t id, int C) {
   prefetch_row(p.v, id, C);
 }
 
-// Runs fn(f0, f1) on contiguous feature ranges, one per thread: for sums over the tokens per
-// feature (each feature summed over n in increasing order by one thread, so the result does not
-// depend on the thread count) and for rows' elementwise work alike.
+// Runs fn(j0, j1) on contiguous ranges of [0, n), one per thread and at least min_len long: for
+// sums that each thread forms over its own range of outputs (features, sub-keys) in one fixed
+// order, so the result does not depend on the thread count.
 template <typename F>
-void by_features(int D, F&& fn) {
-  const int nt = std::max(1, std::min(max_threads(), D / 64));
+void by_ranges(int n, int min_len, F&& fn) {
+  const int nt = std::max(1, std::min(max_threads(), n / min_len));
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int t = thread_index();
-    fn(int(int64_t(D) * t / nt), int(int64_t(D) * (t + 1) / nt));
+    fn(int(int64_t(n) * t / nt), int(int64_t(n) * (t + 1) / nt));
   }
 }
 
@@ -122,14 +122,14 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
     sq.assign(D, 0.0);
     if (training) {
       double* ms = mean.data();
-      by_features(D, [&](int f0, int f1) {
+      by_ranges(D, 64, [&](int f0, int f1) {
         for (int n = 0; n < N; ++n)
           for (int f = f0; f < f1; ++f) ms[f] += double(z_[std::size_t(n) * D + f]);
       });
       if (dist_) comm_->allreduce_sum(ms, D);
       for (int f = 0; f < D; ++f) ms[f] /= Ng;
       double* ss = sq.data();
-      by_features(D, [&](int f0, int f1) {
+      by_ranges(D, 64, [&](int f0, int f1) {
         for (int n = 0; n < N; ++n)
           for (int f = f0; f < f1; ++f) {
             const double d = double(z_[std::size_t(n) * D + f]) - ms[f];
@@ -328,9 +328,9 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   const std::size_t NC = std::size_t(N) * C;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int b = 0; b < kDxBlocks; ++b) {
-    // A block's buffer is not cleared (8·N·C floats, ~4 ms per step at 2^20): a token's row is
-    // written by the block's first share for it and added to after, and the final sum skips the
-    // rows a block never wrote.
+    // A block's buffer is not cleared as a whole (8·N·C floats, ~4 ms per step at 2^20): a
+    // token's row is cleared when the block first adds to it, and the final sum skips the rows
+    // a block never wrote.
     T* dxb = dx_blk_ + std::size_t(b) * NC;
     uint8_t* seen = dx_seen_ + std::size_t(b) * N;
     std::fill(seen, seen + N, uint8_t(0));
@@ -362,21 +362,15 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
         const T z = act_in_[a], e1 = act_e1_[a], s = act(z, e1, s_.gelu);
         dgate_[a] = s * dot;
         const T w = gate_[a] * s, d = gate_[a] * dot * act_grad(z, e1, s_.gelu);
-        if (seen[n]) {
-#pragma omp simd
-          for (int c = 0; c < C; ++c) {
-            gu[c] += d * xn[c];
-            gv[c] += w * dyn[c];
-            dxn[c] += d * u[c];
-          }
-        } else {
+        if (!seen[n]) {  // the block's first share for this token: its row starts at zero
           seen[n] = 1;
+          std::fill(dxn, dxn + C, T(0));
+        }
 #pragma omp simd
-          for (int c = 0; c < C; ++c) {
-            gu[c] += d * xn[c];
-            gv[c] += w * dyn[c];
-            dxn[c] = d * u[c];
-          }
+        for (int c = 0; c < C; ++c) {
+          gu[c] += d * xn[c];
+          gv[c] += w * dyn[c];
+          dxn[c] += d * u[c];
         }
       }
       if constexpr (std::is_same_v<T, float>) {
@@ -438,33 +432,27 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   // dK¹[j] += Σ ds·Q¹[r] over the candidates with id/S = j (and dK² with id%S = j), summed in
   // (row, rank) order. Each thread owns a contiguous range of sub-keys and walks every
   // candidate, so each sum has one fixed order whatever the thread count.
-  {
-    const int nt = std::max(1, std::min(max_threads(), S / 16));
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-      const int t = thread_index();
-      const int j0 = int(int64_t(S) * t / nt), j1 = int(int64_t(S) * (t + 1) / nt);
-      for (int r = 0; r < R; ++r) {
-        const T* q1 = q_ + std::size_t(r) * dk;
-        const T* q2 = q1 + half;
-        for (int s = 0; s < k; ++s) {
-          const std::size_t a = std::size_t(r) * k + s;
-          const int j1s = ids_[a] / S, j2s = ids_[a] % S;
-          const T w = ds[a];
-          if (j1s >= j0 && j1s < j1) {
-            T* gk = g.keys1 + std::size_t(j1s) * half;
+  by_ranges(S, 16, [&](int j0, int j1) {
+    for (int r = 0; r < R; ++r) {
+      const T* q1 = q_ + std::size_t(r) * dk;
+      const T* q2 = q1 + half;
+      for (int s = 0; s < k; ++s) {
+        const std::size_t a = std::size_t(r) * k + s;
+        const int j1s = ids_[a] / S, j2s = ids_[a] % S;
+        const T w = ds[a];
+        if (j1s >= j0 && j1s < j1) {
+          T* gk = g.keys1 + std::size_t(j1s) * half;
 #pragma omp simd
-            for (int i = 0; i < half; ++i) gk[i] += w * q1[i];
-          }
-          if (j2s >= j0 && j2s < j1) {
-            T* gk = g.keys2 + std::size_t(j2s) * half;
+          for (int i = 0; i < half; ++i) gk[i] += w * q1[i];
+        }
+        if (j2s >= j0 && j2s < j1) {
+          T* gk = g.keys2 + std::size_t(j2s) * half;
 #pragma omp simd
-            for (int i = 0; i < half; ++i) gk[i] += w * q2[i];
-          }
+          for (int i = 0; i < half; ++i) gk[i] += w * q2[i];
         }
       }
     }
-  }
+  });
   // Norm backward: dq → dz (in place in dq_).
   if (s_.qnorm == QueryNorm::kBatch) {
     // dz = rstd/N·(N·d − Σd − x̂·Σd·x̂), d = dq·γ; the sums over the global batch when
@@ -476,7 +464,7 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
     double* sdx = sums.data() + D;
     // Row by row, each feature's sums still over n in increasing order (one thread per
     // feature range).
-    by_features(D, [&](int f0, int f1) {
+    by_ranges(D, 64, [&](int f0, int f1) {
       for (int n = 0; n < N; ++n) {
         const T* zn = z_ + std::size_t(n) * D;
         const T* dn = dq_ + std::size_t(n) * D;
@@ -523,7 +511,7 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   }
   // Query network.
   gemm<T>(true, false, D, C, N, T(1), dq_, D, x, C, T(1), g.wq, C);
-  by_features(D, [&](int f0, int f1) {
+  by_ranges(D, 64, [&](int f0, int f1) {
     for (int n = 0; n < N; ++n)
       for (int f = f0; f < f1; ++f) g.bq[f] += dq_[std::size_t(n) * D + f];
   });
