@@ -65,12 +65,12 @@ AdamWHyper AdamWOptimizer::sparse_hyper(int64_t s) const {
 
 bool AdamWOptimizer::prepare(int64_t s) {
   if (cfg_.grad_clip > 0) return false;
-  // A row's step count is at most the steps taken so far plus this one (after a resume, at most
-  // the checkpoint's); a larger one would fall back to std::pow.
-  bias_.cover(s + 1, cfg_.beta1, cfg_.beta2);
   bool any = false;
   for (Param& p : params_.all()) {
     if (!p.sparse_rows || !p.trainable || p.sharded()) continue;
+    // A row's step count is at most the steps taken so far plus this one (after a resume, at
+    // most the checkpoint's); a larger one would fall back to std::pow.
+    bias_.cover(s + 1, cfg_.beta1, cfg_.beta2);
     ensure_row_steps(p);
     SparseRowRule& r = rules_[&p];
     r = SparseRowRule{};
@@ -166,7 +166,6 @@ OptimStats AdamWOptimizer::step(int64_t s) {
   }
   const AdamWHyper h{float(st.lr), cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay};
   const AdamWHyper hs = sparse_hyper(s);
-  bias_.cover(s + 1, cfg_.beta1, cfg_.beta2);  // row step counts reach at most s + 1
   for (std::size_t i = 0; i < params.size(); ++i) {
     Param& p = params[i];
     if (!p.trainable) continue;
@@ -179,6 +178,7 @@ OptimStats AdamWOptimizer::step(int64_t s) {
       adamw_update(p.w, m_ + p.offset, v_ + p.offset, p.g, p.numel, h, decays(p), s + 1);
       continue;
     }
+    bias_.cover(s + 1, cfg_.beta1, cfg_.beta2);  // row step counts reach at most s + 1
     adamw_update_rows(p.w, m_ + p.offset, v_ + p.offset, p.g, p.row_len, p.touched.data(),
                       p.touched.size(), row_steps_[&p].data(), hs, &bias_,
                       defer ? &part[i] : nullptr);
