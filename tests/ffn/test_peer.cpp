@@ -210,6 +210,43 @@ TEST(PeerSemantics, RetrievalAcrossScoreBlocksEqualsBruteForce) {
     }
 }
 
+TEST(PeerSemantics, GroupingByExpertIsAStableSortForAnyThreadCount) {
+  // The backward's grouping against std::stable_sort: ids drawn with repeats (some experts many
+  // times, most not at all), for expert counts needing one, two and three radix passes, with
+  // enough assignments that 2 and 3 threads each take a slice.
+  const int saved = omp_get_max_threads();
+  for (const int64_t E : {int64_t(6), int64_t(1000), int64_t(1) << 20, int64_t(3) << 21}) {
+    const int A = 50021;
+    std::mt19937 rng{uint32_t(E)};
+    std::vector<int32_t> ids(A);
+    for (int a = 0; a < A; ++a)  // a skewed draw: low ids repeat often
+      ids[a] = int32_t(std::min<int64_t>(E - 1, int64_t(std::pow(rng() / 4294967296.0, 3) * E)));
+    std::vector<int32_t> want(A);
+    for (int a = 0; a < A; ++a) want[a] = a;
+    std::stable_sort(want.begin(), want.end(),
+                     [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
+    for (int t = 1; t <= 3; ++t) {
+      omp_set_num_threads(t);
+      std::vector<uint64_t> kv(2 * std::size_t(A));
+      std::vector<int32_t> list(A, -1), rows(A, -1), off(A + 1, -1);
+      const int n =
+          group_by_expert(ids.data(), A, E, kv.data(), list.data(), rows.data(), off.data());
+      ASSERT_EQ(list, want) << "E " << E << ", " << t << " threads";
+      ASSERT_GT(n, 0);
+      EXPECT_EQ(off[0], 0);
+      EXPECT_EQ(off[n], A);
+      for (int i = 0; i < n; ++i) {
+        ASSERT_LT(off[i], off[i + 1]);
+        if (i > 0) {
+          ASSERT_LT(rows[i - 1], rows[i]);
+        }
+        for (int j = off[i]; j < off[i + 1]; ++j) ASSERT_EQ(ids[list[j]], rows[i]);
+      }
+    }
+  }
+  omp_set_num_threads(saved);
+}
+
 TEST(PeerSemantics, TopOneIsAnMlpOfHChosenNeurons) {
   PeerSpec s = peer_spec(QueryNorm::kNone, true, 1);
   Peer P(s, 5, 41);

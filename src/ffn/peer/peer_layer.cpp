@@ -65,6 +65,60 @@ void by_ranges(int n, int min_len, F&& fn) {
 
 }  // namespace
 
+// A stable LSD radix sort of the pairs (id, a) packed in 64 bits, one pass per digit of ≤ 11
+// bits (2 passes of 10 bits at 2^20 experts), O(A) each: a counting sort over all E ids had spent
+// ~6 ms per step at 2^20 clearing and scanning its counters. In each pass every thread counts
+// its contiguous slice, then scatters it after the slices before it: the stable order, whatever
+// the thread count.
+int group_by_expert(const int32_t* ids, int A, int64_t E, uint64_t* kv, int32_t* list,
+                    int32_t* rows, int32_t* off) {
+  int bits = 1;
+  while (bits < 62 && (int64_t(1) << bits) < E) ++bits;
+  const int passes = (bits + 10) / 11, w = (bits + passes - 1) / passes, nb = 1 << w;
+  const int nt = std::max(1, std::min(max_threads(), A / 4096));
+  std::vector<int> cnt(std::size_t(nt) * nb);  // small: 2 × 1024 at 2^20
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    uint64_t *src = kv, *dst = kv + A;  // this thread's view of which buffer is which
+    const int t = thread_index();
+    const int a0 = int(int64_t(A) * t / nt), a1 = int(int64_t(A) * (t + 1) / nt);
+    for (int a = a0; a < a1; ++a) src[a] = uint64_t(uint32_t(ids[a])) << 32 | uint32_t(a);
+    for (int pass = 0, shift = 32; pass < passes; ++pass, shift += w) {
+      int* c = cnt.data() + std::size_t(t) * nb;
+      std::fill(c, c + nb, 0);
+      for (int a = a0; a < a1; ++a) ++c[(src[a] >> shift) & (nb - 1)];
+#pragma omp barrier
+#pragma omp single
+      {
+        int at =
+            0;  // slot (digit, thread) starts at all smaller digits + this digit's earlier slices
+        for (int d = 0; d < nb; ++d)
+          for (int u = 0; u < nt; ++u) {
+            int& cu = cnt[std::size_t(u) * nb + d];
+            const int n = cu;
+            cu = at;
+            at += n;
+          }
+      }  // implicit barrier
+      for (int a = a0; a < a1; ++a) dst[c[(src[a] >> shift) & (nb - 1)]++] = src[a];
+#pragma omp barrier
+      std::swap(src, dst);
+    }
+    for (int j = a0; j < a1; ++j) list[j] = int32_t(src[j] & 0xffffffffu);
+  }
+  const uint64_t* src = passes % 2 ? kv + A : kv;
+  int n = 0;
+  for (int j = 0; j < A; ++j) {
+    const int32_t id = int32_t(src[j] >> 32);
+    if (j == 0 || id != int32_t(src[j - 1] >> 32)) {
+      rows[n] = id;
+      off[n++] = j;
+    }
+  }
+  off[n] = A;
+  return n;
+}
+
 template <typename T>
 void PeerLayer<T>::bind(Arena& a, int max_tokens) {
   const std::size_t N = max_tokens, D = std::size_t(s_.heads) * s_.d_key, R = N * s_.heads,
@@ -85,8 +139,8 @@ void PeerLayer<T>::bind(Arena& a, int max_tokens) {
   act_e1_ = a.take<T>(A);
   dgate_ = a.take<T>(A);
   e_list_ = a.take<int32_t>(A);
-  e_key_ = a.take<int32_t>(2 * A);
-  e_tmp_ = a.take<int32_t>(A);
+  e_kv_ = a.take<uint64_t>(2 * A);
+  sub_ids_ = a.take<int32_t>(2 * A);
   const std::size_t rows = std::min<std::size_t>(A, std::size_t(s_.experts()));
   e_rows_ = a.take<int32_t>(rows);
   row_off_ = a.take<int32_t>(rows + 1);
@@ -160,9 +214,11 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
     // Row by row (feature-major loops over [N, D] strode 4·D bytes per element).
 #pragma omp parallel for schedule(static) if (N > 64)
     for (int n = 0; n < N; ++n) {
-      const T* zn = z_ + std::size_t(n) * D;
-      T* qn = q_ + std::size_t(n) * D;
-      for (int f = 0; f < D; ++f) qn[f] = (zn[f] - mean_[f]) * rstd_[f] * p.gamma[f] + p.beta[f];
+      const T* __restrict zn = z_ + std::size_t(n) * D;
+      T* __restrict qn = q_ + std::size_t(n) * D;
+      const T* __restrict mu = mean_, * __restrict rs = rstd_, * __restrict gm = p.gamma, * __restrict bt = p.beta;
+#pragma omp simd
+      for (int f = 0; f < D; ++f) qn[f] = (zn[f] - mu[f]) * rs[f] * gm[f] + bt[f];
     }
   } else if (s_.qnorm == QueryNorm::kLayer) {
     for (int r = 0; r < N * h; ++r) {
@@ -269,41 +325,9 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   // retrieval: ~1/8 of a 2^20-expert step.) dx's shares go to one buffer per block of experts,
   // the blocks fixed by the assignment counts alone, and the buffers are added in block order,
   // so dx does not depend on the thread count.
-  // Grouping: a stable LSD radix sort of the assignments by expert id, 11 bits per pass, so
-  // each expert's assignments stay in token order (O(N·h·k) per pass; a counting sort over all
-  // S² experts spent ~6 ms per step at 2^20 on clearing and scanning its counters).
-  const int64_t E = s_.experts();
-  int nrows = 0;
-  {
-    int32_t *key = e_key_, *key2 = e_key_ + A, *val = e_list_, *val2 = e_tmp_;
-    for (int a = 0; a < A; ++a) {
-      key[a] = ids_[a];
-      val[a] = a;
-    }
-    constexpr int kBits = 11, kBuckets = 1 << kBits;
-    int count[kBuckets + 1];
-    for (int shift = 0; (E - 1) >> shift > 0; shift += kBits) {
-      std::fill(count, count + kBuckets + 1, 0);
-      for (int a = 0; a < A; ++a) ++count[((key[a] >> shift) & (kBuckets - 1)) + 1];
-      for (int d = 0; d < kBuckets; ++d) count[d + 1] += count[d];
-      for (int a = 0; a < A; ++a) {
-        const int at = count[(key[a] >> shift) & (kBuckets - 1)]++;
-        key2[at] = key[a];
-        val2[at] = val[a];
-      }
-      std::swap(key, key2);
-      std::swap(val, val2);
-    }
-    if (val != e_list_) std::copy(val, val + A, e_list_);
-    // The retrieved experts in ascending order, and where each one's assignments start.
-    nrows = 0;
-    for (int j = 0; j < A; ++j)
-      if (j == 0 || key[j] != key[j - 1]) {
-        e_rows_[nrows] = key[j];
-        row_off_[nrows++] = j;
-      }
-    row_off_[nrows] = A;
-  }
+  // Grouping: a stable sort of the assignments by expert id (group_by_expert), so each
+  // expert's assignments stay in token order.
+  const int nrows = group_by_expert(ids_, A, s_.experts(), e_kv_, e_list_, e_rows_, row_off_);
   // Blocks: [blk_[b], blk_[b+1]) of the retrieved experts, about A / kDxBlocks assignments each.
   blk_[0] = 0;
   for (int b = 1, i = 0; b <= kDxBlocks; ++b) {
@@ -411,7 +435,10 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
     for (int s = 0; s < k; ++s) dot += gt[s] * dg[s];
     for (int s = 0; s < k; ++s) dg[s] = gt[s] * (dg[s] - dot);
   }
-  // dQ¹[r] = Σ_s ds·K¹[id/S], dQ²[r] = Σ_s ds·K²[id%S], candidates in rank order.
+  // dQ¹[r] = Σ_s ds·K¹[id/S], dQ²[r] = Σ_s ds·K²[id%S], candidates in rank order. Each
+  // candidate's sub-key pair is kept for dK below (whose threads each walk all candidates: two
+  // integer divisions per candidate per thread had been most of its time).
+  int32_t* sub = sub_ids_;
 #pragma omp parallel for schedule(static) if (R > 64)
   for (int r = 0; r < R; ++r) {
     T* d1 = dq_ + std::size_t(r) * dk;
@@ -420,8 +447,11 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
     for (int s = 0; s < k; ++s) {
       const std::size_t a = std::size_t(r) * k + s;
       const T w = ds[a];
-      const T* k1 = p.keys1 + std::size_t(ids_[a] / S) * half;
-      const T* k2 = p.keys2 + std::size_t(ids_[a] % S) * half;
+      const int32_t j1 = ids_[a] / S, j2 = ids_[a] - j1 * S;
+      sub[2 * a] = j1;
+      sub[2 * a + 1] = j2;
+      const T* k1 = p.keys1 + std::size_t(j1) * half;
+      const T* k2 = p.keys2 + std::size_t(j2) * half;
 #pragma omp simd
       for (int i = 0; i < half; ++i) {
         d1[i] += w * k1[i];
@@ -438,7 +468,7 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
       const T* q2 = q1 + half;
       for (int s = 0; s < k; ++s) {
         const std::size_t a = std::size_t(r) * k + s;
-        const int j1s = ids_[a] / S, j2s = ids_[a] % S;
+        const int j1s = sub[2 * a], j2s = sub[2 * a + 1];
         const T w = ds[a];
         if (j1s >= j0 && j1s < j1) {
           T* gk = g.keys1 + std::size_t(j1s) * half;
@@ -463,29 +493,47 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
     double* sd = sums.data();
     double* sdx = sums.data() + D;
     // Row by row, each feature's sums still over n in increasing order (one thread per
-    // feature range).
+    // feature range). The γ, β gradients are summed in a copy the compiler can see is not
+    // aliased (through g.gamma it had to assume every store might change z, dq or the
+    // statistics, and ran the loop one element at a time).
     by_ranges(D, 64, [&](int f0, int f1) {
+      const int nf = f1 - f0;
+      std::vector<T> acc(2 * std::size_t(nf));
+      T* __restrict ga = acc.data();
+      T* __restrict ba = ga + nf;
+      std::copy(g.gamma + f0, g.gamma + f1, ga);
+      std::copy(g.beta + f0, g.beta + f1, ba);
+      const T* __restrict mu = mean_ + f0;
+      const T* __restrict rs = rstd_ + f0;
+      const T* __restrict gm = p.gamma + f0;
+      double* __restrict s1 = sd + f0;
+      double* __restrict s2 = sdx + f0;
       for (int n = 0; n < N; ++n) {
-        const T* zn = z_ + std::size_t(n) * D;
-        const T* dn = dq_ + std::size_t(n) * D;
-        for (int f = f0; f < f1; ++f) {
-          const double xh = double((zn[f] - mean_[f]) * rstd_[f]);
-          g.gamma[f] += dn[f] * T(xh);
-          g.beta[f] += dn[f];
-          sd[f] += double(dn[f]) * double(p.gamma[f]);
-          sdx[f] += double(dn[f]) * double(p.gamma[f]) * xh;
+        const T* __restrict zn = z_ + std::size_t(n) * D + f0;
+        const T* __restrict dn = dq_ + std::size_t(n) * D + f0;
+#pragma omp simd
+        for (int f = 0; f < nf; ++f) {
+          const double xh = double((zn[f] - mu[f]) * rs[f]);
+          ga[f] += dn[f] * T(xh);
+          ba[f] += dn[f];
+          s1[f] += double(dn[f]) * double(gm[f]);
+          s2[f] += double(dn[f]) * double(gm[f]) * xh;
         }
       }
+      std::copy(ga, ga + nf, g.gamma + f0);
+      std::copy(ba, ba + nf, g.beta + f0);
     });
     if (dist_) comm_->allreduce_sum(sums.data(), sums.size());
 #pragma omp parallel for schedule(static) if (N > 64)
     for (int n = 0; n < N; ++n) {
-      const T* zn = z_ + std::size_t(n) * D;
-      T* dn = dq_ + std::size_t(n) * D;
+      const T* __restrict zn = z_ + std::size_t(n) * D;
+      T* __restrict dn = dq_ + std::size_t(n) * D;
+      const T* __restrict mu = mean_, * __restrict rs = rstd_, * __restrict gm = p.gamma;
+#pragma omp simd
       for (int f = 0; f < D; ++f) {
-        const double xh = double((zn[f] - mean_[f]) * rstd_[f]);
-        const double d = double(dn[f]) * double(p.gamma[f]);
-        dn[f] = T(double(rstd_[f]) / Ng * (Ng * d - sd[f] - xh * sdx[f]));
+        const double xh = double((zn[f] - mu[f]) * rs[f]);
+        const double d = double(dn[f]) * double(gm[f]);
+        dn[f] = T(double(rs[f]) / Ng * (Ng * d - sd[f] - xh * sdx[f]));
       }
     }
   } else if (s_.qnorm == QueryNorm::kLayer) {

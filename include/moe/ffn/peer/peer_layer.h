@@ -90,10 +90,10 @@ class PeerLayer {
   T* act_e1_ = nullptr;        // [N·h·k] GELU's 1 + erf(z/√2) of each assignment
   T* dq_ = nullptr;            // [N, h·dk]
   int32_t* e_list_ = nullptr;  // assignments grouped by expert, each group in token order [N·h·k]
-  int32_t* e_key_ = nullptr;   // radix sort keys, two buffers [2, N·h·k]
-  int32_t* e_tmp_ = nullptr;   // radix sort values, second buffer [N·h·k]
-  T* dgate_ = nullptr;         // [N·h·k] d(router weight)
-  int32_t* e_rows_ = nullptr;  // the retrieved experts, ascending [≤ N·h·k]
+  int32_t* sub_ids_ = nullptr;  // each retrieval's sub-key pair (id / S, id % S) [N·h·k, 2]
+  uint64_t* e_kv_ = nullptr;  // radix sort of (expert id, assignment) pairs, two buffers [2, N·h·k]
+  T* dgate_ = nullptr;        // [N·h·k] d(router weight)
+  int32_t* e_rows_ = nullptr;   // the retrieved experts, ascending [≤ N·h·k]
   int32_t* row_off_ = nullptr;  // e_rows_[i]'s assignments: e_list_[row_off_[i] .. row_off_[i+1])
   double* row_sq_ = nullptr;    // optimizer in backward: Σ g² per retrieved row of u, then of v
   T* row_g_ = nullptr;          // optimizer in backward: per thread, one row's du | dv [2·C]
@@ -115,5 +115,12 @@ struct UsageStats {
   double usage = 0, kl = 0, effective = 0;
 };
 UsageStats usage_stats(const std::vector<double>& z);
+
+// The backward's grouping of retrievals by expert: a stable sort of the assignments a < A by
+// ids[a] (each id < E). Writes list (the assignments in that order), rows (the distinct ids,
+// ascending) and off (rows[i]'s assignments are list[off[i] .. off[i+1])); returns the number of
+// distinct ids. kv: 2·A scratch. Parallel, with the same result for any thread count.
+int group_by_expert(const int32_t* ids, int A, int64_t E, uint64_t* kv, int32_t* list,
+                    int32_t* rows, int32_t* off);
 
 }  // namespace moe
