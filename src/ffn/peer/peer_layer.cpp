@@ -364,10 +364,6 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
       if (i + 2 < blk_[b + 1]) {
         const int32_t next = e_rows_[i + 2];
         prefetch_rows(p, next, C);
-        if constexpr (std::is_same_v<T, float>) {  // and the moments the update will read
-          if (ur) prefetch_row(ur->m, next, C), prefetch_row(ur->v, next, C);
-          if (vr) prefetch_row(vr->m, next, C), prefetch_row(vr->v, next, C);
-        }
       }
       const T* u = p.u + e * C;
       const T* v = p.v + e * C;
@@ -397,9 +393,21 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
           dxn[c] += d * u[c];
         }
       }
+      // The moments of the row two ahead are asked for here, in two bursts just before each
+      // table's update, not with its u, v rows at the top: a burst of 96 prefetches there took
+      // every line fill buffer and stalled the core, so the updates' square roots and divisions
+      // (~25 ms per step at 2^20) ran after the memory traffic instead of under it.
       if constexpr (std::is_same_v<T, float>) {
-        if (ur) row_sq_[i] = ur->apply(e, gu);
-        if (vr) row_sq_[nrows + i] = vr->apply(e, gv);
+        const bool more = i + 2 < blk_[b + 1];
+        const int32_t next = more ? e_rows_[i + 2] : 0;
+        if (ur) {
+          if (more) prefetch_row(ur->m, next, C), prefetch_row(ur->v, next, C);
+          row_sq_[i] = ur->apply(e, gu);
+        }
+        if (vr) {
+          if (more) prefetch_row(vr->m, next, C), prefetch_row(vr->v, next, C);
+          row_sq_[nrows + i] = vr->apply(e, gv);
+        }
       }
     }
   }
