@@ -222,7 +222,7 @@ class MoeLayer {
   std::vector<int> blk_panel_;  // [P·El] first panel row of (source rank, local expert)
   MoeCommStats comm_stats_;
   // Scratch reused every step (no allocation inside a step after the first).
-  std::vector<double> cap_buf_, stats_buf_;
+  std::vector<double> cap_buf_, stats_buf_, ent_buf_;
   std::vector<int64_t> cap_before_, cap_run_, xch_sc_, xch_rc_;
   std::vector<int32_t> ec_pick_;
 };
