@@ -35,18 +35,23 @@ void pack_elementwise(float* Bp, int K, int k0, int n0, int kn, int nn, const fl
 
 #if defined(__AVX512F__)
 
+// How a pass leaves C: overwritten, added to, or overwritten with streaming stores.
+enum CMode { kStore, kAccumulate, kStream };
+
 // C[MR_, ≤32] (+)= A[MR_, K] · Bp[K, 32]; A(i, k) = AT ? A[k·lda + i] : A[i·lda + k].
 // m0/m1 mask the two 16-column halves for a partial last panel.
 template <int MR_, bool AT>
 inline void micro(int K, const float* A, std::int64_t lda, const float* Bp, float* C,
-                  std::int64_t ldc, __mmask16 m0, __mmask16 m1, bool acc) {
+                  std::int64_t ldc, __mmask16 m0, __mmask16 m1, CMode mode) {
   __m512 c0[MR_], c1[MR_];
   // C's lines are usually cold (an expert's output panel): ask for them now so they arrive
-  // while the k loop runs instead of stalling the stores.
-  for (int i = 0; i < MR_; ++i) {
-    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + 16), _MM_HINT_T0);
-  }
+  // while the k loop runs instead of stalling the stores. (Not when streaming: the stores then
+  // skip the cache, and reading the lines in would be the very traffic they avoid.)
+  if (mode != kStream)
+    for (int i = 0; i < MR_; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + 16), _MM_HINT_T0);
+    }
   for (int i = 0; i < MR_; ++i) {
     c0[i] = _mm512_setzero_ps();
     c1[i] = _mm512_setzero_ps();
@@ -63,18 +68,23 @@ inline void micro(int K, const float* A, std::int64_t lda, const float* Bp, floa
   }
   for (int i = 0; i < MR_; ++i) {
     float* c = C + i * ldc;
-    if (acc) {
+    if (mode == kAccumulate) {
       c0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c), c0[i]);
       c1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c + 16), c1[i]);
     }
-    _mm512_mask_storeu_ps(c, m0, c0[i]);
-    _mm512_mask_storeu_ps(c + 16, m1, c1[i]);
+    if (mode == kStream && (m0 & m1) == 0xFFFF && (reinterpret_cast<std::uintptr_t>(c) & 63) == 0) {
+      _mm512_stream_ps(c, c0[i]);
+      _mm512_stream_ps(c + 16, c1[i]);
+    } else {
+      _mm512_mask_storeu_ps(c, m0, c0[i]);
+      _mm512_mask_storeu_ps(c + 16, m1, c1[i]);
+    }
   }
 }
 
 template <bool AT>
 void micro_rows(int rows, int K, const float* A, std::int64_t lda, const float* Bp, float* C,
-                std::int64_t ldc, __mmask16 m0, __mmask16 m1, bool acc) {
+                std::int64_t ldc, __mmask16 m0, __mmask16 m1, CMode acc) {
   switch (rows) {
 #define MOE_PANEL_CASE(r)                             \
   case r:                                             \
@@ -138,7 +148,7 @@ inline void transpose16(__m512 r[16]) {
 // so the micro-kernel reads it contiguously.
 template <bool AT>
 void pass(int p, int i0, int i1, int N, int kc, int K, int k0, const float* A, std::int64_t lda,
-          int ak0, const float* Bp, float* C, std::int64_t ldc, bool acc) {
+          int ak0, const float* Bp, float* C, std::int64_t ldc, CMode acc) {
   const int nv = std::min(NR, N - p * NR);
   const __mmask16 m0 = nv >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nv) - 1);
   const __mmask16 m1 = nv >= 32  ? __mmask16(0xFFFF)
@@ -177,7 +187,7 @@ void tile(int p, int i0, int i1, int N, int K, const float* A, std::int64_t lda,
 #if defined(__AVX512F__)
 // k passes of ≤ KC rows; per pass each B panel (≤ 32 KiB) stays in L1 while all M rows use it.
 void run(int M, int N, int K, const float* A, int lda, bool a_trans, const int32_t* rows,
-         const float* Bp, float* C, int ldc, bool accumulate, float* apack) {
+         const float* Bp, float* C, int ldc, bool accumulate, float* apack, bool stream) {
   const int np = (N + NR - 1) / NR;
   // Outside a parallel region (the layer's few-experts mode) the k pass's copies and its
   // (panel, block of MB rows) tiles are shared out among the threads; the k passes stay in
@@ -214,7 +224,11 @@ void run(int M, int N, int K, const float* A, int lda, bool a_trans, const int32
       }
     }
   };
-  auto tile_part = [&](int p, int i0, int i1, int k0, int kc, bool acc) {
+  // Streaming stores only where each element is written once (one k pass, not accumulating).
+  auto mode = [&](int k0) {
+    return accumulate || k0 > 0 ? kAccumulate : stream && K <= KC ? kStream : kStore;
+  };
+  auto tile_part = [&](int p, int i0, int i1, int k0, int kc, CMode acc) {
     if (a_trans)
       pass<true>(p, i0, i1, N, kc, K, k0, apack, MR, 0, Bp, C, ldc, acc);
     else if (rows)
@@ -228,8 +242,9 @@ void run(int M, int N, int K, const float* A, int lda, bool a_trans, const int32
       if (copy)
         for (int t = 0; t < ntile; ++t) copy_part(t, k0, kc);
       // Per pass each B panel (≤ 32 KiB) stays in L1 while all M rows use it.
-      for (int p = 0; p < np; ++p) tile_part(p, 0, M, k0, kc, accumulate || k0 > 0);
+      for (int p = 0; p < np; ++p) tile_part(p, 0, M, k0, kc, mode(k0));
     }
+    if (stream) _mm_sfence();  // the streamed lines reach memory before anyone reads them
     return;
   }
 #pragma omp parallel
@@ -242,13 +257,14 @@ void run(int M, int N, int K, const float* A, int lda, bool a_trans, const int32
 #pragma omp for schedule(dynamic, 1)
     for (int task = 0; task < np * nb; ++task) {
       const int p = task % np, b = task / np;
-      tile_part(p, b * MB, std::min(M, (b + 1) * MB), k0, kc, accumulate || k0 > 0);
+      tile_part(p, b * MB, std::min(M, (b + 1) * MB), k0, kc, mode(k0));
     }
   }
+  if (stream) _mm_sfence();
 }
 #else
 void run(int M, int N, int K, const float* A, int lda, bool a_trans, const int32_t* rows,
-         const float* Bp, float* C, int ldc, bool accumulate, float*) {
+         const float* Bp, float* C, int ldc, bool accumulate, float*, bool) {
   const int np = (N + NR - 1) / NR;
   for (int p = 0; p < np; ++p) {
     if (a_trans)
@@ -335,7 +351,8 @@ void panel_pack_b(float* Bp, int K, int N, int k0, int n0, int kn, int nn, const
 std::size_t panel_a_floats(int M) { return std::size_t((M + MR - 1) / MR) * MR * KC; }
 
 void panel_gemm(int M, int N, int K, const float* A, int lda, bool a_trans, const float* Bp,
-                float* C, int ldc, bool accumulate, float* apack, const int32_t* a_rows) {
+                float* C, int ldc, bool accumulate, float* apack, const int32_t* a_rows,
+                bool stream_c) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -343,7 +360,7 @@ void panel_gemm(int M, int N, int K, const float* A, int lda, bool a_trans, cons
         std::fill(C + std::size_t(i) * ldc, C + std::size_t(i) * ldc + N, 0.0f);
     return;
   }
-  run(M, N, K, A, lda, a_trans, a_rows, Bp, C, ldc, accumulate, apack);
+  run(M, N, K, A, lda, a_trans, a_rows, Bp, C, ldc, accumulate, apack, stream_c);
 }
 
 bool panel_gemm_native() {

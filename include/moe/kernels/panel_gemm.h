@@ -42,10 +42,12 @@ std::size_t panel_a_floats(int M);
 // thread count. A(i, k) = a_trans ? A[k·lda + i] : A[i·lda + k]; Bp packed as above with K rows;
 // apack: panel_a_floats(M) floats of scratch, used when a_trans or a_rows. a_rows (optional)
 // picks A's rows from a larger matrix: row i of A is A[a_rows[i]·lda ...] (not a_trans), or
-// column k is taken from row a_rows[k] (a_trans).
+// column k is taken from row a_rows[k] (a_trans). stream_c: C is an output nobody reads soon
+// (it goes to memory anyway): written with streaming stores, which skip reading its lines in
+// first, where C is written once (K within one k pass and not accumulate); same values.
 void panel_gemm(int M, int N, int K, const float* A, int lda, bool a_trans, const float* Bp,
                 float* C, int ldc, bool accumulate, float* apack = nullptr,
-                const int32_t* a_rows = nullptr);
+                const int32_t* a_rows = nullptr, bool stream_c = false);
 
 // True when built with AVX-512 (the fast micro-kernel); otherwise the functions above run a
 // portable loop of the same semantics and callers should prefer OpenBLAS.

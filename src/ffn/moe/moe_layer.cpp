@@ -109,7 +109,7 @@ void panel_first_forward(float* gu, const float* X, const int32_t* rows, const f
 void panel_down_forward(float* ye, const float* hid, const float* wd, int m, int C, int H,
                         float* pack) {
   panel_pack_b(pack, H, C, 0, 0, H, C, wd, H, true);
-  panel_gemm(m, C, H, hid, H, false, pack, ye, C, false);
+  panel_gemm(m, C, H, hid, H, false, pack, ye, C, false, nullptr, nullptr, /*stream_c=*/true);
 }
 
 // The down projection's backward without a d(ye) panel, from dy (the token matrix) and the
@@ -159,7 +159,8 @@ void panel_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, c
   panel_gemm(H, C, m, dgu + (W1 - H), W1, true, pack, dwu, C, true, apack);
   if (swiglu) panel_pack_b(pack, W1, C, 0, 0, H, C, wg, C, false);
   panel_pack_b(pack, W1, C, W1 - H, 0, H, C, wu, C, false);
-  panel_gemm(m, C, W1, dgu, W1, false, pack, dX, C, accumulate);
+  panel_gemm(m, C, W1, dgu, W1, false, pack, dX, C, accumulate, nullptr, nullptr,
+             /*stream_c=*/true);
 }
 
 // Whether for_each_expert runs the experts in parallel (one per task) for E experts.
