@@ -145,6 +145,32 @@ TEST(PanelGemm, RowsPickedByIndexAndScaled) {
         check(c, b_trans, split && c.K >= 3, split && c.N >= 4, /*indexed=*/true);
 }
 
+TEST(PanelGemm, StreamedStoresGiveTheSameBits) {
+  // stream_c only changes how C's lines are written (streaming stores where a whole aligned
+  // 32-column row piece is written once): the same bits as plain stores, for aligned and
+  // unaligned C, partial panels, several k passes and accumulation (where it must not apply).
+  for (const int N : {96, 100})
+    for (const int K : {200, 300})
+      for (const int ldc : {128, 131})
+        for (const bool acc : {false, true}) {
+          SCOPED_TRACE(::testing::Message()
+                       << "N=" << N << " K=" << K << " ldc=" << ldc << " acc=" << acc);
+          const int M = 37;
+          const std::vector<float> A = randf(std::size_t(M) * K, 7),
+                                   Bs = randf(std::size_t(K) * N, 8);
+          Aligned Bp(panel_b_floats(K, N));
+          panel_pack_b(Bp.p, K, N, 0, 0, K, N, Bs.data(), N, false);
+          const std::vector<float> C0 = randf(std::size_t(M) * ldc, 9);
+          Aligned plain(C0.size()), streamed(C0.size());
+          std::copy(C0.begin(), C0.end(), plain.p);
+          std::copy(C0.begin(), C0.end(), streamed.p);
+          panel_gemm(M, N, K, A.data(), K, false, Bp.p, plain.p, ldc, acc);
+          panel_gemm(M, N, K, A.data(), K, false, Bp.p, streamed.p, ldc, acc, nullptr, nullptr,
+                     true);
+          for (std::size_t i = 0; i < C0.size(); ++i) ASSERT_EQ(streamed.p[i], plain.p[i]) << i;
+        }
+}
+
 TEST(PanelGemm, ZeroKOverwritesOrKeeps) {
   // K = 0: C = 0 (overwrite) or C unchanged (accumulate), as a GEMM with an empty sum.
   std::vector<float> C(6, 2.f);
