@@ -254,13 +254,15 @@ void run(int M, int N, int K, const float* A, int lda, bool a_trans, const int32
 #pragma omp for schedule(static)
       for (int t = 0; t < ntile; ++t) copy_part(t, k0, kc);
     }
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
     for (int task = 0; task < np * nb; ++task) {
       const int p = task % np, b = task / np;
       tile_part(p, b * MB, std::min(M, (b + 1) * MB), k0, kc, mode(k0));
     }
+    // Each thread fences its own streamed lines before the barrier that ends the pass.
+    if (stream) _mm_sfence();
+#pragma omp barrier
   }
-  if (stream) _mm_sfence();
 }
 #else
 void run(int M, int N, int K, const float* A, int lda, bool a_trans, const int32_t* rows,
