@@ -90,8 +90,8 @@ int group_by_expert(const int32_t* ids, int A, int64_t E, uint64_t* kv, int32_t*
 #pragma omp barrier
 #pragma omp single
       {
-        int at =
-            0;  // slot (digit, thread) starts at all smaller digits + this digit's earlier slices
+        // Slot (digit d, thread u) starts after all smaller digits and d's earlier slices.
+        int at = 0;
         for (int d = 0; d < nb; ++d)
           for (int u = 0; u < nt; ++u) {
             int& cu = cnt[std::size_t(u) * nb + d];
@@ -216,7 +216,10 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
     for (int n = 0; n < N; ++n) {
       const T* __restrict zn = z_ + std::size_t(n) * D;
       T* __restrict qn = q_ + std::size_t(n) * D;
-      const T* __restrict mu = mean_, * __restrict rs = rstd_, * __restrict gm = p.gamma, * __restrict bt = p.beta;
+      const T* __restrict mu = mean_;
+      const T* __restrict rs = rstd_;
+      const T* __restrict gm = p.gamma;
+      const T* __restrict bt = p.beta;
 #pragma omp simd
       for (int f = 0; f < D; ++f) qn[f] = (zn[f] - mu[f]) * rs[f] * gm[f] + bt[f];
     }
@@ -536,7 +539,9 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
     for (int n = 0; n < N; ++n) {
       const T* __restrict zn = z_ + std::size_t(n) * D;
       T* __restrict dn = dq_ + std::size_t(n) * D;
-      const T* __restrict mu = mean_, * __restrict rs = rstd_, * __restrict gm = p.gamma;
+      const T* __restrict mu = mean_;
+      const T* __restrict rs = rstd_;
+      const T* __restrict gm = p.gamma;
 #pragma omp simd
       for (int f = 0; f < D; ++f) {
         const double xh = double((zn[f] - mu[f]) * rs[f]);
