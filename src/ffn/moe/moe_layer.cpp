@@ -112,19 +112,23 @@ void panel_down_forward(float* ye, const float* hid, const float* wd, int m, int
   panel_gemm(m, C, H, hid, H, false, pack, ye, C, false, nullptr, nullptr, /*stream_c=*/true);
 }
 
-// The down projection's backward without a d(ye) panel, from dy (the token matrix) and the
-// expert's rows, gates and hidden panel: d(ye)_i = gate_i·dy[rows_i], so
+// The down projection's backward, in one of two forms.
+// From a d(ye) panel d [m, C] (rows and gate null): dW_down [C, H] += dᵀ · hid, then
+// hid ← d(hid) = d · W_down.
+// Without one (fused), from dy (the token matrix, d) and the expert's rows, gates and hidden
+// panel: d(ye)_i = gate_i·dy[rows_i], so
 //   dW_down [C, H] += Σ_i dy[rows_i]ᵀ · (gate_i·hid_i),
 //   u = dy[rows] · W_down [m, H];  d(gate)_i = u_i · hid_i (= dy·ye, as ye = hid·W_downᵀ);
 //   hid ← d(hid) = gate·u.
-// u: [m, H] scratch.
-void panel_down_backward_rows(float* dwd, float* hid, float* dgate, const float* dy,
-                              const int32_t* rows, const float* gate, const float* wd, int m, int C,
-                              int H, float* pack, float* apack, float* u) {
+// u: [m, H] scratch (fused only).
+void panel_down_backward(float* dwd, float* hid, const float* d, const int32_t* rows,
+                         const float* gate, float* dgate, const float* wd, int m, int C, int H,
+                         float* pack, float* apack, float* u) {
   panel_pack_b(pack, m, H, 0, 0, m, H, hid, H, false, nullptr, gate);
-  panel_gemm(C, H, m, dy, C, true, pack, dwd, H, true, apack, rows);
+  panel_gemm(C, H, m, d, C, true, pack, dwd, H, true, apack, rows);
   panel_pack_b(pack, C, H, 0, 0, C, H, wd, H, false);
-  panel_gemm(m, H, C, dy, C, false, pack, u, H, false, apack, rows);
+  panel_gemm(m, H, C, d, C, false, pack, rows ? u : hid, H, false, apack, rows);
+  if (!rows) return;
   for (int i = 0; i < m; ++i) {
     float* h = hid + std::size_t(i) * H;
     const float* ui = u + std::size_t(i) * H;
@@ -136,15 +140,6 @@ void panel_down_backward_rows(float* dwd, float* hid, float* dgate, const float*
 #pragma omp simd
     for (int j = 0; j < H; ++j) h[j] = gi * ui[j];
   }
-}
-
-// dW_down [C, H] += dyeᵀ · hid, then hid ← dhid = dye · W_down.
-void panel_down_backward(float* dwd, float* hid, const float* dye, const float* wd, int m, int C,
-                         int H, float* pack, float* apack) {
-  panel_pack_b(pack, m, H, 0, 0, m, H, hid, H, false);
-  panel_gemm(C, H, m, dye, C, true, pack, dwd, H, true, apack);
-  panel_pack_b(pack, C, H, 0, 0, C, H, wd, H, false);
-  panel_gemm(m, H, C, dye, C, false, pack, hid, H, false);
 }
 
 // From dgu [m, W1]: dW_gate, dW_up [H, C] += dguᵀ · X (one packed X for both), then
@@ -645,10 +640,11 @@ void MoeLayer<T>::panels_backward(const Panels& q, const MoeGrads<T>& g, const M
           // Fused: inputs and d(y) read from the token matrices through the expert's rows.
           rows = q.rows + o;
           X = q.xe;
-          panel_down_backward_rows(dwd, hid, q.row_dgate + o, q.dy, rows, q.row_gate + o, wd, m, C,
-                                   H, pack, apack, apack + pack_a_floats_);
+          panel_down_backward(dwd, hid, q.dy, rows, q.row_gate + o, q.row_dgate + o, wd, m, C, H,
+                              pack, apack, apack + pack_a_floats_);
         } else {
-          panel_down_backward(dwd, hid, dye, wd, m, C, H, pack, apack);
+          panel_down_backward(dwd, hid, dye, nullptr, nullptr, nullptr, wd, m, C, H, pack, apack,
+                              nullptr);
         }
         if (dropout_active_) apply_expert_dropout(hid, o, m);  // the same mask, redrawn
         activation_backward(gu, hid, m, H, s_.act);
@@ -947,7 +943,7 @@ void MoeLayer<T>::backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
   T* dxe = ye_;  // ye is no longer needed once d(gate) is known
   std::fill(a_dgate_, a_dgate_ + n_assign_, T(0));
   if (fused_) {
-    // d(ye) and d(gate) are formed inside each expert's products (panel_down_backward_rows).
+    // d(ye) and d(gate) are formed inside each expert's products (panel_down_backward).
 #pragma omp parallel for schedule(static) if (n_rows_ > 256)
     for (int r = 0; r < n_rows_; ++r) row_gate_[r] = a_gate_[row_assign_[r]];
     Panels q{x, gu_, hid_, ye_, nullptr, offsets_, expert_order_, s_.E};
