@@ -244,6 +244,29 @@ TEST(PeerSemantics, GroupingByExpertIsAStableSortForAnyThreadCount) {
       }
     }
   }
+  // Called from inside a parallel region with nesting off, its own region gets one thread
+  // whatever it asks for: the slices must follow the team it got.
+  {
+    const int A = 20011;
+    std::vector<int32_t> ids(A);
+    for (int a = 0; a < A; ++a) ids[a] = int32_t((a * 7919) % 4099);
+    std::vector<int32_t> want(A);
+    for (int a = 0; a < A; ++a) want[a] = a;
+    std::stable_sort(want.begin(), want.end(),
+                     [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
+    std::vector<uint64_t> kv(2 * std::size_t(A));
+    std::vector<int32_t> list(A, -1), rows(A), off(A + 1);
+    const int levels = omp_get_max_active_levels();
+    omp_set_max_active_levels(1);
+    omp_set_num_threads(2);
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+      group_by_expert(ids.data(), A, 4099, kv.data(), list.data(), rows.data(), off.data());
+    }
+    omp_set_max_active_levels(levels);
+    EXPECT_EQ(list, want);
+  }
   omp_set_num_threads(saved);
 }
 

@@ -24,6 +24,17 @@ inline int thread_index() {
 #endif
 }
 
+// Threads in the calling thread's team (1 outside a parallel region). A region may get fewer
+// threads than num_threads asked for (inside another region, with nesting off): code that
+// splits work by thread index takes the count from here, not from what it asked for.
+inline int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 // Whether the caller is inside an active OpenMP parallel region (then nested loops run serially).
 inline bool in_parallel() {
 #ifdef _OPENMP

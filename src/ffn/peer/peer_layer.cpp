@@ -58,8 +58,8 @@ void by_ranges(int n, int min_len, F&& fn) {
   const int nt = std::max(1, std::min(max_threads(), n / min_len));
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const int t = thread_index();
-    fn(int(int64_t(n) * t / nt), int(int64_t(n) * (t + 1) / nt));
+    const int t = thread_index(), team = team_size();
+    fn(int(int64_t(n) * t / team), int(int64_t(n) * (t + 1) / team));
   }
 }
 
@@ -80,8 +80,8 @@ int group_by_expert(const int32_t* ids, int A, int64_t E, uint64_t* kv, int32_t*
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     uint64_t *src = kv, *dst = kv + A;  // this thread's view of which buffer is which
-    const int t = thread_index();
-    const int a0 = int(int64_t(A) * t / nt), a1 = int(int64_t(A) * (t + 1) / nt);
+    const int t = thread_index(), team = team_size();  // team <= nt
+    const int a0 = int(int64_t(A) * t / team), a1 = int(int64_t(A) * (t + 1) / team);
     for (int a = a0; a < a1; ++a) src[a] = uint64_t(uint32_t(ids[a])) << 32 | uint32_t(a);
     for (int pass = 0, shift = 32; pass < passes; ++pass, shift += w) {
       int* c = cnt.data() + std::size_t(t) * nb;
@@ -93,7 +93,7 @@ int group_by_expert(const int32_t* ids, int A, int64_t E, uint64_t* kv, int32_t*
         // Slot (digit d, thread u) starts after all smaller digits and d's earlier slices.
         int at = 0;
         for (int d = 0; d < nb; ++d)
-          for (int u = 0; u < nt; ++u) {
+          for (int u = 0; u < team; ++u) {
             int& cu = cnt[std::size_t(u) * nb + d];
             const int n = cu;
             cu = at;
