@@ -84,11 +84,11 @@ inline void micro(int K, const float* A, std::int64_t lda, const float* Bp, floa
 
 template <bool AT>
 void micro_rows(int rows, int K, const float* A, std::int64_t lda, const float* Bp, float* C,
-                std::int64_t ldc, __mmask16 m0, __mmask16 m1, CMode acc) {
+                std::int64_t ldc, __mmask16 m0, __mmask16 m1, CMode mode) {
   switch (rows) {
-#define MOE_PANEL_CASE(r)                             \
-  case r:                                             \
-    micro<r, AT>(K, A, lda, Bp, C, ldc, m0, m1, acc); \
+#define MOE_PANEL_CASE(r)                              \
+  case r:                                              \
+    micro<r, AT>(K, A, lda, Bp, C, ldc, m0, m1, mode); \
     break;
     MOE_PANEL_CASE(1)
     MOE_PANEL_CASE(2)
@@ -148,7 +148,7 @@ inline void transpose16(__m512 r[16]) {
 // so the micro-kernel reads it contiguously.
 template <bool AT>
 void pass(int p, int i0, int i1, int N, int kc, int K, int k0, const float* A, std::int64_t lda,
-          int ak0, const float* Bp, float* C, std::int64_t ldc, CMode acc) {
+          int ak0, const float* Bp, float* C, std::int64_t ldc, CMode mode) {
   const int nv = std::min(NR, N - p * NR);
   const __mmask16 m0 = nv >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nv) - 1);
   const __mmask16 m1 = nv >= 32  ? __mmask16(0xFFFF)
@@ -159,7 +159,7 @@ void pass(int p, int i0, int i1, int N, int kc, int K, int k0, const float* A, s
   for (int i = i0; i < i1; i += MR) {
     const float* Ai = AT ? A + std::size_t(i) * kc : A + std::size_t(i) * lda + ak0;
     micro_rows<AT>(std::min(MR, i1 - i), kc, Ai, AT ? MR : lda, B, Cp + std::size_t(i) * ldc, ldc,
-                   m0, m1, acc);
+                   m0, m1, mode);
   }
 }
 
@@ -228,13 +228,13 @@ void run(int M, int N, int K, const float* A, int lda, bool a_trans, const int32
   auto mode = [&](int k0) {
     return accumulate || k0 > 0 ? kAccumulate : stream && K <= KC ? kStream : kStore;
   };
-  auto tile_part = [&](int p, int i0, int i1, int k0, int kc, CMode acc) {
+  auto tile_part = [&](int p, int i0, int i1, int k0, int kc, CMode cm) {
     if (a_trans)
-      pass<true>(p, i0, i1, N, kc, K, k0, apack, MR, 0, Bp, C, ldc, acc);
+      pass<true>(p, i0, i1, N, kc, K, k0, apack, MR, 0, Bp, C, ldc, cm);
     else if (rows)
-      pass<false>(p, i0, i1, N, kc, K, k0, apack, kc, 0, Bp, C, ldc, acc);
+      pass<false>(p, i0, i1, N, kc, K, k0, apack, kc, 0, Bp, C, ldc, cm);
     else
-      pass<false>(p, i0, i1, N, kc, K, k0, A, lda, k0, Bp, C, ldc, acc);
+      pass<false>(p, i0, i1, N, kc, K, k0, A, lda, k0, Bp, C, ldc, cm);
   };
   if (!par) {
     for (int k0 = 0; k0 < K; k0 += KC) {

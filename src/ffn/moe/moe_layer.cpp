@@ -311,7 +311,7 @@ void MoeLayer<T>::bind(Arena& a, int max_batch, int max_seq) {
 
 // Top-k of key[0..E) into idx[0..k): largest first, ties → lower index.
 template <typename T>
-static void topk_indices(const T* key, int E, int k, int32_t* idx, int32_t*) {
+static void topk_indices(const T* key, int E, int k, int32_t* idx) {
   // The k largest keys, larger first, ties to the lower index (what a partial sort by (key
   // descending, index ascending) gives): one insertion pass, as experts come in index order an
   // equal key never displaces a kept one. Most keys lose to the k-th at once (a partial sort of
@@ -376,10 +376,10 @@ void MoeLayer<T>::route_token_choice(const T* xr, const MoeParams<T>& p, bool tr
   for (int n = 0; n < N; ++n) {
     const T* sc = scores_ + std::size_t(n) * E;
     T key[1024];
-    int32_t scratch[1024], idx[1024];
+    int32_t idx[1024];
     const T* base = noisy ? dlogits_ + std::size_t(n) * E : sc;
     for (int e = 0; e < E; ++e) key[e] = base[e] + (s_.bias_balance ? p.bias[e] : T(0));
-    topk_indices(key, E, k, idx, scratch);
+    topk_indices(key, E, k, idx);
     T g[1024];
     if (noisy) {  // softmax over the kept noisy logits
       T mx = base[idx[0]], sum = 0;

@@ -364,10 +364,9 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
     T* scratch = row_g_ + std::size_t(thread_index()) * 2 * C;
     for (int i = blk_[b]; i < blk_[b + 1]; ++i) {
       const int64_t e = e_rows_[i];
-      if (i + 2 < blk_[b + 1]) {
-        const int32_t next = e_rows_[i + 2];
-        prefetch_rows(p, next, C);
-      }
+      const bool more = i + 2 < blk_[b + 1];  // the expert two ahead, whose rows are asked for
+      const int32_t next = more ? e_rows_[i + 2] : 0;
+      if (more) prefetch_rows(p, next, C);
       const T* u = p.u + e * C;
       const T* v = p.v + e * C;
       T* gu = ur ? scratch : g.u + e * C;
@@ -401,8 +400,6 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
       // every line fill buffer and stalled the core, so the updates' square roots and divisions
       // (~25 ms per step at 2^20) ran after the memory traffic instead of under it.
       if constexpr (std::is_same_v<T, float>) {
-        const bool more = i + 2 < blk_[b + 1];
-        const int32_t next = more ? e_rows_[i + 2] : 0;
         if (ur) {
           if (more) prefetch_row(ur->m, next, C), prefetch_row(ur->v, next, C);
           row_sq_[i] = ur->apply(e, gu);
