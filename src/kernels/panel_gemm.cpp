@@ -43,15 +43,21 @@ enum CMode { kStore, kAccumulate, kStream };
 template <int MR_, bool AT>
 inline void micro(int K, const float* A, std::int64_t lda, const float* Bp, float* C,
                   std::int64_t ldc, __mmask16 m0, __mmask16 m1, CMode mode) {
+  // Every loop over i is unrolled in full (GCC unroll pragmas), so the accumulators live in
+  // registers only. Left as loops, GCC 12 kept c0/c1 as stack arrays outside the k loop: each
+  // call cleared 1.5 KiB with rep stos and spilled and reloaded all 24 accumulators, ~5% of a
+  // K = 256 call (K = 128: ~5% measured, 158 → 166 GFLOP/s on one core).
   __m512 c0[MR_], c1[MR_];
   // C's lines are usually cold (an expert's output panel): ask for them now so they arrive
   // while the k loop runs instead of stalling the stores. (Not when streaming: the stores then
   // skip the cache, and reading the lines in would be the very traffic they avoid.)
   if (mode != kStream)
+#pragma GCC unroll 16
     for (int i = 0; i < MR_; ++i) {
       _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + 16), _MM_HINT_T0);
     }
+#pragma GCC unroll 16
   for (int i = 0; i < MR_; ++i) {
     c0[i] = _mm512_setzero_ps();
     c1[i] = _mm512_setzero_ps();
@@ -66,6 +72,7 @@ inline void micro(int K, const float* A, std::int64_t lda, const float* Bp, floa
       c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < MR_; ++i) {
     float* c = C + i * ldc;
     if (mode == kAccumulate) {

@@ -124,11 +124,24 @@ void panel_down_forward(float* ye, const float* hid, const float* wd, int m, int
 void panel_down_backward(float* dwd, float* hid, const float* d, const int32_t* rows,
                          const float* gate, float* dgate, const float* wd, int m, int C, int H,
                          float* pack, float* apack, float* u) {
-  panel_pack_b(pack, m, H, 0, 0, m, H, hid, H, false, nullptr, gate);
-  panel_gemm(C, H, m, d, C, true, pack, dwd, H, true, apack, rows);
-  panel_pack_b(pack, C, H, 0, 0, C, H, wd, H, false);
-  panel_gemm(m, H, C, d, C, false, pack, rows ? u : hid, H, false, apack, rows);
-  if (!rows) return;
+  auto weight_grad = [&] {
+    panel_pack_b(pack, m, H, 0, 0, m, H, hid, H, false, nullptr, gate);
+    panel_gemm(C, H, m, d, C, true, pack, dwd, H, true, apack, rows);
+  };
+  auto input_grad = [&] {
+    panel_pack_b(pack, C, H, 0, 0, C, H, wd, H, false);
+    panel_gemm(m, H, C, d, C, false, pack, rows ? u : hid, H, false, apack, rows);
+  };
+  if (!rows) {  // hid is overwritten by d(hid): its weight gradient first
+    weight_grad();
+    input_grad();
+    return;
+  }
+  // Fused, u first: it gathers the expert's dy rows by row (sequential within each row, which
+  // the hardware prefetcher follows), so the weight gradient's column-wise (transposed) walk
+  // over the same rows then finds them in L2 instead of missing on each new line.
+  input_grad();
+  weight_grad();
   for (int i = 0; i < m; ++i) {
     float* h = hid + std::size_t(i) * H;
     const float* ui = u + std::size_t(i) * H;
