@@ -803,8 +803,11 @@ void MoeLayer<T>::forward(T* y, const T* x, const MoeParams<T>& p, int B, int Tn
     const T* r = logits_ + std::size_t(n) * E;
     T mx = r[0];
     for (int e = 1; e < E; ++e) mx = std::max(mx, r[e]);
+    // Float: the vectorised vexp (~1-2 ulp; a scalar libm exp per logit had been ~1 ms per step
+    // at E = 64, 4096 tokens), summed in double. Double: std::exp, as before.
     double sum = 0;
-    for (int e = 0; e < E; ++e) sum += std::exp(double(r[e] - mx));
+#pragma omp simd reduction(+ : sum)
+    for (int e = 0; e < E; ++e) sum += double(vexp(T(r[e] - mx)));
     lse_[n] = T(double(mx) + std::log(sum));
   }
   double z = 0;
@@ -1021,6 +1024,10 @@ void MoeLayer<T>::router_backward(T* dx, const MoeGrads<T>& g, const T* x, const
   const bool renorm =
       (s_.normalize && s_.kind != RouterKind::kExpertChoice) || s_.kind == RouterKind::kGShard;
   const T zc = T(2.0 * s_.beta / N) * loss_scale_;
+  // Aux loss α·E·Σ_e f_e·P_e, P_e = mean_n q[n,e]:  d/dq[n,e] = α·E·f_e/N, the same for every n.
+  T dq_e[1024];
+  for (int e = 0; e < E; ++e)
+    dq_e[e] = aux ? T(s_.alpha * E * (sel_count_[e] / denom) / N) * loss_scale_ : T(0);
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n) {
     T* d = dlogits_ + std::size_t(n) * E;
@@ -1049,9 +1056,7 @@ void MoeLayer<T>::router_backward(T* dx, const MoeGrads<T>& g, const T* x, const
         for (int s = 0; s < k; ++s) dsel[a_expert_[a0 + s]] += a_dgate_[a0 + s];
       }
     }
-    // Aux loss α·E·Σ_e f_e·P_e, P_e = mean_n q[n,e]:  d/dq[n,e] = α·E·f_e/N.
-    for (int e = 0; e < E; ++e)
-      dq[e] = aux ? T(s_.alpha * E * (sel_count_[e] / denom) / N) * loss_scale_ : T(0);
+    for (int e = 0; e < E; ++e) dq[e] = dq_e[e];
     if (s_.sigmoid) {
       // q = p/S_n (S_n = Σ_e p): dp_e += (dq_e − Σ_j dq_j·q_j)/S_n; then σ' = p(1−p).
       const T S = score_sum_[n];
@@ -1078,7 +1083,7 @@ void MoeLayer<T>::router_backward(T* dx, const MoeGrads<T>& g, const T* x, const
     }
     // z-loss β·mean_n lse_n²:  d/dr = 2β/N·lse·softmax(r).
     if (s_.beta > 0)
-      for (int e = 0; e < E; ++e) d[e] += zc * lse_[n] * std::exp(r[e] - lse_[n]);
+      for (int e = 0; e < E; ++e) d[e] += zc * lse_[n] * vexp(r[e] - lse_[n]);
   }
   const T* xr = jitter_active_ ? jittered_ : x;
   gemm<T>(true, false, E, C, N, T(1), dlogits_, E, xr, C, T(1), g.router, C);
