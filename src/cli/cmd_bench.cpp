@@ -165,37 +165,43 @@ void register_bench(CLI::App& app) {
     Arena acts(measure.used());
     layer.bind(acts, 1, N);
     // x ~ N(0,1), router U(±1/√C), experts N(0, 0.02²), as the PyTorch side does.
-    const std::size_t wsz = std::size_t(E) * H * C;
-    std::vector<float> x(std::size_t(N) * C), router(std::size_t(E) * C), wg(wsz), wu(wsz), wd(wsz),
-        y(x.size()), dy(x.size()), dx(x.size());
+    // The tensors live in one arena, as a model's parameters, gradients and activations do in
+    // training (ParamStore, Transformer): at these sizes on huge pages.
+    const std::size_t wsz = std::size_t(E) * H * C, xsz = std::size_t(N) * C,
+                      rsz = std::size_t(E) * C;
+    Arena store(sizeof(float) * (4 * xsz + 2 * rsz + 6 * wsz) + 16 * kAlign);
+    float *x = store.take<float>(xsz), *y = store.take<float>(xsz), *dy = store.take<float>(xsz),
+          *dx = store.take<float>(xsz), *router = store.take<float>(rsz),
+          *wg = store.take<float>(wsz), *wu = store.take<float>(wsz), *wd = store.take<float>(wsz),
+          *grouter = store.take<float>(rsz), *gg = store.take<float>(wsz),
+          *gu = store.take<float>(wsz), *gd = store.take<float>(wsz);
     const float bound = 1.f / std::sqrt(float(C));
-    auto fill = [](std::vector<float>& v, uint32_t stream, auto&& draw) {
+    auto fill = [](float* v, std::size_t size, uint32_t stream, auto&& draw) {
       const Rng r(1, stream_id(kPurposeInit, 99, stream));
-      const std::ptrdiff_t n = std::ptrdiff_t(v.size());
+      const std::ptrdiff_t n = std::ptrdiff_t(size);
 #pragma omp parallel for schedule(static)
       for (std::ptrdiff_t j = 0; j < n; ++j) v[j] = draw(r, j);
     };
     auto normal = [](float s) {
       return [s](const Rng& r, std::ptrdiff_t j) { return s * r.normal(j); };
     };
-    fill(x, 0, normal(1.f));
-    fill(router, 1,
+    fill(x, xsz, 0, normal(1.f));
+    fill(router, rsz, 1,
          [bound](const Rng& r, std::ptrdiff_t j) { return bound * (2 * r.uniform(j) - 1); });
-    fill(wg, 2, normal(0.02f));
-    fill(wu, 3, normal(0.02f));
-    fill(wd, 4, normal(0.02f));
-    std::vector<float> grouter(router.size()), gg(wsz), gu(wsz), gd(wsz);
-    MoeParams<float> p{router.data(), nullptr, nullptr, wg.data(), wu.data(), wd.data()};
-    MoeGrads<float> g{grouter.data(), nullptr, gg.data(), gu.data(), gd.data()};
+    fill(wg, wsz, 2, normal(0.02f));
+    fill(wu, wsz, 3, normal(0.02f));
+    fill(wd, wsz, 4, normal(0.02f));
+    MoeParams<float> p{router, nullptr, nullptr, wg, wu, wd};
+    MoeGrads<float> g{grouter, nullptr, gg, gu, gd};
     std::vector<double> times;
     for (int it = 0; it < m->repeats + 1; ++it) {
       auto t0 = Clock::now();
-      layer.forward(y.data(), x.data(), p, 1, N, true, 1, it, 0, 1.f);
+      layer.forward(y, x, p, 1, N, true, 1, it, 0, 1.f);
       // loss = mean(y²) + aux: dL/dy = 2y / (N·C).
       const float sc = 2.f / (float(N) * C);
-      for (std::size_t j = 0; j < y.size(); ++j) dy[j] = sc * y[j];
-      std::fill(dx.begin(), dx.end(), 0.f);
-      layer.backward(dx.data(), g, dy.data(), x.data(), p);
+      for (std::size_t j = 0; j < xsz; ++j) dy[j] = sc * y[j];
+      std::fill(dx, dx + xsz, 0.f);
+      layer.backward(dx, g, dy, x, p);
       if (it > 0) times.push_back(seconds_since(t0));  // the first run warms caches and pages
     }
     const double ms = median(times) * 1e3;
