@@ -331,12 +331,14 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   // Grouping: a stable sort of the assignments by expert id (group_by_expert), so each
   // expert's assignments stay in token order.
   const int nrows = group_by_expert(ids_, A, s_.experts(), e_kv_, e_list_, e_rows_, row_off_);
-  // Blocks: [blk_[b], blk_[b+1]) of the retrieved experts, about A / kDxBlocks assignments each.
-  blk_[0] = 0;
-  for (int b = 1, i = 0; b <= kDxBlocks; ++b) {
-    const int64_t until = int64_t(A) * b / kDxBlocks;
+  // Chunks: [chunk_[c], chunk_[c+1]) of the retrieved experts, about A / (kDxBlocks·kDxChunks)
+  // assignments each; block b is chunks b·kDxChunks .. (b+1)·kDxChunks − 1.
+  constexpr int kChunks = kDxBlocks * kDxChunks;
+  chunk_[0] = 0;
+  for (int c = 1, i = 0; c <= kChunks; ++c) {
+    const int64_t until = int64_t(A) * c / kChunks;
     while (i < nrows && row_off_[i] < until) ++i;
-    blk_[b] = b == kDxBlocks ? nrows : i;
+    chunk_[c] = c == kChunks ? nrows : i;
   }
   // With the optimizer in backward, a row's sum is formed in the thread's scratch (from zero, as
   // the zeroed gradient row would be: the same bits) and the row is updated at once, after its
@@ -353,18 +355,34 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
             "internal: {} threads, PEER scratch bound for {} (thread count changed after bind)",
             max_threads(), score_threads_);
   const std::size_t NC = std::size_t(N) * C;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int b = 0; b < kDxBlocks; ++b) {
+  // Scheduling: a free thread takes the next chunk of the block, not being run, with the most
+  // chunks left (so the blocks drain together and the last chunks run side by side). A block's
+  // chunks run in order, one at a time, so each dx row still gets its block's shares in one
+  // fixed order, whichever threads ran them: the same bits as one task per block.
+  int done[kDxBlocks] = {};  // chunks of each block run so far
+  bool busy[kDxBlocks] = {};
+#pragma omp parallel
+  for (;;) {
+    int b = -1, j = 0;
+#pragma omp critical(moe_peer_dx_chunks)
+    {
+      int most = 0;
+      for (int q = 0; q < kDxBlocks; ++q)
+        if (!busy[q] && kDxChunks - done[q] > most) most = kDxChunks - done[q], b = q;
+      if (b >= 0) busy[b] = true, j = done[b];
+    }
+    if (b < 0) break;  // every block is finished or being run by another thread
     // A block's buffer is not cleared as a whole (8·N·C floats, ~4 ms per step at 2^20): a
     // token's row is cleared when the block first adds to it, and the final sum skips the rows
     // a block never wrote.
     T* dxb = dx_blk_ + std::size_t(b) * NC;
     uint8_t* seen = dx_seen_ + std::size_t(b) * N;
-    std::fill(seen, seen + N, uint8_t(0));
+    if (j == 0) std::fill(seen, seen + N, uint8_t(0));
     T* scratch = row_g_ + std::size_t(thread_index()) * 2 * C;
-    for (int i = blk_[b]; i < blk_[b + 1]; ++i) {
+    const int c = b * kDxChunks + j;
+    for (int i = chunk_[c]; i < chunk_[c + 1]; ++i) {
       const int64_t e = e_rows_[i];
-      const bool more = i + 2 < blk_[b + 1];  // the expert two ahead, whose rows are asked for
+      const bool more = i + 2 < chunk_[c + 1];  // the expert two ahead, whose rows are asked for
       const int32_t next = more ? e_rows_[i + 2] : 0;
       if (more) prefetch_rows(p, next, C);
       const T* u = p.u + e * C;
@@ -409,6 +427,11 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
           row_sq_[nrows + i] = vr->apply(e, gv);
         }
       }
+    }
+#pragma omp critical(moe_peer_dx_chunks)
+    {
+      ++done[b];
+      busy[b] = false;
     }
   }
 #pragma omp parallel for schedule(static) if (N > 16)

@@ -99,11 +99,14 @@ class PeerLayer {
   T* row_g_ = nullptr;          // optimizer in backward: per thread, one row's du | dv [2·C]
   // The backward's expert pass runs in kDxBlocks fixed blocks of experts (split by assignment
   // counts, not by threads), each adding its dx shares into its own [N, C] buffer: 8 blocks keep
-  // up to 8 threads busy for 8·N·C floats (16 MiB at 2048 tokens of width 256).
-  static constexpr int kDxBlocks = 8;
-  uint8_t* dx_seen_ = nullptr;       // [kDxBlocks, N] 1 if the block wrote that token's row
-  T* dx_blk_ = nullptr;              // [kDxBlocks, N, C]
-  int blk_[kDxBlocks + 1] = {};      // block b: retrieved experts [blk_[b], blk_[b+1])
+  // up to 8 threads busy for 8·N·C floats (16 MiB at 2048 tokens of width 256). Each block is
+  // run as kDxChunks chunks in order, one at a time, which threads take as they come free (a
+  // whole block per task had left one of two threads idle for the last ~15 ms of a 2^20 step).
+  static constexpr int kDxBlocks = 8, kDxChunks = 8;
+  uint8_t* dx_seen_ = nullptr;  // [kDxBlocks, N] 1 if the block wrote that token's row
+  T* dx_blk_ = nullptr;         // [kDxBlocks, N, C]
+  // Chunk c (of block c / kDxChunks): retrieved experts [chunk_[c], chunk_[c+1]).
+  int chunk_[kDxBlocks * kDxChunks + 1] = {};
   int32_t* topk_scratch_ = nullptr;  // per (token, head) row: product_key_topk scratch
   T* topk_cand_ = nullptr;
 };
