@@ -77,11 +77,12 @@ TEST(ProductKeys, AdversarialAndTiedScores) {
 
 TEST(ProductKeys, FloatScanFilters16AtATimeLikeTheScalarScan) {
   // In float with AVX-512, topk_scan keeps the scores that reach a threshold (the k-th largest
-  // of the 16-score chunk maxima) and ranks the kept ones with vector compares, or scans them
-  // when more than 32 tie at the threshold. Against a stable sort (value desc, index asc) for
-  // long rows, heavy ties (scores on a coarse grid), k up to 32 and S not a multiple of 16.
-  for (int trial = 0; trial < 60; ++trial) {
-    const int S = 17 + 37 * trial, k = 1 + trial % 32;
+  // of 32 lane maxima for k <= 32, of the 16-score chunk maxima above that) and ranks the kept
+  // ones with vector compares (2 to 4 vectors of them), or scans them when more than 64 tie at
+  // the threshold. Against a stable sort (value desc, index asc) for long rows, heavy ties
+  // (scores on a coarse grid), k up to 48 and S not a multiple of 16.
+  for (int trial = 0; trial < 96; ++trial) {
+    const int S = 17 + 23 * trial, k = 1 + trial % 48;
     const V r = randn(S, 900 + trial);
     std::vector<float> sc(S);
     for (int i = 0; i < S; ++i)

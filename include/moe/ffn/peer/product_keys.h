@@ -17,6 +17,35 @@ namespace moe {
 // kept one has the lower index, as the scan is in index order).
 // (GCC 12 warns that _mm512_reduce_max_ps's internal _mm512_undefined "may be used
 // uninitialized"; it is overwritten in full, so that warning is off for this function.)
+#if defined(__AVX512F__)
+// The k best of n kept scores (kv, ki: NV·16 entries, padded with -inf and an index past the
+// end) into idx, val, by rank: a score's rank is how many kept ones come before it in the order
+// (score desc, index asc), counted 16 at a time.
+template <int NV, typename T>
+inline void rank_kept(int32_t* idx, T* val, const float* kv, const int32_t* ki, int n, int k) {
+  __m512 v[NV];
+  __m512i iv[NV];
+  for (int q = 0; q < NV; ++q) {
+    v[q] = _mm512_load_ps(kv + 16 * q);
+    iv[q] = _mm512_load_si512(ki + 16 * q);
+  }
+  for (int j = 0; j < n; ++j) {
+    const __m512 x = _mm512_set1_ps(kv[j]);
+    const __m512i xi = _mm512_set1_epi32(ki[j]);
+    int r = 0;
+#pragma GCC unroll 4
+    for (int q = 0; q < NV; ++q)  // kept scores before this one: higher, or equal, lower index
+      r += __builtin_popcount(_mm512_cmp_ps_mask(v[q], x, _CMP_GT_OQ) |
+                              (_mm512_cmp_ps_mask(v[q], x, _CMP_EQ_OQ) &
+                               _mm512_cmp_epi32_mask(iv[q], xi, _MM_CMPINT_LT)));
+    if (r < k) {
+      val[r] = T(kv[j]);
+      idx[r] = ki[j];
+    }
+  }
+}
+#endif
+
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <typename T>
@@ -36,28 +65,47 @@ void topk_scan(int32_t* idx, T* val, const T* s, int S, int k) {
   int i = 0;
 #if defined(__AVX512F__)
   if constexpr (sizeof(T) == 4) {
-    // A threshold first: tau = the k-th largest of the maxima of the 16-score chunks. Those k
-    // chunks each hold a score at least that high, so the k best all are too. Then one compare
-    // per 16 scores keeps the few that reach tau (~18 of 1024 for k = 16), compressed in index
-    // order into a short list, and each kept score's rank among them by (score desc, index asc)
-    // — the scalar scan's order — is counted with two 16-wide compares: no insertion sort and no
-    // data-dependent branches, which had cost ~2/3 of the scan.
-    constexpr int kMaxChunks = 512, kMaxKept = 32;
+    // A threshold first: tau = the k-th largest of a set of maxima, each the maximum of its own
+    // group of scores (the groups disjoint), so at least k scores reach tau and the k best all
+    // do. For k <= 32 the groups are the 32 lanes of two running vector maxima over alternate
+    // 16-score chunks (32 plain max instructions at S = 1024); otherwise the maxima of the
+    // 16-score chunks (one horizontal reduction each, and 4x the count to rank: the scan took
+    // ~1.6x as long). Then one compare per 16 scores keeps the few that reach tau (~22 of 1024
+    // for k = 16), compressed in index order into a short list, and each kept score's rank among
+    // them by (score desc, index asc) — the scalar scan's order — is counted with 16-wide
+    // compares: no insertion sort and no data-dependent branches, which had cost ~2/3 of the scan.
+    constexpr int kMaxChunks = 512, kMaxKept = 64;
     const int nch = S / 16;
     const float* f = reinterpret_cast<const float*>(s);
-    if (nch >= k && nch <= kMaxChunks) {
+    const bool lanes32 = k <= 32 && nch >= 2 && nch <= kMaxChunks;
+    if (lanes32 || (nch >= k && nch <= kMaxChunks)) {
       alignas(64) float mx[kMaxChunks];
-      for (int c = 0; c < nch; ++c) mx[c] = _mm512_reduce_max_ps(_mm512_loadu_ps(f + 16 * c));
-      // tau = the smallest chunk maximum that fewer than k maxima exceed.
-      const int nv = (nch + 15) / 16;
+      int nm = 0;  // maxima in mx
+      if (lanes32) {
+        __m512 a0 = _mm512_loadu_ps(f), a1 = _mm512_loadu_ps(f + 16);
+        int c = 2;
+        for (; c + 1 < nch; c += 2) {
+          a0 = _mm512_max_ps(a0, _mm512_loadu_ps(f + 16 * c));
+          a1 = _mm512_max_ps(a1, _mm512_loadu_ps(f + 16 * c + 16));
+        }
+        if (c < nch) a0 = _mm512_max_ps(a0, _mm512_loadu_ps(f + 16 * c));
+        _mm512_store_ps(mx, a0);
+        _mm512_store_ps(mx + 16, a1);
+        nm = 32;
+      } else {
+        for (int c = 0; c < nch; ++c) mx[c] = _mm512_reduce_max_ps(_mm512_loadu_ps(f + 16 * c));
+        nm = nch;
+      }
+      // tau = the smallest maximum that fewer than k maxima exceed.
+      const int nv = (nm + 15) / 16;
       const __m512i one = _mm512_set1_epi32(1), kv = _mm512_set1_epi32(k);
       __m512 tmin = _mm512_set1_ps(__builtin_inff());
       for (int b = 0; b < nv; ++b) {
-        const int lanes = std::min(16, nch - 16 * b);
+        const int lanes = std::min(16, nm - 16 * b);
         const __mmask16 valid = __mmask16((1u << lanes) - 1);
         const __m512 vb = _mm512_maskz_loadu_ps(valid, mx + 16 * b);
         __m512i cnt = _mm512_setzero_si512();
-        for (int j = 0; j < nch; ++j) {
+        for (int j = 0; j < nm; ++j) {
           const __mmask16 gt = _mm512_cmp_ps_mask(_mm512_set1_ps(mx[j]), vb, _CMP_GT_OQ);
           cnt = _mm512_mask_add_epi32(cnt, gt, cnt, one);
         }
@@ -89,28 +137,17 @@ void topk_scan(int32_t* idx, T* val, const T* s, int S, int k) {
             kept_i[n_kept++] = i;
           }
         if (n_kept >= k && n_kept <= kMaxKept) {
-          for (int j = n_kept; j < kMaxKept; ++j) {  // padding that never beats a kept score
+          const int nkv = std::max(2, (n_kept + 15) / 16);  // vectors ranked, 2 to 4
+          for (int j = n_kept; j < 16 * nkv; ++j) {         // padding that never beats a kept score
             kept_v[j] = -__builtin_inff();
             kept_i[j] = S;
           }
-          const __m512 v0 = _mm512_load_ps(kept_v), v1 = _mm512_load_ps(kept_v + 16);
-          const __m512i i0 = _mm512_load_si512(kept_i), i1 = _mm512_load_si512(kept_i + 16);
-          for (int j = 0; j < n_kept; ++j) {
-            const __m512 x = _mm512_set1_ps(kept_v[j]);
-            const __m512i xi = _mm512_set1_epi32(kept_i[j]);
-            // Kept scores that come before this one: higher, or equal with a lower index.
-            const __mmask16 b0 = _mm512_cmp_ps_mask(v0, x, _CMP_GT_OQ) |
-                                 (_mm512_cmp_ps_mask(v0, x, _CMP_EQ_OQ) &
-                                  _mm512_cmp_epi32_mask(i0, xi, _MM_CMPINT_LT));
-            const __mmask16 b1 = _mm512_cmp_ps_mask(v1, x, _CMP_GT_OQ) |
-                                 (_mm512_cmp_ps_mask(v1, x, _CMP_EQ_OQ) &
-                                  _mm512_cmp_epi32_mask(i1, xi, _MM_CMPINT_LT));
-            const int r = __builtin_popcount(b0) + __builtin_popcount(b1);
-            if (r < k) {
-              val[r] = T(kept_v[j]);
-              idx[r] = kept_i[j];
-            }
-          }
+          if (nkv == 2)
+            rank_kept<2>(idx, val, kept_v, kept_i, n_kept, k);
+          else if (nkv == 3)
+            rank_kept<3>(idx, val, kept_v, kept_i, n_kept, k);
+          else
+            rank_kept<4>(idx, val, kept_v, kept_i, n_kept, k);
           return;
         }
         if (n_kept >= k) {  // many ties at tau: the insertion scan over the kept scores only
