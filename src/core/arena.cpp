@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -27,6 +28,19 @@ Arena::Arena(std::size_t capacity_bytes) : capacity_(round_up(capacity_bytes)) {
 }
 
 void Arena::Free::operator()(void* p) const { std::free(p); }
+
+void* huge_page_alloc(std::size_t bytes) {
+  constexpr std::size_t kHuge = std::size_t(2) << 20;
+  const bool huge = bytes >= kHuge;
+  const std::size_t align = huge ? kHuge : kAlign;
+  const std::size_t size = (std::max<std::size_t>(bytes, 1) + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, size);
+  MOE_CHECK(p != nullptr, "out of memory allocating {} bytes", size);
+  if (huge) ::madvise(p, size, MADV_HUGEPAGE);  // advisory: failure is harmless
+  return p;
+}
+
+void huge_page_free(void* p) { std::free(p); }
 
 void* Arena::take_bytes(std::size_t bytes) {
   const std::size_t off = used_;

@@ -12,6 +12,26 @@ namespace moe {
 
 inline constexpr std::size_t kAlign = 64;  // one cache line, one AVX-512 register
 
+// Memory for a std::vector read at random rows (PEER's per-row step counts: one int per expert,
+// 4 MiB at 2^20 experts): from 2 MiB on it is 2 MiB-aligned with transparent huge pages asked
+// for before first touch, as the large arenas are, so that each random access does not miss the
+// TLB on its own 4 KiB page.
+void* huge_page_alloc(std::size_t bytes);
+void huge_page_free(void* p);
+template <typename T>
+struct HugePageAllocator {
+  using value_type = T;
+  HugePageAllocator() = default;
+  template <typename U>
+  HugePageAllocator(const HugePageAllocator<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(huge_page_alloc(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t) { huge_page_free(p); }
+  template <typename U>
+  bool operator==(const HugePageAllocator<U>&) const {
+    return true;
+  }
+};
+
 class Arena {
  public:
   Arena() = default;  // measuring arena: take() returns nullptr and counts

@@ -57,7 +57,7 @@ class AdamWOptimizer {
   TrainConfig cfg_;
   Arena state_;
   float *m_ = nullptr, *v_ = nullptr;
-  std::map<const Param*, std::vector<int32_t>> row_steps_;
+  std::map<const Param*, std::vector<int32_t, HugePageAllocator<int32_t>>> row_steps_;
   std::map<const Param*, SparseRowRule> rules_;  // prepare()'s rules, by table
   BiasCorrections bias_;            // bias corrections by row step count, for both row-lazy paths
   std::vector<double> norm_parts_;  // per parameter Σg², reused every step
