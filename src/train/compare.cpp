@@ -63,7 +63,10 @@ std::vector<json> run_compare(const CompareOptions& o) {
     for (const char* k : {"dense", "moe", "peer"})
       for (int l = 0; l < cfg.model.n_layers; ++l)
         if (cfg.model.ffn_for(l).kind == k) {
-          kinds += (kinds.empty() ? "" : "+") + std::string(k);
+          // Two appends, not "+" + std::string(k): GCC 12 warns (-Wrestrict, a known false
+          // positive) on operator+(const char*, std::string&&).
+          if (!kinds.empty()) kinds += '+';
+          kinds += k;
           break;
         }
     json j = {{"name", name},
