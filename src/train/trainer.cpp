@@ -8,6 +8,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 
 #include "moe/core/error.h"
@@ -169,6 +170,17 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
               "config: field train.freeze: pattern \"{}\" matches no parameter (names look like "
               "layers.0.attn.wq, layers.1.ffn.experts.w_up; see docs/FORMATS.md)",
               pat);
+  }
+  // Fault injection, for the test that the replica check can fail (tests/python/
+  // test_data_parallel.py): MOE_FAULT_REPLICA_RANK=r adds 0.5 to rank r's first replicated
+  // weight, a divergence no bug-free run produces and the shared updates do not erase.
+  if (const char* f = std::getenv("MOE_FAULT_REPLICA_RANK"); f && P > 1) {
+    if (std::atoi(f) == comm_->rank())
+      for (Param& p : model_->params().all())
+        if (!p.sharded() && p.numel > 0) {
+          p.w[0] += 0.5f;
+          break;
+        }
   }
 }
 

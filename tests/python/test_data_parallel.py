@@ -55,12 +55,13 @@ class MpiCase(unittest.TestCase):
 
 
 class DataParallel(MpiCase):
-    def run_cfg(self, cfg, name, mpi):
+    def run_cfg(self, cfg, name, mpi, env=None):
         path = os.path.join(self.d, name + ".json")
         with open(path, "w") as f:
             json.dump(cfg, f)
-        cmd = ([MPIRUN] + MPI_FLAGS if mpi else []) + [MOE, "train", "--config", path, "--quiet"]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        flags = MPI_FLAGS + [a for k in (env or {}) for a in ("-x", k)]
+        cmd = ([MPIRUN] + flags if mpi else []) + [MOE, "train", "--config", path, "--quiet"]
+        env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
     def test_two_ranks_match_one_process(self):
@@ -95,6 +96,17 @@ class DataParallel(MpiCase):
             # (a missing 1/P or a wrong slice changes the loss at the 1e-2 level by step 2).
             for i, (x, y) in enumerate(zip(a, b)):
                 self.assertAlmostEqual(x, y, delta=1e-5, msg=f"step {i + 1} ({extra})")
+
+    def test_diverged_replicas_are_caught(self):
+        # The replicated weights are hashed and compared across ranks before every checkpoint is
+        # written (the one at the end of training included). One rank's weight moved by the
+        # fault-injection hook must stop the job there, and nothing diverged must not.
+        cfg = config(self.d, os.path.join(self.d, "div"))
+        r = self.run_cfg(cfg, "div", mpi=True, env={"MOE_FAULT_REPLICA_RANK": "1"})
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn("replicated parameters differ between ranks", r.stderr + r.stdout)
+        r = self.run_cfg(cfg, "div", mpi=True, env={"MOE_FAULT_REPLICA_RANK": "7"})  # no rank 7
+        self.assertEqual(r.returncode, 0, r.stderr)
 
     def test_a_failing_rank_stops_the_job(self):
         cfg = config(self.d, os.path.join(self.d, "bad"))
