@@ -12,16 +12,24 @@ namespace moe {
 
 static std::size_t round_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
+constexpr std::size_t kHuge = std::size_t(2) << 20;
+
+// size rounded up to its alignment (2 MiB if huge, else kAlign) and allocated; huge: with
+// transparent huge pages requested before first touch, so random rows miss the TLB far less.
+static void* alloc_aligned(std::size_t& size, bool huge, const char* what) {
+  const std::size_t align = huge ? kHuge : kAlign;
+  size = (size + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, size);
+  MOE_CHECK(p != nullptr, "out of memory allocating {} of {} bytes", what, size);
+  if (huge) ::madvise(p, size, MADV_HUGEPAGE);  // advisory: failure is harmless
+  return p;
+}
+
 Arena::Arena(std::size_t capacity_bytes) : capacity_(round_up(capacity_bytes)) {
   if (capacity_ == 0) capacity_ = kAlign;
   // Large arenas (PEER's expert tables and their moments reach gigabytes, read at random rows)
-  // go on 2 MiB-aligned memory with transparent huge pages requested: far fewer TLB misses.
-  constexpr std::size_t kHuge = std::size_t(2) << 20;
-  const bool huge = capacity_ >= 16 * kHuge;
-  if (huge) capacity_ = (capacity_ + kHuge - 1) / kHuge * kHuge;
-  void* p = std::aligned_alloc(huge ? kHuge : kAlign, capacity_);
-  MOE_CHECK(p != nullptr, "out of memory allocating an arena of {} bytes", capacity_);
-  if (huge) ::madvise(p, capacity_, MADV_HUGEPAGE);  // advisory: failure is harmless
+  // go on huge pages.
+  void* p = alloc_aligned(capacity_, capacity_ >= 16 * kHuge, "an arena");
   std::memset(p, 0, capacity_);
   base_ = static_cast<std::byte*>(p);
   storage_.reset(base_);
@@ -30,14 +38,8 @@ Arena::Arena(std::size_t capacity_bytes) : capacity_(round_up(capacity_bytes)) {
 void Arena::Free::operator()(void* p) const { std::free(p); }
 
 void* huge_page_alloc(std::size_t bytes) {
-  constexpr std::size_t kHuge = std::size_t(2) << 20;
-  const bool huge = bytes >= kHuge;
-  const std::size_t align = huge ? kHuge : kAlign;
-  const std::size_t size = (std::max<std::size_t>(bytes, 1) + align - 1) / align * align;
-  void* p = std::aligned_alloc(align, size);
-  MOE_CHECK(p != nullptr, "out of memory allocating {} bytes", size);
-  if (huge) ::madvise(p, size, MADV_HUGEPAGE);  // advisory: failure is harmless
-  return p;
+  std::size_t size = std::max<std::size_t>(bytes, 1);
+  return alloc_aligned(size, size >= kHuge, "a buffer");
 }
 
 void huge_page_free(void* p) { std::free(p); }

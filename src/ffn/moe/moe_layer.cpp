@@ -1025,15 +1025,15 @@ void MoeLayer<T>::router_backward(T* dx, const MoeGrads<T>& g, const T* x, const
       (s_.normalize && s_.kind != RouterKind::kExpertChoice) || s_.kind == RouterKind::kGShard;
   const T zc = T(2.0 * s_.beta / N) * loss_scale_;
   // Aux loss α·E·Σ_e f_e·P_e, P_e = mean_n q[n,e]:  d/dq[n,e] = α·E·f_e/N, the same for every n.
-  T dq_e[1024];
+  T dq[1024];
   for (int e = 0; e < E; ++e)
-    dq_e[e] = aux ? T(s_.alpha * E * (sel_count_[e] / denom) / N) * loss_scale_ : T(0);
+    dq[e] = aux ? T(s_.alpha * E * (sel_count_[e] / denom) / N) * loss_scale_ : T(0);
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n) {
     T* d = dlogits_ + std::size_t(n) * E;
     const T* sc = scores_ + std::size_t(n) * E;
     const T* r = logits_ + std::size_t(n) * E;
-    T dsel[1024], dq[1024];  // d/d(score or noisy logit) from the gates; d/dP from the aux loss
+    T dsel[1024];  // d/d(score or noisy logit) from the gates
     for (int e = 0; e < E; ++e) dsel[e] = d[e];
     if (tc) {
       const int a0 = n * k;
@@ -1056,7 +1056,6 @@ void MoeLayer<T>::router_backward(T* dx, const MoeGrads<T>& g, const T* x, const
         for (int s = 0; s < k; ++s) dsel[a_expert_[a0 + s]] += a_dgate_[a0 + s];
       }
     }
-    for (int e = 0; e < E; ++e) dq[e] = dq_e[e];
     if (s_.sigmoid) {
       // q = p/S_n (S_n = Σ_e p): dp_e += (dq_e − Σ_j dq_j·q_j)/S_n; then σ' = p(1−p).
       const T S = score_sum_[n];

@@ -11,12 +11,6 @@
 
 namespace moe {
 
-// The k best of s[0..S) by (score desc, index asc) into idx[0..k), best first: one scan keeping
-// a sorted list of the best so far. Most elements lose to the current k-th and cost one
-// comparison; a winner is inserted after every kept element that beats or ties it (ties: the
-// kept one has the lower index, as the scan is in index order).
-// (GCC 12 warns that _mm512_reduce_max_ps's internal _mm512_undefined "may be used
-// uninitialized"; it is overwritten in full, so that warning is off for this function.)
 #if defined(__AVX512F__)
 // The k best of n kept scores (kv, ki: NV·16 entries, padded with -inf and an index past the
 // end) into idx, val, by rank: a score's rank is how many kept ones come before it in the order
@@ -46,6 +40,12 @@ inline void rank_kept(int32_t* idx, T* val, const float* kv, const int32_t* ki, 
 }
 #endif
 
+// The k best of s[0..S) by (score desc, index asc) into idx[0..k), best first: one scan keeping
+// a sorted list of the best so far. Most elements lose to the current k-th and cost one
+// comparison; a winner is inserted after every kept element that beats or ties it (ties: the
+// kept one has the lower index, as the scan is in index order).
+// (GCC 12 warns that _mm512_reduce_max_ps's internal _mm512_undefined "may be used
+// uninitialized"; it is overwritten in full, so that warning is off for this function.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <typename T>
