@@ -175,7 +175,11 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
   // test_data_parallel.py): MOE_FAULT_REPLICA_RANK=r adds 0.5 to rank r's first replicated
   // weight, a divergence no bug-free run produces and the shared updates do not erase.
   if (const char* f = std::getenv("MOE_FAULT_REPLICA_RANK"); f && P > 1) {
-    if (std::atoi(f) == comm_->rank())
+    char* end = nullptr;
+    const long r = std::strtol(f, &end, 10);
+    MOE_CHECK(*f != '\0' && *end == '\0',
+              "environment variable MOE_FAULT_REPLICA_RANK: got \"{}\", expected a rank number", f);
+    if (r == comm_->rank())
       for (Param& p : model_->params().all())
         if (!p.sharded() && p.numel > 0) {
           p.w[0] += 0.5f;

@@ -107,6 +107,10 @@ class DataParallel(MpiCase):
         self.assertIn("replicated parameters differ between ranks", r.stderr + r.stdout)
         r = self.run_cfg(cfg, "div", mpi=True, env={"MOE_FAULT_REPLICA_RANK": "7"})  # no rank 7
         self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.run_cfg(cfg, "div", mpi=True, env={"MOE_FAULT_REPLICA_RANK": "one"})
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn('MOE_FAULT_REPLICA_RANK: got "one", expected a rank number',
+                      r.stderr + r.stdout)
 
     def test_a_failing_rank_stops_the_job(self):
         cfg = config(self.d, os.path.join(self.d, "bad"))
