@@ -1,18 +1,16 @@
 // moe <subcommand>: the command-line front end. Every moe::Error is caught here and printed as
 // one line ("moe: error: ..."), with a non-zero exit status.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <omp.h>
+#include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <nlohmann/json.hpp>
-
-#include <unistd.h>
-
 #include <cstdlib>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "moe/core/error.h"
@@ -58,7 +56,24 @@ int main(int argc, char** argv) {
     moe::set_world(moe::make_communicator(&argc, &argv));
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --help-all arrive as "errors" with exit code 0: CLI11 prints them. A real
+    // parse error is one line, as every other error is.
+    if (e.get_exit_code() == 0) return app.exit(e);
+    if (argc > 1 && argv[1][0] != '-') {
+      // CLI11 reports an unknown subcommand as "a subcommand is required": name it instead.
+      std::string known;
+      bool found = false;
+      for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+        found = found || sub->get_name() == argv[1];
+        known += (known.empty() ? "" : ", ") + sub->get_name();
+      }
+      if (!found) {
+        fmt::print(stderr, "moe: error: unknown subcommand '{}' (known: {})\n", argv[1], known);
+        return e.get_exit_code();
+      }
+    }
+    fmt::print(stderr, "moe: error: {} (see moe --help)\n", e.what());
+    return e.get_exit_code();
   } catch (const std::exception& e) {
     std::fflush(stdout);
     if (moe::world().size() > 1) {

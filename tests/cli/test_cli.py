@@ -1,0 +1,70 @@
+#!/usr/bin/python3
+"""The `moe` command line as a user meets it: every subcommand is listed and has help, a bad
+flag or value is one clear line on stderr and a non-zero exit (never a crash), and the
+published parameter counts come out of `moe params --preset` (Mixtral 8x7B's 46,702,792,704 as
+Mistral AI's checkpoint has it; REFERENCE.md). Run by ctest with MOE_BIN."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+MOE = os.environ.get("MOE_BIN", "build/moe")
+
+
+def run(*args, **kw):
+    return subprocess.run([MOE, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+class Cli(unittest.TestCase):
+    def test_every_subcommand_has_help(self):
+        r = run("--help")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for sub in ("train", "eval", "generate", "params", "scaling", "bench", "data", "sweep",
+                    "compare"):
+            self.assertIn(sub, r.stdout)
+            h = run(sub, "--help")
+            self.assertEqual(h.returncode, 0, f"{sub}: {h.stderr}")
+            self.assertIn("--", h.stdout, sub)
+
+    def assert_one_line_error(self, r, *parts):
+        self.assertNotEqual(r.returncode, 0)
+        self.assertGreaterEqual(r.returncode, 1)
+        self.assertLess(r.returncode, 128, f"killed by a signal: {r.returncode}")
+        err = r.stderr.strip()
+        self.assertTrue(err, "no error message")
+        self.assertEqual(len(err.splitlines()), 1, err)
+        for p in parts:
+            self.assertIn(p, err)
+
+    def test_bad_flags_and_values_are_one_line(self):
+        self.assert_one_line_error(run("train", "--no-such-flag"), "no-such-flag")
+        self.assert_one_line_error(run("no-such-command"), "no-such-command")
+        with tempfile.TemporaryDirectory() as d:
+            missing = os.path.join(d, "missing.json")
+            self.assert_one_line_error(run("params", "--config", missing), "missing.json")
+            bad = os.path.join(d, "bad.json")
+            with open(bad, "w") as f:
+                json.dump({"model": {"d_model": -3}}, f)
+            self.assert_one_line_error(run("params", "--config", bad), "d_model", "-3")
+            with open(bad, "w") as f:
+                json.dump({"model": {"ffn": {"kind": "moe", "num_experts": 4, "top_k": 2,
+                                             "router": {"kind": "nope"}}}}, f)
+            self.assert_one_line_error(run("params", "--config", bad), "router.kind", "nope")
+            self.assert_one_line_error(run("params", "--config", bad, "--set", "model"),
+                                       "--set")
+            self.assert_one_line_error(
+                run("eval", "--checkpoint", os.path.join(d, "none.safetensors")),
+                "none.safetensors")
+
+    def test_published_parameter_counts(self):
+        r = run("params", "--preset", "mixtral-8x7b", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        j = json.loads(r.stdout)
+        total = j.get("params_total", j.get("total_params"))
+        self.assertEqual(total, 46702792704, j)
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0]], verbosity=2)

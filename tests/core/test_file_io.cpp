@@ -1,0 +1,65 @@
+// Atomic writes: a writer that fails leaves the old file untouched and no temporary behind;
+// a successful one replaces the file whole.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "../error_util.h"
+#include "moe/core/file_io.h"
+
+namespace moe {
+
+namespace fs = std::filesystem;
+
+class FileIo : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / fmt::format("moe_file_io_{}", ::getpid());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  fs::path dir_;
+};
+
+TEST_F(FileIo, WriteReplacesWholeAndReadReturnsIt) {
+  const std::string p = path("a.txt");
+  write_file_atomic(p, std::string("first version\n"));
+  write_file_atomic(p, std::string("second\0with a NUL", 17));
+  EXPECT_EQ(read_file(p), std::string("second\0with a NUL", 17));
+  EXPECT_TRUE(file_exists(p));
+}
+
+TEST_F(FileIo, FailedWriterLeavesTheOldFileAndNoTemporary) {
+  const std::string p = path("keep.txt");
+  write_file_atomic(p, std::string("old contents"));
+  EXPECT_THROW(write_file_atomic(p,
+                                 [](std::FILE* f) {
+                                   std::fputs("half of the new", f);
+                                   MOE_FAIL("simulated failure mid-write");
+                                 }),
+               Error);
+  EXPECT_EQ(read_file(p), "old contents");
+  int files = 0;
+  for (auto& e : fs::directory_iterator(dir_)) {
+    (void)e;
+    ++files;
+  }
+  EXPECT_EQ(files, 1) << "a temporary file was left behind";
+}
+
+TEST_F(FileIo, AppendLineKeepsEveryLine) {
+  const std::string p = path("log.jsonl");
+  append_line_atomic(p, "{\"a\": 1}");
+  append_line_atomic(p, "{\"b\": 2}");
+  EXPECT_EQ(read_file(p), "{\"a\": 1}\n{\"b\": 2}\n");
+}
+
+TEST_F(FileIo, ErrorsNameThePath) {
+  testing::expect_error([&] { read_file(path("missing.txt")); }, {"missing.txt", "cannot open"});
+  testing::expect_error([&] { write_file_atomic(path("no/such/dir/x"), std::string("x")); },
+                        {"no/such/dir/x", "cannot open"});
+}
+
+}  // namespace moe
