@@ -10,8 +10,10 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "moe/core/checked_math.h"
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
+#include "moe/core/json_util.h"
 
 namespace moe {
 
@@ -22,37 +24,48 @@ static constexpr uint64_t kMaxHeader = 100u << 20;
 
 const char* dtype_name(DType d) {
   switch (d) {
-    case DType::F32: return "F32";
-    case DType::F64: return "F64";
-    case DType::I32: return "I32";
-    case DType::I64: return "I64";
-    case DType::BF16: return "BF16";
-    case DType::U8: return "U8";
+    case DType::F32:
+      return "F32";
+    case DType::F64:
+      return "F64";
+    case DType::I32:
+      return "I32";
+    case DType::I64:
+      return "I64";
+    case DType::BF16:
+      return "BF16";
+    case DType::U8:
+      return "U8";
   }
   return "?";
 }
 
 std::size_t dtype_size(DType d) {
   switch (d) {
-    case DType::F32: case DType::I32: return 4;
-    case DType::F64: case DType::I64: return 8;
-    case DType::BF16: return 2;
-    case DType::U8: return 1;
+    case DType::F32:
+    case DType::I32:
+      return 4;
+    case DType::F64:
+    case DType::I64:
+      return 8;
+    case DType::BF16:
+      return 2;
+    case DType::U8:
+      return 1;
   }
   return 0;
 }
 
 static bool parse_dtype(const std::string& s, DType* out) {
   for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::BF16, DType::U8})
-    if (s == dtype_name(d)) { *out = d; return true; }
+    if (s == dtype_name(d)) {
+      *out = d;
+      return true;
+    }
   return false;
 }
 
-int64_t TensorInfo::numel() const {
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  return n;
-}
+int64_t TensorInfo::numel() const { return checked_numel(shape, "tensor shape"); }
 
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -82,12 +95,9 @@ SafeTensorsReader::SafeTensorsReader(const std::string& path) : path_(path) {
     MOE_CHECK(n <= kMaxHeader && n <= size - 8,
               "{}: not a safetensors file or truncated: header length {} but file has {} bytes",
               path, n, size);
-    json h;
-    try {
-      h = json::parse(map_ + 8, map_ + 8 + n);
-    } catch (const json::exception& e) {
-      MOE_FAIL("{}: safetensors header is not valid JSON ({})", path, e.what());
-    }
+    const json h =
+        parse_json(std::string_view(reinterpret_cast<const char*>(map_ + 8), std::size_t(n)),
+                   path + ": safetensors header");
     MOE_CHECK(h.is_object(), "{}: safetensors header must be a JSON object", path);
     data_ = map_ + 8 + n;
     const size_t data_size = size - 8 - n;
@@ -101,16 +111,16 @@ SafeTensorsReader::SafeTensorsReader(const std::string& path) : path_(path) {
         }
         continue;
       }
-      MOE_CHECK(v.is_object() && v.contains("dtype") && v.contains("shape") &&
-                    v.contains("data_offsets"),
-                "{}: tensor '{}' needs dtype, shape and data_offsets", path, name);
+      MOE_CHECK(
+          v.is_object() && v.contains("dtype") && v.contains("shape") && v.contains("data_offsets"),
+          "{}: tensor '{}' needs dtype, shape and data_offsets", path, name);
       TensorInfo t;
       MOE_CHECK(v["dtype"].is_string() && parse_dtype(v["dtype"].get<std::string>(), &t.dtype),
-                "{}: tensor '{}': unsupported dtype {}", path, name, v["dtype"].dump());
+                "{}: tensor '{}': unsupported dtype {}", path, name, json_excerpt(v["dtype"]));
       MOE_CHECK(v["shape"].is_array(), "{}: tensor '{}': shape must be an array", path, name);
       for (auto& s : v["shape"]) {
         MOE_CHECK(s.is_number_integer() && s.get<int64_t>() >= 0,
-                  "{}: tensor '{}': bad shape entry {}", path, name, s.dump());
+                  "{}: tensor '{}': bad shape entry {}", path, name, json_excerpt(s));
         t.shape.push_back(s.get<int64_t>());
       }
       auto& off = v["data_offsets"];
@@ -123,10 +133,14 @@ SafeTensorsReader::SafeTensorsReader(const std::string& path) : path_(path) {
                 "{}: truncated or corrupt: tensor '{}' spans bytes [{}, {}) but the data section "
                 "has {} bytes",
                 path, name, t.begin, t.end, data_size);
-      MOE_CHECK(t.end - t.begin == size_t(t.numel()) * dtype_size(t.dtype),
+      // Checked products: a shape like [2^32, 2^32] must not wrap around to a small size.
+      const std::string what =
+          fmt::format("{}: tensor '{}': shape {}", path, name, shape_str(t.shape));
+      const int64_t bytes = checked_mul(checked_numel(t.shape, what.c_str()),
+                                        int64_t(dtype_size(t.dtype)), what.c_str());
+      MOE_CHECK(t.end - t.begin == size_t(bytes),
                 "{}: tensor '{}': {} bytes for shape {} of {}, expected {}", path, name,
-                t.end - t.begin, shape_str(t.shape), dtype_name(t.dtype),
-                size_t(t.numel()) * dtype_size(t.dtype));
+                t.end - t.begin, shape_str(t.shape), dtype_name(t.dtype), bytes);
       ranges.push_back({t.begin, t.end});
       tensors_.emplace(name, std::move(t));
     }
@@ -207,11 +221,10 @@ void write_safetensors(const std::string& path, const std::vector<TensorRef>& te
   for (const TensorRef& t : tensors) {
     MOE_CHECK(t.name != "__metadata__" && !h.contains(t.name),
               "{}: duplicate or reserved tensor name '{}'", path, t.name);
-    int64_t n = 1;
-    for (int64_t s : t.shape) n *= s;
-    const size_t bytes = size_t(n) * dtype_size(t.dtype);
-    h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape},
-                 {"data_offsets", {off, off + bytes}}};
+    const size_t bytes = size_t(checked_mul(checked_numel(t.shape, t.name.c_str()),
+                                            int64_t(dtype_size(t.dtype)), t.name.c_str()));
+    h[t.name] = {
+        {"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + bytes}}};
     off += bytes;
   }
   if (!metadata.empty()) h["__metadata__"] = metadata;
@@ -222,15 +235,12 @@ void write_safetensors(const std::string& path, const std::vector<TensorRef>& te
     uint64_t n = header.size();
     for (int i = 0; i < 8; ++i) len[i] = (unsigned char)(n >> (8 * i));
     MOE_CHECK(std::fwrite(len, 1, 8, f) == 8, "{}: short write", path);
-    MOE_CHECK(std::fwrite(header.data(), 1, header.size(), f) == header.size(),
-              "{}: short write", path);
+    MOE_CHECK(std::fwrite(header.data(), 1, header.size(), f) == header.size(), "{}: short write",
+              path);
     for (const TensorRef& t : tensors) {
-      int64_t cnt = 1;
-      for (int64_t s : t.shape) cnt *= s;
-      const size_t bytes = size_t(cnt) * dtype_size(t.dtype);
+      const size_t bytes = size_t(checked_numel(t.shape, t.name.c_str())) * dtype_size(t.dtype);
       if (bytes)
-        MOE_CHECK(std::fwrite(t.data, 1, bytes, f) == bytes, "{}: short write (disk full?)",
-                  path);
+        MOE_CHECK(std::fwrite(t.data, 1, bytes, f) == bytes, "{}: short write (disk full?)", path);
     }
   });
 }

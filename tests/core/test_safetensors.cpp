@@ -124,6 +124,17 @@ TEST_F(SafeTensors, MalformedFilesGiveOneClearError) {
        {"overlap"}},
       {R"({"__metadata__": {"config": 3}})", four, {"__metadata__.config", "must be a string"}},
       {R"({"__metadata__": [1]})", four, {"__metadata__ must be an object"}},
+      // Shapes whose element count or byte size wraps around 64 bits (a wrapped product could
+      // pass the size check).
+      {R"({"t": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 16]}})",
+       four,
+       {"'t'", "does not fit in 64 bits"}},
+      {R"({"t": {"dtype": "F32", "shape": [3074457345618258603, 3], "data_offsets": [0, 16]}})",
+       four,
+       {"'t'", "does not fit in 64 bits"}},
+      {R"({"t": {"dtype": "F32", "shape": [2305843009213693952], "data_offsets": [0, 16]}})",
+       four,
+       {"'t'", "does not fit in 64 bits"}},
   };
   int i = 0;
   for (const Case& c : cases) {
@@ -131,6 +142,28 @@ TEST_F(SafeTensors, MalformedFilesGiveOneClearError) {
     std::vector<std::string> parts = c.parts;
     parts.push_back(p);  // every message names the file
     testing::expect_error([&] { SafeTensorsReader r(p); }, parts);
+  }
+}
+
+TEST_F(SafeTensors, DeepOrHugeHeaderValuesGiveShortErrors) {
+  // 100 000 nested arrays as a dtype used to overflow the stack when the error message dumped
+  // the value; a 2 MB dtype string made a 2 MB error line.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const std::string p1 =
+      raw_file("deep.safetensors",
+               R"({"t": {"dtype": )" + deep + R"(, "shape": [4], "data_offsets": [0, 16]}})",
+               std::string(16, '\0'));
+  testing::expect_error([&] { SafeTensorsReader r(p1); }, {"deep.safetensors", "nested deeper"});
+  const std::string p2 = raw_file("long.safetensors",
+                                  R"({"t": {"dtype": ")" + std::string(2 << 20, 'Q') +
+                                      R"(", "shape": [4], "data_offsets": [0, 16]}})",
+                                  std::string(16, '\0'));
+  try {
+    SafeTensorsReader r(p2);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_LT(e.message().size(), 300u);
+    EXPECT_NE(e.message().find("unsupported dtype"), std::string::npos) << e.message();
   }
 }
 
