@@ -3,6 +3,7 @@
 // whole validation split and print one table. Resumable: results are appended to
 // <out_dir>/results.jsonl and a config whose name is already there is not retrained.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -20,7 +21,7 @@ struct CompareOptions {
   // Before config `name` trains: its steps, the tokens they see and the budget (the caller
   // shows it; run_compare prints nothing).
   std::function<void(const std::string& name, int64_t steps, double tokens, double flops)>
-      run_started = [](const std::string&, int64_t, double, double) {};
+      run_started = [](auto&&...) {};
 };
 
 // <out_dir>/results.jsonl, where run_compare appends each config's result.

@@ -25,11 +25,10 @@ struct SweepSummary {
 // What a sweep reports while it runs (the caller shows it; the sweep prints nothing).
 struct SweepProgress {
   // Before run `name` trains, for `steps` optimizer steps.
-  std::function<void(const std::string& name, int steps)> run_started = [](const std::string&,
-                                                                           int) {};
+  std::function<void(const std::string& name, int steps)> run_started = [](auto&&...) {};
   // After it: the line just appended to runs.jsonl (name, N, D, G, E, d_model, flops, loss,
   // val_bpb).
-  std::function<void(const nlohmann::json& run)> run_finished = [](const nlohmann::json&) {};
+  std::function<void(const nlohmann::json& run)> run_finished = [](auto&&...) {};
 };
 
 // Every run trains over `comm` (all its ranks call run_sweep with the same grid).
