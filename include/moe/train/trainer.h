@@ -57,9 +57,9 @@ struct TrainOptions {
   // last.safetensors and stops all ranks at that step. Must be cheap (`moe train` reads the flag
   // its SIGINT/SIGTERM handler sets).
   std::function<bool()> stop_requested = [] { return false; };
-  // Test-only fault injection (tests/python/test_data_parallel.py): with several ranks, this
-  // rank adds 0.5 to its first replicated weight at start, a divergence no bug-free run produces
-  // and the shared updates do not erase, so the replica check must stop the job.
+  // Test-only fault injection (tests/python/test_data_parallel.py): with several ranks, the rank
+  // of this number adds 0.5 to its first replicated weight at start, a divergence no bug-free run
+  // produces and the shared updates do not erase, so the replica check must stop the job.
   std::optional<int> fault_replica_rank;
 };
 
@@ -74,7 +74,8 @@ struct TrainResult {
 // One training run. The ranks of `comm` train together (data parallel: each takes
 // train.batch_size / P sequences of every batch; expert parallel with opts.expert_parallel);
 // every rank constructs its Trainer with the same config and calls run(). Progress goes to
-// `observer` (observer.h), which must outlive the trainer; the trainer itself prints nothing.
+// `observer` (observer.h), which must outlive the trainer (the first form reports to nobody);
+// the trainer itself prints nothing.
 class Trainer {
  public:
   Trainer(const Config& cfg, Communicator& comm, TrainOptions opts = {});
