@@ -1,6 +1,7 @@
 // moe params, moe data.
 #include <fmt/format.h>
 
+#include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -12,6 +13,18 @@
 #include "moe/scaling/accounting.h"
 
 namespace moe::cli {
+
+namespace {
+
+// One line per split file written by `moe data fetch` / `moe data prepare`.
+void print_splits(const std::vector<data::SplitSummary>& splits) {
+  for (const data::SplitSummary& s : splits)
+    fmt::print("{:<5} {:>5} documents {:>10} bytes {:>3} groups  {}\n", data::split_name(s.split),
+               s.documents, s.bytes, s.groups, s.path);
+  std::fflush(stdout);
+}
+
+}  // namespace
 
 void register_params(CLI::App& app) {
   struct Args {
@@ -67,18 +80,20 @@ void register_params(CLI::App& app) {
     fmt::print("  attention   {:>16L}\n", m.attention);
     fmt::print("  ffn         {:>16L}\n", m.ffn);
     if (m.router > 0)
-      fmt::print("    router    {:>16L}\n    experts   {:>16L}\n    shared    {:>16L}\n",
-                 m.router, m.experts, m.shared);
+      fmt::print("    router    {:>16L}\n    experts   {:>16L}\n    shared    {:>16L}\n", m.router,
+                 m.experts, m.shared);
     fmt::print("  norms       {:>16L}\n", m.norms);
     fmt::print("  head        {:>16L}{}\n", m.head, cfg.model.tie_embeddings ? "  (tied)" : "");
     fmt::print("  total       {:>16L}\n  active      {:>16L}\n", m.total, m.active);
     fmt::print("FLOPs per token (seq_len {}, causal mean context (T+1)/2)\n", cfg.train.seq_len);
-    fmt::print("  forward matmuls   {:.4g}\n  forward attention {:.4g}\n  forward total     "
-               "{:.4g}\n  training          {:.4g}\n",
-               m.flops_matmul_fwd, m.flops_attention_fwd, m.flops_fwd, m.flops_train);
-    fmt::print("memory: weights {:.1f} MiB fp32 ({:.1f} MiB bf16); training with fp32 gradients "
-               "and AdamW moments: {:.1f} MiB\n",
-               m.total * 4 / 1048576.0, m.total * 2 / 1048576.0, m.total * 16 / 1048576.0);
+    fmt::print(
+        "  forward matmuls   {:.4g}\n  forward attention {:.4g}\n  forward total     "
+        "{:.4g}\n  training          {:.4g}\n",
+        m.flops_matmul_fwd, m.flops_attention_fwd, m.flops_fwd, m.flops_train);
+    fmt::print(
+        "memory: weights {:.1f} MiB fp32 ({:.1f} MiB bf16); training with fp32 gradients "
+        "and AdamW moments: {:.1f} MiB\n",
+        m.total * 4 / 1048576.0, m.total * 2 / 1048576.0, m.total * 16 / 1048576.0);
   });
 }
 
@@ -88,15 +103,17 @@ void register_data(CLI::App& app) {
   auto out = std::make_shared<std::string>("data/brown");
   CLI::App* f = d->add_subcommand("fetch", "Download a corpus (brown) and split it");
   auto name = std::make_shared<std::string>();
-  f->add_option("corpus", *name, "corpus name (brown)")->required()->check(CLI::IsMember({"brown"}));
+  f->add_option("corpus", *name, "corpus name (brown)")
+      ->required()
+      ->check(CLI::IsMember({"brown"}));
   f->add_option("--out", *out, "output directory");
-  f->callback([out, name] { data::fetch_brown(*out); });
+  f->callback([out, name] { print_splits(data::fetch_brown(*out)); });
   auto inputs = std::make_shared<std::vector<std::string>>();
   auto pout = std::make_shared<std::string>();
   CLI::App* p = d->add_subcommand("prepare", "Split your own text files into train/val/test");
   p->add_option("--input", *inputs, "text files (UTF-8)")->required();
   p->add_option("--out", *pout, "output directory")->required();
-  p->callback([inputs, pout] { data::prepare_text(*inputs, *pout); });
+  p->callback([inputs, pout] { print_splits(data::prepare_text(*inputs, *pout)); });
 }
 
 }  // namespace moe::cli

@@ -1,12 +1,16 @@
 // moe scaling law | plan: the fitted laws of Krajewski et al. and the compute-optimal planner.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "moe/core/error.h"
 #include "moe/core/file_io.h"
+#include "moe/dist/communicator.h"
 #include "moe/scaling/fit.h"
 #include "moe/scaling/laws.h"
 #include "moe/train/compare.h"
@@ -14,10 +18,10 @@
 
 namespace moe::cli {
 
-void register_scaling(CLI::App& app) {
-  CLI::App* s = app.add_subcommand("scaling", "Scaling laws and the compute-optimal planner");
-  s->require_subcommand(1);
+namespace {
 
+// moe scaling law: one fitted law at (N, D, G).
+void add_law(CLI::App* s) {
   struct LawArgs {
     double params = 0, tokens = 0, granularity = 1;
     std::string fit = "moe-e64";
@@ -31,18 +35,26 @@ void register_scaling(CLI::App& app) {
   law->add_option("--fit", a->fit, "moe-e64 | moe-e16 | dense | chinchilla");
   law->add_flag("--json", a->json, "print one JSON object");
   law->callback([a] {
+    const std::vector<std::string> names = scaling::law_names();
+    MOE_CHECK(std::find(names.begin(), names.end(), a->fit) != names.end(),
+              "--fit {}: unknown law (known: {})", a->fit, fmt::join(names, ", "));
     const scaling::Law l = scaling::law_by_name(a->fit);
     const double loss = l.loss(a->params, a->tokens, a->granularity);
     if (a->json)
-      fmt::print("{}\n", nlohmann::json({{"fit", a->fit}, {"params", a->params},
-                                         {"tokens", a->tokens}, {"granularity", a->granularity},
+      fmt::print("{}\n", nlohmann::json({{"fit", a->fit},
+                                         {"params", a->params},
+                                         {"tokens", a->tokens},
+                                         {"granularity", a->granularity},
                                          {"loss", loss}})
                              .dump());
     else
       fmt::print("{}: L(N = {:.4g}, D = {:.4g}, G = {}) = {:.4f} nats/token (C4, GPT-2 tokens)\n",
                  a->fit, a->params, a->tokens, a->granularity, loss);
   });
+}
 
+// moe scaling plan: the compute-optimal (G, N, D) for a FLOP budget.
+void add_plan(CLI::App* s) {
   struct PlanArgs {
     double flops = 0;
     int expansion = 64;
@@ -54,6 +66,11 @@ void register_scaling(CLI::App& app) {
   plan->add_option("--expansion", p->expansion, "expansion rate E: 64 or 16 (the fitted laws)");
   plan->add_flag("--json", p->json, "print one JSON object");
   plan->callback([p] {
+    MOE_CHECK(p->flops > 0 && std::isfinite(p->flops), "--flops {}: expected a positive number",
+              p->flops);
+    MOE_CHECK(p->expansion == 64 || p->expansion == 16,
+              "--expansion {}: fitted laws exist for E = 64 (moe-e64) and E = 16 (moe-e16) only",
+              p->expansion);
     std::vector<scaling::Plan> per_g;
     const scaling::Plan m = scaling::plan_moe(p->flops, p->expansion, &per_g);
     const scaling::Plan d = scaling::plan_dense(p->flops);
@@ -61,43 +78,52 @@ void register_scaling(CLI::App& app) {
     if (p->json) {
       nlohmann::json g = nlohmann::json::array();
       for (auto& q : per_g)
-        g.push_back({{"granularity", q.granularity}, {"loss", q.loss}, {"n_total", q.n_total},
-                     {"tokens", q.tokens}, {"n_blocks", q.n_blocks}});
+        g.push_back({{"granularity", q.granularity},
+                     {"loss", q.loss},
+                     {"n_total", q.n_total},
+                     {"tokens", q.tokens},
+                     {"n_blocks", q.n_blocks}});
       fmt::print("{}\n",
-                 nlohmann::json({{"flops", p->flops},
-                                 {"expansion", p->expansion},
-                                 {"granularity", m.granularity},
-                                 {"n_total", m.n_total},
-                                 {"n_active", m.n_active},
-                                 {"tokens", m.tokens},
-                                 {"d_model", m.d_model},
-                                 {"n_blocks", m.n_blocks},
-                                 {"loss", m.loss},
-                                 {"dense", {{"n_params", d.n_total}, {"tokens", d.tokens},
-                                            {"loss", d.loss}}},
-                                 {"dense_compute_multiplier", mult},
-                                 {"per_granularity", g}})
+                 nlohmann::json(
+                     {{"flops", p->flops},
+                      {"expansion", p->expansion},
+                      {"granularity", m.granularity},
+                      {"n_total", m.n_total},
+                      {"n_active", m.n_active},
+                      {"tokens", m.tokens},
+                      {"d_model", m.d_model},
+                      {"n_blocks", m.n_blocks},
+                      {"loss", m.loss},
+                      {"dense", {{"n_params", d.n_total}, {"tokens", d.tokens}, {"loss", d.loss}}},
+                      {"dense_compute_multiplier", mult},
+                      {"per_granularity", g}})
                      .dump(2));
       return;
     }
-    fmt::print("Compute-optimal MoE at F = {:.3g} FLOPs, expansion E = {} (Krajewski et al. 2024):\n",
-               p->flops, p->expansion);
+    fmt::print(
+        "Compute-optimal MoE at F = {:.3g} FLOPs, expansion E = {} (Krajewski et al. 2024):\n",
+        p->flops, p->expansion);
     fmt::print("  granularity G   {}\n  n_blocks        {:.2f} (d_model {:.0f})\n", m.granularity,
                m.n_blocks, m.d_model);
-    fmt::print("  N total         {:.4g}\n  N active        {:.4g}\n  tokens D        {:.4g}\n"
-               "  loss            {:.4f}\n",
-               m.n_total, m.n_active, m.tokens, m.loss);
+    fmt::print(
+        "  N total         {:.4g}\n  N active        {:.4g}\n  tokens D        {:.4g}\n"
+        "  loss            {:.4f}\n",
+        m.n_total, m.n_active, m.tokens, m.loss);
     fmt::print("Dense optimum at the same F: N = {:.4g}, D = {:.4g}, loss {:.4f}\n", d.n_total,
                d.tokens, d.loss);
     fmt::print("A dense model needs {:.1f}× this compute to reach the MoE's loss.\n", mult);
     fmt::print("Per granularity (each optimised over size):\n");
     for (auto& q : per_g)
-      fmt::print("  G = {:>3}: loss {:.4f}, N {:.3g}, D {:.3g}\n", q.granularity, q.loss,
-                 q.n_total, q.tokens);
-    fmt::print("Shape assumptions: d_model = 64·n_blocks, N = d²(8E+4)·n_blocks, "
-               "F = (72·d² + 14·d·E·G)·D·n_blocks; losses are nats per GPT-2 token on C4.\n");
+      fmt::print("  G = {:>3}: loss {:.4f}, N {:.3g}, D {:.3g}\n", q.granularity, q.loss, q.n_total,
+                 q.tokens);
+    fmt::print(
+        "Shape assumptions: d_model = 64·n_blocks, N = d²(8E+4)·n_blocks, "
+        "F = (72·d² + 14·d·E·G)·D·n_blocks; losses are nats per GPT-2 token on C4.\n");
   });
+}
 
+// moe scaling fit: a law fitted to finished runs.
+void add_fit(CLI::App* s) {
   struct FitArgs {
     std::string runs;
     int bootstrap = 100;
@@ -123,7 +149,9 @@ void register_scaling(CLI::App& app) {
         {"a", l.a}, {"alpha", l.alpha}, {"b", l.b}, {"beta", l.beta},
         {"g", l.g}, {"gamma", l.gamma}, {"c", l.c}};
     if (f->json) {
-      nlohmann::json j = {{"runs", r.n_points}, {"rmse", r.rmse}, {"heldout_rmse", r.heldout_rmse},
+      nlohmann::json j = {{"runs", r.n_points},
+                          {"rmse", r.rmse},
+                          {"heldout_rmse", r.heldout_rmse},
                           {"heldout_runs", r.n_heldout}};
       for (auto [k, v] : coef) {
         j[k] = v;
@@ -147,8 +175,47 @@ void register_scaling(CLI::App& app) {
   });
 }
 
+// The table `moe compare` ends with: one row per config.
+void print_compare_table(const std::vector<nlohmann::json>& rows, const std::string& results) {
+  fmt::print("\n{:<24} {:>10} {:>12} {:>12} {:>10} {:>8} {:>8} {:>9}  routing\n", "config", "kind",
+             "total", "active", "tokens", "val bpb", "wall s", "tok/s");
+  for (const nlohmann::json& j : rows) {
+    std::string routing;
+    if (j.contains("routing"))
+      for (auto& m : j["routing"]) {
+        if (m.value("kind", "") == "peer")
+          routing += fmt::format(" L{} usage {:.1f}% KL {:.2f};", m["layer"].get<int>(),
+                                 100 * m["usage"].get<double>(), m["kl"].get<double>());
+        else
+          routing +=
+              fmt::format(" L{} max/mean {:.2f} drop {:.1f}%;", m["layer"].get<int>(),
+                          m["max_over_mean_load"].get<double>(), m["dropped_pct"].get<double>());
+      }
+    fmt::print("{:<24} {:>10} {:>12} {:>12} {:>10.3g} {:>8.4f} {:>8.0f} {:>9.0f} {}\n",
+               j["name"].get<std::string>(), j["kind"].get<std::string>(),
+               j["total_params"].get<int64_t>(), j["active_params"].get<int64_t>(),
+               j["tokens"].get<double>(), j["val_bpb"].get<double>(), j["wall_s"].get<double>(),
+               j["tokens_per_s"].get<double>(), routing);
+  }
+  fmt::print(
+      "(results: {}; FLOPs counted as `moe params` does: router and PEER retrieval "
+      "included)\n",
+      results);
+}
+
+}  // namespace
+
+void register_scaling(CLI::App& app) {
+  CLI::App* s = app.add_subcommand("scaling", "Scaling laws and the compute-optimal planner");
+  s->require_subcommand(1);
+  add_law(s);
+  add_plan(s);
+  add_fit(s);
+}
+
 void register_compare(CLI::App& app) {
   auto o = std::make_shared<CompareOptions>();
+  auto quiet = std::make_shared<bool>(false);
   CLI::App* c = app.add_subcommand(
       "compare", "Train configs to the same training-FLOP budget and compare them (val bpb)");
   c->add_option("--flops", o->flops, "training FLOPs per config (as moe params counts them)")
@@ -156,9 +223,17 @@ void register_compare(CLI::App& app) {
   c->add_option("--configs", o->configs, "config files")->required();
   c->add_option("--set", o->overrides, "override a field of every config (repeatable)");
   c->add_option("--out", o->out_dir, "directory for the runs and results.jsonl");
-  c->add_flag("--quiet", o->quiet, "no table");
-  c->callback([o] {
-    run_compare(*o);
+  c->add_flag("--quiet", *quiet, "no table");
+  c->callback([o, quiet] {
+    MOE_CHECK(o->flops > 0, "--flops {}: expected a positive training-FLOP budget", o->flops);
+    if (!*quiet)
+      o->run_started = [](const std::string& name, int64_t steps, double tokens, double flops) {
+        fmt::print("compare: {} — {} steps ({:.3g} tokens) for {:.3g} FLOPs\n", name, steps, tokens,
+                   flops);
+        std::fflush(stdout);
+      };
+    const std::vector<nlohmann::json> rows = run_compare(*o, world());
+    if (!*quiet) print_compare_table(rows, compare_results_path(*o));
     std::fflush(stdout);  // the table before the plot script's own output
     // Plots, when Debian's matplotlib is there (tools/plot.py ships with the sources).
     std::string script = "tools/plot.py";
@@ -169,8 +244,9 @@ void register_compare(CLI::App& app) {
       if (std::system(cmd.c_str()) != 0)
         fmt::print(stderr, "moe compare: plotting failed ({}); the results are in {}\n", cmd,
                    o->out_dir);
-    } else if (!o->quiet) {
-      fmt::print("moe compare: no plots (needs /usr/bin/python3 with matplotlib and tools/plot.py)\n");
+    } else if (!*quiet) {
+      fmt::print(
+          "moe compare: no plots (needs /usr/bin/python3 with matplotlib and tools/plot.py)\n");
     }
   });
 }
@@ -184,7 +260,20 @@ void register_sweep(CLI::App& app) {
       ->required();
   s->add_flag("--quiet", *quiet, "no progress output");
   s->callback([grid, quiet] {
-    SweepSummary r = run_sweep(*grid, *quiet);
+    SweepProgress progress;
+    if (!*quiet) {
+      progress.run_started = [](const std::string& name, int steps) {
+        fmt::print("sweep: run {} ({} steps)\n", name, steps);
+        std::fflush(stdout);
+      };
+      progress.run_finished = [](const nlohmann::json& j) {
+        fmt::print("sweep: {} N {:.3g} D {:.3g} G {} loss {:.4f} val bpb {:.4f}\n",
+                   j["name"].get<std::string>(), j["N"].get<double>(), j["D"].get<double>(),
+                   j["G"].get<int>(), j["loss"].get<double>(), j["val_bpb"].get<double>());
+        std::fflush(stdout);
+      };
+    }
+    SweepSummary r = run_sweep(*grid, world(), progress);
     fmt::print("sweep: {} runs done, {} already in {}; fit with: moe scaling fit --runs {}\n",
                r.ran, r.skipped, r.runs_file, r.runs_file);
   });

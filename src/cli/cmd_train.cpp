@@ -1,7 +1,10 @@
 #include <fmt/format.h>
 #include <omp.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <memory>
+#include <optional>
 
 #include "commands.h"
 #include "moe/core/error.h"
@@ -10,6 +13,7 @@
 #include "moe/infer/generator.h"
 #include "moe/train/checkpoint.h"
 #include "moe/train/trainer.h"
+#include "train_progress.h"
 
 namespace moe::cli {
 
@@ -48,9 +52,23 @@ Loaded load_for_inference(const std::string& path, int batch, int seq) {
   Loaded l;
   l.meta = read_checkpoint_meta(path);
   l.tok = data::tokenizer_from_serialized(l.meta.tokenizer_kind, l.meta.tokenizer_blob);
-  l.model = std::make_unique<Transformer>(l.meta.config.model, batch, seq);
+  l.model = std::make_unique<Transformer>(l.meta.config.model, batch, seq, world());
   load_checkpoint(path, *l.model, nullptr);
   return l;
+}
+
+// Test-only fault injection (docs/DISTRIBUTED.md, tests/python/test_data_parallel.py):
+// MOE_FAULT_REPLICA_RANK=r makes rank r of a multi-rank run move one replicated weight at start.
+// Read strictly: a value that is not a rank number stops the job, naming the variable.
+std::optional<int> fault_replica_rank_from_env(int ranks) {
+  const char* f = std::getenv("MOE_FAULT_REPLICA_RANK");
+  if (!f || ranks == 1) return std::nullopt;
+  char* end = nullptr;
+  const long r = std::strtol(f, &end, 10);
+  MOE_CHECK(*f != '\0' && *end == '\0',
+            "environment variable MOE_FAULT_REPLICA_RANK: got \"{}\", expected a rank number", f);
+  if (r < 0 || r >= ranks) return std::nullopt;  // no such rank: nothing moves
+  return int(r);
 }
 
 }  // namespace
@@ -78,11 +96,26 @@ void register_train(CLI::App& app) {
               "--resume and --init-from are exclusive: resume continues a run, init-from starts "
               "a new one");
     Config cfg = load_config(a->config, a->sets);
-    install_sigint_handler();
+    install_stop_handlers();
     MOE_CHECK(a->resume.empty() || a->upcycle_from.empty(),
               "--resume and --upcycle-from are exclusive");
-    Trainer t(cfg, {a->resume, a->init_from, a->upcycle_from, a->quiet, a->stop_after,
-                    a->expert_parallel});
+    Communicator& comm = world();
+    MOE_CHECK(a->expert_parallel == 1 || a->expert_parallel == comm.size(),
+              "--expert-parallel {}: expected 1 (off) or the number of MPI ranks ({})",
+              a->expert_parallel, comm.size());
+    TrainOptions opts;
+    opts.resume = a->resume;
+    opts.init_from = a->init_from;
+    opts.upcycle_from = a->upcycle_from;
+    opts.stop_after = a->stop_after;
+    opts.expert_parallel = a->expert_parallel;
+    opts.stop_requested = stop_requested;
+    opts.fault_replica_rank = fault_replica_rank_from_env(comm.size());
+    // One rank speaks.
+    TrainProgress progress(::isatty(STDOUT_FILENO));
+    TrainObserver silent;
+    const bool speak = !a->quiet && comm.is_root();
+    Trainer t(cfg, comm, opts, speak ? static_cast<TrainObserver&>(progress) : silent);
     TrainResult r = t.run();
     if (!a->quiet)
       fmt::print("done: {} steps, final train loss {:.4f}, val bpb {:.4f}, checkpoint {}\n",
@@ -161,6 +194,7 @@ void register_generate(CLI::App& app) {
   c->add_option("--top-p", a->top_p, "nucleus sampling mass, in (0, 1]");
   c->add_option("--seed", a->seed, "sampling seed");
   c->callback([a] {
+    MOE_CHECK(a->top_p > 0 && a->top_p <= 1, "--top-p {}: expected in (0, 1]", a->top_p);
     Loaded l = load_for_inference(a->checkpoint, 1, 1);
     SampleOptions o{a->tokens, a->temperature, a->top_p, a->seed, l.meta.config.train.seq_len};
     std::vector<int32_t> prompt = l.tok->encode(a->prompt);

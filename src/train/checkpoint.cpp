@@ -16,32 +16,33 @@ using json = nlohmann::json;
 // Expert parallelism: the whole tensor of a sharded parameter (or of its optimizer moment), on
 // every rank. Each rank contributes its rows to a zero tensor and the ranks sum them (exact: every
 // element has one non-zero term). A collective: every rank must call it, in the same order.
-static const float* gather_shard(const Param& p, const float* local,
+static const float* gather_shard(Communicator& comm, const Param& p, const float* local,
                                  std::deque<std::vector<float>>& keep) {
   if (!p.sharded()) return local;
   std::vector<float>& full = keep.emplace_back(std::size_t(p.global_rows) * p.row_numel(), 0.f);
   std::copy(local, local + p.numel, full.begin() + std::size_t(p.shard_first) * p.row_numel());
-  world().allreduce_sum(full.data(), full.size());
+  comm.allreduce_sum(full.data(), full.size());
   return full.data();
 }
 
 void save_checkpoint(const std::string& path, Transformer& model, const AdamWOptimizer* opt,
                      const CheckpointMeta& meta) {
   ParamStore& ps = model.params();
+  Communicator& comm = model.communicator();  // the ranks holding the model's shards
   std::vector<TensorRef> tensors;
   std::deque<std::vector<float>> gathered;  // whole tensors of expert-parallel shards
   std::size_t bytes = 0;
   for (const Param& p : ps.all()) {
-    tensors.push_back({p.name, DType::F32, p.global_shape(), gather_shard(p, p.w, gathered)});
+    tensors.push_back({p.name, DType::F32, p.global_shape(), gather_shard(comm, p, p.w, gathered)});
     bytes += p.numel * 4;
   }
   if (opt) {
     auto* o = const_cast<AdamWOptimizer*>(opt);
     for (const Param& p : ps.all()) {
       tensors.push_back({"optim.m." + p.name, DType::F32, p.global_shape(),
-                         gather_shard(p, o->m() + p.offset, gathered)});
+                         gather_shard(comm, p, o->m() + p.offset, gathered)});
       tensors.push_back({"optim.v." + p.name, DType::F32, p.global_shape(),
-                         gather_shard(p, o->v() + p.offset, gathered)});
+                         gather_shard(comm, p, o->v() + p.offset, gathered)});
       bytes += 2 * p.numel * 4;
       if (const int32_t* t = o->row_steps(p)) {  // lazy Adam's per-row step counts
         tensors.push_back({"optim.t." + p.name, DType::I32, {p.shape[0]}, t});
@@ -49,7 +50,7 @@ void save_checkpoint(const std::string& path, Transformer& model, const AdamWOpt
       }
     }
   }
-  if (!world().is_root()) return;  // the ranks hold the same model now: one writer
+  if (!comm.is_root()) return;  // the ranks hold the same model now: one writer
   // Refuse early, with a clear message, rather than fail half way through the write.
   std::string dir = std::filesystem::path(path).parent_path().string();
   struct statvfs sv {};
@@ -118,7 +119,7 @@ void load_checkpoint(const std::string& path, Transformer& model, AdamWOptimizer
       const std::string mn = "optim.m." + p.name, vn = "optim.v." + p.name;
       MOE_CHECK(r.has(mn) && r.has(vn),
                 "{}: optimizer state for '{}' missing: this checkpoint cannot resume training "
-                "(use it with --init-from instead)",
+                "(start a fresh run from its weights instead: init_from)",
                 path, p.name);
       read(mn, p, opt->m() + p.offset);
       read(vn, p, opt->v() + p.offset);

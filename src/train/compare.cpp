@@ -1,7 +1,5 @@
 #include "moe/train/compare.h"
 
-#include <fmt/format.h>
-
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -17,11 +15,13 @@ namespace moe {
 
 using json = nlohmann::json;
 
-std::vector<json> run_compare(const CompareOptions& o) {
-  MOE_CHECK(o.flops > 0, "--flops {}: expected a positive training-FLOP budget", o.flops);
-  MOE_CHECK(!o.configs.empty(), "--configs: give at least one config file");
+std::string compare_results_path(const CompareOptions& o) { return o.out_dir + "/results.jsonl"; }
+
+std::vector<json> run_compare(const CompareOptions& o, Communicator& comm) {
+  MOE_CHECK(o.flops > 0, "compare: flops {}: expected a positive training-FLOP budget", o.flops);
+  MOE_CHECK(!o.configs.empty(), "compare: configs: give at least one config file");
   make_dirs(o.out_dir);
-  const std::string results = o.out_dir + "/results.jsonl";
+  const std::string results = compare_results_path(o);
   auto done = read_finished_runs(results);
   std::vector<json> out;
   for (const std::string& path : o.configs) {
@@ -46,13 +46,9 @@ std::vector<json> run_compare(const CompareOptions& o) {
     cfg.train.eval_every = int(std::max<int64_t>(1, steps / 10));
     cfg.train.checkpoint_every = 0;
     cfg.train.time_limit_s = 0;
-    if (!o.quiet) {
-      fmt::print("compare: {} — {} steps ({:.3g} tokens) for {:.3g} FLOPs\n", name, steps,
-                 steps * tokens_per_step, o.flops);
-      std::fflush(stdout);
-    }
+    o.run_started(name, steps, steps * tokens_per_step, o.flops);
     const auto t0 = std::chrono::steady_clock::now();
-    Trainer t(cfg, {.quiet = true});
+    Trainer t(cfg, comm);
     TrainResult r = t.run();
     const double wall =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -85,32 +81,6 @@ std::vector<json> run_compare(const CompareOptions& o) {
     if (!ev.moe.is_null()) j["routing"] = ev.moe;
     append_line_atomic(results, j.dump());
     out.push_back(j);
-  }
-  if (!o.quiet) {
-    fmt::print("\n{:<24} {:>10} {:>12} {:>12} {:>10} {:>8} {:>8} {:>9}  routing\n", "config",
-               "kind", "total", "active", "tokens", "val bpb", "wall s", "tok/s");
-    for (const json& j : out) {
-      std::string routing;
-      if (j.contains("routing"))
-        for (auto& m : j["routing"]) {
-          if (m.value("kind", "") == "peer")
-            routing += fmt::format(" L{} usage {:.1f}% KL {:.2f};", m["layer"].get<int>(),
-                                   100 * m["usage"].get<double>(), m["kl"].get<double>());
-          else
-            routing +=
-                fmt::format(" L{} max/mean {:.2f} drop {:.1f}%;", m["layer"].get<int>(),
-                            m["max_over_mean_load"].get<double>(), m["dropped_pct"].get<double>());
-        }
-      fmt::print("{:<24} {:>10} {:>12} {:>12} {:>10.3g} {:>8.4f} {:>8.0f} {:>9.0f} {}\n",
-                 j["name"].get<std::string>(), j["kind"].get<std::string>(),
-                 j["total_params"].get<int64_t>(), j["active_params"].get<int64_t>(),
-                 j["tokens"].get<double>(), j["val_bpb"].get<double>(), j["wall_s"].get<double>(),
-                 j["tokens_per_s"].get<double>(), routing);
-    }
-    fmt::print(
-        "(results: {}; FLOPs counted as `moe params` does: router and PEER retrieval "
-        "included)\n",
-        results);
   }
   return out;
 }

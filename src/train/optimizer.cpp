@@ -10,7 +10,18 @@
 namespace moe {
 
 AdamWOptimizer::AdamWOptimizer(ParamStore& params, const TrainConfig& cfg)
-    : params_(params), cfg_(cfg), state_(2 * params.numel() * sizeof(float) + 2 * kAlign) {
+    : AdamWOptimizer(params, cfg, single_process_communicator()) {}
+
+AdamWOptimizer::AdamWOptimizer(ParamStore& params, const TrainConfig& cfg, Communicator& comm)
+    : params_(params),
+      comm_(comm),
+      cfg_(cfg),
+      state_(2 * params.numel() * sizeof(float) + 2 * kAlign) {
+  for (const Param& p : params.all())
+    MOE_CHECK(!p.sharded() || comm.size() > 1,
+              "optimizer: parameter {} is sharded over ranks (expert parallel), but the optimizer "
+              "was given no communicator to sum its gradient norm over",
+              p.name);
   m_ = state_.take<float>(params.numel());
   v_ = state_.take<float>(params.numel());
 }
@@ -129,7 +140,7 @@ OptimStats AdamWOptimizer::step(int64_t s) {
       part[i] = sum_squares_rows(p.g, p.row_len, p.touched.data(), p.touched.size());
     }
   }
-  if (any_sharded) world().allreduce_sum(&ss_sharded, 1);
+  if (any_sharded) comm_.allreduce_sum(&ss_sharded, 1);
   auto total = [&] {
     double t = 0;
     for (double x : part) t += x;

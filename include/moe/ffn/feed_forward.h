@@ -9,6 +9,7 @@
 
 #include "moe/core/arena.h"
 #include "moe/core/params.h"
+#include "moe/dist/communicator.h"
 #include "moe/model/config.h"
 
 namespace moe {
@@ -44,9 +45,11 @@ class FeedForward {
   virtual void reset_metrics() {}
 };
 
-// `layer` is the block index (it keys the routing noise).
+// `layer` is the block index (it keys the routing noise). `comm`: the ranks training together
+// (MoE and PEER layers gather routing statistics over them; expert-parallel MoE layers hold
+// their block of experts and exchange tokens over them).
 std::unique_ptr<FeedForward> make_feed_forward(const FfnConfig& ffn, const ModelConfig& model,
                                                ParamStore& params, const std::string& prefix,
-                                               int layer);
+                                               int layer, Communicator& comm);
 
 }  // namespace moe

@@ -11,6 +11,7 @@
 
 #include "moe/core/arena.h"
 #include "moe/core/params.h"
+#include "moe/dist/communicator.h"
 #include "moe/ffn/feed_forward.h"
 #include "moe/model/config.h"
 #include "moe/nn/rope.h"
@@ -24,12 +25,17 @@ struct KVCache {
 
 class Transformer {
  public:
+  // `comm`: the ranks this model trains with (data parallel statistics, expert-parallel shards:
+  // MoE and PEER layers talk over it, checkpoints gather shards over it). A model that runs or
+  // trains alone takes the first form.
   Transformer(const ModelConfig& cfg, int max_batch, int max_seq);
+  Transformer(const ModelConfig& cfg, int max_batch, int max_seq, Communicator& comm);
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return params_; }
+  Communicator& communicator() const { return comm_; }
   std::size_t activation_bytes() const { return acts_.capacity(); }
 
   // tokens, targets [B·T] (targets may be null: logits only). Returns the mean loss (nats) or 0.
@@ -62,6 +68,7 @@ class Transformer {
   void check_tokens(const int32_t* tokens, int n, const char* what) const;
 
   ModelConfig cfg_;
+  Communicator& comm_;
   int max_batch_, max_seq_, max_tokens_;
   int C_, V_, Hq_, Hkv_, hd_, Dq_, Dkv_;
   ParamStore params_;

@@ -28,6 +28,8 @@ struct CheckpointMeta {
   std::string tokenizer_blob;
 };
 
+// A collective over model.communicator(): every rank calls it, expert-parallel shards are
+// gathered into whole tensors, and rank 0 writes the file.
 void save_checkpoint(const std::string& path, Transformer& model, const AdamWOptimizer* opt,
                      const CheckpointMeta& meta);
 // Reads only the metadata (config, state, tokenizer); validates the format tag.

@@ -12,6 +12,7 @@
 
 #include "moe/core/arena.h"
 #include "moe/core/params.h"
+#include "moe/dist/communicator.h"
 #include "moe/model/config.h"
 #include "moe/nn/adamw.h"
 
@@ -24,7 +25,11 @@ struct OptimStats {
 
 class AdamWOptimizer {
  public:
+  // `comm`: the ranks the parameters are trained over. Expert-parallel shards hold different
+  // experts on each rank, so their part of the gradient norm is summed over `comm`; a store with
+  // no shards (one process, or data parallel) needs no communicator: the first form.
   AdamWOptimizer(ParamStore& params, const TrainConfig& cfg);
+  AdamWOptimizer(ParamStore& params, const TrainConfig& cfg, Communicator& comm);
   // Takes back any rule prepare() handed out and step() has not consumed (e.g. a step abandoned
   // on a non-finite loss), so no Param keeps a pointer into this optimizer.
   ~AdamWOptimizer();
@@ -54,6 +59,7 @@ class AdamWOptimizer {
  private:
   AdamWHyper sparse_hyper(int64_t step) const;  // the row-sparse tables' rule at this step
   ParamStore& params_;
+  Communicator& comm_;
   TrainConfig cfg_;
   Arena state_;
   float *m_ = nullptr, *v_ = nullptr;

@@ -8,9 +8,12 @@
 //   "d_model": [64, 128], "tokens": [1e6, 2e6], "granularity": [1, 2, 4], "expansion": 4,
 //   "router": "topk" | "expert_choice" (default topk), "set": ["train.lr=2e-3", ...]}
 #pragma once
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+
+#include "moe/dist/communicator.h"
 
 namespace moe {
 
@@ -19,7 +22,18 @@ struct SweepSummary {
   std::string runs_file;
 };
 
-SweepSummary run_sweep(const std::string& grid_path, bool quiet);
+// What a sweep reports while it runs (the caller shows it; the sweep prints nothing).
+struct SweepProgress {
+  // Before run `name` trains, for `steps` optimizer steps.
+  std::function<void(const std::string& name, int steps)> run_started = [](auto&&...) {};
+  // After it: the line just appended to runs.jsonl (name, N, D, G, E, d_model, flops, loss,
+  // val_bpb).
+  std::function<void(const nlohmann::json& run)> run_finished = [](auto&&...) {};
+};
+
+// Every run trains over `comm` (all its ranks call run_sweep with the same grid).
+SweepSummary run_sweep(const std::string& grid_path, Communicator& comm,
+                       const SweepProgress& progress = {});
 
 // The finished runs recorded in a JSON-lines file (runs.jsonl, results.jsonl), by "name"; an
 // absent file is no runs, and unreadable lines (none are written half) are skipped. Shared by

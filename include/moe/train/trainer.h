@@ -7,10 +7,12 @@
 // RNG keyed by (seed, step, micro-batch): a resumed run sees exactly the batches the
 // uninterrupted run would have, so its losses are bit-identical.
 #pragma once
-#include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "moe/data/token_data.h"
 #include "moe/data/tokenizer.h"
@@ -18,6 +20,7 @@
 #include "moe/model/config.h"
 #include "moe/model/transformer.h"
 #include "moe/train/checkpoint.h"
+#include "moe/train/observer.h"
 #include "moe/train/optimizer.h"
 
 namespace moe {
@@ -40,21 +43,24 @@ nlohmann::json collect_moe_metrics(Transformer& model);
 EvalResult evaluate(Transformer& model, const data::TokenStream& stream, int B, int T,
                     int64_t max_windows = 0);
 
-// Set by the SIGINT handler; the training loop saves a checkpoint and stops at the next step.
-extern std::atomic<bool> g_stop_requested;
-void install_sigint_handler();
-
 struct TrainOptions {
   std::string resume;        // checkpoint to resume (model + optimizer + step); "" = fresh
   std::string init_from;     // checkpoint whose weights start a fresh run; "" = random init
   std::string upcycle_from;  // dense checkpoint to upcycle into this (MoE) model; "" = none
-  bool quiet = false;
-  // Stop after this many optimizer steps in total (saving last.safetensors as Ctrl-C does), as
-  // if interrupted; 0 = run to train.steps. The schedule still spans train.steps, so a resumed
-  // run continues exactly where this one stopped.
+  // Stop after this many optimizer steps in total (saving last.safetensors as a stop request
+  // does), as if interrupted; 0 = run to train.steps. The schedule still spans train.steps, so a
+  // resumed run continues exactly where this one stopped.
   int64_t stop_after = 0;
-  // Partition every MoE layer's experts over this many MPI ranks: 1 (off) or all of them.
+  // Partition every MoE layer's experts over this many ranks: 1 (off) or all of them.
   int expert_parallel = 1;
+  // Asked once after every optimizer step, on every rank: true on any rank saves
+  // last.safetensors and stops all ranks at that step. Must be cheap (`moe train` reads the flag
+  // its SIGINT/SIGTERM handler sets).
+  std::function<bool()> stop_requested = [] { return false; };
+  // Test-only fault injection (tests/python/test_data_parallel.py): with several ranks, the rank
+  // of this number adds 0.5 to its first replicated weight at start, a divergence no bug-free run
+  // produces and the shared updates do not erase, so the replica check must stop the job.
+  std::optional<int> fault_replica_rank;
 };
 
 struct TrainResult {
@@ -65,9 +71,15 @@ struct TrainResult {
   bool interrupted = false;
 };
 
+// One training run. The ranks of `comm` train together (data parallel: each takes
+// train.batch_size / P sequences of every batch; expert parallel with opts.expert_parallel);
+// every rank constructs its Trainer with the same config and calls run(). Progress goes to
+// `observer` (observer.h), which must outlive the trainer (the first form reports to nobody);
+// the trainer itself prints nothing.
 class Trainer {
  public:
-  Trainer(const Config& cfg, TrainOptions opts);
+  Trainer(const Config& cfg, Communicator& comm, TrainOptions opts = {});
+  Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, TrainObserver& observer);
   TrainResult run();
   // Per-step training losses of this run (for tests).
   const std::vector<double>& losses() const { return losses_; }
@@ -76,25 +88,53 @@ class Trainer {
   const data::TokenStream& val_stream() const { return val_; }
 
  private:
+  using Clock = std::chrono::steady_clock;
+  // The loss of one optimizer step (the mean over the global batch) and what the step reported.
+  struct StepResult {
+    double loss = 0, aux = 0;
+    OptimStats stats;
+  };
+  // Tokens and time since the last log line: the throughput it reports.
+  struct Window {
+    Clock::time_point start;
+    int64_t tokens = 0;
+    double allreduce_s = 0;  // data parallel: time in the gradient all-reduce
+  };
+
+  void load_weights(const CheckpointMeta& resume_meta);
+  void freeze_parameters();
+  void inject_replica_fault();
+  RunInfo run_info() const;
+  StepResult train_step(int64_t step);
+  void log_step(const StepResult& r);
+  void evaluate_now(TrainResult& res);
+  std::optional<StopReason> stop_reason();
+  double elapsed() const;
+
   void allreduce_replicated_grads();
-  // Data-parallel reduction of row-sparse tables: scratch reused every step.
-  std::vector<float> sparse_mark_, sparse_buf_;
-  std::vector<int32_t> sparse_rows_;
   void check_replicas();
   void sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) const;
-  void save(const std::string& path);
+  void save(const std::string& path, CheckpointKind kind);
   void log_json(const nlohmann::json& j);
 
   Config cfg_;
   TrainOptions opts_;
-  Communicator* comm_;  // data parallel: each rank takes batch_size / P sequences of each batch
-  int local_batch_ = 0;
+  Communicator& comm_;
+  TrainObserver& observer_;
+  int local_batch_ = 0;  // sequences of each batch this rank takes: batch_size / P
   std::unique_ptr<data::Tokenizer> tokenizer_;
   data::TokenStream train_, val_;
   std::unique_ptr<Transformer> model_;
   std::unique_ptr<AdamWOptimizer> opt_;
   TrainState state_;
   std::vector<double> losses_;
+  std::vector<int32_t> batch_x_, batch_y_;  // one micro-batch [local_batch_, seq_len]
+  Clock::time_point run_start_;             // of this process's run() (elapsed adds state_'s)
+  double elapsed_before_ = 0;               // seconds trained before this run() (a resume)
+  Window window_;
+  // Data-parallel reduction of row-sparse tables: scratch reused every step.
+  std::vector<float> sparse_mark_, sparse_buf_;
+  std::vector<int32_t> sparse_rows_;
 };
 
 // The tokenizer a config asks for: byte, or BPE trained on <data.dir>/train.txt and cached as

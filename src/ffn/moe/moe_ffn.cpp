@@ -11,8 +11,9 @@
 namespace moe {
 
 MoeFfn::MoeFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
-               const std::string& prefix, int layer)
-    : spec_(MoeSpec::from_config(f, model.d_model)),
+               const std::string& prefix, int layer, Communicator& comm)
+    : comm_(comm),
+      spec_(MoeSpec::from_config(f, model.d_model)),
       layer_index_(layer),
       router_kind_(f.router.kind),
       layer_(spec_) {
@@ -31,10 +32,10 @@ MoeFfn::MoeFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
   }
   // Parallel training: routing statistics over the global batch whenever there are several
   // ranks; with expert parallelism this rank holds only its block of E/P experts.
-  Communicator& w = world();
+  Communicator& w = comm_;
   const bool ep = model.expert_parallel > 1;
   MOE_CHECK(!ep || model.expert_parallel == w.size(),
-            "--expert-parallel {}: expected 1 or the number of MPI ranks ({})",
+            "expert_parallel {}: expected 1 (off) or the number of MPI ranks ({})",
             model.expert_parallel, w.size());
   layer_.set_parallel(w.size() > 1 ? &w : nullptr, ep);
   const int El = layer_.local_experts(), e0 = layer_.first_local_expert();
@@ -60,9 +61,9 @@ MoeFfn::MoeFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
 }
 
 void MoeFfn::bind(Arena& acts, int max_batch, int max_seq) {
-  MOE_CHECK(int64_t(max_batch) * world().size() <= 4096,
+  MOE_CHECK(int64_t(max_batch) * comm_.size() <= 4096,
             "MoE layers support at most 4096 sequences per (global) batch, got {}",
-            int64_t(max_batch) * world().size());
+            int64_t(max_batch) * comm_.size());
   layer_.bind(acts, max_batch, max_seq);
 }
 
@@ -146,10 +147,10 @@ void MoeFfn::reset_metrics() {
 
 std::unique_ptr<FeedForward> make_feed_forward(const FfnConfig& ffn, const ModelConfig& model,
                                                ParamStore& params, const std::string& prefix,
-                                               int layer) {
+                                               int layer, Communicator& comm) {
   if (ffn.kind == "dense") return std::make_unique<DenseFfn>(ffn, model, params, prefix);
-  if (ffn.kind == "moe") return std::make_unique<MoeFfn>(ffn, model, params, prefix, layer);
-  if (ffn.kind == "peer") return std::make_unique<PeerFfn>(ffn, model, params, prefix, layer);
+  if (ffn.kind == "moe") return std::make_unique<MoeFfn>(ffn, model, params, prefix, layer, comm);
+  if (ffn.kind == "peer") return std::make_unique<PeerFfn>(ffn, model, params, prefix, layer, comm);
   MOE_FAIL("ffn kind '{}' is not available (known: dense, moe, peer)", ffn.kind);
 }
 

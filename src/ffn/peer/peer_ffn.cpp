@@ -9,8 +9,8 @@
 namespace moe {
 
 PeerFfn::PeerFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
-                 const std::string& prefix, int layer)
-    : layer_index_(layer), layer_(PeerSpec{}) {
+                 const std::string& prefix, int layer, Communicator& comm)
+    : comm_(comm), layer_index_(layer), layer_(PeerSpec{}) {
   PeerSpec s;
   s.C = model.d_model;
   s.S = int(std::lround(std::sqrt(double(f.num_experts))));
@@ -45,7 +45,7 @@ PeerFfn::PeerFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
   u_->make_row_sparse();
   v_->make_row_sparse();
   usage_.assign(s.heads, std::vector<double>(E, 0.0));
-  if (world().size() > 1) layer_.set_parallel(&world());
+  if (comm_.size() > 1) layer_.set_parallel(&comm_);
 }
 
 void PeerFfn::bind(Arena& acts, int max_batch, int max_seq) {
@@ -84,7 +84,7 @@ void PeerFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
   }
   ++forwards_;
   // Distributed training: each rank saw its slice; metrics() sums the histograms over ranks.
-  if (info.training && world().size() > 1) dist_acc_ = true;
+  if (info.training && comm_.size() > 1) dist_acc_ = true;
 }
 
 void PeerFfn::backward(float* dx, const float* dout, const float* x, int N) {
@@ -111,7 +111,7 @@ nlohmann::json PeerFfn::metrics() const {
   std::vector<std::vector<double>> global;
   if (dist_acc_) {  // a collective: every rank logs at the same steps
     global = usage_;
-    for (auto& z : global) world().allreduce_sum(z.data(), z.size());
+    for (auto& z : global) comm_.allreduce_sum(z.data(), z.size());
   }
   for (auto& z : dist_acc_ ? global : usage_) {
     for (std::size_t e = 0; e < z.size(); ++e) all[e] += z[e];

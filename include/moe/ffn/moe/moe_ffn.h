@@ -11,8 +11,9 @@ namespace moe {
 
 class MoeFfn final : public FeedForward {
  public:
+  // `comm`: the ranks training together (see make_feed_forward).
   MoeFfn(const FfnConfig& ffn, const ModelConfig& model, ParamStore& params,
-         const std::string& prefix, int layer);
+         const std::string& prefix, int layer, Communicator& comm);
   void bind(Arena& acts, int max_batch, int max_seq) override;
   void forward(float* out, const float* x, int n_tokens, const StepInfo& info) override;
   void backward(float* dx, const float* dout, const float* x, int n_tokens) override;
@@ -27,6 +28,7 @@ class MoeFfn final : public FeedForward {
   MoeGrads<float> grads() const;
   nlohmann::json metrics_common() const;
 
+  Communicator& comm_;
   MoeSpec spec_;
   int layer_index_;
   std::string router_kind_;

@@ -13,8 +13,9 @@ namespace moe {
 
 class PeerFfn final : public FeedForward {
  public:
+  // `comm`: the ranks training together (see make_feed_forward).
   PeerFfn(const FfnConfig& ffn, const ModelConfig& model, ParamStore& params,
-          const std::string& prefix, int layer);
+          const std::string& prefix, int layer, Communicator& comm);
   void bind(Arena& acts, int max_batch, int max_seq) override;
   void forward(float* out, const float* x, int n_tokens, const StepInfo& info) override;
   void backward(float* dx, const float* dout, const float* x, int n_tokens) override;
@@ -24,6 +25,7 @@ class PeerFfn final : public FeedForward {
 
  private:
   PeerParams<float> params() const;
+  Communicator& comm_;
   PeerSpec spec_;
   int layer_index_;
   PeerLayer<float> layer_;
