@@ -24,6 +24,19 @@ namespace {
 using moe::testing::error_of;
 using moe::testing::expect_error;
 
+// The step every test forward takes: seed 7, step 3, layer 1, loss scale 1.
+template <typename T>
+MoeStep<T> step_of(int B, int T_, bool training) {
+  MoeStep<T> st;
+  st.batch = B;
+  st.seq_len = T_;
+  st.training = training;
+  st.seed = 7;
+  st.step = 3;
+  st.layer = 1;
+  return st;
+}
+
 struct Layer {
   MoeSpec spec;
   int B, T, N;
@@ -63,7 +76,7 @@ struct Layer {
   }
   V forward(bool training = true) {
     V y(std::size_t(N) * spec.C);
-    layer.forward(y.data(), x.data(), params(), B, T, training, 7, 3, 1, 1.0);
+    layer.forward(y.data(), x.data(), params(), step_of<double>(B, T, training));
     return y;
   }
 };
@@ -220,7 +233,7 @@ TEST(MoeKernels, FloatPanelPathMatchesDoubleAtRealSizes) {
                        wu.data(),     wd.data()};
     std::vector<float> yf(y.size()), dxf(x.size(), 0.f), grf(router.size(), 0.f),
         ggf(wg.size(), 0.f), guf(wu.size(), 0.f), gdf(wd.size(), 0.f);
-    layer.forward(yf.data(), x.data(), p, L.B, L.T, true, 7, 3, 1, 1.f);
+    layer.forward(yf.data(), x.data(), p, step_of<float>(L.B, L.T, true));
     layer.backward(dxf.data(),
                    {grf.data(), nullptr, glu ? ggf.data() : nullptr, guf.data(), gdf.data()},
                    Rf.data(), x.data(), p);
@@ -240,12 +253,21 @@ TEST(MoeKernels, FloatPanelPathMatchesDoubleAtRealSizes) {
 }
 
 TEST(MoeKernels, BadPanelGemmSettingIsRefusedByName) {
-  // MOE_PANEL_GEMM takes 0, 1 or nothing; anything else is an error naming it and the value.
+  // TODO(merge): MOE_PANEL_GEMM is read by MoeSpec::from_config until model.ffn.expert_gemm
+  // lands. It takes 0, 1 or nothing; anything else is an error naming it and the value.
+  FfnConfig f;
+  f.kind = "moe";
+  f.num_experts = 4;
+  f.top_k = 2;
+  f.d_expert = 8;
   ::setenv("MOE_PANEL_GEMM", "yes", 1);
-  MoeLayer<float> layer(spec_of(RouterKind::kTopK, 4, 2, 16, 8));
-  Arena m;
-  expect_error([&] { layer.bind(m, 1, 8); }, {"MOE_PANEL_GEMM", "'yes'", "expected 0"});
+  expect_error([&] { MoeSpec::from_config(f, 16); }, {"MOE_PANEL_GEMM", "'yes'", "expected 0"});
+  ::setenv("MOE_PANEL_GEMM", "0", 1);
+  EXPECT_EQ(MoeSpec::from_config(f, 16).expert_gemm, ExpertGemm::kBlas);
+  ::setenv("MOE_PANEL_GEMM", "1", 1);
+  EXPECT_EQ(MoeSpec::from_config(f, 16).expert_gemm, ExpertGemm::kPanel);
   ::unsetenv("MOE_PANEL_GEMM");
+  EXPECT_EQ(MoeSpec::from_config(f, 16).expert_gemm, ExpertGemm::kAuto);
 }
 
 TEST(MoeSemantics, OneExpertTopOneIsTheDenseFfn) {
