@@ -76,7 +76,6 @@ MoeLayer<T>::MoeLayer(const MoeSpec& spec)
 
 template <typename T>
 void MoeLayer<T>::set_parallel(Communicator* comm, bool expert_parallel) {
-  comm_ = comm;
   ranks_ = comm ? comm->size() : 1;
   expert_parallel_ = expert_parallel && ranks_ > 1;
   router_.set_parallel(comm);

@@ -75,7 +75,6 @@ class MoeLayer {
   ExpertBank<T> experts_;
   ExpertExchange<T> exchange_;
   // Parallel layout (set_parallel).
-  Communicator* comm_ = nullptr;
   int ranks_ = 1;
   bool expert_parallel_ = false;
   // The last forward.
