@@ -329,6 +329,26 @@ TEST(MoeKernels, FloatMatchesDoubleAtTwoThousandExperts) {
   EXPECT_GT(L.layer.stats().dropped, 0);
 }
 
+// Every entry point (trainer, `moe bench moe`, tests) builds the layer from a MoeSpec, and the
+// constructor refuses a spec it cannot run, naming the config field and the value.
+TEST(MoeSemantics, LayerRefusesAnInvalidSpecByFieldName) {
+  auto refused = [](MoeSpec s, std::vector<std::string> parts) {
+    expect_error([&] { MoeLayer<float> layer(s); }, parts);
+  };
+  refused(spec_of(RouterKind::kTopK, 4, 5), {"model.ffn.top_k", "5", "1..num_experts = 4"});
+  refused(spec_of(RouterKind::kTopK, 0, 1), {"model.ffn.num_experts", "0"});
+  refused(spec_of(RouterKind::kGShard, 4, 1), {"model.ffn.top_k", "top-2"});
+  MoeSpec s = spec_of(RouterKind::kTopK, 4, 2);
+  s.capacity_factor = -1;
+  refused(s, {"model.ffn.capacity_factor", "-1"});
+  s = spec_of(RouterKind::kNoisyTopK, 4, 2);
+  s.sigmoid = true;
+  refused(s, {"model.ffn.router.score", "topk"});
+  s = spec_of(RouterKind::kTopK, 4, 2);
+  s.expert_dropout = 1;
+  refused(s, {"model.ffn.expert_dropout", "[0, 1)"});
+}
+
 TEST(MoeKernels, BadPanelGemmSettingIsRefusedByName) {
   // TODO(merge): MOE_PANEL_GEMM is read by MoeSpec::from_config until model.ffn.expert_gemm
   // lands. It takes 0, 1 or nothing; anything else is an error naming it and the value.
