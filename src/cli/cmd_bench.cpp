@@ -196,7 +196,12 @@ void register_bench(CLI::App& app) {
     std::vector<double> times;
     for (int it = 0; it < m->repeats + 1; ++it) {
       auto t0 = Clock::now();
-      layer.forward(y, x, p, 1, N, true, 1, it, 0, 1.f);
+      MoeStep<float> step;
+      step.seq_len = N;
+      step.training = true;
+      step.seed = 1;
+      step.step = it;
+      layer.forward(y, x, p, step);
       // loss = mean(y²) + aux: dL/dy = 2y / (N·C).
       const float sc = 2.f / (float(N) * C);
       for (std::size_t j = 0; j < xsz; ++j) dy[j] = sc * y[j];

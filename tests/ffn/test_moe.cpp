@@ -1,6 +1,7 @@
 // MoE semantics and gradients beyond the PyTorch fixtures: finite differences in double,
 // reductions to dense layers, the documented drop order, ties, expert choice's causality,
-// the fine-grained parametrisation, bias balancing, and a tiny MoE model end to end.
+// the fine-grained parametrisation, bias balancing, thousands of experts. The layer inside a
+// model: test_moe_model.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,10 +11,6 @@
 #include "../grad_check.h"
 #include "moe/core/error.h"
 #include "moe/ffn/moe/moe_layer.h"
-#include "moe/model/transformer.h"
-#include "moe/scaling/accounting.h"
-#include "moe/train/checkpoint.h"
-#include "moe/train/optimizer.h"
 
 using namespace moe;
 using namespace moe::testing;
@@ -21,8 +18,20 @@ using V = std::vector<double>;
 
 namespace {
 
-using moe::testing::error_of;
 using moe::testing::expect_error;
+
+// The step every test forward takes: seed 7, step 3, layer 1, loss scale 1.
+template <typename T>
+MoeStep<T> step_of(int B, int T_, bool training) {
+  MoeStep<T> st;
+  st.batch = B;
+  st.seq_len = T_;
+  st.training = training;
+  st.seed = 7;
+  st.step = 3;
+  st.layer = 1;
+  return st;
+}
 
 struct Layer {
   MoeSpec spec;
@@ -63,7 +72,7 @@ struct Layer {
   }
   V forward(bool training = true) {
     V y(std::size_t(N) * spec.C);
-    layer.forward(y.data(), x.data(), params(), B, T, training, 7, 3, 1, 1.0);
+    layer.forward(y.data(), x.data(), params(), step_of<double>(B, T, training));
     return y;
   }
 };
@@ -159,6 +168,67 @@ TEST(MoeGrad, SwitchSigmoidNoisyGShardExpertChoiceGelu) {
   check_gradients(e, 62);
 }
 
+// At E = 2048 the gradients still match central differences in double. Checked: all of dx;
+// the router rows of the experts the tokens chose and every 32nd other row (the softmax, aux and
+// z-loss reach every row); the chosen experts' weights. Every other expert's weight gradient
+// must be exactly zero. (A full check would take ~2·10⁵ forwards.)
+TEST(MoeGrad, TwoThousandExpertsMatchCentralDifferences) {
+  MoeSpec s = spec_of(RouterKind::kTopK, 2048, 2, 4, 3);
+  s.capacity_factor = 256.0f;  // cap = ⌈256·8·2/2048⌉ = 2 per expert
+  s.jitter = 0.1f;
+  Layer L(s, 2, 4, 2048);
+  const int E = s.E, C = s.C, H = s.H;
+  const V R = randn(std::size_t(L.N) * C, 2049);
+  auto loss = [&] {
+    V y = L.forward();
+    return dot(y, R) + L.layer.stats().aux_loss + L.layer.stats().z_loss;
+  };
+  L.forward();
+  const std::vector<int32_t> chosen = L.layer.selected_experts();
+  V dx(L.x.size(), 0.0), gr(L.router.size(), 0.0), gg(L.wg.size(), 0.0), gu(L.wu.size(), 0.0),
+      gd(L.wd.size(), 0.0);
+  L.layer.backward(dx.data(), {gr.data(), nullptr, gg.data(), gu.data(), gd.data()}, R.data(),
+                   L.x.data(), L.params());
+  const double tol = 1e-6;
+  EXPECT_TRUE(all_close("dx", dx, numeric_grad(L.x, loss), tol, tol));
+  // Central difference of the loss in one element.
+  auto numeric = [&](V& w, std::size_t i) {
+    const double old = w[i], h = 1e-6;
+    w[i] = old + h;
+    const double lp = loss();
+    w[i] = old - h;
+    const double lm = loss();
+    w[i] = old;
+    return (lp - lm) / (2 * h);
+  };
+  std::vector<bool> is_chosen(E, false);
+  for (int32_t e : chosen) is_chosen[e] = true;
+  V got, want;
+  for (int e = 0; e < E; ++e) {
+    if (!is_chosen[e] && e % 32 != 0) continue;
+    for (int c = 0; c < C; ++c) {
+      got.push_back(gr[std::size_t(e) * C + c]);
+      want.push_back(numeric(L.router, std::size_t(e) * C + c));
+    }
+  }
+  EXPECT_TRUE(all_close("d router (sampled rows)", got, want, tol, tol));
+  for (int e = 0; e < E; ++e) {
+    const std::size_t n = std::size_t(H) * C, o = std::size_t(e) * n;
+    for (std::size_t i = o; i < o + n; ++i) {
+      if (!is_chosen[e]) {
+        ASSERT_EQ(gg[i], 0.0) << "expert " << e;
+        ASSERT_EQ(gu[i], 0.0) << "expert " << e;
+        ASSERT_EQ(gd[i], 0.0) << "expert " << e;
+        continue;
+      }
+      ASSERT_NEAR(gg[i], numeric(L.wg, i), tol + tol * std::abs(gg[i])) << "w_gate " << i;
+      ASSERT_NEAR(gu[i], numeric(L.wu, i), tol + tol * std::abs(gu[i])) << "w_up " << i;
+      ASSERT_NEAR(gd[i], numeric(L.wd, i), tol + tol * std::abs(gd[i])) << "w_down " << i;
+    }
+  }
+  EXPECT_EQ(L.layer.stats().dropped, 0);
+}
+
 // Dense SwiGLU FFN in double: y = (silu(x·Wgᵀ)∘(x·Wuᵀ))·Wdᵀ for one expert's weights.
 V dense_ffn(const V& x, int N, int C, int H, const double* wg, const double* wu, const double* wd) {
   V y(std::size_t(N) * C, 0.0);
@@ -184,68 +254,117 @@ V dense_ffn(const V& x, int N, int C, int H, const double* wg, const double* wu,
 // [W_gate; W_up] split inside a 32-column panel), it must give the double (OpenBLAS) result up to
 // float rounding: 1e-4 of each tensor's largest entry (float sums of ≤ 300 O(1) terms stay
 // within ~300·6e-8 ≈ 2e-5 relative; a wrong tile or offset is O(1)).
+// The float layer (forward and backward, at seed `seed`) against the same layer in double, up to
+// float rounding: 1e-4 of each tensor's largest entry.
+void check_float_matches_double(Layer& L, uint32_t seed) {
+  const MoeSpec& s = L.spec;
+  const V y = L.forward();
+  const int C = s.C;
+  const V R = randn(std::size_t(L.N) * C, seed);
+  const bool glu = s.act == Activation::kSwiGLU;
+  V dx(L.x.size(), 0.0), gr(L.router.size(), 0.0), gg(L.wg.size(), 0.0), gu(L.wu.size(), 0.0),
+      gd(L.wd.size(), 0.0);
+  L.layer.backward(dx.data(), {gr.data(), nullptr, glu ? gg.data() : nullptr, gu.data(), gd.data()},
+                   R.data(), L.x.data(), L.params());
+
+  auto f = [](const V& v) { return std::vector<float>(v.begin(), v.end()); };
+  std::vector<float> x = f(L.x), router = f(L.router), bias = f(L.bias), wg = f(L.wg), wu = f(L.wu),
+                     wd = f(L.wd), Rf = f(R);
+  MoeLayer<float> layer(s);
+  Arena m;
+  layer.bind(m, L.B, L.T);
+  Arena acts(m.used());
+  layer.bind(acts, L.B, L.T);
+  MoeParams<float> p{router.data(), nullptr,  bias.data(), glu ? wg.data() : nullptr,
+                     wu.data(),     wd.data()};
+  std::vector<float> yf(y.size()), dxf(x.size(), 0.f), grf(router.size(), 0.f), ggf(wg.size(), 0.f),
+      guf(wu.size(), 0.f), gdf(wd.size(), 0.f);
+  layer.forward(yf.data(), x.data(), p, step_of<float>(L.B, L.T, true));
+  layer.backward(dxf.data(),
+                 {grf.data(), nullptr, glu ? ggf.data() : nullptr, guf.data(), gdf.data()},
+                 Rf.data(), x.data(), p);
+  EXPECT_EQ(layer.selected_experts(), L.layer.selected_experts());
+  auto close = [](const char* what, const std::vector<float>& got, const V& ref) {
+    return all_close(what, V(got.begin(), got.end()), ref, 1e-4 * max_abs(ref), 0);
+  };
+  EXPECT_TRUE(close("y", yf, y));
+  EXPECT_TRUE(close("dx", dxf, dx));
+  EXPECT_TRUE(close("d router", grf, gr));
+  EXPECT_TRUE(close("d w_up", guf, gu));
+  EXPECT_TRUE(close("d w_down", gdf, gd));
+  if (glu) {
+    EXPECT_TRUE(close("d w_gate", ggf, gg));
+  }
+}
+
 TEST(MoeKernels, FloatPanelPathMatchesDoubleAtRealSizes) {
   // SwiGLU; GELU; SwiGLU with expert dropout (the same mask redrawn in the backward), capacity
-  // drops (dropped assignments get no gate gradient) and router jitter.
-  for (int variant = 0; variant < 3; ++variant) {
-    const Activation act = variant == 1 ? Activation::kGELU : Activation::kSwiGLU;
+  // drops (dropped assignments get no gate gradient) and router jitter; SwiGLU on OpenBLAS
+  // (expert_gemm = blas).
+  for (int variant = 0; variant < 4; ++variant) {
     MoeSpec s = spec_of(RouterKind::kTopK, 8, 2, 96, 72);
-    s.act = act;
+    s.act = variant == 1 ? Activation::kGELU : Activation::kSwiGLU;
     if (variant == 2) {
       s.expert_dropout = 0.25f;
       s.capacity_factor = 0.9f;
       s.jitter = 0.01f;  // its backward borrows a panel buffer as scratch
     }
+    if (variant == 3) s.expert_gemm = ExpertGemm::kBlas;
     SCOPED_TRACE(::testing::Message() << "variant " << variant);
     Layer L(s, 2, 600, 301);
-    const V y = L.forward();
-    const int C = s.C;
-    const V R = randn(std::size_t(L.N) * C, 302);
-    const bool glu = act == Activation::kSwiGLU;
-    V dx(L.x.size(), 0.0), gr(L.router.size(), 0.0), gg(L.wg.size(), 0.0), gu(L.wu.size(), 0.0),
-        gd(L.wd.size(), 0.0);
-    L.layer.backward(dx.data(),
-                     {gr.data(), nullptr, glu ? gg.data() : nullptr, gu.data(), gd.data()},
-                     R.data(), L.x.data(), L.params());
-
-    auto f = [](const V& v) { return std::vector<float>(v.begin(), v.end()); };
-    std::vector<float> x = f(L.x), router = f(L.router), wg = f(L.wg), wu = f(L.wu), wd = f(L.wd),
-                       Rf = f(R);
-    MoeLayer<float> layer(s);
-    Arena m;
-    layer.bind(m, L.B, L.T);
-    Arena acts(m.used());
-    layer.bind(acts, L.B, L.T);
-    MoeParams<float> p{router.data(), nullptr,  nullptr, glu ? wg.data() : nullptr,
-                       wu.data(),     wd.data()};
-    std::vector<float> yf(y.size()), dxf(x.size(), 0.f), grf(router.size(), 0.f),
-        ggf(wg.size(), 0.f), guf(wu.size(), 0.f), gdf(wd.size(), 0.f);
-    layer.forward(yf.data(), x.data(), p, L.B, L.T, true, 7, 3, 1, 1.f);
-    layer.backward(dxf.data(),
-                   {grf.data(), nullptr, glu ? ggf.data() : nullptr, guf.data(), gdf.data()},
-                   Rf.data(), x.data(), p);
-    EXPECT_EQ(layer.selected_experts(), L.layer.selected_experts());
-    auto close = [](const char* what, const std::vector<float>& got, const V& ref) {
-      return all_close(what, V(got.begin(), got.end()), ref, 1e-4 * max_abs(ref), 0);
-    };
-    EXPECT_TRUE(close("y", yf, y));
-    EXPECT_TRUE(close("dx", dxf, dx));
-    EXPECT_TRUE(close("d router", grf, gr));
-    EXPECT_TRUE(close("d w_up", guf, gu));
-    EXPECT_TRUE(close("d w_down", gdf, gd));
-    if (glu) {
-      EXPECT_TRUE(close("d w_gate", ggf, gg));
-    }
+    check_float_matches_double(L, 302);
   }
 }
 
+// No limit on the number of experts but memory: at E = 2048 (beyond the old stack arrays'
+// 1024) the float layer, with the selection bias (per-thread key scratch) and capacity drops,
+// gives the double layer's result.
+TEST(MoeKernels, FloatMatchesDoubleAtTwoThousandExperts) {
+  MoeSpec s = spec_of(RouterKind::kTopK, 2048, 2, 32, 16);
+  s.bias_balance = true;
+  s.capacity_factor = 1.5f;
+  Layer L(s, 2, 512, 311);
+  L.bias = randn(std::size_t(s.E), 312, 0.05);
+  check_float_matches_double(L, 313);
+  EXPECT_GT(L.layer.stats().dropped, 0);
+}
+
+// Every entry point (trainer, `moe bench moe`, tests) builds the layer from a MoeSpec, and the
+// constructor refuses a spec it cannot run, naming the config field and the value.
+TEST(MoeSemantics, LayerRefusesAnInvalidSpecByFieldName) {
+  auto refused = [](MoeSpec s, std::vector<std::string> parts) {
+    expect_error([&] { MoeLayer<float> layer(s); }, parts);
+  };
+  refused(spec_of(RouterKind::kTopK, 4, 5), {"model.ffn.top_k", "5", "1..num_experts = 4"});
+  refused(spec_of(RouterKind::kTopK, 0, 1), {"model.ffn.num_experts", "0"});
+  refused(spec_of(RouterKind::kGShard, 4, 1), {"model.ffn.top_k", "top-2"});
+  MoeSpec s = spec_of(RouterKind::kTopK, 4, 2);
+  s.capacity_factor = -1;
+  refused(s, {"model.ffn.capacity_factor", "-1"});
+  s = spec_of(RouterKind::kNoisyTopK, 4, 2);
+  s.sigmoid = true;
+  refused(s, {"model.ffn.router.score", "topk"});
+  s = spec_of(RouterKind::kTopK, 4, 2);
+  s.expert_dropout = 1;
+  refused(s, {"model.ffn.expert_dropout", "[0, 1)"});
+}
+
 TEST(MoeKernels, BadPanelGemmSettingIsRefusedByName) {
-  // MOE_PANEL_GEMM takes 0, 1 or nothing; anything else is an error naming it and the value.
+  // TODO(merge): MOE_PANEL_GEMM is read by MoeSpec::from_config until model.ffn.expert_gemm
+  // lands. It takes 0, 1 or nothing; anything else is an error naming it and the value.
+  FfnConfig f;
+  f.kind = "moe";
+  f.num_experts = 4;
+  f.top_k = 2;
+  f.d_expert = 8;
   ::setenv("MOE_PANEL_GEMM", "yes", 1);
-  MoeLayer<float> layer(spec_of(RouterKind::kTopK, 4, 2, 16, 8));
-  Arena m;
-  expect_error([&] { layer.bind(m, 1, 8); }, {"MOE_PANEL_GEMM", "'yes'", "expected 0"});
+  expect_error([&] { MoeSpec::from_config(f, 16); }, {"MOE_PANEL_GEMM", "'yes'", "expected 0"});
+  ::setenv("MOE_PANEL_GEMM", "0", 1);
+  EXPECT_EQ(MoeSpec::from_config(f, 16).expert_gemm, ExpertGemm::kBlas);
+  ::setenv("MOE_PANEL_GEMM", "1", 1);
+  EXPECT_EQ(MoeSpec::from_config(f, 16).expert_gemm, ExpertGemm::kPanel);
   ::unsetenv("MOE_PANEL_GEMM");
+  EXPECT_EQ(MoeSpec::from_config(f, 16).expert_gemm, ExpertGemm::kAuto);
 }
 
 TEST(MoeSemantics, OneExpertTopOneIsTheDenseFfn) {
@@ -347,144 +466,6 @@ TEST(MoeSemantics, BiasBalanceRaisesTheBiasOfUnderloadedExperts) {
   L.layer.update_bias(b.data());
   EXPECT_LT(b[0], 0);
   EXPECT_GT(b[1] + b[2] + b[3], 0);
-}
-
-TEST(MoeConfig, FineGrainedParametrisationMapsToShapes) {
-  Config c = config_from_json(nlohmann::json::parse(R"({"model": {"d_model": 32, "n_layers": 2,
-      "n_heads": 2, "ffn": {"kind": "moe", "d_ff": 128, "granularity": 4, "expansion": 8}}})"),
-                              "test");
-  const FfnConfig& f = c.model.ffn;
-  EXPECT_EQ(f.num_experts, 32);
-  EXPECT_EQ(f.d_expert, 32);
-  EXPECT_EQ(f.top_k, 4);
-  Transformer m(c.model, 1, 4);
-  Param* up = m.params().find("layers.1.ffn.experts.w_up");
-  ASSERT_NE(up, nullptr);
-  EXPECT_EQ(up->shape, (std::vector<int64_t>{32, 32, 32}));
-  EXPECT_EQ(m.params().find("layers.0.ffn.router.weight")->shape, (std::vector<int64_t>{32, 32}));
-  // Active FFN parameters equal the dense FFN's (k_base = 1) plus the router.
-  ModelCount mc = count_model(c.model, 4);
-  EXPECT_EQ(mc.ffn_active, 2 * (3 * 32 * 128 + 32 * 32));
-}
-
-TEST(MoeConfig, BadFieldsAreRejectedByName) {
-  auto err = [](const char* t) {
-    return error_of([&] { config_from_json(nlohmann::json::parse(t), "m.json"); });
-  };
-  EXPECT_NE(
-      err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "top_k": 5}}})").find("top_k"),
-      std::string::npos);
-  EXPECT_NE(
-      err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "router": {"kind": "hash"}}}})")
-          .find("topk, noisy_topk, gshard, expert_choice"),
-      std::string::npos);
-  EXPECT_NE(
-      err(R"({"model": {"ffn": {"kind": "moe", "granularity": 3, "expansion": 2, "d_ff": 128}}})")
-          .find("not divisible"),
-      std::string::npos);
-  EXPECT_NE(err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "capacity_factor": -1}}})")
-                .find("capacity_factor"),
-            std::string::npos);
-  EXPECT_NE(
-      err(R"({"model": {"ffn": {"kind": "moe", "num_experts": 4, "router": {"kind": "gshard"}, "top_k": 1}}})")
-          .find("top-2"),
-      std::string::npos);
-}
-
-TEST(MoeModel, AccountantEqualsAllocatedForEveryRouter) {
-  for (
-      const char* ffn :
-      {R"({"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16})",
-       R"({"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16, "shared_experts": 2, "activation": "gelu"})",
-       R"({"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16, "router": {"kind": "noisy_topk"}})",
-       R"({"kind": "moe", "num_experts": 4, "top_k": 1, "d_expert": 16, "router": {"bias_balance": true, "score": "sigmoid"}})",
-       R"({"kind": "moe", "d_ff": 64, "granularity": 2, "expansion": 4, "router": {"kind": "expert_choice"}})",
-       R"({"kind": "peer", "num_experts": 64, "heads": 2, "top_k": 3, "d_key": 8})",
-       R"({"kind": "peer", "num_experts": 49, "heads": 3, "top_k": 2, "d_key": 4, "query_norm": "layernorm", "activation": "relu"})",
-       R"({"kind": "peer", "num_experts": 16, "heads": 1, "top_k": 2, "d_key": 6, "query_norm": "none"})"}) {
-    nlohmann::json j = {{"model",
-                         {{"d_model", 32},
-                          {"n_layers", 3},
-                          {"n_heads", 2},
-                          {"ffn", nlohmann::json::parse(ffn)},
-                          {"ffn_overrides", {{"0", {{"kind", "dense"}}}}}}}};
-    Config c = config_from_json(j, "test");
-    Transformer m(c.model, 2, 4);
-    int64_t allocated = 0;
-    for (auto& p : m.params().all()) allocated += int64_t(p.numel);
-    EXPECT_EQ(count_model(c.model, 4).total, allocated) << ffn;
-  }
-}
-
-TEST(MoeModel, TinyMoeModelTrainsDeterministically) {
-  auto run = [] {
-    Config c = config_from_json(nlohmann::json::parse(R"({"model": {"d_model": 32, "n_layers": 2,
-        "n_heads": 2, "max_seq_len": 16, "ffn": {"kind": "moe", "num_experts": 4, "top_k": 2,
-        "d_expert": 32, "capacity_factor": 1.25, "router": {"kind": "noisy_topk"}}},
-        "train": {"lr": 0.01, "warmup_steps": 0, "steps": 30, "seq_len": 16}})"),
-                                "test");
-    Transformer m(c.model, 4, 16);
-    m.params().initialize(5);
-    AdamWOptimizer opt(m.params(), c.train);
-    std::vector<int32_t> x(64), y(64);
-    for (int i = 0; i < 64; ++i) {
-      x[i] = (i * 7) % 23;
-      y[i] = (i * 7 + 7) % 23;
-    }
-    std::vector<double> losses;
-    for (int s = 0; s < 30; ++s) {
-      m.params().zero_grad();
-      StepInfo info;
-      info.step = s;
-      losses.push_back(m.forward(x.data(), y.data(), 4, 16, info, 1.f) + m.aux_loss());
-      m.backward();
-      opt.step(s);
-    }
-    return losses;
-  };
-  std::vector<double> a = run(), b = run();
-  EXPECT_EQ(a, b);
-  EXPECT_LT(a.back(), 0.7 * a.front());
-}
-
-TEST(MoeModel, UpcycledCopiesReproduceTheDenseModel) {
-  // Every expert a copy of the dense FFN, renormalised top-2, dropless: Σ gates = 1, so the MoE
-  // model computes exactly the dense model's function (up to float summation order).
-  const char* dense_cfg = R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2,
-      "max_seq_len": 8, "ffn": {"d_ff": 64}}, "train": {"seq_len": 8}})";
-  Config dc = config_from_json(nlohmann::json::parse(dense_cfg), "dense");
-  Transformer dense(dc.model, 2, 8);
-  dense.params().initialize(9);
-  const std::string path = ::testing::TempDir() + "/moe_upcycle_dense.safetensors";
-  save_checkpoint(path, dense, nullptr, {dc, {}, "byte", ""});
-  nlohmann::json mj = nlohmann::json::parse(dense_cfg);
-  mj["model"]["ffn"] = {{"kind", "moe"}, {"num_experts", 4}, {"top_k", 2}, {"d_ff", 64}};
-  Config mc = config_from_json(mj, "moe");
-  Transformer moe(mc.model, 2, 8);
-  moe.params().initialize(10);
-  EXPECT_GT(upcycle_from_dense(path, moe), 0);
-  std::vector<int32_t> x(16);
-  for (int i = 0; i < 16; ++i) x[i] = (i * 29 + 3) % 256;
-  StepInfo info;
-  info.training = false;
-  dense.forward(x.data(), nullptr, 2, 8, info, 0.f);
-  moe.forward(x.data(), nullptr, 2, 8, info, 0.f);
-  for (int i = 0; i < 16 * 256; ++i) ASSERT_NEAR(moe.logits()[i], dense.logits()[i], 1e-4) << i;
-  // Fine-grained: d_expert = d_ff/2, expert e holds hidden units [(e mod 2)·32, +32).
-  mj["model"]["ffn"] = {{"kind", "moe"}, {"num_experts", 4}, {"top_k", 2}, {"d_expert", 32}};
-  Config gc = config_from_json(mj, "fine");
-  Transformer fine(gc.model, 2, 8);
-  upcycle_from_dense(path, fine);
-  const Param* up = fine.params().find("layers.1.ffn.experts.w_up");
-  const Param* dup = dense.params().find("layers.1.ffn.w_up");
-  const Param* down = fine.params().find("layers.1.ffn.experts.w_down");
-  const Param* ddown = dense.params().find("layers.1.ffn.w_down");
-  for (int e = 0; e < 4; ++e)
-    for (int i = 0; i < 32; ++i)
-      for (int c = 0; c < 32; ++c) {
-        ASSERT_EQ(up->w[(e * 32 + i) * 32 + c], dup->w[((e % 2) * 32 + i) * 32 + c]);
-        ASSERT_EQ(down->w[(e * 32 + c) * 32 + i], ddown->w[c * 64 + (e % 2) * 32 + i]);
-      }
 }
 
 }  // namespace

@@ -5,7 +5,7 @@
 // The C++ side runs in double first, so the only differences are summation order: 1e-10
 // relative to each tensor's largest entry is ~1e5 ulp of headroom yet catches any wrong term.
 // Then in float, which is the path training takes: with AVX-512 and several experts per thread
-// the expert products run on our panel GEMM (kernels/panel_gemm) instead of OpenBLAS, and these
+// the expert products run on our panel GEMM (kernels/grouped_gemm) instead of OpenBLAS, and these
 // fixtures' odd sizes exercise its partial tiles and panels. Float tolerance: 2e-5 relative to
 // each tensor's largest entry (inputs are rounded to float, ~6e-8 each, and sums of up to a few
 // hundred terms accumulate ~1e-6; 2e-5 still catches any wrong or missing term).
@@ -80,9 +80,13 @@ void run_fixture(const char* name, double rel, double loss_tol) {
   Arena acts(measure.used());
   layer.bind(acts, B, Tn);
   std::vector<T> y(std::size_t(N) * C), dx(std::size_t(N) * C, T(0));
-  layer.forward(
-      y.data(), x.data(), p, B, Tn, /*training=*/true, 1, 0, 0, T(1),
-      {noise.empty() ? nullptr : noise.data(), uniform.empty() ? nullptr : uniform.data()});
+  MoeStep<T> step;
+  step.batch = B;
+  step.seq_len = Tn;
+  step.training = true;
+  step.seed = 1;
+  step.noise = {noise.empty() ? nullptr : noise.data(), uniform.empty() ? nullptr : uniform.data()};
+  layer.forward(y.data(), x.data(), p, step);
   auto d = [](const std::vector<T>& v) { return std::vector<double>(v.begin(), v.end()); };
   EXPECT_TRUE(all_close("y", d(y), r.read_f64("y"), rel * max_abs(r.read_f64("y")), 0));
   EXPECT_NEAR(layer.stats().aux_loss, r.read_f64("aux_loss")[0], loss_tol);

@@ -24,6 +24,27 @@ enum Purpose : uint32_t {
   kPurposeDropout = 5,
 };
 
+// The draws of one layer at one step: a purpose tag and a flag or-ed into the layer word, so
+// several purposes share a tag without sharing a stream. The values are those every recorded
+// run and checkpoint was made with: changing one changes the bits of training.
+struct LayerStreamPurpose {
+  uint32_t tag;
+  uint32_t layer_flag;
+};
+// MoE: noisy top-k's Gaussian noise ε [N, E].
+inline constexpr LayerStreamPurpose kPurposeRouterNoise{kPurposeNoise, 0};
+// MoE: GShard's uniform draw per token that keeps or skips its second expert.
+inline constexpr LayerStreamPurpose kPurposeGShardSecond{kPurposeNoise, 0x8000u};
+// MoE: the router input's multiplicative jitter [N, C].
+inline constexpr LayerStreamPurpose kPurposeJitter{kPurposeNoise, 0x4000u};
+// MoE: the dropout mask of the experts' hidden units (redrawn in backward from the same key).
+inline constexpr LayerStreamPurpose kPurposeExpertDropout{kPurposeDropout, 0};
+
+// The stream of `purpose` for `layer` at training step `step`.
+constexpr uint64_t layer_stream(LayerStreamPurpose purpose, int64_t step, int layer) {
+  return stream_id(purpose.tag, uint32_t(step), uint32_t(layer) | purpose.layer_flag);
+}
+
 class Rng {
  public:
   Rng(uint64_t seed, uint64_t stream) : seed_(seed), stream_(stream) {}

@@ -1,9 +1,9 @@
-// panel_gemm (the MoE layer's float GEMM with a packed B) against a double-precision loop, on
-// shapes that hit every edge: partial micro-tiles (M not a multiple of 12), a partial last
-// panel (N not a multiple of 32), k passes split at 256, both ways of reading A, overwrite and
-// accumulate, and packed Bs stacked from two sources along K and along N (the layer's
-// [W_gate; W_up]). Tolerance: a float sum of K products of O(1) values, rounded at each step,
-// is within ~K·2⁻²⁴·Σ|a·b| of the exact one; we allow 4·K·2⁻²⁴·Σ|a·b| + 1e-6 per element.
+// kernels/grouped_gemm: panel_gemm (the MoE experts' float GEMM with a packed B) against a
+// double-precision loop, on shapes that hit every edge: partial micro-tiles (M not a multiple of
+// 12), a partial last panel (N not a multiple of 32), k passes split at 256, both ways of reading
+// A, overwrite and accumulate, and packed Bs stacked from two sources along K and along N (the
+// layer's [W_gate; W_up]). Tolerance: a float sum of K products of O(1) values, rounded at each
+// step, is within ~K·2⁻²⁴·Σ|a·b| of the exact one; we allow 4·K·2⁻²⁴·Σ|a·b| + 1e-6 per element.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -12,7 +12,7 @@
 
 #include "moe/core/arena.h"
 #include "moe/core/rng.h"
-#include "moe/kernels/panel_gemm.h"
+#include "moe/kernels/grouped_gemm.h"
 
 using namespace moe;
 
@@ -121,7 +121,7 @@ void check(const Case& c, bool b_trans, bool split_k, bool split_n, bool indexed
 
 }  // namespace
 
-TEST(PanelGemm, MatchesDoubleLoopOnEdgeShapes) {
+TEST(GroupedGemm, MatchesDoubleLoopOnEdgeShapes) {
   const Case cases[] = {
       {1, 1, 1, false, false},    {12, 32, 256, false, false}, {13, 33, 257, false, true},
       {11, 31, 255, true, false}, {25, 64, 600, true, true},   {50, 100, 40, false, false},
@@ -132,7 +132,7 @@ TEST(PanelGemm, MatchesDoubleLoopOnEdgeShapes) {
       for (bool split : {false, true}) check(c, b_trans, split && c.K >= 3, split && c.N >= 4);
 }
 
-TEST(PanelGemm, RowsPickedByIndexAndScaled) {
+TEST(GroupedGemm, RowsPickedByIndexAndScaled) {
   // The MoE layer's fused path: A's rows (or, transposed, its k rows) taken from the token matrix
   // by index, B's rows by index and scaled by the gates.
   const Case cases[] = {
@@ -145,7 +145,7 @@ TEST(PanelGemm, RowsPickedByIndexAndScaled) {
         check(c, b_trans, split && c.K >= 3, split && c.N >= 4, /*indexed=*/true);
 }
 
-TEST(PanelGemm, StreamedStoresGiveTheSameBits) {
+TEST(GroupedGemm, StreamedStoresGiveTheSameBits) {
   // stream_c only changes how C's lines are written (streaming stores where a whole aligned
   // 32-column row piece is written once): the same bits as plain stores, for aligned and
   // unaligned C, partial panels, several k passes and accumulation (where it must not apply).
@@ -171,7 +171,7 @@ TEST(PanelGemm, StreamedStoresGiveTheSameBits) {
         }
 }
 
-TEST(PanelGemm, ZeroKOverwritesOrKeeps) {
+TEST(GroupedGemm, ZeroKOverwritesOrKeeps) {
   // K = 0: C = 0 (overwrite) or C unchanged (accumulate), as a GEMM with an empty sum.
   std::vector<float> C(6, 2.f);
   Aligned Bp(panel_b_floats(0, 3) + 16);
@@ -181,7 +181,7 @@ TEST(PanelGemm, ZeroKOverwritesOrKeeps) {
   EXPECT_EQ(C, std::vector<float>(6, 0.f));
 }
 
-TEST(PanelGemm, SameBitsForAnyThreadCount) {
+TEST(GroupedGemm, SameBitsForAnyThreadCount) {
   // Called outside a parallel region, the product is shared out among the threads; the bits must
   // not depend on how many (each element is summed over k in order by one thread).
   const int M = 301, N = 130, K = 600;    // big enough to go parallel, with partial tiles/panels

@@ -1,4 +1,4 @@
-#include "moe/kernels/panel_gemm.h"
+#include "moe/kernels/grouped_gemm.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -378,6 +378,71 @@ bool panel_gemm_native() {
 #else
   return false;
 #endif
+}
+
+// ---- One expert's products (shapes and contracts in grouped_gemm.h).
+
+void panel_first_forward(float* gu, const float* X, const int32_t* rows, const float* wg,
+                         const float* wu, int m, int C, int H, bool gated, float* pack,
+                         float* apack) {
+  const int W1 = gated ? 2 * H : H;
+  // B(k = c, n) = W_gate[n, c] for n < H, W_up[n − H, c] after: [W_gate; W_up]ᵀ [C, W1].
+  if (gated) panel_pack_b(pack, C, W1, 0, 0, C, H, wg, C, true);
+  panel_pack_b(pack, C, W1, 0, W1 - H, C, H, wu, C, true);
+  panel_gemm(m, W1, C, X, C, false, pack, gu, W1, false, apack, rows);
+}
+
+void panel_down_forward(float* ye, const float* hid, const float* wd, int m, int C, int H,
+                        float* pack) {
+  panel_pack_b(pack, H, C, 0, 0, H, C, wd, H, true);
+  panel_gemm(m, C, H, hid, H, false, pack, ye, C, false, nullptr, nullptr, /*stream_c=*/true);
+}
+
+void panel_down_backward(float* dwd, float* hid, const float* d, const int32_t* rows,
+                         const float* gate, float* dgate, const float* wd, int m, int C, int H,
+                         float* pack, float* apack, float* u) {
+  auto weight_grad = [&] {
+    panel_pack_b(pack, m, H, 0, 0, m, H, hid, H, false, nullptr, gate);
+    panel_gemm(C, H, m, d, C, true, pack, dwd, H, true, apack, rows);
+  };
+  auto input_grad = [&] {
+    panel_pack_b(pack, C, H, 0, 0, C, H, wd, H, false);
+    panel_gemm(m, H, C, d, C, false, pack, rows ? u : hid, H, false, apack, rows);
+  };
+  if (!rows) {  // hid is overwritten by d(hid): its weight gradient first
+    weight_grad();
+    input_grad();
+    return;
+  }
+  // Fused, u first: it gathers the expert's dy rows by row (sequential within each row, which
+  // the hardware prefetcher follows), so the weight gradient's column-wise (transposed) walk
+  // over the same rows then finds them in L2 instead of missing on each new line.
+  input_grad();
+  weight_grad();
+  for (int i = 0; i < m; ++i) {
+    float* h = hid + std::size_t(i) * H;
+    const float* ui = u + std::size_t(i) * H;
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j < H; ++j) dot += ui[j] * h[j];
+    dgate[i] = dot;
+    const float gi = gate[i];
+#pragma omp simd
+    for (int j = 0; j < H; ++j) h[j] = gi * ui[j];
+  }
+}
+
+void panel_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, const float* X,
+                          const int32_t* rows, const float* wg, const float* wu, int m, int C,
+                          int H, bool gated, bool accumulate, float* pack, float* apack) {
+  const int W1 = gated ? 2 * H : H;
+  panel_pack_b(pack, m, C, 0, 0, m, C, X, C, false, rows);
+  if (gated) panel_gemm(H, C, m, dgu, W1, true, pack, dwg, C, true, apack);
+  panel_gemm(H, C, m, dgu + (W1 - H), W1, true, pack, dwu, C, true, apack);
+  if (gated) panel_pack_b(pack, W1, C, 0, 0, H, C, wg, C, false);
+  panel_pack_b(pack, W1, C, W1 - H, 0, H, C, wu, C, false);
+  panel_gemm(m, C, W1, dgu, W1, false, pack, dX, C, accumulate, nullptr, nullptr,
+             /*stream_c=*/true);
 }
 
 }  // namespace moe

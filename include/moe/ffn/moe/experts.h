@@ -1,0 +1,99 @@
+// The expert bank: E stacked experts, each y = W_down·act(W_up·x [, W_gate·x]) (SwiGLU or
+// GELU), run on panels of rows sorted by expert (dispatch.h), plus the shared experts that see
+// every token. Per expert e with m rows:
+//   gu  [m, W1] = X·[W_gate; W_up]ᵀ  (W1 = 2H for SwiGLU, H for GELU)
+//   hid [m, H]  = act(gu), then expert dropout (training)
+//   ye  [m, C]  = hid·W_downᵀ
+//
+// Scheduling: experts run largest first. Many experts: one expert per task across threads
+// (dynamic), each product single-threaded; few: one after another, each product on all threads.
+// Either way one expert's weight gradients are written by one task, in a fixed order.
+//
+// The GEMM (spec.expert_gemm, chosen at bind by shape only, so results do not depend on the
+// thread count): OpenBLAS, or in float with AVX-512 our panel GEMM (kernels/grouped_gemm.h),
+// which without expert parallelism also reads x and dy through the rows' token indices instead
+// of gathered panels ("fused").
+//
+// Expert dropout keeps hidden unit (row r, j) with probability 1 − p and scales it by
+// 1/(1 − p); the mask is redrawn in backward from the same key instead of being stored.
+#pragma once
+#include <cstdint>
+
+#include "moe/core/arena.h"
+#include "moe/ffn/moe/moe_spec.h"
+
+namespace moe {
+
+// One pass's panels: the rows of local expert j are [offsets[j], offsets[j+1]) of every array.
+template <typename T>
+struct ExpertPanels {
+  const T* x = nullptr;    // inputs [rows, C], or the token matrix [N, C] when `rows` is set
+  T* gu = nullptr;         // [rows, W1] first projection (backward: its gradient, in place)
+  T* hid = nullptr;        // [rows, H] activations (backward: their gradient, in place)
+  T* ye = nullptr;         // [rows, C] outputs
+  const T* dye = nullptr;  // [rows, C] output gradients (backward, unfused)
+  const int32_t* offsets = nullptr;  // [experts + 1]
+  int experts = 0;
+  // Fused only: panel row r is token rows[r] of x and of dy [N, C], with gate[r]; backward
+  // forms d(ye) = gate·dy inside the products and writes d(gate) to dgate[r] (=).
+  const int32_t* rows = nullptr;
+  const T* dy = nullptr;
+  const T* gate = nullptr;
+  T* dgate = nullptr;
+};
+
+// The key of one forward's dropout mask (inactive outside training or with p = 0).
+struct ExpertDropout {
+  bool active = false;
+  uint64_t seed = 0;
+  int64_t step = 0;
+  int layer = 0;
+};
+
+template <typename T>
+class ExpertBank {
+ public:
+  explicit ExpertBank(const MoeSpec& spec) : spec_(spec) {}
+  // Scratch for up to `experts` experts per pass of at most max_expert_rows rows each, and the
+  // shared experts on up to max_tokens tokens. fusable: the experts may read the token matrices
+  // directly (no expert parallelism).
+  void bind(Arena& a, int experts, int max_expert_rows, int max_tokens, bool fusable);
+  // Whether the experts read x and dy through row indices (see ExpertPanels).
+  bool fused() const { return fused_; }
+
+  // Routed experts: q.gu, q.hid, q.ye (=), from weights w_* of experts 0..q.experts−1.
+  void forward(const ExpertPanels<T>& q, const MoeParams<T>& p, const ExpertDropout& dropout);
+  // dx_rows [rows, C] (=), grads (+=); q as in forward (hid and gu are overwritten).
+  void backward(const ExpertPanels<T>& q, const MoeGrads<T>& g, const MoeParams<T>& p, T* dx_rows);
+  // Shared experts: y [N, C] (+=) Σ_s FFN_s(x); backward: dx (+=), grads (+=).
+  void shared_forward(T* y, const T* x, const MoeParams<T>& p, int N);
+  void shared_backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x, const MoeParams<T>& p,
+                       int N);
+
+ private:
+  void expert_forward(const ExpertPanels<T>& q, const MoeParams<T>& p, int e);
+  void expert_backward(const ExpertPanels<T>& q, const MoeGrads<T>& g, const MoeParams<T>& p,
+                       T* dx_rows, int e);
+  // Multiplies the hidden panel rows [o, o+m) (at hid) by the dropout mask / (1 − p).
+  void apply_dropout(T* hid, int o, int m) const;
+  float* pack_buffer() const;
+
+  MoeSpec spec_;
+  int32_t* order_ = nullptr;  // [experts] the schedule: experts by rows, most first
+  ExpertDropout dropout_;     // of the last forward, redrawn in backward
+  // Shared experts' activations: [S, N, W1] and [S, N, H].
+  T *shared_gu_ = nullptr, *shared_hid_ = nullptr;
+  // Float, panel GEMM: per thread pack_stride_ floats = packed B | A scratch | u [rows, H] of
+  // the fused down-projection backward; sized for experts of up to pack_rows_ rows.
+  bool panel_ = false;
+  bool fused_ = false;
+  float* pack_ = nullptr;
+  std::size_t pack_stride_ = 0, pack_b_floats_ = 0, pack_a_floats_ = 0;
+  int pack_rows_ = 0, pack_threads_ = 0;
+};
+
+// order [0..n) (=) 0..n−1 sorted by rows off[e+1] − off[e], most first (ties: lower index
+// first): the largest-first schedule of the expert bank.
+void order_by_rows(int32_t* order, const int32_t* off, int n);
+
+}  // namespace moe

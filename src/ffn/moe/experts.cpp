@@ -1,0 +1,279 @@
+#include "moe/ffn/moe/experts.h"
+
+#include <algorithm>
+#include <type_traits>
+
+#include "moe/core/error.h"
+#include "moe/core/rng.h"
+#include "moe/core/threading.h"
+#include "moe/kernels/gemm.h"
+#include "moe/kernels/grouped_gemm.h"
+#include "moe/nn/activations.h"
+
+namespace moe {
+
+namespace {
+
+template <typename T>
+void activation_forward(T* hid, const T* gu, int m, int H, Activation a) {
+  if (a == Activation::kSwiGLU)
+    swiglu_forward(hid, gu, m, H);
+  else
+    gelu_forward(hid, gu, std::size_t(m) * H);
+}
+
+// dgu (written over gu) from dhid.
+template <typename T>
+void activation_backward(T* gu, const T* dhid, int m, int H, Activation a) {
+  if (a == Activation::kSwiGLU)
+    swiglu_backward(gu, dhid, gu, m, H);
+  else
+    gelu_backward(gu, dhid, gu, std::size_t(m) * H);
+}
+
+// The first projection of an expert on OpenBLAS: gu [m, W1] = X [m,C] · [W_gate; W_up]ᵀ
+// (SwiGLU: gate in columns 0..H-1, up in H..2H-1) or X · W_upᵀ (GELU). wg may be null for GELU.
+template <typename T>
+void first_forward(T* gu, const T* X, const T* wg, const T* wu, int m, int C, int H, Activation a) {
+  if (a == Activation::kSwiGLU) {
+    gemm<T>(false, true, m, H, C, T(1), X, C, wg, C, T(0), gu, 2 * H);
+    gemm<T>(false, true, m, H, C, T(1), X, C, wu, C, T(0), gu + H, 2 * H);
+  } else {
+    gemm<T>(false, true, m, H, C, T(1), X, C, wu, C, T(0), gu, H);
+  }
+}
+
+// Its backward from dgu [m, W1]: dW (+=) and dX (+= if accumulate, else =).
+template <typename T>
+void first_backward(T* dX, T* dwg, T* dwu, const T* dgu, const T* X, const T* wg, const T* wu,
+                    int m, int C, int H, Activation a, bool accumulate) {
+  const T beta = accumulate ? T(1) : T(0);
+  if (a == Activation::kSwiGLU) {
+    gemm<T>(true, false, H, C, m, T(1), dgu, 2 * H, X, C, T(1), dwg, C);
+    gemm<T>(true, false, H, C, m, T(1), dgu + H, 2 * H, X, C, T(1), dwu, C);
+    gemm<T>(false, false, m, C, H, T(1), dgu, 2 * H, wg, C, beta, dX, C);
+    gemm<T>(false, false, m, C, H, T(1), dgu + H, 2 * H, wu, C, T(1), dX, C);
+  } else {
+    gemm<T>(true, false, H, C, m, T(1), dgu, H, X, C, T(1), dwu, C);
+    gemm<T>(false, false, m, C, H, T(1), dgu, H, wu, C, beta, dX, C);
+  }
+}
+
+// Whether for_each_expert runs the experts in parallel (one per task) for E experts.
+bool experts_in_parallel(int E) {
+  const int nt = max_threads();
+  return E >= 2 * nt && nt > 1;
+}
+
+// Runs fn(e) for every expert in `order` (see the scheduling note in experts.h).
+template <typename F>
+void for_each_expert(const int32_t* order, int E, F&& fn) {
+  if (experts_in_parallel(E)) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < E; ++i) fn(order[i]);
+  } else {
+    for (int i = 0; i < E; ++i) fn(order[i]);
+  }
+}
+
+int largest_panel(const int32_t* off, int n) {
+  int m = 0;
+  for (int e = 0; e < n; ++e) m = std::max(m, off[e + 1] - off[e]);
+  return m;
+}
+
+}  // namespace
+
+void order_by_rows(int32_t* order, const int32_t* off, int n) {
+  for (int e = 0; e < n; ++e) order[e] = e;
+  std::stable_sort(order, order + n,
+                   [&](int32_t x, int32_t y) { return off[x + 1] - off[x] > off[y + 1] - off[y]; });
+}
+
+template <typename T>
+void ExpertBank<T>::bind(Arena& a, int experts, int max_expert_rows, int max_tokens, bool fusable) {
+  const int C = spec_.C, H = spec_.H, W1 = spec_.w1_rows();
+  order_ = a.take<int32_t>(experts);
+  if (spec_.n_shared > 0) {
+    shared_gu_ = a.take<T>(std::size_t(spec_.n_shared) * max_tokens * W1);
+    shared_hid_ = a.take<T>(std::size_t(spec_.n_shared) * max_tokens * H);
+  }
+  panel_ = fused_ = false;
+  if constexpr (std::is_same_v<T, float>) {
+    const bool small = std::size_t(H) * C <= (std::size_t(1) << 17);
+    const bool want = spec_.expert_gemm == ExpertGemm::kPanel ||
+                      (spec_.expert_gemm == ExpertGemm::kAuto && small);
+    if (panel_gemm_native() && want) {
+      panel_ = true;
+      pack_rows_ = max_expert_rows;
+      const int Mx = std::max({pack_rows_, C, W1, H});
+      // Each part a multiple of 16 floats, so every part stays 64-byte aligned.
+      auto up16 = [](std::size_t n) { return (n + 15) / 16 * 16; };
+      pack_b_floats_ =
+          up16(std::max({panel_b_floats(C, W1), panel_b_floats(Mx, C), panel_b_floats(Mx, H),
+                         panel_b_floats(W1, C), panel_b_floats(H, C)}));
+      pack_a_floats_ = up16(panel_a_floats(Mx));
+      pack_stride_ = pack_b_floats_ + pack_a_floats_ + up16(std::size_t(pack_rows_) * H);
+      pack_threads_ = max_threads();
+      pack_ = a.take<float>(pack_stride_ * pack_threads_);
+      fused_ = fusable;
+    }
+  }
+}
+
+template <typename T>
+float* ExpertBank<T>::pack_buffer() const {
+  return pack_ + std::size_t(thread_index()) * pack_stride_;
+}
+
+template <typename T>
+void ExpertBank<T>::apply_dropout(T* hid, int o, int m) const {
+  const Rng rng(dropout_.seed, layer_stream(kPurposeExpertDropout, dropout_.step, dropout_.layer));
+  const float p = spec_.expert_dropout;
+  const T scale = T(1) / T(1 - p);
+  const int H = spec_.H;
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < H; ++j) {
+      T& h = hid[std::size_t(i) * H + j];
+      h = rng.uniform(uint64_t(o + i) * H + j) < p ? T(0) : h * scale;
+    }
+}
+
+template <typename T>
+void ExpertBank<T>::forward(const ExpertPanels<T>& q, const MoeParams<T>& p,
+                            const ExpertDropout& dropout) {
+  dropout_ = dropout;
+  if (panel_) {
+    const int m = largest_panel(q.offsets, q.experts);
+    MOE_CHECK(m <= pack_rows_ && max_threads() <= pack_threads_,
+              "internal: {} rows for one expert on {} threads exceed the bound {} rows, {} threads",
+              m, max_threads(), pack_rows_, pack_threads_);
+  }
+  order_by_rows(order_, q.offsets, q.experts);
+  for_each_expert(order_, q.experts, [&](int e) { expert_forward(q, p, e); });
+}
+
+template <typename T>
+void ExpertBank<T>::expert_forward(const ExpertPanels<T>& q, const MoeParams<T>& p, int e) {
+  const int C = spec_.C, H = spec_.H, W1 = spec_.w1_rows();
+  const int o = q.offsets[e], m = q.offsets[e + 1] - o;
+  if (m == 0) return;
+  const std::size_t we = std::size_t(e) * H * C;
+  T* gu = q.gu + std::size_t(o) * W1;
+  T* hid = q.hid + std::size_t(o) * H;
+  T* ye = q.ye + std::size_t(o) * C;
+  const T* wg = p.w_gate ? p.w_gate + we : nullptr;
+  const T* wd = p.w_down + std::size_t(e) * C * H;
+  const bool gated = spec_.act == Activation::kSwiGLU;
+  if constexpr (std::is_same_v<T, float>) {
+    if (panel_) {
+      float* pack = pack_buffer();
+      float* apack = pack + pack_b_floats_;
+      const float* X = q.rows ? q.x : q.x + std::size_t(o) * C;
+      panel_first_forward(gu, X, q.rows ? q.rows + o : nullptr, wg, p.w_up + we, m, C, H, gated,
+                          pack, apack);
+      activation_forward(hid, gu, m, H, spec_.act);
+      if (dropout_.active) apply_dropout(hid, o, m);
+      panel_down_forward(ye, hid, wd, m, C, H, pack);
+      return;
+    }
+  }
+  first_forward(gu, q.x + std::size_t(o) * C, wg, p.w_up + we, m, C, H, spec_.act);
+  activation_forward(hid, gu, m, H, spec_.act);
+  if (dropout_.active) apply_dropout(hid, o, m);
+  gemm<T>(false, true, m, C, H, T(1), hid, H, wd, H, T(0), ye, C);
+}
+
+template <typename T>
+void ExpertBank<T>::backward(const ExpertPanels<T>& q, const MoeGrads<T>& g, const MoeParams<T>& p,
+                             T* dx_rows) {
+  if (panel_) {
+    MOE_CHECK(max_threads() <= pack_threads_, "internal: {} threads, pack scratch for {}",
+              max_threads(), pack_threads_);
+  }
+  order_by_rows(order_, q.offsets, q.experts);
+  for_each_expert(order_, q.experts, [&](int e) { expert_backward(q, g, p, dx_rows, e); });
+}
+
+template <typename T>
+void ExpertBank<T>::expert_backward(const ExpertPanels<T>& q, const MoeGrads<T>& g,
+                                    const MoeParams<T>& p, T* dx_rows, int e) {
+  const int C = spec_.C, H = spec_.H, W1 = spec_.w1_rows();
+  const int o = q.offsets[e], m = q.offsets[e + 1] - o;
+  if (m == 0) return;
+  const T* wd = p.w_down + std::size_t(e) * C * H;
+  T* dwd = g.w_down + std::size_t(e) * C * H;
+  const std::size_t we = std::size_t(e) * H * C;
+  T* hid = q.hid + std::size_t(o) * H;
+  T* gu = q.gu + std::size_t(o) * W1;
+  T* dx = dx_rows + std::size_t(o) * C;
+  const T* dye = q.dye ? q.dye + std::size_t(o) * C : nullptr;  // null when fused
+  const T* wg = p.w_gate ? p.w_gate + we : nullptr;
+  T* dwg = g.w_gate ? g.w_gate + we : nullptr;
+  const bool gated = spec_.act == Activation::kSwiGLU;
+  if constexpr (std::is_same_v<T, float>) {
+    if (panel_) {
+      float* pack = pack_buffer();
+      float* apack = pack + pack_b_floats_;
+      const float* X = q.x + std::size_t(o) * C;
+      const int32_t* rows = nullptr;
+      if (q.rows) {
+        // Fused: inputs and d(y) read from the token matrices through the expert's rows.
+        rows = q.rows + o;
+        X = q.x;
+        panel_down_backward(dwd, hid, q.dy, rows, q.gate + o, q.dgate + o, wd, m, C, H, pack, apack,
+                            apack + pack_a_floats_);
+      } else {
+        panel_down_backward(dwd, hid, dye, nullptr, nullptr, nullptr, wd, m, C, H, pack, apack,
+                            nullptr);
+      }
+      if (dropout_.active) apply_dropout(hid, o, m);  // the same mask, redrawn
+      activation_backward(gu, hid, m, H, spec_.act);
+      panel_first_backward(dx, dwg, g.w_up + we, gu, X, rows, wg, p.w_up + we, m, C, H, gated,
+                           false, pack, apack);
+      return;
+    }
+  }
+  gemm<T>(true, false, C, H, m, T(1), dye, C, hid, H, T(1), dwd, H);
+  gemm<T>(false, false, m, H, C, T(1), dye, C, wd, H, T(0), hid, H);
+  if (dropout_.active) apply_dropout(hid, o, m);  // the same mask, redrawn
+  activation_backward(gu, hid, m, H, spec_.act);
+  first_backward(dx, dwg, g.w_up + we, gu, q.x + std::size_t(o) * C, wg, p.w_up + we, m, C, H,
+                 spec_.act, false);
+}
+
+template <typename T>
+void ExpertBank<T>::shared_forward(T* y, const T* x, const MoeParams<T>& p, int N) {
+  // Dense FFNs on every token, added with weight 1.
+  const int C = spec_.C, H = spec_.H, W1 = spec_.w1_rows();
+  for (int s = 0; s < spec_.n_shared; ++s) {
+    T* gu = shared_gu_ + std::size_t(s) * N * W1;
+    T* hid = shared_hid_ + std::size_t(s) * N * H;
+    const std::size_t ws = std::size_t(s) * H * C;
+    first_forward(gu, x, p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, N, C, H, spec_.act);
+    activation_forward(hid, gu, N, H, spec_.act);
+    gemm<T>(false, true, N, C, H, T(1), hid, H, p.s_down + std::size_t(s) * C * H, H, T(1), y, C);
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::shared_backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
+                                    const MoeParams<T>& p, int N) {
+  const int C = spec_.C, H = spec_.H, W1 = spec_.w1_rows();
+  for (int s = 0; s < spec_.n_shared; ++s) {
+    T* gu = shared_gu_ + std::size_t(s) * N * W1;
+    T* hid = shared_hid_ + std::size_t(s) * N * H;
+    const T* wd = p.s_down + std::size_t(s) * C * H;
+    const std::size_t ws = std::size_t(s) * H * C;
+    gemm<T>(true, false, C, H, N, T(1), dy, C, hid, H, T(1), g.s_down + std::size_t(s) * C * H, H);
+    gemm<T>(false, false, N, H, C, T(1), dy, C, wd, H, T(0), hid, H);  // hid ← d(hid)
+    activation_backward(gu, hid, N, H, spec_.act);                     // gu ← d(gu)
+    first_backward(dx, g.s_gate ? g.s_gate + ws : nullptr, g.s_up + ws, gu, x,
+                   p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, N, C, H, spec_.act, true);
+  }
+}
+
+template class ExpertBank<float>;
+template class ExpertBank<double>;
+
+}  // namespace moe

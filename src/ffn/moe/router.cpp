@@ -1,0 +1,547 @@
+#include "moe/ffn/moe/router.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+#include "moe/core/error.h"
+#include "moe/core/rng.h"
+#include "moe/core/threading.h"
+#include "moe/kernels/gemm.h"
+#include "moe/kernels/softmax.h"
+#include "moe/kernels/vexp.h"
+
+namespace moe {
+
+namespace {
+
+// idx [k] (=) the k largest of key [E], larger first, ties to the lower index (what a partial
+// sort by (key descending, index ascending) gives): one insertion pass; as experts come in
+// index order an equal key never displaces a kept one. Most keys lose to the k-th at once (a
+// partial sort of the E indices had cost ~1 µs per token at E = 64).
+template <typename T>
+void topk_indices(const T* key, int E, int k, int32_t* idx) {
+  int n = 0;
+  for (int e = 0; e < E; ++e) {
+    const T x = key[e];
+    if (n == k && !(x > key[idx[k - 1]])) continue;
+    int j = n < k ? n++ : k - 1;
+    for (; j > 0 && x > key[idx[j - 1]]; --j) idx[j] = idx[j - 1];
+    idx[j] = e;
+  }
+}
+
+// Scratch rows per thread are padded to whole cache lines.
+std::size_t line_padded(std::size_t n) { return (n + 15) / 16 * 16; }
+
+}  // namespace
+
+template <typename T>
+void Router<T>::set_parallel(Communicator* comm) {
+  comm_ = comm;
+  ranks_ = comm ? comm->size() : 1;
+  rank_ = comm ? comm->rank() : 0;
+}
+
+template <typename T>
+void Router<T>::bind(Arena& a, int max_batch, int max_seq, int max_assign) {
+  const int E = spec_.E, C = spec_.C;
+  const std::size_t N = std::size_t(max_batch) * max_seq;
+  max_tokens_ = int(N);
+  auto f = [&](std::size_t n) { return a.take<T>(n); };
+  logits_ = f(N * E);
+  scores_ = f(N * E);
+  dlogits_ = f(N * E);
+  logsumexp_ = f(N);
+  score_sum_ = f(N);
+  if (spec_.kind == RouterKind::kNoisyTopK) {
+    noise_logits_ = f(N * E);
+    noise_eps_ = f(N * E);
+  }
+  if (spec_.jitter > 0) {
+    jittered_x_ = f(N * C);
+    jitter_factors_ = f(N * C);
+  }
+  assign_.expert = a.take<int32_t>(max_assign);
+  assign_.token = a.take<int32_t>(max_assign);
+  assign_.gate = f(max_assign);
+  assign_.dgate = f(max_assign);
+  assign_.fate = a.take<AssignmentFate>(max_assign);
+  aux_grad_ = f(E);
+  selections_ = a.take<int32_t>(E);
+  // Token choice routes at most k experts per token; expert choice's decode fallback
+  // round(cf), for the larger of the training and evaluation capacity factors.
+  const bool ec_kind = spec_.kind == RouterKind::kExpertChoice;
+  const float cf_max = std::max(spec_.capacity_factor, spec_.eval_capacity_factor);
+  max_slots_ = ec_kind ? std::min(E, std::max(1, int(std::lround(cf_max)))) : spec_.k;
+  slot_counts_ = a.take<double>(std::size_t(ranks_) * max_slots_ * E + E);
+  kept_before_ = a.take<int64_t>(E);
+  kept_running_ = a.take<int64_t>(E);
+  stats_sums_ = a.take<double>(2 * std::size_t(E) + 4);
+  token_entropy_ = a.take<double>(N);
+  scratch_threads_ = max_threads();
+  if (spec_.bias_balance) key_scratch_ = f(line_padded(E) * scratch_threads_);
+  if (ec_kind) {
+    // Groups span the global batch of max_batch·P sequences; each expert takes c of a group.
+    const int64_t Bg = int64_t(max_batch) * ranks_;
+    const int64_t c = std::min<int64_t>(Bg, int64_t(std::ceil(Bg * double(cf_max) / E)));
+    max_ec_pick_ = int64_t(max_seq) * E * c;
+    ec_pick_ = a.take<int32_t>(max_ec_pick_);
+    if (ranks_ > 1) global_scores_ = f(std::size_t(Bg) * max_seq * E);
+    rank_scratch_stride_ = int64_t(line_padded(Bg));
+    rank_scratch_ = a.take<int32_t>(std::size_t(rank_scratch_stride_) * scratch_threads_);
+  }
+  stats_.tokens_per_expert.assign(E, 0);
+}
+
+template <typename T>
+void Router<T>::begin(const MoeStep<T>& st) {
+  const int E = spec_.E;
+  batch_ = st.batch;
+  seq_len_ = st.seq_len;
+  tokens_ = batch_ * seq_len_;
+  distributed_ = st.training && ranks_ > 1;
+  global_tokens_ = int64_t(tokens_) * (distributed_ ? ranks_ : 1);
+  first_token_ = distributed_ ? int64_t(rank_) * tokens_ : 0;
+  loss_scale_ = st.loss_scale;
+  capacity_factor_ = st.training ? spec_.capacity_factor : spec_.eval_capacity_factor;
+  // Expert choice needs a group of sequences; decoding one sequence (B = 1) routes with
+  // token-choice top-round(cf) on the same softmax scores, unnormalised (docs/MOE.md).
+  const bool ec_kind = spec_.kind == RouterKind::kExpertChoice;
+  expert_choice_ = ec_kind && batch_ > 1;
+  experts_per_token_ =
+      ec_kind ? std::min(E, std::max(1, int(std::lround(capacity_factor_)))) : spec_.k;
+  capacity_limited_ = !ec_kind && capacity_factor_ > 0;
+  capacity_ =
+      capacity_limited_
+          ? int64_t(std::min<double>(INT_MAX, std::ceil(double(capacity_factor_) * global_tokens_ *
+                                                        experts_per_token_ / E)))
+          : 0;
+}
+
+template <typename T>
+const T* Router<T>::router_input(const T* x, const MoeStep<T>& st) {
+  // x, or x with multiplicative jitter u ~ U(1 ± jitter) (training only; the experts see x).
+  jittered_ = st.training && spec_.jitter > 0;
+  if (!jittered_) return x;
+  const int C = spec_.C;
+  const Rng rng(st.seed, layer_stream(kPurposeJitter, st.step, st.layer));
+  for (std::size_t i = 0; i < std::size_t(tokens_) * C; ++i) {
+    jitter_factors_[i] = T(1) - T(spec_.jitter) +
+                         T(2 * spec_.jitter) * T(rng.uniform(uint64_t(first_token_) * C + i));
+    jittered_x_[i] = x[i] * jitter_factors_[i];
+  }
+  return jittered_x_;
+}
+
+template <typename T>
+void Router<T>::forward(const T* x, const MoeParams<T>& p, const MoeStep<T>& st) {
+  begin(st);
+  const int N = tokens_, E = spec_.E, C = spec_.C;
+  MOE_CHECK(N <= max_tokens_ && (expert_choice_ || experts_per_token_ <= max_slots_),
+            "MoE router: {} tokens × {} experts each exceed what bind sized ({} × {})", N,
+            experts_per_token_, max_tokens_, max_slots_);
+  const T* xr = router_input(x, st);
+  gemm<T>(false, true, N, E, C, T(1), xr, C, p.router, C, T(0), logits_, E);
+  logsumexp_of_logits();
+  noisy_ = false;
+  if (expert_choice_) {
+    select_expert_choice();
+  } else {
+    token_choice_scores(xr, p, st);
+    select_token_choice(p, st);
+    apply_capacity();
+  }
+}
+
+template <typename T>
+void Router<T>::logsumexp_of_logits() {
+  // For the z-loss. Per token in parallel; summed in token order in finish_stats.
+  const int N = tokens_, E = spec_.E;
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) logsumexp_[n] = logsumexp_row(logits_ + std::size_t(n) * E, E);
+}
+
+template <typename T>
+void Router<T>::token_choice_scores(const T* xr, const MoeParams<T>& p, const MoeStep<T>& st) {
+  // Scores: softmax (default), sigmoid, or for the noisy router the softmax of the noisy logits
+  // H = r + ε·softplus(z), z = x·W_noiseᵀ (H is kept in dlogits_ for the gates).
+  const int N = tokens_, E = spec_.E, C = spec_.C;
+  noisy_ = spec_.kind == RouterKind::kNoisyTopK && st.training;
+  if (noisy_) {
+    gemm<T>(false, true, N, E, C, T(1), xr, C, p.w_noise, C, T(0), noise_logits_, E);
+    const Rng rng(st.seed, layer_stream(kPurposeRouterNoise, st.step, st.layer));
+    for (std::size_t i = 0; i < std::size_t(N) * E; ++i)
+      noise_eps_[i] =
+          st.noise.normal ? st.noise.normal[i] : T(rng.normal(uint64_t(first_token_) * E + i));
+  }
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    const std::size_t row = std::size_t(n) * E;
+    const T* r = logits_ + row;
+    T* sc = scores_ + row;
+    if (spec_.sigmoid) {
+      T sum = 0;
+      for (int e = 0; e < E; ++e) sum += (sc[e] = T(1) / (T(1) + std::exp(-r[e])));
+      score_sum_[n] = sum;
+    } else if (noisy_) {
+      T* h = dlogits_ + row;
+      for (int e = 0; e < E; ++e) {
+        const T z = noise_logits_[row + e];
+        const T softplus = z > T(20) ? z : std::log1p(std::exp(z));
+        h[e] = r[e] + noise_eps_[row + e] * softplus;
+      }
+      softmax_row(sc, h, E);
+    } else {
+      softmax_row(sc, r, E);
+    }
+  }
+}
+
+template <typename T>
+T* Router<T>::thread_keys() const {
+  return key_scratch_ + line_padded(spec_.E) * thread_index();
+}
+
+template <typename T>
+void Router<T>::select_token_choice(const MoeParams<T>& p, const MoeStep<T>& st) {
+  const int N = tokens_, E = spec_.E, k = experts_per_token_;
+  const bool gshard = spec_.kind == RouterKind::kGShard;
+  // Expert choice's decode fallback keeps the raw softmax scores as gates.
+  const bool renormalise = (spec_.normalize && spec_.kind != RouterKind::kExpertChoice) || gshard;
+  MOE_CHECK(!spec_.bias_balance || max_threads() <= scratch_threads_,
+            "internal: {} threads, router scratch bound for {}", max_threads(), scratch_threads_);
+  Assignments<T>& a = assign_;
+  a.count = N * k;
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    const T* sc = scores_ + std::size_t(n) * E;
+    const T* base = noisy_ ? dlogits_ + std::size_t(n) * E : sc;
+    const T* key = base;  // the selection bias moves the choice, not the gates
+    if (spec_.bias_balance) {
+      T* biased = thread_keys();
+      for (int e = 0; e < E; ++e) biased[e] = base[e] + p.bias[e];
+      key = biased;
+    }
+    int32_t* idx = a.expert + std::size_t(n) * k;
+    T* g = a.gate + std::size_t(n) * k;
+    topk_indices(key, E, k, idx);
+    if (noisy_) {  // softmax over the kept noisy logits
+      for (int s = 0; s < k; ++s) g[s] = base[idx[s]];
+      softmax_row(g, g, k, SoftmaxExp::kLibm);
+    } else {
+      T sum = 0;
+      for (int s = 0; s < k; ++s) sum += (g[s] = sc[idx[s]]);
+      if (renormalise)
+        for (int s = 0; s < k; ++s) g[s] /= sum;
+    }
+    for (int s = 0; s < k; ++s) {
+      a.token[n * k + s] = n;
+      a.fate[n * k + s] = AssignmentFate::kKept;  // provisionally: capacity comes next
+    }
+    // GShard: the second expert is kept with probability min(1, 2·g2) during training.
+    if (gshard && st.training) {
+      const T u = st.noise.uniform
+                      ? st.noise.uniform[n]
+                      : T(Rng(st.seed, layer_stream(kPurposeGShardSecond, st.step, st.layer))
+                              .uniform(first_token_ + n));
+      if (!(T(2) * g[1] > u)) a.fate[n * k + 1] = AssignmentFate::kSkipped;
+    }
+  }
+}
+
+template <typename T>
+void Router<T>::apply_capacity() {
+  const int N = tokens_, E = spec_.E, k = experts_per_token_;
+  const int P = distributed_ ? ranks_ : 1, me = distributed_ ? rank_ : 0;
+  const bool gshard = spec_.kind == RouterKind::kGShard;
+  Assignments<T>& a = assign_;
+  // cnt(r, s, e): rank r's slot-s assignments to expert e (GShard's skipped second choices
+  // excluded); then sel[e], what f_e counts (GShard: first choices only). Summed over ranks.
+  const std::size_t n_counts = std::size_t(P) * k * E + E;
+  std::fill(slot_counts_, slot_counts_ + n_counts, 0.0);
+  auto cnt = [&](int r, int s) { return slot_counts_ + (std::size_t(r) * k + s) * E; };
+  double* sel = slot_counts_ + std::size_t(P) * k * E;
+  for (int s = 0; s < k; ++s)
+    for (int n = 0; n < N; ++n) {
+      const int i = n * k + s, e = a.expert[i];
+      if (!gshard || s == 0) sel[e] += 1;
+      if (a.fate[i] != AssignmentFate::kSkipped) cnt(me, s)[e] += 1;
+    }
+  if (P > 1) comm_->allreduce_sum(slot_counts_, n_counts);
+  for (int e = 0; e < E; ++e) selections_[e] = int32_t(sel[e]);
+  // The documented drop order over the global batch: all first choices before any second
+  // choice, and so on; within a slot by global token index (rank by rank, then token by token).
+  // An assignment is kept iff fewer than cap assignments to its expert precede it: kept counts
+  // stop growing at cap, so "kept < cap" and "preceding < cap" are the same test.
+  int64_t *before = kept_before_, *run = kept_running_;
+  std::fill(before, before + E, 0);
+  std::vector<int64_t>& kept = stats_.tokens_per_expert;
+  std::fill(kept.begin(), kept.end(), 0);
+  stats_.dropped = 0;
+  stats_.assignments = 0;
+  for (int s = 0; s < k; ++s) {
+    std::copy(before, before + E, run);
+    for (int r = 0; r < me; ++r)
+      for (int e = 0; e < E; ++e) run[e] += int64_t(cnt(r, s)[e]);
+    for (int n = 0; n < N; ++n) {
+      const int i = n * k + s;
+      if (a.fate[i] == AssignmentFate::kSkipped) continue;
+      const int e = a.expert[i];
+      ++stats_.assignments;
+      if (!capacity_limited_ || run[e] < capacity_) {
+        ++kept[e];
+      } else {
+        a.fate[i] = AssignmentFate::kDropped;
+        ++stats_.dropped;
+      }
+      ++run[e];
+    }
+    for (int r = 0; r < P; ++r)
+      for (int e = 0; e < E; ++e) before[e] += int64_t(cnt(r, s)[e]);
+  }
+}
+
+template <typename T>
+void Router<T>::select_expert_choice() {
+  const int E = spec_.E, B = batch_, Tn = seq_len_, N = tokens_;
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n)
+    softmax_row(scores_ + std::size_t(n) * E, logits_ + std::size_t(n) * E, E, SoftmaxExp::kLibm);
+  // Distributed training: the groups span the global batch (B·P sequences, rank-major), so
+  // every rank sees every rank's scores (summed into a zero buffer: exact) and makes the same
+  // selection; it keeps the assignments of its own tokens.
+  const int P = distributed_ ? ranks_ : 1;
+  const int Bg = B * P;
+  const T* gs = scores_;
+  if (P > 1) {
+    std::fill(global_scores_, global_scores_ + std::size_t(Bg) * Tn * E, T(0));
+    std::copy(scores_, scores_ + std::size_t(N) * E,
+              global_scores_ + std::size_t(first_token_) * E);
+    comm_->allreduce_sum(global_scores_, std::size_t(Bg) * Tn * E);
+    gs = global_scores_;
+  }
+  const int c = std::min(Bg, int(std::ceil(Bg * double(capacity_factor_) / E)));
+  const std::size_t n_pick = std::size_t(Tn) * E * c;
+  MOE_CHECK(int64_t(n_pick) <= max_ec_pick_ && Bg <= rank_scratch_stride_ &&
+                max_threads() <= scratch_threads_,
+            "internal: expert choice over {} sequences of {} exceeds what bind sized", Bg, Tn);
+  // Group t = the tokens at position t of every sequence; each expert takes its top-c of them.
+  // Slot (t, e, j) of the global order is kept here iff its token is one of this rank's.
+#pragma omp parallel for schedule(static) if (Tn * E > 16)
+  for (int ge = 0; ge < Tn * E; ++ge) {
+    const int t = ge / E, e = ge % E;
+    int32_t* order = rank_scratch_ + rank_scratch_stride_ * thread_index();
+    for (int b = 0; b < Bg; ++b) order[b] = b;
+    std::partial_sort(order, order + c, order + Bg, [&](int32_t x, int32_t y) {
+      const T px = gs[std::size_t(x * Tn + t) * E + e];
+      const T py = gs[std::size_t(y * Tn + t) * E + e];
+      return px != py ? px > py : x < y;
+    });
+    for (int j = 0; j < c; ++j) ec_pick_[std::size_t(ge) * c + j] = order[j] * Tn + t;
+  }
+  Assignments<T>& a = assign_;
+  a.count = 0;
+  std::vector<int64_t>& kept = stats_.tokens_per_expert;
+  std::fill(kept.begin(), kept.end(), 0);
+  for (std::size_t i = 0; i < n_pick; ++i) {
+    const int64_t n = ec_pick_[i] - first_token_;
+    if (n < 0 || n >= N) continue;
+    const int j = a.count++, e = int(i / c) % E;
+    a.expert[j] = e;
+    a.token[j] = int32_t(n);
+    a.gate[j] = scores_[std::size_t(n) * E + e];
+    a.fate[j] = AssignmentFate::kKept;
+    ++kept[e];
+  }
+  std::fill(selections_, selections_ + E, Tn * c);
+  stats_.assignments = a.count;  // this rank's; finish_stats sums over ranks
+  stats_.dropped = 0;
+}
+
+template <typename T>
+bool Router<T>::aux_loss_active() const {
+  return !expert_choice_ && spec_.alpha > 0 && spec_.kind != RouterKind::kExpertChoice;
+}
+
+template <typename T>
+T Router<T>::balance_prob(int n, int e) const {
+  const T sc = scores_[std::size_t(n) * spec_.E + e];
+  return spec_.sigmoid ? sc / score_sum_[n] : sc;
+}
+
+template <typename T>
+void Router<T>::finish_stats() {
+  // Aux loss (token choice): α·E·Σ_e f_e·P_e, f from the selections before capacity, P the mean
+  // router probability; both over the global batch when distributed, like the other statistics.
+  const int N = tokens_, E = spec_.E;
+  // [kept per expert E | Σ_n P(n, e) E | assignments, dropped, Σ entropy, Σ lse²]
+  double* b = stats_sums_;
+  const std::size_t n_sums = 2 * std::size_t(E) + 4;
+  std::fill(b, b + n_sums, 0.0);
+  for (int e = 0; e < E; ++e) b[e] = double(stats_.tokens_per_expert[e]);
+  double* psum = b + E;
+  // Each token's entropy in parallel (a log per score), then all sums in token order.
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    double en = 0;
+    for (int e = 0; e < E; ++e) {
+      const double q = double(balance_prob(n, e));
+      if (q > 0) en -= q * std::log(q);
+    }
+    token_entropy_[n] = en;
+  }
+  double ent = 0;
+  for (int n = 0; n < N; ++n) {
+    for (int e = 0; e < E; ++e) psum[e] += double(balance_prob(n, e));
+    ent += token_entropy_[n];
+  }
+  double z_sum = 0;
+  for (int n = 0; n < N; ++n) z_sum += double(logsumexp_[n]) * double(logsumexp_[n]);
+  b[2 * E] = double(stats_.assignments);
+  b[2 * E + 1] = double(stats_.dropped);
+  b[2 * E + 2] = ent;
+  b[2 * E + 3] = z_sum;
+  if (distributed_) comm_->allreduce_sum(b, n_sums);
+  const double Ng = double(global_tokens_);
+  for (int e = 0; e < E; ++e) stats_.tokens_per_expert[e] = int64_t(b[e]);
+  stats_.assignments = int64_t(b[2 * E]);
+  stats_.dropped = int64_t(b[2 * E + 1]);
+  stats_.router_entropy = b[2 * E + 2] / Ng;
+  stats_.z_loss = spec_.beta * b[2 * E + 3] / Ng;
+  stats_.aux_loss = 0;
+  if (aux_loss_active()) {
+    const double denom = spec_.kind == RouterKind::kGShard ? Ng : Ng * experts_per_token_;
+    double acc = 0;
+    for (int e = 0; e < E; ++e) acc += selections_[e] / denom * (psum[e] / Ng);
+    stats_.aux_loss = spec_.alpha * E * acc;
+  }
+  int64_t mx = 0, tot = 0;
+  stats_.unused_experts = 0;
+  for (int e = 0; e < E; ++e) {
+    const int64_t c = stats_.tokens_per_expert[e];
+    mx = std::max(mx, c);
+    tot += c;
+    stats_.unused_experts += c == 0;
+  }
+  stats_.max_over_mean_load = tot > 0 ? double(mx) / (double(tot) / E) : 0;
+}
+
+template <typename T>
+void Router<T>::gate_grads_to_logits() {
+  // dlogits_ [N,E] (=) d loss / d logits from the gates' gradients, the aux loss and the z-loss;
+  // for noisy_topk, dlogits_ is d/dH and noise_logits_ becomes d/dz (in place).
+  const int N = tokens_, E = spec_.E, k = experts_per_token_;
+  const Assignments<T>& a = assign_;
+  // f_e = global selections / global assignments; d/dq[n,e] = α·E·f_e/N_global, which is
+  // α·E·f_e/N · loss_scale here (the trainer's loss_scale carries the 1/P).
+  const double denom =
+      spec_.kind == RouterKind::kGShard ? double(global_tokens_) : double(global_tokens_) * k;
+  // Expert choice: the gate of (n, e) is p[n,e] itself; gather d/dp into dlogits_ first.
+  std::fill(dlogits_, dlogits_ + std::size_t(N) * E, T(0));
+  if (expert_choice_) {
+    for (int i = 0; i < a.count; ++i)
+      dlogits_[std::size_t(a.token[i]) * E + a.expert[i]] += a.dgate[i];
+  }
+  const bool token_choice = !expert_choice_;
+  const bool renorm = (spec_.normalize && spec_.kind != RouterKind::kExpertChoice) ||
+                      spec_.kind == RouterKind::kGShard;
+  const T zc = T(2.0 * spec_.beta / N) * loss_scale_;
+  // Aux loss α·E·Σ_e f_e·P_e, P_e = mean_n q[n,e]:  d/dq[n,e] = α·E·f_e/N, the same for every n.
+  const bool aux = aux_loss_active();
+  const T* dq = aux_grad_;
+  for (int e = 0; e < E; ++e)
+    aux_grad_[e] = aux ? T(spec_.alpha * E * (selections_[e] / denom) / N) * loss_scale_ : T(0);
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    // d: first d/d(score or noisy logit) from the gates, then (in place) d/d(logit).
+    T* d = dlogits_ + std::size_t(n) * E;
+    const T* sc = scores_ + std::size_t(n) * E;
+    const T* r = logits_ + std::size_t(n) * E;
+    if (token_choice) {
+      const int a0 = n * k;
+      if (noisy_) {
+        // Gates = softmax over the selected noisy logits: dH_s = g_s·(dg_s − Σ_j g_j·dg_j).
+        T dot = 0;
+        for (int s = 0; s < k; ++s) dot += a.gate[a0 + s] * a.dgate[a0 + s];
+        for (int s = 0; s < k; ++s) d[a.expert[a0 + s]] += a.gate[a0 + s] * (a.dgate[a0 + s] - dot);
+      } else if (renorm) {
+        // g_s = p_s/S, S = Σ_selected p:  dp_s = dg_s/S − Σ_j dg_j·p_j / S².
+        T S = 0, dot = 0;
+        for (int s = 0; s < k; ++s) {
+          const T pe = sc[a.expert[a0 + s]];
+          S += pe;
+          dot += a.dgate[a0 + s] * pe;
+        }
+        for (int s = 0; s < k; ++s) d[a.expert[a0 + s]] += a.dgate[a0 + s] / S - dot / (S * S);
+      } else {
+        for (int s = 0; s < k; ++s) d[a.expert[a0 + s]] += a.dgate[a0 + s];
+      }
+    }
+    if (spec_.sigmoid) {
+      // q = p/S_n (S_n = Σ_e p): dp_e += (dq_e − Σ_j dq_j·q_j)/S_n; then σ' = p(1−p).
+      const T S = score_sum_[n];
+      T dot = 0;
+      for (int e = 0; e < E; ++e) dot += dq[e] * sc[e] / S;
+      for (int e = 0; e < E; ++e) d[e] = (d[e] + (dq[e] - dot) / S) * sc[e] * (T(1) - sc[e]);
+    } else if (noisy_) {
+      // dH = gates' part + softmax backward of the aux part through P = softmax(H);
+      // then r gets dH and the noise logits z get dH·eps·softplus'(z) = dH·eps·σ(z).
+      T dot = 0;
+      for (int e = 0; e < E; ++e) dot += sc[e] * dq[e];
+      T* z = noise_logits_ + std::size_t(n) * E;
+      const T* ep = noise_eps_ + std::size_t(n) * E;
+      for (int e = 0; e < E; ++e) {
+        const T dH = d[e] + sc[e] * (dq[e] - dot);
+        d[e] = dH;
+        z[e] = dH * ep[e] / (T(1) + std::exp(-z[e]));  // z ← d(z), in place
+      }
+    } else {
+      // Softmax backward of d/dp (gates + aux).
+      T dot = 0;
+      for (int e = 0; e < E; ++e) dot += sc[e] * (d[e] + dq[e]);
+      for (int e = 0; e < E; ++e) d[e] = sc[e] * (d[e] + dq[e] - dot);
+    }
+    // z-loss β·mean_n lse_n²:  d/dr = 2β/N·lse·softmax(r).
+    if (spec_.beta > 0)
+      for (int e = 0; e < E; ++e) d[e] += zc * logsumexp_[n] * vexp(r[e] - logsumexp_[n]);
+  }
+}
+
+template <typename T>
+void Router<T>::backward(T* dx, const MoeGrads<T>& g, const T* x, const MoeParams<T>& p,
+                         T* scratch) {
+  const int N = tokens_, E = spec_.E, C = spec_.C;
+  gate_grads_to_logits();
+  const T* xr = jittered_ ? jittered_x_ : x;
+  gemm<T>(true, false, E, C, N, T(1), dlogits_, E, xr, C, T(1), g.router, C);
+  if (noisy_) gemm<T>(true, false, E, C, N, T(1), noise_logits_, E, xr, C, T(1), g.w_noise, C);
+  if (jittered_) {
+    // dx += (dr·W_r [+ dz·W_noise]) ∘ u, the jitter factors.
+    gemm<T>(false, false, N, C, E, T(1), dlogits_, E, p.router, C, T(0), scratch, C);
+    if (noisy_)
+      gemm<T>(false, false, N, C, E, T(1), noise_logits_, E, p.w_noise, C, T(1), scratch, C);
+    for (std::size_t i = 0; i < std::size_t(N) * C; ++i) dx[i] += scratch[i] * jitter_factors_[i];
+  } else {
+    gemm<T>(false, false, N, C, E, T(1), dlogits_, E, p.router, C, T(1), dx, C);
+    if (noisy_) gemm<T>(false, false, N, C, E, T(1), noise_logits_, E, p.w_noise, C, T(1), dx, C);
+  }
+}
+
+template <typename T>
+void Router<T>::update_bias(T* bias) const {
+  // Load = selections per expert in this forward (before capacity), as DeepSeek-V3 counts it.
+  const int E = spec_.E;
+  double mean = 0;
+  for (int e = 0; e < E; ++e) mean += selections_[e];
+  mean /= E;
+  for (int e = 0; e < E; ++e) {
+    const double d = mean - selections_[e];
+    bias[e] += T(spec_.bias_rate) * T(d > 0 ? 1 : d < 0 ? -1 : 0);
+  }
+}
+
+template class Router<float>;
+template class Router<double>;
+
+}  // namespace moe
