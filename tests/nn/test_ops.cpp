@@ -66,7 +66,8 @@ TEST(Ops, RmsNormMatchesFormulaAndGradients) {
     return dot(out, R);
   };
   V dx(N * D, 0), dw(D, 0);
-  rmsnorm_backward(dx.data(), dw.data(), R.data(), x.data(), w.data(), r.data(), N, D);
+  V part(rmsnorm_backward_scratch_size(N, D), 7.0);  // scratch: overwritten, not added to
+  rmsnorm_backward(dx.data(), dw.data(), part.data(), R.data(), x.data(), w.data(), r.data(), N, D);
   EXPECT_TRUE(all_close("dx", dx, numeric_grad(x, loss), kTol, kTol));
   EXPECT_TRUE(all_close("dw", dw, numeric_grad(w, loss), kTol, kTol));
 }
@@ -82,8 +83,10 @@ TEST(Ops, RopeRotatesPairsAndInverseIsBackward) {
       for (int i = 0; i < hd / 2; ++i) {
         const double a = (2 + n % T) * std::pow(10000.0, -2.0 * i / hd);
         const double* v = x.data() + (n * H + h) * hd;
-        EXPECT_NEAR(y[(n * H + h) * hd + i], v[i] * std::cos(a) - v[i + hd / 2] * std::sin(a), 1e-12);
-        EXPECT_NEAR(y[(n * H + h) * hd + i + hd / 2], v[i + hd / 2] * std::cos(a) + v[i] * std::sin(a), 1e-12);
+        EXPECT_NEAR(y[(n * H + h) * hd + i], v[i] * std::cos(a) - v[i + hd / 2] * std::sin(a),
+                    1e-12);
+        EXPECT_NEAR(y[(n * H + h) * hd + i + hd / 2],
+                    v[i + hd / 2] * std::cos(a) + v[i] * std::sin(a), 1e-12);
       }
   auto loss = [&] {
     V out = x;
