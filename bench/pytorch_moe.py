@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch (1.13, CPU) baselines for `moe bench moe`: one MoE layer, forward + backward.
 
-The step `moe bench moe` times (src/cli/cmd_bench.cpp), written two ways a competent PyTorch
+The step `moe bench moe` times (src/cli/bench/bench_moe.cpp), written two ways a competent PyTorch
 user would write it:
 
   loop  the Mixtral expert loop of Hugging Face transformers' MixtralSparseMoeBlock: router

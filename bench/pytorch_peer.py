@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch (1.13, CPU) baseline for `moe bench peer`: one PEER layer training step.
 
-The step `moe bench peer` times (src/cli/cmd_bench.cpp), written the usual PyTorch way:
+The step `moe bench peer` times (src/cli/bench/bench_peer.cpp), written the usual PyTorch way:
 
   x [N, C] ~ N(0, 1); query nn.Linear(C, h·d_key) (bias) then nn.BatchNorm1d(h·d_key) on the
   batch statistics (affine, training mode); each head's query is split in halves, scored against

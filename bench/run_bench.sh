@@ -7,10 +7,12 @@
 #   bash bench/run_bench.sh peer       # a PEER layer step against PyTorch (bench/pytorch_peer.py)
 #   bash bench/run_bench.sh mpi        # MoE training at P = 1 vs P = 2 ranks (expert / data parallel)
 #
-# Prints a table and appends it, dated, to bench/RESULTS.md. See bench/README.md.
+# Prints a table per benchmark and puts it in bench/RESULTS.md in place of that benchmark's
+# previous section (bench/results_md.py), with the machine and the commit. See bench/README.md.
 #
 # Adding a benchmark: write a function bench_<name> that runs both sides and calls add_row for
-# each line of the table (and add_note for remarks), then add <name> to ALL_BENCHES.
+# each line of the table (and add_note for remarks), then add <name> to ALL_BENCHES. Each
+# result (one JSON object) is parsed once, with jload, into an associative array.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,8 +45,22 @@ fi
 export OMP_NUM_THREADS=$THREADS
 
 # ---- Helpers ----------------------------------------------------------------------------------
-# jget JSON KEY: one field of a JSON object.
-jget() { "$PY" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+# jload NAME JSON: parses the JSON object once into the associative array NAME (declare it with
+# local -A first): NAME[key] = the value as Python prints it. Fails if JSON is not an object.
+jload() {
+  local -n jl_out=$1
+  local fields k v
+  fields=$("$PY" -c 'import json, sys
+for k, v in json.loads(sys.argv[1]).items(): print(f"{k}\t{v}")' "$2") || return 1
+  jl_out=()
+  while IFS=$'\t' read -r k v; do jl_out[$k]=$v; done <<<"$fields"
+}
+# acopy SRC DST [PREFIX]: DST[PREFIX key] = SRC[key] for every key of the associative array SRC.
+acopy() {
+  local -n ac_src=$1 ac_dst=$2
+  local k
+  for k in "${!ac_src[@]}"; do ac_dst[${3:-}$k]=${ac_src[$k]}; done
+}
 # num FORMAT EXPR: evaluates an arithmetic expression (awk) and prints it with printf FORMAT.
 num() { awk "BEGIN { printf \"$1\", $2 }"; }
 # gt A B: succeeds when the number A is greater than B.
@@ -55,6 +71,7 @@ trap 'rm -f "$LOG"' EXIT
 
 ROWS=()
 NOTES=()
+SKIPPED=  # set by a benchmark that could not run (why); its RESULTS.md section is then kept
 add_row() { ROWS+=("| $1 | $2 | $3 | $4 |"); }  # benchmark, moe.cpp, PyTorch, moe / PyTorch
 add_note() { NOTES+=("- $*"); }
 # py_check LABEL SCRIPT WHAT...: runs SCRIPT --check (the PyTorch side's own correctness check),
@@ -76,19 +93,18 @@ SGEMM_GFLOPS=
 
 bench_sgemm() {
   echo "== sgemm (OpenBLAS, the compute ceiling)" >&2
-  local r j best= runs=()
+  local r j runs=()
+  local -A run=() best=()
   for ((r = 1; r <= ROUNDS; r++)); do
     j=$("$MOE" bench sgemm --json | tail -n1)
-    runs+=("$(num %.0f "$(jget "$j" gflops)")")
-    if [[ -z $best ]] || gt "$(jget "$j" gflops)" "$(jget "$best" gflops)"; then best=$j; fi
+    jload run "$j"
+    runs+=("$(num %.0f "${run[gflops]}")")
+    if [[ -z ${best[gflops]:-} ]] || gt "${run[gflops]}" "${best[gflops]}"; then acopy run best; fi
   done
-  SGEMM_GFLOPS=$(jget "$best" gflops)
-  local blas size
-  blas=$(jget "$best" blas)
-  size=$(jget "$best" size)
-  echo "   $blas; GFLOP/s: ${runs[*]}" >&2
-  add_row "sgemm ${size}³ (GFLOP/s)" "$(num %.1f "$SGEMM_GFLOPS")" "–" "–"
-  add_note "moe.cpp BLAS: $blas"
+  SGEMM_GFLOPS=${best[gflops]}
+  echo "   ${best[blas]}; GFLOP/s: ${runs[*]}" >&2
+  add_row "sgemm ${best[size]}³ (GFLOP/s)" "$(num %.1f "$SGEMM_GFLOPS")" "–" "–"
+  add_note "moe.cpp BLAS: ${best[blas]}"
   add_note "sgemm: best of $ROUNDS runs (GFLOP/s, in run order: ${runs[*]})"
 }
 
@@ -97,27 +113,30 @@ bench_sgemm() {
 bench_dense() {
   local cfg=configs/bench-dense.json
   echo "== dense train step ($cfg)" >&2
-  local params flops mj
-  params=$("$MOE" params --config "$cfg" --json)
-  flops=$(jget "$params" flops_per_token_train)
+  local flops j
+  local -A params=() run=() mj=() pj=()
+  j=$("$MOE" params --config "$cfg" --json)
+  jload params "$j"
+  flops=${params[flops_per_token_train]}
   # ROUNDS alternating runs of each side; the fastest of each is kept (this VM's speed drifts).
-  local r j p_failed=0 pj= m_runs=() p_runs=()
-  mj=
+  local r p_failed=0 m_runs=() p_runs=()
   for ((r = 1; r <= ROUNDS; r++)); do
     j=$("$MOE" bench train --config "$cfg" --json | tail -n1)
-    m_runs+=("$(num %.0f "$(jget "$j" ms_per_step)")")
+    jload run "$j"
+    m_runs+=("$(num %.0f "${run[ms_per_step]}")")
     echo "   moe.cpp: ${m_runs[-1]} ms/step" >&2
-    if [[ -z $mj ]] || gt "$(jget "$j" tokens_per_s)" "$(jget "$mj" tokens_per_s)"; then
-      mj=$j
+    if [[ -z ${mj[tokens_per_s]:-} ]] || gt "${run[tokens_per_s]}" "${mj[tokens_per_s]}"; then
+      acopy run mj
     fi
     if ((p_failed)); then continue; fi
     if j=$("$PY" bench/pytorch_dense.py --config "$cfg" --moe "$MOE" --threads "$THREADS" \
            --json 2>"$LOG" | tail -n1); then
       [[ $r -gt 1 ]] || sed 's/^/   /' "$LOG" >&2
-      p_runs+=("$(num %.0f "$(jget "$j" ms_per_step)")")
+      jload run "$j"
+      p_runs+=("$(num %.0f "${run[ms_per_step]}")")
       echo "   PyTorch: ${p_runs[-1]} ms/step" >&2
-      if [[ -z $pj ]] || gt "$(jget "$j" tokens_per_s)" "$(jget "$pj" tokens_per_s)"; then
-        pj=$j
+      if [[ -z ${pj[tokens_per_s]:-} ]] || gt "${run[tokens_per_s]}" "${pj[tokens_per_s]}"; then
+        acopy run pj
       fi
     else
       cat "$LOG" >&2
@@ -125,22 +144,20 @@ bench_dense() {
       p_failed=1
     fi
   done
-  local m_tps m_ms
-  m_tps=$(jget "$mj" tokens_per_s)
-  m_ms=$(jget "$mj" ms_per_step)
+  local m_tps=${mj[tokens_per_s]} m_ms=${mj[ms_per_step]}
 
   local p_tps=n/a p_ms=n/a ratio=n/a p_mfu=n/a
-  if [[ -n $pj ]]; then
-    p_tps=$(jget "$pj" tokens_per_s)
-    p_ms=$(jget "$pj" ms_per_step)
+  if [[ -n ${pj[tokens_per_s]:-} ]]; then
+    p_tps=${pj[tokens_per_s]}
+    p_ms=${pj[ms_per_step]}
     ratio=$(num %.2f "$m_tps / $p_tps")
     p_mfu=$(num %.1f%% "100 * $p_tps * $flops / ($SGEMM_GFLOPS * 1e9)")
-    add_note "PyTorch $(jget "$pj" torch), OpenBLAS core $(jget "$pj" blas_core);" \
-      "dense parameters: PyTorch $(jget "$pj" params), moe.cpp $(jget "$pj" moe_params)" \
-      "($(if [[ $(jget "$pj" params_match) == True ]]; then echo match; else echo MISMATCH; fi))"
-    add_note "PyTorch dense step split (medians): forward $(num %.1f "$(jget "$pj" forward_ms)") ms," \
-      "backward $(num %.1f "$(jget "$pj" backward_ms)") ms," \
-      "clip + AdamW $(num %.1f "$(jget "$pj" optimizer_ms)") ms"
+    add_note "PyTorch ${pj[torch]}, OpenBLAS core ${pj[blas_core]};" \
+      "dense parameters: PyTorch ${pj[params]}, moe.cpp ${pj[moe_params]}" \
+      "($(if [[ ${pj[params_match]} == True ]]; then echo match; else echo MISMATCH; fi))"
+    add_note "PyTorch dense step split (medians): forward $(num %.1f "${pj[forward_ms]}") ms," \
+      "backward $(num %.1f "${pj[backward_ms]}") ms," \
+      "clip + AdamW $(num %.1f "${pj[optimizer_ms]}") ms"
   else
     add_note "PyTorch dense run failed; its columns read n/a"
   fi
@@ -153,7 +170,7 @@ bench_dense() {
   add_row "dense model FLOP/s ÷ sgemm FLOP/s" "$m_mfu" "$p_mfu" "–"
   add_note "dense: best of $ROUNDS alternating runs per side (ms/step, in run order: moe.cpp" \
     "${m_runs[*]}; PyTorch ${p_runs[*]:-n/a});" \
-    "batch $(jget "$mj" batch) × $(jget "$mj" seq_len), $(jget "$mj" threads) threads," \
+    "batch ${mj[batch]} × ${mj[seq_len]}, ${mj[threads]} threads," \
     "$(num %.2f "$flops / 1e6") MFLOP/token per training step (moe params: flops_per_token_train)"
 }
 
@@ -180,15 +197,17 @@ bench_moe() {
     local args=(--d-model "$MOE_C" --experts "$E" --top-k "$k" --d-expert "$H" --tokens "$MOE_TOKENS")
     local label="MoE E=$E k=$k H=$H"
     echo "   -- $label" >&2
-    local -A best=() runs=() failed=()
+    # best["<side>.<field>"]: the fastest run of each side (moe, loop, bmm, gemm).
+    local -A best=() runs=() failed=() run=()
     local r side j sg_runs=() sg_best=$SGEMM_GFLOPS
     for ((r = 1; r <= ROUNDS; r++)); do
       # sgemm again in every round: this VM's speed drifts over minutes, and a ceiling measured
       # only at the start (when it may have been slow) would flatter the ratios below. They use
       # the best sgemm seen in the whole run.
       j=$("$MOE" bench sgemm --json | tail -n1)
-      sg_runs+=("$(num %.0f "$(jget "$j" gflops)")")
-      if gt "$(jget "$j" gflops)" "$sg_best"; then sg_best=$(jget "$j" gflops); fi
+      jload run "$j"
+      sg_runs+=("$(num %.0f "${run[gflops]}")")
+      if gt "${run[gflops]}" "$sg_best"; then sg_best=${run[gflops]}; fi
       for side in moe loop bmm gemm; do
         [[ -z ${failed[$side]:-} ]] || continue
         local cmd=("$PY" bench/pytorch_moe.py --impl "$side" "${args[@]}" --threads "$THREADS" --json)
@@ -197,11 +216,13 @@ bench_moe() {
         [[ $side != gemm ]] || cmd=("$PY" bench/pytorch_moe.py --gemm-ceiling "${args[@]}" \
                                     --threads "$THREADS" --json)
         if j=$("${cmd[@]}" 2>"$LOG" | tail -n1) && [[ $j == "{"* ]]; then
-          runs[$side]+=" $(num %.0f "$(jget "$j" ms_per_step)")"
-          echo "   $side: $(num %.1f "$(jget "$j" ms_per_step)") ms/step," \
-            "$(num %.1f "$(jget "$j" gflops)") GFLOP/s" >&2
-          if [[ -z ${best[$side]:-} ]] || gt "$(jget "${best[$side]}" ms_per_step)" "$(jget "$j" ms_per_step)"; then
-            best[$side]=$j
+          jload run "$j"
+          runs[$side]+=" $(num %.0f "${run[ms_per_step]}")"
+          echo "   $side: $(num %.1f "${run[ms_per_step]}") ms/step," \
+            "$(num %.1f "${run[gflops]}") GFLOP/s" >&2
+          if [[ -z ${best[$side.ms_per_step]:-} ]] ||
+             gt "${best[$side.ms_per_step]}" "${run[ms_per_step]}"; then
+            acopy run best "$side."
           fi
         else
           cat "$LOG" >&2
@@ -212,22 +233,18 @@ bench_moe() {
       done
     done
 
-    local mj=${best[moe]}
-    local m_ms m_gf m_pct
-    m_ms=$(jget "$mj" ms_per_step)
-    m_gf=$(jget "$mj" gflops)
+    local m_ms=${best[moe.ms_per_step]} m_gf=${best[moe.gflops]} m_pct
     m_pct=$(num %.1f "100 * $m_gf / $sg_best")
     # Per PyTorch side: ms/step, speed ratio (above 1 = moe.cpp faster), GFLOP/s, % of sgemm.
     local -A p_ms=() ratio=() p_gf=() p_pct=() p_load=()
     local fastest= fastest_ms=
     for side in loop bmm; do
-      if [[ -n ${best[$side]:-} ]]; then
-        j=${best[$side]}
-        p_ms[$side]=$(jget "$j" ms_per_step)
+      if [[ -n ${best[$side.ms_per_step]:-} ]]; then
+        p_ms[$side]=${best[$side.ms_per_step]}
         ratio[$side]=$(num %.2f "${p_ms[$side]} / $m_ms")
-        p_gf[$side]=$(jget "$j" gflops)
+        p_gf[$side]=${best[$side.gflops]}
         p_pct[$side]=$(num %.1f%% "100 * ${p_gf[$side]} / $sg_best")
-        p_load[$side]=$(num %.2f "$(jget "$j" max_over_mean_load)")
+        p_load[$side]=$(num %.2f "${best[$side.max_over_mean_load]}")
         if [[ -z $fastest ]] || gt "$fastest_ms" "${p_ms[$side]}"; then
           fastest=$side
           fastest_ms=${p_ms[$side]}
@@ -235,7 +252,7 @@ bench_moe() {
         p_ms[$side]=$(num %.1f "${p_ms[$side]}")
         p_gf[$side]=$(num %.1f "${p_gf[$side]}")
         add_note "$label, PyTorch $side step split (medians): forward" \
-          "$(num %.1f "$(jget "$j" forward_ms)") ms, backward $(num %.1f "$(jget "$j" backward_ms)") ms"
+          "$(num %.1f "${best[$side.forward_ms]}") ms, backward $(num %.1f "${best[$side.backward_ms]}") ms"
       else
         p_ms[$side]=n/a ratio[$side]=n/a p_gf[$side]=n/a p_pct[$side]=n/a p_load[$side]=n/a
         runs[$side]=${runs[$side]:- n/a}
@@ -250,12 +267,11 @@ bench_moe() {
     add_row "$label expert GFLOP/s ÷ sgemm (PyTorch: loop / bmm)" "$m_pct%" \
       "${p_pct[loop]} / ${p_pct[bmm]}" "–"
     add_row "$label max/mean expert load (PyTorch: loop / bmm)" \
-      "$(num %.2f "$(jget "$mj" max_over_mean_load)")" "${p_load[loop]} / ${p_load[bmm]}" "–"
-    if [[ -n ${best[gemm]:-} ]]; then
-      local c_gf
-      c_gf=$(jget "${best[gemm]}" gflops)
+      "$(num %.2f "${best[moe.max_over_mean_load]}")" "${p_load[loop]} / ${p_load[bmm]}" "–"
+    if [[ -n ${best[gemm.gflops]:-} ]]; then
+      local c_gf=${best[gemm.gflops]}
       add_note "$label: the nine expert matmuls alone (bench/pytorch_moe.py --gemm-ceiling:" \
-        "torch.mm on OpenBLAS, $(jget "${best[gemm]}" rows_per_expert) rows per expert, no routing" \
+        "torch.mm on OpenBLAS, ${best[gemm.rows_per_expert]} rows per expert, no routing" \
         "or elementwise work; runs: ${runs[gemm]# } ms, the fastest kept) run at $(num %.1f "$c_gf") GFLOP/s," \
         "$(num %.1f%% "100 * $c_gf / $sg_best") of sgemm; moe.cpp's whole step reaches" \
         "$(num %.0f%% "100 * $m_gf / $c_gf") of that rate"
@@ -286,7 +302,7 @@ bench_mpi() {
   local mpirun
   mpirun=$(command -v mpirun || true)
   if [[ -z $mpirun ]]; then
-    add_note "mpi: mpirun not found (scripts/setup.sh installs openmpi-bin); skipped"
+    SKIPPED="mpirun not found (scripts/setup.sh installs openmpi-bin)"
     return
   fi
   [[ -f data/brown/train.txt ]] || die "data/brown missing: make data (make bench does it)"
@@ -385,14 +401,18 @@ bench_peer() {
     local E=$((1 << lg))
     local label="PEER N=2^$lg"
     echo "   -- $label ($E experts)" >&2
-    local r j rc mj= pj= m_runs=() p_runs=() m_fail= p_fail=
+    local r j rc m_runs=() p_runs=() m_fail= p_fail=
+    local -A run=() mj=() pj=()  # the fastest run of each side
     for ((r = 1; r <= ROUNDS; r++)); do
       if [[ -z $m_fail ]]; then
         if j=$("$MOE" bench peer --experts "$E" "${PEER_ARGS[@]}" --json 2>"$LOG" | tail -n1) \
            && [[ $j == "{"* ]]; then
-          m_runs+=("$(num %.0f "$(jget "$j" ms_per_step)")")
+          jload run "$j"
+          m_runs+=("$(num %.0f "${run[ms_per_step]}")")
           echo "   moe.cpp: ${m_runs[-1]} ms/step" >&2
-          if [[ -z $mj ]] || gt "$(jget "$mj" ms_per_step)" "$(jget "$j" ms_per_step)"; then mj=$j; fi
+          if [[ -z ${mj[ms_per_step]:-} ]] || gt "${mj[ms_per_step]}" "${run[ms_per_step]}"; then
+            acopy run mj
+          fi
         else
           cat "$LOG" >&2
           m_fail="failed: $(tail -n1 "$LOG")"
@@ -404,9 +424,12 @@ bench_peer() {
         j=$(timeout "$PEER_PY_TIMEOUT" "$PY" bench/pytorch_peer.py --experts "$E" "${PEER_ARGS[@]}" \
               --threads "$THREADS" --json 2>"$LOG" | tail -n1) || rc=$?
         if [[ $j == "{"* ]]; then
-          p_runs+=("$(num %.0f "$(jget "$j" ms_per_step)")")
+          jload run "$j"
+          p_runs+=("$(num %.0f "${run[ms_per_step]}")")
           echo "   PyTorch: ${p_runs[-1]} ms/step" >&2
-          if [[ -z $pj ]] || gt "$(jget "$pj" ms_per_step)" "$(jget "$j" ms_per_step)"; then pj=$j; fi
+          if [[ -z ${pj[ms_per_step]:-} ]] || gt "${pj[ms_per_step]}" "${run[ms_per_step]}"; then
+            acopy run pj
+          fi
         else
           cat "$LOG" >&2
           case $rc in
@@ -421,24 +444,24 @@ bench_peer() {
 
     local m_ms=n/a m_us=n/a m_rows=n/a m_mb=n/a m_bw=n/a m_frac=n/a
     local p_ms=n/a p_us=n/a p_rows=n/a ratio=n/a
-    if [[ -n $mj ]]; then
-      m_ms=$(jget "$mj" ms_per_step)
+    if [[ -n ${mj[ms_per_step]:-} ]]; then
+      m_ms=${mj[ms_per_step]}
       m_us=$(num %.1f "1000 * $m_ms / $PEER_TOKENS")
-      m_rows=$(jget "$mj" unique_rows_per_step)
-      m_mb=$(num %.0f "$(jget "$mj" bytes_per_step) / 1e6")
-      m_bw=$(num %.1f "$(jget "$mj" memory_bandwidth_bytes_per_s) / 1e9")
-      m_frac=$(num %.1f%% "100 * $(jget "$mj" bandwidth_fraction)")
+      m_rows=${mj[unique_rows_per_step]}
+      m_mb=$(num %.0f "${mj[bytes_per_step]} / 1e6")
+      m_bw=$(num %.1f "${mj[memory_bandwidth_bytes_per_s]} / 1e9")
+      m_frac=$(num %.1f%% "100 * ${mj[bandwidth_fraction]}")
     fi
-    if [[ -n $pj ]]; then
-      p_ms=$(jget "$pj" ms_per_step)
+    if [[ -n ${pj[ms_per_step]:-} ]]; then
+      p_ms=${pj[ms_per_step]}
       p_us=$(num %.1f "1000 * $p_ms / $PEER_TOKENS")
-      p_rows=$(jget "$pj" unique_rows_per_step)
-      [[ -z $mj ]] || ratio=$(num %.2f "$p_ms / $m_ms")
+      p_rows=${pj[unique_rows_per_step]}
+      [[ $m_ms == n/a ]] || ratio=$(num %.2f "$p_ms / $m_ms")
       p_ms=$(num %.1f "$p_ms")
     fi
     [[ $m_ms == n/a ]] || m_ms=$(num %.1f "$m_ms")
-    [[ -z $m_fail || -n $mj ]] || m_ms="n/a ($m_fail)"
-    [[ -z $p_fail || -n $pj ]] || p_ms="n/a ($p_fail)"
+    [[ -z $m_fail || -n ${mj[ms_per_step]:-} ]] || m_ms="n/a ($m_fail)"
+    [[ -z $p_fail || -n ${pj[ms_per_step]:-} ]] || p_ms="n/a ($p_fail)"
     add_row "$label ms/step (µs/token)" "$m_ms ($m_us)" "$p_ms ($p_us)" "$ratio"
     add_row "$label distinct rows / MB moved / % of bandwidth" \
       "$m_rows / $m_mb MB / $m_frac of $m_bw GB/s" "$p_rows / – / –" "–"
@@ -469,46 +492,46 @@ for b in "${benches[@]}"; do
   declare -F "bench_$b" >/dev/null || die "unknown benchmark '$b' (known: ${ALL_BENCHES[*]})"
 done
 
-echo "$CORETYPE_NOTE; OMP_NUM_THREADS=$OMP_NUM_THREADS" >&2
-bench_sgemm
-for b in "${benches[@]}"; do "bench_$b"; done
-
 model=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)
 mem=$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
-machine="${model:-unknown CPU}, $(nproc) cores, $mem"
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ $commit != unknown && -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
-  commit="$commit (with uncommitted changes)"
+MACHINE="${model:-unknown CPU}, $(nproc) cores, $mem"
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ $COMMIT != unknown && -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+  COMMIT="$COMMIT (with uncommitted changes)"
 fi
-section=$(
-  echo "## $(date -u +%F) — ${benches[*]}"
+
+# section NAME: benchmark NAME's section of RESULTS.md, from the sgemm rows and notes of this run
+# (SGEMM_ROWS, SGEMM_NOTES) and the benchmark's own (ROWS, NOTES).
+section() {
+  echo "## $1"
   echo
-  echo "Machine: $machine. Commit: $commit. $CORETYPE_NOTE; OMP_NUM_THREADS=$OMP_NUM_THREADS."
+  echo "Measured $(date -u +%F) (run_bench.sh ${benches[*]}). Machine: $MACHINE. Commit: $COMMIT." \
+    "$CORETYPE_NOTE; OMP_NUM_THREADS=$OMP_NUM_THREADS."
   echo
   echo "| Benchmark | moe.cpp | PyTorch | moe / PyTorch |"
   echo "|---|---:|---:|---:|"
-  printf '%s\n' "${ROWS[@]}"
+  printf '%s\n' "${SGEMM_ROWS[@]}" "${ROWS[@]}"
   echo
-  printf '%s\n' "${NOTES[@]}"
-)
+  printf '%s\n' "${SGEMM_NOTES[@]}" "${NOTES[@]}"
+}
 
-echo
-echo "$section"
-
-if [[ ! -s $RESULTS ]]; then
-  cat >"$RESULTS" <<'EOF'
-# Benchmark results
-
-Each section is one run of `bash bench/run_bench.sh` (or `make bench`), appended by the script:
-moe.cpp against PyTorch on the same model, batch and optimizer, on the machine named in the
-section. "moe / PyTorch" is the ratio of training throughputs (tokens/s; above 1 = moe.cpp is
-faster). "model FLOP/s ÷ sgemm FLOP/s" is tokens/s × training FLOPs per token (from
-`moe params`) divided by the sgemm 2048³ rate measured in the same run (best of its runs): the
-share of this machine's BLAS ceiling that a whole training step reaches. Each side's figure is
-the fastest of a few alternating runs, all listed in the notes, because these VMs' speed drifts.
-See bench/README.md.
-EOF
-fi
-printf '\n%s\n' "$section" >>"$RESULTS"
-echo
-echo "appended to $RESULTS" >&2
+echo "$CORETYPE_NOTE; OMP_NUM_THREADS=$OMP_NUM_THREADS" >&2
+bench_sgemm
+SGEMM_ROWS=("${ROWS[@]}")
+SGEMM_NOTES=("${NOTES[@]}")
+# Each benchmark's section replaces its previous one as soon as it is done: a later benchmark
+# that fails does not lose the earlier ones.
+for b in "${benches[@]}"; do
+  ROWS=()
+  NOTES=()
+  SKIPPED=
+  "bench_$b"
+  if [[ -n $SKIPPED ]]; then
+    echo "$b: skipped: $SKIPPED; its section of $RESULTS is left as it was" >&2
+    continue
+  fi
+  text=$(section "$b")
+  printf '\n%s\n\n' "$text"
+  "$PY" bench/results_md.py "$RESULTS" "$b" "${ALL_BENCHES[*]}" <<<"$text"
+  echo "replaced the $b section of $RESULTS" >&2
+done

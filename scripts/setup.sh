@@ -3,7 +3,7 @@
 # `make run` / `make test` costs a dpkg query and nothing more.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libgtest-dev libgmock-dev
-      libbenchmark-dev nlohmann-json3-dev libcli11-dev libfmt-dev libsentencepiece-dev libnlopt-dev
+      nlohmann-json3-dev libcli11-dev libfmt-dev libsentencepiece-dev libnlopt-dev
       libopenmpi-dev openmpi-bin
       xz-utils python3-numpy python3-torch python3-matplotlib)
 missing=()

@@ -1,11 +1,16 @@
-// moe scaling law | plan: the fitted laws of Krajewski et al. and the compute-optimal planner.
+// moe scaling law | plan | fit: the fitted laws of Krajewski et al., the compute-optimal planner
+// and the fit of a law to runs; moe compare and moe sweep, which produce such runs.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "commands.h"
 #include "moe/core/error.h"
@@ -20,15 +25,16 @@ namespace moe::cli {
 
 namespace {
 
-// moe scaling law: one fitted law at (N, D, G).
-void add_law(CLI::App* s) {
+// moe scaling law: L(N, D, G) of a named fit.
+void register_scaling_law(CLI::App& scaling) {
   struct LawArgs {
     double params = 0, tokens = 0, granularity = 1;
     std::string fit = "moe-e64";
     bool json = false;
   };
   auto a = std::make_shared<LawArgs>();
-  CLI::App* law = s->add_subcommand("law", "Evaluate L(N, D, G) = c + (g/G^γ + a)/N^α + b/D^β");
+  CLI::App* law =
+      scaling.add_subcommand("law", "Evaluate L(N, D, G) = c + (g/G^γ + a)/N^α + b/D^β");
   law->add_option("--params", a->params, "N: non-embedding parameters (total)")->required();
   law->add_option("--tokens", a->tokens, "D: training tokens")->required();
   law->add_option("--granularity", a->granularity, "G (MoE fits; ignored by dense fits)");
@@ -53,15 +59,75 @@ void add_law(CLI::App* s) {
   });
 }
 
-// moe scaling plan: the compute-optimal (G, N, D) for a FLOP budget.
-void add_plan(CLI::App* s) {
+// The planner's answer for a budget: the MoE optimum m (and its per-granularity optima per_g),
+// the dense optimum d, and how much more compute a dense model needs to reach m's loss.
+struct PlanReport {
+  double flops;
+  int expansion;
+  scaling::Plan m, d;
+  std::vector<scaling::Plan> per_g;
+  double dense_multiplier;
+};
+
+void print_plan_json(const PlanReport& r) {
+  const scaling::Plan &m = r.m, &d = r.d;
+  nlohmann::json g = nlohmann::json::array();
+  for (auto& q : r.per_g)
+    g.push_back({{"granularity", q.granularity},
+                 {"loss", q.loss},
+                 {"n_total", q.n_total},
+                 {"tokens", q.tokens},
+                 {"n_blocks", q.n_blocks}});
+  fmt::print(
+      "{}\n",
+      nlohmann::json({{"flops", r.flops},
+                      {"expansion", r.expansion},
+                      {"granularity", m.granularity},
+                      {"n_total", m.n_total},
+                      {"n_active", m.n_active},
+                      {"tokens", m.tokens},
+                      {"d_model", m.d_model},
+                      {"n_blocks", m.n_blocks},
+                      {"loss", m.loss},
+                      {"dense", {{"n_params", d.n_total}, {"tokens", d.tokens}, {"loss", d.loss}}},
+                      {"dense_compute_multiplier", r.dense_multiplier},
+                      {"per_granularity", g}})
+          .dump(2));
+}
+
+void print_plan_text(const PlanReport& r) {
+  const scaling::Plan &m = r.m, &d = r.d;
+  fmt::print("Compute-optimal MoE at F = {:.3g} FLOPs, expansion E = {} (Krajewski et al. 2024):\n",
+             r.flops, r.expansion);
+  fmt::print("  granularity G   {}\n  n_blocks        {:.2f} (d_model {:.0f})\n", m.granularity,
+             m.n_blocks, m.d_model);
+  fmt::print(
+      "  N total         {:.4g}\n  N active        {:.4g}\n  tokens D        {:.4g}\n"
+      "  loss            {:.4f}\n",
+      m.n_total, m.n_active, m.tokens, m.loss);
+  fmt::print("Dense optimum at the same F: N = {:.4g}, D = {:.4g}, loss {:.4f}\n", d.n_total,
+             d.tokens, d.loss);
+  fmt::print("A dense model needs {:.1f}× this compute to reach the MoE's loss.\n",
+             r.dense_multiplier);
+  fmt::print("Per granularity (each optimised over size):\n");
+  for (auto& q : r.per_g)
+    fmt::print("  G = {:>3}: loss {:.4f}, N {:.3g}, D {:.3g}\n", q.granularity, q.loss, q.n_total,
+               q.tokens);
+  fmt::print(
+      "Shape assumptions: d_model = 64·n_blocks, N = d²(8E+4)·n_blocks, "
+      "F = (72·d² + 14·d·E·G)·D·n_blocks; losses are nats per GPT-2 token on C4.\n");
+}
+
+// moe scaling plan: the compute-optimal MoE (G, N, D) for a FLOP budget, against dense.
+void register_scaling_plan(CLI::App& scaling) {
   struct PlanArgs {
     double flops = 0;
     int expansion = 64;
     bool json = false;
   };
   auto p = std::make_shared<PlanArgs>();
-  CLI::App* plan = s->add_subcommand("plan", "Compute-optimal MoE (G, N, D) for a FLOP budget");
+  CLI::App* plan =
+      scaling.add_subcommand("plan", "Compute-optimal MoE (G, N, D) for a FLOP budget");
   plan->add_option("--flops", p->flops, "training FLOPs")->required();
   plan->add_option("--expansion", p->expansion, "expansion rate E: 64 or 16 (the fitted laws)");
   plan->add_flag("--json", p->json, "print one JSON object");
@@ -71,59 +137,50 @@ void add_plan(CLI::App* s) {
     MOE_CHECK(p->expansion == 64 || p->expansion == 16,
               "--expansion {}: fitted laws exist for E = 64 (moe-e64) and E = 16 (moe-e16) only",
               p->expansion);
-    std::vector<scaling::Plan> per_g;
-    const scaling::Plan m = scaling::plan_moe(p->flops, p->expansion, &per_g);
-    const scaling::Plan d = scaling::plan_dense(p->flops);
-    const double mult = scaling::dense_compute_multiplier(m.loss, p->flops);
-    if (p->json) {
-      nlohmann::json g = nlohmann::json::array();
-      for (auto& q : per_g)
-        g.push_back({{"granularity", q.granularity},
-                     {"loss", q.loss},
-                     {"n_total", q.n_total},
-                     {"tokens", q.tokens},
-                     {"n_blocks", q.n_blocks}});
-      fmt::print("{}\n",
-                 nlohmann::json(
-                     {{"flops", p->flops},
-                      {"expansion", p->expansion},
-                      {"granularity", m.granularity},
-                      {"n_total", m.n_total},
-                      {"n_active", m.n_active},
-                      {"tokens", m.tokens},
-                      {"d_model", m.d_model},
-                      {"n_blocks", m.n_blocks},
-                      {"loss", m.loss},
-                      {"dense", {{"n_params", d.n_total}, {"tokens", d.tokens}, {"loss", d.loss}}},
-                      {"dense_compute_multiplier", mult},
-                      {"per_granularity", g}})
-                     .dump(2));
-      return;
-    }
-    fmt::print(
-        "Compute-optimal MoE at F = {:.3g} FLOPs, expansion E = {} (Krajewski et al. 2024):\n",
-        p->flops, p->expansion);
-    fmt::print("  granularity G   {}\n  n_blocks        {:.2f} (d_model {:.0f})\n", m.granularity,
-               m.n_blocks, m.d_model);
-    fmt::print(
-        "  N total         {:.4g}\n  N active        {:.4g}\n  tokens D        {:.4g}\n"
-        "  loss            {:.4f}\n",
-        m.n_total, m.n_active, m.tokens, m.loss);
-    fmt::print("Dense optimum at the same F: N = {:.4g}, D = {:.4g}, loss {:.4f}\n", d.n_total,
-               d.tokens, d.loss);
-    fmt::print("A dense model needs {:.1f}× this compute to reach the MoE's loss.\n", mult);
-    fmt::print("Per granularity (each optimised over size):\n");
-    for (auto& q : per_g)
-      fmt::print("  G = {:>3}: loss {:.4f}, N {:.3g}, D {:.3g}\n", q.granularity, q.loss, q.n_total,
-                 q.tokens);
-    fmt::print(
-        "Shape assumptions: d_model = 64·n_blocks, N = d²(8E+4)·n_blocks, "
-        "F = (72·d² + 14·d·E·G)·D·n_blocks; losses are nats per GPT-2 token on C4.\n");
+    PlanReport r{p->flops, p->expansion, {}, {}, {}, 0};
+    r.m = scaling::plan_moe(p->flops, p->expansion, &r.per_g);
+    r.d = scaling::plan_dense(p->flops);
+    r.dense_multiplier = scaling::dense_compute_multiplier(r.m.loss, p->flops);
+    if (p->json)
+      print_plan_json(r);
+    else
+      print_plan_text(r);
   });
 }
 
-// moe scaling fit: a law fitted to finished runs.
-void add_fit(CLI::App* s) {
+void print_fit(const scaling::FitResult& r, bool json) {
+  const scaling::Law& l = r.law;
+  const std::vector<std::pair<const char*, double>> coef = {
+      {"a", l.a}, {"alpha", l.alpha}, {"b", l.b}, {"beta", l.beta},
+      {"g", l.g}, {"gamma", l.gamma}, {"c", l.c}};
+  if (json) {
+    nlohmann::json j = {{"runs", r.n_points},
+                        {"rmse", r.rmse},
+                        {"heldout_rmse", r.heldout_rmse},
+                        {"heldout_runs", r.n_heldout}};
+    for (auto [k, v] : coef) {
+      j[k] = v;
+      if (r.interval.count(k))
+        j["interval_" + std::string(k)] = {r.interval.at(k).first, r.interval.at(k).second};
+    }
+    fmt::print("{}\n", j.dump(2));
+    return;
+  }
+  fmt::print("Fit of L = c + (g/G^γ + a)/N^α + b/D^β to {} runs (Huber δ = 0.1, NLopt BOBYQA)\n",
+             r.n_points);
+  for (auto [k, v] : coef) {
+    if (r.interval.count(k))
+      fmt::print("  {:<6} {:>10.4g}   [{:.4g}, {:.4g}] (bootstrap 5–95%)\n", k, v,
+                 r.interval.at(k).first, r.interval.at(k).second);
+    else
+      fmt::print("  {:<6} {:>10.4g}\n", k, v);
+  }
+  fmt::print("  RMSE {:.4f} on all runs; held-out RMSE {:.4f} on {} runs (fit on the rest)\n",
+             r.rmse, r.heldout_rmse, r.n_heldout);
+}
+
+// moe scaling fit: the law's coefficients fitted to runs (JSON lines), with bootstrap intervals.
+void register_scaling_fit(CLI::App& scaling) {
   struct FitArgs {
     std::string runs;
     int bootstrap = 100;
@@ -132,7 +189,7 @@ void add_fit(CLI::App* s) {
     bool dense = false, json = false;
   };
   auto f = std::make_shared<FitArgs>();
-  CLI::App* fit = s->add_subcommand("fit", "Fit (a, α, b, β, g, γ, c) to runs (JSON lines)");
+  CLI::App* fit = scaling.add_subcommand("fit", "Fit (a, α, b, β, g, γ, c) to runs (JSON lines)");
   fit->add_option("--runs", f->runs, "runs.jsonl: one {\"N\", \"D\", \"G\", \"loss\"} per line")
       ->required();
   fit->add_option("--bootstrap", f->bootstrap, "bootstrap resamples for the intervals");
@@ -142,36 +199,7 @@ void add_fit(CLI::App* s) {
   fit->add_flag("--json", f->json, "print one JSON object");
   fit->callback([f] {
     const auto pts = scaling::read_runs(f->runs);
-    const scaling::FitResult r =
-        scaling::fit_law(pts, !f->dense, f->bootstrap, f->seed, f->weight_decay);
-    const scaling::Law& l = r.law;
-    const std::vector<std::pair<const char*, double>> coef = {
-        {"a", l.a}, {"alpha", l.alpha}, {"b", l.b}, {"beta", l.beta},
-        {"g", l.g}, {"gamma", l.gamma}, {"c", l.c}};
-    if (f->json) {
-      nlohmann::json j = {{"runs", r.n_points},
-                          {"rmse", r.rmse},
-                          {"heldout_rmse", r.heldout_rmse},
-                          {"heldout_runs", r.n_heldout}};
-      for (auto [k, v] : coef) {
-        j[k] = v;
-        if (r.interval.count(k))
-          j["interval_" + std::string(k)] = {r.interval.at(k).first, r.interval.at(k).second};
-      }
-      fmt::print("{}\n", j.dump(2));
-      return;
-    }
-    fmt::print("Fit of L = c + (g/G^γ + a)/N^α + b/D^β to {} runs (Huber δ = 0.1, NLopt BOBYQA)\n",
-               r.n_points);
-    for (auto [k, v] : coef) {
-      if (r.interval.count(k))
-        fmt::print("  {:<6} {:>10.4g}   [{:.4g}, {:.4g}] (bootstrap 5–95%)\n", k, v,
-                   r.interval.at(k).first, r.interval.at(k).second);
-      else
-        fmt::print("  {:<6} {:>10.4g}\n", k, v);
-    }
-    fmt::print("  RMSE {:.4f} on all runs; held-out RMSE {:.4f} on {} runs (fit on the rest)\n",
-               r.rmse, r.heldout_rmse, r.n_heldout);
+    print_fit(scaling::fit_law(pts, !f->dense, f->bootstrap, f->seed, f->weight_decay), f->json);
   });
 }
 
@@ -208,9 +236,9 @@ void print_compare_table(const std::vector<nlohmann::json>& rows, const std::str
 void register_scaling(CLI::App& app) {
   CLI::App* s = app.add_subcommand("scaling", "Scaling laws and the compute-optimal planner");
   s->require_subcommand(1);
-  add_law(s);
-  add_plan(s);
-  add_fit(s);
+  register_scaling_law(*s);
+  register_scaling_plan(*s);
+  register_scaling_fit(*s);
 }
 
 void register_compare(CLI::App& app) {

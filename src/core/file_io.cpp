@@ -1,7 +1,6 @@
 #include "moe/core/file_io.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>

@@ -1,6 +1,5 @@
 #include "moe/data/token_data.h"
 
-#include <cmath>
 #include <numbers>
 
 #include "moe/core/error.h"

@@ -1,6 +1,5 @@
 #include "moe/data/tokenizer.h"
 
-#include <fmt/format.h>
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 

@@ -1,5 +1,6 @@
 #include "moe/model/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -105,6 +106,7 @@ void Transformer::bind(Arena& a) {
   att_scratch_ = f(attention_scratch_size(max_seq_));
   decode_scores_ = f(cfg_.max_seq_len);
   tokens_ = a.take<int32_t>(N);
+  rms_partial_ = f(rmsnorm_backward_scratch_size(int(N), std::max({C_, Dq_, Dkv_})));
 }
 
 void Transformer::check_tokens(const int32_t* t, int n, const char* what) const {
@@ -180,13 +182,14 @@ void Transformer::backward() {
   // Head: dlnf = dlogits·W_head, dW_head += dlogitsᵀ·lnf (into embed's grad when tied).
   linear_backward(dln_, head_->g, dlogits, lnf_, head_->w, N, C_, V_, false);
   std::memset(dres_, 0, sizeof(float) * N * C_);
-  rmsnorm_backward(dres_, norm_->g, dln_, res_final_, norm_->w, rstdf_, N, C_);
+  rmsnorm_backward(dres_, norm_->g, rms_partial_, dln_, res_final_, norm_->w, rstdf_, N, C_);
   for (int l = cfg_.n_layers - 1; l >= 0; --l) {
     Layer& L = layers_[l];
     // FFN sublayer: dres is d(res_out); it passes through the residual unchanged.
     std::memset(dln_, 0, sizeof(float) * N * C_);
     ffn_[l]->backward(dln_, dres_, L.ln2, N);
-    rmsnorm_backward(dres_, L.ffn_norm->g, dln_, L.res_mid, L.ffn_norm->w, L.rstd2, N, C_);
+    rmsnorm_backward(dres_, L.ffn_norm->g, rms_partial_, dln_, L.res_mid, L.ffn_norm->w, L.rstd2, N,
+                     C_);
     // Attention sublayer: dres is now d(res_mid).
     linear_backward(datt_, L.wo->g, dres_, L.att, L.wo->w, N, Dq_, C_, false);
     attention_backward(dq_, dk_, dv_, att_scratch_, datt_, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_,
@@ -198,15 +201,18 @@ void Transformer::backward() {
     if (cfg_.qk_norm) {
       std::memset(dq_raw_, 0, sizeof(float) * N * Dq_);
       std::memset(dk_raw_, 0, sizeof(float) * N * Dkv_);
-      rmsnorm_backward(dq_raw_, L.q_norm->g, dq_, L.q_raw, L.q_norm->w, L.rstd_q, N, Dq_);
-      rmsnorm_backward(dk_raw_, L.k_norm->g, dk_, L.k_raw, L.k_norm->w, L.rstd_k, N, Dkv_);
+      rmsnorm_backward(dq_raw_, L.q_norm->g, rms_partial_, dq_, L.q_raw, L.q_norm->w, L.rstd_q, N,
+                       Dq_);
+      rmsnorm_backward(dk_raw_, L.k_norm->g, rms_partial_, dk_, L.k_raw, L.k_norm->w, L.rstd_k, N,
+                       Dkv_);
       dq = dq_raw_;
       dk = dk_raw_;
     }
     linear_backward(dln_, L.wq->g, dq, L.ln1, L.wq->w, N, C_, Dq_, false);
     linear_backward(dln_, L.wk->g, dk, L.ln1, L.wk->w, N, C_, Dkv_, true);
     linear_backward(dln_, L.wv->g, dv_, L.ln1, L.wv->w, N, C_, Dkv_, true);
-    rmsnorm_backward(dres_, L.attn_norm->g, dln_, L.res_in, L.attn_norm->w, L.rstd1, N, C_);
+    rmsnorm_backward(dres_, L.attn_norm->g, rms_partial_, dln_, L.res_in, L.attn_norm->w, L.rstd1,
+                     N, C_);
   }
   embedding_backward(embed_->g, dres_, tokens_, N, C_);
 }

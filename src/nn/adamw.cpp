@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <vector>
 
 namespace moe {
 
@@ -23,11 +22,24 @@ double lane_sum_squares(const float* g, std::size_t n) {
   return s;
 }
 
-// Grows (never shrinks) a per-thread buffer of partial sums: no allocation per step.
-double* partials(std::size_t n) {
-  static thread_local std::vector<double> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
+// Σ term(i) over i in [0, n), added in index order: deterministic whatever the thread count.
+// The terms are computed in parallel (when n > min_parallel) a batch of kBatch at a time into a
+// block on the stack, then added in order: the same sums in the same order as storing all n terms
+// first, with no buffer that grows with n (so nothing allocates, and any thread may call it).
+// 2048 terms (16 KiB of stack) keep the parallel regions few: a row table's ~2·10^5 rows of 1 KiB
+// take ~100 of them.
+template <class Term>
+double ordered_sum(std::size_t n, std::size_t min_parallel, const Term& term) {
+  constexpr std::size_t kBatch = 2048;
+  double part[kBatch];
+  double total = 0;
+  for (std::size_t b0 = 0; b0 < n; b0 += kBatch) {
+    const auto m = std::ptrdiff_t(std::min(kBatch, n - b0));
+#pragma omp parallel for schedule(static) if (n > min_parallel)
+    for (std::ptrdiff_t i = 0; i < m; ++i) part[i] = term(b0 + std::size_t(i));
+    for (std::ptrdiff_t i = 0; i < m; ++i) total += part[i];
+  }
+  return total;
 }
 
 // The AdamW rule on p, m, v [i0, i1) (see adamw_update). Serial and inlinable: the row-lazy
@@ -119,33 +131,22 @@ double lr_schedule(int64_t s, double lr, double min_lr, int64_t warmup, int64_t 
 }
 
 double sum_squares(const float* g, std::size_t n) {
-  // Fixed blocks, partial sums stored per block and added in block order: the result does not
-  // depend on the thread count. The partials buffer only grows (no allocation per step).
+  // Fixed blocks, partial sums added in block order: the result does not depend on the thread
+  // count.
   constexpr std::size_t kBlock = 4096;
   const std::size_t nb = (n + kBlock - 1) / kBlock;
-  double* part = partials(nb);
-#pragma omp parallel for schedule(static) if (nb > 8)
-  for (std::size_t b = 0; b < nb; ++b) {
+  return ordered_sum(nb, 8, [&](std::size_t b) {
     const std::size_t e = (b + 1) * kBlock < n ? (b + 1) * kBlock : n;
-    part[b] = lane_sum_squares(g + b * kBlock, e - b * kBlock);
-  }
-  double total = 0;
-  for (std::size_t b = 0; b < nb; ++b) total += part[b];
-  return total;
+    return lane_sum_squares(g + b * kBlock, e - b * kBlock);
+  });
 }
 
 double sum_squares_rows(const float* g, std::size_t row_len, const int32_t* rows,
                         std::size_t n_rows) {
   // One partial per row, added in the given row order: independent of the thread count.
-  double* part = partials(n_rows);
-  const auto n = std::ptrdiff_t(n_rows);
-#pragma omp parallel for schedule(static) if (n > 64)
-  for (std::ptrdiff_t i = 0; i < n; ++i) {
-    part[i] = lane_sum_squares(g + std::size_t(rows[i]) * row_len, row_len);
-  }
-  double total = 0;
-  for (std::ptrdiff_t i = 0; i < n; ++i) total += part[i];
-  return total;
+  return ordered_sum(n_rows, 64, [&](std::size_t i) {
+    return lane_sum_squares(g + std::size_t(rows[i]) * row_len, row_len);
+  });
 }
 
 void adamw_update_rows(float* p, float* m, float* v, float* g, std::size_t row_len,
@@ -153,22 +154,21 @@ void adamw_update_rows(float* p, float* m, float* v, float* g, std::size_t row_l
                        const BiasCorrections* bias, double* sum_sq) {
   // Rows are independent: parallel over them, each row the serial rule with its own step count.
   // (Software prefetch of the next rows was tried: no gain measurable over this VM's noise.)
-  const auto n = std::ptrdiff_t(n_rows);
-  double* part = sum_sq ? partials(n_rows) : nullptr;
-#pragma omp parallel for schedule(static) if (n > 64)
-  for (std::ptrdiff_t i = 0; i < n; ++i) {
+  auto update = [&](std::size_t i) {
     const int32_t r = rows[i];
     const std::size_t o = std::size_t(r) * row_len;
     const double sq =
-        update_row(p + o, m + o, v + o, g + o, row_len, steps[r], h, bias, part != nullptr);
-    if (part) part[i] = sq;
+        update_row(p + o, m + o, v + o, g + o, row_len, steps[r], h, bias, sum_sq != nullptr);
     std::memset(g + o, 0, row_len * sizeof(float));  // in cache now; zero_grad would reload it
-  }
+    return sq;
+  };
   if (sum_sq) {
-    double total = 0;
-    for (std::ptrdiff_t i = 0; i < n; ++i) total += part[i];
-    *sum_sq = total;
+    *sum_sq = ordered_sum(n_rows, 64, update);  // each row's Σ g², added in row order
+    return;
   }
+  const auto n = std::ptrdiff_t(n_rows);
+#pragma omp parallel for schedule(static) if (n > 64)
+  for (std::ptrdiff_t i = 0; i < n; ++i) update(std::size_t(i));
 }
 
 }  // namespace moe

@@ -64,7 +64,8 @@ struct RmsNormOp {
   }
   template <typename T>
   void backward(OpData<T>& d) const {
-    rmsnorm_backward(d.dx(0), d.dx(1), d.dy(0), d.x(0), d.x(1), d.y(1), N, D);
+    std::vector<T> partial(rmsnorm_backward_scratch_size(N, D));
+    rmsnorm_backward(d.dx(0), d.dx(1), partial.data(), d.dy(0), d.x(0), d.x(1), d.y(1), N, D);
   }
   void reference(OpData<double>& d) const {
     for (int n = 0; n < N; ++n) {

@@ -5,7 +5,6 @@
 // inside a training step.
 #pragma once
 #include <cstddef>
-#include <cstdint>
 #include <memory>
 
 namespace moe {

@@ -81,6 +81,7 @@ class Transformer {
   float *res_final_, *lnf_, *rstdf_, *logits_, *losses_, *ffn_out_;
   float *dres_, *dln_, *datt_, *dq_, *dk_, *dv_, *dq_raw_, *dk_raw_, *att_scratch_, *decode_scores_;
   int32_t* tokens_;
+  float* rms_partial_;  // rmsnorm_backward's per-chunk dw sums, shared by every norm
   int cur_B_ = 0, cur_T_ = 0;
   bool have_grad_ = false;
 };

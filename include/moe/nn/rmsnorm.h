@@ -1,7 +1,7 @@
 // RMSNorm: y = x / sqrt(mean(x²) + eps) · w, over the last dimension D.
 #pragma once
 #include <cmath>
-#include <vector>
+#include <cstddef>
 
 namespace moe {
 
@@ -22,21 +22,29 @@ void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, int N, int D, T 
   }
 }
 
-// dinp [N,D] (+=), dw [D] (+=); dout [N,D], inp [N,D], w [D], rstd [N].
+// The backward reduces dw over fixed chunks of this many rows (see rmsnorm_backward).
+inline constexpr int kRmsNormChunkRows = 32;
+
+// Floats of scratch rmsnorm_backward needs for N rows of width D: one partial dw [D] per chunk.
+inline std::size_t rmsnorm_backward_scratch_size(int N, int D) {
+  return std::size_t((N + kRmsNormChunkRows - 1) / kRmsNormChunkRows) * std::size_t(D);
+}
+
+// dinp [N,D] (+=), dw [D] (+=), partial [rmsnorm_backward_scratch_size(N, D)] (scratch,
+// overwritten); dout [N,D], inp [N,D], w [D], rstd [N].
 // With x̂ = x·r:  dx = r·(dy·w − x̂·mean(dy·w·x̂)),  dw = Σ_n dy·x̂.
-// dw is reduced over fixed chunks of kRows rows (row-major, vectorizable), whose partial sums are
-// then added in chunk order: deterministic whatever the thread count, no atomics.
+// dw is reduced over fixed chunks of kRmsNormChunkRows rows (row-major, vectorizable), whose
+// partial sums are then added in chunk order: deterministic whatever the thread count, no
+// atomics. The caller owns the scratch (the model carves it from its activation arena), so a
+// training step allocates nothing here.
 template <typename T>
-void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, const T* rstd,
-                      int N, int D) {
-  constexpr int kRows = 32;
+void rmsnorm_backward(T* dinp, T* dw, T* partial, const T* dout, const T* inp, const T* w,
+                      const T* rstd, int N, int D) {
+  constexpr int kRows = kRmsNormChunkRows;
   const int nchunk = (N + kRows - 1) / kRows;
-  static thread_local std::vector<T> partial;  // grows once; no allocation per step after that
-  if (partial.size() < std::size_t(nchunk) * D) partial.resize(std::size_t(nchunk) * D);
-  T* part = partial.data();
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int c = 0; c < nchunk; ++c) {
-    T* acc = part + std::size_t(c) * D;
+    T* acc = partial + std::size_t(c) * D;
     for (int i = 0; i < D; ++i) acc[i] = 0;
     const int n1 = (c + 1) * kRows < N ? (c + 1) * kRows : N;
     for (int n = c * kRows; n < n1; ++n) {
@@ -56,7 +64,7 @@ void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, c
     }
   }
   for (int c = 0; c < nchunk; ++c) {
-    const T* acc = part + std::size_t(c) * D;
+    const T* acc = partial + std::size_t(c) * D;
 #pragma omp simd
     for (int i = 0; i < D; ++i) dw[i] += acc[i];
   }

@@ -12,7 +12,6 @@
 // is (T+1)/2; per layer and token that is 2·2·Hq·hd·(T+1)/2 forward FLOPs.
 #pragma once
 #include <cstdint>
-#include <string>
 
 #include "moe/model/config.h"
 
