@@ -6,10 +6,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "moe/core/by_ranges.h"
 #include "moe/core/error.h"
 #include "moe/core/threading.h"
 #include "moe/ffn/peer/product_keys.h"
 #include "moe/kernels/gemm.h"
+#include "moe/kernels/group_by_key.h"
 #include "moe/kernels/panel_gemm.h"
 
 namespace moe {
@@ -50,74 +52,7 @@ void prefetch_rows(const PeerParams<T>& p, int32_t id, int C) {
   prefetch_row(p.v, id, C);
 }
 
-// Runs fn(j0, j1) on contiguous ranges of [0, n), one per thread and at least min_len long: for
-// sums that each thread forms over its own range of outputs (features, sub-keys) in one fixed
-// order, so the result does not depend on the thread count.
-template <typename F>
-void by_ranges(int n, int min_len, F&& fn) {
-  const int nt = std::max(1, std::min(max_threads(), n / min_len));
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int t = thread_index(), team = team_size();
-    fn(int(int64_t(n) * t / team), int(int64_t(n) * (t + 1) / team));
-  }
-}
-
 }  // namespace
-
-// A stable LSD radix sort of the pairs (id, a) packed in 64 bits, one pass per digit of ≤ 11
-// bits (2 passes of 10 bits at 2^20 experts), O(A) each: a counting sort over all E ids had spent
-// ~6 ms per step at 2^20 clearing and scanning its counters. In each pass every thread counts
-// its contiguous slice, then scatters it after the slices before it: the stable order, whatever
-// the thread count.
-int group_by_expert(const int32_t* ids, int A, int64_t E, uint64_t* kv, int32_t* list,
-                    int32_t* rows, int32_t* off) {
-  int bits = 1;
-  while (bits < 62 && (int64_t(1) << bits) < E) ++bits;
-  const int passes = (bits + 10) / 11, w = (bits + passes - 1) / passes, nb = 1 << w;
-  const int nt = std::max(1, std::min(max_threads(), A / 4096));
-  std::vector<int> cnt(std::size_t(nt) * nb);  // small: 2 × 1024 at 2^20
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    uint64_t *src = kv, *dst = kv + A;  // this thread's view of which buffer is which
-    const int t = thread_index(), team = team_size();  // team <= nt
-    const int a0 = int(int64_t(A) * t / team), a1 = int(int64_t(A) * (t + 1) / team);
-    for (int a = a0; a < a1; ++a) src[a] = uint64_t(uint32_t(ids[a])) << 32 | uint32_t(a);
-    for (int pass = 0, shift = 32; pass < passes; ++pass, shift += w) {
-      int* c = cnt.data() + std::size_t(t) * nb;
-      std::fill(c, c + nb, 0);
-      for (int a = a0; a < a1; ++a) ++c[(src[a] >> shift) & (nb - 1)];
-#pragma omp barrier
-#pragma omp single
-      {
-        // Slot (digit d, thread u) starts after all smaller digits and d's earlier slices.
-        int at = 0;
-        for (int d = 0; d < nb; ++d)
-          for (int u = 0; u < team; ++u) {
-            int& cu = cnt[std::size_t(u) * nb + d];
-            const int n = cu;
-            cu = at;
-            at += n;
-          }
-      }  // implicit barrier
-      for (int a = a0; a < a1; ++a) dst[c[(src[a] >> shift) & (nb - 1)]++] = src[a];
-#pragma omp barrier
-      std::swap(src, dst);
-    }
-    for (int j = a0; j < a1; ++j) list[j] = int32_t(src[j] & 0xffffffffu);
-  }
-  const uint64_t* src = passes % 2 ? kv + A : kv;
-  int n = 0;
-  for (int j = 0; j < A; ++j) {
-    const int32_t id = int32_t(src[j] >> 32);
-    if (j == 0 || id != int32_t(src[j - 1] >> 32)) {
-      rows[n] = id;
-      off[n++] = j;
-    }
-  }
-  off[n] = A;
-  return n;
-}
 
 template <typename T>
 void PeerLayer<T>::bind(Arena& a, int max_tokens) {
@@ -328,9 +263,9 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   // retrieval: ~1/8 of a 2^20-expert step.) dx's shares go to one buffer per block of experts,
   // the blocks fixed by the assignment counts alone, and the buffers are added in block order,
   // so dx does not depend on the thread count.
-  // Grouping: a stable sort of the assignments by expert id (group_by_expert), so each
+  // Grouping: a stable sort of the assignments by expert id (group_by_key), so each
   // expert's assignments stay in token order.
-  const int nrows = group_by_expert(ids_, A, s_.experts(), e_kv_, e_list_, e_rows_, row_off_);
+  const int nrows = group_by_key(ids_, A, s_.experts(), e_kv_, e_list_, e_rows_, row_off_);
   // Chunks: [chunk_[c], chunk_[c+1]) of the retrieved experts, about A / (kDxBlocks·kDxChunks)
   // assignments each; block b is chunks b·kDxChunks .. (b+1)·kDxChunks − 1.
   constexpr int kChunks = kDxBlocks * kDxChunks;

@@ -119,11 +119,4 @@ struct UsageStats {
 };
 UsageStats usage_stats(const std::vector<double>& z);
 
-// The backward's grouping of retrievals by expert: a stable sort of the assignments a < A by
-// ids[a] (each id < E). Writes list (the assignments in that order), rows (the distinct ids,
-// ascending) and off (rows[i]'s assignments are list[off[i] .. off[i+1])); returns the number of
-// distinct ids. kv: 2·A scratch. Parallel, with the same result for any thread count.
-int group_by_expert(const int32_t* ids, int A, int64_t E, uint64_t* kv, int32_t* list,
-                    int32_t* rows, int32_t* off);
-
 }  // namespace moe
