@@ -13,6 +13,8 @@
 #include "moe/kernels/gemm.h"
 #include "moe/kernels/group_by_key.h"
 #include "moe/kernels/panel_gemm.h"
+#include "moe/nn/batchnorm.h"
+#include "moe/nn/layernorm.h"
 
 namespace moe {
 
@@ -64,6 +66,8 @@ void PeerLayer<T>::bind(Arena& a, int max_tokens) {
   dq_ = a.take<T>(N * D);
   mean_ = a.take<T>(std::max(D, R));
   rstd_ = a.take<T>(std::max(D, R));
+  bn_sums_ = a.take<double>(2 * D);
+  bn_affine_grad_ = a.take<T>(2 * D);
   score_threads_ = max_threads();
   score_blk_ =
       a.take<T>(std::size_t(score_threads_) * 2 * kScoreRows * s_.S);  // per thread: two blocks
@@ -101,78 +105,11 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n)
     for (int f = 0; f < D; ++f) z_[std::size_t(n) * D + f] += p.bq[f];
-  dist_ = training && comm_ && comm_->size() > 1;
   if (s_.qnorm == QueryNorm::kBatch) {
-    // Batch statistics per feature (two passes: mean, then the centred squares), over the
-    // global batch when distributed: the per-rank sums are all-reduced between the passes.
-    const double Ng = double(N) * (dist_ ? comm_->size() : 1);
-    std::vector<double>&mean = bn_a_, &sq = bn_b_;  // members: no allocation per step
-    mean.assign(D, 0.0);
-    sq.assign(D, 0.0);
-    if (training) {
-      double* ms = mean.data();
-      by_ranges(D, 64, [&](int f0, int f1) {
-        for (int n = 0; n < N; ++n)
-          for (int f = f0; f < f1; ++f) ms[f] += double(z_[std::size_t(n) * D + f]);
-      });
-      if (dist_) comm_->allreduce_sum(ms, D);
-      for (int f = 0; f < D; ++f) ms[f] /= Ng;
-      double* ss = sq.data();
-      by_ranges(D, 64, [&](int f0, int f1) {
-        for (int n = 0; n < N; ++n)
-          for (int f = f0; f < f1; ++f) {
-            const double d = double(z_[std::size_t(n) * D + f]) - ms[f];
-            ss[f] += d * d;
-          }
-      });
-      if (dist_) comm_->allreduce_sum(ss, D);
-    }
-    for (int f = 0; f < D; ++f) {
-      double m = 0, v = 0;
-      if (training) {
-        m = mean[f];
-        v = sq[f] / Ng;
-        // Running statistics as torch.nn.BatchNorm1d: unbiased variance, momentum.
-        if (p.running_mean) {
-          const double mo = s_.bn_momentum;
-          p.running_mean[f] = T((1 - mo) * double(p.running_mean[f]) + mo * m);
-          p.running_var[f] =
-              T((1 - mo) * double(p.running_var[f]) + mo * (Ng > 1 ? v * Ng / (Ng - 1) : v));
-        }
-      } else {
-        m = double(p.running_mean[f]);
-        v = double(p.running_var[f]);
-      }
-      mean_[f] = T(m);
-      rstd_[f] = T(1.0 / std::sqrt(v + s_.bn_eps));
-    }
-    // Row by row (feature-major loops over [N, D] strode 4·D bytes per element).
-#pragma omp parallel for schedule(static) if (N > 64)
-    for (int n = 0; n < N; ++n) {
-      const T* __restrict zn = z_ + std::size_t(n) * D;
-      T* __restrict qn = q_ + std::size_t(n) * D;
-      const T* __restrict mu = mean_;
-      const T* __restrict rs = rstd_;
-      const T* __restrict gm = p.gamma;
-      const T* __restrict bt = p.beta;
-#pragma omp simd
-      for (int f = 0; f < D; ++f) qn[f] = (zn[f] - mu[f]) * rs[f] * gm[f] + bt[f];
-    }
+    batchnorm_forward(q_, mean_, rstd_, p.running_mean, p.running_var, z_, p.gamma, p.beta, N, D,
+                      training, bn_options(), bn_sums_);
   } else if (s_.qnorm == QueryNorm::kLayer) {
-    for (int r = 0; r < N * h; ++r) {
-      const T* zr = z_ + std::size_t(r) * dk;
-      double m = 0, v = 0;
-      for (int i = 0; i < dk; ++i) m += double(zr[i]);
-      m /= dk;
-      for (int i = 0; i < dk; ++i) v += (double(zr[i]) - m) * (double(zr[i]) - m);
-      v /= dk;
-      mean_[r] = T(m);
-      rstd_[r] = T(1.0 / std::sqrt(v + s_.bn_eps));
-      const int f0 = (r % h) * dk;
-      for (int i = 0; i < dk; ++i)
-        q_[std::size_t(r) * dk + i] =
-            (zr[i] - mean_[r]) * rstd_[r] * p.gamma[f0 + i] + p.beta[f0 + i];
-    }
+    layernorm_forward(q_, mean_, rstd_, z_, p.gamma, p.beta, N, h, dk, s_.bn_eps);
   } else {
     std::memcpy(q_, z_, sizeof(T) * std::size_t(N) * D);
   }
@@ -451,79 +388,10 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   });
   // Norm backward: dq → dz (in place in dq_).
   if (s_.qnorm == QueryNorm::kBatch) {
-    // dz = rstd/N·(N·d − Σd − x̂·Σd·x̂), d = dq·γ; the sums over the global batch when
-    // distributed (the loss scale already holds the 1/P of each rank's share).
-    const double Ng = double(N) * (dist_ ? comm_->size() : 1);
-    std::vector<double>& sums = bn_a_;  // [Σd | Σd·x̂] per feature
-    sums.assign(2 * std::size_t(D), 0.0);
-    double* sd = sums.data();
-    double* sdx = sums.data() + D;
-    // Row by row, each feature's sums still over n in increasing order (one thread per
-    // feature range). The γ, β gradients are summed in a copy the compiler can see is not
-    // aliased (through g.gamma it had to assume every store might change z, dq or the
-    // statistics, and ran the loop one element at a time).
-    by_ranges(D, 64, [&](int f0, int f1) {
-      const int nf = f1 - f0;
-      std::vector<T> acc(2 * std::size_t(nf));
-      T* __restrict ga = acc.data();
-      T* __restrict ba = ga + nf;
-      std::copy(g.gamma + f0, g.gamma + f1, ga);
-      std::copy(g.beta + f0, g.beta + f1, ba);
-      const T* __restrict mu = mean_ + f0;
-      const T* __restrict rs = rstd_ + f0;
-      const T* __restrict gm = p.gamma + f0;
-      double* __restrict s1 = sd + f0;
-      double* __restrict s2 = sdx + f0;
-      for (int n = 0; n < N; ++n) {
-        const T* __restrict zn = z_ + std::size_t(n) * D + f0;
-        const T* __restrict dn = dq_ + std::size_t(n) * D + f0;
-#pragma omp simd
-        for (int f = 0; f < nf; ++f) {
-          const double xh = double((zn[f] - mu[f]) * rs[f]);
-          ga[f] += dn[f] * T(xh);
-          ba[f] += dn[f];
-          s1[f] += double(dn[f]) * double(gm[f]);
-          s2[f] += double(dn[f]) * double(gm[f]) * xh;
-        }
-      }
-      std::copy(ga, ga + nf, g.gamma + f0);
-      std::copy(ba, ba + nf, g.beta + f0);
-    });
-    if (dist_) comm_->allreduce_sum(sums.data(), sums.size());
-#pragma omp parallel for schedule(static) if (N > 64)
-    for (int n = 0; n < N; ++n) {
-      const T* __restrict zn = z_ + std::size_t(n) * D;
-      T* __restrict dn = dq_ + std::size_t(n) * D;
-      const T* __restrict mu = mean_;
-      const T* __restrict rs = rstd_;
-      const T* __restrict gm = p.gamma;
-#pragma omp simd
-      for (int f = 0; f < D; ++f) {
-        const double xh = double((zn[f] - mu[f]) * rs[f]);
-        const double d = double(dn[f]) * double(gm[f]);
-        dn[f] = T(double(rs[f]) / Ng * (Ng * d - sd[f] - xh * sdx[f]));
-      }
-    }
+    batchnorm_backward(dq_, g.gamma, g.beta, dq_, z_, p.gamma, mean_, rstd_, N, D, bn_options(),
+                       bn_sums_, bn_affine_grad_);
   } else if (s_.qnorm == QueryNorm::kLayer) {
-    for (int r = 0; r < R; ++r) {
-      const int f0 = (r % h) * dk;
-      double sd = 0, sdx = 0;
-      for (int i = 0; i < dk; ++i) {
-        const std::size_t j = std::size_t(r) * dk + i;
-        const double xh = double((z_[j] - mean_[r]) * rstd_[r]);
-        const double d = double(dq_[j]) * double(p.gamma[f0 + i]);
-        sd += d;
-        sdx += d * xh;
-        g.gamma[f0 + i] += dq_[j] * T(xh);  // rows in order: deterministic
-        g.beta[f0 + i] += dq_[j];
-      }
-      for (int i = 0; i < dk; ++i) {
-        const std::size_t j = std::size_t(r) * dk + i;
-        const double xh = double((z_[j] - mean_[r]) * rstd_[r]);
-        const double d = double(dq_[j]) * double(p.gamma[f0 + i]);
-        dq_[j] = T(double(rstd_[r]) / dk * (dk * d - sd - xh * sdx));
-      }
-    }
+    layernorm_backward(dq_, g.gamma, g.beta, dq_, z_, p.gamma, mean_, rstd_, N, h, dk);
   }
   // Query network.
   gemm<T>(true, false, D, C, N, T(1), dq_, D, x, C, T(1), g.wq, C);

@@ -16,6 +16,7 @@
 #include "moe/core/arena.h"
 #include "moe/dist/communicator.h"
 #include "moe/nn/adamw.h"
+#include "moe/nn/batchnorm.h"
 
 namespace moe {
 
@@ -75,8 +76,9 @@ class PeerLayer {
  private:
   PeerSpec s_;
   Communicator* comm_ = nullptr;
-  bool dist_ = false;                // this forward is one rank's slice of a global training batch
-  std::vector<double> bn_a_, bn_b_;  // BatchNorm sums, reused every step
+  BatchNormOptions bn_options() const { return {s_.bn_eps, s_.bn_momentum, comm_}; }
+  double* bn_sums_ = nullptr;    // [2, h·dk] BatchNorm's per-feature sums
+  T* bn_affine_grad_ = nullptr;  // [2, h·dk] BatchNorm backward's dγ | dβ scratch
   int N_ = 0, max_tokens_ = 0;
   bool training_ = false;
   T *z_ = nullptr, *q_ = nullptr, *mean_ = nullptr, *rstd_ = nullptr;  // query pre/post norm
