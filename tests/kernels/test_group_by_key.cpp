@@ -44,8 +44,10 @@ TEST(GroupByKey, IsAStableSortForAnyThreadCount) {
     for (int t = 1; t <= 3; ++t) {
       omp_set_num_threads(t);
       std::vector<uint64_t> kv(2 * std::size_t(A));
+      std::vector<int> counters(group_by_key_counter_ints(E, t));
       std::vector<int32_t> list(A, -1), rows(A, -1), off(A + 1, -1);
-      const int n = group_by_key(ids.data(), A, E, kv.data(), list.data(), rows.data(), off.data());
+      const int n = group_by_key(ids.data(), A, E, kv.data(), counters.data(), list.data(),
+                                 rows.data(), off.data());
       ASSERT_EQ(list, want) << "E " << E << ", " << t << " threads";
       ASSERT_EQ(n, want_n);
       rows.resize(n);
@@ -73,6 +75,7 @@ TEST(GroupByKey, IsAStableSortForAnyThreadCount) {
     std::stable_sort(want.begin(), want.end(),
                      [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
     std::vector<uint64_t> kv(2 * std::size_t(A));
+    std::vector<int> counters(group_by_key_counter_ints(4099, 2));
     std::vector<int32_t> list(A, -1), rows(A), off(A + 1);
     const int levels = omp_get_max_active_levels();
     omp_set_max_active_levels(1);
@@ -80,7 +83,8 @@ TEST(GroupByKey, IsAStableSortForAnyThreadCount) {
 #pragma omp parallel num_threads(2)
     {
 #pragma omp single
-      group_by_key(ids.data(), A, 4099, kv.data(), list.data(), rows.data(), off.data());
+      group_by_key(ids.data(), A, 4099, kv.data(), counters.data(), list.data(), rows.data(),
+                   off.data());
     }
     omp_set_max_active_levels(levels);
     EXPECT_EQ(list, want);

@@ -57,6 +57,7 @@ void PeerExperts<T>::bind(Arena& a, int max_tokens) {
   preact_ = a.take<T>(A);
   gelu_e1_ = a.take<T>(A);
   sort_pairs_ = a.take<uint64_t>(2 * A);
+  digit_counters_ = a.take<int>(group_by_key_counter_ints(experts_, threads_));
   by_expert_ = a.take<int32_t>(A);
   const std::size_t rows = std::min<std::size_t>(A, std::size_t(experts_));
   expert_rows_ = a.take<int32_t>(rows);
@@ -123,7 +124,8 @@ void PeerExperts<T>::backward(T* dx, T* dgate, const TableGrads& g, const T* dy,
 // A stable sort of the retrievals by expert id, so each expert's retrievals stay in token order.
 template <typename T>
 int PeerExperts<T>::group_by_expert(const int32_t* ids, int A) {
-  return group_by_key(ids, A, experts_, sort_pairs_, by_expert_, expert_rows_, expert_offsets_);
+  return group_by_key(ids, A, experts_, sort_pairs_, digit_counters_, by_expert_, expert_rows_,
+                      expert_offsets_);
 }
 
 // Chunk c: [chunk_start_[c], chunk_start_[c+1]) of the retrieved experts, about A / kChunks

@@ -59,6 +59,7 @@ class PeerExperts {
   T* gelu_e1_ = nullptr;  // GELU's 1 + erf(z/√2) (unused by ReLU)
   // The backward's grouping by expert:
   uint64_t* sort_pairs_ = nullptr;     // radix sort scratch [2, N·heads·k]
+  int* digit_counters_ = nullptr;      // radix sort scratch [group_by_key_counter_ints]
   int32_t* by_expert_ = nullptr;       // retrievals grouped by expert, each group in token order
   int32_t* expert_rows_ = nullptr;     // the retrieved experts, ascending [≤ N·heads·k]
   int32_t* expert_offsets_ = nullptr;  // expert_rows_[i]'s: by_expert_[off[i] .. off[i+1])
