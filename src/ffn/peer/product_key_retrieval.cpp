@@ -79,22 +79,30 @@ void ProductKeyRetrieval<T>::forward(int32_t* ids, T* scores, T* gates, const T*
   }
 }
 
+// The forward's steps reversed: gate softmax, then the sub-key scores (d(query), d(keys)).
 template <typename T>
 void ProductKeyRetrieval<T>::backward(T* dq, T* dkeys1, T* dkeys2, T* dgate, const T* gates,
                                       const int32_t* ids, const T* q, const T* keys1,
                                       const T* keys2, int R) {
-  const int S = S_, dk = d_key_, half = dk / 2, k = k_;
-  // Gate softmax: d(gate) → d(score), per row, in place. A candidate's score is s¹[id / S] +
-  // s²[id % S], so d(s¹), d(s²) have at most k non-zeros per row out of S: the products with the
-  // sub-keys below go over those only (dense GEMMs over the [R, S] matrices did ~S/k times the
-  // work, and had to clear them first).
-  T* ds = dgate;
+  const int k = k_;
+  // Gate softmax: d(gate) → d(score), per row, in place.
 #pragma omp parallel for schedule(static) if (R > 64)
   for (int r = 0; r < R; ++r)
-    gate_softmax_backward(ds + std::size_t(r) * k, gates + std::size_t(r) * k, k);
-  // Sub-key scores, d(query): dQ¹[r] = Σ_s ds·K¹[id/S], dQ²[r] = Σ_s ds·K²[id%S], candidates in
-  // rank order. Each candidate's sub-key pair is kept for dK below (whose threads each walk all
-  // candidates: two integer divisions per candidate per thread had been most of its time).
+    gate_softmax_backward(dgate + std::size_t(r) * k, gates + std::size_t(r) * k, k);
+  // A candidate's score is s¹[id / S] + s²[id % S], so d(s¹), d(s²) have at most k non-zeros
+  // per row out of S: the products with the sub-keys go over those only (dense GEMMs over the
+  // [R, S] matrices did ~S/k times the work, and had to clear them first).
+  scores_backward_query(dq, dgate, ids, keys1, keys2, R);
+  scores_backward_keys(dkeys1, dkeys2, dgate, q, R);
+}
+
+// dQ¹[r] = Σ_s ds·K¹[id/S], dQ²[r] = Σ_s ds·K²[id%S], candidates in rank order. Each
+// candidate's sub-key pair is kept for scores_backward_keys (whose threads each walk all
+// candidates: two integer divisions per candidate per thread had been most of its time).
+template <typename T>
+void ProductKeyRetrieval<T>::scores_backward_query(T* dq, const T* ds, const int32_t* ids,
+                                                   const T* keys1, const T* keys2, int R) {
+  const int S = S_, dk = d_key_, half = dk / 2, k = k_;
   int32_t* sub = sub_key_ids_;
 #pragma omp parallel for schedule(static) if (R > 64)
   for (int r = 0; r < R; ++r) {
@@ -116,9 +124,16 @@ void ProductKeyRetrieval<T>::backward(T* dq, T* dkeys1, T* dkeys2, T* dgate, con
       }
     }
   }
-  // Sub-key scores, d(keys): dK¹[j] += Σ ds·Q¹[r] over the candidates with id/S = j (and dK²
-  // with id%S = j), summed in (row, rank) order. Each thread owns a contiguous range of sub-keys
-  // and walks every candidate, so each sum has one fixed order whatever the thread count.
+}
+
+// dK¹[j] += Σ ds·Q¹[r] over the candidates with id/S = j (and dK² with id%S = j), summed in
+// (row, rank) order. Each thread owns a contiguous range of sub-keys and walks every candidate,
+// so each sum has one fixed order whatever the thread count.
+template <typename T>
+void ProductKeyRetrieval<T>::scores_backward_keys(T* dkeys1, T* dkeys2, const T* ds, const T* q,
+                                                  int R) const {
+  const int S = S_, dk = d_key_, half = dk / 2, k = k_;
+  const int32_t* sub = sub_key_ids_;
   by_ranges(S, 16, [&](int j0, int j1) {
     for (int r = 0; r < R; ++r) {
       const T* q1 = q + std::size_t(r) * dk;

@@ -30,6 +30,11 @@ class ProductKeyRetrieval {
  private:
   // One block of rows: sc1, sc2 [rb, S] (written) = q_block's halves · K¹ᵀ, K²ᵀ.
   void score_block(T* sc1, T* sc2, const T* q_block, int rb, const T* keys1, const T* keys2) const;
+  // The scores' backward, from ds [R, k] = d(score): dq [R, d_key] (written), then
+  // dkeys1, dkeys2 (+=), which reads the sub-key pairs the first one kept.
+  void scores_backward_query(T* dq, const T* ds, const int32_t* ids, const T* keys1, const T* keys2,
+                             int R);
+  void scores_backward_keys(T* dkeys1, T* dkeys2, const T* ds, const T* q, int R) const;
 
   int S_, d_key_, k_;
   static constexpr int kScoreRows = 64;  // 2·64·S floats per thread: 512 KiB at S = 1024
