@@ -1,11 +1,14 @@
 // BatchNorm and LayerNorm (PEER's query norms): the templated ops run in double against plain
 // loops of their formulas, and their backward against central differences of L = Σ out·R (R
 // random), also in double; the = versus += contract of each output; BatchNorm's running
-// statistics in training and their use in evaluation. Tolerances as in test_ops.cpp: central
-// differences with h = 1e-6 on O(1) values err by ~1e-10, so 1e-6 catches any wrong term.
+// statistics in training and their use in evaluation; its data-parallel statistics. Tolerances as
+// in test_ops.cpp: central differences with h = 1e-6 on O(1) values err by ~1e-10, so 1e-6 catches
+// any wrong term.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "../grad_check.h"
 #include "moe/nn/batchnorm.h"
@@ -76,6 +79,58 @@ TEST(Norms, BatchNormEvaluationUsesTheRunningStatistics) {
     for (int f = 0; f < D; ++f)
       EXPECT_NEAR(y[n * D + f], (x[n * D + f] - rm[f]) / std::sqrt(rv[f] + o.eps) * w[f] + b[f],
                   1e-12);
+}
+
+// Two ranks that hold the same rows: every all-reduce doubles. (Only what BatchNorm calls.)
+class TwinRanks final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  void allreduce_sum(float* d, std::size_t n) override {
+    for (std::size_t i = 0; i < n; ++i) d[i] *= 2;
+  }
+  void allreduce_sum(double* d, std::size_t n) override {
+    for (std::size_t i = 0; i < n; ++i) d[i] *= 2;
+  }
+  void allreduce_max(double*, std::size_t) override {}
+  void barrier() override {}
+  void alltoall(const int*, int*, int) override { std::abort(); }
+  void alltoallv(const float*, const int64_t*, float*, const int64_t*) override { std::abort(); }
+  void alltoallv(const double*, const int64_t*, double*, const int64_t*) override { std::abort(); }
+  [[noreturn]] void abort(int) override { std::abort(); }
+  std::string describe() const override { return "twin ranks"; }
+};
+
+TEST(Norms, BatchNormOnTwoRanksIsTheGlobalBatchsFunction) {
+  // Rank-local rows x on 2 ranks that hold the same rows = one process on [x; x]: the same
+  // output and dx, the running variance unbiased over 2N rows, and each rank's dγ, dβ its half.
+  const int N = 5, D = 3;
+  V x = randn(N * D, 41), w = randn(D, 42), b = randn(D, 43), R = randn(N * D, 44);
+  V x2 = x, R2 = R;
+  x2.insert(x2.end(), x.begin(), x.end());
+  R2.insert(R2.end(), R.begin(), R.end());
+  TwinRanks twins;
+  BatchNormOptions dist, local;
+  dist.comm = &twins;
+  V y(N * D), mu(D), rs(D), rm(D, 0.0), rv(D, 1.0), s(2 * D);
+  V y2(2 * N * D), mu2(D), rs2(D), rm2(D, 0.0), rv2(D, 1.0), s2(2 * D);
+  batchnorm_forward(y.data(), mu.data(), rs.data(), rm.data(), rv.data(), x.data(), w.data(),
+                    b.data(), N, D, true, dist, s.data());
+  batchnorm_forward(y2.data(), mu2.data(), rs2.data(), rm2.data(), rv2.data(), x2.data(), w.data(),
+                    b.data(), 2 * N, D, true, local, s2.data());
+  EXPECT_TRUE(all_close("y", y, V(y2.begin(), y2.begin() + N * D), 1e-12, 1e-12));
+  EXPECT_TRUE(all_close("running_var", rv, rv2, 1e-12, 1e-12));
+  V dx(N * D), dw(D, 0.0), db(D, 0.0), wb(2 * D);
+  V dx2(2 * N * D), dw2(D, 0.0), db2(D, 0.0), wb2(2 * D);
+  batchnorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), mu.data(),
+                     rs.data(), N, D, dist, s.data(), wb.data());
+  batchnorm_backward(dx2.data(), dw2.data(), db2.data(), R2.data(), x2.data(), w.data(), mu2.data(),
+                     rs2.data(), 2 * N, D, local, s2.data(), wb2.data());
+  EXPECT_TRUE(all_close("dx", dx, V(dx2.begin(), dx2.begin() + N * D), 1e-12, 1e-12));
+  for (auto& v : dw) v *= 2;
+  for (auto& v : db) v *= 2;
+  EXPECT_TRUE(all_close("dw", dw, dw2, 1e-12, 1e-12));
+  EXPECT_TRUE(all_close("db", db, db2, 1e-12, 1e-12));
 }
 
 TEST(Norms, LayerNormPerGroupMatchesLoopsAndGradients) {
