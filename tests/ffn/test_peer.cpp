@@ -75,31 +75,6 @@ TEST(ProductKeys, AdversarialAndTiedScores) {
   EXPECT_EQ(pk_topk(a, b, S, 3), (std::vector<int32_t>{6 * S + 7, 6 * S + 6, 6 * S + 5}));
 }
 
-TEST(ProductKeys, FloatScanFilters16AtATimeLikeTheScalarScan) {
-  // In float with AVX-512, topk_scan keeps the scores that reach a threshold (the k-th largest
-  // of 32 lane maxima for k <= 32, of the 16-score chunk maxima above that) and ranks the kept
-  // ones with vector compares (2 to 4 vectors of them), or scans them when more than 64 tie at
-  // the threshold. Against a stable sort (value desc, index asc) for long rows, heavy ties
-  // (scores on a coarse grid), k up to 48 and S not a multiple of 16.
-  for (int trial = 0; trial < 96; ++trial) {
-    const int S = 17 + 23 * trial, k = 1 + trial % 48;
-    const V r = randn(S, 900 + trial);
-    std::vector<float> sc(S);
-    for (int i = 0; i < S; ++i)
-      sc[i] = trial % 2 ? float(std::round(r[i] * 4) / 4) : float(r[i]);  // odd trials: ties
-    std::vector<int32_t> order(S);
-    for (int i = 0; i < S; ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return sc[a] > sc[b]; });
-    std::vector<int32_t> idx(std::min(k, S));
-    std::vector<float> val(idx.size());
-    topk_scan(idx.data(), val.data(), sc.data(), S, int(idx.size()));
-    for (std::size_t j = 0; j < idx.size(); ++j) {
-      ASSERT_EQ(idx[j], order[j]) << "S " << S << " k " << k << " rank " << j;
-      ASSERT_EQ(val[j], sc[order[j]]);
-    }
-  }
-}
-
 struct Peer {
   PeerSpec spec;
   int N;
@@ -209,66 +184,6 @@ TEST(PeerSemantics, RetrievalAcrossScoreBlocksEqualsBruteForce) {
                                      P.layer.ids() + std::size_t(r + 1) * k);
       ASSERT_EQ(got, brute_topk(s1, s2, S, k)) << "token " << n << " head " << j;
     }
-}
-
-TEST(PeerSemantics, GroupingByExpertIsAStableSortForAnyThreadCount) {
-  // The backward's grouping against std::stable_sort: ids drawn with repeats (some experts many
-  // times, most not at all), for expert counts needing one, two and three radix passes, with
-  // enough assignments that 2 and 3 threads each take a slice.
-  const int saved = omp_get_max_threads();
-  for (const int64_t E : {int64_t(6), int64_t(1000), int64_t(1) << 20, int64_t(3) << 21}) {
-    const int A = 50021;
-    std::mt19937 rng{uint32_t(E)};
-    std::vector<int32_t> ids(A);
-    for (int a = 0; a < A; ++a)  // a skewed draw: low ids repeat often
-      ids[a] = int32_t(std::min<int64_t>(E - 1, int64_t(std::pow(rng() / 4294967296.0, 3) * E)));
-    std::vector<int32_t> want(A);
-    for (int a = 0; a < A; ++a) want[a] = a;
-    std::stable_sort(want.begin(), want.end(),
-                     [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
-    for (int t = 1; t <= 3; ++t) {
-      omp_set_num_threads(t);
-      std::vector<uint64_t> kv(2 * std::size_t(A));
-      std::vector<int32_t> list(A, -1), rows(A, -1), off(A + 1, -1);
-      const int n =
-          group_by_expert(ids.data(), A, E, kv.data(), list.data(), rows.data(), off.data());
-      ASSERT_EQ(list, want) << "E " << E << ", " << t << " threads";
-      ASSERT_GT(n, 0);
-      EXPECT_EQ(off[0], 0);
-      EXPECT_EQ(off[n], A);
-      for (int i = 0; i < n; ++i) {
-        ASSERT_LT(off[i], off[i + 1]);
-        if (i > 0) {
-          ASSERT_LT(rows[i - 1], rows[i]);
-        }
-        for (int j = off[i]; j < off[i + 1]; ++j) ASSERT_EQ(ids[list[j]], rows[i]);
-      }
-    }
-  }
-  // Called from inside a parallel region with nesting off, its own region gets one thread
-  // whatever it asks for: the slices must follow the team it got.
-  {
-    const int A = 20011;
-    std::vector<int32_t> ids(A);
-    for (int a = 0; a < A; ++a) ids[a] = int32_t((a * 7919) % 4099);
-    std::vector<int32_t> want(A);
-    for (int a = 0; a < A; ++a) want[a] = a;
-    std::stable_sort(want.begin(), want.end(),
-                     [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
-    std::vector<uint64_t> kv(2 * std::size_t(A));
-    std::vector<int32_t> list(A, -1), rows(A), off(A + 1);
-    const int levels = omp_get_max_active_levels();
-    omp_set_max_active_levels(1);
-    omp_set_num_threads(2);
-#pragma omp parallel num_threads(2)
-    {
-#pragma omp single
-      group_by_expert(ids.data(), A, 4099, kv.data(), list.data(), rows.data(), off.data());
-    }
-    omp_set_max_active_levels(levels);
-    EXPECT_EQ(list, want);
-  }
-  omp_set_num_threads(saved);
 }
 
 TEST(PeerSemantics, TopOneIsAnMlpOfHChosenNeurons) {

@@ -8,9 +8,10 @@
 
 namespace moe {
 
-PeerFfn::PeerFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
-                 const std::string& prefix, int layer, Communicator& comm)
-    : comm_(comm), layer_index_(layer), layer_(PeerSpec{}) {
+namespace {
+
+// The one place that reads the FFN config's PEER fields.
+PeerSpec peer_spec(const FfnConfig& f, const ModelConfig& model) {
   PeerSpec s;
   s.C = model.d_model;
   s.S = int(std::lround(std::sqrt(double(f.num_experts))));
@@ -21,20 +22,28 @@ PeerFfn::PeerFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
   s.qnorm = f.query_norm == "batchnorm"   ? QueryNorm::kBatch
             : f.query_norm == "layernorm" ? QueryNorm::kLayer
                                           : QueryNorm::kNone;
-  spec_ = s;
-  layer_ = PeerLayer<float>(s);
+  return s;
+}
+
+}  // namespace
+
+PeerFfn::PeerFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
+                 const std::string& prefix, int layer, Communicator& comm)
+    : comm_(comm), spec_(peer_spec(f, model)), layer_index_(layer), layer_(spec_) {
+  const PeerSpec& s = spec_;
   const int D = s.heads * s.d_key, C = s.C;
   const int64_t E = s.experts();
-  wq_ = ps.add(prefix + ".query.weight", {D, C}, Init::kNormal, 1.f / std::sqrt(float(C)), true);
-  bq_ = ps.add(prefix + ".query.bias", {D}, Init::kZeros, 0, false);
+  query_weight_ =
+      ps.add(prefix + ".query.weight", {D, C}, Init::kNormal, 1.f / std::sqrt(float(C)), true);
+  query_bias_ = ps.add(prefix + ".query.bias", {D}, Init::kZeros, 0, false);
   if (s.qnorm != QueryNorm::kNone) {
-    gamma_ = ps.add(prefix + ".query_norm.weight", {D}, Init::kOnes, 0, false);
-    beta_ = ps.add(prefix + ".query_norm.bias", {D}, Init::kZeros, 0, false);
+    norm_weight_ = ps.add(prefix + ".query_norm.weight", {D}, Init::kOnes, 0, false);
+    norm_bias_ = ps.add(prefix + ".query_norm.bias", {D}, Init::kZeros, 0, false);
   }
   if (s.qnorm == QueryNorm::kBatch) {
-    rmean_ = ps.add(prefix + ".query_norm.running_mean", {D}, Init::kZeros, 0, false);
-    rvar_ = ps.add(prefix + ".query_norm.running_var", {D}, Init::kOnes, 0, false);
-    rmean_->trainable = rvar_->trainable = false;
+    running_mean_ = ps.add(prefix + ".query_norm.running_mean", {D}, Init::kZeros, 0, false);
+    running_var_ = ps.add(prefix + ".query_norm.running_var", {D}, Init::kOnes, 0, false);
+    running_mean_->trainable = running_var_->trainable = false;
   }
   // Sub-keys ~ N(0, 2/dk) so each half-score is O(1) for unit-variance queries.
   const float key_std = std::sqrt(2.f / s.d_key);
@@ -54,8 +63,8 @@ void PeerFfn::bind(Arena& acts, int max_batch, int max_seq) {
 
 PeerParams<float> PeerFfn::params() const {
   auto w = [](const Param* p) { return p ? p->w : nullptr; };
-  return {wq_->w,    bq_->w, w(gamma_), w(beta_),  keys1_->w,
-          keys2_->w, u_->w,  v_->w,     w(rmean_), w(rvar_)};
+  return {query_weight_->w, query_bias_->w, w(norm_weight_), w(norm_bias_),    keys1_->w,
+          keys2_->w,        u_->w,          v_->w,           w(running_mean_), w(running_var_)};
 }
 
 void PeerFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
@@ -91,8 +100,8 @@ void PeerFfn::backward(float* dx, const float* dout, const float* x, int N) {
   auto g = [](const Param* p) { return p ? p->g : nullptr; };
   // u_->row_rule / v_->row_rule: set when the optimizer updates the tables in this backward.
   layer_.backward(dx,
-                  {wq_->g, bq_->g, g(gamma_), g(beta_), keys1_->g, keys2_->g, u_->g, v_->g,
-                   u_->row_rule, v_->row_rule},
+                  {query_weight_->g, query_bias_->g, g(norm_weight_), g(norm_bias_), keys1_->g,
+                   keys2_->g, u_->g, v_->g, u_->row_rule, v_->row_rule},
                   dout, x, params());
 }
 

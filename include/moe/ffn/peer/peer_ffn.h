@@ -29,8 +29,14 @@ class PeerFfn final : public FeedForward {
   PeerSpec spec_;
   int layer_index_;
   PeerLayer<float> layer_;
-  Param *wq_, *bq_, *gamma_ = nullptr, *beta_ = nullptr, *rmean_ = nullptr, *rvar_ = nullptr;
-  Param *keys1_, *keys2_, *u_, *v_;
+  Param* query_weight_;            // [h·dk, C]
+  Param* query_bias_;              // [h·dk]
+  Param* norm_weight_ = nullptr;   // [h·dk] query norm's γ (batch or layer norm)
+  Param* norm_bias_ = nullptr;     // [h·dk] its β
+  Param* running_mean_ = nullptr;  // [h·dk] batch norm's running statistics
+  Param* running_var_ = nullptr;
+  Param *keys1_, *keys2_;                   // [S, dk/2] the sub-keys of each half
+  Param *u_, *v_;                           // [S², C] the experts' input and output rows
   std::vector<std::vector<double>> usage_;  // per head: Σ router weight per expert since reset
   int64_t forwards_ = 0;
   bool dist_acc_ = false;  // usage_ holds this rank's share of distributed training forwards

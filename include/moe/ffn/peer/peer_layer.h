@@ -1,31 +1,38 @@
 // PEER (He 2024, "Mixture of A Million Experts"; REFERENCE.md §3), templated on the scalar type
-// (float for training, double for the gradient checks):
-//   per head j: q_j = norm(x·W_qᵀ + b_q)_j [d_key]; halves q¹, q² scored against shared sub-keys
-//   K¹, K² [S, d_key/2]; exact top-k of the S² sums (product_keys.h); g = softmax(top-k scores);
-//   y = Σ_heads Σ_top-k g · σ(u_eᵀx) · v_e over S² single-neuron experts (u_e, v_e ∈ R^C).
-// Query norm: batchnorm (training: statistics of the current batch — which includes later
-// tokens of the same sequence, as in the paper; eval and decoding: running statistics),
-// layernorm (per head over d_key) or none.
-// Expert-table gradients are grouped by expert id (a stable counting sort by digits of the id:
-// counts, prefix sums, a token-order list per expert), so each row is summed by one task in a
-// fixed order: no atomics.
+// (float for training, double for the gradient checks). The forward's steps, for N tokens x:
+//   query      z = x·W_qᵀ + b_q                         [N, h·dk]
+//   norm       q = norm(z): BatchNorm (training: the statistics of the current batch, which
+//              includes later tokens of the same sequence, as in the paper; evaluation and
+//              decoding: running statistics), LayerNorm (per head over d_key) or none
+//   retrieval  per head j (ProductKeyRetrieval): the halves of q_j scored against shared sub-keys
+//              K¹, K² [S, dk/2]; the exact top-k of the S² sums (product_keys.h); the gate
+//              g = softmax(the top-k scores)
+//   experts    y = Σ_heads Σ_top-k g·σ(u_eᵀx)·v_e over S² single-neuron experts (PeerExperts)
+// and the backward runs them in reverse order.
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "moe/core/arena.h"
 #include "moe/dist/communicator.h"
+#include "moe/ffn/peer/peer_experts.h"
+#include "moe/ffn/peer/product_key_retrieval.h"
 #include "moe/nn/adamw.h"
+#include "moe/nn/batchnorm.h"
 
 namespace moe {
 
 enum class QueryNorm { kBatch, kLayer, kNone };
 
 struct PeerSpec {
-  int C = 0, S = 0, heads = 1, k = 1, d_key = 0;
-  bool gelu = true;  // else ReLU
+  int C = 0;         // model width
+  int S = 0;         // sub-keys per half: S² experts
+  int heads = 1;     // query heads sharing one pool of experts
+  int k = 1;         // experts retrieved per head
+  int d_key = 0;     // query width per head (two halves of d_key/2)
+  bool gelu = true;  // the experts' activation; else ReLU
   QueryNorm qnorm = QueryNorm::kBatch;
-  double bn_eps = 1e-5, bn_momentum = 0.1;
+  double bn_eps = 1e-5, bn_momentum = 0.1;  // the query norm's eps; BatchNorm's momentum
   int64_t experts() const { return int64_t(S) * S; }
 };
 
@@ -56,59 +63,49 @@ struct PeerGrads {  // accumulated (+=)
 template <typename T>
 class PeerLayer {
  public:
-  explicit PeerLayer(const PeerSpec& s) : s_(s) {}
+  explicit PeerLayer(const PeerSpec& s);
   // Data parallel training (P > 1 ranks): a training forward's N tokens are this rank's slice
   // of a global batch, and query BatchNorm uses the global batch's mean and variance (and its
   // backward the global sums), so P ranks compute the function of one process.
   void set_parallel(Communicator* comm) { comm_ = comm; }
   void bind(Arena& a, int max_tokens);
-  // y [N,C] written.
+  // y [N,C] (written); x [N,C]. Training: BatchNorm uses (and updates the running statistics
+  // toward) the batch's statistics.
   void forward(T* y, const T* x, const PeerParams<T>& p, int N, bool training);
-  // dx [N,C] (+=), grads (+=).
+  // After a forward (with batch norm, a training one) on the same x: dx [N,C] (+=), grads (+=).
   void backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* x, const PeerParams<T>& p);
   // The retrieved experts and router weights of the last forward: [N, heads, k].
-  const int32_t* ids() const { return ids_; }
-  const T* weights() const { return gate_; }
-  int tokens() const { return N_; }
-  const PeerSpec& spec() const { return s_; }
+  const int32_t* ids() const { return expert_ids_; }
+  const T* weights() const { return gates_; }
+  int tokens() const { return tokens_; }
+  const PeerSpec& spec() const { return spec_; }
 
  private:
-  PeerSpec s_;
-  Communicator* comm_ = nullptr;
-  bool dist_ = false;                // this forward is one rank's slice of a global training batch
-  std::vector<double> bn_a_, bn_b_;  // BatchNorm sums, reused every step
-  int N_ = 0, max_tokens_ = 0;
+  // The steps of forward and backward that are not a class of their own.
+  void query_norm_forward(const PeerParams<T>& p, int N, bool training);
+  void query_norm_backward(const PeerGrads<T>& g, const PeerParams<T>& p, int N);
+  BatchNormOptions batchnorm_options() const { return {spec_.bn_eps, spec_.bn_momentum, comm_}; }
+
+  PeerSpec spec_;
+  Communicator* comm_ = nullptr;  // null: one process
+  int max_tokens_ = 0;
+  ProductKeyRetrieval<T> retrieval_;
+  PeerExperts<T> experts_;
+  // The last forward, read by backward (D = heads·d_key, A = N·heads·k):
+  int tokens_ = 0;
   bool training_ = false;
-  T *z_ = nullptr, *q_ = nullptr, *mean_ = nullptr, *rstd_ = nullptr;  // query pre/post norm
-  // Per thread, the sub-key scores of one block of kScoreRows (token, head) rows: [2, rows, S].
-  static constexpr int kScoreRows = 64;
-  T* score_blk_ = nullptr;
-  T* keys_p_ = nullptr;  // float on AVX-512: K¹ᵀ then K²ᵀ packed for panel_gemm (null otherwise)
-  int score_threads_ = 0;
-  int32_t* ids_ = nullptr;                                    // [N·h·k]
-  T *score_ = nullptr, *gate_ = nullptr, *act_in_ = nullptr;  // [N·h·k]
-  T* act_e1_ = nullptr;        // [N·h·k] GELU's 1 + erf(z/√2) of each assignment
-  T* dq_ = nullptr;            // [N, h·dk]
-  int32_t* e_list_ = nullptr;  // assignments grouped by expert, each group in token order [N·h·k]
-  int32_t* sub_ids_ = nullptr;  // each retrieval's sub-key pair (id / S, id % S) [N·h·k, 2]
-  uint64_t* e_kv_ = nullptr;  // radix sort of (expert id, assignment) pairs, two buffers [2, N·h·k]
-  T* dgate_ = nullptr;        // [N·h·k] d(router weight)
-  int32_t* e_rows_ = nullptr;   // the retrieved experts, ascending [≤ N·h·k]
-  int32_t* row_off_ = nullptr;  // e_rows_[i]'s assignments: e_list_[row_off_[i] .. row_off_[i+1])
-  double* row_sq_ = nullptr;    // optimizer in backward: Σ g² per retrieved row of u, then of v
-  T* row_g_ = nullptr;          // optimizer in backward: per thread, one row's du | dv [2·C]
-  // The backward's expert pass runs in kDxBlocks fixed blocks of experts (split by assignment
-  // counts, not by threads), each adding its dx shares into its own [N, C] buffer: 8 blocks keep
-  // up to 8 threads busy for 8·N·C floats (16 MiB at 2048 tokens of width 256). Each block is
-  // run as kDxChunks chunks in order, one at a time, which threads take as they come free (a
-  // whole block per task had left one of two threads idle for the last ~15 ms of a 2^20 step).
-  static constexpr int kDxBlocks = 8, kDxChunks = 8;
-  uint8_t* dx_seen_ = nullptr;  // [kDxBlocks, N] 1 if the block wrote that token's row
-  T* dx_blk_ = nullptr;         // [kDxBlocks, N, C]
-  // Chunk c (of block c / kDxChunks): retrieved experts [chunk_[c], chunk_[c+1]).
-  int chunk_[kDxBlocks * kDxChunks + 1] = {};
-  int32_t* topk_scratch_ = nullptr;  // per (token, head) row: product_key_topk scratch
-  T* topk_cand_ = nullptr;
+  T* query_ = nullptr;             // [N, D] x·W_qᵀ + b_q
+  T* query_normed_ = nullptr;      // [N, D] its norm: the query the sub-keys score
+  T* norm_mean_ = nullptr;         // BatchNorm [D], LayerNorm [N·heads]
+  T* norm_rstd_ = nullptr;         // likewise: 1 / sqrt(variance + eps)
+  int32_t* expert_ids_ = nullptr;  // [A] the retrieved experts, best first per (token, head)
+  T* scores_ = nullptr;            // [A] their product-key scores
+  T* gates_ = nullptr;             // [A] softmax of each (token, head)'s scores
+  // Backward scratch:
+  T* dgate_ = nullptr;           // [A] d(gate), then d(score) in place
+  T* dquery_ = nullptr;          // [N, D] d(normed query), then d(query) in place
+  double* bn_sums_ = nullptr;    // [2, D] BatchNorm's per-feature sums
+  T* bn_affine_grad_ = nullptr;  // [2, D] BatchNorm backward's dγ | dβ
 };
 
 // Usage metrics (Lample et al.; PEER): z_e = Σ router weights over an evaluation set; usage =
@@ -118,12 +115,5 @@ struct UsageStats {
   double usage = 0, kl = 0, effective = 0;
 };
 UsageStats usage_stats(const std::vector<double>& z);
-
-// The backward's grouping of retrievals by expert: a stable sort of the assignments a < A by
-// ids[a] (each id < E). Writes list (the assignments in that order), rows (the distinct ids,
-// ascending) and off (rows[i]'s assignments are list[off[i] .. off[i+1])); returns the number of
-// distinct ids. kv: 2·A scratch. Parallel, with the same result for any thread count.
-int group_by_expert(const int32_t* ids, int A, int64_t E, uint64_t* kv, int32_t* list,
-                    int32_t* rows, int32_t* off);
 
 }  // namespace moe
