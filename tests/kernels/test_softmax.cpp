@@ -49,6 +49,39 @@ TEST(KernelsSoftmax, FloatAndDoubleMatchTheReference) {
   }
 }
 
+TEST(KernelsSoftmax, BackwardEqualsCentralDifferences) {
+  // L = Σ_i softmax(x)_i·w_i: its gradient by central differences in double (h = 1e-6 on O(1)
+  // logits: truncation ~h², rounding ~1e-16/h) against softmax_row_backward with dp = w, also
+  // written in place (dx aliasing dp), as PEER and the router call it.
+  for (int n : {1, 3, 16, 100}) {
+    SCOPED_TRACE(n);
+    std::vector<double> x = logits(n, 100 + uint32_t(n)), w = logits(n, 200 + uint32_t(n));
+    for (double& v : x) v /= 10;
+    std::vector<double> p(n), dx(n);
+    softmax_row(p.data(), x.data(), n);
+    softmax_row_backward(dx.data(), p.data(), w.data(), n);
+    std::vector<double> inplace = w;
+    softmax_row_backward(inplace.data(), p.data(), inplace.data(), n);
+    auto loss = [&] {
+      std::vector<double> q(n);
+      softmax_reference(q.data(), x.data(), n);
+      double l = 0;
+      for (int i = 0; i < n; ++i) l += q[i] * w[i];
+      return l;
+    };
+    for (int i = 0; i < n; ++i) {
+      const double old = x[i], h = 1e-6;
+      x[i] = old + h;
+      const double lp = loss();
+      x[i] = old - h;
+      const double lm = loss();
+      x[i] = old;
+      EXPECT_NEAR(dx[i], (lp - lm) / (2 * h), 1e-6) << "element " << i;
+      EXPECT_EQ(inplace[i], dx[i]) << "element " << i;
+    }
+  }
+}
+
 TEST(KernelsSoftmax, InPlaceAndHugeLogitsStayFinite) {
   std::vector<float> x = {1000.f, 999.f, -1000.f};
   softmax_row(x.data(), x.data(), 3);

@@ -1,7 +1,9 @@
 // Row softmax and log-sum-exp: the one copy every layer calls (the MoE routers' scores and
-// gates; expert choice's scores), with a plain double reference beside them for the tests.
+// gates, expert choice's scores, PEER's gates), with a plain double reference beside them for the
+// tests.
 //
 //   softmax_row:    p [n] (=) = exp(x − max x) / Σ_i exp(x_i − max x)
+//   softmax_row_backward: dx [n] (=) = p·(dp − Σ p·dp)
 //   logsumexp_row:  log Σ_i exp(x_i)
 //
 // The sums run in a fixed order (index order; log-sum-exp's double sum in the vector order
@@ -33,6 +35,15 @@ inline void softmax_row(T* p, const T* x, int n, SoftmaxExp exp_kind = SoftmaxEx
   T sum = 0;
   for (int i = 0; i < n; ++i) sum += p[i];
   for (int i = 0; i < n; ++i) p[i] /= sum;
+}
+
+// dx [n] (=) the softmax's backward: dx = p·(dp − Σ_i p_i·dp_i), for p [n] the forward's output
+// and dp [n] = d(loss)/d(p). dx may alias dp (the dot product is complete before any write).
+template <typename T>
+inline void softmax_row_backward(T* dx, const T* p, const T* dp, int n) {
+  T dot = 0;
+  for (int i = 0; i < n; ++i) dot += p[i] * dp[i];
+  for (int i = 0; i < n; ++i) dx[i] = p[i] * (dp[i] - dot);
 }
 
 // log Σ_i exp(x_i) of x [n], n ≥ 1: max plus the log of a double sum of vexp(x − max).

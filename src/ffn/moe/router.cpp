@@ -9,27 +9,12 @@
 #include "moe/core/threading.h"
 #include "moe/kernels/gemm.h"
 #include "moe/kernels/softmax.h"
+#include "moe/kernels/topk.h"
 #include "moe/kernels/vexp.h"
 
 namespace moe {
 
 namespace {
-
-// idx [k] (=) the k largest of key [E], larger first, ties to the lower index (what a partial
-// sort by (key descending, index ascending) gives): one insertion pass; as experts come in
-// index order an equal key never displaces a kept one. Most keys lose to the k-th at once (a
-// partial sort of the E indices had cost ~1 µs per token at E = 64).
-template <typename T>
-void topk_indices(const T* key, int E, int k, int32_t* idx) {
-  int n = 0;
-  for (int e = 0; e < E; ++e) {
-    const T x = key[e];
-    if (n == k && !(x > key[idx[k - 1]])) continue;
-    int j = n < k ? n++ : k - 1;
-    for (; j > 0 && x > key[idx[j - 1]]; --j) idx[j] = idx[j - 1];
-    idx[j] = e;
-  }
-}
 
 // Scratch rows per thread are padded to whole cache lines.
 std::size_t line_padded(std::size_t n) { return (n + 15) / 16 * 16; }
@@ -225,7 +210,9 @@ void Router<T>::select_token_choice(const MoeParams<T>& p, const MoeStep<T>& st)
     }
     int32_t* idx = a.expert + std::size_t(n) * k;
     T* g = a.gate + std::size_t(n) * k;
-    topk_indices(key, E, k, idx);
+    // The k best keys, ties to the lower index (kernels/topk.h, as PEER's retrieval); their
+    // values land in g, which the gates overwrite next.
+    topk_scan(idx, g, key, E, k);
     if (noisy_) {  // softmax over the kept noisy logits
       for (int s = 0; s < k; ++s) g[s] = base[idx[s]];
       softmax_row(g, g, k, SoftmaxExp::kLibm);
@@ -497,10 +484,9 @@ void Router<T>::gate_grads_to_logits() {
         z[e] = dH * ep[e] / (T(1) + std::exp(-z[e]));  // z ← d(z), in place
       }
     } else {
-      // Softmax backward of d/dp (gates + aux).
-      T dot = 0;
-      for (int e = 0; e < E; ++e) dot += sc[e] * (d[e] + dq[e]);
-      for (int e = 0; e < E; ++e) d[e] = sc[e] * (d[e] + dq[e] - dot);
+      // Softmax backward of d/dp (gates + aux), in place.
+      for (int e = 0; e < E; ++e) d[e] += dq[e];
+      softmax_row_backward(d, sc, d, E);
     }
     // z-loss β·mean_n lse_n²:  d/dr = 2β/N·lse·softmax(r).
     if (spec_.beta > 0)

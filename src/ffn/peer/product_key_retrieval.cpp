@@ -10,6 +10,7 @@
 #include "moe/ffn/peer/product_keys.h"
 #include "moe/kernels/gemm.h"
 #include "moe/kernels/grouped_gemm.h"
+#include "moe/kernels/softmax.h"
 
 namespace moe {
 
@@ -74,7 +75,8 @@ void ProductKeyRetrieval<T>::forward(int32_t* ids, T* scores, T* gates, const T*
       product_key_topk(ids + std::size_t(r) * k, sc, sc1 + std::size_t(r - r0) * S,
                        sc2 + std::size_t(r - r0) * S, S, k, topk_ids_scratch_ + t * kk,
                        topk_scores_scratch_ + t * kk);
-      gate_softmax_forward(gates + std::size_t(r) * k, sc, k);
+      // Gates: softmax of the k scores (libm exp, as PEER has always computed them).
+      softmax_row(gates + std::size_t(r) * k, sc, k, SoftmaxExp::kLibm);
     }
   }
 }
@@ -88,7 +90,8 @@ void ProductKeyRetrieval<T>::backward(T* dq, T* dkeys1, T* dkeys2, T* dgate, con
   // Gate softmax: d(gate) → d(score), per row, in place.
 #pragma omp parallel for schedule(static) if (R > 64)
   for (int r = 0; r < R; ++r)
-    gate_softmax_backward(dgate + std::size_t(r) * k, gates + std::size_t(r) * k, k);
+    softmax_row_backward(dgate + std::size_t(r) * k, gates + std::size_t(r) * k,
+                         dgate + std::size_t(r) * k, k);  // in place: d(gate) → d(score)
   // A candidate's score is s¹[id / S] + s²[id % S], so d(s¹), d(s²) have at most k non-zeros
   // per row out of S: the products with the sub-keys go over those only (dense GEMMs over the
   // [R, S] matrices did ~S/k times the work, and had to clear them first).

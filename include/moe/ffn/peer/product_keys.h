@@ -52,21 +52,4 @@ void product_key_topk(int32_t* ids, T* scores, const T* s1, const T* s2, int S, 
   }
 }
 
-// Gate softmax of one (token, head) row: g [k] (written) = softmax(scores [k]), scores best first
-// (scores[0] is the largest, so it is the shift that keeps exp in range).
-template <typename T>
-void gate_softmax_forward(T* g, const T* scores, int k) {
-  T mx = scores[0], sum = 0;
-  for (int s = 0; s < k; ++s) sum += (g[s] = std::exp(scores[s] - mx));
-  for (int s = 0; s < k; ++s) g[s] /= sum;
-}
-
-// dg [k]: in, d(gate); out, d(score) = g·(dg − Σ g·dg) (in place); g [k] the forward's gate.
-template <typename T>
-void gate_softmax_backward(T* dg, const T* g, int k) {
-  T dot = 0;
-  for (int s = 0; s < k; ++s) dot += g[s] * dg[s];
-  for (int s = 0; s < k; ++s) dg[s] = g[s] * (dg[s] - dot);
-}
-
 }  // namespace moe
