@@ -265,20 +265,17 @@ const float* Transformer::decode_step(int32_t token, int pos, KVCache& cache) {
     for (int h = 0; h < Hq_; ++h) {
       const int kh = h / group;
       const float* qh = q + h * hd_;
-      float mx = -INFINITY;
       for (int j = 0; j <= pos; ++j) {
         const float* kj = kc + std::size_t(j) * Dkv_ + kh * hd_;
         float s = 0;
         for (int d = 0; d < hd_; ++d) s += qh[d] * kj[d];
         scores[j] = s * scale;
-        mx = scores[j] > mx ? scores[j] : mx;
       }
-      float sum = 0;
-      for (int j = 0; j <= pos; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+      softmax_row(scores, scores, pos + 1, SoftmaxExp::kLibm);
       float* o = S.att + h * hd_;
       std::memset(o, 0, sizeof(float) * hd_);
       for (int j = 0; j <= pos; ++j) {
-        const float p = scores[j] / sum;
+        const float p = scores[j];
         const float* vj = vc + std::size_t(j) * Dkv_ + kh * hd_;
         for (int d = 0; d < hd_; ++d) o[d] += p * vj[d];
       }

@@ -43,6 +43,9 @@ TEST(KernelsSoftmax, FloatAndDoubleMatchTheReference) {
       }
       EXPECT_NEAR(sum, 1.0, tol);
     }
+    std::vector<float> ps = xf;  // the in-place vectorised form attention uses
+    softmax_row_simd(ps.data(), n);
+    for (int i = 0; i < n; ++i) ASSERT_NEAR(ps[i], reff[i], tol * reff[i] + 1e-38) << "simd " << i;
     for (int i = 0; i < n; ++i) ASSERT_NEAR(pd[i], ref[i], 1e-13 * ref[i]) << "element " << i;
     EXPECT_NEAR(logsumexp_row(x.data(), n), logsumexp_reference(x.data(), n), 1e-13 * 30);
     EXPECT_NEAR(logsumexp_row(xf.data(), n), logsumexp_reference(xr.data(), n), 1e-5);

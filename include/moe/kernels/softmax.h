@@ -1,8 +1,9 @@
 // Row softmax and log-sum-exp: the one copy every layer calls (the MoE routers' scores and
-// gates, expert choice's scores, PEER's gates), with a plain double reference beside them for the
-// tests.
+// gates, expert choice's scores, PEER's gates, attention's rows in training and decoding), with a
+// plain double reference beside them for the tests.
 //
 //   softmax_row:    p [n] (=) = exp(x − max x) / Σ_i exp(x_i − max x)
+//   softmax_row_simd:     the same in place, with vectorised reductions (attention's rows)
 //   softmax_row_backward: dx [n] (=) = p·(dp − Σ p·dp)
 //   logsumexp_row:  log Σ_i exp(x_i)
 //
@@ -35,6 +36,26 @@ inline void softmax_row(T* p, const T* x, int n, SoftmaxExp exp_kind = SoftmaxEx
   T sum = 0;
   for (int i = 0; i < n; ++i) sum += p[i];
   for (int i = 0; i < n; ++i) p[i] /= sum;
+}
+
+// x [n] (in place) softmax of itself, every loop vectorised: the max and the sum as SIMD
+// reductions (a fixed lane order the compiler sets, the same on every run and thread count) and
+// one reciprocal. Attention's rows take it: T×T per head, far more than the routers' rows.
+template <typename T>
+inline void softmax_row_simd(T* x, int n) {
+  T mx = x[0];
+  // This operand order (and i from 0) is the form GCC vectorizes as a max reduction.
+#pragma omp simd reduction(max : mx)
+  for (int i = 0; i < n; ++i) mx = mx > x[i] ? mx : x[i];
+    // Separate loops: GCC vectorizes the exp loop only without the reduction in it.
+#pragma omp simd
+  for (int i = 0; i < n; ++i) x[i] = vexp(x[i] - mx);
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int i = 0; i < n; ++i) sum += x[i];
+  const T inv = T(1) / sum;
+#pragma omp simd
+  for (int i = 0; i < n; ++i) x[i] *= inv;
 }
 
 // dx [n] (=) the softmax's backward: dx = p·(dp − Σ_i p_i·dp_i), for p [n] the forward's output

@@ -6,8 +6,10 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
+
 #include "moe/core/threading.h"
 #include "moe/kernels/gemm.h"
+#include "moe/kernels/softmax.h"
 #include "moe/kernels/vexp.h"
 
 namespace moe {
@@ -36,23 +38,11 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int
       // upper triangle (the GEMMs below are the bulk of attention's time).
       for (int r0 = 0; r0 < Tn; r0 += kAttnRowBlock) {
         const int r1 = r0 + kAttnRowBlock < Tn ? r0 + kAttnRowBlock : Tn;
-        gemm<T>(false, true, r1 - r0, r1, hd, scale, Q + std::size_t(r0) * ldq, ldq, K, ldk,
-                T(0), P + std::size_t(r0) * Tn, Tn);
+        gemm<T>(false, true, r1 - r0, r1, hd, scale, Q + std::size_t(r0) * ldq, ldq, K, ldk, T(0),
+                P + std::size_t(r0) * Tn, Tn);
         for (int i = r0; i < r1; ++i) {
           T* row = P + std::size_t(i) * Tn;
-          T mx = row[0];
-          // This operand order (and j from 0) is the form GCC vectorizes as a max reduction.
-#pragma omp simd reduction(max : mx)
-          for (int j = 0; j <= i; ++j) mx = mx > row[j] ? mx : row[j];
-          // Two loops: GCC vectorizes the exp loop only without the reduction in it.
-#pragma omp simd
-          for (int j = 0; j <= i; ++j) row[j] = vexp(row[j] - mx);
-          T sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int j = 0; j <= i; ++j) sum += row[j];
-          const T inv = T(1) / sum;
-#pragma omp simd
-          for (int j = 0; j <= i; ++j) row[j] *= inv;
+          softmax_row_simd(row, i + 1);  // the causal part, then zeros
           for (int j = i + 1; j < Tn; ++j) row[j] = 0;
         }
         gemm<T>(false, false, r1 - r0, hd, r1, T(1), P + std::size_t(r0) * Tn, Tn, V, ldk, T(0),
@@ -63,9 +53,7 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, int
 }
 
 // Scratch floats attention_backward needs: one T×T panel per thread.
-inline std::size_t attention_scratch_size(int Tn) {
-  return std::size_t(max_threads()) * Tn * Tn;
-}
+inline std::size_t attention_scratch_size(int Tn) { return std::size_t(max_threads()) * Tn * Tn; }
 
 // dq [B·T, Hq·hd], dk and dv [B·T, Hkv·hd] (all written); dout [B·T, Hq·hd]; probs, q, k, v as
 // saved by the forward. scratch: attention_scratch_size(T) elements.
@@ -113,8 +101,8 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* dout, const T*
           for (int j = i + 1; j < r1; ++j) d[j] = 0;
         }
         // dQ[r0:r1] = dS·K[0:r1] ;  dK[0:r1] += dSᵀ·Q[r0:r1]
-        gemm<T>(false, false, m, hd, r1, T(1), dSb, Tn, K, ldk, T(0), dq + q0 + std::size_t(r0) * ldq,
-                ldq);
+        gemm<T>(false, false, m, hd, r1, T(1), dSb, Tn, K, ldk, T(0),
+                dq + q0 + std::size_t(r0) * ldq, ldq);
         gemm<T>(true, false, r1, hd, m, T(1), dSb, Tn, Q + std::size_t(r0) * ldq, ldq, T(1), dK,
                 ldk);
       }
