@@ -16,6 +16,7 @@
 #include "moe/ffn/peer/peer_layer.h"
 #include "moe/kernels/gemm.h"
 #include "moe/model/transformer.h"
+#include "moe/train/config.h"
 #include "moe/train/optimizer.h"
 
 namespace moe::cli {
@@ -151,12 +152,12 @@ void register_bench(CLI::App& app) {
     check_blas_is_openmp();
     MOE_CHECK(m->top_k <= m->experts, "--top-k {} exceeds --experts {}", m->top_k, m->experts);
     FfnConfig f;
-    f.kind = "moe";
-    f.num_experts = m->experts;
-    f.top_k = m->top_k;
-    f.d_expert = m->d_expert;
-    f.aux_loss_coef = 0.01;
-    f.z_loss_coef = 0;
+    f.kind = FfnConfig::Kind::kMoe;
+    f.moe.num_experts = m->experts;
+    f.moe.top_k = m->top_k;
+    f.moe.d_expert = m->d_expert;
+    f.moe.aux_loss_coef = 0.01;
+    f.moe.z_loss_coef = 0;
     const int C = m->d_model, E = m->experts, H = m->d_expert, N = m->tokens;
     MoeSpec spec = MoeSpec::from_config(f, C);
     MoeLayer<float> layer(spec);

@@ -12,8 +12,8 @@
 
 #include "moe/core/arena.h"
 #include "moe/core/params.h"
-#include "moe/model/config.h"
 #include "moe/nn/adamw.h"
+#include "moe/train/train_config.h"
 
 namespace moe {
 

@@ -14,7 +14,7 @@ MoeFfn::MoeFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
                const std::string& prefix, int layer)
     : spec_(MoeSpec::from_config(f, model.d_model)),
       layer_index_(layer),
-      router_kind_(f.router.kind),
+      router_kind_(enum_name(f.moe.router.kind)),
       layer_(spec_) {
   const int E = spec_.E, C = spec_.C, H = spec_.H, S = spec_.n_shared;
   MOE_CHECK(E <= 1024, "{}: num_experts = {}: at most 1024 routed experts per layer", prefix, E);
@@ -147,10 +147,11 @@ void MoeFfn::reset_metrics() {
 std::unique_ptr<FeedForward> make_feed_forward(const FfnConfig& ffn, const ModelConfig& model,
                                                ParamStore& params, const std::string& prefix,
                                                int layer) {
-  if (ffn.kind == "dense") return std::make_unique<DenseFfn>(ffn, model, params, prefix);
-  if (ffn.kind == "moe") return std::make_unique<MoeFfn>(ffn, model, params, prefix, layer);
-  if (ffn.kind == "peer") return std::make_unique<PeerFfn>(ffn, model, params, prefix, layer);
-  MOE_FAIL("ffn kind '{}' is not available (known: dense, moe, peer)", ffn.kind);
+  using Kind = FfnConfig::Kind;
+  if (ffn.kind == Kind::kDense) return std::make_unique<DenseFfn>(ffn, model, params, prefix);
+  if (ffn.kind == Kind::kMoe) return std::make_unique<MoeFfn>(ffn, model, params, prefix, layer);
+  if (ffn.kind == Kind::kPeer) return std::make_unique<PeerFfn>(ffn, model, params, prefix, layer);
+  MOE_FAIL("ffn kind '{}' is not available (known: dense, moe, peer)", enum_name(ffn.kind));
 }
 
 }  // namespace moe

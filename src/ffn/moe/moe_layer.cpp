@@ -22,25 +22,27 @@ namespace moe {
 MoeSpec MoeSpec::from_config(const FfnConfig& f, int d_model) {
   MoeSpec s;
   s.C = d_model;
-  s.E = f.num_experts;
-  s.H = f.d_expert;
-  s.k = f.top_k;
-  s.n_shared = f.shared_experts;
+  const MoeFfnConfig& m = f.moe;
+  s.E = m.num_experts;
+  s.H = m.d_expert;
+  s.k = m.top_k;
+  s.n_shared = m.shared_experts;
   s.act = f.activation;
-  s.kind = f.router.kind == "noisy_topk"      ? RouterKind::kNoisyTopK
-           : f.router.kind == "gshard"        ? RouterKind::kGShard
-           : f.router.kind == "expert_choice" ? RouterKind::kExpertChoice
-                                              : RouterKind::kTopK;
-  s.normalize = f.router.normalize;
-  s.sigmoid = f.router.score == "sigmoid";
-  s.bias_balance = f.router.bias_balance;
-  s.bias_rate = f.router.bias_rate;
-  s.jitter = f.router.jitter;
-  s.expert_dropout = f.expert_dropout;
-  s.capacity_factor = f.capacity_factor;
-  s.eval_capacity_factor = f.eval_capacity_factor;
-  s.alpha = f.aux_loss_coef;
-  s.beta = f.z_loss_coef;
+  using Kind = RouterConfig::Kind;
+  s.kind = m.router.kind == Kind::kNoisyTopK      ? RouterKind::kNoisyTopK
+           : m.router.kind == Kind::kGShard       ? RouterKind::kGShard
+           : m.router.kind == Kind::kExpertChoice ? RouterKind::kExpertChoice
+                                                  : RouterKind::kTopK;
+  s.normalize = m.router.normalize;
+  s.sigmoid = m.router.score == RouterConfig::Score::kSigmoid;
+  s.bias_balance = m.router.bias_balance;
+  s.bias_rate = m.router.bias_rate;
+  s.jitter = m.router.jitter;
+  s.expert_dropout = m.expert_dropout;
+  s.capacity_factor = m.capacity_factor;
+  s.eval_capacity_factor = m.eval_capacity_factor;
+  s.alpha = m.aux_loss_coef;
+  s.beta = m.z_loss_coef;
   return s;
 }
 

@@ -13,14 +13,14 @@ PeerFfn::PeerFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
     : layer_index_(layer), layer_(PeerSpec{}) {
   PeerSpec s;
   s.C = model.d_model;
-  s.S = int(std::lround(std::sqrt(double(f.num_experts))));
-  s.heads = f.heads;
-  s.k = f.top_k;
-  s.d_key = f.d_key;
+  s.S = int(std::lround(std::sqrt(double(f.peer.num_experts))));
+  s.heads = f.peer.heads;
+  s.k = f.peer.top_k;
+  s.d_key = f.peer.d_key;
   s.gelu = f.activation != Activation::kReLU;
-  s.qnorm = f.query_norm == "batchnorm"   ? QueryNorm::kBatch
-            : f.query_norm == "layernorm" ? QueryNorm::kLayer
-                                          : QueryNorm::kNone;
+  s.qnorm = f.peer.query_norm == PeerFfnConfig::QueryNorm::kBatchNorm   ? QueryNorm::kBatch
+            : f.peer.query_norm == PeerFfnConfig::QueryNorm::kLayerNorm ? QueryNorm::kLayer
+                                                                        : QueryNorm::kNone;
   spec_ = s;
   layer_ = PeerLayer<float>(s);
   const int D = s.heads * s.d_key, C = s.C;
