@@ -75,4 +75,13 @@ std::string show_number(double v) { return fmt::format("{}", v); }
 std::string show_number(float v) { return fmt::format("{}", v); }
 std::string quoted(const std::string& s) { return json(s).dump(); }
 
+std::string markdown_row(const std::string& path, const std::string& shown_default,
+                         const std::string& doc) {
+  const bool quoted = shown_default.size() >= 2 && shown_default.front() == '"';
+  const std::string d = quoted
+                            ? fmt::format("`{}`", shown_default.substr(1, shown_default.size() - 2))
+                            : shown_default;
+  return fmt::format("| `{}` | {} | {} |\n", path, d, doc);
+}
+
 }  // namespace moe::detail

@@ -67,24 +67,21 @@ const FieldTable<RouterConfig>& router_config_fields() {
           "`topk`, `noisy_topk`, `gshard` (top-2, random second expert), "
           "`expert_choice`");
     t.add("normalize", &R::normalize,
-          "topk: renormalise the k gates to sum 1 (Mixtral); "
-          "false = Switch");
-    t.add("score", &R::score, "`softmax` or `sigmoid` (topk only)", [](R::Score s, const R& r) {
-      return s == R::Score::kSoftmax || r.kind == R::Kind::kTopK
-                 ? std::string()
-                 : std::string("softmax (sigmoid scores are only for the topk router)");
-    });
+          "topk: renormalise the k gates to sum 1 (Mixtral); false = Switch");
+    t.add("score", &R::score, "`softmax` or `sigmoid` (topk only)",
+          [](R::Score s, const R& r) -> std::optional<std::string> {
+            if (s == R::Score::kSoftmax || r.kind == R::Kind::kTopK) return std::nullopt;
+            return "softmax (sigmoid scores are only for the topk router)";
+          });
     t.add("jitter", &R::jitter,
           "multiplicative router-input jitter x·U(1−j, 1+j) in training (topk)",
           rule::half_open(0.f, 1.f));
     t.add("bias_balance", &R::bias_balance,
           "DeepSeek-V3 aux-loss-free selection bias (token-choice routers)",
-          [](bool b, const R& r) {
-            return !b || r.kind != R::Kind::kExpertChoice
-                       ? std::string()
-                       : std::string(
-                             "false (expert choice balances by construction; "
-                             "bias_balance is for token-choice routers)");
+          [](bool b, const R& r) -> std::optional<std::string> {
+            if (!b || r.kind != R::Kind::kExpertChoice) return std::nullopt;
+            return "false (expert choice balances by construction; bias_balance is for "
+                   "token-choice routers)";
           });
     t.add("bias_rate", &R::bias_rate, "γ of the bias update b_e += γ·sign(mean load − load_e)");
     return t;
@@ -141,8 +138,9 @@ const FieldTable<PeerFfnConfig>& peer_ffn_config_fields() {
           "S², a perfect square (S sub-keys per half), e.g. 16384 or 1048576", rule::at_least(0));
     t.add("heads", &P::heads, "query heads sharing the expert pool", rule::at_least(1));
     t.add("top_k", &P::top_k, "experts retrieved per head; 0 = min(16, S)", rule::at_least(0));
-    t.add("d_key", &P::d_key, "query/key width", [](int d, const P&) {
-      return d >= 2 && d % 2 == 0 ? std::string() : std::string("an even number >= 2");
+    t.add("d_key", &P::d_key, "query/key width", [](int d, const P&) -> std::optional<std::string> {
+      if (d >= 2 && d % 2 == 0) return std::nullopt;
+      return "an even number >= 2";
     });
     t.add("query_norm", &P::query_norm,
           "`batchnorm` (batch statistics in training, running ones at eval), `layernorm`, "
@@ -178,11 +176,10 @@ const FieldTable<FfnConfig>& ffn_config_fields() {
     };
     t.add("activation", &F::activation,
           "`swiglu` or `gelu` (exact erf form); peer: `gelu` (its default) or `relu`",
-          [](Activation a, const F& f) {
+          [](Activation a, const F& f) -> std::optional<std::string> {
             const bool peer = f.kind == F::Kind::kPeer;
-            const bool ok = peer ? a != Activation::kSwiGLU : a != Activation::kReLU;
-            return ok ? std::string()
-                      : std::string(peer ? "one of: gelu, relu" : "one of: swiglu, gelu");
+            if (peer ? a != Activation::kSwiGLU : a != Activation::kReLU) return std::nullopt;
+            return peer ? "one of: gelu, relu" : "one of: swiglu, gelu";
           });
     t.add("d_ff", &F::d_ff,
           "hidden width; 0 = auto: 4·C for GELU, 8C/3 rounded up to 64 for SwiGLU",

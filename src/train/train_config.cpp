@@ -19,9 +19,9 @@ const FieldTable<TrainConfig>& train_config_fields() {
     t.add("lr", &T::lr,
           "peak learning rate: linear warmup to lr, cosine decay to min_lr at `steps`", above0);
     t.add("min_lr", &T::min_lr, "learning rate at the end of the cosine decay",
-          [](float v, const T& t) {
-            return v >= 0 && v <= t.lr ? std::string()
-                                       : fmt::format("0 <= min_lr <= lr = {}", t.lr);
+          [](float v, const T& t) -> std::optional<std::string> {
+            if (v >= 0 && v <= t.lr) return std::nullopt;
+            return fmt::format("0 <= min_lr <= lr = {}", t.lr);
           });
     t.add("warmup_steps", &T::warmup_steps, "steps of linear warmup", nonneg);
     t.add("weight_decay", &T::weight_decay, "AdamW decoupled decay, on matrices only", nonneg_f);

@@ -64,7 +64,10 @@ std::optional<E> enum_from_name(const std::string& name) {
 template <ConfigEnum E>
 std::string enum_names() {
   std::string out;
-  for (const auto& s : spellings(E{})) out += (out.empty() ? "" : ", ") + std::string(s.name);
+  for (const auto& s : spellings(E{})) {
+    if (!out.empty()) out += ", ";
+    out += s.name;
+  }
   return out;
 }
 
@@ -87,39 +90,47 @@ struct Field {
   std::function<std::string(const S& s)> show;
   // Whether to_json writes the field (unset: always).
   std::function<bool(const S& s)> written;
-  // "" when the value is allowed, else what is allowed ("[0, 1)", "one of: a, b"). Unset: any
-  // value of the type is allowed. Runs once the whole table is read, so it may look at other
+  // Nothing when the value is allowed, else what is allowed ("[0, 1)", "one of: a, b"). Unset:
+  // any value of the type is allowed. Runs once the whole table is read, so it may look at other
   // fields of S (e.g. min_lr <= lr).
-  std::function<std::string(const S& s)> violation;
+  std::function<std::optional<std::string>(const S& s)> violation;
 };
 
-// A rule on a value of type T in a struct S: returns "" or what is allowed. Rules may look at
-// the rest of the struct; the helpers below look at the value only.
+// A rule on a value of type T in a struct S: returns nothing when the value is allowed, else
+// what is allowed. Rules may look at the rest of the struct; the helpers below look at the value
+// only.
 template <class T, class S>
-using Rule = std::function<std::string(const T& v, const S& s)>;
+using Rule = std::function<std::optional<std::string>(const T& v, const S& s)>;
 
 namespace rule {
 template <class T>
 auto at_least(T lo) {
-  return
-      [lo](const T& v, const auto&) { return v >= lo ? std::string() : fmt::format(">= {}", lo); };
+  return [lo](const T& v, const auto&) -> std::optional<std::string> {
+    if (v >= lo) return std::nullopt;
+    return fmt::format(">= {}", lo);
+  };
 }
 template <class T>
 auto above(T lo) {
-  return [lo](const T& v, const auto&) { return v > lo ? std::string() : fmt::format("> {}", lo); };
+  return [lo](const T& v, const auto&) -> std::optional<std::string> {
+    if (v > lo) return std::nullopt;
+    return fmt::format("> {}", lo);
+  };
 }
 // lo <= v < hi
 template <class T>
 auto half_open(T lo, T hi) {
-  return [lo, hi](const T& v, const auto&) {
-    return v >= lo && v < hi ? std::string() : fmt::format("[{}, {})", lo, hi);
+  return [lo, hi](const T& v, const auto&) -> std::optional<std::string> {
+    if (v >= lo && v < hi) return std::nullopt;
+    return fmt::format("[{}, {})", lo, hi);
   };
 }
 // lo <= v <= hi
 template <class T>
 auto between(T lo, T hi) {
-  return [lo, hi](const T& v, const auto&) {
-    return v >= lo && v <= hi ? std::string() : fmt::format("{}..{}", lo, hi);
+  return [lo, hi](const T& v, const auto&) -> std::optional<std::string> {
+    if (v >= lo && v <= hi) return std::nullopt;
+    return fmt::format("{}..{}", lo, hi);
   };
 }
 }  // namespace rule
@@ -140,6 +151,9 @@ void reject_unknown(const nlohmann::json& j, const std::vector<std::string>& pat
 std::string show_number(double v);
 std::string show_number(float v);
 std::string quoted(const std::string& s);
+// "| `path` | default | doc |\n"; a quoted default (a string) is shown as `code`.
+std::string markdown_row(const std::string& path, const std::string& shown_default,
+                         const std::string& doc);
 
 template <class T>
 void read_value(const nlohmann::json& v, T& out, const std::string& source,
@@ -287,9 +301,9 @@ class FieldTable {
   void check(const S& s, const std::string& source, const std::string& at) const {
     for (const Field<S>& f : fields_) {
       if (!f.violation) continue;
-      const std::string allowed = f.violation(s);
-      MOE_CHECK(allowed.empty(), "{}: field {}: got {}, expected {}", source,
-                detail::join_path(at, f.path), f.show(s), allowed);
+      const std::optional<std::string> allowed = f.violation(s);
+      MOE_CHECK(!allowed, "{}: field {}: got {}, expected {}", source,
+                detail::join_path(at, f.path), f.show(s), *allowed);
     }
   }
 
@@ -320,9 +334,7 @@ class FieldTable {
                          out.empty() ? "" : "\n", heading);
       for (const Field<S>& f : fields_) {
         if (f.section != heading) continue;
-        std::string d = f.show(defaults);
-        if (!d.empty() && d.front() == '"') d = "`" + d.substr(1, d.size() - 2) + "`";
-        out += fmt::format("| `{}` | {} | {} |\n", f.path, d, f.doc);
+        out += detail::markdown_row(f.path, f.show(defaults), f.doc);
       }
     }
     return out;
