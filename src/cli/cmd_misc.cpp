@@ -9,8 +9,8 @@
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
 #include "moe/data/corpus.h"
-#include "moe/model/config.h"
 #include "moe/scaling/accounting.h"
+#include "moe/train/config.h"
 
 namespace moe::cli {
 

@@ -57,7 +57,7 @@ void DenseFfn::backward(float* dx, const float* dout, const float* x, int N) {
 }
 
 std::string DenseFfn::describe() const {
-  return fmt::format("dense {} d_ff={}", act_ == Activation::kSwiGLU ? "swiglu" : "gelu", H_);
+  return fmt::format("dense {} d_ff={}", enum_name(act_), H_);
 }
 
 }  // namespace moe

@@ -2,223 +2,206 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <set>
 
 #include "moe/core/error.h"
-#include "moe/core/file_io.h"
 
 namespace moe {
 
 using json = nlohmann::json;
 
-namespace {
+// ---------------------------------------------------------------------------------------------
+// Enum spellings: the one place each enum's JSON names are written.
 
-// Reads the fields of one JSON object, remembering which were consumed, so unknown fields can be
-// rejected by name afterwards. Every message carries "<source>: field <path>".
-class Fields {
- public:
-  Fields(const json& j, std::string source, std::string path)
-      : j_(j), source_(std::move(source)), path_(std::move(path)) {
-    MOE_CHECK(j.is_object(), "{}: field {}: expected a JSON object, got {}", source_,
-              path_.empty() ? "<root>" : path_, j.dump());
-  }
-
-  std::string where(const std::string& key) const {
-    return path_.empty() ? key : path_ + "." + key;
-  }
-
-  template <typename T>
-  void get(const std::string& key, T& out) {
-    seen_.insert(key);
-    if (!j_.contains(key)) return;
-    const json& v = j_[key];
-    bool ok;
-    if constexpr (std::is_same_v<T, bool>)
-      ok = v.is_boolean();
-    else if constexpr (std::is_integral_v<T>)
-      ok = v.is_number_integer();
-    else if constexpr (std::is_floating_point_v<T>)
-      ok = v.is_number();
-    else
-      ok = v.is_string();
-    MOE_CHECK(ok, "{}: field {}: got {}, expected {}", source_, where(key), v.dump(),
-              std::is_same_v<T, bool>       ? "true or false"
-              : std::is_integral_v<T>       ? "an integer"
-              : std::is_floating_point_v<T> ? "a number"
-                                            : "a string");
-    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-      const auto x = v.get<int64_t>();
-      const bool ok_range = std::is_unsigned_v<T> ? x >= 0
-                                                  : x >= int64_t(std::numeric_limits<T>::min()) &&
-                                                        x <= int64_t(std::numeric_limits<T>::max());
-      MOE_CHECK(ok_range, "{}: field {}: {} is out of range for this field", source_, where(key),
-                x);
-    }
-    out = v.get<T>();
-  }
-
-  // A string restricted to a fixed set of values.
-  void get_choice(const std::string& key, std::string& out,
-                  const std::vector<std::string>& allowed) {
-    get(key, out);
-    bool ok = false;
-    std::string list;
-    for (auto& a : allowed) {
-      ok |= (a == out);
-      list += (list.empty() ? "" : ", ") + a;
-    }
-    MOE_CHECK(ok, "{}: field {}: got \"{}\", expected one of: {}", source_, where(key), out, list);
-  }
-
-  const json* sub(const std::string& key) {
-    seen_.insert(key);
-    return j_.contains(key) ? &j_[key] : nullptr;
-  }
-
-  void reject_unknown() const {
-    for (auto& [k, _] : j_.items()) {
-      if (k == "comment" || k == "_comment") continue;  // free-text notes are allowed anywhere
-      if (!seen_.count(k)) {
-        std::string known;
-        for (auto& s : seen_) known += (known.empty() ? "" : ", ") + s;
-        MOE_FAIL("{}: unknown field {} (known fields here: {})", source_, where(k), known);
-      }
-    }
-  }
-
-  const std::string& source() const { return source_; }
-
- private:
-  const json& j_;
-  std::string source_, path_;
-  std::set<std::string> seen_;
-};
-
-FfnConfig parse_ffn(const json& j, const std::string& source, const std::string& path,
-                    FfnConfig base) {
-  Fields f(j, source, path);
-  // An override of another kind starts from that kind's defaults, not from the default FFN's
-  // fields (a PEER block's ReLU must not leak into a dense block).
-  const std::string inherited_kind = base.kind;
-  f.get_choice("kind", base.kind, {"dense", "moe", "peer"});
-  if (base.kind != inherited_kind) {
-    const std::string kind = base.kind;
-    base = FfnConfig{};
-    base.kind = kind;
-  }
-  if (base.kind == "peer" && !j.contains("activation")) base.activation = Activation::kGELU;
-  std::string act = base.activation == Activation::kGELU   ? "gelu"
-                    : base.activation == Activation::kReLU ? "relu"
-                                                           : "swiglu";
-  if (base.kind == "peer")
-    f.get_choice("activation", act, {"gelu", "relu"});
-  else
-    f.get_choice("activation", act, {"swiglu", "gelu"});
-  base.activation = act == "gelu"   ? Activation::kGELU
-                    : act == "relu" ? Activation::kReLU
-                                    : Activation::kSwiGLU;
-  f.get("heads", base.heads);
-  f.get("d_key", base.d_key);
-  f.get_choice("query_norm", base.query_norm, {"batchnorm", "layernorm", "none"});
-  f.get("d_ff", base.d_ff);
-  f.get("num_experts", base.num_experts);
-  f.get("top_k", base.top_k);
-  f.get("d_expert", base.d_expert);
-  f.get("granularity", base.granularity);
-  f.get("expansion", base.expansion);
-  f.get("k_base", base.k_base);
-  f.get("shared_experts", base.shared_experts);
-  f.get("capacity_factor", base.capacity_factor);
-  f.get("eval_capacity_factor", base.eval_capacity_factor);
-  f.get("aux_loss_coef", base.aux_loss_coef);
-  f.get("z_loss_coef", base.z_loss_coef);
-  f.get("expert_dropout", base.expert_dropout);
-  if (const json* r = f.sub("router")) {
-    Fields rf(*r, source, path + ".router");
-    rf.get_choice("kind", base.router.kind, {"topk", "noisy_topk", "gshard", "expert_choice"});
-    rf.get("normalize", base.router.normalize);
-    rf.get_choice("score", base.router.score, {"softmax", "sigmoid"});
-    rf.get("jitter", base.router.jitter);
-    rf.get("bias_balance", base.router.bias_balance);
-    rf.get("bias_rate", base.router.bias_rate);
-    rf.reject_unknown();
-  }
-  f.reject_unknown();
-  auto nonneg = [&](const char* name, double v) {
-    MOE_CHECK(v >= 0, "{}: field {}.{}: got {}, expected >= 0", source, path, name, v);
-  };
-  nonneg("d_ff", base.d_ff);
-  nonneg("num_experts", base.num_experts);
-  nonneg("top_k", base.top_k);
-  nonneg("d_expert", base.d_expert);
-  nonneg("granularity", base.granularity);
-  nonneg("expansion", base.expansion);
-  nonneg("shared_experts", base.shared_experts);
-  nonneg("capacity_factor", base.capacity_factor);
-  nonneg("eval_capacity_factor", base.eval_capacity_factor);
-  nonneg("aux_loss_coef", base.aux_loss_coef);
-  nonneg("z_loss_coef", base.z_loss_coef);
-  MOE_CHECK(base.router.jitter >= 0 && base.router.jitter < 1,
-            "{}: field {}.router.jitter: got {}, expected [0, 1)", source, path,
-            base.router.jitter);
-  MOE_CHECK(base.expert_dropout >= 0 && base.expert_dropout < 1,
-            "{}: field {}.expert_dropout: got {}, expected [0, 1)", source, path,
-            base.expert_dropout);
-  MOE_CHECK(base.k_base >= 1, "{}: field {}.k_base: got {}, expected >= 1", source, path,
-            base.k_base);
-  return base;
+std::span<const EnumSpelling<Activation>> spellings(Activation) {
+  static constexpr EnumSpelling<Activation> k[] = {
+      {Activation::kSwiGLU, "swiglu"}, {Activation::kGELU, "gelu"}, {Activation::kReLU, "relu"}};
+  return k;
 }
 
-json ffn_to_json(const FfnConfig& f) {
-  json j = {{"kind", f.kind},
-            {"activation", f.activation == Activation::kGELU   ? "gelu"
-                           : f.activation == Activation::kReLU ? "relu"
-                                                               : "swiglu"},
-            {"d_ff", f.d_ff}};
-  if (f.kind == "peer")
-    j.update({{"num_experts", f.num_experts},
-              {"heads", f.heads},
-              {"top_k", f.top_k},
-              {"d_key", f.d_key},
-              {"query_norm", f.query_norm}});
-  if (f.kind == "moe") {
-    j.update({{"num_experts", f.num_experts},
-              {"top_k", f.top_k},
-              {"d_expert", f.d_expert},
-              {"granularity", f.granularity},
-              {"expansion", f.expansion},
-              {"k_base", f.k_base},
-              {"shared_experts", f.shared_experts},
-              {"capacity_factor", f.capacity_factor},
-              {"eval_capacity_factor", f.eval_capacity_factor},
-              {"aux_loss_coef", f.aux_loss_coef},
-              {"z_loss_coef", f.z_loss_coef},
-              {"expert_dropout", f.expert_dropout},
-              {"router",
-               {{"kind", f.router.kind},
-                {"normalize", f.router.normalize},
-                {"score", f.router.score},
-                {"jitter", f.router.jitter},
-                {"bias_balance", f.router.bias_balance},
-                {"bias_rate", f.router.bias_rate}}}});
-  }
-  return j;
+std::span<const EnumSpelling<RouterConfig::Kind>> spellings(RouterConfig::Kind) {
+  using K = RouterConfig::Kind;
+  static constexpr EnumSpelling<K> k[] = {{K::kTopK, "topk"},
+                                          {K::kNoisyTopK, "noisy_topk"},
+                                          {K::kGShard, "gshard"},
+                                          {K::kExpertChoice, "expert_choice"}};
+  return k;
+}
+
+std::span<const EnumSpelling<RouterConfig::Score>> spellings(RouterConfig::Score) {
+  using S = RouterConfig::Score;
+  static constexpr EnumSpelling<S> k[] = {{S::kSoftmax, "softmax"}, {S::kSigmoid, "sigmoid"}};
+  return k;
+}
+
+std::span<const EnumSpelling<MoeFfnConfig::ExpertGemm>> spellings(MoeFfnConfig::ExpertGemm) {
+  using G = MoeFfnConfig::ExpertGemm;
+  static constexpr EnumSpelling<G> k[] = {
+      {G::kAuto, "auto"}, {G::kBlas, "blas"}, {G::kPanel, "panel"}};
+  return k;
+}
+
+std::span<const EnumSpelling<PeerFfnConfig::QueryNorm>> spellings(PeerFfnConfig::QueryNorm) {
+  using Q = PeerFfnConfig::QueryNorm;
+  static constexpr EnumSpelling<Q> k[] = {
+      {Q::kBatchNorm, "batchnorm"}, {Q::kLayerNorm, "layernorm"}, {Q::kNone, "none"}};
+  return k;
+}
+
+std::span<const EnumSpelling<FfnConfig::Kind>> spellings(FfnConfig::Kind) {
+  using K = FfnConfig::Kind;
+  static constexpr EnumSpelling<K> k[] = {
+      {K::kDense, "dense"}, {K::kMoe, "moe"}, {K::kPeer, "peer"}};
+  return k;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Declarations
+
+namespace {
+
+const FieldTable<RouterConfig>& router_config_fields() {
+  static const FieldTable<RouterConfig> t = [] {
+    using R = RouterConfig;
+    FieldTable<R> t;
+    t.add("kind", &R::kind,
+          "`topk`, `noisy_topk`, `gshard` (top-2, random second expert), "
+          "`expert_choice`");
+    t.add("normalize", &R::normalize,
+          "topk: renormalise the k gates to sum 1 (Mixtral); false = Switch");
+    t.add("score", &R::score, "`softmax` or `sigmoid` (topk only)",
+          [](R::Score s, const R& r) -> std::optional<std::string> {
+            if (s == R::Score::kSoftmax || r.kind == R::Kind::kTopK) return std::nullopt;
+            return "softmax (sigmoid scores are only for the topk router)";
+          });
+    t.add("jitter", &R::jitter,
+          "multiplicative router-input jitter x·U(1−j, 1+j) in training (topk)",
+          rule::half_open(0.f, 1.f));
+    t.add("bias_balance", &R::bias_balance,
+          "DeepSeek-V3 aux-loss-free selection bias (token-choice routers)",
+          [](bool b, const R& r) -> std::optional<std::string> {
+            if (!b || r.kind != R::Kind::kExpertChoice) return std::nullopt;
+            return "false (expert choice balances by construction; bias_balance is for "
+                   "token-choice routers)";
+          });
+    t.add("bias_rate", &R::bias_rate, "γ of the bias update b_e += γ·sign(mean load − load_e)");
+    return t;
+  }();
+  return t;
+}
+
+const FieldTable<MoeFfnConfig>& moe_ffn_config_fields() {
+  static const FieldTable<MoeFfnConfig> t = [] {
+    using M = MoeFfnConfig;
+    const auto nonneg = rule::at_least(0);
+    const auto nonneg_f = rule::at_least(0.f);
+    const auto nonneg_d = rule::at_least(0.0);
+    FieldTable<M> t;
+    t.add("num_experts", &M::num_experts, "E routed experts (or set granularity and expansion)",
+          nonneg);
+    t.add("top_k", &M::top_k, "experts per token k; 0 = 1 (gshard: 2; fine-grained: G·k_base)",
+          nonneg);
+    t.add("d_expert", &M::d_expert, "width H of one expert; 0 = d_ff (fine-grained: d_ff/G)",
+          nonneg);
+    t.add("granularity", &M::granularity,
+          "fine-grained sizing (Krajewski et al.): G > 0 gives E·G experts of width d_ff/G",
+          nonneg);
+    t.add("expansion", &M::expansion, "fine-grained sizing: expansion rate E", nonneg);
+    t.add("k_base", &M::k_base, "fine-grained sizing: top-k = G·k_base", rule::at_least(1));
+    t.add("shared_experts", &M::shared_experts,
+          "dense experts of width H every token passes through", nonneg);
+    t.add("capacity_factor", &M::capacity_factor,
+          "training capacity ⌈cf·N·k/E⌉ per expert (0 = dropless); expert choice: mean experts "
+          "per token (0 = top_k)",
+          nonneg_f);
+    t.add("eval_capacity_factor", &M::eval_capacity_factor,
+          "the same at evaluation and generation (0 = dropless; expert choice: capacity_factor)",
+          nonneg_f);
+    t.add("aux_loss_coef", &M::aux_loss_coef, "α of the Switch load-balancing loss", nonneg_d);
+    t.add("z_loss_coef", &M::z_loss_coef, "β of the router z-loss", nonneg_d);
+    t.add("expert_dropout", &M::expert_dropout,
+          "dropout on expert hidden units (training; for fine-tuning)", rule::half_open(0.f, 1.f));
+    t.add("expert_gemm", &M::expert_gemm,
+          "the experts' matrix products: `blas` (OpenBLAS), `panel` (moe.cpp's AVX-512 GEMM, in "
+          "AVX-512 builds) or `auto` (panel where d_expert·d_model ≤ 128K); they differ in the "
+          "last bits");
+    t.add_group("router", &M::router, router_config_fields());
+    return t;
+  }();
+  return t;
+}
+
+const FieldTable<PeerFfnConfig>& peer_ffn_config_fields() {
+  static const FieldTable<PeerFfnConfig> t = [] {
+    using P = PeerFfnConfig;
+    FieldTable<P> t;
+    t.add("num_experts", &P::num_experts,
+          "S², a perfect square (S sub-keys per half), e.g. 16384 or 1048576", rule::at_least(0));
+    t.add("heads", &P::heads, "query heads sharing the expert pool", rule::at_least(1));
+    t.add("top_k", &P::top_k, "experts retrieved per head; 0 = min(16, S)", rule::at_least(0));
+    t.add("d_key", &P::d_key, "query/key width", [](int d, const P&) -> std::optional<std::string> {
+      if (d >= 2 && d % 2 == 0) return std::nullopt;
+      return "an even number >= 2";
+    });
+    t.add("query_norm", &P::query_norm,
+          "`batchnorm` (batch statistics in training, running ones at eval), `layernorm`, "
+          "`none`");
+    return t;
+  }();
+  return t;
+}
+
+// The FFN's kind: a value different from the inherited one starts from that kind's defaults,
+// not from the inherited FFN's fields (a PEER block's ReLU must not leak into a dense block).
+void read_ffn_kind(const Field<FfnConfig>& plain, const json& v, FfnConfig& f,
+                   const std::string& source, const std::string& where) {
+  const FfnConfig::Kind inherited = f.kind;
+  plain.read(v, f, source, where);
+  if (f.kind == inherited) return;
+  const FfnConfig::Kind kind = f.kind;
+  f = FfnConfig{};
+  f.kind = kind;
+  if (kind == FfnConfig::Kind::kPeer) f.activation = Activation::kGELU;
 }
 
 }  // namespace
 
-const FfnConfig& ModelConfig::ffn_for(int layer) const {
-  for (auto& [l, f] : ffn_overrides)
-    if (l == layer) return f;
-  return ffn;
+const FieldTable<FfnConfig>& ffn_config_fields() {
+  static const FieldTable<FfnConfig> t = [] {
+    using F = FfnConfig;
+    FieldTable<F> t;
+    t.add("kind", &F::kind, "FFN kind: `dense`, `moe` or `peer`");
+    t.last().read = [plain = t.last()](const json& v, F& f, const std::string& source,
+                                       const std::string& where) {
+      read_ffn_kind(plain, v, f, source, where);
+    };
+    t.add("activation", &F::activation,
+          "`swiglu` or `gelu` (exact erf form); peer: `gelu` (its default) or `relu`",
+          [](Activation a, const F& f) -> std::optional<std::string> {
+            const bool peer = f.kind == F::Kind::kPeer;
+            if (peer ? a != Activation::kSwiGLU : a != Activation::kReLU) return std::nullopt;
+            return peer ? "one of: gelu, relu" : "one of: swiglu, gelu";
+          });
+    t.add("d_ff", &F::d_ff,
+          "hidden width; 0 = auto: 4·C for GELU, 8C/3 rounded up to 64 for SwiGLU",
+          rule::at_least(0));
+    t.add_group(
+        "", &F::moe, moe_ffn_config_fields(), [](const F& f) { return f.kind == F::Kind::kMoe; },
+        "`model.ffn` for `kind: \"moe\"` (details in `docs/MOE.md`; presets in `configs/moe/`)");
+    t.add_group(
+        "", &F::peer, peer_ffn_config_fields(), [](const F& f) { return f.kind == F::Kind::kPeer; },
+        "`model.ffn` for `kind: \"peer\"` (`docs/PEER.md`; `configs/peer.json` puts it in the "
+        "middle block)");
+    return t;
+  }();
+  return t;
 }
+
+namespace {
 
 // A key of model.ffn_overrides: a block index ("2"), a comma list ("0,3"), or a Python-style
 // slice "start:stop[:step]" with the ends optional: "1::2" = every other block from 1, "1:" = all
 // but the first, ":2" = the first two.
-static std::vector<int> parse_block_set(const std::string& key, int n_layers,
-                                        const std::string& source) {
+std::vector<int> parse_block_set(const std::string& key, int n_layers, const std::string& source) {
   auto fail = [&]() {
     MOE_FAIL(
         "{}: field model.ffn_overrides.\"{}\": expected a block index, a list \"0,2\" or a "
@@ -262,79 +245,153 @@ static std::vector<int> parse_block_set(const std::string& key, int n_layers,
   return out;
 }
 
-static void resolve_ffn(FfnConfig& f, int d_model, const std::string& where) {
+// model.ffn_overrides: {"<blocks>": {ffn fields}}, each read over a copy of model.ffn (so the
+// fields not given inherit it), which is therefore read and checked first.
+Field<ModelConfig> ffn_overrides_field() {
+  Field<ModelConfig> f;
+  f.path = "ffn_overrides";
+  f.doc =
+      "per-block FFN, e.g. `{\"0\": {\"d_ff\": 1024}}`, `{\"1::2\": {\"kind\": \"moe\"}}` (every "
+      "other block; keys: index, list \"0,2\" or slice \"start:stop:step\"); fields not given "
+      "inherit `ffn`";
+  f.read = [](const json& v, ModelConfig& mc, const std::string& source, const std::string& where) {
+    MOE_CHECK(v.is_object(), "{}: field {}: expected an object {{\"<block>\": {{ffn}}}}, got {}",
+              source, where, v.dump());
+    ffn_config_fields().check(mc.ffn, source, "model.ffn");
+    for (auto& [key, ffn] : v.items()) {
+      const std::vector<int> blocks = parse_block_set(key, mc.n_layers, source);
+      FfnConfig fc = mc.ffn;
+      ffn_config_fields().parse(ffn, fc, source, where + "." + key);
+      for (int layer : blocks) {
+        for (auto& [l, unused] : mc.ffn_overrides)
+          MOE_CHECK(l != layer, "{}: field {}: block {} is given twice", source, where, layer);
+        mc.ffn_overrides.push_back({layer, fc});
+      }
+    }
+  };
+  f.write = [](const ModelConfig& mc) {
+    json ov = json::object();
+    for (auto& [l, ffn] : mc.ffn_overrides)
+      ov[std::to_string(l)] = ffn_config_fields().to_json(ffn);
+    return ov;
+  };
+  f.show = [](const ModelConfig& mc) { return mc.ffn_overrides.empty() ? "{}" : "{...}"; };
+  f.written = [](const ModelConfig& mc) { return !mc.ffn_overrides.empty(); };
+  return f;
+}
+
+}  // namespace
+
+const FieldTable<ModelConfig>& model_config_fields() {
+  static const FieldTable<ModelConfig> t = [] {
+    using M = ModelConfig;
+    const auto positive = rule::at_least(1);
+    const auto above0 = rule::above(0.f);
+    FieldTable<M> t;
+    t.section("`model`");
+    t.add("vocab_size", &M::vocab_size, "vocabulary; set from the tokenizer for `bpe`", positive);
+    t.add("d_model", &M::d_model, "model width C", positive);
+    t.add("n_layers", &M::n_layers, "transformer blocks", positive);
+    t.add("n_heads", &M::n_heads, "query heads", positive);
+    t.add("n_kv_heads", &M::n_kv_heads,
+          "key/value heads (grouped-query attention), a divisor of n_heads; 0 = n_heads",
+          rule::at_least(0));
+    t.add("head_dim", &M::head_dim,
+          "per-head width (even: RoPE rotates pairs); 0 = d_model / n_heads", rule::at_least(0));
+    t.add("max_seq_len", &M::max_seq_len, "longest context (RoPE table, KV cache)", positive);
+    t.add("rope_theta", &M::rope_theta, "RoPE base (rotate-half convention)", above0);
+    t.add("norm_eps", &M::norm_eps, "RMSNorm epsilon", above0);
+    t.add("qk_norm", &M::qk_norm,
+          "RMSNorm over the whole q row (n_heads·head_dim) and k row, as OLMoE");
+    t.add("tie_embeddings", &M::tie_embeddings, "LM head shares the embedding matrix");
+    t.add("init_std", &M::init_std, "normal init std; output projections get std/√(2·n_layers)",
+          above0);
+    t.add_group("ffn", &M::ffn, ffn_config_fields());
+    t.add(ffn_overrides_field());
+    return t;
+  }();
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolution: the 0 = auto fields, and the rules that join several fields.
+
+const FfnConfig& ModelConfig::ffn_for(int layer) const {
+  for (auto& [l, f] : ffn_overrides)
+    if (l == layer) return f;
+  return ffn;
+}
+
+namespace {
+
+void resolve_peer(PeerFfnConfig& p, const std::string& where) {
+  const int S = int(std::lround(std::sqrt(double(p.num_experts))));
+  MOE_CHECK(p.num_experts > 0 && int64_t(S) * S == p.num_experts,
+            "config: field {}.num_experts: got {}, PEER needs a perfect square S² (S sub-keys "
+            "per half), e.g. 16384 or 1048576",
+            where, p.num_experts);
+  if (p.top_k == 0) p.top_k = std::min(16, S);
+  MOE_CHECK(p.top_k >= 1 && p.top_k <= S,
+            "config: field {}.top_k: got {}, expected 1..S = {} (the top-k per half)", where,
+            p.top_k, S);
+}
+
+void resolve_moe(MoeFfnConfig& m, int d_ff, const std::string& where) {
+  using Kind = RouterConfig::Kind;
+  if (m.granularity > 0) {
+    // Krajewski et al.: E·G experts of width d_ff/G, each token to G·k_base of them, so the
+    // active parameters stay those of the dense FFN (times k_base) whatever G is.
+    MOE_CHECK(m.expansion > 0,
+              "config: field {}.expansion: got {}, the fine-grained form (granularity > 0) needs "
+              "an expansion rate >= 1",
+              where, m.expansion);
+    MOE_CHECK(d_ff % m.granularity == 0,
+              "config: field {}.granularity: d_ff = {} is not divisible by G = {}", where, d_ff,
+              m.granularity);
+    MOE_CHECK(m.num_experts == 0 || m.num_experts == m.expansion * m.granularity,
+              "config: field {}.num_experts: got {}, but expansion·granularity = {}; set one form",
+              where, m.num_experts, m.expansion * m.granularity);
+    m.num_experts = m.expansion * m.granularity;
+    m.d_expert = d_ff / m.granularity;
+    if (m.top_k == 0) m.top_k = m.granularity * m.k_base;
+  }
+  if (m.d_expert == 0) m.d_expert = d_ff;
+  MOE_CHECK(m.num_experts >= 1,
+            "config: field {}.num_experts: got {}, an MoE FFN needs at least 1 expert (or "
+            "granularity + expansion)",
+            where, m.num_experts);
+  if (m.top_k == 0) m.top_k = m.router.kind == Kind::kGShard ? 2 : 1;
+  MOE_CHECK(m.top_k <= m.num_experts,
+            "config: field {}.top_k: got {}, expected 1..num_experts = {}", where, m.top_k,
+            m.num_experts);
+  if (m.router.kind == Kind::kGShard)
+    MOE_CHECK(m.top_k == 2, "config: field {}.top_k: got {}, the gshard router is top-2", where,
+              m.top_k);
+  if (m.router.kind == Kind::kExpertChoice) {
+    // Here the capacity factor is the mean number of experts per token; default: top_k.
+    if (m.capacity_factor == 0) m.capacity_factor = float(m.top_k);
+    if (m.eval_capacity_factor == 0) m.eval_capacity_factor = m.capacity_factor;
+  }
+}
+
+void resolve_ffn(FfnConfig& f, int d_model, const std::string& where) {
   if (f.d_ff == 0) {
     // GELU: the classic 4·C. SwiGLU has three matrices, so 2/3 of that width keeps the parameter
     // count equal (LLaMA's rule), rounded up to a multiple of 64 for the GEMMs.
     f.d_ff = f.activation == Activation::kGELU ? 4 * d_model : (8 * d_model / 3 + 63) / 64 * 64;
   }
-  if (f.kind == "peer") {
-    const int S = int(std::lround(std::sqrt(double(f.num_experts))));
-    MOE_CHECK(f.num_experts > 0 && int64_t(S) * S == f.num_experts,
-              "config: field {}.num_experts: got {}, PEER needs a perfect square S² (S sub-keys "
-              "per half), e.g. 16384 or 1048576",
-              where, f.num_experts);
-    if (f.top_k == 0) f.top_k = std::min(16, S);
-    MOE_CHECK(f.top_k >= 1 && f.top_k <= S,
-              "config: field {}.top_k: got {}, expected 1..S = {} (the top-k per half)", where,
-              f.top_k, S);
-    MOE_CHECK(f.heads >= 1, "config: field {}.heads: got {}, expected >= 1", where, f.heads);
-    MOE_CHECK(f.d_key >= 2 && f.d_key % 2 == 0,
-              "config: field {}.d_key: got {}, expected an even number >= 2", where, f.d_key);
-    return;
-  }
-  if (f.kind != "moe") return;
-  if (f.granularity > 0) {
-    // Krajewski et al.: E·G experts of width d_ff/G, each token to G·k_base of them, so the
-    // active parameters stay those of the dense FFN (times k_base) whatever G is.
-    MOE_CHECK(f.expansion > 0,
-              "config: field {}.expansion: got {}, the fine-grained form (granularity > 0) needs "
-              "an expansion rate >= 1",
-              where, f.expansion);
-    MOE_CHECK(f.d_ff % f.granularity == 0,
-              "config: field {}.granularity: d_ff = {} is not divisible by G = {}", where, f.d_ff,
-              f.granularity);
-    MOE_CHECK(f.num_experts == 0 || f.num_experts == f.expansion * f.granularity,
-              "config: field {}.num_experts: got {}, but expansion·granularity = {}; set one form",
-              where, f.num_experts, f.expansion * f.granularity);
-    f.num_experts = f.expansion * f.granularity;
-    f.d_expert = f.d_ff / f.granularity;
-    if (f.top_k == 0) f.top_k = f.granularity * f.k_base;
-  }
-  if (f.d_expert == 0) f.d_expert = f.d_ff;
-  MOE_CHECK(f.num_experts >= 1,
-            "config: field {}.num_experts: got {}, an MoE FFN needs at least 1 expert (or "
-            "granularity + expansion)",
-            where, f.num_experts);
-  if (f.top_k == 0) f.top_k = f.router.kind == "gshard" ? 2 : 1;
-  MOE_CHECK(f.top_k <= f.num_experts,
-            "config: field {}.top_k: got {}, expected 1..num_experts = {}", where, f.top_k,
-            f.num_experts);
-  if (f.router.kind == "gshard")
-    MOE_CHECK(f.top_k == 2, "config: field {}.top_k: got {}, the gshard router is top-2", where,
-              f.top_k);
-  if (f.router.kind == "expert_choice") {
-    // Here the capacity factor is the mean number of experts per token; default: top_k.
-    if (f.capacity_factor == 0) f.capacity_factor = float(f.top_k);
-    if (f.eval_capacity_factor == 0) f.eval_capacity_factor = f.capacity_factor;
-    MOE_CHECK(!f.router.bias_balance,
-              "config: field {}.router.bias_balance: expert choice balances by construction; "
-              "bias_balance is for token-choice routers",
-              where);
-  }
-  MOE_CHECK(f.router.score == "softmax" || f.router.kind == "topk",
-            "config: field {}.router.score: sigmoid scores are only for the topk router", where);
+  if (f.kind == FfnConfig::Kind::kPeer) resolve_peer(f.peer, where);
+  if (f.kind == FfnConfig::Kind::kMoe) resolve_moe(f.moe, f.d_ff, where);
 }
 
+}  // namespace
+
 void ModelConfig::resolve() {
-  auto pos = [](const char* name, long v) {
-    MOE_CHECK(v > 0, "config: field model.{}: got {}, expected a positive integer", name, v);
-  };
-  pos("vocab_size", vocab_size);
-  pos("d_model", d_model);
-  pos("n_layers", n_layers);
-  pos("n_heads", n_heads);
-  pos("max_seq_len", max_seq_len);
+  // The declared rules first: a config built in code is held to the same rules as one read
+  // from JSON.
+  model_config_fields().check(*this, "config", "model");
+  for (auto& [l, f] : ffn_overrides)
+    ffn_config_fields().check(f, "config", "model.ffn_overrides." + std::to_string(l));
   if (n_kv_heads == 0) n_kv_heads = n_heads;
   MOE_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0,
             "config: field model.n_kv_heads: got {}, expected a divisor of n_heads = {}",
@@ -350,9 +407,6 @@ void ModelConfig::resolve() {
             "config: field model.head_dim: got {}, expected a positive even number (RoPE rotates "
             "pairs)",
             head_dim);
-  MOE_CHECK(rope_theta > 0, "config: field model.rope_theta: got {}, expected > 0", rope_theta);
-  MOE_CHECK(norm_eps > 0, "config: field model.norm_eps: got {}, expected > 0", norm_eps);
-  MOE_CHECK(init_std > 0, "config: field model.init_std: got {}, expected > 0", init_std);
   resolve_ffn(ffn, d_model, "model.ffn");
   for (auto& [l, f] : ffn_overrides) {
     MOE_CHECK(l >= 0 && l < n_layers,
@@ -360,217 +414,6 @@ void ModelConfig::resolve() {
               n_layers);
     resolve_ffn(f, d_model, "model.ffn_overrides." + std::to_string(l));
   }
-}
-
-Config config_from_json(const json& j, const std::string& source) {
-  Config c;
-  Fields root(j, source, "");
-  if (const json* m = root.sub("model")) {
-    ModelConfig& mc = c.model;
-    Fields f(*m, source, "model");
-    f.get("vocab_size", mc.vocab_size);
-    f.get("d_model", mc.d_model);
-    f.get("n_layers", mc.n_layers);
-    f.get("n_heads", mc.n_heads);
-    f.get("n_kv_heads", mc.n_kv_heads);
-    f.get("head_dim", mc.head_dim);
-    f.get("max_seq_len", mc.max_seq_len);
-    f.get("rope_theta", mc.rope_theta);
-    f.get("norm_eps", mc.norm_eps);
-    f.get("qk_norm", mc.qk_norm);
-    f.get("tie_embeddings", mc.tie_embeddings);
-    f.get("init_std", mc.init_std);
-    if (const json* ffn = f.sub("ffn")) mc.ffn = parse_ffn(*ffn, source, "model.ffn", mc.ffn);
-    if (const json* ov = f.sub("ffn_overrides")) {
-      MOE_CHECK(ov->is_object(),
-                "{}: field model.ffn_overrides: expected an object {{\"<block>\": {{ffn}}}}",
-                source);
-      for (auto& [k, v] : ov->items()) {
-        const std::vector<int> blocks = parse_block_set(k, mc.n_layers, source);
-        const FfnConfig fc = parse_ffn(v, source, "model.ffn_overrides." + k, mc.ffn);
-        for (int layer : blocks) {
-          for (auto& [l, unused] : mc.ffn_overrides)
-            MOE_CHECK(l != layer, "{}: field model.ffn_overrides: block {} is given twice", source,
-                      layer);
-          mc.ffn_overrides.push_back({layer, fc});
-        }
-      }
-    }
-    f.reject_unknown();
-  }
-  if (const json* t = root.sub("tokenizer")) {
-    Fields f(*t, source, "tokenizer");
-    f.get_choice("kind", c.tokenizer.kind, {"byte", "bpe"});
-    f.get("vocab_size", c.tokenizer.vocab_size);
-    MOE_CHECK(c.tokenizer.vocab_size >= 260 && c.tokenizer.vocab_size <= 65536,
-              "{}: field tokenizer.vocab_size: got {}, expected 260..65536", source,
-              c.tokenizer.vocab_size);
-    f.reject_unknown();
-  }
-  if (const json* d = root.sub("data")) {
-    Fields f(*d, source, "data");
-    f.get("dir", c.data.dir);
-    f.reject_unknown();
-  }
-  if (const json* t = root.sub("train")) {
-    TrainConfig& tc = c.train;
-    Fields f(*t, source, "train");
-    f.get("batch_size", tc.batch_size);
-    f.get("seq_len", tc.seq_len);
-    f.get("grad_accum", tc.grad_accum);
-    f.get("steps", tc.steps);
-    f.get("lr", tc.lr);
-    f.get("min_lr", tc.min_lr);
-    f.get("warmup_steps", tc.warmup_steps);
-    f.get("weight_decay", tc.weight_decay);
-    f.get("beta1", tc.beta1);
-    f.get("beta2", tc.beta2);
-    f.get("eps", tc.eps);
-    f.get("grad_clip", tc.grad_clip);
-    f.get("decay_embeddings", tc.decay_embeddings);
-    f.get("eval_every", tc.eval_every);
-    f.get("eval_batches", tc.eval_batches);
-    f.get("log_every", tc.log_every);
-    f.get("checkpoint_every", tc.checkpoint_every);
-    f.get("seed", tc.seed);
-    f.get("threads", tc.threads);
-    f.get("time_limit_s", tc.time_limit_s);
-    f.get("out_dir", tc.out_dir);
-    f.get("sparse_lr", tc.sparse_lr);
-    MOE_CHECK(tc.sparse_lr >= 0, "{}: field train.sparse_lr: got {}, expected >= 0", source,
-              tc.sparse_lr);
-    if (const json* fr = f.sub("freeze")) {
-      MOE_CHECK(fr->is_array(), "{}: field train.freeze: expected a list of name patterns, got {}",
-                source, fr->dump());
-      for (auto& p : *fr) {
-        MOE_CHECK(p.is_string(), "{}: field train.freeze: entry {} is not a string", source,
-                  p.dump());
-        tc.freeze.push_back(p.get<std::string>());
-      }
-    }
-    f.reject_unknown();
-    auto pos = [&](const char* name, double v) {
-      MOE_CHECK(v > 0, "{}: field train.{}: got {}, expected > 0", source, name, v);
-    };
-    pos("batch_size", tc.batch_size);
-    pos("seq_len", tc.seq_len);
-    pos("grad_accum", tc.grad_accum);
-    pos("steps", tc.steps);
-    pos("lr", tc.lr);
-    pos("eps", tc.eps);
-    pos("eval_batches", tc.eval_batches);
-    pos("log_every", tc.log_every);
-    MOE_CHECK(tc.min_lr >= 0 && tc.min_lr <= tc.lr,
-              "{}: field train.min_lr: got {}, expected 0 <= min_lr <= lr = {}", source, tc.min_lr,
-              tc.lr);
-    MOE_CHECK(tc.warmup_steps >= 0, "{}: field train.warmup_steps: got {}, expected >= 0", source,
-              tc.warmup_steps);
-    MOE_CHECK(tc.weight_decay >= 0, "{}: field train.weight_decay: got {}, expected >= 0", source,
-              tc.weight_decay);
-    MOE_CHECK(tc.beta1 >= 0 && tc.beta1 < 1, "{}: field train.beta1: got {}, expected [0, 1)",
-              source, tc.beta1);
-    MOE_CHECK(tc.beta2 >= 0 && tc.beta2 < 1, "{}: field train.beta2: got {}, expected [0, 1)",
-              source, tc.beta2);
-    MOE_CHECK(tc.grad_clip >= 0, "{}: field train.grad_clip: got {}, expected >= 0 (0 = off)",
-              source, tc.grad_clip);
-    MOE_CHECK(
-        tc.eval_every >= 0 && tc.checkpoint_every >= 0 && tc.threads >= 0 && tc.time_limit_s >= 0,
-        "{}: fields train.eval_every, checkpoint_every, threads, time_limit_s must be >= 0",
-        source);
-  }
-  root.reject_unknown();
-  if (c.tokenizer.kind == "byte" && !(j.contains("model") && j["model"].contains("vocab_size")))
-    c.model.vocab_size = 256;
-  if (c.tokenizer.kind == "bpe") c.model.vocab_size = c.tokenizer.vocab_size;
-  try {
-    c.model.resolve();
-  } catch (const Error& e) {
-    throw Error(source + ": " + e.message(), "config");
-  }
-  MOE_CHECK(c.train.seq_len <= c.model.max_seq_len,
-            "{}: field train.seq_len: got {}, expected <= model.max_seq_len = {}", source,
-            c.train.seq_len, c.model.max_seq_len);
-  return c;
-}
-
-json Config::to_json() const {
-  json ov = json::object();
-  for (auto& [l, f] : model.ffn_overrides) ov[std::to_string(l)] = ffn_to_json(f);
-  json m = {{"vocab_size", model.vocab_size},
-            {"d_model", model.d_model},
-            {"n_layers", model.n_layers},
-            {"n_heads", model.n_heads},
-            {"n_kv_heads", model.n_kv_heads},
-            {"head_dim", model.head_dim},
-            {"max_seq_len", model.max_seq_len},
-            {"rope_theta", model.rope_theta},
-            {"norm_eps", model.norm_eps},
-            {"qk_norm", model.qk_norm},
-            {"tie_embeddings", model.tie_embeddings},
-            {"init_std", model.init_std},
-            {"ffn", ffn_to_json(model.ffn)}};
-  if (!ov.empty()) m["ffn_overrides"] = ov;
-  const TrainConfig& t = train;
-  return {{"model", m},
-          {"tokenizer", {{"kind", tokenizer.kind}, {"vocab_size", tokenizer.vocab_size}}},
-          {"data", {{"dir", data.dir}}},
-          {"train",
-           {{"batch_size", t.batch_size},
-            {"seq_len", t.seq_len},
-            {"grad_accum", t.grad_accum},
-            {"steps", t.steps},
-            {"lr", t.lr},
-            {"min_lr", t.min_lr},
-            {"warmup_steps", t.warmup_steps},
-            {"weight_decay", t.weight_decay},
-            {"beta1", t.beta1},
-            {"beta2", t.beta2},
-            {"eps", t.eps},
-            {"grad_clip", t.grad_clip},
-            {"decay_embeddings", t.decay_embeddings},
-            {"eval_every", t.eval_every},
-            {"eval_batches", t.eval_batches},
-            {"log_every", t.log_every},
-            {"checkpoint_every", t.checkpoint_every},
-            {"seed", t.seed},
-            {"threads", t.threads},
-            {"time_limit_s", t.time_limit_s},
-            {"out_dir", t.out_dir},
-            {"freeze", t.freeze},
-            {"sparse_lr", t.sparse_lr}}}};
-}
-
-void apply_override(json& j, const std::string& assignment) {
-  const auto eq = assignment.find('=');
-  MOE_CHECK(eq != std::string::npos && eq > 0, "--set {}: expected key=value, e.g. train.lr=3e-4",
-            assignment);
-  const std::string key = assignment.substr(0, eq), value = assignment.substr(eq + 1);
-  json* node = &j;
-  size_t start = 0;
-  while (true) {
-    const size_t dot = key.find('.', start);
-    const std::string part = key.substr(start, dot == std::string::npos ? dot : dot - start);
-    MOE_CHECK(!part.empty(), "--set {}: empty component in key '{}'", assignment, key);
-    if (!node->is_object()) *node = json::object();
-    node = &(*node)[part];
-    if (dot == std::string::npos) break;
-    start = dot + 1;
-  }
-  json v = json::parse(value, nullptr, /*allow_exceptions=*/false);
-  *node = v.is_discarded() ? json(value) : v;
-}
-
-Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  json j;
-  if (!path.empty()) {
-    const std::string text = read_file(path);
-    j = json::parse(text, nullptr, false);
-    MOE_CHECK(!j.is_discarded(), "{}: not valid JSON", path);
-  } else {
-    j = json::object();
-  }
-  for (auto& o : overrides) apply_override(j, o);
-  return config_from_json(j, path.empty() ? "<defaults>" : path);
 }
 
 }  // namespace moe

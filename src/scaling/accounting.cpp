@@ -22,34 +22,42 @@ ModelCount count_model(const ModelConfig& cfg, int seq_len) {
   for (int l = 0; l < L; ++l) {
     const FfnConfig& f = m.ffn_for(l);
     const int64_t mats = f.activation == Activation::kSwiGLU ? 3 : 2;
-    if (f.kind == "dense") {
+    using Kind = FfnConfig::Kind;
+    if (f.kind == Kind::kDense) {
       c.ffn += mats * C * f.d_ff;
       c.ffn_active += mats * C * f.d_ff;
       ffn_matmul_active += double(mats * C * f.d_ff);
       continue;
     }
-    if (f.kind == "peer") {
+    if (f.kind == Kind::kPeer) {
       // Query network (+ norm affine and batch-norm running statistics), shared sub-keys,
       // expert tables u, v. Per token: the query network and keys all, 2·h·k·C expert weights.
-      const int64_t D = int64_t(f.heads) * f.d_key, E = f.num_experts;
+      const PeerFfnConfig& p = f.peer;
+      using QueryNorm = PeerFfnConfig::QueryNorm;
+      const int64_t D = int64_t(p.heads) * p.d_key, E = p.num_experts;
       const int64_t S = std::llround(std::sqrt(double(E)));
-      const int64_t norm = f.query_norm == "batchnorm" ? 4 * D : f.query_norm == "layernorm" ? 2 * D : 0;
-      const int64_t fixed = D * C + D + norm + S * f.d_key;
+      const int64_t norm = p.query_norm == QueryNorm::kBatchNorm   ? 4 * D
+                           : p.query_norm == QueryNorm::kLayerNorm ? 2 * D
+                                                                   : 0;
+      const int64_t fixed = D * C + D + norm + S * p.d_key;
       c.ffn += fixed + 2 * E * C;
-      c.ffn_active += fixed + 2 * int64_t(f.heads) * f.top_k * C;
+      c.ffn_active += fixed + 2 * int64_t(p.heads) * p.top_k * C;
       c.experts += 2 * E * C;
-      ffn_matmul_active += 2.0 * f.heads * f.top_k * C;
+      ffn_matmul_active += 2.0 * p.heads * p.top_k * C;
       // Retrieval (REFERENCE §3): query network C·h·dk and sub-key scores h·S·dk multiply-adds.
-      peer_retrieval_fwd += 2.0 * (double(C) * D + double(f.heads) * S * f.d_key);
+      peer_retrieval_fwd += 2.0 * (double(C) * D + double(p.heads) * S * p.d_key);
       continue;
     }
-    MOE_CHECK(f.kind == "moe", "accounting: ffn kind '{}' is not known", f.kind);
-    const int64_t E = f.num_experts, H = f.d_expert, S = f.shared_experts;
-    const int64_t router = E * C * (f.router.kind == "noisy_topk" ? 2 : 1) +
-                           (f.router.bias_balance ? E : 0);
+    MOE_CHECK(f.kind == Kind::kMoe, "accounting: ffn kind '{}' is not known", enum_name(f.kind));
+    const MoeFfnConfig& mo = f.moe;
+    using Router = RouterConfig::Kind;
+    const int64_t E = mo.num_experts, H = mo.d_expert, S = mo.shared_experts;
+    const int64_t router = E * C * (mo.router.kind == Router::kNoisyTopK ? 2 : 1) +
+                           (mo.router.bias_balance ? E : 0);
     const int64_t expert = mats * C * H;
     // Experts a token uses: k for token choice; on average capacity_factor for expert choice.
-    const double per_token = f.router.kind == "expert_choice" ? f.capacity_factor : f.top_k;
+    const double per_token =
+        mo.router.kind == Router::kExpertChoice ? mo.capacity_factor : mo.top_k;
     c.router += router;
     c.experts += E * expert;
     c.shared += S * expert;

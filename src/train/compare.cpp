@@ -58,7 +58,7 @@ std::vector<json> run_compare(const CompareOptions& o, Communicator& comm) {
     std::string kinds;
     for (const char* k : {"dense", "moe", "peer"})
       for (int l = 0; l < cfg.model.n_layers; ++l)
-        if (cfg.model.ffn_for(l).kind == k) {
+        if (enum_name(cfg.model.ffn_for(l).kind) == k) {
           // Two appends, not "+" + std::string(k): GCC 12 warns (-Wrestrict, a known false
           // positive) on operator+(const char*, std::string&&).
           if (!kinds.empty()) kinds += '+';

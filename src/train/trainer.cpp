@@ -77,7 +77,7 @@ EvalResult evaluate(Transformer& model, const data::TokenStream& s, int B, int T
 }
 
 std::unique_ptr<data::Tokenizer> make_tokenizer(const Config& cfg) {
-  if (cfg.tokenizer.kind == "byte") return data::make_byte_tokenizer();
+  if (cfg.tokenizer.kind == TokenizerConfig::Kind::kByte) return data::make_byte_tokenizer();
   const std::string cache = cfg.train.out_dir + "/tokenizer.blob";
   if (file_exists(cache)) return data::tokenizer_from_serialized("bpe", read_file(cache));
   auto tok = data::train_bpe(cfg.data.dir + "/train.txt", cfg.tokenizer.vocab_size);

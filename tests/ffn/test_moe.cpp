@@ -349,22 +349,21 @@ TEST(MoeSemantics, LayerRefusesAnInvalidSpecByFieldName) {
   refused(s, {"model.ffn.expert_dropout", "[0, 1)"});
 }
 
-TEST(MoeKernels, BadPanelGemmSettingIsRefusedByName) {
-  // TODO(merge): MOE_PANEL_GEMM is read by MoeSpec::from_config until model.ffn.expert_gemm
-  // lands. It takes 0, 1 or nothing; anything else is an error naming it and the value.
+TEST(MoeKernels, ExpertGemmComesFromTheConfig) {
+  // model.ffn.expert_gemm picks the experts' GEMM (it changes the bits, so it is config and in
+  // the checkpoint; the environment plays no part).
   FfnConfig f;
-  f.kind = "moe";
-  f.num_experts = 4;
-  f.top_k = 2;
-  f.d_expert = 8;
-  ::setenv("MOE_PANEL_GEMM", "yes", 1);
-  expect_error([&] { MoeSpec::from_config(f, 16); }, {"MOE_PANEL_GEMM", "'yes'", "expected 0"});
-  ::setenv("MOE_PANEL_GEMM", "0", 1);
-  EXPECT_EQ(MoeSpec::from_config(f, 16).expert_gemm, ExpertGemm::kBlas);
-  ::setenv("MOE_PANEL_GEMM", "1", 1);
-  EXPECT_EQ(MoeSpec::from_config(f, 16).expert_gemm, ExpertGemm::kPanel);
-  ::unsetenv("MOE_PANEL_GEMM");
+  f.kind = FfnConfig::Kind::kMoe;
+  f.moe.num_experts = 4;
+  f.moe.top_k = 2;
+  f.moe.d_expert = 8;
+  ::setenv("MOE_PANEL_GEMM", "1", 1);  // the old variable: ignored now
   EXPECT_EQ(MoeSpec::from_config(f, 16).expert_gemm, ExpertGemm::kAuto);
+  ::unsetenv("MOE_PANEL_GEMM");
+  f.moe.expert_gemm = MoeFfnConfig::ExpertGemm::kBlas;
+  EXPECT_EQ(MoeSpec::from_config(f, 16).expert_gemm, ExpertGemm::kBlas);
+  f.moe.expert_gemm = MoeFfnConfig::ExpertGemm::kPanel;
+  EXPECT_EQ(MoeSpec::from_config(f, 16).expert_gemm, ExpertGemm::kPanel);
 }
 
 TEST(MoeSemantics, OneExpertTopOneIsTheDenseFfn) {

@@ -22,9 +22,9 @@ TEST(MoeConfig, FineGrainedParametrisationMapsToShapes) {
       "n_heads": 2, "ffn": {"kind": "moe", "d_ff": 128, "granularity": 4, "expansion": 8}}})"),
                               "test");
   const FfnConfig& f = c.model.ffn;
-  EXPECT_EQ(f.num_experts, 32);
-  EXPECT_EQ(f.d_expert, 32);
-  EXPECT_EQ(f.top_k, 4);
+  EXPECT_EQ(f.moe.num_experts, 32);
+  EXPECT_EQ(f.moe.d_expert, 32);
+  EXPECT_EQ(f.moe.top_k, 4);
   Transformer m(c.model, 1, 4);
   Param* up = m.params().find("layers.1.ffn.experts.w_up");
   ASSERT_NE(up, nullptr);

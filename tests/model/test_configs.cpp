@@ -7,6 +7,7 @@
 
 #include "moe/core/file_io.h"
 #include "moe/model/transformer.h"
+#include "moe/train/config.h"
 #include "moe/train/optimizer.h"
 
 using namespace moe;
@@ -57,6 +58,22 @@ void shrink(nlohmann::json& j) {
   j["train"]["lr"] = 1e-2;
   j["train"]["warmup_steps"] = 0;
   j["train"]["steps"] = 8;
+}
+
+TEST(Configs, EveryShippedConfigRoundTripsThroughToJson) {
+  // parse(to_json(c)) == c, compared field by field through to_json: what a checkpoint stores
+  // is the config it was trained with. Every config file under configs/ (sweep grids are not
+  // configs; their base config is).
+  const auto files = shipped_configs();
+  ASSERT_GE(files.size(), 7u);
+  for (const std::string& path : files) {
+    SCOPED_TRACE(path);
+    const Config c = load_config(path);
+    const nlohmann::json j = c.to_json();
+    const Config again = config_from_json(j, path + " (to_json)");
+    EXPECT_EQ(again.to_json(), j);
+    EXPECT_EQ(again.model.ffn_overrides.size(), c.model.ffn_overrides.size());
+  }
 }
 
 TEST(Configs, EveryShippedConfigParsesAndAScaledDownCopyTrains) {

@@ -16,6 +16,7 @@
 #include "../grad_check.h"
 #include "moe/core/safetensors.h"
 #include "moe/model/transformer.h"
+#include "moe/train/config.h"
 #include "moe/train/optimizer.h"
 
 using namespace moe;

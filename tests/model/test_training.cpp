@@ -100,12 +100,12 @@ TEST(Training, SameSeedGivesBitIdenticalLosses) {
 // A PEER block small enough for these runs: 8² experts, 2 heads × top-3.
 FfnConfig tiny_peer() {
   FfnConfig peer;
-  peer.kind = "peer";
+  peer.kind = FfnConfig::Kind::kPeer;
   peer.activation = Activation::kGELU;
-  peer.num_experts = 64;
-  peer.heads = 2;
-  peer.top_k = 3;
-  peer.d_key = 8;
+  peer.peer.num_experts = 64;
+  peer.peer.heads = 2;
+  peer.peer.top_k = 3;
+  peer.peer.d_key = 8;
   return peer;
 }
 
@@ -144,11 +144,11 @@ TEST(Training, ResumeIsBitIdenticalWithMoeAndPeerBlocks) {
   make_data(d.path);
   check_resume(d.path, [](Config& c) {
     FfnConfig moe;
-    moe.kind = "moe";
-    moe.num_experts = 4;
-    moe.top_k = 2;
-    moe.d_expert = 16;
-    moe.router.kind = "noisy_topk";
+    moe.kind = FfnConfig::Kind::kMoe;
+    moe.moe.num_experts = 4;
+    moe.moe.top_k = 2;
+    moe.moe.d_expert = 16;
+    moe.moe.router.kind = RouterConfig::Kind::kNoisyTopK;
     const FfnConfig peer = tiny_peer();
     c.model.ffn_overrides = {{0, moe}, {1, peer}};
     c.train.sparse_lr = 1e-3f;
@@ -288,7 +288,7 @@ TEST(Config, BlockPatternsOfFfnOverrides) {
         R"(": {"kind": "moe", "num_experts": 4, "top_k": 2}}}})");
     Config c = config_from_json(j, "cfg.json");
     std::string s;
-    for (int l = 0; l < 6; ++l) s += c.model.ffn_for(l).kind == "moe" ? 'M' : 'd';
+    for (int l = 0; l < 6; ++l) s += c.model.ffn_for(l).kind == FfnConfig::Kind::kMoe ? 'M' : 'd';
     return s;
   };
   EXPECT_EQ(kinds("1::2"), "dMdMdM");
@@ -479,7 +479,7 @@ TEST(Training, BpeTokenizerTrainsAndEvaluatesInBitsPerByte) {
   TempDir d;
   make_data(d.path);
   Config cfg = tiny_config(d.path, d.path + "/bpe");
-  cfg.tokenizer.kind = "bpe";
+  cfg.tokenizer.kind = TokenizerConfig::Kind::kBpe;
   cfg.tokenizer.vocab_size = 300;
   cfg.model.vocab_size = 300;
   cfg.train.steps = 4;

@@ -95,10 +95,11 @@ CASES = {
                                         capacity_factor=1.5), threads=2),
     "moe_dropout_accum_t2": dict(ffn=moe(expert_dropout=0.1), train={"grad_accum": 2},
                                  threads=2),
-    "moe_blas_gemm_t2": dict(ffn=moe(), threads=2, env={"MOE_PANEL_GEMM": "0"}),
-    # H·C = 133,120 > 2^17: by default OpenBLAS runs these experts, forced: the panel GEMM.
-    "moe_panel_gemm_big_t2": dict(ffn=moe(d_expert=1040), model={"d_model": 128}, threads=2,
-                                  env={"MOE_PANEL_GEMM": "1"}),
+    "moe_blas_gemm_t2": dict(ffn=moe(expert_gemm="blas"), threads=2),
+    # H·C = 133,120 > 2^17: by default (auto) OpenBLAS runs these experts; forced, the panel GEMM.
+    # (Recorded at bbc9d83 with MOE_PANEL_GEMM=0 / 1, which model.ffn.expert_gemm replaced.)
+    "moe_panel_gemm_big_t2": dict(ffn=moe(d_expert=1040, expert_gemm="panel"),
+                                  model={"d_model": 128}, threads=2),
     "moe_auto_gemm_big_t2": dict(ffn=moe(d_expert=1040), model={"d_model": 128}, threads=2),
     "peer_batchnorm_t1": dict(ffn={"d_ff": 64}, overrides={"1": dict(PEER, query_norm="batchnorm")},
                               threads=1),
@@ -146,9 +147,7 @@ def run_case(d, name, case):
             raise RuntimeError("mpirun not found at configure time (scripts/setup.sh installs "
                                "openmpi-bin and libopenmpi-dev)")
         cmd = [MPIRUN] + MPI_FLAGS + [a for k in extra_env for a in ("-x", k)] + cmd
-    env = dict(os.environ)
-    env.pop("MOE_PANEL_GEMM", None)  # only a case's own setting counts
-    env.update(extra_env)
+    env = dict(os.environ, **extra_env)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{name}: moe train failed ({r.returncode}):\n{r.stderr}")

@@ -4,9 +4,9 @@
 #include <cmath>
 
 #include "moe/core/error.h"
-#include "moe/model/config.h"
 #include "moe/scaling/accounting.h"
 #include "moe/scaling/laws.h"
+#include "moe/train/config.h"
 #include <nlohmann/json.hpp>
 
 using namespace moe;

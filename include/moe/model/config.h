@@ -1,38 +1,45 @@
-// Run configuration, read from JSON. Every field has a default; unknown fields and invalid
-// values are rejected with the field's dotted path, the bad value and what is allowed.
-// `--set a.b=value` overrides are applied to the JSON before it is parsed, so they are checked
-// the same way. The README's "Config reference" documents each field.
+// The model's configuration: its shape, and the FFN of each block (dense, MoE or PEER). Every
+// field is declared once, with its JSON path, rule and doc line, in model_config_fields() /
+// ffn_config_fields() (src/model/config.cpp); the member initialisers below are the defaults.
+// The whole run's config (model + tokenizer + data + train) is moe/train/config.h.
 #pragma once
 #include <cstdint>
-#include <nlohmann/json.hpp>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "moe/core/config_fields.h"
 
 namespace moe {
 
-enum class Activation { kSwiGLU, kGELU, kReLU };  // ReLU: PEER experts only
+enum class Activation { kSwiGLU, kGELU, kReLU };                  // ReLU: PEER experts only
+std::span<const EnumSpelling<Activation>> spellings(Activation);  // swiglu | gelu | relu
 
 // Router of an MoE FFN (ffn.router). See docs/MOE.md.
 struct RouterConfig {
-  std::string kind = "topk";  // topk | noisy_topk | gshard | expert_choice
-  bool normalize = true;      // topk: renormalise the k gates to sum 1 (Mixtral); false = Switch
-  std::string score = "softmax";  // topk: softmax | sigmoid
+  enum class Kind { kTopK, kNoisyTopK, kGShard, kExpertChoice };
+  enum class Score { kSoftmax, kSigmoid };
+  Kind kind = Kind::kTopK;
+  bool normalize = true;  // topk: renormalise the k gates to sum 1 (Mixtral); false = Switch
+  Score score = Score::kSoftmax;  // sigmoid: topk only
   float jitter = 0;           // topk: multiplicative input jitter x·U(1−j, 1+j), training only
   bool bias_balance = false;  // DeepSeek-V3 aux-loss-free bias on the selection (token choice)
   float bias_rate = 1e-3f;    // γ of the bias update b_e += γ·sign(mean load − load_e)
 };
+std::span<const EnumSpelling<RouterConfig::Kind>> spellings(RouterConfig::Kind);
+std::span<const EnumSpelling<RouterConfig::Score>> spellings(RouterConfig::Score);
 
-// The FFN of one block. `kind` selects the implementation behind ffn/feed_forward.h.
-struct FfnConfig {
-  std::string kind = "dense";  // dense | moe
-  Activation activation = Activation::kSwiGLU;
-  int d_ff = 0;  // dense hidden width; 0 = auto (see resolve())
-  // --- kind "moe" (ignored for dense). Either explicit sizes ...
+// The fields of an FFN of kind "moe". Either explicit sizes (num_experts, top_k, d_expert) or
+// the fine-grained parametrisation of Krajewski et al.: E·G experts of width d_ff/G, top-k =
+// G·k_base (set granularity > 0).
+struct MoeFfnConfig {
+  // Which product runs the experts' matrices; the two give different bits, so it is part of the
+  // config (and so of the checkpoint).
+  enum class ExpertGemm { kAuto, kBlas, kPanel };
   int num_experts = 0;  // E (routed experts)
-  int top_k = 0;        // k
+  int top_k = 0;        // k; 0 = 1 (gshard: 2; fine-grained: G·k_base)
   int d_expert = 0;     // H of one expert; 0 = d_ff (or d_ff / G)
-  // ... or the fine-grained parametrisation of Krajewski et al.: E·G experts of width d_ff/G,
-  // top-k = G·k_base. Set granularity > 0 to use it.
   int granularity = 0;  // G
   int expansion = 0;    // E (expansion rate)
   int k_base = 1;
@@ -42,13 +49,35 @@ struct FfnConfig {
   double aux_loss_coef = 0.01;     // α of the Switch load-balancing loss
   double z_loss_coef = 0.001;      // β of the router z-loss
   float expert_dropout = 0;        // dropout on expert hidden units, training only
-  // --- kind "peer" (He 2024): num_experts = S² single-neuron experts, `heads` query heads each
-  // retrieving top_k of them by product keys of dimension d_key; activation gelu or relu.
-  int heads = 8;
-  int d_key = 128;
-  std::string query_norm = "batchnorm";  // batchnorm | layernorm | none
+  ExpertGemm expert_gemm = ExpertGemm::kAuto;
   RouterConfig router;
 };
+std::span<const EnumSpelling<MoeFfnConfig::ExpertGemm>> spellings(MoeFfnConfig::ExpertGemm);
+
+// The fields of an FFN of kind "peer" (He 2024): num_experts = S² single-neuron experts, `heads`
+// query heads each retrieving top_k of them by product keys of dimension d_key.
+struct PeerFfnConfig {
+  enum class QueryNorm { kBatchNorm, kLayerNorm, kNone };
+  int num_experts = 0;  // S², a perfect square
+  int heads = 8;
+  int top_k = 0;  // per head; 0 = min(16, S)
+  int d_key = 128;
+  QueryNorm query_norm = QueryNorm::kBatchNorm;
+};
+std::span<const EnumSpelling<PeerFfnConfig::QueryNorm>> spellings(PeerFfnConfig::QueryNorm);
+
+// The FFN of one block. `kind` selects the implementation behind ffn/feed_forward.h; `moe` and
+// `peer` hold the fields of those kinds (the other kinds ignore them). In JSON all of them sit
+// flat in one object ("ffn": {"kind": "moe", "num_experts": 8, "router": {...}}).
+struct FfnConfig {
+  enum class Kind { kDense, kMoe, kPeer };
+  Kind kind = Kind::kDense;
+  Activation activation = Activation::kSwiGLU;  // peer: gelu unless given
+  int d_ff = 0;                                 // dense hidden width; 0 = auto (see resolve())
+  MoeFfnConfig moe;
+  PeerFfnConfig peer;
+};
+std::span<const EnumSpelling<FfnConfig::Kind>> spellings(FfnConfig::Kind);
 
 struct ModelConfig {
   int vocab_size = 256;  // set from the tokenizer when "auto" (0)
@@ -75,54 +104,8 @@ struct ModelConfig {
   void resolve();  // fills the 0 = auto fields and validates; throws moe::Error
 };
 
-struct TokenizerConfig {
-  std::string kind = "byte";  // byte | bpe
-  int vocab_size = 4096;      // bpe only
-};
-
-struct DataConfig {
-  std::string dir = "data/brown";  // holds train.txt, val.txt, test.txt
-};
-
-struct TrainConfig {
-  int batch_size = 16;  // sequences per micro-batch
-  int seq_len = 128;    // T
-  int grad_accum = 1;   // micro-batches per optimizer step
-  int steps = 1000;
-  float lr = 1e-3f;
-  float min_lr = 1e-4f;
-  int warmup_steps = 100;
-  float weight_decay = 0.1f;
-  float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
-  float grad_clip = 1.0f;         // global-norm clip; 0 = off
-  bool decay_embeddings = false;  // norms never decay; embeddings only if this is set
-  int eval_every = 200;
-  int eval_batches = 20;  // val batches per periodic evaluation
-  int log_every = 10;
-  int checkpoint_every = 500;
-  uint64_t seed = 1234;
-  int threads = 0;         // 0 = OpenMP default
-  float time_limit_s = 0;  // stop (with checkpoint) after this much training time; 0 = off
-  // Glob patterns (fnmatch) of parameter names the optimizer must not update, for fine-tuning,
-  // e.g. ["*.experts.*", "*.router.*"] or ["*.attn.*"].
-  std::vector<std::string> freeze;
-  // Constant learning rate of row-sparse tables (PEER's u, v); 0 = the scheduled rate.
-  float sparse_lr = 0;
-  std::string out_dir = "runs/default";
-};
-
-struct Config {
-  ModelConfig model;
-  TokenizerConfig tokenizer;
-  DataConfig data;
-  TrainConfig train;
-  nlohmann::json to_json() const;
-};
-
-// Parses and validates. `source` names the file in error messages.
-Config config_from_json(const nlohmann::json& j, const std::string& source);
-Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
-// Applies "a.b.c=value" (value parsed as JSON, else taken as a string) to j.
-void apply_override(nlohmann::json& j, const std::string& assignment);
+// The declarations (JSON paths relative to "model" and to one FFN object).
+const FieldTable<FfnConfig>& ffn_config_fields();
+const FieldTable<ModelConfig>& model_config_fields();
 
 }  // namespace moe

@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <string>
 
-#include "moe/model/config.h"
 #include "moe/model/transformer.h"
+#include "moe/train/config.h"
 #include "moe/train/optimizer.h"
 
 namespace moe {

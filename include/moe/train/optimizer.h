@@ -13,8 +13,8 @@
 #include "moe/core/arena.h"
 #include "moe/core/params.h"
 #include "moe/dist/communicator.h"
-#include "moe/model/config.h"
 #include "moe/nn/adamw.h"
+#include "moe/train/train_config.h"
 
 namespace moe {
 

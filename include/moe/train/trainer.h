@@ -17,9 +17,9 @@
 #include "moe/data/token_data.h"
 #include "moe/data/tokenizer.h"
 #include "moe/dist/communicator.h"
-#include "moe/model/config.h"
 #include "moe/model/transformer.h"
 #include "moe/train/checkpoint.h"
+#include "moe/train/config.h"
 #include "moe/train/observer.h"
 #include "moe/train/optimizer.h"
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <vector>
@@ -23,6 +24,7 @@ namespace {
 
 struct MoeArgs {
   int d_model = 512, experts = 8, top_k = 2, d_expert = 1024, tokens = 4096, repeats = 5;
+  MoeFfnConfig::ExpertGemm expert_gemm = MoeFfnConfig::ExpertGemm::kAuto;
   bool json = false;
 };
 
@@ -36,12 +38,13 @@ struct MoeResult {
 // aux. One untimed step first, then the median of the timed repeats.
 MoeResult measure_moe_layer(const MoeArgs& m) {
   FfnConfig f;
-  f.kind = "moe";
-  f.num_experts = m.experts;
-  f.top_k = m.top_k;
-  f.d_expert = m.d_expert;
-  f.aux_loss_coef = 0.01;
-  f.z_loss_coef = 0;
+  f.kind = FfnConfig::Kind::kMoe;
+  f.moe.num_experts = m.experts;
+  f.moe.top_k = m.top_k;
+  f.moe.d_expert = m.d_expert;
+  f.moe.aux_loss_coef = 0.01;
+  f.moe.z_loss_coef = 0;
+  f.moe.expert_gemm = m.expert_gemm;
   const int C = m.d_model, E = m.experts, H = m.d_expert, N = m.tokens;
   MoeSpec spec = MoeSpec::from_config(f, C);
   MoeLayer<float> layer(spec);
@@ -133,6 +136,14 @@ void register_bench_moe(CLI::App& bench) {
   mb->add_option("--d-expert", m->d_expert)->check(CLI::PositiveNumber);
   mb->add_option("--tokens", m->tokens)->check(CLI::PositiveNumber);
   mb->add_option("--repeats", m->repeats, "timed repeats (median)")->check(CLI::PositiveNumber);
+  mb->add_option("--expert-gemm", m->expert_gemm,
+                 "the experts' GEMM: auto (by expert size), blas or panel (model.ffn.expert_gemm)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, MoeFfnConfig::ExpertGemm>{
+              {"auto", MoeFfnConfig::ExpertGemm::kAuto},
+              {"blas", MoeFfnConfig::ExpertGemm::kBlas},
+              {"panel", MoeFfnConfig::ExpertGemm::kPanel}},
+          CLI::ignore_case));
   mb->add_flag("--json", m->json, "print one JSON object");
   mb->callback([m] {
     check_blas_is_openmp();

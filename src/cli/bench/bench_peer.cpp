@@ -19,6 +19,7 @@
 #include "moe/kernels/gemm.h"
 #include "moe/model/config.h"
 #include "moe/train/optimizer.h"
+#include "moe/train/train_config.h"
 
 namespace moe::cli {
 

@@ -11,8 +11,8 @@
 #include "bench.h"
 #include "moe/core/rng.h"
 #include "moe/kernels/gemm.h"
-#include "moe/model/config.h"
 #include "moe/model/transformer.h"
+#include "moe/train/config.h"
 #include "moe/train/optimizer.h"
 
 namespace moe::cli {

@@ -15,7 +15,7 @@ MoeFfn::MoeFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
     : comm_(comm),
       spec_(MoeSpec::from_config(f, model.d_model)),
       layer_index_(layer),
-      router_kind_(f.router.kind),
+      router_kind_(enum_name(f.moe.router.kind)),
       layer_(spec_) {
   const int E = spec_.E, C = spec_.C, H = spec_.H, S = spec_.n_shared;
   const bool glu = spec_.act == Activation::kSwiGLU;
@@ -151,10 +151,13 @@ void MoeFfn::reset_metrics() {
 std::unique_ptr<FeedForward> make_feed_forward(const FfnConfig& ffn, const ModelConfig& model,
                                                ParamStore& params, const std::string& prefix,
                                                int layer, Communicator& comm) {
-  if (ffn.kind == "dense") return std::make_unique<DenseFfn>(ffn, model, params, prefix);
-  if (ffn.kind == "moe") return std::make_unique<MoeFfn>(ffn, model, params, prefix, layer, comm);
-  if (ffn.kind == "peer") return std::make_unique<PeerFfn>(ffn, model, params, prefix, layer, comm);
-  MOE_FAIL("ffn kind '{}' is not available (known: dense, moe, peer)", ffn.kind);
+  using Kind = FfnConfig::Kind;
+  if (ffn.kind == Kind::kDense) return std::make_unique<DenseFfn>(ffn, model, params, prefix);
+  if (ffn.kind == Kind::kMoe)
+    return std::make_unique<MoeFfn>(ffn, model, params, prefix, layer, comm);
+  if (ffn.kind == Kind::kPeer)
+    return std::make_unique<PeerFfn>(ffn, model, params, prefix, layer, comm);
+  MOE_FAIL("ffn kind '{}' is not available (known: dense, moe, peer)", enum_name(ffn.kind));
 }
 
 }  // namespace moe

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string_view>
 
 #include "moe/core/error.h"
 
@@ -12,36 +10,31 @@ namespace moe {
 MoeSpec MoeSpec::from_config(const FfnConfig& f, int d_model) {
   MoeSpec s;
   s.C = d_model;
-  s.E = f.num_experts;
-  s.H = f.d_expert;
-  s.k = f.top_k;
-  s.n_shared = f.shared_experts;
+  const MoeFfnConfig& m = f.moe;
+  s.E = m.num_experts;
+  s.H = m.d_expert;
+  s.k = m.top_k;
+  s.n_shared = m.shared_experts;
   s.act = f.activation;
-  s.kind = f.router.kind == "noisy_topk"      ? RouterKind::kNoisyTopK
-           : f.router.kind == "gshard"        ? RouterKind::kGShard
-           : f.router.kind == "expert_choice" ? RouterKind::kExpertChoice
-                                              : RouterKind::kTopK;
-  s.normalize = f.router.normalize;
-  s.sigmoid = f.router.score == "sigmoid";
-  s.bias_balance = f.router.bias_balance;
-  s.bias_rate = f.router.bias_rate;
-  s.jitter = f.router.jitter;
-  s.expert_dropout = f.expert_dropout;
-  s.capacity_factor = f.capacity_factor;
-  s.eval_capacity_factor = f.eval_capacity_factor;
-  s.alpha = f.aux_loss_coef;
-  s.beta = f.z_loss_coef;
-  // TODO(merge): from f.expert_gemm (the config field model.ffn.expert_gemm lands in parallel).
-  // Until then the environment variable MOE_PANEL_GEMM, read here only, picks it as before.
-  s.expert_gemm = ExpertGemm::kAuto;
-  const char* env = std::getenv("MOE_PANEL_GEMM");
-  const std::string_view force = env ? env : "";
-  MOE_CHECK(force.empty() || force == "0" || force == "1",
-            "environment variable MOE_PANEL_GEMM: got '{}', expected 0 (OpenBLAS for the expert "
-            "products), 1 (moe.cpp's panel GEMM) or unset (by expert size)",
-            force);
-  if (force == "0") s.expert_gemm = ExpertGemm::kBlas;
-  if (force == "1") s.expert_gemm = ExpertGemm::kPanel;
+  using Kind = RouterConfig::Kind;
+  s.kind = m.router.kind == Kind::kNoisyTopK      ? RouterKind::kNoisyTopK
+           : m.router.kind == Kind::kGShard       ? RouterKind::kGShard
+           : m.router.kind == Kind::kExpertChoice ? RouterKind::kExpertChoice
+                                                  : RouterKind::kTopK;
+  s.normalize = m.router.normalize;
+  s.sigmoid = m.router.score == RouterConfig::Score::kSigmoid;
+  s.bias_balance = m.router.bias_balance;
+  s.bias_rate = m.router.bias_rate;
+  s.jitter = m.router.jitter;
+  s.expert_dropout = m.expert_dropout;
+  s.capacity_factor = m.capacity_factor;
+  s.eval_capacity_factor = m.eval_capacity_factor;
+  s.alpha = m.aux_loss_coef;
+  s.beta = m.z_loss_coef;
+  // Which GEMM runs the experts changes the bits, so it is config (and in the checkpoint).
+  s.expert_gemm = m.expert_gemm == MoeFfnConfig::ExpertGemm::kBlas    ? ExpertGemm::kBlas
+                  : m.expert_gemm == MoeFfnConfig::ExpertGemm::kPanel ? ExpertGemm::kPanel
+                                                                      : ExpertGemm::kAuto;
   return s;
 }
 

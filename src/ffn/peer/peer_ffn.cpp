@@ -14,14 +14,14 @@ namespace {
 PeerSpec peer_spec(const FfnConfig& f, const ModelConfig& model) {
   PeerSpec s;
   s.C = model.d_model;
-  s.S = int(std::lround(std::sqrt(double(f.num_experts))));
-  s.heads = f.heads;
-  s.k = f.top_k;
-  s.d_key = f.d_key;
+  s.S = int(std::lround(std::sqrt(double(f.peer.num_experts))));
+  s.heads = f.peer.heads;
+  s.k = f.peer.top_k;
+  s.d_key = f.peer.d_key;
   s.gelu = f.activation != Activation::kReLU;
-  s.qnorm = f.query_norm == "batchnorm"   ? QueryNorm::kBatch
-            : f.query_norm == "layernorm" ? QueryNorm::kLayer
-                                          : QueryNorm::kNone;
+  s.qnorm = f.peer.query_norm == PeerFfnConfig::QueryNorm::kBatchNorm   ? QueryNorm::kBatch
+            : f.peer.query_norm == PeerFfnConfig::QueryNorm::kLayerNorm ? QueryNorm::kLayer
+                                                                        : QueryNorm::kNone;
   return s;
 }
 
