@@ -9,41 +9,16 @@
 #include <string>
 #include <vector>
 
+#include "../train_util.h"
 #include "moe/core/file_io.h"
 #include "moe/train/trainer.h"
 
 using namespace moe;
+using moe::testing::make_data;
+using moe::testing::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    path = (fs::temp_directory_path() /
-            ("moe_test_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-// Small train/val splits of English-like text.
-void make_data(const std::string& dir) {
-  const char* words[] = {"the", "jury", "said", "that", "city", "election", "was", "in", "a"};
-  for (const char* split : {"train", "val"}) {
-    std::string text;
-    uint32_t x = split[0];
-    for (int i = 0; i < (split[0] == 't' ? 4000 : 600); ++i) {
-      x = x * 1664525u + 1013904223u;
-      text += words[(x >> 16) % 9];
-      text += (i % 11 == 10) ? " .\n" : " ";
-    }
-    write_file_atomic(dir + "/" + split + ".txt", text);
-  }
-}
 
 Config tiny_config(const std::string& dir, int steps, int log_every, int eval_every,
                    int checkpoint_every) {

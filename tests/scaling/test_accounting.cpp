@@ -1,0 +1,45 @@
+// The accountant against the allocated model: parameter counts equal what the Transformer
+// allocates, FLOPs equal a hand count.
+#include <gtest/gtest.h>
+
+#include "../train_util.h"
+#include "moe/model/transformer.h"
+#include "moe/scaling/accounting.h"
+
+using namespace moe;
+using namespace moe::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+TEST(Accounting, CountsEqualAllocatedParameters) {
+  for (
+      const char* text :
+      {R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 4}})",
+       R"({"model": {"d_model": 48, "n_layers": 3, "n_heads": 6, "n_kv_heads": 2, "qk_norm": true, "tie_embeddings": false}})",
+       R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "head_dim": 24, "ffn": {"activation": "gelu", "d_ff": 80}}})",
+       R"({"model": {"d_model": 32, "n_layers": 3, "n_heads": 4, "ffn_overrides": {"1": {"activation": "gelu", "d_ff": 40}}}})"}) {
+    Config c = config_from_json(nlohmann::json::parse(text), "test");
+    Transformer m(c.model, 1, 4);
+    int64_t allocated = 0;
+    for (auto& p : m.params().all()) allocated += int64_t(p.numel);
+    ModelCount mc = count_model(c.model, 16);
+    EXPECT_EQ(mc.total, allocated) << text;
+    EXPECT_EQ(mc.active, mc.total) << text;  // dense: every parameter is active
+  }
+}
+
+TEST(Accounting, FlopsMatchHandCount) {
+  // C=32, L=2, 4 heads of 8, byte vocab, SwiGLU d_ff=64, tied, T=16.
+  Config c = config_from_json(
+      nlohmann::json::parse(
+          R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 4, "ffn": {"d_ff": 64}}, "train": {"seq_len": 16}})"),
+      "test");
+  ModelCount m = count_model(c.model, 16);
+  const double attn = 2 * 4.0 * 32 * 32, ffn = 2 * 3.0 * 32 * 64, head = 256.0 * 32;
+  EXPECT_DOUBLE_EQ(m.flops_matmul_fwd, 2 * (attn + ffn + head));
+  EXPECT_DOUBLE_EQ(m.flops_attention_fwd, 2 * 2 * 2 * 32 * 17 / 2.0);
+  EXPECT_DOUBLE_EQ(m.flops_train, 3 * (m.flops_matmul_fwd + m.flops_attention_fwd));
+}
+
+}  // namespace

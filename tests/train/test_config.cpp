@@ -1,0 +1,82 @@
+// Config errors name the field, value and what is allowed; ffn_overrides block patterns; --set.
+#include <gtest/gtest.h>
+
+#include "../error_util.h"
+#include "../train_util.h"
+#include "moe/core/error.h"
+#include "moe/train/config.h"
+
+using namespace moe;
+using namespace moe::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+TEST(Config, UnknownAndInvalidFieldsAreNamed) {
+  auto err = [](const char* text) {
+    return error_of([&] { config_from_json(nlohmann::json::parse(text), "cfg.json"); });
+  };
+  std::string e = err(R"({"model": {"d_modle": 64}})");
+  EXPECT_NE(e.find("unknown field model.d_modle"), std::string::npos) << e;
+  e = err(R"({"train": {"lr": "fast"}})");
+  EXPECT_NE(e.find("train.lr"), std::string::npos) << e;
+  EXPECT_NE(e.find("\"fast\""), std::string::npos) << e;
+  e = err(R"({"model": {"n_heads": 4, "n_kv_heads": 3}})");
+  EXPECT_NE(e.find("n_kv_heads"), std::string::npos) << e;
+  e = err(R"({"model": {"ffn": {"activation": "relu"}}})");
+  EXPECT_NE(e.find("swiglu, gelu"), std::string::npos) << e;
+  e = err(R"({"train": {"seq_len": 512}})");
+  EXPECT_NE(e.find("max_seq_len"), std::string::npos) << e;
+  e = err(R"({"train": {"beta2": 1.0}})");
+  EXPECT_NE(e.find("train.beta2"), std::string::npos) << e;
+  e = err(R"([1, 2])");
+  EXPECT_NE(e.find("expected a JSON object"), std::string::npos) << e;
+}
+
+TEST(Config, BlockPatternsOfFfnOverrides) {
+  // Which blocks are MoE, for a 6-block model: "every other block", "all but the first", lists.
+  auto kinds = [](const char* key) {
+    nlohmann::json j = nlohmann::json::parse(
+        R"({"model": {"n_layers": 6, "ffn_overrides": {")" + std::string(key) +
+        R"(": {"kind": "moe", "num_experts": 4, "top_k": 2}}}})");
+    Config c = config_from_json(j, "cfg.json");
+    std::string s;
+    for (int l = 0; l < 6; ++l) s += c.model.ffn_for(l).kind == FfnConfig::Kind::kMoe ? 'M' : 'd';
+    return s;
+  };
+  EXPECT_EQ(kinds("1::2"), "dMdMdM");
+  EXPECT_EQ(kinds("::2"), "MdMdMd");
+  EXPECT_EQ(kinds("1:"), "dMMMMM");
+  EXPECT_EQ(kinds(":2"), "MMdddd");
+  EXPECT_EQ(kinds("2:5"), "ddMMMd");
+  EXPECT_EQ(kinds("0,5"), "MddddM");
+  EXPECT_EQ(kinds("3"), "dddMdd");
+  for (const char* bad : {"6", "a:b", "1:2:0", "1:2:3:4", "-1", "1,,2", ""}) {
+    const std::string e = error_of([&] { kinds(bad); });
+    EXPECT_NE(e.find("model.ffn_overrides"), std::string::npos) << bad << ": " << e;
+  }
+  // One block in two keys is ambiguous: refused.
+  const std::string e = error_of([&] {
+    config_from_json(nlohmann::json::parse(R"({"model": {"n_layers": 4, "ffn_overrides":
+        {"1::2": {"kind": "moe"}, "3": {"kind": "peer", "num_experts": 16}}}})"),
+                     "cfg.json");
+  });
+  EXPECT_NE(e.find("block 3 is given twice"), std::string::npos) << e;
+}
+
+TEST(Config, SetOverridesAreAppliedAndValidated) {
+  nlohmann::json j = nlohmann::json::object();
+  apply_override(j, "train.lr=0.0003");
+  apply_override(j, "model.ffn.activation=gelu");
+  apply_override(j, "model.qk_norm=true");
+  Config c = config_from_json(j, "--set");
+  EXPECT_FLOAT_EQ(c.train.lr, 3e-4f);
+  EXPECT_EQ(c.model.ffn.activation, Activation::kGELU);
+  EXPECT_TRUE(c.model.qk_norm);
+  nlohmann::json k = nlohmann::json::object();
+  apply_override(k, "train.nope=1");
+  EXPECT_NE(error_of([&] { config_from_json(k, "--set"); }).find("train.nope"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(k, "noequals"); }).find("key=value"), std::string::npos);
+}
+
+}  // namespace
