@@ -20,6 +20,7 @@
 #include "moe/scaling/laws.h"
 #include "moe/train/compare.h"
 #include "moe/train/sweep.h"
+#include "world.h"
 
 namespace moe::cli {
 

@@ -14,6 +14,7 @@
 #include "moe/train/checkpoint.h"
 #include "moe/train/trainer.h"
 #include "train_progress.h"
+#include "world.h"
 
 namespace moe::cli {
 

@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "moe/core/error.h"
 #include "moe/dist/communicator.h"
+#include "world.h"
 
 extern "C" char* openblas_get_corename(void);
 
@@ -53,7 +54,7 @@ int main(int argc, char** argv) {
   moe::cli::register_sweep(app);
   moe::cli::register_compare(app);
   try {
-    moe::set_world(moe::make_communicator(&argc, &argv));
+    moe::cli::set_world(moe::make_communicator(&argc, &argv, moe::cli::launched_by_mpirun()));
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     // --help and --help-all arrive as "errors" with exit code 0: CLI11 prints them. A real
@@ -76,10 +77,10 @@ int main(int argc, char** argv) {
     return e.get_exit_code();
   } catch (const std::exception& e) {
     std::fflush(stdout);
-    if (moe::world().size() > 1) {
-      fmt::print(stderr, "moe: error (rank {}): {}\n", moe::world().rank(), e.what());
+    if (moe::cli::world().size() > 1) {
+      fmt::print(stderr, "moe: error (rank {}): {}\n", moe::cli::world().rank(), e.what());
       std::fflush(stderr);
-      moe::world().abort(1);
+      moe::cli::world().abort(1);
     }
     fmt::print(stderr, "moe: error: {}\n", e.what());
     return 1;

@@ -1,7 +1,6 @@
 #include "moe/dist/communicator.h"
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "moe/core/error.h"
 
@@ -28,11 +27,6 @@ class SingleProcess final : public Communicator {
   std::string describe() const override { return "single process"; }
 };
 
-std::unique_ptr<Communicator>& world_ptr() {
-  static std::unique_ptr<Communicator> w = make_single_process_communicator();
-  return w;
-}
-
 }  // namespace
 
 std::unique_ptr<Communicator> make_single_process_communicator() {
@@ -43,9 +37,7 @@ std::unique_ptr<Communicator> make_single_process_communicator() {
 std::unique_ptr<Communicator> make_mpi_communicator(int* argc, char*** argv);
 #endif
 
-std::unique_ptr<Communicator> make_communicator(int* argc, char*** argv) {
-  const bool launched =
-      std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") || std::getenv("PMIX_RANK");
+std::unique_ptr<Communicator> make_communicator(int* argc, char*** argv, bool launched) {
 #ifdef MOE_HAVE_MPI
   if (launched) return make_mpi_communicator(argc, argv);
 #else
@@ -67,8 +59,5 @@ Communicator& single_process_communicator() {
   static const std::unique_ptr<Communicator> alone = make_single_process_communicator();
   return *alone;
 }
-
-Communicator& world() { return *world_ptr(); }
-void set_world(std::unique_ptr<Communicator> c) { world_ptr() = std::move(c); }
 
 }  // namespace moe

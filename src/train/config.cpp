@@ -42,15 +42,15 @@ json Config::to_json() const { return config_fields().to_json(*this); }
 
 void apply_override(json& j, const std::string& assignment) {
   const auto eq = assignment.find('=');
-  MOE_CHECK(eq != std::string::npos && eq > 0, "--set {}: expected key=value, e.g. train.lr=3e-4",
-            assignment);
+  MOE_CHECK(eq != std::string::npos && eq > 0,
+            "override '{}': expected key=value, e.g. train.lr=3e-4", assignment);
   const std::string key = assignment.substr(0, eq), value = assignment.substr(eq + 1);
   json* node = &j;
   size_t start = 0;
   while (true) {
     const size_t dot = key.find('.', start);
     const std::string part = key.substr(start, dot == std::string::npos ? dot : dot - start);
-    MOE_CHECK(!part.empty(), "--set {}: empty component in key '{}'", assignment, key);
+    MOE_CHECK(!part.empty(), "override '{}': empty component in key '{}'", assignment, key);
     if (!node->is_object()) *node = json::object();
     node = &(*node)[part];
     if (dot == std::string::npos) break;

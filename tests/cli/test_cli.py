@@ -53,7 +53,7 @@ class Cli(unittest.TestCase):
                                              "router": {"kind": "nope"}}}}, f)
             self.assert_one_line_error(run("params", "--config", bad), "router.kind", "nope")
             self.assert_one_line_error(run("params", "--config", bad, "--set", "model"),
-                                       "--set")
+                                       "override 'model'", "key=value")
             self.assert_one_line_error(
                 run("eval", "--checkpoint", os.path.join(d, "none.safetensors")),
                 "none.safetensors")

@@ -35,7 +35,7 @@ TEST(Compare, EqualFlopBudgetsAndResumableResults) {
   o.flops = 3e8;
   o.configs = {write_cfg("small", {{"d_ff", 32}}), write_cfg("big", {{"d_ff", 256}})};
   o.out_dir = d.path + "/cmp";
-  auto r = run_compare(o, world());
+  auto r = run_compare(o, single_process_communicator());
   ASSERT_EQ(r.size(), 2u);
   for (auto& j : r) {
     // Each run spends the budget to within one step.
@@ -46,7 +46,8 @@ TEST(Compare, EqualFlopBudgetsAndResumableResults) {
   }
   EXPECT_GT(r[0]["steps"].get<int64_t>(),
             r[1]["steps"].get<int64_t>());  // cheaper model, more steps
-  auto again = run_compare(o, world());     // resumable: read back, not retrained
+  auto again =
+      run_compare(o, single_process_communicator());  // resumable: read back, not retrained
   EXPECT_EQ(again[1]["wall_s"], r[1]["wall_s"]);
 }
 

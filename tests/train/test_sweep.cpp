@@ -31,7 +31,7 @@ TEST(Sweep, AppendsOneLinePerRunAndResumesBySkippingFinishedRuns) {
                                           {"granularity", {1, 2}},
                                           {"expansion", 2}})
                               .dump());
-  SweepSummary a = run_sweep(grid, world());
+  SweepSummary a = run_sweep(grid, single_process_communicator());
   EXPECT_EQ(a.ran, 4);
   const std::string text = read_file(a.runs_file);
   EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 4);
@@ -42,7 +42,7 @@ TEST(Sweep, AppendsOneLinePerRunAndResumesBySkippingFinishedRuns) {
   // N: non-embedding, router excluded: 1 block of d=64 with 2·G experts of width 256/G (GELU)
   // = attention 4·64² + FFN 2·64·256·2 + norms 3·64.
   EXPECT_EQ(first["N"].get<double>(), 4.0 * 64 * 64 + 2.0 * 64 * 256 * 2 + 3 * 64);
-  SweepSummary b = run_sweep(grid, world());
+  SweepSummary b = run_sweep(grid, single_process_communicator());
   EXPECT_EQ(b.ran, 0);
   EXPECT_EQ(b.skipped, 4);
 }

@@ -24,9 +24,9 @@ namespace {
 TEST(Training, SameSeedGivesBitIdenticalLosses) {
   TempDir d;
   make_data(d.path);
-  Trainer a(tiny_config(d.path, d.path + "/a"), world());
+  Trainer a(tiny_config(d.path, d.path + "/a"), single_process_communicator());
   a.run();
-  Trainer b(tiny_config(d.path, d.path + "/b"), world());
+  Trainer b(tiny_config(d.path, d.path + "/b"), single_process_communicator());
   b.run();
   ASSERT_EQ(a.losses().size(), 12u);
   for (std::size_t i = 0; i < a.losses().size(); ++i) EXPECT_EQ(a.losses()[i], b.losses()[i]) << i;
@@ -50,13 +50,13 @@ void check_resume(const std::string& dir, const std::function<void(Config&)>& ed
   Config full_cfg = tiny_config(dir, dir + "/full"), part_cfg = tiny_config(dir, dir + "/part");
   edit(full_cfg);
   edit(part_cfg);
-  Trainer full(full_cfg, world());
+  Trainer full(full_cfg, single_process_communicator());
   full.run();
-  Trainer first(part_cfg, world(), {.stop_after = 5});
+  Trainer first(part_cfg, single_process_communicator(), {.stop_after = 5});
   TrainResult r1 = first.run();
   EXPECT_TRUE(r1.interrupted);
   EXPECT_EQ(r1.steps_done, 5);
-  Trainer second(part_cfg, world(), {.resume = r1.checkpoint});
+  Trainer second(part_cfg, single_process_communicator(), {.resume = r1.checkpoint});
   TrainResult r2 = second.run();
   EXPECT_EQ(r2.steps_done, 12);
   ASSERT_EQ(second.losses().size(), 7u);
@@ -114,7 +114,7 @@ TEST(Training, NanLossStopsNamingTheStepAndKeepsNoBadCheckpoint) {
   cfg.train.min_lr = 0;
   cfg.train.warmup_steps = 0;
   cfg.train.grad_clip = 0;
-  Trainer t(cfg, world());
+  Trainer t(cfg, single_process_communicator());
   try {
     t.run();
     FAIL() << "expected an error";
@@ -129,7 +129,8 @@ TEST(Training, AStopRequestSavesACheckpointThatResumes) {
   make_data(d.path);
   // As if the user pressed Ctrl-C before the first step finished (`moe train` asks its signal
   // handler's flag).
-  Trainer t(tiny_config(d.path, d.path + "/int"), world(), {.stop_requested = [] { return true; }});
+  Trainer t(tiny_config(d.path, d.path + "/int"), single_process_communicator(),
+            {.stop_requested = [] { return true; }});
   TrainResult r = t.run();
   EXPECT_TRUE(r.interrupted);
   EXPECT_EQ(r.steps_done, 1);
@@ -143,7 +144,7 @@ TEST(Training, FrozenParametersStayBitIdentical) {
   Config cfg = tiny_config(d.path, d.path + "/fz");
   cfg.train.freeze = {"*.attn.*", "embed.weight"};
   cfg.train.steps = 3;
-  Trainer t(cfg, world());
+  Trainer t(cfg, single_process_communicator());
   std::map<std::string, std::vector<float>> before;
   for (auto& p : t.model().params().all()) before[p.name] = std::vector<float>(p.w, p.w + p.numel);
   t.run();
@@ -154,7 +155,8 @@ TEST(Training, FrozenParametersStayBitIdentical) {
   }
   Config bad = cfg;
   bad.train.freeze = {"*.expertz.*"};
-  EXPECT_NE(error_of([&] { Trainer x(bad, world()); }).find("expertz"), std::string::npos);
+  EXPECT_NE(error_of([&] { Trainer x(bad, single_process_communicator()); }).find("expertz"),
+            std::string::npos);
 }
 
 TEST(Training, GradientAccumulationEqualsOneLargeBatch) {
@@ -196,7 +198,7 @@ TEST(Training, BpeTokenizerTrainsAndEvaluatesInBitsPerByte) {
   cfg.tokenizer.vocab_size = 300;
   cfg.model.vocab_size = 300;
   cfg.train.steps = 4;
-  Trainer t(cfg, world());
+  Trainer t(cfg, single_process_communicator());
   TrainResult r = t.run();
   EXPECT_EQ(t.tokenizer().kind(), "bpe");
   EXPECT_TRUE(file_exists(d.path + "/bpe/tokenizer.blob"));

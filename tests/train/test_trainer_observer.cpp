@@ -87,7 +87,7 @@ TEST(TrainerObserver, ReportsTheRunInOrderWithTheLoggedValues) {
   TempDir d;
   make_data(d.path);
   Recorder rec;
-  Trainer t(tiny_config(d.path, 10, 3, 4, 5), world(), {}, rec);
+  Trainer t(tiny_config(d.path, 10, 3, 4, 5), single_process_communicator(), {}, rec);
   const TrainResult r = t.run();
   const std::string out = d.path + "/run";
   const std::vector<std::string> expected = {
@@ -140,7 +140,7 @@ TEST(TrainerObserver, AStopRequestStopsAfterItsStepWithLastSaved) {
   // The caller asks to stop while step 3 runs (here: when step 3's log line arrives).
   TrainOptions opts;
   opts.stop_requested = [&] { return !rec.logs.empty() && rec.logs.back().step >= 3; };
-  Trainer t(tiny_config(d.path, 10, 1, 0, 0), world(), opts, rec);
+  Trainer t(tiny_config(d.path, 10, 1, 0, 0), single_process_communicator(), opts, rec);
   const TrainResult r = t.run();
   const std::string last = d.path + "/run/last.safetensors";
   const std::vector<std::string> expected = {

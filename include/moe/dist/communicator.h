@@ -41,16 +41,13 @@ class Communicator {
 bool same_on_all_ranks(Communicator& c, uint64_t value);
 
 std::unique_ptr<Communicator> make_single_process_communicator();
-// MPI when available and launched under mpirun; calls MPI_Init (and MPI_Finalize at exit).
-std::unique_ptr<Communicator> make_communicator(int* argc, char*** argv);
+// MPI when `launched` (the process was started by mpirun: the caller reads that from the
+// launcher's environment) and built in; calls MPI_Init (and MPI_Finalize at exit). Otherwise a
+// single process; launched without MPI built in is an error.
+std::unique_ptr<Communicator> make_communicator(int* argc, char*** argv, bool launched);
 
 // A communicator of one process (rank 0 of 1, every collective a no-op): what a model that runs
 // or trains alone is given. Holds no state, so sharing the one instance is harmless.
 Communicator& single_process_communicator();
-
-// The process-wide communicator: set once by main(), single-process by default (tests). Only
-// src/cli/ and tests reach for it; every layer below is handed the communicator it works with.
-Communicator& world();
-void set_world(std::unique_ptr<Communicator> c);
 
 }  // namespace moe
