@@ -44,7 +44,8 @@ template <typename A, typename B>
   double worst = -1;
   std::size_t wi = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
-    const double excess = std::abs(double(a[i]) - double(b[i])) - (atol + rtol * std::abs(double(b[i])));
+    const double excess =
+        std::abs(double(a[i]) - double(b[i])) - (atol + rtol * std::abs(double(b[i])));
     if (!(excess <= 0) && (worst < 0 || excess > worst || std::isnan(excess))) {
       worst = std::isnan(excess) ? 1e300 : excess;
       wi = i;

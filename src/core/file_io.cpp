@@ -51,8 +51,9 @@ void write_file_atomic(const std::string& path, const std::function<void(std::FI
     MOE_FAIL("{}: cannot rename temporary file into place ({})", path, std::strerror(e));
   }
   // Make the rename itself durable.
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
+  // (A path, not `dir = "."`: GCC 12 flags that assignment with a false -Wrestrict.)
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (dir.empty()) dir = std::filesystem::path(".");
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (fd >= 0) {
     ::fsync(fd);

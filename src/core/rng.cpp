@@ -20,9 +20,9 @@ std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> c, std::array<uint32_
 uint32_t Rng::u32(uint64_t i) const {
   // One Philox call yields 4 words: counter = (i/4, stream), key = seed.
   const uint64_t block = i >> 2;
-  auto r = philox4x32({uint32_t(block), uint32_t(block >> 32), uint32_t(stream_),
-                       uint32_t(stream_ >> 32)},
-                      {uint32_t(seed_), uint32_t(seed_ >> 32)});
+  auto r = philox4x32(
+      {uint32_t(block), uint32_t(block >> 32), uint32_t(stream_), uint32_t(stream_ >> 32)},
+      {uint32_t(seed_), uint32_t(seed_ >> 32)});
   return r[i & 3];
 }
 

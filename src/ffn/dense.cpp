@@ -1,7 +1,8 @@
 #include "moe/ffn/dense.h"
 
-#include <cmath>
 #include <fmt/format.h>
+
+#include <cmath>
 
 #include "moe/nn/activations.h"
 #include "moe/nn/linear.h"

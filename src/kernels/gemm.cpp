@@ -33,7 +33,9 @@ void gemm<double>(bool ta, bool tb, int M, int N, int K, double alpha, const dou
 std::string blas_info() {
   const int par = openblas_get_parallel();
   return fmt::format("{} ({}, core {}, {} OpenMP threads)", openblas_get_config(),
-                     par == 2 ? "OpenMP build" : par == 1 ? "pthread build" : "serial build",
+                     par == 2   ? "OpenMP build"
+                     : par == 1 ? "pthread build"
+                                : "serial build",
                      openblas_get_corename(), omp_get_max_threads());
 }
 

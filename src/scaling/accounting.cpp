@@ -52,8 +52,8 @@ ModelCount count_model(const ModelConfig& cfg, int seq_len) {
     const MoeFfnConfig& mo = f.moe;
     using Router = RouterConfig::Kind;
     const int64_t E = mo.num_experts, H = mo.d_expert, S = mo.shared_experts;
-    const int64_t router = E * C * (mo.router.kind == Router::kNoisyTopK ? 2 : 1) +
-                           (mo.router.bias_balance ? E : 0);
+    const int64_t router =
+        E * C * (mo.router.kind == Router::kNoisyTopK ? 2 : 1) + (mo.router.bias_balance ? E : 0);
     const int64_t expert = mats * C * H;
     // Experts a token uses: k for token choice; on average capacity_factor for expert choice.
     const double per_token =
@@ -75,8 +75,8 @@ ModelCount count_model(const ModelConfig& cfg, int seq_len) {
   c.flops_matmul_fwd = 2 * matmul + 2 * router_flop_params + peer_retrieval_fwd;
   c.flops_attention_fwd = double(L) * 2 * 2 * double(Dq) * (seq_len + 1) / 2.0;
   c.flops_fwd = c.flops_matmul_fwd + c.flops_attention_fwd;
-  c.flops_train = 6 * matmul + 14 * router_flop_params + 3 * peer_retrieval_fwd +
-                  3 * c.flops_attention_fwd;
+  c.flops_train =
+      6 * matmul + 14 * router_flop_params + 3 * peer_retrieval_fwd + 3 * c.flops_attention_fwd;
   return c;
 }
 

@@ -30,8 +30,10 @@ std::vector<RunPoint> read_runs(const std::string& path) {
         MOE_CHECK(!required, "{}:{}: field {} missing", path, no, k);
         return;
       }
-      MOE_CHECK(j[k].is_number() && j[k].get<double>() > 0, "{}:{}: field {}: got {}, expected "
-                "a positive number", path, no, k, j[k].dump());
+      MOE_CHECK(j[k].is_number() && j[k].get<double>() > 0,
+                "{}:{}: field {}: got {}, expected "
+                "a positive number",
+                path, no, k, j[k].dump());
       v = j[k].get<double>();
     };
     num("N", p.N, true);
@@ -56,8 +58,14 @@ struct Problem {
 };
 
 Law law_of(const double* v, bool with_g) {
-  return {"fit", std::exp(v[0]), v[1], std::exp(v[2]), v[3], with_g ? std::exp(v[4]) : 0.0,
-          with_g ? v[5] : 0.0, v[6]};
+  return {"fit",
+          std::exp(v[0]),
+          v[1],
+          std::exp(v[2]),
+          v[3],
+          with_g ? std::exp(v[4]) : 0.0,
+          with_g ? v[5] : 0.0,
+          v[6]};
 }
 
 double objective(unsigned n, const double* v, double* grad, void* data) {
@@ -102,8 +110,7 @@ Law fit_points(const std::vector<RunPoint>& pts, bool with_g, double weight_deca
       for (double lb_ : {1.0, 4.0})
         for (double be : {0.1, 0.3})
           for (double cf : {0.5}) {
-            double v[7] = {la, al, lb_, be, with_g ? 0.0 : -8.0, with_g ? 0.5 : 0.0,
-                           cf * min_loss};
+            double v[7] = {la, al, lb_, be, with_g ? 0.0 : -8.0, with_g ? 0.5 : 0.0, cf * min_loss};
             nlopt_opt opt = nlopt_create(NLOPT_LN_BOBYQA, 7);
             double lo[7], hi[7];
             std::copy(lb, lb + 7, lo);
@@ -167,9 +174,13 @@ FitResult fit_law(const std::vector<RunPoint>& pts, bool with_g, int bootstrap, 
   MOE_CHECK(!failed, "a bootstrap refit failed");
   std::map<std::string, std::vector<double>> samples;
   for (const Law& l : fits)
-    for (auto [k, v] : std::initializer_list<std::pair<const char*, double>>{
-             {"a", l.a}, {"alpha", l.alpha}, {"b", l.b}, {"beta", l.beta}, {"g", l.g},
-             {"gamma", l.gamma}, {"c", l.c}})
+    for (auto [k, v] : std::initializer_list<std::pair<const char*, double>>{{"a", l.a},
+                                                                             {"alpha", l.alpha},
+                                                                             {"b", l.b},
+                                                                             {"beta", l.beta},
+                                                                             {"g", l.g},
+                                                                             {"gamma", l.gamma},
+                                                                             {"c", l.c}})
       samples[k].push_back(v);
   for (auto& [k, v] : samples) {
     std::sort(v.begin(), v.end());

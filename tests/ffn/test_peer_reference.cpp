@@ -43,9 +43,16 @@ TEST_P(PeerReference, MatchesPyTorch) {
   auto pp = [&](const char* n) -> double* { return P.count(n) ? P[n].data() : nullptr; };
   auto gp = [&](const char* n) -> double* { return G.count(n) ? G[n].data() : nullptr; };
   std::vector<double> rm(D, 0.0), rv(D, 1.0);
-  PeerParams<double> p{pp("query.weight"), pp("query.bias"), pp("query_norm.weight"),
-                       pp("query_norm.bias"), pp("keys1"), pp("keys2"), pp("u"), pp("v"),
-                       rm.data(), rv.data()};
+  PeerParams<double> p{pp("query.weight"),
+                       pp("query.bias"),
+                       pp("query_norm.weight"),
+                       pp("query_norm.bias"),
+                       pp("keys1"),
+                       pp("keys2"),
+                       pp("u"),
+                       pp("v"),
+                       rm.data(),
+                       rv.data()};
   PeerLayer<double> layer(s);
   Arena m;
   layer.bind(m, N);

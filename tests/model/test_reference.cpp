@@ -38,8 +38,7 @@ TEST_P(Reference, ForwardBackwardAndTenAdamWSteps) {
   std::size_t n_fixture_params = 0;
   for (auto& n : r.names()) n_fixture_params += n.rfind("param.", 0) == 0;
   ASSERT_EQ(model.params().all().size(), n_fixture_params);
-  for (Param& p : model.params().all())
-    r.read_into("param." + p.name, DType::F32, p.shape, p.w);
+  for (Param& p : model.params().all()) r.read_into("param." + p.name, DType::F32, p.shape, p.w);
 
   StepInfo info;
   const double loss_logits_pass = model.forward(tokens.data(), targets.data(), B, T, info, 0.f);

@@ -17,14 +17,14 @@ TEST(ScalingFit, RecoversKnownCoefficientsFromNoisyRuns) {
   std::vector<RunPoint> pts;
   for (double N : {1e7, 3e7, 1e8, 3e8, 1e9, 3e9})
     for (double D : {1e9, 3e9, 1e10, 3e10, 1e11})
-      for (double G : {1.0, 4.0, 16.0})
-        pts.push_back({N, D, G, truth.loss(N, D, G) + noise(gen)});
+      for (double G : {1.0, 4.0, 16.0}) pts.push_back({N, D, G, truth.loss(N, D, G) + noise(gen)});
   FitResult r = fit_law(pts, true, 8, 1);
   // The residual error is the noise level; predictions agree with the true law everywhere on
   // the grid and beyond it (a 10× larger model and dataset).
   EXPECT_LT(r.rmse, 0.0075);
   EXPECT_LT(r.heldout_rmse, 0.01);
-  for (const RunPoint& p : pts) EXPECT_NEAR(r.law.loss(p.N, p.D, p.G), truth.loss(p.N, p.D, p.G), 0.01);
+  for (const RunPoint& p : pts)
+    EXPECT_NEAR(r.law.loss(p.N, p.D, p.G), truth.loss(p.N, p.D, p.G), 0.01);
   EXPECT_NEAR(r.law.loss(3e10, 1e12, 8), truth.loss(3e10, 1e12, 8), 0.03);
   // The exponents are identified well by this grid; a and b trade off with them less tightly.
   EXPECT_NEAR(r.law.beta, truth.beta, 0.03);
@@ -35,7 +35,8 @@ TEST(ScalingFit, RecoversKnownCoefficientsFromNoisyRuns) {
 
 TEST(ScalingFit, RunsFileErrorsNameTheLineAndField) {
   const std::string p = ::testing::TempDir() + "/runs_bad.jsonl";
-  write_file_atomic(p, "{\"N\": 1e6, \"D\": 1e8, \"loss\": 3.1}\n{\"N\": -5, \"D\": 1e8, \"loss\": 3}\n");
+  write_file_atomic(
+      p, "{\"N\": 1e6, \"D\": 1e8, \"loss\": 3.1}\n{\"N\": -5, \"D\": 1e8, \"loss\": 3}\n");
   try {
     read_runs(p);
     FAIL();

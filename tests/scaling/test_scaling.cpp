@@ -2,12 +2,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "moe/core/error.h"
 #include "moe/scaling/accounting.h"
 #include "moe/scaling/laws.h"
 #include "moe/train/config.h"
-#include <nlohmann/json.hpp>
 
 using namespace moe;
 using namespace moe::scaling;
@@ -45,8 +45,11 @@ TEST(Planner, MeetsTheBudgetAndIsAMinimum) {
       EXPECT_GT(law.loss(q.n_total, F / q.flops_per_token, p.granularity), p.loss);
     }
     // Every other granularity's optimum is worse.
-    for (const Plan& q : per_g)
-      if (q.granularity != p.granularity) EXPECT_GT(q.loss, p.loss);
+    for (const Plan& q : per_g) {
+      if (q.granularity != p.granularity) {
+        EXPECT_GT(q.loss, p.loss);
+      }
+    }
     EXPECT_GT(p.granularity, 1);  // G = 1 is not optimal (Krajewski et al.)
   }
   // The optimal G grows with the budget.

@@ -25,7 +25,7 @@ class Error : public std::runtime_error {
 }  // namespace moe
 
 #define MOE_FAIL(...) ::moe::fail_at(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__))
-#define MOE_CHECK(cond, ...)                                     \
-  do {                                                           \
+#define MOE_CHECK(cond, ...)                                                     \
+  do {                                                                           \
     if (!(cond)) ::moe::fail_at(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__)); \
   } while (0)

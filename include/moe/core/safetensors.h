@@ -44,7 +44,8 @@ class SafeTensorsReader {
   void read_into(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                  void* dst) const;
   std::vector<float> read_f32(const std::string& name, std::vector<int64_t>* shape = nullptr) const;
-  std::vector<double> read_f64(const std::string& name, std::vector<int64_t>* shape = nullptr) const;
+  std::vector<double> read_f64(const std::string& name,
+                               std::vector<int64_t>* shape = nullptr) const;
   std::vector<int32_t> read_i32(const std::string& name,
                                 std::vector<int64_t>* shape = nullptr) const;
   const void* raw(const std::string& name) const;

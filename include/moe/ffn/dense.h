@@ -1,6 +1,6 @@
-// Dense FFN: SwiGLU  y = (silu(x·W_gateᵀ) ∘ x·W_upᵀ)·W_downᵀ   or   GELU  y = gelu(x·W_upᵀ)·W_downᵀ.
-// Parameters (checkpoint names under <prefix>): w_gate [H,C] (SwiGLU only), w_up [H,C],
-// w_down [C,H].
+// Dense FFN: SwiGLU  y = (silu(x·W_gateᵀ) ∘ x·W_upᵀ)·W_downᵀ   or   GELU  y =
+// gelu(x·W_upᵀ)·W_downᵀ. Parameters (checkpoint names under <prefix>): w_gate [H,C] (SwiGLU only),
+// w_up [H,C], w_down [C,H].
 #pragma once
 #include "moe/ffn/feed_forward.h"
 

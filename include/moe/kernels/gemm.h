@@ -8,8 +8,8 @@
 namespace moe {
 
 template <typename T>
-void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
-          const T* B, int ldb, T beta, T* C, int ldc);
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
+          int ldb, T beta, T* C, int ldc);
 
 // Checks at start-up that the OpenMP build of OpenBLAS is the one loaded (see CMakeLists.txt);
 // returns a description such as "OpenBLAS 0.3.21 (OpenMP, 2 threads, SkylakeX)".

@@ -47,7 +47,8 @@ template <typename T>
 void gelu_forward(T* out, const T* x, std::size_t n) {
   constexpr double kInvSqrt2 = 0.70710678118654752440;
 #pragma omp parallel for schedule(static) if (n > 65536)
-  for (std::size_t i = 0; i < n; ++i) out[i] = T(0.5) * x[i] * (T(1) + std::erf(x[i] * T(kInvSqrt2)));
+  for (std::size_t i = 0; i < n; ++i)
+    out[i] = T(0.5) * x[i] * (T(1) + std::erf(x[i] * T(kInvSqrt2)));
 }
 
 // dx [n] (written; may alias x).

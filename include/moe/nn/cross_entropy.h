@@ -10,8 +10,8 @@ namespace moe {
 // losses [N] (written, nats) for logits [N,V] and targets [N]. If dlogits is non-null it gets
 // (softmax − onehot)·scale (written; may alias logits): scale = 1/N for a mean loss.
 template <typename T>
-void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits,
-                                    const int32_t* targets, int N, int V, T scale) {
+void cross_entropy_forward_backward(T* losses, T* dlogits, const T* logits, const int32_t* targets,
+                                    int N, int V, T scale) {
 #pragma omp parallel for schedule(static) if (N > 16)
   for (int n = 0; n < N; ++n) {
     const T* z = logits + std::size_t(n) * V;

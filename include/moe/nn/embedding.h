@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+
 #include "moe/core/threading.h"
 
 namespace moe {

@@ -16,7 +16,8 @@ void linear_forward(T* out, const T* inp, const T* W, int N, int I, int O) {
 template <typename T>
 void linear_backward(T* dinp, T* dW, const T* dout, const T* inp, const T* W, int N, int I, int O,
                      bool accumulate_dinp) {
-  if (dinp) gemm<T>(false, false, N, I, O, T(1), dout, O, W, I, T(accumulate_dinp ? 1 : 0), dinp, I);
+  if (dinp)
+    gemm<T>(false, false, N, I, O, T(1), dout, O, W, I, T(accumulate_dinp ? 1 : 0), dinp, I);
   gemm<T>(true, false, O, I, N, T(1), dout, O, inp, I, T(1), dW, I);
 }
 

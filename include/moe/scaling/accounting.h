@@ -28,7 +28,7 @@ struct ModelCount {
   int64_t shared = 0;      // shared expert parameters
   int64_t head = 0;        // 0 when tied
   int64_t total = 0;
-  int64_t active = 0;      // all but the routed experts a token does not use
+  int64_t active = 0;              // all but the routed experts a token does not use
   double flops_matmul_fwd = 0;     // per token
   double flops_attention_fwd = 0;  // per token, causal mean over seq_len
   double flops_fwd = 0;            // per token, total

@@ -3,13 +3,13 @@
 // computes is fp32 or better (double in the gradient checks).
 //
 // Kinds (REFERENCE.md §1; drop order and conventions in docs/MOE.md):
-//   topk           softmax (or sigmoid) scores, top-k, gates renormalised over the k or not
-//   noisy_topk     Shazeer: top-k of r + ε·softplus(x·W_noiseᵀ), gates = softmax over the kept
-//   gshard         top-2 renormalised; in training the second expert is kept with prob. min(1,
-//   2·g₂) expert_choice  Zhou et al.: each expert takes its top-c tokens of each group (the tokens
-//   at one
-//                  position across the batch); gates = the softmax scores. Decoding one sequence
-//                  (B = 1) falls back to token-choice top-round(cf), unnormalised.
+// - topk: softmax (or sigmoid) scores, top-k, gates renormalised over the k or not.
+// - noisy_topk (Shazeer): top-k of r + ε·softplus(x·W_noiseᵀ); gates = softmax over the kept.
+// - gshard: top-2 renormalised; in training the second expert is kept with probability
+//   min(1, 2·g₂).
+// - expert_choice (Zhou et al.): each expert takes its top-c tokens of each group (the tokens at
+//   one position across the batch); gates = the softmax scores. Decoding one sequence (B = 1)
+//   falls back to token-choice top-round(cf), unnormalised.
 // Token-choice kinds may add the selection bias (bias_balance) to the keys of the top-k only.
 //
 // Capacity (token choice, cf > 0): cap = ⌈cf·N·k/E⌉ per expert over the (global) batch; kept in
