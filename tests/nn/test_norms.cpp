@@ -1,8 +1,8 @@
-// BatchNorm and LayerNorm (PEER's query norms): the templated ops run in double against plain
-// loops of their formulas, and their backward against central differences of L = Σ out·R (R
-// random), also in double; the = versus += contract of each output; BatchNorm's running
-// statistics in training and their use in evaluation; its data-parallel statistics. Tolerances as
-// in test_ops.cpp: central differences with h = 1e-6 on O(1) values err by ~1e-10, so 1e-6 catches
+// BatchNorm and LayerNorm (PEER's query norms) through the op-test harness (tests/op_test.h:
+// plain-loop references, central-difference gradients with = versus +=, float against double),
+// and what is not a forward/backward pair: the backward in place, BatchNorm's running statistics
+// in training and their use in evaluation, and its data-parallel statistics. Tolerances as in
+// test_ops.cpp: central differences with h = 1e-6 on O(1) values err by ~1e-10, so 1e-6 catches
 // any wrong term.
 #include <gtest/gtest.h>
 
@@ -11,6 +11,7 @@
 #include <string>
 
 #include "../grad_check.h"
+#include "../op_test.h"
 #include "moe/nn/batchnorm.h"
 #include "moe/nn/layernorm.h"
 
@@ -22,7 +23,97 @@ namespace {
 
 constexpr double kTol = 1e-6;
 
-TEST(Norms, BatchNormTrainingMatchesLoopsAndGradients) {
+// Training BatchNorm over the batch of N rows: y [N,D]; mean, rstd [D] saved; dx written, dw and
+// db accumulated.
+struct BatchNormOp {
+  int N, D;
+  double k_forward = N, k_backward = N;
+  static BatchNormOptions options() {
+    BatchNormOptions o;
+    o.eps = 1e-5;
+    return o;
+  }
+  std::vector<OpArg> args() const {
+    return {{"x", std::size_t(N) * D, GradMode::kWrite},
+            {"w", std::size_t(D), GradMode::kAccumulate, 0.5, 1.0},
+            {"b", std::size_t(D)}};
+  }
+  std::vector<OpOut> outs() const {
+    return {
+        {"y", std::size_t(N) * D}, {"mean", std::size_t(D), true}, {"rstd", std::size_t(D), true}};
+  }
+  template <typename T>
+  void forward(OpData<T>& d) const {
+    std::vector<double> sums(2 * D);
+    batchnorm_forward(d.y(0), d.y(1), d.y(2), (T*)nullptr, (T*)nullptr, d.x(0), d.x(1), d.x(2), N,
+                      D, true, options(), sums.data());
+  }
+  template <typename T>
+  void backward(OpData<T>& d) const {
+    std::vector<double> sums(2 * D);
+    std::vector<T> wb(2 * D);
+    batchnorm_backward(d.dx(0), d.dx(1), d.dx(2), d.dy(0), d.x(0), d.x(1), d.y(1), d.y(2), N, D,
+                       options(), sums.data(), wb.data());
+  }
+  void reference(OpData<double>& d) const {
+    const auto &x = d.in[0], &w = d.in[1], &b = d.in[2];
+    for (int f = 0; f < D; ++f) {
+      double m = 0, v = 0;
+      for (int n = 0; n < N; ++n) m += x[n * D + f] / N;
+      for (int n = 0; n < N; ++n) v += (x[n * D + f] - m) * (x[n * D + f] - m) / N;
+      for (int n = 0; n < N; ++n)
+        d.out[0][n * D + f] = (x[n * D + f] - m) / std::sqrt(v + options().eps) * w[f] + b[f];
+    }
+  }
+};
+
+// LayerNorm of each row of D in [N, G, D], group g's rows with w[g], b[g]: mean, rstd [N·G]
+// saved; dx written, dw and db accumulated.
+struct LayerNormOp {
+  int N, G, D;
+  double k_forward = D, k_backward = std::max(N, D);
+  static constexpr double kEps = 1e-5;
+  std::vector<OpArg> args() const {
+    const std::size_t n = std::size_t(N) * G * D, g = std::size_t(G) * D;
+    return {{"x", n, GradMode::kWrite}, {"w", g, GradMode::kAccumulate, 0.5, 1.0}, {"b", g}};
+  }
+  std::vector<OpOut> outs() const {
+    return {{"y", std::size_t(N) * G * D},
+            {"mean", std::size_t(N) * G, true},
+            {"rstd", std::size_t(N) * G, true}};
+  }
+  template <typename T>
+  void forward(OpData<T>& d) const {
+    layernorm_forward(d.y(0), d.y(1), d.y(2), d.x(0), d.x(1), d.x(2), N, G, D, T(kEps));
+  }
+  template <typename T>
+  void backward(OpData<T>& d) const {
+    layernorm_backward(d.dx(0), d.dx(1), d.dx(2), d.dy(0), d.x(0), d.x(1), d.y(1), d.y(2), N, G, D);
+  }
+  void reference(OpData<double>& d) const {
+    const auto &x = d.in[0], &w = d.in[1], &b = d.in[2];
+    for (int r = 0; r < N * G; ++r) {
+      double m = 0, v = 0;
+      for (int i = 0; i < D; ++i) m += x[r * D + i] / D;
+      for (int i = 0; i < D; ++i) v += (x[r * D + i] - m) * (x[r * D + i] - m) / D;
+      const int g = r % G;
+      for (int i = 0; i < D; ++i)
+        d.out[0][r * D + i] =
+            (x[r * D + i] - m) / std::sqrt(v + kEps) * w[g * D + i] + b[g * D + i];
+    }
+  }
+};
+
+}  // namespace
+
+MOE_OP_TEST(BatchNorm, BatchNormOp{7, 5});
+MOE_OP_TEST(BatchNormManyRows, BatchNormOp{300, 4});
+MOE_OP_TEST(LayerNorm, LayerNormOp{3, 2, 6});
+MOE_OP_TEST(LayerNormOneGroup, LayerNormOp{5, 1, 16});
+
+namespace {
+
+TEST(Norms, BatchNormTrainingUpdatesRunningStatisticsAndRunsInPlace) {
   const int N = 7, D = 5;
   V x = randn(N * D, 11), w = randn(D, 12), b = randn(D, 13), R = randn(N * D, 14);
   for (auto& v : w) v += 1.0;
@@ -42,21 +133,9 @@ TEST(Norms, BatchNormTrainingMatchesLoopsAndGradients) {
     EXPECT_NEAR(rm[f], 0.75 * rm0[f] + 0.25 * m, 1e-12);
     EXPECT_NEAR(rv[f], 0.75 * rv0[f] + 0.25 * v * N / (N - 1), 1e-12);  // unbiased
   }
-  auto loss = [&] {
-    V out(N * D), mu(D), rs(D), s(2 * D);
-    batchnorm_forward(out.data(), mu.data(), rs.data(), (double*)nullptr, (double*)nullptr,
-                      x.data(), w.data(), b.data(), N, D, true, o, s.data());
-    return dot(out, R);
-  };
   V dx(N * D, 99.0), dw(D, 0.5), db(D, -0.25), wb(2 * D);  // dx written, dw and db +=
   batchnorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), mean.data(),
                      rstd.data(), N, D, o, sums.data(), wb.data());
-  V gw = numeric_grad(w, loss), gb = numeric_grad(b, loss);
-  for (auto& v : gw) v += 0.5;
-  for (auto& v : gb) v -= 0.25;
-  EXPECT_TRUE(all_close("dx", dx, numeric_grad(x, loss), kTol, kTol));
-  EXPECT_TRUE(all_close("dw", dw, gw, kTol, kTol));
-  EXPECT_TRUE(all_close("db", db, gb, kTol, kTol));
   // In place (dinp = dout): the same dx.
   V inplace = R, dw2(D, 0.5), db2(D, -0.25);
   batchnorm_backward(inplace.data(), dw2.data(), db2.data(), inplace.data(), x.data(), w.data(),
@@ -133,36 +212,17 @@ TEST(Norms, BatchNormOnTwoRanksIsTheGlobalBatchsFunction) {
   EXPECT_TRUE(all_close("db", db, db2, 1e-12, 1e-12));
 }
 
-TEST(Norms, LayerNormPerGroupMatchesLoopsAndGradients) {
+TEST(Norms, LayerNormBackwardInPlace) {
+  // PEER normalises its queries in place: dinp = dout must give the same dx.
   const int N = 3, G = 2, D = 6;
   V x = randn(N * G * D, 31), w = randn(G * D, 32), b = randn(G * D, 33), R = randn(N * G * D, 34);
   for (auto& v : w) v += 1.0;
   const double eps = 1e-5;
   V y(N * G * D), mean(N * G), rstd(N * G);
   layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, G, D, eps);
-  for (int r = 0; r < N * G; ++r) {
-    double m = 0, v = 0;
-    for (int i = 0; i < D; ++i) m += x[r * D + i] / D;
-    for (int i = 0; i < D; ++i) v += (x[r * D + i] - m) * (x[r * D + i] - m) / D;
-    const int g = r % G;
-    for (int i = 0; i < D; ++i)
-      EXPECT_NEAR(y[r * D + i],
-                  (x[r * D + i] - m) / std::sqrt(v + eps) * w[g * D + i] + b[g * D + i], 1e-12);
-  }
-  auto loss = [&] {
-    V out(N * G * D), mu(N * G), rs(N * G);
-    layernorm_forward(out.data(), mu.data(), rs.data(), x.data(), w.data(), b.data(), N, G, D, eps);
-    return dot(out, R);
-  };
   V dx(N * G * D, 99.0), dw(G * D, 0.5), db(G * D, -0.25);  // dx written, dw and db +=
   layernorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), mean.data(),
                      rstd.data(), N, G, D);
-  V gw = numeric_grad(w, loss), gb = numeric_grad(b, loss);
-  for (auto& v : gw) v += 0.5;
-  for (auto& v : gb) v -= 0.25;
-  EXPECT_TRUE(all_close("dx", dx, numeric_grad(x, loss), kTol, kTol));
-  EXPECT_TRUE(all_close("dw", dw, gw, kTol, kTol));
-  EXPECT_TRUE(all_close("db", db, gb, kTol, kTol));
   V inplace = R, dw2(G * D, 0.5), db2(G * D, -0.25);
   layernorm_backward(inplace.data(), dw2.data(), db2.data(), inplace.data(), x.data(), w.data(),
                      mean.data(), rstd.data(), N, G, D);
