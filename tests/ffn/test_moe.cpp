@@ -6,9 +6,11 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 
 #include "../error_util.h"
 #include "../grad_check.h"
+#include "../op_test.h"
 #include "moe/core/error.h"
 #include "moe/ffn/moe/moe_layer.h"
 
@@ -126,6 +128,115 @@ void check_gradients(Layer& L, uint32_t seed) {
   }
 }
 
+// The layer as a declarative op (tests/op_test.h), one struct for every router kind: inputs x,
+// the router (and noise) weights, the experts' and the shared experts' weights; outputs y and
+// the aux + z loss. The harness's loss weight of that second output, r_aux, is the loss scale the
+// layer multiplies the aux/z gradients by, so L = Σ y·R + r_aux·(aux + z) and every gradient is
+// checked against central differences, and float against double. The layer keeps its routing
+// between forward and backward, so the op's backward reruns the forward on a fresh layer
+// (deterministic: the same routing) before it.
+struct MoeLayerOp {
+  MoeSpec spec;
+  int B, T;
+  // The chain's sums: the router product (C terms), the softmax (E), the experts' two products
+  // (C, then H); backward adds the weight gradients' sums over the N tokens.
+  double k_forward = spec.C + spec.E + spec.C + spec.H;
+  double k_backward = k_forward + B * T;
+  int N() const { return B * T; }
+  bool glu() const { return spec.act == Activation::kSwiGLU; }
+  std::vector<OpArg> args() const {
+    const std::size_t E = spec.E, C = spec.C, H = spec.H, S = spec.n_shared;
+    const double r = 3.0 / std::sqrt(double(C));  // well-separated router logits: no kinks
+    const bool noisy = spec.kind == RouterKind::kNoisyTopK;
+    return {{"x", std::size_t(N()) * C},
+            {"router", E * C, GradMode::kAccumulate, r},
+            {"w_noise", noisy ? E * C : 0, noisy ? GradMode::kAccumulate : GradMode::kNone, 0.3},
+            {"w_gate", glu() ? E * H * C : 0, GradMode::kAccumulate, 0.5},
+            {"w_up", E * H * C, GradMode::kAccumulate, 0.5},
+            {"w_down", E * C * H, GradMode::kAccumulate, 0.5},
+            {"s_gate", glu() ? S * H * C : 0, GradMode::kAccumulate, 0.5},
+            {"s_up", S * H * C, GradMode::kAccumulate, 0.5},
+            {"s_down", S * C * H, GradMode::kAccumulate, 0.5}};
+  }
+  std::vector<OpOut> outs() const { return {{"y", std::size_t(N()) * spec.C}, {"aux + z", 1}}; }
+  template <typename U>
+  static U* ptr(std::vector<U>& v) {
+    return v.empty() ? nullptr : v.data();
+  }
+  template <typename U>
+  void run_forward(MoeLayer<U>& layer, Arena& arena, OpData<U>& d) const {
+    Arena m;
+    layer.bind(m, B, T);
+    arena = Arena(m.used());
+    layer.bind(arena, B, T);
+    MoeStep<U> st = step_of<U>(B, T, true);
+    st.loss_scale = d.dout[1][0];
+    const std::vector<U> no_bias(spec.E, U(0));
+    layer.forward(d.y(0), d.x(0),
+                  {d.x(1), ptr(d.in[2]), no_bias.data(), ptr(d.in[3]), d.x(4), d.x(5), ptr(d.in[6]),
+                   ptr(d.in[7]), ptr(d.in[8])},
+                  st);
+    d.out[1][0] = U(layer.stats().aux_loss + layer.stats().z_loss);
+  }
+  template <typename U>
+  void forward(OpData<U>& d) const {
+    MoeLayer<U> layer(spec);
+    Arena arena;
+    run_forward(layer, arena, d);
+  }
+  template <typename U>
+  void backward(OpData<U>& d) const {
+    MoeLayer<U> layer(spec);
+    Arena arena;
+    OpData<U> f = d;
+    run_forward(layer, arena, f);
+    const std::vector<U> no_bias(spec.E, U(0));
+    layer.backward(d.dx(0),
+                   {d.dx(1), ptr(d.din[2]), ptr(d.din[3]), d.dx(4), d.dx(5), ptr(d.din[6]),
+                    ptr(d.din[7]), ptr(d.din[8])},
+                   d.dy(0), d.x(0),
+                   {d.x(1), ptr(d.in[2]), no_bias.data(), ptr(d.in[3]), d.x(4), d.x(5),
+                    ptr(d.in[6]), ptr(d.in[7]), ptr(d.in[8])});
+  }
+  // The double layer is the reference here: the layer's semantics are checked against PyTorch
+  // (test_moe_reference.cpp) and by the reductions below; the op checks its gradients and its
+  // float path.
+  void reference(OpData<double>& d) const { forward(d); }
+};
+
+MoeSpec with(MoeSpec s, const std::function<void(MoeSpec&)>& edit) {
+  edit(s);
+  return s;
+}
+
+}  // namespace
+
+MOE_OP_TEST(MoeTopKDropsSharedJitter, MoeLayerOp{with(spec_of(RouterKind::kTopK, 4, 2),
+                                                      [](MoeSpec& s) {
+                                                        s.capacity_factor = 1.0f;
+                                                        s.n_shared = 1;
+                                                        s.jitter = 0.1f;
+                                                      }),
+                                                 2, 4});
+MOE_OP_TEST(MoeSwitchTopOne, MoeLayerOp{with(spec_of(RouterKind::kTopK, 4, 1),
+                                             [](MoeSpec& s) { s.normalize = false; }),
+                                        2, 3});
+MOE_OP_TEST(MoeSigmoid,
+            MoeLayerOp{with(spec_of(RouterKind::kTopK, 5, 2), [](MoeSpec& s) { s.sigmoid = true; }),
+                       2, 3});
+MOE_OP_TEST(MoeNoisyTopK, MoeLayerOp{spec_of(RouterKind::kNoisyTopK, 4, 2), 2, 3});
+MOE_OP_TEST(MoeGShard, MoeLayerOp{with(spec_of(RouterKind::kGShard, 4, 2),
+                                       [](MoeSpec& s) { s.capacity_factor = 1.5f; }),
+                                  2, 3});
+MOE_OP_TEST(MoeExpertChoiceGelu, MoeLayerOp{with(spec_of(RouterKind::kExpertChoice, 4, 1),
+                                                 [](MoeSpec& s) {
+                                                   s.capacity_factor = 2.0f;
+                                                   s.act = Activation::kGELU;
+                                                 }),
+                                            4, 2});
+
+namespace {
+
 TEST(MoeGrad, TopKRenormalisedWithDropsSharedAndJitter) {
   MoeSpec s = spec_of(RouterKind::kTopK, 4, 2);
   s.capacity_factor = 1.0f;  // forces drops with these routings
@@ -146,27 +257,7 @@ TEST(MoeGrad, ExpertDropoutUsesOneMaskInForwardAndBackward) {
   check_gradients(L, 16);
 }
 
-TEST(MoeGrad, SwitchSigmoidNoisyGShardExpertChoiceGelu) {
-  MoeSpec sw = spec_of(RouterKind::kTopK, 4, 1);
-  sw.normalize = false;
-  Layer a(sw, 2, 3, 21);
-  check_gradients(a, 22);
-  MoeSpec sg = spec_of(RouterKind::kTopK, 5, 2);
-  sg.sigmoid = true;
-  Layer b(sg, 2, 3, 31);
-  check_gradients(b, 32);
-  Layer c(spec_of(RouterKind::kNoisyTopK, 4, 2), 2, 3, 41);
-  check_gradients(c, 42);
-  MoeSpec gs = spec_of(RouterKind::kGShard, 4, 2);
-  gs.capacity_factor = 1.5f;
-  Layer d(gs, 2, 3, 51);
-  check_gradients(d, 52);
-  MoeSpec ec = spec_of(RouterKind::kExpertChoice, 4, 1);
-  ec.capacity_factor = 2.0f;
-  ec.act = Activation::kGELU;
-  Layer e(ec, 4, 2, 61);
-  check_gradients(e, 62);
-}
+// Every router kind's gradients and float path: the MOE_OP_TEST registrations above.
 
 // At E = 2048 the gradients still match central differences in double. Checked: all of dx;
 // the router rows of the experts the tokens chose and every 32nd other row (the softmax, aux and
