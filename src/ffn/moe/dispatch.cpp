@@ -4,6 +4,8 @@
 #include <cstring>
 
 #include "moe/core/error.h"
+#include "moe/core/threading.h"
+#include "moe/kernels/group_by_key.h"
 
 namespace moe {
 
@@ -15,30 +17,48 @@ void DispatchPlan::bind(Arena& a, int E, int max_tokens, int max_assign, int max
   token_offsets = a.take<int32_t>(max_tokens + 1);
   token_rows = a.take<int32_t>(max_rows);
   assignment_row = a.take<int32_t>(max_assign);
-  cursor = a.take<int32_t>(std::max(E, max_tokens));
+  cursor = a.take<int32_t>(max_tokens);
+  kept = a.take<int32_t>(max_rows);
+  kept_expert = a.take<int32_t>(max_rows);
+  sort_pairs = a.take<uint64_t>(2 * std::size_t(max_rows));
+  sort_threads = max_threads();
+  sort_counters = a.take<int>(group_by_key_counter_ints(E, sort_threads));
+  sorted = a.take<int32_t>(max_rows);
+  group_expert = a.take<int32_t>(max_rows);
+  group_offsets = a.take<int32_t>(std::size_t(max_rows) + 1);
 }
 
 template <typename T>
 void dispatch_build(DispatchPlan& plan, const Assignments<T>& a, int N, int E) {
   auto kept = [&](int i) { return a.fate[i] == AssignmentFate::kKept; };
-  // Counting sort of the kept assignments by expert (assignment order within an expert).
+  // The kept assignments, in assignment order, grouped by expert: a stable grouping, so within
+  // an expert the rows keep assignment order.
+  int n_kept = 0;
+  for (int i = 0; i < a.count; ++i)
+    if (kept(i)) {
+      MOE_CHECK(n_kept < plan.max_rows, "internal: more than {} routed rows", plan.max_rows);
+      plan.kept[n_kept] = i;
+      plan.kept_expert[n_kept] = a.expert[i];
+      ++n_kept;
+    }
+  MOE_CHECK(max_threads() <= plan.sort_threads, "internal: {} threads, dispatch bound for {}",
+            max_threads(), plan.sort_threads);
+  const int groups = group_by_key(plan.kept_expert, n_kept, E, plan.sort_pairs, plan.sort_counters,
+                                  plan.sorted, plan.group_expert, plan.group_offsets);
+  plan.rows = n_kept;
+  // Expert offsets for every expert (one without rows gets an empty range).
   int32_t* off = plan.expert_offsets;
   std::fill(off, off + E + 1, 0);
-  for (int i = 0; i < a.count; ++i)
-    if (kept(i)) ++off[a.expert[i] + 1];
+  for (int g = 0; g < groups; ++g)
+    off[plan.group_expert[g] + 1] = plan.group_offsets[g + 1] - plan.group_offsets[g];
   for (int e = 0; e < E; ++e) off[e + 1] += off[e];
-  plan.rows = off[E];
-  MOE_CHECK(plan.rows <= plan.max_rows, "internal: {} routed rows exceed the bound {}", plan.rows,
-            plan.max_rows);
-  std::copy(off, off + E, plan.cursor);
-  for (int i = 0; i < a.count; ++i) {
-    if (!kept(i)) continue;
-    const int r = plan.cursor[a.expert[i]]++;
+  for (int r = 0; r < n_kept; ++r) {
+    const int i = plan.kept[plan.sorted[r]];
     plan.assignment_row[i] = r;
     plan.row_assignment[r] = i;
     plan.row_token[r] = a.token[i];
   }
-  // Token CSR over rows, in assignment order per token: for token choice a = n·k + s (slot
+  // Token CSR over rows (a counting sort over tokens: each token has at most a few rows), in assignment order per token: for token choice a = n·k + s (slot
   // order); for expert choice a = (t·E + e)·c + j (expert order).
   int32_t* tok = plan.token_offsets;
   std::fill(tok, tok + N + 1, 0);

@@ -1,4 +1,5 @@
-// Dispatch: the kept assignments sorted into rows by expert (a counting sort), the CSR of each
+// Dispatch: the kept assignments sorted into rows by expert (kernels/group_by_key.h, the stable
+// grouping PEER's backward uses too), the CSR of each
 // token's rows, and the row moves between the token matrices and the expert panels:
 //
 //   gather   forward  xe [rows, C] (=) the rows' tokens of x       backward  dx (+=) Σ rows
@@ -23,8 +24,15 @@ struct DispatchPlan {
   int32_t* token_offsets = nullptr;   // [N+1] token n's rows are token_rows[off[n], off[n+1])
   int32_t* token_rows = nullptr;      // [max_rows]
   int32_t* assignment_row = nullptr;  // [max_assign] the row of each kept assignment
-  int32_t* cursor = nullptr;          // [max(E, N)] scratch of the sort
+  int32_t* cursor = nullptr;          // [N] scratch of the token CSR
   int max_rows = 0;
+  // The grouping's input and scratch: the kept assignments and their experts, group_by_key's
+  // packed pairs, counters and outputs (its list, the experts that got rows, their ranges).
+  int32_t *kept = nullptr, *kept_expert = nullptr;  // [max_rows]
+  uint64_t* sort_pairs = nullptr;                   // [2·max_rows]
+  int* sort_counters = nullptr;  // [group_by_key_counter_ints(E, threads at bind)]
+  int32_t *sorted = nullptr, *group_expert = nullptr, *group_offsets = nullptr;
+  int sort_threads = 0;
 
   // Carves the plan for E experts, up to max_tokens tokens, max_assign assignments and
   // max_rows kept ones.
