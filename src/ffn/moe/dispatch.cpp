@@ -58,7 +58,7 @@ void dispatch_build(DispatchPlan& plan, const Assignments<T>& a, int N, int E) {
     plan.row_assignment[r] = i;
     plan.row_token[r] = a.token[i];
   }
-  // Token CSR over rows (a counting sort over tokens: each token has at most a few rows), in assignment order per token: for token choice a = n·k + s (slot
+  // Token CSR over rows, in assignment order per token: for token choice a = n·k + s (slot
   // order); for expert choice a = (t·E + e)·c + j (expert order).
   int32_t* tok = plan.token_offsets;
   std::fill(tok, tok + N + 1, 0);
