@@ -2,6 +2,8 @@
 
 #include <set>
 
+#include "moe/core/json_util.h"
+
 namespace moe::detail {
 
 using json = nlohmann::json;
@@ -14,7 +16,7 @@ std::string join_path(const std::string& at, const std::string& path) {
 
 void require_object(const json& j, const std::string& source, const std::string& where) {
   MOE_CHECK(j.is_object(), "{}: field {}: expected a JSON object, got {}", source,
-            where.empty() ? "<root>" : where, j.dump());
+            where.empty() ? "<root>" : where, json_excerpt(j));
 }
 
 const json* find_path(const json& j, const std::string& path, const std::string& source,
@@ -68,7 +70,7 @@ void reject_unknown(const json& j, const std::vector<std::string>& paths, const 
 
 void wrong_type(const json& v, const char* expected, const std::string& source,
                 const std::string& where) {
-  MOE_FAIL("{}: field {}: got {}, expected {}", source, where, v.dump(), expected);
+  MOE_FAIL("{}: field {}: got {}, expected {}", source, where, json_excerpt(v), expected);
 }
 
 std::string show_number(double v) { return fmt::format("{}", v); }

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "moe/core/error.h"
+#include "moe/core/json_util.h"
 
 namespace moe {
 
@@ -256,7 +257,7 @@ Field<ModelConfig> ffn_overrides_field() {
       "inherit `ffn`";
   f.read = [](const json& v, ModelConfig& mc, const std::string& source, const std::string& where) {
     MOE_CHECK(v.is_object(), "{}: field {}: expected an object {{\"<block>\": {{ffn}}}}, got {}",
-              source, where, v.dump());
+              source, where, json_excerpt(v));
     ffn_config_fields().check(mc.ffn, source, "model.ffn");
     for (auto& [key, ffn] : v.items()) {
       const std::vector<int> blocks = parse_block_set(key, mc.n_layers, source);

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "moe/core/error.h"
+#include "moe/core/json_util.h"
 #include "moe/core/safetensors.h"
 #include "moe/dist/communicator.h"
 
@@ -81,11 +82,11 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
             it == r.metadata().end() ? std::string("missing") : "\"" + it->second + "\"",
             kCheckpointFormat);
   CheckpointMeta m;
-  json cj = json::parse(r.meta("config"), nullptr, false);
-  MOE_CHECK(!cj.is_discarded(), "{}: __metadata__.config is not valid JSON", path);
+  // Depth-bounded: an untrusted checkpoint's metadata reaches the config's error messages.
+  const json cj = parse_json(r.meta("config"), path + ": __metadata__.config");
   m.config = config_from_json(cj, path + " (__metadata__.config)");
-  json st = json::parse(r.meta("train_state"), nullptr, false);
-  MOE_CHECK(!st.is_discarded() && st.is_object() && st.contains("step"),
+  const json st = parse_json(r.meta("train_state"), path + ": __metadata__.train_state");
+  MOE_CHECK(st.is_object() && st.contains("step"),
             "{}: __metadata__.train_state is not a valid JSON object with a step", path);
   m.state.step = st.value("step", int64_t(0));
   m.state.tokens_seen = st.value("tokens_seen", int64_t(0));

@@ -2,6 +2,7 @@
 
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
+#include "moe/core/json_util.h"
 
 namespace moe {
 
@@ -63,9 +64,7 @@ void apply_override(json& j, const std::string& assignment) {
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   json j;
   if (!path.empty()) {
-    const std::string text = read_file(path);
-    j = json::parse(text, nullptr, false);
-    MOE_CHECK(!j.is_discarded(), "{}: not valid JSON", path);
+    j = parse_json(read_file(path), path);  // depth-bounded: a config is outside input
   } else {
     j = json::object();
   }

@@ -80,3 +80,27 @@ TEST(Config, SetOverridesAreAppliedAndValidated) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Config, DeepOrHugeValuesGiveShortErrorsNotCrashes) {
+  // A config nested 100,000 levels deep used to overflow the stack (the error message dumped
+  // the value recursively); a 2 MB bad value made a 2 MB error line.
+  TempDir d;
+  const std::string deep = d.path + "/deep.json";
+  write_file_atomic(deep, std::string(100000, '[') + std::string(100000, ']'));
+  expect_error([&] { load_config(deep); }, {"deep.json", "nested deeper"});
+  const std::string nested = d.path + "/nested.json";
+  write_file_atomic(
+      nested, "{\"model\": {\"d_model\": " + std::string(60, '[') + std::string(60, ']') + "}}");
+  const std::string e = error_of([&] { load_config(nested); });
+  EXPECT_NE(e.find("model.d_model"), std::string::npos) << e;
+  EXPECT_LT(e.size(), 300u) << e;
+  const std::string big = d.path + "/big.json";
+  write_file_atomic(big, "{\"train\": {\"lr\": \"" + std::string(2 << 20, 'x') + "\"}}");
+  const std::string e2 = error_of([&] { load_config(big); });
+  EXPECT_NE(e2.find("train.lr"), std::string::npos);
+  EXPECT_LT(e2.size(), 300u);
+}
+
+}  // namespace

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "moe/core/error.h"
+#include "moe/core/json_util.h"
 
 namespace moe {
 
@@ -179,7 +180,8 @@ void read_value(const nlohmann::json& v, T& out, const std::string& source,
     if (!v.is_array()) wrong_type(v, "a list of strings", source, where);
     out.clear();
     for (const auto& e : v) {
-      MOE_CHECK(e.is_string(), "{}: field {}: entry {} is not a string", source, where, e.dump());
+      MOE_CHECK(e.is_string(), "{}: field {}: entry {} is not a string", source, where,
+                json_excerpt(e));
       out.push_back(e.get<std::string>());
     }
   } else {
