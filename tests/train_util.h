@@ -11,22 +11,9 @@
 
 #include "moe/core/file_io.h"
 #include "moe/train/config.h"
+#include "temp_dir.h"
 
 namespace moe::testing {
-
-// A fresh temporary directory per test, removed afterwards.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    path = (std::filesystem::temp_directory_path() /
-            ("moe_test_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-};
 
 // Writes small train/val/test splits of English-like text.
 inline std::string make_data(const std::string& dir) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "../error_util.h"
+#include "../temp_dir.h"
 #include "moe/core/file_io.h"
 
 namespace moe {
@@ -14,13 +15,8 @@ namespace fs = std::filesystem;
 
 class FileIo : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / fmt::format("moe_file_io_{}", ::getpid());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
+  std::string path(const std::string& name) const { return dir_.file(name); }
+  testing::TempDir dir_;
 };
 
 TEST_F(FileIo, WriteReplacesWholeAndReadReturnsIt) {
@@ -42,7 +38,7 @@ TEST_F(FileIo, FailedWriterLeavesTheOldFileAndNoTemporary) {
                Error);
   EXPECT_EQ(read_file(p), "old contents");
   int files = 0;
-  for (auto& e : fs::directory_iterator(dir_)) {
+  for (auto& e : fs::directory_iterator(dir_.path)) {
     (void)e;
     ++files;
   }

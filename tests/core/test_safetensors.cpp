@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../error_util.h"
+#include "../temp_dir.h"
 #include "moe/core/file_io.h"
 #include "moe/core/safetensors.h"
 
@@ -18,12 +19,7 @@ namespace fs = std::filesystem;
 
 class SafeTensors : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / fmt::format("moe_st_{}", ::getpid());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string path(const std::string& name) const { return dir_.file(name); }
   // A file made by hand: 8-byte length, the header text, then `data`.
   std::string raw_file(const std::string& name, const std::string& header,
                        const std::string& data) {
@@ -34,7 +30,7 @@ class SafeTensors : public ::testing::Test {
     write_file_atomic(p, blob + header + data);
     return p;
   }
-  fs::path dir_;
+  testing::TempDir dir_;
 };
 
 TEST_F(SafeTensors, EveryDtypeRoundTripsBitForBit) {
