@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CONFIG ?= configs/default.json
 
-.PHONY: all setup configure build run test bench format clean data study
+.PHONY: all setup configure build ref run test bench format clean data study
 
 all: build
 
@@ -24,10 +24,15 @@ data: build
 run: data
 	bash scripts/run_default.sh $(CONFIG)
 
-test: build
+# The tests and benchmarks compare against llama.cpp; its reference harness is built (and npm
+# fetched, once) only here, never for `make run`.
+ref: build
+	cmake --build $(BUILD) --target llama_ref
+
+test: ref
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-bench: data
+bench: data ref
 	bash bench/run_bench.sh
 
 # The miniature reproduction of the papers' claims (docs/RESULTS.md), about 2 hours on 2 cores.
