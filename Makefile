@@ -29,7 +29,7 @@ run: data
 ref: build
 	cmake --build $(BUILD) --target llama_ref
 
-test: ref
+test: ref data
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 bench: data ref

@@ -1,0 +1,44 @@
+// Model files from outside, seen through our names. A GGUF file, a Hugging Face directory
+// (config.json + *.safetensors, sharded or not) or our own checkpoint opens as a ModelReader: the
+// ModelConfig it implies, its tokenizer, and each of our parameters (checkpoint names, docs/
+// FORMATS.md) read as f32 on demand from the file's own layout and dtype. Readers never hold a
+// second copy of the weights: tensors are read (dequantized, transposed, stacked) one at a time
+// from the mapped file into the caller's buffer.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moe/data/tokenizer.h"
+#include "moe/model/config.h"
+
+namespace moe::formats {
+
+// Where one of our parameters comes from, for `moe inspect` (dtype as the file stores it).
+struct SourceTensor {
+  std::string our_name;
+  std::string file_name;  // the name in the file (first of several when stacked)
+  std::string dtype;      // "F32", "BF16", "Q8_0", …
+  std::vector<int64_t> shape;  // our shape
+};
+
+class ModelReader {
+ public:
+  virtual ~ModelReader() = default;
+  virtual std::string format() const = 0;        // "moe" | "gguf" | "hf"
+  virtual std::string architecture() const = 0;  // "olmoe", "OlmoeForCausalLM", "moe", …
+  virtual const std::string& path() const = 0;
+  // The model this file holds, resolved (ModelConfig::resolve() done).
+  virtual const ModelConfig& config() const = 0;
+  // The file's own tokenizer, or nullptr when it carries none.
+  virtual std::unique_ptr<data::Tokenizer> tokenizer() const = 0;
+  // One entry per parameter of a Transformer built from config() (names and shapes as ours).
+  virtual std::vector<SourceTensor> tensors() const = 0;
+  // dst[0..numel(shape)) = our parameter `our_name` in f32. Errors name the file and its tensor
+  // (missing, shape that disagrees with the metadata, unsupported dtype).
+  virtual void read(const std::string& our_name, const std::vector<int64_t>& shape,
+                    float* dst) const = 0;
+};
+
+}  // namespace moe::formats
