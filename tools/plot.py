@@ -1,7 +1,12 @@
 #!/usr/bin/python3
-"""Figures for a `moe compare` output directory.
+"""Figures for a `moe compare` output directory, or for the routing of one model.
 
   plot.py --dir runs/compare [--out OUTDIR]
+  plot.py --routing inspect.json [--out OUTDIR]
+
+--routing reads the JSON of `moe inspect MODEL --routing --text FILE --json` and writes
+routing.png: a layer x expert heatmap of the fraction of each layer's tokens routed to each
+expert over that text, titled with the model and the text.
 
 DIR holds results.jsonl (one JSON object per config) and one subdirectory per config name with
 its metrics.jsonl. Writes to OUTDIR (default DIR):
@@ -162,7 +167,8 @@ def plot_expert_load(panels, out):
                              squeeze=False)
     for ax, (name, step, mat, layer_ids) in zip(axes[:, 0], panels):
         im = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0)
-        ax.set_title(f"{name}: fraction of tokens per expert (step {step})")
+        when = "" if step == "inspect" else f" (step {step})"
+        ax.set_title(f"{name}: fraction of tokens per expert{when}")
         ax.set_xlabel("expert")
         ax.set_ylabel("layer")
         ax.set_yticks(range(len(layer_ids)))
@@ -197,11 +203,45 @@ def plot_peer_usage(entries, out):
     plt.close(fig)
 
 
+def plot_routing(path, out_dir):
+    """routing.png from `moe inspect --routing --json` output; returns the path or None."""
+    with open(path) as f:
+        info = json.load(f)
+    routing = info.get("routing")
+    if routing is None:
+        print(f"plot.py: error: {path} has no \"routing\" (run `moe inspect MODEL --routing "
+              "--text FILE --json`)", file=sys.stderr)
+        return None
+    mat, ids = load_matrix([l for l in routing if l.get("kind", "moe") != "peer"])
+    if mat is None:
+        print(f"plot.py: error: {path}: the model has no MoE layer to plot", file=sys.stderr)
+        return None
+    text = (info.get("routing_text") or {}).get("path", "?")
+    name = f"{os.path.basename(str(info.get('path', '?')))} on {os.path.basename(text)}"
+    p = os.path.join(out_dir, "routing.png")
+    plot_expert_load([(name, "inspect", mat, ids)], p)
+    return p
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Plot a `moe compare` output directory.")
-    ap.add_argument("--dir", required=True, help="compare output directory (holds results.jsonl)")
-    ap.add_argument("--out", default=None, help="output directory (default: --dir)")
+    ap.add_argument("--dir", help="compare output directory (holds results.jsonl)")
+    ap.add_argument("--routing", help="JSON of `moe inspect --routing --json` (routing.png)")
+    ap.add_argument("--out", default=None, help="output directory (default: --dir, or the "
+                    "directory of --routing)")
     args = ap.parse_args(argv)
+    if args.routing:
+        out_dir = args.out or os.path.dirname(os.path.abspath(args.routing))
+        os.makedirs(out_dir, exist_ok=True)
+        p = plot_routing(args.routing, out_dir)
+        if p is None:
+            return 1
+        print(p)
+        return 0
+    if not args.dir:
+        print("plot.py: error: give --dir (a `moe compare` directory) or --routing FILE",
+              file=sys.stderr)
+        return 1
 
     res_path = os.path.join(args.dir, "results.jsonl")
     if not os.path.isfile(res_path):

@@ -85,6 +85,29 @@ class PlotTest(unittest.TestCase):
                 with open(p, "rb") as fh:
                     self.assertEqual(fh.read(8), PNG_MAGIC, f)
 
+    def test_routing_heatmap_from_inspect_json(self):
+        with tempfile.TemporaryDirectory() as d:
+            info = {"path": "m.gguf", "routing": [_moe_layer(l, 1) for l in range(4)],
+                    "routing_text": {"path": "text.txt", "tokens": 100}}
+            j = os.path.join(d, "inspect.json")
+            with open(j, "w") as f:
+                json.dump(info, f)
+            r = subprocess.run([sys.executable, SCRIPT, "--routing", j], capture_output=True,
+                               text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            p = os.path.join(d, "routing.png")
+            self.assertIn(p, r.stdout)
+            with open(p, "rb") as fh:
+                self.assertEqual(fh.read(8), PNG_MAGIC)
+            # A JSON without routing (inspect run without --routing) says so in one line.
+            with open(j, "w") as f:
+                json.dump({"path": "m.gguf"}, f)
+            r = subprocess.run([sys.executable, SCRIPT, "--routing", j], capture_output=True,
+                               text=True, timeout=60)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("--routing", r.stderr)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1)
+
     def test_missing_results_exits_1(self):
         with tempfile.TemporaryDirectory() as d:
             r = subprocess.run([sys.executable, SCRIPT, "--dir", d],
