@@ -99,11 +99,13 @@ class GgufFile {
 
   const std::string& path() const;
   uint32_t version() const;
+  uint32_t alignment() const;             // general.alignment, or 32 when absent
   std::vector<std::string> keys() const;  // in file order
   bool has(std::string_view key) const;
   std::optional<GgufValueType> type_of(std::string_view key) const;
   // For arrays: the element type and length.
   std::optional<GgufValueType> array_type(std::string_view key) const;
+  std::optional<uint64_t> array_size(std::string_view key) const;
 
   // Typed reads. A missing key or a value of another kind is a clear error
   // ("FILE: metadata 'llama.block_count' is a string, expected an integer"). Integers of any width
@@ -135,19 +137,30 @@ class GgufFile {
 };
 
 // Writes a GGUF v3 file atomically (tmp + fsync + rename), alignment 32. Tensors are produced by
-// a callback at write time, so a converter never holds the whole output in memory.
+// a callback at write time, so a converter never holds the whole output in memory (one tensor at
+// a time). Metadata is written in the order added. The add_* calls check what the reader would
+// refuse (empty or repeated key, repeated or over-long tensor name, unknown type, more than 4
+// dims, ne[0] not a multiple of the block) and error at once, naming the key or tensor.
+// 'general.alignment' cannot be set (the writer always uses 32, the default, so it is not stored).
 class GgufWriter {
  public:
   void add_string(const std::string& key, const std::string& v);
+  void add_u8(const std::string& key, uint8_t v);
+  void add_i8(const std::string& key, int8_t v);
+  void add_u16(const std::string& key, uint16_t v);
+  void add_i16(const std::string& key, int16_t v);
   void add_u32(const std::string& key, uint32_t v);
   void add_i32(const std::string& key, int32_t v);
   void add_u64(const std::string& key, uint64_t v);
+  void add_i64(const std::string& key, int64_t v);
   void add_f32(const std::string& key, float v);
+  void add_f64(const std::string& key, double v);
   void add_bool(const std::string& key, bool v);
   void add_string_array(const std::string& key, const std::vector<std::string>& v);
   void add_f32_array(const std::string& key, const std::vector<float>& v);
   void add_i32_array(const std::string& key, const std::vector<int32_t>& v);
-  // `fill` writes exactly ggml_nbytes(type, numel) bytes to dst when the file is written.
+  // `fill` writes exactly ggml_nbytes(type, numel) bytes to dst when the file is written (dst is
+  // zeroed first). ne in ggml order, 1 to 4 entries, each ≥ 0.
   void add_tensor(const std::string& name, GgmlType type, const std::vector<int64_t>& ne,
                   std::function<void(uint8_t* dst)> fill);
   void write(const std::string& path) const;
@@ -156,9 +169,10 @@ class GgufWriter {
   struct Kv {
     std::string key;
     GgufValueType type;
-    GgufValueType elem_type;  // arrays only
-    std::vector<uint8_t> payload;  // the encoded value (after the type field)
+    std::vector<uint8_t> payload;  // the encoded value after the type field (arrays: element
+                                   // type, length, elements)
   };
+  void add_kv(const std::string& key, GgufValueType type, std::vector<uint8_t> payload);
   struct Pending {
     std::string name;
     GgmlType type;
