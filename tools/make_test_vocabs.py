@@ -7,10 +7,14 @@ comparison of our tokenizers with llama.cpp's (tests/python/test_tokenizers_llam
   spm-hf.gguf         the same vocabulary the way llama.cpp's LlamaHfVocab converts its
                       tokenizer.json (every score -1000, special tokens control)
   spm.tokenizer.json  that tokenizer.json (Prepend + Replace normalizer, byte_fallback BPE)
-  bpe-PRE.gguf        a GPT-2 byte-level BPE trained here (3000 merges), tokenizer.ggml.model
-                      "gpt2", once per pre-tokenizer name
+  bpe-PRE.gguf        a GPT-2 byte-level BPE trained here (3000 merges, user-defined "<sep>",
+                      control "<|endoftext|>"), tokenizer.ggml.model "gpt2", once per
+                      pre-tokenizer name
   bpe.tokenizer.json  the same as a Hugging Face tokenizer.json (ByteLevel pre-tokenizer)
   bpe-llama3.tokenizer.json  with the Llama 3 Split regex (the pre is inferred from it)
+
+Both are trained on the first MiB of train.txt plus copies of the (valid part of the) stress
+text below, so that merges cover its characters and whitespace runs.
 
 Usage: make_test_vocabs.py OUT_DIR  (needs sentencepiece and gguf-py on sys.path).
 """
@@ -30,6 +34,35 @@ LLAMA3_SPLIT = (
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+"
     "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 )
+
+
+# Invalid UTF-8: lone continuation, truncated 2/3/4-byte sequences, overlong '/' and NUL, a
+# surrogate, 0xFF/0xFE, a lead byte at the very end.
+INVALID = (b"a\x80b \xc3 x \xe2\x82 y \xf0\x9f\x98 z \xc0\xaf \xc0\x80 \xe0\x80\xaf "
+           b"\xed\xa0\x80 \xff\xfe q\xc3")
+
+
+def stress_text():
+    parts = [
+        "Caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00c5ngstr\u00f6m, e\u0301 a\u0308 n\u0303o",
+        "\u65e5\u672c\u8a9e\u306e\u6587\u7ae0\u3002\u4e2d\u6587\uff0c\ud55c\uad6d\uc5b4 \u3000\u5168\u89d2",
+        "\U0001F642 \U0001F468\u200d\U0001F469\u200d\U0001F467 \U0001F44D\U0001F3FD \u2764\ufe0f",
+        "\u0627\u0644\u0639\u0631\u0628\u064a\u0629 \u0939\u093f\u0928\u094d\u0926\u0940 \u0e44\u0e17\u0e22",
+        " ".join("1234567890" * 2 for _ in range(1))
+        + " " + " ".join("9" * k for k in range(1, 21)),
+        "tabs\t\tand  spaces   \n\n\r\n \u00a0nbsp\u00a0 \u2003em\u2028line\u0085nel  \n",
+        "it's I'LL we've THEY'RE she'd 'S 'll ''s don't",
+        "<sep>user<sep> <sep>  \u2581literal \u2581\u2581x",
+        "$100 + 20% = <ok>? {a|b} ~x^2 `q` @home #tag \u00bf\u00a1 \u2014 \u2026 \u00ab\u00bb",
+        "\u00b5 \u00c0\u00d7\u00f7 \u0391\u03b2\u03b3 \u0416\u0436 \uff21\uff42\uff10\uff11 \u2160\u2161 \u00bd",
+        # U+0085 is White_Space, U+180E is not (PCRE2's \s matches both); U+3000 sits inside
+        # deepseek-llm's CJK class; NBSP, em space, line/paragraph separators around words.
+        "a.\u0085.b  \u0085  x\u0085\u0085 y\t\u0085\n z \u0085",
+        "a.\u180e.b  \u180e  x\u180e\u180e y\t\u180e\n z \u180e",
+        "\u3000\u3001\u3002 \u4e00\u3000\u4e8c \u00a0\u00a0word \u2028\u2029 q\u2003\u2003",
+        "   trailing   ",
+    ]
+    return "\n".join(parts).encode("utf-8") + b"\n" + INVALID + b"\n end \n"
 
 
 def bytes_to_unicode():
@@ -75,7 +108,8 @@ def finish(w):
 def make_spm(root, out, gguf):
     import sentencepiece as spm
 
-    lines = [l for l in train_text(root).split("\n") if l.strip()]
+    stress = stress_text().replace(INVALID, b"").decode("utf-8")
+    lines = [l for l in (train_text(root) + stress * 20).split("\n") if l.strip()]
     prefix = os.path.join(out, "spm")
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_prefix=prefix, model_type="bpe",
@@ -183,14 +217,18 @@ def train_bpe(text):
         if a + b not in seen:
             seen.add(a + b)
             tokens.append(a + b)
+    tokens.append("<sep>")  # user-defined: cut out of the text before pre-tokenization
     tokens.append("<|endoftext|>")
     return tokens, [f"{a} {b}" for a, b in merges]
 
 
 def make_bpe(root, out, gguf):
-    tokens, merges = train_bpe(train_text(root))
-    types = [1] * (len(tokens) - 1) + [3]
-    eot = len(tokens) - 1
+    # The stress text (valid part) is part of the training data, repeated, so that merges cross
+    # its unusual characters and the pre-tokenizer's word boundaries show in the ids.
+    stress = stress_text().replace(INVALID, b"").decode("utf-8")
+    tokens, merges = train_bpe(train_text(root) + stress * 200)
+    types = [1] * (len(tokens) - 2) + [4, 3]
+    eot, sep = len(tokens) - 1, len(tokens) - 2
     for pre in BPE_PRES:
         w = gguf_writer(gguf, os.path.join(out, f"bpe-{pre}.gguf"))
         w.add_tokenizer_model("gpt2")
@@ -212,12 +250,13 @@ def make_bpe(root, out, gguf):
     ]:
         tj = {
             "version": "1.0",
-            "added_tokens": [{"id": eot, "content": tokens[eot], "special": True}],
+            "added_tokens": [{"id": sep, "content": tokens[sep], "special": False},
+                             {"id": eot, "content": tokens[eot], "special": True}],
             "normalizer": None,
             "pre_tokenizer": pre_tok,
             "decoder": {"type": "ByteLevel"},
             "model": {"type": "BPE", "byte_fallback": False,
-                      "vocab": {t: i for i, t in enumerate(tokens[:eot])},
+                      "vocab": {t: i for i, t in enumerate(tokens[:sep])},
                       "merges": merges},
         }
         with open(os.path.join(out, f"{name}.tokenizer.json"), "w", encoding="utf-8") as f:

@@ -2,6 +2,7 @@
 #include "moe/data/vocab.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <unordered_map>
 #include <unordered_set>
@@ -47,7 +48,8 @@ std::vector<std::string> make_gpt2_table() {
 }
 
 bool is_spm_byte_token(const std::string& t) {
-  const auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F'); };
+  // llama.cpp parses the two digits with strtol, so lower case is a byte token too.
+  const auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
   return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && hex(t[3]) && hex(t[4]) && t[5] == '>';
 }
 

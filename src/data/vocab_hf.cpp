@@ -3,6 +3,7 @@
 //     id, added tokens CONTROL if special else USER_DEFINED, merges "left right";
 //   Llama/Mixtral BPE with byte_fallback: gguf-py vocab.py LlamaHfVocab — score -1000 for every
 //     token, "<0xXX>" BYTE, special tokens CONTROL, other added tokens USER_DEFINED.
+#include <cctype>
 #include <map>
 
 #include "moe/core/error.h"
@@ -106,6 +107,38 @@ bool is_spm_style(const json& root, bool* add_space_prefix) {
   return spm;
 }
 
+// LlamaHfVocab's r"<0x[0-9A-Fa-f]{2}>".
+bool is_byte_token(const std::string& t) {
+  const auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
+  return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && hex(t[3]) && hex(t[4]) && t[5] == '>';
+}
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// convert_hf_to_gguf's does_token_look_special: added tokens some models forget to mark special.
+bool looks_special(const std::string& t) {
+  if (t == "<pad>" || t == "<mask>" || t == "<2mass>" || t == "[@BOS@]") return true;
+  if (t.rfind("<|", 0) == 0 && ends_with(t, "|>")) return true;
+  if (t.rfind("<\xEF\xBD\x9C", 0) == 0 && ends_with(t, "\xEF\xBD\x9C>")) return true;  // <｜ … ｜>
+  return t.rfind("<unused", 0) == 0 && ends_with(t, ">");
+}
+
+std::string replace_marker(const std::string& t) {
+  std::string out;
+  for (std::size_t i = 0; i < t.size();) {
+    if (t.compare(i, 3, "\xE2\x96\x81") == 0) {
+      out.push_back(' ');
+      i += 3;
+    } else {
+      out.push_back(t[i++]);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 Vocab vocab_from_hf_tokenizer_json(std::string_view text, const std::string& source,
@@ -162,14 +195,14 @@ Vocab vocab_from_hf_tokenizer_json(std::string_view text, const std::string& sou
     }
     v.tokens[i] = it->second;
     const auto a = added.find(i);
-    const bool byte_tok = spm && it->second.size() == 6 && it->second.compare(0, 3, "<0x") == 0 &&
-                          it->second[5] == '>';
-    if (byte_tok) {
+    if (spm && is_byte_token(it->second)) {
       v.types[i] = static_cast<int32_t>(TokenType::kByte);
-    } else if (a != added.end() && a->second) {
+    } else if (a != added.end() && (a->second || (!spm && looks_special(it->second)))) {
       v.types[i] = static_cast<int32_t>(TokenType::kControl);
     } else if (a != added.end() && (!spm || i >= base_size)) {
       v.types[i] = static_cast<int32_t>(TokenType::kUserDefined);
+      // convert_hf_to_gguf pre-normalizes user-defined spaces of byte-level vocabularies.
+      if (!spm) v.tokens[i] = replace_marker(v.tokens[i]);
     }
   }
   for (const auto& [id, special] : added) {

@@ -9,10 +9,11 @@
 // llama.cpp runs the gpt-2/llama3/qwen2 regexes through hand-written matchers and the others
 // through std::regex over a "collapsed" text; both classify code points with its Unicode tables
 // (letters \p{L}, numbers \p{N}, punctuation \p{P}, whitespace = the White_Space property). The
-// PCRE2 patterns below are llama.cpp's with two changes that keep the results identical:
-//   - whitespace is [\s\x{85}]: PCRE2's \s under UCP lacks U+0085, which White_Space has;
+// PCRE2 patterns below are llama.cpp's with these changes, which keep the results identical:
+//   - whitespace is \p{White_Space} (the property llama.cpp's table holds): PCRE2's \s under
+//     UCP also matches U+180E, which is not White_Space since Unicode 6.3;
 //   - where llama.cpp matches a literal class with std::wregex it first replaces non-ASCII
-//     whitespace by \v, so such a class never matches whitespace: (?![\s\x{85}]) guards it;
+//     whitespace by \v, so such a class never matches whitespace: (?!\p{White_Space}) guards it;
 //   - `$` is end of piece only (PCRE2_DOLLAR_ENDONLY, as ECMAScript).
 // PCRE2 needs valid UTF-8: surrogate code points (which llama.cpp keeps) are matched as U+FFFD,
 // which every pattern here classifies the same way (not a letter, number, punctuation or space).
@@ -29,23 +30,23 @@ namespace moe::data::detail {
 namespace {
 
 // Whitespace, non-whitespace and the "other" class [^\s\p{L}\p{N}] of llama.cpp's tables.
-#define WS "[\\s\\x{85}]"
-#define NOT_WS "[^\\s\\x{85}]"
+#define WS "\\p{White_Space}"
+#define NOT_WS "\\P{White_Space}"
 #define CONTRACTIONS "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 
 // gpt-2, olmo: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)
 constexpr const char* kGpt2 =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\x{85}\\p{L}\\p{N}]+|" WS "+(?!" NOT_WS
-    ")";
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\p{White_Space}\\p{L}\\p{N}]+|" WS
+    "+(?!" NOT_WS ")";
 // llama3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
 //         ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
 constexpr const char* kLlama3 = CONTRACTIONS
-    "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\x{85}\\p{L}\\p{N}]+[\\r\\n]*|" WS
+    "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\p{White_Space}\\p{L}\\p{N}]+[\\r\\n]*|" WS
     "*[\\r\\n]+|" WS "+(?!" NOT_WS ")|" WS "+";
 // qwen2: as llama3 with single digits.
-constexpr const char* kQwen2 =
-    CONTRACTIONS "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\x{85}\\p{L}\\p{N}]+[\\r\\n]*|" WS
-                 "*[\\r\\n]+|" WS "+(?!" NOT_WS ")|" WS "+";
+constexpr const char* kQwen2 = CONTRACTIONS
+    "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\p{White_Space}\\p{L}\\p{N}]+[\\r\\n]*|" WS
+    "*[\\r\\n]+|" WS "+(?!" NOT_WS ")|" WS "+";
 
 std::vector<const char*> patterns_for(const std::string& pre) {
   if (pre == "gpt-2" || pre == "olmo") return {kGpt2};

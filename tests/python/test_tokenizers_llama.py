@@ -27,28 +27,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 BPE_PRES = ["gpt-2", "llama-bpe", "llama3", "qwen2", "olmo", "deepseek-llm", "default"]
 
-# Invalid UTF-8: lone continuation, truncated 2/3/4-byte sequences, overlong '/' and NUL, a
-# surrogate, 0xFF/0xFE, a lead byte at the very end.
-INVALID = (b"a\x80b \xc3 x \xe2\x82 y \xf0\x9f\x98 z \xc0\xaf \xc0\x80 \xe0\x80\xaf "
-           b"\xed\xa0\x80 \xff\xfe q\xc3")
-
-
-def stress_text():
-    parts = [
-        "Caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00c5ngstr\u00f6m, e\u0301 a\u0308 n\u0303o",
-        "\u65e5\u672c\u8a9e\u306e\u6587\u7ae0\u3002\u4e2d\u6587\uff0c\ud55c\uad6d\uc5b4 \u3000\u5168\u89d2",
-        "\U0001F642 \U0001F468\u200d\U0001F469\u200d\U0001F467 \U0001F44D\U0001F3FD \u2764\ufe0f",
-        "\u0627\u0644\u0639\u0631\u0628\u064a\u0629 \u0939\u093f\u0928\u094d\u0926\u0940 \u0e44\u0e17\u0e22",
-        " ".join("1234567890" * 2 for _ in range(1))
-        + " " + " ".join("9" * k for k in range(1, 21)),
-        "tabs\t\tand  spaces   \n\n\r\n \u00a0nbsp\u00a0 \u2003em\u2028line\u0085nel  \n",
-        "it's I'LL we've THEY'RE she'd 'S 'll ''s don't",
-        "<sep>user<sep> <sep>  \u2581literal \u2581\u2581x",
-        "$100 + 20% = <ok>? {a|b} ~x^2 `q` @home #tag \u00bf\u00a1 \u2014 \u2026 \u00ab\u00bb",
-        "\u00b5 \u00c0\u00d7\u00f7 \u0391\u03b2\u03b3 \u0416\u0436 \uff21\uff42\uff10\uff11 \u2160\u2161 \u00bd",
-        "   trailing   ",
-    ]
-    return "\n".join(parts).encode("utf-8") + b"\n" + INVALID + b"\n end \n"
+from make_test_vocabs import INVALID, stress_text  # noqa: E402
 
 
 def env_path(name, default=None):
