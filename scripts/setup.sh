@@ -3,9 +3,9 @@
 # `make run` / `make test` costs a dpkg query and nothing more.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libgtest-dev libgmock-dev
-      nlohmann-json3-dev libcli11-dev libfmt-dev libsentencepiece-dev libnlopt-dev
+      nlohmann-json3-dev libcli11-dev libfmt-dev libsentencepiece-dev libnlopt-dev libpcre2-dev
       libopenmpi-dev openmpi-bin
-      xz-utils python3-numpy python3-torch python3-matplotlib)
+      xz-utils python3-numpy python3-torch python3-matplotlib python3-sentencepiece)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,6 +3,10 @@
 //
 //   moe_gguf_tool dequant IN.gguf OUT.safetensors
 //       every tensor of IN dequantized to F32, shape = reversed ne (row-major, as numpy reads it)
+//   moe_gguf_tool dump IN.gguf
+//       JSON on stdout: {"version", "alignment", "metadata": [{"key", "type": [type names, the
+//       element type after "array"], "value"}] in file order, "tensors": [{"name", "type", "ne",
+//       "offset" (absolute)}]}; invalid UTF-8 in strings is replaced (U+FFFD)
 //   moe_gguf_tool quantize IN.safetensors TYPE OUT.gguf
 //       every F32 tensor of IN quantized to TYPE (F32, F16, BF16, Q8_0), ne = reversed shape, in
 //       IN's name order, plus fixed metadata: general.architecture = "moe-test" (string),
@@ -14,6 +18,7 @@
 #include <exception>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -40,6 +45,50 @@ void dequant(const std::string& in, const std::string& out) {
     refs.push_back({t.name, moe::DType::F32, reversed(t.ne), values.back().data()});
   }
   moe::write_safetensors(out, refs, {});
+}
+
+// One metadata value as JSON, read through the typed getters (what a consumer sees).
+nlohmann::json value_json(const moe::formats::GgufFile& f, const std::string& key) {
+  using moe::formats::GgufValueType;
+  const GgufValueType t = *f.type_of(key);
+  if (t == GgufValueType::kArray) {
+    const GgufValueType e = *f.array_type(key);
+    if (e == GgufValueType::kString) return f.get_string_array(key);
+    if (e == GgufValueType::kBool) return f.get_bool_array(key);
+    if (e == GgufValueType::kF32 || e == GgufValueType::kF64) return f.get_float_array(key);
+    return f.get_int_array(key);
+  }
+  if (t == GgufValueType::kString) return f.get_string(key);
+  if (t == GgufValueType::kBool) return f.get_bool(key);
+  if (t == GgufValueType::kF32 || t == GgufValueType::kF64) return f.get_float(key);
+  return f.get_int(key);
+}
+
+const char* value_type_name(moe::formats::GgufValueType t) {
+  static const char* const kNames[] = {"UINT8",  "INT8",    "UINT16", "INT16",  "UINT32",
+                                       "INT32",  "FLOAT32", "BOOL",   "STRING", "ARRAY",
+                                       "UINT64", "INT64",   "FLOAT64"};
+  return kNames[static_cast<uint32_t>(t)];
+}
+
+void dump(const std::string& in) {
+  moe::formats::GgufFile f(in);
+  nlohmann::json j;
+  j["version"] = f.version();
+  j["alignment"] = f.alignment();
+  j["metadata"] = nlohmann::json::array();
+  for (const std::string& key : f.keys()) {
+    nlohmann::json types = {value_type_name(*f.type_of(key))};
+    if (f.array_type(key)) types.push_back(value_type_name(*f.array_type(key)));
+    j["metadata"].push_back({{"key", key}, {"type", types}, {"value", value_json(f, key)}});
+  }
+  j["tensors"] = nlohmann::json::array();
+  for (const moe::formats::GgufTensor& t : f.tensors())
+    j["tensors"].push_back({{"name", t.name},
+                            {"type", moe::formats::ggml_type_name(t.type)},
+                            {"ne", t.ne},
+                            {"offset", t.file_offset}});
+  std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
 }
 
 GgmlType parse_type(const std::string& s) {
@@ -78,6 +127,10 @@ void quantize(const std::string& in, const std::string& type_name, const std::st
 int main(int argc, char** argv) {
   const std::vector<std::string> a(argv + 1, argv + argc);
   try {
+    if (a.size() == 2 && a[0] == "dump") {
+      dump(a[1]);
+      return 0;
+    }
     if (a.size() == 3 && a[0] == "dequant") {
       dequant(a[1], a[2]);
       return 0;
@@ -91,8 +144,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::fprintf(stderr,
-               "usage: %s dequant IN.gguf OUT.safetensors\n"
+               "usage: %s dump IN.gguf\n"
+               "       %s dequant IN.gguf OUT.safetensors\n"
                "       %s quantize IN.safetensors TYPE OUT.gguf\n",
-               argv[0], argv[0]);
+               argv[0], argv[0], argv[0]);
   return 2;
 }

@@ -10,6 +10,7 @@
 
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
+#include "vocab_internal.h"
 
 namespace moe::data {
 
@@ -80,6 +81,10 @@ class ByteTokenizer final : public Tokenizer {
 constexpr char kBase64Alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+}  // namespace
+
+namespace detail {
+
 std::string base64_encode(std::string_view in) {
   std::string out;
   out.reserve((in.size() + 2) / 3 * 4);
@@ -129,6 +134,13 @@ std::string base64_decode(std::string_view in, const char* what) {
   }
   return out;
 }
+
+}  // namespace detail
+
+namespace {
+
+using detail::base64_decode;
+using detail::base64_encode;
 
 // A SentencePiece BPE model used byte-exactly. SentencePiece does the segmentation of ordinary
 // text; the bytes it cannot represent faithfully are routed straight to its byte-fallback
@@ -372,7 +384,14 @@ std::unique_ptr<Tokenizer> tokenizer_from_serialized(const std::string& kind,
     MOE_CHECK(!blob.empty(), "bpe tokenizer: empty blob");
     return std::make_unique<BpeTokenizer>(base64_decode(blob, "bpe tokenizer blob"));
   }
-  MOE_FAIL("unknown tokenizer kind '{}' (expected 'byte' or 'bpe')", kind);
+  if (kind == "spm" || kind == "bpe-bytelevel") {
+    const std::string what = kind + " tokenizer blob";
+    Vocab v = vocab_from_bytes(base64_decode(blob, what.c_str()), what);
+    MOE_CHECK((v.model == Vocab::Model::kSpm) == (kind == "spm"),
+              "{}: the vocab inside is of the other model", what);
+    return make_vocab_tokenizer(std::move(v), what);
+  }
+  MOE_FAIL("unknown tokenizer kind '{}' (expected 'byte', 'bpe', 'spm' or 'bpe-bytelevel')", kind);
 }
 
 }  // namespace moe::data

@@ -217,6 +217,13 @@ std::vector<double> GgufFile::get_float_array(std::string_view key) const {
   return out;
 }
 
+std::vector<bool> GgufFile::get_bool_array(std::string_view key) const {
+  const GgufKv& kv = need(impl_->path, impl_->kv(key), key);
+  if (kv.type != GgufValueType::kArray || kv.elem_type != GgufValueType::kBool)
+    wrong_kind(impl_->path, kv, "an array of bool");
+  return std::vector<bool>(kv.data, kv.data + kv.count);  // bytes checked to be 0 or 1
+}
+
 std::string GgufFile::get_string_or(std::string_view key, const std::string& fallback) const {
   return has(key) ? get_string(key) : fallback;
 }

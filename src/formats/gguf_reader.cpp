@@ -236,6 +236,7 @@ void GgufFile::Impl::place_tensors(uint64_t data_start, const std::vector<uint64
               "{} bytes)",
               path, t.name, off, expected, alignment);
     t.data = map + data_start + off;
+    t.file_offset = data_start + off;
     // Cannot overflow: off + nbytes ≤ data_size, and padding adds less than `alignment`.
     expected = pad_to(off + t.nbytes, alignment);
   }
@@ -269,10 +270,12 @@ GgufFile::GgufFile(const std::string& path) : impl_(std::make_unique<Impl>()) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   MOE_CHECK(fd >= 0, "{}: cannot open GGUF file ({})", path, std::strerror(errno));
   struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int e = errno;
+  const bool stat_ok = ::fstat(fd, &st) == 0;
+  const int stat_errno = errno;
+  if (!stat_ok || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    MOE_FAIL("{}: cannot stat GGUF file ({})", path, std::strerror(e));
+    MOE_CHECK(stat_ok, "{}: cannot stat GGUF file ({})", path, std::strerror(stat_errno));
+    MOE_FAIL("{}: not a regular file", path);
   }
   m.size = uint64_t(st.st_size);
   if (m.size > 0) {

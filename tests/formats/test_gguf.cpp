@@ -160,6 +160,8 @@ TEST(Gguf, GetterErrorsNameFileKeyAndKind) {
   expect_error([&] { f.get_string_array("t.i32s"); },
                {path, "'t.i32s' is an array of i32, expected an array of string"});
   expect_error([&] { f.get_int_or("t.str", 1); }, {path, "'t.str' is a string"});
+  expect_error([&] { f.get_bool_array("t.strs"); },
+               {path, "'t.strs' is an array of string, expected an array of bool"});
 }
 
 TEST(Gguf, WriterRefusesWhatReadersRefuse) {
@@ -330,6 +332,7 @@ TEST(Gguf, EmptyAndMissingFiles) {
   expect_error([&] { GgufFile f(empty); }, {empty, "truncated file: header magic"});
   const std::string missing = dir.file("missing.gguf");
   expect_error([&] { GgufFile f(missing); }, {missing, "cannot open"});
+  expect_error([&] { GgufFile f(dir.path); }, {dir.path, "not a regular file"});
 }
 
 // Every half converts to a float and back to itself (NaNs keep sign and payload), and the float

@@ -13,6 +13,7 @@ bit. Quantize: random f32 (ties, zero rows, huge and tiny values, NaN for BF16) 
 `moe_gguf_tool quantize` must give the bytes of gguf.quants.quantize exactly, and gguf-py's
 GGUFReader must read our file's metadata and tensor names, types and shapes.
 """
+import json
 import os
 import subprocess
 import sys
@@ -256,6 +257,55 @@ class Quantize(unittest.TestCase):
     def test_q8_0(self):
         # x_nan is left out: a NaN in a block makes numpy cast NaN to int8, which C leaves undefined.
         self.roundtrip("Q8_0", ["w", "w3"])
+
+
+def _field_value(field):
+    """A GGUFReader field's value (strings decoded like our dump: invalid UTF-8 replaced)."""
+    T = gguf.GGUFValueType
+
+    def one(i, t):
+        part = field.parts[i]
+        if t == T.STRING:
+            return bytes(part).decode("utf-8", errors="replace")
+        v = part.tolist()[0]
+        return bool(v) if t == T.BOOL else v
+
+    if field.types[0] == T.ARRAY:
+        return [one(i, field.types[-1]) for i in field.data]
+    return one(field.data[0], field.types[0])
+
+
+class RealFiles(unittest.TestCase):
+    """llama.cpp's own vocab GGUFs (models/ggml-vocab-*.gguf, written by convert_hf_to_gguf.py):
+    our reader must see the same metadata (order, types, values) and tensors as GGUFReader. The
+    four smallest of the SPM and BPE kinds (GGUFReader takes seconds per 50k tokens); all of them
+    pass too (MOE_GGUF_ALL_VOCABS=1 checks every one)."""
+
+    SMALL = ["ggml-vocab-llama-spm.gguf", "ggml-vocab-phi-3.gguf",
+             "ggml-vocab-deepseek-coder.gguf", "ggml-vocab-gpt-2.gguf"]
+
+    def test_vocab_files(self):
+        models = os.path.join(os.environ["GGUF_PY"], "..", "models")
+        files = self.SMALL
+        if os.environ.get("MOE_GGUF_ALL_VOCABS"):
+            files = sorted(f for f in os.listdir(models) if f.endswith(".gguf"))
+        for name in files:
+            path = os.path.join(models, name)
+            with self.subTest(file=name):
+                r = subprocess.run([TOOL, "dump", path], capture_output=True, text=True)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                ours = json.loads(r.stdout)
+                ref = gguf.GGUFReader(path)
+                fields = [f for f in ref.fields.values() if not f.name.startswith("GGUF.")]
+                self.assertEqual([m["key"] for m in ours["metadata"]], [f.name for f in fields])
+                for m, f in zip(ours["metadata"], fields):
+                    self.assertEqual(m["type"], [t.name for t in f.types], m["key"])
+                    self.assertEqual(m["value"], _field_value(f), m["key"])
+                self.assertEqual(ours["version"], ref.fields["GGUF.version"].contents())
+                self.assertEqual(ours["alignment"], ref.alignment)
+                self.assertEqual([(t["name"], t["type"], t["ne"], t["offset"]) for t in ours["tensors"]],
+                                 [(t.name, t.tensor_type.name, [int(d) for d in t.shape],
+                                   t.data_offset) for t in ref.tensors])
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ namespace moe::data {
 class Tokenizer {
  public:
   virtual ~Tokenizer();
-  virtual std::string kind() const = 0;  // "byte" | "bpe"
+  virtual std::string kind() const = 0;  // "byte" | "bpe" | "spm" | "bpe-bytelevel" (vocab.h)
   virtual int vocab_size() const = 0;    // ids are in [0, vocab_size)
   virtual std::vector<int32_t> encode(const std::string& text) const = 0;
   // Errors on an id outside [0, vocab_size).

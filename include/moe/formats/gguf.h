@@ -59,8 +59,10 @@ uint64_t ggml_nbytes(GgmlType t, int64_t n);
 // dequantize_row_* (and gguf-py's quants.py) define them. n must be a multiple of the block.
 void dequantize(GgmlType t, const void* src, float* dst, int64_t n);
 // dst (ggml_nbytes(t, n) bytes) = src[0..n) in type t, exactly as gguf-py's quants.py quantizes
-// (F16: round to nearest even; BF16: round to nearest even, NaN kept quiet; Q8_0: scale
-// amax/127 stored as f16, q = round-half-away(x / scale)).
+// (F16: round to nearest even, overflow to Inf, NaN keeps sign and top payload bits as numpy does;
+// BF16: round to nearest even, NaN made quiet; Q8_0 per 32-block: d = amax/127 in f32, stored as
+// f16, q = round-half-away(x · (1/d)), the same as ggml's quantize_row_q8_0_ref that llama-quantize
+// uses; ggml's AVX runtime quantize_row_q8_0 for activations rounds ties to even and differs).
 void quantize(GgmlType t, const float* src, void* dst, int64_t n);
 
 // One metadata value. Arrays hold elements of one type (arrays of arrays are refused on read).
@@ -87,8 +89,15 @@ struct GgufTensor {
   int64_t numel = 0;
   uint64_t nbytes = 0;
   const uint8_t* data = nullptr;  // into the file's map; valid while the GgufFile lives
+  uint64_t file_offset = 0;       // where data starts in the file (for inspection)
 };
 
+// The checks mirror llama.cpp's gguf_init_from_reader: version 2 or 3, little-endian; counts,
+// string and array lengths bounded by the bytes left; keys non-empty and unique; value types
+// 0..12, no arrays of arrays, bools 0 or 1; general.alignment (if present) a u32 power of two;
+// tensor names unique and under 64 bytes; n_dims 0..4 (n_dims 0 is a scalar, ne = {}); each
+// ne ≥ 0 with a product below 2^63; a type ggml defines; ne[0] a multiple of the block; data
+// offsets back to back in info order, each padded to the alignment, inside the file.
 class GgufFile {
  public:
   // Maps and validates the whole file. Errors: "FILE: …" one line.
@@ -117,6 +126,7 @@ class GgufFile {
   std::vector<std::string> get_string_array(std::string_view key) const;
   std::vector<int64_t> get_int_array(std::string_view key) const;
   std::vector<double> get_float_array(std::string_view key) const;
+  std::vector<bool> get_bool_array(std::string_view key) const;
   // The same, or `fallback` when the key is absent (present with the wrong type still errors).
   std::string get_string_or(std::string_view key, const std::string& fallback) const;
   int64_t get_int_or(std::string_view key, int64_t fallback) const;
