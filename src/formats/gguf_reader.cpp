@@ -287,18 +287,16 @@ GgufFile::GgufFile(const std::string& path) : impl_(std::make_unique<Impl>()) {
   } else {
     ::close(fd);
   }
-  try {
-    m.parse();
-  } catch (...) {
-    if (m.map) ::munmap(const_cast<uint8_t*>(m.map), m.size);
-    m.map = nullptr;
-    throw;
-  }
+  m.parse();  // on error impl_ is destroyed, and ~Impl unmaps
 }
 
-GgufFile::~GgufFile() {
-  if (impl_ && impl_->map) ::munmap(const_cast<uint8_t*>(impl_->map), impl_->size);
+GgufFile::Impl::~Impl() {
+  if (map) ::munmap(const_cast<uint8_t*>(map), size);
 }
+
+GgufFile::~GgufFile() = default;
+GgufFile::GgufFile(GgufFile&&) noexcept = default;
+GgufFile& GgufFile::operator=(GgufFile&&) noexcept = default;
 
 const std::string& GgufFile::path() const { return impl_->path; }
 uint32_t GgufFile::version() const { return impl_->version; }

@@ -147,6 +147,10 @@ TEST(Gguf, RoundTripMetadataAndTensors) {
   EXPECT_EQ(f.read_f32(f.tensor("w.f32")), ramp(8, 1.25f));
   EXPECT_EQ(f.find("absent"), nullptr);
   expect_error([&] { f.tensor("absent"); }, {path, "no tensor 'absent'"});
+  const uint8_t* q8_data = q8.data;
+  GgufFile moved = std::move(f);  // views stay valid
+  EXPECT_EQ(moved.tensor("w.q8").data, q8_data);
+  EXPECT_EQ(moved.read_f32(moved.tensor("w.f32")), ramp(8, 1.25f));
 }
 
 TEST(Gguf, GetterErrorsNameFileKeyAndKind) {
