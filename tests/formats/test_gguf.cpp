@@ -326,6 +326,16 @@ TEST(Gguf, CorruptTensorInfo) {
                      }),
              {bad, "tensor 'w.f32' has offset", "expected", "stored in order"});
   // Names are length-prefixed: rename the last tensor to one of the same length already used.
+  // A name with a newline and a non-ASCII byte is shown escaped, so the message stays one line.
+  expect_has(corrupt(dir,
+                     [](std::string& b) {
+                       const std::size_t at = b.find("w.f32");
+                       b.replace(at, 5,
+                                 "w\n\xff"
+                                 "32");
+                       poke<uint32_t>(b, at + 5, 5);
+                     }),
+             {bad, "tensor 'w\\x0a\\xff32' has n_dims 5"});
   expect_has(corrupt(dir, [](std::string& b) { b.replace(b.find("w.f32"), 5, "w.f16"); }),
              {bad, "tensor 'w.f16' appears twice"});
 }
