@@ -7,6 +7,7 @@ comparison of our tokenizers with llama.cpp's (tests/python/test_tokenizers_llam
   spm-hf.gguf         the same vocabulary the way llama.cpp's LlamaHfVocab converts its
                       tokenizer.json (every score -1000, special tokens control)
   spm.tokenizer.json  that tokenizer.json (Prepend + Replace normalizer, byte_fallback BPE)
+  spm-metaspace.tokenizer.json  the same with a Metaspace pre-tokenizer instead
   bpe-PRE.gguf        a GPT-2 byte-level BPE trained here (3000 merges, user-defined "<sep>",
                       control "<|endoftext|>"), tokenizer.ggml.model "gpt2", once per
                       pre-tokenizer name
@@ -167,6 +168,12 @@ def make_spm(root, out, gguf):
                   "vocab": {t: i for i, t in enumerate(tokens)}, "merges": []},
     }
     with open(os.path.join(out, "spm.tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tj, f, ensure_ascii=False)
+    # The newer layout: no normalizer, a Metaspace pre-tokenizer that prepends on the first piece.
+    tj["normalizer"] = None
+    tj["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581",
+                           "prepend_scheme": "first", "split": False}
+    with open(os.path.join(out, "spm-metaspace.tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tj, f, ensure_ascii=False)
 
 

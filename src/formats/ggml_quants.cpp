@@ -308,6 +308,7 @@ uint64_t ggml_nbytes(GgmlType t, int64_t n) {
 void dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
   check_blocks(t, n, "dequantize");
   MOE_CHECK(can_dequantize(t), "dequantize: type {} is not supported", ggml_type_name(t));
+  if (n == 0) return;  // dst may be null (an empty vector's data())
   const auto* s = static_cast<const uint8_t*>(src);
   const TypeInfo* ti = info_of(t);
   const int64_t n_blocks = n / ti->elements;
@@ -342,6 +343,7 @@ void dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
 void quantize(GgmlType t, const float* src, void* dst, int64_t n) {
   check_blocks(t, n, "quantize");
   MOE_CHECK(can_quantize(t), "quantize: type {} is not supported", ggml_type_name(t));
+  if (n == 0) return;
   auto* d = static_cast<uint8_t*>(dst);
   switch (t) {
     case GgmlType::kF32:

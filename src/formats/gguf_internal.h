@@ -34,6 +34,11 @@ class Cursor;
 }  // namespace detail
 
 struct GgufFile::Impl {
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl();  // unmaps
+
   std::string path;
   const uint8_t* map = nullptr;
   uint64_t size = 0;

@@ -31,6 +31,21 @@ constexpr uint64_t kMinTensorInfoBytes = 8 + 4 + 4 + 8;
 
 namespace detail {
 
+// A key or tensor name from the file as it appears in a message: bytes outside printable ASCII
+// escaped (\xNN) so the message stays one readable line, and long names cut.
+std::string shown(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size() && i < 120; ++i) {
+    const auto ch = static_cast<unsigned char>(s[i]);
+    if (ch >= 0x20 && ch < 0x7f)
+      out += char(ch);
+    else
+      out += fmt::format("\\x{:02x}", ch);
+  }
+  if (s.size() > 120) out += "…";
+  return out;
+}
+
 // Names the field being read, for the truncation message: "metadata 'general.name' value".
 struct Field {
   const char* kind;
@@ -85,6 +100,7 @@ class Cursor {
 namespace {
 using detail::Cursor;
 using detail::Field;
+using detail::shown;
 
 uint64_t pad_to(uint64_t x, uint64_t align) { return (x + align - 1) / align * align; }
 
@@ -125,31 +141,32 @@ void GgufFile::Impl::parse_kv(Cursor& c, uint64_t i) {
   const std::string index = fmt::format("#{}", i);
   const std::string_view key = c.string({"metadata key", index, "name"});
   MOE_CHECK(!key.empty(), "{}: metadata key #{} is empty", path, i);
+  const std::string sk = shown(key);  // for messages
   MOE_CHECK(kv_index.emplace(key, kvs.size()).second, "{}: metadata key '{}' appears twice", path,
-            key);
+            sk);
   detail::GgufKv kv;
   kv.key = std::string(key);
-  kv.type = GgufValueType(c.get<uint32_t>({"metadata", key, "type"}));
+  kv.type = GgufValueType(c.get<uint32_t>({"metadata", sk, "type"}));
   GgufValueType elem = kv.type;
   if (kv.type == GgufValueType::kArray) {
-    elem = GgufValueType(c.get<uint32_t>({"metadata", key, "array element type"}));
+    elem = GgufValueType(c.get<uint32_t>({"metadata", sk, "array element type"}));
     MOE_CHECK(elem != GgufValueType::kArray,
               "{}: metadata '{}' is an array of arrays, which GGUF readers do not support", path,
-              key);
-    kv.count = c.get<uint64_t>({"metadata", key, "array length"});
+              sk);
+    kv.count = c.get<uint64_t>({"metadata", sk, "array length"});
   }
   MOE_CHECK(uint32_t(elem) <= uint32_t(GgufValueType::kF64),
-            "{}: metadata '{}' has value type {}, expected 0..12 (u8 … f64)", path, key,
+            "{}: metadata '{}' has value type {}, expected 0..12 (u8 … f64)", path, sk,
             uint32_t(elem));
   kv.elem_type = elem;
   kv.data = nullptr;
-  const Field value{"metadata", key, "value"};
+  const Field value{"metadata", sk, "value"};
   if (elem == GgufValueType::kString) {
     // Each string is at least its 8-byte length: bound the count before walking.
     MOE_CHECK(kv.count <= c.left() / 8,
               "{}: metadata '{}' is an array of {} strings, more than the remaining {} bytes can "
               "hold",
-              path, key, kv.count, c.left());
+              path, sk, kv.count, c.left());
     kv.data = c.take(0, value);
     for (uint64_t j = 0; j < kv.count; ++j) c.string(value);
   } else {
@@ -157,12 +174,12 @@ void GgufFile::Impl::parse_kv(Cursor& c, uint64_t i) {
     MOE_CHECK(kv.count <= c.left() / size,
               "{}: metadata '{}' is an array of {} {} values ({} bytes each), more than the "
               "remaining {} bytes hold",
-              path, key, kv.count, detail::gguf_type_name(elem), size, c.left());
+              path, sk, kv.count, detail::gguf_type_name(elem), size, c.left());
     kv.data = c.take(kv.count * size, value);
     if (elem == GgufValueType::kBool)
       for (uint64_t j = 0; j < kv.count; ++j)
-        MOE_CHECK(kv.data[j] <= 1, "{}: metadata '{}' has bool value {}, expected 0 or 1", path,
-                  key, kv.data[j]);
+        MOE_CHECK(kv.data[j] <= 1, "{}: metadata '{}' has bool value {}, expected 0 or 1", path, sk,
+                  kv.data[j]);
   }
   kvs.push_back(std::move(kv));
 }
@@ -181,27 +198,28 @@ void GgufFile::Impl::parse_alignment() {
 void GgufFile::Impl::parse_tensor_info(Cursor& c, uint64_t i, std::vector<uint64_t>* offsets) {
   const std::string index = fmt::format("#{}", i);
   const std::string_view name = c.string({"tensor", index, "name"});
+  const std::string sn = shown(name);  // for messages
   MOE_CHECK(name.size() < kMaxName, "{}: tensor #{} name '{}' is {} bytes, expected at most {}",
-            path, i, name, name.size(), kMaxName - 1);
+            path, i, sn, name.size(), kMaxName - 1);
   MOE_CHECK(tensor_index.emplace(name, tensors.size()).second, "{}: tensor '{}' appears twice",
-            path, name);
+            path, sn);
   GgufTensor t;
   t.name = std::string(name);
-  const uint32_t n_dims = c.get<uint32_t>({"tensor", name, "n_dims"});
-  MOE_CHECK(n_dims <= kMaxDims, "{}: tensor '{}' has n_dims {}, expected at most {}", path, name,
+  const uint32_t n_dims = c.get<uint32_t>({"tensor", sn, "n_dims"});
+  MOE_CHECK(n_dims <= kMaxDims, "{}: tensor '{}' has n_dims {}, expected at most {}", path, sn,
             n_dims, kMaxDims);
   for (uint32_t j = 0; j < n_dims; ++j) {
-    t.ne.push_back(c.get<int64_t>({"tensor", name, "shape"}));
-    MOE_CHECK(t.ne.back() >= 0, "{}: tensor '{}' has ne[{}] = {}, expected ≥ 0", path, name, j,
+    t.ne.push_back(c.get<int64_t>({"tensor", sn, "shape"}));
+    MOE_CHECK(t.ne.back() >= 0, "{}: tensor '{}' has ne[{}] = {}, expected ≥ 0", path, sn, j,
               t.ne.back());
   }
   int64_t numel = 1;
   for (int64_t d : t.ne)
     MOE_CHECK(!__builtin_mul_overflow(numel, d, &numel),
-              "{}: tensor '{}' shape (ne) {} has more than 2^63-1 elements", path, name,
+              "{}: tensor '{}' shape (ne) {} has more than 2^63-1 elements", path, sn,
               shape_str(t.ne));
   t.numel = numel;
-  const uint32_t type = c.get<uint32_t>({"tensor", name, "type"});
+  const uint32_t type = c.get<uint32_t>({"tensor", sn, "type"});
   t.type = GgmlType(type);
   const std::optional<GgmlBlock> block = ggml_block(t.type);
   MOE_CHECK(block.has_value(), "{}: tensor '{}' has ggml type {}, which ggml does not define", path,
@@ -209,13 +227,13 @@ void GgufFile::Impl::parse_tensor_info(Cursor& c, uint64_t i, std::vector<uint64
   const int64_t row = t.ne.empty() ? 1 : t.ne[0];
   MOE_CHECK(row % block->elements == 0,
             "{}: tensor '{}' of type {} has ne[0] = {}, expected a multiple of its block size {}",
-            path, name, ggml_type_name(t.type), row, block->elements);
+            path, sn, ggml_type_name(t.type), row, block->elements);
   int64_t nbytes = 0;
   MOE_CHECK(!__builtin_mul_overflow(numel / block->elements, int64_t(block->bytes), &nbytes),
-            "{}: tensor '{}' shape (ne) {} of type {} has more than 2^63-1 bytes", path, name,
+            "{}: tensor '{}' shape (ne) {} of type {} has more than 2^63-1 bytes", path, sn,
             shape_str(t.ne), ggml_type_name(t.type));
   t.nbytes = uint64_t(nbytes);
-  offsets->push_back(c.get<uint64_t>({"tensor", name, "offset"}));
+  offsets->push_back(c.get<uint64_t>({"tensor", sn, "offset"}));
   tensors.push_back(std::move(t));
 }
 
@@ -227,14 +245,14 @@ void GgufFile::Impl::place_tensors(uint64_t data_start, const std::vector<uint64
     GgufTensor& t = tensors[i];
     const uint64_t off = offsets[i];
     MOE_CHECK(off % alignment == 0, "{}: tensor '{}' has offset {}, expected a multiple of {}",
-              path, t.name, off, alignment);
+              path, shown(t.name), off, alignment);
     MOE_CHECK(off <= data_size && t.nbytes <= data_size - off,
               "{}: tensor '{}' data [{}, {}) lies past the end of the data section ({} bytes)",
-              path, t.name, off, uint64_t(off + t.nbytes), data_size);
+              path, shown(t.name), off, uint64_t(off + t.nbytes), data_size);
     MOE_CHECK(off == expected,
               "{}: tensor '{}' has offset {}, expected {} (tensors stored in order, each padded to "
               "{} bytes)",
-              path, t.name, off, expected, alignment);
+              path, shown(t.name), off, expected, alignment);
     t.data = map + data_start + off;
     t.file_offset = data_start + off;
     // Cannot overflow: off + nbytes ≤ data_size, and padding adds less than `alignment`.
@@ -287,18 +305,16 @@ GgufFile::GgufFile(const std::string& path) : impl_(std::make_unique<Impl>()) {
   } else {
     ::close(fd);
   }
-  try {
-    m.parse();
-  } catch (...) {
-    if (m.map) ::munmap(const_cast<uint8_t*>(m.map), m.size);
-    m.map = nullptr;
-    throw;
-  }
+  m.parse();  // on error impl_ is destroyed, and ~Impl unmaps
 }
 
-GgufFile::~GgufFile() {
-  if (impl_ && impl_->map) ::munmap(const_cast<uint8_t*>(impl_->map), impl_->size);
+GgufFile::Impl::~Impl() {
+  if (map) ::munmap(const_cast<uint8_t*>(map), size);
 }
+
+GgufFile::~GgufFile() = default;
+GgufFile::GgufFile(GgufFile&&) noexcept = default;
+GgufFile& GgufFile::operator=(GgufFile&&) noexcept = default;
 
 const std::string& GgufFile::path() const { return impl_->path; }
 uint32_t GgufFile::version() const { return impl_->version; }

@@ -71,8 +71,8 @@ data::Vocab vocab_from_gguf(const GgufFile& f) {
     // would only prepend a raw space, which llama.cpp does not do for BPE either.
     v.add_space_prefix = false;
   }
-  MOE_CHECK(!f.get_bool_or("tokenizer.ggml.remove_extra_whitespaces", false),
-            "{}: tokenizer.ggml.remove_extra_whitespaces=true is not supported", path);
+  // tokenizer.ggml.remove_extra_whitespaces is read by llama.cpp but only used by the UGM (T5)
+  // tokenizer; SPM and BPE ignore it, and so do we.
   data::validate_vocab(v, path);
   return v;
 }

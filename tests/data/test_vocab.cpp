@@ -111,3 +111,20 @@ TEST(Vocab, SpmWithoutByteTokensNamesTheByte) {
 }
 
 }  // namespace
+
+namespace {
+
+// Long runs (a megabyte of one class) go through PCRE2 without a JIT stack overflow; llama.cpp's
+// std::regex crashes on such input for deepseek-llm, so the reference here is the identity.
+TEST(Vocab, LongRunsDoNotOverflowThePreTokenizer) {
+  for (const char* pre : {"deepseek-llm", "llama-bpe", "default"}) {
+    const auto tok = make_vocab_tokenizer(vocab_from_hf_tokenizer_json(tiny_bpe_json(), "t", pre));
+    std::string text(1 << 20, ' ');
+    for (int k = 0; k < 100000; ++k) text += "\xE3\x80\x80";  // U+3000
+    text += std::string(1 << 19, 'a') + "\n";
+    const std::vector<int32_t> ids = tok->encode(text);
+    EXPECT_EQ(tok->decode(ids), text) << pre;
+  }
+}
+
+}  // namespace

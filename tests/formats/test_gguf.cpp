@@ -5,6 +5,7 @@
 // Bit-exactness of the (de)quantizers against gguf-py is tests/python/test_gguf_quants.py.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -146,6 +147,10 @@ TEST(Gguf, RoundTripMetadataAndTensors) {
   EXPECT_EQ(f.read_f32(f.tensor("w.f32")), ramp(8, 1.25f));
   EXPECT_EQ(f.find("absent"), nullptr);
   expect_error([&] { f.tensor("absent"); }, {path, "no tensor 'absent'"});
+  const uint8_t* q8_data = q8.data;
+  GgufFile moved = std::move(f);  // views stay valid
+  EXPECT_EQ(moved.tensor("w.q8").data, q8_data);
+  EXPECT_EQ(moved.read_f32(moved.tensor("w.f32")), ramp(8, 1.25f));
 }
 
 TEST(Gguf, GetterErrorsNameFileKeyAndKind) {
@@ -321,8 +326,58 @@ TEST(Gguf, CorruptTensorInfo) {
                      }),
              {bad, "tensor 'w.f32' has offset", "expected", "stored in order"});
   // Names are length-prefixed: rename the last tensor to one of the same length already used.
+  // A name with a newline and a non-ASCII byte is shown escaped, so the message stays one line.
+  expect_has(corrupt(dir,
+                     [](std::string& b) {
+                       const std::size_t at = b.find("w.f32");
+                       b.replace(at, 5,
+                                 "w\n\xff"
+                                 "32");
+                       poke<uint32_t>(b, at + 5, 5);
+                     }),
+             {bad, "tensor 'w\\x0a\\xff32' has n_dims 5"});
   expect_has(corrupt(dir, [](std::string& b) { b.replace(b.find("w.f32"), 5, "w.f16"); }),
              {bad, "tensor 'w.f16' appears twice"});
+}
+
+// Random single-byte and 8-byte corruptions anywhere: the reader either refuses the file with a
+// moe::Error naming it or accepts it, and then every tensor can be read (nothing out of bounds; the
+// sanitizer build checks that part).
+TEST(Gguf, RandomCorruptionsNeverCrash) {
+  TempDir dir;
+  const std::string path = dir.file("sample.gguf");
+  write_sample(path);
+  const std::string bytes = slurp(path);
+  const std::string bad = dir.file("bad.gguf");
+  uint64_t state = 12345;
+  auto next = [&state] {  // splitmix64: a fixed sequence on every platform
+    state += 0x9e3779b97f4a7c15ull;
+    uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  int refused = 0;
+  for (int trial = 0; trial < 1500; ++trial) {
+    std::string b = bytes;
+    const std::size_t at = next() % b.size();
+    if (trial % 2 == 0) {
+      b[at] = char(next());
+    } else {
+      const uint64_t v = next() >> (next() % 64);  // small and large values
+      std::memcpy(b.data() + at, &v, std::min<std::size_t>(8, b.size() - at));
+    }
+    spit(bad, b);
+    try {
+      GgufFile f(bad);
+      for (const GgufTensor& t : f.tensors())
+        if (can_dequantize(t.type)) f.read_f32(t);
+    } catch (const Error& e) {
+      ASSERT_NE(std::string(e.what()).find(bad + ": "), std::string::npos) << e.what();
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 100);  // the corruptions do hit the structure, not only the data
 }
 
 TEST(Gguf, EmptyAndMissingFiles) {

@@ -112,6 +112,7 @@ class TokenizersVsLlama(unittest.TestCase):
         for text in ("brown", "stress"):
             with self.subTest(text=text):
                 self.compare("spm-hf.gguf", "spm.tokenizer.json", text, lossless=False)
+        self.compare("spm-hf.gguf", "spm-metaspace.tokenizer.json", "stress", lossless=False)
 
     def test_bpe_gguf(self):
         for pre in BPE_PRES:

@@ -1,6 +1,8 @@
 // Tokenizers: text ↔ token ids, byte-exact.
 //
-// Both kinds satisfy, for ANY byte string t (valid UTF-8 or not):
+// The "byte" and "bpe" kinds satisfy, for ANY byte string t (valid UTF-8 or not), the two
+// identities below; the llama.cpp-compatible kinds "spm" and "bpe-bytelevel" (vocab.h) satisfy
+// them with the exceptions listed there (a prefixed space, invalid UTF-8 in BPE):
 //   decode(encode(t)) == t   and   Σ token_bytes(id) over encode(t) == t.size()
 // The second identity is what makes bits-per-byte comparable across tokenizers: a model's
 // summed loss over some predicted tokens is divided by the bytes those tokens stand for

@@ -18,12 +18,16 @@
 // overlong form decodes to its value, a surrogate to itself) and replaces each byte that starts
 // no sequence by U+FFFD, so such bytes tokenize as the 3 bytes EF BF BD (lossy, like
 // llama.cpp). A 4-byte form above U+10FFFF makes llama.cpp throw; we refuse it with a clear
-// error. SPM keeps the bytes (they become byte tokens) and is lossless.
+// error. SPM cuts the text at lead bytes and turns what is not a token into byte tokens.
 //
 // token_bytes(id) is the length of what the token decodes to: SPM ▁ counts as its one space
 // byte, byte tokens 1, control/unknown/unused tokens 0, BPE the byte length after unmapping.
-// Exceptions to Σ token_bytes == text bytes (tokenizer.h): SPM with add_space_prefix adds one
-// space byte in front (and after each user-defined token); BPE counts invalid bytes as 3.
+// decode(ids) concatenates those pieces (llama.cpp's token_to_piece without special tokens).
+// Where decode(encode(t)) != t and Σ token_bytes != t.size() (tokenizer.h), as in llama.cpp:
+//   SPM: add_space_prefix adds one space in front (and after each user-defined token); a
+//        literal U+2581 in the text decodes as a space; a space escaped to U+2581 that an
+//        invalid lead byte swallows into its "character" comes back as the 3 bytes E2 96 81;
+//   BPE: each invalid byte comes back as EF BF BD, an overlong form as its code point.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -70,8 +74,9 @@ struct Vocab {
 // caller (vocab_from_gguf), as llama.cpp does.
 Vocab make_default_vocab(Vocab::Model model, const std::string& pre);
 
-// The BPE pre-tokenizer names we implement (llama.cpp's tokenizer.ggml.pre spellings):
-// default, gpt-2, llama3, llama-v3, llama-bpe, qwen2, olmo, deepseek-llm.
+// The BPE pre-tokenizer names we implement (llama.cpp's tokenizer.ggml.pre spellings; note
+// llama.cpp spells GPT-2's "gpt-2" and refuses "gpt2"): default, gpt-2, llama3, llama-v3,
+// llama-bpe, qwen2, olmo, deepseek-llm.
 const std::vector<std::string>& bpe_pre_names();
 
 // Checks everything encode relies on; one clear error naming `source` and the field:

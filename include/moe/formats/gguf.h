@@ -39,10 +39,11 @@ enum class GgmlType : uint32_t {
   kQ8_K = 15,
   kBF16 = 30,
 };
-// "F32", "Q8_0", … (ggml's names); "type 77" for numbers ggml does not define.
+// "F32", "Q8_0", "IQ2_XXS", … (gguf-py's spelling of ggml's names, for every type ggml defines,
+// not only those listed above); "type 77" for numbers ggml does not define.
 std::string ggml_type_name(GgmlType t);
-// Elements per block and bytes per block (F32: 1 and 4). nullopt for a type number ggml does
-// not define.
+// Elements per block and bytes per block (F32: 1 and 4; Q4_K: 256 and 144), for every type ggml
+// defines. nullopt for a number ggml does not define or has removed (4, 5, 31–33, 36–38).
 struct GgmlBlock {
   int elements;
   int bytes;
@@ -56,13 +57,16 @@ bool can_quantize(GgmlType t);
 uint64_t ggml_nbytes(GgmlType t, int64_t n);
 
 // dst[0..n) = the values of n elements of type t stored at src, exactly as ggml's
-// dequantize_row_* (and gguf-py's quants.py) define them. n must be a multiple of the block.
+// dequantize_row_* (and gguf-py's quants.py) define them, bit for bit (F16/BF16 NaNs keep their
+// payload). n must be a multiple of the block; src needs no alignment. Large tensors run on the
+// OpenMP threads (blocks are independent, so the result does not depend on the thread count).
 void dequantize(GgmlType t, const void* src, float* dst, int64_t n);
 // dst (ggml_nbytes(t, n) bytes) = src[0..n) in type t, exactly as gguf-py's quants.py quantizes
 // (F16: round to nearest even, overflow to Inf, NaN keeps sign and top payload bits as numpy does;
 // BF16: round to nearest even, NaN made quiet; Q8_0 per 32-block: d = amax/127 in f32, stored as
 // f16, q = round-half-away(x · (1/d)), the same as ggml's quantize_row_q8_0_ref that llama-quantize
 // uses; ggml's AVX runtime quantize_row_q8_0 for activations rounds ties to even and differs).
+// A NaN or Inf in a Q8_0 block gives quants of 0 where numpy's cast is platform-defined.
 void quantize(GgmlType t, const float* src, void* dst, int64_t n);
 
 // One metadata value. Arrays hold elements of one type (arrays of arrays are refused on read).
@@ -105,6 +109,10 @@ class GgufFile {
   ~GgufFile();
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
+  // Tensor views stay valid (the map moves along); a moved-from file may only be destroyed or
+  // assigned to.
+  GgufFile(GgufFile&&) noexcept;
+  GgufFile& operator=(GgufFile&&) noexcept;
 
   const std::string& path() const;
   uint32_t version() const;
