@@ -1,0 +1,64 @@
+// Private to src/formats/hf_*.cpp: the tensor map between Hugging Face checkpoints and our
+// parameters, and the bridge to the model features HF checkpoints need.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "moe/formats/hf_model.h"
+#include "moe/model/config.h"
+
+namespace moe::formats::hf {
+
+// ---- Model features (hf_features.cpp) --------------------------------------------------------
+// The config fields for q/k/v biases, per-head QK-norm, the rotate-half / interleaved RoPE
+// choice, the shared experts' own width and sigmoid gate and the routed scaling factor come with
+// branch wt-feat (model.qkv_bias, model.qk_norm "none"|"row"|"head", model.rope_style,
+// ffn.shared_d_expert, ffn.shared_gate, ffn.router.routed_scaling_factor). Until it is merged
+// every access to them goes through these functions: the getters report what today's model
+// computes, and a setter asked for a value today's model cannot compute throws "needs model
+// feature …" naming the field and `where` (the HF file and key). Wire them to the fields after
+// the merge; nothing else in src/formats/hf_*.cpp touches those fields.
+enum class QkNorm { kNone, kRow, kHead };
+QkNorm qk_norm_of(const ModelConfig& m);
+void set_qk_norm(ModelConfig& m, QkNorm q, const std::string& where);
+bool qkv_bias_of(const ModelConfig& m);
+void set_qkv_bias(ModelConfig& m, bool on, const std::string& where);
+bool rope_half_of(const ModelConfig& m);  // rotate-half (HF's only convention)
+int shared_width_of(const FfnConfig& f);  // Hs of the shared experts (moe.d_expert by default)
+void set_shared_width(FfnConfig& f, int hs, const std::string& where);
+bool shared_gate_of(const FfnConfig& f);
+void set_shared_gate(FfnConfig& f, bool on, const std::string& where);
+float routed_scaling_of(const FfnConfig& f);
+void set_routed_scaling(FfnConfig& f, float s, const std::string& where);
+// Our names and shapes of the feature tensors.
+std::string attn_bias_name(int layer, char which);  // which = 'q', 'k', 'v'
+std::vector<int64_t> q_norm_shape(const ModelConfig& m);
+std::vector<int64_t> k_norm_shape(const ModelConfig& m);
+
+// transformers' model_type of each class ("mixtral", "qwen2_moe", …); hf_config.cpp.
+const char* model_type(HfArch a);
+
+// ---- Tensor map (hf_tensors.cpp) -------------------------------------------------------------
+struct HfPiece {
+  std::string name;            // HF tensor name
+  std::vector<int64_t> shape;  // its shape in the file
+};
+enum class HfLayout {
+  kCopy,        // one piece with our numel, same element order (shapes may differ: [1, C] vs [C])
+  kStack,       // E pieces, piece e = our [e, …]
+  kSharedDown,  // one piece [C, S·Hs] ↔ our [S, C, Hs]: ours[s][c][h] = piece[c][s·Hs + h]
+};
+struct HfTensor {
+  std::string our_name;
+  std::vector<int64_t> our_shape;
+  HfLayout layout = HfLayout::kCopy;
+  std::vector<HfPiece> pieces;
+};
+// Every parameter of a Transformer built from `cfg` (resolved; the class `arch` must compute it)
+// in the Transformer's order, with the HF tensors that hold it.
+std::vector<HfTensor> tensor_map(const ModelConfig& cfg, HfArch arch);
+// HF tensors a checkpoint may carry that compute nothing (rotary inverse-frequency buffers).
+bool ignorable_hf_tensor(const std::string& name);
+
+}  // namespace moe::formats::hf
