@@ -197,8 +197,10 @@ void parse_ffn(const Keys& k, HfArch arch, ModelConfig& m) {
   const int H =
       k.integer(qwen || arch == HfArch::kDeepseek ? "moe_intermediate_size" : "intermediate_size",
                 std::nullopt);
-  // Mixtral always renormalises the k weights; the others do when norm_topk_prob.
-  const bool normalize = arch == HfArch::kMixtral || k.boolean("norm_topk_prob", false);
+  // Mixtral always renormalises the k weights; the others do when norm_topk_prob (DeepSeekMoE
+  // only when k > 1: its top-1 weight stays the softmax probability).
+  const bool normalize = arch == HfArch::kMixtral || (k.boolean("norm_topk_prob", false) &&
+                                                      (arch != HfArch::kDeepseek || top_k > 1));
   m.ffn = moe_ffn(E, top_k, H, normalize);
   if (qwen) {
     k.require("decoder_sparse_step", 1, "only every block sparse (1) is supported");

@@ -109,6 +109,10 @@ HfArch moe_arch(const ModelConfig& m, int first_moe) {
           "ungated shared experts of width {} beside routed experts of width {} (DeepSeekMoE "
           "ties them)",
           hf::shared_width_of(f), f.moe.d_expert));
+    if (f.moe.router.normalize && f.moe.top_k == 1)
+      none_computes(
+          "renormalised top-1 routing with shared experts or leading dense blocks "
+          "(DeepSeekMoE renormalises only when k > 1)");
     return HfArch::kDeepseek;
   }
   return HfArch::kMixtral;

@@ -53,6 +53,7 @@ class HfReader : public ModelReader {
               dir);
     cfg_ = hf_config_to_model(read_json_file(config_path), config_path, &arch_);
     open_weights();
+    check_size_against_files();
     map_ = hf::tensor_map(cfg_, arch_);
     check_tensors();
   }
@@ -137,6 +138,22 @@ class HfReader : public ModelReader {
                 index, name, f);
       where_[name] = it->second;
     }
+  }
+
+  // A hostile config.json could describe 2^30 blocks of 2^30 experts; every block has at least
+  // five tensors and every MoE block three per expert, so compare with what the files hold
+  // before building the map.
+  void check_size_against_files() const {
+    const int64_t have = int64_t(where_.size());
+    const auto experts_of = [](const FfnConfig& f) {
+      return f.kind == FfnConfig::Kind::kMoe ? int64_t(f.moe.num_experts) : 0;
+    };
+    int64_t experts = experts_of(cfg_.ffn);
+    for (const auto& [l, f] : cfg_.ffn_overrides) experts = std::max(experts, experts_of(f));
+    MOE_CHECK(5 * int64_t(cfg_.n_layers) <= have && 3 * experts <= have,
+              "{}: config.json describes {} blocks of up to {} experts, but the weight files "
+              "hold only {} tensors",
+              dir_, cfg_.n_layers, experts, have);
   }
 
   // Every tensor the config implies is present with its shape and a dtype we read, and nothing

@@ -281,8 +281,29 @@ TEST_F(HfModel, ConfigValuesWeCannotComputeAreRefusedByKey) {
     });
     expect_error([&] { open_hf_model(d); }, {"config.json", b.key, b.says});
   }
+  // Sizes far beyond what the files hold are refused before anything is built from them.
+  for (const char* key : {"num_hidden_layers", "num_local_experts"}) {
+    edit_config(d, [&](json& j) {
+      j = original;
+      j[key] = 1 << 29;
+    });
+    expect_error([&] { open_hf_model(d); }, {"config.json", "536870912", "hold only"});
+  }
   edit_config(d, [&](json& j) { j = original; });
   EXPECT_NO_THROW(open_hf_model(d));
+}
+
+// DeepSeekMoE renormalises only when k > 1 (modeling_deepseek.py: `if self.top_k > 1 and
+// self.norm_topk_prob`): its top-1 weight is the plain softmax probability.
+TEST_F(HfModel, DeepseekTopOneIsNeverRenormalised) {
+  const Case c = cases()[3];  // deepseek_plain: k = 1
+  ASSERT_EQ(c.cfg.ffn.moe.top_k, 1);
+  Transformer model(c.cfg, 1, 8);
+  write_hf_model(c.cfg, model.params(), dir("d"));
+  edit_config(dir("d"), [](json& j) { j["norm_topk_prob"] = true; });
+  EXPECT_FALSE(open_hf_model(dir("d"))->config().ffn.moe.router.normalize);
+  edit_config(dir("d"), [](json& j) { j["num_experts_per_tok"] = 2; });
+  EXPECT_TRUE(open_hf_model(dir("d"))->config().ffn.moe.router.normalize);
 }
 
 TEST_F(HfModel, ShapeDisagreeingWithConfig) {
@@ -371,6 +392,11 @@ TEST_F(HfModel, ExportRefusesWhatNoClassComputes) {
          m.ffn_overrides = {{2, dense_ffn(40)}};
        },
        "dense block 2 after MoE"},
+      {[](ModelConfig& m) {
+         m.ffn.moe.top_k = 1;
+         m.ffn.moe.shared_experts = 1;
+       },
+       "renormalised top-1"},
       {[](ModelConfig& m) {
          m.qk_norm = true;
          m.ffn.moe.shared_experts = 1;
