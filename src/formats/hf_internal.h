@@ -2,6 +2,7 @@
 // parameters, and the bridge to the model features HF checkpoints need.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -48,16 +49,25 @@ enum class HfLayout {
   kCopy,        // one piece with our numel, same element order (shapes may differ: [1, C] vs [C])
   kStack,       // E pieces, piece e = our [e, …]
   kSharedDown,  // one piece [C, S·Hs] ↔ our [S, C, Hs]: ours[s][c][h] = piece[c][s·Hs + h]
+  kFusedHalf,   // read only: one piece [E, 2H, C] (transformers 5's experts.gate_up_proj);
+                // ours[e] = piece[e][half·H … (half+1)·H)
 };
 struct HfTensor {
   std::string our_name;
   std::vector<int64_t> our_shape;
   HfLayout layout = HfLayout::kCopy;
   std::vector<HfPiece> pieces;
+  int half = 0;  // kFusedHalf: 0 = gate rows, 1 = up rows
 };
 // Every parameter of a Transformer built from `cfg` (resolved; the class `arch` must compute it)
 // in the Transformer's order, with the HF tensors that hold it.
 std::vector<HfTensor> tensor_map(const ModelConfig& cfg, HfArch arch);
+// transformers 5 keeps a block's experts fused: <block>.experts.gate_up_proj [E, 2H, C] (gate
+// rows first) and <block>.experts.down_proj [E, C, H], with or without ".weight". Where the
+// per-expert tensors are absent (`has` says) and the fused ones present, the entries of `map`
+// are switched to them.
+void use_fused_experts(std::vector<HfTensor>& map,
+                       const std::function<bool(const std::string&)>& has);
 // HF tensors a checkpoint may carry that compute nothing (rotary inverse-frequency buffers).
 bool ignorable_hf_tensor(const std::string& name);
 

@@ -55,6 +55,7 @@ class HfReader : public ModelReader {
     open_weights();
     check_size_against_files();
     map_ = hf::tensor_map(cfg_, arch_);
+    hf::use_fused_experts(map_, [&](const std::string& n) { return where_.count(n) > 0; });
     check_tensors();
   }
 
@@ -84,6 +85,7 @@ class HfReader : public ModelReader {
     MOE_CHECK(shape == t.our_shape, "{}: parameter '{}' has shape {} here, asked for {}", dir_,
               our_name, shape_str(t.our_shape), shape_str(shape));
     if (t.layout == HfLayout::kSharedDown) return read_shared_down(t, dst);
+    if (t.layout == HfLayout::kFusedHalf) return read_fused_half(t, dst);
     for (const hf::HfPiece& p : t.pieces) {
       shard_of(p.name).read_as_f32(p.name, p.shape, dst);
       dst += checked_numel(p.shape, p.name.c_str());
@@ -198,6 +200,19 @@ class HfReader : public ModelReader {
       for (int64_t k = 0; k < S; ++k)
         convert_to_f32(info.dtype, src + std::size_t((c * S + k) * Hs) * es, dst + (k * C + c) * Hs,
                        std::size_t(Hs));
+  }
+
+  // Piece [E, 2H, C] → ours [E, H, C]: expert e's rows [half·H, (half+1)·H).
+  void read_fused_half(const HfTensor& t, float* dst) const {
+    const hf::HfPiece& p = t.pieces[0];
+    const SafeTensorsReader& s = shard_of(p.name);
+    const TensorInfo& info = s.info(p.name);
+    const int64_t E = t.our_shape[0], n = t.our_shape[1] * t.our_shape[2];
+    const auto* src = static_cast<const unsigned char*>(s.raw(p.name));
+    const std::size_t es = dtype_size(info.dtype);
+    for (int64_t e = 0; e < E; ++e)
+      convert_to_f32(info.dtype, src + std::size_t((2 * e + t.half) * n) * es, dst + e * n,
+                     std::size_t(n));
   }
 
   std::string dir_;

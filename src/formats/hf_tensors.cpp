@@ -125,6 +125,31 @@ std::vector<HfTensor> tensor_map(const ModelConfig& m, HfArch arch) {
   return out;
 }
 
+void use_fused_experts(std::vector<HfTensor>& map,
+                       const std::function<bool(const std::string&)>& has) {
+  const auto fused = [&](const std::string& base) -> std::string {
+    if (has(base)) return base;
+    if (has(base + ".weight")) return base + ".weight";
+    return "";
+  };
+  for (HfTensor& t : map) {
+    if (t.layout != HfLayout::kStack || has(t.pieces[0].name)) continue;
+    const std::size_t at = t.pieces[0].name.find("experts.0.");
+    if (at == std::string::npos) continue;
+    const std::string block = t.pieces[0].name.substr(0, at) + "experts.";
+    const int64_t E = t.our_shape[0], A = t.our_shape[1], B = t.our_shape[2];
+    const bool down = t.our_name.ends_with(".w_down");
+    const std::string name = fused(block + (down ? "down_proj" : "gate_up_proj"));
+    if (name.empty()) continue;
+    if (down) {
+      t = {t.our_name, t.our_shape, HfLayout::kCopy, {{name, {E, A, B}}}};
+    } else {
+      const int half = t.our_name.ends_with(".w_up") ? 1 : 0;
+      t = {t.our_name, t.our_shape, HfLayout::kFusedHalf, {{name, {E, 2 * A, B}}}, half};
+    }
+  }
+}
+
 bool ignorable_hf_tensor(const std::string& name) {
   const std::string suffix = "rotary_emb.inv_freq";
   return name.size() >= suffix.size() &&

@@ -70,6 +70,8 @@ const float* hf_values(const OutTensor& o, OurTensors& ours, std::vector<float>&
           std::memcpy(&scratch[(c * S + k) * Hs], w + (k * C + c) * Hs, Hs * sizeof(float));
       return scratch.data();
     }
+    case HfLayout::kFusedHalf:
+      MOE_FAIL("{}: fused expert tensors are read, never written", o.t->our_name);
   }
   return w;
 }

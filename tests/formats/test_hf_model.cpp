@@ -362,6 +362,51 @@ TEST_F(HfModel, LeftoverOrMissingTensors) {
   expect_error([&] { open_hf_model(d); }, {"'model.norm.weight'", "missing", "norm.weight"});
 }
 
+// transformers 5 saves a block's experts fused (experts.gate_up_proj [E, 2H, C], gate rows
+// first; experts.down_proj [E, C, H]; llama.cpp's conversion/qwen.py reads both spellings).
+TEST_F(HfModel, FusedExpertTensorsReadLikePerExpertOnes) {
+  const Case c = cases()[2];  // deepseek: block 0 dense, blocks 1-2 MoE with shared experts
+  Transformer model(c.cfg, 1, 8);
+  randomize(model.params(), 9);
+  const std::string d = dir("fused");
+  write_hf_model(c.cfg, model.params(), d);
+  const std::string path = d + "/model.safetensors";
+  std::vector<std::vector<float>> keep;  // the fused tensors' data
+  std::vector<TensorRef> refs;
+  {
+    SafeTensorsReader r(path);
+    for (const std::string& n : r.names())
+      if (n.find(".experts.") == std::string::npos)
+        refs.push_back({n, r.info(n).dtype, r.info(n).shape, r.raw(n)});
+    const int64_t E = 4, H = 16, C = 32;
+    for (int l = 1; l < 3; ++l) {
+      const std::string b = fmt::format("model.layers.{}.mlp.experts.", l);
+      const std::string suffix = l == 1 ? ".weight" : "";  // both spellings occur
+      std::vector<float> gate_up, down;
+      for (int64_t e = 0; e < E; ++e) {
+        for (const char* w : {"gate_proj", "up_proj"}) {
+          const std::vector<float> v = r.read_f32(fmt::format("{}{}.{}.weight", b, e, w));
+          gate_up.insert(gate_up.end(), v.begin(), v.end());
+        }
+        const std::vector<float> v = r.read_f32(fmt::format("{}{}.down_proj.weight", b, e));
+        down.insert(down.end(), v.begin(), v.end());
+      }
+      keep.push_back(std::move(gate_up));
+      refs.push_back({b + "gate_up_proj" + suffix, DType::F32, {E, 2 * H, C}, keep.back().data()});
+      keep.push_back(std::move(down));
+      refs.push_back({b + "down_proj" + suffix, DType::F32, {E, C, H}, keep.back().data()});
+    }
+    write_safetensors(path + ".edited", refs, {});
+  }
+  fs::rename(path + ".edited", path);
+  auto r = open_hf_model(d);
+  for (const Param& p : model.params().all()) {
+    std::vector<float> got(p.numel, std::nanf(""));
+    r->read(p.name, p.shape, got.data());
+    ASSERT_EQ(std::memcmp(got.data(), p.w, p.numel * sizeof(float)), 0) << p.name;
+  }
+}
+
 TEST_F(HfModel, ClassesAwaitingModelFeaturesSayWhich) {
   const std::string d = exported(dir("f"));
   edit_config(d, [](json& j) { j["architectures"] = {"Qwen3ForCausalLM"}; });
