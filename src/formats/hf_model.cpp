@@ -182,6 +182,9 @@ class HfReader : public ModelReader {
         used.insert(p.name);
       }
     }
+    // Tied checkpoints sometimes carry lm_head.weight anyway; the class ties it to the
+    // embedding on load, so it computes nothing.
+    if (cfg_.tie_embeddings) used.insert("lm_head.weight");
     for (const auto& [name, s] : where_)
       MOE_CHECK(used.count(name) || hf::ignorable_hf_tensor(name),
                 "{}: tensor '{}' has no place in a {} model as config.json describes it", s->path(),
