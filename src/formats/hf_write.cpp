@@ -1,6 +1,7 @@
 // Writing a Hugging Face model directory: the shards are streamed tensor by tensor (one of our
 // tensors in memory at a time), each file written atomically; config.json comes last, so an
-// interrupted export into a fresh directory leaves no directory that looks complete.
+// interrupted export into a fresh directory leaves no directory that looks complete (one into
+// an existing model directory may leave a mix of old and new files).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -153,10 +154,6 @@ void write_hf_model(const ModelConfig& cfg, const ParamSource& params, const std
   make_dirs(dir);
   OurTensors ours(params);
   const auto path = [&](const std::string& name) { return (fs::path(dir) / name).string(); };
-  // A reader prefers the index: a stale one beside a fresh single file (or a stale single file
-  // beside a fresh index) must not survive.
-  std::error_code ec;
-  fs::remove(path(shards.size() == 1 ? "model.safetensors.index.json" : "model.safetensors"), ec);
   if (shards.size() == 1) {
     write_shard(path("model.safetensors"), shards[0], opt.dtype, ours);
   } else {
@@ -174,6 +171,11 @@ void write_hf_model(const ModelConfig& cfg, const ParamSource& params, const std
     const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     write_file_atomic(path("model.safetensors.index.json"), index.dump(2) + "\n");
   }
+  // A reader prefers the index: a stale one beside the fresh single file (or a stale single
+  // file beside the fresh index) must not survive. Removed only now, so until the new weights
+  // are complete the old ones stay readable.
+  std::error_code ec;
+  fs::remove(path(shards.size() == 1 ? "model.safetensors.index.json" : "model.safetensors"), ec);
   write_file_atomic(path("config.json"), config.dump(2) + "\n");
 }
 
