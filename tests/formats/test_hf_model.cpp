@@ -335,6 +335,11 @@ TEST_F(HfModel, ShardProblemsNameTheShard) {
   escape["weight_map"]["model.norm.weight"] = "../x.safetensors";
   write_file_atomic(index_path, escape.dump());
   expect_error([&] { open_hf_model(d); }, {"index.json", "../x.safetensors", "file name"});
+  // Not an index at all.
+  write_file_atomic(index_path, "{\"weight_map\": [1, 2]}");
+  expect_error([&] { open_hf_model(d); }, {"index.json", "'weight_map' object"});
+  write_file_atomic(index_path, "{\"weight_map\": {");
+  expect_error([&] { open_hf_model(d); }, {"index.json", "JSON"});
   // A shard missing.
   write_file_atomic(index_path, index.dump());
   fs::remove(d + "/" + other);
