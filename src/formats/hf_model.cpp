@@ -233,4 +233,9 @@ std::unique_ptr<ModelReader> open_hf_model(const std::string& dir) {
   return std::make_unique<HfReader>(dir);
 }
 
+bool is_hf_model_dir(const std::string& path) {
+  std::error_code ec;
+  return fs::is_directory(path, ec) && fs::is_regular_file(fs::path(path) / "config.json", ec);
+}
+
 }  // namespace moe::formats

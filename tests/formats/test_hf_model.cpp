@@ -239,7 +239,10 @@ void edit_config(const std::string& dir, const std::function<void(json&)>& f) {
 
 TEST_F(HfModel, MissingConfigOrWeights) {
   const std::string d = exported(dir("m"));
+  EXPECT_TRUE(is_hf_model_dir(d));
+  EXPECT_FALSE(is_hf_model_dir(d + "/model.safetensors"));
   fs::remove(d + "/config.json");
+  EXPECT_FALSE(is_hf_model_dir(d));
   expect_error([&] { open_hf_model(d); }, {"no config.json"});
   expect_error([&] { open_hf_model(dir("nowhere")); }, {"nowhere", "not a directory"});
   const std::string d2 = exported(dir("w"));

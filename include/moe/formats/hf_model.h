@@ -45,6 +45,9 @@ std::string hf_supported_archs();
 // a feature we do not compute). architecture() is the HF class name, format() "hf". The
 // tokenizer (tokenizer.json) is not read here: tokenizer() returns nullptr.
 std::unique_ptr<ModelReader> open_hf_model(const std::string& dir);
+// True when `path` is a directory holding config.json (what open_hf_model expects), for
+// commands that take any model file and pick the reader.
+bool is_hf_model_dir(const std::string& path);
 
 // config.json (parsed) → our resolved ModelConfig; `source` names the file in errors.
 ModelConfig hf_config_to_model(const nlohmann::json& config, const std::string& source,
