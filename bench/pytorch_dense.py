@@ -44,8 +44,11 @@ def load_config(path):
     ffn = m.get("ffn", {})
     if ffn.get("kind", "dense") != "dense" or ffn.get("activation", "swiglu") != "swiglu":
         sys.exit(f"{path}: this baseline implements only the dense SwiGLU FFN")
-    if m.get("qk_norm", False) or m.get("n_kv_heads", 0) not in (0, m.get("n_heads", 4)):
+    if m.get("qk_norm", False) not in (False, "none") or \
+            m.get("n_kv_heads", 0) not in (0, m.get("n_heads", 4)):
         sys.exit(f"{path}: this baseline implements neither QK-norm nor grouped-query attention")
+    if m.get("qkv_bias", False) or m.get("rope_style", "half") != "half":
+        sys.exit(f"{path}: this baseline implements neither q/k/v biases nor interleaved RoPE")
     if not m.get("tie_embeddings", True):
         sys.exit(f"{path}: this baseline implements only tied embeddings")
     C = m.get("d_model", 128)

@@ -48,6 +48,18 @@ std::span<const EnumSpelling<PeerFfnConfig::QueryNorm>> spellings(PeerFfnConfig:
   return k;
 }
 
+std::span<const EnumSpelling<QkNorm>> spellings(QkNorm) {
+  static constexpr EnumSpelling<QkNorm> k[] = {
+      {QkNorm::kNone, "none"}, {QkNorm::kRow, "row"}, {QkNorm::kHead, "head"}};
+  return k;
+}
+
+std::span<const EnumSpelling<RopeStyle>> spellings(RopeStyle) {
+  static constexpr EnumSpelling<RopeStyle> k[] = {{RopeStyle::kHalf, "half"},
+                                                  {RopeStyle::kInterleaved, "interleaved"}};
+  return k;
+}
+
 std::span<const EnumSpelling<FfnConfig::Kind>> spellings(FfnConfig::Kind) {
   using K = FfnConfig::Kind;
   static constexpr EnumSpelling<K> k[] = {
@@ -85,6 +97,14 @@ const FieldTable<RouterConfig>& router_config_fields() {
                    "token-choice routers)";
           });
     t.add("bias_rate", &R::bias_rate, "γ of the bias update b_e += γ·sign(mean load − load_e)");
+    t.add("routed_scaling_factor", &R::routed_scaling_factor,
+          "topk: multiplies the routed experts' combine weights after the optional "
+          "renormalisation (DeepSeek; llama.cpp's expert_weights_scale)",
+          [](float f, const R& r) -> std::optional<std::string> {
+            if (f == 1.f || (r.kind == R::Kind::kTopK && f > 0 && std::isfinite(f)))
+              return std::nullopt;
+            return r.kind == R::Kind::kTopK ? "> 0" : "1 (the factor is for the topk router)";
+          });
     return t;
   }();
   return t;
@@ -108,8 +128,15 @@ const FieldTable<MoeFfnConfig>& moe_ffn_config_fields() {
           nonneg);
     t.add("expansion", &M::expansion, "fine-grained sizing: expansion rate E", nonneg);
     t.add("k_base", &M::k_base, "fine-grained sizing: top-k = G·k_base", rule::at_least(1));
-    t.add("shared_experts", &M::shared_experts,
-          "dense experts of width H every token passes through", nonneg);
+    t.add("shared_experts", &M::shared_experts, "dense experts every token passes through", nonneg);
+    t.add("shared_d_expert", &M::shared_d_expert, "width of one shared expert; 0 = d_expert",
+          nonneg);
+    t.add("shared_gate", &M::shared_gate,
+          "Qwen2-MoE: the shared experts' output × σ(x·w) per token (param `shared.gate` [C])",
+          [](bool g, const M& m) -> std::optional<std::string> {
+            if (!g || m.shared_experts > 0) return std::nullopt;
+            return "false (the gate needs shared_experts >= 1)";
+          });
     t.add("capacity_factor", &M::capacity_factor,
           "training capacity ⌈cf·N·k/E⌉ per expert (0 = dropless); expert choice: mean experts "
           "per token (0 = top_k)",
@@ -300,10 +327,25 @@ const FieldTable<ModelConfig>& model_config_fields() {
     t.add("head_dim", &M::head_dim,
           "per-head width (even: RoPE rotates pairs); 0 = d_model / n_heads", rule::at_least(0));
     t.add("max_seq_len", &M::max_seq_len, "longest context (RoPE table, KV cache)", positive);
-    t.add("rope_theta", &M::rope_theta, "RoPE base (rotate-half convention)", above0);
-    t.add("norm_eps", &M::norm_eps, "RMSNorm epsilon", above0);
+    t.add("rope_theta", &M::rope_theta, "RoPE base θ: pair i turns by pos·θ^(−2i/head_dim)",
+          above0);
+    t.add("rope_style", &M::rope_style,
+          "`half` (pairs (i, i+hd/2): NeoX, Qwen, OLMoE) or `interleaved` (pairs (2i, 2i+1): "
+          "llama.cpp's `llama`, `deepseek`)");
+    t.add("norm_eps", &M::norm_eps, "RMSNorm epsilon (every norm, q/k norms included)", above0);
     t.add("qk_norm", &M::qk_norm,
-          "RMSNorm over the whole q row (n_heads·head_dim) and k row, as OLMoE");
+          "RMSNorm of q and k before RoPE: `none`, `row` (whole q / k row, OLMoE) or `head` "
+          "(each head, one [head_dim] weight, Qwen3); false / true mean none / row");
+    // Older configs and checkpoints wrote a boolean: false = none, true = row.
+    t.last().read = [plain = t.last()](const json& v, M& m, const std::string& source,
+                                       const std::string& where) {
+      if (v.is_boolean()) {
+        m.qk_norm = v.get<bool>() ? QkNorm::kRow : QkNorm::kNone;
+        return;
+      }
+      plain.read(v, m, source, where);
+    };
+    t.add("qkv_bias", &M::qkv_bias, "biases on the q, k, v projections (Qwen2)");
     t.add("tie_embeddings", &M::tie_embeddings, "LM head shares the embedding matrix");
     t.add("init_std", &M::init_std, "normal init std; output projections get std/√(2·n_layers)",
           above0);

@@ -46,9 +46,16 @@ Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq, Com
     L.wk = params_.add(p + ".attn.wk", {Dkv_, C_}, Init::kNormal, std, true);
     L.wv = params_.add(p + ".attn.wv", {Dkv_, C_}, Init::kNormal, std, true);
     L.wo = params_.add(p + ".attn.wo", {C_, Dq_}, Init::kNormal, std_out, true);
-    if (cfg_.qk_norm) {
-      L.q_norm = params_.add(p + ".attn.q_norm", {Dq_}, Init::kOnes, 0, false);
-      L.k_norm = params_.add(p + ".attn.k_norm", {Dkv_}, Init::kOnes, 0, false);
+    if (cfg_.qk_norm != QkNorm::kNone) {
+      // row: one weight per element of the q / k row; head: one [hd] weight shared by the heads.
+      const bool row = cfg_.qk_norm == QkNorm::kRow;
+      L.q_norm = params_.add(p + ".attn.q_norm", {row ? Dq_ : hd_}, Init::kOnes, 0, false);
+      L.k_norm = params_.add(p + ".attn.k_norm", {row ? Dkv_ : hd_}, Init::kOnes, 0, false);
+    }
+    if (cfg_.qkv_bias) {
+      L.bq = params_.add(p + ".attn.bq", {Dq_}, Init::kZeros, 0, false);
+      L.bk = params_.add(p + ".attn.bk", {Dkv_}, Init::kZeros, 0, false);
+      L.bv = params_.add(p + ".attn.bv", {Dkv_}, Init::kZeros, 0, false);
     }
     L.ffn_norm = params_.add(p + ".ffn_norm.weight", {C_}, Init::kOnes, 0, false);
     ffn_.push_back(make_feed_forward(cfg_.ffn_for(l), cfg_, params_, p + ".ffn", l, comm_));
@@ -60,7 +67,8 @@ Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq, Com
     head_ = params_.add("head.weight", {V_, C_}, Init::kNormal, std, true);
   }
   params_.allocate();
-  rope_ = RopeTable<float>(cfg_.max_seq_len, hd_, cfg_.rope_theta);
+  rope_ = RopeTable<float>(cfg_.max_seq_len, hd_, cfg_.rope_theta,
+                           cfg_.rope_style == RopeStyle::kInterleaved);
   Arena measure;
   bind(measure);
   acts_ = Arena(measure.used());
@@ -69,6 +77,10 @@ Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq, Com
 
 void Transformer::bind(Arena& a) {
   const std::size_t N = max_tokens_;
+  const bool qkn = cfg_.qk_norm != QkNorm::kNone;
+  // rstd per normalised row: one per token (row), one per (token, head) (head).
+  const std::size_t q_rows = cfg_.qk_norm == QkNorm::kHead ? N * Hq_ : N;
+  const std::size_t k_rows = cfg_.qk_norm == QkNorm::kHead ? N * Hkv_ : N;
   auto f = [&](std::size_t n) { return a.take<float>(n); };
   for (int l = 0; l < cfg_.n_layers; ++l) {
     Layer& L = layers_[l];
@@ -76,12 +88,12 @@ void Transformer::bind(Arena& a) {
     L.res_mid = f(N * C_);
     L.ln1 = f(N * C_);
     L.rstd1 = f(N);
-    L.q_raw = cfg_.qk_norm ? f(N * Dq_) : nullptr;
+    L.q_raw = qkn ? f(N * Dq_) : nullptr;
     L.q = f(N * Dq_);
-    L.rstd_q = cfg_.qk_norm ? f(N) : nullptr;
-    L.k_raw = cfg_.qk_norm ? f(N * Dkv_) : nullptr;
+    L.rstd_q = qkn ? f(q_rows) : nullptr;
+    L.k_raw = qkn ? f(N * Dkv_) : nullptr;
     L.k = f(N * Dkv_);
-    L.rstd_k = cfg_.qk_norm ? f(N) : nullptr;
+    L.rstd_k = qkn ? f(k_rows) : nullptr;
     L.v = f(N * Dkv_);
     L.probs = f(std::size_t(max_batch_) * Hq_ * max_seq_ * max_seq_);
     L.att = f(N * Dq_);
@@ -101,18 +113,74 @@ void Transformer::bind(Arena& a) {
   dq_ = f(N * Dq_);
   dk_ = f(N * Dkv_);
   dv_ = f(N * Dkv_);
-  dq_raw_ = cfg_.qk_norm ? f(N * Dq_) : nullptr;
-  dk_raw_ = cfg_.qk_norm ? f(N * Dkv_) : nullptr;
+  dq_raw_ = qkn ? f(N * Dq_) : nullptr;
+  dk_raw_ = qkn ? f(N * Dkv_) : nullptr;
   att_scratch_ = f(attention_scratch_size(max_seq_));
   decode_scores_ = f(cfg_.max_seq_len);
   tokens_ = a.take<int32_t>(N);
-  rms_partial_ = f(rmsnorm_backward_scratch_size(int(N), std::max({C_, Dq_, Dkv_})));
+  rms_partial_ = f(std::max(rmsnorm_backward_scratch_size(int(N), std::max({C_, Dq_, Dkv_})),
+                            rmsnorm_backward_scratch_size(int(q_rows), hd_)));
 }
 
 void Transformer::check_tokens(const int32_t* t, int n, const char* what) const {
   for (int i = 0; i < n; ++i)
     MOE_CHECK(t[i] >= 0 && t[i] < V_, "{} id {} at position {} is out of range [0, {})", what, t[i],
               i, V_);
+}
+
+namespace {
+
+// y [N,D] (+=) the bias b [D] on every row.
+void add_bias(float* y, const float* b, int N, int D) {
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < D; ++i) y[std::size_t(n) * D + i] += b[i];
+}
+
+// db [D] (+=) Σ_n dy[n, :], summed in token order (deterministic; N·D is small next to the GEMMs).
+void bias_backward(float* db, const float* dy, int N, int D) {
+  for (int n = 0; n < N; ++n)
+    for (int i = 0; i < D; ++i) db[i] += dy[std::size_t(n) * D + i];
+}
+
+}  // namespace
+
+void Transformer::qkv_forward(const Layer& w, Layer& s, float* q, float* k, float* v, int N) {
+  // Projections (+ biases) into q/k or, with a q/k norm, into q_raw/k_raw normalised into q/k.
+  // llama.cpp's order (build_qkv, then the model's norm): x·Wᵀ + b → RMSNorm → RoPE (after this).
+  const bool qkn = cfg_.qk_norm != QkNorm::kNone;
+  float* qp = qkn ? s.q_raw : q;
+  float* kp = qkn ? s.k_raw : k;
+  linear_forward(qp, s.ln1, w.wq->w, N, C_, Dq_);
+  linear_forward(kp, s.ln1, w.wk->w, N, C_, Dkv_);
+  linear_forward(v, s.ln1, w.wv->w, N, C_, Dkv_);
+  if (cfg_.qkv_bias) {
+    add_bias(qp, w.bq->w, N, Dq_);
+    add_bias(kp, w.bk->w, N, Dkv_);
+    add_bias(v, w.bv->w, N, Dkv_);
+  }
+  if (qkn) {
+    qk_norm_forward(q, s.rstd_q, qp, w.q_norm, N, Hq_);
+    qk_norm_forward(k, s.rstd_k, kp, w.k_norm, N, Hkv_);
+  }
+}
+
+void Transformer::qk_norm_forward(float* out, float* rstd, const float* in, const Param* w, int N,
+                                  int heads) {
+  // row: each token's [heads·hd] row is one RMSNorm row; head: each head's [hd] (llama.cpp
+  // normalises Qwen3's q/k after reshaping to [hd, heads, tokens], so ne[0] = hd). Same eps.
+  if (cfg_.qk_norm == QkNorm::kRow)
+    rmsnorm_forward(out, rstd, in, w->w, N, heads * hd_, cfg_.norm_eps);
+  else
+    rmsnorm_forward(out, rstd, in, w->w, N * heads, hd_, cfg_.norm_eps);
+}
+
+void Transformer::qk_norm_backward(float* din, Param* w, const float* dout, const float* in,
+                                   const float* rstd, int N, int heads) {
+  if (cfg_.qk_norm == QkNorm::kRow)
+    rmsnorm_backward(din, w->g, rms_partial_, dout, in, w->w, rstd, N, heads * hd_);
+  else
+    rmsnorm_backward(din, w->g, rms_partial_, dout, in, w->w, rstd, N * heads, hd_);
 }
 
 double Transformer::forward(const int32_t* tokens, const int32_t* targets, int B, int T,
@@ -137,13 +205,7 @@ double Transformer::forward(const int32_t* tokens, const int32_t* targets, int B
     Layer& L = layers_[l];
     float* out = l + 1 < cfg_.n_layers ? layers_[l + 1].res_in : res_final_;
     rmsnorm_forward(L.ln1, L.rstd1, L.res_in, L.attn_norm->w, N, C_, eps);
-    linear_forward(cfg_.qk_norm ? L.q_raw : L.q, L.ln1, L.wq->w, N, C_, Dq_);
-    linear_forward(cfg_.qk_norm ? L.k_raw : L.k, L.ln1, L.wk->w, N, C_, Dkv_);
-    linear_forward(L.v, L.ln1, L.wv->w, N, C_, Dkv_);
-    if (cfg_.qk_norm) {
-      rmsnorm_forward(L.q, L.rstd_q, L.q_raw, L.q_norm->w, N, Dq_, eps);
-      rmsnorm_forward(L.k, L.rstd_k, L.k_raw, L.k_norm->w, N, Dkv_, eps);
-    }
+    qkv_forward(L, L, L.q, L.k, L.v, N);
     rope_apply(L.q, rope_, N, T, 0, Hq_, false);
     rope_apply(L.k, rope_, N, T, 0, Hkv_, false);
     attention_forward(L.att, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_, hd_);
@@ -198,15 +260,18 @@ void Transformer::backward() {
     rope_apply(dk_, rope_, N, T, 0, Hkv_, true);
     float* dq = dq_;
     float* dk = dk_;
-    if (cfg_.qk_norm) {
+    if (cfg_.qk_norm != QkNorm::kNone) {
       std::memset(dq_raw_, 0, sizeof(float) * N * Dq_);
       std::memset(dk_raw_, 0, sizeof(float) * N * Dkv_);
-      rmsnorm_backward(dq_raw_, L.q_norm->g, rms_partial_, dq_, L.q_raw, L.q_norm->w, L.rstd_q, N,
-                       Dq_);
-      rmsnorm_backward(dk_raw_, L.k_norm->g, rms_partial_, dk_, L.k_raw, L.k_norm->w, L.rstd_k, N,
-                       Dkv_);
+      qk_norm_backward(dq_raw_, L.q_norm, dq_, L.q_raw, L.rstd_q, N, Hq_);
+      qk_norm_backward(dk_raw_, L.k_norm, dk_, L.k_raw, L.rstd_k, N, Hkv_);
       dq = dq_raw_;
       dk = dk_raw_;
+    }
+    if (cfg_.qkv_bias) {
+      bias_backward(L.bq->g, dq, N, Dq_);
+      bias_backward(L.bk->g, dk, N, Dkv_);
+      bias_backward(L.bv->g, dv_, N, Dkv_);
     }
     linear_backward(dln_, L.wq->g, dq, L.ln1, L.wq->w, N, C_, Dq_, false);
     linear_backward(dln_, L.wk->g, dk, L.ln1, L.wk->w, N, C_, Dkv_, true);
@@ -249,16 +314,7 @@ const float* Transformer::decode_step(int32_t token, int pos, KVCache& cache) {
     float* q = S.q;
     float* k = kc + std::size_t(pos) * Dkv_;
     float* v = vc + std::size_t(pos) * Dkv_;
-    if (cfg_.qk_norm) {
-      linear_forward(S.q_raw, S.ln1, L.wq->w, 1, C_, Dq_);
-      linear_forward(S.k_raw, S.ln1, L.wk->w, 1, C_, Dkv_);
-      rmsnorm_forward(q, S.rstd_q, S.q_raw, L.q_norm->w, 1, Dq_, eps);
-      rmsnorm_forward(k, S.rstd_k, S.k_raw, L.k_norm->w, 1, Dkv_, eps);
-    } else {
-      linear_forward(q, S.ln1, L.wq->w, 1, C_, Dq_);
-      linear_forward(k, S.ln1, L.wk->w, 1, C_, Dkv_);
-    }
-    linear_forward(v, S.ln1, L.wv->w, 1, C_, Dkv_);
+    qkv_forward(L, S, q, k, v, 1);
     rope_apply(q, rope_, 1, 1, pos, Hq_, false);
     rope_apply(k, rope_, 1, 1, pos, Hkv_, false);
     float* scores = decode_scores_;

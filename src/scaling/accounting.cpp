@@ -15,8 +15,11 @@ ModelCount count_model(const ModelConfig& cfg, int seq_len) {
   const int64_t Dq = int64_t(m.n_heads) * m.head_dim, Dkv = int64_t(m.n_kv_heads) * m.head_dim;
   c.embedding = V * C;
   c.head = m.tie_embeddings ? 0 : V * C;
-  c.attention = L * (Dq * C + 2 * Dkv * C + C * Dq);
-  c.norms = L * 2 * C + C + (m.qk_norm ? L * (Dq + Dkv) : 0);
+  c.attention = L * (Dq * C + 2 * Dkv * C + C * Dq + (m.qkv_bias ? Dq + 2 * Dkv : 0));
+  const int64_t qk_norm = m.qk_norm == QkNorm::kRow    ? Dq + Dkv
+                          : m.qk_norm == QkNorm::kHead ? 2 * int64_t(m.head_dim)
+                                                       : 0;
+  c.norms = L * 2 * C + C + L * qk_norm;
   double router_flop_params = 0;  // Σ over MoE layers of C·E
   double peer_retrieval_fwd = 0;  // Σ over PEER layers of retrieval FLOPs per token
   for (int l = 0; l < L; ++l) {
@@ -55,16 +58,19 @@ ModelCount count_model(const ModelConfig& cfg, int seq_len) {
     const int64_t router =
         E * C * (mo.router.kind == Router::kNoisyTopK ? 2 : 1) + (mo.router.bias_balance ? E : 0);
     const int64_t expert = mats * C * H;
+    // Shared experts: their own width, and Qwen2-MoE's sigmoid gate [C].
+    const int64_t shared =
+        S * mats * C * (mo.shared_d_expert ? mo.shared_d_expert : H) + (mo.shared_gate ? C : 0);
     // Experts a token uses: k for token choice; on average capacity_factor for expert choice.
     const double per_token =
         mo.router.kind == Router::kExpertChoice ? mo.capacity_factor : mo.top_k;
     c.router += router;
     c.experts += E * expert;
-    c.shared += S * expert;
-    c.ffn += router + (E + S) * expert;
-    c.ffn_active += router + int64_t(std::llround(per_token * expert)) + S * expert;
+    c.shared += shared;
+    c.ffn += router + E * expert + shared;
+    c.ffn_active += router + int64_t(std::llround(per_token * expert)) + shared;
     router_flop_params += double(E) * C;
-    ffn_matmul_active += per_token * expert + double(S) * expert;
+    ffn_matmul_active += per_token * expert + double(shared);
   }
   c.total = c.embedding + c.head + c.attention + c.norms + c.ffn;
   c.active = c.total - c.ffn + c.ffn_active;

@@ -146,6 +146,7 @@ struct MoeLayerOp {
   bool glu() const { return spec.act == Activation::kSwiGLU; }
   std::vector<OpArg> args() const {
     const std::size_t E = spec.E, C = spec.C, H = spec.H, S = spec.n_shared;
+    const std::size_t Hs = spec.shared_H();
     const double r = 3.0 / std::sqrt(double(C));  // well-separated router logits: no kinks
     const bool noisy = spec.kind == RouterKind::kNoisyTopK;
     return {{"x", std::size_t(N()) * C},
@@ -154,9 +155,10 @@ struct MoeLayerOp {
             {"w_gate", glu() ? E * H * C : 0, GradMode::kAccumulate, 0.5},
             {"w_up", E * H * C, GradMode::kAccumulate, 0.5},
             {"w_down", E * C * H, GradMode::kAccumulate, 0.5},
-            {"s_gate", glu() ? S * H * C : 0, GradMode::kAccumulate, 0.5},
-            {"s_up", S * H * C, GradMode::kAccumulate, 0.5},
-            {"s_down", S * C * H, GradMode::kAccumulate, 0.5}};
+            {"s_gate", glu() ? S * Hs * C : 0, GradMode::kAccumulate, 0.5},
+            {"s_up", S * Hs * C, GradMode::kAccumulate, 0.5},
+            {"s_down", S * C * Hs, GradMode::kAccumulate, 0.5},
+            {"s_router", spec.shared_gate ? C : 0, GradMode::kAccumulate, 0.5}};
   }
   std::vector<OpOut> outs() const { return {{"y", std::size_t(N()) * spec.C}, {"aux + z", 1}}; }
   template <typename U>
@@ -174,7 +176,7 @@ struct MoeLayerOp {
     const std::vector<U> no_bias(spec.E, U(0));
     layer.forward(d.y(0), d.x(0),
                   {d.x(1), ptr(d.in[2]), no_bias.data(), ptr(d.in[3]), d.x(4), d.x(5), ptr(d.in[6]),
-                   ptr(d.in[7]), ptr(d.in[8])},
+                   ptr(d.in[7]), ptr(d.in[8]), ptr(d.in[9])},
                   st);
     d.out[1][0] = U(layer.stats().aux_loss + layer.stats().z_loss);
   }
@@ -193,10 +195,10 @@ struct MoeLayerOp {
     const std::vector<U> no_bias(spec.E, U(0));
     layer.backward(d.dx(0),
                    {d.dx(1), ptr(d.din[2]), ptr(d.din[3]), d.dx(4), d.dx(5), ptr(d.din[6]),
-                    ptr(d.din[7]), ptr(d.din[8])},
+                    ptr(d.din[7]), ptr(d.din[8]), ptr(d.din[9])},
                    d.dy(0), d.x(0),
                    {d.x(1), ptr(d.in[2]), no_bias.data(), ptr(d.in[3]), d.x(4), d.x(5),
-                    ptr(d.in[6]), ptr(d.in[7]), ptr(d.in[8])});
+                    ptr(d.in[6]), ptr(d.in[7]), ptr(d.in[8]), ptr(d.in[9])});
   }
   // The double layer is the reference here: the layer's semantics are checked against PyTorch
   // (test_moe_reference.cpp) and by the reductions below; the op checks its gradients and its
@@ -224,6 +226,29 @@ MOE_OP_TEST(MoeSwitchTopOne, MoeLayerOp{with(spec_of(RouterKind::kTopK, 4, 1),
 MOE_OP_TEST(MoeSigmoid,
             MoeLayerOp{with(spec_of(RouterKind::kTopK, 5, 2), [](MoeSpec& s) { s.sigmoid = true; }),
                        2, 3});
+// Qwen2-MoE: plain top-k, shared expert of its own width behind a sigmoid gate; and DeepSeek:
+// renormalised or not, the routed scaling factor, two shared experts of another width.
+MOE_OP_TEST(MoeQwen2SharedGateAndWidth, MoeLayerOp{with(spec_of(RouterKind::kTopK, 4, 2),
+                                                        [](MoeSpec& s) {
+                                                          s.normalize = false;
+                                                          s.n_shared = 1;
+                                                          s.Hs = 7;
+                                                          s.shared_gate = true;
+                                                        }),
+                                                   2, 3});
+MOE_OP_TEST(MoeRoutedScaleRenormalised, MoeLayerOp{with(spec_of(RouterKind::kTopK, 5, 2),
+                                                        [](MoeSpec& s) {
+                                                          s.routed_scale = 2.5f;
+                                                          s.n_shared = 2;
+                                                          s.Hs = 3;
+                                                        }),
+                                                   2, 3});
+MOE_OP_TEST(MoeRoutedScalePlain, MoeLayerOp{with(spec_of(RouterKind::kTopK, 4, 2),
+                                                 [](MoeSpec& s) {
+                                                   s.normalize = false;
+                                                   s.routed_scale = 0.75f;
+                                                 }),
+                                            2, 3});
 MOE_OP_TEST(MoeNoisyTopK, MoeLayerOp{spec_of(RouterKind::kNoisyTopK, 4, 2), 2, 3});
 MOE_OP_TEST(MoeGShard, MoeLayerOp{with(spec_of(RouterKind::kGShard, 4, 2),
                                        [](MoeSpec& s) { s.capacity_factor = 1.5f; }),

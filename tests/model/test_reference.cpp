@@ -81,7 +81,10 @@ TEST_P(Reference, ForwardBackwardAndTenAdamWSteps) {
 
 // A: GQA (4 query / 2 kv heads), QK-norm, untied head, SwiGLU.
 // B: multi-head, tied embeddings, GELU.
+// C: llama.cpp architecture features: q/k/v biases, per-head QK-norm, interleaved RoPE, GQA with
+//    head_dim 8 ≠ d_model / n_heads = 6, untied head, SwiGLU.
 INSTANTIATE_TEST_SUITE_P(Model, Reference,
-                         ::testing::Values("tiny_model_a.safetensors", "tiny_model_b.safetensors"));
+                         ::testing::Values("tiny_model_a.safetensors", "tiny_model_b.safetensors",
+                                           "tiny_model_c.safetensors"));
 
 }  // namespace

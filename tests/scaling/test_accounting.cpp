@@ -18,7 +18,8 @@ TEST(Accounting, CountsEqualAllocatedParameters) {
       {R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 4}})",
        R"({"model": {"d_model": 48, "n_layers": 3, "n_heads": 6, "n_kv_heads": 2, "qk_norm": true, "tie_embeddings": false}})",
        R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "head_dim": 24, "ffn": {"activation": "gelu", "d_ff": 80}}})",
-       R"({"model": {"d_model": 32, "n_layers": 3, "n_heads": 4, "ffn_overrides": {"1": {"activation": "gelu", "d_ff": 40}}}})"}) {
+       R"({"model": {"d_model": 32, "n_layers": 3, "n_heads": 4, "ffn_overrides": {"1": {"activation": "gelu", "d_ff": 40}}}})",
+       R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 12, "qk_norm": "head", "qkv_bias": true}})"}) {
     Config c = config_from_json(nlohmann::json::parse(text), "test");
     Transformer m(c.model, 1, 4);
     int64_t allocated = 0;
@@ -27,6 +28,21 @@ TEST(Accounting, CountsEqualAllocatedParameters) {
     EXPECT_EQ(mc.total, allocated) << text;
     EXPECT_EQ(mc.active, mc.total) << text;  // dense: every parameter is active
   }
+}
+
+TEST(Accounting, MoeCountsEqualAllocatedParametersWithSharedWidthAndGate) {
+  // Qwen2-MoE-like: shared experts of their own width behind a sigmoid gate [C], a dense lead.
+  Config c = config_from_json(nlohmann::json::parse(R"({"model": {"d_model": 32, "n_layers": 2,
+      "n_heads": 4, "ffn": {"kind": "moe", "num_experts": 4, "top_k": 2, "d_expert": 16,
+      "shared_experts": 2, "shared_d_expert": 24, "shared_gate": true},
+      "ffn_overrides": {"0": {"kind": "dense", "d_ff": 48}}}})"),
+                              "test");
+  Transformer m(c.model, 1, 4);
+  int64_t allocated = 0;
+  for (auto& p : m.params().all()) allocated += int64_t(p.numel);
+  const ModelCount mc = count_model(c.model, 16);
+  EXPECT_EQ(mc.total, allocated);
+  EXPECT_EQ(mc.shared, 2 * 3 * 32 * 24 + 32);
 }
 
 TEST(Accounting, FlopsMatchHandCount) {

@@ -72,7 +72,7 @@ TEST(Config, SetOverridesAreAppliedAndValidated) {
   Config c = config_from_json(j, "--set");
   EXPECT_FLOAT_EQ(c.train.lr, 3e-4f);
   EXPECT_EQ(c.model.ffn.activation, Activation::kGELU);
-  EXPECT_TRUE(c.model.qk_norm);
+  EXPECT_EQ(c.model.qk_norm, QkNorm::kRow);  // the boolean form of older configs
   nlohmann::json k = nlohmann::json::object();
   apply_override(k, "train.nope=1");
   EXPECT_NE(error_of([&] { config_from_json(k, "--set"); }).find("train.nope"), std::string::npos);

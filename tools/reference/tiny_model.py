@@ -4,6 +4,8 @@
 Writes the committed whole-model fixtures
     tests/fixtures/tiny_model_a.safetensors   (GQA 4q/2kv, qk_norm, untied head, SwiGLU)
     tests/fixtures/tiny_model_b.safetensors   (MHA, no qk_norm, tied embeddings, GELU)
+    tests/fixtures/tiny_model_c.safetensors   (GQA, head_dim 8 != C/Hq, q/k/v biases, per-head
+                                               qk_norm, interleaved RoPE, untied, SwiGLU)
 that the C++ tests compare against: initial parameters, inputs, logits, loss, every gradient,
 and ten AdamW steps (losses, learning rates, grad norms, final parameters).
 
@@ -15,8 +17,11 @@ Usage (Debian's interpreter: it has torch 1.13 and numpy):
 The model (all float64; weights stored [out, in]; y = x @ W.T; no biases):
     h = embed.weight[x]
     per layer: a = rmsnorm(h, attn_norm); q,k,v = a @ wq.T, a @ wk.T, a @ wv.T
-               (qk_norm: rmsnorm over the whole q row [Hq*hd] / k row [Hkv*hd])
-               RoPE, "rotate half", per head, on q and k; position t is 0-based
+               (qkv_bias: q, k, v += bq, bk, bv, before any norm)
+               (qk_norm row: rmsnorm over the whole q row [Hq*hd] / k row [Hkv*hd];
+                qk_norm head: rmsnorm over each head's hd values, weight [hd] for all heads)
+               RoPE per head on q and k, pair i turned by t*theta^(-2i/hd): pairs (i, i+hd/2)
+               ("rotate half", default) or (2i, 2i+1) (rope_style interleaved); t is 0-based
                GQA: query head j uses kv head j // (Hq/Hkv); causal softmax(q.k/sqrt(hd)) @ v
                h += o @ wo.T; f = rmsnorm(h, ffn_norm)
                swiglu: h += (silu(f @ w_gate.T) * (f @ w_up.T)) @ w_down.T
@@ -58,12 +63,18 @@ FIXTURES = {
     "b": dict(seed=20240502, vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=2,
               head_dim=16, T=10, B=2, qk_norm=False, tie_embeddings=True, activation="gelu",
               d_ff=64),
+    # The llama.cpp architecture features: q/k/v biases (Qwen2), per-head q/k norm with one
+    # [hd] weight (Qwen3), interleaved RoPE pairs (llama.cpp's "llama"), head_dim != C/Hq.
+    "c": dict(seed=20240503, vocab_size=53, d_model=24, n_layers=2, n_heads=4, n_kv_heads=2,
+              head_dim=8, T=9, B=2, qk_norm="head", tie_embeddings=False, activation="swiglu",
+              d_ff=40, qkv_bias=True, rope_style="interleaved"),
 }
 ROPE_THETA = 10000.0
 NORM_EPS = 1e-5
 MATRIX_STD = 0.1
 EMBED_STD = 0.5
 NORM_W_STD = 0.1
+BIAS_STD = 0.3
 
 
 def config_json(fx):
@@ -77,7 +88,17 @@ def config_json(fx):
         },
         "train": {"batch_size": fx["B"], "seq_len": fx["T"], **TRAIN},
     }
+    # Fixtures a and b predate these fields: their configs (and bytes) stay as they were.
+    for key in ("qkv_bias", "rope_style"):
+        if key in fx:
+            cfg["model"][key] = fx[key]
     return cfg
+
+
+def qk_norm_mode(m):
+    """none | row | head; the booleans false / true of older configs mean none / row."""
+    v = m["qk_norm"]
+    return {False: "none", True: "row"}.get(v, v) if isinstance(v, bool) else v
 
 
 # ------------------------------------------------------------------------------------------
@@ -97,8 +118,14 @@ def param_shapes(cfg):
                 (p + "attn.wk", (kv, C), "matrix"),
                 (p + "attn.wv", (kv, C), "matrix"),
                 (p + "attn.wo", (C, q), "matrix")]
-        if m["qk_norm"]:
+        if qk_norm_mode(m) == "row":
             out += [(p + "attn.q_norm", (q,), "norm"), (p + "attn.k_norm", (kv,), "norm")]
+        elif qk_norm_mode(m) == "head":
+            hd = m["head_dim"]
+            out += [(p + "attn.q_norm", (hd,), "norm"), (p + "attn.k_norm", (hd,), "norm")]
+        if m.get("qkv_bias", False):
+            out += [(p + "attn.bq", (q,), "bias"), (p + "attn.bk", (kv,), "bias"),
+                    (p + "attn.bv", (kv,), "bias")]
         out += [(p + "ffn_norm.weight", (C,), "norm")]
         if m["ffn"]["activation"] == "swiglu":
             out += [(p + "ffn.w_gate", (H, C), "matrix")]
@@ -119,6 +146,8 @@ def init_params(cfg, seed):
             v = EMBED_STD * z
         elif kind == "matrix":
             v = MATRIX_STD * z
+        elif kind == "bias":
+            v = BIAS_STD * z  # nonzero, so the forward sees them (the C++ model starts at 0)
         else:
             v = 1.0 + NORM_W_STD * z
         params[name] = v.to(torch.float32)
@@ -149,11 +178,15 @@ def rope_tables(T, hd, theta):
     return torch.cos(ang), torch.sin(ang)
 
 
-def apply_rope(x, cos, sin):
-    """x [B,T,nh,hd]; cos/sin [T,hd/2]. Rotate-half convention."""
+def apply_rope(x, cos, sin, style="half"):
+    """x [B,T,nh,hd]; cos/sin [T,hd/2]. Pair i is (i, i + hd/2) ("half", rotate-half) or
+    (2i, 2i + 1) ("interleaved", llama.cpp's ROPE_TYPE_NORM); it turns by t*theta^(-2i/hd)."""
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    if style == "interleaved":
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).flatten(-2)
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
 
 
@@ -184,11 +217,18 @@ def forward(P, tokens, cfg):
         q = a @ P[p + "attn.wq"].T
         k = a @ P[p + "attn.wk"].T
         v = a @ P[p + "attn.wv"].T
-        if m["qk_norm"]:
+        if m.get("qkv_bias", False):
+            q, k, v = q + P[p + "attn.bq"], k + P[p + "attn.bk"], v + P[p + "attn.bv"]
+        if qk_norm_mode(m) == "row":
             q = rmsnorm(q, P[p + "attn.q_norm"], eps)
             k = rmsnorm(k, P[p + "attn.k_norm"], eps)
-        q = apply_rope(q.view(B, T, Hq, hd), cos, sin)
-        k = apply_rope(k.view(B, T, Hkv, hd), cos, sin)
+        q, k = q.view(B, T, Hq, hd), k.view(B, T, Hkv, hd)
+        if qk_norm_mode(m) == "head":  # each head's hd values, one weight shared by the heads
+            q = rmsnorm(q, P[p + "attn.q_norm"], eps)
+            k = rmsnorm(k, P[p + "attn.k_norm"], eps)
+        style = m.get("rope_style", "half")
+        q = apply_rope(q, cos, sin, style)
+        k = apply_rope(k, cos, sin, style)
         v = v.view(B, T, Hkv, hd)
         h = h + attention(q, k, v, Hq, Hkv, hd) @ P[p + "attn.wo"].T
         f = rmsnorm(h, P[p + "ffn_norm.weight"], eps)
@@ -295,8 +335,9 @@ def naive_forward(P, tokens, cfg):
         for i in range(half):
             ang = t * m["rope_theta"] ** (-(2.0 * i) / hd)
             c, s = math.cos(ang), math.sin(ang)
-            y[i] = x[i] * c - x[i + half] * s
-            y[i + half] = x[i + half] * c + x[i] * s
+            a, b = (2 * i, 2 * i + 1) if m.get("rope_style") == "interleaved" else (i, i + half)
+            y[a] = x[a] * c - x[b] * s
+            y[b] = x[b] * c + x[a] * s
         return y
 
     out = torch.empty(B, T, m["vocab_size"], dtype=DT)
@@ -308,10 +349,17 @@ def naive_forward(P, tokens, cfg):
             for t in range(T):
                 a = norm(hs[t], P[p + "attn_norm.weight"])
                 q, k, v = P[p + "attn.wq"] @ a, P[p + "attn.wk"] @ a, P[p + "attn.wv"] @ a
-                if m["qk_norm"]:
+                if m.get("qkv_bias", False):
+                    q, k, v = q + P[p + "attn.bq"], k + P[p + "attn.bk"], v + P[p + "attn.bv"]
+                if qk_norm_mode(m) == "row":
                     q, k = norm(q, P[p + "attn.q_norm"]), norm(k, P[p + "attn.k_norm"])
-                Q.append([rope(q[j * hd:(j + 1) * hd], t) for j in range(Hq)])
-                K.append([rope(k[j * hd:(j + 1) * hd], t) for j in range(Hkv)])
+                qh = [q[j * hd:(j + 1) * hd] for j in range(Hq)]
+                kh = [k[j * hd:(j + 1) * hd] for j in range(Hkv)]
+                if qk_norm_mode(m) == "head":
+                    qh = [norm(x, P[p + "attn.q_norm"]) for x in qh]
+                    kh = [norm(x, P[p + "attn.k_norm"]) for x in kh]
+                Q.append([rope(x, t) for x in qh])
+                K.append([rope(x, t) for x in kh])
                 Vv.append([v[j * hd:(j + 1) * hd] for j in range(Hkv)])
             new = []
             for t in range(T):
@@ -431,9 +479,10 @@ def run_checks(key, out, cfg, verbose=True):
     q = torch.randn(B, T, Hq, hd, generator=gen, dtype=DT, requires_grad=True)
     k = torch.randn(B, T, Hkv, hd, generator=gen, dtype=DT, requires_grad=True)
     v = torch.randn(B, T, Hkv, hd, generator=gen, dtype=DT, requires_grad=True)
+    style = m.get("rope_style", "half")
     assert torch.autograd.gradcheck(
-        lambda q, k, v: attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v,
-                                  Hq, Hkv, hd), (q, k, v))
+        lambda q, k, v: attention(apply_rope(q, cos, sin, style), apply_rope(k, cos, sin, style),
+                                  v, Hq, Hkv, hd), (q, k, v))
     f = torch.randn(B, T, 4, generator=gen, dtype=DT, requires_grad=True)
     wg, wu = (torch.randn(5, 4, generator=gen, dtype=DT, requires_grad=True) for _ in range(2))
     assert torch.autograd.gradcheck(lambda f, a, b: F.silu(f @ a.T) * (f @ b.T), (f, wg, wu))
@@ -443,11 +492,11 @@ def run_checks(key, out, cfg, verbose=True):
     # 5. RoPE is a rotation: it preserves each head's norm, and q.k depends only on t - s.
     with torch.no_grad():
         xr = torch.randn(1, T, 1, hd, generator=gen, dtype=DT)
-        assert torch.allclose(apply_rope(xr, cos, sin).norm(dim=-1), xr.norm(dim=-1))
+        assert torch.allclose(apply_rope(xr, cos, sin, style).norm(dim=-1), xr.norm(dim=-1))
         a1 = torch.randn(hd, generator=gen, dtype=DT)
         b1 = torch.randn(hd, generator=gen, dtype=DT)
-        qa = apply_rope(a1.expand(1, T, 1, hd), cos, sin)[0, :, 0]
-        kb = apply_rope(b1.expand(1, T, 1, hd), cos, sin)[0, :, 0]
+        qa = apply_rope(a1.expand(1, T, 1, hd), cos, sin, style)[0, :, 0]
+        kb = apply_rope(b1.expand(1, T, 1, hd), cos, sin, style)[0, :, 0]
         assert abs(qa[3] @ kb[1] - qa[4] @ kb[2]) < 1e-12
     say("RoPE preserves norms and is relative")
 

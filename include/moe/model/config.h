@@ -26,6 +26,9 @@ struct RouterConfig {
   float jitter = 0;           // topk: multiplicative input jitter x·U(1−j, 1+j), training only
   bool bias_balance = false;  // DeepSeek-V3 aux-loss-free bias on the selection (token choice)
   float bias_rate = 1e-3f;    // γ of the bias update b_e += γ·sign(mean load − load_e)
+  // topk: multiplies the k combine weights after the optional renormalisation (DeepSeek's
+  // routed_scaling_factor, llama.cpp's expert_weights_scale).
+  float routed_scaling_factor = 1.f;
 };
 std::span<const EnumSpelling<RouterConfig::Kind>> spellings(RouterConfig::Kind);
 std::span<const EnumSpelling<RouterConfig::Score>> spellings(RouterConfig::Score);
@@ -43,7 +46,9 @@ struct MoeFfnConfig {
   int granularity = 0;  // G
   int expansion = 0;    // E (expansion rate)
   int k_base = 1;
-  int shared_experts = 0;          // dense experts every token passes through (width H)
+  int shared_experts = 0;          // dense experts every token passes through
+  int shared_d_expert = 0;         // width of one shared expert; 0 = d_expert
+  bool shared_gate = false;        // Qwen2-MoE: shared output × σ(x·w_gate_shared) per token
   float capacity_factor = 0;       // training; 0 = dropless (token choice)
   float eval_capacity_factor = 0;  // evaluation / generation; 0 = dropless
   double aux_loss_coef = 0.01;     // α of the Switch load-balancing loss
@@ -79,6 +84,21 @@ struct FfnConfig {
 };
 std::span<const EnumSpelling<FfnConfig::Kind>> spellings(FfnConfig::Kind);
 
+// Normalisation of the attention's q and k before RoPE (model.qk_norm).
+enum class QkNorm {
+  kNone,
+  kRow,   // RMSNorm over the whole q row [Hq·hd] and k row [Hkv·hd], weights of that size (OLMoE)
+  kHead,  // RMSNorm over each head's hd values, one weight [hd] shared by the heads (Qwen3)
+};
+std::span<const EnumSpelling<QkNorm>> spellings(QkNorm);  // none | row | head
+
+// Which pairs of a head RoPE rotates (model.rope_style); pair i turns by pos·θ^(−2i/hd) in both.
+enum class RopeStyle {
+  kHalf,         // (i, i + hd/2): GPT-NeoX, HF LLaMA; llama.cpp's LLAMA_ROPE_TYPE_NEOX
+  kInterleaved,  // (2i, 2i + 1): Meta LLaMA; llama.cpp's LLAMA_ROPE_TYPE_NORM ("llama" arch)
+};
+std::span<const EnumSpelling<RopeStyle>> spellings(RopeStyle);  // half | interleaved
+
 struct ModelConfig {
   int vocab_size = 256;  // set from the tokenizer when "auto" (0)
   int d_model = 128;     // C
@@ -89,7 +109,9 @@ struct ModelConfig {
   int max_seq_len = 256;  // longest context (RoPE table, KV cache)
   float rope_theta = 10000.f;
   float norm_eps = 1e-5f;
-  bool qk_norm = false;  // RMSNorm over the whole q row (n_heads*head_dim) and k row
+  RopeStyle rope_style = RopeStyle::kHalf;
+  QkNorm qk_norm = QkNorm::kNone;  // JSON false / true read as none / row (older configs)
+  bool qkv_bias = false;           // biases on the q, k, v projections (Qwen2)
   bool tie_embeddings = true;
   float init_std = 0.02f;
   FfnConfig ffn;

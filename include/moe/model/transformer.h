@@ -1,7 +1,9 @@
 // Decoder-only transformer LM with hand-written forward and backward (llm.c style):
 //   tokens → embed → L × [ x += Attn(RMSNorm(x)); x += FFN(RMSNorm(x)) ] → RMSNorm → head → CE
-// Attention: causal, RoPE (rotate-half), grouped-query heads, optional QK-norm over the whole
-// q / k row. FFN: any kind behind ffn/feed_forward.h, chosen per block.
+// Attention (llama.cpp's order): q, k, v = x·Wᵀ (+ b: qkv_bias) → optional RMSNorm of q and k
+// (qk_norm: over the whole row, or per head with one [hd] weight) → RoPE (rotate-half or
+// interleaved pairs) → causal softmax(q·kᵀ/√hd)·v with grouped-query heads (q head h reads kv
+// head h / (Hq/Hkv)). FFN: any kind behind ffn/feed_forward.h, chosen per block.
 // Checkpoint names: see docs/FORMATS.md. All activations live in one arena sized at
 // construction for max_batch × max_seq tokens; nothing is allocated during a step.
 #pragma once
@@ -60,11 +62,19 @@ class Transformer {
  private:
   struct Layer {
     Param *attn_norm, *wq, *wk, *wv, *wo, *q_norm = nullptr, *k_norm = nullptr, *ffn_norm;
+    Param *bq = nullptr, *bk = nullptr, *bv = nullptr;  // qkv_bias
     // activations
     float *res_in, *res_mid, *ln1, *rstd1, *q_raw, *q, *rstd_q, *k_raw, *k, *rstd_k, *v, *probs,
         *att, *ln2, *rstd2;
   };
   void bind(Arena& a);
+  // q [N, Hq·hd], k and v [N, Hkv·hd] (written) from s.ln1 with layer w's weights: projections,
+  // biases, q/k norm (saving s.q_raw, s.k_raw, s.rstd_q, s.rstd_k). RoPE is the caller's.
+  void qkv_forward(const Layer& w, Layer& s, float* q, float* k, float* v, int N);
+  void qk_norm_forward(float* out, float* rstd, const float* in, const Param* w, int N, int heads);
+  // din (+=), w->g (+=).
+  void qk_norm_backward(float* din, Param* w, const float* dout, const float* in, const float* rstd,
+                        int N, int heads);
   void check_tokens(const int32_t* tokens, int n, const char* what) const;
 
   ModelConfig cfg_;

@@ -1,18 +1,26 @@
-// Rotary position embedding, "rotate half" convention (GPT-NeoX / LLaMA in HF): within each head
-// of size hd, pairs (i, i + hd/2) are rotated by angle pos·θ^(−2i/hd).
+// Rotary position embedding. Within each head of size hd, pair i (0 <= i < hd/2) is rotated by
+// the angle pos·θ^(−2i/hd); the two styles differ only in which two elements form pair i:
+//   half        (i, i + hd/2)  GPT-NeoX / HF LLaMA "rotate half"; llama.cpp's ROPE_TYPE_NEOX
+//   interleaved (2i, 2i + 1)   Meta's original LLaMA; llama.cpp's ROPE_TYPE_NORM ("llama" arch)
+// llama.cpp (ggml_rope_cache_init) uses the same angles, theta_i = pos·base^(−2i/n_dims), but
+// forms base^(−2/n_dims)^i by repeated float multiplication; we compute each angle in double
+// and round once, so the two agree to a few float ulps of the angle.
 #pragma once
 #include <cmath>
 #include <vector>
 
 namespace moe {
 
-// cos/sin table [max_pos, hd/2], computed in double then rounded once.
+// cos/sin table [max_pos, hd/2], computed in double then rounded once; `interleaved` picks the
+// pairing (see above).
 template <typename T>
 struct RopeTable {
   int half = 0;
+  bool interleaved = false;
   std::vector<T> cos, sin;
   RopeTable() = default;
-  RopeTable(int max_pos, int head_dim, double theta) : half(head_dim / 2) {
+  RopeTable(int max_pos, int head_dim, double theta, bool interleaved_pairs = false)
+      : half(head_dim / 2), interleaved(interleaved_pairs) {
     cos.resize(std::size_t(max_pos) * half);
     sin.resize(std::size_t(max_pos) * half);
     for (int p = 0; p < max_pos; ++p)
@@ -30,6 +38,7 @@ template <typename T>
 void rope_apply(T* x, const RopeTable<T>& tab, int N, int T_len, int pos0, int n_heads,
                 bool inverse) {
   const int half = tab.half, hd = 2 * half, row = n_heads * hd;
+  const bool inter = tab.interleaved;
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n) {
     const int pos = pos0 + n % T_len;
@@ -37,7 +46,16 @@ void rope_apply(T* x, const RopeTable<T>& tab, int N, int T_len, int pos0, int n
     const T* s = tab.sin.data() + std::size_t(pos) * half;
     for (int h = 0; h < n_heads; ++h) {
       T* v = x + std::size_t(n) * row + h * hd;
-      for (int i = 0; i < half; ++i) {
+      if (inter) {  // pair i = (v[2i], v[2i + 1])
+        for (int i = 0; i < half; ++i) {
+          const T x1 = v[2 * i], x2 = v[2 * i + 1];
+          const T sn = inverse ? -s[i] : s[i];
+          v[2 * i] = x1 * c[i] - x2 * sn;
+          v[2 * i + 1] = x2 * c[i] + x1 * sn;
+        }
+        continue;
+      }
+      for (int i = 0; i < half; ++i) {  // pair i = (v[i], v[i + hd/2])
         const T x1 = v[i], x2 = v[i + half];
         const T sn = inverse ? -s[i] : s[i];
         v[i] = x1 * c[i] - x2 * sn;

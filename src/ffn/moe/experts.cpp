@@ -1,6 +1,7 @@
 #include "moe/ffn/moe/experts.h"
 
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 
 #include "moe/core/error.h"
@@ -95,8 +96,15 @@ void ExpertBank<T>::bind(Arena& a, int experts, int max_expert_rows, int max_tok
   const int C = spec_.C, H = spec_.H, W1 = spec_.w1_rows();
   order_ = a.take<int32_t>(experts);
   if (spec_.n_shared > 0) {
-    shared_gu_ = a.take<T>(std::size_t(spec_.n_shared) * max_tokens * W1);
-    shared_hid_ = a.take<T>(std::size_t(spec_.n_shared) * max_tokens * H);
+    const int Hs = spec_.shared_H(), W1s = spec_.shared_w1_rows();
+    shared_gu_ = a.take<T>(std::size_t(spec_.n_shared) * max_tokens * W1s);
+    shared_hid_ = a.take<T>(std::size_t(spec_.n_shared) * max_tokens * Hs);
+    if (spec_.shared_gate) {
+      shared_out_ = a.take<T>(std::size_t(max_tokens) * C);
+      shared_dy_ = a.take<T>(std::size_t(max_tokens) * C);
+      shared_sig_ = a.take<T>(max_tokens);
+      shared_dz_ = a.take<T>(max_tokens);
+    }
   }
   panel_ = fused_ = false;
   if constexpr (std::is_same_v<T, float>) {
@@ -244,22 +252,68 @@ void ExpertBank<T>::expert_backward(const ExpertPanels<T>& q, const MoeGrads<T>&
 
 template <typename T>
 void ExpertBank<T>::shared_forward(T* y, const T* x, const MoeParams<T>& p, int N) {
-  // Dense FFNs on every token, added with weight 1.
-  const int C = spec_.C, H = spec_.H, W1 = spec_.w1_rows();
+  // Dense FFNs of width Hs on every token, added with weight 1, or (shared_gate) summed into
+  // shared_out_ and added with weight σ(x_n·w_sg) per token.
+  const int C = spec_.C, H = spec_.shared_H(), W1 = spec_.shared_w1_rows();
+  const bool gated = spec_.shared_gate;
+  T* out = gated ? shared_out_ : y;
   for (int s = 0; s < spec_.n_shared; ++s) {
     T* gu = shared_gu_ + std::size_t(s) * N * W1;
     T* hid = shared_hid_ + std::size_t(s) * N * H;
     const std::size_t ws = std::size_t(s) * H * C;
     first_forward(gu, x, p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, N, C, H, spec_.act);
     activation_forward(hid, gu, N, H, spec_.act);
-    gemm<T>(false, true, N, C, H, T(1), hid, H, p.s_down + std::size_t(s) * C * H, H, T(1), y, C);
+    const T beta = gated && s == 0 ? T(0) : T(1);
+    gemm<T>(false, true, N, C, H, T(1), hid, H, p.s_down + std::size_t(s) * C * H, H, beta, out, C);
   }
+  if (!gated) return;
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    const T* xn = x + std::size_t(n) * C;
+    T z = 0;
+    for (int c = 0; c < C; ++c) z += xn[c] * p.s_router[c];
+    const T sg = T(1) / (T(1) + std::exp(-z));
+    shared_sig_[n] = sg;
+    const T* o = shared_out_ + std::size_t(n) * C;
+    T* yn = y + std::size_t(n) * C;
+    for (int c = 0; c < C; ++c) yn[c] += sg * o[c];
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::shared_gate_backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
+                                         const MoeParams<T>& p, int N) {
+  // y += σ_n·o_n:  d(o_n) = σ_n·dy_n (into shared_dy_), dz_n = (dy_n·o_n)·σ_n(1 − σ_n),
+  // dx_n += dz_n·w_sg, dw_sg += Σ_n dz_n·x_n (token order: deterministic).
+  const int C = spec_.C;
+#pragma omp parallel for schedule(static) if (N > 64)
+  for (int n = 0; n < N; ++n) {
+    const T* dyn = dy + std::size_t(n) * C;
+    const T* o = shared_out_ + std::size_t(n) * C;
+    const T sg = shared_sig_[n];
+    T dot = 0;
+    for (int c = 0; c < C; ++c) dot += dyn[c] * o[c];
+    const T dz = dot * sg * (T(1) - sg);
+    shared_dz_[n] = dz;
+    T* ds = shared_dy_ + std::size_t(n) * C;
+    T* dxn = dx + std::size_t(n) * C;
+    for (int c = 0; c < C; ++c) {
+      ds[c] = sg * dyn[c];
+      dxn[c] += dz * p.s_router[c];
+    }
+  }
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) g.s_router[c] += shared_dz_[n] * x[std::size_t(n) * C + c];
 }
 
 template <typename T>
 void ExpertBank<T>::shared_backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
                                     const MoeParams<T>& p, int N) {
-  const int C = spec_.C, H = spec_.H, W1 = spec_.w1_rows();
+  const int C = spec_.C, H = spec_.shared_H(), W1 = spec_.shared_w1_rows();
+  if (spec_.n_shared > 0 && spec_.shared_gate) {
+    shared_gate_backward(dx, g, dy, x, p, N);
+    dy = shared_dy_;  // the shared experts' output gradient σ_n·dy_n
+  }
   for (int s = 0; s < spec_.n_shared; ++s) {
     T* gu = shared_gu_ + std::size_t(s) * N * W1;
     T* hid = shared_hid_ + std::size_t(s) * N * H;

@@ -52,9 +52,12 @@ MoeFfn::MoeFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
   w_up_ = shard(ps.add(prefix + ".experts.w_up", {El, H, C}, Init::kNormal, std_in, true));
   w_down_ = shard(ps.add(prefix + ".experts.w_down", {El, C, H}, Init::kNormal, std_out, true));
   if (S > 0) {
-    if (glu) s_gate_ = ps.add(prefix + ".shared.w_gate", {S, H, C}, Init::kNormal, std_in, true);
-    s_up_ = ps.add(prefix + ".shared.w_up", {S, H, C}, Init::kNormal, std_in, true);
-    s_down_ = ps.add(prefix + ".shared.w_down", {S, C, H}, Init::kNormal, std_out, true);
+    const int Hs = spec_.shared_H();
+    if (glu) s_gate_ = ps.add(prefix + ".shared.w_gate", {S, Hs, C}, Init::kNormal, std_in, true);
+    s_up_ = ps.add(prefix + ".shared.w_up", {S, Hs, C}, Init::kNormal, std_in, true);
+    s_down_ = ps.add(prefix + ".shared.w_down", {S, C, Hs}, Init::kNormal, std_out, true);
+    // Qwen2-MoE's shared gate starts at zero: σ(0) = 1/2 on every token.
+    if (spec_.shared_gate) s_router_ = ps.add(prefix + ".shared.gate", {C}, Init::kZeros, 0, false);
   }
   acc_tokens_.assign(E, 0);
 }
@@ -68,12 +71,12 @@ static float* g_of(const Param* p) { return p ? p->g : nullptr; }
 
 MoeParams<float> MoeFfn::params() const {
   return {w_of(router_), w_of(w_noise_), w_of(bias_), w_of(w_gate_), w_of(w_up_),
-          w_of(w_down_), w_of(s_gate_),  w_of(s_up_), w_of(s_down_)};
+          w_of(w_down_), w_of(s_gate_),  w_of(s_up_), w_of(s_down_), w_of(s_router_)};
 }
 
 MoeGrads<float> MoeFfn::grads() const {
-  return {g_of(router_), g_of(w_noise_), g_of(w_gate_), g_of(w_up_),
-          g_of(w_down_), g_of(s_gate_),  g_of(s_up_),   g_of(s_down_)};
+  return {g_of(router_), g_of(w_noise_), g_of(w_gate_), g_of(w_up_),    g_of(w_down_),
+          g_of(s_gate_), g_of(s_up_),    g_of(s_down_), g_of(s_router_)};
 }
 
 void MoeFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
@@ -107,7 +110,10 @@ void MoeFfn::backward(float* dx, const float* dout, const float* x, int N) {
 std::string MoeFfn::describe() const {
   return fmt::format(
       "moe {} E={} k={} H={}{}{}", router_kind_, spec_.E, spec_.k, spec_.H,
-      spec_.n_shared ? fmt::format(" shared={}", spec_.n_shared) : "",
+      spec_.n_shared ? fmt::format(" shared={}{}{}", spec_.n_shared,
+                                   spec_.Hs > 0 ? fmt::format("×{}", spec_.Hs) : "",
+                                   spec_.shared_gate ? " gated" : "")
+                     : "",
       spec_.capacity_factor > 0 ? fmt::format(" cf={}", spec_.capacity_factor) : " dropless");
 }
 

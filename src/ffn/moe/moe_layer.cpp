@@ -15,6 +15,9 @@ MoeSpec MoeSpec::from_config(const FfnConfig& f, int d_model) {
   s.H = m.d_expert;
   s.k = m.top_k;
   s.n_shared = m.shared_experts;
+  s.Hs = m.shared_d_expert;
+  s.shared_gate = m.shared_gate;
+  s.routed_scale = m.router.routed_scaling_factor;
   s.act = f.activation;
   using Kind = RouterConfig::Kind;
   s.kind = m.router.kind == Kind::kNoisyTopK      ? RouterKind::kNoisyTopK
@@ -46,6 +49,14 @@ void MoeSpec::validate() const {
   MOE_CHECK(kind != RouterKind::kGShard || k == 2,
             "model.ffn.top_k: got {}, the gshard router is top-2", k);
   MOE_CHECK(n_shared >= 0, "model.ffn.shared_experts: got {}, expected >= 0", n_shared);
+  MOE_CHECK(Hs >= 0, "model.ffn.shared_d_expert: got {}, expected >= 0 (0: d_expert)", Hs);
+  MOE_CHECK(!shared_gate || n_shared > 0,
+            "model.ffn.shared_gate: true needs shared experts (model.ffn.shared_experts >= 1)");
+  MOE_CHECK(routed_scale == 1.f ||
+                (kind == RouterKind::kTopK && routed_scale > 0 && std::isfinite(routed_scale)),
+            "model.ffn.router.routed_scaling_factor: got {}, expected > 0 with the topk router "
+            "(1 otherwise)",
+            routed_scale);
   MOE_CHECK(capacity_factor >= 0 && std::isfinite(capacity_factor),
             "model.ffn.capacity_factor: got {}, expected >= 0 (0: dropless)", capacity_factor);
   MOE_CHECK(eval_capacity_factor >= 0 && std::isfinite(eval_capacity_factor),

@@ -217,10 +217,17 @@ void Router<T>::select_token_choice(const MoeParams<T>& p, const MoeStep<T>& st)
       for (int s = 0; s < k; ++s) g[s] = base[idx[s]];
       softmax_row(g, g, k, SoftmaxExp::kLibm);
     } else {
+      // llama.cpp's norm_w takes the same steps: softmax over all E, the top-k of it, divided
+      // by their sum (there clamped below at 6.1e-5, which a top-k softmax sum ≥ k/E never
+      // reaches for E < 16384). HF Mixtral's softmax over the k logits is the same value up to
+      // rounding.
       T sum = 0;
       for (int s = 0; s < k; ++s) sum += (g[s] = sc[idx[s]]);
       if (renormalise)
         for (int s = 0; s < k; ++s) g[s] /= sum;
+      // DeepSeek's routed_scaling_factor (llama.cpp's expert_weights_scale), after the norm.
+      if (spec_.routed_scale != 1.f)
+        for (int s = 0; s < k; ++s) g[s] *= T(spec_.routed_scale);
     }
     for (int s = 0; s < k; ++s) {
       a.token[n * k + s] = n;
@@ -452,6 +459,19 @@ void Router<T>::gate_grads_to_logits() {
         T dot = 0;
         for (int s = 0; s < k; ++s) dot += a.gate[a0 + s] * a.dgate[a0 + s];
         for (int s = 0; s < k; ++s) d[a.expert[a0 + s]] += a.gate[a0 + s] * (a.dgate[a0 + s] - dot);
+      } else if (spec_.routed_scale != 1.f) {
+        // g_s = f·ĝ_s (ĝ: the gate before the routed scaling factor f): d ĝ_s = f·dg_s.
+        const T f = T(spec_.routed_scale);
+        T S = 0, dot = 0;
+        for (int s = 0; s < k; ++s) {
+          const T pe = sc[a.expert[a0 + s]];
+          S += pe;
+          dot += f * a.dgate[a0 + s] * pe;
+        }
+        for (int s = 0; s < k; ++s) {
+          const T dg = f * a.dgate[a0 + s];
+          d[a.expert[a0 + s]] += renorm ? dg / S - dot / (S * S) : dg;
+        }
       } else if (renorm) {
         // g_s = p_s/S, S = Σ_selected p:  dp_s = dg_s/S − Σ_j dg_j·p_j / S².
         T S = 0, dot = 0;

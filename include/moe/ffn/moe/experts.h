@@ -65,7 +65,8 @@ class ExpertBank {
   void forward(const ExpertPanels<T>& q, const MoeParams<T>& p, const ExpertDropout& dropout);
   // dx_rows [rows, C] (=), grads (+=); q as in forward (hid and gu are overwritten).
   void backward(const ExpertPanels<T>& q, const MoeGrads<T>& g, const MoeParams<T>& p, T* dx_rows);
-  // Shared experts: y [N, C] (+=) Σ_s FFN_s(x); backward: dx (+=), grads (+=).
+  // Shared experts (width Hs): y [N, C] (+=) Σ_s FFN_s(x), times σ(x_n·w_sg) per token with
+  // spec.shared_gate (Qwen2-MoE); backward: dx (+=), grads (+=).
   void shared_forward(T* y, const T* x, const MoeParams<T>& p, int N);
   void shared_backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x, const MoeParams<T>& p,
                        int N);
@@ -77,12 +78,17 @@ class ExpertBank {
   // Multiplies the hidden panel rows [o, o+m) (at hid) by the dropout mask / (1 − p).
   void apply_dropout(T* hid, int o, int m) const;
   float* pack_buffer() const;
+  // The shared gate's part of shared_backward: dx, g.s_router (+=); shared_dy_ (=) σ·dy.
+  void shared_gate_backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
+                            const MoeParams<T>& p, int N);
 
   MoeSpec spec_;
   int32_t* order_ = nullptr;  // [experts] the schedule: experts by rows, most first
   ExpertDropout dropout_;     // of the last forward, redrawn in backward
-  // Shared experts' activations: [S, N, W1] and [S, N, H].
+  // Shared experts' activations: [S, N, W1s] and [S, N, Hs]; with the shared gate their summed
+  // output [N, C], its gradient [N, C], σ [N] and d(x·w_sg) [N].
   T *shared_gu_ = nullptr, *shared_hid_ = nullptr;
+  T *shared_out_ = nullptr, *shared_dy_ = nullptr, *shared_sig_ = nullptr, *shared_dz_ = nullptr;
   // Float, panel GEMM: per thread pack_stride_ floats = packed B | A scratch | u [rows, H] of
   // the fused down-projection backward; sized for experts of up to pack_rows_ rows.
   bool panel_ = false;

@@ -35,7 +35,7 @@ class MoeFfn final : public FeedForward {
   MoeLayer<float> layer_;
   Param *router_ = nullptr, *w_noise_ = nullptr, *bias_ = nullptr;
   Param *w_gate_ = nullptr, *w_up_ = nullptr, *w_down_ = nullptr;
-  Param *s_gate_ = nullptr, *s_up_ = nullptr, *s_down_ = nullptr;
+  Param *s_gate_ = nullptr, *s_up_ = nullptr, *s_down_ = nullptr, *s_router_ = nullptr;
   // Metrics accumulated since reset_metrics().
   std::vector<int64_t> acc_tokens_;
   int64_t acc_assign_ = 0, acc_dropped_ = 0, acc_forwards_ = 0;

@@ -25,6 +25,11 @@ struct MoeSpec {
   int H = 0;         // hidden width of one expert
   int k = 1;         // experts per token (token choice)
   int n_shared = 0;  // shared experts, run on every token
+  int Hs = 0;        // hidden width of one shared expert; 0 = H
+  // Qwen2-MoE: the shared experts' summed output is multiplied per token by σ(x·w_sg), w_sg [C].
+  bool shared_gate = false;
+  // Multiplies the routed combine weights after the optional renormalisation (topk only).
+  float routed_scale = 1.f;
   Activation act = Activation::kSwiGLU;
   RouterKind kind = RouterKind::kTopK;
   bool normalize = true;      // renormalise the k gates to sum 1
@@ -43,20 +48,23 @@ struct MoeSpec {
   // checked the same way. No limit on E: every buffer is sized from the spec at bind time.
   void validate() const;
   int w1_rows() const { return act == Activation::kSwiGLU ? 2 * H : H; }
+  int shared_H() const { return Hs > 0 ? Hs : H; }
+  int shared_w1_rows() const { return act == Activation::kSwiGLU ? 2 * shared_H() : shared_H(); }
 };
 
 // Parameter pointers, laid out as the checkpoint stores them: stacked per expert, [out, in].
 template <typename T>
 struct MoeParams {
-  const T* router = nullptr;   // [E, C]
-  const T* w_noise = nullptr;  // [E, C] (noisy_topk)
-  const T* bias = nullptr;     // [E]    (bias_balance; selection only, no gradient)
-  const T* w_gate = nullptr;   // [E, H, C] (SwiGLU only)
-  const T* w_up = nullptr;     // [E, H, C]
-  const T* w_down = nullptr;   // [E, C, H]
-  const T* s_gate = nullptr;   // [S, H, C] shared experts (SwiGLU only)
-  const T* s_up = nullptr;     // [S, H, C]
-  const T* s_down = nullptr;   // [S, C, H]
+  const T* router = nullptr;    // [E, C]
+  const T* w_noise = nullptr;   // [E, C] (noisy_topk)
+  const T* bias = nullptr;      // [E]    (bias_balance; selection only, no gradient)
+  const T* w_gate = nullptr;    // [E, H, C] (SwiGLU only)
+  const T* w_up = nullptr;      // [E, H, C]
+  const T* w_down = nullptr;    // [E, C, H]
+  const T* s_gate = nullptr;    // [S, Hs, C] shared experts (SwiGLU only)
+  const T* s_up = nullptr;      // [S, Hs, C]
+  const T* s_down = nullptr;    // [S, C, Hs]
+  const T* s_router = nullptr;  // [C] the shared experts' sigmoid gate (spec.shared_gate)
 };
 
 template <typename T>
@@ -69,6 +77,7 @@ struct MoeGrads {  // all accumulated (+=)
   T* s_gate = nullptr;
   T* s_up = nullptr;
   T* s_down = nullptr;
+  T* s_router = nullptr;
 };
 
 // Optional externally supplied randomness (tests feed the PyTorch fixture's draws).
