@@ -1,53 +1,37 @@
-// The bridge between HF checkpoints and the model features of branch wt-feat (see
-// hf_internal.h). Today's model: whole-row QK-norm or none, no attention biases, rotate-half
-// RoPE, shared experts as wide as the routed ones and ungated, no routed scaling.
+// The bridge between HF checkpoints and the model features HF classes need (see
+// hf_internal.h): q/k/v biases, whole-row or per-head QK-norm, the RoPE style, the shared
+// experts' width and sigmoid gate, the routed scaling factor.
 #include "hf_internal.h"
 #include "moe/core/error.h"
 
 namespace moe::formats::hf {
 
-namespace {
+QkNorm qk_norm_of(const ModelConfig& m) { return m.qk_norm; }
 
-[[noreturn]] void needs_feature(const std::string& where, const std::string& what) {
-  MOE_FAIL("{}: needs model feature {}, which this build does not have yet", where, what);
+void set_qk_norm(ModelConfig& m, QkNorm q, const std::string&) { m.qk_norm = q; }
+
+bool qkv_bias_of(const ModelConfig& m) { return m.qkv_bias; }
+
+void set_qkv_bias(ModelConfig& m, bool on, const std::string&) { m.qkv_bias = on; }
+
+bool rope_half_of(const ModelConfig& m) { return m.rope_style == RopeStyle::kHalf; }
+
+int shared_width_of(const FfnConfig& f) {
+  return f.moe.shared_d_expert > 0 ? f.moe.shared_d_expert : f.moe.d_expert;
 }
 
-}  // namespace
-
-QkNorm qk_norm_of(const ModelConfig& m) { return m.qk_norm ? QkNorm::kRow : QkNorm::kNone; }
-
-void set_qk_norm(ModelConfig& m, QkNorm q, const std::string& where) {
-  if (q == QkNorm::kHead) needs_feature(where, "model.qk_norm = \"head\" (per-head QK-norm)");
-  m.qk_norm = q == QkNorm::kRow;
+void set_shared_width(FfnConfig& f, int hs, const std::string&) {
+  f.moe.shared_d_expert = hs == f.moe.d_expert ? 0 : hs;
 }
 
-bool qkv_bias_of(const ModelConfig&) { return false; }
+bool shared_gate_of(const FfnConfig& f) { return f.moe.shared_gate; }
 
-void set_qkv_bias(ModelConfig&, bool on, const std::string& where) {
-  if (on) needs_feature(where, "model.qkv_bias (q/k/v projection biases)");
-}
+void set_shared_gate(FfnConfig& f, bool on, const std::string&) { f.moe.shared_gate = on; }
 
-bool rope_half_of(const ModelConfig&) { return true; }
+float routed_scaling_of(const FfnConfig& f) { return f.moe.router.routed_scaling_factor; }
 
-int shared_width_of(const FfnConfig& f) { return f.moe.d_expert; }
-
-void set_shared_width(FfnConfig& f, int hs, const std::string& where) {
-  if (hs != f.moe.d_expert)
-    needs_feature(where, "ffn.shared_d_expert (shared experts of width " + std::to_string(hs) +
-                             " beside routed experts of width " + std::to_string(f.moe.d_expert) +
-                             ")");
-}
-
-bool shared_gate_of(const FfnConfig&) { return false; }
-
-void set_shared_gate(FfnConfig&, bool on, const std::string& where) {
-  if (on) needs_feature(where, "ffn.shared_gate (sigmoid gate on the shared expert)");
-}
-
-float routed_scaling_of(const FfnConfig&) { return 1.f; }
-
-void set_routed_scaling(FfnConfig&, float s, const std::string& where) {
-  if (s != 1.f) needs_feature(where, "ffn.router.routed_scaling_factor");
+void set_routed_scaling(FfnConfig& f, float s, const std::string&) {
+  f.moe.router.routed_scaling_factor = s;
 }
 
 std::string attn_bias_name(int layer, char which) {
@@ -55,12 +39,12 @@ std::string attn_bias_name(int layer, char which) {
 }
 
 std::vector<int64_t> q_norm_shape(const ModelConfig& m) {
-  if (qk_norm_of(m) == QkNorm::kHead) return {m.head_dim};
+  if (m.qk_norm == QkNorm::kHead) return {m.head_dim};
   return {int64_t(m.n_heads) * m.head_dim};
 }
 
 std::vector<int64_t> k_norm_shape(const ModelConfig& m) {
-  if (qk_norm_of(m) == QkNorm::kHead) return {m.head_dim};
+  if (m.qk_norm == QkNorm::kHead) return {m.head_dim};
   return {int64_t(m.n_kv_heads) * m.head_dim};
 }
 

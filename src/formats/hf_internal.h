@@ -12,15 +12,11 @@
 namespace moe::formats::hf {
 
 // ---- Model features (hf_features.cpp) --------------------------------------------------------
-// The config fields for q/k/v biases, per-head QK-norm, the rotate-half / interleaved RoPE
-// choice, the shared experts' own width and sigmoid gate and the routed scaling factor come with
-// branch wt-feat (model.qkv_bias, model.qk_norm "none"|"row"|"head", model.rope_style,
-// ffn.shared_d_expert, ffn.shared_gate, ffn.router.routed_scaling_factor). Until it is merged
-// every access to them goes through these functions: the getters report what today's model
-// computes, and a setter asked for a value today's model cannot compute throws "needs model
-// feature …" naming the field and `where` (the HF file and key). Wire them to the fields after
-// the merge; nothing else in src/formats/hf_*.cpp touches those fields.
-enum class QkNorm { kNone, kRow, kHead };
+// Every access to the config fields that only some HF classes use (model.qkv_bias, model.qk_norm,
+// model.rope_style, ffn.shared_d_expert, ffn.shared_gate, ffn.router.routed_scaling_factor) goes
+// through these functions, so the mapping code reads the same whatever the fields' spelling.
+// `where` names the HF file and key for errors.
+using QkNorm = moe::QkNorm;
 QkNorm qk_norm_of(const ModelConfig& m);
 void set_qk_norm(ModelConfig& m, QkNorm q, const std::string& where);
 bool qkv_bias_of(const ModelConfig& m);

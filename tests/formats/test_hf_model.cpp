@@ -71,7 +71,7 @@ std::vector<Case> cases() {
   m.ffn = moe_ffn(4, 2, 24, true);
   out.push_back({"mixtral", m, "MixtralForCausalLM"});
   m = base_model();
-  m.qk_norm = true;  // whole row
+  m.qk_norm = QkNorm::kRow;
   m.tie_embeddings = true;
   m.ffn = moe_ffn(6, 2, 16, false);
   out.push_back({"olmoe", m, "OlmoeForCausalLM"});
@@ -86,6 +86,22 @@ std::vector<Case> cases() {
   m.ffn = dense_ffn(48);
   m.head_dim = 16;  // ≠ d_model / n_heads
   out.push_back({"llama", m, "LlamaForCausalLM"});
+  m = base_model();
+  m.qkv_bias = true;
+  m.ffn = moe_ffn(4, 2, 16, false, 1);
+  m.ffn.moe.shared_d_expert = 40;  // ≠ d_expert
+  m.ffn.moe.shared_gate = true;
+  out.push_back({"qwen2moe", m, "Qwen2MoeForCausalLM"});
+  m = base_model();
+  m.qk_norm = QkNorm::kHead;
+  m.head_dim = 16;
+  m.ffn = moe_ffn(4, 2, 16, true);
+  out.push_back({"qwen3moe", m, "Qwen3MoeForCausalLM"});
+  m = base_model();
+  m.qk_norm = QkNorm::kHead;
+  m.tie_embeddings = true;
+  m.ffn = dense_ffn(40);
+  out.push_back({"qwen3", m, "Qwen3ForCausalLM"});
   for (Case& c : out) c.cfg.resolve();
   return out;
 }
@@ -103,13 +119,16 @@ std::string describe(const ModelConfig& m) {
   std::string s =
       fmt::format("V{} C{} L{} H{} KV{} hd{} T{} theta{} eps{} tie{} qk{} std{}\n", m.vocab_size,
                   m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim, m.max_seq_len,
-                  m.rope_theta, m.norm_eps, m.tie_embeddings, m.qk_norm, m.init_std);
+                  m.rope_theta, m.norm_eps, m.tie_embeddings, int(m.qk_norm), m.init_std);
+  s += fmt::format("bias{} rope{}\n", m.qkv_bias, int(m.rope_style));
   for (int l = 0; l < m.n_layers; ++l) {
     const FfnConfig& f = m.ffn_for(l);
     s += f.kind == FfnConfig::Kind::kDense
              ? fmt::format("dense {}\n", f.d_ff)
-             : fmt::format("moe E{} k{} H{} S{} norm{}\n", f.moe.num_experts, f.moe.top_k,
-                           f.moe.d_expert, f.moe.shared_experts, f.moe.router.normalize);
+             : fmt::format("moe E{} k{} H{} S{} norm{} Hs{} gate{} scale{}\n", f.moe.num_experts,
+                           f.moe.top_k, f.moe.d_expert, f.moe.shared_experts,
+                           f.moe.router.normalize, f.moe.shared_d_expert, f.moe.shared_gate,
+                           f.moe.router.routed_scaling_factor);
   }
   return s;
 }
@@ -422,12 +441,6 @@ TEST_F(HfModel, FusedExpertTensorsReadLikePerExpertOnes) {
   }
 }
 
-TEST_F(HfModel, ClassesAwaitingModelFeaturesSayWhich) {
-  const std::string d = exported(dir("f"));
-  edit_config(d, [](json& j) { j["architectures"] = {"Qwen3ForCausalLM"}; });
-  expect_error([&] { open_hf_model(d); }, {"config.json", "needs model feature", "qk_norm"});
-}
-
 TEST_F(HfModel, ExportRefusesWhatNoClassComputes) {
   struct Bad {
     std::function<void(ModelConfig&)> edit;
@@ -442,6 +455,10 @@ TEST_F(HfModel, ExportRefusesWhatNoClassComputes) {
       {[](ModelConfig& m) { m.ffn.moe.router.bias_balance = true; }, "selection bias"},
       {[](ModelConfig& m) { m.ffn.activation = Activation::kGELU; }, "gelu"},
       {[](ModelConfig& m) { m.ffn.moe.eval_capacity_factor = 1.25f; }, "eval_capacity_factor"},
+      {[](ModelConfig& m) { m.ffn.moe.router.routed_scaling_factor = 2.5f; },
+       "routed_scaling_factor 2.5"},
+      {[](ModelConfig& m) { m.rope_style = RopeStyle::kInterleaved; }, "interleaved RoPE"},
+      {[](ModelConfig& m) { m.qkv_bias = true; }, "q/k/v biases without a gated shared expert"},
       {[](ModelConfig& m) {
          m.ffn.kind = FfnConfig::Kind::kPeer;
          m.ffn.activation = Activation::kGELU;
@@ -458,7 +475,7 @@ TEST_F(HfModel, ExportRefusesWhatNoClassComputes) {
        },
        "renormalised top-1"},
       {[](ModelConfig& m) {
-         m.qk_norm = true;
+         m.qk_norm = QkNorm::kRow;
          m.ffn.moe.shared_experts = 1;
        },
        "whole-row QK-norm (OLMoE) with shared experts"},
