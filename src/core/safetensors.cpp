@@ -13,6 +13,7 @@
 #include "moe/core/checked_math.h"
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
+#include "moe/core/half.h"
 #include "moe/core/json_util.h"
 
 namespace moe {
@@ -36,6 +37,8 @@ const char* dtype_name(DType d) {
       return "BF16";
     case DType::U8:
       return "U8";
+    case DType::F16:
+      return "F16";
   }
   return "?";
 }
@@ -49,6 +52,7 @@ std::size_t dtype_size(DType d) {
     case DType::I64:
       return 8;
     case DType::BF16:
+    case DType::F16:
       return 2;
     case DType::U8:
       return 1;
@@ -57,7 +61,8 @@ std::size_t dtype_size(DType d) {
 }
 
 static bool parse_dtype(const std::string& s, DType* out) {
-  for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::BF16, DType::U8})
+  for (DType d :
+       {DType::F32, DType::F64, DType::I32, DType::I64, DType::BF16, DType::U8, DType::F16})
     if (s == dtype_name(d)) {
       *out = d;
       return true;
@@ -189,6 +194,31 @@ void SafeTensorsReader::read_into(const std::string& name, DType dtype,
   MOE_CHECK(t.shape == shape, "{}: tensor '{}' has shape {}, expected {}", path_, name,
             shape_str(t.shape), shape_str(shape));
   std::memcpy(dst, data_ + t.begin, t.end - t.begin);
+}
+
+void convert_to_f32(DType d, const void* src, float* dst, std::size_t n) {
+  if (d == DType::F32) {
+    std::memcpy(dst, src, n * sizeof(float));
+    return;
+  }
+  MOE_CHECK(d == DType::BF16 || d == DType::F16, "cannot convert dtype {} to F32", dtype_name(d));
+  // Byte-wise little-endian loads: the data section need not be 2-aligned in a foreign file.
+  const unsigned char* b = static_cast<const unsigned char*>(src);
+  for (std::size_t i = 0; i < n; ++i) {
+    const uint16_t h = uint16_t(b[2 * i] | (b[2 * i + 1] << 8));
+    dst[i] = d == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+  }
+}
+
+void SafeTensorsReader::read_as_f32(const std::string& name, const std::vector<int64_t>& shape,
+                                    float* dst) const {
+  const TensorInfo& t = info(name);
+  MOE_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
+            "{}: tensor '{}' has dtype {}, expected F32, BF16 or F16", path_, name,
+            dtype_name(t.dtype));
+  MOE_CHECK(t.shape == shape, "{}: tensor '{}' has shape {}, expected {}", path_, name,
+            shape_str(t.shape), shape_str(shape));
+  convert_to_f32(t.dtype, data_ + t.begin, dst, std::size_t(t.numel()));
 }
 
 template <typename T>

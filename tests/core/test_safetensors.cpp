@@ -88,6 +88,35 @@ TEST_F(SafeTensors, ReadingWithTheWrongDtypeOrShapeNamesBoth) {
   testing::expect_error([&] { r.meta("config"); }, {"__metadata__", "config"});
 }
 
+// Hugging Face checkpoints store BF16 or F16: read_as_f32 widens both exactly (the values
+// below are exact in each type: 1, -2, 0.5, 65504 = F16's largest, 2^-24 = its smallest
+// subnormal) and refuses other dtypes and shapes by name.
+TEST_F(SafeTensors, Bf16AndF16ReadAsF32) {
+  const uint16_t f16[5] = {0x3c00, 0xc000, 0x3800, 0x7bff, 0x0001};
+  const uint16_t bf16[3] = {0x3f80, 0xc000, 0x3f00};
+  const float f32[2] = {1.25f, -3.f};
+  const int32_t i32[1] = {1};
+  const std::string p = path("half.safetensors");
+  write_safetensors(p,
+                    {{"h", DType::F16, {5}, f16},
+                     {"b", DType::BF16, {3, 1}, bf16},
+                     {"f", DType::F32, {2}, f32},
+                     {"i", DType::I32, {1}, i32}},
+                    {});
+  SafeTensorsReader r(p);
+  EXPECT_EQ(r.info("h").dtype, DType::F16);
+  float h[5], b[3], f[2];
+  r.read_as_f32("h", {5}, h);
+  r.read_as_f32("b", {3, 1}, b);
+  r.read_as_f32("f", {2}, f);
+  EXPECT_EQ(std::vector<float>(h, h + 5),
+            (std::vector<float>{1.f, -2.f, 0.5f, 65504.f, 5.9604644775390625e-8f}));
+  EXPECT_EQ(std::vector<float>(b, b + 3), (std::vector<float>{1.f, -2.f, 0.5f}));
+  EXPECT_EQ(std::vector<float>(f, f + 2), (std::vector<float>{1.25f, -3.f}));
+  testing::expect_error([&] { r.read_as_f32("i", {1}, f); }, {"'i'", "I32", "F16"});
+  testing::expect_error([&] { r.read_as_f32("h", {4}, h); }, {"'h'", "[5]", "[4]"});
+}
+
 TEST_F(SafeTensors, MalformedFilesGiveOneClearError) {
   const std::string four(16, '\0');  // room for 4 floats
   struct Case {

@@ -12,7 +12,7 @@
 
 namespace moe {
 
-enum class DType { F32, F64, I32, I64, BF16, U8 };
+enum class DType { F32, F64, I32, I64, BF16, U8, F16 };
 const char* dtype_name(DType d);
 std::size_t dtype_size(DType d);
 
@@ -49,6 +49,9 @@ class SafeTensorsReader {
   std::vector<int32_t> read_i32(const std::string& name,
                                 std::vector<int64_t>* shape = nullptr) const;
   const void* raw(const std::string& name) const;
+  // dst[0..numel) = the tensor widened to f32 (exact) when it is F32, BF16 or F16, after
+  // checking its shape; other dtypes are an error naming the file and tensor.
+  void read_as_f32(const std::string& name, const std::vector<int64_t>& shape, float* dst) const;
 
  private:
   std::string path_;
@@ -58,6 +61,9 @@ class SafeTensorsReader {
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
 };
+
+// dst[0..n) = n values of dtype d (F32, BF16 or F16) at src, widened to f32 exactly.
+void convert_to_f32(DType d, const void* src, float* dst, std::size_t n);
 
 struct TensorRef {
   std::string name;
