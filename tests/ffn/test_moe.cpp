@@ -249,6 +249,12 @@ MOE_OP_TEST(MoeRoutedScalePlain, MoeLayerOp{with(spec_of(RouterKind::kTopK, 4, 2
                                                    s.routed_scale = 0.75f;
                                                  }),
                                             2, 3});
+MOE_OP_TEST(MoeSigmoidRoutedScale, MoeLayerOp{with(spec_of(RouterKind::kTopK, 5, 2),
+                                                   [](MoeSpec& s) {
+                                                     s.sigmoid = true;  // DeepSeek-V3's gates
+                                                     s.routed_scale = 2.5f;
+                                                   }),
+                                              2, 3});
 MOE_OP_TEST(MoeNoisyTopK, MoeLayerOp{spec_of(RouterKind::kNoisyTopK, 4, 2), 2, 3});
 MOE_OP_TEST(MoeGShard, MoeLayerOp{with(spec_of(RouterKind::kGShard, 4, 2),
                                        [](MoeSpec& s) { s.capacity_factor = 1.5f; }),
