@@ -18,6 +18,8 @@
 #include "../fixture_util.h"
 #include "../grad_check.h"
 #include "../temp_dir.h"
+#include "moe/core/file_io.h"
+#include "moe/core/json_util.h"
 #include "moe/formats/hf_model.h"
 #include "moe/model/transformer.h"
 
@@ -66,11 +68,30 @@ INSTANTIATE_TEST_SUITE_P(Classes, HfReference,
                            return std::string(i.param.name);
                          });
 
+// Every key of the PyTorch-written config.json has the same value in ours (floats as the float
+// our config holds; null = absent), so the class reads the same model from both.
+// num_experts_per_tok means nothing to a dense class, and the dtype is the writer's choice.
+void expect_same_config(const std::string& want_path, const std::string& got_path) {
+  const nlohmann::json want = parse_json(read_file(want_path), want_path),
+                       got = parse_json(read_file(got_path), got_path);
+  const bool dense = !want.contains("num_experts") && !want.contains("num_local_experts") &&
+                     !want.contains("n_routed_experts");
+  for (const auto& [key, v] : want.items()) {
+    if (key == "torch_dtype" || (dense && key == "num_experts_per_tok")) continue;
+    const nlohmann::json g = got.contains(key) ? got[key] : nlohmann::json(nullptr);
+    if (v.is_number_float() || g.is_number_float())
+      EXPECT_EQ(float(g.get<double>()), float(v.get<double>())) << key;
+    else
+      EXPECT_EQ(g, v) << key;
+  }
+}
+
 // Reader → writer: re-exporting a PyTorch-written directory in its own dtype gives every HF
 // tensor byte for byte (widening is exact, so narrowing returns the stored bits), under the
-// same names and shapes.
-TEST(HfReExport, GivesThePyTorchWrittenTensorsByteForByte) {
-  for (const char* c : {"deepseek", "mixtral", "olmoe", "qwen2moe", "qwen3moe", "llama"}) {
+// same names and shapes, and a config.json that agrees with the PyTorch-written one on every key
+// it has: export writes what the class reads.
+TEST(HfReExport, GivesThePyTorchWrittenTensorsByteForByteAndTheSameConfig) {
+  for (const char* c : {"deepseek", "mixtral", "olmoe", "qwen2moe", "qwen3moe", "llama", "qwen3"}) {
     SCOPED_TRACE(c);
     const std::string src = testing::fixture_path(std::string("hf_") + c);
     auto r = open_hf_model(src);
@@ -80,6 +101,7 @@ TEST(HfReExport, GivesThePyTorchWrittenTensorsByteForByte) {
     write_hf_model(*r, tmp.path, {d, 0});
     auto back = open_hf_model(tmp.path);
     EXPECT_EQ(back->architecture(), r->architecture());
+    expect_same_config(src + "/config.json", tmp.path + "/config.json");
     SafeTensorsReader out(tmp.path + "/model.safetensors");
     std::size_t n = 0;
     for (const auto& entry : std::filesystem::directory_iterator(src)) {
