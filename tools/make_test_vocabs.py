@@ -278,5 +278,27 @@ def main(out):
     make_bpe(root, out, gguf)
 
 
+def cached(build_dir):
+    """The vocabularies under build_dir/test_vocabs/<hash of this file>, built once. Tests running
+    in parallel may both build them; each builds in its own temporary directory and the first
+    rename wins."""
+    import hashlib
+    import shutil
+    with open(__file__, "rb") as f:
+        key = hashlib.sha256(f.read()).hexdigest()[:12]
+    final = os.path.join(build_dir, "test_vocabs", key)
+    if os.path.exists(os.path.join(final, "done")):
+        return final
+    tmp = f"{final}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    main(tmp)
+    open(os.path.join(tmp, "done"), "w").close()
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another test finished first: use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 if __name__ == "__main__":
     main(sys.argv[1])

@@ -12,7 +12,6 @@ leading space of SPM), and the tokenizer rebuilt from its checkpoint blob gives 
 
 Needs LLAMA_REF, GGUF_PY and moe_tok_dump; FAILS (never skips) when one is missing.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -56,16 +55,7 @@ class TokenizersVsLlama(unittest.TestCase):
         sys.path.insert(0, gguf_py)
         import make_test_vocabs  # noqa: E402
         # Cached next to the binaries, keyed by the generator's source (training takes ~20 s).
-        with open(make_test_vocabs.__file__, "rb") as f:
-            key = hashlib.sha256(f.read()).hexdigest()[:12]
-        cls.vocabs = os.path.join(os.path.dirname(cls.tok_dump), "test_vocabs", key)
-        if not os.path.exists(os.path.join(cls.vocabs, "done")):
-            tmp = cls.vocabs + ".tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            make_test_vocabs.main(tmp)
-            open(os.path.join(tmp, "done"), "w").close()
-            shutil.rmtree(cls.vocabs, ignore_errors=True)
-            os.rename(tmp, cls.vocabs)
+        cls.vocabs = make_test_vocabs.cached(os.path.dirname(cls.tok_dump))
         cls.tmp = tempfile.mkdtemp(prefix="moe_tok_")
         cls.texts = {}
         with open(os.path.join(ROOT, "data", "brown", "test.txt"), "rb") as f:

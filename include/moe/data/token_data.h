@@ -19,7 +19,8 @@ struct TokenStream {
   uint64_t total_bytes = 0;               // Σ bytes_per_token == the text's size in bytes
 };
 
-// Encodes text in one piece. Checks the byte-count identity (Σ bytes_per_token == text.size()).
+// Encodes text in one piece. Checks the byte-count identity (Σ bytes_per_token == text.size())
+// for the kinds that promise it ("byte", "bpe"; see tokenizer.h for llama.cpp's).
 TokenStream tokenize_text(const Tokenizer& tokenizer, const std::string& text);
 
 // tokenize_text over a whole file (e.g. <data_dir>/train.txt). A missing file is an error that
