@@ -17,6 +17,7 @@
 #include "moe/core/file_io.h"
 #include "moe/core/half.h"
 #include "moe/core/json_util.h"
+#include "moe/data/vocab.h"
 
 namespace moe::formats {
 
@@ -63,7 +64,12 @@ class HfReader : public ModelReader {
   std::string architecture() const override { return hf_arch_name(arch_); }
   const std::string& path() const override { return dir_; }
   const ModelConfig& config() const override { return cfg_; }
-  std::unique_ptr<data::Tokenizer> tokenizer() const override { return nullptr; }
+  // tokenizer.json beside the weights (data/vocab.h reads it as llama.cpp's converter does).
+  std::unique_ptr<data::Tokenizer> tokenizer() const override {
+    const std::string p = dir_ + "/tokenizer.json";
+    if (!file_exists(p)) return nullptr;
+    return data::make_vocab_tokenizer(data::vocab_from_hf_tokenizer_json(read_file(p), p), p);
+  }
 
   std::vector<SourceTensor> tensors() const override {
     std::vector<SourceTensor> out;

@@ -11,6 +11,7 @@
 #include "moe/core/file_io.h"
 #include "moe/core/rng.h"
 #include "moe/data/corpus.h"
+#include "moe/formats/model_file.h"
 #include "moe/kernels/gemm.h"
 
 namespace moe {
@@ -100,6 +101,7 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   MOE_CHECK(opts_.expert_parallel == 1 || opts_.expert_parallel == P,
             "expert_parallel {}: expected 1 (off) or the number of MPI ranks ({})",
             opts_.expert_parallel, P);
+  std::unique_ptr<formats::ModelReader> foreign = adopt_foreign_model();
   cfg_.model.expert_parallel = opts_.expert_parallel;
   if (P > 1) {
     // Every rank must run the same config: compare a hash of it across ranks.
@@ -123,6 +125,9 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
               cfg_.model.vocab_size);
     tokenizer_ =
         data::tokenizer_from_serialized(resume_meta.tokenizer_kind, resume_meta.tokenizer_blob);
+  } else if (foreign) {
+    tokenizer_ = foreign->tokenizer();
+    MOE_CHECK(tokenizer_ != nullptr, "{}: the file carries no tokenizer", opts_.init_from);
   } else {
     tokenizer_ = make_tokenizer(cfg_);
   }
@@ -138,10 +143,39 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   model_->params().initialize(cfg_.train.seed);
   opt_ = std::make_unique<AdamWOptimizer>(model_->params(), cfg_.train, comm_);
   load_weights(resume_meta);
+  if (foreign) formats::load_weights(*foreign, *model_);
   freeze_parameters();
   inject_replica_fault();
   batch_x_.resize(std::size_t(local_batch_) * cfg_.train.seq_len);
   batch_y_.resize(batch_x_.size());
+}
+
+// A GGUF file or a Hugging Face directory given as --init-from brings its own model and
+// tokenizer: the run fine-tunes that model. The config's model section gives way to the file's,
+// except the training-only knobs of its MoE layers (balancing and z-loss coefficients, capacity,
+// expert dropout), which the run keeps.
+std::unique_ptr<formats::ModelReader> Trainer::adopt_foreign_model() {
+  if (opts_.init_from.empty() || !formats::is_foreign_model(opts_.init_from)) return nullptr;
+  MOE_CHECK(opts_.resume.empty() && opts_.upcycle_from.empty(),
+            "--init-from {}: a GGUF or Hugging Face model cannot be combined with --resume or "
+            "--upcycle-from",
+            opts_.init_from);
+  std::unique_ptr<formats::ModelReader> r = formats::open_model(opts_.init_from);
+  const FfnConfig knobs = cfg_.model.ffn;
+  cfg_.model = r->config();
+  auto keep_knobs = [&](FfnConfig& f) {
+    if (f.kind != FfnConfig::Kind::kMoe) return;
+    f.moe.aux_loss_coef = knobs.moe.aux_loss_coef;
+    f.moe.z_loss_coef = knobs.moe.z_loss_coef;
+    f.moe.capacity_factor = knobs.moe.capacity_factor;
+    f.moe.expert_dropout = knobs.moe.expert_dropout;
+  };
+  keep_knobs(cfg_.model.ffn);
+  for (auto& [l, f] : cfg_.model.ffn_overrides) keep_knobs(f);
+  MOE_CHECK(cfg_.train.seq_len <= cfg_.model.max_seq_len,
+            "config: field train.seq_len: got {}, but {} has a context of {}", cfg_.train.seq_len,
+            opts_.init_from, cfg_.model.max_seq_len);
+  return r;
 }
 
 void Trainer::load_weights(const CheckpointMeta& resume_meta) {
@@ -152,7 +186,8 @@ void Trainer::load_weights(const CheckpointMeta& resume_meta) {
   }
   // A fresh run starts a fresh log (a resumed one appends).
   if (comm_.is_root()) std::ofstream(cfg_.train.out_dir + "/metrics.jsonl", std::ios::trunc);
-  if (!opts_.init_from.empty()) load_checkpoint(opts_.init_from, *model_, nullptr);
+  if (!opts_.init_from.empty() && !formats::is_foreign_model(opts_.init_from))
+    load_checkpoint(opts_.init_from, *model_, nullptr);
   if (!opts_.upcycle_from.empty()) {
     const int n = upcycle_from_dense(opts_.upcycle_from, *model_);
     observer_.on_upcycle(n, opts_.upcycle_from);

@@ -43,7 +43,7 @@ std::string hf_supported_archs();
 // in its shard with the right shape and a readable dtype, that the index names no missing shard
 // and no tensor absent from its shard, and that no tensor is left over (an unknown tensor means
 // a feature we do not compute). architecture() is the HF class name, format() "hf". The
-// tokenizer (tokenizer.json) is not read here: tokenizer() returns nullptr.
+// tokenizer is the directory's tokenizer.json (nullptr when there is none).
 std::unique_ptr<ModelReader> open_hf_model(const std::string& dir);
 // True when `path` is a directory holding config.json (what open_hf_model expects), for
 // commands that take any model file and pick the reader.

@@ -12,15 +12,17 @@
 
 #include "moe/data/tokenizer.h"
 #include "moe/model/config.h"
+#include "moe/model/transformer.h"
 
 namespace moe::formats {
 
 // Where one of our parameters comes from, for `moe inspect` (dtype as the file stores it).
 struct SourceTensor {
   std::string our_name;
-  std::string file_name;  // the name in the file (first of several when stacked)
-  std::string dtype;      // "F32", "BF16", "Q8_0", …
+  std::string file_name;       // the name in the file (first of several when stacked)
+  std::string dtype;           // "F32", "BF16", "Q8_0", …
   std::vector<int64_t> shape;  // our shape
+  uint64_t file_bytes = 0;     // bytes in the file (0 = compute from dtype and shape)
 };
 
 class ModelReader {
@@ -40,5 +42,17 @@ class ModelReader {
   virtual void read(const std::string& our_name, const std::vector<int64_t>& shape,
                     float* dst) const = 0;
 };
+
+// Opens a model file by what it is: a directory (Hugging Face), a ".gguf" file, or our own
+// safetensors checkpoint. Errors name the path.
+std::unique_ptr<ModelReader> open_model(const std::string& path);
+// Whether open_model would read path as a file from outside (a directory or a ".gguf" file).
+bool is_foreign_model(const std::string& path);
+// Our own checkpoint (moe.cpp safetensors) as a ModelReader.
+std::unique_ptr<ModelReader> open_moe_checkpoint(const std::string& path);
+
+// Fills every parameter of model from r (names and shapes must agree; a sharded expert-parallel
+// model is refused). One tensor at a time, straight into the model's weights.
+void load_weights(const ModelReader& r, Transformer& model);
 
 }  // namespace moe::formats

@@ -17,6 +17,7 @@
 #include "moe/data/token_data.h"
 #include "moe/data/tokenizer.h"
 #include "moe/dist/communicator.h"
+#include "moe/formats/model_file.h"
 #include "moe/model/transformer.h"
 #include "moe/train/checkpoint.h"
 #include "moe/train/config.h"
@@ -102,6 +103,7 @@ class Trainer {
   };
 
   void load_weights(const CheckpointMeta& resume_meta);
+  std::unique_ptr<formats::ModelReader> adopt_foreign_model();
   void freeze_parameters();
   void inject_replica_fault();
   RunInfo run_info() const;

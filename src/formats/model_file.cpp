@@ -1,0 +1,84 @@
+#include "moe/formats/model_file.h"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "moe/core/error.h"
+#include "moe/core/json_util.h"
+#include "moe/core/safetensors.h"
+#include "moe/formats/gguf_model.h"
+#include "moe/formats/hf_model.h"
+
+namespace moe::formats {
+
+namespace {
+
+// The format tag train/checkpoint.h writes (formats/ sits below train/, so it is repeated here
+// and checked against kCheckpointFormat by tests/formats).
+constexpr const char* kMoeFormat = "moe.cpp/1";
+
+class MoeCheckpointReader final : public ModelReader {
+ public:
+  explicit MoeCheckpointReader(const std::string& path) : r_(path) {
+    auto it = r_.metadata().find("format");
+    MOE_CHECK(it != r_.metadata().end() && it->second == kMoeFormat,
+              "{}: not a moe.cpp checkpoint (no __metadata__.format = \"{}\"), not a .gguf file "
+              "and not a Hugging Face directory",
+              path, kMoeFormat);
+    const nlohmann::json j = parse_json(r_.meta("config"), path + ": __metadata__.config");
+    MOE_CHECK(j.is_object(), "{}: __metadata__.config is not a JSON object", path);
+    if (j.contains("model"))
+      model_config_fields().parse(j["model"], cfg_, path + " (__metadata__.config)", "model");
+    cfg_.resolve();
+  }
+  std::string format() const override { return "moe"; }
+  std::string architecture() const override { return "moe"; }
+  const std::string& path() const override { return r_.path(); }
+  const ModelConfig& config() const override { return cfg_; }
+  std::unique_ptr<data::Tokenizer> tokenizer() const override {
+    return data::tokenizer_from_serialized(r_.meta("tokenizer.kind"), r_.meta("tokenizer.blob"));
+  }
+  std::vector<SourceTensor> tensors() const override {
+    std::vector<SourceTensor> out;
+    for (const std::string& n : r_.names()) {
+      if (n.starts_with("optim.")) continue;
+      const TensorInfo& t = r_.info(n);
+      out.push_back({n, n, dtype_name(t.dtype), t.shape});
+    }
+    return out;
+  }
+  void read(const std::string& name, const std::vector<int64_t>& shape, float* dst) const override {
+    r_.read_into(name, DType::F32, shape, dst);
+  }
+
+ private:
+  SafeTensorsReader r_;
+  ModelConfig cfg_;
+};
+
+}  // namespace
+
+std::unique_ptr<ModelReader> open_moe_checkpoint(const std::string& path) {
+  return std::make_unique<MoeCheckpointReader>(path);
+}
+
+void load_weights(const ModelReader& r, Transformer& model) {
+  for (Param& p : model.params().all()) {
+    MOE_CHECK(!p.sharded(), "{}: loading into an expert-parallel model is not supported", r.path());
+    r.read(p.name, p.shape, p.w);
+  }
+}
+
+bool is_foreign_model(const std::string& path) {
+  return path.ends_with(".gguf") || is_hf_model_dir(path);
+}
+
+std::unique_ptr<ModelReader> open_model(const std::string& path) {
+  std::error_code ec;
+  MOE_CHECK(std::filesystem::exists(path, ec), "{}: no such file or directory", path);
+  if (std::filesystem::is_directory(path, ec)) return open_hf_model(path);
+  if (path.ends_with(".gguf")) return open_gguf_model(path);
+  return open_moe_checkpoint(path);
+}
+
+}  // namespace moe::formats
