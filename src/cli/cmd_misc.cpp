@@ -9,6 +9,7 @@
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
 #include "moe/data/corpus.h"
+#include "moe/formats/model_file.h"
 #include "moe/scaling/accounting.h"
 #include "moe/train/config.h"
 
@@ -28,7 +29,7 @@ void print_splits(const std::vector<data::SplitSummary>& splits) {
 
 void register_params(CLI::App& app) {
   struct Args {
-    std::string config, preset;
+    std::string config, preset, checkpoint;
     std::vector<std::string> sets;
     bool json = false;
   };
@@ -38,10 +39,14 @@ void register_params(CLI::App& app) {
   c->add_option("--preset", a->preset,
                 "a published model in configs/presets/: mixtral-8x7b, deepseek-moe-16b, "
                 "olmoe-1b-7b");
+  c->add_option("--checkpoint", a->checkpoint,
+                "count the model of a file instead: our checkpoint, a .gguf file or a Hugging "
+                "Face directory");
   c->add_option("--set", a->sets, "override a config field (repeatable)");
   c->add_flag("--json", a->json, "print one JSON object");
   c->callback([a] {
-    MOE_CHECK(a->config.empty() || a->preset.empty(), "--config and --preset are exclusive");
+    MOE_CHECK(int(!a->config.empty()) + int(!a->preset.empty()) + int(!a->checkpoint.empty()) <= 1,
+              "--config, --preset and --checkpoint are exclusive");
     std::string path = a->config;
     if (!a->preset.empty()) {
       // The presets ship with the sources; look beside the working directory first.
@@ -50,7 +55,14 @@ void register_params(CLI::App& app) {
       MOE_CHECK(file_exists(path), "--preset {}: no such preset (configs/presets/{}.json)",
                 a->preset, a->preset);
     }
-    Config cfg = load_config(path, a->sets);
+    Config cfg;
+    if (!a->checkpoint.empty()) {
+      MOE_CHECK(a->sets.empty(), "--set does not apply to --checkpoint (the file fixes the model)");
+      cfg.model = formats::open_model(a->checkpoint)->config();
+      cfg.train.seq_len = std::min(cfg.train.seq_len, cfg.model.max_seq_len);
+    } else {
+      cfg = load_config(path, a->sets);
+    }
     ModelCount m = count_model(cfg.model, cfg.train.seq_len);
     if (a->json) {
       fmt::print("{}\n",

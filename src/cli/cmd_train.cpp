@@ -10,6 +10,7 @@
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
 #include "moe/data/corpus.h"
+#include "moe/formats/model_file.h"
 #include "moe/infer/generator.h"
 #include "moe/train/checkpoint.h"
 #include "moe/train/trainer.h"
@@ -30,7 +31,7 @@ struct TrainArgs {
 };
 
 struct EvalArgs {
-  std::string checkpoint, split = "test", data_dir;
+  std::string checkpoint, split = "test", data_dir, text;
   int batch = 8, seq = 0, threads = 0;
   bool json = false;
 };
@@ -42,19 +43,48 @@ struct GenArgs {
   uint64_t seed = 1;
 };
 
-// A model ready for inference from a checkpoint: config, tokenizer and weights.
+// A model ready for inference from any model file (our checkpoint, GGUF, Hugging Face
+// directory): its run config (a file from outside gets defaults around its model), tokenizer and
+// weights.
 struct Loaded {
   CheckpointMeta meta;
   std::unique_ptr<data::Tokenizer> tok;
   std::unique_ptr<Transformer> model;
+  bool ours = true;  // a moe.cpp checkpoint (its config has a training seq_len and data dir)
 };
 
-Loaded load_for_inference(const std::string& path, int batch, int seq) {
+// Opens path and reads its config and tokenizer; the model is built by build_model().
+Loaded open_for_inference(const std::string& path) {
   Loaded l;
-  l.meta = read_checkpoint_meta(path);
-  l.tok = data::tokenizer_from_serialized(l.meta.tokenizer_kind, l.meta.tokenizer_blob);
+  std::unique_ptr<formats::ModelReader> r = formats::open_model(path);
+  l.ours = r->format() == "moe";
+  if (l.ours) {
+    l.meta = read_checkpoint_meta(path);
+  } else {
+    l.meta.config.model = r->config();
+    // Windows as long as the model's context allows, up to 512 tokens by default.
+    l.meta.config.train.seq_len = std::min(512, r->config().max_seq_len);
+  }
+  l.tok = r->tokenizer();
+  MOE_CHECK(l.tok != nullptr, "{}: the file carries no tokenizer", path);
+  MOE_CHECK(l.tok->vocab_size() <= l.meta.config.model.vocab_size,
+            "{}: the tokenizer has {} tokens but the model's vocabulary is {}", path,
+            l.tok->vocab_size(), l.meta.config.model.vocab_size);
+  return l;
+}
+
+void build_model(Loaded& l, const std::string& path, int batch, int seq) {
   l.model = std::make_unique<Transformer>(l.meta.config.model, batch, seq, world());
-  load_checkpoint(path, *l.model, nullptr);
+  if (l.ours) {
+    load_checkpoint(path, *l.model, nullptr);
+  } else {
+    formats::load_weights(*formats::open_model(path), *l.model);
+  }
+}
+
+Loaded load_for_inference(const std::string& path, int batch, int seq) {
+  Loaded l = open_for_inference(path);
+  build_model(l, path, batch, seq);
   return l;
 }
 
@@ -127,24 +157,40 @@ void register_train(CLI::App& app) {
 void register_eval(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   CLI::App* c = app.add_subcommand("eval", "Evaluate a checkpoint on a data split (bits per byte)");
-  c->add_option("--checkpoint", a->checkpoint, "checkpoint (.safetensors)")->required();
+  c->add_option("--checkpoint", a->checkpoint,
+                "model: our checkpoint (.safetensors), a .gguf file or a Hugging Face directory")
+      ->required();
   c->add_option("--split", a->split, "train | val | test")
       ->check(CLI::IsMember({"train", "val", "test"}));
   c->add_option("--data-dir", a->data_dir, "data directory (default: the config's data.dir)");
+  c->add_option("--text", a->text,
+                "evaluate this whole text file instead of a split (tokenized with the model's own "
+                "tokenizer, no special tokens added)");
   c->add_option("--batch", a->batch, "windows per forward pass")->check(CLI::PositiveNumber);
-  c->add_option("--seq-len", a->seq, "window length (default: the training seq_len)");
+  c->add_option("--seq-len", a->seq,
+                "window length T: window w predicts tokens wT+1 … wT+T (default: the training "
+                "seq_len, or min(512, context) for an imported model)");
   c->add_option("--threads", a->threads, "OpenMP threads (0 = default)");
   c->add_flag("--json", a->json, "print one JSON object");
   c->callback([a] {
     if (a->threads > 0) omp_set_num_threads(a->threads);
-    CheckpointMeta meta = read_checkpoint_meta(a->checkpoint);
-    const int T = a->seq > 0 ? a->seq : meta.config.train.seq_len;
-    MOE_CHECK(T <= meta.config.model.max_seq_len, "--seq-len {}: the model's max_seq_len is {}", T,
-              meta.config.model.max_seq_len);
-    Loaded l = load_for_inference(a->checkpoint, a->batch, T);
-    const std::string dir = a->data_dir.empty() ? meta.config.data.dir : a->data_dir;
-    data::TokenStream s = data::tokenize_file(*l.tok, dir + "/" + a->split + ".txt");
+    Loaded l = open_for_inference(a->checkpoint);
+    const int T = a->seq > 0 ? a->seq : l.meta.config.train.seq_len;
+    MOE_CHECK(T <= l.meta.config.model.max_seq_len, "--seq-len {}: the model's max_seq_len is {}",
+              T, l.meta.config.model.max_seq_len);
+    std::string file = a->text;
+    if (file.empty()) {
+      const std::string dir = a->data_dir.empty() ? l.meta.config.data.dir : a->data_dir;
+      MOE_CHECK(!dir.empty(),
+                "{}: an imported model has no data directory: give --text FILE or "
+                "--data-dir DIR",
+                a->checkpoint);
+      file = dir + "/" + a->split + ".txt";
+    }
+    data::TokenStream s = data::tokenize_file(*l.tok, file);
+    build_model(l, a->checkpoint, a->batch, T);
     EvalResult r = evaluate(*l.model, s, a->batch, T);
+    if (!a->text.empty()) a->split = "text";
     if (a->json) {
       nlohmann::json j = {{"split", a->split},
                           {"loss", r.loss},
@@ -188,7 +234,9 @@ void register_eval(CLI::App& app) {
 void register_generate(CLI::App& app) {
   auto a = std::make_shared<GenArgs>();
   CLI::App* c = app.add_subcommand("generate", "Sample text from a checkpoint (KV cache)");
-  c->add_option("--checkpoint", a->checkpoint, "checkpoint (.safetensors)")->required();
+  c->add_option("--checkpoint", a->checkpoint,
+                "model: our checkpoint (.safetensors), a .gguf file or a Hugging Face directory")
+      ->required();
   c->add_option("--prompt", a->prompt, "text to continue");
   c->add_option("--tokens", a->tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
   c->add_option("--temperature", a->temperature, "0 = greedy")->check(CLI::NonNegativeNumber);

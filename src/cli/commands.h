@@ -12,4 +12,6 @@ void register_bench(CLI::App& app);
 void register_scaling(CLI::App& app);
 void register_sweep(CLI::App& app);
 void register_compare(CLI::App& app);
+void register_convert(CLI::App& app);
+void register_inspect(CLI::App& app);
 }  // namespace moe::cli

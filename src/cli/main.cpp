@@ -53,6 +53,8 @@ int main(int argc, char** argv) {
   moe::cli::register_scaling(app);
   moe::cli::register_sweep(app);
   moe::cli::register_compare(app);
+  moe::cli::register_convert(app);
+  moe::cli::register_inspect(app);
   try {
     moe::cli::set_world(moe::make_communicator(&argc, &argv, moe::cli::launched_by_mpirun()));
     app.parse(argc, argv);

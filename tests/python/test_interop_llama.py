@@ -1,0 +1,164 @@
+#!/usr/bin/python3
+"""GGUF models through moe.cpp against llama.cpp itself (issue 16).
+
+For every architecture we import (tools/gguf_models.py writes a tiny random model of each with
+gguf-py, llama.cpp's own writer), `moe eval --text` must give the loss llama.cpp gives on the
+same windows (build/llama_ref/llama_ref: prebuilt libllama from npm, F32 KV cache, flash
+attention off). Then our own trained model goes out to GGUF and llama.cpp evaluates it to our
+loss, and moe → GGUF → moe comes back bit for bit.
+
+Run by ctest with MOE_BIN, LLAMA_REF and GGUF_PY set (CMakeLists.txt).
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "..", "..")
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import gguf_models  # noqa: E402
+import safetensors_np as st  # noqa: E402
+
+MOE = os.environ.get("MOE_BIN", "")
+LLAMA = os.environ.get("LLAMA_REF", "")
+SEQ = 64
+THREADS = "2"
+
+# Tolerances on the mean loss, relative.
+# F32: both sides compute every product in fp32; they differ only in summation order and in
+# ggml's SIMD exp/SiLU (≤ a few ulp). Over sums of ≤ 96 terms the logits differ by ~1e-7
+# relative and the mean loss by ~1e-8 (measured: ≤ 1.6e-8 over the seven models, AMD EPYC
+# Zen 4 with ggml's zen4 backend). 1e-6 keeps a 60× margin for other CPUs' backends and is 100×
+# tighter than the issue's 1e-4; a real difference (a RoPE pairing, a norm, a gate, a missing
+# routed scale) moves the loss by more than 1e-3.
+TOL_F32 = 1e-6
+# BF16 and Q8_0 files: we dequantize the weights exactly and compute in fp32, but ggml's CPU
+# matmul also rounds the *activations* to the weight's dot type (bf16: 8-bit mantissa, relative
+# error ≤ 2^-9 per element; Q8_0: blocks of 32 scaled to ±127, error ≤ amax/254). Those
+# roundings are random-signed and move the mean loss by ≤ 1.0e-4 (bf16) and ≤ 1.5e-4 (q8_0)
+# relative on these models (measured, same machine); 1e-3 keeps a 7-10× margin and is still far
+# below what a real error produces.
+TOL = {"f32": TOL_F32, "bf16": 1e-3, "q8_0": 1e-3}
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r.stdout
+
+
+def llama_loss(model, text):
+    return json.loads(run([LLAMA, "loss", model, text, str(SEQ), THREADS]).strip().splitlines()[-1])
+
+
+def moe_eval(model, text):
+    out = run([MOE, "eval", "--checkpoint", model, "--text", text, "--seq-len", str(SEQ),
+               "--threads", THREADS, "--json"])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+class InteropLlama(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        for what, path in (("MOE_BIN", MOE), ("LLAMA_REF", LLAMA)):
+            if not path or not os.path.exists(path):
+                raise AssertionError(f"{what} is not set or missing ({path!r}): build the llama.cpp "
+                                     "reference with `make test` (cmake --build build --target "
+                                     "llama_ref)")
+        gguf_models.import_gguf()  # fails clearly without GGUF_PY
+        import make_test_vocabs  # noqa: E402
+        cls.vocabs = make_test_vocabs.cached(os.path.dirname(MOE))
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+        brown = os.path.join(ROOT, "data", "brown", "test.txt")
+        if not os.path.exists(brown):
+            raise AssertionError(f"{brown} is missing: run `moe data fetch brown` (make test does)")
+        with open(brown, "rb") as f:
+            head = f.read(6000)
+        cls.text = os.path.join(cls.dir, "text.txt")
+        with open(cls.text, "wb") as f:
+            f.write(head)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def check_arch(self, arch, dtype):
+        path = os.path.join(self.dir, f"{arch}-{dtype}.gguf")
+        vocab = gguf_models.vocab_from_gguf(
+            os.path.join(self.vocabs, gguf_models.VOCAB_FOR[arch]))
+        gguf_models.write_model(path, arch, dtype=dtype, vocab=vocab, seed=7)
+        ref = llama_loss(path, self.text)
+        ours = moe_eval(path, self.text)
+        self.assertEqual(ours["tokens"], ref["tokens"], f"{arch} {dtype}: token counts differ")
+        rel = abs(ours["loss"] - ref["loss"]) / ref["loss"]
+        self.assertLess(rel, TOL[dtype], f"{arch} {dtype}: moe.cpp loss {ours['loss']!r} vs "
+                        f"llama.cpp {ref['loss']!r} (relative {rel:.3g})")
+
+    def test_architectures_f32(self):
+        for arch in gguf_models.ARCHS:
+            with self.subTest(arch=arch):
+                self.check_arch(arch, "f32")
+
+    def test_architectures_bf16_q8_0(self):
+        for arch in gguf_models.ARCHS:
+            for dtype in ("bf16", "q8_0"):
+                with self.subTest(arch=arch, dtype=dtype):
+                    self.check_arch(arch, dtype)
+
+    def train_tiny(self, name, extra):
+        out = os.path.join(self.dir, name)
+        run([MOE, "train", "--config", os.path.join(ROOT, "configs", "default.json"), "--quiet",
+             "--set", "model.d_model=64", "--set", "model.n_layers=2", "--set", "model.n_heads=4",
+             "--set", "model.max_seq_len=128", "--set", "train.steps=30",
+             "--set", "train.batch_size=4", "--set", "train.seq_len=64",
+             "--set", "train.eval_every=0", "--set", "train.checkpoint_every=0",
+             "--set", f"data.dir={os.path.join(ROOT, 'data', 'brown')}",
+             "--set", f"train.out_dir={out}", "--set", "train.threads=2"] + extra)
+        return os.path.join(out, "final.safetensors")
+
+    def check_export(self, name, extra, arch):
+        ckpt = self.train_tiny(name, extra)
+        gg = os.path.join(self.dir, name + ".gguf")
+        run([MOE, "convert", ckpt, gg])
+        info = json.loads(run([MOE, "inspect", gg, "--json"]))
+        self.assertEqual(info["architecture"], arch)
+        # llama.cpp on our export gives our loss (the checkpoint evaluated by moe.cpp).
+        ref = llama_loss(gg, self.text)
+        ours = moe_eval(ckpt, self.text)
+        self.assertEqual(ours["tokens"], ref["tokens"])
+        rel = abs(ours["loss"] - ref["loss"]) / ref["loss"]
+        self.assertLess(rel, TOL_F32, f"{name}: moe.cpp {ours['loss']!r} vs llama.cpp on the "
+                        f"export {ref['loss']!r}")
+        # moe → GGUF (F32) → moe is bit-exact, config included.
+        back = os.path.join(self.dir, name + "-back.safetensors")
+        run([MOE, "convert", gg, back])
+        a, ma = st.load(ckpt)
+        b, mb = st.load(back)
+        names = sorted(k for k in a if not k.startswith("optim."))
+        self.assertEqual(names, sorted(b))
+        for k in names:
+            self.assertEqual(a[k].dtype, b[k].dtype, k)
+            self.assertTrue(np.array_equal(a[k].view(np.uint32), b[k].view(np.uint32)),
+                            f"{name}: {k} differs after moe → GGUF → moe")
+        self.assertEqual(json.loads(ma["config"])["model"], json.loads(mb["config"])["model"])
+
+    def test_trained_model_to_llama_cpp(self):
+        # The default model (renormalised top-k, rotate-half RoPE) goes out as llama.cpp's
+        # "llama" (Mixtral) with q/k rows permuted for its interleaved RoPE.
+        self.check_export("default", [], "llama")
+
+    def test_trained_olmoe_style_to_llama_cpp(self):
+        # Whole-row QK-norm and plain top-k: exactly OLMoE.
+        self.check_export("olmoe", ["--set", "model.qk_norm=row",
+                                    "--set", "model.ffn.router.normalize=false"], "olmoe")
+
+
+if __name__ == "__main__":
+    unittest.main(argv=sys.argv[:1])
