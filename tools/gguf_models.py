@@ -92,16 +92,23 @@ ARCHS = {
 }
 
 
-def write_model(path, name, dtype="f32", vocab=None, seed=0, ctx=256):
+def write_model(path, name, dtype="f32", vocab=None, seed=0, ctx=256, arch_name=None,
+                overrides=None, tensor_types=None):
+    """overrides: {key: int} written over the hyperparameters (bad-input tests); tensor_types:
+    {tensor name: ggml type name} to store those tensors as random raw blocks of that type;
+    arch_name: general.architecture to claim instead of the real one."""
     gguf = import_gguf()
     spec = dict(ARCHS[name])
     arch = spec.pop("arch", name)
+    claimed = arch_name or arch
     vocab = vocab or byte_vocab()
     V = len(vocab["tokens"])
     C, L, H, KV, HD = spec["C"], spec["L"], spec["H"], spec["KV"], spec["HD"]
     FF, E, K = spec["FF"], spec["E"], spec["K"]
     rng = np.random.default_rng(seed)
-    w = make_writer(gguf, path, arch)
+    w = make_writer(gguf, path, claimed)
+    if claimed != arch:  # the keys keep the real architecture's prefix only if asked to
+        w.arch = arch
     w.add_context_length(ctx)
     w.add_embedding_length(C)
     w.add_block_count(L)
@@ -135,7 +142,7 @@ def write_model(path, name, dtype="f32", vocab=None, seed=0, ctx=256):
     if "scores" in vocab:
         w.add_token_scores(list(vocab["scores"]))
     w.add_token_types(list(vocab["token_type"]))
-    if vocab["model"] == "gpt2":
+    if vocab["model"] == "gpt2" and vocab.get("merges") is not None:
         # add_token_merges skips an empty list, but llama.cpp requires the key for "gpt2".
         w.add_key_value("tokenizer.ggml.merges", list(vocab.get("merges", [])),
                         gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.STRING)
@@ -152,6 +159,13 @@ def write_model(path, name, dtype="f32", vocab=None, seed=0, ctx=256):
 
     def mat(name, shape, std):
         a = (rng.standard_normal(shape) * std).astype(np.float32)
+        if tensor_types and name in tensor_types:
+            t = gguf.GGMLQuantizationType[tensor_types[name]]
+            block, size = gguf.GGML_QUANT_SIZES[t]
+            raw = rng.integers(0, 256, size=(*shape[:-1], shape[-1] // block * size),
+                               dtype=np.uint8)
+            w.add_tensor(name, raw, raw_dtype=t)
+            return
         if qtype == gguf.GGMLQuantizationType.F32 or shape[-1] % 32:
             w.add_tensor(name, a)
         else:
@@ -205,6 +219,8 @@ def write_model(path, name, dtype="f32", vocab=None, seed=0, ctx=256):
             mat(p + "ffn_gate_shexp.weight", (sff, C), s)
             mat(p + "ffn_up_shexp.weight", (sff, C), s)
             mat(p + "ffn_down_shexp.weight", (C, sff), 1.0 / np.sqrt(sff))
+    for key, value in (overrides or {}).items():
+        w.add_uint32(key, value)
     vec("output_norm.weight", C)
     if not spec["tied"]:
         mat("output.weight", (V, C), s)

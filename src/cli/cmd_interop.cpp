@@ -9,8 +9,10 @@
 
 #include "commands.h"
 #include "moe/core/error.h"
+#include "moe/core/file_io.h"
 #include "moe/data/token_data.h"
 #include "moe/formats/gguf_model.h"
+#include "moe/formats/gguf_tokenizer.h"
 #include "moe/formats/hf_model.h"
 #include "moe/formats/model_file.h"
 #include "moe/scaling/accounting.h"
@@ -165,7 +167,10 @@ void register_convert(CLI::App& app) {
       MOE_CHECK(a->dtype == "f32" || a->dtype == "bf16" || a->dtype == "f16",
                 "--dtype {}: a Hugging Face directory takes f32, bf16 or f16", a->dtype);
       o.dtype = a->dtype == "f32" ? DType::F32 : a->dtype == "bf16" ? DType::BF16 : DType::F16;
+      // The tokenizer first: a vocabulary tokenizer.json cannot express stops before any weight.
+      const std::string tj = formats::hf_tokenizer_json(*tok);
       formats::write_hf_model(*r, a->out, o);
+      write_file_atomic(a->out + "/tokenizer.json", tj);
     }
     fmt::print("{} ({} {}) → {}\n", a->in, r->format(), r->architecture(), a->out);
   });

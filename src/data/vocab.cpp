@@ -177,7 +177,8 @@ void validate_vocab(const Vocab& v, const std::string& source) {
             "{}: unknown BPE pre-tokenizer tokenizer.ggml.pre='{}' (supported: default, gpt-2, "
             "llama3, llama-v3, llama-bpe, qwen2, olmo, deepseek-llm)",
             source, v.pre);
-  MOE_CHECK(!v.merges.empty(), "{}: BPE tokenizer has no merges (tokenizer.ggml.merges)", source);
+  // An empty merge list is legal (llama.cpp loads it: a pure byte-level vocabulary, which is how
+  // our byte tokenizer goes out); a missing tokenizer.ggml.merges key is refused by the reader.
   for (std::size_t r = 0; r < v.merges.size(); ++r) {
     const std::string& m = v.merges[r];
     // llama.cpp splits at the first space after the first byte.

@@ -236,4 +236,71 @@ Vocab vocab_from_hf_tokenizer_json(std::string_view text, const std::string& sou
   return v;
 }
 
+std::string vocab_to_hf_tokenizer_json(const Vocab& v, const std::string& what) {
+  MOE_CHECK(v.model == Vocab::Model::kBpe,
+            "{}: a SentencePiece vocabulary has no exact tokenizer.json form here (llama.cpp's "
+            "converter reads tokenizer.model for it); export to GGUF instead",
+            what);
+  // The inverse of infer_pre: GPT-2's regex is ByteLevel's own; the others are a Split first.
+  std::string regex;
+  for (const auto& [rx, name] : known_split_regexes())
+    if (name == v.pre || (v.pre == "llama3" && name == "llama-bpe")) regex = rx;
+  MOE_CHECK(!regex.empty(),
+            "{}: the pre-tokenizer '{}' has no tokenizer.json form here (gpt-2, llama-bpe, "
+            "llama3 and qwen2 do); export to GGUF instead",
+            what, v.pre);
+  json pre;
+  const json byte_level = {{"type", "ByteLevel"},
+                           {"add_prefix_space", false},
+                           {"trim_offsets", true},
+                           {"use_regex", v.pre == "gpt-2"}};
+  if (v.pre == "gpt-2") {
+    pre = byte_level;
+  } else {
+    const json split = {{"type", "Split"},
+                        {"pattern", {{"Regex", regex}}},
+                        {"behavior", "Isolated"},
+                        {"invert", false}};
+    pre = {{"type", "Sequence"}, {"pretokenizers", json::array({split, byte_level})}};
+  }
+  json vocab = json::object();
+  json added = json::array();
+  for (std::size_t i = 0; i < v.tokens.size(); ++i) {
+    vocab[v.tokens[i]] = i;
+    const int32_t t = v.types[i];
+    if (t == int32_t(TokenType::kControl) || t == int32_t(TokenType::kUserDefined))
+      added.push_back({{"id", i},
+                       {"content", v.tokens[i]},
+                       {"single_word", false},
+                       {"lstrip", false},
+                       {"rstrip", false},
+                       {"normalized", false},
+                       {"special", t == int32_t(TokenType::kControl)}});
+  }
+  const json root = {{"version", "1.0"},
+                     {"truncation", nullptr},
+                     {"padding", nullptr},
+                     {"added_tokens", added},
+                     {"normalizer", nullptr},
+                     {"pre_tokenizer", pre},
+                     {"post_processor", nullptr},
+                     {"decoder",
+                      {{"type", "ByteLevel"},
+                       {"add_prefix_space", true},
+                       {"trim_offsets", true},
+                       {"use_regex", true}}},
+                     {"model",
+                      {{"type", "BPE"},
+                       {"dropout", nullptr},
+                       {"unk_token", nullptr},
+                       {"continuing_subword_prefix", nullptr},
+                       {"end_of_word_suffix", nullptr},
+                       {"fuse_unk", false},
+                       {"byte_fallback", false},
+                       {"ignore_merges", v.ignore_merges},
+                       {"vocab", vocab},
+                       {"merges", v.merges}}}};
+  return root.dump(1);
+}
+
 }  // namespace moe::data

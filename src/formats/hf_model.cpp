@@ -18,6 +18,7 @@
 #include "moe/core/half.h"
 #include "moe/core/json_util.h"
 #include "moe/data/vocab.h"
+#include "moe/formats/gguf_tokenizer.h"
 
 namespace moe::formats {
 
@@ -68,7 +69,7 @@ class HfReader : public ModelReader {
   std::unique_ptr<data::Tokenizer> tokenizer() const override {
     const std::string p = dir_ + "/tokenizer.json";
     if (!file_exists(p)) return nullptr;
-    return data::make_vocab_tokenizer(data::vocab_from_hf_tokenizer_json(read_file(p), p), p);
+    return tokenizer_for_vocab(data::vocab_from_hf_tokenizer_json(read_file(p), p), p);
   }
 
   std::vector<SourceTensor> tensors() const override {

@@ -159,6 +159,101 @@ class InteropLlama(unittest.TestCase):
         self.check_export("olmoe", ["--set", "model.qk_norm=row",
                                     "--set", "model.ffn.router.normalize=false"], "olmoe")
 
+    def test_hugging_face_round_trip(self):
+        # moe → HF (F32, with tokenizer.json) → moe is bit-exact; the HF directory evaluates to
+        # exactly the checkpoint's loss (same weights, same byte tokenizer).
+        ckpt = self.train_tiny("hf", [])
+        hf = os.path.join(self.dir, "hf-dir")
+        run([MOE, "convert", ckpt, hf])
+        self.assertTrue(os.path.exists(os.path.join(hf, "tokenizer.json")))
+        back = os.path.join(self.dir, "hf-back.safetensors")
+        run([MOE, "convert", hf, back])
+        a, _ = st.load(ckpt)
+        b, _ = st.load(back)
+        names = sorted(k for k in a if not k.startswith("optim."))
+        self.assertEqual(names, sorted(b))
+        for k in names:
+            self.assertTrue(np.array_equal(a[k].view(np.uint32), b[k].view(np.uint32)), k)
+        self.assertEqual(moe_eval(hf, self.text)["loss"], moe_eval(ckpt, self.text)["loss"])
+
+    def test_fine_tune_a_gguf_model(self):
+        # train --init-from a GGUF file: its model and its own (BPE) tokenizer; a few steps on
+        # Brown lower its loss, and the result goes back to llama.cpp with our loss.
+        vocab = gguf_models.vocab_from_gguf(os.path.join(self.vocabs, "bpe-olmo.gguf"))
+        src = os.path.join(self.dir, "ft-src.gguf")
+        gguf_models.write_model(src, "olmoe", vocab=vocab, seed=3)
+        before = moe_eval(src, self.text)["loss"]
+        out = os.path.join(self.dir, "ft")
+        run([MOE, "train", "--init-from", src, "--quiet", "--set", "train.steps=12",
+             "--set", "train.batch_size=4", "--set", "train.seq_len=64", "--set", "train.lr=3e-3",
+             "--set", "train.warmup_steps=2", "--set", "train.eval_every=0",
+             "--set", "train.checkpoint_every=0", "--set", "train.threads=2",
+             "--set", f"data.dir={os.path.join(ROOT, 'data', 'brown')}",
+             "--set", f"train.out_dir={out}"])
+        ckpt = os.path.join(out, "final.safetensors")
+        after = moe_eval(ckpt, self.text)
+        self.assertLess(after["loss"], before)
+        gg = os.path.join(self.dir, "ft.gguf")
+        run([MOE, "convert", ckpt, gg])
+        ref = llama_loss(gg, self.text)
+        self.assertEqual(after["tokens"], ref["tokens"])
+        self.assertLess(abs(after["loss"] - ref["loss"]) / ref["loss"], TOL_F32)
+
+    def test_inspect_and_routing(self):
+        path = os.path.join(self.dir, "inspect.gguf")
+        gguf_models.write_model(path, "deepseek", seed=5)
+        info = json.loads(run([MOE, "inspect", path, "--json", "--routing", "--text", self.text,
+                               "--seq-len", str(SEQ)]))
+        self.assertEqual(info["architecture"], "deepseek")
+        self.assertEqual([l["ffn"] for l in info["layers"]], ["dense", "moe", "moe"])
+        self.assertEqual(info["dtypes"]["F32"]["tensors"], len(info["tensors"])
+                         if "tensors" in info else info["dtypes"]["F32"]["tensors"])
+        self.assertGreater(info["total_params"], info["active_params"])
+        routing = info["routing"]
+        self.assertEqual([r["layer"] for r in routing], [1, 2])
+        tokens = info["routing_text"]["tokens"]
+        for r in routing:
+            self.assertEqual(len(r["tokens_per_expert"]), 4)
+            self.assertEqual(sum(r["tokens_per_expert"]), 2 * tokens)  # top-2, dropless
+            self.assertGreaterEqual(r["router_entropy"], 0)
+
+    def expect_refusal(self, path, *needles):
+        r = subprocess.run([MOE, "eval", "--checkpoint", path, "--text", self.text, "--json"],
+                           capture_output=True, text=True)
+        self.assertNotEqual(r.returncode, 0, f"{path} was accepted")
+        self.assertTrue(r.returncode in (1, 2), f"{path}: exit {r.returncode}: {r.stderr}")
+        lines = r.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        for n in (path,) + needles:
+            self.assertIn(n, lines[0])
+
+    def test_bad_files_get_one_clear_line(self):
+        good = os.path.join(self.dir, "bad-base.gguf")
+        gguf_models.write_model(good, "olmoe", seed=1)
+        with open(good, "rb") as f:
+            data = f.read()
+        trunc = os.path.join(self.dir, "truncated.gguf")
+        with open(trunc, "wb") as f:
+            f.write(data[: len(data) // 2])
+        self.expect_refusal(trunc, "tensor")
+        unknown = os.path.join(self.dir, "bert.gguf")
+        gguf_models.write_model(unknown, "olmoe", arch_name="bert")
+        self.expect_refusal(unknown, "bert", "expected one of")
+        mla = os.path.join(self.dir, "deepseek2.gguf")
+        gguf_models.write_model(mla, "deepseek", arch_name="deepseek2")
+        self.expect_refusal(mla, "deepseek2", "MLA")
+        quant = os.path.join(self.dir, "q5k.gguf")
+        gguf_models.write_model(quant, "llama", tensor_types={"blk.0.ffn_up_exps.weight": "Q4_1"})
+        self.expect_refusal(quant, "blk.0.ffn_up_exps.weight", "Q4_1")
+        shape = os.path.join(self.dir, "shape.gguf")
+        gguf_models.write_model(shape, "olmoe", overrides={"olmoe.feed_forward_length": 48})
+        self.expect_refusal(shape, "ffn_gate_exps", "shape")
+        merges = os.path.join(self.dir, "merges.gguf")
+        vocab = gguf_models.vocab_from_gguf(os.path.join(self.vocabs, "bpe-qwen2.gguf"))
+        vocab["merges"] = None
+        gguf_models.write_model(merges, "qwen3", vocab=vocab)
+        self.expect_refusal(merges, "merges")
+
 
 if __name__ == "__main__":
     unittest.main(argv=sys.argv[:1])

@@ -101,6 +101,11 @@ const Vocab* vocab_of(const Tokenizer& t);
 //     control or user-defined).
 Vocab vocab_from_hf_tokenizer_json(std::string_view text, const std::string& source,
                                    const std::string& pre = "");
+// The inverse for byte-level BPE vocabularies whose pre-tokenizer tokenizer.json can express
+// (gpt-2 as a ByteLevel pre-tokenizer; llama-bpe/llama3 and qwen2 as their Split regex before
+// it): vocab_from_hf_tokenizer_json of the result gives v back (holes as unused "[PADn]" tokens
+// read back as normal). Errors name `what` for SentencePiece vocabularies and other pres.
+std::string vocab_to_hf_tokenizer_json(const Vocab& v, const std::string& what);
 
 // Serialized form used by the tokenizer blob (binary, length-prefixed; parsed defensively).
 std::string vocab_to_bytes(const Vocab& v);

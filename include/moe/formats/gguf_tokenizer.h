@@ -7,11 +7,18 @@
 #include <memory>
 
 #include "moe/data/tokenizer.h"
+#include "moe/data/vocab.h"
 #include "moe/formats/gguf.h"
 
 namespace moe::formats {
 
 std::unique_ptr<data::Tokenizer> tokenizer_from_gguf(const GgufFile& f);
+// A vocabulary (from GGUF or tokenizer.json) as a tokenizer: our byte tokenizer when it is the
+// byte vocabulary we export, else data/vocab.h's tokenizer of its kind.
+std::unique_ptr<data::Tokenizer> tokenizer_for_vocab(data::Vocab v, const std::string& source);
+// tok as a Hugging Face tokenizer.json (byte tokenizer: 256 byte-level tokens, no merges).
+// Errors name what tokenizer.json cannot express (SentencePiece vocabularies, some pres).
+std::string hf_tokenizer_json(const data::Tokenizer& tok);
 
 // Writes tok as tokenizer.ggml.* keys. Our byte tokenizer goes out as a "gpt2" vocabulary of the
 // 256 byte tokens (GPT-2's byte-to-unicode spelling) with no merges, so llama.cpp maps every
