@@ -199,6 +199,26 @@ class InteropLlama(unittest.TestCase):
         self.assertEqual(after["tokens"], ref["tokens"])
         self.assertLess(abs(after["loss"] - ref["loss"]) / ref["loss"], TOL_F32)
 
+    def test_imported_models_go_back_out(self):
+        # GGUF (SentencePiece or byte-level BPE vocabulary) → our checkpoint → GGUF: llama.cpp
+        # computes exactly the same loss on the re-export (same weights, hyperparameters and
+        # vocabulary), and via HF for the BPE one.
+        for arch in ("llama", "qwen2moe"):
+            with self.subTest(arch=arch):
+                vocab = gguf_models.vocab_from_gguf(
+                    os.path.join(self.vocabs, gguf_models.VOCAB_FOR[arch]))
+                src = os.path.join(self.dir, f"out-{arch}.gguf")
+                gguf_models.write_model(src, arch, vocab=vocab, seed=11)
+                ours = os.path.join(self.dir, f"out-{arch}.safetensors")
+                again = os.path.join(self.dir, f"out-{arch}-again.gguf")
+                run([MOE, "convert", src, ours])
+                run([MOE, "convert", ours, again])
+                self.assertEqual(llama_loss(again, self.text), llama_loss(src, self.text))
+        hf = os.path.join(self.dir, "out-qwen2moe-hf")
+        run([MOE, "convert", os.path.join(self.dir, "out-qwen2moe.gguf"), hf])
+        self.assertEqual(moe_eval(hf, self.text)["loss"],
+                         moe_eval(os.path.join(self.dir, "out-qwen2moe.gguf"), self.text)["loss"])
+
     def test_inspect_and_routing(self):
         path = os.path.join(self.dir, "inspect.gguf")
         gguf_models.write_model(path, "deepseek", seed=5)
