@@ -157,6 +157,13 @@ void register_convert(CLI::App& app) {
     std::unique_ptr<formats::ModelReader> r = formats::open_model(a->in);
     std::unique_ptr<data::Tokenizer> tok = r->tokenizer();
     MOE_CHECK(tok != nullptr, "{}: the file carries no tokenizer", a->in);
+    const std::string base = std::filesystem::path(a->out).filename().string();
+    const bool hf_dir = !a->out.ends_with(".gguf") && !a->out.ends_with(".safetensors");
+    MOE_CHECK(
+        !hf_dir || base.find('.') == std::string::npos || std::filesystem::is_directory(a->out),
+        "{}: expected OUT.gguf, OUT.safetensors (ours) or a directory name without an "
+        "extension (Hugging Face)",
+        a->out);
     if (a->out.ends_with(".gguf")) {
       formats::write_gguf_model(*r, *tok, parse_dtype(a->dtype), a->out);
     } else if (a->out.ends_with(".safetensors")) {
@@ -169,10 +176,16 @@ void register_convert(CLI::App& app) {
       o.dtype = a->dtype == "f32" ? DType::F32 : a->dtype == "bf16" ? DType::BF16 : DType::F16;
       // The tokenizer first: a vocabulary tokenizer.json cannot express stops before any weight.
       const std::string tj = formats::hf_tokenizer_json(*tok);
-      formats::write_hf_model(*r, a->out, o);
+      // The HF classes rotate halves: an interleaved-RoPE model (a GGUF llama/deepseek) goes out
+      // with its q/k rows permuted back, which computes the same scores.
+      std::unique_ptr<formats::ModelReader> half;
+      if (r->config().rope_style == RopeStyle::kInterleaved) half = formats::as_rotate_half(*r);
+      formats::write_hf_model(half ? *half : *r, a->out, o);
       write_file_atomic(a->out + "/tokenizer.json", tj);
     }
-    fmt::print("{} ({} {}) → {}\n", a->in, r->format(), r->architecture(), a->out);
+    const std::string what = r->format() == "moe" ? std::string("moe.cpp checkpoint")
+                                                  : r->format() + " " + r->architecture();
+    fmt::print("{} ({}) → {}\n", a->in, what, a->out);
   });
 }
 

@@ -62,8 +62,10 @@ Loaded open_for_inference(const std::string& path) {
     l.meta = read_checkpoint_meta(path);
   } else {
     l.meta.config.model = r->config();
-    // Windows as long as the model's context allows, up to 512 tokens by default.
+    // Windows as long as the model's context allows, up to 512 tokens by default; no data
+    // directory of its own (eval needs --text or --data-dir).
     l.meta.config.train.seq_len = std::min(512, r->config().max_seq_len);
+    l.meta.config.data.dir.clear();
   }
   l.tok = r->tokenizer();
   MOE_CHECK(l.tok != nullptr, "{}: the file carries no tokenizer", path);
@@ -112,7 +114,10 @@ void register_train(CLI::App& app) {
   c->add_option("--resume", a->resume,
                 "continue from a checkpoint with optimizer state (bit-identical to an "
                 "uninterrupted run)");
-  c->add_option("--init-from", a->init_from, "start a fresh run from a checkpoint's weights");
+  c->add_option("--init-from", a->init_from,
+                "start a fresh run from a model's weights: our checkpoint, or a .gguf file / "
+                "Hugging Face directory, whose model and tokenizer then replace the config's "
+                "(the config keeps its training settings and MoE loss coefficients)");
   c->add_option("--upcycle-from", a->upcycle_from,
                 "start an MoE run from a dense checkpoint: experts copy (or slice) its FFNs");
   c->add_flag("--quiet", a->quiet, "no progress output");

@@ -8,6 +8,7 @@
 #include "moe/core/safetensors.h"
 #include "moe/formats/gguf_model.h"
 #include "moe/formats/hf_model.h"
+#include "moe/formats/tensor_names.h"
 
 namespace moe::formats {
 
@@ -56,7 +57,37 @@ class MoeCheckpointReader final : public ModelReader {
   ModelConfig cfg_;
 };
 
+class RotateHalfView final : public ModelReader {
+ public:
+  explicit RotateHalfView(const ModelReader& src) : src_(src), cfg_(src.config()) {
+    cfg_.rope_style = RopeStyle::kHalf;
+    MOE_CHECK(cfg_.qk_norm != QkNorm::kRow,
+              "{}: a whole-row QK-norm with interleaved RoPE has no rotate-half form", src.path());
+  }
+  std::string format() const override { return src_.format(); }
+  std::string architecture() const override { return src_.architecture(); }
+  const std::string& path() const override { return src_.path(); }
+  const ModelConfig& config() const override { return cfg_; }
+  std::unique_ptr<data::Tokenizer> tokenizer() const override { return src_.tokenizer(); }
+  std::vector<SourceTensor> tensors() const override { return src_.tensors(); }
+  void read(const std::string& name, const std::vector<int64_t>& shape, float* dst) const override {
+    src_.read(name, shape, dst);
+    if (name.ends_with(".attn.wq") || name.ends_with(".attn.wk") || name.ends_with(".attn.bq") ||
+        name.ends_with(".attn.bk"))
+      permute_rope_rows(dst, shape[0], shape.size() > 1 ? shape[1] : 1, cfg_.head_dim,
+                        /*to_interleaved=*/false);
+  }
+
+ private:
+  const ModelReader& src_;
+  ModelConfig cfg_;
+};
+
 }  // namespace
+
+std::unique_ptr<ModelReader> as_rotate_half(const ModelReader& src) {
+  return std::make_unique<RotateHalfView>(src);
+}
 
 std::unique_ptr<ModelReader> open_moe_checkpoint(const std::string& path) {
   return std::make_unique<MoeCheckpointReader>(path);

@@ -214,6 +214,18 @@ class InteropLlama(unittest.TestCase):
                 run([MOE, "convert", src, ours])
                 run([MOE, "convert", ours, again])
                 self.assertEqual(llama_loss(again, self.text), llama_loss(src, self.text))
+        # A GGUF llama (Mixtral: interleaved RoPE) goes to HF's rotate-half form with its q/k
+        # rows permuted back: the same scores, summed in another order.
+        vocab = gguf_models.vocab_from_gguf(os.path.join(self.vocabs, "bpe-llama3.gguf"))
+        mixtral = os.path.join(self.dir, "out-mixtral.gguf")
+        gguf_models.write_model(mixtral, "llama", vocab=vocab, seed=12)
+        hf = os.path.join(self.dir, "out-mixtral-hf")
+        run([MOE, "convert", mixtral, hf])
+        with open(os.path.join(hf, "config.json")) as f:
+            self.assertEqual(json.load(f)["architectures"], ["MixtralForCausalLM"])
+        a, b = moe_eval(hf, self.text), moe_eval(mixtral, self.text)
+        self.assertEqual(a["tokens"], b["tokens"])
+        self.assertLess(abs(a["loss"] - b["loss"]) / b["loss"], TOL_F32)
         hf = os.path.join(self.dir, "out-qwen2moe-hf")
         run([MOE, "convert", os.path.join(self.dir, "out-qwen2moe.gguf"), hf])
         self.assertEqual(moe_eval(hf, self.text)["loss"],

@@ -51,6 +51,11 @@ bool is_foreign_model(const std::string& path);
 // Our own checkpoint (moe.cpp safetensors) as a ModelReader.
 std::unique_ptr<ModelReader> open_moe_checkpoint(const std::string& path);
 
+// The same model with rotate-half RoPE: a model with interleaved RoPE (GGUF's llama/deepseek
+// form) seen with its q/k rows (and biases) permuted within each head, which computes the same
+// scores with rotate-half RoPE. What the Hugging Face classes need. src must outlive the view.
+std::unique_ptr<ModelReader> as_rotate_half(const ModelReader& src);
+
 // Fills every parameter of model from r (names and shapes must agree; a sharded expert-parallel
 // model is refused). One tensor at a time, straight into the model's weights.
 void load_weights(const ModelReader& r, Transformer& model);
