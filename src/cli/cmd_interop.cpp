@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
+#include "moe/core/threading.h"
 #include "moe/data/token_data.h"
 #include "moe/formats/gguf_model.h"
 #include "moe/formats/gguf_tokenizer.h"
@@ -206,7 +207,8 @@ void register_inspect(CLI::App& app) {
               "entropy and unused experts");
   c->add_option("--text", a->text, "text file for --routing");
   c->add_option("--seq-len", a->seq, "window length for --routing (default min(512, context))");
-  c->add_option("--threads", a->threads, "OpenMP threads (0 = default)");
+  c->add_option("--threads", a->threads, "OpenMP threads (0 = default)")
+      ->check(CLI::Range(0, kMaxThreads));
   c->callback([a] {
     if (a->threads > 0) omp_set_num_threads(a->threads);
     MOE_CHECK(!a->routing || !a->text.empty(), "--routing needs --text FILE");

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
+#include "moe/core/threading.h"
 #include "moe/data/corpus.h"
 #include "moe/formats/model_file.h"
 #include "moe/infer/generator.h"
@@ -154,8 +155,11 @@ void register_train(CLI::App& app) {
     Trainer t(cfg, comm, opts, speak ? static_cast<TrainObserver&>(progress) : silent);
     TrainResult r = t.run();
     if (!a->quiet)
-      fmt::print("done: {} steps, final train loss {:.4f}, val bpb {:.4f}, checkpoint {}\n",
-                 r.steps_done, r.final_loss, r.last_val.bpb, r.checkpoint);
+      fmt::print("done: {} steps, final train loss {:.4f}, val bpb {}, checkpoint {}\n",
+                 r.steps_done, r.final_loss,
+                 // No evaluation ran (stopped or resumed with no steps left): say so, not 0.
+                 r.last_val.tokens > 0 ? fmt::format("{:.4f}", r.last_val.bpb) : "n/a",
+                 r.checkpoint);
   });
 }
 
@@ -175,7 +179,8 @@ void register_eval(CLI::App& app) {
   c->add_option("--seq-len", a->seq,
                 "window length T: window w predicts tokens wT+1 … wT+T (default: the training "
                 "seq_len, or min(512, context) for an imported model)");
-  c->add_option("--threads", a->threads, "OpenMP threads (0 = default)");
+  c->add_option("--threads", a->threads, "OpenMP threads (0 = default)")
+      ->check(CLI::Range(0, kMaxThreads));
   c->add_flag("--json", a->json, "print one JSON object");
   c->callback([a] {
     if (a->threads > 0) omp_set_num_threads(a->threads);

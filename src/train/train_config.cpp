@@ -1,5 +1,7 @@
 #include "moe/train/train_config.h"
 
+#include "moe/core/threading.h"
+
 namespace moe {
 
 const FieldTable<TrainConfig>& train_config_fields() {
@@ -39,7 +41,7 @@ const FieldTable<TrainConfig>& train_config_fields() {
           "write `last.safetensors` every N steps (0 = only at the end / on Ctrl-C)", nonneg);
     t.add("seed", &T::seed, "initialisation and data order (counter-based RNG)");
     t.add("threads", &T::threads, "OpenMP threads (0 = OpenMP's default / `OMP_NUM_THREADS`)",
-          nonneg);
+          rule::between(0, kMaxThreads));
     t.add("time_limit_s", &T::time_limit_s,
           "stop with a checkpoint after this much training time (0 = off)", nonneg_f);
     t.add("out_dir", &T::out_dir, "run directory");

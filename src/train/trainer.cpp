@@ -39,7 +39,11 @@ EvalResult evaluate(Transformer& model, const data::TokenStream& s, int B, int T
   EvalResult r;
   collect_moe_metrics(model);  // start the routing metrics afresh for this evaluation
   const int64_t n = int64_t(s.ids.size());
-  if (n < 2) return r;
+  // A loss over nothing is no loss: an empty or one-token text used to report 0 bits per byte.
+  MOE_CHECK(n >= 2,
+            "nothing to evaluate: the text is {} token(s) long; at least 2 are needed (one to "
+            "predict from, one to predict)",
+            n);
   // Window w predicts tokens [w·T + 1, w·T + T]; the last window may be shorter.
   const int64_t total = (n - 1 + T - 1) / T;
   const int64_t use = max_windows > 0 && max_windows < total ? max_windows : total;
@@ -136,6 +140,10 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
             cfg_.model.vocab_size);
   train_ = data::tokenize_file(*tokenizer_, cfg_.data.dir + "/train.txt");
   val_ = data::tokenize_file(*tokenizer_, cfg_.data.dir + "/val.txt");
+  MOE_CHECK(val_.ids.size() >= 2,
+            "{}/val.txt: {} token(s); validation needs at least 2 (prepare the data with `moe data "
+            "prepare` or `moe data fetch brown`)",
+            cfg_.data.dir, val_.ids.size());
   MOE_CHECK(int64_t(train_.ids.size()) > cfg_.train.seq_len + 1,
             "{}/train.txt: {} tokens, need more than seq_len + 1 = {}", cfg_.data.dir,
             train_.ids.size(), cfg_.train.seq_len + 1);

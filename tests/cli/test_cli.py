@@ -22,7 +22,7 @@ class Cli(unittest.TestCase):
         r = run("--help")
         self.assertEqual(r.returncode, 0, r.stderr)
         for sub in ("train", "eval", "generate", "params", "scaling", "bench", "data", "sweep",
-                    "compare"):
+                    "compare", "convert", "inspect"):
             self.assertIn(sub, r.stdout)
             h = run(sub, "--help")
             self.assertEqual(h.returncode, 0, f"{sub}: {h.stderr}")
@@ -57,6 +57,30 @@ class Cli(unittest.TestCase):
             self.assert_one_line_error(
                 run("eval", "--checkpoint", os.path.join(d, "none.safetensors")),
                 "none.safetensors")
+
+    def test_thread_counts_are_bounded(self):
+        # 100,000 threads used to crash inside libgomp; the flag and the config field now say
+        # what they accept, before any thread starts.
+        with tempfile.TemporaryDirectory() as d:
+            r = run("eval", "--checkpoint", os.path.join(d, "m.gguf"), "--threads", "100000")
+            self.assert_one_line_error(r, "--threads", "100000")
+            r = run("inspect", os.path.join(d, "m.gguf"), "--threads", "100000")
+            self.assert_one_line_error(r, "--threads", "100000")
+            r = run("params", "--set", "train.threads=100000")
+            self.assert_one_line_error(r, "train.threads", "100000", "1024")
+
+    def test_a_one_byte_validation_split_is_refused(self):
+        # It used to train and log val_bpb 0.0.
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "train.txt"), "w") as f:
+                f.write("some training text. " * 200)
+            with open(os.path.join(d, "val.txt"), "w") as f:
+                f.write("x")
+            r = run("train", "--set", "model.d_model=32", "--set", "model.n_layers=1",
+                    "--set", "train.steps=2", "--set", "train.batch_size=2",
+                    "--set", "train.seq_len=16", "--set", f"data.dir={d}",
+                    "--set", f"train.out_dir={os.path.join(d, 'run')}", "--quiet")
+            self.assert_one_line_error(r, "val.txt", "at least 2")
 
     def test_published_parameter_counts(self):
         r = run("params", "--preset", "mixtral-8x7b", "--json")

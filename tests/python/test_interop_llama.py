@@ -285,6 +285,15 @@ class InteropLlama(unittest.TestCase):
         vocab["merges"] = None
         gguf_models.write_model(merges, "qwen3", vocab=vocab)
         self.expect_refusal(merges, "merges")
+        # An empty or one-byte text has nothing to predict: an error, not 0 bits per byte.
+        for content in (b"", b"x"):
+            t = os.path.join(self.dir, "tiny.txt")
+            with open(t, "wb") as f:
+                f.write(content)
+            r = subprocess.run([MOE, "eval", "--checkpoint", good, "--text", t, "--json"],
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("nothing to evaluate", r.stderr)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@
 
 namespace moe {
 
+// The most threads a flag or config may ask for. libgomp cannot start 100,000 threads (it
+// crashed inside the runtime), and per-thread scratch (attention, group-by-key) scales with the
+// count; no machine we run on has more than a few hundred hardware threads.
+inline constexpr int kMaxThreads = 1024;
+
 // Threads an OpenMP parallel region started here would use.
 inline int max_threads() {
 #ifdef _OPENMP
