@@ -2,6 +2,7 @@
 
 #include <sys/statvfs.h>
 
+#include <cmath>
 #include <deque>
 #include <filesystem>
 
@@ -91,6 +92,12 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
   m.state.step = st.value("step", int64_t(0));
   m.state.tokens_seen = st.value("tokens_seen", int64_t(0));
   m.state.elapsed_s = st.value("elapsed_s", 0.0);
+  // A negative step used to start training at step −4 and end in NaN blamed on the learning rate.
+  MOE_CHECK(m.state.step >= 0 && m.state.tokens_seen >= 0 && std::isfinite(m.state.elapsed_s) &&
+                m.state.elapsed_s >= 0,
+            "{}: __metadata__.train_state has step {}, tokens_seen {}, elapsed_s {}: expected "
+            "non-negative values",
+            path, m.state.step, m.state.tokens_seen, m.state.elapsed_s);
   m.tokenizer_kind = r.meta("tokenizer.kind");
   m.tokenizer_blob = r.meta("tokenizer.blob");
   return m;

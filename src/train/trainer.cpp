@@ -3,6 +3,7 @@
 #include <fnmatch.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -118,15 +119,7 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   CheckpointMeta resume_meta;
   if (!opts_.resume.empty()) {
     resume_meta = read_checkpoint_meta(opts_.resume);
-    // The model must be the one in the checkpoint; training settings may differ (e.g. more steps).
-    MOE_CHECK(resume_meta.config.model.d_model == cfg_.model.d_model &&
-                  resume_meta.config.model.n_layers == cfg_.model.n_layers &&
-                  resume_meta.config.model.vocab_size == cfg_.model.vocab_size,
-              "{}: checkpoint model (d_model {}, n_layers {}, vocab {}) does not match the config "
-              "(d_model {}, n_layers {}, vocab {})",
-              opts_.resume, resume_meta.config.model.d_model, resume_meta.config.model.n_layers,
-              resume_meta.config.model.vocab_size, cfg_.model.d_model, cfg_.model.n_layers,
-              cfg_.model.vocab_size);
+    check_resume_model(resume_meta.config.model);
     tokenizer_ =
         data::tokenizer_from_serialized(resume_meta.tokenizer_kind, resume_meta.tokenizer_blob);
   } else if (foreign) {
@@ -156,6 +149,49 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   inject_replica_fault();
   batch_x_.resize(std::size_t(local_batch_) * cfg_.train.seq_len);
   batch_y_.resize(batch_x_.size());
+}
+
+namespace {
+
+// Fields a resumed run may change: they steer training (losses, regularisers, capacity, the
+// expert GEMM) or initialisation, not what the weights mean.
+void strip_training_knobs(nlohmann::json& j) {
+  if (!j.is_object()) return;
+  for (const char* k :
+       {"init_std", "aux_loss_coef", "z_loss_coef", "capacity_factor", "eval_capacity_factor",
+        "expert_dropout", "expert_gemm", "jitter", "bias_rate"})
+    j.erase(k);
+  for (auto& [k, v] : j.items()) strip_training_knobs(v);
+}
+
+}  // namespace
+
+// The model must be the one in the checkpoint: every field that gives its weights their meaning
+// (sizes, heads, RoPE, norms, routing, top-k, experts…) must agree; training settings may
+// differ (e.g. more steps, another balancing coefficient).
+void Trainer::check_resume_model(const ModelConfig& stored) const {
+  ModelConfig a = stored, b = cfg_.model;
+  a.resolve();
+  b.resolve();
+  nlohmann::json ja = model_config_fields().to_json(a), jb = model_config_fields().to_json(b);
+  strip_training_knobs(ja);
+  strip_training_knobs(jb);
+  const nlohmann::json patch = nlohmann::json::diff(ja, jb);
+  if (patch.empty()) return;
+  // Every differing field (a changed n_heads also changes the derived head_dim).
+  std::string diffs;
+  for (std::size_t i = 0; i < patch.size() && i < 4; ++i) {
+    const nlohmann::json::json_pointer p(patch[i].value("path", ""));
+    auto at = [&](const nlohmann::json& j) { return j.contains(p) ? j.at(p).dump() : "absent"; };
+    std::string field = p.to_string();
+    std::replace(field.begin(), field.end(), '/', '.');
+    diffs += fmt::format("{}model{} = {} (config says {})", diffs.empty() ? "" : ", ", field,
+                         at(ja), at(jb));
+  }
+  MOE_FAIL(
+      "{}: the checkpoint's model differs from the config: {}; a resumed run must keep the "
+      "model (start a new run with --init-from to change it)",
+      opts_.resume, diffs);
 }
 
 // A GGUF file or a Hugging Face directory given as --init-from brings its own model and

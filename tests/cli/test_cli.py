@@ -82,6 +82,32 @@ class Cli(unittest.TestCase):
                     "--set", f"train.out_dir={os.path.join(d, 'run')}", "--quiet")
             self.assert_one_line_error(r, "val.txt", "at least 2")
 
+    def test_a_negative_step_in_a_checkpoint_is_refused(self):
+        # It used to resume at step -4 and stop on a NaN blamed on the learning rate.
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+        import safetensors_np as st
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "train.txt"), "w") as f:
+                f.write("some training text. " * 200)
+            with open(os.path.join(d, "val.txt"), "w") as f:
+                f.write("some validation text. " * 20)
+            args = ["--set", "model.d_model=32", "--set", "model.n_layers=1",
+                    "--set", "train.steps=2", "--set", "train.batch_size=2",
+                    "--set", "train.seq_len=16", "--set", f"data.dir={d}", "--quiet",
+                    "--set", "train.eval_every=0"]
+            out = os.path.join(d, "run")
+            r = run("train", *args, "--set", f"train.out_dir={out}")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            tensors, meta = st.load(os.path.join(out, "final.safetensors"))
+            state = json.loads(meta["train_state"])
+            state["step"] = -4
+            meta["train_state"] = json.dumps(state)
+            bad = os.path.join(d, "bad.safetensors")
+            st.save(bad, tensors, meta)
+            r = run("train", *args, "--set", f"train.out_dir={os.path.join(d, 'run2')}",
+                    "--resume", bad)
+            self.assert_one_line_error(r, "bad.safetensors", "train_state", "-4")
+
     def test_published_parameter_counts(self):
         r = run("params", "--preset", "mixtral-8x7b", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)

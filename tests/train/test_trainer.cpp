@@ -138,6 +138,37 @@ TEST(Training, AStopRequestSavesACheckpointThatResumes) {
   EXPECT_EQ(read_checkpoint_meta(d.path + "/int/last.safetensors").state.step, 1);
 }
 
+TEST(Training, ResumeRefusesAnotherModelButTakesOtherTrainingKnobs) {
+  // Heads, RoPE base and top-k used to be accepted and the weights reinterpreted.
+  TempDir d;
+  make_data(d.path);
+  Config cfg = tiny_config(d.path, d.path + "/run");
+  FfnConfig moe;
+  moe.kind = FfnConfig::Kind::kMoe;
+  moe.moe.num_experts = 4;
+  moe.moe.top_k = 2;
+  moe.moe.d_expert = 16;
+  cfg.model.ffn = moe;
+  Trainer first(cfg, single_process_communicator(), {.stop_after = 2});
+  const std::string ckpt = first.run().checkpoint;
+  auto resume_with = [&](const std::function<void(Config&)>& edit) {
+    Config c = cfg;
+    edit(c);
+    Trainer t(c, single_process_communicator(), {.resume = ckpt});
+  };
+  expect_error([&] { resume_with([](Config& c) { c.model.n_heads = 8; }); },
+               {"run/last.safetensors", "model.n_heads = 4 (config says 8)"});
+  expect_error([&] { resume_with([](Config& c) { c.model.rope_theta = 500000.f; }); },
+               {"model.rope_theta"});
+  expect_error([&] { resume_with([](Config& c) { c.model.ffn.moe.top_k = 1; }); },
+               {"model.ffn.top_k = 2 (config says 1)"});
+  // A training knob (the balancing loss's weight, more steps) may change on resume.
+  resume_with([](Config& c) {
+    c.model.ffn.moe.aux_loss_coef = 0.05;
+    c.train.steps += 10;
+  });
+}
+
 TEST(Training, FrozenParametersStayBitIdentical) {
   TempDir d;
   make_data(d.path);

@@ -104,6 +104,7 @@ class Trainer {
 
   void load_weights(const CheckpointMeta& resume_meta);
   std::unique_ptr<formats::ModelReader> adopt_foreign_model();
+  void check_resume_model(const ModelConfig& stored) const;
   void freeze_parameters();
   void inject_replica_fault();
   RunInfo run_info() const;
