@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <sstream>
 
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
@@ -116,6 +117,8 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
   check_blas_is_openmp();
   make_dirs(cfg_.train.out_dir);
+  // A kill during an earlier checkpoint write may have left its temporary behind.
+  if (comm_.is_root()) remove_stale_temp_files(cfg_.train.out_dir);
   CheckpointMeta resume_meta;
   if (!opts_.resume.empty()) {
     resume_meta = read_checkpoint_meta(opts_.resume);
@@ -152,6 +155,26 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
 }
 
 namespace {
+
+// A resumed run repeats the steps after its checkpoint: the log lines of those steps (written by
+// the run that was interrupted) go, so no step appears twice. Lines without a step and
+// unreadable lines are kept as they are. Rewritten atomically.
+void trim_metrics(const std::string& path, int64_t step) {
+  if (!file_exists(path)) return;
+  std::istringstream in(read_file(path));
+  std::string kept, line;
+  bool dropped = false;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+        j["step"].get<int64_t>() > step) {
+      dropped = true;
+      continue;
+    }
+    kept += line + "\n";
+  }
+  if (dropped) write_file_atomic(path, kept);
+}
 
 // Fields a resumed run may change: they steer training (losses, regularisers, capacity, the
 // expert GEMM) or initialisation, not what the weights mean.
@@ -226,6 +249,7 @@ void Trainer::load_weights(const CheckpointMeta& resume_meta) {
   if (!opts_.resume.empty()) {
     load_checkpoint(opts_.resume, *model_, opt_.get());
     state_ = resume_meta.state;
+    if (comm_.is_root()) trim_metrics(cfg_.train.out_dir + "/metrics.jsonl", state_.step);
     return;
   }
   // A fresh run starts a fresh log (a resumed one appends).

@@ -1,6 +1,7 @@
 // Atomic writes: a writer that fails leaves the old file untouched and no temporary behind;
 // a successful one replaces the file whole.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -18,6 +19,24 @@ class FileIo : public ::testing::Test {
   std::string path(const std::string& name) const { return dir_.file(name); }
   testing::TempDir dir_;
 };
+
+TEST_F(FileIo, StaleTemporariesOfDeadProcessesAreRemoved) {
+  // A child that has exited (and been reaped) stands for a writer killed mid-write.
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  const std::string dead = path("last.safetensors.tmp." + std::to_string(child));
+  const std::string live = path("last.safetensors.tmp." + std::to_string(::getpid()));
+  const std::string other = path("notes.tmp.draft");
+  for (const std::string& p : {dead, live, other}) write_file_atomic(p, "x");
+  EXPECT_EQ(remove_stale_temp_files(dir_.path), 1);
+  EXPECT_FALSE(file_exists(dead));
+  EXPECT_TRUE(file_exists(live));
+  EXPECT_TRUE(file_exists(other));
+  EXPECT_EQ(remove_stale_temp_files(dir_.path + "/missing"), 0);
+}
 
 TEST_F(FileIo, WriteReplacesWholeAndReadReturnsIt) {
   const std::string p = path("a.txt");

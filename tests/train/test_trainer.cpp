@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "../error_util.h"
 #include "../train_util.h"
@@ -167,6 +168,30 @@ TEST(Training, ResumeRefusesAnotherModelButTakesOtherTrainingKnobs) {
     c.model.ffn.moe.aux_loss_coef = 0.05;
     c.train.steps += 10;
   });
+}
+
+TEST(Training, ResumeTrimsTheLogBackToTheCheckpoint) {
+  // The interrupted run may have logged steps after its last checkpoint; the resumed run logs
+  // them again, so those lines go (they used to appear twice).
+  TempDir d;
+  make_data(d.path);
+  Config cfg = tiny_config(d.path, d.path + "/run");
+  cfg.train.log_every = 1;
+  Trainer first(cfg, single_process_communicator(), {.stop_after = 5});
+  const std::string ckpt = first.run().checkpoint;
+  const std::string log = d.path + "/run/metrics.jsonl";
+  append_line_atomic(log, R"({"step": 7, "loss": 1.0})");
+  append_line_atomic(log, R"({"step": 8, "loss": 1.0})");
+  Trainer second(cfg, single_process_communicator(), {.resume = ckpt});
+  second.run();
+  std::istringstream in(read_file(log));
+  std::vector<int64_t> steps;
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("loss")) steps.push_back(j["step"].get<int64_t>());
+  }
+  ASSERT_EQ(steps.size(), 12u);
+  for (std::size_t i = 0; i < steps.size(); ++i) EXPECT_EQ(steps[i], int64_t(i) + 1);
 }
 
 TEST(Training, FrozenParametersStayBitIdentical) {

@@ -17,6 +17,10 @@ void write_file_atomic(const std::string& path, const std::string& contents);
 // lines or all of them, never half a line. For small logs of finished runs (results.jsonl).
 void append_line_atomic(const std::string& path, const std::string& line);
 bool file_exists(const std::string& path);
+// Removes dir's "<name>.tmp.<pid>" files (write_file_atomic's temporaries) whose process is
+// gone: what a kill during a write leaves behind. Files of live processes stay. Returns how
+// many it removed; a missing dir removes none.
+int remove_stale_temp_files(const std::string& dir);
 void make_dirs(const std::string& path);
 
 }  // namespace moe
