@@ -10,6 +10,7 @@
 
 #include "moe/core/checked_math.h"
 #include "moe/core/error.h"
+#include "moe/core/half.h"
 #include "moe/formats/gguf.h"
 
 namespace moe::formats {
@@ -76,75 +77,6 @@ const TypeInfo* info_of(GgmlType t) {
   const auto n = static_cast<uint32_t>(t);
   if (n >= kTypeCount || kTypes[n].elements == 0) return nullptr;
   return &kTypes[n];
-}
-
-uint32_t float_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-float bits_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-// IEEE half → float, exact for every pattern: subnormals are normalised, Inf stays Inf and a NaN
-// keeps its sign and payload (shifted into the top of the float mantissa), as numpy does.
-float f16_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  if (exp == 0x1f) return bits_float(sign | 0x7f800000u | (mant << 13));
-  if (exp != 0) return bits_float(sign | ((exp + 112) << 23) | (mant << 13));
-  if (mant == 0) return bits_float(sign);
-  // Subnormal: value = mant · 2^-24; shift the leading 1 up to bit 10.
-  int e = 113;
-  while ((mant & 0x400u) == 0) {
-    mant <<= 1;
-    --e;
-  }
-  return bits_float(sign | (uint32_t(e) << 23) | ((mant & 0x3ffu) << 13));
-}
-
-// float → IEEE half, round to nearest even (numpy's astype(np.float16), ggml's FP32_TO_FP16):
-// overflow gives Inf, tiny values round into the subnormals or to ±0, a NaN keeps its sign and
-// the top of its payload (forced non-zero so it stays a NaN).
-uint16_t f32_to_f16(float f) {
-  const uint32_t x = float_bits(f);
-  const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
-  const uint32_t ax = x & 0x7fffffffu;
-  if (ax >= 0x7f800000u) {  // Inf or NaN
-    if (ax == 0x7f800000u) return sign | 0x7c00u;
-    uint16_t m = uint16_t((ax & 0x7fffffu) >> 13);
-    if (m == 0) m = 1;
-    return sign | 0x7c00u | m;
-  }
-  if (ax >= 0x477ff000u) return sign | 0x7c00u;  // ≥ 65520 rounds to Inf
-  const int exp = int(ax >> 23) - 127;
-  if (exp >= -14) {  // normal half: drop 13 mantissa bits with round-half-even
-    const uint32_t half = ((uint32_t(exp + 15)) << 10) | ((ax & 0x7fffffu) >> 13);
-    const uint32_t rest = ax & 0x1fffu;
-    const uint32_t up = rest > 0x1000u || (rest == 0x1000u && (half & 1u));
-    return sign | uint16_t(half + up);  // a carry into the exponent is the correct result
-  }
-  if (exp < -25) return sign;  // below half the smallest subnormal: ±0
-  // Subnormal half: the value in units of 2^-24 is mant24 >> shift, rounded half-even.
-  const uint32_t mant24 = (ax & 0x7fffffu) | 0x800000u;
-  const int shift = -exp - 1;  // exp = -15 → 14, …, exp = -25 → 24
-  const uint32_t q = mant24 >> shift;
-  const uint32_t rest = mant24 & ((1u << shift) - 1u);
-  const uint32_t halfway = 1u << (shift - 1);
-  const uint32_t up = rest > halfway || (rest == halfway && (q & 1u));
-  return sign | uint16_t(q + up);
-}
-
-// float → bfloat16 as ggml_compute_fp32_to_bf16 / quants.py BF16: NaN made quiet (bit 6 of the
-// result), everything else round to nearest even (a carry into Inf is the correct overflow).
-uint16_t f32_to_bf16(float f) {
-  const uint32_t u = float_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 64u);
-  return uint16_t((uint64_t(u) + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 uint16_t load_u16(const uint8_t* p) {
@@ -320,8 +252,7 @@ void dequantize(GgmlType t, const void* src, float* dst, int64_t n) {
       for_blocks(n_blocks, [&](int64_t i) { dst[i] = f16_to_f32(load_u16(s + 2 * i)); });
       return;
     case GgmlType::kBF16:  // bf16 is the top half of a float
-      for_blocks(n_blocks,
-                 [&](int64_t i) { dst[i] = bits_float(uint32_t(load_u16(s + 2 * i)) << 16); });
+      for_blocks(n_blocks, [&](int64_t i) { dst[i] = bf16_to_f32(load_u16(s + 2 * i)); });
       return;
     case GgmlType::kQ8_0:
       for_blocks(n_blocks, [&](int64_t i) { dequantize_block_q8_0(s + 34 * i, dst + 32 * i); });

@@ -2,8 +2,11 @@
 //   BF16 = the top 16 bits of an IEEE f32 (8 exponent bits, 7 mantissa bits);
 //   F16  = IEEE binary16 (5 exponent bits, bias 15, 10 mantissa bits, subnormals).
 // Widening to f32 is exact. Narrowing rounds to nearest, ties to even (as numpy's astype and
-// torch's .to() do); values beyond the F16 range become ±inf, and NaN stays a quiet NaN of the
-// same sign (never rounded into an infinity).
+// torch's .to() do); values beyond the F16 range become ±inf. A NaN stays a NaN of the same sign,
+// never rounded into an infinity: BF16 keeps the top of the payload and sets the quiet bit
+// (ggml's and gguf-py's rule), F16 keeps the top 10 payload bits, made non-zero (numpy's rule).
+// One implementation for both formats: GGUF's (de)quantizers are bit-exact against gguf-py's
+// quants.py with these (tests/python/test_gguf_quants.py).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -56,7 +59,10 @@ inline uint16_t f32_to_f16(float f) {
   std::memcpy(&u, &f, 4);
   const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
   const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((a >> 13) & 0x1ffu));  // NaN, quiet
+  if (a > 0x7f800000u) {  // NaN: the top 10 payload bits, made non-zero so it stays a NaN
+    const uint16_t m = uint16_t((a & 0x7fffffu) >> 13);
+    return uint16_t(sign | 0x7c00u | (m ? m : 1u));
+  }
   if (a >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // ≥ 65520 rounds to inf (or is inf)
   const int32_t exp = int32_t(a >> 23) - 127;
   if (exp >= -14) {
