@@ -188,9 +188,7 @@ void write_gguf_model(const ModelReader& src, const data::Tokenizer& tok, GgmlTy
       for (int64_t s : shape) n *= s;
       std::vector<float> v(std::size_t(n), 0.f);
       r->read(name, shape, v.data());
-      if (permute && (name.ends_with(".attn.wq") || name.ends_with(".attn.wk") ||
-                      name.ends_with(".attn.bq") || name.ends_with(".attn.bk")))
-        permute_rope_rows(v.data(), shape[0], shape.size() > 1 ? shape[1] : 1, hd, true);
+      if (permute) permute_rope_param(name, shape, v.data(), hd, /*to_interleaved=*/true);
       if (name.ends_with(".ffn.shared.w_down") && shape[0] > 1) {
         // [S, C, Hs] → [C, S·Hs]: row c holds every shared expert's row c, side by side.
         const int64_t S = shape[0], C = shape[1], Hs = shape[2];

@@ -3,11 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <set>
 
 #include "moe/core/error.h"
 #include "moe/core/json_util.h"
@@ -121,8 +119,13 @@ ModelConfig config_from_metadata(const GgufFile& f, const std::string& a) {
   c.max_seq_len = int_key(f, a + ".context_length", 1, int64_t(1) << 24);
   c.rope_theta = float(f.get_float_or(a + ".rope.freq_base", 10000.0));
   c.norm_eps = float(f.get_float(a + ".attention.layer_norm_rms_epsilon"));
-  c.vocab_size =
-      int(std::min<int64_t>(f.get_string_array("tokenizer.ggml.tokens").size(), int64_t(1) << 30));
+  // The count only: the tokens themselves are read once, by the tokenizer.
+  const std::optional<uint64_t> n_tokens = f.array_size("tokenizer.ggml.tokens");
+  MOE_CHECK(n_tokens && f.array_type("tokenizer.ggml.tokens") == GgufValueType::kString,
+            "{}: metadata 'tokenizer.ggml.tokens' is missing or not an array of strings: the file "
+            "has no vocabulary",
+            f.path());
+  c.vocab_size = int(std::min<uint64_t>(*n_tokens, uint64_t(1) << 30));
   c.qk_norm = facts.qk_norm;
   c.rope_style = interleaved_arch(a) ? RopeStyle::kInterleaved : RopeStyle::kHalf;
   c.qkv_bias = f.find("blk.0.attn_q.bias") != nullptr;
@@ -182,11 +185,6 @@ ModelConfig config_from_metadata(const GgufFile& f, const std::string& a) {
   return c;
 }
 
-bool is_rope_permuted(const std::string& our_name) {
-  return our_name.ends_with(".attn.wq") || our_name.ends_with(".attn.wk") ||
-         our_name.ends_with(".attn.bq") || our_name.ends_with(".attn.bk");
-}
-
 class GgufModelReader final : public ModelReader {
  public:
   explicit GgufModelReader(const std::string& path) : file_(path) {
@@ -207,7 +205,9 @@ class GgufModelReader final : public ModelReader {
     std::vector<SourceTensor> out;
     for (const GgufTensor& t : file_.tensors()) {
       std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
-      out.push_back({our_name_of(t.name, cfg_), t.name, ggml_type_name(t.type), shape, t.nbytes});
+      const auto it = ours_.find(t.name);
+      out.push_back(
+          {it == ours_.end() ? "" : it->second, t.name, ggml_type_name(t.type), shape, t.nbytes});
     }
     return out;
   }
@@ -217,12 +217,9 @@ class GgufModelReader final : public ModelReader {
     const std::string name = gguf_name_of(our_name);
     const GgufTensor& t = file_.tensor(name);
     check_shape(t, shape, our_name);
-    const std::vector<float> v = file_.read_f32(t);  // one tensor at a time
-    std::memcpy(dst, v.data(), v.size() * sizeof(float));
-    if (permuted_ && is_rope_permuted(our_name)) {
-      const int64_t rows = shape[0], cols = shape.size() > 1 ? shape[1] : 1;
-      permute_rope_rows(dst, rows, cols, cfg_.head_dim, /*to_interleaved=*/false);
-    }
+    file_.read_f32(t, dst);  // straight into the caller's buffer
+    if (permuted_)
+      permute_rope_param(our_name, shape, dst, cfg_.head_dim, /*to_interleaved=*/false);
   }
 
  private:
@@ -259,18 +256,17 @@ class GgufModelReader final : public ModelReader {
   }
 
   // Every tensor of the file must be one our model uses, and every one it uses must be there.
-  void check_tensors() const {
-    std::set<std::string> used;
-    for (const std::string& n : parameter_names(cfg_)) used.insert(gguf_name_of(n));
+  void check_tensors() {
+    for (const std::string& n : parameter_names(cfg_)) ours_[gguf_name_of(n)] = n;
     // Our tied export to olmoe/qwen2moe repeats the embedding as output.weight.
-    if (cfg_.tie_embeddings && from_moe_config_) used.insert("output.weight");
+    if (cfg_.tie_embeddings && from_moe_config_) ours_["output.weight"] = "embed.weight";
     for (const GgufTensor& t : file_.tensors())
-      MOE_CHECK(used.count(t.name),
+      MOE_CHECK(ours_.count(t.name),
                 "{}: tensor '{}' is not part of the {} computation we implement (unsupported "
                 "feature)",
                 file_.path(), t.name, arch_);
-    for (const std::string& n : used)
-      MOE_CHECK(file_.find(n) != nullptr || n == "output.weight",
+    for (const auto& [n, unused] : ours_)
+      MOE_CHECK(file_.find(n) != nullptr || (n == "output.weight" && cfg_.tie_embeddings),
                 "{}: tensor '{}' is missing (the metadata implies it)", file_.path(), n);
   }
 
@@ -279,27 +275,10 @@ class GgufModelReader final : public ModelReader {
   ModelConfig cfg_;
   bool permuted_ = false;
   bool from_moe_config_ = false;
+  std::map<std::string, std::string> ours_;  // GGUF tensor name → our parameter name
 };
 
 }  // namespace
-
-// Rotate-half ↔ interleaved RoPE: within each head, interleaved row 2i+s holds rotate-half row
-// s·hd/2 + i. Applied to the rows of wq and wk (and their biases) it makes interleaved RoPE
-// compute what rotate-half RoPE computes on the original rows. `to_interleaved` picks the
-// direction. rows [R = heads·hd, cols].
-void permute_rope_rows(float* w, int64_t rows, int64_t cols, int hd, bool to_interleaved) {
-  std::vector<float> tmp(std::size_t(hd) * cols);
-  for (int64_t h0 = 0; h0 < rows; h0 += hd) {
-    float* head = w + h0 * cols;
-    std::memcpy(tmp.data(), head, tmp.size() * sizeof(float));
-    for (int i = 0; i < hd / 2; ++i)
-      for (int s = 0; s < 2; ++s) {
-        const int64_t inter = 2 * i + s, half = s * (hd / 2) + i;
-        const int64_t dst = to_interleaved ? inter : half, src = to_interleaved ? half : inter;
-        std::memcpy(head + dst * cols, tmp.data() + src * cols, cols * sizeof(float));
-      }
-  }
-}
 
 std::unique_ptr<ModelReader> open_gguf_model(const std::string& path) {
   return std::make_unique<GgufModelReader>(path);

@@ -366,12 +366,16 @@ const GgufTensor& GgufFile::tensor(std::string_view name) const {
   return *t;
 }
 
-std::vector<float> GgufFile::read_f32(const GgufTensor& t) const {
+void GgufFile::read_f32(const GgufTensor& t, float* dst) const {
   MOE_CHECK(can_dequantize(t.type),
             "{}: tensor '{}' has type {}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K",
             impl_->path, t.name, ggml_type_name(t.type));
+  dequantize(t.type, t.data, dst, t.numel);
+}
+
+std::vector<float> GgufFile::read_f32(const GgufTensor& t) const {
   std::vector<float> out(std::size_t(t.numel));
-  dequantize(t.type, t.data, out.data(), t.numel);
+  read_f32(t, out.data());
   return out;
 }
 

@@ -54,18 +54,7 @@ std::string hf_tokenizer_json(const data::Tokenizer& tok) {
 }
 
 void write_vocab_to_gguf(const data::Tokenizer& tok, GgufWriter& w) {
-  if (tok.kind() == "byte") {
-    std::vector<std::string> tokens;
-    for (int b = 0; b < 256; ++b) tokens.push_back(data::gpt2_byte_to_utf8(uint8_t(b)));
-    w.add_string("tokenizer.ggml.model", "gpt2");
-    w.add_string("tokenizer.ggml.pre", "default");
-    w.add_string_array("tokenizer.ggml.tokens", tokens);
-    w.add_i32_array("tokenizer.ggml.token_type", std::vector<int32_t>(256, 1));
-    w.add_string_array("tokenizer.ggml.merges", {});
-    w.add_bool("tokenizer.ggml.add_bos_token", false);
-    w.add_bool("tokenizer.ggml.add_eos_token", false);
-    return;
-  }
+  if (tok.kind() == "byte") return add_vocab_to_gguf(byte_vocab(), w);
   if (const data::Vocab* v = data::vocab_of(tok)) return add_vocab_to_gguf(*v, w);
   MOE_FAIL(
       "cannot export a '{}' tokenizer to GGUF: a SentencePiece model trained "

@@ -14,18 +14,14 @@ namespace moe::formats {
 
 namespace {
 
-// The format tag train/checkpoint.h writes (formats/ sits below train/, so it is repeated here
-// and checked against kCheckpointFormat by tests/formats).
-constexpr const char* kMoeFormat = "moe.cpp/1";
-
 class MoeCheckpointReader final : public ModelReader {
  public:
   explicit MoeCheckpointReader(const std::string& path) : r_(path) {
     auto it = r_.metadata().find("format");
-    MOE_CHECK(it != r_.metadata().end() && it->second == kMoeFormat,
+    MOE_CHECK(it != r_.metadata().end() && it->second == kCheckpointFormat,
               "{}: not a moe.cpp checkpoint (no __metadata__.format = \"{}\"), not a .gguf file "
               "and not a Hugging Face directory",
-              path, kMoeFormat);
+              path, kCheckpointFormat);
     const nlohmann::json j = parse_json(r_.meta("config"), path + ": __metadata__.config");
     MOE_CHECK(j.is_object(), "{}: __metadata__.config is not a JSON object", path);
     if (j.contains("model"))
@@ -72,10 +68,7 @@ class RotateHalfView final : public ModelReader {
   std::vector<SourceTensor> tensors() const override { return src_.tensors(); }
   void read(const std::string& name, const std::vector<int64_t>& shape, float* dst) const override {
     src_.read(name, shape, dst);
-    if (name.ends_with(".attn.wq") || name.ends_with(".attn.wk") || name.ends_with(".attn.bq") ||
-        name.ends_with(".attn.bk"))
-      permute_rope_rows(dst, shape[0], shape.size() > 1 ? shape[1] : 1, cfg_.head_dim,
-                        /*to_interleaved=*/false);
+    permute_rope_param(name, shape, dst, cfg_.head_dim, /*to_interleaved=*/false);
   }
 
  private:

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <cstring>
 #include <string_view>
 
 #include "moe/core/error.h"
@@ -130,10 +131,26 @@ std::string gguf_name_of(const std::string& our) {
   MOE_FAIL("parameter '{}' has no GGUF counterpart", our);
 }
 
-std::string our_name_of(const std::string& gguf, const ModelConfig& cfg) {
-  for (const std::string& n : parameter_names(cfg))
-    if (gguf_name_of(n) == gguf) return n;
-  return "";
+void permute_rope_rows(float* w, int64_t rows, int64_t cols, int hd, bool to_interleaved) {
+  std::vector<float> tmp(std::size_t(hd) * cols);
+  for (int64_t h0 = 0; h0 < rows; h0 += hd) {
+    float* head = w + h0 * cols;
+    std::memcpy(tmp.data(), head, tmp.size() * sizeof(float));
+    for (int i = 0; i < hd / 2; ++i)
+      for (int s = 0; s < 2; ++s) {
+        const int64_t inter = 2 * i + s, half = s * (hd / 2) + i;
+        const int64_t dst = to_interleaved ? inter : half, src = to_interleaved ? half : inter;
+        std::memcpy(head + dst * cols, tmp.data() + src * cols, cols * sizeof(float));
+      }
+  }
+}
+
+void permute_rope_param(const std::string& our_name, const std::vector<int64_t>& shape, float* w,
+                        int hd, bool to_interleaved) {
+  if (!(our_name.ends_with(".attn.wq") || our_name.ends_with(".attn.wk") ||
+        our_name.ends_with(".attn.bq") || our_name.ends_with(".attn.bk")))
+    return;
+  permute_rope_rows(w, shape[0], shape.size() > 1 ? shape[1] : 1, hd, to_interleaved);
 }
 
 }  // namespace moe::formats

@@ -148,6 +148,8 @@ class GgufFile {
   // The tensor dequantized to f32 (numel values, ggml order); errors on an unsupported type
   // ("FILE: tensor 'blk.0.ffn_up_exps.weight' has type Q5_K; supported: …").
   std::vector<float> read_f32(const GgufTensor& t) const;
+  // The same into dst[0..t.numel) (a caller's buffer: no second copy of a large tensor).
+  void read_f32(const GgufTensor& t, float* dst) const;
 
  private:
   struct Impl;

@@ -16,6 +16,9 @@
 
 namespace moe::formats {
 
+// The "format" tag in the __metadata__ of our own checkpoints (train/checkpoint.h writes it).
+inline constexpr const char* kCheckpointFormat = "moe.cpp/1";
+
 // Where one of our parameters comes from, for `moe inspect` (dtype as the file stores it).
 struct SourceTensor {
   std::string our_name;

@@ -25,8 +25,6 @@ std::vector<std::string> parameter_names(const ModelConfig& cfg);
 // Our name → the GGUF tensor name; a name with no GGUF counterpart (e.g. a noisy router's
 // w_noise) is an error naming it.
 std::string gguf_name_of(const std::string& our_name);
-// The inverse for the names parameter_names(cfg) produces; "" for a GGUF name we do not map.
-std::string our_name_of(const std::string& gguf_name, const ModelConfig& cfg);
 
 // Rotate-half ↔ interleaved RoPE (llama.cpp's NEOX ↔ NORM): within each head of hd rows,
 // interleaved row 2i+s holds rotate-half row s·hd/2 + i. Applied to the rows of wq and wk (and
@@ -34,5 +32,9 @@ std::string our_name_of(const std::string& gguf_name, const ModelConfig& cfg);
 // original rows (what llama.cpp's converter does for Llama checkpoints). w: [rows, cols],
 // rows a multiple of hd.
 void permute_rope_rows(float* w, int64_t rows, int64_t cols, int hd, bool to_interleaved);
+// permute_rope_rows on our parameter `our_name` of `shape` when RoPE rotates it (wq, wk, bq,
+// bk); any other parameter is left as it is.
+void permute_rope_param(const std::string& our_name, const std::vector<int64_t>& shape, float* w,
+                        int hd, bool to_interleaved);
 
 }  // namespace moe::formats

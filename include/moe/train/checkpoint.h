@@ -7,13 +7,14 @@
 #include <cstdint>
 #include <string>
 
+#include "moe/formats/model_file.h"
 #include "moe/model/transformer.h"
 #include "moe/train/config.h"
 #include "moe/train/optimizer.h"
 
 namespace moe {
 
-inline constexpr const char* kCheckpointFormat = "moe.cpp/1";
+using formats::kCheckpointFormat;  // "moe.cpp/1", defined where the readers of files live
 
 struct TrainState {
   int64_t step = 0;  // optimizer steps completed
