@@ -51,15 +51,18 @@ struct Loaded {
   CheckpointMeta meta;
   std::unique_ptr<data::Tokenizer> tok;
   std::unique_ptr<Transformer> model;
-  bool ours = true;  // a moe.cpp checkpoint (its config has a training seq_len and data dir)
+  std::unique_ptr<formats::ModelReader> reader;  // the open file, kept for build_model()
+  // A moe.cpp checkpoint (its config has a training seq_len and data dir; load_checkpoint reads
+  // it, expert-parallel shards included).
+  bool ours() const { return reader->format() == "moe"; }
 };
 
 // Opens path and reads its config and tokenizer; the model is built by build_model().
 Loaded open_for_inference(const std::string& path) {
   Loaded l;
-  std::unique_ptr<formats::ModelReader> r = formats::open_model(path);
-  l.ours = r->format() == "moe";
-  if (l.ours) {
+  l.reader = formats::open_model(path);
+  const formats::ModelReader* r = l.reader.get();
+  if (l.ours()) {
     l.meta = read_checkpoint_meta(path);
   } else {
     l.meta.config.model = r->config();
@@ -78,10 +81,10 @@ Loaded open_for_inference(const std::string& path) {
 
 void build_model(Loaded& l, const std::string& path, int batch, int seq) {
   l.model = std::make_unique<Transformer>(l.meta.config.model, batch, seq, world());
-  if (l.ours) {
+  if (l.ours()) {
     load_checkpoint(path, *l.model, nullptr);
   } else {
-    formats::load_weights(*formats::open_model(path), *l.model);
+    formats::load_weights(*l.reader, *l.model);
   }
 }
 
