@@ -18,6 +18,9 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_test_vocabs  # noqa: E402  (GPT-2's byte table, shared with the test vocabularies)
+
 
 def import_gguf():
     path = os.environ.get("GGUF_PY")
@@ -46,16 +49,10 @@ def make_writer(gguf, path, arch):
     return Writer(path, arch)
 
 
-def gpt2_byte_to_unicode(b):
-    printable = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    if b in printable:
-        return chr(b)
-    return chr(0x100 + sum(1 for c in range(b) if c not in printable))
-
-
 def byte_vocab():
+    table = make_test_vocabs.bytes_to_unicode()
     return {"model": "gpt2", "pre": "default",
-            "tokens": [gpt2_byte_to_unicode(b) for b in range(256)],
+            "tokens": [table[b] for b in range(256)],
             "token_type": [1] * 256, "merges": []}
 
 
