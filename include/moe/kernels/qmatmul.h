@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace moe {
 
@@ -70,5 +71,11 @@ void qmatmul_reference(float* Y, int64_t ldy, const float* X, int64_t ldx, int64
 
 // The instruction set qmatmul uses on this CPU, e.g. "avx512bf16+avx512vnni", "avx2", "scalar".
 std::string qmatmul_isa();
+
+// For tests and benchmarks: the paths this CPU can run, fastest first (the last is "scalar"),
+// and a switch that makes qmatmul use one of them ("" returns to the fastest). Not thread-safe
+// against concurrent qmatmul calls; the scalar path gives exactly qmatmul_reference's numbers.
+std::vector<std::string> qmatmul_isas();
+void qmatmul_force_isa(const std::string& isa);
 
 }  // namespace moe
