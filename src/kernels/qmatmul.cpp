@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -15,6 +16,7 @@
 #include "moe/core/checked_math.h"
 #include "moe/core/error.h"
 #include "moe/core/half.h"
+#include "moe/kernels/gemm.h"
 #include "qmatmul_internal.h"
 
 namespace moe {
@@ -263,10 +265,25 @@ void make_items(const QMatmulTask& t, int32_t index, std::vector<Item>& items) {
       items.push_back({index, r0, std::min(rows, r0 + rb), n0, std::min(N, n0 + tb)});
 }
 
+// f32 weights with N ≥ kQmatmulSgemmMinN tokens go to OpenBLAS sgemm (W read in place as a
+// transposed B): on Zen 4 it ran 1.3–1.4× our f32 tiles at N = 16…512 (docs/INFERENCE.md).
+// OpenBLAS splits M and N over threads, never K, so its sums are thread-count independent too.
+// The scalar path never uses it (it must equal qmatmul_reference).
+bool use_sgemm(const QMatmulTask& t, bool scalar) {
+  return !scalar && t.W.type == WType::kF32 && t.N >= kQmatmulSgemmMinN && t.W.rows > 0 &&
+         t.W.cols > 0 && t.W.row_bytes % 4 == 0 &&
+         reinterpret_cast<uintptr_t>(t.W.data) % alignof(float) == 0 && t.N <= INT32_MAX &&
+         t.W.rows <= INT32_MAX && t.W.cols <= INT32_MAX && t.ldx <= INT32_MAX &&
+         t.ldy <= INT32_MAX && int64_t(t.W.row_bytes / 4) <= INT32_MAX;
+}
+
 }  // namespace
 
 void qmatmul_many(std::span<const QMatmulTask> tasks) {
-  const qmm::TileFn tile = current_isa().tile;
+  const Isa& isa = current_isa();
+  const qmm::TileFn tile = isa.tile;
+  const bool scalar = isa.tile == qmm::tile_scalar;
+  std::vector<std::size_t> sgemm_tasks;
   std::vector<PreparedX> px(tasks.size());
   std::vector<PrepLayout> lay(tasks.size());
   std::vector<std::size_t> offset(tasks.size() + 1, 0);
@@ -276,6 +293,12 @@ void qmatmul_many(std::span<const QMatmulTask> tasks) {
   for (std::size_t i = 0; i < tasks.size(); ++i) {
     const QMatmulTask& t = tasks[i];
     check_product(t.Y, t.ldy, t.X, t.ldx, t.N, t.W, "qmatmul");
+    if (use_sgemm(t, scalar)) {
+      sgemm_tasks.push_back(i);
+      offset[i + 1] = offset[i];
+      prep_rows[i + 1] = prep_rows[i];
+      continue;
+    }
     lay[i] = prep_layout(t.W.type, t.N, t.W.cols);
     offset[i + 1] = offset[i] + lay[i].total();
     const bool prep = t.W.type == WType::kBF16 || t.W.type == WType::kQ8_0;
@@ -314,6 +337,11 @@ void qmatmul_many(std::span<const QMatmulTask> tasks) {
       const QMatmulTask& t = tasks[std::size_t(it.task)];
       tile(px[std::size_t(it.task)], t.W, it.r0, it.r1, it.n0, it.n1, t.Y, t.ldy);
     }
+  }
+  for (std::size_t i : sgemm_tasks) {  // Y [N, rows] = X [N, cols] · Wᵀ, on OpenBLAS's threads
+    const QMatmulTask& t = tasks[i];
+    gemm<float>(false, true, int(t.N), int(t.W.rows), int(t.W.cols), 1.0f, t.X, int(t.ldx),
+                static_cast<const float*>(t.W.data), int(t.W.row_bytes / 4), 0.0f, t.Y, int(t.ldy));
   }
 }
 
