@@ -57,6 +57,7 @@ class EngineImpl final : public Engine {
   int ctx_ = 0, max_batch_ = 0, pos_ = 0;
   int64_t C_, V_, Hq_, Hkv_, hd_, Dq_, Dkv_;
   WeightLoader w_;
+  detail::FfnScratch ffn_scratch_;
   WeightMatrix embed_, head_;
   std::vector<float> norm_;
   std::vector<Layer> layers_;
@@ -105,7 +106,7 @@ EngineImpl::EngineImpl(const formats::ModelReader& r, const EngineOptions& opt)
       L.bv = w_.vec(p + "attn.bv", {Dkv_});
     }
     L.ffn_norm = w_.vec(p + "ffn_norm.weight", {C_});
-    L.ffn = detail::make_ffn_block(c, l, w_, max_batch_);
+    L.ffn = detail::make_ffn_block(c, l, w_, max_batch_, ffn_scratch_);
     active_bytes_ += matrix_bytes(L.wq) + matrix_bytes(L.wk) + matrix_bytes(L.wv) +
                      matrix_bytes(L.wo) + L.ffn->active_bytes();
   }

@@ -92,22 +92,23 @@ void activate(float* h, const float* g, const float* u, std::size_t n, Activatio
 class DenseBlock final : public FfnBlock {
  public:
   DenseBlock(const FfnConfig& f, const ModelConfig& m, const std::string& p, WeightLoader& w,
-             int max_tokens)
-      : act_(f.activation), C_(m.d_model), H_(f.d_ff) {
+             int max_tokens, FfnScratch& sc)
+      : act_(f.activation), C_(m.d_model), H_(f.d_ff), sc_(sc) {
     const bool glu = act_ == Activation::kSwiGLU;
     if (glu) gate_ = w.matrix(p + ".w_gate", H_, C_);
     up_ = w.matrix(p + ".w_up", H_, C_);
     down_ = w.matrix(p + ".w_down", C_, H_);
-    g_.resize(glu ? std::size_t(max_tokens) * H_ : 0);
-    u_.resize(std::size_t(max_tokens) * H_);
+    sc_.g.reserve(std::size_t(max_tokens) * H_);
+    sc_.u.reserve(std::size_t(max_tokens) * H_);
   }
   void forward(float* y, const float* x, int n) override {
     const bool glu = act_ == Activation::kSwiGLU;
-    std::vector<QMatmulTask> t = {{u_.data(), H_, x, C_, n, up_}};
-    if (glu) t.push_back({g_.data(), H_, x, C_, n, gate_});
+    float *g = sc_.g.data(), *u = sc_.u.data();
+    std::vector<QMatmulTask> t = {{u, H_, x, C_, n, up_}};
+    if (glu) t.push_back({g, H_, x, C_, n, gate_});
     qmatmul_many(t);
-    activate(u_.data(), g_.data(), u_.data(), std::size_t(n) * H_, act_);
-    qmatmul(y, C_, u_.data(), H_, n, down_);
+    activate(u, g, u, std::size_t(n) * H_, act_);
+    qmatmul(y, C_, u, H_, n, down_);
   }
   uint64_t active_bytes() const override {
     return matrix_bytes(gate_) + matrix_bytes(up_) + matrix_bytes(down_);
@@ -117,7 +118,7 @@ class DenseBlock final : public FfnBlock {
   Activation act_;
   int64_t C_, H_;
   WeightMatrix gate_, up_, down_;
-  std::vector<float> g_, u_;
+  FfnScratch& sc_;
 };
 
 // ---- MoE: the training router (fp32, dropless), experts grouped, fixed-order combine -----------
@@ -125,11 +126,12 @@ class DenseBlock final : public FfnBlock {
 class MoeBlock final : public FfnBlock {
  public:
   MoeBlock(const FfnConfig& f, const ModelConfig& m, int layer, const std::string& p,
-           WeightLoader& w, int max_tokens)
+           WeightLoader& w, int max_tokens, FfnScratch& sc)
       : spec_(inference_spec(f, m.d_model)),
         router_(spec_),
         layer_(layer),
-        max_tokens_(max_tokens) {
+        max_tokens_(max_tokens),
+        sc_(sc) {
     const int64_t C = spec_.C, E = spec_.E, H = spec_.H;
     const bool glu = spec_.act == Activation::kSwiGLU;
     router_w_ = w.vec(p + ".router.weight", {E, C});
@@ -153,17 +155,15 @@ class MoeBlock final : public FfnBlock {
     arena_ = Arena(measure.used());
     router_.bind(arena_, 1, max_tokens, int(max_assign_));
     const std::size_t A = std::size_t(max_assign_), N = std::size_t(max_tokens);
-    xg_.resize(A * C);
-    g_.resize(glu ? A * H : 0);
-    u_.resize(A * H);
-    ye_.resize(A * C);
+    sc_.xg.reserve(A * C);
+    sc_.g.reserve(std::max(A * H, N * Hs));
+    sc_.u.reserve(std::max(A * H, N * Hs));
+    sc_.ye.reserve(A * C);
+    sc_.sy.reserve(N * C);
+    sc_.tmp.reserve(N * C);
     row_.resize(A);
     count_.resize(E + 1);
-    if (S > 0) {
-      sg_.resize(glu ? N * Hs : 0);
-      su_.resize(N * Hs);
-      sy_.resize(N * C);
-    }
+    (void)glu;
   }
 
   void forward(float* y, const float* x, int n) override {
@@ -226,7 +226,7 @@ class MoeBlock final : public FfnBlock {
         continue;
       }
       row_[i] = next[a.expert[i]]++;
-      std::memcpy(&xg_[std::size_t(row_[i]) * C], x + std::size_t(a.token[i]) * C,
+      std::memcpy(sc_.xg.data() + std::size_t(row_[i]) * C, x + std::size_t(a.token[i]) * C,
                   sizeof(float) * C);
     }
   }
@@ -235,20 +235,21 @@ class MoeBlock final : public FfnBlock {
     const int E = spec_.E;
     const int64_t C = spec_.C, H = spec_.H;
     const bool glu = spec_.act == Activation::kSwiGLU;
+    float *xg = sc_.xg.data(), *g = sc_.g.data(), *u = sc_.u.data(), *ye = sc_.ye.data();
     tasks_.clear();
     for (int e = 0; e < E; ++e) {
       const int64_t r0 = count_[e], m = count_[e + 1] - r0;
       if (m == 0) continue;
-      tasks_.push_back({&u_[r0 * H], H, &xg_[r0 * C], C, m, up_[e]});
-      if (glu) tasks_.push_back({&g_[r0 * H], H, &xg_[r0 * C], C, m, gate_[e]});
+      tasks_.push_back({u + r0 * H, H, xg + r0 * C, C, m, up_[e]});
+      if (glu) tasks_.push_back({g + r0 * H, H, xg + r0 * C, C, m, gate_[e]});
     }
     qmatmul_many(tasks_);
     const std::size_t rows = std::size_t(count_[E]);
-    activate(u_.data(), g_.data(), u_.data(), rows * H, spec_.act);
+    activate(u, g, u, rows * H, spec_.act);
     tasks_.clear();
     for (int e = 0; e < E; ++e) {
       const int64_t r0 = count_[e], m = count_[e + 1] - r0;
-      if (m > 0) tasks_.push_back({&ye_[r0 * C], C, &u_[r0 * H], H, m, down_[e]});
+      if (m > 0) tasks_.push_back({ye + r0 * C, C, u + r0 * H, H, m, down_[e]});
     }
     qmatmul_many(tasks_);
   }
@@ -260,7 +261,7 @@ class MoeBlock final : public FfnBlock {
     for (int i = 0; i < a.count; ++i) {
       if (row_[i] < 0) continue;
       float* yn = y + std::size_t(a.token[i]) * C;
-      const float* r = &ye_[std::size_t(row_[i]) * C];
+      const float* r = sc_.ye.data() + std::size_t(row_[i]) * C;
       const float g = a.gate[i];
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) yn[c] += g * r[c];
@@ -271,15 +272,17 @@ class MoeBlock final : public FfnBlock {
   void shared(float* y, const float* x, int n) {
     const int64_t C = spec_.C, Hs = spec_.shared_H();
     const bool glu = spec_.act == Activation::kSwiGLU;
-    std::fill(sy_.begin(), sy_.begin() + std::size_t(n) * C, 0.f);
-    std::vector<float> tmp(std::size_t(n) * C);
+    // The routed experts are done with g and u: the shared experts reuse them.
+    float *g = sc_.g.data(), *u = sc_.u.data(), *sy = sc_.sy.data(), *tmp = sc_.tmp.data();
+    const std::size_t nc = std::size_t(n) * C;
+    std::fill(sy, sy + nc, 0.f);
     for (std::size_t s = 0; s < s_up_.size(); ++s) {
-      std::vector<QMatmulTask> t = {{su_.data(), Hs, x, C, n, s_up_[s]}};
-      if (glu) t.push_back({sg_.data(), Hs, x, C, n, s_gate_[s]});
+      std::vector<QMatmulTask> t = {{u, Hs, x, C, n, s_up_[s]}};
+      if (glu) t.push_back({g, Hs, x, C, n, s_gate_[s]});
       qmatmul_many(t);
-      activate(su_.data(), sg_.data(), su_.data(), std::size_t(n) * Hs, spec_.act);
-      qmatmul(tmp.data(), C, su_.data(), Hs, n, s_down_[s]);
-      for (std::size_t i = 0; i < tmp.size(); ++i) sy_[i] += tmp[i];
+      activate(u, g, u, std::size_t(n) * Hs, spec_.act);
+      qmatmul(tmp, C, u, Hs, n, s_down_[s]);
+      for (std::size_t i = 0; i < nc; ++i) sy[i] += tmp[i];
     }
     for (int t = 0; t < n; ++t) {
       const float* xn = x + std::size_t(t) * C;
@@ -290,7 +293,7 @@ class MoeBlock final : public FfnBlock {
         sg = 1.f / (1.f + std::exp(-z));
       }
       float* yn = y + std::size_t(t) * C;
-      const float* o = &sy_[std::size_t(t) * C];
+      const float* o = sy + std::size_t(t) * C;
       for (int64_t c = 0; c < C; ++c) yn[c] += sg * o[c];
     }
   }
@@ -302,7 +305,7 @@ class MoeBlock final : public FfnBlock {
   int64_t max_assign_ = 0;
   std::vector<float> router_w_, bias_, noise_w_, s_router_;
   std::vector<WeightMatrix> gate_, up_, down_, s_gate_, s_up_, s_down_;
-  std::vector<float> xg_, g_, u_, ye_, sg_, su_, sy_;
+  FfnScratch& sc_;
   std::vector<int64_t> row_, count_;
   std::vector<QMatmulTask> tasks_;
 };
@@ -345,14 +348,14 @@ class TrainingFfnBlock final : public FfnBlock {
 }  // namespace
 
 std::unique_ptr<FfnBlock> make_ffn_block(const ModelConfig& cfg, int layer, WeightLoader& w,
-                                         int max_tokens) {
+                                         int max_tokens, FfnScratch& scratch) {
   const FfnConfig& f = cfg.ffn_for(layer);
   const std::string p = fmt::format("layers.{}.ffn", layer);
   switch (f.kind) {
     case FfnConfig::Kind::kDense:
-      return std::make_unique<DenseBlock>(f, cfg, p, w, max_tokens);
+      return std::make_unique<DenseBlock>(f, cfg, p, w, max_tokens, scratch);
     case FfnConfig::Kind::kMoe:
-      return std::make_unique<MoeBlock>(f, cfg, layer, p, w, max_tokens);
+      return std::make_unique<MoeBlock>(f, cfg, layer, p, w, max_tokens, scratch);
     default:
       return std::make_unique<TrainingFfnBlock>(f, cfg, layer, p, w, max_tokens);
   }

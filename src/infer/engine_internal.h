@@ -35,6 +35,29 @@ class WeightLoader {
   const formats::ModelReader& r_;
 };
 
+// Scratch the FFN blocks share (they run one after another): each buffer grows to the largest
+// request at construction and is never cleared, so only the rows a pass writes are touched (a
+// decode step touches a few rows of buffers sized for a 512-token prefill).
+class Buffer {
+ public:
+  void reserve(std::size_t n) {
+    if (n > n_) {
+      p_ = std::make_unique_for_overwrite<float[]>(n);
+      n_ = n;
+    }
+  }
+  float* data() { return p_.get(); }
+  std::size_t size() const { return n_; }
+
+ private:
+  std::unique_ptr<float[]> p_;
+  std::size_t n_ = 0;
+};
+
+struct FfnScratch {
+  Buffer xg, g, u, ye, sy, tmp;
+};
+
 inline uint64_t matrix_bytes(const WeightMatrix& w) { return uint64_t(w.rows) * w.row_bytes; }
 
 // The FFN of one block at inference: y [n, C] (written) from x [n, C], n ≤ max_tokens.
@@ -48,6 +71,6 @@ class FfnBlock {
 
 // Dense and MoE FFNs run on the stored weights; a PEER FFN runs its own fp32 layer.
 std::unique_ptr<FfnBlock> make_ffn_block(const ModelConfig& cfg, int layer, WeightLoader& w,
-                                         int max_tokens);
+                                         int max_tokens, FfnScratch& scratch);
 
 }  // namespace moe::infer::detail
