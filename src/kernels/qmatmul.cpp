@@ -301,6 +301,7 @@ void qmatmul_many(std::span<const QMatmulTask> tasks) {
   std::vector<PrepLayout> lay(tasks.size());
   std::vector<std::size_t> offset(tasks.size() + 1, 0);
   std::vector<int64_t> prep_rows(tasks.size() + 1, 0);  // prefix sums of rows to prepare
+  std::vector<int64_t> same_x(tasks.size(), -1);        // the task whose prepared X a task reads
   std::vector<Item> items;
   double work = 0;
   for (std::size_t i = 0; i < tasks.size(); ++i) {
@@ -312,16 +313,35 @@ void qmatmul_many(std::span<const QMatmulTask> tasks) {
       prep_rows[i + 1] = prep_rows[i];
       continue;
     }
+    make_items(t, int32_t(i), items);
+    work += double(t.N) * double(t.W.rows) * double(t.W.cols);
+    // Tasks that read the same X in the same type (the gate and up products of every expert in a
+    // decode step) share one prepared copy: X is rounded or quantized once.
+    same_x[i] = int64_t(i);
+    for (std::size_t j = 0; j < i; ++j)
+      if (same_x[j] == int64_t(j) && tasks[j].X == t.X && tasks[j].ldx == t.ldx &&
+          tasks[j].N == t.N && tasks[j].W.cols == t.W.cols && tasks[j].W.type == t.W.type &&
+          !use_sgemm(tasks[j], scalar)) {
+        same_x[i] = int64_t(j);
+        break;
+      }
+    if (same_x[i] != int64_t(i)) {
+      offset[i + 1] = offset[i];
+      prep_rows[i + 1] = prep_rows[i];
+      continue;
+    }
     lay[i] = prep_layout(t.W.type, t.N, t.W.cols);
     offset[i + 1] = offset[i] + lay[i].total();
     const bool prep = t.W.type == WType::kBF16 || t.W.type == WType::kQ8_0;
-    prep_rows[i + 1] = prep_rows[i] + (prep && t.W.rows > 0 ? t.N : 0);
-    make_items(t, int32_t(i), items);
-    work += double(t.N) * double(t.W.rows) * double(t.W.cols);
+    prep_rows[i + 1] = prep_rows[i] + (prep ? t.N : 0);
   }
   uint8_t* buf = scratch(offset.back());
   for (std::size_t i = 0; i < tasks.size(); ++i) {
     const QMatmulTask& t = tasks[i];
+    if (same_x[i] >= 0 && same_x[i] != int64_t(i)) {
+      px[i] = px[std::size_t(same_x[i])];
+      continue;
+    }
     uint8_t* p = buf + offset[i];
     px[i].x = t.X;
     px[i].ldx = t.ldx;

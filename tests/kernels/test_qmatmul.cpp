@@ -275,11 +275,22 @@ TEST(Qmatmul, ManyEqualsOneCallPerTask) {
   }
   for (std::size_t i = 0; i < ps.size(); ++i)
     tasks.push_back({many[i].data(), ps[i].ldy, ps[i].X, ps[i].ldx, ps[i].N, ps[i].w.W});
+  // Two more tasks read the X of tasks 0 and 1 (as an expert's gate and up products share X):
+  // qmatmul_many prepares such an X once.
+  const Problem shared_bf16 = make_problem(WType::kBF16, 50, 2048, 1, false);
+  const Problem shared_q8 = make_problem(WType::kQ8_0, 30, 1024, 1, false);
+  std::vector<float> y_bf16(50), y_q8(30), one_bf16(50), one_q8(30);
+  tasks.push_back({y_bf16.data(), 50, ps[0].X, ps[0].ldx, 1, shared_bf16.w.W});
+  tasks.push_back({y_q8.data(), 30, ps[1].X, ps[1].ldx, 1, shared_q8.w.W});
   qmatmul_many(tasks);
   for (std::size_t i = 0; i < ps.size(); ++i) {
     qmatmul(one[i].data(), ps[i].ldy, ps[i].X, ps[i].ldx, ps[i].N, ps[i].w.W);
     EXPECT_EQ(std::memcmp(many[i].data(), one[i].data(), one[i].size() * 4), 0) << i;
   }
+  qmatmul(one_bf16.data(), 50, ps[0].X, ps[0].ldx, 1, shared_bf16.w.W);
+  qmatmul(one_q8.data(), 30, ps[1].X, ps[1].ldx, 1, shared_q8.w.W);
+  EXPECT_EQ(std::memcmp(y_bf16.data(), one_bf16.data(), 50 * 4), 0);
+  EXPECT_EQ(std::memcmp(y_q8.data(), one_q8.data(), 30 * 4), 0);
 }
 
 TEST(Qmatmul, DequantizeRowMatchesFormats) {
