@@ -27,6 +27,8 @@ struct QmatmulArgs {
   int64_t rows = 1024, cols = 2048, n = 1;
   std::string type = "all", isa;
   int repeats = 5;
+  int batch =
+      1;  // matrices per qmatmul_many call, all reading the same X (a decode step's experts)
   double min_mib = 512;  // weights cycled through per pass: far beyond the 32 MiB L3
   bool json = false;
 };
@@ -74,20 +76,27 @@ QmatmulResult measure_qmatmul(WType t, const QmatmulArgs& a) {
   const std::size_t mat_bytes = wtype_row_bytes(t, a.cols) * std::size_t(a.rows);
   res.matrices = int(std::max<double>(1.0, std::ceil(a.min_mib * 1048576.0 / double(mat_bytes))));
   const std::vector<uint8_t> w = random_weights(t, a.rows, a.cols, res.matrices);
-  std::vector<float> X(std::size_t(a.n * a.cols)), Y(std::size_t(a.n * a.rows));
+  std::vector<float> X(std::size_t(a.n * a.cols));
   const Rng g(6, 0);
   for (std::size_t i = 0; i < X.size(); ++i) X[i] = g.normal(i);
-  auto product = [&](int m) {
-    const WeightMatrix W{t, w.data() + std::size_t(m) * mat_bytes, a.rows, a.cols,
-                         wtype_row_bytes(t, a.cols)};
-    qmatmul(Y.data(), a.rows, X.data(), a.cols, a.n, W);
+  std::vector<QMatmulTask> tasks(std::size_t(a.batch));
+  std::vector<float> Yb(std::size_t(a.n * a.rows) * std::size_t(a.batch));
+  auto product = [&](int m) {  // matrices m … m + batch − 1 (cyclically)
+    for (int k = 0; k < a.batch; ++k) {
+      const WeightMatrix W{t, w.data() + std::size_t((m + k) % res.matrices) * mat_bytes, a.rows,
+                           a.cols, wtype_row_bytes(t, a.cols)};
+      tasks[std::size_t(k)] = {
+          Yb.data() + std::size_t(k) * a.n * a.rows, a.rows, X.data(), a.cols, a.n, W};
+    }
+    qmatmul_many(tasks);
   };
   product(0);  // warm-up: thread pool, scratch
   double best = 1e30;
   for (int rep = 0; rep < a.repeats; ++rep) {
     const auto t0 = BenchClock::now();
-    for (int m = 0; m < res.matrices; ++m) product(m);
-    best = std::min(best, seconds_since(t0) / res.matrices);
+    for (int m = 0; m < res.matrices; m += a.batch) product(m);
+    const int products = (res.matrices + a.batch - 1) / a.batch * a.batch;
+    best = std::min(best, seconds_since(t0) / products);
   }
   res.seconds = best;
   res.gflops = 2.0 * double(a.n) * double(a.rows) * double(a.cols) / best / 1e9;
@@ -148,8 +157,11 @@ void run_qmatmul_bench(const QmatmulArgs& a) {
     fmt::print("{}\n", j.dump());
     return;
   }
-  fmt::print("qmatmul Y[{}, {}] = X[{}, {}]·Wᵀ, {} threads, isa {}; triad {:.1f} GB/s\n", a.n,
-             a.rows, a.n, a.cols, threads, qmatmul_isa(), triad);
+  fmt::print(
+      "qmatmul Y[{}, {}] = X[{}, {}]·Wᵀ, {} per qmatmul_many call, {} threads, isa {}; triad "
+      "{:.1f} "
+      "GB/s\n",
+      a.n, a.rows, a.n, a.cols, a.batch, threads, qmatmul_isa(), triad);
   for (const QmatmulResult& r : rs)
     fmt::print("  {:5} {:9.1f} us  {:8.1f} GFLOP/s  {:6.1f} GB/s of weights ({:.0f}% of triad)\n",
                r.type, r.seconds * 1e6, r.gflops, r.weight_gbps, 100 * r.weight_gbps / triad);
@@ -167,6 +179,8 @@ void register_bench_qmatmul(CLI::App& bench) {
   q->add_option("--cols", a->cols, "cols of W (inputs)")->check(CLI::PositiveNumber);
   q->add_option("--n", a->n, "rows of X (tokens)")->check(CLI::PositiveNumber);
   q->add_option("--type", a->type, "f32 | f16 | bf16 | q8_0 | all");
+  q->add_option("--batch", a->batch, "matrices per qmatmul_many call, sharing X")
+      ->check(CLI::PositiveNumber);
   q->add_option("--isa", a->isa, "force a path (see qmatmul_isas), default the fastest");
   q->add_option("--repeats", a->repeats, "timed passes (best)")->check(CLI::PositiveNumber);
   q->add_option("--min-mib", a->min_mib, "MiB of weights cycled per pass")
