@@ -46,8 +46,15 @@ namespace {
 // How each weight type feeds the shared tile loop: the columns of one step, the weight and
 // activation vectors of a step (full, or the first n columns with zeros after them) and the
 // multiply-add into an f32 accumulator.
+// Decode (T = 1) streams W from memory. For f16 each row's loads are preceded by a prefetch this
+// far ahead: its GEMV went from 14–19 to 20–21 GB/s a core; f32, bf16 did not change and q8_0
+// lost 10% with it (measured on Zen 4, CPU time, 256 MiB of 1024×2048 matrices).
+constexpr int kPrefetchBytes = 1024;
+
 struct F32T {
   static constexpr int kStep = 16;
+  static constexpr int kBytes = 4;  // bytes of W per column
+  static constexpr bool kPrefetch = false;
   using WV = __m512;
   using XV = __m512;
   static const float* x_row(const PreparedX& px, int64_t n) { return px.x + n * px.ldx; }
@@ -65,6 +72,8 @@ struct F32T {
 };
 
 struct F16T : F32T {  // the weights widened to f32 in registers (vcvtph2ps is exact)
+  static constexpr int kBytes = 2;
+  static constexpr bool kPrefetch = true;
   static WV load_w(const uint8_t* w, int64_t c) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 2 * c)));
   }
@@ -76,6 +85,8 @@ struct F16T : F32T {  // the weights widened to f32 in registers (vcvtph2ps is e
 // vdpbf16ps: per f32 lane, acc += w[2i+1]·x[2i+1] then + w[2i]·x[2i] (exact bf16 products).
 struct BF16T {
   static constexpr int kStep = 32;
+  static constexpr int kBytes = 2;
+  static constexpr bool kPrefetch = false;
   using WV = __m512bh;
   using XV = __m512bh;
   static const uint16_t* x_row(const PreparedX& px, int64_t n) { return px.bf16 + n * px.ld_bf16; }
@@ -183,7 +194,12 @@ void kern(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, int6
     for (; c + Tr::kStep <= cols; c += Tr::kStep) {
       typename Tr::WV wv[R];
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) wv[r] = Tr::load_w(w + r * ws, c);
+      for (int r = 0; r < R; ++r) {
+        if constexpr (T == 1 && Tr::kPrefetch)
+          _mm_prefetch(reinterpret_cast<const char*>(w + r * ws) + Tr::kBytes * c + kPrefetchBytes,
+                       _MM_HINT_T0);
+        wv[r] = Tr::load_w(w + r * ws, c);
+      }
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         const typename Tr::XV xv = Tr::load_x(x + t * ldx, c);
