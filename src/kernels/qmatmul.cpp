@@ -87,17 +87,20 @@ float dot_bf16(const uint16_t* x, const uint8_t* w, int64_t cols) {
   return acc;
 }
 
-// u: activation quants + 128; dx[b · dx_stride]: the scale of activation block b. Per block the
-// exact int32 dot product (|Σ| ≤ 32·127·128 < 2^24, so its conversion to f32 is exact too).
-float dot_q8_0(const uint8_t* u, const float* dx, int64_t dx_stride, const uint8_t* w,
+// q: activation quants; dx[b · dx_stride]: the scale of activation block b. Per block the exact
+// int32 dot product (|Σ| ≤ 32·127·128 < 2^24, so its conversion to f32 is exact too).
+float dot_q8_0(const int8_t* q, const float* dx, int64_t dx_stride, const uint8_t* w,
                int64_t blocks) {
   float acc = 0.0f;
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* wb = w + 34 * b;
     const float dw = f16_to_f32(load_u16(wb));
+    // Both operands through int8_t pointers: GCC 12 at -O3 -march=native vectorizes
+    // int8 × int8_t(uint8) into vpdpbusd as if the cast operand were unsigned (wrong sums; seen
+    // here, reproduced in a 5-line test), while a plain int8 × int8 loop is compiled correctly.
+    const auto* wq = reinterpret_cast<const int8_t*>(wb + 2);
     int32_t isum = 0;
-    for (int j = 0; j < 32; ++j)
-      isum += (int32_t(u[32 * b + j]) - 128) * int32_t(int8_t(wb[2 + j]));
+    for (int j = 0; j < 32; ++j) isum += int32_t(q[32 * b + j]) * int32_t(wq[j]);
     acc += float(isum) * (dw * dx[b * dx_stride]);
   }
   return acc;
@@ -105,7 +108,7 @@ float dot_q8_0(const uint8_t* u, const float* dx, int64_t dx_stride, const uint8
 
 }  // namespace
 
-float quantize_block_q8_0_u(const float* x, uint8_t* u) {
+float quantize_block_q8_0(const float* x, int8_t* qs) {
   float amax = 0.0f;
   for (int j = 0; j < 32; ++j) {
     const float a = std::fabs(x[j]);
@@ -117,9 +120,20 @@ float quantize_block_q8_0_u(const float* x, uint8_t* u) {
     const float r = std::round(x[j] * id);  // half away from zero, as ggml's reference
     // |x·id| ≤ 127 up to rounding; a NaN or Inf block gives quants 0 (formats::quantize's rule).
     const int32_t q = (r > -2147483648.0f && r < 2147483648.0f) ? int32_t(r) : 0;
-    u[j] = uint8_t(int8_t(uint8_t(uint32_t(q) & 0xffu)) + 128);
+    qs[j] = int8_t(uint8_t(uint32_t(q) & 0xffu));
   }
   return f16_to_f32(f32_to_f16(d));
+}
+
+void prep_q8_scalar(const float* x, int64_t cols, int8_t* q, int64_t ld_q8, float* d, int32_t* corr,
+                    int64_t ld_d) {
+  for (int64_t b = 0; b < cols / 32; ++b) {
+    const float db = quantize_block_q8_0(x + 32 * b, q + 32 * b);
+    std::fill(d + 8 * b, d + 8 * b + 8, db);
+  }
+  std::fill(q + cols, q + ld_q8, int8_t(0));
+  std::fill(d + 8 * (cols / 32), d + ld_d, 0.0f);
+  (void)corr;  // only the AVX512 tiles read the sums
 }
 
 void tile_scalar(const PreparedX& px, const WeightMatrix& W, int64_t r0, int64_t r1, int64_t n0,
@@ -141,7 +155,8 @@ void tile_scalar(const PreparedX& px, const WeightMatrix& W, int64_t r0, int64_t
           break;
         case WType::kQ8_0:
           // The expanded scale layout puts block b's scale at 8·b (PreparedX).
-          y = dot_q8_0(px.q8 + n * px.ld_q8, px.q8_d + n * px.ld_d, 8, wr, W.cols / 32);
+          y = dot_q8_0(reinterpret_cast<const int8_t*>(px.q8) + n * px.ld_q8, px.q8_d + n * px.ld_d,
+                       8, wr, W.cols / 32);
           break;
       }
       Y[n * ldy + r] = y;
@@ -173,8 +188,8 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // Scratch bytes for one task's prepared activations (64-byte aligned pieces).
 struct PrepLayout {
   int64_t ld_bf16 = 0, ld_q8 = 0, ld_d = 0;
-  std::size_t bytes_bf16 = 0, bytes_q8 = 0, bytes_d = 0;
-  std::size_t total() const { return bytes_bf16 + bytes_q8 + bytes_d; }
+  std::size_t bytes_bf16 = 0, bytes_q8 = 0, bytes_d = 0;  // bytes_d: the scales, and again the sums
+  std::size_t total() const { return bytes_bf16 + bytes_q8 + 2 * bytes_d; }
 };
 
 PrepLayout prep_layout(WType t, int64_t N, int64_t cols) {
@@ -192,20 +207,16 @@ PrepLayout prep_layout(WType t, int64_t N, int64_t cols) {
 }
 
 // Row n of X into px's prepared form (bf16 or Q8_0); f32 and f16 read X in place.
-void prepare_row(WType t, const float* x, int64_t cols, const PreparedX& px, int64_t n) {
+void prepare_row(WType t, const float* x, int64_t cols, const PreparedX& px, int64_t n,
+                 qmm::PrepQ8Fn prep_q8) {
   if (t == WType::kBF16) {
     uint16_t* dst = const_cast<uint16_t*>(px.bf16) + n * px.ld_bf16;
     for (int64_t c = 0; c < cols; ++c) dst[c] = f32_to_bf16(x[c]);
     std::fill(dst + cols, dst + px.ld_bf16, uint16_t(0));
   } else if (t == WType::kQ8_0) {
-    uint8_t* u = const_cast<uint8_t*>(px.q8) + n * px.ld_q8;
-    float* d = const_cast<float*>(px.q8_d) + n * px.ld_d;
-    for (int64_t b = 0; b < cols / 32; ++b) {
-      const float db = qmm::quantize_block_q8_0_u(x + 32 * b, u + 32 * b);
-      std::fill(d + 8 * b, d + 8 * b + 8, db);
-    }
-    std::fill(u + cols, u + px.ld_q8, uint8_t(128));
-    std::fill(d + 8 * (cols / 32), d + px.ld_d, 0.0f);
+    prep_q8(x, cols, reinterpret_cast<int8_t*>(const_cast<uint8_t*>(px.q8)) + n * px.ld_q8,
+            px.ld_q8, const_cast<float*>(px.q8_d) + n * px.ld_d,
+            const_cast<int32_t*>(px.q8_c) + n * px.ld_d, px.ld_d);
   }
 }
 
@@ -227,14 +238,16 @@ uint8_t* scratch(std::size_t bytes) {
 struct Isa {
   const char* name;
   qmm::TileFn tile;
+  qmm::PrepQ8Fn prep_q8;
 };
 
 const std::vector<Isa>& isas() {
   static const std::vector<Isa> list = [] {
     std::vector<Isa> l;
-    if (qmm::avx512_supported()) l.push_back({"avx512bf16+avx512vnni", qmm::tile_avx512});
-    if (qmm::avx2_supported()) l.push_back({"avx2", qmm::tile_avx2});
-    l.push_back({"scalar", qmm::tile_scalar});
+    if (qmm::avx512_supported())
+      l.push_back({"avx512bf16+avx512vnni", qmm::tile_avx512, qmm::prep_q8_avx512});
+    if (qmm::avx2_supported()) l.push_back({"avx2", qmm::tile_avx2, qmm::prep_q8_scalar});
+    l.push_back({"scalar", qmm::tile_scalar, qmm::prep_q8_scalar});
     return l;
   }();
   return list;
@@ -288,6 +301,7 @@ void qmatmul_many(std::span<const QMatmulTask> tasks) {
   std::vector<PrepLayout> lay(tasks.size());
   std::vector<std::size_t> offset(tasks.size() + 1, 0);
   std::vector<int64_t> prep_rows(tasks.size() + 1, 0);  // prefix sums of rows to prepare
+  std::vector<int64_t> same_x(tasks.size(), -1);        // the task whose prepared X a task reads
   std::vector<Item> items;
   double work = 0;
   for (std::size_t i = 0; i < tasks.size(); ++i) {
@@ -299,16 +313,35 @@ void qmatmul_many(std::span<const QMatmulTask> tasks) {
       prep_rows[i + 1] = prep_rows[i];
       continue;
     }
+    make_items(t, int32_t(i), items);
+    work += double(t.N) * double(t.W.rows) * double(t.W.cols);
+    // Tasks that read the same X in the same type (the gate and up products of every expert in a
+    // decode step) share one prepared copy: X is rounded or quantized once.
+    same_x[i] = int64_t(i);
+    for (std::size_t j = 0; j < i; ++j)
+      if (same_x[j] == int64_t(j) && tasks[j].X == t.X && tasks[j].ldx == t.ldx &&
+          tasks[j].N == t.N && tasks[j].W.cols == t.W.cols && tasks[j].W.type == t.W.type &&
+          !use_sgemm(tasks[j], scalar)) {
+        same_x[i] = int64_t(j);
+        break;
+      }
+    if (same_x[i] != int64_t(i)) {
+      offset[i + 1] = offset[i];
+      prep_rows[i + 1] = prep_rows[i];
+      continue;
+    }
     lay[i] = prep_layout(t.W.type, t.N, t.W.cols);
     offset[i + 1] = offset[i] + lay[i].total();
     const bool prep = t.W.type == WType::kBF16 || t.W.type == WType::kQ8_0;
-    prep_rows[i + 1] = prep_rows[i] + (prep && t.W.rows > 0 ? t.N : 0);
-    make_items(t, int32_t(i), items);
-    work += double(t.N) * double(t.W.rows) * double(t.W.cols);
+    prep_rows[i + 1] = prep_rows[i] + (prep ? t.N : 0);
   }
   uint8_t* buf = scratch(offset.back());
   for (std::size_t i = 0; i < tasks.size(); ++i) {
     const QMatmulTask& t = tasks[i];
+    if (same_x[i] >= 0 && same_x[i] != int64_t(i)) {
+      px[i] = px[std::size_t(same_x[i])];
+      continue;
+    }
     uint8_t* p = buf + offset[i];
     px[i].x = t.X;
     px[i].ldx = t.ldx;
@@ -317,6 +350,8 @@ void qmatmul_many(std::span<const QMatmulTask> tasks) {
     px[i].q8 = p + lay[i].bytes_bf16;
     px[i].ld_q8 = lay[i].ld_q8;
     px[i].q8_d = reinterpret_cast<const float*>(p + lay[i].bytes_bf16 + lay[i].bytes_q8);
+    px[i].q8_c =
+        reinterpret_cast<const int32_t*>(p + lay[i].bytes_bf16 + lay[i].bytes_q8 + lay[i].bytes_d);
     px[i].ld_d = lay[i].ld_d;
   }
   const int64_t n_prep = prep_rows.back(), n_items = int64_t(items.size());
@@ -329,7 +364,7 @@ void qmatmul_many(std::span<const QMatmulTask> tasks) {
                                         prep_rows.begin() - 1);
       const QMatmulTask& t = tasks[i];
       const int64_t n = j - prep_rows[i];
-      prepare_row(t.W.type, t.X + n * t.ldx, t.W.cols, px[i], n);
+      prepare_row(t.W.type, t.X + n * t.ldx, t.W.cols, px[i], n, isa.prep_q8);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < n_items; ++k) {
@@ -362,10 +397,11 @@ void qmatmul_reference(float* Y, int64_t ldy, const float* X, int64_t ldx, int64
   px.ld_q8 = l.ld_q8;
   // The scales start 4-aligned: bytes_bf16 and bytes_q8 are multiples of 64.
   px.q8_d = reinterpret_cast<const float*>(buf.data() + l.bytes_bf16 + l.bytes_q8);
+  px.q8_c = reinterpret_cast<const int32_t*>(buf.data() + l.bytes_bf16 + l.bytes_q8 + l.bytes_d);
   px.ld_d = l.ld_d;
   for (int64_t n = 0; n < N; ++n) {
     px.x = X + n * ldx;
-    prepare_row(W.type, px.x, W.cols, px, 0);
+    prepare_row(W.type, px.x, W.cols, px, 0, qmm::prep_q8_scalar);
     qmm::tile_scalar(px, W, 0, W.rows, 0, 1, Y + n * ldy, ldy);
   }
 }

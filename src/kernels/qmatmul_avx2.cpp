@@ -8,10 +8,10 @@
 //   bf16 : both operands widened to f32 (exact: a bf16 is the top half of an f32) and FMA'd, so
 //          each product is the exact bf16 × bf16 product, as vdpbf16ps computes it.
 //   q8_0 : no VNNI: vpmaddubsw multiplies unsigned × signed bytes into saturating int16 pairs.
-//          The activation quants are recovered as signed q = u ^ 0x80 (u = q + 128) and the
-//          weights' signs moved onto them (|w| · sign(q, w); |−128| = 128 is still exact as an
-//          unsigned byte, and q ∈ [−127, 127] negates safely): a pair sums to at most
-//          2·128·127 = 32512 < 2^15, so nothing saturates; vpmaddwd then adds pairs into int32.
+//          The weights' signs are moved onto the activation quants, |w| · sign(q, w) (|−128| =
+//          128 is still exact as an unsigned byte, and q ∈ [−127, 127] negates safely): a pair
+//          sums to at most 2·128·127 = 32512 < 2^15, so nothing saturates; vpmaddwd then adds
+//          pairs into int32.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -117,7 +117,7 @@ void kern_q8(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, i
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-  const __m256i flip = _mm256_set1_epi8(char(0x80)), ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1);
   const uint8_t* xq = px.q8 + n * px.ld_q8;
   const float* xd = px.q8_d + n * px.ld_d;
   for (int64_t b = 0; b < cols / 32; ++b) {
@@ -132,8 +132,8 @@ void kern_q8(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, i
     }
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
-      const __m256i q = _mm256_xor_si256(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * px.ld_q8 + 32 * b)), flip);
+      const __m256i q =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * px.ld_q8 + 32 * b));
       const float dx = xd[t * px.ld_d + 8 * b];
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {

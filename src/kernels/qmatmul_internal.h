@@ -12,11 +12,13 @@ namespace moe::qmm {
 //   f32, f16 : X itself (x, ldx floats).
 //   bf16     : X rounded to bf16 (nearest even), rows of ld_bf16 = round_up(cols, 32) elements,
 //              zero past cols.
-//   q8_0     : per 32-block, quants q ∈ [-127, 127] stored as u = q + 128 (so AVX512-VNNI's
-//              unsigned × signed vpdpbusd takes them; rows of ld_q8 = round_up(cols, 64) bytes,
-//              u = 128 past cols), and the scale d (the f16-rounded value, as a float) of block b
+//   q8_0     : per 32-block, the int8 quants q ∈ [-127, 127] (rows of ld_q8 = round_up(cols, 64)
+//              bytes, 0 past cols); the scale d (the f16-rounded value, as a float) of block b
 //              repeated in lanes 8·(b%2)..8·(b%2)+7 of the 16-float group b/2 (ld_d floats a row,
-//              0 past the last block): one aligned load gives the scales of a pair of blocks.
+//              0 past the last block): one load gives the scales of a pair of blocks; and in the
+//              same layout, −128·(the sum of the 4 quants lane l of a pair covers) as int32: the
+//              start of AVX512-VNNI's unsigned × signed vpdpbusd on (w + 128) × q, which then
+//              leaves exactly Σ w·q in each lane (filled by the AVX512 preparation only).
 struct PreparedX {
   const float* x = nullptr;
   int64_t ldx = 0;
@@ -25,6 +27,7 @@ struct PreparedX {
   const uint8_t* q8 = nullptr;
   int64_t ld_q8 = 0;
   const float* q8_d = nullptr;
+  const int32_t* q8_c = nullptr;  // layout of q8_d
   int64_t ld_d = 0;
 };
 
@@ -34,8 +37,17 @@ using TileFn = void (*)(const PreparedX& px, const WeightMatrix& W, int64_t r0, 
 
 // The Q8_0 quantization of one 32-block of activations (ggml's quantize_row_q8_0_ref: d =
 // amax/127 in f32, stored as f16; q = round-half-away(x · (1/d)); the same numbers as
-// formats::quantize): u[j] = q[j] + 128, returns the f16-rounded d as a float.
-float quantize_block_q8_0_u(const float* x, uint8_t* u);
+// formats::quantize): q[j] as int8, returns the f16-rounded d as a float.
+float quantize_block_q8_0(const float* x, int8_t* q);
+
+// One row of activations into PreparedX's Q8_0 form (quants, scales, −128·Σq lane sums), padding
+// included: the scalar definition, and the AVX512 one (the same bits, vectorized).
+using PrepQ8Fn = void (*)(const float* x, int64_t cols, int8_t* q, int64_t ld_q8, float* d,
+                          int32_t* corr, int64_t ld_d);
+void prep_q8_scalar(const float* x, int64_t cols, int8_t* q, int64_t ld_q8, float* d, int32_t* corr,
+                    int64_t ld_d);
+void prep_q8_avx512(const float* x, int64_t cols, int8_t* q, int64_t ld_q8, float* d, int32_t* corr,
+                    int64_t ld_d);
 
 // The scalar path: each Y element is exactly qmatmul_reference's.
 void tile_scalar(const PreparedX& px, const WeightMatrix& W, int64_t r0, int64_t r1, int64_t n0,

@@ -275,11 +275,22 @@ TEST(Qmatmul, ManyEqualsOneCallPerTask) {
   }
   for (std::size_t i = 0; i < ps.size(); ++i)
     tasks.push_back({many[i].data(), ps[i].ldy, ps[i].X, ps[i].ldx, ps[i].N, ps[i].w.W});
+  // Two more tasks read the X of tasks 0 and 1 (as an expert's gate and up products share X):
+  // qmatmul_many prepares such an X once.
+  const Problem shared_bf16 = make_problem(WType::kBF16, 50, 2048, 1, false);
+  const Problem shared_q8 = make_problem(WType::kQ8_0, 30, 1024, 1, false);
+  std::vector<float> y_bf16(50), y_q8(30), one_bf16(50), one_q8(30);
+  tasks.push_back({y_bf16.data(), 50, ps[0].X, ps[0].ldx, 1, shared_bf16.w.W});
+  tasks.push_back({y_q8.data(), 30, ps[1].X, ps[1].ldx, 1, shared_q8.w.W});
   qmatmul_many(tasks);
   for (std::size_t i = 0; i < ps.size(); ++i) {
     qmatmul(one[i].data(), ps[i].ldy, ps[i].X, ps[i].ldx, ps[i].N, ps[i].w.W);
     EXPECT_EQ(std::memcmp(many[i].data(), one[i].data(), one[i].size() * 4), 0) << i;
   }
+  qmatmul(one_bf16.data(), 50, ps[0].X, ps[0].ldx, 1, shared_bf16.w.W);
+  qmatmul(one_q8.data(), 30, ps[1].X, ps[1].ldx, 1, shared_q8.w.W);
+  EXPECT_EQ(std::memcmp(y_bf16.data(), one_bf16.data(), 50 * 4), 0);
+  EXPECT_EQ(std::memcmp(y_q8.data(), one_q8.data(), 30 * 4), 0);
 }
 
 TEST(Qmatmul, DequantizeRowMatchesFormats) {
@@ -334,6 +345,48 @@ TEST(Qmatmul, Q8_0WeightsOfMinus128) {
         ASSERT_NEAR(Y[i], R[i], 2 * gamma(p.cols + 4) * s + 1e-30)
             << isa << " n=" << n << " r=" << r;
       }
+  }
+  qmatmul_force_isa("");
+}
+
+// The activation quantization of every path is formats::quantize's, bit for bit, ties included:
+// W row r is the one-hot row e_r (quant 1, scale 1), so Y[n, r] = q_x[n, r]·d_x is a single exact
+// term whatever the summation order, and every path must give the reference's bits. Blocks of
+// X with amax = 127 have d = 1, so x = k + 0.5 lands exactly on a tie.
+TEST(Qmatmul, Q8_0ActivationQuantizationIsExact) {
+  constexpr int64_t kCols = 96, kN = 4;
+  std::vector<uint8_t> w(std::size_t(kCols) * 34 * (kCols / 32), 0);
+  const std::size_t rb = wtype_row_bytes(WType::kQ8_0, kCols);
+  const uint16_t one = f32_to_f16(1.0f);
+  for (int64_t r = 0; r < kCols; ++r) {
+    for (int64_t b = 0; b < kCols / 32; ++b) std::memcpy(&w[r * rb + 34 * b], &one, 2);
+    w[r * rb + 34 * (r / 32) + 2 + r % 32] = 1;
+  }
+  const WeightMatrix W{WType::kQ8_0, w.data(), kCols, kCols, rb};
+  std::vector<float> X(std::size_t(kN * kCols));
+  const Rng g(3, 3);
+  for (int64_t c = 0; c < kCols; ++c) {
+    X[std::size_t(c)] = c % 32 == 0 ? 127.0f : float(c % 32) - 15.5f;  // ties at d = 1
+    X[std::size_t(kCols + c)] = g.normal(uint64_t(c)) * 3.0f;
+    X[std::size_t(2 * kCols + c)] = c < 32 ? 0.0f : -float(c) / 7.0f;  // an all-zero block
+    X[std::size_t(3 * kCols + c)] = g.normal(uint64_t(100 + c));
+  }
+  X[std::size_t(3 * kCols + 40)] = std::numeric_limits<float>::infinity();  // block 1 of row 3
+  std::vector<float> R(std::size_t(kN * kCols));
+  qmatmul_reference(R.data(), kCols, X.data(), kCols, kN, W);
+  EXPECT_EQ(R[1], -15.0f);  // −14.5 rounds half away from zero
+  for (const std::string& isa : qmatmul_isas()) {
+    qmatmul_force_isa(isa);
+    std::vector<float> Y(R.size());
+    qmatmul(Y.data(), kCols, X.data(), kCols, kN, W);
+    for (std::size_t i = 0; i < R.size(); ++i) {
+      if (std::isnan(R[i])) {
+        EXPECT_TRUE(std::isnan(Y[i])) << isa << " i=" << i;
+      } else {
+        EXPECT_EQ(std::memcmp(&Y[i], &R[i], 4), 0)
+            << isa << " i=" << i << " " << Y[i] << " vs " << R[i];
+      }
+    }
   }
   qmatmul_force_isa("");
 }

@@ -27,7 +27,9 @@ struct QmatmulArgs {
   int64_t rows = 1024, cols = 2048, n = 1;
   std::string type = "all", isa;
   int repeats = 5;
-  double min_mib = 512;  // weights cycled through per pass: far beyond the 32 MiB L3
+  int batch =
+      1;  // matrices per qmatmul_many call, all reading the same X (a decode step's experts)
+  double min_mib = 256;  // weights cycled through per pass: far beyond the 32 MiB L3
   bool json = false;
 };
 
@@ -66,34 +68,53 @@ std::vector<uint8_t> random_weights(WType t, int64_t rows, int64_t cols, int cou
   return buf;
 }
 
-// The best time of one product over `repeats` passes through all the matrices in turn (a pass
-// reads ≥ min_mib of weights, so each product finds its matrix in memory, not in cache).
-QmatmulResult measure_qmatmul(WType t, const QmatmulArgs& a) {
-  QmatmulResult res;
-  res.type = wtype_name(t);
-  const std::size_t mat_bytes = wtype_row_bytes(t, a.cols) * std::size_t(a.rows);
-  res.matrices = int(std::max<double>(1.0, std::ceil(a.min_mib * 1048576.0 / double(mat_bytes))));
-  const std::vector<uint8_t> w = random_weights(t, a.rows, a.cols, res.matrices);
-  std::vector<float> X(std::size_t(a.n * a.cols)), Y(std::size_t(a.n * a.rows));
-  const Rng g(6, 0);
-  for (std::size_t i = 0; i < X.size(); ++i) X[i] = g.normal(i);
-  auto product = [&](int m) {
-    const WeightMatrix W{t, w.data() + std::size_t(m) * mat_bytes, a.rows, a.cols,
-                         wtype_row_bytes(t, a.cols)};
-    qmatmul(Y.data(), a.rows, X.data(), a.cols, a.n, W);
-  };
-  product(0);  // warm-up: thread pool, scratch
-  double best = 1e30;
-  for (int rep = 0; rep < a.repeats; ++rep) {
-    const auto t0 = BenchClock::now();
-    for (int m = 0; m < res.matrices; ++m) product(m);
-    best = std::min(best, seconds_since(t0) / res.matrices);
+// One type's matrices (≥ min_mib of them, so each product finds its matrix in memory, not in
+// cache), timed one pass through all of them at a time.
+struct QmatmulCase {
+  WType type;
+  int matrices = 0;
+  std::size_t mat_bytes = 0;
+  std::vector<uint8_t> w;
+  std::vector<float> X, Y;
+  std::vector<QMatmulTask> tasks;
+  double best = 1e30;  // seconds per product, best pass
+
+  QmatmulCase(WType t, const QmatmulArgs& a) : type(t) {
+    mat_bytes = wtype_row_bytes(t, a.cols) * std::size_t(a.rows);
+    matrices = int(std::max<double>(1.0, std::ceil(a.min_mib * 1048576.0 / double(mat_bytes))));
+    w = random_weights(t, a.rows, a.cols, matrices);
+    X.resize(std::size_t(a.n * a.cols));
+    const Rng g(6, 0);
+    for (std::size_t i = 0; i < X.size(); ++i) X[i] = g.normal(i);
+    Y.resize(std::size_t(a.n * a.rows) * std::size_t(a.batch));
+    tasks.resize(std::size_t(a.batch));
+    product(0, a);  // warm-up: thread pool, scratch
   }
-  res.seconds = best;
-  res.gflops = 2.0 * double(a.n) * double(a.rows) * double(a.cols) / best / 1e9;
-  res.weight_gbps = double(mat_bytes) / best / 1e9;
-  return res;
-}
+  void product(int m, const QmatmulArgs& a) {  // matrices m … m + batch − 1 (cyclically)
+    for (int k = 0; k < a.batch; ++k) {
+      const WeightMatrix W{type, w.data() + std::size_t((m + k) % matrices) * mat_bytes, a.rows,
+                           a.cols, wtype_row_bytes(type, a.cols)};
+      tasks[std::size_t(k)] = {
+          Y.data() + std::size_t(k) * a.n * a.rows, a.rows, X.data(), a.cols, a.n, W};
+    }
+    qmatmul_many(tasks);
+  }
+  void pass(const QmatmulArgs& a) {
+    const auto t0 = BenchClock::now();
+    for (int m = 0; m < matrices; m += a.batch) product(m, a);
+    const int products = (matrices + a.batch - 1) / a.batch * a.batch;
+    best = std::min(best, seconds_since(t0) / products);
+  }
+  QmatmulResult result(const QmatmulArgs& a) const {
+    QmatmulResult r;
+    r.type = wtype_name(type);
+    r.matrices = matrices;
+    r.seconds = best;
+    r.gflops = 2.0 * double(a.n) * double(a.rows) * double(a.cols) / best / 1e9;
+    r.weight_gbps = double(mat_bytes) / best / 1e9;
+    return r;
+  }
+};
 
 // OpenBLAS sgemm on the same shape, W [rows, cols] f32 read in place (transposed B): Y = X·Wᵀ.
 double measure_sgemm_same_shape(const QmatmulArgs& a) {
@@ -123,10 +144,18 @@ void run_qmatmul_bench(const QmatmulArgs& a) {
   MOE_CHECK(!types.empty(), "bench qmatmul: --type {} is not f32, f16, bf16, q8_0 or all", a.type);
   MOE_CHECK(a.cols % 32 == 0 || a.type != "q8_0", "bench qmatmul: q8_0 needs cols % 32 == 0");
   if (!a.isa.empty()) qmatmul_force_isa(a.isa);
-  const double triad = measure_triad_gbps();
-  std::vector<QmatmulResult> rs;
+  // Other processes share the cores: each repeat measures the triad and then every type once,
+  // and each keeps its best, so the ratios compare passes from the same minutes.
+  std::vector<std::unique_ptr<QmatmulCase>> cases;
   for (WType t : types)
-    if (t != WType::kQ8_0 || a.cols % 32 == 0) rs.push_back(measure_qmatmul(t, a));
+    if (t != WType::kQ8_0 || a.cols % 32 == 0) cases.push_back(std::make_unique<QmatmulCase>(t, a));
+  double triad = 0;
+  for (int rep = 0; rep < a.repeats; ++rep) {
+    triad = std::max(triad, measure_triad_gbps(1));
+    for (auto& c : cases) c->pass(a);
+  }
+  std::vector<QmatmulResult> rs;
+  for (const auto& c : cases) rs.push_back(c->result(a));
   const double sgemm = measure_sgemm_same_shape(a);
   const int threads = omp_get_max_threads();
   if (a.json) {
@@ -148,8 +177,11 @@ void run_qmatmul_bench(const QmatmulArgs& a) {
     fmt::print("{}\n", j.dump());
     return;
   }
-  fmt::print("qmatmul Y[{}, {}] = X[{}, {}]·Wᵀ, {} threads, isa {}; triad {:.1f} GB/s\n", a.n,
-             a.rows, a.n, a.cols, threads, qmatmul_isa(), triad);
+  fmt::print(
+      "qmatmul Y[{}, {}] = X[{}, {}]·Wᵀ, {} per qmatmul_many call, {} threads, isa {}; triad "
+      "{:.1f} "
+      "GB/s\n",
+      a.n, a.rows, a.n, a.cols, a.batch, threads, qmatmul_isa(), triad);
   for (const QmatmulResult& r : rs)
     fmt::print("  {:5} {:9.1f} us  {:8.1f} GFLOP/s  {:6.1f} GB/s of weights ({:.0f}% of triad)\n",
                r.type, r.seconds * 1e6, r.gflops, r.weight_gbps, 100 * r.weight_gbps / triad);
@@ -167,8 +199,11 @@ void register_bench_qmatmul(CLI::App& bench) {
   q->add_option("--cols", a->cols, "cols of W (inputs)")->check(CLI::PositiveNumber);
   q->add_option("--n", a->n, "rows of X (tokens)")->check(CLI::PositiveNumber);
   q->add_option("--type", a->type, "f32 | f16 | bf16 | q8_0 | all");
+  q->add_option("--batch", a->batch, "matrices per qmatmul_many call, sharing X")
+      ->check(CLI::PositiveNumber);
   q->add_option("--isa", a->isa, "force a path (see qmatmul_isas), default the fastest");
-  q->add_option("--repeats", a->repeats, "timed passes (best)")->check(CLI::PositiveNumber);
+  q->add_option("--repeats", a->repeats, "timed passes, each with a triad pass (best of each)")
+      ->check(CLI::PositiveNumber);
   q->add_option("--min-mib", a->min_mib, "MiB of weights cycled per pass")
       ->check(CLI::PositiveNumber);
   q->add_flag("--json", a->json, "print one JSON object");
