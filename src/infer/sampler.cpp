@@ -10,7 +10,6 @@
 
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
-#include "moe/kernels/topk.h"
 
 namespace moe::infer {
 
@@ -25,8 +24,40 @@ bool better(const Candidate& a, const Candidate& b) {
 // top-k with k up to this uses the insertion scan (O(V) plus ~k·ln(V/k) insertions on typical
 // logits, O(V·k) at worst); beyond it nth_element (O(V) with a V-sized copy) wins.
 constexpr int kMaxScanK = 512;
-// top-p without top-k first ranks only this many (llama.cpp's adaptive first guess).
+// top-p without top-k first ranks only this many (llama.cpp's first guess too).
 constexpr int kTopPGuess = 256;
+
+// out = the k best of l[0, V) by (logit desc, id asc), in that order: one scan keeping a sorted
+// list of the best so far. After the first k, a logit must beat the current k-th to enter, which
+// few do; a block of 32 is looked at one by one only when one of its logits does, and that test
+// is a compare loop the compiler vectorises. Equal logits keep the earlier (lower) id first.
+void scan_top_k(const float* l, int V, int k, std::vector<Candidate>& out) {
+  out.clear();
+  out.reserve(k);
+  auto offer = [&](int v) {
+    const float x = l[v];
+    if (int(out.size()) == k) {
+      if (!(x > out.back().logit)) return;
+      out.pop_back();
+    }
+    std::size_t j = out.size();
+    out.push_back({v, x, 0.f});
+    for (; j > 0 && x > out[j - 1].logit; --j) out[j] = out[j - 1];
+    out[j] = {v, x, 0.f};
+  };
+  constexpr int kBlock = 32;
+  int v = 0;
+  for (; v + kBlock <= V; v += kBlock) {
+    if (int(out.size()) == k) {
+      const float kth = out.back().logit;
+      bool any = false;
+      for (int j = 0; j < kBlock; ++j) any |= l[v + j] > kth;
+      if (!any) continue;
+    }
+    for (int j = 0; j < kBlock; ++j) offer(v + j);
+  }
+  for (; v < V; ++v) offer(v);
+}
 
 }  // namespace
 
@@ -89,10 +120,7 @@ void Sampler::top_k(const float* l) {
     return;
   }
   if (k <= kMaxScanK) {
-    top_idx_.resize(k);
-    top_val_.resize(k);
-    topk_scan(top_idx_.data(), top_val_.data(), l, V, k);
-    for (int j = 0; j < k; ++j) cand_.push_back({top_idx_[j], top_val_[j], 0.f});
+    scan_top_k(l, V, k, cand_);
   } else {
     cand_.resize(V);
     for (int v = 0; v < V; ++v) cand_[v] = {v, l[v], 0.f};
@@ -105,11 +133,14 @@ void Sampler::top_k(const float* l) {
 
 // Step 3, as llama.cpp: p = expf(l − max) / Σ in float with the sum taken in cand_'s current
 // order, then a float running sum over the highest-first order; the cut is the first prefix
-// whose sum reaches top_p. Unsorted (no top-k), the best 256 are ranked first and the rest only
-// when their mass falls short.
+// whose sum reaches top_p.
+// Unsorted (no top-k), only as much of the order as the cut needs is ranked: top-p and min-p
+// both keep a prefix of the order (the maximum survives top-p), so their result is the shorter
+// prefix, and candidates that min-p will drop need no rank. The rest is ranked in growing
+// blocks (256, ×16, …: one nth_element over the unranked part and a sort of the block each),
+// so a peaked distribution costs O(V) and a flat one O(V log V) at worst.
 void Sampler::top_p() {
   if (opt_.top_p >= 1 || cand_.empty()) return;
-  const std::size_t n = cand_.size();
   float mx = cand_[0].logit;
   if (!sorted_)
     for (const Candidate& c : cand_) mx = std::max(mx, c.logit);
@@ -119,29 +150,32 @@ void Sampler::top_p() {
     sum += c.p;
   }
   for (Candidate& c : cand_) c.p /= sum;
-  std::vector<Candidate>* ranked = &cand_;
-  std::size_t have = n;  // entries of *ranked known to be in order
   if (!sorted_) {
-    have = n > 1024 ? std::size_t(kTopPGuess) : n;
-    scratch_.resize(n);
-    std::partial_sort_copy(cand_.begin(), cand_.end(), scratch_.begin(), scratch_.begin() + have,
-                           better);
-    ranked = &scratch_;
+    const float min_logit =
+        opt_.min_p > 0 ? mx + std::log(opt_.min_p) : -std::numeric_limits<float>::infinity();
+    scratch_.clear();
+    for (const Candidate& c : cand_)
+      if (c.logit >= min_logit) scratch_.push_back(c);
+    cand_.swap(scratch_);
   }
-  std::size_t keep = n;
+  // cand_[0, ranked) is in order and holds the best `ranked` of cand_.
+  const std::size_t n = cand_.size();
+  std::size_t ranked = sorted_ ? n : 0, keep = n;
   float cum = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    if (i == have) {  // the guess fell short: rank everything
-      std::partial_sort_copy(cand_.begin(), cand_.end(), scratch_.begin(), scratch_.end(), better);
-      have = n;
+    if (i == ranked) {
+      const std::size_t m = std::min(n, ranked == 0 ? std::size_t(kTopPGuess) : 16 * ranked);
+      if (m < n)
+        std::nth_element(cand_.begin() + ranked, cand_.begin() + (m - 1), cand_.end(), better);
+      std::sort(cand_.begin() + ranked, cand_.begin() + m, better);
+      ranked = m;
     }
-    cum += (*ranked)[i].p;
+    cum += cand_[i].p;
     if (cum >= opt_.top_p) {
       keep = i + 1;
       break;
     }
   }
-  if (ranked != &cand_) std::copy(scratch_.begin(), scratch_.begin() + keep, cand_.begin());
   cand_.resize(keep);
   sorted_ = true;
 }
@@ -179,17 +213,24 @@ void Sampler::softmax() {
 std::span<const Candidate> Sampler::distribution(const float* logits,
                                                  std::span<const int32_t> recent_tokens) {
   const float* l = penalized(logits, recent_tokens);
-  // One O(V) pass for the logits' sanity (a broken model must not become a silent wrong draw)
-  // and greedy's answer: the first maximum, i.e. ties to the lower id.
-  int best = 0;
+  // One O(V) pass for the logits' sanity (a broken model must not become a silent wrong draw:
+  // a NaN or +inf fails !(x <= FLT_MAX)) and their maximum; the offender is named by a second
+  // pass, as is greedy's first maximum (ties to the lower id).
+  bool bad = false;
+  float mx = -std::numeric_limits<float>::infinity();
   for (int v = 0; v < vocab_; ++v) {
-    MOE_CHECK(!std::isnan(l[v]) && l[v] != std::numeric_limits<float>::infinity(),
-              "sampler: logit of token {} is {}: expected a number or -inf", v, l[v]);
-    if (l[v] > l[best]) best = v;
+    bad |= !(l[v] <= std::numeric_limits<float>::max());
+    mx = std::max(mx, l[v]);
   }
-  MOE_CHECK(l[best] != -std::numeric_limits<float>::infinity(),
+  if (bad) {
+    for (int u = 0; u < vocab_; ++u)
+      MOE_CHECK(l[u] <= std::numeric_limits<float>::max(),
+                "sampler: logit of token {} is {}: expected a number or -inf", u, l[u]);
+  }
+  MOE_CHECK(mx != -std::numeric_limits<float>::infinity(),
             "sampler: every logit is -inf: nothing to sample");
   if (opt_.temperature <= 0) {
+    const int best = int(std::find(l, l + vocab_, mx) - l);
     cand_.assign(1, {best, l[best], 1.f});
     sorted_ = true;
     return cand_;

@@ -182,8 +182,9 @@ TEST(Sampler, EachTruncationAloneMatchesItsDefinition) {
 }
 
 TEST(Sampler, TheDefaultChainMatchesItsDefinitionAtLargeVocabularies) {
-  // V > 1024 without top-k takes top-p's 256-best guess (flat logits: the guess falls short and
-  // all V are ranked; peaked: it suffices); top_k > 512 takes nth_element instead of the scan.
+  // Without top-k, top-p ranks min-p's survivors or, with min-p off, blocks of 256, 4096, …
+  // (flat logits need several, peaked ones the first); top_k > 512 takes nth_element instead
+  // of the scan.
   for (float scale : {0.3f, 1.f, 4.f}) {
     const std::vector<float> l = random_logits(50304, 11, scale);
     const std::vector<int32_t> recent = {5, 17, 5, 40000, 3};
@@ -192,8 +193,9 @@ TEST(Sampler, TheDefaultChainMatchesItsDefinitionAtLargeVocabularies) {
     expect_chain_matches(l, recent, o, "defaults, scale " + std::to_string(scale));
     o.top_k = 0;
     expect_chain_matches(l, recent, o, "top_k 0, scale " + std::to_string(scale));
-    o.top_k = 2000;
     o.min_p = 0;
+    expect_chain_matches(l, recent, o, "top_k 0 min_p 0, scale " + std::to_string(scale));
+    o.top_k = 2000;
     expect_chain_matches(l, recent, o, "top_k 2000, scale " + std::to_string(scale));
   }
 }

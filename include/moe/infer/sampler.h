@@ -20,8 +20,9 @@
 // Deterministic: the n-th token this sampler draws uses u = Rng(seed, stream_id(kPurposeSample))
 // .uniform(n) (core/rng.h), so a seed gives the same text for any thread count. Cost per token:
 // O(V) for penalties, top-k (k ≤ 512: one insertion scan; larger: nth_element) and min-p, plus
-// O(k log k); top-p without top-k first tries the best 256 and sorts all V only when their mass
-// falls short of top_p.
+// O(k log k). Top-p without top-k ranks only what its cut needs: the survivors of min-p, in
+// blocks of 256, 4096, … (O(V) for a peaked distribution, O(V log V) for a flat one, as
+// llama.cpp's own).
 #pragma once
 #include <cstdint>
 #include <span>
@@ -87,7 +88,7 @@ class Sampler {
   bool sorted_ = false;           // cand_ is highest-first (else it is in id order)
   std::vector<int32_t> top_idx_;  // scratch of the top-k scan
   std::vector<float> top_val_;
-  std::vector<Candidate> scratch_;  // scratch of top-p's partial selection
+  std::vector<Candidate> scratch_;  // scratch of top-p's min-p prefilter
   std::vector<double> exp_;         // scratch of the final softmax
 };
 
