@@ -12,7 +12,6 @@
 #include "moe/core/threading.h"
 #include "moe/data/corpus.h"
 #include "moe/formats/model_file.h"
-#include "moe/infer/generator.h"
 #include "moe/train/checkpoint.h"
 #include "moe/train/trainer.h"
 #include "train_progress.h"
@@ -35,13 +34,6 @@ struct EvalArgs {
   std::string checkpoint, split = "test", data_dir, text;
   int batch = 8, seq = 0, threads = 0;
   bool json = false;
-};
-
-struct GenArgs {
-  std::string checkpoint, prompt = "The ";
-  int tokens = 200;
-  float temperature = 0.8f, top_p = 0.95f;
-  uint64_t seed = 1;
 };
 
 // A model ready for inference from any model file (our checkpoint, GGUF, Hugging Face
@@ -86,12 +78,6 @@ void build_model(Loaded& l, const std::string& path, int batch, int seq) {
   } else {
     formats::load_weights(*l.reader, *l.model);
   }
-}
-
-Loaded load_for_inference(const std::string& path, int batch, int seq) {
-  Loaded l = open_for_inference(path);
-  build_model(l, path, batch, seq);
-  return l;
 }
 
 // Test-only fault injection (docs/DISTRIBUTED.md, tests/python/test_data_parallel.py):
@@ -253,39 +239,6 @@ void register_eval(CLI::App& app) {
         }
       }
     }
-  });
-}
-
-void register_generate(CLI::App& app) {
-  auto a = std::make_shared<GenArgs>();
-  CLI::App* c = app.add_subcommand("generate", "Sample text from a checkpoint (KV cache)");
-  c->add_option("--checkpoint", a->checkpoint,
-                "model: our checkpoint (.safetensors), a .gguf file or a Hugging Face directory")
-      ->required();
-  c->add_option("--prompt", a->prompt, "text to continue");
-  c->add_option("--tokens", a->tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
-  c->add_option("--temperature", a->temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
-  c->add_option("--top-p", a->top_p, "nucleus sampling mass, in (0, 1]");
-  c->add_option("--seed", a->seed, "sampling seed");
-  c->callback([a] {
-    MOE_CHECK(a->top_p > 0 && a->top_p <= 1, "--top-p {}: expected in (0, 1]", a->top_p);
-    Loaded l = load_for_inference(a->checkpoint, 1, 1);
-    SampleOptions o{a->tokens, a->temperature, a->top_p, a->seed, l.meta.config.train.seq_len};
-    std::vector<int32_t> prompt = l.tok->encode(a->prompt);
-    fmt::print("{}", a->prompt);
-    // Print whole UTF-8 characters as they complete (a byte token may be half of one).
-    std::vector<int32_t> pending;
-    generate(*l.model, prompt, o, [&](int32_t t) {
-      pending.push_back(t);
-      std::string s = l.tok->decode(pending);
-      if (data::find_invalid_utf8(s) == std::string::npos) {
-        fmt::print("{}", s);
-        std::fflush(stdout);
-        pending.clear();
-      }
-    });
-    if (!pending.empty()) fmt::print("{}", l.tok->decode(pending));
-    fmt::print("\n");
   });
 }
 

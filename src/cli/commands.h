@@ -6,6 +6,7 @@ namespace moe::cli {
 void register_train(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_generate(CLI::App& app);
+void register_sample_probs(CLI::App& app);  // hidden: for tests
 void register_params(CLI::App& app);
 void register_data(CLI::App& app);
 void register_bench(CLI::App& app);

@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
   moe::cli::register_train(app);
   moe::cli::register_eval(app);
   moe::cli::register_generate(app);
+  moe::cli::register_sample_probs(app);
   moe::cli::register_params(app);
   moe::cli::register_data(app);
   moe::cli::register_bench(app);

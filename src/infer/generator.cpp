@@ -1,80 +1,85 @@
+// The generation loop (include/moe/infer/generator.h).
 #include "moe/infer/generator.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "moe/core/error.h"
-#include "moe/core/rng.h"
+#include "moe/infer/text_stream.h"
 
-namespace moe {
+namespace moe::infer {
 
-int32_t sample_token(const float* logits, int V, float temperature, float top_p, float u,
-                     std::vector<std::pair<float, int32_t>>& p) {
-  if (temperature <= 0) return int32_t(std::max_element(logits, logits + V) - logits);
-  p.resize(V);
-  const float mx = *std::max_element(logits, logits + V);
-  double sum = 0;
-  for (int v = 0; v < V; ++v) {
-    p[v] = {std::exp((logits[v] - mx) / temperature), v};
-    sum += p[v].first;
+namespace {
+
+// The last n ids, contiguous for the sampler: appended to a buffer of up to 2n that drops its
+// older half when full, so each push is O(1) amortised and memory stays O(n).
+class RecentIds {
+ public:
+  explicit RecentIds(int n) : n_(std::size_t(n)) {}
+  void push(int32_t id) {
+    if (n_ == 0) return;
+    if (ids_.size() == 2 * n_) ids_.erase(ids_.begin(), ids_.begin() + n_);
+    ids_.push_back(id);
   }
-  // Highest probability first; ties by lower id so the order is fully determined.
-  std::sort(p.begin(), p.end(), [](auto& a, auto& b) {
-    return a.first != b.first ? a.first > b.first : a.second < b.second;
-  });
-  int keep = V;
-  if (top_p < 1) {
-    double c = 0;
-    for (int i = 0; i < V; ++i) {
-      c += p[i].first / sum;
-      if (c >= top_p) {
-        keep = i + 1;
-        break;
-      }
-    }
+  std::span<const int32_t> view() const {
+    const std::size_t k = std::min(ids_.size(), n_);
+    return std::span<const int32_t>(ids_).last(k);
   }
-  double kept = 0;
-  for (int i = 0; i < keep; ++i) kept += p[i].first;
-  double target = u * kept, c = 0;
-  for (int i = 0; i < keep; ++i) {
-    c += p[i].first;
-    if (c > target) return p[i].second;
-  }
-  return p[keep - 1].second;
+
+ private:
+  std::size_t n_;
+  std::vector<int32_t> ids_;
+};
+
+}  // namespace
+
+void check_prompt_fits(int prompt_tokens, int context) {
+  MOE_CHECK(prompt_tokens + 1 <= context,
+            "prompt of {} tokens exceeds the context of {} positions (--context / model "
+            "max_seq_len)",
+            prompt_tokens, context);
 }
 
-std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
-                              const SampleOptions& opt,
-                              const std::function<void(int32_t)>& on_token) {
-  MOE_CHECK(!prompt.empty(), "generate: the prompt must have at least one token");
-  MOE_CHECK(opt.temperature >= 0, "generate: temperature {}: expected >= 0 (0 = greedy)",
-            opt.temperature);
-  MOE_CHECK(opt.top_p > 0 && opt.top_p <= 1, "generate: top_p {}: expected in (0, 1]", opt.top_p);
-  const int max_ctx = opt.max_context > 0 ? std::min(opt.max_context, model.config().max_seq_len)
-                                          : model.config().max_seq_len;
-  const int V = model.config().vocab_size;
-  KVCache cache = model.make_cache(max_ctx);
-  std::vector<int32_t> ctx(prompt);
-  if (int(ctx.size()) > max_ctx) ctx.erase(ctx.begin(), ctx.end() - max_ctx / 2);
-  const float* logits = nullptr;
-  for (int i = 0; i < int(ctx.size()); ++i) logits = model.decode_step(ctx[i], i, cache);
-  std::vector<int32_t> out;
-  std::vector<std::pair<float, int32_t>> scratch;
-  Rng rng(opt.seed, stream_id(kPurposeSample));
-  for (int n = 0; n < opt.max_new_tokens; ++n) {
-    const int32_t tok =
-        sample_token(logits, V, opt.temperature, opt.top_p, rng.uniform(n), scratch);
-    out.push_back(tok);
-    if (on_token) on_token(tok);
-    ctx.push_back(tok);
-    if (int(ctx.size()) > max_ctx) {
-      ctx.erase(ctx.begin(), ctx.end() - max_ctx / 2);
-      for (int i = 0; i < int(ctx.size()); ++i) logits = model.decode_step(ctx[i], i, cache);
-    } else {
-      logits = model.decode_step(tok, int(ctx.size()) - 1, cache);
+GenerateResult generate(Engine& engine, const data::Tokenizer& tok, std::span<const int32_t> prompt,
+                        const GenerateOptions& opt,
+                        const std::function<void(std::string_view)>& on_text) {
+  MOE_CHECK(opt.max_new_tokens >= 0, "--tokens {}: expected >= 0", opt.max_new_tokens);
+  MOE_CHECK(!prompt.empty(), "the prompt has no tokens: give a non-empty prompt");
+  MOE_CHECK(tok.vocab_size() <= engine.config().vocab_size,
+            "the tokenizer has {} tokens but the model's vocabulary is {}", tok.vocab_size(),
+            engine.config().vocab_size);
+  Sampler sampler(opt.sampler, tok.vocab_size());
+  TextStream text(opt.stop);
+  const int P = int(prompt.size());
+  check_prompt_fits(P, engine.context());
+  GenerateResult r;
+  r.prompt_tokens = P;
+  if (opt.max_new_tokens == 0) return r;
+
+  RecentIds recent(opt.sampler.repeat_last_n);
+  for (int32_t id : prompt) recent.push(id);
+  engine.reset();
+  const float* logits = engine.feed(prompt);
+  auto show = [&](const std::string& s) {
+    if (!s.empty() && on_text) on_text(s);
+  };
+  for (;;) {
+    const int32_t id = sampler.sample(logits, recent.view());
+    ++r.generated_tokens;
+    recent.push(id);
+    show(text.push(tok.decode({id})));
+    if (text.stopped()) {
+      r.reason = StopReason::kStopString;
+      break;
     }
+    if (r.generated_tokens == opt.max_new_tokens) break;
+    if (P + r.generated_tokens >= engine.context()) {  // no position left for the next token
+      r.reason = StopReason::kContextFull;
+      break;
+    }
+    logits = engine.feed(std::span<const int32_t>(&id, 1));
   }
-  return out;
+  show(text.finish());
+  return r;
 }
 
-}  // namespace moe
+}  // namespace moe::infer

@@ -136,8 +136,11 @@ int cmd_loss(const char* model_path, const char* text_path, int seq_len, int thr
 
 }  // namespace
 
+int llama_ref_sample(int argc, char** argv);  // llama_ref_sample.cpp: needs no model or backend
+
 int main(int argc, char** argv) {
   if (argc < 2) die("usage: llama_ref tokenize|loss ...");
+  if (std::string(argv[1]) == "sample") return llama_ref_sample(argc - 2, argv + 2);
   llama_log_set(quiet_log, nullptr);
   // The prebuilt package ships one CPU backend per micro-architecture; ggml picks the best one
   // this CPU runs. LLAMA_REF_LIB_DIR is compiled in by CMake.
