@@ -108,6 +108,22 @@ class Cli(unittest.TestCase):
                     "--resume", bad)
             self.assert_one_line_error(r, "bad.safetensors", "train_state", "-4")
 
+    def test_parameter_counts_do_not_overflow(self):
+        # Used to print negative counts (signed overflow). Too big for int64: one line.
+        r = run("params", "--set", "model.d_model=2147483584", "--set", "model.n_layers=1000000")
+        self.assert_one_line_error(r, "d_ff", "2147483584")
+        r = run("params", "--set", "model.d_model=2147483584", "--set", "model.n_layers=1000000",
+                "--set", "model.ffn.d_ff=64")
+        self.assert_one_line_error(r, "2^63", "d_model = 2147483584", "n_layers = 1000000")
+        # Near 2^63 but countable: exact, by Python's unbounded integers.
+        r = run("params", "--set", "model.d_model=805306304", "--set", "model.n_layers=1", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        j = json.loads(r.stdout)
+        C, V = 805306304, 256
+        d_ff = (8 * C // 3 + 63) // 64 * 64
+        self.assertEqual(j["total_params"], V * C + 4 * C * C + 3 * C * d_ff + 3 * C)
+        self.assertEqual(j["bytes_weights_fp32"], 4.0 * j["total_params"])
+
     def test_published_parameter_counts(self):
         r = run("params", "--preset", "mixtral-8x7b", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
