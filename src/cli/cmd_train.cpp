@@ -26,7 +26,7 @@ struct TrainArgs {
   std::string config;
   std::vector<std::string> sets;
   std::string resume, init_from, upcycle_from;
-  bool quiet = false;
+  bool quiet = false, overwrite = false;
   int64_t stop_after = 0;
   int expert_parallel = 1;
 };
@@ -125,6 +125,9 @@ void register_train(CLI::App& app) {
   c->add_option("--upcycle-from", a->upcycle_from,
                 "start an MoE run from a dense checkpoint: experts copy (or slice) its FFNs");
   c->add_flag("--quiet", a->quiet, "no progress output");
+  c->add_flag("--overwrite", a->overwrite,
+              "start afresh in a train.out_dir that already holds a run (its checkpoints and "
+              "metrics.jsonl are removed); without it such a directory is refused");
   c->add_option("--stop-after", a->stop_after,
                 "stop with a checkpoint after this many steps (resume later with --resume)");
   c->add_option("--expert-parallel", a->expert_parallel,
@@ -148,6 +151,7 @@ void register_train(CLI::App& app) {
     opts.init_from = a->init_from;
     opts.upcycle_from = a->upcycle_from;
     opts.stop_after = a->stop_after;
+    opts.overwrite = a->overwrite;
     opts.expert_parallel = a->expert_parallel;
     opts.stop_requested = stop_requested;
     opts.fault_replica_rank = fault_replica_rank_from_env(comm.size());

@@ -94,7 +94,10 @@ SweepSummary run_sweep(const std::string& grid_path, Communicator& comm,
           for (auto& s : g["set"]) apply_override(j, s.get<std::string>());
         Config cfg = config_from_json(j, grid_path + " (run " + name + ")");
         progress.run_started(name, steps);
-        Trainer t(cfg, comm);
+        // A run without a line in runs.jsonl did not finish: it starts again from scratch.
+        TrainOptions opts;
+        opts.overwrite = true;
+        Trainer t(cfg, comm, opts);
         TrainResult r = t.run();
         // Smoothed final training loss: the mean over the last 10% of steps.
         const auto& L = t.losses();

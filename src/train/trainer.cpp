@@ -15,6 +15,7 @@
 #include "moe/data/corpus.h"
 #include "moe/formats/model_file.h"
 #include "moe/kernels/gemm.h"
+#include "moe/train/run_dir.h"
 
 namespace moe {
 
@@ -116,6 +117,9 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   }
   if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
   check_blas_is_openmp();
+  // A new run must not silently replace an earlier one; one rank removes (with overwrite).
+  if (opts_.resume.empty() && (comm_.is_root() || !opts_.overwrite))
+    claim_run_dir(cfg_.train.out_dir, opts_.overwrite, {opts_.init_from, opts_.upcycle_from});
   make_dirs(cfg_.train.out_dir);
   // A kill during an earlier checkpoint write may have left its temporary behind.
   if (comm_.is_root()) remove_stale_temp_files(cfg_.train.out_dir);

@@ -124,6 +124,31 @@ class Cli(unittest.TestCase):
         self.assertEqual(j["total_params"], V * C + 4 * C * C + 3 * C * d_ff + 3 * C)
         self.assertEqual(j["bytes_weights_fp32"], 4.0 * j["total_params"])
 
+    def test_a_new_run_refuses_a_directory_holding_a_run(self):
+        # A second run used to replace the checkpoints and cut metrics.jsonl silently.
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "train.txt"), "w") as f:
+                f.write("some training text. " * 200)
+            with open(os.path.join(d, "val.txt"), "w") as f:
+                f.write("some validation text. " * 20)
+            out = os.path.join(d, "run")
+            args = ["train", "--set", "model.d_model=32", "--set", "model.n_layers=1",
+                    "--set", "train.steps=2", "--set", "train.batch_size=2",
+                    "--set", "train.seq_len=16", "--set", f"data.dir={d}", "--quiet",
+                    "--set", "train.eval_every=0", "--set", f"train.out_dir={out}"]
+            r = run(*args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(out, "metrics.jsonl")) as f:
+                before = f.read()
+            r = run(*args)
+            self.assert_one_line_error(r, out, "final.safetensors",
+                                       f"metrics.jsonl ({before.count(chr(10))} lines)",
+                                       "--overwrite", "--resume")
+            with open(os.path.join(out, "metrics.jsonl")) as f:
+                self.assertEqual(f.read(), before)
+            r = run(*args, "--overwrite")
+            self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_published_parameter_counts(self):
         r = run("params", "--preset", "mixtral-8x7b", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
