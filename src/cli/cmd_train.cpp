@@ -185,7 +185,8 @@ void register_eval(CLI::App& app) {
   c->add_option("--batch", a->batch, "windows per forward pass")->check(CLI::PositiveNumber);
   c->add_option("--seq-len", a->seq,
                 "window length T: window w predicts tokens wT+1 … wT+T (default: the training "
-                "seq_len, or min(512, context) for an imported model)");
+                "seq_len, or min(512, context) for an imported model)")
+      ->check(CLI::NonNegativeNumber);  // -5 used to mean the default silently
   c->add_option("--threads", a->threads, "OpenMP threads (0 = default)")
       ->check(CLI::Range(0, kMaxThreads));
   c->add_flag("--json", a->json, "print one JSON object");

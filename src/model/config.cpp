@@ -269,8 +269,12 @@ std::vector<int> parse_block_set(const std::string& key, int n_layers, const std
     out.push_back(number(key.substr(at), -1));
   }
   if (out.empty()) fail();
+  // Well formed but naming a block the model lacks: say so, not "expected a block index".
   for (int l : out)
-    if (l >= n_layers) fail();
+    MOE_CHECK(l < n_layers,
+              "{}: field model.ffn_overrides.\"{}\": block {} does not exist (the model has {} "
+              "block{}: 0..{})",
+              source, key, l, n_layers, n_layers == 1 ? "" : "s", n_layers - 1);
   return out;
 }
 

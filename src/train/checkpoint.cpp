@@ -89,6 +89,13 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
   const json st = parse_json(r.meta("train_state"), path + ": __metadata__.train_state");
   MOE_CHECK(st.is_object() && st.contains("step"),
             "{}: __metadata__.train_state is not a valid JSON object with a step", path);
+  // Each field type-checked naming it (a string step used to surface as nlohmann's
+  // "type_error.302" with no file or field).
+  for (const char* k : {"step", "tokens_seen", "elapsed_s"})
+    MOE_CHECK(!st.contains(k) ||
+                  (std::string(k) == "elapsed_s" ? st[k].is_number() : st[k].is_number_integer()),
+              "{}: __metadata__.train_state field {}: got {}, expected {}", path, k,
+              json_excerpt(st[k]), std::string(k) == "elapsed_s" ? "a number" : "an integer");
   m.state.step = st.value("step", int64_t(0));
   m.state.tokens_seen = st.value("tokens_seen", int64_t(0));
   m.state.elapsed_s = st.value("elapsed_s", 0.0);

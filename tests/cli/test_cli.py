@@ -149,6 +149,47 @@ class Cli(unittest.TestCase):
             r = run(*args, "--overwrite")
             self.assertEqual(r.returncode, 0, r.stderr)
 
+    def test_unclear_messages_are_clear(self):
+        with tempfile.TemporaryDirectory() as d:
+            # CLI11's range error used to print DBL_MAX in 309 digits.
+            r = run("eval", "--checkpoint", os.path.join(d, "m.gguf"), "--batch", "1e400")
+            self.assert_one_line_error(r, "--batch", "1e400")
+            self.assertLess(len(r.stderr), 200, r.stderr)
+            # Negative values used to mean "the default" silently.
+            for flag in ("--seq-len", "--threads"):
+                r = run("eval", "--checkpoint", os.path.join(d, "m.gguf"), flag, "-5")
+                self.assert_one_line_error(r, flag, "-5")
+            # A directory without config.json used to give "mmap failed (No such device)".
+            r = run("eval", "--checkpoint", d)
+            self.assert_one_line_error(r, d, "is a directory",
+                                       "Hugging Face model directory with config.json")
+            # A well-formed key naming a block the model lacks.
+            r = run("params", "--set", "model.n_layers=2",
+                    "--set", 'model.ffn_overrides={"5": {"kind": "dense"}}')
+            self.assert_one_line_error(r, "block 5 does not exist", "the model has 2 blocks")
+            # Values of the wrong JSON type used to surface as nlohmann's type_error.302.
+            grid = os.path.join(d, "grid.json")
+            with open(grid, "w") as f:
+                json.dump({"d_model": [64], "tokens": [1000], "granularity": [1],
+                           "expansion": "four", "out_dir": os.path.join(d, "sw")}, f)
+            r = run("sweep", "--grid", grid)
+            self.assert_one_line_error(r, "grid.json", "expansion", "four", "an integer")
+
+    def test_a_checkpoint_field_of_the_wrong_type_is_named(self):
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+        import safetensors_np as st
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            cfg = {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2}}
+            meta = {"format": "moe.cpp/1", "config": json.dumps(cfg),
+                    "train_state": json.dumps({"step": "12"}), "tokenizer.kind": "byte",
+                    "tokenizer.blob": "", "has_optimizer": "0"}
+            bad = os.path.join(d, "bad.safetensors")
+            st.save(bad, {"embed.weight": np.zeros((256, 32), np.float32)}, meta)
+            r = run("eval", "--checkpoint", bad, "--text", bad)
+            self.assert_one_line_error(r, "bad.safetensors", "train_state", "step", '"12"')
+            self.assertNotIn("type_error", r.stderr)
+
     def test_published_parameter_counts(self):
         r = run("params", "--preset", "mixtral-8x7b", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
