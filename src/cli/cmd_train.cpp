@@ -14,6 +14,7 @@
 #include "moe/formats/model_file.h"
 #include "moe/infer/generator.h"
 #include "moe/train/checkpoint.h"
+#include "moe/train/memory_estimate.h"
 #include "moe/train/trainer.h"
 #include "train_progress.h"
 #include "world.h"
@@ -86,12 +87,6 @@ void build_model(Loaded& l, const std::string& path, int batch, int seq) {
   } else {
     formats::load_weights(*l.reader, *l.model);
   }
-}
-
-Loaded load_for_inference(const std::string& path, int batch, int seq) {
-  Loaded l = open_for_inference(path);
-  build_model(l, path, batch, seq);
-  return l;
 }
 
 // Test-only fault injection (docs/DISTRIBUTED.md, tests/python/test_data_parallel.py):
@@ -206,6 +201,9 @@ void register_eval(CLI::App& app) {
       file = dir + "/" + a->split + ".txt";
     }
     data::TokenStream s = data::tokenize_file(*l.tok, file);
+    // Before allocating: the model for batch × T windows (not for max_seq_len positions).
+    check_memory(estimate_memory(l.meta.config.model, a->batch, T, MemoryUse::kEval),
+                 l.meta.config.model, a->batch, T, "evaluating " + a->checkpoint);
     build_model(l, a->checkpoint, a->batch, T);
     EvalResult r = evaluate(*l.model, s, a->batch, T);
     if (!a->text.empty()) a->split = "text";
@@ -262,9 +260,18 @@ void register_generate(CLI::App& app) {
   c->add_option("--seed", a->seed, "sampling seed");
   c->callback([a] {
     MOE_CHECK(a->top_p > 0 && a->top_p <= 1, "--top-p {}: expected in (0, 1]", a->top_p);
-    Loaded l = load_for_inference(a->checkpoint, 1, 1);
-    SampleOptions o{a->tokens, a->temperature, a->top_p, a->seed, l.meta.config.train.seq_len};
+    Loaded l = open_for_inference(a->checkpoint);
     std::vector<int32_t> prompt = l.tok->encode(a->prompt);
+    // The KV cache holds the positions this generation uses (prompt and new tokens, at most the
+    // training context), not max_seq_len blindly: a checkpoint claiming a context of 1e8 made
+    // it take 6.7 GB. Below the training context no window slides, so the text is unchanged.
+    const int64_t used = int64_t(prompt.size()) + a->tokens;
+    const int context =
+        int(std::max<int64_t>(1, std::min<int64_t>(l.meta.config.train.seq_len, used)));
+    check_memory(estimate_memory(l.meta.config.model, 1, 1, MemoryUse::kGenerate, context),
+                 l.meta.config.model, 1, 1, "generating from " + a->checkpoint);
+    build_model(l, a->checkpoint, 1, 1);
+    SampleOptions o{a->tokens, a->temperature, a->top_p, a->seed, context};
     fmt::print("{}", a->prompt);
     // Print whole UTF-8 characters as they complete (a byte token may be half of one).
     std::vector<int32_t> pending;

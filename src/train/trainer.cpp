@@ -15,6 +15,7 @@
 #include "moe/data/corpus.h"
 #include "moe/formats/model_file.h"
 #include "moe/kernels/gemm.h"
+#include "moe/train/memory_estimate.h"
 #include "moe/train/run_dir.h"
 
 namespace moe {
@@ -147,6 +148,9 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   MOE_CHECK(int64_t(train_.ids.size()) > cfg_.train.seq_len + 1,
             "{}/train.txt: {} tokens, need more than seq_len + 1 = {}", cfg_.data.dir,
             train_.ids.size(), cfg_.train.seq_len + 1);
+  // Refuse what cannot fit before allocating (n_layers = 1e8 used to grow past 6.8 GB).
+  check_memory(estimate_memory(cfg_.model, local_batch_, cfg_.train.seq_len, MemoryUse::kTrain),
+               cfg_.model, local_batch_, cfg_.train.seq_len, "training");
   model_ = std::make_unique<Transformer>(cfg_.model, local_batch_, cfg_.train.seq_len, comm_);
   model_->params().initialize(cfg_.train.seed);
   opt_ = std::make_unique<AdamWOptimizer>(model_->params(), cfg_.train, comm_);

@@ -190,6 +190,44 @@ class Cli(unittest.TestCase):
             self.assert_one_line_error(r, "bad.safetensors", "train_state", "step", '"12"')
             self.assertNotIn("type_error", r.stderr)
 
+    def test_memory_is_checked_before_allocating(self):
+        # n_layers = 1e8 used to grow past 6.8 GB, 2e9 ended in a bare std::bad_alloc.
+        import resource
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+        import safetensors_np as st
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "train.txt"), "w") as f:
+                f.write("some training text. " * 200)
+            with open(os.path.join(d, "val.txt"), "w") as f:
+                f.write("some validation text. " * 20)
+            args = ["train", "--set", "model.d_model=32", "--set", "model.n_layers=1",
+                    "--set", "train.steps=2", "--set", "train.batch_size=2",
+                    "--set", "train.seq_len=16", "--set", f"data.dir={d}", "--quiet",
+                    "--set", "train.eval_every=0"]
+            for layers in ("100000000", "2000000000"):
+                r = run(*args, "--set", f"model.n_layers={layers}",
+                        "--set", f"train.out_dir={os.path.join(d, 'big')}")
+                self.assert_one_line_error(r, "training needs ~", f"n_layers = {layers}",
+                                           "is available")
+            out = os.path.join(d, "run")
+            r = run(*args, "--set", f"train.out_dir={out}")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            # A checkpoint whose metadata claims a context of 1e8 used to make eval and generate
+            # allocate ~6.7 GB (RoPE table and scores for every position): they size by the
+            # context they use.
+            tensors, meta = st.load(os.path.join(out, "final.safetensors"))
+            cfg = json.loads(meta["config"])
+            cfg["model"]["max_seq_len"] = 100000000
+            meta["config"] = json.dumps(cfg)
+            long = os.path.join(d, "long.safetensors")
+            st.save(long, tensors, meta)
+            r = run("eval", "--checkpoint", long, "--split", "val")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = run("generate", "--checkpoint", long, "--tokens", "20", "--temperature", "0")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            self.assertLess(peak_kb, 1 << 20, "a child of this test used more than 1 GB")
+
     def test_published_parameter_counts(self):
         r = run("params", "--preset", "mixtral-8x7b", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
