@@ -201,6 +201,10 @@ void register_eval(CLI::App& app) {
       file = dir + "/" + a->split + ".txt";
     }
     data::TokenStream s = data::tokenize_file(*l.tok, file);
+    MOE_CHECK(s.ids.size() >= 2,
+              "{}: {} token(s); evaluation needs at least 2 (one to predict from, one to "
+              "predict)",
+              file, s.ids.size());
     // Before allocating: the model for batch × T windows (not for max_seq_len positions).
     check_memory(estimate_memory(l.meta.config.model, a->batch, T, MemoryUse::kEval),
                  l.meta.config.model, a->batch, T, "evaluating " + a->checkpoint);

@@ -225,6 +225,12 @@ class Cli(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             r = run("generate", "--checkpoint", long, "--tokens", "20", "--temperature", "0")
             self.assertEqual(r.returncode, 0, r.stderr)
+            # An empty text is refused naming the file (it used to be 0 bits per byte, then an
+            # error that named no file).
+            empty = os.path.join(d, "empty.txt")
+            open(empty, "w").close()
+            r = run("eval", "--checkpoint", long, "--text", empty)
+            self.assert_one_line_error(r, "empty.txt", "0 token(s)")
             peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             self.assertLess(peak_kb, 1 << 20, "a child of this test used more than 1 GB")
 
