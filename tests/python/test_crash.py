@@ -23,7 +23,9 @@ MPIRUN = os.environ.get("MOE_MPIRUN", "")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 import safetensors_np  # noqa: E402
 
-STEPS = 24
+# Long enough that a signal sent a few steps in lands before the end on a fast, idle machine
+# (a step of this model takes well under a millisecond there), short enough to stay cheap.
+STEPS = 300
 
 
 def write_data(d):
@@ -112,8 +114,8 @@ class Crash(unittest.TestCase):
             p = self.start(path, *extra)
             # A random moment after the run has passed a random step beyond where it resumed:
             # some kills land in a step, some during a checkpoint write.
-            self.wait_for_step(out, p, resumed_from + rng.randint(1, 5))
-            time.sleep(rng.uniform(0, 0.05))
+            self.wait_for_step(out, p, resumed_from + rng.randint(1, 40))
+            time.sleep(rng.uniform(0, 0.01))
             if p.poll() is not None:
                 p.communicate()
                 break  # finished before the kill: the run was too fast to kill this time
