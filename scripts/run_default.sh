@@ -8,7 +8,9 @@ DATA=$(/usr/bin/python3 -c "import json,sys; print(json.load(open(sys.argv[1])).
 OUT=$(/usr/bin/python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('train',{}).get('out_dir','runs/default'))" "$CONFIG")
 
 echo "== training $CONFIG on $DATA (checkpoints and metrics.jsonl in $OUT)"
-$MOE train --config "$CONFIG"
+# --overwrite: `make run` twice retrains from scratch (a new run otherwise refuses a directory
+# that holds one).
+$MOE train --config "$CONFIG" --overwrite
 CKPT="$OUT/final.safetensors"
 [ -f "$CKPT" ] || CKPT="$OUT/last.safetensors"
 

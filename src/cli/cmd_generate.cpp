@@ -19,6 +19,7 @@
 #include "moe/infer/generator.h"
 #include "moe/infer/sampler.h"
 #include "moe/train/checkpoint.h"
+#include "moe/train/memory_estimate.h"
 
 namespace moe::cli {
 
@@ -71,11 +72,24 @@ void run_generate(const GenArgs& a) {
   std::unique_ptr<data::Tokenizer> tok = reader->tokenizer();
   MOE_CHECK(tok != nullptr, "{}: the file carries no tokenizer", a.checkpoint);
   const int max_seq = reader->config().max_seq_len;
-  const int context = a.context > 0 ? a.context : std::min(default_context(*reader), max_seq);
-  MOE_CHECK(context <= max_seq, "--context {}: the model's max_seq_len is {}", context, max_seq);
   const std::vector<int32_t> ids = tok->encode(prompt);
   MOE_CHECK(!ids.empty(), "the prompt is empty: give --prompt TEXT or --prompt-file FILE");
+  // The KV cache holds the positions this generation can use, not max_seq_len blindly (a file
+  // claiming a context of 1e8 would take gigabytes for a short prompt).
+  const int64_t wanted = std::max<int64_t>(int64_t(ids.size()) + a.tokens, int64_t(ids.size()) + 1);
+  const int context =
+      a.context > 0 ? a.context
+                    : int(std::min<int64_t>(std::min(default_context(*reader), max_seq), wanted));
+  MOE_CHECK(context <= max_seq, "--context {}: the model's max_seq_len is {}", context, max_seq);
   infer::check_prompt_fits(int(ids.size()), context);
+  const ModelConfig& mc = reader->config();
+  const double kv = 2.0 * mc.n_layers * context * double(mc.n_kv_heads) * mc.head_dim * 4;
+  const std::optional<double> avail = available_memory_bytes();
+  MOE_CHECK(!avail || kv < 0.9 * *avail,
+            "{}: a KV cache of {} positions needs {} (2 × {} layers × {} × {} kv width × 4 bytes) "
+            "but {} is available: lower --context or --tokens",
+            a.checkpoint, context, human_bytes(kv), mc.n_layers, context,
+            int64_t(mc.n_kv_heads) * mc.head_dim, human_bytes(avail.value_or(0)));
   infer::EngineOptions eo;
   eo.context = context;
   std::unique_ptr<infer::Engine> engine = infer::Engine::open(*reader, eo);

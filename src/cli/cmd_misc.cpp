@@ -64,6 +64,14 @@ void register_params(CLI::App& app) {
       cfg = load_config(path, a->sets);
     }
     ModelCount m = count_model(cfg.model, cfg.train.seq_len);
+    // Byte counts: an integer while it fits in int64, else a double (a model near 2^63
+    // parameters is countable, its bytes are not; the product used to wrap negative).
+    auto bytes = [&](int64_t per_param) {
+      int64_t b = 0;
+      return __builtin_mul_overflow(m.total, per_param, &b)
+                 ? nlohmann::json(double(m.total) * double(per_param))
+                 : nlohmann::json(b);
+    };
     if (a->json) {
       fmt::print("{}\n",
                  nlohmann::json({{"total_params", m.total},
@@ -79,10 +87,10 @@ void register_params(CLI::App& app) {
                                  {"flops_per_token_forward", m.flops_fwd},
                                  {"flops_per_token_attention_forward", m.flops_attention_fwd},
                                  {"flops_per_token_train", m.flops_train},
-                                 {"bytes_weights_fp32", m.total * 4},
-                                 {"bytes_weights_bf16", m.total * 2},
-                                 {"bytes_grads_fp32", m.total * 4},
-                                 {"bytes_adamw_state_fp32", m.total * 8},
+                                 {"bytes_weights_fp32", bytes(4)},
+                                 {"bytes_weights_bf16", bytes(2)},
+                                 {"bytes_grads_fp32", bytes(4)},
+                                 {"bytes_adamw_state_fp32", bytes(8)},
                                  {"seq_len", cfg.train.seq_len}})
                      .dump(2));
       return;
@@ -105,7 +113,8 @@ void register_params(CLI::App& app) {
     fmt::print(
         "memory: weights {:.1f} MiB fp32 ({:.1f} MiB bf16); training with fp32 gradients "
         "and AdamW moments: {:.1f} MiB\n",
-        m.total * 4 / 1048576.0, m.total * 2 / 1048576.0, m.total * 16 / 1048576.0);
+        double(m.total) * 4 / 1048576.0, double(m.total) * 2 / 1048576.0,
+        double(m.total) * 16 / 1048576.0);
   });
 }
 

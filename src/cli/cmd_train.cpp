@@ -13,6 +13,7 @@
 #include "moe/data/corpus.h"
 #include "moe/formats/model_file.h"
 #include "moe/train/checkpoint.h"
+#include "moe/train/memory_estimate.h"
 #include "moe/train/trainer.h"
 #include "train_progress.h"
 #include "world.h"
@@ -25,7 +26,7 @@ struct TrainArgs {
   std::string config;
   std::vector<std::string> sets;
   std::string resume, init_from, upcycle_from;
-  bool quiet = false;
+  bool quiet = false, overwrite = false;
   int64_t stop_after = 0;
   int expert_parallel = 1;
 };
@@ -111,6 +112,9 @@ void register_train(CLI::App& app) {
   c->add_option("--upcycle-from", a->upcycle_from,
                 "start an MoE run from a dense checkpoint: experts copy (or slice) its FFNs");
   c->add_flag("--quiet", a->quiet, "no progress output");
+  c->add_flag("--overwrite", a->overwrite,
+              "start afresh in a train.out_dir that already holds a run (its checkpoints and "
+              "metrics.jsonl are removed); without it such a directory is refused");
   c->add_option("--stop-after", a->stop_after,
                 "stop with a checkpoint after this many steps (resume later with --resume)");
   c->add_option("--expert-parallel", a->expert_parallel,
@@ -134,6 +138,7 @@ void register_train(CLI::App& app) {
     opts.init_from = a->init_from;
     opts.upcycle_from = a->upcycle_from;
     opts.stop_after = a->stop_after;
+    opts.overwrite = a->overwrite;
     opts.expert_parallel = a->expert_parallel;
     opts.stop_requested = stop_requested;
     opts.fault_replica_rank = fault_replica_rank_from_env(comm.size());
@@ -167,7 +172,8 @@ void register_eval(CLI::App& app) {
   c->add_option("--batch", a->batch, "windows per forward pass")->check(CLI::PositiveNumber);
   c->add_option("--seq-len", a->seq,
                 "window length T: window w predicts tokens wT+1 … wT+T (default: the training "
-                "seq_len, or min(512, context) for an imported model)");
+                "seq_len, or min(512, context) for an imported model)")
+      ->check(CLI::NonNegativeNumber);  // -5 used to mean the default silently
   c->add_option("--threads", a->threads, "OpenMP threads (0 = default)")
       ->check(CLI::Range(0, kMaxThreads));
   c->add_flag("--json", a->json, "print one JSON object");
@@ -187,10 +193,17 @@ void register_eval(CLI::App& app) {
       file = dir + "/" + a->split + ".txt";
     }
     data::TokenStream s = data::tokenize_file(*l.tok, file);
+    MOE_CHECK(s.ids.size() >= 2,
+              "{}: {} token(s); evaluation needs at least 2 (one to predict from, one to "
+              "predict)",
+              file, s.ids.size());
     EvalResult r;
     if (l.ours()) {
       // Our checkpoints keep the training model's evaluation: its capacity rule and routing
-      // metrics, bit for bit what training reported.
+      // metrics, bit for bit what training reported. Before allocating: the model for
+      // batch × T windows (not for max_seq_len positions).
+      check_memory(estimate_memory(l.meta.config.model, a->batch, T, MemoryUse::kEval),
+                   l.meta.config.model, a->batch, T, "evaluating " + a->checkpoint);
       build_model(l, a->checkpoint, a->batch, T);
       r = evaluate(*l.model, s, a->batch, T);
     } else {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -37,6 +38,29 @@ static void pick_blas_kernels(char** argv) {
   setenv("OPENBLAS_CORETYPE", better, 1);
   setenv("MOE_NO_BLAS_REEXEC", "1", 1);
   execv("/proc/self/exe", argv);  // returns only on failure: carry on with the slow kernels
+}
+
+// CLI11's range messages print a range's ends in full: "not in range 0.000000 to 17976931348623157
+// ...(300 digits)". Any run of more than 18 digits (with its fraction) becomes %.3g.
+static std::string shorten_numbers(const std::string& msg) {
+  std::string out;
+  for (std::size_t i = 0; i < msg.size();) {
+    std::size_t j = i;
+    while (j < msg.size() && std::isdigit(static_cast<unsigned char>(msg[j]))) ++j;
+    if (j - i > 18) {
+      std::size_t k = j;
+      if (k < msg.size() && msg[k] == '.')
+        for (++k; k < msg.size() && std::isdigit(static_cast<unsigned char>(msg[k]));) ++k;
+      out += fmt::format("{:.3g}", std::strtod(msg.substr(i, k - i).c_str(), nullptr));
+      i = k;
+    } else if (j > i) {
+      out.append(msg, i, j - i);
+      i = j;
+    } else {
+      out += msg[i++];
+    }
+  }
+  return out;
 }
 
 int main(int argc, char** argv) {
@@ -76,8 +100,24 @@ int main(int argc, char** argv) {
         return e.get_exit_code();
       }
     }
-    fmt::print(stderr, "moe: error: {} (see moe --help)\n", e.what());
+    fmt::print(stderr, "moe: error: {} (see moe --help)\n", shorten_numbers(e.what()));
     return e.get_exit_code();
+  } catch (const std::bad_alloc&) {
+    // Last resort: the memory estimates (memory_estimate.h) refuse what cannot fit before
+    // allocating; anything that still runs out of memory says so in one line.
+    std::fflush(stdout);
+    fmt::print(stderr,
+               "moe: error: out of memory (an allocation failed; try a smaller model, batch or "
+               "seq_len)\n");
+    if (moe::cli::world().size() > 1) moe::cli::world().abort(1);
+    return 1;
+  } catch (const nlohmann::json::exception& e) {
+    // Every reader of outside JSON type-checks and names file and field; a value that slips
+    // through still gets one line rather than a crash.
+    std::fflush(stdout);
+    fmt::print(stderr, "moe: error: unexpected JSON value ({})\n", e.what());
+    if (moe::cli::world().size() > 1) moe::cli::world().abort(1);
+    return 1;
   } catch (const std::exception& e) {
     std::fflush(stdout);
     if (moe::cli::world().size() > 1) {

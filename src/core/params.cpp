@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "moe/core/checked_math.h"
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
 
@@ -14,15 +15,18 @@ Param* ParamStore::add(std::string name, std::vector<int64_t> shape, Init init, 
   Param p;
   p.name = std::move(name);
   p.shape = std::move(shape);
-  p.numel = 1;
-  for (int64_t s : p.shape) p.numel *= std::size_t(s);
+  // Shapes come from configs and checkpoints: a wrapped product would allocate too little.
+  p.numel = std::size_t(checked_numel(p.shape, p.name.c_str()));
   p.init = init;
   p.scale = scale;
   p.decay = decay;
   // Tensors start on a cache line (16 floats) unless the previous one asked to be contiguous.
   // Padding stays zero in the gradient arena, so flat passes (norms) see only real entries.
   p.offset = total_;
-  total_ += contiguous_next ? p.numel : (p.numel + 15) / 16 * 16;
+  const int64_t padded = contiguous_next
+                             ? int64_t(p.numel)
+                             : checked_add(int64_t(p.numel), 15, p.name.c_str()) / 16 * 16;
+  total_ = std::size_t(checked_add(int64_t(total_), padded, "parameter count"));
   params_.push_back(std::move(p));
   return &params_.back();
 }
@@ -34,6 +38,7 @@ Param* ParamStore::find(const std::string& name) {
 }
 
 void ParamStore::allocate() {
+  checked_mul(int64_t(total_), int64_t(sizeof(float)), "parameter bytes");
   weights_ = Arena(total_ * sizeof(float));
   grads_ = Arena(total_ * sizeof(float));
   base_w_ = weights_.take<float>(total_);

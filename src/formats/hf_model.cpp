@@ -51,7 +51,9 @@ class HfReader : public ModelReader {
               "with config.json and *.safetensors)",
               dir);
     const std::string config_path = file("config.json");
-    MOE_CHECK(file_exists(config_path), "{}: no config.json (not a Hugging Face model directory)",
+    MOE_CHECK(file_exists(config_path),
+              "{} is a directory without config.json: expected a checkpoint file (.safetensors, "
+              ".gguf) or a Hugging Face model directory with config.json",
               dir);
     cfg_ = hf_config_to_model(read_json_file(config_path), config_path, &arch_);
     open_weights();

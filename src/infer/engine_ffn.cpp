@@ -8,6 +8,7 @@
 #include "engine_internal.h"
 #include "moe/core/arena.h"
 #include "moe/core/error.h"
+#include "moe/core/threading.h"
 #include "moe/ffn/feed_forward.h"
 #include "moe/ffn/moe/router.h"
 #include "moe/kernels/vexp.h"
@@ -150,10 +151,7 @@ class MoeBlock final : public FfnBlock {
     // Router state for up to max_tokens tokens of one sequence and all their assignments.
     const int slots = std::max(spec_.k, int(std::lround(spec_.eval_capacity_factor)));
     max_assign_ = int64_t(max_tokens) * std::min<int64_t>(E, std::max(1, slots));
-    Arena measure;
-    router_.bind(measure, 1, max_tokens, int(max_assign_));
-    arena_ = Arena(measure.used());
-    router_.bind(arena_, 1, max_tokens, int(max_assign_));
+    bind_router();
     const std::size_t A = std::size_t(max_assign_), N = std::size_t(max_tokens);
     sc_.xg.reserve(A * C);
     sc_.g.reserve(std::max(A * H, N * Hs));
@@ -167,6 +165,9 @@ class MoeBlock final : public FfnBlock {
   }
 
   void forward(float* y, const float* x, int n) override {
+    // The router keeps per-thread scratch for the threads it was bound with; a caller may have
+    // raised the thread count since (omp_set_num_threads), so bind again for the new count.
+    if (max_threads() > bound_threads_) bind_router();
     MoeParams<float> p;
     p.router = router_w_.data();
     p.bias = bias_.empty() ? nullptr : bias_.data();
@@ -206,6 +207,14 @@ class MoeBlock final : public FfnBlock {
     if (s.kind != RouterKind::kExpertChoice) s.eval_capacity_factor = 0;
     s.validate();
     return s;
+  }
+
+  void bind_router() {
+    Arena measure;
+    router_.bind(measure, 1, max_tokens_, int(max_assign_));
+    arena_ = Arena(measure.used());
+    router_.bind(arena_, 1, max_tokens_, int(max_assign_));
+    bound_threads_ = max_threads();
   }
 
   // Kept assignments grouped by expert (counting sort, stable in assignment order); each one's
@@ -303,6 +312,7 @@ class MoeBlock final : public FfnBlock {
   Arena arena_;
   int layer_, max_tokens_;
   int64_t max_assign_ = 0;
+  int bound_threads_ = 0;
   std::vector<float> router_w_, bias_, noise_w_, s_router_;
   std::vector<WeightMatrix> gate_, up_, down_, s_gate_, s_up_, s_down_;
   FfnScratch& sc_;
@@ -323,12 +333,12 @@ class TrainingFfnBlock final : public FfnBlock {
       bytes_ += uint64_t(q.numel) * sizeof(float);
     }
     w.owned_bytes += bytes_;
-    Arena measure;
-    ffn_->bind(measure, 1, max_tokens);
-    acts_ = Arena(measure.used());
-    ffn_->bind(acts_, 1, max_tokens);
+    max_tokens_ = max_tokens;
+    bind();
   }
   void forward(float* y, const float* x, int n) override {
+    // Per-thread scratch is sized at bind: bind again if the thread count has grown since.
+    if (max_threads() > bound_threads_) bind();
     StepInfo si;
     si.training = false;
     si.batch = 1;
@@ -339,6 +349,15 @@ class TrainingFfnBlock final : public FfnBlock {
   uint64_t active_bytes() const override { return bytes_; }  // an upper bound: PEER reads rows
 
  private:
+  void bind() {
+    Arena measure;
+    ffn_->bind(measure, 1, max_tokens_);
+    acts_ = Arena(measure.used());
+    ffn_->bind(acts_, 1, max_tokens_);
+    bound_threads_ = max_threads();
+  }
+
+  int max_tokens_ = 0, bound_threads_ = 0;
   ParamStore params_;
   std::unique_ptr<FeedForward> ffn_;
   Arena acts_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "moe/core/error.h"
 #include "moe/core/json_util.h"
@@ -268,8 +269,12 @@ std::vector<int> parse_block_set(const std::string& key, int n_layers, const std
     out.push_back(number(key.substr(at), -1));
   }
   if (out.empty()) fail();
+  // Well formed but naming a block the model lacks: say so, not "expected a block index".
   for (int l : out)
-    if (l >= n_layers) fail();
+    MOE_CHECK(l < n_layers,
+              "{}: field model.ffn_overrides.\"{}\": block {} does not exist (the model has {} "
+              "block{}: 0..{})",
+              source, key, l, n_layers, n_layers == 1 ? "" : "s", n_layers - 1);
   return out;
 }
 
@@ -420,8 +425,15 @@ void resolve_moe(MoeFfnConfig& m, int d_ff, const std::string& where) {
 void resolve_ffn(FfnConfig& f, int d_model, const std::string& where) {
   if (f.d_ff == 0) {
     // GELU: the classic 4·C. SwiGLU has three matrices, so 2/3 of that width keeps the parameter
-    // count equal (LLaMA's rule), rounded up to a multiple of 64 for the GEMMs.
-    f.d_ff = f.activation == Activation::kGELU ? 4 * d_model : (8 * d_model / 3 + 63) / 64 * 64;
+    // count equal (LLaMA's rule), rounded up to a multiple of 64 for the GEMMs. In 64 bits: a
+    // d_model near 2^31 used to overflow here (undefined behaviour, then "d_ff = -64").
+    const int64_t C = d_model;
+    const int64_t d_ff = f.activation == Activation::kGELU ? 4 * C : (8 * C / 3 + 63) / 64 * 64;
+    MOE_CHECK(d_ff <= std::numeric_limits<int>::max(),
+              "config: field {}.d_ff: the default width for d_model = {} would be {}, more than "
+              "{}; set a smaller model.d_model or an explicit {}.d_ff",
+              where, d_model, d_ff, std::numeric_limits<int>::max(), where);
+    f.d_ff = int(d_ff);
   }
   if (f.kind == FfnConfig::Kind::kPeer) resolve_peer(f.peer, where);
   if (f.kind == FfnConfig::Kind::kMoe) resolve_moe(f.moe, f.d_ff, where);
@@ -446,6 +458,10 @@ void ModelConfig::resolve() {
               d_model, n_heads);
     head_dim = d_model / n_heads;
   }
+  // The attention widths n_heads·head_dim are ints in the model; refuse what does not fit.
+  MOE_CHECK(int64_t(n_heads) * head_dim <= std::numeric_limits<int>::max(),
+            "config: field model.head_dim: n_heads = {} × head_dim = {} is more than {}", n_heads,
+            head_dim, std::numeric_limits<int>::max());
   MOE_CHECK(head_dim > 0 && head_dim % 2 == 0,
             "config: field model.head_dim: got {}, expected a positive even number (RoPE rotates "
             "pairs)",

@@ -67,8 +67,7 @@ Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq, Com
     head_ = params_.add("head.weight", {V_, C_}, Init::kNormal, std, true);
   }
   params_.allocate();
-  rope_ = RopeTable<float>(cfg_.max_seq_len, hd_, cfg_.rope_theta,
-                           cfg_.rope_style == RopeStyle::kInterleaved);
+  ensure_positions(max_seq_);
   Arena measure;
   bind(measure);
   acts_ = Arena(measure.used());
@@ -116,7 +115,6 @@ void Transformer::bind(Arena& a) {
   dq_raw_ = qkn ? f(N * Dq_) : nullptr;
   dk_raw_ = qkn ? f(N * Dkv_) : nullptr;
   att_scratch_ = f(attention_scratch_size(max_seq_));
-  decode_scores_ = f(cfg_.max_seq_len);
   tokens_ = a.take<int32_t>(N);
   rms_partial_ = f(std::max(rmsnorm_backward_scratch_size(int(N), std::max({C_, Dq_, Dkv_})),
                             rmsnorm_backward_scratch_size(int(q_rows), hd_)));
@@ -282,9 +280,17 @@ void Transformer::backward() {
   embedding_backward(embed_->g, dres_, tokens_, N, C_);
 }
 
+void Transformer::ensure_positions(int positions) const {
+  if (int(decode_scores_.size()) >= positions) return;
+  rope_ =
+      RopeTable<float>(positions, hd_, cfg_.rope_theta, cfg_.rope_style == RopeStyle::kInterleaved);
+  decode_scores_.assign(std::size_t(positions), 0.f);
+}
+
 KVCache Transformer::make_cache(int max_seq) const {
   MOE_CHECK(max_seq > 0 && max_seq <= cfg_.max_seq_len,
             "KV cache of {} positions: expected 1..max_seq_len = {}", max_seq, cfg_.max_seq_len);
+  ensure_positions(max_seq);
   KVCache c;
   c.max_seq = max_seq;
   c.k.assign(std::size_t(cfg_.n_layers) * max_seq * Dkv_, 0.f);
@@ -317,7 +323,7 @@ const float* Transformer::decode_step(int32_t token, int pos, KVCache& cache) {
     qkv_forward(L, S, q, k, v, 1);
     rope_apply(q, rope_, 1, 1, pos, Hq_, false);
     rope_apply(k, rope_, 1, 1, pos, Hkv_, false);
-    float* scores = decode_scores_;
+    float* scores = decode_scores_.data();
     for (int h = 0; h < Hq_; ++h) {
       const int kh = h / group;
       const float* qh = q + h * hd_;

@@ -89,6 +89,13 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
   const json st = parse_json(r.meta("train_state"), path + ": __metadata__.train_state");
   MOE_CHECK(st.is_object() && st.contains("step"),
             "{}: __metadata__.train_state is not a valid JSON object with a step", path);
+  // Each field type-checked naming it (a string step used to surface as nlohmann's
+  // "type_error.302" with no file or field).
+  for (const char* k : {"step", "tokens_seen", "elapsed_s"})
+    MOE_CHECK(!st.contains(k) ||
+                  (std::string(k) == "elapsed_s" ? st[k].is_number() : st[k].is_number_integer()),
+              "{}: __metadata__.train_state field {}: got {}, expected {}", path, k,
+              json_excerpt(st[k]), std::string(k) == "elapsed_s" ? "a number" : "an integer");
   m.state.step = st.value("step", int64_t(0));
   m.state.tokens_seen = st.value("tokens_seen", int64_t(0));
   m.state.elapsed_s = st.value("elapsed_s", 0.0);
@@ -139,48 +146,91 @@ void load_checkpoint(const std::string& path, Transformer& model, AdamWOptimizer
   }
 }
 
+namespace {
+
+// The dense FFN tensor an MoE layer's experts start from: layers.L.ffn.experts.w_up ←
+// layers.L.ffn.w_up (shared experts alike); "" for any other tensor.
+std::string dense_source_of(const std::string& name, std::string* mat) {
+  for (const char* group : {".ffn.experts.", ".ffn.shared."}) {
+    const auto pos = name.find(group);
+    if (pos == std::string::npos) continue;
+    *mat = name.substr(pos + std::string(group).size());  // w_gate | w_up | w_down
+    if (*mat != "w_gate" && *mat != "w_up" && *mat != "w_down") return "";
+    return name.substr(0, pos) + ".ffn." + *mat;
+  }
+  return "";
+}
+
+// Parameters that have no dense counterpart and keep their fresh initialisation: the routers
+// (weights, noise projections, balancing bias) and the shared experts' sigmoid gate.
+bool starts_fresh_when_upcycled(const std::string& name) {
+  return name.find(".ffn.router.") != std::string::npos ||
+         name.find(".ffn.shared.gate") != std::string::npos;
+}
+
+// p [E, H, C] (w_down: [E, C, H]) ← slices of the dense tensor t [D, C] (w_down: [C, D]).
+void fill_experts_from_dense(const SafeTensorsReader& r, const std::string& path, Param& p,
+                             const std::string& mat, const std::string& src) {
+  MOE_CHECK(r.has(src),
+            "{}: upcycling '{}' {} needs the dense tensor '{}', which the checkpoint does not "
+            "have",
+            path, p.name, shape_str(p.shape), src);
+  const TensorInfo& t = r.info(src);
+  const int64_t E = p.shape[0];
+  const bool down = mat == "w_down";
+  const int64_t H = down ? p.shape[2] : p.shape[1], C = down ? p.shape[1] : p.shape[2];
+  const bool two_d = t.shape.size() == 2;
+  const int64_t D = two_d ? (down ? t.shape[1] : t.shape[0]) : 0;
+  MOE_CHECK(t.dtype == DType::F32, "{}: upcycling '{}': tensor '{}' has dtype {}, expected F32",
+            path, p.name, src, dtype_name(t.dtype));
+  MOE_CHECK(two_d && (down ? t.shape[0] : t.shape[1]) == C && D > 0 && D % H == 0,
+            "{}: upcycling '{}' {}: tensor '{}' has shape {}, expected {} (a dense width D that "
+            "is a multiple of d_expert = {}, model width {})",
+            path, p.name, shape_str(p.shape), src, shape_str(t.shape),
+            down ? fmt::format("[{}, D]", C) : fmt::format("[D, {}]", C), H, C);
+  std::vector<float> dense = r.read_f32(src);
+  const int64_t slices = D / H;
+  for (int64_t e = 0; e < E; ++e) {
+    // First hidden unit of this expert's slice (by its global index under expert parallelism).
+    const int64_t s0 = ((p.shard_first + e) % slices) * H;
+    float* dst = p.w + e * H * C;
+    for (int64_t i = 0; i < (down ? C : H); ++i)
+      for (int64_t j = 0; j < (down ? H : C); ++j)
+        dst[i * (down ? H : C) + j] = down ? dense[i * D + s0 + j] : dense[(s0 + i) * C + j];
+  }
+}
+
+}  // namespace
+
 int upcycle_from_dense(const std::string& path, Transformer& model) {
   SafeTensorsReader r(path);
   auto it = r.metadata().find("format");
   MOE_CHECK(it != r.metadata().end() && it->second == kCheckpointFormat,
             "{}: not a moe.cpp checkpoint (no __metadata__.format = \"{}\")", path,
             kCheckpointFormat);
+  // Every tensor is filled from the checkpoint except the routers: a missing, reshaped
+  // (e.g. transposed) or non-F32 tensor used to keep its random initialisation silently.
   int filled = 0;
   for (Param& p : model.params().all()) {
-    if (r.has(p.name) && r.info(p.name).shape == p.shape) {
-      r.read_into(p.name, DType::F32, p.shape, p.w);
+    std::string mat;
+    const std::string src = dense_source_of(p.name, &mat);
+    if (!src.empty() && !r.has(p.name)) {
+      fill_experts_from_dense(r, path, p, mat, src);
       ++filled;
       continue;
     }
-    // layers.L.ffn.experts.w_up [E,H,C] ← layers.L.ffn.w_up [D,C] (D = dense d_ff), etc.
-    for (const char* group : {".ffn.experts.", ".ffn.shared."}) {
-      const auto pos = p.name.find(group);
-      if (pos == std::string::npos) continue;
-      const std::string mat = p.name.substr(pos + std::string(group).size());  // w_gate|w_up|w_down
-      const std::string src = p.name.substr(0, pos) + ".ffn." + mat;
-      MOE_CHECK(r.has(src), "{}: upcycling {} needs the dense tensor '{}', which is missing", path,
-                p.name, src);
-      const TensorInfo& t = r.info(src);
-      const int64_t E = p.shape[0];
-      const bool down = mat == "w_down";
-      const int64_t H = down ? p.shape[2] : p.shape[1], C = down ? p.shape[1] : p.shape[2];
-      const int64_t D = down ? t.shape[1] : t.shape[0];
-      MOE_CHECK(t.shape.size() == 2 && (down ? t.shape[0] : t.shape[1]) == C && D % H == 0,
-                "{}: cannot upcycle '{}' {} from '{}' {}: the dense width must be a multiple of "
-                "d_expert = {} and the model widths must match",
-                path, p.name, shape_str(p.shape), src, shape_str(t.shape), H);
-      std::vector<float> dense = r.read_f32(src);
-      const int64_t slices = D / H;
-      for (int64_t e = 0; e < E; ++e) {
-        // First hidden unit of this expert's slice (by its global index under expert parallelism).
-        const int64_t s0 = ((p.shard_first + e) % slices) * H;
-        float* dst = p.w + e * H * C;
-        for (int64_t i = 0; i < (down ? C : H); ++i)
-          for (int64_t j = 0; j < (down ? H : C); ++j)
-            dst[i * (down ? H : C) + j] = down ? dense[i * D + s0 + j] : dense[(s0 + i) * C + j];
-      }
-      ++filled;
-    }
+    if (starts_fresh_when_upcycled(p.name) && !r.has(p.name)) continue;
+    MOE_CHECK(r.has(p.name),
+              "{}: upcycling needs tensor '{}' (F32 {}), which the checkpoint does not have "
+              "(only the routers start fresh; was this checkpoint trained with the same "
+              "d_model, n_layers and attention?)",
+              path, p.name, shape_str(p.shape));
+    const TensorInfo& t = r.info(p.name);
+    MOE_CHECK(t.dtype == DType::F32 && t.shape == p.shape,
+              "{}: upcycling: tensor '{}' is {} {}, expected F32 {}", path, p.name,
+              dtype_name(t.dtype), shape_str(t.shape), shape_str(p.shape));
+    r.read_into(p.name, DType::F32, p.shape, p.w);
+    ++filled;
   }
   return filled;
 }

@@ -48,7 +48,10 @@ std::vector<json> run_compare(const CompareOptions& o, Communicator& comm) {
     cfg.train.time_limit_s = 0;
     o.run_started(name, steps, steps * tokens_per_step, o.flops);
     const auto t0 = std::chrono::steady_clock::now();
-    Trainer t(cfg, comm);
+    // A run without a line in results.jsonl did not finish: it starts again from scratch.
+    TrainOptions opts;
+    opts.overwrite = true;
+    Trainer t(cfg, comm, opts);
     TrainResult r = t.run();
     const double wall =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -15,6 +15,8 @@
 #include "moe/data/corpus.h"
 #include "moe/formats/model_file.h"
 #include "moe/kernels/gemm.h"
+#include "moe/train/memory_estimate.h"
+#include "moe/train/run_dir.h"
 
 namespace moe {
 
@@ -116,6 +118,9 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   }
   if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
   check_blas_is_openmp();
+  // A new run must not silently replace an earlier one; one rank removes (with overwrite).
+  if (opts_.resume.empty() && (comm_.is_root() || !opts_.overwrite))
+    claim_run_dir(cfg_.train.out_dir, opts_.overwrite, {opts_.init_from, opts_.upcycle_from});
   make_dirs(cfg_.train.out_dir);
   // A kill during an earlier checkpoint write may have left its temporary behind.
   if (comm_.is_root()) remove_stale_temp_files(cfg_.train.out_dir);
@@ -143,6 +148,9 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   MOE_CHECK(int64_t(train_.ids.size()) > cfg_.train.seq_len + 1,
             "{}/train.txt: {} tokens, need more than seq_len + 1 = {}", cfg_.data.dir,
             train_.ids.size(), cfg_.train.seq_len + 1);
+  // Refuse what cannot fit before allocating (n_layers = 1e8 used to grow past 6.8 GB).
+  check_memory(estimate_memory(cfg_.model, local_batch_, cfg_.train.seq_len, MemoryUse::kTrain),
+               cfg_.model, local_batch_, cfg_.train.seq_len, "training");
   model_ = std::make_unique<Transformer>(cfg_.model, local_batch_, cfg_.train.seq_len, comm_);
   model_->params().initialize(cfg_.train.seed);
   opt_ = std::make_unique<AdamWOptimizer>(model_->params(), cfg_.train, comm_);

@@ -108,6 +108,132 @@ class Cli(unittest.TestCase):
                     "--resume", bad)
             self.assert_one_line_error(r, "bad.safetensors", "train_state", "-4")
 
+    def test_parameter_counts_do_not_overflow(self):
+        # Used to print negative counts (signed overflow). Too big for int64: one line.
+        r = run("params", "--set", "model.d_model=2147483584", "--set", "model.n_layers=1000000")
+        self.assert_one_line_error(r, "d_ff", "2147483584")
+        r = run("params", "--set", "model.d_model=2147483584", "--set", "model.n_layers=1000000",
+                "--set", "model.ffn.d_ff=64")
+        self.assert_one_line_error(r, "2^63", "d_model = 2147483584", "n_layers = 1000000")
+        # Near 2^63 but countable: exact, by Python's unbounded integers.
+        r = run("params", "--set", "model.d_model=805306304", "--set", "model.n_layers=1", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        j = json.loads(r.stdout)
+        C, V = 805306304, 256
+        d_ff = (8 * C // 3 + 63) // 64 * 64
+        self.assertEqual(j["total_params"], V * C + 4 * C * C + 3 * C * d_ff + 3 * C)
+        self.assertEqual(j["bytes_weights_fp32"], 4.0 * j["total_params"])
+
+    def test_a_new_run_refuses_a_directory_holding_a_run(self):
+        # A second run used to replace the checkpoints and cut metrics.jsonl silently.
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "train.txt"), "w") as f:
+                f.write("some training text. " * 200)
+            with open(os.path.join(d, "val.txt"), "w") as f:
+                f.write("some validation text. " * 20)
+            out = os.path.join(d, "run")
+            args = ["train", "--set", "model.d_model=32", "--set", "model.n_layers=1",
+                    "--set", "train.steps=2", "--set", "train.batch_size=2",
+                    "--set", "train.seq_len=16", "--set", f"data.dir={d}", "--quiet",
+                    "--set", "train.eval_every=0", "--set", f"train.out_dir={out}"]
+            r = run(*args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(out, "metrics.jsonl")) as f:
+                before = f.read()
+            r = run(*args)
+            self.assert_one_line_error(r, out, "final.safetensors",
+                                       f"metrics.jsonl ({before.count(chr(10))} lines)",
+                                       "--overwrite", "--resume")
+            with open(os.path.join(out, "metrics.jsonl")) as f:
+                self.assertEqual(f.read(), before)
+            r = run(*args, "--overwrite")
+            self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_unclear_messages_are_clear(self):
+        with tempfile.TemporaryDirectory() as d:
+            # CLI11's range error used to print DBL_MAX in 309 digits.
+            r = run("eval", "--checkpoint", os.path.join(d, "m.gguf"), "--batch", "1e400")
+            self.assert_one_line_error(r, "--batch", "1e400")
+            self.assertLess(len(r.stderr), 200, r.stderr)
+            # Negative values used to mean "the default" silently.
+            for flag in ("--seq-len", "--threads"):
+                r = run("eval", "--checkpoint", os.path.join(d, "m.gguf"), flag, "-5")
+                self.assert_one_line_error(r, flag, "-5")
+            # A directory without config.json used to give "mmap failed (No such device)".
+            r = run("eval", "--checkpoint", d)
+            self.assert_one_line_error(r, d, "is a directory",
+                                       "Hugging Face model directory with config.json")
+            # A well-formed key naming a block the model lacks.
+            r = run("params", "--set", "model.n_layers=2",
+                    "--set", 'model.ffn_overrides={"5": {"kind": "dense"}}')
+            self.assert_one_line_error(r, "block 5 does not exist", "the model has 2 blocks")
+            # Values of the wrong JSON type used to surface as nlohmann's type_error.302.
+            grid = os.path.join(d, "grid.json")
+            with open(grid, "w") as f:
+                json.dump({"d_model": [64], "tokens": [1000], "granularity": [1],
+                           "expansion": "four", "out_dir": os.path.join(d, "sw")}, f)
+            r = run("sweep", "--grid", grid)
+            self.assert_one_line_error(r, "grid.json", "expansion", "four", "an integer")
+
+    def test_a_checkpoint_field_of_the_wrong_type_is_named(self):
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+        import safetensors_np as st
+        import numpy as np
+        with tempfile.TemporaryDirectory() as d:
+            cfg = {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2}}
+            meta = {"format": "moe.cpp/1", "config": json.dumps(cfg),
+                    "train_state": json.dumps({"step": "12"}), "tokenizer.kind": "byte",
+                    "tokenizer.blob": "", "has_optimizer": "0"}
+            bad = os.path.join(d, "bad.safetensors")
+            st.save(bad, {"embed.weight": np.zeros((256, 32), np.float32)}, meta)
+            r = run("eval", "--checkpoint", bad, "--text", bad)
+            self.assert_one_line_error(r, "bad.safetensors", "train_state", "step", '"12"')
+            self.assertNotIn("type_error", r.stderr)
+
+    def test_memory_is_checked_before_allocating(self):
+        # n_layers = 1e8 used to grow past 6.8 GB, 2e9 ended in a bare std::bad_alloc.
+        import resource
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+        import safetensors_np as st
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "train.txt"), "w") as f:
+                f.write("some training text. " * 200)
+            with open(os.path.join(d, "val.txt"), "w") as f:
+                f.write("some validation text. " * 20)
+            args = ["train", "--set", "model.d_model=32", "--set", "model.n_layers=1",
+                    "--set", "train.steps=2", "--set", "train.batch_size=2",
+                    "--set", "train.seq_len=16", "--set", f"data.dir={d}", "--quiet",
+                    "--set", "train.eval_every=0"]
+            for layers in ("100000000", "2000000000"):
+                r = run(*args, "--set", f"model.n_layers={layers}",
+                        "--set", f"train.out_dir={os.path.join(d, 'big')}")
+                self.assert_one_line_error(r, "training needs ~", f"n_layers = {layers}",
+                                           "is available")
+            out = os.path.join(d, "run")
+            r = run(*args, "--set", f"train.out_dir={out}")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            # A checkpoint whose metadata claims a context of 1e8 used to make eval and generate
+            # allocate ~6.7 GB (RoPE table and scores for every position): they size by the
+            # context they use.
+            tensors, meta = st.load(os.path.join(out, "final.safetensors"))
+            cfg = json.loads(meta["config"])
+            cfg["model"]["max_seq_len"] = 100000000
+            meta["config"] = json.dumps(cfg)
+            long = os.path.join(d, "long.safetensors")
+            st.save(long, tensors, meta)
+            r = run("eval", "--checkpoint", long, "--split", "val")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = run("generate", "--checkpoint", long, "--tokens", "20", "--temperature", "0")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            # An empty text is refused naming the file (it used to be 0 bits per byte, then an
+            # error that named no file).
+            empty = os.path.join(d, "empty.txt")
+            open(empty, "w").close()
+            r = run("eval", "--checkpoint", long, "--text", empty)
+            self.assert_one_line_error(r, "empty.txt", "0 token(s)")
+            peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            self.assertLess(peak_kb, 1 << 20, "a child of this test used more than 1 GB")
+
     def test_published_parameter_counts(self):
         r = run("params", "--preset", "mixtral-8x7b", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)

@@ -262,7 +262,8 @@ TEST_F(HfModel, MissingConfigOrWeights) {
   EXPECT_FALSE(is_hf_model_dir(d + "/model.safetensors"));
   fs::remove(d + "/config.json");
   EXPECT_FALSE(is_hf_model_dir(d));
-  expect_error([&] { open_hf_model(d); }, {"no config.json"});
+  expect_error([&] { open_hf_model(d); }, {"is a directory without config.json",
+                                           "a Hugging Face model directory with config.json"});
   expect_error([&] { open_hf_model(dir("nowhere")); }, {"nowhere", "not a directory"});
   const std::string d2 = exported(dir("w"));
   fs::remove(d2 + "/model.safetensors");

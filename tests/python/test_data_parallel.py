@@ -73,8 +73,10 @@ class DataParallel(MpiCase):
                       # PEER with query BatchNorm: batch statistics over the global batch, the
                       # tables' gradients summed over the union of the ranks' retrieved rows.
                       "peer"):
-            p1 = os.path.join(self.d, "p1")
-            p2 = os.path.join(self.d, "p2")
+            # Fresh run directories per case (a new run refuses one that holds a run).
+            tag = "dense" if extra is None else "peer" if extra == "peer" else "moe"
+            p1 = os.path.join(self.d, "p1_" + tag)
+            p2 = os.path.join(self.d, "p2_" + tag)
             if extra == "peer":
                 c1, c2 = config(self.d, p1), config(self.d, p2)
                 for c in (c1, c2):
@@ -101,13 +103,15 @@ class DataParallel(MpiCase):
         # The replicated weights are hashed and compared across ranks before every checkpoint is
         # written (the one at the end of training included). One rank's weight moved by the
         # fault-injection hook must stop the job there, and nothing diverged must not.
-        cfg = config(self.d, os.path.join(self.d, "div"))
-        r = self.run_cfg(cfg, "div", mpi=True, env={"MOE_FAULT_REPLICA_RANK": "1"})
+        # One run directory each (a new run refuses one that holds a run).
+        cfg = lambda n: config(self.d, os.path.join(self.d, n))
+        r = self.run_cfg(cfg("div1"), "div", mpi=True, env={"MOE_FAULT_REPLICA_RANK": "1"})
         self.assertNotEqual(r.returncode, 0, r.stdout)
         self.assertIn("replicated parameters differ between ranks", r.stderr + r.stdout)
-        r = self.run_cfg(cfg, "div", mpi=True, env={"MOE_FAULT_REPLICA_RANK": "7"})  # no rank 7
+        r = self.run_cfg(cfg("div7"), "div", mpi=True,
+                         env={"MOE_FAULT_REPLICA_RANK": "7"})  # no rank 7
         self.assertEqual(r.returncode, 0, r.stderr)
-        r = self.run_cfg(cfg, "div", mpi=True, env={"MOE_FAULT_REPLICA_RANK": "one"})
+        r = self.run_cfg(cfg("div_one"), "div", mpi=True, env={"MOE_FAULT_REPLICA_RANK": "one"})
         self.assertNotEqual(r.returncode, 0)
         self.assertIn('MOE_FAULT_REPLICA_RANK: got "one", expected a rank number',
                       r.stderr + r.stdout)

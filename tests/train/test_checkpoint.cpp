@@ -91,3 +91,76 @@ TEST(Checkpoint, TruncatedForeignAndMismatchedFilesGiveClearErrors) {
 }
 
 }  // namespace
+
+namespace {
+
+// A dense checkpoint of the tiny upcycling model with one tensor changed by `edit`
+// (which may drop it, transpose it or change its dtype), written to path.
+void write_edited_dense(const std::string& path, const std::string& victim, int edit) {
+  const char* cfg = R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 8,
+      "ffn": {"d_ff": 64}}, "train": {"seq_len": 8}})";
+  Config dc = config_from_json(nlohmann::json::parse(cfg), "dense");
+  Transformer dense(dc.model, 1, 8);
+  dense.params().initialize(3);
+  std::vector<TensorRef> ts;
+  std::vector<std::vector<uint16_t>> halves;
+  halves.reserve(64);
+  for (const Param& p : dense.params().all()) {
+    TensorRef t{p.name, DType::F32, p.shape, p.w};
+    if (p.name == victim) {
+      if (edit == 0) continue;                            // missing
+      if (edit == 1) t.shape = {p.shape[1], p.shape[0]};  // transposed
+      if (edit == 2) {                                    // another dtype
+        halves.emplace_back(p.numel, uint16_t(0x3f80));   // bf16 1.0
+        t = {p.name, DType::BF16, p.shape, halves.back().data()};
+      }
+    }
+    ts.push_back(t);
+  }
+  write_safetensors(path, ts,
+                    {{"format", kCheckpointFormat},
+                     {"config", dc.to_json().dump()},
+                     {"train_state", R"({"step": 0})"},
+                     {"tokenizer.kind", "byte"},
+                     {"tokenizer.blob", ""},
+                     {"has_optimizer", "0"}});
+}
+
+TEST(Checkpoint, UpcycleRefusesMissingTransposedOrOtherDtypeTensors) {
+  // It used to print "upcycled N tensors" and keep the random initialisation of every tensor
+  // that was missing, transposed or not F32.
+  TempDir d;
+  const char* moe_cfg = R"({"model": {"d_model": 32, "n_layers": 2, "n_heads": 2,
+      "max_seq_len": 8, "ffn": {"kind": "moe", "num_experts": 4, "top_k": 2, "d_ff": 64}},
+      "train": {"seq_len": 8}})";
+  Config mc = config_from_json(nlohmann::json::parse(moe_cfg), "moe");
+  struct Case {
+    std::string victim;
+    int edit;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Case> cases = {
+      {"layers.1.attn.wq", 0, {"'layers.1.attn.wq'", "[32, 32]", "does not have"}},
+      {"layers.0.ffn.w_up", 0, {"'layers.0.ffn.experts.w_up'", "'layers.0.ffn.w_up'"}},
+      {"layers.0.ffn.w_up", 1, {"'layers.0.ffn.w_up'", "shape [32, 64]", "expected [D, 32]"}},
+      {"layers.1.ffn.w_down", 2, {"'layers.1.ffn.w_down'", "BF16", "expected F32"}},
+      {"embed.weight", 2, {"'embed.weight'", "BF16 [256, 32]", "expected F32 [256, 32]"}},
+      {"norm.weight", 0, {"'norm.weight'", "does not have"}},
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    const std::string path = d.path + "/dense" + std::to_string(i++) + ".safetensors";
+    write_edited_dense(path, c.victim, c.edit);
+    Transformer moe(mc.model, 1, 8);
+    std::vector<std::string> parts = c.parts;
+    parts.push_back(path);
+    expect_error([&] { upcycle_from_dense(path, moe); }, parts);
+  }
+  // The intact file fills every tensor but the routers (2 layers × 1 router weight).
+  const std::string ok = d.path + "/ok.safetensors";
+  write_edited_dense(ok, "", -1);
+  Transformer moe(mc.model, 1, 8);
+  EXPECT_EQ(upcycle_from_dense(ok, moe), int(moe.params().all().size()) - 2);
+}
+
+}  // namespace

@@ -14,6 +14,7 @@
 #include "moe/core/file_io.h"
 #include "moe/core/safetensors.h"
 #include "moe/train/checkpoint.h"
+#include "moe/train/run_dir.h"
 #include "moe/train/trainer.h"
 
 using namespace moe;
@@ -211,6 +212,7 @@ TEST(Training, FrozenParametersStayBitIdentical) {
   }
   Config bad = cfg;
   bad.train.freeze = {"*.expertz.*"};
+  bad.train.out_dir += "_bad";  // a fresh directory: the first run's is taken (run_dir.h)
   EXPECT_NE(error_of([&] { Trainer x(bad, single_process_communicator()); }).find("expertz"),
             std::string::npos);
 }
@@ -283,6 +285,36 @@ TEST(Evaluation, EveryTokenAfterTheFirstIsPredictedOnce) {
   m1.params().initialize(5);
   EvalResult r1 = evaluate(m1, s, 1, 16);
   EXPECT_NEAR(r1.loss, r.loss, 1e-6);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Training, ANewRunRefusesADirectoryHoldingARunUnlessOverwriting) {
+  // A second run into the same train.out_dir used to replace its checkpoints and cut its
+  // metrics.jsonl silently.
+  TempDir d;
+  make_data(d.path);
+  const Config cfg = tiny_config(d.path, d.path + "/run");
+  Trainer(cfg, single_process_communicator(), {.stop_after = 2}).run();
+  const std::string metrics = read_file(d.path + "/run/metrics.jsonl");
+  const auto lines = std::count(metrics.begin(), metrics.end(), '\n');
+  expect_error([&] { Trainer t(cfg, single_process_communicator()); },
+               {d.path + "/run", "last.safetensors", fmt::format("metrics.jsonl ({} lines)", lines),
+                "--overwrite", "--resume " + d.path + "/run/last.safetensors"});
+  EXPECT_EQ(read_file(d.path + "/run/metrics.jsonl"), metrics);  // untouched
+  // Resuming is allowed; so is overwriting, which removes the old run's files first (an
+  // interrupted new run must not leave the old last.safetensors looking like its own).
+  Trainer(cfg, single_process_communicator(), {.resume = d.path + "/run/last.safetensors"});
+  write_file_atomic(d.path + "/run/notes.txt", "mine");
+  Trainer t(cfg, single_process_communicator(), {.overwrite = true});
+  EXPECT_FALSE(file_exists(d.path + "/run/last.safetensors"));
+  EXPECT_TRUE(file_exists(d.path + "/run/notes.txt"));  // nothing but the run's files goes
+  EXPECT_EQ(run_files_in(d.path + "/run"), std::vector<std::string>{"metrics.jsonl"});
+  // A fresh directory or one with other files only is free.
+  EXPECT_TRUE(run_files_in(d.path + "/nope").empty());
+  claim_run_dir(d.path, false);  // holds only data files
 }
 
 }  // namespace

@@ -17,6 +17,14 @@ inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
   return r;
 }
 
+// a+b, or a moe::Error naming `what` when it exceeds int64 (a, b ≥ 0).
+inline int64_t checked_add(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  MOE_CHECK(a >= 0 && b >= 0 && !__builtin_add_overflow(a, b, &r),
+            "{}: {} + {} does not fit in 64 bits", what, a, b);
+  return r;
+}
+
 // The product of a shape's entries, checked the same way.
 inline int64_t checked_numel(const std::vector<int64_t>& shape, const char* what) {
   int64_t n = 1;

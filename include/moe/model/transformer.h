@@ -85,11 +85,16 @@ class Transformer {
   Param *embed_, *norm_, *head_;  // head_ == embed_ when tied
   std::vector<Layer> layers_;
   std::vector<std::unique_ptr<FeedForward>> ffn_;
-  RopeTable<float> rope_;
+  // RoPE angles and decoding scores for the positions in use: max_seq at construction, grown by
+  // make_cache to the cache's length (sizing them by max_seq_len made a checkpoint claiming a
+  // context of 1e8 allocate 6.7 GB before anything ran). Values depend on the position only.
+  mutable RopeTable<float> rope_;
+  mutable std::vector<float> decode_scores_;
+  void ensure_positions(int positions) const;
   Arena acts_;
   // top-level activations and backward scratch
   float *res_final_, *lnf_, *rstdf_, *logits_, *losses_, *ffn_out_;
-  float *dres_, *dln_, *datt_, *dq_, *dk_, *dv_, *dq_raw_, *dk_raw_, *att_scratch_, *decode_scores_;
+  float *dres_, *dln_, *datt_, *dq_, *dk_, *dv_, *dq_raw_, *dk_raw_, *att_scratch_;
   int32_t* tokens_;
   float* rms_partial_;  // rmsnorm_backward's per-chunk dw sums, shared by every norm
   int cur_B_ = 0, cur_T_ = 0;

@@ -39,11 +39,14 @@ CheckpointMeta read_checkpoint_meta(const std::string& path);
 void load_checkpoint(const std::string& path, Transformer& model, AdamWOptimizer* opt);
 
 // Sparse upcycling (Komatsuzaki et al. 2023): starts an MoE model from a dense checkpoint.
-// Every tensor whose name and shape match is copied (embeddings, attention, norms, dense
-// FFNs); each MoE layer's experts start from the dense FFN of the same block: a copy when
-// d_expert equals the dense d_ff, else expert e takes the slice e mod (d_ff/d_expert) of the
-// hidden units (so G fine-grained experts together hold the whole dense FFN); shared experts
-// alike. Routers keep their fresh initialisation. Returns the number of tensors filled.
+// Every tensor of the model is copied from the tensor of the same name (embeddings, attention,
+// norms, dense FFNs), which must exist as F32 with the same shape; each MoE layer's experts
+// start from the dense FFN of the same block (F32 [D, C], w_down [C, D]): a copy when d_expert
+// equals D, else expert e takes the slice e mod (D/d_expert) of the hidden units (so G
+// fine-grained experts together hold the whole dense FFN); shared experts alike. Only the
+// routers (and the shared experts' gate) keep their fresh initialisation. A missing, reshaped
+// or non-F32 tensor is an error naming the file, the tensor, what was found and what was
+// expected. Returns the number of tensors filled.
 int upcycle_from_dense(const std::string& path, Transformer& model);
 
 }  // namespace moe

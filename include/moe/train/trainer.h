@@ -57,6 +57,10 @@ struct TrainOptions {
   // does), as if interrupted; 0 = run to train.steps. The schedule still spans train.steps, so a
   // resumed run continues exactly where this one stopped.
   int64_t stop_after = 0;
+  // A fresh run (no resume) into a train.out_dir that already holds a run (a checkpoint or
+  // metrics.jsonl): false = refuse with one line; true = remove those files and start
+  // (run_dir.h). Sweeps and comparisons set it: they redo a run they did not record as finished.
+  bool overwrite = false;
   // Partition every MoE layer's experts over this many ranks: 1 (off) or all of them.
   int expert_parallel = 1;
   // Asked once after every optimizer step, on every rank: true on any rank saves
