@@ -12,6 +12,7 @@ void register_bench(CLI::App& app) {
   register_bench_train(*b);
   register_bench_moe(*b);
   register_bench_peer(*b);
+  register_bench_qmatmul(*b);
 }
 
 }  // namespace moe::cli

@@ -5,7 +5,8 @@
 //   Y[n, r] = Σ_c X[n, c] · W[r, c]     n < N, r < rows        (Y written, not accumulated)
 //
 // Per type (llama.cpp's "vec_dot_type" rule, so the two engines do the same arithmetic):
-//   f32  : f32 × f32, f32 accumulation.
+//   f32  : f32 × f32, f32 accumulation; from N = kQmatmulSgemmMinN tokens on, OpenBLAS sgemm
+//          (faster there; its sums are thread-count independent too, but not those of N = 1).
 //   f16  : W widened to f32 in registers, f32 × f32.
 //   bf16 : X rounded to bf16 (nearest even) once per call, bf16 × bf16 products with f32
 //          accumulation (AVX512-BF16 vdpbf16ps where the CPU has it; the fallback widens both to
@@ -18,13 +19,16 @@
 // agree with it to a tolerance derived from cols and the type (tests/kernels/test_qmatmul.cpp).
 //
 // Determinism: each Y element is reduced in an order that depends only on cols and the type —
-// never on the thread count — so results are bit-identical for any number of threads.
+// never on the thread count — so results are bit-identical for any number of threads. On the
+// SIMD paths it does not depend on N either (a token alone gives the bits it gets inside a
+// batch), except f32 from kQmatmulSgemmMinN tokens on.
 // Threads: OpenMP over output rows (and, for large N, token blocks), inside the call.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace moe {
 
@@ -33,6 +37,10 @@ const char* wtype_name(WType t);  // "f32" | "f16" | "bf16" | "q8_0"
 
 // Bytes of one row of `cols` elements (Q8_0: cols must be a multiple of 32; 34 bytes per block).
 std::size_t wtype_row_bytes(WType t, int64_t cols);
+
+// f32 products with at least this many tokens run on OpenBLAS sgemm (SIMD paths only; an f32
+// matrix that is not 4-byte aligned stays on our tiles).
+inline constexpr int64_t kQmatmulSgemmMinN = 16;
 
 // A row-major weight matrix in its stored type: row r starts at data + r·row_bytes. No alignment
 // is required of data (a GGUF tensor is 32-byte aligned in the file, a safetensors one is not).
@@ -70,5 +78,11 @@ void qmatmul_reference(float* Y, int64_t ldy, const float* X, int64_t ldx, int64
 
 // The instruction set qmatmul uses on this CPU, e.g. "avx512bf16+avx512vnni", "avx2", "scalar".
 std::string qmatmul_isa();
+
+// For tests and benchmarks: the paths this CPU can run, fastest first (the last is "scalar"),
+// and a switch that makes qmatmul use one of them ("" returns to the fastest). Not thread-safe
+// against concurrent qmatmul calls; the scalar path gives exactly qmatmul_reference's numbers.
+std::vector<std::string> qmatmul_isas();
+void qmatmul_force_isa(const std::string& isa);
 
 }  // namespace moe
