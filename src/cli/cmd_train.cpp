@@ -201,8 +201,20 @@ void register_eval(CLI::App& app) {
       file = dir + "/" + a->split + ".txt";
     }
     data::TokenStream s = data::tokenize_file(*l.tok, file);
-    build_model(l, a->checkpoint, a->batch, T);
-    EvalResult r = evaluate(*l.model, s, a->batch, T);
+    EvalResult r;
+    if (l.ours()) {
+      // Our checkpoints keep the training model's evaluation: its capacity rule and routing
+      // metrics, bit for bit what training reported.
+      build_model(l, a->checkpoint, a->batch, T);
+      r = evaluate(*l.model, s, a->batch, T);
+    } else {
+      // A model from outside runs on its stored weights (bf16, Q8_0, … read in place).
+      infer::EngineOptions o;
+      o.context = T;
+      o.max_batch = T;
+      auto engine = infer::Engine::open(*l.reader, o);
+      r = evaluate(*engine, s, T);
+    }
     if (!a->text.empty()) a->split = "text";
     if (a->json) {
       nlohmann::json j = {{"split", a->split},

@@ -222,6 +222,31 @@ class GgufModelReader final : public ModelReader {
       permute_rope_param(our_name, shape, dst, cfg_.head_dim, /*to_interleaved=*/false);
   }
 
+  std::optional<StoredTensor> stored(const std::string& our_name) const override {
+    if (permuted_ && is_rope_param(our_name)) return std::nullopt;  // permuted on read
+    const GgufTensor* t = file_.find(gguf_name_of(our_name));
+    if (t == nullptr || t->ne.empty()) return std::nullopt;
+    std::optional<WType> w;
+    switch (t->type) {
+      case GgmlType::kF32:
+        w = WType::kF32;
+        break;
+      case GgmlType::kF16:
+        w = WType::kF16;
+        break;
+      case GgmlType::kBF16:
+        w = WType::kBF16;
+        break;
+      case GgmlType::kQ8_0:
+        w = WType::kQ8_0;
+        break;
+      default:
+        return std::nullopt;
+    }
+    std::vector<int64_t> shape(t->ne.rbegin(), t->ne.rend());
+    return StoredTensor{*w, shape, {t->data}, wtype_row_bytes(*w, t->ne[0])};
+  }
+
  private:
   // Our own export: take the exact config it carries, after checking it describes this file.
   void adopt_our_config() {

@@ -81,6 +81,37 @@ class HfReader : public ModelReader {
     return out;
   }
 
+  // In place when each piece is a matrix of ours as stored: a copied tensor, a stack of per-expert
+  // tensors, or one half of a fused gate_up tensor (expert e's half starts (2e + half)·n in).
+  std::optional<StoredTensor> stored(const std::string& our_name) const override {
+    auto it = by_ours_.find(our_name);
+    if (it == by_ours_.end()) return std::nullopt;
+    const HfTensor& t = map_[it->second];
+    if (t.layout == HfLayout::kSharedDown || t.our_shape.size() < 2) return std::nullopt;
+    const TensorInfo& first = shard_of(t.pieces[0].name).info(t.pieces[0].name);
+    const std::optional<WType> w = wtype_of(first.dtype);
+    if (!w) return std::nullopt;
+    StoredTensor st{*w, t.our_shape, {}, wtype_row_bytes(*w, t.our_shape.back())};
+    if (t.layout == HfLayout::kFusedHalf) {
+      const int64_t n = t.our_shape[1] * t.our_shape[2];
+      const auto* src =
+          static_cast<const uint8_t*>(shard_of(t.pieces[0].name).raw(t.pieces[0].name));
+      for (int64_t e = 0; e < t.our_shape[0]; ++e)
+        st.parts.push_back(src + std::size_t((2 * e + t.half) * n) * dtype_size(first.dtype));
+      return st;
+    }
+    for (const hf::HfPiece& p : t.pieces) {
+      const SafeTensorsReader& r = shard_of(p.name);
+      if (r.info(p.name).dtype != first.dtype) return std::nullopt;
+      st.parts.push_back(r.raw(p.name));
+    }
+    // A stack needs one piece per leading index; a copy is one block of our shape.
+    if (t.layout == HfLayout::kStack && int64_t(st.parts.size()) != t.our_shape[0])
+      return std::nullopt;
+    if (t.layout == HfLayout::kCopy && st.parts.size() != 1) return std::nullopt;
+    return st;
+  }
+
   void read(const std::string& our_name, const std::vector<int64_t>& shape,
             float* dst) const override {
     auto it = by_ours_.find(our_name);

@@ -12,6 +12,30 @@
 
 namespace moe::formats {
 
+WeightMatrix StoredTensor::matrix(int64_t e) const {
+  MOE_CHECK(shape.size() == 2 || shape.size() == 3,
+            "stored tensor of rank {}: expected a matrix or a stack of matrices", shape.size());
+  const int64_t rows = shape[shape.size() - 2], cols = shape.back();
+  const int64_t lead = shape.size() == 3 ? shape[0] : 1;
+  MOE_CHECK(e >= 0 && e < lead, "stored tensor: matrix {} of {}", e, lead);
+  const auto* base = static_cast<const uint8_t*>(parts.size() == 1 ? parts[0] : parts[e]);
+  if (parts.size() == 1) base += std::size_t(e) * std::size_t(rows) * row_bytes;
+  return {type, base, rows, cols, row_bytes};
+}
+
+std::optional<WType> wtype_of(DType d) {
+  switch (d) {
+    case DType::F32:
+      return WType::kF32;
+    case DType::F16:
+      return WType::kF16;
+    case DType::BF16:
+      return WType::kBF16;
+    default:
+      return std::nullopt;
+  }
+}
+
 namespace {
 
 class MoeCheckpointReader final : public ModelReader {
@@ -47,6 +71,13 @@ class MoeCheckpointReader final : public ModelReader {
   void read(const std::string& name, const std::vector<int64_t>& shape, float* dst) const override {
     r_.read_into(name, DType::F32, shape, dst);
   }
+  std::optional<StoredTensor> stored(const std::string& name) const override {
+    if (!r_.has(name)) return std::nullopt;
+    const TensorInfo& t = r_.info(name);
+    const std::optional<WType> w = wtype_of(t.dtype);
+    if (!w || t.shape.empty()) return std::nullopt;
+    return StoredTensor{*w, t.shape, {r_.raw(name)}, wtype_row_bytes(*w, t.shape.back())};
+  }
 
  private:
   SafeTensorsReader r_;
@@ -69,6 +100,10 @@ class RotateHalfView final : public ModelReader {
   void read(const std::string& name, const std::vector<int64_t>& shape, float* dst) const override {
     src_.read(name, shape, dst);
     permute_rope_param(name, shape, dst, cfg_.head_dim, /*to_interleaved=*/false);
+  }
+  std::optional<StoredTensor> stored(const std::string& name) const override {
+    if (is_rope_param(name)) return std::nullopt;  // permuted on read
+    return src_.stored(name);
   }
 
  private:

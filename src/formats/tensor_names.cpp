@@ -145,11 +145,14 @@ void permute_rope_rows(float* w, int64_t rows, int64_t cols, int hd, bool to_int
   }
 }
 
+bool is_rope_param(const std::string& our_name) {
+  return our_name.ends_with(".attn.wq") || our_name.ends_with(".attn.wk") ||
+         our_name.ends_with(".attn.bq") || our_name.ends_with(".attn.bk");
+}
+
 void permute_rope_param(const std::string& our_name, const std::vector<int64_t>& shape, float* w,
                         int hd, bool to_interleaved) {
-  if (!(our_name.ends_with(".attn.wq") || our_name.ends_with(".attn.wk") ||
-        our_name.ends_with(".attn.bq") || our_name.ends_with(".attn.bk")))
-    return;
+  if (!is_rope_param(our_name)) return;
   permute_rope_rows(w, shape[0], shape.size() > 1 ? shape[1] : 1, hd, to_interleaved);
 }
 

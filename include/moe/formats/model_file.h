@@ -7,10 +7,13 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "moe/core/safetensors.h"
 #include "moe/data/tokenizer.h"
+#include "moe/kernels/qmatmul.h"
 #include "moe/model/config.h"
 #include "moe/model/transformer.h"
 
@@ -28,6 +31,23 @@ struct SourceTensor {
   uint64_t file_bytes = 0;     // bytes in the file (0 = compute from dtype and shape)
 };
 
+// A parameter as the file stores it, readable in place (no copy): the inference engine's view of
+// the large matrices. `parts` holds one pointer when the tensor is one contiguous row-major block
+// of our shape, or shape[0] pointers (one [shape[1], shape[2]] matrix each) when the file keeps the
+// leading index (an expert) in separate tensors. Rows are packed: row_bytes =
+// wtype_row_bytes(type, shape.back()). Valid while the reader lives.
+struct StoredTensor {
+  WType type = WType::kF32;
+  std::vector<int64_t> shape;  // ours
+  std::vector<const void*> parts;
+  std::size_t row_bytes = 0;
+  // The [rows, cols] matrix of leading index e (e = 0 for a rank-2 tensor).
+  WeightMatrix matrix(int64_t e = 0) const;
+};
+
+// The kernels' type for a safetensors dtype (F32, F16, BF16), else nullopt.
+std::optional<WType> wtype_of(DType d);
+
 class ModelReader {
  public:
   virtual ~ModelReader() = default;
@@ -44,6 +64,13 @@ class ModelReader {
   // (missing, shape that disagrees with the metadata, unsupported dtype).
   virtual void read(const std::string& our_name, const std::vector<int64_t>& shape,
                     float* dst) const = 0;
+  // `our_name` as stored, when the file holds it in one of the types the kernels read (f32, f16,
+  // bf16, Q8_0) and in our layout (no transpose, permutation or interleave on the way);
+  // otherwise nullopt, and read() is the way to get it.
+  virtual std::optional<StoredTensor> stored(const std::string& our_name) const {
+    (void)our_name;
+    return std::nullopt;
+  }
 };
 
 // Opens a model file by what it is: a directory (Hugging Face), a ".gguf" file, or our own

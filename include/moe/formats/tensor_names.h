@@ -36,5 +36,7 @@ void permute_rope_rows(float* w, int64_t rows, int64_t cols, int hd, bool to_int
 // bk); any other parameter is left as it is.
 void permute_rope_param(const std::string& our_name, const std::vector<int64_t>& shape, float* w,
                         int hd, bool to_interleaved);
+// Whether permute_rope_param permutes `our_name` (wq, wk, bq, bk).
+bool is_rope_param(const std::string& our_name);
 
 }  // namespace moe::formats

@@ -8,7 +8,7 @@
 //       over all the chunk's tokens, MoE tokens grouped by expert and each expert's rows one
 //       product, causal attention over the cache in blocks;
 //     decode (n = 1): each active weight read once (the k chosen experts' matrices only).
-//   The KV cache holds context() positions in f32 (or bf16: EngineOptions::kv_bf16).
+//   The KV cache holds context() positions in f32.
 //
 // Semantics are the training model's (model/transformer.h) evaluated token by token: the same
 // attention (GQA, qkv_bias, qk_norm, RoPE style), the same router (ffn/moe/router.h, fp32,
@@ -31,7 +31,6 @@ namespace moe::infer {
 struct EngineOptions {
   int context = 0;      // KV cache positions; 0 = the model's max_seq_len
   int max_batch = 512;  // tokens per prefill pass (longer prompts run in chunks)
-  bool kv_bf16 = false;
 };
 
 class Engine {

@@ -18,6 +18,7 @@
 #include "moe/data/tokenizer.h"
 #include "moe/dist/communicator.h"
 #include "moe/formats/model_file.h"
+#include "moe/infer/engine.h"
 #include "moe/model/transformer.h"
 #include "moe/train/checkpoint.h"
 #include "moe/train/config.h"
@@ -43,6 +44,10 @@ nlohmann::json collect_moe_metrics(Transformer& model);
 // which is what the periodic validation uses), 0 = the whole stream.
 EvalResult evaluate(Transformer& model, const data::TokenStream& stream, int B, int T,
                     int64_t max_windows = 0);
+
+// The same windows and loss with the inference engine (weights in their stored dtype, no f32
+// copy): for models from outside. One window at a time from an empty cache; no routing metrics.
+EvalResult evaluate(infer::Engine& engine, const data::TokenStream& stream, int T);
 
 struct TrainOptions {
   std::string resume;        // checkpoint to resume (model + optimizer + step); "" = fresh

@@ -1,0 +1,361 @@
+// The FFN blocks of the inference engine and the loader of their weights.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "engine_internal.h"
+#include "moe/core/arena.h"
+#include "moe/core/error.h"
+#include "moe/ffn/feed_forward.h"
+#include "moe/ffn/moe/router.h"
+#include "moe/kernels/vexp.h"
+#include "moe/nn/activations.h"
+
+namespace moe::infer::detail {
+
+// ---- WeightLoader ------------------------------------------------------------------------------
+
+std::vector<float> WeightLoader::vec(const std::string& name, const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::vector<float> v(static_cast<std::size_t>(n));
+  r_.read(name, shape, v.data());
+  owned_bytes += uint64_t(n) * sizeof(float);
+  return v;
+}
+
+WeightMatrix WeightLoader::own(const std::string& name, const std::vector<int64_t>& shape,
+                               int64_t rows, int64_t cols) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::vector<float>& buf = owned.emplace_back(std::size_t(n));
+  r_.read(name, shape, buf.data());
+  owned_bytes += uint64_t(n) * sizeof(float);
+  return {WType::kF32, buf.data(), rows, cols, std::size_t(cols) * sizeof(float)};
+}
+
+// A stored tensor of our shape, possibly without the leading 1 of a single stacked matrix (GGUF
+// keeps one shared expert [1, H, C] as [H, C]).
+static bool same_shape(std::vector<int64_t> have, std::vector<int64_t> want) {
+  while (!want.empty() && want.front() == 1 && want.size() > have.size()) want.erase(want.begin());
+  return have == want;
+}
+
+WeightMatrix WeightLoader::matrix(const std::string& name, int64_t rows, int64_t cols) {
+  const std::optional<formats::StoredTensor> st = r_.stored(name);
+  if (st && same_shape(st->shape, {rows, cols})) {
+    const WeightMatrix w = st->matrix(0);
+    stored_bytes += matrix_bytes(w);
+    return w;
+  }
+  return own(name, {rows, cols}, rows, cols);
+}
+
+std::vector<WeightMatrix> WeightLoader::stack(const std::string& name, int64_t E, int64_t rows,
+                                              int64_t cols) {
+  std::vector<WeightMatrix> out;
+  const std::optional<formats::StoredTensor> st = r_.stored(name);
+  if (st && same_shape(st->shape, {E, rows, cols})) {
+    for (int64_t e = 0; e < E; ++e) {
+      // A rank-2 stored tensor is the single matrix of a stack of one.
+      out.push_back(st->shape.size() == 3 ? st->matrix(e) : st->matrix(0));
+      stored_bytes += matrix_bytes(out.back());
+    }
+    return out;
+  }
+  const WeightMatrix all = own(name, {E, rows, cols}, E * rows, cols);
+  for (int64_t e = 0; e < E; ++e)
+    out.push_back({WType::kF32, static_cast<const float*>(all.data) + e * rows * cols, rows, cols,
+                   all.row_bytes});
+  return out;
+}
+
+namespace {
+
+// h [n, H] (written) = act(g, u): silu(g)·u for SwiGLU (g may be null otherwise), gelu(u) for
+// GELU, relu(u) for ReLU; the same formulas as nn/activations.h.
+void activate(float* h, const float* g, const float* u, std::size_t n, Activation act) {
+  if (act == Activation::kSwiGLU) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (std::size_t i = 0; i < n; ++i) h[i] = g[i] / (1.f + vexp(-g[i])) * u[i];
+  } else if (act == Activation::kGELU) {
+    gelu_forward(h, u, n);
+  } else {
+    for (std::size_t i = 0; i < n; ++i) h[i] = std::max(u[i], 0.f);
+  }
+}
+
+// ---- Dense: [gate; up] → act → down ----------------------------------------------------------
+
+class DenseBlock final : public FfnBlock {
+ public:
+  DenseBlock(const FfnConfig& f, const ModelConfig& m, const std::string& p, WeightLoader& w,
+             int max_tokens)
+      : act_(f.activation), C_(m.d_model), H_(f.d_ff) {
+    const bool glu = act_ == Activation::kSwiGLU;
+    if (glu) gate_ = w.matrix(p + ".w_gate", H_, C_);
+    up_ = w.matrix(p + ".w_up", H_, C_);
+    down_ = w.matrix(p + ".w_down", C_, H_);
+    g_.resize(glu ? std::size_t(max_tokens) * H_ : 0);
+    u_.resize(std::size_t(max_tokens) * H_);
+  }
+  void forward(float* y, const float* x, int n) override {
+    const bool glu = act_ == Activation::kSwiGLU;
+    std::vector<QMatmulTask> t = {{u_.data(), H_, x, C_, n, up_}};
+    if (glu) t.push_back({g_.data(), H_, x, C_, n, gate_});
+    qmatmul_many(t);
+    activate(u_.data(), g_.data(), u_.data(), std::size_t(n) * H_, act_);
+    qmatmul(y, C_, u_.data(), H_, n, down_);
+  }
+  uint64_t active_bytes() const override {
+    return matrix_bytes(gate_) + matrix_bytes(up_) + matrix_bytes(down_);
+  }
+
+ private:
+  Activation act_;
+  int64_t C_, H_;
+  WeightMatrix gate_, up_, down_;
+  std::vector<float> g_, u_;
+};
+
+// ---- MoE: the training router (fp32, dropless), experts grouped, fixed-order combine -----------
+
+class MoeBlock final : public FfnBlock {
+ public:
+  MoeBlock(const FfnConfig& f, const ModelConfig& m, int layer, const std::string& p,
+           WeightLoader& w, int max_tokens)
+      : spec_(inference_spec(f, m.d_model)),
+        router_(spec_),
+        layer_(layer),
+        max_tokens_(max_tokens) {
+    const int64_t C = spec_.C, E = spec_.E, H = spec_.H;
+    const bool glu = spec_.act == Activation::kSwiGLU;
+    router_w_ = w.vec(p + ".router.weight", {E, C});
+    if (spec_.bias_balance) bias_ = w.vec(p + ".router.bias", {E});
+    if (spec_.kind == RouterKind::kNoisyTopK) noise_w_ = w.vec(p + ".router.w_noise", {E, C});
+    if (glu) gate_ = w.stack(p + ".experts.w_gate", E, H, C);
+    up_ = w.stack(p + ".experts.w_up", E, H, C);
+    down_ = w.stack(p + ".experts.w_down", E, C, H);
+    const int64_t S = spec_.n_shared, Hs = spec_.shared_H();
+    if (S > 0) {
+      if (glu) s_gate_ = w.stack(p + ".shared.w_gate", S, Hs, C);
+      s_up_ = w.stack(p + ".shared.w_up", S, Hs, C);
+      s_down_ = w.stack(p + ".shared.w_down", S, C, Hs);
+      if (spec_.shared_gate) s_router_ = w.vec(p + ".shared.gate", {C});
+    }
+    // Router state for up to max_tokens tokens of one sequence and all their assignments.
+    const int slots = std::max(spec_.k, int(std::lround(spec_.eval_capacity_factor)));
+    max_assign_ = int64_t(max_tokens) * std::min<int64_t>(E, std::max(1, slots));
+    Arena measure;
+    router_.bind(measure, 1, max_tokens, int(max_assign_));
+    arena_ = Arena(measure.used());
+    router_.bind(arena_, 1, max_tokens, int(max_assign_));
+    const std::size_t A = std::size_t(max_assign_), N = std::size_t(max_tokens);
+    xg_.resize(A * C);
+    g_.resize(glu ? A * H : 0);
+    u_.resize(A * H);
+    ye_.resize(A * C);
+    row_.resize(A);
+    count_.resize(E + 1);
+    if (S > 0) {
+      sg_.resize(glu ? N * Hs : 0);
+      su_.resize(N * Hs);
+      sy_.resize(N * C);
+    }
+  }
+
+  void forward(float* y, const float* x, int n) override {
+    MoeParams<float> p;
+    p.router = router_w_.data();
+    p.bias = bias_.empty() ? nullptr : bias_.data();
+    p.w_noise = noise_w_.empty() ? nullptr : noise_w_.data();
+    MoeStep<float> st;
+    st.batch = 1;
+    st.seq_len = n;
+    st.training = false;
+    st.layer = layer_;
+    router_.forward(x, p, st);
+    const Assignments<float>& a = router_.assignments();
+    group_by_expert(a, x);
+    run_experts();
+    combine(y, a, n);
+    if (spec_.n_shared > 0) shared(y, x, n);
+  }
+
+  uint64_t active_bytes() const override {
+    // The k chosen experts' three matrices (all experts have the same size), the router and the
+    // shared experts.
+    uint64_t expert = matrix_bytes(up_[0]) + matrix_bytes(down_[0]);
+    if (!gate_.empty()) expert += matrix_bytes(gate_[0]);
+    uint64_t b = uint64_t(router_.experts_per_token()) * expert + router_w_.size() * 4;
+    for (std::size_t s = 0; s < s_up_.size(); ++s) {
+      b += matrix_bytes(s_up_[s]) + matrix_bytes(s_down_[s]);
+      if (!s_gate_.empty()) b += matrix_bytes(s_gate_[s]);
+    }
+    return b;
+  }
+
+ private:
+  // The layer's spec with capacity off for token choice: generation decodes token by token, and
+  // a token alone never overflows an expert, so prefill must not drop either. Expert choice keeps
+  // its eval factor: one sequence routes each token to round(cf) experts (router.h).
+  static MoeSpec inference_spec(const FfnConfig& f, int C) {
+    MoeSpec s = MoeSpec::from_config(f, C);
+    if (s.kind != RouterKind::kExpertChoice) s.eval_capacity_factor = 0;
+    s.validate();
+    return s;
+  }
+
+  // Kept assignments grouped by expert (counting sort, stable in assignment order); each one's
+  // row in the grouped buffers is row_[a]; x's rows gathered into xg_.
+  void group_by_expert(const Assignments<float>& a, const float* x) {
+    const int E = spec_.E;
+    const int64_t C = spec_.C;
+    MOE_CHECK(a.count <= max_assign_, "MoE block {}: {} assignments, sized for {}", layer_, a.count,
+              max_assign_);
+    std::fill(count_.begin(), count_.end(), 0);
+    for (int i = 0; i < a.count; ++i)
+      if (a.fate[i] == AssignmentFate::kKept) ++count_[a.expert[i] + 1];
+    for (int e = 0; e < E; ++e) count_[e + 1] += count_[e];
+    std::vector<int64_t> next(count_.begin(), count_.end() - 1);
+    for (int i = 0; i < a.count; ++i) {
+      if (a.fate[i] != AssignmentFate::kKept) {
+        row_[i] = -1;
+        continue;
+      }
+      row_[i] = next[a.expert[i]]++;
+      std::memcpy(&xg_[std::size_t(row_[i]) * C], x + std::size_t(a.token[i]) * C,
+                  sizeof(float) * C);
+    }
+  }
+
+  void run_experts() {
+    const int E = spec_.E;
+    const int64_t C = spec_.C, H = spec_.H;
+    const bool glu = spec_.act == Activation::kSwiGLU;
+    tasks_.clear();
+    for (int e = 0; e < E; ++e) {
+      const int64_t r0 = count_[e], m = count_[e + 1] - r0;
+      if (m == 0) continue;
+      tasks_.push_back({&u_[r0 * H], H, &xg_[r0 * C], C, m, up_[e]});
+      if (glu) tasks_.push_back({&g_[r0 * H], H, &xg_[r0 * C], C, m, gate_[e]});
+    }
+    qmatmul_many(tasks_);
+    const std::size_t rows = std::size_t(count_[E]);
+    activate(u_.data(), g_.data(), u_.data(), rows * H, spec_.act);
+    tasks_.clear();
+    for (int e = 0; e < E; ++e) {
+      const int64_t r0 = count_[e], m = count_[e + 1] - r0;
+      if (m > 0) tasks_.push_back({&ye_[r0 * C], C, &u_[r0 * H], H, m, down_[e]});
+    }
+    qmatmul_many(tasks_);
+  }
+
+  // y [n, C] = Σ over each token's kept assignments, in assignment order, of gate · expert row.
+  void combine(float* y, const Assignments<float>& a, int n) {
+    const int64_t C = spec_.C;
+    std::memset(y, 0, sizeof(float) * n * C);
+    for (int i = 0; i < a.count; ++i) {
+      if (row_[i] < 0) continue;
+      float* yn = y + std::size_t(a.token[i]) * C;
+      const float* r = &ye_[std::size_t(row_[i]) * C];
+      const float g = a.gate[i];
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) yn[c] += g * r[c];
+    }
+  }
+
+  // y (+=) the shared experts on every token, summed; × σ(x·w_sg) per token with shared_gate.
+  void shared(float* y, const float* x, int n) {
+    const int64_t C = spec_.C, Hs = spec_.shared_H();
+    const bool glu = spec_.act == Activation::kSwiGLU;
+    std::fill(sy_.begin(), sy_.begin() + std::size_t(n) * C, 0.f);
+    std::vector<float> tmp(std::size_t(n) * C);
+    for (std::size_t s = 0; s < s_up_.size(); ++s) {
+      std::vector<QMatmulTask> t = {{su_.data(), Hs, x, C, n, s_up_[s]}};
+      if (glu) t.push_back({sg_.data(), Hs, x, C, n, s_gate_[s]});
+      qmatmul_many(t);
+      activate(su_.data(), sg_.data(), su_.data(), std::size_t(n) * Hs, spec_.act);
+      qmatmul(tmp.data(), C, su_.data(), Hs, n, s_down_[s]);
+      for (std::size_t i = 0; i < tmp.size(); ++i) sy_[i] += tmp[i];
+    }
+    for (int t = 0; t < n; ++t) {
+      const float* xn = x + std::size_t(t) * C;
+      float sg = 1.f;
+      if (spec_.shared_gate) {
+        float z = 0;
+        for (int64_t c = 0; c < C; ++c) z += xn[c] * s_router_[c];
+        sg = 1.f / (1.f + std::exp(-z));
+      }
+      float* yn = y + std::size_t(t) * C;
+      const float* o = &sy_[std::size_t(t) * C];
+      for (int64_t c = 0; c < C; ++c) yn[c] += sg * o[c];
+    }
+  }
+
+  MoeSpec spec_;
+  Router<float> router_;
+  Arena arena_;
+  int layer_, max_tokens_;
+  int64_t max_assign_ = 0;
+  std::vector<float> router_w_, bias_, noise_w_, s_router_;
+  std::vector<WeightMatrix> gate_, up_, down_, s_gate_, s_up_, s_down_;
+  std::vector<float> xg_, g_, u_, ye_, sg_, su_, sy_;
+  std::vector<int64_t> row_, count_;
+  std::vector<QMatmulTask> tasks_;
+};
+
+// ---- PEER (and any other kind): the training layer itself, in fp32, evaluation mode ----------
+
+class TrainingFfnBlock final : public FfnBlock {
+ public:
+  TrainingFfnBlock(const FfnConfig& f, const ModelConfig& m, int layer, const std::string& p,
+                   WeightLoader& w, int max_tokens) {
+    ffn_ = make_feed_forward(f, m, params_, p, layer, single_process_communicator());
+    params_.allocate();
+    for (Param& q : params_.all()) {
+      w.reader().read(q.name, q.shape, q.w);
+      bytes_ += uint64_t(q.numel) * sizeof(float);
+    }
+    w.owned_bytes += bytes_;
+    Arena measure;
+    ffn_->bind(measure, 1, max_tokens);
+    acts_ = Arena(measure.used());
+    ffn_->bind(acts_, 1, max_tokens);
+  }
+  void forward(float* y, const float* x, int n) override {
+    StepInfo si;
+    si.training = false;
+    si.batch = 1;
+    si.seq_len = n;
+    si.loss_scale = 0;
+    ffn_->forward(y, x, n, si);
+  }
+  uint64_t active_bytes() const override { return bytes_; }  // an upper bound: PEER reads rows
+
+ private:
+  ParamStore params_;
+  std::unique_ptr<FeedForward> ffn_;
+  Arena acts_;
+  uint64_t bytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<FfnBlock> make_ffn_block(const ModelConfig& cfg, int layer, WeightLoader& w,
+                                         int max_tokens) {
+  const FfnConfig& f = cfg.ffn_for(layer);
+  const std::string p = fmt::format("layers.{}.ffn", layer);
+  switch (f.kind) {
+    case FfnConfig::Kind::kDense:
+      return std::make_unique<DenseBlock>(f, cfg, p, w, max_tokens);
+    case FfnConfig::Kind::kMoe:
+      return std::make_unique<MoeBlock>(f, cfg, layer, p, w, max_tokens);
+    default:
+      return std::make_unique<TrainingFfnBlock>(f, cfg, layer, p, w, max_tokens);
+  }
+}
+
+}  // namespace moe::infer::detail
