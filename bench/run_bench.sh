@@ -504,8 +504,8 @@ GGUF_PY=${GGUF_PY:-build/llama_ref/llama.cpp/gguf-py}
 declare -A INFER_RESULTS=() INFER_RUNS=() INFER_FILE=()  # per dtype, from bench_infer's runs
 
 # active_bytes FILE: bytes of weights one decode step reads, counted from the GGUF file itself
-# (gguf-py): every tensor, the expert tensors (*_exps) times top-k / experts, the token embedding
-# one row of it.
+# (gguf-py) by the engine's rule: every tensor but the norms (the engine's f32 copies, a few
+# hundred KB), the expert tensors (*_exps) times top-k / experts, one row of the token embedding.
 active_bytes() {
   PYTHONPATH=$GGUF_PY "$PY" - "$1" <<'PYEOF'
 import sys
@@ -517,6 +517,8 @@ K = r.fields[f"{arch}.expert_used_count"].contents()
 total = 0.0
 for t in r.tensors:
     n = int(t.n_bytes)
+    if t.name.endswith("norm.weight"):
+        continue
     if "_exps." in t.name:
         n = n * K / E
     elif t.name == "token_embd.weight":
@@ -647,8 +649,8 @@ bench_infer() {
   add_note "infer: peak RSS = getrusage ru_maxrss of each process: the memory-mapped file's pages" \
     "count once touched, on both sides alike (pp touches nearly every expert, so it is about the" \
     "file size plus what each side allocates); weight traffic = active weight bytes per token" \
-    "(the engine's count, the same for both sides: attention, norms, router, 8 of 64 experts per" \
-    "block, one embedding row, the head) × tg tokens/s ÷ the best streaming-triad bandwidth" \
+    "(the engine's count, the same for both sides: attention, router, 8 of 64 experts per" \
+    "block, one embedding row, the head; the f32 norms, a few hundred KB, left out) × tg tokens/s ÷ the best streaming-triad bandwidth" \
     "moe.cpp measured in this run ($(if gt "$triad_best" 0; then num "%.2f GB/s" "$triad_best"; else echo n/a; fi)); targets (not asserted):" \
     "moe.cpp ≥ llama.cpp on pp and tg, tg ≥ 80% of the triad, peak RSS ≤ llama.cpp's"
 }
