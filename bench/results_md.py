@@ -17,11 +17,12 @@ import sys
 
 HEADER = """# Benchmark results
 
-The latest run of each benchmark: moe.cpp against PyTorch on the same model, batch and optimizer,
-with the machine and the commit it was measured on. `bash bench/run_bench.sh NAME` (or
+The latest run of each benchmark: moe.cpp against PyTorch on the same model, batch and optimizer
+(`infer`: against llama.cpp on the same GGUF file), with the machine and the commit it was
+measured on. `bash bench/run_bench.sh NAME` (or
 `make bench`, every benchmark) replaces the section `## NAME`, notes included; earlier runs stay
-in git (`git log -p bench/RESULTS.md`). "moe / PyTorch" is the ratio of the two sides' speeds
-(above 1 = moe.cpp is faster). "model FLOP/s ÷ sgemm FLOP/s" is tokens/s × training FLOPs per
+in git (`git log -p bench/RESULTS.md`). "moe / PyTorch" ("moe / llama.cpp") is the ratio of
+the two sides' speeds (above 1 = moe.cpp is faster). "model FLOP/s ÷ sgemm FLOP/s" is tokens/s × training FLOPs per
 token (from `moe params`) divided by the sgemm 2048³ rate measured in the same run (best of its
 runs): the share of this machine's BLAS ceiling that a whole training step reaches. Each side's
 figure is the fastest of a few alternating runs, all listed in the notes, because these VMs'

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Side-by-side benchmarks: moe.cpp against PyTorch on the same model, batch and optimizer.
+# Side-by-side benchmarks: moe.cpp against PyTorch on the same model, batch and optimizer, and
+# moe.cpp's inference against llama.cpp's on the same GGUF file.
 #
 #   bash bench/run_bench.sh            # every benchmark (run by `make bench` after the build)
 #   bash bench/run_bench.sh dense      # only the named ones (sgemm, the ceiling, always runs)
 #   bash bench/run_bench.sh moe        # the MoE layer against PyTorch (bench/pytorch_moe.py)
 #   bash bench/run_bench.sh peer       # a PEER layer step against PyTorch (bench/pytorch_peer.py)
 #   bash bench/run_bench.sh mpi        # MoE training at P = 1 vs P = 2 ranks (expert / data parallel)
+#   bash bench/run_bench.sh infer      # inference pp/tg against llama.cpp on the same GGUF files
 #
 # Prints a table per benchmark and puts it in bench/RESULTS.md in place of that benchmark's
 # previous section (bench/results_md.py), with the machine and the commit. See bench/README.md.
 #
 # Adding a benchmark: write a function bench_<name> that runs both sides and calls add_row for
 # each line of the table (and add_note for remarks), then add <name> to ALL_BENCHES. Each
-# result (one JSON object) is parsed once, with jload, into an associative array.
+# result (one JSON object) is parsed once, with jload, into an associative array. The other side
+# is PyTorch unless the benchmark sets OTHER (the table's column names).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,7 +25,7 @@ PY=${PYTHON:-/usr/bin/python3}  # Debian's python3, with torch 1.13 and numpy
 RESULTS=${RESULTS:-bench/RESULTS.md}
 THREADS=2
 ROUNDS=${BENCH_ROUNDS:-3}  # alternating runs per side in each benchmark; the fastest is kept
-ALL_BENCHES=(dense moe peer mpi)
+ALL_BENCHES=(dense moe peer mpi infer)
 
 die() { echo "run_bench.sh: $*" >&2; exit 1; }
 [[ -x $MOE ]] || die "$MOE not found: build first (make build, or cmake --build build)"
@@ -72,7 +75,8 @@ trap 'rm -f "$LOG"' EXIT
 ROWS=()
 NOTES=()
 SKIPPED=  # set by a benchmark that could not run (why); its RESULTS.md section is then kept
-add_row() { ROWS+=("| $1 | $2 | $3 | $4 |"); }  # benchmark, moe.cpp, PyTorch, moe / PyTorch
+add_row() { ROWS+=("| $1 | $2 | $3 | $4 |"); }  # benchmark, moe.cpp, $OTHER, moe / $OTHER
+OTHER=PyTorch  # the other side of the table; a benchmark may set another (infer: llama.cpp)
 add_note() { NOTES+=("- $*"); }
 # py_check LABEL SCRIPT WHAT...: runs SCRIPT --check (the PyTorch side's own correctness check),
 # shows its output and records "LABEL: SCRIPT --check passed|FAILED: WHAT" as a note.
@@ -485,6 +489,172 @@ bench_peer() {
     "tables (2·N·256·4 B, plus gradients and two moments each) leave the caches for DRAM"
 }
 
+# Inference on OLMoE-1B-7B's layer shapes with 4 blocks and random weights (tools/
+# make_bench_models.py writes them once, cached under build/bench_models or $MOE_BENCH_MODELS),
+# stored F32, BF16 and Q8_0: `moe bench infer` against llama.cpp's own measurement through the
+# prebuilt libllama (`llama_ref bench`, tools/llama_ref/llama_ref_bench.cpp), both as
+# llama-bench measures: pp = one pass over INFER_PP tokens, tg = INFER_TG single-token decodes,
+# each from an empty F32 KV cache after a warm-up, same threads, same token ids. The two sides
+# alternate ROUNDS times per file; each side's fastest pp and fastest tg are kept.
+INFER_PP=${INFER_PP:-512}
+INFER_TG=${INFER_TG:-128}
+INFER_DTYPES=(f32 bf16 q8_0)
+LLAMA_REF=${LLAMA_REF:-build/llama_ref/llama_ref}
+GGUF_PY=${GGUF_PY:-build/llama_ref/llama.cpp/gguf-py}
+declare -A INFER_RESULTS=() INFER_RUNS=() INFER_FILE=()  # per dtype, from bench_infer's runs
+
+# active_bytes FILE: bytes of weights one decode step reads, counted from the GGUF file itself
+# (gguf-py) by the engine's rule: every tensor but the norms (the engine's f32 copies, a few
+# hundred KB), the expert tensors (*_exps) times top-k / experts, one row of the token embedding.
+active_bytes() {
+  PYTHONPATH=$GGUF_PY "$PY" - "$1" <<'PYEOF'
+import sys
+import gguf
+r = gguf.GGUFReader(sys.argv[1])
+arch = r.fields["general.architecture"].contents()
+E = r.fields[f"{arch}.expert_count"].contents()
+K = r.fields[f"{arch}.expert_used_count"].contents()
+total = 0.0
+for t in r.tensors:
+    n = int(t.n_bytes)
+    if t.name.endswith("norm.weight"):
+        continue
+    if "_exps." in t.name:
+        n = n * K / E
+    elif t.name == "token_embd.weight":
+        n = n / int(t.shape[-1])  # GGUF shape [C, V]: one row of V
+    total += n
+print(int(total))
+PYEOF
+}
+
+bench_infer() {
+  OTHER=llama.cpp
+  echo "== inference pp$INFER_PP / tg$INFER_TG against llama.cpp (OLMoE shapes, 4 blocks)" >&2
+  [[ -x $LLAMA_REF ]] || die "$LLAMA_REF not found: cmake --build build --target llama_ref (make bench does it)"
+  [[ -d $GGUF_PY ]] || die "$GGUF_PY not found: cmake --build build --target llama_ref"
+  local models
+  # Writing the files takes minutes and ~13 GB of disk, once; nice'd, it leaves the CPU to others.
+  models=$(PYTHONPATH=$GGUF_PY nice "$PY" tools/make_bench_models.py) ||
+    die "tools/make_bench_models.py failed (above)"
+  local -a paths
+  mapfile -t paths <<<"$models"
+  [[ ${#paths[@]} -eq ${#INFER_DTYPES[@]} ]] || die "make_bench_models.py printed: $models"
+
+  local i triad_best=0
+  for i in "${!INFER_DTYPES[@]}"; do
+    local dtype=${INFER_DTYPES[$i]} path=${paths[$i]}
+    local label="${dtype^^}"
+    echo "   -- $label ($path, $(num %.2f "$(stat -c %s "$path") / 1e9") GB)" >&2
+    local file_active
+    file_active=$(active_bytes "$path")
+    # best[side.pp] / best[side.tg]: the fastest pp and tg of each side; best[side.rss]: the
+    # largest peak RSS of its runs (memory is reported at its worst).
+    local -A best=() runs=() failed=() run=()
+    local r side j
+    for ((r = 1; r <= ROUNDS; r++)); do
+      for side in moe llama; do
+        [[ -z ${failed[$side]:-} ]] || continue
+        local cmd=("$MOE" bench infer --checkpoint "$path" --pp "$INFER_PP" --tg "$INFER_TG"
+                   --threads "$THREADS" --json)
+        [[ $side == moe ]] || cmd=("$LLAMA_REF" bench "$path" "$INFER_PP" "$INFER_TG" "$THREADS")
+        if j=$("${cmd[@]}" 2>"$LOG" | tail -n1) && [[ $j == "{"* ]]; then
+          jload run "$j"
+          runs[$side.pp]+=" $(num %.1f "${run[pp_tokens_per_s]}")"
+          runs[$side.tg]+=" $(num %.2f "${run[tg_tokens_per_s]}")"
+          echo "   $side: pp $(num %.1f "${run[pp_tokens_per_s]}") tokens/s," \
+            "tg $(num %.2f "${run[tg_tokens_per_s]}") tokens/s," \
+            "peak RSS $(num %.0f "${run[peak_rss_bytes]} / 1048576") MiB" >&2
+          local f
+          for f in pp_tokens_per_s tg_tokens_per_s; do
+            if [[ -z ${best[$side.$f]:-} ]] || gt "${run[$f]}" "${best[$side.$f]}"; then
+              best[$side.$f]=${run[$f]}
+            fi
+          done
+          if [[ -z ${best[$side.rss]:-} ]] || gt "${run[peak_rss_bytes]}" "${best[$side.rss]}"; then
+            best[$side.rss]=${run[peak_rss_bytes]}
+          fi
+          best[$side.load_s]=${run[load_s]}
+          if [[ $side == moe ]]; then
+            best[moe.active]=${run[active_weight_bytes_per_token]}
+            best[moe.owned]=${run[owned_bytes]}
+            if gt "${run[triad_gbps]}" "$triad_best"; then triad_best=${run[triad_gbps]}; fi
+          else
+            best[llama.model_bytes]=${run[model_bytes]}
+          fi
+        else
+          cat "$LOG" >&2
+          failed[$side]="failed: $(tail -n1 "$LOG")"
+          echo "   $side ${failed[$side]}" >&2
+        fi
+      done
+    done
+    INFER_RESULTS[$dtype]=$(declare -p best)
+    INFER_RUNS[$dtype]=$(declare -p runs failed)
+    INFER_FILE[$dtype]="$path $file_active"
+  done
+
+  # The rows, once the triad is the best seen over all runs of all files.
+  for dtype in "${INFER_DTYPES[@]}"; do
+    eval "${INFER_RESULTS[$dtype]}"
+    eval "${INFER_RUNS[$dtype]}"
+    local path file_active
+    read -r path file_active <<<"${INFER_FILE[$dtype]}"
+    local label="${dtype^^}" f row
+    # The engine's count is the one used for both sides (same file); the file's own count is in
+    # the notes as a check, and stands in when the moe side failed.
+    local active=${best[moe.active]:-$file_active}
+    local -A val=()
+    for side in moe llama; do
+      for f in pp_tokens_per_s tg_tokens_per_s; do
+        val[$side.$f]=n/a
+        [[ -z ${best[$side.$f]:-} ]] || val[$side.$f]=$(num %.2f "${best[$side.$f]}")
+      done
+      val[$side.rss]=n/a val[$side.frac]=n/a
+      [[ -z ${best[$side.rss]:-} ]] || val[$side.rss]=$(num %.0f "${best[$side.rss]} / 1048576")
+      if [[ -n ${best[$side.tg_tokens_per_s]:-} ]] && gt "$triad_best" 0; then
+        val[$side.frac]=$(num %.1f%% "100 * $active * ${best[$side.tg_tokens_per_s]} / ($triad_best * 1e9)")
+      fi
+      [[ -z ${failed[$side]:-} || -n ${best[$side.tg_tokens_per_s]:-} ]] ||
+        val[$side.pp_tokens_per_s]="n/a (${failed[$side]})"
+    done
+    local pp_ratio=n/a tg_ratio=n/a rss_ratio=n/a
+    if [[ ${val[moe.tg_tokens_per_s]} != n/a* && ${val[llama.tg_tokens_per_s]} != n/a* ]]; then
+      pp_ratio=$(num %.2f "${best[moe.pp_tokens_per_s]} / ${best[llama.pp_tokens_per_s]}")
+      tg_ratio=$(num %.2f "${best[moe.tg_tokens_per_s]} / ${best[llama.tg_tokens_per_s]}")
+      rss_ratio="$(num %.2f "${best[moe.rss]} / ${best[llama.rss]}") (memory)"
+    fi
+    local owned=
+    [[ -z ${best[moe.owned]:-} ]] ||
+      owned="; moe.cpp holds $(num %.1f "${best[moe.owned]} / 1048576") MiB of f32 copies"
+    add_row "$label pp$INFER_PP (tokens/s)" "${val[moe.pp_tokens_per_s]}" \
+      "${val[llama.pp_tokens_per_s]}" "$pp_ratio"
+    add_row "$label tg$INFER_TG (tokens/s)" "${val[moe.tg_tokens_per_s]}" \
+      "${val[llama.tg_tokens_per_s]}" "$tg_ratio"
+    add_row "$label peak RSS (MiB)" "${val[moe.rss]}" "${val[llama.rss]}" "$rss_ratio"
+    add_row "$label tg weight traffic ÷ triad bandwidth" "${val[moe.frac]}" "${val[llama.frac]}" "–"
+    add_note "$label ($(basename "$path"), $(num %.2f "$(stat -c %s "$path") / 1e9") GB): best of" \
+      "$ROUNDS alternating runs per side (tokens/s in run order: moe.cpp pp${runs[moe.pp]:- n/a}," \
+      "tg${runs[moe.tg]:- n/a}; llama.cpp pp${runs[llama.pp]:- n/a}, tg${runs[llama.tg]:- n/a});" \
+      "active weights per decoded token: $(num %.1f "$active / 1048576") MiB" \
+      "(engine: ${best[moe.active]:-n/a} B; counted from the file: $file_active B)$owned${failed[moe]:+; moe.cpp ${failed[moe]}}${failed[llama]:+; llama.cpp ${failed[llama]}}"
+  done
+  add_note "infer: the model is OLMoE-1B-7B's layer shapes with 4 blocks instead of 16 (d_model" \
+    "2048, 16 heads of 128, whole-row QK-norm, 64 experts of width 1024, top-8, vocab 50304," \
+    "untied head; tools/make_bench_models.py), random N(0, 0.02²) weights, the router and norms" \
+    "F32 in every file; pp = one pass over $INFER_PP tokens, tg = $INFER_TG single-token decodes," \
+    "each from an empty F32 KV cache after a warm-up (llama-bench's rule), $THREADS threads," \
+    "the same token ids both sides; llama.cpp: prebuilt libllama (npm node-llama-cpp), flash" \
+    "attention off, mmap, its default CPU weight repacking"
+  add_note "infer: peak RSS = getrusage ru_maxrss of each process: the memory-mapped file's pages" \
+    "count once touched, on both sides alike (pp touches nearly every expert, so it is about the" \
+    "file size plus what each side allocates); weight traffic = active weight bytes per token" \
+    "(the engine's count, the same for both sides: attention, router, 8 of 64 experts per" \
+    "block, one embedding row, the head; the f32 norms, a few hundred KB, left out) × tg tokens/s ÷ the best streaming-triad bandwidth" \
+    "moe.cpp measured in this run ($(if gt "$triad_best" 0; then num "%.2f GB/s" "$triad_best"; else echo n/a; fi)); targets (not asserted):" \
+    "moe.cpp ≥ llama.cpp on pp and tg, tg ≥ 80% of the triad, peak RSS ≤ llama.cpp's"
+}
+
 # ---- Main -------------------------------------------------------------------------------------
 benches=("$@")
 [[ ${#benches[@]} -gt 0 ]] || benches=("${ALL_BENCHES[@]}")
@@ -508,7 +678,7 @@ section() {
   echo "Measured $(date -u +%F) (run_bench.sh ${benches[*]}). Machine: $MACHINE. Commit: $COMMIT." \
     "$CORETYPE_NOTE; OMP_NUM_THREADS=$OMP_NUM_THREADS."
   echo
-  echo "| Benchmark | moe.cpp | PyTorch | moe / PyTorch |"
+  echo "| Benchmark | moe.cpp | $OTHER | moe / $OTHER |"
   echo "|---|---:|---:|---:|"
   printf '%s\n' "${SGEMM_ROWS[@]}" "${ROWS[@]}"
   echo
@@ -525,6 +695,7 @@ for b in "${benches[@]}"; do
   ROWS=()
   NOTES=()
   SKIPPED=
+  OTHER=PyTorch
   "bench_$b"
   if [[ -n $SKIPPED ]]; then
     echo "$b: skipped: $SKIPPED; its section of $RESULTS is left as it was" >&2

@@ -1,5 +1,6 @@
-// moe bench sgemm | train | moe | peer: measurements that bench/run_bench.sh puts side by side
-// with PyTorch. Each benchmark lives in its own file under bench/ (bench/bench.h lists them).
+// moe bench sgemm | train | moe | peer | qmatmul | infer: measurements that bench/run_bench.sh
+// puts side by side with PyTorch (infer: with llama.cpp). Each benchmark lives in its own file
+// under bench/ (bench/bench.h lists them).
 #include "bench/bench.h"
 #include "commands.h"
 
@@ -13,6 +14,7 @@ void register_bench(CLI::App& app) {
   register_bench_moe(*b);
   register_bench_peer(*b);
   register_bench_qmatmul(*b);
+  register_bench_infer(*b);
 }
 
 }  // namespace moe::cli

@@ -190,7 +190,12 @@ class MoeBlock final : public FfnBlock {
     // shared experts.
     uint64_t expert = matrix_bytes(up_[0]) + matrix_bytes(down_[0]);
     if (!gate_.empty()) expert += matrix_bytes(gate_[0]);
-    uint64_t b = uint64_t(router_.experts_per_token()) * expert + router_w_.size() * 4;
+    // k as a decode step routes it (router.cpp: token choice k, expert choice at B = 1
+    // top-round(cf)); router_.experts_per_token() is set only once a forward has run.
+    const int k = spec_.kind == RouterKind::kExpertChoice
+                      ? std::clamp(int(std::lround(spec_.eval_capacity_factor)), 1, int(spec_.E))
+                      : spec_.k;
+    uint64_t b = uint64_t(k) * expert + router_w_.size() * 4;
     for (std::size_t s = 0; s < s_up_.size(); ++s) {
       b += matrix_bytes(s_up_[s]) + matrix_bytes(s_down_[s]);
       if (!s_gate_.empty()) b += matrix_bytes(s_gate_[s]);

@@ -153,6 +153,9 @@ int main(int argc, char** argv) {
   } else if (cmd == "loss" && argc >= 5 && argc <= 7) {
     rc = cmd_loss(argv[2], argv[3], std::atoi(argv[4]), argc >= 6 ? std::atoi(argv[5]) : 1,
                   argc >= 7 ? argv[6] : nullptr);
+  } else if (cmd == "bench") {  // llama_ref_bench.cpp
+    int llama_ref_bench(int, char**);
+    rc = llama_ref_bench(argc - 2, argv + 2);
   } else {
     die("usage: llama_ref tokenize MODEL TEXT | loss MODEL TEXT SEQ_LEN [THREADS] [LOGITS_OUT]");
   }

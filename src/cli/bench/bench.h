@@ -15,6 +15,7 @@ void register_bench_train(CLI::App& bench);    // bench_train.cpp: a whole model
 void register_bench_moe(CLI::App& bench);      // bench_moe.cpp: one MoE layer, forward + backward
 void register_bench_peer(CLI::App& bench);     // bench_peer.cpp: one PEER layer's training step
 void register_bench_qmatmul(CLI::App& bench);  // bench_qmatmul.cpp: inference products vs triad
+void register_bench_infer(CLI::App& bench);    // bench_infer.cpp: inference pp/tg speed
 
 using BenchClock = std::chrono::steady_clock;
 
