@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages moe.cpp needs, only when something is missing, so re-running
-# `make run` / `make test` costs a dpkg query and nothing more.
+# `make run` / `make test` costs a dpkg query and nothing more. `setup.sh fuzz` also wants what
+# `make fuzz` needs (clang with libFuzzer and its sanitizer runtimes, and LLVM's OpenMP), which
+# nothing else does.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libgtest-dev libgmock-dev
       nlohmann-json3-dev libcli11-dev libfmt-dev libsentencepiece-dev libnlopt-dev libpcre2-dev
       libopenmpi-dev openmpi-bin
       xz-utils python3-numpy python3-torch python3-matplotlib python3-sentencepiece)
+[ "${1:-}" = fuzz ] && PKGS+=(clang libclang-rt-dev libomp-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

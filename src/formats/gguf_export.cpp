@@ -162,7 +162,11 @@ void write_gguf_model(const ModelReader& src, const data::Tokenizer& tok, GgmlTy
   write_vocab_to_gguf(tok, w);
 
   const bool permute = (a == "llama" || a == "deepseek") && c.rope_style == RopeStyle::kHalf;
-  for (const auto& [name, shape] : parameter_shapes(c)) {
+  for (const auto& param : parameter_shapes(c)) {
+    // Named references, not a structured binding: the lambda below captures them, which clang
+    // before 16 (the fuzz build's compiler) does not allow for bindings.
+    const std::string& name = param.first;
+    const std::vector<int64_t>& shape = param.second;
     // Matrices take the chosen type; vectors (norms, biases, the shared gate) and the router
     // stay F32, as llama.cpp's converter keeps them. Q8_0 needs rows of a multiple of 32.
     const int64_t row = shape.back();

@@ -57,7 +57,18 @@ void apply_override(json& j, const std::string& assignment) {
     if (dot == std::string::npos) break;
     start = dot + 1;
   }
-  json v = json::parse(value, nullptr, /*allow_exceptions=*/false);
+  // The value is outside input like a config file, so its depth is bounded the same way (found
+  // by fuzz_config: `--set model.d_model=[[[…` 100,000 deep overflowed the stack). Not JSON at
+  // all: taken as a string.
+  bool too_deep = false;
+  auto limit = [&](int depth, json::parse_event_t event, json&) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
+        depth >= kMaxJsonDepth)
+      too_deep = true;
+    return !too_deep;
+  };
+  json v = json::parse(value, limit, /*allow_exceptions=*/false);
+  MOE_CHECK(!too_deep, "override of '{}': value nested deeper than {} levels", key, kMaxJsonDepth);
   *node = v.is_discarded() ? json(value) : v;
 }
 

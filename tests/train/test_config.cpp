@@ -103,4 +103,17 @@ TEST(Config, DeepOrHugeValuesGiveShortErrorsNotCrashes) {
   EXPECT_LT(e2.size(), 300u);
 }
 
+TEST(Config, DeepSetValueIsRefusedNotACrash) {
+  // fuzz_config's finding: a `--set` value is parsed as JSON too, and one nested 100,000 deep
+  // overflowed the stack (ASan: stack-overflow) before config_from_json could refuse it.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  expect_error([&] { load_config("", {"model.d_model=" + deep}); },
+               {"model.d_model", "nested deeper than 64"});
+  const std::string e = error_of([&] { load_config("", {"model.d_model=" + deep}); });
+  EXPECT_LT(e.size(), 300u) << e;
+  // Shallow JSON values and plain strings still work as before.
+  EXPECT_EQ(load_config("", {"model.d_model=64"}).model.d_model, 64);
+  expect_error([&] { load_config("", {"model.d_model=[[1]]"}); }, {"model.d_model"});
+}
+
 }  // namespace
