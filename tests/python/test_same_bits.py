@@ -17,7 +17,11 @@ checkpoint (weights and AdamW moments), so a change that only moves weights is c
 The recorded file, tests/fixtures/same_bits.json, was written by
     /usr/bin/python3 tests/python/test_same_bits.py --record build
 at commit bbc9d83 (main before the restructure). Re-record only for a change that is meant to
-change results, and say so in its commit message.
+change results, and say so in its commit message. One entry was re-recorded since: the old
+checkpoint's "generate" text, when `moe generate` moved to the inference engine and llama.cpp's
+sampler chain (issue 17: top-k 40 and min-p 0.05 by default, a new draw, and no sliding window, so
+it stops when the checkpoint's 16-position context is full); its eval and resumed losses, and
+every training case, are still bbc9d83's.
 
 Run by ctest with MOE_BIN and MOE_MPIRUN (the mpirun CMake found)."""
 import hashlib
