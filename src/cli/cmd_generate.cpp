@@ -14,6 +14,7 @@
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
 #include "moe/core/threading.h"
+#include "moe/data/vocab.h"
 #include "moe/formats/model_file.h"
 #include "moe/infer/engine.h"
 #include "moe/infer/generator.h"
@@ -72,8 +73,13 @@ void run_generate(const GenArgs& a) {
   std::unique_ptr<data::Tokenizer> tok = reader->tokenizer();
   MOE_CHECK(tok != nullptr, "{}: the file carries no tokenizer", a.checkpoint);
   const int max_seq = reader->config().max_seq_len;
-  const std::vector<int32_t> ids = tok->encode(prompt);
+  std::vector<int32_t> ids = tok->encode(prompt);
   MOE_CHECK(!ids.empty(), "the prompt is empty: give --prompt TEXT or --prompt-file FILE");
+  // A vocabulary from a model file carries its special ids: the prompt starts with BOS where
+  // llama.cpp would add it (tokenizer.ggml.add_bos_token; common_tokenize with add_special), and
+  // EOS ends the generation.
+  const data::Vocab* vocab = data::vocab_of(*tok);
+  if (vocab && vocab->add_bos && vocab->bos >= 0) ids.insert(ids.begin(), vocab->bos);
   // The KV cache holds the positions this generation can use, not max_seq_len blindly (a file
   // claiming a context of 1e8 would take gigabytes for a short prompt).
   const int64_t wanted = std::max<int64_t>(int64_t(ids.size()) + a.tokens, int64_t(ids.size()) + 1);
@@ -97,6 +103,7 @@ void run_generate(const GenArgs& a) {
   go.max_new_tokens = a.tokens;
   go.sampler = a.sampler;
   go.stop = a.stop;
+  go.eos = vocab ? vocab->eos : -1;
   fmt::print("{}", prompt);
   std::fflush(stdout);
   const infer::GenerateResult r = infer::generate(*engine, *tok, ids, go, [](std::string_view s) {

@@ -65,6 +65,10 @@ GenerateResult generate(Engine& engine, const data::Tokenizer& tok, std::span<co
   for (;;) {
     const int32_t id = sampler.sample(logits, recent.view());
     ++r.generated_tokens;
+    if (id == opt.eos) {
+      r.reason = StopReason::kEndOfText;
+      break;
+    }
     recent.push(id);
     show(text.push(tok.decode({id})));
     if (text.stopped()) {

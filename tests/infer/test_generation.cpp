@@ -161,6 +161,28 @@ TEST(Generation, StopsAtAStopStringAndWhenTheContextIsFull) {
   EXPECT_EQ(small.position(), 7);
 }
 
+TEST(Generation, EndsAtTheEndOfTextIdWithoutPrintingIt) {
+  TempDir d;
+  const ModelConfig cfg = tiny_config(d.path, d.path).model;
+  const std::vector<int32_t> prompt = {'x', 'y'};
+  GenerateOptions o;
+  o.max_new_tokens = 16;
+  o.sampler.temperature = 1;
+  o.sampler.top_k = 0;
+  o.sampler.seed = 4;
+  StepEngine e(cfg, 32, 7);
+  const std::string full = run(e, prompt, o).text;
+  ASSERT_EQ(full.size(), 16u);
+  // The 6th drawn byte as the end-of-text id, at its first occurrence: the text before it.
+  o.eos = uint8_t(full[5]);
+  const std::size_t at = full.find(full[5]);
+  StepEngine e2(cfg, 32, 7);
+  const Output got = run(e2, prompt, o);
+  EXPECT_EQ(got.text, full.substr(0, at));
+  EXPECT_EQ(got.r.reason, infer::StopReason::kEndOfText);
+  EXPECT_EQ(got.r.generated_tokens, int(at + 1));
+}
+
 TEST(Generation, RefusesAPromptWithNoRoomForAToken) {
   TempDir d;
   const ModelConfig cfg = tiny_config(d.path, d.path).model;

@@ -32,9 +32,12 @@ struct GenerateOptions {
   int max_new_tokens = 200;
   SamplerOptions sampler;
   std::vector<std::string> stop;  // stop strings (none: run to max_new_tokens or the context)
+  // The vocabulary's end-of-text id (llama.cpp's EOS: tokenizer.ggml.eos_token_id); drawing it
+  // ends the generation and it is not printed. -1: none (our byte and BPE tokenizers).
+  int32_t eos = -1;
 };
 
-enum class StopReason { kMaxTokens, kStopString, kContextFull };
+enum class StopReason { kMaxTokens, kStopString, kContextFull, kEndOfText };
 
 struct GenerateResult {
   int prompt_tokens = 0;
