@@ -142,4 +142,4 @@ class BenchModels(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    unittest.main(argv=[sys.argv[0]])  # ctest passes the build directory as an argument

@@ -305,7 +305,8 @@ class InteropLlama(unittest.TestCase):
             r = subprocess.run([MOE, "eval", "--checkpoint", good, "--text", t, "--json"],
                                capture_output=True, text=True)
             self.assertEqual(r.returncode, 1, r.stdout)
-            self.assertIn("nothing to evaluate", r.stderr)
+            self.assertIn("tiny.txt", r.stderr)
+            self.assertIn("evaluation needs at least 2", r.stderr)
 
 
 if __name__ == "__main__":
