@@ -35,9 +35,15 @@ TEST(JsonExcerpt, ShortWhateverTheValue) {
   const std::string e = json_excerpt(nlohmann::json(big));
   EXPECT_LE(e.size(), 60u + 3u);  // 60 characters and the ellipsis (3 bytes in UTF-8)
   EXPECT_EQ(e.substr(0, 4), "\"xxx");
-  // A deep value (built without parse_json's limit) prints its first levels only.
+  // A deep value (built without parse_json's limit) prints its first levels only. Built from the
+  // outside in, without copies: array({deep}) copies the whole value each time, recursively,
+  // which overflowed the stack under ASan (larger frames) at 10,000 levels.
   nlohmann::json deep = nlohmann::json::array();
-  for (int i = 0; i < 10000; ++i) deep = nlohmann::json::array({deep});
+  nlohmann::json* inner = &deep;
+  for (int i = 0; i < 10000; ++i) {
+    inner->push_back(nlohmann::json::array());
+    inner = &inner->back();
+  }
   EXPECT_EQ(json_excerpt(deep), "[[[[...]]]]");
 }
 
