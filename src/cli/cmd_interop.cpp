@@ -210,7 +210,7 @@ void register_inspect(CLI::App& app) {
   c->add_option("--threads", a->threads, "OpenMP threads (0 = default)")
       ->check(CLI::Range(0, kMaxThreads));
   c->callback([a] {
-    if (a->threads > 0) omp_set_num_threads(a->threads);
+    set_threads(a->threads, "--threads");
     MOE_CHECK(!a->routing || !a->text.empty(), "--routing needs --text FILE");
     std::unique_ptr<formats::ModelReader> r = formats::open_model(a->model);
     nlohmann::json d = describe(*r);

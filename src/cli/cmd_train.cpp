@@ -178,7 +178,7 @@ void register_eval(CLI::App& app) {
       ->check(CLI::Range(0, kMaxThreads));
   c->add_flag("--json", a->json, "print one JSON object");
   c->callback([a] {
-    if (a->threads > 0) omp_set_num_threads(a->threads);
+    set_threads(a->threads, "--threads");
     Loaded l = open_for_inference(a->checkpoint);
     const int T = a->seq > 0 ? a->seq : l.meta.config.train.seq_len;
     MOE_CHECK(T <= l.meta.config.model.max_seq_len, "--seq-len {}: the model's max_seq_len is {}",

@@ -12,6 +12,7 @@
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
 #include "moe/core/rng.h"
+#include "moe/core/threading.h"
 #include "moe/data/corpus.h"
 #include "moe/formats/model_file.h"
 #include "moe/kernels/gemm.h"
@@ -116,7 +117,7 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
     MOE_CHECK(same_on_all_ranks(comm_, std::hash<std::string>{}(cfg_.to_json().dump())),
               "ranks were started with different configs (rank {})", comm_.rank());
   }
-  if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
+  set_threads(cfg_.train.threads, "config: field train.threads");
   check_blas_is_openmp();
   // A new run must not silently replace an earlier one; one rank removes (with overwrite).
   if (opts_.resume.empty() && (comm_.is_root() || !opts_.overwrite))

@@ -68,6 +68,19 @@ class Cli(unittest.TestCase):
             self.assert_one_line_error(r, "--threads", "100000")
             r = run("params", "--set", "train.threads=100000")
             self.assert_one_line_error(r, "train.threads", "100000", "1024")
+            # Above the machine's hardware threads (within the static bound) is refused too,
+            # at the point each command would start them, with the machine's count.
+            n = os.cpu_count() or 1
+            over = str(n + 1)
+            m = os.path.join(d, "m.gguf")
+            for args in (["eval", "--checkpoint", m], ["generate", "--checkpoint", m],
+                         ["inspect", m], ["bench", "infer", "--checkpoint", m]):
+                r = run(*args, "--threads", over)
+                self.assert_one_line_error(r, "--threads", over, f"{n} hardware thread")
+            r = run("train", "--set", f"train.threads={over}", "--set",
+                    f"train.out_dir={os.path.join(d, 'run')}")
+            self.assert_one_line_error(r, "train.threads", over, f"{n} hardware thread")
+            self.assertFalse(os.path.exists(os.path.join(d, "run")))
 
     def test_a_one_byte_validation_split_is_refused(self):
         # It used to train and log val_bpb 0.0.
