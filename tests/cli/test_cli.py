@@ -161,6 +161,18 @@ class Cli(unittest.TestCase):
                 self.assertEqual(f.read(), before)
             r = run(*args, "--overwrite")
             self.assertEqual(r.returncode, 0, r.stderr)
+            # --init-from compares the model (it used to compare only shapes): another RoPE base
+            # is named with both values, and taken only when asked for, with a note.
+            ckpt = os.path.join(out, "final.safetensors")
+            init = args[:-2] + ["--set", f"train.out_dir={os.path.join(d, 'ft')}", "--init-from", ckpt,
+                     "--set", "model.rope_theta=500000"]
+            r = run(*init)
+            self.assert_one_line_error(r, ckpt, "model.rope_theta = 10000", "500000",
+                                       "--allow-model-change")
+            r = run(*init, "--allow-model-change")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("model.rope_theta", r.stderr)
+            self.assert_one_line_error(run("train", "--allow-model-change"), "--init-from")
 
     def test_unclear_messages_are_clear(self):
         with tempfile.TemporaryDirectory() as d:
