@@ -164,8 +164,8 @@ class Cli(unittest.TestCase):
             # --init-from compares the model (it used to compare only shapes): another RoPE base
             # is named with both values, and taken only when asked for, with a note.
             ckpt = os.path.join(out, "final.safetensors")
-            init = args[:-2] + ["--set", f"train.out_dir={os.path.join(d, 'ft')}", "--init-from", ckpt,
-                     "--set", "model.rope_theta=500000"]
+            init = args[:-2] + ["--set", f"train.out_dir={os.path.join(d, 'ft')}",
+                                "--init-from", ckpt, "--set", "model.rope_theta=500000"]
             r = run(*init)
             self.assert_one_line_error(r, ckpt, "model.rope_theta = 10000", "500000",
                                        "--allow-model-change")
