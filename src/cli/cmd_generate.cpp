@@ -77,7 +77,8 @@ void run_generate(const GenArgs& a) {
   MOE_CHECK(!ids.empty(), "the prompt is empty: give --prompt TEXT or --prompt-file FILE");
   // A vocabulary from a model file carries its special ids: the prompt starts with BOS where
   // llama.cpp would add it (tokenizer.ggml.add_bos_token; common_tokenize with add_special), and
-  // EOS ends the generation.
+  // any of llama.cpp's end-of-generation ids (EOS, EOT, EOM, …: data::eog_ids) ends the
+  // generation.
   const data::Vocab* vocab = data::vocab_of(*tok);
   if (vocab && vocab->add_bos && vocab->bos >= 0) ids.insert(ids.begin(), vocab->bos);
   // The KV cache holds the positions this generation can use, not max_seq_len blindly (a file
@@ -103,7 +104,7 @@ void run_generate(const GenArgs& a) {
   go.max_new_tokens = a.tokens;
   go.sampler = a.sampler;
   go.stop = a.stop;
-  go.eos = vocab ? vocab->eos : -1;
+  if (vocab) go.eog = data::eog_ids(*vocab);
   fmt::print("{}", prompt);
   std::fflush(stdout);
   const infer::GenerateResult r = infer::generate(*engine, *tok, ids, go, [](std::string_view s) {
