@@ -1,8 +1,10 @@
 // Test helper (tests/python/test_tokenizers_llama.py): tokenizes a text file with a vocabulary
 // loaded from a GGUF file or a Hugging Face tokenizer.json and prints one JSON line:
-//   {"kind": K, "ids": [...], "decoded_equal": B, "token_bytes": N, "reloaded_equal": B}
+//   {"kind": K, "ids": [...], "decoded_equal": B, "token_bytes": N, "reloaded_equal": B,
+//    "eog": [...], "reloaded_eog": [...]}
 // decoded_equal: decode(ids) == text; token_bytes: Σ token_bytes(id); reloaded_equal: the
-// tokenizer rebuilt from (kind(), serialize()) gives the same ids.
+// tokenizer rebuilt from (kind(), serialize()) gives the same ids; eog: data::eog_ids of the
+// vocabulary (tests/python/test_eog_llama.py), reloaded_eog: of the rebuilt one.
 // Usage: moe_tok_dump VOCAB(.gguf|tokenizer.json) TEXT_FILE [PRE]
 #include <cstdio>
 #include <string>
@@ -41,6 +43,13 @@ int main(int argc, char** argv) {
     out += tok->decode(ids) == text ? "true" : "false";
     out += ", \"token_bytes\": " + std::to_string(bytes) + ", \"reloaded_equal\": ";
     out += again->encode(text) == ids ? "true" : "false";
+    const auto list = [](const std::vector<int32_t>& xs) {
+      std::string o = "[";
+      for (std::size_t i = 0; i < xs.size(); ++i) o += (i ? ", " : "") + std::to_string(xs[i]);
+      return o + "]";
+    };
+    out += ", \"eog\": " + list(moe::data::eog_ids(v));
+    out += ", \"reloaded_eog\": " + list(moe::data::eog_ids(*moe::data::vocab_of(*again)));
     out += "}\n";
     std::fputs(out.c_str(), stdout);
     return 0;

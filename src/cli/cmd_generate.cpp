@@ -51,7 +51,7 @@ void add_sampler_options(CLI::App* c, infer::SamplerOptions& o) {
 }
 
 struct GenArgs {
-  std::string checkpoint, prompt = "The ", prompt_file;
+  std::string checkpoint, prompt = "The ", prompt_file, kv_type = "f32";
   int tokens = 200, context = 0, threads = 0;
   std::vector<std::string> stop;
   infer::SamplerOptions sampler;
@@ -67,6 +67,7 @@ int default_context(const formats::ModelReader& r) {
 void run_generate(const GenArgs& a) {
   set_threads(a.threads, "--threads");
   a.sampler.validate();
+  const infer::KvType kv_type = infer::parse_kv_type(a.kv_type, "--kv-type");
   // Cheap errors first: the prompt file before the model.
   const std::string prompt = a.prompt_file.empty() ? a.prompt : read_file(a.prompt_file);
   std::unique_ptr<formats::ModelReader> reader = formats::open_model(a.checkpoint);
@@ -77,7 +78,8 @@ void run_generate(const GenArgs& a) {
   MOE_CHECK(!ids.empty(), "the prompt is empty: give --prompt TEXT or --prompt-file FILE");
   // A vocabulary from a model file carries its special ids: the prompt starts with BOS where
   // llama.cpp would add it (tokenizer.ggml.add_bos_token; common_tokenize with add_special), and
-  // EOS ends the generation.
+  // any of llama.cpp's end-of-generation ids (EOS, EOT, EOM, …: data::eog_ids) ends the
+  // generation.
   const data::Vocab* vocab = data::vocab_of(*tok);
   if (vocab && vocab->add_bos && vocab->bos >= 0) ids.insert(ids.begin(), vocab->bos);
   // The KV cache holds the positions this generation can use, not max_seq_len blindly (a file
@@ -89,21 +91,23 @@ void run_generate(const GenArgs& a) {
   MOE_CHECK(context <= max_seq, "--context {}: the model's max_seq_len is {}", context, max_seq);
   infer::check_prompt_fits(int(ids.size()), context);
   const ModelConfig& mc = reader->config();
-  const double kv = 2.0 * mc.n_layers * context * double(mc.n_kv_heads) * mc.head_dim * 4;
+  const int elem = infer::kv_type_bytes(kv_type);
+  const double kv = 2.0 * mc.n_layers * context * double(mc.n_kv_heads) * mc.head_dim * elem;
   const std::optional<double> avail = available_memory_bytes();
   MOE_CHECK(!avail || kv < 0.9 * *avail,
-            "{}: a KV cache of {} positions needs {} (2 × {} layers × {} × {} kv width × 4 bytes) "
-            "but {} is available: lower --context or --tokens",
+            "{}: a KV cache of {} positions needs {} (2 × {} layers × {} × {} kv width × {} bytes, "
+            "--kv-type {}) but {} is available: lower --context or --tokens",
             a.checkpoint, context, human_bytes(kv), mc.n_layers, context,
-            int64_t(mc.n_kv_heads) * mc.head_dim, human_bytes(avail.value_or(0)));
+            int64_t(mc.n_kv_heads) * mc.head_dim, elem, a.kv_type, human_bytes(avail.value_or(0)));
   infer::EngineOptions eo;
   eo.context = context;
+  eo.kv_type = kv_type;
   std::unique_ptr<infer::Engine> engine = infer::Engine::open(*reader, eo);
   infer::GenerateOptions go;
   go.max_new_tokens = a.tokens;
   go.sampler = a.sampler;
   go.stop = a.stop;
-  go.eos = vocab ? vocab->eos : -1;
+  if (vocab) go.eog = data::eog_ids(*vocab);
   fmt::print("{}", prompt);
   std::fflush(stdout);
   const infer::GenerateResult r = infer::generate(*engine, *tok, ids, go, [](std::string_view s) {
@@ -152,6 +156,10 @@ void register_generate(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   c->add_option("--threads", a->threads, "OpenMP threads (0 = default)")
       ->check(CLI::Range(0, kMaxThreads));
+  c->add_option("--kv-type", a->kv_type,
+                "KV cache element type: f32, or bf16 (half the memory; K and V rounded to 8 "
+                "significant bits)")
+      ->capture_default_str();
   add_sampler_options(c, a->sampler);
   c->callback([a] { run_generate(*a); });
 }

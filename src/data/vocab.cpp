@@ -167,6 +167,11 @@ void validate_vocab(const Vocab& v, const std::string& source) {
   check_id(v.eos, "eos");
   check_id(v.unk, "unknown");
   check_id(v.pad, "padding");
+  check_id(v.eot, "eot");
+  check_id(v.eom, "eom");
+  check_id(v.fim_pad, "fim_pad");
+  check_id(v.fim_rep, "fim_rep");
+  check_id(v.fim_sep, "fim_sep");
   if (v.model == Vocab::Model::kSpm) {
     MOE_CHECK(v.merges.empty(), "{}: SPM tokenizer has {} merges, expected none", source,
               v.merges.size());
@@ -209,6 +214,11 @@ std::string vocab_to_bytes(const Vocab& v) {
   for (int32_t id : {v.bos, v.eos, v.unk, v.pad}) put_u32(out, static_cast<uint32_t>(id));
   put_u32(out, (v.add_bos ? 1u : 0u) | (v.add_eos ? 2u : 0u) | (v.add_space_prefix ? 4u : 0u) |
                    (v.ignore_merges ? 8u : 0u));
+  // The end-of-generation ids follow only when one is set, so a vocabulary without them keeps
+  // the bytes it always had (checkpoints written before them read the same).
+  const int32_t eog[] = {v.eot, v.eom, v.fim_pad, v.fim_rep, v.fim_sep};
+  if (std::any_of(std::begin(eog), std::end(eog), [](int32_t id) { return id >= 0; }))
+    for (int32_t id : eog) put_u32(out, static_cast<uint32_t>(id));
   return out;
 }
 
@@ -245,6 +255,13 @@ Vocab vocab_from_bytes(std::string_view bytes, const std::string& source) {
   v.add_eos = flags & 2;
   v.add_space_prefix = flags & 4;
   v.ignore_merges = flags & 8;
+  if (!r.done()) {
+    v.eot = static_cast<int32_t>(r.u32("eot"));
+    v.eom = static_cast<int32_t>(r.u32("eom"));
+    v.fim_pad = static_cast<int32_t>(r.u32("fim_pad"));
+    v.fim_rep = static_cast<int32_t>(r.u32("fim_rep"));
+    v.fim_sep = static_cast<int32_t>(r.u32("fim_sep"));
+  }
   MOE_CHECK(r.done(), "{}: vocab blob has trailing bytes", source);
   validate_vocab(v, source);
   return v;

@@ -62,6 +62,11 @@ data::Vocab vocab_from_gguf(const GgufFile& f) {
   special("tokenizer.ggml.eos_token_id", v.eos);
   special("tokenizer.ggml.unknown_token_id", v.unk);
   special("tokenizer.ggml.padding_token_id", v.pad);
+  special("tokenizer.ggml.eot_token_id", v.eot);
+  special("tokenizer.ggml.eom_token_id", v.eom);
+  special("tokenizer.ggml.fim_pad_token_id", v.fim_pad);
+  special("tokenizer.ggml.fim_rep_token_id", v.fim_rep);
+  special("tokenizer.ggml.fim_sep_token_id", v.fim_sep);
   v.add_bos = f.get_bool_or("tokenizer.ggml.add_bos_token", v.add_bos);
   v.add_eos = f.get_bool_or("tokenizer.ggml.add_eos_token", v.add_eos);
   if (v.model == Vocab::Model::kSpm) {
@@ -92,6 +97,11 @@ void add_vocab_to_gguf(const data::Vocab& v, GgufWriter& w) {
   id("tokenizer.ggml.eos_token_id", v.eos);
   id("tokenizer.ggml.unknown_token_id", v.unk);
   id("tokenizer.ggml.padding_token_id", v.pad);
+  id("tokenizer.ggml.eot_token_id", v.eot);
+  id("tokenizer.ggml.eom_token_id", v.eom);
+  id("tokenizer.ggml.fim_pad_token_id", v.fim_pad);
+  id("tokenizer.ggml.fim_rep_token_id", v.fim_rep);
+  id("tokenizer.ggml.fim_sep_token_id", v.fim_sep);
   w.add_bool("tokenizer.ggml.add_bos_token", v.add_bos);
   w.add_bool("tokenizer.ggml.add_eos_token", v.add_eos);
   if (spm) w.add_bool("tokenizer.ggml.add_space_prefix", v.add_space_prefix);

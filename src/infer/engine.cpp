@@ -10,6 +10,7 @@
 
 #include "engine_internal.h"
 #include "moe/core/error.h"
+#include "moe/core/half.h"
 #include "moe/core/threading.h"
 #include "moe/kernels/softmax.h"
 #include "moe/nn/rmsnorm.h"
@@ -35,7 +36,10 @@ class EngineImpl final : public Engine {
   void feed_all(std::span<const int32_t> tokens, float* logits) override;
   uint64_t weight_bytes() const override { return stored_bytes_ + owned_bytes_; }
   uint64_t owned_bytes() const override { return owned_bytes_; }
-  uint64_t kv_bytes() const override { return (kc_.size() + vc_.size()) * sizeof(float); }
+  uint64_t kv_bytes() const override {
+    return (kc_.size() + vc_.size()) * sizeof(float) +
+           (kc16_.size() + vc16_.size()) * sizeof(uint16_t);
+  }
   uint64_t active_weight_bytes_per_token() const override { return active_bytes_; }
 
  private:
@@ -52,6 +56,9 @@ class EngineImpl final : public Engine {
   // Causal attention of the chunk's n queries (positions p0..p0+n−1) over the cache 0..p0+n−1.
   void attend(int l, int n, int p0);
   void qk_norm(float* x, const std::vector<float>& w, int n, int heads);
+  // Writes the chunk's k_ and v_ [n, Dkv] into layer l's cache at positions p0..p0+n−1.
+  void store_kv(int l, int n, int p0);
+  detail::KvLayer kv_layer(int l) const;
 
   ModelConfig cfg_;
   int ctx_ = 0, max_batch_ = 0, pos_ = 0;
@@ -62,14 +69,16 @@ class EngineImpl final : public Engine {
   std::vector<float> norm_;
   std::vector<Layer> layers_;
   RopeTable<float> rope_;
-  std::vector<float> kc_, vc_;  // [L, ctx, Dkv]
+  KvType kv_type_;
+  std::vector<float> kc_, vc_;         // [L, ctx, Dkv] when kv_type_ is f32 (else empty)
+  std::vector<uint16_t> kc16_, vc16_;  // [L, ctx, Dkv] bf16 bits when kv_type_ is bf16
   // Activations of one chunk: [max_batch, ·].
   std::vector<float> x_, ln_, q_, k_, v_, att_, tmp_, rstd_, scores_, logits_;
   uint64_t stored_bytes_ = 0, owned_bytes_ = 0, active_bytes_ = 0;
 };
 
 EngineImpl::EngineImpl(const formats::ModelReader& r, const EngineOptions& opt)
-    : cfg_(r.config()), w_(r) {
+    : cfg_(r.config()), w_(r), kv_type_(opt.kv_type) {
   const ModelConfig& c = cfg_;
   C_ = c.d_model;
   V_ = c.vocab_size;
@@ -118,8 +127,13 @@ EngineImpl::EngineImpl(const formats::ModelReader& r, const EngineOptions& opt)
 
   rope_ = RopeTable<float>(ctx_, int(hd_), c.rope_theta, c.rope_style == RopeStyle::kInterleaved);
   const std::size_t L = c.n_layers, B = max_batch_;
-  kc_.assign(L * ctx_ * Dkv_, 0.f);
-  vc_.assign(L * ctx_ * Dkv_, 0.f);
+  if (kv_type_ == KvType::kF32) {
+    kc_.assign(L * ctx_ * Dkv_, 0.f);
+    vc_.assign(L * ctx_ * Dkv_, 0.f);
+  } else {
+    kc16_.assign(L * ctx_ * Dkv_, 0);
+    vc16_.assign(L * ctx_ * Dkv_, 0);
+  }
   x_.resize(B * C_);
   ln_.resize(B * C_);
   q_.resize(B * Dq_);
@@ -208,20 +222,37 @@ void EngineImpl::attention_block(Layer& L, int l, int n) {
   }
   rope_apply(q_.data(), rope_, n, n, p0, int(Hq_), false);
   rope_apply(k_.data(), rope_, n, n, p0, int(Hkv_), false);
-  const std::size_t at = (std::size_t(l) * ctx_ + p0) * Dkv_;
-  std::memcpy(&kc_[at], k_.data(), sizeof(float) * n * Dkv_);
-  std::memcpy(&vc_[at], v_.data(), sizeof(float) * n * Dkv_);
+  store_kv(l, n, p0);
   attend(l, n, p0);
   qmatmul(tmp_.data(), C_, att_.data(), Dq_, n, L.wo);
   for (std::size_t i = 0; i < std::size_t(n) * C_; ++i) x[i] += tmp_[i];
 }
 
+void EngineImpl::store_kv(int l, int n, int p0) {
+  const std::size_t at = (std::size_t(l) * ctx_ + p0) * Dkv_, count = std::size_t(n) * Dkv_;
+  if (kv_type_ == KvType::kF32) {
+    std::memcpy(&kc_[at], k_.data(), sizeof(float) * count);
+    std::memcpy(&vc_[at], v_.data(), sizeof(float) * count);
+    return;
+  }
+  uint16_t *kc = &kc16_[at], *vc = &vc16_[at];
+#pragma omp simd
+  for (std::size_t i = 0; i < count; ++i) {
+    kc[i] = f32_to_bf16(k_[i]);
+    vc[i] = f32_to_bf16(v_[i]);
+  }
+}
+
+detail::KvLayer EngineImpl::kv_layer(int l) const {
+  const std::size_t at = std::size_t(l) * ctx_ * Dkv_;
+  if (kv_type_ == KvType::kF32) return {kv_type_, &kc_[at], &vc_[at], Dkv_};
+  return {kv_type_, &kc16_[at], &vc16_[at], Dkv_};
+}
+
 void EngineImpl::attend(int l, int n, int p0) {
-  // One (query, head) per task: its scores over the positions it sees, a softmax, the weighted
-  // sum of values; each task is one thread's in a fixed order, so the thread count does not
-  // change the bits. Work grows with the position, hence the dynamic schedule.
-  const float* kc = &kc_[std::size_t(l) * ctx_ * Dkv_];
-  const float* vc = &vc_[std::size_t(l) * ctx_ * Dkv_];
+  // One (query, head) per task; each task is one thread's in a fixed order, so the thread count
+  // does not change the bits. Work grows with the position, hence the dynamic schedule.
+  const detail::KvLayer kv = kv_layer(l);
   const int threads = max_threads();
   if (scores_.size() < std::size_t(threads) * ctx_) scores_.resize(std::size_t(threads) * ctx_);
   const float scale = 1.f / std::sqrt(float(hd_));
@@ -230,29 +261,60 @@ void EngineImpl::attend(int l, int n, int p0) {
 #pragma omp parallel for schedule(dynamic, 4) if (tasks > 1)
   for (int64_t task = 0; task < tasks; ++task) {
     const int i = int(task / Hq_), h = int(task % Hq_);
-    const int64_t kh = h / group, len = p0 + i + 1;
-    float* s = &scores_[std::size_t(thread_index()) * ctx_];
-    const float* q = &q_[std::size_t(i) * Dq_ + h * hd];
-    for (int64_t j = 0; j < len; ++j) {
-      const float* kj = kc + j * Dkv_ + kh * hd;
-      float d = 0;
+    detail::attend_head(&att_[std::size_t(i) * Dq_ + h * hd],
+                        &scores_[std::size_t(thread_index()) * ctx_],
+                        &q_[std::size_t(i) * Dq_ + h * hd], kv, h / group, hd, p0 + i + 1, scale);
+  }
+}
+
+// The cache's element read as f32: widening bf16 is exact (a shift), so it vectorizes as well as
+// an f32 load.
+inline float kv_load(const float* p, int64_t e) { return p[e]; }
+inline float kv_load(const uint16_t* p, int64_t e) { return bf16_to_f32(p[e]); }
+
+template <typename T>
+void attend_head_typed(float* o, float* s, const float* q, const T* kc, const T* vc, int64_t row,
+                       int64_t kh, int64_t hd, int64_t len, float scale) {
+  for (int64_t j = 0; j < len; ++j) {
+    const T* kj = kc + j * row + kh * hd;
+    float d = 0;
 #pragma omp simd reduction(+ : d)
-      for (int64_t e = 0; e < hd; ++e) d += q[e] * kj[e];
-      s[j] = d * scale;
-    }
-    softmax_row(s, s, int(len), SoftmaxExp::kLibm);
-    float* o = &att_[std::size_t(i) * Dq_ + h * hd];
-    std::memset(o, 0, sizeof(float) * hd);
-    for (int64_t j = 0; j < len; ++j) {
-      const float pj = s[j];
-      const float* vj = vc + j * Dkv_ + kh * hd;
+    for (int64_t e = 0; e < hd; ++e) d += q[e] * kv_load(kj, e);
+    s[j] = d * scale;
+  }
+  softmax_row(s, s, int(len), SoftmaxExp::kLibm);
+  std::memset(o, 0, sizeof(float) * hd);
+  for (int64_t j = 0; j < len; ++j) {
+    const float pj = s[j];
+    const T* vj = vc + j * row + kh * hd;
 #pragma omp simd
-      for (int64_t e = 0; e < hd; ++e) o[e] += pj * vj[e];
-    }
+    for (int64_t e = 0; e < hd; ++e) o[e] += pj * kv_load(vj, e);
   }
 }
 
 }  // namespace
+
+namespace detail {
+
+void attend_head(float* o, float* s, const float* q, const KvLayer& kv, int64_t kh, int64_t hd,
+                 int64_t len, float scale) {
+  if (kv.type == KvType::kF32)
+    attend_head_typed(o, s, q, static_cast<const float*>(kv.k), static_cast<const float*>(kv.v),
+                      kv.row, kh, hd, len, scale);
+  else
+    attend_head_typed(o, s, q, static_cast<const uint16_t*>(kv.k),
+                      static_cast<const uint16_t*>(kv.v), kv.row, kh, hd, len, scale);
+}
+
+}  // namespace detail
+
+const char* kv_type_name(KvType t) { return t == KvType::kF32 ? "f32" : "bf16"; }
+
+KvType parse_kv_type(const std::string& s, const std::string& what) {
+  if (s == "f32") return KvType::kF32;
+  if (s == "bf16") return KvType::kBF16;
+  MOE_FAIL("{} '{}': expected f32 or bf16", what, s);
+}
 
 std::unique_ptr<Engine> Engine::open(const formats::ModelReader& reader, const EngineOptions& opt) {
   return std::make_unique<EngineImpl>(reader, opt);

@@ -11,7 +11,7 @@
 #include "moe/core/threading.h"
 #include "moe/ffn/feed_forward.h"
 #include "moe/ffn/moe/router.h"
-#include "moe/kernels/vexp.h"
+#include "moe/kernels/group_by_key.h"
 #include "moe/nn/activations.h"
 
 namespace moe::infer::detail {
@@ -75,17 +75,14 @@ std::vector<WeightMatrix> WeightLoader::stack(const std::string& name, int64_t E
 
 namespace {
 
-// h [n, H] (written) = act(g, u): silu(g)·u for SwiGLU (g may be null otherwise), gelu(u) for
-// GELU, relu(u) for ReLU; the same formulas as nn/activations.h.
+// h [n, H] (written; may alias u) = act(g, u): silu(g)·u for SwiGLU, gelu(u) for GELU (g unused),
+// nn/activations.h's formulas. Dense and MoE FFNs are SwiGLU or GELU (model/config.cpp); ReLU is
+// PEER's, which runs its own layer (TrainingFfnBlock).
 void activate(float* h, const float* g, const float* u, std::size_t n, Activation act) {
-  if (act == Activation::kSwiGLU) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (std::size_t i = 0; i < n; ++i) h[i] = g[i] / (1.f + vexp(-g[i])) * u[i];
-  } else if (act == Activation::kGELU) {
+  if (act == Activation::kSwiGLU)
+    swiglu_forward_split(h, g, u, n);
+  else
     gelu_forward(h, u, n);
-  } else {
-    for (std::size_t i = 0; i < n; ++i) h[i] = std::max(u[i], 0.f);
-  }
 }
 
 // ---- Dense: [gate; up] → act → down ----------------------------------------------------------
@@ -161,6 +158,9 @@ class MoeBlock final : public FfnBlock {
     sc_.tmp.reserve(N * C);
     row_.resize(A);
     count_.resize(E + 1);
+    for (auto* v : {&kept_, &kept_expert_, &sorted_, &group_expert_}) v->resize(A);
+    group_off_.resize(A + 1);
+    sort_kv_.resize(2 * A);
     (void)glu;
   }
 
@@ -220,27 +220,35 @@ class MoeBlock final : public FfnBlock {
     arena_ = Arena(measure.used());
     router_.bind(arena_, 1, max_tokens_, int(max_assign_));
     bound_threads_ = max_threads();
+    sort_counters_.resize(group_by_key_counter_ints(spec_.E, bound_threads_));
   }
 
-  // Kept assignments grouped by expert (counting sort, stable in assignment order); each one's
-  // row in the grouped buffers is row_[a]; x's rows gathered into xg_.
+  // Kept assignments grouped by expert (kernels/group_by_key.h: stable, so within an expert in
+  // assignment order, and the same for any thread count); each one's row in the grouped buffers
+  // is row_[a], expert e's rows are count_[e] .. count_[e+1]; x's rows gathered into xg.
   void group_by_expert(const Assignments<float>& a, const float* x) {
     const int E = spec_.E;
     const int64_t C = spec_.C;
     MOE_CHECK(a.count <= max_assign_, "MoE block {}: {} assignments, sized for {}", layer_, a.count,
               max_assign_);
-    std::fill(count_.begin(), count_.end(), 0);
-    for (int i = 0; i < a.count; ++i)
-      if (a.fate[i] == AssignmentFate::kKept) ++count_[a.expert[i] + 1];
-    for (int e = 0; e < E; ++e) count_[e + 1] += count_[e];
-    std::vector<int64_t> next(count_.begin(), count_.end() - 1);
+    int kept = 0;
     for (int i = 0; i < a.count; ++i) {
-      if (a.fate[i] != AssignmentFate::kKept) {
-        row_[i] = -1;
-        continue;
-      }
-      row_[i] = next[a.expert[i]]++;
-      std::memcpy(sc_.xg.data() + std::size_t(row_[i]) * C, x + std::size_t(a.token[i]) * C,
+      row_[i] = -1;
+      if (a.fate[i] != AssignmentFate::kKept) continue;
+      kept_[kept] = i;
+      kept_expert_[kept++] = a.expert[i];
+    }
+    const int groups =
+        group_by_key(kept_expert_.data(), kept, E, sort_kv_.data(), sort_counters_.data(),
+                     sorted_.data(), group_expert_.data(), group_off_.data());
+    std::fill(count_.begin(), count_.end(), 0);
+    for (int g = 0; g < groups; ++g)
+      count_[group_expert_[g] + 1] = group_off_[g + 1] - group_off_[g];
+    for (int e = 0; e < E; ++e) count_[e + 1] += count_[e];
+    for (int r = 0; r < kept; ++r) {
+      const int i = kept_[sorted_[r]];
+      row_[i] = r;
+      std::memcpy(sc_.xg.data() + std::size_t(r) * C, x + std::size_t(a.token[i]) * C,
                   sizeof(float) * C);
     }
   }
@@ -321,7 +329,11 @@ class MoeBlock final : public FfnBlock {
   std::vector<float> router_w_, bias_, noise_w_, s_router_;
   std::vector<WeightMatrix> gate_, up_, down_, s_gate_, s_up_, s_down_;
   FfnScratch& sc_;
-  std::vector<int64_t> row_, count_;
+  std::vector<int64_t> row_, count_;  // [max_assign] row of each assignment, [E + 1] offsets
+  // group_by_key's input (the kept assignments and their experts), output and scratch.
+  std::vector<int32_t> kept_, kept_expert_, sorted_, group_expert_, group_off_;
+  std::vector<uint64_t> sort_kv_;
+  std::vector<int> sort_counters_;
   std::vector<QMatmulTask> tasks_;
 };
 

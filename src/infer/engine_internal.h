@@ -8,10 +8,28 @@
 #include <vector>
 
 #include "moe/formats/model_file.h"
+#include "moe/infer/engine.h"
 #include "moe/kernels/qmatmul.h"
 #include "moe/model/config.h"
 
 namespace moe::infer::detail {
+
+// One layer's KV cache: K and V [context, row] each (row = n_kv_heads · head_dim), row-major,
+// as f32 or as bf16 bits (uint16_t) per `type`.
+struct KvLayer {
+  KvType type = KvType::kF32;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  int64_t row = 0;
+};
+
+// Attention of one query head over positions 0..len−1 of kv head kh:
+//   s [len] (written, scratch) = softmax_j(scale · q · K_j),  o [hd] (written) = Σ_j s_j · V_j,
+// with q [hd], K_j and V_j the hd elements of head kh at position j. f32 products and sums in a
+// fixed order (the same bits for any thread count); a bf16 cache is widened to f32 exactly as it
+// is read, so the result is the f32 computation on the stored (rounded) K and V.
+void attend_head(float* o, float* s, const float* q, const KvLayer& kv, int64_t kh, int64_t hd,
+                 int64_t len, float scale);
 
 // Takes each parameter from the file: the large matrices in place (StoredTensor) when the file
 // stores them in a type the kernels read, else as an f32 copy this loader owns (a Q4_K tensor, a

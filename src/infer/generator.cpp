@@ -65,7 +65,7 @@ GenerateResult generate(Engine& engine, const data::Tokenizer& tok, std::span<co
   for (;;) {
     const int32_t id = sampler.sample(logits, recent.view());
     ++r.generated_tokens;
-    if (id == opt.eos) {
+    if (std::find(opt.eog.begin(), opt.eog.end(), id) != opt.eog.end()) {
       r.reason = StopReason::kEndOfText;
       break;
     }

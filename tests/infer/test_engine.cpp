@@ -1,7 +1,9 @@
 // The inference engine against the training model: for f32 weights its logits equal the
 // Transformer's full forward (every FFN kind and attention feature); prefill in one pass equals
 // feeding token by token; the bits do not depend on the thread count; bf16 and Q8_0 files give
-// the logits of the same file dequantized to f32 within the tolerance their rounding allows.
+// the logits of the same file dequantized to f32 within the tolerance their rounding allows; a
+// bf16 KV cache gives the attention of its rounded K and V (against double) and the f32 cache's
+// logits within the bound its rounding allows.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -9,8 +11,10 @@
 #include <cmath>
 #include <random>
 
+#include "../../src/infer/engine_internal.h"
 #include "../error_util.h"
 #include "../temp_dir.h"
+#include "moe/core/half.h"
 #include "moe/data/tokenizer.h"
 #include "moe/formats/gguf.h"
 #include "moe/formats/gguf_model.h"
@@ -125,6 +129,38 @@ float max_abs(const std::vector<float>& v) {
   return m;
 }
 
+// Prefill in chunks equals token-by-token feeding (within rounding: other product shapes), and
+// 1 and 2 threads give the same bits, with a KV cache of type kv.
+void check_prefill_and_threads(const formats::ModelReader& r, int V, infer::KvType kv) {
+  const int T = 24;
+  const std::vector<int32_t> toks = tokens(T, V, 2);
+  infer::EngineOptions o;
+  o.max_batch = 7;  // chunks of 7, 7, 7, 3: prefill across chunk boundaries
+  o.kv_type = kv;
+  auto e = infer::Engine::open(r, o);
+  std::vector<float> pre(std::size_t(T) * V), one(std::size_t(T) * V);
+  e->feed_all(toks, pre.data());
+  e->reset();
+  for (int t = 0; t < T; ++t) {
+    const float* l = e->feed(std::span<const int32_t>(&toks[t], 1));
+    std::copy(l, l + V, one.begin() + std::size_t(t) * V);
+  }
+  const float tol = 1e-4f * std::max(1.f, max_abs(one));
+  for (std::size_t i = 0; i < one.size(); ++i)
+    ASSERT_NEAR(pre[i], one[i], tol) << "position " << i / V << " token " << i % V;
+  // The whole prompt at once, with 1 and with 2 threads: identical bits.
+  const int threads = omp_get_max_threads();
+  std::vector<float> t1(std::size_t(T) * V), t2(std::size_t(T) * V);
+  omp_set_num_threads(1);
+  e->reset();
+  e->feed_all(toks, t1.data());
+  omp_set_num_threads(2);
+  e->reset();
+  e->feed_all(toks, t2.data());
+  omp_set_num_threads(threads);
+  ASSERT_EQ(t1, t2);
+}
+
 TEST_P(EngineVsTransformer, F32LogitsEqualTheFullForward) {
   TempDir d;
   const std::string path = d.file("m.safetensors");
@@ -150,32 +186,10 @@ TEST_P(EngineVsTransformer, PrefillEqualsTokenByTokenAndThreadsDoNotChangeTheBit
   const std::string path = d.file("m.safetensors");
   const Config cfg = write_model(path, GetParam().model, 5);
   auto r = formats::open_moe_checkpoint(path);
-  const int T = 24, V = cfg.model.vocab_size;
-  const std::vector<int32_t> toks = tokens(T, V, 2);
-  infer::EngineOptions o;
-  o.max_batch = 7;  // chunks of 7, 7, 7, 3: prefill across chunk boundaries
-  auto e = infer::Engine::open(*r, o);
-  std::vector<float> pre(std::size_t(T) * V), one(std::size_t(T) * V);
-  e->feed_all(toks, pre.data());
-  e->reset();
-  for (int t = 0; t < T; ++t) {
-    const float* l = e->feed(std::span<const int32_t>(&toks[t], 1));
-    std::copy(l, l + V, one.begin() + std::size_t(t) * V);
+  for (infer::KvType kv : {infer::KvType::kF32, infer::KvType::kBF16}) {
+    SCOPED_TRACE(std::string("KV cache ") + infer::kv_type_name(kv));
+    check_prefill_and_threads(*r, cfg.model.vocab_size, kv);
   }
-  const float tol = 1e-4f * std::max(1.f, max_abs(one));
-  for (std::size_t i = 0; i < one.size(); ++i)
-    ASSERT_NEAR(pre[i], one[i], tol) << "position " << i / V << " token " << i % V;
-  // The whole prompt at once, with 1 and with 2 threads: identical bits.
-  const int threads = omp_get_max_threads();
-  std::vector<float> t1(std::size_t(T) * V), t2(std::size_t(T) * V);
-  omp_set_num_threads(1);
-  e->reset();
-  e->feed_all(toks, t1.data());
-  omp_set_num_threads(2);
-  e->reset();
-  e->feed_all(toks, t2.data());
-  omp_set_num_threads(threads);
-  ASSERT_EQ(t1, t2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EngineVsTransformer, ::testing::ValuesIn(kCases),
@@ -231,6 +245,139 @@ TEST(Engine, Bf16AndQ8FilesMatchTheirF32Dequantization) {
       ASSERT_NEAR(got[i], want[i], tol)
           << formats::ggml_type_name(type) << " position " << i / V << " token " << i % V;
   }
+}
+
+// Double-precision attention of q [hd] over positions 0..len−1 of head kh of K, V [len, row].
+std::vector<double> attention_double(const float* q, const std::vector<float>& K,
+                                     const std::vector<float>& V, int64_t row, int64_t kh,
+                                     int64_t hd, int64_t len, double scale) {
+  std::vector<double> s(len), o(hd, 0.0);
+  double m = -INFINITY, z = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    double d = 0;
+    for (int64_t e = 0; e < hd; ++e) d += double(q[e]) * K[j * row + kh * hd + e];
+    s[j] = d * scale;
+    m = std::max(m, s[j]);
+  }
+  for (int64_t j = 0; j < len; ++j) z += (s[j] = std::exp(s[j] - m));
+  for (int64_t j = 0; j < len; ++j)
+    for (int64_t e = 0; e < hd; ++e) o[e] += s[j] / z * V[j * row + kh * hd + e];
+  return o;
+}
+
+// The attention kernel on a bf16 cache is the f32 computation on the rounded K and V: against
+// double-precision attention on the same rounded values only f32 rounding differs. Bound, with
+// u = 2⁻²⁴: a score s_j = scale·Σ_e q_e·k_je summed in f32 errs by δ ≤ (hd + 1)·u·scale·Σ|q_e
+// k_je|; softmax's weights then err by a relative 2δ plus (len + 2)·u for the exp and the sum; the
+// weighted sum adds len·u: |o_e − ref_e| ≤ (2δ + (2·len + 2)·u)·max|v|. The test allows twice
+// that (libm's exp is within 1 ulp, second-order terms). Against the unrounded K and V the
+// bf16 result is off by far more (2⁻⁹ relative per element) than against the rounded ones.
+TEST(EngineAttention, Bf16CacheGivesTheAttentionOfItsRoundedValues) {
+  const int64_t hd = 64, row = 2 * hd, ctx = 300;
+  std::mt19937 g(11);
+  std::normal_distribution<float> n(0.f, 1.f);
+  std::vector<float> q(hd), K(ctx * row), V(ctx * row), Kr(ctx * row), Vr(ctx * row);
+  std::vector<uint16_t> Kb(ctx * row), Vb(ctx * row);
+  for (float& x : q) x = n(g);
+  for (std::size_t i = 0; i < K.size(); ++i) {
+    K[i] = n(g);
+    V[i] = n(g);
+    Kb[i] = f32_to_bf16(K[i]);
+    Vb[i] = f32_to_bf16(V[i]);
+    Kr[i] = bf16_to_f32(Kb[i]);
+    Vr[i] = bf16_to_f32(Vb[i]);
+  }
+  const float scale = 1.f / std::sqrt(float(hd));
+  const double u = std::ldexp(1.0, -24);
+  std::vector<float> o(hd), s(ctx);
+  for (int64_t len : {int64_t(1), int64_t(7), ctx}) {
+    for (int64_t kh : {0, 1}) {
+      // The bound from the data: the largest Σ|q·k| and |v| of the positions seen.
+      double qk = 0, vmax = 0;
+      for (int64_t j = 0; j < len; ++j) {
+        double a = 0;
+        for (int64_t e = 0; e < hd; ++e) {
+          a += std::fabs(double(q[e]) * Kr[j * row + kh * hd + e]);
+          vmax = std::max(vmax, double(std::fabs(Vr[j * row + kh * hd + e])));
+        }
+        qk = std::max(qk, a * scale);
+      }
+      const double tol = 2 * (2 * (hd + 1) * u * qk + (2 * len + 2) * u) * vmax;
+      for (infer::KvType t : {infer::KvType::kBF16, infer::KvType::kF32}) {
+        const bool bf = t == infer::KvType::kBF16;
+        const infer::detail::KvLayer kv = {t, bf ? (const void*)Kb.data() : K.data(),
+                                           bf ? (const void*)Vb.data() : V.data(), row};
+        infer::detail::attend_head(o.data(), s.data(), q.data(), kv, kh, hd, len, scale);
+        const std::vector<double> want =
+            attention_double(q.data(), bf ? Kr : K, bf ? Vr : V, row, kh, hd, len, scale);
+        for (int64_t e = 0; e < hd; ++e)
+          ASSERT_NEAR(o[e], want[e], tol)
+              << infer::kv_type_name(t) << " len " << len << " head " << kh << " element " << e;
+        if (bf && len == ctx) {
+          // The reference is the right one: the kernel's distance to it is a small fraction of
+          // its distance to the attention of the unrounded K and V.
+          const std::vector<double> exact =
+              attention_double(q.data(), K, V, row, kh, hd, len, scale);
+          double off = 0, err = 0;
+          for (int64_t e = 0; e < hd; ++e) {
+            off = std::max(off, std::fabs(o[e] - exact[e]));
+            err = std::max(err, std::fabs(o[e] - want[e]));
+          }
+          EXPECT_GT(off, 10 * err) << "the bf16 rounding is visible against the unrounded K, V";
+        }
+      }
+    }
+  }
+}
+
+// The engine with a bf16 KV cache against the same engine with an f32 one. Each cached element
+// changes by a relative ≤ 2⁻⁹, so (bound above with 2⁻⁹ for u) each attention output moves by at
+// most (2·2⁻⁹·max_j scale·Σ|q·k| + 2⁻⁹)·max|v|: in these unit-gain random models (scaled scores
+// up to ~4) about 1.8% of max|v|, and only the attention half of each block carries it. Through
+// the blocks' norms and the head the logits stay within 2% of the largest (measured 0.2%); a
+// cache read at the wrong position or head is off by the logits' own size. The two must differ
+// (the bf16 cache is in use). Dense models only: a router's top-k is discontinuous, so a
+// perturbation of 2⁻⁹ may flip a near tie and move a logit by a whole expert's output, which no
+// rounding bound covers (the MoE cases check bf16's prefill, decode and threads above).
+TEST(Engine, Bf16KvCacheMatchesTheF32CacheWithinItsRounding) {
+  const Case dense_rope_interleaved = {
+      "dense_bias_headnorm_interleaved",
+      R"({"vocab_size": 40, "d_model": 24, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2,
+          "head_dim": 8, "max_seq_len": 64, "qk_norm": "head", "qkv_bias": true,
+          "rope_style": "interleaved", "tie_embeddings": false,
+          "ffn": {"kind": "dense", "d_ff": 32}})"};
+  for (const Case& c : {kCases[0], dense_rope_interleaved}) {
+    SCOPED_TRACE(c.name);
+    TempDir d;
+    const std::string path = d.file("m.safetensors");
+    const Config cfg = write_model(path, c.model, 7);
+    auto r = formats::open_moe_checkpoint(path);
+    const int T = 40, V = cfg.model.vocab_size;
+    const std::vector<int32_t> toks = tokens(T, V, 3);
+    std::vector<float> f32(std::size_t(T) * V), bf16(std::size_t(T) * V);
+    infer::EngineOptions o;
+    infer::Engine::open(*r, o)->feed_all(toks, f32.data());
+    o.kv_type = infer::KvType::kBF16;
+    auto e = infer::Engine::open(*r, o);
+    EXPECT_EQ(e->kv_bytes() * 2, infer::Engine::open(*r)->kv_bytes());
+    e->feed_all(toks, bf16.data());
+    const float tol = 0.02f * max_abs(f32);
+    float worst = 0;
+    for (std::size_t i = 0; i < f32.size(); ++i) {
+      ASSERT_NEAR(bf16[i], f32[i], tol) << "position " << i / V << " token " << i % V;
+      worst = std::max(worst, std::fabs(bf16[i] - f32[i]));
+    }
+    EXPECT_GT(worst, 0.f);
+    std::printf("[ info ] %s: bf16 KV vs f32 KV: max |Δlogit| = %.3g%% of max |logit|\n", c.name,
+                100 * worst / max_abs(f32));
+  }
+}
+
+TEST(Engine, KvTypeParsesAndRefusesOthers) {
+  EXPECT_EQ(infer::parse_kv_type("f32", "--kv-type"), infer::KvType::kF32);
+  EXPECT_EQ(infer::parse_kv_type("bf16", "--kv-type"), infer::KvType::kBF16);
+  expect_error([] { infer::parse_kv_type("f16", "--kv-type"); },
+               {"--kv-type 'f16': expected f32 or bf16"});
 }
 
 }  // namespace

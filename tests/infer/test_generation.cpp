@@ -174,7 +174,7 @@ TEST(Generation, EndsAtTheEndOfTextIdWithoutPrintingIt) {
   const std::string full = run(e, prompt, o).text;
   ASSERT_EQ(full.size(), 16u);
   // The 6th drawn byte as the end-of-text id, at its first occurrence: the text before it.
-  o.eos = uint8_t(full[5]);
+  o.eog = {uint8_t(full[5])};
   const std::size_t at = full.find(full[5]);
   StepEngine e2(cfg, 32, 7);
   const Output got = run(e2, prompt, o);

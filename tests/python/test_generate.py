@@ -9,7 +9,9 @@ text) with a BPE tokenizer (multi-byte tokens, so stop strings can start and end
 - --prompt-file reads the prompt (same text as --prompt), a missing one is one line naming it;
 - a prompt with no room for one generated token is one line, "prompt of P tokens exceeds the
   context of C positions (--context / model max_seq_len)", and a non-zero exit; a context that
-  fills during generation stops it with a note on stderr (no sliding window).
+  fills during generation stops it with a note on stderr (no sliding window);
+- --kv-type bf16 (a bf16 KV cache) gives the same text on every run and for --threads 1 and 2,
+  and another value is one line naming it.
 
 Run by ctest with MOE_BIN.
 """
@@ -78,6 +80,18 @@ class Generate(unittest.TestCase):
         self.assertGreater(len(a), 30)  # BPE tokens: more bytes than tokens
         self.assertNotEqual(a, self.generate("--prompt", PROMPT, "--seed", "4", "--temperature",
                                              "1.0", "--tokens", "30").stdout[len(PROMPT):-1])
+
+    def test_a_bf16_kv_cache_is_deterministic_too(self):
+        a = self.sampled("--tokens", "30", "--kv-type", "bf16", threads=1)
+        self.assertEqual(a, self.sampled("--tokens", "30", "--kv-type", "bf16", threads=1))
+        self.assertEqual(a, self.sampled("--tokens", "30", "--kv-type", "bf16", threads=2))
+        self.assertGreater(len(a), 30)
+        r = self.generate("--prompt", PROMPT, "--kv-type", "q8", ok=False)
+        self.assertNotEqual(r.returncode, 0)
+        err = r.stderr.decode().strip().splitlines()
+        self.assertEqual(len(err), 1, err)
+        self.assertIn("--kv-type 'q8': expected f32 or bf16", err[0])
+        self.assertEqual(r.stdout, b"")
 
     def test_stop_strings_end_the_text_before_them(self):
         full = self.sampled("--tokens", "30")

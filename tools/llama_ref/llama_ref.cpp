@@ -4,6 +4,8 @@
 //
 //   llama_ref tokenize MODEL.gguf TEXT_FILE        -> {"ids": [...]}   (no BOS/EOS added,
 //                                                     special-token text not parsed)
+//   llama_ref eog MODEL.gguf                       -> {"eog": [...]}  (the ids llama_vocab_is_eog
+//                                                     accepts, ascending)
 //   llama_ref loss MODEL.gguf TEXT_FILE SEQ_LEN [THREADS] [LOGITS_OUT]
 //       -> {"loss": mean nats per predicted token, "tokens": predicted tokens, "nll_sum": ...}
 //   The ids of the whole file are cut into non-overlapping windows of SEQ_LEN tokens: window w
@@ -69,6 +71,21 @@ int cmd_tokenize(const char* model_path, const char* text_path) {
   std::vector<llama_token> ids = tokenize(llama_model_get_vocab(model), read_file(text_path));
   std::printf("{\"ids\": [");
   for (size_t i = 0; i < ids.size(); ++i) std::printf(i ? ", %d" : "%d", ids[i]);
+  std::printf("]}\n");
+  llama_model_free(model);
+  return 0;
+}
+
+int cmd_eog(const char* model_path) {
+  llama_model* model = load_model(model_path, /*vocab_only=*/true);
+  const llama_vocab* vocab = llama_model_get_vocab(model);
+  std::printf("{\"eog\": [");
+  bool first = true;
+  for (llama_token id = 0; id < llama_vocab_n_tokens(vocab); ++id) {
+    if (!llama_vocab_is_eog(vocab, id)) continue;
+    std::printf(first ? "%d" : ", %d", id);
+    first = false;
+  }
   std::printf("]}\n");
   llama_model_free(model);
   return 0;
@@ -150,6 +167,8 @@ int main(int argc, char** argv) {
   int rc = 1;
   if (cmd == "tokenize" && argc == 4) {
     rc = cmd_tokenize(argv[2], argv[3]);
+  } else if (cmd == "eog" && argc == 3) {
+    rc = cmd_eog(argv[2]);
   } else if (cmd == "loss" && argc >= 5 && argc <= 7) {
     rc = cmd_loss(argv[2], argv[3], std::atoi(argv[4]), argc >= 6 ? std::atoi(argv[5]) : 1,
                   argc >= 7 ? argv[6] : nullptr);
@@ -157,7 +176,8 @@ int main(int argc, char** argv) {
     int llama_ref_bench(int, char**);
     rc = llama_ref_bench(argc - 2, argv + 2);
   } else {
-    die("usage: llama_ref tokenize MODEL TEXT | loss MODEL TEXT SEQ_LEN [THREADS] [LOGITS_OUT]");
+    die("usage: llama_ref tokenize MODEL TEXT | eog MODEL | loss MODEL TEXT SEQ_LEN [THREADS] "
+        "[LOGITS_OUT]");
   }
   llama_backend_free();
   return rc;

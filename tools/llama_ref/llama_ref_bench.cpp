@@ -1,4 +1,4 @@
-// llama_ref bench MODEL.gguf PP TG THREADS: llama.cpp's own prompt-processing (pp) and
+// llama_ref bench MODEL.gguf PP TG THREADS [KV_TYPE]: llama.cpp's own prompt-processing (pp) and
 // text-generation (tg) speed on a GGUF file, measured as llama-bench measures them
 // (tools/llama-bench/llama-bench.cpp: test_prompt, test_gen), for the `infer` benchmark of
 // bench/run_bench.sh, which runs `moe bench infer` on the same file the same way:
@@ -7,14 +7,18 @@
 //       pass; logits of the last token only, as llama_batch_get_one asks);
 //   tg: TG llama_decode calls of one token each, from an empty cache, each synchronized;
 //   one warm-up of each first (pp: a whole PP run; tg: one token), then the timed runs.
-// Context: n_ctx = PP + TG, KV cache F32 (type_k = type_v = F32), flash attention off, the model
-// memory-mapped (llama.cpp's default), n_threads = n_threads_batch = THREADS. Token ids: the
-// benchmark's fixed sequence (splitmix64 from seed 1234, id = value mod vocabulary; pp feeds the
-// first PP, tg the next TG), identical to moe's (src/cli/bench/bench_infer.cpp).
+// Context: n_ctx = PP + TG, KV cache F32 (type_k = type_v = F32; KV_TYPE bf16: GGML_TYPE_BF16,
+// f16: GGML_TYPE_F16 — moe's --kv-type bf16 is compared with bf16 where this libllama's context
+// accepts it, else with f16, and the JSON's kv_type says which ran), flash attention off (with a
+// bf16 K, ggml's CPU matmul rounds q and, for V, the softmax weights to bf16 too, where moe keeps
+// them f32), the model memory-mapped (llama.cpp's default), n_threads = n_threads_batch = THREADS.
+// Token ids: the benchmark's fixed sequence (splitmix64 from seed 1234, id = value mod vocabulary;
+// pp feeds the first PP, tg the next TG), identical to moe's (src/cli/bench/bench_infer.cpp).
 //
 // Prints one JSON object: pp_tokens_per_s, tg_tokens_per_s, pp_s, tg_s, load_s (model load +
 // context creation), peak_rss_bytes (getrusage ru_maxrss: the mapped file's pages count once
-// touched, as on moe's side), model_bytes (llama_model_size), n_params, pp, tg, threads.
+// touched, as on moe's side), model_bytes (llama_model_size), n_params, pp, tg, threads, kv_type
+// (the cache type that ran: f32, bf16 or f16) and kv_type_requested.
 #include <sys/resource.h>
 
 #include <chrono>
@@ -75,12 +79,23 @@ double run_tg(llama_context* ctx, const std::vector<llama_token>& ids, int pp, i
   return now_s() - t0;
 }
 
+llama_context* init_context(llama_model* model, llama_context_params cp, const std::string& kv) {
+  const ggml_type t = kv == "bf16" ? GGML_TYPE_BF16 : kv == "f16" ? GGML_TYPE_F16 : GGML_TYPE_F32;
+  cp.type_k = t;
+  cp.type_v = t;
+  return llama_init_from_model(model, cp);
+}
+
 }  // namespace
 
 // argv: MODEL PP TG THREADS (after "llama_ref bench").
 int llama_ref_bench(int argc, char** argv) {
-  if (argc != 4) fail("usage: llama_ref bench MODEL.gguf PP TG THREADS");
+  if (argc != 4 && argc != 5)
+    fail("usage: llama_ref bench MODEL.gguf PP TG THREADS [f32|bf16|f16]");
   const char* path = argv[0];
+  const std::string kv_requested = argc == 5 ? argv[4] : "f32";
+  if (kv_requested != "f32" && kv_requested != "bf16" && kv_requested != "f16")
+    fail("KV_TYPE '" + kv_requested + "': expected f32, bf16 or f16");
   const int pp = std::atoi(argv[1]), tg = std::atoi(argv[2]), threads = std::atoi(argv[3]);
   if (pp < 1 || tg < 1 || threads < 1) fail("PP, TG and THREADS must be >= 1");
 
@@ -98,12 +113,15 @@ int llama_ref_bench(int argc, char** argv) {
   cp.n_seq_max = 1;
   cp.n_threads = threads;
   cp.n_threads_batch = threads;
-  cp.type_k = GGML_TYPE_F32;
-  cp.type_v = GGML_TYPE_F32;
   cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
   cp.no_perf = true;
-  llama_context* ctx = llama_init_from_model(model, cp);
-  if (ctx == nullptr) fail("llama_init_from_model failed");
+  std::string kv_type = kv_requested;
+  llama_context* ctx = init_context(model, cp, kv_type);
+  if (ctx == nullptr && kv_type == "bf16") {
+    kv_type = "f16";  // a libllama without a bf16 cache: the nearest 16-bit type it has
+    ctx = init_context(model, cp, kv_type);
+  }
+  if (ctx == nullptr) fail("llama_init_from_model failed (KV cache " + kv_type + ")");
   const double load_s = now_s() - t_load;
 
   const std::vector<llama_token> ids = bench_token_ids(pp + tg, n_vocab);
@@ -117,10 +135,12 @@ int llama_ref_bench(int argc, char** argv) {
   std::printf(
       "{\"pp_tokens_per_s\": %.6g, \"tg_tokens_per_s\": %.6g, \"pp_s\": %.6g, \"tg_s\": %.6g, "
       "\"load_s\": %.6g, \"peak_rss_bytes\": %lld, \"model_bytes\": %llu, \"n_params\": %llu, "
-      "\"pp\": %d, \"tg\": %d, \"threads\": %d}\n",
+      "\"pp\": %d, \"tg\": %d, \"threads\": %d, \"kv_type\": \"%s\", "
+      "\"kv_type_requested\": \"%s\"}\n",
       pp / pp_s, tg / tg_s, pp_s, tg_s, load_s, static_cast<long long>(ru.ru_maxrss) * 1024,
       static_cast<unsigned long long>(llama_model_size(model)),
-      static_cast<unsigned long long>(llama_model_n_params(model)), pp, tg, threads);
+      static_cast<unsigned long long>(llama_model_n_params(model)), pp, tg, threads,
+      kv_type.c_str(), kv_requested.c_str());
   llama_free(ctx);
   llama_model_free(model);
   return 0;

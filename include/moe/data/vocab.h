@@ -61,6 +61,10 @@ struct Vocab {
   std::vector<std::string> merges;  // BPE: "left right", rank = index
   // Special ids, -1 when absent. Defaults per model are llama.cpp's (make_default_vocab).
   int32_t bos = -1, eos = -1, unk = -1, pad = -1;
+  // llama.cpp's other special ids that end a generation (tokenizer.ggml.eot_token_id,
+  // eom_token_id, fim_pad/fim_rep/fim_sep_token_id), -1 when the file names none: eog_ids
+  // reads them.
+  int32_t eot = -1, eom = -1, fim_pad = -1, fim_rep = -1, fim_sep = -1;
   // What llama.cpp would add with add_special=true; encode() never adds them (the eval command
   // windows raw ids) but they are kept so a converted checkpoint round-trips its tokenizer.
   bool add_bos = false, add_eos = false;
@@ -73,6 +77,18 @@ struct Vocab {
 // bos and ignores merges. Ids outside the vocabulary are dropped to -1 by validate_vocab's
 // caller (vocab_from_gguf), as llama.cpp does.
 Vocab make_default_vocab(Vocab::Model model, const std::string& pre);
+
+// The ids that end a generation, ascending: llama.cpp's special_eog_ids (llama-vocab.cpp load();
+// llama_vocab_is_eog), built the same way from the same metadata:
+//   eos, eot, eom and fim_pad/fim_rep/fim_sep where the vocabulary names them; where it names
+//   no eot, eom or fim_pad/rep/sep, the token whose text llama.cpp looks for (e.g. "<|im_end|>",
+//   "<|fim_pad|>"; several candidates: the lowest id, where llama.cpp's pick follows its hash
+//   map); every token whose text is one llama.cpp ends on ("<|eot_id|>", "<|im_end|>", "</s>",
+//   "<|endoftext|>", …); then its two exceptions: "<|end|>" is dropped when "<|return|>" and
+//   "<|call|>" (or "<|calls|>" and "<|flush|>") are in the set, "</s>" when "<|tool_response>" is.
+// The same rule serves a GGUF's and a Hugging Face tokenizer's vocabulary (the latter has only
+// eos from its metadata; the texts find the rest).
+std::vector<int32_t> eog_ids(const Vocab& v);
 
 // The BPE pre-tokenizer names we implement (llama.cpp's tokenizer.ggml.pre spellings; note
 // llama.cpp spells GPT-2's "gpt-2" and refuses "gpt2"): default, gpt-2, llama3, llama-v3,

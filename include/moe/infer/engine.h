@@ -8,7 +8,11 @@
 //       over all the chunk's tokens, MoE tokens grouped by expert and each expert's rows one
 //       product, causal attention over the cache in blocks;
 //     decode (n = 1): each active weight read once (the k chosen experts' matrices only).
-//   The KV cache holds context() positions in f32.
+//   The KV cache holds context() positions in f32, or in bf16 (EngineOptions::kv_type): K and V
+//   rounded to nearest even as they are written, widened exactly to f32 as attention reads them,
+//   so scores and the weighted sum of values are the f32 arithmetic on the rounded K and V (q and
+//   the softmax weights stay f32). Half the cache's memory and decode's attention traffic, at a
+//   relative error of at most 2⁻⁹ per stored element.
 //
 // Semantics are the training model's (model/transformer.h) evaluated token by token: the same
 // attention (GQA, qkv_bias, qk_norm, RoPE style), the same router (ffn/moe/router.h, fp32,
@@ -28,9 +32,19 @@
 
 namespace moe::infer {
 
+// The element type of the KV cache.
+enum class KvType { kF32, kBF16 };
+// "f32" | "bf16"; and the inverse, which errors in one line naming `what` (e.g. "--kv-type") and
+// the value otherwise.
+const char* kv_type_name(KvType t);
+KvType parse_kv_type(const std::string& s, const std::string& what);
+// Bytes of one cached element.
+inline int kv_type_bytes(KvType t) { return t == KvType::kF32 ? 4 : 2; }
+
 struct EngineOptions {
-  int context = 0;      // KV cache positions; 0 = the model's max_seq_len
-  int max_batch = 512;  // tokens per prefill pass (longer prompts run in chunks)
+  int context = 0;                // KV cache positions; 0 = the model's max_seq_len
+  int max_batch = 512;            // tokens per prefill pass (longer prompts run in chunks)
+  KvType kv_type = KvType::kF32;  // the cache's element type
 };
 
 class Engine {

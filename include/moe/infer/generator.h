@@ -32,9 +32,10 @@ struct GenerateOptions {
   int max_new_tokens = 200;
   SamplerOptions sampler;
   std::vector<std::string> stop;  // stop strings (none: run to max_new_tokens or the context)
-  // The vocabulary's end-of-text id (llama.cpp's EOS: tokenizer.ggml.eos_token_id); drawing it
-  // ends the generation and it is not printed. -1: none (our byte and BPE tokenizers).
-  int32_t eos = -1;
+  // The vocabulary's end-of-generation ids (data::eog_ids: llama.cpp's set — eos, eot, eom, …);
+  // drawing one ends the generation and it is not printed. Empty: none (our byte and BPE
+  // tokenizers).
+  std::vector<int32_t> eog;
 };
 
 enum class StopReason { kMaxTokens, kStopString, kContextFull, kEndOfText };

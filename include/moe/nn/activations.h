@@ -7,6 +7,13 @@
 
 namespace moe {
 
+// silu(g) · u = g / (1 + e^-g) · u: SwiGLU's one element, shared by both layouts below so the
+// training layer and the inference engine (infer/) compute the same bits.
+template <typename T>
+inline T silu_mul(T g, T u) {
+  return g / (T(1) + vexp(-g)) * u;
+}
+
 // out [N,H] (written) = silu(gate) · up, with gate and up side by side in gu [N,2H]
 // (gate in columns 0..H-1, up in H..2H-1): the layout one GEMM against [W_gate; W_up] produces.
 template <typename T>
@@ -17,8 +24,16 @@ void swiglu_forward(T* out, const T* gu, int N, int H) {
     const T* u = g + H;
     T* o = out + std::size_t(n) * H;
 #pragma omp simd
-    for (int i = 0; i < H; ++i) o[i] = g[i] / (T(1) + vexp(-g[i])) * u[i];
+    for (int i = 0; i < H; ++i) o[i] = silu_mul(g[i], u[i]);
   }
+}
+
+// h [n] (written; may alias g or u) = silu(g) · u with gate and up in separate arrays g [n],
+// u [n]: the layout of the inference engine, which multiplies by W_gate and W_up separately.
+template <typename T>
+void swiglu_forward_split(T* h, const T* g, const T* u, std::size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (std::size_t i = 0; i < n; ++i) h[i] = silu_mul(g[i], u[i]);
 }
 
 // dgu [N,2H] (written; may alias gu: each element is read before it is written) from

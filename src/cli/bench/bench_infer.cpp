@@ -6,9 +6,9 @@
 //   pp: one feed() of PP tokens from an empty cache (max_batch = PP: one prefill pass);
 //   tg: TG feed() calls of one token each, from an empty cache;
 //   one warm-up of each first (pp: a whole PP run; tg: one token), then one timed run of each.
-// KV cache f32, context PP + TG, the weights read in place from the file's map. Token ids: the
-// benchmark's fixed sequence (splitmix64 from seed 1234, id = value mod vocabulary; pp feeds the
-// first PP ids, tg the next TG), the same as llama_ref bench's.
+// KV cache f32 (--kv-type bf16: bf16), context PP + TG, the weights read in place from the file's
+// map. Token ids: the benchmark's fixed sequence (splitmix64 from seed 1234, id = value mod
+// vocabulary; pp feeds the first PP ids, tg the next TG), the same as llama_ref bench's.
 //
 // Also reported: peak resident memory (getrusage ru_maxrss; the mapped file's pages count once
 // touched, as on llama.cpp's side), the bytes of weights one decode step reads
@@ -36,7 +36,7 @@ namespace moe::cli {
 namespace {
 
 struct InferArgs {
-  std::string checkpoint;
+  std::string checkpoint, kv_type = "f32";
   int pp = 512, tg = 128, threads = 0;
   bool json = false;
 };
@@ -79,11 +79,13 @@ double run_tg(infer::Engine& e, const std::vector<int32_t>& ids, int pp, int n) 
 
 InferResult measure_infer(const InferArgs& a) {
   InferResult r;
+  const infer::KvType kv_type = infer::parse_kv_type(a.kv_type, "--kv-type");
   const auto t_load = BenchClock::now();
   const auto reader = formats::open_model(a.checkpoint);
   infer::EngineOptions opt;
   opt.context = a.pp + a.tg;
   opt.max_batch = a.pp;
+  opt.kv_type = kv_type;
   MOE_CHECK(opt.context <= reader->config().max_seq_len,
             "{}: --pp {} + --tg {} = {} positions, over the model's context of {}", a.checkpoint,
             a.pp, a.tg, opt.context, reader->config().max_seq_len);
@@ -122,6 +124,7 @@ void print_infer(const InferArgs& a, const InferResult& r) {
                                        {"weight_bytes", r.weight_bytes},
                                        {"owned_bytes", r.owned_bytes},
                                        {"kv_bytes", r.kv_bytes},
+                                       {"kv_type", a.kv_type},
                                        {"tg_bandwidth_gbps", tg_gbps},
                                        {"triad_gbps", r.triad_gbps},
                                        {"pp", a.pp},
@@ -134,12 +137,12 @@ void print_infer(const InferArgs& a, const InferResult& r) {
   fmt::print(
       "{}: pp{} {:.2f} tokens/s, tg{} {:.2f} tokens/s ({} threads; load {:.2f} s)\n"
       "  peak RSS {:.1f} MiB (mapped weights count once touched); weights {:.1f} MiB as stored, "
-      "{:.1f} MiB f32 copies, KV cache {:.1f} MiB\n"
+      "{:.1f} MiB f32 copies, KV cache {:.1f} MiB ({})\n"
       "  tg reads {:.1f} MiB of weights per token: {:.2f} GB/s = {:.1f}% of a {:.2f} GB/s triad\n",
       a.checkpoint, a.pp, pp_tps, a.tg, tg_tps, omp_get_max_threads(), r.load_s,
       r.peak_rss / 1048576.0, r.weight_bytes / 1048576.0, r.owned_bytes / 1048576.0,
-      r.kv_bytes / 1048576.0, r.active_bytes / 1048576.0, tg_gbps, 100 * tg_gbps / r.triad_gbps,
-      r.triad_gbps);
+      r.kv_bytes / 1048576.0, a.kv_type, r.active_bytes / 1048576.0, tg_gbps,
+      100 * tg_gbps / r.triad_gbps, r.triad_gbps);
 }
 
 }  // namespace
@@ -149,13 +152,15 @@ void register_bench_infer(CLI::App& bench) {
   CLI::App* ib = bench.add_subcommand(
       "infer",
       "Inference speed on a model file, as llama-bench measures it: pp = one prefill of --pp "
-      "tokens, tg = --tg single-token decodes, each from an empty f32 KV cache after a warm-up");
+      "tokens, tg = --tg single-token decodes, each from an empty KV cache after a warm-up");
   ib->add_option("--checkpoint", a->checkpoint, "model file (.gguf, HF directory, moe checkpoint)")
       ->required();
   ib->add_option("--pp", a->pp, "prompt tokens, fed in one pass")->check(CLI::PositiveNumber);
   ib->add_option("--tg", a->tg, "generated tokens, fed one at a time")->check(CLI::PositiveNumber);
   ib->add_option("--threads", a->threads, "OpenMP threads (0 = default)")
       ->check(CLI::NonNegativeNumber);
+  ib->add_option("--kv-type", a->kv_type, "KV cache element type: f32 or bf16")
+      ->capture_default_str();
   ib->add_flag("--json", a->json, "print one JSON object");
   ib->callback([a] {
     set_threads(a->threads, "--threads");
