@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <vector>
 
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
@@ -377,39 +376,6 @@ void Router<T>::select_expert_choice() {
 }
 
 template <typename T>
-void Router<T>::count_sequence_selections() {
-  // c[b, e]: sequence b's selections of expert e before capacity (GShard: first choices only),
-  // the per-sequence counts of f_e.
-  const int E = spec_.E, k = experts_per_token_;
-  const int slots = spec_.kind == RouterKind::kGShard ? 1 : k;
-  std::fill(seq_selections_, seq_selections_ + std::size_t(batch_) * E, 0.0);
-  for (int n = 0; n < tokens_; ++n) {
-    double* c = seq_selections_ + std::size_t(n / seq_len_) * E;
-    for (int s = 0; s < slots; ++s) c[assign_.expert[std::size_t(n) * k + s]] += 1;
-  }
-}
-
-template <typename T>
-double Router<T>::sequence_balance_sum() const {
-  // Σ_b Σ_e f_{b,e}·P_{b,e} over this rank's sequences: f_{b,e} = c[b,e]/(T·k) (GShard: first
-  // choices / T), P_{b,e} = the mean over the sequence's T tokens of the balance probability.
-  const int E = spec_.E, Tn = seq_len_;
-  const double denom = spec_.kind == RouterKind::kGShard ? Tn : double(Tn) * experts_per_token_;
-  double total = 0;
-  for (int b = 0; b < batch_; ++b) {
-    const double* c = seq_selections_ + std::size_t(b) * E;
-    double acc = 0;
-    for (int e = 0; e < E; ++e) {
-      double P = 0;
-      for (int t = 0; t < Tn; ++t) P += double(balance_prob(b * Tn + t, e));
-      acc += c[e] / denom * (P / Tn);
-    }
-    total += acc;
-  }
-  return total;
-}
-
-template <typename T>
 bool Router<T>::aux_loss_active() const {
   return !expert_choice_ && spec_.alpha > 0 && spec_.kind != RouterKind::kExpertChoice;
 }
@@ -609,19 +575,6 @@ void Router<T>::backward(T* dx, const MoeGrads<T>& g, const T* x, const MoeParam
     gemm<T>(false, false, N, C, E, T(1), dlogits_, E, p.router, C, T(1), dx, C);
     if (noisy_) gemm<T>(false, false, N, C, E, T(1), noise_logits_, E, p.w_noise, C, T(1), dx, C);
   }
-}
-
-template <typename T>
-void Router<T>::update_bias(T* bias) const {
-  // Load = selections per expert in this forward (before capacity), as DeepSeek-V3 counts it.
-  const int E = spec_.E;
-  std::vector<double> loads(selections_, selections_ + E);
-  update_selection_bias(bias, loads.data(), E, spec_.bias_rate, spec_.bias_update);
-}
-
-template <typename T>
-void Router<T>::add_selections(double* loads) const {
-  for (int e = 0; e < spec_.E; ++e) loads[e] += selections_[e];
 }
 
 template class Router<float>;
