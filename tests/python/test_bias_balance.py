@@ -93,4 +93,4 @@ class BiasBalance(MpiCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    unittest.main(argv=[sys.argv[0]], verbosity=2)
