@@ -33,6 +33,7 @@ void refuse_unexportable_ffn(const FfnConfig& f, int layer) {
   if (m.router.kind == K::kGShard) refuse(at + ": GShard routing (random second expert)");
   if (m.router.score == RouterConfig::Score::kSigmoid) refuse(at + ": sigmoid router scores");
   if (m.router.bias_balance) refuse(at + ": the DeepSeek-V3 selection bias (router.bias_balance)");
+  if (m.router.n_group > 1) refuse(at + ": group-limited routing (router.n_group)");
   if (m.eval_capacity_factor > 0)
     refuse(at + ": an expert capacity at inference (model.ffn.eval_capacity_factor)");
 }

@@ -43,6 +43,7 @@ void check_moe_block(const FfnConfig& f, int l) {
   if (r.score != RouterConfig::Score::kSoftmax)
     none_computes(fmt::format("sigmoid router scores (block {})", l));
   if (r.bias_balance) none_computes(fmt::format("router selection bias (block {})", l));
+  if (r.n_group > 1) none_computes(fmt::format("group-limited routing (block {})", l));
   if (f.moe.eval_capacity_factor != 0)
     none_computes(fmt::format("eval_capacity_factor {} (block {}): HF routing drops no tokens",
                               f.moe.eval_capacity_factor, l));

@@ -35,6 +35,19 @@ std::span<const EnumSpelling<RouterConfig::Score>> spellings(RouterConfig::Score
   return k;
 }
 
+std::span<const EnumSpelling<RouterConfig::BiasUpdate>> spellings(RouterConfig::BiasUpdate) {
+  using U = RouterConfig::BiasUpdate;
+  static constexpr EnumSpelling<U> k[] = {{U::kSign, "sign"}, {U::kSignCentred, "sign_centred"}};
+  return k;
+}
+
+std::span<const EnumSpelling<MoeFfnConfig::AuxLossScope>> spellings(MoeFfnConfig::AuxLossScope) {
+  using A = MoeFfnConfig::AuxLossScope;
+  static constexpr EnumSpelling<A> k[] = {{A::kMicroBatch, "micro_batch"},
+                                          {A::kSequence, "sequence"}};
+  return k;
+}
+
 std::span<const EnumSpelling<MoeFfnConfig::ExpertGemm>> spellings(MoeFfnConfig::ExpertGemm) {
   using G = MoeFfnConfig::ExpertGemm;
   static constexpr EnumSpelling<G> k[] = {
@@ -98,6 +111,23 @@ const FieldTable<RouterConfig>& router_config_fields() {
                    "token-choice routers)";
           });
     t.add("bias_rate", &R::bias_rate, "γ of the bias update b_e += γ·sign(mean load − load_e)");
+    t.add("bias_update", &R::bias_update,
+          "`sign`: b_e += γ·sign(mean load − load_e) once per optimizer step, loads summed over "
+          "its micro-batches and ranks (DeepSeek-V3); `sign_centred`: then subtract the mean b");
+    t.add("n_group", &R::n_group,
+          "topk: DeepSeek-V3 group-limited routing over n_group groups of num_experts/n_group "
+          "experts (1 = off)",
+          [](int g, const R& r) -> std::optional<std::string> {
+            if (g == 1 || (g > 1 && r.kind == R::Kind::kTopK)) return std::nullopt;
+            return g < 1 ? ">= 1" : "1 (group-limited routing is for the topk router)";
+          });
+    t.add("topk_group", &R::topk_group,
+          "groups a token may route to: those with the largest sums of their two best "
+          "selection scores (1..n_group)",
+          [](int g, const R& r) -> std::optional<std::string> {
+            if (g >= 1 && g <= r.n_group) return std::nullopt;
+            return fmt::format("1..n_group = {}", r.n_group);
+          });
     t.add("routed_scaling_factor", &R::routed_scaling_factor,
           "topk: multiplies the routed experts' combine weights after the optional "
           "renormalisation (DeepSeek; llama.cpp's expert_weights_scale)",
@@ -146,6 +176,9 @@ const FieldTable<MoeFfnConfig>& moe_ffn_config_fields() {
           "the same at evaluation and generation (0 = dropless; expert choice: capacity_factor)",
           nonneg_f);
     t.add("aux_loss_coef", &M::aux_loss_coef, "α of the Switch load-balancing loss", nonneg_d);
+    t.add("aux_loss_scope", &M::aux_loss_scope,
+          "`micro_batch`: f_e and P_e over the forward's (global) batch; `sequence`: per "
+          "sequence, the losses averaged (DeepSeek-V2/V3)");
     t.add("z_loss_coef", &M::z_loss_coef, "β of the router z-loss", nonneg_d);
     t.add("expert_dropout", &M::expert_dropout,
           "dropout on expert hidden units (training; for fine-tuning)", rule::half_open(0.f, 1.f));

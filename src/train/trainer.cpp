@@ -440,6 +440,7 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
         r.loss, r.aux, s, file_exists(last) ? last : std::string("(none yet)"));
   }
   r.stats = opt_->step(s);
+  for (auto& f : model_->ffns()) f->end_step();  // e.g. the MoE selection bias, once per step
 #ifndef NDEBUG
   check_replicas();  // debug builds: every step
 #endif

@@ -1,6 +1,9 @@
 // The MoE layer (every router kind, capacity drops, shared experts, GELU) against the PyTorch
 // reference in tools/reference/moe_layer.py: output, aux and z losses, the routing decisions,
-// and the gradients of L = Σ y·R + aux + z for x and every parameter.
+// and the gradients of L = Σ y·R + aux + z for x and every parameter. The same for issue 20's
+// routing rules (tools/reference/moe_routing.py): DeepSeek-V3's group-limited routing with the
+// selection bias and the routed scaling factor, the sequence-wise balance loss, and the bias
+// update from the loads of one forward or of the micro-batches of one step.
 //
 // The C++ side runs in double first, so the only differences are summation order: 1e-10
 // relative to each tensor's largest entry is ~1e5 ulp of headroom yet catches any wrong term.
@@ -17,6 +20,7 @@
 #include "../grad_check.h"
 #include "moe/core/safetensors.h"
 #include "moe/ffn/moe/moe_layer.h"
+#include "moe/ffn/moe/routing_rules.h"
 
 using namespace moe;
 using moe::testing::all_close;
@@ -26,15 +30,14 @@ using moe::testing::max_abs;
 
 namespace {
 
+using V = std::vector<double>;
+
 template <typename T>
 std::vector<T> cast(const std::vector<double>& v) {
   return std::vector<T>(v.begin(), v.end());
 }
 
-template <typename T>
-void run_fixture(const char* name, double rel, double loss_tol) {
-  SafeTensorsReader r(fixture_path(std::string("moe_") + name + ".safetensors"));
-  const nlohmann::json L = nlohmann::json::parse(r.meta("layer"));
+FfnConfig ffn_of(const nlohmann::json& L) {
   FfnConfig f;
   f.kind = FfnConfig::Kind::kMoe;
   f.moe.num_experts = L["num_experts"];
@@ -49,6 +52,22 @@ void run_fixture(const char* name, double rel, double loss_tol) {
   f.moe.router.kind = *enum_from_name<RouterConfig::Kind>(L["router"]);
   f.moe.router.normalize = L["normalize"];
   f.moe.router.score = *enum_from_name<RouterConfig::Score>(L["score"]);
+  // moe_routing.py's fields (absent from moe_layer.py's fixtures: the defaults).
+  f.moe.router.n_group = L.value("n_group", 1);
+  f.moe.router.topk_group = L.value("topk_group", 1);
+  f.moe.router.routed_scaling_factor = L.value("routed_scaling_factor", 1.0);
+  f.moe.router.bias_balance = L.value("bias_balance", false);
+  f.moe.router.bias_rate = L.value("bias_rate", 1e-3);
+  f.moe.aux_loss_scope =
+      *enum_from_name<MoeFfnConfig::AuxLossScope>(L.value("aux_loss_scope", "micro_batch"));
+  return f;
+}
+
+template <typename T>
+void run_fixture(const char* name, double rel, double loss_tol) {
+  SafeTensorsReader r(fixture_path(std::string("moe_") + name + ".safetensors"));
+  const nlohmann::json L = nlohmann::json::parse(r.meta("layer"));
+  const FfnConfig f = ffn_of(L);
   const int C = L["d_model"], B = L["batch"], Tn = L["seq_len"], N = B * Tn;
   MoeSpec spec = MoeSpec::from_config(f, C);
   const int E = spec.E;
@@ -63,7 +82,8 @@ void run_fixture(const char* name, double rel, double loss_tol) {
   }
   auto ptr = [&](const char* n) -> const T* { return P.count(n) ? P[n].data() : nullptr; };
   auto gptr = [&](const char* n) -> T* { return G.count(n) ? G[n].data() : nullptr; };
-  MoeParams<T> p{ptr("router.weight"),  ptr("router.w_noise"), nullptr,
+  const std::vector<T> bias = r.has("bias") ? cast<T>(as_double(r, "bias")) : std::vector<T>();
+  MoeParams<T> p{ptr("router.weight"),  ptr("router.w_noise"), bias.empty() ? nullptr : bias.data(),
                  ptr("experts.w_gate"), ptr("experts.w_up"),   ptr("experts.w_down"),
                  ptr("shared.w_gate"),  ptr("shared.w_up"),    ptr("shared.w_down")};
   MoeGrads<T> g{gptr("router.weight"), gptr("router.w_noise"), gptr("experts.w_gate"),
@@ -114,5 +134,63 @@ TEST_P(MoeReference, FloatMatchesPyTorch) { run_fixture<float>(GetParam(), 2e-5,
 INSTANTIATE_TEST_SUITE_P(Fixtures, MoeReference,
                          ::testing::Values("switch", "mixtral", "capacity", "sigmoid", "noisy",
                                            "gshard", "expert_choice", "shared_gelu"));
+INSTANTIATE_TEST_SUITE_P(Routing, MoeReference,
+                         ::testing::Values("grouped_sigmoid_bias", "grouped_softmax", "seq_aux",
+                                           "seq_aux_deepseek_v3", "seq_aux_gshard"));
+
+// The bias update against the fixture's: from the loads of the whole forward (update_bias), and
+// from the loads summed over two micro-batches of half the batch each, as training sums them
+// over a step (add_selections + update_selection_bias; dropless top-k routes every token alone,
+// so the halves' loads add up to the whole's). sign and sign_centred.
+TEST(MoeReferenceBias, UpdateFromOneForwardAndFromMicroBatches) {
+  for (const char* name : {"grouped_sigmoid_bias", "seq_aux_deepseek_v3"}) {
+    SCOPED_TRACE(name);
+    SafeTensorsReader r(fixture_path(std::string("moe_") + name + ".safetensors"));
+    const nlohmann::json L = nlohmann::json::parse(r.meta("layer"));
+    const int C = L["d_model"], B = L["batch"], Tn = L["seq_len"];
+    const V x = as_double(r, "x"), bias = as_double(r, "bias");
+    std::map<std::string, V> P;
+    for (const char* n : {"router.weight", "experts.w_gate", "experts.w_up", "experts.w_down"})
+      P[n] = as_double(r, std::string("param.") + n);
+    const MoeParams<double> p{P["router.weight"].data(),
+                              nullptr,
+                              bias.data(),
+                              P["experts.w_gate"].data(),
+                              P["experts.w_up"].data(),
+                              P["experts.w_down"].data()};
+    for (BiasUpdate rule : {BiasUpdate::kSign, BiasUpdate::kSignCentred}) {
+      MoeSpec spec = MoeSpec::from_config(ffn_of(L), C);
+      spec.bias_update = rule;
+      const char* want_name =
+          rule == BiasUpdate::kSign ? "bias_next_sign" : "bias_next_sign_centred";
+      const V want = r.read_f64(want_name);
+      MoeLayer<double> layer(spec);
+      Arena measure;
+      layer.bind(measure, B, Tn);
+      Arena acts(measure.used());
+      layer.bind(acts, B, Tn);
+      V y(x.size());
+      MoeStep<double> step;
+      step.batch = B;
+      step.seq_len = Tn;
+      step.training = true;
+      layer.forward(y.data(), x.data(), p, step);
+      V b = bias;
+      layer.update_bias(b.data());
+      EXPECT_TRUE(all_close(want_name, b, want, 1e-15, 0));
+      // Two micro-batches of B/2 sequences, their loads summed, one update.
+      V loads(spec.E, 0.0);
+      step.batch = B / 2;
+      const std::size_t half = std::size_t(B / 2) * Tn * C;
+      for (int m = 0; m < 2; ++m) {
+        layer.forward(y.data(), x.data() + m * half, p, step);
+        layer.add_selections(loads.data());
+      }
+      b = bias;
+      update_selection_bias(b.data(), loads.data(), spec.E, spec.bias_rate, rule);
+      EXPECT_TRUE(all_close(std::string(want_name) + " (2 micro-batches)", b, want, 1e-15, 0));
+    }
+  }
+}
 
 }  // namespace

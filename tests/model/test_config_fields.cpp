@@ -106,7 +106,7 @@ TEST(ConfigFields, MessagesNameFileFieldValueAndWhatIsAllowed) {
   expect_error([] { parse(R"({"train": {"min_lr": 0.1, "lr": 0.01}})"); },
                {"field train.min_lr: got 0.1, expected 0 <= min_lr <= lr = 0.01"});
   expect_error([] { parse(R"({"model": {"ffn": {"router": {"kinds": "topk"}}}})"); },
-               {"cfg.json: unknown field model.ffn.router.kinds", "kind, normalize"});
+               {"cfg.json: unknown field model.ffn.router.kinds", "kind, n_group, normalize"});
   expect_error([] { parse(R"({"model": {"ffn": {"router": "topk"}}})"); },
                {"field model.ffn.router: expected a JSON object", "\"topk\""});
   expect_error([] { parse(R"({"model": {"ffn": {"router": {"kind": "top1"}}}})"); },

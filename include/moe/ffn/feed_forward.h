@@ -42,6 +42,10 @@ class FeedForward {
   virtual std::string describe() const = 0;
   // Routing metrics accumulated over the forwards since the last reset (null for dense).
   virtual nlohmann::json metrics() const { return nullptr; }
+  // Called by the trainer once per optimizer step, after the update, when every micro-batch's
+  // forward and backward of the step are done: per-step state such as DeepSeek-V3's selection
+  // bias (moe: router.bias_update) changes here.
+  virtual void end_step() {}
   virtual void reset_metrics() {}
 };
 

@@ -20,18 +20,25 @@ std::span<const EnumSpelling<Activation>> spellings(Activation);  // swiglu | ge
 struct RouterConfig {
   enum class Kind { kTopK, kNoisyTopK, kGShard, kExpertChoice };
   enum class Score { kSoftmax, kSigmoid };
+  enum class BiasUpdate { kSign, kSignCentred };
   Kind kind = Kind::kTopK;
   bool normalize = true;  // topk: renormalise the k gates to sum 1 (Mixtral); false = Switch
   Score score = Score::kSoftmax;  // sigmoid: topk only
   float jitter = 0;           // topk: multiplicative input jitter x·U(1−j, 1+j), training only
   bool bias_balance = false;  // DeepSeek-V3 aux-loss-free bias on the selection (token choice)
   float bias_rate = 1e-3f;    // γ of the bias update b_e += γ·sign(mean load − load_e)
+  BiasUpdate bias_update = BiasUpdate::kSign;  // once per optimizer step; centred: mean b = 0
+  // DeepSeek-V3 group-limited routing (topk): n_group groups, the topk_group best (by the sum of
+  // each group's two best keys) hold the token's k experts. 1 = off.
+  int n_group = 1;
+  int topk_group = 1;
   // topk: multiplies the k combine weights after the optional renormalisation (DeepSeek's
   // routed_scaling_factor, llama.cpp's expert_weights_scale).
   float routed_scaling_factor = 1.f;
 };
 std::span<const EnumSpelling<RouterConfig::Kind>> spellings(RouterConfig::Kind);
 std::span<const EnumSpelling<RouterConfig::Score>> spellings(RouterConfig::Score);
+std::span<const EnumSpelling<RouterConfig::BiasUpdate>> spellings(RouterConfig::BiasUpdate);
 
 // The fields of an FFN of kind "moe". Either explicit sizes (num_experts, top_k, d_expert) or
 // the fine-grained parametrisation of Krajewski et al.: E·G experts of width d_ff/G, top-k =
@@ -40,6 +47,8 @@ struct MoeFfnConfig {
   // Which product runs the experts' matrices; the two give different bits, so it is part of the
   // config (and so of the checkpoint).
   enum class ExpertGemm { kAuto, kBlas, kPanel };
+  // The balancing loss's f_e and P_e over the micro-batch, or per sequence (DeepSeek-V2/V3).
+  enum class AuxLossScope { kMicroBatch, kSequence };
   int num_experts = 0;  // E (routed experts)
   int top_k = 0;        // k; 0 = 1 (gshard: 2; fine-grained: G·k_base)
   int d_expert = 0;     // H of one expert; 0 = d_ff (or d_ff / G)
@@ -52,12 +61,14 @@ struct MoeFfnConfig {
   float capacity_factor = 0;       // training; 0 = dropless (token choice)
   float eval_capacity_factor = 0;  // evaluation / generation; 0 = dropless
   double aux_loss_coef = 0.01;     // α of the Switch load-balancing loss
-  double z_loss_coef = 0.001;      // β of the router z-loss
-  float expert_dropout = 0;        // dropout on expert hidden units, training only
+  AuxLossScope aux_loss_scope = AuxLossScope::kMicroBatch;
+  double z_loss_coef = 0.001;  // β of the router z-loss
+  float expert_dropout = 0;    // dropout on expert hidden units, training only
   ExpertGemm expert_gemm = ExpertGemm::kAuto;
   RouterConfig router;
 };
 std::span<const EnumSpelling<MoeFfnConfig::ExpertGemm>> spellings(MoeFfnConfig::ExpertGemm);
+std::span<const EnumSpelling<MoeFfnConfig::AuxLossScope>> spellings(MoeFfnConfig::AuxLossScope);
 
 // The fields of an FFN of kind "peer" (He 2024): num_experts = S² single-neuron experts, `heads`
 // query heads each retrieving top_k of them by product keys of dimension d_key.

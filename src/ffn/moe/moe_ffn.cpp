@@ -6,6 +6,7 @@
 
 #include "moe/core/error.h"
 #include "moe/ffn/dense.h"
+#include "moe/ffn/moe/routing_rules.h"
 #include "moe/ffn/peer/peer_ffn.h"
 
 namespace moe {
@@ -60,6 +61,7 @@ MoeFfn::MoeFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
     if (spec_.shared_gate) s_router_ = ps.add(prefix + ".shared.gate", {C}, Init::kZeros, 0, false);
   }
   acc_tokens_.assign(E, 0);
+  step_loads_.assign(E, 0.0);
 }
 
 void MoeFfn::bind(Arena& acts, int max_batch, int max_seq) {
@@ -91,8 +93,11 @@ void MoeFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
   step.layer = layer_index_;
   step.loss_scale = info.loss_scale;
   layer_.forward(out, x, params(), step);
-  // DeepSeek-V3: after each training forward, nudge the selection bias towards balance.
-  if (bias_ && info.training) layer_.update_bias(bias_->w);
+  // DeepSeek-V3: the loads of the step's forwards, for the bias update in end_step.
+  if (bias_ && info.training) {
+    layer_.add_selections(step_loads_.data());
+    ++step_forwards_;
+  }
   const MoeStats& st = layer_.stats();
   for (std::size_t e = 0; e < acc_tokens_.size(); ++e) acc_tokens_[e] += st.tokens_per_expert[e];
   acc_assign_ += st.assignments;
@@ -101,6 +106,15 @@ void MoeFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
   acc_aux_ += st.aux_loss;
   acc_z_ += st.z_loss;
   ++acc_forwards_;
+}
+
+void MoeFfn::end_step() {
+  // Once per optimizer step, from the loads of all its micro-batches; each forward's loads are
+  // already summed over the ranks (Router::apply_capacity), so every rank updates alike.
+  if (!bias_ || step_forwards_ == 0) return;
+  update_selection_bias(bias_->w, step_loads_.data(), spec_.E, spec_.bias_rate, spec_.bias_update);
+  std::fill(step_loads_.begin(), step_loads_.end(), 0.0);
+  step_forwards_ = 0;
 }
 
 void MoeFfn::backward(float* dx, const float* dout, const float* x, int N) {

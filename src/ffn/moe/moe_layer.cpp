@@ -28,6 +28,14 @@ MoeSpec MoeSpec::from_config(const FfnConfig& f, int d_model) {
   s.sigmoid = m.router.score == RouterConfig::Score::kSigmoid;
   s.bias_balance = m.router.bias_balance;
   s.bias_rate = m.router.bias_rate;
+  s.bias_update = m.router.bias_update == RouterConfig::BiasUpdate::kSignCentred
+                      ? BiasUpdate::kSignCentred
+                      : BiasUpdate::kSign;
+  s.n_group = m.router.n_group;
+  s.topk_group = m.router.topk_group;
+  s.aux_scope = m.aux_loss_scope == MoeFfnConfig::AuxLossScope::kSequence
+                    ? AuxLossScope::kSequence
+                    : AuxLossScope::kMicroBatch;
   s.jitter = m.router.jitter;
   s.expert_dropout = m.expert_dropout;
   s.capacity_factor = m.capacity_factor;
@@ -70,6 +78,26 @@ void MoeSpec::validate() const {
   MOE_CHECK(!bias_balance || kind != RouterKind::kExpertChoice,
             "model.ffn.router.bias_balance: expert choice balances by construction; "
             "bias_balance is for token-choice routers");
+  validate_groups();
+}
+
+void MoeSpec::validate_groups() const {
+  // Group-limited routing (DeepSeek-V3): whole groups, each with the two experts its score
+  // sums, and enough experts in the chosen groups for the k.
+  MOE_CHECK(n_group == 1 || (n_group > 1 && kind == RouterKind::kTopK),
+            "model.ffn.router.n_group: got {}, expected 1 (off) or > 1 with the topk router",
+            n_group);
+  if (n_group == 1) return;
+  MOE_CHECK(E % n_group == 0 && E / n_group >= 2,
+            "model.ffn.router.n_group: got {}, expected a divisor of num_experts = {} leaving "
+            ">= 2 experts per group",
+            n_group, E);
+  MOE_CHECK(topk_group >= 1 && topk_group <= n_group,
+            "model.ffn.router.topk_group: got {}, expected 1..n_group = {}", topk_group, n_group);
+  MOE_CHECK(int64_t(k) <= int64_t(topk_group) * (E / n_group),
+            "model.ffn.top_k: got {}, expected <= topk_group·num_experts/n_group = {}·{}/{} = {} "
+            "(the experts of the chosen groups)",
+            k, topk_group, E, n_group, int64_t(topk_group) * (E / n_group));
 }
 
 template <typename T>

@@ -7,6 +7,7 @@
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
 #include "moe/core/threading.h"
+#include "moe/ffn/moe/routing_rules.h"
 #include "moe/kernels/gemm.h"
 #include "moe/kernels/softmax.h"
 #include "moe/kernels/topk.h"
@@ -52,8 +53,11 @@ void Router<T>::bind(Arena& a, int max_batch, int max_seq, int max_assign) {
   assign_.gate = f(max_assign);
   assign_.dgate = f(max_assign);
   assign_.fate = a.take<AssignmentFate>(max_assign);
-  aux_grad_ = f(E);
+  // The balancing loss's d/dP: one row, or one per sequence (aux_loss_scope sequence).
+  const bool per_sequence = spec_.aux_scope == AuxLossScope::kSequence;
+  aux_grad_ = f(std::size_t(E) * (per_sequence ? max_batch : 1));
   selections_ = a.take<int32_t>(E);
+  if (per_sequence) seq_selections_ = a.take<double>(std::size_t(max_batch) * E);
   // Token choice routes at most k experts per token; expert choice's decode fallback
   // round(cf), for the larger of the training and evaluation capacity factors.
   const bool ec_kind = spec_.kind == RouterKind::kExpertChoice;
@@ -62,10 +66,18 @@ void Router<T>::bind(Arena& a, int max_batch, int max_seq, int max_assign) {
   slot_counts_ = a.take<double>(std::size_t(ranks_) * max_slots_ * E + E);
   kept_before_ = a.take<int64_t>(E);
   kept_running_ = a.take<int64_t>(E);
-  stats_sums_ = a.take<double>(2 * std::size_t(E) + 4);
+  stats_sums_ = a.take<double>(2 * std::size_t(E) + 4 + (per_sequence ? 1 : 0));
   token_entropy_ = a.take<double>(N);
   scratch_threads_ = max_threads();
-  if (spec_.bias_balance) key_scratch_ = f(line_padded(E) * scratch_threads_);
+  // Per thread: the biased keys [E], then group-limited routing's scratch.
+  const bool grouped = spec_.n_group > 1;
+  key_stride_ =
+      line_padded(E) + (grouped ? line_padded(group_topk_scratch_values(E, spec_.n_group)) : 0);
+  if (spec_.bias_balance || grouped) key_scratch_ = f(key_stride_ * scratch_threads_);
+  if (grouped) {
+    group_stride_ = line_padded(group_topk_scratch_indices(spec_.n_group));
+    group_scratch_ = a.take<int32_t>(group_stride_ * scratch_threads_);
+  }
   if (ec_kind) {
     // Groups span the global batch of max_batch·P sequences; each expert takes c of a group.
     const int64_t Bg = int64_t(max_batch) * ranks_;
@@ -136,6 +148,7 @@ void Router<T>::forward(const T* x, const MoeParams<T>& p, const MoeStep<T>& st)
     token_choice_scores(xr, p, st);
     select_token_choice(p, st);
     apply_capacity();
+    if (spec_.aux_scope == AuxLossScope::kSequence) count_sequence_selections();
   }
 }
 
@@ -185,7 +198,7 @@ void Router<T>::token_choice_scores(const T* xr, const MoeParams<T>& p, const Mo
 
 template <typename T>
 T* Router<T>::thread_keys() const {
-  return key_scratch_ + line_padded(spec_.E) * thread_index();
+  return key_scratch_ + key_stride_ * thread_index();
 }
 
 template <typename T>
@@ -194,7 +207,8 @@ void Router<T>::select_token_choice(const MoeParams<T>& p, const MoeStep<T>& st)
   const bool gshard = spec_.kind == RouterKind::kGShard;
   // Expert choice's decode fallback keeps the raw softmax scores as gates.
   const bool renormalise = (spec_.normalize && spec_.kind != RouterKind::kExpertChoice) || gshard;
-  MOE_CHECK(!spec_.bias_balance || max_threads() <= scratch_threads_,
+  const bool grouped = spec_.n_group > 1;
+  MOE_CHECK(!(spec_.bias_balance || grouped) || max_threads() <= scratch_threads_,
             "internal: {} threads, router scratch bound for {}", max_threads(), scratch_threads_);
   Assignments<T>& a = assign_;
   a.count = N * k;
@@ -212,7 +226,15 @@ void Router<T>::select_token_choice(const MoeParams<T>& p, const MoeStep<T>& st)
     T* g = a.gate + std::size_t(n) * k;
     // The k best keys, ties to the lower index (kernels/topk.h, as PEER's retrieval); their
     // values land in g, which the gates overwrite next.
-    topk_scan(idx, g, key, E, k);
+    if (grouped) {
+      // DeepSeek-V3: the top-k within the topk_group best groups of the same keys.
+      const int th = thread_index();
+      group_limited_topk(idx, g, key, E, k, spec_.n_group, spec_.topk_group,
+                         key_scratch_ + key_stride_ * th + line_padded(E),
+                         group_scratch_ + group_stride_ * th);
+    } else {
+      topk_scan(idx, g, key, E, k);
+    }
     if (noisy_) {  // softmax over the kept noisy logits
       for (int s = 0; s < k; ++s) g[s] = base[idx[s]];
       softmax_row(g, g, k, SoftmaxExp::kLibm);
@@ -370,8 +392,10 @@ void Router<T>::finish_stats() {
   // router probability; both over the global batch when distributed, like the other statistics.
   const int N = tokens_, E = spec_.E;
   // [kept per expert E | Σ_n P(n, e) E | assignments, dropped, Σ entropy, Σ lse²]
+  // [.. | Σ over sequences of the per-sequence balance sums] with aux_loss_scope sequence.
   double* b = stats_sums_;
-  const std::size_t n_sums = 2 * std::size_t(E) + 4;
+  const bool per_sequence = spec_.aux_scope == AuxLossScope::kSequence && aux_loss_active();
+  const std::size_t n_sums = 2 * std::size_t(E) + 4 + (per_sequence ? 1 : 0);
   std::fill(b, b + n_sums, 0.0);
   for (int e = 0; e < E; ++e) b[e] = double(stats_.tokens_per_expert[e]);
   double* psum = b + E;
@@ -396,6 +420,7 @@ void Router<T>::finish_stats() {
   b[2 * E + 1] = double(stats_.dropped);
   b[2 * E + 2] = ent;
   b[2 * E + 3] = z_sum;
+  if (per_sequence) b[2 * E + 4] = sequence_balance_sum();
   if (distributed_) comm_->allreduce_sum(b, n_sums);
   const double Ng = double(global_tokens_);
   for (int e = 0; e < E; ++e) stats_.tokens_per_expert[e] = int64_t(b[e]);
@@ -404,7 +429,11 @@ void Router<T>::finish_stats() {
   stats_.router_entropy = b[2 * E + 2] / Ng;
   stats_.z_loss = spec_.beta * b[2 * E + 3] / Ng;
   stats_.aux_loss = 0;
-  if (aux_loss_active()) {
+  if (per_sequence) {
+    // DeepSeek-V2/V3's sequence-wise loss, averaged over the (global) batch's sequences.
+    const double sequences = double(batch_) * (distributed_ ? ranks_ : 1);
+    stats_.aux_loss = spec_.alpha * E * b[2 * E + 4] / sequences;
+  } else if (aux_loss_active()) {
     const double denom = spec_.kind == RouterKind::kGShard ? Ng : Ng * experts_per_token_;
     double acc = 0;
     for (int e = 0; e < E; ++e) acc += selections_[e] / denom * (psum[e] / Ng);
@@ -443,11 +472,25 @@ void Router<T>::gate_grads_to_logits() {
   const T zc = T(2.0 * spec_.beta / N) * loss_scale_;
   // Aux loss α·E·Σ_e f_e·P_e, P_e = mean_n q[n,e]:  d/dq[n,e] = α·E·f_e/N, the same for every n.
   const bool aux = aux_loss_active();
-  const T* dq = aux_grad_;
-  for (int e = 0; e < E; ++e)
-    aux_grad_[e] = aux ? T(spec_.alpha * E * (selections_[e] / denom) / N) * loss_scale_ : T(0);
+  const bool per_sequence = aux && spec_.aux_scope == AuxLossScope::kSequence;
+  if (per_sequence) {
+    // Sequence-wise: α·E/B_global·Σ_b Σ_e f_{b,e}·P_{b,e}, P_{b,e} the mean over T tokens:
+    // d/dq[n ∈ b, e] = α·E·f_{b,e}/(T·B_global), which is α·E·f_{b,e}/(T·B)·loss_scale here.
+    const int Tn = seq_len_;
+    const double fden = spec_.kind == RouterKind::kGShard ? Tn : double(Tn) * k;
+    for (int bq = 0; bq < batch_; ++bq)
+      for (int e = 0; e < E; ++e)
+        aux_grad_[std::size_t(bq) * E + e] =
+            T(spec_.alpha * E * (seq_selections_[std::size_t(bq) * E + e] / fden) /
+              (double(Tn) * batch_)) *
+            loss_scale_;
+  } else {
+    for (int e = 0; e < E; ++e)
+      aux_grad_[e] = aux ? T(spec_.alpha * E * (selections_[e] / denom) / N) * loss_scale_ : T(0);
+  }
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n) {
+    const T* dq = per_sequence ? aux_grad_ + std::size_t(n / seq_len_) * E : aux_grad_;
     // d: first d/d(score or noisy logit) from the gates, then (in place) d/d(logit).
     T* d = dlogits_ + std::size_t(n) * E;
     const T* sc = scores_ + std::size_t(n) * E;
@@ -531,19 +574,6 @@ void Router<T>::backward(T* dx, const MoeGrads<T>& g, const T* x, const MoeParam
   } else {
     gemm<T>(false, false, N, C, E, T(1), dlogits_, E, p.router, C, T(1), dx, C);
     if (noisy_) gemm<T>(false, false, N, C, E, T(1), noise_logits_, E, p.w_noise, C, T(1), dx, C);
-  }
-}
-
-template <typename T>
-void Router<T>::update_bias(T* bias) const {
-  // Load = selections per expert in this forward (before capacity), as DeepSeek-V3 counts it.
-  const int E = spec_.E;
-  double mean = 0;
-  for (int e = 0; e < E; ++e) mean += selections_[e];
-  mean /= E;
-  for (int e = 0; e < E; ++e) {
-    const double d = mean - selections_[e];
-    bias[e] += T(spec_.bias_rate) * T(d > 0 ? 1 : d < 0 ? -1 : 0);
   }
 }
 

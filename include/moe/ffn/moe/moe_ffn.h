@@ -20,6 +20,9 @@ class MoeFfn final : public FeedForward {
   double aux_loss() const override { return layer_.aux_loss(); }
   std::string describe() const override;
   nlohmann::json metrics() const override;
+  // bias_balance: the bias update from the loads of every training forward since the last
+  // end_step (all micro-batches, all ranks), then the loads start afresh.
+  void end_step() override;
   void reset_metrics() override;
   const MoeLayer<float>& layer() const { return layer_; }
 
@@ -36,6 +39,9 @@ class MoeFfn final : public FeedForward {
   Param *router_ = nullptr, *w_noise_ = nullptr, *bias_ = nullptr;
   Param *w_gate_ = nullptr, *w_up_ = nullptr, *w_down_ = nullptr;
   Param *s_gate_ = nullptr, *s_up_ = nullptr, *s_down_ = nullptr, *s_router_ = nullptr;
+  // bias_balance: per-expert selections summed over this optimizer step's training forwards.
+  std::vector<double> step_loads_;
+  int step_forwards_ = 0;
   // Metrics accumulated since reset_metrics().
   std::vector<int64_t> acc_tokens_;
   int64_t acc_assign_ = 0, acc_dropped_ = 0, acc_forwards_ = 0;

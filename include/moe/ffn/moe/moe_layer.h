@@ -54,8 +54,11 @@ class MoeLayer {
   // The aux + z loss of the last forward (already multiplied by α, β).
   double aux_loss() const { return stats().aux_loss + stats().z_loss; }
   const MoeStats& stats() const { return router_.stats(); }
-  // DeepSeek-V3 bias update from the last forward's loads: b_e += γ·sign(mean − load_e).
+  // DeepSeek-V3 bias update from the last forward's loads: b_e += γ·sign(mean − load_e)
+  // (Router::update_bias). Training sums the loads of a step's forwards with add_selections and
+  // updates once per optimizer step (MoeFfn::end_step).
   void update_bias(T* bias) const { router_.update_bias(bias); }
+  void add_selections(double* loads) const { router_.add_selections(loads); }
   // Assignments of the last forward (tests): per token-slot the expert and whether it was
   // dropped (by capacity or GShard's random routing). Empty after an expert-choice forward.
   std::vector<int32_t> selected_experts() const;  // [N, k] (token choice)

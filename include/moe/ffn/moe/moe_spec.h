@@ -12,6 +12,15 @@ namespace moe {
 
 enum class RouterKind { kTopK, kNoisyTopK, kGShard, kExpertChoice };
 
+// Over which tokens the balancing loss takes f_e and P_e (docs/MOE.md): the whole forward's
+// (global) batch, or each sequence on its own with the per-sequence losses averaged
+// (DeepSeek-V2/V3's sequence-wise balance loss).
+enum class AuxLossScope { kMicroBatch, kSequence };
+
+// DeepSeek-V3's bias update b_e += γ·sign(mean load − load_e); kSignCentred then subtracts the
+// mean bias, so the biases keep mean zero.
+enum class BiasUpdate { kSign, kSignCentred };
+
 // Which GEMM runs the expert products in float. kAuto: our panel GEMM (kernels/grouped_gemm)
 // where experts are small (H·C ≤ 128K floats: OpenBLAS's per-call packing dominates there) and
 // OpenBLAS above, where its blocking is as fast or faster (measured side by side, docs/MOE.md).
@@ -36,6 +45,12 @@ struct MoeSpec {
   bool sigmoid = false;       // sigmoid scores instead of a softmax (topk only)
   bool bias_balance = false;  // DeepSeek-V3 selection bias
   float bias_rate = 1e-3f;
+  BiasUpdate bias_update = BiasUpdate::kSign;
+  // DeepSeek-V3's group-limited routing (topk only): the E experts form n_group groups of E/n_group
+  // consecutive experts; a token picks the topk_group groups with the largest sums of their two
+  // best selection keys, then its top-k among those groups' experts. n_group = 1: off.
+  int n_group = 1, topk_group = 1;
+  AuxLossScope aux_scope = AuxLossScope::kMicroBatch;
   float jitter = 0;          // multiplicative jitter of the router input, U(1 ± jitter)
   float expert_dropout = 0;  // dropout of the experts' hidden units
   float capacity_factor = 0, eval_capacity_factor = 0;  // 0: dropless
@@ -47,6 +62,7 @@ struct MoeSpec {
   // spec. MoeLayer's constructor calls it, so every entry point (trainer, bench, tests) is
   // checked the same way. No limit on E: every buffer is sized from the spec at bind time.
   void validate() const;
+  void validate_groups() const;  // the group-limited routing fields (part of validate)
   int w1_rows() const { return act == Activation::kSwiGLU ? 2 * H : H; }
   int shared_H() const { return Hs > 0 ? Hs : H; }
   int shared_w1_rows() const { return act == Activation::kSwiGLU ? 2 * shared_H() : shared_H(); }

@@ -10,12 +10,15 @@
 // - expert_choice (Zhou et al.): each expert takes its top-c tokens of each group (the tokens at
 //   one position across the batch); gates = the softmax scores. Decoding one sequence (B = 1)
 //   falls back to token-choice top-round(cf), unnormalised.
-// Token-choice kinds may add the selection bias (bias_balance) to the keys of the top-k only.
+// Token-choice kinds may add the selection bias (bias_balance) to the keys of the top-k only;
+// topk may limit each token to its topk_group best groups of experts (DeepSeek-V3, n_group > 1:
+// routing_rules.h) and scale the gates by routed_scaling_factor after the normalisation.
 //
 // Capacity (token choice, cf > 0): cap = ⌈cf·N·k/E⌉ per expert over the (global) batch; kept in
 // the documented order: all first choices before any second, then by global token index.
 // Losses: aux = α·E·Σ_e f_e·P_e (f_e: selections before capacity / (N·k), GShard: first choices
-// / N; P_e: mean router probability), z = β·mean_n logsumexp(r_n)².
+// / N; P_e: mean router probability), z = β·mean_n logsumexp(r_n)². aux_loss_scope sequence
+// takes f and P per sequence (T tokens) and averages the sequences' losses (DeepSeek-V2/V3).
 //
 // Distributed training (set_parallel with P > 1): capacity, f_e, P_e, the bias loads and the
 // statistics are taken over the global batch of P slices, so P ranks compute the function of one
@@ -66,8 +69,13 @@ class Router {
   // dx [N,C] (+=) and grads.router, grads.w_noise (+=) from the gates' gradients
   // (assignments().dgate) and the aux/z losses. scratch: [N,C] floats free for the call.
   void backward(T* dx, const MoeGrads<T>& g, const T* x, const MoeParams<T>& p, T* scratch);
-  // DeepSeek-V3 bias update from this forward's loads: b_e += γ·sign(mean − load_e).
+  // DeepSeek-V3 bias update from this forward's loads alone: b_e += γ·sign(mean − load_e)
+  // (then centred with bias_update sign_centred). Training updates once per optimizer step from
+  // the step's summed loads instead (add_selections, update_selection_bias in routing_rules.h).
   void update_bias(T* bias) const;
+  // loads [E] (+=) this token-choice forward's selections per expert before capacity (GShard:
+  // first choices), over the global batch when distributed: the loads of the bias update.
+  void add_selections(double* loads) const;
 
   const Assignments<T>& assignments() const { return assign_; }
   Assignments<T>& assignments() { return assign_; }
@@ -86,6 +94,9 @@ class Router {
   void select_expert_choice();
   // P of the balancing loss: the softmax score (sigmoid: p normalised over experts).
   T balance_prob(int n, int e) const;
+  // aux_loss_scope sequence: per-sequence selection counts, and Σ_b Σ_e f_{b,e}·P_{b,e}.
+  void count_sequence_selections();
+  double sequence_balance_sum() const;
   bool aux_loss_active() const;
   void gate_grads_to_logits();
   T* thread_keys() const;
@@ -116,8 +127,9 @@ class Router {
   T* logsumexp_ = nullptr;  // [N] of the raw logits (z-loss)
   T* score_sum_ = nullptr;  // [N] Σ_e sigmoid scores (sigmoid routers)
   T *jittered_x_ = nullptr, *jitter_factors_ = nullptr;  // [N,C] each (jitter > 0)
-  T* aux_grad_ = nullptr;          // [E] d aux / d P(n, e), the same for every token
-  int32_t* selections_ = nullptr;  // [E] selections per expert before capacity (f_e, bias)
+  T* aux_grad_ = nullptr;  // [E] d aux / d P(n, e), the same for every token ([B,E]: per sequence)
+  int32_t* selections_ = nullptr;     // [E] selections per expert before capacity (f_e, bias)
+  double* seq_selections_ = nullptr;  // [B,E] the same per sequence (aux_loss_scope sequence)
   // Capacity: [P·k·E] per (rank, slot, expert) counts then [E] selections, summed over ranks;
   // per-expert running counts.
   double* slot_counts_ = nullptr;
@@ -131,9 +143,12 @@ class Router {
   // Statistics: [E kept | E Σ_n P | assignments, dropped, Σ entropy, Σ lse²], per-token entropy.
   double* stats_sums_ = nullptr;
   double* token_entropy_ = nullptr;
-  // Per-thread scratch: the biased keys of one token [E] and expert choice's ranking of one
+  // Per-thread scratch: the biased keys of one token [E] then group-limited routing's values
+  // (key_stride_ in all), its group indices (group_stride_), and expert choice's ranking of one
   // group [B·P]; sized for scratch_threads_ threads.
   T* key_scratch_ = nullptr;
+  std::size_t key_stride_ = 0, group_stride_ = 0;
+  int32_t* group_scratch_ = nullptr;
   int32_t* rank_scratch_ = nullptr;
   int64_t rank_scratch_stride_ = 0;
   int scratch_threads_ = 0;
