@@ -99,6 +99,20 @@ struct BF16T {
 
 struct Q8T {};
 struct Q40T {};
+
+// The eight 6-bit scales and mins of a Q4_K block's 12 bytes at p (get_scale_min_k4), as the 8
+// bytes of a uint64 each, computed in registers: q4_k_scales' byte stores followed by a vector
+// load of them stalled on store forwarding (Q4_K ran at half Q6_K's rate with it).
+inline void q4_k_scales_u64(const uint8_t* p, uint64_t& sc, uint64_t& m) {
+  uint32_t u[3];
+  std::memcpy(u, p, 12);
+  const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, m_lo = u[1] & 0x3f3f3f3fu;
+  // Scales/mins 4–7: a nibble of bytes 8–11 below the top 2 bits of bytes 0–3 / 4–7.
+  const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+  const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+  sc = uint64_t(sc_lo) | uint64_t(sc_hi) << 32;
+  m = uint64_t(m_lo) | uint64_t(m_hi) << 32;
+}
 struct Q4KT {};
 struct Q6KT {};
 
@@ -184,13 +198,13 @@ void kern_qk(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, i
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = w + r * ws + kBlockBytes * i;
-      alignas(16) uint8_t sc[16] = {}, m[16] = {};
+      const auto* s6 = reinterpret_cast<const int8_t*>(p + 192);  // Q6_K's 16 scales
+      uint64_t sc = 0, m = 0;                                     // Q4_K's, bytes of a uint64
       float d, dmin = 0.0f;
       if constexpr (kQ6) {
-        std::memcpy(sc, p + 192, 16);
         d = f16_scale(p + 208);
       } else {
-        q4_k_scales(p + 4, sc, m);
+        q4_k_scales_u64(p + 4, sc, m);
         d = f16_scale(p);
         dmin = f16_scale(p + 2);
       }
@@ -212,13 +226,12 @@ void kern_qk(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, i
                              : j == 2 ? qh
                                       : _mm256_srli_epi16(qh, 2);
           wv = _mm256_or_si256(lo, _mm256_and_si256(hs, bits45));
-          const auto* s8 = reinterpret_cast<const int8_t*>(sc);
-          sck = _mm256_set_m128i(_mm_set1_epi16(s8[2 * k + 1]), _mm_set1_epi16(s8[2 * k]));
+          sck = _mm256_set_m128i(_mm_set1_epi16(s6[2 * k + 1]), _mm_set1_epi16(s6[2 * k]));
         } else {  // sub-block k: the low (k even) or high nibbles of qs bytes 32(k/2) …
           const __m256i b =
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 + 32 * (k / 2)));
           wv = _mm256_and_si256(k % 2 ? _mm256_srli_epi16(b, 4) : b, low4);
-          sck = _mm256_set1_epi16(sc[k]);
+          sck = _mm256_set1_epi16(short((sc >> (8 * k)) & 0xff));
         }
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
@@ -234,16 +247,16 @@ void kern_qk(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, i
         std::memcpy(&dx, meta + kQ8KScaleAt, 4);
         if constexpr (kQ6) {
           const __m256i sc16 =
-              _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(sc)));
+              _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s6)));
           const __m256i c =
               _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(meta)), sc16);
           isum[t] = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(c, 5));
         }
         acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * dx), acc[r][t]);
         if constexpr (!kQ6) {
-          const __m128i ms = _mm_madd_epi16(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(meta + kQ8KPairsAt)),
-              _mm_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(m))));
+          const __m128i ms =
+              _mm_madd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(meta + kQ8KPairsAt)),
+                             _mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(m))));
           acc[r][t] =
               _mm256_fnmadd_ps(_mm256_insertf128_ps(_mm256_setzero_ps(), _mm_cvtepi32_ps(ms), 0),
                                _mm256_set1_ps(dmin * dx), acc[r][t]);

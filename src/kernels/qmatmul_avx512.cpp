@@ -104,6 +104,20 @@ struct BF16T {
 struct Q8T {};
 struct Q40T {};
 
+// The eight 6-bit scales and mins of a Q4_K block's 12 bytes at p (get_scale_min_k4), as the 8
+// bytes of a uint64 each, computed in registers: q4_k_scales' byte stores followed by a vector
+// load of them stalled on store forwarding (Q4_K ran at half Q6_K's rate with it).
+inline void q4_k_scales_u64(const uint8_t* p, uint64_t& sc, uint64_t& m) {
+  uint32_t u[3];
+  std::memcpy(u, p, 12);
+  const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, m_lo = u[1] & 0x3f3f3f3fu;
+  // Scales/mins 4–7: a nibble of bytes 8–11 below the top 2 bits of bytes 0–3 / 4–7.
+  const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+  const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+  sc = uint64_t(sc_lo) | uint64_t(sc_hi) << 32;
+  m = uint64_t(m_lo) | uint64_t(m_hi) << 32;
+}
+
 inline float f16_to_f32_bits(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
@@ -251,11 +265,10 @@ void kern_qk(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, i
             _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192))));
         d = f16_to_f32_bits(p + 208);
       } else {
-        alignas(16) uint8_t sc[16] = {}, m[16] = {};
-        q4_k_scales(p + 4, sc, m);
-        sc16 = _mm512_castsi128_si512(
-            _mm_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(sc))));
-        m16 = _mm_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(m)));
+        uint64_t sc, m;
+        q4_k_scales_u64(p + 4, sc, m);
+        sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sc))));
+        m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(m)));
         d = f16_to_f32_bits(p);
         dmin = f16_to_f32_bits(p + 2);
       }
