@@ -240,6 +240,15 @@ class GgufModelReader final : public ModelReader {
       case GgmlType::kQ8_0:
         w = WType::kQ8_0;
         break;
+      case GgmlType::kQ4_0:
+        w = WType::kQ4_0;
+        break;
+      case GgmlType::kQ4_K:
+        w = WType::kQ4_K;
+        break;
+      case GgmlType::kQ6_K:
+        w = WType::kQ6_K;
+        break;
       default:
         return std::nullopt;
     }

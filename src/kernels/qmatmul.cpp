@@ -10,6 +10,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -31,6 +32,12 @@ const char* wtype_name(WType t) {
       return "bf16";
     case WType::kQ8_0:
       return "q8_0";
+    case WType::kQ4_0:
+      return "q4_0";
+    case WType::kQ4_K:
+      return "q4_k";
+    case WType::kQ6_K:
+      return "q6_k";
   }
   return "?";
 }
@@ -46,6 +53,15 @@ std::size_t wtype_row_bytes(WType t, int64_t cols) {
     case WType::kQ8_0:
       MOE_CHECK(cols % 32 == 0, "wtype_row_bytes: q8_0 cols {} is not a multiple of 32", cols);
       return std::size_t(checked_mul(cols / 32, 34, "q8_0 row bytes"));
+    case WType::kQ4_0:
+      MOE_CHECK(cols % 32 == 0, "wtype_row_bytes: q4_0 cols {} is not a multiple of 32", cols);
+      return std::size_t(checked_mul(cols / 32, 18, "q4_0 row bytes"));
+    case WType::kQ4_K:
+      MOE_CHECK(cols % 256 == 0, "wtype_row_bytes: q4_k cols {} is not a multiple of 256", cols);
+      return std::size_t(checked_mul(cols / 256, 144, "q4_k row bytes"));
+    case WType::kQ6_K:
+      MOE_CHECK(cols % 256 == 0, "wtype_row_bytes: q6_k cols {} is not a multiple of 256", cols);
+      return std::size_t(checked_mul(cols / 256, 210, "q6_k row bytes"));
   }
   MOE_FAIL("wtype_row_bytes: unknown weight type {}", int(t));
 }
@@ -106,7 +122,138 @@ float dot_q8_0(const int8_t* q, const float* dx, int64_t dx_stride, const uint8_
   return acc;
 }
 
+// Q4_0 against Q8_0 activations (ggml_vec_dot_q4_0_q8_0): the same block loop as dot_q8_0 with
+// weights nibble − 8 (element j < 16 the low nibble of byte j, j + 16 the high one).
+float dot_q4_0(const int8_t* q, const float* dx, int64_t dx_stride, const uint8_t* w,
+               int64_t blocks) {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* wb = w + 18 * b;
+    const float dw = f16_to_f32(load_u16(wb));
+    const int8_t* qb = q + 32 * b;
+    int32_t isum = 0;
+    for (int j = 0; j < 16; ++j)
+      isum += (int32_t(wb[2 + j] & 0x0f) - 8) * int32_t(qb[j]) +
+              (int32_t(wb[2 + j] >> 4) - 8) * int32_t(qb[j + 16]);
+    acc += float(isum) * (dw * dx[b * dx_stride]);
+  }
+  return acc;
+}
+
+inline float meta_d(const uint8_t* meta) { return load_f32(meta + kQ8KScaleAt); }
+inline int32_t meta_i16(const uint8_t* meta, int i) { return int16_t(load_u16(meta + 2 * i)); }
+
+// Q4_K against Q8_K activations (ggml_vec_dot_q4_K_q8_K): per super-block the exact int32 sums
+// isum = Σ_s sc_s·Σ_{j∈s} w_j·q_j (|isum| ≤ 8·63·32·15·127 < 2^31) and msum = Σ_s m_s·Σ_{j∈s} q_j
+// (from the bsums), then y += (d·d_x)·isum − (dmin·d_x)·msum in f32.
+float dot_q4_k(const int8_t* q, const uint8_t* meta, const uint8_t* w, int64_t sblocks) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < sblocks; ++i) {
+    const uint8_t* wb = w + 144 * i;
+    const uint8_t* mb = meta + kQ8KMetaBytes * i;
+    const int8_t* qb = q + 256 * i;
+    const float d = f16_to_f32(load_u16(wb)), dmin = f16_to_f32(load_u16(wb + 2));
+    uint8_t sc[8], m[8];
+    q4_k_scales(wb + 4, sc, m);
+    int32_t isum = 0, msum = 0;
+    for (int s = 0; s < 8; ++s) {
+      // Sub-blocks 2k and 2k+1 are the low and high nibbles of bytes 32k … 32k+31.
+      const uint8_t* qs = wb + 16 + 32 * (s / 2);
+      const int shift = 4 * (s % 2);
+      int32_t sub = 0;
+      for (int l = 0; l < 32; ++l)
+        sub += int32_t((qs[l] >> shift) & 0x0f) * int32_t(qb[32 * s + l]);
+      isum += int32_t(sc[s]) * sub;
+      msum += int32_t(m[s]) * meta_i16(mb + kQ8KPairsAt, s);
+    }
+    const float dx = meta_d(mb);
+    acc = acc + float(isum) * (d * dx);
+    acc = acc - float(msum) * (dmin * dx);
+  }
+  return acc;
+}
+
+// Q6_K against Q8_K activations (ggml_vec_dot_q6_K_q8_K): per super-block the exact int32
+// isum = Σ_s sc_s·Σ_{j∈s} (w_j − 32)·q_j over 16 sub-blocks of 16 (|isum| ≤ 256·128·32·127 <
+// 2^31), then y += (d·d_x)·isum in f32. Element l + 32k of half h (k < 4, l < 32) is nibble k/2 of
+// ql[64h + l + 32(k%2)] with bits 2k, 2k+1 of qh[32h + l] above it.
+float dot_q6_k(const int8_t* q, const uint8_t* meta, const uint8_t* w, int64_t sblocks) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < sblocks; ++i) {
+    const uint8_t* wb = w + 210 * i;
+    const int8_t* qb = q + 256 * i;
+    const auto* sc = reinterpret_cast<const int8_t*>(wb + 192);
+    int32_t isum = 0;
+    for (int h = 0; h < 2; ++h)
+      for (int k = 0; k < 4; ++k)
+        for (int half16 = 0; half16 < 2; ++half16) {  // the two sub-blocks of 16 in l < 32
+          int32_t sub = 0;
+          for (int l = 16 * half16; l < 16 * half16 + 16; ++l) {
+            const int32_t low = (wb[64 * h + l + 32 * (k % 2)] >> (4 * (k / 2))) & 0x0f;
+            const int32_t high = (wb[128 + 32 * h + l] >> (2 * k)) & 3;
+            sub += ((low | (high << 4)) - 32) * int32_t(qb[128 * h + 32 * k + l]);
+          }
+          isum += int32_t(sc[8 * h + 2 * k + half16]) * sub;
+        }
+    acc += float(isum) * (f16_to_f32(load_u16(wb + 208)) * meta_d(meta + kQ8KMetaBytes * i));
+  }
+  return acc;
+}
+
 }  // namespace
+
+void q4_k_scales(const uint8_t* p, uint8_t sc[8], uint8_t m[8]) {
+  for (int s = 0; s < 4; ++s) {
+    sc[s] = p[s] & 63;
+    m[s] = p[s + 4] & 63;
+    // The last four: a nibble of bytes 8–11 below the top 2 bits of bytes 0–3 (scales) / 4–7.
+    sc[s + 4] = uint8_t((p[s + 8] & 0x0f) | ((p[s] >> 6) << 4));
+    m[s + 4] = uint8_t((p[s + 8] >> 4) | ((p[s + 4] >> 6) << 4));
+  }
+}
+
+void quantize_block_q8_k(const float* x, int8_t* q, uint8_t* meta) {
+  std::memset(meta, 0, kQ8KMetaBytes);
+  float amax = 0.0f, max = 0.0f;
+  bool finite = true;
+  for (int j = 0; j < 256; ++j) {
+    const float a = std::fabs(x[j]);
+    finite = finite && std::isfinite(x[j]);
+    if (a > amax) {  // the first element of largest |x| (its sign gives d's)
+      amax = a;
+      max = x[j];
+    }
+  }
+  float d = 0.0f;
+  if (!finite) {
+    d = std::numeric_limits<float>::quiet_NaN();
+    std::memset(q, 0, 256);
+  } else if (amax == 0.0f) {
+    std::memset(q, 0, 256);
+  } else {
+    const float iscale = -127.0f / max;
+    for (int j = 0; j < 256; ++j) {
+      // ggml's nearest_int: adding 1.5·2^23 rounds |v| ≤ 127 to the nearest integer (ties to
+      // even) in the low mantissa bits.
+      const float v = iscale * x[j] + 12582912.0f;
+      int32_t bits;
+      std::memcpy(&bits, &v, 4);
+      q[j] = int8_t(std::min<int32_t>(127, (bits & 0x007fffff) - 0x00400000));
+    }
+    d = 1.0f / iscale;
+  }
+  for (int g = 0; g < 16; ++g) {
+    int32_t sum = 0;
+    for (int j = 0; j < 16; ++j) sum += q[16 * g + j];
+    const auto s16 = int16_t(sum);
+    std::memcpy(meta + 2 * g, &s16, 2);
+  }
+  for (int s = 0; s < 8; ++s) {
+    const auto s16 = int16_t(meta_i16(meta, 2 * s) + meta_i16(meta, 2 * s + 1));
+    std::memcpy(meta + kQ8KPairsAt + 2 * s, &s16, 2);
+  }
+  std::memcpy(meta + kQ8KScaleAt, &d, 4);
+}
 
 float quantize_block_q8_0(const float* x, int8_t* qs) {
   float amax = 0.0f;
@@ -158,6 +305,16 @@ void tile_scalar(const PreparedX& px, const WeightMatrix& W, int64_t r0, int64_t
           y = dot_q8_0(reinterpret_cast<const int8_t*>(px.q8) + n * px.ld_q8, px.q8_d + n * px.ld_d,
                        8, wr, W.cols / 32);
           break;
+        case WType::kQ4_0:
+          y = dot_q4_0(reinterpret_cast<const int8_t*>(px.q8) + n * px.ld_q8, px.q8_d + n * px.ld_d,
+                       8, wr, W.cols / 32);
+          break;
+        case WType::kQ4_K:
+          y = dot_q4_k(px.qk + n * px.ld_qk, px.qk_meta + n * px.ld_meta, wr, W.cols / 256);
+          break;
+        case WType::kQ6_K:
+          y = dot_q6_k(px.qk + n * px.ld_qk, px.qk_meta + n * px.ld_meta, wr, W.cols / 256);
+          break;
       }
       Y[n * ldy + r] = y;
     }
@@ -185,11 +342,28 @@ void check_product(float* Y, int64_t ldy, const float* X, int64_t ldx, int64_t N
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+bool uses_q8_0(WType t) { return t == WType::kQ8_0 || t == WType::kQ4_0; }
+bool uses_q8_k(WType t) { return t == WType::kQ4_K || t == WType::kQ6_K; }
+
 // Scratch bytes for one task's prepared activations (64-byte aligned pieces).
 struct PrepLayout {
-  int64_t ld_bf16 = 0, ld_q8 = 0, ld_d = 0;
+  int64_t ld_bf16 = 0, ld_q8 = 0, ld_d = 0, ld_qk = 0, ld_meta = 0;
   std::size_t bytes_bf16 = 0, bytes_q8 = 0, bytes_d = 0;  // bytes_d: the scales, and again the sums
-  std::size_t total() const { return bytes_bf16 + bytes_q8 + 2 * bytes_d; }
+  std::size_t bytes_qk = 0, bytes_meta = 0;
+  std::size_t total() const { return bytes_bf16 + bytes_q8 + 2 * bytes_d + bytes_qk + bytes_meta; }
+  void place(uint8_t* p, PreparedX& px) const {
+    px.bf16 = reinterpret_cast<const uint16_t*>(p);
+    px.ld_bf16 = ld_bf16;
+    px.q8 = p + bytes_bf16;
+    px.ld_q8 = ld_q8;
+    px.q8_d = reinterpret_cast<const float*>(p + bytes_bf16 + bytes_q8);
+    px.q8_c = reinterpret_cast<const int32_t*>(p + bytes_bf16 + bytes_q8 + bytes_d);
+    px.ld_d = ld_d;
+    px.qk = reinterpret_cast<const int8_t*>(p + bytes_bf16 + bytes_q8 + 2 * bytes_d);
+    px.ld_qk = ld_qk;
+    px.qk_meta = p + bytes_bf16 + bytes_q8 + 2 * bytes_d + bytes_qk;
+    px.ld_meta = ld_meta;
+  }
 };
 
 PrepLayout prep_layout(WType t, int64_t N, int64_t cols) {
@@ -197,23 +371,33 @@ PrepLayout prep_layout(WType t, int64_t N, int64_t cols) {
   if (t == WType::kBF16) {
     l.ld_bf16 = round_up(cols, 32);
     l.bytes_bf16 = std::size_t(checked_mul(N, l.ld_bf16 * 2, "qmatmul bf16 activations"));
-  } else if (t == WType::kQ8_0) {
+  } else if (uses_q8_0(t)) {
     l.ld_q8 = round_up(cols, 64);
     l.ld_d = l.ld_q8 / 64 * 16;
     l.bytes_q8 = std::size_t(checked_mul(N, l.ld_q8, "qmatmul q8_0 activations"));
     l.bytes_d = std::size_t(checked_mul(N, l.ld_d * 4, "qmatmul q8_0 scales"));
+  } else if (uses_q8_k(t)) {  // cols is a multiple of 256: every piece is too
+    l.ld_qk = cols;
+    l.ld_meta = cols / 256 * qmm::kQ8KMetaBytes;
+    l.bytes_qk = std::size_t(checked_mul(N, l.ld_qk, "qmatmul q8_k activations"));
+    l.bytes_meta = std::size_t(checked_mul(N, l.ld_meta, "qmatmul q8_k scales"));
   }
   return l;
 }
 
-// Row n of X into px's prepared form (bf16 or Q8_0); f32 and f16 read X in place.
+// Row n of X into px's prepared form (bf16, Q8_0 or Q8_K); f32 and f16 read X in place.
 void prepare_row(WType t, const float* x, int64_t cols, const PreparedX& px, int64_t n,
                  qmm::PrepQ8Fn prep_q8) {
   if (t == WType::kBF16) {
     uint16_t* dst = const_cast<uint16_t*>(px.bf16) + n * px.ld_bf16;
     for (int64_t c = 0; c < cols; ++c) dst[c] = f32_to_bf16(x[c]);
     std::fill(dst + cols, dst + px.ld_bf16, uint16_t(0));
-  } else if (t == WType::kQ8_0) {
+  } else if (uses_q8_k(t)) {
+    int8_t* q = const_cast<int8_t*>(px.qk) + n * px.ld_qk;
+    uint8_t* meta = const_cast<uint8_t*>(px.qk_meta) + n * px.ld_meta;
+    for (int64_t b = 0; b < cols / 256; ++b)
+      qmm::quantize_block_q8_k(x + 256 * b, q + 256 * b, meta + qmm::kQ8KMetaBytes * b);
+  } else if (uses_q8_0(t)) {
     prep_q8(x, cols, reinterpret_cast<int8_t*>(const_cast<uint8_t*>(px.q8)) + n * px.ld_q8,
             px.ld_q8, const_cast<float*>(px.q8_d) + n * px.ld_d,
             const_cast<int32_t*>(px.q8_c) + n * px.ld_d, px.ld_d);
@@ -332,7 +516,7 @@ void qmatmul_many(std::span<const QMatmulTask> tasks) {
     }
     lay[i] = prep_layout(t.W.type, t.N, t.W.cols);
     offset[i + 1] = offset[i] + lay[i].total();
-    const bool prep = t.W.type == WType::kBF16 || t.W.type == WType::kQ8_0;
+    const bool prep = t.W.type == WType::kBF16 || uses_q8_0(t.W.type) || uses_q8_k(t.W.type);
     prep_rows[i + 1] = prep_rows[i] + (prep ? t.N : 0);
   }
   uint8_t* buf = scratch(offset.back());
@@ -342,17 +526,9 @@ void qmatmul_many(std::span<const QMatmulTask> tasks) {
       px[i] = px[std::size_t(same_x[i])];
       continue;
     }
-    uint8_t* p = buf + offset[i];
     px[i].x = t.X;
     px[i].ldx = t.ldx;
-    px[i].bf16 = reinterpret_cast<const uint16_t*>(p);
-    px[i].ld_bf16 = lay[i].ld_bf16;
-    px[i].q8 = p + lay[i].bytes_bf16;
-    px[i].ld_q8 = lay[i].ld_q8;
-    px[i].q8_d = reinterpret_cast<const float*>(p + lay[i].bytes_bf16 + lay[i].bytes_q8);
-    px[i].q8_c =
-        reinterpret_cast<const int32_t*>(p + lay[i].bytes_bf16 + lay[i].bytes_q8 + lay[i].bytes_d);
-    px[i].ld_d = lay[i].ld_d;
+    lay[i].place(buf + offset[i], px[i]);
   }
   const int64_t n_prep = prep_rows.back(), n_items = int64_t(items.size());
   // Below ~64k multiply-adds a fork/join costs more than it saves.
@@ -391,14 +567,8 @@ void qmatmul_reference(float* Y, int64_t ldy, const float* X, int64_t ldx, int64
   const PrepLayout l = prep_layout(W.type, 1, W.cols);
   std::vector<uint8_t> buf(l.total() + 64);
   PreparedX px;
-  px.bf16 = reinterpret_cast<const uint16_t*>(buf.data());
-  px.ld_bf16 = l.ld_bf16;
-  px.q8 = buf.data() + l.bytes_bf16;
-  px.ld_q8 = l.ld_q8;
-  // The scales start 4-aligned: bytes_bf16 and bytes_q8 are multiples of 64.
-  px.q8_d = reinterpret_cast<const float*>(buf.data() + l.bytes_bf16 + l.bytes_q8);
-  px.q8_c = reinterpret_cast<const int32_t*>(buf.data() + l.bytes_bf16 + l.bytes_q8 + l.bytes_d);
-  px.ld_d = l.ld_d;
+  // The scales start 4-aligned: bytes_bf16, bytes_q8 and bytes_qk are multiples of 64.
+  l.place(buf.data(), px);
   for (int64_t n = 0; n < N; ++n) {
     px.x = X + n * ldx;
     prepare_row(W.type, px.x, W.cols, px, 0, qmm::prep_q8_scalar);
@@ -423,6 +593,46 @@ void dequantize_row(float* dst, const WeightMatrix& W, int64_t r) {
       for (int64_t b = 0; b < W.cols / 32; ++b) {
         const float d = f16_to_f32(qmm::load_u16(w + 34 * b));
         for (int j = 0; j < 32; ++j) dst[32 * b + j] = float(int8_t(w[34 * b + 2 + j])) * d;
+      }
+      return;
+    // The next three: formats/ggml_quants.cpp's formulas in its operation order (the same bits).
+    case WType::kQ4_0:
+      for (int64_t b = 0; b < W.cols / 32; ++b) {
+        const uint8_t* wb = w + 18 * b;
+        const float d = f16_to_f32(qmm::load_u16(wb));
+        for (int j = 0; j < 16; ++j) {
+          dst[32 * b + j] = float(int(wb[2 + j] & 0x0f) - 8) * d;
+          dst[32 * b + j + 16] = float(int(wb[2 + j] >> 4) - 8) * d;
+        }
+      }
+      return;
+    case WType::kQ4_K:
+      for (int64_t i = 0; i < W.cols / 256; ++i) {
+        const uint8_t* wb = w + 144 * i;
+        const float d = f16_to_f32(qmm::load_u16(wb)), dmin = f16_to_f32(qmm::load_u16(wb + 2));
+        uint8_t sc[8], m[8];
+        qmm::q4_k_scales(wb + 4, sc, m);
+        for (int s = 0; s < 8; ++s) {
+          const float d1 = d * float(sc[s]), m1 = dmin * float(m[s]);
+          const uint8_t* qs = wb + 16 + 32 * (s / 2);
+          for (int l = 0; l < 32; ++l)
+            dst[256 * i + 32 * s + l] = d1 * float((qs[l] >> (4 * (s % 2))) & 0x0f) - m1;
+        }
+      }
+      return;
+    case WType::kQ6_K:
+      for (int64_t i = 0; i < W.cols / 256; ++i) {
+        const uint8_t* wb = w + 210 * i;
+        const auto* sc = reinterpret_cast<const int8_t*>(wb + 192);
+        const float d = f16_to_f32(qmm::load_u16(wb + 208));
+        for (int h = 0; h < 2; ++h)
+          for (int k = 0; k < 4; ++k)
+            for (int l = 0; l < 32; ++l) {
+              const int low = (wb[64 * h + l + 32 * (k % 2)] >> (4 * (k / 2))) & 0x0f;
+              const int high = (wb[128 + 32 * h + l] >> (2 * k)) & 3;
+              dst[256 * i + 128 * h + 32 * k + l] =
+                  d * float(sc[8 * h + l / 16 + 2 * k]) * float((low | (high << 4)) - 32);
+            }
       }
       return;
   }

@@ -110,6 +110,29 @@ struct BF16T {
 };
 
 struct Q8T {};
+struct Q40T {};
+
+// The eight 6-bit scales and mins of a Q4_K block's 12 bytes at p (get_scale_min_k4), as the 8
+// bytes of a uint64 each, computed in registers: q4_k_scales' byte stores followed by a vector
+// load of them stalled on store forwarding (Q4_K ran at half Q6_K's rate with it).
+inline void q4_k_scales_u64(const uint8_t* p, uint64_t& sc, uint64_t& m) {
+  uint32_t u[3];
+  std::memcpy(u, p, 12);
+  const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, m_lo = u[1] & 0x3f3f3f3fu;
+  // Scales/mins 4–7: a nibble of bytes 8–11 below the top 2 bits of bytes 0–3 / 4–7.
+  const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+  const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+  sc = uint64_t(sc_lo) | uint64_t(sc_hi) << 32;
+  m = uint64_t(m_lo) | uint64_t(m_hi) << 32;
+}
+
+inline float f16_to_f32_bits(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+struct Q4KT {};
+struct Q6KT {};
 
 // The f16 scales of the Q8_0 blocks at p0 and p1, in lanes 0–7 and 8–15.
 inline __m512 q8_scales(const uint8_t* p0, const uint8_t* p1) {
@@ -130,14 +153,23 @@ inline __m512 q8_pair_scales(const uint8_t* p) {
   return _mm512_cvtph_ps(_mm512_castsi512_si256(v));
 }
 
-// Y[n + t, r] for t < T, r < R over a pair of Q8_0 blocks per step (64 columns: block 2j in the
-// low 256 bits, 2j+1 in the high). vpdpbusd multiplies unsigned × signed bytes: the weights go in
-// as w + 128 (w ^ 0x80: exact for every int8, −128 included) against the activation quants q,
-// starting from PreparedX's −128·Σq lane sums, which leaves the exact Σ w·q of each lane's 4
-// products; those are scaled by d_w·d_x and summed in f32.
-template <int R, int T>
+// The 32 nibbles of a Q4_0 block's 16 bytes at p as bytes: element j < 16 the low nibble of byte
+// j, j + 16 its high nibble (128-bit lanes [p & 15, p >> 4 & 15]).
+inline __m256i q4_0_nibbles(const uint8_t* p) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0f));
+}
+
+// Y[n + t, r] for t < T, r < R over a pair of Q8_0 (or Q4_0) blocks per step (64 columns: block
+// 2j in the low 256 bits, 2j+1 in the high). vpdpbusd multiplies unsigned × signed bytes against
+// the activation quants q. Q8_0: the weights go in as w + 128 (w ^ 0x80: exact for every int8,
+// −128 included), starting from PreparedX's −128·Σq lane sums, which leaves the exact Σ w·q of each
+// lane's 4 products. Q4_0: the nibbles u ∈ [0, 15] go in as they are, starting from −8·Σq (the
+// same sums / 16, exact), which leaves Σ (u − 8)·q. Those are scaled by d_w·d_x, summed in f32.
+template <bool kQ4, int R, int T>
 void kern_q8(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, int64_t cols,
              float* y, int64_t ldy) {
+  constexpr int kBlockBytes = kQ4 ? 18 : 34;
   __m512 acc[R][T];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -154,7 +186,18 @@ void kern_q8(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, i
     __m512 dw[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const uint8_t* p = w + r * ws + 34 * b;
+      const uint8_t* p = w + r * ws + kBlockBytes * b;
+      if constexpr (kQ4) {
+        const __m256i lo = q4_0_nibbles(p + 2);
+        if (pair) {
+          wq[r] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), q4_0_nibbles(p + 20), 1);
+          dw[r] = q8_scales(p, p + 18);
+        } else {  // high half: 0 against quants 0 and a correction of 0
+          wq[r] = _mm512_zextsi256_si512(lo);
+          dw[r] = q8_scales(p, p);
+        }
+        continue;
+      }
       const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
       if (pair) {
         wq[r] = _mm512_inserti64x4(_mm512_castsi256_si512(lo),
@@ -170,11 +213,130 @@ void kern_q8(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, i
     for (int t = 0; t < T; ++t) {
       const __m512i xv = _mm512_loadu_si512(xq + t * px.ld_q8 + 32 * b);
       const __m512 dx = _mm512_loadu_ps(xd + t * px.ld_d + 8 * b);
-      const __m512i c = _mm512_loadu_si512(xc + t * px.ld_d + 8 * b);
+      __m512i c = _mm512_loadu_si512(xc + t * px.ld_d + 8 * b);
+      if constexpr (kQ4) c = _mm512_srai_epi32(c, 4);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m512i s = _mm512_dpbusd_epi32(c, wq[r], xv);
         acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[r], dx), acc[r][t]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+// Q4_K and Q6_K against Q8_K activations: per 256-block and row, R × T exact int32 lane sums.
+// A step covers 64 columns (one zmm of weights as bytes, unsigned). vpmaddubsw multiplies them by
+// the activation quants into int16 pairs (Q4_K: 2·15·127, Q6_K: 2·63·127 < 2^15: no saturation),
+// vpdpwssd multiplies the pairs by the sub-block scales (int16 per word) and adds them into the
+// int32 lanes. Lane l of a step holds columns 4l … 4l+3, so the scale of word 2l, 2l+1 is that of
+// the sub-block of those columns. The per-block offsets (Q4_K: −m_s·Σq over a sub-block; Q6_K:
+// −32·Σq) come from the activations' bsums: Σ_s m_s·Σ_{j∈s}q_j, resp. 32·Σ_s sc_s·Σ_{j∈s}q_j.
+// Each lane's sum, converted to f32, is scaled by d·d_x (FMA) into the row's f32 accumulator.
+// Shapes: w [R rows, ws bytes apart], the activation quants px.qk [T, ld_qk], records px.qk_meta.
+
+// Word indexes that spread 8 (Q4_K: sub-blocks of 32) or 16 (Q6_K: of 16) int16 scales over the
+// 32 words of step k: word i takes the scale of the sub-block of columns 64k + 2i, 64k + 2i + 1.
+template <int kSub>
+__m512i scale_index(int k) {
+  alignas(64) int16_t idx[32];
+  for (int i = 0; i < 32; ++i) idx[i] = int16_t((64 * k + 2 * i) / kSub);
+  return _mm512_load_si512(idx);
+}
+
+template <bool kQ6, int R, int T>
+void kern_qk(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, int64_t cols,
+             float* y, int64_t ldy) {
+  constexpr int kBlockBytes = kQ6 ? 210 : 144;
+  __m512 acc[R][T];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  __m512i sidx[4];
+  for (int k = 0; k < 4; ++k) sidx[k] = kQ6 ? scale_index<16>(k) : scale_index<32>(k);
+  const int8_t* xq = px.qk + n * px.ld_qk;
+  const uint8_t* xm = px.qk_meta + n * px.ld_meta;
+  for (int64_t i = 0; i < cols / 256; ++i) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* p = w + r * ws + kBlockBytes * i;
+      __m512i sc16;  // the scales as int16 words 0..7 (Q4_K) or 0..15 (Q6_K)
+      __m128i m16 = _mm_setzero_si128();
+      float d, dmin = 0.0f;
+      if constexpr (kQ6) {
+        sc16 = _mm512_castsi256_si512(
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192))));
+        d = f16_to_f32_bits(p + 208);
+      } else {
+        uint64_t sc, m;
+        q4_k_scales_u64(p + 4, sc, m);
+        sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sc))));
+        m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(m)));
+        d = f16_to_f32_bits(p);
+        dmin = f16_to_f32_bits(p + 2);
+      }
+      __m512i isum[T];
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) isum[t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {  // columns 64k … 64k+63 of the block
+        __m512i wv;
+        if constexpr (kQ6) {
+          // Half k/2: ql bytes 64h … 64h+63 hold columns 128h + 0..63 in their low nibbles (k
+          // even) and 128h + 64..127 in their high ones (k odd); qh bytes 32h … 32h+31 hold the
+          // 2-bit highs of column 128h + 32j + l at bits 2j, 2j+1 of byte l.
+          const __m512i ql = _mm512_loadu_si512(p + 64 * (k / 2));
+          const __m512i qh = _mm512_broadcast_i64x4(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * (k / 2))));
+          const __m512i lo =
+              k % 2 ? _mm512_and_si512(_mm512_srli_epi16(ql, 4), low4) : _mm512_and_si512(ql, low4);
+          // Bits 2j, 2j+1 to bits 4, 5 (j = 2(k%2) in the low 256 bits, j + 1 in the high).
+          const __m512i hs =
+              k % 2
+                  ? _mm512_srlv_epi16(
+                        qh, _mm512_set_epi64(0x0002000200020002, 0x0002000200020002,
+                                             0x0002000200020002, 0x0002000200020002, 0, 0, 0, 0))
+                  : _mm512_sllv_epi16(qh, _mm512_set_epi64(0x0002000200020002, 0x0002000200020002,
+                                                           0x0002000200020002, 0x0002000200020002,
+                                                           0x0004000400040004, 0x0004000400040004,
+                                                           0x0004000400040004, 0x0004000400040004));
+          wv = _mm512_or_si512(lo, _mm512_and_si512(hs, _mm512_set1_epi8(0x30)));
+        } else {
+          // qs bytes 32k … 32k+31: columns 64k + 0..31 in the low nibbles, 64k + 32..63 high.
+          const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 + 32 * k));
+          wv = _mm512_and_si512(
+              _mm512_inserti64x4(_mm512_castsi256_si512(b), _mm256_srli_epi16(b, 4), 1), low4);
+        }
+        const __m512i sck = _mm512_permutexvar_epi16(sidx[k], sc16);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          const __m512i xv = _mm512_loadu_si512(xq + t * px.ld_qk + 256 * i + 64 * k);
+          isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(wv, xv), sck);
+        }
+      }
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const uint8_t* meta = xm + t * px.ld_meta + kQ8KMetaBytes * i;
+        float dx;
+        std::memcpy(&dx, meta + kQ8KScaleAt, 4);
+        if constexpr (kQ6) {  // − 32·Σ_s sc_s·bsum_s, in lanes 0–7
+          const __m256i c =
+              _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(meta)),
+                                _mm512_castsi512_si256(sc16));
+          isum[t] = _mm512_sub_epi32(isum[t], _mm512_zextsi256_si512(_mm256_slli_epi32(c, 5)));
+        }
+        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(d * dx), acc[r][t]);
+        if constexpr (!kQ6) {  // − (dmin·d_x)·Σ_s m_s·Σ_{j∈s} q_j, in lanes 0–3
+          const __m128i ms = _mm_madd_epi16(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(meta + kQ8KPairsAt)), m16);
+          acc[r][t] = _mm512_fnmadd_ps(_mm512_zextps128_ps512(_mm_cvtepi32_ps(ms)),
+                                       _mm512_set1_ps(dmin * dx), acc[r][t]);
+        }
       }
     }
   }
@@ -189,7 +351,11 @@ template <class Tr, int R, int T>
 void kern(const uint8_t* w, std::size_t ws, const PreparedX& px, int64_t n, int64_t cols, float* y,
           int64_t ldy) {
   if constexpr (std::is_same_v<Tr, Q8T>) {
-    kern_q8<R, T>(w, ws, px, n, cols, y, ldy);
+    kern_q8<false, R, T>(w, ws, px, n, cols, y, ldy);
+  } else if constexpr (std::is_same_v<Tr, Q40T>) {
+    kern_q8<true, R, T>(w, ws, px, n, cols, y, ldy);
+  } else if constexpr (std::is_same_v<Tr, Q4KT> || std::is_same_v<Tr, Q6KT>) {
+    kern_qk<std::is_same_v<Tr, Q6KT>, R, T>(w, ws, px, n, cols, y, ldy);
   } else {
     const auto* x = Tr::x_row(px, n);
     const int64_t ldx = Tr::x_row(px, n + 1) - x;
@@ -256,9 +422,10 @@ KernFn pick(int r, int t) {
 }
 
 // Tile shapes: R·T accumulators + R weight vectors + 1 activation vector fit the 32 zmm
-// registers (q8_0 also holds R correction and R scale vectors: T = 4).
+// registers (q8_0/q4_0 also hold R scale vectors; q4_k/q6_k T int32 sums: T = 4).
 template <class Tr>
-constexpr int kTokens = std::is_same_v<Tr, Q8T> ? 4 : 6;
+constexpr int kTokens =
+    std::is_same_v<Tr, F32T> || std::is_same_v<Tr, F16T> || std::is_same_v<Tr, BF16T> ? 6 : 4;
 
 template <class Tr>
 void tiles(const PreparedX& px, const WeightMatrix& W, int64_t r0, int64_t r1, int64_t n0,
@@ -340,6 +507,12 @@ void tile_avx512(const PreparedX& px, const WeightMatrix& W, int64_t r0, int64_t
       return tiles<BF16T>(px, W, r0, r1, n0, n1, Y, ldy);
     case WType::kQ8_0:
       return tiles<Q8T>(px, W, r0, r1, n0, n1, Y, ldy);
+    case WType::kQ4_0:
+      return tiles<Q40T>(px, W, r0, r1, n0, n1, Y, ldy);
+    case WType::kQ4_K:
+      return tiles<Q4KT>(px, W, r0, r1, n0, n1, Y, ldy);
+    case WType::kQ6_K:
+      return tiles<Q6KT>(px, W, r0, r1, n0, n1, Y, ldy);
   }
 }
 

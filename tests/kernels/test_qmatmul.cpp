@@ -1,7 +1,12 @@
-// kernels/qmatmul: products with weights in their stored type (f32, f16, bf16, Q8_0).
+// kernels/qmatmul: products with weights in their stored type (f32, f16, bf16, Q8_0, Q4_0, Q4_K,
+// Q6_K).
 //   1. qmatmul_reference against an independent definition: a double-precision dot product of
-//      the weights dequantized by formats::dequantize and X rounded as the type says (bf16 by
-//      core/half.h, Q8_0 by formats::quantize, which is bit-exact with gguf-py).
+//      the weights dequantized by formats::dequantize (checked against gguf-py's dequantizers in
+//      tests/python/test_gguf_quants.py) and X rounded as the type says (bf16 by core/half.h,
+//      Q8_0 by formats::quantize, which is bit-exact with gguf-py; Q8_K by this file's q8_k,
+//      written from ggml's quantize_row_q8_K_ref); and against the f32 product within the bound
+//      of the activations' quantization. Q4_0/Q4_K/Q6_K weights are random valid blocks (our
+//      formats code has no quantizer for them; the values the arithmetic sees are what counts).
 //   2. Every instruction-set path this CPU runs (qmatmul_isas) against qmatmul_reference on odd
 //      shapes: rows not a multiple of the tiles, N = 1, 3, 17, 64, 300, cols = 32, 96, 2048 (and
 //      33, 100 for the non-blocked types), unaligned W and X, padded rows of W, Y, X.
@@ -18,6 +23,12 @@
 //   - a fast path adds the same terms in another order (16 lanes, a reduction tree, FMA): it is
 //     also within γ_{cols+4}·S of exact, so |fast − ref| ≤ 2·γ_{cols+4}·S.
 //   - the scalar path is the reference's arithmetic and must match it bit for bit.
+//   - Q4_0/Q4_K/Q6_K: the reference's block terms are exact integer sums, each scaled with at most
+//     4 roundings (isum → f32, d_w·d_x, the product, the add; Q4_K's min term likewise), then
+//     summed over the blocks (cols/32 or cols/256 of them); and formats::dequantize's ŵ carries
+//     one rounding of its own (d·sc·(q − 32) has 25 significant bits; d·sc·q − dmin·m is a
+//     difference): |ref − Σ x̂·ŵ| ≤ γ_{blocks+5}·S. For Q4_K, S is Σ |x̂|·(|d·sc·q| + |dmin·m|),
+//     the sizes of the two terms before they cancel.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -36,7 +47,9 @@ using namespace moe;
 
 namespace {
 
-constexpr WType kTypes[] = {WType::kF32, WType::kF16, WType::kBF16, WType::kQ8_0};
+constexpr WType kTypes[] = {WType::kF32,  WType::kF16,  WType::kBF16, WType::kQ8_0,
+                            WType::kQ4_0, WType::kQ4_K, WType::kQ6_K};
+bool is_k(WType t) { return t == WType::kQ4_K || t == WType::kQ6_K; }
 
 formats::GgmlType ggml_of(WType t) {
   switch (t) {
@@ -48,8 +61,82 @@ formats::GgmlType ggml_of(WType t) {
       return formats::GgmlType::kBF16;
     case WType::kQ8_0:
       return formats::GgmlType::kQ8_0;
+    case WType::kQ4_0:
+      return formats::GgmlType::kQ4_0;
+    case WType::kQ4_K:
+      return formats::GgmlType::kQ4_K;
+    case WType::kQ6_K:
+      return formats::GgmlType::kQ6_K;
   }
   return formats::GgmlType::kF32;
+}
+
+// Blocks of the new types from random bytes, with scales set to sizes real files hold (f16 d of
+// 1e-4 … 1e-2, per row a different one): every nibble, 6-bit scale/min and int8 scale pattern is
+// a valid block, so random bytes exercise all of them.
+void random_blocks(WType t, uint8_t* row, int64_t cols, const Rng& g, uint64_t at) {
+  const auto bytes = int64_t(wtype_row_bytes(t, cols));
+  for (int64_t i = 0; i < bytes; ++i) row[i] = uint8_t(g.u32(at + uint64_t(i)));
+  auto put_f16 = [&](uint8_t* p, float v) {
+    const uint16_t h = f32_to_f16(v);
+    std::memcpy(p, &h, 2);
+  };
+  const float scale = std::pow(10.0f, -4.0f + 2.0f * g.uniform(at + 1000003));
+  if (t == WType::kQ4_0)
+    for (int64_t b = 0; b < cols / 32; ++b) put_f16(row + 18 * b, scale * (1 + b % 3));
+  if (t == WType::kQ4_K)
+    for (int64_t b = 0; b < cols / 256; ++b) {
+      put_f16(row + 144 * b, scale * 0.1f * (1 + b % 3));
+      put_f16(row + 144 * b + 2, scale * 0.05f);
+    }
+  if (t == WType::kQ6_K)
+    for (int64_t b = 0; b < cols / 256; ++b) put_f16(row + 210 * b + 208, scale * 0.01f);
+}
+
+// ggml's get_scale_min_k4, written again here from its definition (ggml-quants.c).
+void q4_k_scale_min(const uint8_t* q, int s, int& sc, int& m) {
+  if (s < 4) {
+    sc = q[s] & 63;
+    m = q[s + 4] & 63;
+  } else {
+    sc = (q[s + 4] & 0x0f) | ((q[s - 4] >> 6) << 4);
+    m = (q[s + 4] >> 4) | ((q[s] >> 6) << 4);
+  }
+}
+
+// Q8_K of one row (ggml's quantize_row_q8_K_ref): per 256-block the element of largest |x| (the
+// first one) gives iscale = −127/max, q = nearest-even(iscale·x) capped at 127, d = 1/iscale.
+// Returns the values d·q exactly (in double).
+std::vector<double> q8_k(const float* x, int64_t cols) {
+  std::vector<double> r(std::size_t(cols), 0.0);
+  for (int64_t b = 0; b < cols / 256; ++b) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < 256; ++j)
+      if (std::fabs(x[256 * b + j]) > amax) {
+        amax = std::fabs(x[256 * b + j]);
+        max = x[256 * b + j];
+      }
+    if (amax == 0) continue;
+    const float iscale = -127.0f / max;
+    const float d = 1.0f / iscale;
+    for (int j = 0; j < 256; ++j) {
+      const double q = std::min(127.0, double(std::nearbyint(iscale * x[256 * b + j])));
+      r[std::size_t(256 * b + j)] = double(d) * q;
+    }
+  }
+  return r;
+}
+
+// Per block of the activation quantization, its scale |d| (what bounds |x − x̂|).
+std::vector<double> x_scales(WType t, const float* x, int64_t cols) {
+  std::vector<double> r(std::size_t(cols), 0.0);
+  const int64_t bs = is_k(t) ? 256 : 32;
+  for (int64_t b = 0; b < cols / bs; ++b) {
+    float amax = 0;
+    for (int64_t j = 0; j < bs; ++j) amax = std::max(amax, std::fabs(x[bs * b + j]));
+    for (int64_t j = 0; j < bs; ++j) r[std::size_t(bs * b + j)] = amax / 127.0;
+  }
+  return r;
 }
 
 double gamma(int64_t k) {
@@ -76,7 +163,8 @@ std::vector<float> values(int64_t n, int64_t cols, uint32_t stream) {
 struct Weights {
   std::vector<uint8_t> buf;
   WeightMatrix W;
-  std::vector<float> deq;  // [rows, cols]
+  std::vector<float> deq;   // [rows, cols]
+  std::vector<double> mag;  // [rows, cols]: |ŵ|, for Q4_K |d·sc·q| + |dmin·m| (tolerances)
 };
 
 Weights make_weights(WType t, int64_t rows, int64_t cols, int64_t pad_bytes, int64_t misalign,
@@ -86,10 +174,30 @@ Weights make_weights(WType t, int64_t rows, int64_t cols, int64_t pad_bytes, int
   const std::size_t packed = wtype_row_bytes(t, cols), rb = packed + std::size_t(pad_bytes);
   w.buf.assign(std::size_t(misalign) + std::size_t(rows) * rb, 0xAB);  // padding: junk bytes
   w.deq.resize(src.size());
+  w.mag.resize(src.size());
+  const Rng g(23, stream);
   for (int64_t r = 0; r < rows; ++r) {
     uint8_t* row = w.buf.data() + misalign + r * rb;
-    formats::quantize(ggml_of(t), src.data() + r * cols, row, cols);
+    if (formats::can_quantize(ggml_of(t)))
+      formats::quantize(ggml_of(t), src.data() + r * cols, row, cols);
+    else
+      random_blocks(t, row, cols, g, uint64_t(r) << 20);
     formats::dequantize(ggml_of(t), row, w.deq.data() + r * cols, cols);
+    for (int64_t c = 0; c < cols; ++c)
+      w.mag[std::size_t(r * cols + c)] = std::fabs(double(w.deq[std::size_t(r * cols + c)]));
+    if (t == WType::kQ4_K)
+      for (int64_t c = 0; c < cols; ++c) {
+        const uint8_t* b = row + 144 * (c / 256);
+        int sc, m;
+        q4_k_scale_min(b + 4, int(c % 256 / 32), sc, m);
+        const int s = int(c % 256 / 32), l = int(c % 32);
+        const int q = (b[16 + 32 * (s / 2) + l] >> (4 * (s % 2))) & 0x0f;
+        uint16_t d, dmin;
+        std::memcpy(&d, b, 2);
+        std::memcpy(&dmin, b + 2, 2);
+        w.mag[std::size_t(r * cols + c)] =
+            std::fabs(double(f16_to_f32(d)) * sc * q) + std::fabs(double(f16_to_f32(dmin)) * m);
+      }
   }
   w.W = {t, w.buf.data() + misalign, rows, cols, rb};
   return w;
@@ -101,8 +209,10 @@ std::vector<double> rounded_x(WType t, const float* x, int64_t cols) {
   std::vector<double> r(std::size_t(cols), 0.0);
   if (t == WType::kBF16) {
     for (int64_t c = 0; c < cols; ++c) r[std::size_t(c)] = bf16_to_f32(f32_to_bf16(x[c]));
-  } else if (t == WType::kQ8_0) {
-    std::vector<uint8_t> q(wtype_row_bytes(t, cols));
+  } else if (is_k(t)) {
+    r = q8_k(x, cols);
+  } else if (t == WType::kQ8_0 || t == WType::kQ4_0) {
+    std::vector<uint8_t> q(wtype_row_bytes(WType::kQ8_0, cols));
     std::vector<float> back(static_cast<std::size_t>(cols));
     formats::quantize(formats::GgmlType::kQ8_0, x, q.data(), cols);
     formats::dequantize(formats::GgmlType::kQ8_0, q.data(), back.data(), cols);
@@ -140,7 +250,7 @@ Problem make_problem(WType t, int64_t rows, int64_t cols, int64_t N, bool with_s
     for (int64_t r = 0; r < rows; ++r) {
       double s = 0;
       for (int64_t c = 0; c < cols; ++c)
-        s += std::fabs(xr[std::size_t(c)] * double(p.w.deq[std::size_t(r * cols + c)]));
+        s += std::fabs(xr[std::size_t(c)]) * p.w.mag[std::size_t(r * cols + c)];
       p.S[std::size_t(n * rows + r)] = s;
     }
   }
@@ -165,9 +275,21 @@ void expect_padding_untouched(const Problem& p, const std::vector<float>& Y) {
 
 }  // namespace
 
+// The error bound of the reference against the exact Σ x̂·ŵ (header comment).
+double ref_gamma(WType t, int64_t cols) {
+  if (t == WType::kQ4_0) return gamma(cols / 32 + 5);
+  if (is_k(t)) return gamma(cols / 256 + 5);
+  return gamma(cols + 2);
+}
+
+std::vector<int64_t> widths(WType t) {
+  if (is_k(t)) return {256, 768, 2048};
+  return {32, 96, 2048};
+}
+
 TEST(Qmatmul, ReferenceMatchesDoublePrecisionDefinition) {
   for (WType t : kTypes)
-    for (int64_t cols : {32, 96, 2048})
+    for (int64_t cols : widths(t))
       for (int64_t N : {1, 17, 300}) {
         Problem p = make_problem(t, 13, cols, N);
         SCOPED_TRACE(trace(p));
@@ -180,11 +302,38 @@ TEST(Qmatmul, ReferenceMatchesDoublePrecisionDefinition) {
             double exact = 0;
             for (int64_t c = 0; c < cols; ++c)
               exact += xr[std::size_t(c)] * double(p.w.deq[std::size_t(r * cols + c)]);
-            const double tol = gamma(cols + 2) * p.S[std::size_t(n * p.rows + r)] + 1e-30;
+            const double tol = ref_gamma(t, cols) * p.S[std::size_t(n * p.rows + r)] + 1e-30;
             ASSERT_NEAR(Y[std::size_t(n * p.ldy + r)], exact, tol) << "n=" << n << " r=" << r;
           }
         }
       }
+}
+
+// Against the f32 product Σ x·ŵ (X not quantized): the activations' quantization moves each x by
+// at most 0.6·|d| of its block (half a quant step, plus the f16 rounding of Q8_0's d: 127·2⁻¹¹·|d|
+// < 0.07·|d|; Q8_K keeps d in f32), so |ref − Σ x·ŵ| ≤ Σ 0.6·|d|·|ŵ| + the reference's own bound.
+TEST(Qmatmul, QuantizedActivationsStayWithinTheirBoundOfTheF32Product) {
+  for (WType t : {WType::kQ8_0, WType::kQ4_0, WType::kQ4_K, WType::kQ6_K})
+    for (int64_t cols : {256, 2048}) {
+      Problem p = make_problem(t, 21, cols, 9);
+      SCOPED_TRACE(trace(p));
+      std::vector<float> Y = nan_y(p);
+      qmatmul_reference(Y.data(), p.ldy, p.X, p.ldx, p.N, p.w.W);
+      for (int64_t n = 0; n < p.N; ++n) {
+        const float* x = p.X + n * p.ldx;
+        const std::vector<double> dx = x_scales(t, x, cols);
+        for (int64_t r = 0; r < p.rows; ++r) {
+          double f32 = 0, bound = 0;
+          for (int64_t c = 0; c < cols; ++c) {
+            const double w = p.w.deq[std::size_t(r * cols + c)];
+            f32 += double(x[c]) * w;
+            bound += 0.6 * dx[std::size_t(c)] * std::fabs(w);
+          }
+          bound += ref_gamma(t, cols) * p.S[std::size_t(n * p.rows + r)];
+          ASSERT_NEAR(Y[std::size_t(n * p.ldy + r)], f32, bound) << "n=" << n << " r=" << r;
+        }
+      }
+    }
 }
 
 TEST(Qmatmul, EveryPathMatchesReference) {
@@ -192,8 +341,9 @@ TEST(Qmatmul, EveryPathMatchesReference) {
     qmatmul_force_isa(isa);
     ASSERT_EQ(qmatmul_isa(), isa);
     for (WType t : kTypes) {
-      std::vector<int64_t> col_set = {32, 96, 2048};
-      if (t != WType::kQ8_0) col_set.insert(col_set.end(), {33, 100});
+      std::vector<int64_t> col_set = widths(t);
+      if (t == WType::kF32 || t == WType::kF16 || t == WType::kBF16)
+        col_set.insert(col_set.end(), {33, 100});
       for (int64_t cols : col_set)
         for (int64_t rows : {1, 5, 37})
           for (int64_t N : {1, 3, 17, 64, 300}) {
@@ -267,6 +417,9 @@ TEST(Qmatmul, ManyEqualsOneCallPerTask) {
   ps.push_back(make_problem(WType::kQ8_0, 40, 1024, 1));
   ps.push_back(make_problem(WType::kF16, 7, 96, 5));
   ps.push_back(make_problem(WType::kF32, 33, 100, 64));
+  ps.push_back(make_problem(WType::kQ4_0, 19, 512, 1));
+  ps.push_back(make_problem(WType::kQ4_K, 40, 1024, 1));
+  ps.push_back(make_problem(WType::kQ6_K, 24, 768, 3));
   std::vector<std::vector<float>> many, one;
   std::vector<QMatmulTask> tasks;
   for (Problem& p : ps) {
@@ -279,9 +432,11 @@ TEST(Qmatmul, ManyEqualsOneCallPerTask) {
   // qmatmul_many prepares such an X once.
   const Problem shared_bf16 = make_problem(WType::kBF16, 50, 2048, 1, false);
   const Problem shared_q8 = make_problem(WType::kQ8_0, 30, 1024, 1, false);
-  std::vector<float> y_bf16(50), y_q8(30), one_bf16(50), one_q8(30);
+  const Problem shared_q4k = make_problem(WType::kQ4_K, 30, 1024, 1, false);
+  std::vector<float> y_bf16(50), y_q8(30), one_bf16(50), one_q8(30), y_q4k(30), one_q4k(30);
   tasks.push_back({y_bf16.data(), 50, ps[0].X, ps[0].ldx, 1, shared_bf16.w.W});
   tasks.push_back({y_q8.data(), 30, ps[1].X, ps[1].ldx, 1, shared_q8.w.W});
+  tasks.push_back({y_q4k.data(), 30, ps[5].X, ps[5].ldx, 1, shared_q4k.w.W});
   qmatmul_many(tasks);
   for (std::size_t i = 0; i < ps.size(); ++i) {
     qmatmul(one[i].data(), ps[i].ldy, ps[i].X, ps[i].ldx, ps[i].N, ps[i].w.W);
@@ -291,15 +446,17 @@ TEST(Qmatmul, ManyEqualsOneCallPerTask) {
   qmatmul(one_q8.data(), 30, ps[1].X, ps[1].ldx, 1, shared_q8.w.W);
   EXPECT_EQ(std::memcmp(y_bf16.data(), one_bf16.data(), 50 * 4), 0);
   EXPECT_EQ(std::memcmp(y_q8.data(), one_q8.data(), 30 * 4), 0);
+  qmatmul(one_q4k.data(), 30, ps[5].X, ps[5].ldx, 1, shared_q4k.w.W);
+  EXPECT_EQ(std::memcmp(y_q4k.data(), one_q4k.data(), 30 * 4), 0);
 }
 
 TEST(Qmatmul, DequantizeRowMatchesFormats) {
   for (WType t : kTypes) {
-    const Weights w = make_weights(t, 5, 96, 6, 1, 5);
-    std::vector<float> row(96);
+    const Weights w = make_weights(t, 5, 512, 6, 1, 5);
+    std::vector<float> row(512);
     for (int64_t r = 0; r < 5; ++r) {
       dequantize_row(row.data(), w.W, r);
-      EXPECT_EQ(std::memcmp(row.data(), w.deq.data() + r * 96, 96 * 4), 0) << wtype_name(t);
+      EXPECT_EQ(std::memcmp(row.data(), w.deq.data() + r * 512, 512 * 4), 0) << wtype_name(t);
     }
   }
 }
@@ -311,6 +468,12 @@ TEST(Qmatmul, RejectsBadShapes) {
   bad.row_bytes = 10;
   EXPECT_THROW(qmatmul(y.data(), 2, x.data(), 64, 1, bad), std::exception);
   EXPECT_THROW(wtype_row_bytes(WType::kQ8_0, 33), std::exception);
+  EXPECT_THROW(wtype_row_bytes(WType::kQ4_0, 48), std::exception);
+  EXPECT_THROW(wtype_row_bytes(WType::kQ4_K, 128), std::exception);
+  EXPECT_THROW(wtype_row_bytes(WType::kQ6_K, 512 + 32), std::exception);
+  EXPECT_EQ(wtype_row_bytes(WType::kQ4_0, 64), 36u);
+  EXPECT_EQ(wtype_row_bytes(WType::kQ4_K, 512), 288u);
+  EXPECT_EQ(wtype_row_bytes(WType::kQ6_K, 512), 420u);
   EXPECT_THROW(qmatmul(y.data(), 1, x.data(), 64, 1, w.W), std::exception);  // ldy < rows
   EXPECT_THROW(qmatmul_force_isa("no-such-isa"), std::exception);
 }
@@ -375,6 +538,69 @@ TEST(Qmatmul, Q8_0ActivationQuantizationIsExact) {
   std::vector<float> R(std::size_t(kN * kCols));
   qmatmul_reference(R.data(), kCols, X.data(), kCols, kN, W);
   EXPECT_EQ(R[1], -15.0f);  // −14.5 rounds half away from zero
+  for (const std::string& isa : qmatmul_isas()) {
+    qmatmul_force_isa(isa);
+    std::vector<float> Y(R.size());
+    qmatmul(Y.data(), kCols, X.data(), kCols, kN, W);
+    for (std::size_t i = 0; i < R.size(); ++i) {
+      if (std::isnan(R[i])) {
+        EXPECT_TRUE(std::isnan(Y[i])) << isa << " i=" << i;
+      } else {
+        EXPECT_EQ(std::memcmp(&Y[i], &R[i], 4), 0)
+            << isa << " i=" << i << " " << Y[i] << " vs " << R[i];
+      }
+    }
+  }
+  qmatmul_force_isa("");
+}
+
+// The Q8_K activation quantization of every path is ggml's (this file's q8_k), bit for bit, ties
+// and signs included: W row r is the Q4_K one-hot row e_r (d = 1, dmin = 0, every scale 1, every
+// min 0, nibble 1 at column r), so Y[n, r] = q_x[n, r]·d_x is a single exact term on every path.
+// Block 0 of X has max = −127 (d = 1: x = k + 0.5 lands on a tie, which goes to even, unlike
+// Q8_0's half away from zero), block 1 a positive max (d < 0, the quants negated); X row 1 holds
+// an all-zero block; X row 2 an Inf (its block's d is NaN, so every output of the row is NaN).
+TEST(Qmatmul, Q8_KActivationQuantizationIsExact) {
+  constexpr int64_t kCols = 512, kN = 3;
+  const std::size_t rb = wtype_row_bytes(WType::kQ4_K, kCols);
+  std::vector<uint8_t> w(kCols * rb, 0);
+  const uint16_t one = f32_to_f16(1.0f);
+  for (int64_t r = 0; r < kCols; ++r)
+    for (int64_t b = 0; b < kCols / 256; ++b) {
+      uint8_t* blk = &w[r * rb + 144 * b];
+      std::memcpy(blk, &one, 2);                       // d = 1, dmin = 0
+      for (int s = 0; s < 4; ++s) blk[4 + s] = 1;      // scales 0–3 = 1, mins 0
+      for (int s = 0; s < 4; ++s) blk[4 + 8 + s] = 1;  // scales 4–7 = 1, mins 0
+      if (r / 256 == b) {
+        const int s = int(r % 256 / 32), l = int(r % 32);
+        blk[16 + 32 * (s / 2) + l] = uint8_t(1 << (4 * (s % 2)));  // nibble 1 at column r
+      }
+    }
+  const WeightMatrix W{WType::kQ4_K, w.data(), kCols, kCols, rb};
+  std::vector<float> X(std::size_t(kN * kCols));
+  const Rng g(4, 4);
+  for (int64_t c = 0; c < kCols; ++c) {
+    X[std::size_t(c)] = c == 7 ? -127.0f : c < 256 ? float(c % 64) - 31.5f : g.normal(c) * 2;
+    X[std::size_t(kCols + c)] = c < 256 ? 0.0f : g.normal(uint64_t(c));
+    X[std::size_t(2 * kCols + c)] = g.normal(uint64_t(1000 + c)) * 0.01f;
+  }
+  X[std::size_t(2 * kCols + 300)] = std::numeric_limits<float>::infinity();
+  std::vector<float> R(std::size_t(kN * kCols));
+  qmatmul_reference(R.data(), kCols, X.data(), kCols, kN, W);
+  EXPECT_EQ(R[0], -32.0f);  // −31.5 · 1 rounds to the even −32
+  EXPECT_EQ(R[2], -30.0f);  // −29.5 → −30
+  EXPECT_EQ(R[3], -28.0f);  // −28.5 → −28
+  for (int64_t n = 0; n < kN; ++n) {
+    const std::vector<double> want = q8_k(X.data() + n * kCols, kCols);
+    for (int64_t c = 0; c < kCols; ++c) {
+      const float r = R[std::size_t(n * kCols + c)];
+      if (n == 2) {
+        EXPECT_TRUE(std::isnan(r)) << c;
+      } else {  // q·d rounded once to f32, as the product does
+        EXPECT_EQ(r, float(want[std::size_t(c)])) << "n=" << n << " c=" << c;
+      }
+    }
+  }
   for (const std::string& isa : qmatmul_isas()) {
     qmatmul_force_isa(isa);
     std::vector<float> Y(R.size());

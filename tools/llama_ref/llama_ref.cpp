@@ -13,6 +13,9 @@
 //   rule of `moe eval --text`. KV cache in F32 and flash attention off, so llama.cpp's own
 //   arithmetic is as close to fp32 as it goes. LOGITS_OUT, if given, receives the first
 //   window's logits as raw little-endian f32 [T, V] for element-wise debugging.
+//   llama_ref quantize IN.gguf OUT.gguf Q4_0|Q4_K_M
+//       llama.cpp's own quantizer (llama_model_quantize, as llama-quantize runs it): the test
+//       files for our Q4_0/Q4_K/Q6_K kernels. Q4_K_M mixes Q4_K and Q6_K tensors by its rules.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -151,6 +154,20 @@ int cmd_loss(const char* model_path, const char* text_path, int seq_len, int thr
   return 0;
 }
 
+int cmd_quantize(const char* in, const char* out, const std::string& type) {
+  llama_model_quantize_params p = llama_model_quantize_default_params();
+  if (type == "Q4_0")
+    p.ftype = LLAMA_FTYPE_MOSTLY_Q4_0;
+  else if (type == "Q4_K_M")
+    p.ftype = LLAMA_FTYPE_MOSTLY_Q4_K_M;
+  else
+    die("quantize: type '" + type + "' is not Q4_0 or Q4_K_M");
+  p.nthread = 1;
+  if (llama_model_quantize(in, out, &p) != 0)
+    die(std::string("quantize: llama_model_quantize failed for ") + in);
+  return 0;
+}
+
 }  // namespace
 
 int llama_ref_sample(int argc, char** argv);  // llama_ref_sample.cpp: needs no model or backend
@@ -172,12 +189,14 @@ int main(int argc, char** argv) {
   } else if (cmd == "loss" && argc >= 5 && argc <= 7) {
     rc = cmd_loss(argv[2], argv[3], std::atoi(argv[4]), argc >= 6 ? std::atoi(argv[5]) : 1,
                   argc >= 7 ? argv[6] : nullptr);
+  } else if (cmd == "quantize" && argc == 5) {
+    rc = cmd_quantize(argv[2], argv[3], argv[4]);
   } else if (cmd == "bench") {  // llama_ref_bench.cpp
     int llama_ref_bench(int, char**);
     rc = llama_ref_bench(argc - 2, argv + 2);
   } else {
     die("usage: llama_ref tokenize MODEL TEXT | eog MODEL | loss MODEL TEXT SEQ_LEN [THREADS] "
-        "[LOGITS_OUT]");
+        "[LOGITS_OUT] | quantize IN OUT Q4_0|Q4_K_M");
   }
   llama_backend_free();
   return rc;

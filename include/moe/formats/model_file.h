@@ -65,8 +65,8 @@ class ModelReader {
   virtual void read(const std::string& our_name, const std::vector<int64_t>& shape,
                     float* dst) const = 0;
   // `our_name` as stored, when the file holds it in one of the types the kernels read (f32, f16,
-  // bf16, Q8_0) and in our layout (no transpose, permutation or interleave on the way);
-  // otherwise nullopt, and read() is the way to get it.
+  // bf16, Q8_0, Q4_0, Q4_K, Q6_K) and in our layout (no transpose, permutation or interleave on the
+  // way); otherwise nullopt, and read() is the way to get it.
   virtual std::optional<StoredTensor> stored(const std::string& our_name) const {
     (void)our_name;
     return std::nullopt;

@@ -1,7 +1,7 @@
 // moe bench qmatmul: the inference path's products with weights in their stored type (f32, f16,
-// bf16, q8_0), as GFLOP/s and GB/s of weight traffic, next to the machine's triad bandwidth (the
-// bound of the decode GEMV, N = 1) and OpenBLAS sgemm on the same shape (the f32 ceiling of
-// prefill, N ≥ 8).
+// bf16, q8_0, q4_0, q4_k, q6_k), as GFLOP/s and GB/s of weight traffic, next to the machine's triad
+// bandwidth (the bound of the decode GEMV, N = 1) and OpenBLAS sgemm on the same shape (the f32
+// ceiling of prefill, N ≥ 8).
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -64,6 +64,21 @@ std::vector<uint8_t> random_weights(WType t, int64_t rows, int64_t cols, int cou
         for (int j = 0; j < 32; ++j)
           row[34 * b + 2 + j] = uint8_t(g.u32(uint64_t(cols + 32 * b + j)));
       }
+    // The 4- and 6-bit types: random bytes (every pattern is a valid block), then the f16 scales
+    // set to sizes that give weights of about unit size.
+    if (t == WType::kQ4_0 || t == WType::kQ4_K || t == WType::kQ6_K) {
+      for (std::size_t i = 0; i < rb; ++i) row[i] = uint8_t(g.u32(uint64_t(cols) + i));
+      const uint16_t d4 = f32_to_f16(0.5f / 8), dk = f32_to_f16(0.5f / 8 / 32),
+                     d6 = f32_to_f16(0.5f / 32 / 64);
+      for (int64_t b = 0; t == WType::kQ4_0 && b < cols / 32; ++b)
+        std::memcpy(row + 18 * b, &d4, 2);
+      for (int64_t b = 0; t == WType::kQ4_K && b < cols / 256; ++b) {
+        std::memcpy(row + 144 * b, &dk, 2);
+        std::memcpy(row + 144 * b + 2, &dk, 2);
+      }
+      for (int64_t b = 0; t == WType::kQ6_K && b < cols / 256; ++b)
+        std::memcpy(row + 210 * b + 208, &d6, 2);
+    }
   }
   return buf;
 }
@@ -139,16 +154,27 @@ double measure_sgemm_same_shape(const QmatmulArgs& a) {
 
 void run_qmatmul_bench(const QmatmulArgs& a) {
   std::vector<WType> types;
-  for (WType t : {WType::kF32, WType::kF16, WType::kBF16, WType::kQ8_0})
+  for (WType t : {WType::kF32, WType::kF16, WType::kBF16, WType::kQ8_0, WType::kQ4_0, WType::kQ4_K,
+                  WType::kQ6_K})
     if (a.type == "all" || a.type == wtype_name(t)) types.push_back(t);
-  MOE_CHECK(!types.empty(), "bench qmatmul: --type {} is not f32, f16, bf16, q8_0 or all", a.type);
-  MOE_CHECK(a.cols % 32 == 0 || a.type != "q8_0", "bench qmatmul: q8_0 needs cols % 32 == 0");
+  MOE_CHECK(!types.empty(),
+            "bench qmatmul: --type {} is not f32, f16, bf16, q8_0, q4_0, q4_k, q6_k or all",
+            a.type);
+  // A block type runs only where cols is whole blocks (with --type all the others are skipped).
+  auto fits = [&](WType t) {
+    const int64_t block = t == WType::kQ8_0 || t == WType::kQ4_0   ? 32
+                          : t == WType::kQ4_K || t == WType::kQ6_K ? 256
+                                                                   : 1;
+    return a.cols % block == 0;
+  };
+  MOE_CHECK(a.type == "all" || fits(types[0]), "bench qmatmul: {} needs whole blocks, cols {}",
+            a.type, a.cols);
   if (!a.isa.empty()) qmatmul_force_isa(a.isa);
   // Other processes share the cores: each repeat measures the triad and then every type once,
   // and each keeps its best, so the ratios compare passes from the same minutes.
   std::vector<std::unique_ptr<QmatmulCase>> cases;
   for (WType t : types)
-    if (t != WType::kQ8_0 || a.cols % 32 == 0) cases.push_back(std::make_unique<QmatmulCase>(t, a));
+    if (fits(t)) cases.push_back(std::make_unique<QmatmulCase>(t, a));
   double triad = 0;
   for (int rep = 0; rep < a.repeats; ++rep) {
     triad = std::max(triad, measure_triad_gbps(1));
@@ -194,11 +220,12 @@ void register_bench_qmatmul(CLI::App& bench) {
   auto a = std::make_shared<QmatmulArgs>();
   CLI::App* q = bench.add_subcommand(
       "qmatmul",
-      "Products with weights in their stored type (f32/f16/bf16/q8_0) vs triad and sgemm");
+      "Products with weights in their stored type (f32/f16/bf16/q8_0/q4_0/q4_k/q6_k) vs triad "
+      "and sgemm");
   q->add_option("--rows", a->rows, "rows of W (outputs)")->check(CLI::PositiveNumber);
   q->add_option("--cols", a->cols, "cols of W (inputs)")->check(CLI::PositiveNumber);
   q->add_option("--n", a->n, "rows of X (tokens)")->check(CLI::PositiveNumber);
-  q->add_option("--type", a->type, "f32 | f16 | bf16 | q8_0 | all");
+  q->add_option("--type", a->type, "f32 | f16 | bf16 | q8_0 | q4_0 | q4_k | q6_k | all");
   q->add_option("--batch", a->batch, "matrices per qmatmul_many call, sharing X")
       ->check(CLI::PositiveNumber);
   q->add_option("--isa", a->isa, "force a path (see qmatmul_isas), default the fastest");
