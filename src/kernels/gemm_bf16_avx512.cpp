@@ -126,6 +126,15 @@ void micro(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int
   for (int i = 0; i < mr; ++i) {
     float* ci = c + std::size_t(i) * ldc;
     __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
+    if (nr == kNR) {  // full width: plain loads and stores (masked stores are slow on Zen)
+      if (beta != 0.f) {
+        r0 = _mm512_add_ps(r0, _mm512_mul_ps(vb, _mm512_loadu_ps(ci)));
+        r1 = _mm512_add_ps(r1, _mm512_mul_ps(vb, _mm512_loadu_ps(ci + 16)));
+      }
+      _mm512_storeu_ps(ci, r0);
+      _mm512_storeu_ps(ci + 16, r1);
+      continue;
+    }
     if (beta != 0.f) {
       r0 = _mm512_add_ps(r0, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m0, ci)));
       r1 = _mm512_add_ps(r1, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m1, ci + 16)));
