@@ -30,12 +30,20 @@
 
 namespace moe::bf16k {
 
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+// GCC 12's avx512fintrin.h builds _mm512_undefined_* as `__m512 __Y = __Y;`: noise only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace {
 
-constexpr int kMR = 12;       // rows of the microkernel
-constexpr int kNR = 32;       // columns of the microkernel (two zmm of 16 f32)
-constexpr int kMC = 4 * kMR;  // rows of a tile
-constexpr int kNC = 4 * kNR;  // columns of a tile
+constexpr int kMR = 12;         // rows of the microkernel
+constexpr int kNR = 32;         // columns of the microkernel (two zmm of 16 f32)
+constexpr int kMC = 4 * kMR;    // rows of a tile
+constexpr int kNC = 4 * kNR;    // columns of a tile
+constexpr int kPackSteps = 32;  // pair steps per work item of the row-order packing
 
 // Per calling thread, grown on demand and kept: no allocation once the largest shape was seen.
 struct Scratch {
@@ -50,20 +58,40 @@ struct Scratch {
   }
 };
 
-// Interleave rows 2p and 2p+1 of X (columns c0..c0+w−1, w ≤ W) into W pairs per step:
-// dst[(p·W + c)·2 + h] = X[(2p+h)·ld + c0 + c], zero past K rows or w columns.
-// (B without trans_b: X = B, W = kNR. A with trans_a: X = A, W = kMR.)
-void pack_pairs_of_rows(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W) {
-  const int P = (K + 1) / 2;
-  for (int p = 0; p < P; ++p) {
-    uint16_t* d = dst + std::size_t(p) * W * 2;
-    const uint16_t* r0 = X + std::size_t(2 * p) * ld + c0;
-    const uint16_t* r1 = 2 * p + 1 < K ? r0 + ld : nullptr;
-    for (int c = 0; c < w; ++c) {
-      d[2 * c] = r0[c];
-      d[2 * c + 1] = r1 ? r1[c] : 0;
+// Interleave rows 2p and 2p+1 of X [K, ld ≥ C], for p in [p0, p1), into all ⌈C/W⌉ panels of W
+// pairs per step (panel cb at dst + cb·panel): dst[cb·panel + (p·W + c)·2 + h] =
+// X[(2p+h)·ld + cb·W + c], zero past K rows or C columns. (B without trans_b: X = B, W = kNR =
+// 32. A with trans_a: X = A, W = kMR = 12.) Row by row, so X streams from memory in order; per
+// panel and step, two masked loads of ≤ 32 columns interleaved by two vpermt2w.
+void pack_pairs_of_rows(uint16_t* dst, std::size_t panel, const uint16_t* X, int ld, int K, int C,
+                        int W, int p0, int p1) {
+  static_assert(kNR == 32 && kMR <= 16, "one zmm of 32 columns per row; A's pairs in one zmm");
+  alignas(64) uint16_t lo[32], hi[32];  // output lane t ← column t/2 (+16) of row h = t%2
+  for (int t = 0; t < 32; ++t) {
+    lo[t] = uint16_t((t & 1) * 32 + t / 2);
+    hi[t] = uint16_t((t & 1) * 32 + 16 + t / 2);
+  }
+  const __m512i vlo = _mm512_load_si512(lo), vhi = _mm512_load_si512(hi);
+  const __mmask32 m_out = W >= 16 ? __mmask32(~0u) : __mmask32((1u << (2 * W)) - 1);
+  const int nb = (C + W - 1) / W;
+  for (int p = p0; p < p1; ++p) {
+    const uint16_t* r0 = X + std::size_t(2 * p) * ld;
+    const bool has_r1 = 2 * p + 1 < K;
+    for (int cb = 0; cb < nb; ++cb) {
+      const int c0 = cb * W, w = std::min(W, C - c0);
+      const __mmask32 m = w >= 32 ? __mmask32(~0u) : __mmask32((1u << w) - 1);
+      const __m512i v0 = _mm512_maskz_loadu_epi16(m, r0 + c0);
+      const __m512i v1 =
+          has_r1 ? _mm512_maskz_loadu_epi16(m, r0 + ld + c0) : _mm512_setzero_si512();
+      uint16_t* d = dst + cb * panel + std::size_t(p) * W * 2;
+      const __m512i o0 = _mm512_permutex2var_epi16(v0, vlo, v1);
+      if (W == kNR) {
+        _mm512_storeu_si512(d, o0);
+        _mm512_storeu_si512(d + 32, _mm512_permutex2var_epi16(v0, vhi, v1));
+      } else {
+        _mm512_mask_storeu_epi16(d, m_out, o0);
+      }
     }
-    for (int c = w; c < W; ++c) d[2 * c] = d[2 * c + 1] = 0;
   }
 }
 
@@ -87,13 +115,6 @@ void pack_pairs_of_cols(uint16_t* dst, const uint16_t* X, int ld, int K, int c0,
     if (K & 1) d32[std::size_t(Pfull) * W + c] = row[K - 1];  // high half (k = K) is zero
   }
 }
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
-// GCC 12's avx512fintrin.h builds _mm512_undefined_* as `__m512 __Y = __Y;`: noise only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 inline __m512bh bcast_pair(const uint16_t* p) {
   uint32_t v;
@@ -156,23 +177,34 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
   uint16_t* bp = b_scratch.get(nb * b_panel);
   uint16_t* ap = a_scratch.get(mb * a_panel);
   const int tm = (M + kMC - 1) / kMC, tn = (N + kNC - 1) / kNC;
+  const int chunks = (P + kPackSteps - 1) / kPackSteps;
 #pragma omp parallel
   {
+    // Untransposed B and transposed A are packed by steps p (rows of X in memory order), the
+    // others by panels (each panel's rows of X read in order).
+    if (trans_b) {
 #pragma omp for schedule(static)
-    for (int jb = 0; jb < nb; ++jb) {
-      const int j0 = jb * kNR, w = std::min(kNR, N - j0);
-      if (trans_b)
-        pack_pairs_of_cols(bp + jb * b_panel, B, ldb, K, j0, w, kNR);
-      else
-        pack_pairs_of_rows(bp + jb * b_panel, B, ldb, K, j0, w, kNR);
+      for (int jb = 0; jb < nb; ++jb) {
+        const int j0 = jb * kNR;
+        pack_pairs_of_cols(bp + jb * b_panel, B, ldb, K, j0, std::min(kNR, N - j0), kNR);
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (int c = 0; c < chunks; ++c)
+        pack_pairs_of_rows(bp, b_panel, B, ldb, K, N, kNR, c * kPackSteps,
+                           std::min(P, (c + 1) * kPackSteps));
     }
+    if (trans_a) {
 #pragma omp for schedule(static)
-    for (int ib = 0; ib < mb; ++ib) {
-      const int i0 = ib * kMR, h = std::min(kMR, M - i0);
-      if (trans_a)
-        pack_pairs_of_rows(ap + ib * a_panel, A, lda, K, i0, h, kMR);
-      else
-        pack_pairs_of_cols(ap + ib * a_panel, A, lda, K, i0, h, kMR);
+      for (int c = 0; c < chunks; ++c)
+        pack_pairs_of_rows(ap, a_panel, A, lda, K, M, kMR, c * kPackSteps,
+                           std::min(P, (c + 1) * kPackSteps));
+    } else {
+#pragma omp for schedule(static)
+      for (int ib = 0; ib < mb; ++ib) {
+        const int i0 = ib * kMR;
+        pack_pairs_of_cols(ap + ib * a_panel, A, lda, K, i0, std::min(kMR, M - i0), kMR);
+      }
     }
 #pragma omp for schedule(dynamic)
     for (int t = 0; t < tm * tn; ++t) {
