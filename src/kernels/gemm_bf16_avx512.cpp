@@ -100,7 +100,8 @@ void pack_pairs_of_rows(uint16_t* dst, std::size_t panel, const uint16_t* X, int
 // A without trans_a: X = A, W = kMR.)
 void pack_pairs_of_cols(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W) {
   const int P = (K + 1) / 2, Pfull = K / 2;
-  uint32_t* d32 = reinterpret_cast<uint32_t*>(dst);  // dst is the start of a Scratch buffer row
+  // 4-byte aligned: every panel starts at an even offset of a new[]-ed buffer.
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(dst);
   for (int c = 0; c < W; ++c) {
     if (c >= w) {
       for (int p = 0; p < P; ++p) d32[std::size_t(p) * W + c] = 0;
