@@ -33,6 +33,7 @@ test: ref data
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 bench: data ref
+	cmake --build $(BUILD) --target onednn_matmul
 	bash bench/run_bench.sh
 
 # The miniature reproduction of the papers' claims (docs/RESULTS.md), about 2 hours on 2 cores.

@@ -8,6 +8,7 @@
 #   bash bench/run_bench.sh peer       # a PEER layer step against PyTorch (bench/pytorch_peer.py)
 #   bash bench/run_bench.sh mpi        # MoE training at P = 1 vs P = 2 ranks (expert / data parallel)
 #   bash bench/run_bench.sh infer      # inference pp/tg against llama.cpp on the same GGUF files
+#   bash bench/run_bench.sh kernels    # the inference products (kernels/qmatmul.h) against oneDNN
 #
 # Prints a table per benchmark and puts it in bench/RESULTS.md in place of that benchmark's
 # previous section (bench/results_md.py), with the machine and the commit. See bench/README.md.
@@ -25,7 +26,7 @@ PY=${PYTHON:-/usr/bin/python3}  # Debian's python3, with torch 1.13 and numpy
 RESULTS=${RESULTS:-bench/RESULTS.md}
 THREADS=2
 ROUNDS=${BENCH_ROUNDS:-3}  # alternating runs per side in each benchmark; the fastest is kept
-ALL_BENCHES=(dense moe peer mpi infer)
+ALL_BENCHES=(dense moe peer mpi infer kernels)
 
 die() { echo "run_bench.sh: $*" >&2; exit 1; }
 [[ -x $MOE ]] || die "$MOE not found: build first (make build, or cmake --build build)"
@@ -653,6 +654,57 @@ bench_infer() {
     "block, one embedding row, the head; the f32 norms, a few hundred KB, left out) × tg tokens/s ÷ the best streaming-triad bandwidth" \
     "moe.cpp measured in this run ($(if gt "$triad_best" 0; then num "%.2f GB/s" "$triad_best"; else echo n/a; fi)); targets (not asserted):" \
     "moe.cpp ≥ llama.cpp on pp and tg, tg ≥ 80% of the triad, peak RSS ≤ llama.cpp's"
+}
+
+# The inference path's products (include/moe/kernels/qmatmul.h, `moe bench qmatmul`) against
+# oneDNN's matmul (tools/onednn_ref/onednn_matmul.cpp, the same timing rule) on OLMoE's shapes: a
+# decode GEMV and a prefill expert slice of one expert's gate/up matrix [1024, 2048], and the
+# attention projection [2048, 2048] over a 512-token prompt; f32 and bf16 weights (oneDNN 2.6 has
+# no block-scaled int8 for Q8_0). oneDNN runs twice: reading W in place as stored (what an engine
+# on a memory-mapped file gets) and on its own packed copy (its best case, twice the memory).
+ONEDNN=${ONEDNN:-build/onednn_matmul}
+bench_kernels() {
+  OTHER="oneDNN"
+  echo "== kernels: qmatmul against oneDNN matmul" >&2
+  [[ -x $ONEDNN ]] || die "$ONEDNN not found: cmake --build build --target onednn_matmul (needs libdnnl-dev; make bench does it)"
+  local shape type r
+  for shape in "1024 2048 1" "1024 2048 64" "2048 2048 512"; do
+    local rows cols n
+    read -r rows cols n <<<"$shape"
+    for type in f32 bf16; do
+      local -A best=() run=()
+      local side j
+      for ((r = 1; r <= ROUNDS; r++)); do
+        for side in moe inplace packed; do
+          if [[ $side == moe ]]; then
+            j=$("$MOE" bench qmatmul --rows "$rows" --cols "$cols" --n "$n" --type "$type" \
+                  --repeats 3 --json 2>"$LOG" | tail -n1) || { cat "$LOG" >&2; die "bench qmatmul failed"; }
+            j=$("$PY" -c 'import json, sys; print(json.dumps(json.loads(sys.argv[1])["results"][0]))' "$j")
+          else
+            j=$("$ONEDNN" --rows "$rows" --cols "$cols" --n "$n" --type "$type" --layout "$side" \
+                  --repeats 3 2>"$LOG" | tail -n1) || { cat "$LOG" >&2; die "onednn_matmul failed"; }
+            best[impl]=$(jload run "$j" && echo "${run[impl]}")
+          fi
+          jload run "$j"
+          if [[ -z ${best[$side]:-} ]] || gt "${run[gflops]}" "${best[$side]}"; then
+            best[$side]=${run[gflops]}
+          fi
+        done
+      done
+      local label="$type Y[$n, $rows] = X[$n, $cols]·Wᵀ (GFLOP/s)"
+      add_row "$label, oneDNN reading W in place" "$(num %.1f "${best[moe]}")" \
+        "$(num %.1f "${best[inplace]}")" "$(num %.2f "${best[moe]} / ${best[inplace]}")"
+      add_row "$label, oneDNN on its packed copy" "$(num %.1f "${best[moe]}")" \
+        "$(num %.1f "${best[packed]}")" "$(num %.2f "${best[moe]} / ${best[packed]}")"
+    done
+  done
+  add_note "kernels: best of $ROUNDS alternating rounds per side, each the best of 3 passes over" \
+    "≥ 256 MiB of weight matrices (each product on the next matrix, so W comes from memory, as in" \
+    "decode); moe.cpp = \`moe bench qmatmul\` ($("$MOE" bench qmatmul --n 1 --rows 32 --cols 32 \
+    --type f32 --repeats 1 --min-mib 1 --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["isa"])'));" \
+    "oneDNN $("$ONEDNN" --rows 32 --cols 32 --n 1 --repeats 1 --min-mib 1 | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["onednn"])')" \
+    "(Debian libdnnl, OpenMP runtime; implementation ${best[impl]:-?})," \
+    "bf16 rounds X to bf16 inside the timed call on both sides; moe / oneDNN above 1 = moe.cpp faster"
 }
 
 # ---- Main -------------------------------------------------------------------------------------

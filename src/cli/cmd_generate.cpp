@@ -65,7 +65,7 @@ int default_context(const formats::ModelReader& r) {
 }
 
 void run_generate(const GenArgs& a) {
-  if (a.threads > 0) omp_set_num_threads(a.threads);
+  set_threads(a.threads, "--threads");
   a.sampler.validate();
   // Cheap errors first: the prompt file before the model.
   const std::string prompt = a.prompt_file.empty() ? a.prompt : read_file(a.prompt_file);

@@ -18,6 +18,7 @@
 #include "moe/formats/model_file.h"
 #include "moe/scaling/accounting.h"
 #include "moe/train/checkpoint.h"
+#include "moe/train/model_identity.h"
 #include "moe/train/trainer.h"
 #include "world.h"
 
@@ -89,6 +90,7 @@ nlohmann::json describe(const formats::ModelReader& r) {
           {"format", r.format()},
           {"architecture", r.architecture()},
           {"config", model_config_fields().to_json(c)},
+          {"model_identity", model_identity_hash(c)},
           {"total_params", m.total},
           {"active_params", m.active},
           {"flops_per_token_forward", m.flops_fwd},
@@ -109,6 +111,10 @@ void print_description(const nlohmann::json& d) {
   fmt::print("  parameters: {:L} total, {:L} active per token; {:.4g} forward FLOPs per token\n",
              d["total_params"].get<int64_t>(), d["active_params"].get<int64_t>(),
              d["flops_per_token_forward"].get<double>());
+  fmt::print(
+      "  model identity {} (the same for every checkpoint of this model: what resume and "
+      "--init-from compare)\n",
+      d["model_identity"].get<std::string>());
   for (const auto& l : d["layers"]) {
     if (l["ffn"] == "moe")
       fmt::print("  block {:>3}: MoE, {} experts of width {}, top-{}, {} shared\n",
@@ -210,7 +216,7 @@ void register_inspect(CLI::App& app) {
   c->add_option("--threads", a->threads, "OpenMP threads (0 = default)")
       ->check(CLI::Range(0, kMaxThreads));
   c->callback([a] {
-    if (a->threads > 0) omp_set_num_threads(a->threads);
+    set_threads(a->threads, "--threads");
     MOE_CHECK(!a->routing || !a->text.empty(), "--routing needs --text FILE");
     std::unique_ptr<formats::ModelReader> r = formats::open_model(a->model);
     nlohmann::json d = describe(*r);

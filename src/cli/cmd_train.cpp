@@ -26,6 +26,7 @@ struct TrainArgs {
   std::string config;
   std::vector<std::string> sets;
   std::string resume, init_from, upcycle_from;
+  bool allow_model_change = false;
   bool quiet = false, overwrite = false;
   int64_t stop_after = 0;
   int expert_parallel = 1;
@@ -106,9 +107,14 @@ void register_train(CLI::App& app) {
                 "continue from a checkpoint with optimizer state (bit-identical to an "
                 "uninterrupted run)");
   c->add_option("--init-from", a->init_from,
-                "start a fresh run from a model's weights: our checkpoint, or a .gguf file / "
-                "Hugging Face directory, whose model and tokenizer then replace the config's "
-                "(the config keeps its training settings and MoE loss coefficients)");
+                "start a fresh run from a model's weights and tokenizer: our checkpoint (its "
+                "model must equal the config's, see --allow-model-change), or a .gguf file / "
+                "Hugging Face directory, whose model then replaces the config's (the config "
+                "keeps its training settings and MoE loss coefficients)");
+  c->add_flag("--allow-model-change", a->allow_model_change,
+              "with --init-from a checkpoint of ours: accept a config whose model differs from "
+              "the checkpoint's in fields that change the weights' meaning (top-k, RoPE base, …; "
+              "the differences are printed); without it such a config is refused");
   c->add_option("--upcycle-from", a->upcycle_from,
                 "start an MoE run from a dense checkpoint: experts copy (or slice) its FFNs");
   c->add_flag("--quiet", a->quiet, "no progress output");
@@ -135,7 +141,10 @@ void register_train(CLI::App& app) {
               a->expert_parallel, comm.size());
     TrainOptions opts;
     opts.resume = a->resume;
+    MOE_CHECK(!a->allow_model_change || !a->init_from.empty(),
+              "--allow-model-change applies to --init-from only (a resumed run keeps its model)");
     opts.init_from = a->init_from;
+    opts.allow_model_change = a->allow_model_change;
     opts.upcycle_from = a->upcycle_from;
     opts.stop_after = a->stop_after;
     opts.overwrite = a->overwrite;
@@ -178,7 +187,7 @@ void register_eval(CLI::App& app) {
       ->check(CLI::Range(0, kMaxThreads));
   c->add_flag("--json", a->json, "print one JSON object");
   c->callback([a] {
-    if (a->threads > 0) omp_set_num_threads(a->threads);
+    set_threads(a->threads, "--threads");
     Loaded l = open_for_inference(a->checkpoint);
     const int T = a->seq > 0 ? a->seq : l.meta.config.train.seq_len;
     MOE_CHECK(T <= l.meta.config.model.max_seq_len, "--seq-len {}: the model's max_seq_len is {}",

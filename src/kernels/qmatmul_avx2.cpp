@@ -12,6 +12,7 @@
 //          128 is still exact as an unsigned byte, and q ∈ [−127, 127] negates safely): a pair
 //          sums to at most 2·128·127 = 32512 < 2^15, so nothing saturates; vpmaddwd then adds
 //          pairs into int32.
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -26,12 +27,20 @@ namespace moe::qmm {
 
 bool avx2_supported() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  // F16C from CPUID leaf 1, ECX bit 29: clang's __builtin_cpu_supports has no "f16c".
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 }
 
+// GCC compiles the rest of the file for avx2,fma,f16c by pragma; clang (the fuzz build) by an
+// attribute on every function.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+#endif
 
 namespace {
 
@@ -245,6 +254,10 @@ void tile_avx2(const PreparedX& px, const WeightMatrix& W, int64_t r0, int64_t r
   }
 }
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 }  // namespace moe::qmm

@@ -33,8 +33,16 @@ bool avx512_supported() {
 
 // Everything below is compiled for the AVX512 target. Only this file's own (internal-linkage)
 // functions live here, so no inline function of a shared header gets an AVX512 body.
+// GCC compiles the rest of the file for avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni by
+// pragma; clang (the fuzz build) by an attribute on every function.
+#if defined(__clang__)
+#pragma clang attribute push(                                                            \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni"))), \
+    apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni")
+#endif
 // GCC 12's avx512fintrin.h builds _mm512_undefined_* as `__m512 __Y = __Y;`, which -Wuninitialized
 // reports at every inlined use (cvtph_ps, cvtepi32_ps, inserti64x4, the reduce): noise only.
 #pragma GCC diagnostic push
@@ -336,6 +344,10 @@ void tile_avx512(const PreparedX& px, const WeightMatrix& W, int64_t r0, int64_t
 }
 
 #pragma GCC diagnostic pop
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 }  // namespace moe::qmm

@@ -12,10 +12,12 @@
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
 #include "moe/core/rng.h"
+#include "moe/core/threading.h"
 #include "moe/data/corpus.h"
 #include "moe/formats/model_file.h"
 #include "moe/kernels/gemm.h"
 #include "moe/train/memory_estimate.h"
+#include "moe/train/model_identity.h"
 #include "moe/train/run_dir.h"
 
 namespace moe {
@@ -116,7 +118,7 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
     MOE_CHECK(same_on_all_ranks(comm_, std::hash<std::string>{}(cfg_.to_json().dump())),
               "ranks were started with different configs (rank {})", comm_.rank());
   }
-  if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
+  set_threads(cfg_.train.threads, "config: field train.threads");
   check_blas_is_openmp();
   // A new run must not silently replace an earlier one; one rank removes (with overwrite).
   if (opts_.resume.empty() && (comm_.is_root() || !opts_.overwrite))
@@ -127,9 +129,15 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   CheckpointMeta resume_meta;
   if (!opts_.resume.empty()) {
     resume_meta = read_checkpoint_meta(opts_.resume);
-    check_resume_model(resume_meta.config.model);
+    check_model_matches(resume_meta.config.model, opts_.resume, /*resume=*/true);
     tokenizer_ =
         data::tokenizer_from_serialized(resume_meta.tokenizer_kind, resume_meta.tokenizer_blob);
+  } else if (!opts_.init_from.empty() && !foreign) {
+    // The weights come with their tokenizer: the embedding rows mean its tokens (a BPE config
+    // would otherwise train a new tokenizer on this run's data).
+    const CheckpointMeta m = read_checkpoint_meta(opts_.init_from);
+    check_model_matches(m.config.model, opts_.init_from, /*resume=*/false);
+    tokenizer_ = data::tokenizer_from_serialized(m.tokenizer_kind, m.tokenizer_blob);
   } else if (foreign) {
     tokenizer_ = foreign->tokenizer();
     MOE_CHECK(tokenizer_ != nullptr, "{}: the file carries no tokenizer", opts_.init_from);
@@ -184,45 +192,34 @@ void trim_metrics(const std::string& path, int64_t step) {
   if (dropped) write_file_atomic(path, kept);
 }
 
-// Fields a resumed run may change: they steer training (losses, regularisers, capacity, the
-// expert GEMM) or initialisation, not what the weights mean.
-void strip_training_knobs(nlohmann::json& j) {
-  if (!j.is_object()) return;
-  for (const char* k :
-       {"init_std", "aux_loss_coef", "z_loss_coef", "capacity_factor", "eval_capacity_factor",
-        "expert_dropout", "expert_gemm", "jitter", "bias_rate"})
-    j.erase(k);
-  for (auto& [k, v] : j.items()) strip_training_knobs(v);
-}
-
 }  // namespace
 
 // The model must be the one in the checkpoint: every field that gives its weights their meaning
 // (sizes, heads, RoPE, norms, routing, top-k, experts…) must agree; training settings may
-// differ (e.g. more steps, another balancing coefficient).
-void Trainer::check_resume_model(const ModelConfig& stored) const {
-  ModelConfig a = stored, b = cfg_.model;
-  a.resolve();
-  b.resolve();
-  nlohmann::json ja = model_config_fields().to_json(a), jb = model_config_fields().to_json(b);
-  strip_training_knobs(ja);
-  strip_training_knobs(jb);
-  const nlohmann::json patch = nlohmann::json::diff(ja, jb);
-  if (patch.empty()) return;
-  // Every differing field (a changed n_heads also changes the derived head_dim).
-  std::string diffs;
-  for (std::size_t i = 0; i < patch.size() && i < 4; ++i) {
-    const nlohmann::json::json_pointer p(patch[i].value("path", ""));
-    auto at = [&](const nlohmann::json& j) { return j.contains(p) ? j.at(p).dump() : "absent"; };
-    std::string field = p.to_string();
-    std::replace(field.begin(), field.end(), '/', '.');
-    diffs += fmt::format("{}model{} = {} (config says {})", diffs.empty() ? "" : ", ", field,
-                         at(ja), at(jb));
-  }
-  MOE_FAIL(
-      "{}: the checkpoint's model differs from the config: {}; a resumed run must keep the "
-      "model (start a new run with --init-from to change it)",
-      opts_.resume, diffs);
+// differ (e.g. more steps, another balancing coefficient). A resumed run must keep the model; a
+// run started --init-from may change it only when asked to (allow_model_change), and then says
+// what changed.
+void Trainer::check_model_matches(const ModelConfig& stored, const std::string& path,
+                                  bool resume) const {
+  const std::vector<std::string> diffs = model_identity_diff(stored, cfg_.model);
+  if (diffs.empty()) return;
+  std::string list;
+  for (std::size_t i = 0; i < diffs.size() && i < 6; ++i) list += (i ? ", " : "") + diffs[i];
+  if (diffs.size() > 6) list += fmt::format(" and {} more", diffs.size() - 6);
+  const std::string what =
+      fmt::format("{}: the checkpoint's model (identity {}) differs from the config's ({}): {}",
+                  path, model_identity_hash(stored), model_identity_hash(cfg_.model), list);
+  MOE_CHECK(!resume,
+            "{}; a resumed run must keep the model (start a new run with --init-from "
+            "and --allow-model-change to change it)",
+            what);
+  MOE_CHECK(opts_.allow_model_change,
+            "{}; --init-from loads the weights into the config's model: give "
+            "--allow-model-change if the change is meant (the weights are then read with the "
+            "config's meaning)",
+            what);
+  if (comm_.is_root())
+    fmt::print(stderr, "moe: note: {} (allowed by --allow-model-change)\n", what);
 }
 
 // A GGUF file or a Hugging Face directory given as --init-from brings its own model and

@@ -68,6 +68,19 @@ class Cli(unittest.TestCase):
             self.assert_one_line_error(r, "--threads", "100000")
             r = run("params", "--set", "train.threads=100000")
             self.assert_one_line_error(r, "train.threads", "100000", "1024")
+            # Above the machine's hardware threads (within the static bound) is refused too,
+            # at the point each command would start them, with the machine's count.
+            n = os.cpu_count() or 1
+            over = str(n + 1)
+            m = os.path.join(d, "m.gguf")
+            for args in (["eval", "--checkpoint", m], ["generate", "--checkpoint", m],
+                         ["inspect", m], ["bench", "infer", "--checkpoint", m]):
+                r = run(*args, "--threads", over)
+                self.assert_one_line_error(r, "--threads", over, f"{n} hardware thread")
+            r = run("train", "--set", f"train.threads={over}", "--set",
+                    f"train.out_dir={os.path.join(d, 'run')}")
+            self.assert_one_line_error(r, "train.threads", over, f"{n} hardware thread")
+            self.assertFalse(os.path.exists(os.path.join(d, "run")))
 
     def test_a_one_byte_validation_split_is_refused(self):
         # It used to train and log val_bpb 0.0.
@@ -148,6 +161,18 @@ class Cli(unittest.TestCase):
                 self.assertEqual(f.read(), before)
             r = run(*args, "--overwrite")
             self.assertEqual(r.returncode, 0, r.stderr)
+            # --init-from compares the model (it used to compare only shapes): another RoPE base
+            # is named with both values, and taken only when asked for, with a note.
+            ckpt = os.path.join(out, "final.safetensors")
+            init = args[:-2] + ["--set", f"train.out_dir={os.path.join(d, 'ft')}",
+                                "--init-from", ckpt, "--set", "model.rope_theta=500000"]
+            r = run(*init)
+            self.assert_one_line_error(r, ckpt, "model.rope_theta = 10000", "500000",
+                                       "--allow-model-change")
+            r = run(*init, "--allow-model-change")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("model.rope_theta", r.stderr)
+            self.assert_one_line_error(run("train", "--allow-model-change"), "--init-from")
 
     def test_unclear_messages_are_clear(self):
         with tempfile.TemporaryDirectory() as d:

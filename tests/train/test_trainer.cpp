@@ -14,6 +14,7 @@
 #include "moe/core/file_io.h"
 #include "moe/core/safetensors.h"
 #include "moe/train/checkpoint.h"
+#include "moe/train/model_identity.h"
 #include "moe/train/run_dir.h"
 #include "moe/train/trainer.h"
 
@@ -169,6 +170,61 @@ TEST(Training, ResumeRefusesAnotherModelButTakesOtherTrainingKnobs) {
     c.model.ffn.moe.aux_loss_coef = 0.05;
     c.train.steps += 10;
   });
+}
+
+TEST(Training, InitFromRefusesAnotherModelUnlessAllowedAndKeepsItsTokenizer) {
+  // --init-from used to compare only the tensors' shapes: another top-k or RoPE base read the
+  // weights with another meaning, silently; and a BPE config trained a new tokenizer, so the
+  // embedding rows meant other tokens.
+  TempDir d;
+  make_data(d.path);
+  Config cfg = tiny_config(d.path, d.path + "/run");
+  cfg.tokenizer.kind = TokenizerConfig::Kind::kBpe;
+  cfg.tokenizer.vocab_size = 300;
+  cfg.model.vocab_size = 300;
+  FfnConfig moe;
+  moe.kind = FfnConfig::Kind::kMoe;
+  moe.moe.num_experts = 4;
+  moe.moe.top_k = 2;
+  moe.moe.d_expert = 16;
+  cfg.model.ffn = moe;
+  Trainer first(cfg, single_process_communicator(), {.stop_after = 3});
+  const std::string ckpt = first.run().checkpoint;
+  const CheckpointMeta meta = read_checkpoint_meta(ckpt);
+  int n = 0;
+  auto init_with = [&](const std::function<void(Config&)>& edit, bool allow) {
+    Config c = cfg;
+    c.train.out_dir = d.path + "/init" + std::to_string(n++);
+    edit(c);
+    return std::make_unique<Trainer>(c, single_process_communicator(),
+                                     TrainOptions{.init_from = ckpt, .allow_model_change = allow});
+  };
+  Config topk1 = cfg;
+  topk1.model.ffn.moe.top_k = 1;
+  expect_error(
+      [&] { init_with([](Config& c) { c.model.ffn.moe.top_k = 1; }, false); },
+      {"run/last.safetensors", "model.ffn.top_k = 2 (config says 1)",
+       model_identity_hash(cfg.model), model_identity_hash(topk1.model), "--allow-model-change"});
+  expect_error([&] { init_with([](Config& c) { c.model.rope_theta = 500000.f; }, false); },
+               {"model.rope_theta"});
+  // Asked for: the weights load into the new model (same shapes, another top-k).
+  {
+    auto t = init_with([](Config& c) { c.model.ffn.moe.top_k = 1; }, true);
+    Trainer ref(cfg, single_process_communicator(), {.resume = ckpt});
+    auto& pa = t->model().params();
+    auto& pb = ref.model().params();
+    ASSERT_EQ(pa.numel(), pb.numel());
+    for (std::size_t i = 0; i < pa.numel(); ++i) ASSERT_EQ(pa.weights()[i], pb.weights()[i]) << i;
+  }
+  // Training knobs may change without asking; the checkpoint's tokenizer comes along even when
+  // the new run's data would train another one.
+  {
+    std::ofstream(d.path + "/train.txt", std::ios::app) << std::string(3000, 'q') << "zzz xyzzy\n";
+    auto t = init_with([](Config& c) { c.model.ffn.moe.aux_loss_coef = 0.05; }, false);
+    const TrainResult r = t->run();
+    EXPECT_TRUE(read_checkpoint_meta(r.checkpoint).tokenizer_blob == meta.tokenizer_blob);
+  }
+  EXPECT_EQ(model_identity_hash(meta.config.model), model_identity_hash(cfg.model));
 }
 
 TEST(Training, ResumeTrimsTheLogBackToTheCheckpoint) {

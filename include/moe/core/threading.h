@@ -1,5 +1,6 @@
 // Thread-count queries that also compile without OpenMP.
 #pragma once
+#include <string_view>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -10,6 +11,15 @@ namespace moe {
 // crashed inside the runtime), and per-thread scratch (attention, group-by-key) scales with the
 // count; no machine we run on has more than a few hundred hardware threads.
 inline constexpr int kMaxThreads = 1024;
+
+// Hardware threads of this machine (at least 1).
+int machine_threads();
+
+// Applies a thread count a flag or config field asked for (0 = keep OpenMP's default). More
+// threads than the machine has are refused with one line naming `what` (e.g. "--threads" or
+// "config: field train.threads"): they only slow every parallel region down, and per-thread
+// scratch grows with the count. Results depend on the count, so it is never changed silently.
+void set_threads(int n, std::string_view what);
 
 // Threads an OpenMP parallel region started here would use.
 inline int max_threads() {

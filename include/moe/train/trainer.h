@@ -50,8 +50,11 @@ EvalResult evaluate(Transformer& model, const data::TokenStream& stream, int B, 
 EvalResult evaluate(infer::Engine& engine, const data::TokenStream& stream, int T);
 
 struct TrainOptions {
-  std::string resume;        // checkpoint to resume (model + optimizer + step); "" = fresh
-  std::string init_from;     // checkpoint whose weights start a fresh run; "" = random init
+  std::string resume;     // checkpoint to resume (model + optimizer + step); "" = fresh
+  std::string init_from;  // checkpoint whose weights start a fresh run; "" = random init
+  // With init_from (our checkpoint): accept a checkpoint whose model differs from the config's
+  // in fields that change the weights' meaning (the differences are printed); false = refuse.
+  bool allow_model_change = false;
   std::string upcycle_from;  // dense checkpoint to upcycle into this (MoE) model; "" = none
   // Stop after this many optimizer steps in total (saving last.safetensors as a stop request
   // does), as if interrupted; 0 = run to train.steps. The schedule still spans train.steps, so a
@@ -113,7 +116,7 @@ class Trainer {
 
   void load_weights(const CheckpointMeta& resume_meta);
   std::unique_ptr<formats::ModelReader> adopt_foreign_model();
-  void check_resume_model(const ModelConfig& stored) const;
+  void check_model_matches(const ModelConfig& stored, const std::string& path, bool resume) const;
   void freeze_parameters();
   void inject_replica_fault();
   RunInfo run_info() const;

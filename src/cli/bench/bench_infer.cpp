@@ -26,6 +26,7 @@
 
 #include "bench.h"
 #include "moe/core/error.h"
+#include "moe/core/threading.h"
 #include "moe/formats/model_file.h"
 #include "moe/infer/engine.h"
 #include "moe/kernels/membw.h"
@@ -157,7 +158,7 @@ void register_bench_infer(CLI::App& bench) {
       ->check(CLI::NonNegativeNumber);
   ib->add_flag("--json", a->json, "print one JSON object");
   ib->callback([a] {
-    if (a->threads > 0) omp_set_num_threads(a->threads);
+    set_threads(a->threads, "--threads");
     print_infer(*a, measure_infer(*a));
   });
 }

@@ -17,6 +17,7 @@
 #include "moe/core/rng.h"
 #include "moe/ffn/peer/peer_layer.h"
 #include "moe/kernels/gemm.h"
+#include "moe/kernels/membw.h"
 #include "moe/model/config.h"
 #include "moe/train/optimizer.h"
 #include "moe/train/train_config.h"
@@ -108,21 +109,6 @@ PeerResult measure_peer_step(const PeerArgs& a, const PeerSpec& sp) {
   return {median(times) * 1e3, unique_rows, bytes};
 }
 
-// This machine's memory bandwidth, measured now: a streaming triad over 256 MiB arrays, the
-// best of three passes, in bytes/s.
-double measure_triad_bandwidth() {
-  const std::size_t M = std::size_t(64) << 20;
-  std::vector<float> ba(M, 1.f), bb(M, 2.f), bc(M, 0.f);
-  std::vector<double> bw;
-  for (int r = 0; r < 3; ++r) {
-    auto t1 = BenchClock::now();
-#pragma omp parallel for schedule(static)
-    for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(M); ++i) bc[i] = ba[i] + 0.5f * bb[i];
-    bw.push_back(3.0 * 4 * M / seconds_since(t1));
-  }
-  return *std::max_element(bw.begin(), bw.end());
-}
-
 void print_peer(const PeerArgs& a, const PeerSpec& sp, const PeerResult& r, double bandwidth) {
   const int N = a.tokens;
   const double ms = r.ms_per_step;
@@ -180,7 +166,7 @@ void register_bench_peer(CLI::App& bench) {
     sp.k = pa->top_k;
     sp.d_key = pa->d_key;
     const PeerResult r = measure_peer_step(*pa, sp);
-    print_peer(*pa, sp, r, measure_triad_bandwidth());
+    print_peer(*pa, sp, r, measure_triad_gbps() * 1e9);  // the triad `bench infer` uses
   });
 }
 

@@ -10,6 +10,7 @@
 
 #include "bench.h"
 #include "moe/core/rng.h"
+#include "moe/core/threading.h"
 #include "moe/kernels/gemm.h"
 #include "moe/model/transformer.h"
 #include "moe/train/config.h"
@@ -88,7 +89,7 @@ void register_bench_train(CLI::App& bench) {
   tr->callback([t] {
     check_blas_is_openmp();
     Config cfg = load_config(t->config, t->sets);
-    if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
+    set_threads(cfg.train.threads, "config: field train.threads");
     print_train(*t, measure_train_step(cfg, t->warmup, t->steps));
   });
 }
