@@ -30,8 +30,15 @@
 
 namespace moe::bf16k {
 
+// GCC compiles this part for the AVX512-BF16 target by pragma; clang (the fuzz build) by an
+// attribute on every function.
+#if defined(__clang__)
+#pragma clang attribute push( \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+#endif
 // GCC 12's avx512fintrin.h builds _mm512_undefined_* as `__m512 __Y = __Y;`: noise only.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -224,11 +231,20 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
 }
 
 #pragma GCC diagnostic pop
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 // The conversions need AVX512 F/BW/VL only (cpu_features().avx512).
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))), \
+                             apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+#endif
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -261,6 +277,10 @@ void widen_avx512(float* dst, const uint16_t* src, std::size_t n) {
 }
 
 #pragma GCC diagnostic pop
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 }  // namespace moe::bf16k

@@ -2,8 +2,9 @@
 // products training runs: the dense benchmark model's projections (configs/bench-dense.json:
 // C = 256, SwiGLU d_ff = 704, batch 16 × 256 = 4096 tokens) and the expert panels of the two MoE
 // shapes of `moe bench moe` (C = 512, 4096 tokens: E=8/k=2/H=1024 → 1024 rows per expert,
-// E=64/k=8/H=128 → 512), forward and backward. Where the build found oneDNN (MOE_HAVE_DNNL), its
-// bf16 matmul runs on the same shapes too. GFLOP/s = 2·M·N·K / median time, side by side.
+// E=64/k=8/H=128 → 512), forward and backward. GFLOP/s = 2·M·N·K / median time, side by side.
+// oneDNN's bf16 matmul on the same shapes, by the same rule: tools/onednn_ref/onednn_gemm_bf16
+// (moe never links oneDNN), one shape per run, the shapes as this command's --json lists them.
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -18,10 +19,6 @@
 #include "moe/kernels/cpu_features.h"
 #include "moe/kernels/gemm.h"
 #include "moe/kernels/gemm_bf16.h"
-
-#ifdef MOE_HAVE_DNNL
-#include <oneapi/dnnl/dnnl.hpp>
-#endif
 
 namespace moe::cli {
 
@@ -74,7 +71,7 @@ std::vector<Shape> training_shapes() {
 }
 
 struct Timing {
-  double ours = 0, sgemm = 0, widen = 0, dnnl = 0;  // median seconds (dnnl 0: not built in)
+  double ours = 0, sgemm = 0, widen = 0;  // median seconds
 };
 
 template <typename F>
@@ -88,29 +85,6 @@ double median_seconds(int repeats, F&& run) {
   }
   return median(t);
 }
-
-#ifdef MOE_HAVE_DNNL
-// oneDNN's matmul primitive (created once, outside the timing, as a training loop would cache
-// it): src op(A) [M,K] bf16, weights op(B) [K,N] bf16, dst [M,N] f32; transposes as strides.
-double time_dnnl(const Shape& s, uint16_t* A, uint16_t* B, float* C, int repeats) {
-  using namespace dnnl;
-  using dt = memory::data_type;
-  engine eng(engine::kind::cpu, 0);
-  stream str(eng);
-  const memory::dim M = s.M, N = s.N, K = s.K;
-  const memory::dims a_strides = s.ta ? memory::dims{1, M} : memory::dims{K, 1};
-  const memory::dims b_strides = s.tb ? memory::dims{1, K} : memory::dims{N, 1};
-  memory::desc a_md({M, K}, dt::bf16, a_strides), b_md({K, N}, dt::bf16, b_strides),
-      c_md({M, N}, dt::f32, memory::dims{N, 1});
-  matmul::primitive_desc pd(matmul::desc(a_md, b_md, c_md), eng);
-  matmul mm(pd);
-  memory am(a_md, eng, A), bm(b_md, eng, B), cm(c_md, eng, C);
-  return median_seconds(repeats, [&] {
-    mm.execute(str, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-    str.wait();
-  });
-}
-#endif
 
 Timing time_shape(const Shape& s, int repeats) {
   const std::size_t a_n = std::size_t(s.M) * s.K, b_n = std::size_t(s.K) * s.N;
@@ -133,9 +107,6 @@ Timing time_shape(const Shape& s, int repeats) {
   t.sgemm = median_seconds(repeats, [&] {
     gemm<float>(s.ta, s.tb, s.M, s.N, s.K, 1.f, a.data(), lda, b.data(), ldb, 0.f, c.data(), s.N);
   });
-#ifdef MOE_HAVE_DNNL
-  t.dnnl = time_dnnl(s, ah.data(), bh.data(), c.data(), repeats);
-#endif
   return t;
 }
 
@@ -147,15 +118,15 @@ void run_gemm_bf16(const GemmBf16Args& g) {
   const std::vector<Shape> shapes = training_shapes();
   nlohmann::json rows = nlohmann::json::array();
   struct Sum {
-    double flops = 0, ours = 0, sgemm = 0, widen = 0, dnnl = 0;
+    double flops = 0, ours = 0, sgemm = 0, widen = 0;
   };
   std::vector<std::pair<std::string, Sum>> groups;
   if (!g.json)
     fmt::print("bf16 GEMM, GFLOP/s ({} threads; path {}; {}; CPU: {})\n", omp_get_max_threads(),
                bf16_gemm_path_name(gemm_bf16_path()), blas_info(), cpu_features_string());
   if (!g.json)
-    fmt::print("{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6}\n", "group",
-               "product", "op", "M", "N", "K", "bf16", "widen", "sgemm", "oneDNN", "×sgemm");
+    fmt::print("{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8} {:>8} {:>8} {:>6}\n", "group",
+               "product", "op", "M", "N", "K", "bf16", "widen", "sgemm", "×sgemm");
   for (const Shape& s : shapes) {
     const Timing t = time_shape(s, g.repeats);
     if (groups.empty() || groups.back().first != s.group) groups.push_back({s.group, {}});
@@ -165,7 +136,6 @@ void run_gemm_bf16(const GemmBf16Args& g) {
     sum.ours += t.ours * s.count;
     sum.sgemm += t.sgemm * s.count;
     sum.widen += t.widen * s.count;
-    sum.dnnl += t.dnnl * s.count;
     const std::string op = std::string(s.ta ? "T" : "N") + (s.tb ? "T" : "N");
     rows.push_back({{"group", s.group},
                     {"product", s.name},
@@ -176,13 +146,11 @@ void run_gemm_bf16(const GemmBf16Args& g) {
                     {"count", s.count},
                     {"bf16_gflops", gflops(s, t.ours)},
                     {"widen_gflops", gflops(s, t.widen)},
-                    {"sgemm_gflops", gflops(s, t.sgemm)},
-                    {"dnnl_gflops", gflops(s, t.dnnl)}});
+                    {"sgemm_gflops", gflops(s, t.sgemm)}});
     if (!g.json)
-      fmt::print(
-          "{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>6.2f}\n",
-          s.group, s.name, op, s.M, s.N, s.K, gflops(s, t.ours), gflops(s, t.widen),
-          gflops(s, t.sgemm), gflops(s, t.dnnl), t.sgemm / t.ours);
+      fmt::print("{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8.1f} {:>8.1f} {:>8.1f} {:>6.2f}\n",
+                 s.group, s.name, op, s.M, s.N, s.K, gflops(s, t.ours), gflops(s, t.widen),
+                 gflops(s, t.sgemm), t.sgemm / t.ours);
   }
   nlohmann::json totals = nlohmann::json::object();
   for (const auto& [name, s] : groups) {
@@ -190,13 +158,11 @@ void run_gemm_bf16(const GemmBf16Args& g) {
     totals[name] = {{"bf16_gflops", rate(s.ours)},
                     {"widen_gflops", rate(s.widen)},
                     {"sgemm_gflops", rate(s.sgemm)},
-                    {"dnnl_gflops", rate(s.dnnl)},
                     {"bf16_over_sgemm", s.sgemm / s.ours}};
     if (!g.json)
-      fmt::print(
-          "{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>6.2f}\n",
-          name, "all (× count)", "", "", "", "", rate(s.ours), rate(s.widen), rate(s.sgemm),
-          rate(s.dnnl), s.sgemm / s.ours);
+      fmt::print("{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8.1f} {:>8.1f} {:>8.1f} {:>6.2f}\n",
+                 name, "all (× count)", "", "", "", "", rate(s.ours), rate(s.widen), rate(s.sgemm),
+                 s.sgemm / s.ours);
   }
   if (g.json)
     fmt::print("{}\n", nlohmann::json({{"threads", omp_get_max_threads()},
@@ -212,8 +178,8 @@ void run_gemm_bf16(const GemmBf16Args& g) {
 
 void register_bench_gemm_bf16(CLI::App& bench) {
   auto g = std::make_shared<GemmBf16Args>();
-  CLI::App* gb = bench.add_subcommand(
-      "gemm-bf16", "bf16 GEMM vs OpenBLAS sgemm (and oneDNN if built in) on training's shapes");
+  CLI::App* gb =
+      bench.add_subcommand("gemm-bf16", "bf16 GEMM vs OpenBLAS sgemm on training's shapes");
   gb->add_option("--repeats", g->repeats, "timed repeats (median)")->check(CLI::PositiveNumber);
   gb->add_flag("--json", g->json, "print one JSON object");
   gb->callback([g] {
