@@ -1,6 +1,6 @@
-// moe bench sgemm | train | moe | peer | qmatmul | infer: measurements that bench/run_bench.sh
-// puts side by side with PyTorch (infer: with llama.cpp). Each benchmark lives in its own file
-// under bench/ (bench/bench.h lists them).
+// moe bench sgemm | train | moe | peer | qmatmul | infer | gemm-bf16: measurements that
+// bench/run_bench.sh puts side by side with PyTorch (infer: with llama.cpp). Each benchmark lives
+// in its own file under bench/ (bench/bench.h lists them).
 #include "bench/bench.h"
 #include "commands.h"
 
@@ -15,6 +15,7 @@ void register_bench(CLI::App& app) {
   register_bench_peer(*b);
   register_bench_qmatmul(*b);
   register_bench_infer(*b);
+  register_bench_gemm_bf16(*b);
 }
 
 }  // namespace moe::cli

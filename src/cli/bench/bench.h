@@ -10,12 +10,13 @@
 
 namespace moe::cli {
 
-void register_bench_sgemm(CLI::App& bench);    // bench_sgemm.cpp: OpenBLAS sgemm, the ceiling
-void register_bench_train(CLI::App& bench);    // bench_train.cpp: a whole model's training step
-void register_bench_moe(CLI::App& bench);      // bench_moe.cpp: one MoE layer, forward + backward
-void register_bench_peer(CLI::App& bench);     // bench_peer.cpp: one PEER layer's training step
-void register_bench_qmatmul(CLI::App& bench);  // bench_qmatmul.cpp: inference products vs triad
-void register_bench_infer(CLI::App& bench);    // bench_infer.cpp: inference pp/tg speed
+void register_bench_sgemm(CLI::App& bench);      // bench_sgemm.cpp: OpenBLAS sgemm, the ceiling
+void register_bench_train(CLI::App& bench);      // bench_train.cpp: a whole model's training step
+void register_bench_moe(CLI::App& bench);        // bench_moe.cpp: one MoE layer, forward + backward
+void register_bench_peer(CLI::App& bench);       // bench_peer.cpp: one PEER layer's training step
+void register_bench_qmatmul(CLI::App& bench);    // bench_qmatmul.cpp: inference products vs triad
+void register_bench_infer(CLI::App& bench);      // bench_infer.cpp: inference pp/tg speed
+void register_bench_gemm_bf16(CLI::App& bench);  // bench_gemm_bf16.cpp: bf16 GEMM vs sgemm
 
 using BenchClock = std::chrono::steady_clock;
 

@@ -1,0 +1,27 @@
+// The Linear layer's products in bf16 (train.precision = bf16): the same shapes and +=/= rules as
+// nn/linear.h, with bf16 operands and f32 accumulation (kernels/gemm_bf16.h). The f32 master
+// weight W stays the caller's; its bf16 shadow Wb = round_to_bf16(W) is made by the caller once
+// per optimizer step (not per use), so every product of a step sees the same rounded weight.
+// Activations are rounded here, per product, into caller-owned bf16 buffers; the forward keeps
+// bf16(inp) for the backward's weight gradient, as torch.autocast saves its cast input.
+//
+//   forward : inp_b [N,I] (=) = bf16(inp);   out [N,O] (=) = inp_b · Wbᵀ
+//   backward: dout_b [N,O] (=) = bf16(dout)
+//             dinp [N,I] (+= if accumulate_dinp, else =) = dout_b · Wb    (dinp may be null)
+//             dW [O,I] (+=, f32) = dout_bᵀ · inp_b
+// Each output element is one f32 sum of exact bf16 products: within γ_{K+3} of the exact result
+// on the rounded operands (K = I, O and N for the three products; kernels/gemm_bf16.h).
+// Deterministic for any thread count on the AVX512-BF16 path.
+#pragma once
+#include <cstdint>
+
+namespace moe {
+
+void linear_forward_bf16(float* out, uint16_t* inp_b, const float* inp, const uint16_t* Wb, int N,
+                         int I, int O);
+
+void linear_backward_bf16(float* dinp, float* dW, uint16_t* dout_b, const float* dout,
+                          const uint16_t* inp_b, const uint16_t* Wb, int N, int I, int O,
+                          bool accumulate_dinp);
+
+}  // namespace moe

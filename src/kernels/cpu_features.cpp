@@ -1,0 +1,53 @@
+// CPUID-based feature detection for the kernels' run-time dispatch (cpu_features.h).
+#include "moe/kernels/cpu_features.h"
+
+#include <cpuid.h>
+
+namespace moe {
+
+namespace {
+
+CpuFeatures detect() {
+  __builtin_cpu_init();
+  CpuFeatures f;
+  f.avx2 = __builtin_cpu_supports("avx2");
+  f.fma = __builtin_cpu_supports("fma");
+  f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
+  f.avx512_vnni = f.avx512 && __builtin_cpu_supports("avx512vnni");
+  // GCC 12's __builtin_cpu_supports does not know AMX: read leaf 7, sub-leaf 0, EDX directly.
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    f.amx_bf16 = (d >> 22) & 1u;
+    f.amx_tile = (d >> 24) & 1u;
+  }
+  return f;
+}
+
+}  // namespace
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = detect();
+  return f;
+}
+
+std::string cpu_features_string() {
+  const CpuFeatures& f = cpu_features();
+  std::string s;
+  auto add = [&s](bool on, const char* name) {
+    if (!on) return;
+    if (!s.empty()) s += ' ';
+    s += name;
+  };
+  add(f.avx2, "avx2");
+  add(f.fma, "fma");
+  add(f.avx512, "avx512");
+  add(f.avx512_bf16, "avx512bf16");
+  add(f.avx512_vnni, "avx512vnni");
+  add(f.amx_tile, "amx-tile");
+  add(f.amx_bf16, "amx-bf16");
+  return s.empty() ? "baseline x86-64" : s;
+}
+
+}  // namespace moe

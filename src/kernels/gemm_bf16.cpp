@@ -1,0 +1,148 @@
+// gemm_bf16: the run-time choice of path, the widen fallback (f32 copies + OpenBLAS sgemm), the
+// scalar reference and the f32 ↔ bf16 array conversions. The AVX512-BF16 path lives in
+// gemm_bf16_avx512.cpp.
+#include "moe/kernels/gemm_bf16.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <memory>
+
+#include "gemm_bf16_internal.h"
+#include "moe/core/error.h"
+#include "moe/core/half.h"
+#include "moe/kernels/cpu_features.h"
+#include "moe/kernels/gemm.h"
+
+namespace moe {
+
+namespace {
+
+// Conversions of more than this many values split over the OpenMP threads (outside a parallel
+// region); below it a fork/join costs more than it saves.
+constexpr std::size_t kParallelConvert = std::size_t(1) << 16;
+
+// Per calling thread, grown on demand and kept (the widen path's f32 copies).
+struct FloatScratch {
+  std::unique_ptr<float[]> p;
+  std::size_t cap = 0;
+  float* get(std::size_t n) {
+    if (n > cap) {
+      p.reset(new float[n]);
+      cap = n;
+    }
+    return p.get();
+  }
+};
+
+// X [rows, ld ≥ cols] bf16 → dst [rows, cols] f32 (exact).
+void widen_matrix(float* dst, const uint16_t* X, int rows, int cols, int ld) {
+#pragma omp parallel for schedule(static) if (std::size_t(rows) * cols >= kParallelConvert)
+  for (int r = 0; r < rows; ++r)
+    widen_bf16(dst + std::size_t(r) * cols, X + std::size_t(r) * ld, std::size_t(cols));
+}
+
+// The stored shape of op(X) = [r, c]: X is [r, ·] untransposed, [c, ·] transposed.
+void gemm_widen(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
+                int lda, const uint16_t* B, int ldb, float beta, float* C, int ldc) {
+  thread_local FloatScratch a_scratch, b_scratch;
+  const int a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
+  const int b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
+  float* a = a_scratch.get(std::size_t(a_rows) * a_cols);
+  float* b = b_scratch.get(std::size_t(b_rows) * b_cols);
+  widen_matrix(a, A, a_rows, a_cols, lda);
+  widen_matrix(b, B, b_rows, b_cols, ldb);
+  gemm<float>(trans_a, trans_b, M, N, K, alpha, a, a_cols, b, b_cols, beta, C, ldc);
+}
+
+// C = beta·C (beta = 0 writes zeros without reading C): the whole product when alpha = 0 or K = 0.
+void scale_c(int M, int N, float beta, float* C, int ldc) {
+  for (int i = 0; i < M; ++i) {
+    float* c = C + std::size_t(i) * ldc;
+    for (int j = 0; j < N; ++j) c[j] = beta == 0.f ? 0.f : beta * c[j];
+  }
+}
+
+}  // namespace
+
+const char* bf16_gemm_path_name(Bf16GemmPath p) {
+  switch (p) {
+    case Bf16GemmPath::kAuto:
+      return "auto";
+    case Bf16GemmPath::kAvx512Bf16:
+      return "avx512bf16";
+    case Bf16GemmPath::kWiden:
+      return "widen";
+  }
+  return "?";
+}
+
+bool bf16_gemm_path_available(Bf16GemmPath p) {
+  return p != Bf16GemmPath::kAvx512Bf16 || cpu_features().avx512_bf16;
+}
+
+Bf16GemmPath gemm_bf16_path() {
+  return cpu_features().avx512_bf16 ? Bf16GemmPath::kAvx512Bf16 : Bf16GemmPath::kWiden;
+}
+
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
+               int lda, const uint16_t* B, int ldb, float beta, float* C, int ldc,
+               Bf16GemmPath path) {
+  MOE_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm_bf16: negative size M={} N={} K={}", M, N, K);
+  MOE_CHECK(lda >= std::max(1, trans_a ? M : K) && ldb >= std::max(1, trans_b ? K : N) &&
+                ldc >= std::max(1, N),
+            "gemm_bf16: leading dimension too small (lda={} ldb={} ldc={} for M={} N={} K={})", lda,
+            ldb, ldc, M, N, K);
+  MOE_CHECK(bf16_gemm_path_available(path), "gemm_bf16: path {} needs a CPU with AVX512-BF16",
+            bf16_gemm_path_name(path));
+  if (M == 0 || N == 0) return;
+  if (alpha == 0.f || K == 0) return scale_c(M, N, beta, C, ldc);
+  if (path == Bf16GemmPath::kAuto) path = gemm_bf16_path();
+  if (path == Bf16GemmPath::kAvx512Bf16)
+    bf16k::gemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else
+    gemm_widen(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm_bf16_reference(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                         const uint16_t* A, int lda, const uint16_t* B, int ldb, float beta,
+                         float* C, int ldc) {
+  // op(A)[i,k] · op(B)[k,j], each product exact; summed in double (exact to 2⁻⁵³ relative).
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      double s = 0;
+      for (int k = 0; k < K; ++k) {
+        const uint16_t a = trans_a ? A[std::size_t(k) * lda + i] : A[std::size_t(i) * lda + k];
+        const uint16_t b = trans_b ? B[std::size_t(j) * ldb + k] : B[std::size_t(k) * ldb + j];
+        s += double(bf16_to_f32(a)) * double(bf16_to_f32(b));
+      }
+      float& c = C[std::size_t(i) * ldc + j];
+      const double old = beta == 0.f ? 0.0 : double(beta) * double(c);
+      c = float((alpha == 0.f ? 0.0 : double(alpha) * s) + old);
+    }
+}
+
+void round_to_bf16(uint16_t* dst, const float* src, std::size_t n) {
+  if (!cpu_features().avx512) {
+    for (std::size_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+    return;
+  }
+  constexpr std::size_t kBlock = std::size_t(1) << 14;
+  const std::ptrdiff_t blocks = std::ptrdiff_t((n + kBlock - 1) / kBlock);
+#pragma omp parallel for schedule(static) if (n >= kParallelConvert)
+  for (std::ptrdiff_t b = 0; b < blocks; ++b) {
+    const std::size_t i0 = std::size_t(b) * kBlock;
+    bf16k::round_avx512(dst + i0, src + i0, std::min(kBlock, n - i0));
+  }
+}
+
+void widen_bf16(float* dst, const uint16_t* src, std::size_t n) {
+  if (!cpu_features().avx512) {
+    for (std::size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+    return;
+  }
+  bf16k::widen_avx512(dst, src, n);
+}
+
+}  // namespace moe

@@ -1,0 +1,286 @@
+// gemm_bf16's AVX512-BF16 path (Zen 4, Cooper Lake, Sapphire Rapids). Compiled for that target
+// with a pragma, whatever -march says, and called only when cpu_features().avx512_bf16.
+//
+// vdpbf16ps multiplies 16 pairs of bf16 pairs and adds both products into 16 f32 lanes:
+//   acc[j] += a[2j]·b[2j] + a[2j+1]·b[2j+1]
+// so the operands are laid out in pairs along K. The microkernel computes a kMR × kNR block of C
+// (12 rows × 32 columns = 24 zmm accumulators) over the whole of K: per pair step it loads one
+// packed B row of 32 columns × 2 k (two zmm) and broadcasts each row's (a[i,2p], a[i,2p+1]) as
+// one 32-bit value, for 24 vdpbf16ps per 2 loads + 12 broadcasts.
+//
+// Layouts (P = ⌈K/2⌉ pair steps; zero padding past K, M and N):
+//   B panel (kNR columns j0..j0+31):  bp[(p·kNR + j)·2 + h] = op(B)[2p+h, j0+j]
+//   A panel (kMR rows i0..i0+11):     ap[(p·kMR + i)·2 + h] = op(A)[i0+i, 2p+h]
+// Both are packed once per call, in parallel. (Reading A in place, its rows' pairs already
+// adjacent, ran at half the speed of the packed panel: 12 row streams instead of one.)
+//
+// Work split: tiles of kMC × kNC of C, one thread each (OpenMP, dynamic); inside a tile the B
+// panel stays in cache across its row blocks. Every C element is summed over its pairs in order
+// p = 0..P−1 by one accumulator, then alpha·acc + beta·c: the bits do not depend on the threads.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+
+#include "gemm_bf16_internal.h"
+
+namespace moe::bf16k {
+
+// GCC compiles this part for the AVX512-BF16 target by pragma; clang (the fuzz build) by an
+// attribute on every function.
+#if defined(__clang__)
+#pragma clang attribute push( \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+#endif
+// GCC 12's avx512fintrin.h builds _mm512_undefined_* as `__m512 __Y = __Y;`: noise only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace {
+
+constexpr int kMR = 12;         // rows of the microkernel
+constexpr int kNR = 32;         // columns of the microkernel (two zmm of 16 f32)
+constexpr int kMC = 4 * kMR;    // rows of a tile
+constexpr int kNC = 4 * kNR;    // columns of a tile
+constexpr int kPackSteps = 32;  // pair steps per work item of the row-order packing
+
+// Per calling thread, grown on demand and kept: no allocation once the largest shape was seen.
+struct Scratch {
+  std::unique_ptr<uint16_t[]> p;
+  std::size_t cap = 0;
+  uint16_t* get(std::size_t n) {
+    if (n > cap) {
+      p.reset(new uint16_t[n]);
+      cap = n;
+    }
+    return p.get();
+  }
+};
+
+// Interleave rows 2p and 2p+1 of X [K, ld ≥ C], for p in [p0, p1), into all ⌈C/W⌉ panels of W
+// pairs per step (panel cb at dst + cb·panel): dst[cb·panel + (p·W + c)·2 + h] =
+// X[(2p+h)·ld + cb·W + c], zero past K rows or C columns. (B without trans_b: X = B, W = kNR =
+// 32. A with trans_a: X = A, W = kMR = 12.) Row by row, so X streams from memory in order; per
+// panel and step, two masked loads of ≤ 32 columns interleaved by two vpermt2w.
+void pack_pairs_of_rows(uint16_t* dst, std::size_t panel, const uint16_t* X, int ld, int K, int C,
+                        int W, int p0, int p1) {
+  static_assert(kNR == 32 && kMR <= 16, "one zmm of 32 columns per row; A's pairs in one zmm");
+  alignas(64) uint16_t lo[32], hi[32];  // output lane t ← column t/2 (+16) of row h = t%2
+  for (int t = 0; t < 32; ++t) {
+    lo[t] = uint16_t((t & 1) * 32 + t / 2);
+    hi[t] = uint16_t((t & 1) * 32 + 16 + t / 2);
+  }
+  const __m512i vlo = _mm512_load_si512(lo), vhi = _mm512_load_si512(hi);
+  const __mmask32 m_out = W >= 16 ? __mmask32(~0u) : __mmask32((1u << (2 * W)) - 1);
+  const int nb = (C + W - 1) / W;
+  for (int p = p0; p < p1; ++p) {
+    const uint16_t* r0 = X + std::size_t(2 * p) * ld;
+    const bool has_r1 = 2 * p + 1 < K;
+    for (int cb = 0; cb < nb; ++cb) {
+      const int c0 = cb * W, w = std::min(W, C - c0);
+      const __mmask32 m = w >= 32 ? __mmask32(~0u) : __mmask32((1u << w) - 1);
+      const __m512i v0 = _mm512_maskz_loadu_epi16(m, r0 + c0);
+      const __m512i v1 =
+          has_r1 ? _mm512_maskz_loadu_epi16(m, r0 + ld + c0) : _mm512_setzero_si512();
+      uint16_t* d = dst + cb * panel + std::size_t(p) * W * 2;
+      const __m512i o0 = _mm512_permutex2var_epi16(v0, vlo, v1);
+      if (W == kNR) {
+        _mm512_storeu_si512(d, o0);
+        _mm512_storeu_si512(d + 32, _mm512_permutex2var_epi16(v0, vhi, v1));
+      } else {
+        _mm512_mask_storeu_epi16(d, m_out, o0);
+      }
+    }
+  }
+}
+
+// Columns 2p, 2p+1 of row c0+c of X as the pair c of step p: dst[(p·W + c)·2 + h] =
+// X[(c0+c)·ld + 2p + h], zero past K or w. (B with trans_b: X = B [N, ldb], W = kNR.
+// A without trans_a: X = A, W = kMR.)
+void pack_pairs_of_cols(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W) {
+  const int P = (K + 1) / 2, Pfull = K / 2;
+  // 4-byte aligned: every panel starts at an even offset of a new[]-ed buffer.
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(dst);
+  for (int c = 0; c < W; ++c) {
+    if (c >= w) {
+      for (int p = 0; p < P; ++p) d32[std::size_t(p) * W + c] = 0;
+      continue;
+    }
+    const uint16_t* row = X + std::size_t(c0 + c) * ld;
+    for (int p = 0; p < Pfull; ++p) {
+      uint32_t v;
+      std::memcpy(&v, row + 2 * p, 4);
+      d32[std::size_t(p) * W + c] = v;
+    }
+    if (K & 1) d32[std::size_t(Pfull) * W + c] = row[K - 1];  // high half (k = K) is zero
+  }
+}
+
+inline __m512bh bcast_pair(const uint16_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return (__m512bh)_mm512_set1_epi32(int(v));
+}
+
+// C block [mr ≤ kMR, nr ≤ kNR] at c (row stride ldc) = alpha·op(A)·op(B) + beta·C over all K,
+// from an A panel ap and a B panel bp (layouts above).
+void micro(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int mr, int nr,
+           float alpha, float beta) {
+  __m512 acc[kMR][2];
+  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  const int P = (K + 1) / 2;
+  for (int p = 0; p < P; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2 + 32);
+    for (int i = 0; i < kMR; ++i) {
+      const __m512bh av = bcast_pair(ap + (std::size_t(p) * kMR + i) * 2);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
+    }
+  }
+  // Epilogue: alpha·acc (+ beta·c), f32 multiply then add (no FMA: -ffp-contract=off).
+  const __mmask16 m0 = nr >= 16 ? __mmask16(0xffff) : __mmask16((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32  ? __mmask16(0xffff)
+                       : nr > 16 ? __mmask16((1u << (nr - 16)) - 1)
+                                 : 0;
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  for (int i = 0; i < mr; ++i) {
+    float* ci = c + std::size_t(i) * ldc;
+    __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
+    if (nr == kNR) {  // full width: plain loads and stores (masked stores are slow on Zen)
+      if (beta != 0.f) {
+        r0 = _mm512_add_ps(r0, _mm512_mul_ps(vb, _mm512_loadu_ps(ci)));
+        r1 = _mm512_add_ps(r1, _mm512_mul_ps(vb, _mm512_loadu_ps(ci + 16)));
+      }
+      _mm512_storeu_ps(ci, r0);
+      _mm512_storeu_ps(ci + 16, r1);
+      continue;
+    }
+    if (beta != 0.f) {
+      r0 = _mm512_add_ps(r0, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m0, ci)));
+      r1 = _mm512_add_ps(r1, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m1, ci + 16)));
+    }
+    _mm512_mask_storeu_ps(ci, m0, r0);
+    _mm512_mask_storeu_ps(ci + 16, m1, r1);
+  }
+}
+
+}  // namespace
+
+void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
+                 int lda, const uint16_t* B, int ldb, float beta, float* C, int ldc) {
+  // op(A)·op(B) [M,K]·[K,N] → C [M,N]; B panels [⌈N/kNR⌉][P][kNR][2], A panels likewise.
+  const int P = (K + 1) / 2;
+  const int nb = (N + kNR - 1) / kNR, mb = (M + kMR - 1) / kMR;
+  const std::size_t b_panel = std::size_t(P) * kNR * 2, a_panel = std::size_t(P) * kMR * 2;
+  thread_local Scratch b_scratch, a_scratch;
+  uint16_t* bp = b_scratch.get(nb * b_panel);
+  uint16_t* ap = a_scratch.get(mb * a_panel);
+  const int tm = (M + kMC - 1) / kMC, tn = (N + kNC - 1) / kNC;
+  const int chunks = (P + kPackSteps - 1) / kPackSteps;
+#pragma omp parallel
+  {
+    // Untransposed B and transposed A are packed by steps p (rows of X in memory order), the
+    // others by panels (each panel's rows of X read in order).
+    if (trans_b) {
+#pragma omp for schedule(static)
+      for (int jb = 0; jb < nb; ++jb) {
+        const int j0 = jb * kNR;
+        pack_pairs_of_cols(bp + jb * b_panel, B, ldb, K, j0, std::min(kNR, N - j0), kNR);
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (int c = 0; c < chunks; ++c)
+        pack_pairs_of_rows(bp, b_panel, B, ldb, K, N, kNR, c * kPackSteps,
+                           std::min(P, (c + 1) * kPackSteps));
+    }
+    if (trans_a) {
+#pragma omp for schedule(static)
+      for (int c = 0; c < chunks; ++c)
+        pack_pairs_of_rows(ap, a_panel, A, lda, K, M, kMR, c * kPackSteps,
+                           std::min(P, (c + 1) * kPackSteps));
+    } else {
+#pragma omp for schedule(static)
+      for (int ib = 0; ib < mb; ++ib) {
+        const int i0 = ib * kMR;
+        pack_pairs_of_cols(ap + ib * a_panel, A, lda, K, i0, std::min(kMR, M - i0), kMR);
+      }
+    }
+#pragma omp for schedule(dynamic)
+    for (int t = 0; t < tm * tn; ++t) {
+      const int i_end = std::min(M, (t / tn + 1) * kMC), j_end = std::min(N, (t % tn + 1) * kNC);
+      for (int j0 = (t % tn) * kNC; j0 < j_end; j0 += kNR) {
+        const uint16_t* bpj = bp + (j0 / kNR) * b_panel;
+        const int nr = std::min(kNR, N - j0);
+        for (int i0 = (t / tn) * kMC; i0 < i_end; i0 += kMR) {
+          const int mr = std::min(kMR, M - i0);
+          float* c = C + std::size_t(i0) * ldc + j0;
+          micro(ap + (i0 / kMR) * a_panel, bpj, K, c, ldc, mr, nr, alpha, beta);
+        }
+      }
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+// The conversions need AVX512 F/BW/VL only (cpu_features().avx512).
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+#endif
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// f32 → bf16 exactly as core/half.h's f32_to_bf16 (not vcvtneps2bf16, which flushes subnormals):
+// u + 0x7fff + (bit 16 of u), top half; a NaN keeps its top half with the quiet bit set.
+void round_avx512(uint16_t* dst, const float* src, std::size_t n) {
+  const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1),
+                abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000),
+                quiet = _mm512_set1_epi32(0x40);
+  std::size_t i = 0;
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512i u = _mm512_maskz_loadu_epi32(m, src + i);
+    const __m512i hi = _mm512_srli_epi32(u, 16);
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(hi, one)), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
+    const __m512i r = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(hi, quiet));
+    _mm512_mask_cvtepi32_storeu_epi16(dst + i, m, r);
+  }
+}
+
+void widen_avx512(float* dst, const uint16_t* src, std::size_t n) {
+  for (std::size_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + i));
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)));
+  }
+}
+
+#pragma GCC diagnostic pop
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+}  // namespace moe::bf16k
