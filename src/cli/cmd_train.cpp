@@ -156,6 +156,10 @@ void register_train(CLI::App& app) {
     TrainObserver silent;
     const bool speak = !a->quiet && comm.is_root();
     Trainer t(cfg, comm, opts, speak ? static_cast<TrainObserver&>(progress) : silent);
+    // Said even with --quiet: the run reads the weights with a meaning they were not trained for.
+    if (comm.is_root() && !t.allowed_model_change().empty())
+      fmt::print(stderr, "moe: note: {} (allowed by --allow-model-change)\n",
+                 t.allowed_model_change());
     TrainResult r = t.run();
     if (!a->quiet)
       fmt::print("done: {} steps, final train loss {:.4f}, val bpb {}, checkpoint {}\n",

@@ -197,10 +197,9 @@ void trim_metrics(const std::string& path, int64_t step) {
 // The model must be the one in the checkpoint: every field that gives its weights their meaning
 // (sizes, heads, RoPE, norms, routing, top-k, experts…) must agree; training settings may
 // differ (e.g. more steps, another balancing coefficient). A resumed run must keep the model; a
-// run started --init-from may change it only when asked to (allow_model_change), and then says
-// what changed.
-void Trainer::check_model_matches(const ModelConfig& stored, const std::string& path,
-                                  bool resume) const {
+// run started --init-from may change it only when asked to (allow_model_change), and then
+// records what changed (allowed_model_change()).
+void Trainer::check_model_matches(const ModelConfig& stored, const std::string& path, bool resume) {
   const std::vector<std::string> diffs = model_identity_diff(stored, cfg_.model);
   if (diffs.empty()) return;
   std::string list;
@@ -218,8 +217,7 @@ void Trainer::check_model_matches(const ModelConfig& stored, const std::string& 
             "--allow-model-change if the change is meant (the weights are then read with the "
             "config's meaning)",
             what);
-  if (comm_.is_root())
-    fmt::print(stderr, "moe: note: {} (allowed by --allow-model-change)\n", what);
+  allowed_model_change_ = what;  // the caller (cli) tells the person
 }
 
 // A GGUF file or a Hugging Face directory given as --init-from brings its own model and

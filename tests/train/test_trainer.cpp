@@ -210,6 +210,8 @@ TEST(Training, InitFromRefusesAnotherModelUnlessAllowedAndKeepsItsTokenizer) {
   // Asked for: the weights load into the new model (same shapes, another top-k).
   {
     auto t = init_with([](Config& c) { c.model.ffn.moe.top_k = 1; }, true);
+    EXPECT_NE(t->allowed_model_change().find("model.ffn.top_k = 2 (config says 1)"),
+              std::string::npos);
     Trainer ref(cfg, single_process_communicator(), {.resume = ckpt});
     auto& pa = t->model().params();
     auto& pb = ref.model().params();

@@ -97,6 +97,9 @@ class Trainer {
   // Per-step training losses of this run (for tests).
   const std::vector<double>& losses() const { return losses_; }
   Transformer& model() { return *model_; }
+  // With TrainOptions::allow_model_change: the differences between the --init-from checkpoint's
+  // model and the config's that were accepted (fields, values, identity hashes); "" = none.
+  const std::string& allowed_model_change() const { return allowed_model_change_; }
   const data::Tokenizer& tokenizer() const { return *tokenizer_; }
   const data::TokenStream& val_stream() const { return val_; }
 
@@ -116,7 +119,7 @@ class Trainer {
 
   void load_weights(const CheckpointMeta& resume_meta);
   std::unique_ptr<formats::ModelReader> adopt_foreign_model();
-  void check_model_matches(const ModelConfig& stored, const std::string& path, bool resume) const;
+  void check_model_matches(const ModelConfig& stored, const std::string& path, bool resume);
   void freeze_parameters();
   void inject_replica_fault();
   RunInfo run_info() const;
@@ -138,6 +141,7 @@ class Trainer {
   TrainObserver& observer_;
   int local_batch_ = 0;  // sequences of each batch this rank takes: batch_size / P
   std::unique_ptr<data::Tokenizer> tokenizer_;
+  std::string allowed_model_change_;
   data::TokenStream train_, val_;
   std::unique_ptr<Transformer> model_;
   std::unique_ptr<AdamWOptimizer> opt_;
