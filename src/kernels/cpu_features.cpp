@@ -12,12 +12,14 @@ CpuFeatures detect() {
   CpuFeatures f;
   f.avx2 = __builtin_cpu_supports("avx2");
   f.fma = __builtin_cpu_supports("fma");
+  // F16C from CPUID leaf 1, ECX bit 29: clang's __builtin_cpu_supports has no "f16c".
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  f.f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
   f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
   f.avx512_vnni = f.avx512 && __builtin_cpu_supports("avx512vnni");
   // GCC 12's __builtin_cpu_supports does not know AMX: read leaf 7, sub-leaf 0, EDX directly.
-  unsigned a = 0, b = 0, c = 0, d = 0;
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
     f.amx_bf16 = (d >> 22) & 1u;
     f.amx_tile = (d >> 24) & 1u;
@@ -42,6 +44,7 @@ std::string cpu_features_string() {
   };
   add(f.avx2, "avx2");
   add(f.fma, "fma");
+  add(f.f16c, "f16c");
   add(f.avx512, "avx512");
   add(f.avx512_bf16, "avx512bf16");
   add(f.avx512_vnni, "avx512vnni");

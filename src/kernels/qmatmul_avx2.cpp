@@ -17,7 +17,6 @@
 //   q6_k   weights (0..15, 0..63) with the Q8_K quants (2·63·127 < 2^15: no saturation), vpmaddwd
 //          with the sub-block scales into int32 lanes; the offsets from the activations' bsums as
 //          in qmatmul_avx512.cpp.
-#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -26,16 +25,14 @@
 #include <cstring>
 #include <type_traits>
 
+#include "moe/kernels/cpu_features.h"
 #include "qmatmul_internal.h"
 
 namespace moe::qmm {
 
 bool avx2_supported() {
-  __builtin_cpu_init();
-  // F16C from CPUID leaf 1, ECX bit 29: clang's __builtin_cpu_supports has no "f16c".
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+  const CpuFeatures& f = cpu_features();
+  return f.avx2 && f.fma && f.f16c;
 }
 
 // GCC compiles the rest of the file for avx2,fma,f16c by pragma; clang (the fuzz build) by an

@@ -20,15 +20,14 @@
 #include <type_traits>
 
 #include "moe/core/half.h"
+#include "moe/kernels/cpu_features.h"
 #include "qmatmul_internal.h"
 
 namespace moe::qmm {
 
 bool avx512_supported() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
+  const CpuFeatures& f = cpu_features();
+  return f.avx512 && f.avx512_bf16 && f.avx512_vnni;  // avx512 = F, BW, VL and DQ
 }
 
 // Everything below is compiled for the AVX512 target. Only this file's own (internal-linkage)

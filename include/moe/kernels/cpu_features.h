@@ -12,6 +12,7 @@ namespace moe {
 struct CpuFeatures {
   bool avx2 = false;
   bool fma = false;
+  bool f16c = false;         // vcvtph2ps (CPUID.1:ECX[29]; the AVX2 qmatmul path needs it)
   bool avx512 = false;       // AVX512 F, BW, VL and DQ together (the subset every kernel assumes)
   bool avx512_bf16 = false;  // vdpbf16ps, vcvtne2ps2bf16 (Zen 4, Cooper Lake, Sapphire Rapids)
   bool avx512_vnni = false;  // vpdpbusd
