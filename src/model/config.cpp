@@ -41,6 +41,12 @@ std::span<const EnumSpelling<RouterConfig::BiasUpdate>> spellings(RouterConfig::
   return k;
 }
 
+std::span<const EnumSpelling<Precision>> spellings(Precision) {
+  static constexpr EnumSpelling<Precision> k[] = {{Precision::kFp32, "fp32"},
+                                                  {Precision::kBf16, "bf16"}};
+  return k;
+}
+
 std::span<const EnumSpelling<MoeFfnConfig::AuxLossScope>> spellings(MoeFfnConfig::AuxLossScope) {
   using A = MoeFfnConfig::AuxLossScope;
   static constexpr EnumSpelling<A> k[] = {{A::kMicroBatch, "micro_batch"},

@@ -46,6 +46,13 @@ class FeedForward {
   // forward and backward of the step are done: per-step state such as DeepSeek-V3's selection
   // bias (moe: router.bias_update) changes here.
   virtual void end_step() {}
+  // train.precision (docs/KERNELS.md). set_precision is called once, after bind and before the
+  // first forward; a layer that has no bf16 path keeps computing in f32 (and says so in
+  // describe()). refresh_low_precision() is called by the owner once per optimizer step, before
+  // the step's first forward and before each evaluation, and rounds the f32 masters into the
+  // layer's bf16 shadows, so every product of a step sees the same rounded weights.
+  virtual void set_precision(Precision) {}
+  virtual void refresh_low_precision() {}
   virtual void reset_metrics() {}
 };
 

@@ -16,6 +16,14 @@ namespace moe {
 enum class Activation { kSwiGLU, kGELU, kReLU };                  // ReLU: PEER experts only
 std::span<const EnumSpelling<Activation>> spellings(Activation);  // swiglu | gelu | relu
 
+// The operands of the training products (train.precision, docs/KERNELS.md). kBf16: the matrix
+// products of attention, dense FFNs, MoE experts and PEER's query take bf16 operands (weights
+// rounded once per optimizer step, activations per product) with f32 accumulation; masters,
+// gradient accumulation, AdamW, norms, softmax, the router and the losses stay f32. It changes
+// the bits of training, not what the weights mean: a training knob, not part of model identity.
+enum class Precision { kFp32, kBf16 };
+std::span<const EnumSpelling<Precision>> spellings(Precision);  // fp32 | bf16
+
 // Router of an MoE FFN (ffn.router). See docs/MOE.md.
 struct RouterConfig {
   enum class Kind { kTopK, kNoisyTopK, kGShard, kExpertChoice };
