@@ -33,7 +33,6 @@ void refuse_unexportable_ffn(const FfnConfig& f, int layer) {
   if (m.router.kind == K::kGShard) refuse(at + ": GShard routing (random second expert)");
   if (m.router.score == RouterConfig::Score::kSigmoid) refuse(at + ": sigmoid router scores");
   if (m.router.bias_balance) refuse(at + ": the DeepSeek-V3 selection bias (router.bias_balance)");
-  if (m.router.n_group > 1) refuse(at + ": group-limited routing (router.n_group)");
   if (m.eval_capacity_factor > 0)
     refuse(at + ": an expert capacity at inference (model.ffn.eval_capacity_factor)");
 }
@@ -42,7 +41,8 @@ bool same_moe_shape(const MoeFfnConfig& a, const MoeFfnConfig& b) {
   return a.num_experts == b.num_experts && a.top_k == b.top_k && a.d_expert == b.d_expert &&
          a.shared_experts == b.shared_experts && a.shared_d_expert == b.shared_d_expert &&
          a.shared_gate == b.shared_gate && a.router.normalize == b.router.normalize &&
-         a.router.routed_scaling_factor == b.router.routed_scaling_factor;
+         a.router.routed_scaling_factor == b.router.routed_scaling_factor &&
+         a.router.n_group == b.router.n_group && a.router.topk_group == b.router.topk_group;
 }
 
 struct Layout {
@@ -145,6 +145,10 @@ void write_gguf_model(const ModelReader& src, const data::Tokenizer& tok, GgmlTy
     w.add_u32(a + ".expert_used_count", uint32_t(m.top_k));
     w.add_u32(a + ".feed_forward_length", uint32_t(lo.dense ? lo.dense->d_ff : m.d_expert));
     w.add_u32(a + ".expert_feed_forward_length", uint32_t(m.d_expert));
+    if (m.router.n_group > 1) {  // llama.cpp routes by groups for any architecture
+      w.add_u32(a + ".expert_group_count", uint32_t(m.router.n_group));
+      w.add_u32(a + ".expert_group_used_count", uint32_t(m.router.topk_group));
+    }
     const int64_t Hs = m.shared_d_expert > 0 ? m.shared_d_expert : m.d_expert;
     if (a == "qwen2moe") w.add_u32(a + ".expert_shared_feed_forward_length", uint32_t(Hs));
     if (a == "deepseek") {

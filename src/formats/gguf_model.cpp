@@ -56,7 +56,7 @@ void refuse_unsupported_keys(const GgufFile& f, const std::string& a) {
     MOE_CHECK(!f.has(key), "{}: metadata '{}' is set: {} is not supported", f.path(), key, why);
   };
   refuse_if(a + ".attention.sliding_window", "sliding-window attention");
-  refuse_if(a + ".expert_group_count", "group-limited routing");
+  refuse_if(a + ".expert_group_scale", "a group-limited routing scale");
   refuse_if(a + ".attention.scale", "a custom attention scale");
   refuse_if(a + ".logit_scale", "logit scaling");
   refuse_if(a + ".embedding_scale", "embedding scaling");
@@ -95,6 +95,33 @@ int int_key(const GgufFile& f, const std::string& key, int64_t lo, int64_t hi) {
 int int_key_or(const GgufFile& f, const std::string& key, int64_t fallback, int64_t lo,
                int64_t hi) {
   return f.has(key) ? int_key(f, key, lo, hi) : int(fallback);
+}
+
+// Group-limited routing (DeepSeek-V3; llama.cpp's build_moe_ffn for any architecture): the E
+// experts form expert_group_count groups of consecutive experts, a token keeps the
+// expert_group_used_count groups with the largest sums of their two best selection scores (bias
+// included), then its top-k among their experts. 0 or 1 groups: off. The bounds are llama.cpp's
+// (E divisible, 0 < used < count), plus the two experts per group its top-2 needs and enough
+// experts in the kept groups for the k.
+void read_expert_groups(const GgufFile& f, const std::string& a, MoeFfnConfig& m) {
+  const int E = m.num_experts, k = m.top_k;
+  const int groups = int_key_or(f, a + ".expert_group_count", 0, 0, E);
+  if (groups <= 1) return;
+  MOE_CHECK(E % groups == 0 && E / groups >= 2,
+            "{}: metadata '{}.expert_group_count' is {}, expected a divisor of expert_count = {} "
+            "leaving >= 2 experts per group",
+            f.path(), a, groups, E);
+  MOE_CHECK(f.has(a + ".expert_group_used_count"),
+            "{}: metadata '{}.expert_group_count' is {} but '{}.expert_group_used_count' is "
+            "missing",
+            f.path(), a, groups, a);
+  const int used = int_key(f, a + ".expert_group_used_count", 1, groups - 1);
+  MOE_CHECK(int64_t(used) * (E / groups) >= k,
+            "{}: metadata '{}.expert_group_used_count' is {}: its groups hold {} experts, fewer "
+            "than expert_used_count = {}",
+            f.path(), a, used, int64_t(used) * (E / groups), k);
+  m.router.n_group = groups;
+  m.router.topk_group = used;
 }
 
 ModelConfig config_from_metadata(const GgufFile& f, const std::string& a) {
@@ -148,6 +175,7 @@ ModelConfig config_from_metadata(const GgufFile& f, const std::string& a) {
   m.num_experts = E;
   m.top_k = k;
   m.router.normalize = facts.norm_topk;
+  read_expert_groups(f, a, m);
   m.capacity_factor = 0;
   m.eval_capacity_factor = 0;
   if (a == "llama" || a == "olmoe") {

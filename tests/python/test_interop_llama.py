@@ -169,6 +169,37 @@ class InteropLlama(unittest.TestCase):
         self.check_export("olmoe", ["--set", "model.qk_norm=row",
                                     "--set", "model.ffn.router.normalize=false"], "olmoe")
 
+    def test_grouped_routing_to_llama_cpp(self):
+        # DeepSeek-V3's group-limited routing goes out as expert_group_count /
+        # expert_group_used_count, which llama.cpp's build_moe_ffn applies to any architecture:
+        # 16 experts in 4 groups, a token keeps 2 groups (8 experts) and takes its top-4 there.
+        self.check_export("grouped", ["--set", "model.ffn.router.n_group=4",
+                                      "--set", "model.ffn.router.topk_group=2"], "llama")
+
+    def test_grouped_routing_from_gguf(self):
+        # A GGUF not written by us (gguf-py) with the group keys: our loss is llama.cpp's. The
+        # same weights without the keys give llama.cpp a different loss, so reading the keys is
+        # what makes ours agree (the test fails if they are ignored).
+        vocab = gguf_models.vocab_from_gguf(
+            os.path.join(self.vocabs, gguf_models.VOCAB_FOR["qwen3moe"]))
+        plain = os.path.join(self.dir, "qwen3moe-nogroups.gguf")
+        grouped = os.path.join(self.dir, "qwen3moe-groups.gguf")
+        gguf_models.write_model(plain, "qwen3moe", vocab=vocab, seed=11)
+        gguf_models.write_model(grouped, "qwen3moe", vocab=vocab, seed=11, overrides={
+            "qwen3moe.expert_group_count": 4, "qwen3moe.expert_group_used_count": 2})
+        info = json.loads(run([MOE, "inspect", grouped, "--json"]))
+        router = info["config"]["ffn"]["router"]
+        self.assertEqual((router["n_group"], router["topk_group"]), (4, 2))
+        ref, ref_plain = llama_loss(grouped, self.text), llama_loss(plain, self.text)
+        ours = moe_eval(grouped, self.text)
+        self.assertEqual(ours["tokens"], ref["tokens"])
+        rel = abs(ours["loss"] - ref["loss"]) / ref["loss"]
+        self.assertLess(rel, TOL_F32, f"grouped qwen3moe: moe.cpp {ours['loss']!r} vs llama.cpp "
+                        f"{ref['loss']!r}")
+        apart = abs(ref_plain["loss"] - ref["loss"]) / ref["loss"]
+        self.assertGreater(apart, 100 * TOL_F32, "the groups did not change llama.cpp's loss: "
+                           "this model cannot tell whether they are read")
+
     def test_hugging_face_round_trip(self):
         # moe → HF (F32, with tokenizer.json) → moe is bit-exact; the HF directory evaluates to
         # the checkpoint's loss (same weights, same byte tokenizer). Not to the bit: the HF model
@@ -292,6 +323,14 @@ class InteropLlama(unittest.TestCase):
         shape = os.path.join(self.dir, "shape.gguf")
         gguf_models.write_model(shape, "olmoe", overrides={"olmoe.feed_forward_length": 48})
         self.expect_refusal(shape, "ffn_gate_exps", "shape")
+        groups = os.path.join(self.dir, "groups.gguf")  # 6 experts do not split into 4 groups
+        gguf_models.write_model(groups, "olmoe", overrides={"olmoe.expert_group_count": 4,
+                                                            "olmoe.expert_group_used_count": 2})
+        self.expect_refusal(groups, "olmoe.expert_group_count", "is 4", "divisor")
+        used = os.path.join(self.dir, "groups-used.gguf")  # llama.cpp needs used < count
+        gguf_models.write_model(used, "olmoe", overrides={"olmoe.expert_group_count": 3,
+                                                          "olmoe.expert_group_used_count": 3})
+        self.expect_refusal(used, "olmoe.expert_group_used_count", "is 3", "1..2")
         merges = os.path.join(self.dir, "merges.gguf")
         vocab = gguf_models.vocab_from_gguf(os.path.join(self.vocabs, "bpe-qwen2.gguf"))
         vocab["merges"] = None
