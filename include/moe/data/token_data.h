@@ -31,6 +31,12 @@ TokenStream tokenize_file(const Tokenizer& tokenizer, const std::string& path);
 // the predicted tokens.
 uint64_t count_bytes(const TokenStream& stream, std::size_t begin, std::size_t end);
 
+// The group of each token's document ([n]; a token belongs to the document holding its first
+// byte; a token of no bytes, to the document of the next byte). doc_bytes must sum to
+// stream.total_bytes (checked: the split and its manifest must match).
+std::vector<int32_t> token_groups(const TokenStream& stream, const std::vector<uint64_t>& doc_bytes,
+                                  const std::vector<int32_t>& group_of);
+
 // Summed cross-entropy in nats over some predicted tokens → bits per byte of the text they
 // stand for.
 double bits_per_byte(double sum_nats, uint64_t bytes);
