@@ -4,9 +4,11 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
+#include "moe/data/corpus.h"
 #include "moe/scaling/accounting.h"
 #include "moe/train/sweep.h"
 #include "moe/train/trainer.h"
@@ -14,6 +16,27 @@
 namespace moe {
 
 using json = nlohmann::json;
+
+namespace {
+
+// The val split's document groups, when its manifest records them (data prepared by a moe that
+// writes document_groups) and there are at least two groups; nothing otherwise — a comparison
+// still runs on older or single-group data, it just reports no specialisation.
+std::optional<TokenGroups> val_groups(const std::string& data_dir, const data::TokenStream& val) {
+  data::SplitDocuments docs;
+  try {
+    docs = data::read_split_documents(data_dir, data::Split::kVal);
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+  if (docs.groups.size() < 2) return std::nullopt;
+  TokenGroups g;
+  g.names = docs.groups;
+  g.of_token = data::token_groups(val, docs.bytes, docs.group_of);
+  return g;
+}
+
+}  // namespace
 
 std::string compare_results_path(const CompareOptions& o) { return o.out_dir + "/results.jsonl"; }
 
@@ -56,7 +79,11 @@ std::vector<json> run_compare(const CompareOptions& o, Communicator& comm) {
     const double wall =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     // The whole validation split, same windows for every model.
-    EvalResult ev = evaluate(t.model(), t.val_stream(), cfg.train.batch_size, cfg.train.seq_len);
+    // With the documents' groups in the data's manifest (Brown: genres), the experts chosen per
+    // group too: expert specialisation (train/routing_groups.h).
+    std::optional<TokenGroups> groups = val_groups(cfg.data.dir, t.val_stream());
+    EvalResult ev = evaluate(t.model(), t.val_stream(), cfg.train.batch_size, cfg.train.seq_len, 0,
+                             groups ? &*groups : nullptr);
     // The FFN kinds of the blocks, e.g. "dense+peer".
     std::string kinds;
     for (const char* k : {"dense", "moe", "peer"})
@@ -82,6 +109,7 @@ std::vector<json> run_compare(const CompareOptions& o, Communicator& comm) {
               {"wall_s", wall},
               {"tokens_per_s", steps * tokens_per_step / wall}};
     if (!ev.moe.is_null()) j["routing"] = ev.moe;
+    if (!ev.by_group.is_null()) j["routing_by_group"] = ev.by_group;
     append_line_atomic(results, j.dump());
     out.push_back(j);
   }

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "moe/core/error.h"
@@ -41,7 +42,7 @@ json collect_moe_metrics(Transformer& model) {
 }
 
 EvalResult evaluate(Transformer& model, const data::TokenStream& s, int B, int T,
-                    int64_t max_windows) {
+                    int64_t max_windows, const TokenGroups* groups) {
   EvalResult r;
   collect_moe_metrics(model);  // start the routing metrics afresh for this evaluation
   const int64_t n = int64_t(s.ids.size());
@@ -54,6 +55,12 @@ EvalResult evaluate(Transformer& model, const data::TokenStream& s, int B, int T
   const int64_t total = (n - 1 + T - 1) / T;
   const int64_t use = max_windows > 0 && max_windows < total ? max_windows : total;
   std::vector<int32_t> x(std::size_t(B) * T), y(std::size_t(B) * T);
+  if (groups)
+    MOE_CHECK(groups->of_token.size() == s.ids.size(),
+              "internal: {} token groups for a stream of {} tokens", groups->of_token.size(), n);
+  std::optional<GroupRoutingCounter> by_group;
+  if (groups) by_group.emplace(*groups);
+  std::vector<int64_t> starts(B);
   StepInfo info;
   info.training = false;
   double nats = 0;
@@ -67,6 +74,7 @@ EvalResult evaluate(Transformer& model, const data::TokenStream& s, int B, int T
       const int l = int(std::min<int64_t>(T, n - 1 - st));
       if (l < T && b > 0) break;
       len = l;
+      starts[b] = st;
       for (int t = 0; t < len; ++t) {
         x[std::size_t(b) * len + t] = s.ids[st + t];
         y[std::size_t(b) * len + t] = s.ids[st + t + 1];
@@ -77,6 +85,7 @@ EvalResult evaluate(Transformer& model, const data::TokenStream& s, int B, int T
       if (l < T) break;
     }
     model.forward(x.data(), y.data(), b, len, info, 0.f);
+    if (by_group) by_group->add(model, starts, b, len);
     const float* l = model.token_losses();
     for (int i = 0; i < b * len; ++i) nats += l[i];
     r.tokens += int64_t(b) * len;
@@ -84,6 +93,7 @@ EvalResult evaluate(Transformer& model, const data::TokenStream& s, int B, int T
   r.loss = nats / double(r.tokens);
   r.bpb = data::bits_per_byte(nats, r.bytes);
   r.moe = collect_moe_metrics(model);
+  if (by_group) r.by_group = by_group->result();
   return r;
 }
 

@@ -6,6 +6,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "moe/core/arena.h"
 #include "moe/core/params.h"
@@ -54,6 +55,13 @@ class FeedForward {
   virtual void set_precision(Precision) {}
   virtual void refresh_low_precision() {}
   virtual void reset_metrics() {}
+  // The experts each token of the last forward selected, for routing analysis: [N, k] ids
+  // (before capacity), k in *per_token. Empty (k = 0) for kinds without a fixed k per token
+  // (dense, PEER, expert choice).
+  virtual std::vector<int32_t> last_choices(int* per_token) const {
+    *per_token = 0;
+    return {};
+  }
 };
 
 // `layer` is the block index (it keys the routing noise). `comm`: the ranks training together

@@ -24,6 +24,7 @@
 #include "moe/train/config.h"
 #include "moe/train/observer.h"
 #include "moe/train/optimizer.h"
+#include "moe/train/routing_groups.h"
 
 namespace moe {
 
@@ -33,6 +34,9 @@ struct EvalResult {
   int64_t tokens = 0;
   uint64_t bytes = 0;
   nlohmann::json moe;  // per MoE layer routing metrics over the evaluated text (null if dense)
+  // With groups: per token-choice MoE layer, its choices by group and their mutual information
+  // (train/routing_groups.h); null otherwise.
+  nlohmann::json by_group;
 };
 
 // Routing metrics of every MoE layer accumulated since the last call, then reset (null if the
@@ -42,8 +46,9 @@ nlohmann::json collect_moe_metrics(Transformer& model);
 // Evaluates windows of T tokens (stride T, so every token after the first is predicted exactly
 // once) in batches of B; max_windows > 0 caps how many (taken evenly spaced across the stream,
 // which is what the periodic validation uses), 0 = the whole stream.
+// groups (optional): the group of every token of `stream`, to count the experts chosen per group.
 EvalResult evaluate(Transformer& model, const data::TokenStream& stream, int B, int T,
-                    int64_t max_windows = 0);
+                    int64_t max_windows = 0, const TokenGroups* groups = nullptr);
 
 // The same windows and loss with the inference engine (weights in their stored dtype, no f32
 // copy): for models from outside. One window at a time from an empty cache; no routing metrics.

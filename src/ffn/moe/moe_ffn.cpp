@@ -168,6 +168,12 @@ void MoeFfn::reset_metrics() {
   acc_entropy_ = acc_aux_ = acc_z_ = 0;
 }
 
+std::vector<int32_t> MoeFfn::last_choices(int* per_token) const {
+  std::vector<int32_t> v = layer_.selected_experts();
+  *per_token = v.empty() ? 0 : layer_.experts_per_token();
+  return v;
+}
+
 std::unique_ptr<FeedForward> make_feed_forward(const FfnConfig& ffn, const ModelConfig& model,
                                                ParamStore& params, const std::string& prefix,
                                                int layer, Communicator& comm) {

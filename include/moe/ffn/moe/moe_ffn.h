@@ -24,6 +24,7 @@ class MoeFfn final : public FeedForward {
   // end_step (all micro-batches, all ranks), then the loads start afresh.
   void end_step() override;
   void reset_metrics() override;
+  std::vector<int32_t> last_choices(int* per_token) const override;
   const MoeLayer<float>& layer() const { return layer_; }
 
  private:

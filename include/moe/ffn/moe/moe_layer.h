@@ -61,8 +61,9 @@ class MoeLayer {
   void add_selections(double* loads) const { router_.add_selections(loads); }
   // Assignments of the last forward (tests): per token-slot the expert and whether it was
   // dropped (by capacity or GShard's random routing). Empty after an expert-choice forward.
-  std::vector<int32_t> selected_experts() const;  // [N, k] (token choice)
-  std::vector<int32_t> dropped_mask() const;      // [N, k]
+  std::vector<int32_t> selected_experts() const;                         // [N, k] (token choice)
+  int experts_per_token() const { return router_.experts_per_token(); }  // that k
+  std::vector<int32_t> dropped_mask() const;                             // [N, k]
 
  private:
   // The experts' step: local, or over the all-to-all (expert-parallel training), or on this
