@@ -6,7 +6,7 @@
 DIR holds seed<N>/ (one `moe compare` output per seed: results.jsonl plus <config>/metrics.jsonl)
 and optionally long/ (comparison 1 at a larger budget, seed 1). The comparisons and their config
 order are those of tools/study_report.py. Writes to OUT (created if needed):
-  comparison<i>.png  i = 1..4: training loss (nats/token, centred moving average over 9 logged points)
+  comparison<i>.png  i = 1..6, 8: training loss (nats/token, centred moving average over 9 logged points)
                      vs training FLOPs, log-x, one colour per config, one line style per seed;
                      and final val bpb per config: bar = mean over seeds, dots = each seed
   long.png           the same for long/ (if long/results.jsonl exists), with the short-budget
@@ -15,6 +15,8 @@ order are those of tools/study_report.py. Writes to OUT (created if needed):
                      means as bars, heads as dots), if some PEER config has routing entries
   capacity.png       comparison 4: mean val bpb vs % dropped and vs max/mean expert load
                      (averaged over layers, then seeds), if some of its configs have routing
+  comparison7.png    val bpb against G at each budget (gbudget-<F>/ and seed1/), best G starred
+  load.png           comparison 8: max/mean expert load over training per config and seed
 The study may be partial: missing seeds, configs, runs and fields are skipped. Prints the paths
 written (not with --quiet).
 """
@@ -32,6 +34,7 @@ from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import study_sections  # noqa: E402
 import study_report  # noqa: E402  (SECTIONS, read_results, find_seeds, routing_of, num, mean)
 from plot import read_jsonl  # noqa: E402  (tolerates a missing file or a partial last line)
 
@@ -54,6 +57,8 @@ def config_colors():
     within each comparison."""
     idx = {}
     for _, rows in SECTIONS:
+        if rows is None:  # comparison 7 has its own figure (g_budget_figure)
+            continue
         used = {idx[n] for n, _ in rows if n in idx}
         for n, _ in rows:
             if n not in idx:
@@ -338,6 +343,61 @@ def capacity_figure(seeds, out):
     return True
 
 
+def g_budget_figure(title, d, seeds, out):
+    """Comparison 7: val bpb against G, one line per budget."""
+    by_budget = study_sections.g_budget_runs(d, [(s, r) for s, r, _ in seeds])
+    if not by_budget:
+        return False
+    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    for i, (b, runs) in enumerate(by_budget.items()):
+        pts = [(int(n[1:]), num(runs[n].get("val_bpb"))) for n in study_sections.G_CONFIGS
+               if n in runs and num(runs[n].get("val_bpb")) is not None]
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, "o-", color=COLORS[i % len(COLORS)], label=f"{fmt_flops(b)} FLOPs")
+        best = min(pts, key=lambda p: p[1])
+        ax.plot([best[0]], [best[1]], "*", ms=11, color=COLORS[i % len(COLORS)])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
+    ax.set_xlabel("granularity G (E = 8, k_base = 1)")
+    ax.set_ylabel("val bits per byte (seed 1)")
+    ax.set_title(title + " (★ = best G)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def load_figure(d, seeds, out):
+    """Comparison 8: max/mean expert load over training (mean over layers), per config and seed."""
+    _, rows = next(sec for sec in SECTIONS if sec[0].startswith("8."))
+    fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    drew = False
+    for name, label in rows:
+        for j, (s, _, _) in enumerate(seeds):
+            c = study_sections.load_curve(os.path.join(d, f"seed{s}", name, "metrics.jsonl"))
+            if not c:
+                continue
+            xs, ys = zip(*c)
+            ax.plot(xs, smooth(list(ys)), "-" if j == 0 else "--", color=color(name), lw=1,
+                    label=f"{label or name} (seed {s})")
+            drew = True
+    if not drew:
+        plt.close(fig)
+        return False
+    ax.axhline(1.0, color="0.6", lw=0.6)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("max/mean expert load (training batch)")
+    ax.set_title("8. Load balance over training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return True
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default="runs/study", help="the study directory (seed<N>/, long/)")
@@ -359,6 +419,12 @@ def main(argv=None):
     flops = fmt_flops(budget([(s, r) for s, r, _ in seeds]))
     for i, (title, rows) in enumerate(SECTIONS, 1):
         p = os.path.join(a.out, f"comparison{i}.png")
+        if rows is None:
+            if g_budget_figure(title, a.dir, seeds, p):
+                written.append(p)
+            else:
+                note(f"comparison {i}: no results yet, {p} not written")
+            continue
         if comparison_figure(f"{title} ({flops} FLOPs/run)", rows, seeds, p):
             written.append(p)
         else:
@@ -382,6 +448,12 @@ def main(argv=None):
             written.append(p)
         else:
             note(f"{long_res}: no comparison-1 results, long.png not written")
+
+    p = os.path.join(a.out, "load.png")
+    if load_figure(a.dir, seeds, p):
+        written.append(p)
+    else:
+        note("no comparison-8 training logs yet, load.png not written")
 
     p = os.path.join(a.out, "peer_usage.png")
     if peer_usage_figure(seeds, p):

@@ -27,6 +27,8 @@ import os
 import re
 import sys
 
+import study_sections
+
 DASH = "—"
 
 # (title, [(config name, label)]) in the order of docs/RESULTS.md and scripts/study.sh.
@@ -40,8 +42,16 @@ SECTIONS = [
     ("4. Capacity factor and the balancing loss",
      [("cap1.0", None), ("cap1.25", None), ("cap2.0", None), ("mixtral", "dropless (mixtral)"),
       ("cap1.25-noaux", None), ("dropless-noaux", None)]),
+    ("5. Global-batch vs micro-batch balancing",
+     [("scope-micro", "micro_batch"), ("scope-global", "global_batch"),
+      ("scope-seq", "sequence")]),
+    ("6. ReMoE vs top-k at equal active compute",
+     [("mixtral", "top-2 softmax, E = 8 (mixtral)"), ("remoe-e8", None), ("topk-e32", None),
+      ("remoe-e32", None)]),
+    ("7. Does the optimal G grow with the budget?", None),  # study_sections.g_budget_table
+    ("8. Bias balancing (sign, sign-centred) vs the aux loss",
+     [("bal-aux", None), ("bal-sign", None), ("bal-centred", None)]),
 ]
-PER_HEAD_SECTION = 2  # index in SECTIONS of "PEER vs dense and MoE"
 
 
 def num(x):
@@ -301,7 +311,7 @@ def markdown(d, seeds, agg):
     seed_ids = [s for s, _ in seeds]
     wanted = []
     for _, rows in SECTIONS:
-        for name, _ in rows:
+        for name, _ in rows or []:
             if name not in wanted:
                 wanted.append(name)
     budget = max((a["flops"] for a in agg.values() if a["flops"] is not None), default=None)
@@ -317,11 +327,20 @@ def markdown(d, seeds, agg):
                 + (f" ({per})" if per else "") + "._", ""]
     for k, (title, rows) in enumerate(SECTIONS):
         out += [f"## {title}", ""]
+        if rows is None:  # 7: G × budget, and the law fitted to those runs
+            g = study_sections.g_budget_table(d, seeds)
+            out += g or ["_No runs yet._"]
+            fit = study_sections.fit_table(os.path.join(d, "g_budget_fit.json"))
+            out += ([""] + fit) if fit else []
+            out.append("")
+            continue
         out += section_table(rows, agg, seed_ids)
-        if k == PER_HEAD_SECTION:
-            ph = per_head_table(rows, agg)
-            if ph:
-                out += [""] + ph
+        extra = {2: lambda: per_head_table(rows, agg),
+                 4: lambda: study_sections.specialisation_table(rows, seeds),
+                 5: lambda: study_sections.active_experts_table(rows, seeds),
+                 7: lambda: study_sections.load_table(d, rows, seeds)}.get(k, lambda: [])()
+        if extra:
+            out += [""] + extra
         out.append("")
     # Comparison 1 rerun at a larger budget (scripts/study.sh: <dir>/long, seed 1), with the
     # same configs' seed-1 bpb at the main budget beside it.
@@ -365,6 +384,8 @@ def to_json(d, seeds, agg):
     budget = max((a["flops"] for a in agg.values() if a["flops"] is not None), default=None)
     sections = []
     for title, rows in SECTIONS:
+        if rows is None:
+            continue
         ref = agg.get(rows[0][0])
         sections.append({"title": title, "rows": [
             {"config": n, "label": label or n,
@@ -381,10 +402,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default="runs/study", help="the study directory (seed<N>/results.jsonl)")
     ap.add_argument("--json", action="store_true", help="print the aggregated numbers as JSON")
+    ap.add_argument("--fit-input", metavar="PATH",
+                    help="write comparison 7's runs as moe scaling fit input and exit")
     a = ap.parse_args()
     if not os.path.isdir(a.dir):
         sys.exit(f"study_report: {a.dir}: no such directory")
     seeds = find_seeds(a.dir)
+    if a.fit_input:
+        n = study_sections.write_fit_input(a.dir, seeds, a.fit_input)
+        print(f"study_report: {n} runs -> {a.fit_input}", file=sys.stderr)
+        return
     agg = aggregate(seeds)
     if a.json:
         print(json.dumps(to_json(a.dir, seeds, agg), indent=1))

@@ -48,6 +48,33 @@ def _make(d):
                  [_entry("dense", "dense", 1.8), _entry("switch", "moe", 2.1, moe)])
 
 
+def _make_new_sections(d):
+    """Comparisons 5, 7 and 8 by hand: MI per layer, G at two budgets, load curves."""
+    cfg = os.path.join(d, "g.json")
+    with open(cfg, "w") as f:  # 4 blocks, C = 128, byte tokens, E = 8·G experts
+        json.dump({"model": {"d_model": 128, "n_layers": 4, "ffn": {
+            "kind": "moe", "granularity": 2, "expansion": 8}}, "tokenizer": {"kind": "byte"}}, f)
+    for seed in (1, 2):
+        mi = [{"layer": 0, "mi_bits": 0.1 * seed, "h_group_bits": 3.5},
+              {"layer": 1, "mi_bits": 0.3 * seed, "h_group_bits": 3.5}]
+        e = _entry("scope-global", "moe", 2.0)
+        e["routing_by_group"] = mi
+        b = _entry("bal-sign", "moe", 2.1, [{"layer": 0, "max_over_mean_load": 1.5}])
+        rows = [e, b]
+        if seed == 1:
+            g2 = _entry("g2", "moe", 2.3)
+            g2.update(config=cfg, total_params=5_000_000, tokens=1e6, flops=1e13)
+            rows.append(g2)
+        _write_jsonl(os.path.join(d, f"seed{seed}", "results.jsonl"), rows)
+        # Load 2.0 for the first 10 logged steps, then 1.2 (100 steps): mean 1.28.
+        _write_jsonl(os.path.join(d, f"seed{seed}", "bal-sign", "metrics.jsonl"),
+                     [{"step": s, "loss": 1.0, "moe": [{"max_over_mean_load": 2.0 if s <= 10
+                                                        else 1.2}]} for s in range(1, 101)])
+    small = [dict(_entry(n, "moe", bpb), config=cfg, total_params=5_000_000, tokens=2.5e5)
+             for n, bpb in (("g1", 3.0), ("g2", 3.1))]
+    _write_jsonl(os.path.join(d, "gbudget-2.5e12", "results.jsonl"), small)
+
+
 class StudyTools(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
@@ -60,6 +87,35 @@ class StudyTools(unittest.TestCase):
     def run_tool(self, *args):
         return subprocess.run(["/usr/bin/python3", *args], capture_output=True, text=True,
                               timeout=120)
+
+    def test_new_sections(self):
+        import math
+        sys.path.insert(0, TOOLS)
+        import study_sections
+        d = tempfile.mkdtemp(dir=self.d)
+        _make_new_sections(d)
+        md = self.run_tool(os.path.join(TOOLS, "study_report.py"), "--dir", d)
+        self.assertEqual(md.returncode, 0, md.stderr)
+        # 5: MI means across seeds: layer 0 (0.1 + 0.2)/2, layer 1 (0.3 + 0.6)/2, mean 0.3.
+        self.assertIn("| global_batch | 0.1500 | 0.4500 | 0.3000 |", md.stdout)
+        # 7: G = 1 wins at 2.5e12 (3.0 < 3.1); at 1e13 only G = 2 (from seed 1).
+        self.assertIn("| 1 | **3.0000** | — |", md.stdout)
+        self.assertIn("| 2 | 3.1000 | **2.3000** |", md.stdout)
+        # 8: max/mean over training 1.28, first 10% 2.0, last 10% 1.2, val 1.5.
+        self.assertIn("| bal-sign | 1.28 | 2.00 | 1.20 | 1.50 |", md.stdout)
+        # The fit input: N = 5e6 − 256·128 (tied embedding) − 4·16·128 (routers, E·G = 16),
+        # loss = bpb·ln 2 nats per byte.
+        fit = os.path.join(d, "fit.jsonl")
+        r = self.run_tool(os.path.join(TOOLS, "study_report.py"), "--dir", d, "--fit-input", fit)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(fit) as f:
+            pts = [json.loads(line) for line in f]
+        self.assertEqual(len(pts), 3)
+        p = next(p for p in pts if p["name"] == "g2@1.0e+13")
+        self.assertEqual(p["N"], 5_000_000 - 256 * 128 - 4 * 16 * 128)
+        self.assertEqual((p["D"], p["G"]), (1e6, 2))
+        self.assertAlmostEqual(p["loss"], 2.3 * math.log(2), places=12)
+        self.assertEqual(study_sections.load_curve(os.path.join(d, "nothing.jsonl")), [])
 
     def test_report_aggregates(self):
         r = self.run_tool(os.path.join(TOOLS, "study_report.py"), "--dir", self.d, "--json")
