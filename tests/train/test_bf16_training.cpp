@@ -60,6 +60,9 @@ TEST(Bf16Training, TracksFp32LossWithinTheSeedSpread) {
         spread,
         std::fabs(final_loss(Precision::kFp32, s, "seed" + std::to_string(s)).first - fp32));
   const auto [bf16, bf16_first] = final_loss(Precision::kBf16, 1234, "bf16");
+  RecordProperty("fp32_final_loss", std::to_string(fp32));
+  RecordProperty("bf16_final_loss", std::to_string(bf16));
+  RecordProperty("fp32_seed_spread", std::to_string(spread));
   EXPECT_LE(std::fabs(bf16 - fp32), spread)
       << "bf16 " << bf16 << ", fp32 " << fp32 << ", fp32 seed spread " << spread;
   EXPECT_LT(bf16, bf16_first - 0.5);  // and both learn (a sanity check, not the tolerance)
