@@ -9,6 +9,8 @@
 #   bash bench/run_bench.sh mpi        # MoE training at P = 1 vs P = 2 ranks (expert / data parallel)
 #   bash bench/run_bench.sh infer      # inference pp/tg against llama.cpp on the same GGUF files
 #   bash bench/run_bench.sh kernels    # the inference products (kernels/qmatmul.h) against oneDNN
+#   bash bench/run_bench.sh bf16       # train.precision bf16 vs fp32, ours and PyTorch autocast
+#                                      # (only when named, until its first recorded section)
 #
 # Prints a table per benchmark and puts it in bench/RESULTS.md in place of that benchmark's
 # previous section (bench/results_md.py), with the machine and the commit. See bench/README.md.
@@ -26,6 +28,8 @@ PY=${PYTHON:-/usr/bin/python3}  # Debian's python3, with torch 1.13 and numpy
 RESULTS=${RESULTS:-bench/RESULTS.md}
 THREADS=2
 ROUNDS=${BENCH_ROUNDS:-3}  # alternating runs per side in each benchmark; the fastest is kept
+# bf16 (train.precision bf16 vs fp32) runs when named; it joins ALL_BENCHES together with its
+# first recorded section in RESULTS.md (tests/python/test_bench_results.py wants one per name).
 ALL_BENCHES=(dense moe peer mpi infer kernels)
 
 die() { echo "run_bench.sh: $*" >&2; exit 1; }
@@ -705,6 +709,89 @@ bench_kernels() {
     "oneDNN $("$ONEDNN" --rows 32 --cols 32 --n 1 --repeats 1 --min-mib 1 | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["onednn"])')" \
     "(Debian libdnnl, OpenMP runtime; implementation ${best[impl]:-?})," \
     "bf16 rounds X to bf16 inside the timed call on both sides; moe / oneDNN above 1 = moe.cpp faster"
+}
+
+# bf16 training (train.precision = bf16, docs/KERNELS.md) against fp32, ours and PyTorch's: the
+# dense benchmark model's step in fp32 and bf16 (`moe bench train --set train.precision=…`) and
+# PyTorch fp32 and torch.autocast("cpu", dtype=torch.bfloat16) (bench/pytorch_dense.py
+# --autocast); then the MoE layer shapes in fp32 and bf16 when `moe bench moe` has --precision
+# (the experts' bf16 path). ROUNDS alternating runs of each side; the fastest of each is kept.
+# Ratios are speed ratios: the other's ms / this one's (above 1 = faster).
+bench_bf16() {
+  local cfg=configs/bench-dense.json
+  echo "== bf16 vs fp32 training ($cfg)" >&2
+  local -A best=() runs=() failed=() run=()
+  local r side j
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for side in moe32 moe16 torch32 torch16; do
+      [[ -z ${failed[$side]:-} ]] || continue
+      local cmd
+      case $side in
+        moe32) cmd=("$MOE" bench train --config "$cfg" --set train.precision=fp32 --json) ;;
+        moe16) cmd=("$MOE" bench train --config "$cfg" --set train.precision=bf16 --json) ;;
+        torch32) cmd=("$PY" bench/pytorch_dense.py --config "$cfg" --moe "$MOE" \
+                      --threads "$THREADS" --json) ;;
+        torch16) cmd=("$PY" bench/pytorch_dense.py --config "$cfg" --moe "$MOE" \
+                      --threads "$THREADS" --json --autocast) ;;
+      esac
+      if j=$("${cmd[@]}" 2>"$LOG" | tail -n1) && [[ $j == "{"* ]]; then
+        jload run "$j"
+        runs[$side]+=" $(num %.0f "${run[ms_per_step]}")"
+        echo "   $side: $(num %.1f "${run[ms_per_step]}") ms/step" >&2
+        if [[ -z ${best[$side]:-} ]] || gt "${best[$side]}" "${run[ms_per_step]}"; then
+          best[$side]=${run[ms_per_step]}
+        fi
+      else
+        cat "$LOG" >&2
+        [[ $side != moe* ]] || die "build/moe bench train ($side) failed (above)"
+        echo "   PyTorch $side failed (above); its figures read n/a" >&2
+        failed[$side]=1
+        runs[$side]=" n/a"
+      fi
+    done
+  done
+  local m32=${best[moe32]} m16=${best[moe16]} p32=${best[torch32]:-} p16=${best[torch16]:-}
+  local p32_s=n/a p16_s=n/a r32=n/a r16=n/a rp=n/a
+  if [[ -n $p32 ]]; then p32_s=$(num %.1f "$p32"); r32=$(num %.2f "$p32 / $m32"); fi
+  if [[ -n $p16 ]]; then p16_s=$(num %.1f "$p16"); r16=$(num %.2f "$p16 / $m16"); fi
+  if [[ -n $p32 && -n $p16 ]]; then rp=$(num %.2f "$p32 / $p16"); fi
+  add_row "dense train fp32 vs PyTorch fp32 (ms/step)" "$(num %.1f "$m32")" "$p32_s" "$r32"
+  add_row "dense train bf16 vs PyTorch autocast bf16 (ms/step)" "$(num %.1f "$m16")" "$p16_s" "$r16"
+  add_row "dense train: bf16 speed-up over fp32 (each side its own)" \
+    "$(num %.2f "$m32 / $m16")×" "$(if [[ $rp != n/a ]]; then echo "$rp×"; else echo n/a; fi)" "–"
+  add_note "bf16 dense: best of $ROUNDS alternating runs per side (ms/step, in run order:" \
+    "moe.cpp fp32${runs[moe32]}; moe.cpp bf16${runs[moe16]}; PyTorch fp32${runs[torch32]:- n/a};" \
+    "PyTorch autocast bf16${runs[torch16]:- n/a}); the CPU $(if grep -qw avx512_bf16 /proc/cpuinfo;
+    then echo "has AVX512-BF16 (kernels/gemm_bf16 path avx512bf16)"; else echo "lacks AVX512-BF16" \
+      "(path widen: f32 sgemm on widened operands)"; fi)"
+
+  # The MoE layer shapes, when `moe bench moe` can run the experts in bf16.
+  if ! "$MOE" bench moe --help 2>&1 | grep -q -- --precision; then
+    add_note "bf16 MoE shapes: not measured (this build's \`moe bench moe\` has no --precision)"
+    return
+  fi
+  local shape E k H
+  for shape in "${MOE_SHAPES[@]}"; do
+    read -r E k H <<<"$shape"
+    local args=(--d-model "$MOE_C" --experts "$E" --top-k "$k" --d-expert "$H" --tokens "$MOE_TOKENS")
+    local label="MoE E=$E k=$k H=$H"
+    local -A mb=() mr=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+      for side in fp32 bf16; do
+        j=$("$MOE" bench moe "${args[@]}" --precision "$side" --json | tail -n1) ||
+          die "build/moe bench moe --precision $side failed"
+        jload run "$j"
+        mr[$side]+=" $(num %.0f "${run[ms_per_step]}")"
+        if [[ -z ${mb[$side]:-} ]] || gt "${mb[$side]}" "${run[ms_per_step]}"; then
+          mb[$side]=${run[ms_per_step]}
+        fi
+      done
+    done
+    add_row "$label bf16 vs fp32 (ms/step)" "$(num %.1f "${mb[bf16]}")" "–" \
+      "$(num %.2f "${mb[fp32]} / ${mb[bf16]}")× vs fp32"
+    add_note "bf16 $label: best of $ROUNDS alternating runs (ms/step: fp32${mr[fp32]};" \
+      "bf16${mr[bf16]})"
+  done
 }
 
 # ---- Main -------------------------------------------------------------------------------------

@@ -164,6 +164,9 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   opt_ = std::make_unique<AdamWOptimizer>(model_->params(), cfg_.train, comm_);
   load_weights(resume_meta);
   if (foreign) formats::load_weights(*foreign, *model_);
+  // train.precision: bf16 shadows made from the masters just initialised or loaded (so a resumed
+  // run sees the same rounded weights the interrupted one would have).
+  model_->set_precision(cfg_.train.precision);
   freeze_parameters();
   inject_replica_fault();
   batch_x_.resize(std::size_t(local_batch_) * cfg_.train.seq_len);
@@ -402,6 +405,9 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
   const TrainConfig& tc = cfg_.train;
   const int B = local_batch_, T = tc.seq_len, P = comm_.size();
   model_->params().zero_grad();
+  // bf16: the masters changed in the last update; every micro-batch of this step sees one
+  // rounding of them (a no-op in fp32).
+  model_->refresh_low_precision();
   StepInfo info;
   info.training = true;
   info.step = s;
@@ -493,6 +499,7 @@ void Trainer::log_step(const StepResult& r) {
 void Trainer::evaluate_now(TrainResult& res) {
   const TrainConfig& tc = cfg_.train;
   const int B = local_batch_;
+  model_->refresh_low_precision();  // bf16: the weights of the update just made
   // eval_batches counts global batches: the same windows whatever the number of ranks.
   res.last_val =
       evaluate(*model_, val_, B, tc.seq_len, int64_t(tc.eval_batches) * B * comm_.size());

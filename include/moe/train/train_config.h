@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "moe/core/config_fields.h"
+#include "moe/model/config.h"
 
 namespace moe {
 
@@ -34,6 +35,11 @@ struct TrainConfig {
   std::vector<std::string> freeze;
   // Constant learning rate of row-sparse tables (PEER's u, v); 0 = the scheduled rate.
   float sparse_lr = 0;
+  // The operands of the matrix products (docs/KERNELS.md): bf16 rounds weights once per
+  // optimizer step and activations per product, accumulating in f32; masters, gradients, AdamW,
+  // norms, softmax, the router and the losses stay f32. A training knob: the checkpoint keeps f32
+  // masters whatever it is.
+  Precision precision = Precision::kFp32;
   std::string out_dir = "runs/default";
 };
 

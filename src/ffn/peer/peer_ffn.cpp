@@ -106,11 +106,12 @@ void PeerFfn::backward(float* dx, const float* dout, const float* x, int N) {
 }
 
 std::string PeerFfn::describe() const {
-  return fmt::format("peer {} experts h={} k={} d_key={} {}", spec_.experts(), spec_.heads, spec_.k,
-                     spec_.d_key,
+  return fmt::format("peer {} experts h={} k={} d_key={} {}{}", spec_.experts(), spec_.heads,
+                     spec_.k, spec_.d_key,
                      spec_.qnorm == QueryNorm::kBatch   ? "query-BN"
                      : spec_.qnorm == QueryNorm::kLayer ? "query-LN"
-                                                        : "no query norm");
+                                                        : "no query norm",
+                     precision_ == Precision::kBf16 ? " (f32 products: no bf16 path)" : "");
 }
 
 nlohmann::json PeerFfn::metrics() const {
