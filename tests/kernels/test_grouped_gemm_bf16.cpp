@@ -91,7 +91,15 @@ void expect_product(const float* got, int ldc, int M, int N, int K, const Get& a
 
 TEST(GroupedGemmBf16, PackersMatchTheirDefinition) {
   const int R = 45, K = 37, ld = 53, src_rows = 60;
-  const std::vector<float> x = randn(std::size_t(src_rows) * ld, 1);
+  std::vector<float> x = randn(std::size_t(src_rows) * ld, 1);
+  // Special values every few entries: ties (both directions), a NaN with payload (negative too),
+  // infinities, the overflow to inf, subnormals, signed zero.
+  const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x7fc12345u, 0xff812345u, 0x7f800000u,
+                              0xff800000u, 0x7f7fffffu, 0x00000001u, 0x807fffffu, 0x80000000u};
+  for (std::size_t i = 0; i < x.size(); i += 7) {
+    const uint32_t u = special[(i / 7) % 10];
+    std::memcpy(&x[i], &u, 4);
+  }
   std::vector<int32_t> rows(60);
   for (int i = 0; i < 60; ++i) rows[i] = (i * 7 + 3) % src_rows;
   const std::vector<float> scale = randn(60, 2);
