@@ -65,27 +65,32 @@ inline uint32_t round_bits(float f) {
 
 // K along the storage's rows: logical (k, r) = storage (row k, column r), r < R. Panels of W
 // over r: dst[(blk·P + p)·2W + 2j + h] = round(S(2p+h, blk·W + j)), zero past K and R.
-// (B untransposed: W = 32, R = N. A transposed: W = 12, R = M.) Panel by panel, so each
-// panel is written in order; the source is read in bands of W columns (whole lines for
-// W = 32). (Row by row, interleaving into every panel at once, the writes of one row were
-// a panel size apart: a few L1 sets, 3× slower for a 1024-column weight.)
+// (B untransposed: W = 32, R = N. A transposed: W = 12, R = M.) In chunks of kPackPairs pair
+// steps: the chunk's 2·kPackPairs source rows stay in cache while every panel takes its W
+// columns of them, and each panel's part of the chunk is written in order. (Row by row into
+// every panel at once, consecutive stores were a panel size apart, on a few L1 sets; panel by
+// panel over all of K, each panel re-read the source's lines from L3: 5× slower for dyᵀ.)
 void pack_k_along_rows(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
-  const int P = pairs(K), nblk = (R + W - 1) / W;
+  constexpr int kPackPairs = 16;
+  const int P = pairs(K), nblk = (R + W - 1) / W, chunks = (P + kPackPairs - 1) / kPackPairs;
   const bool par = !in_parallel() && max_threads() > 1 && double(R) * K >= kParallelWork / 8;
 #pragma omp parallel for schedule(static) if (par)
-  for (int blk = 0; blk < nblk; ++blk) {
-    const int c0 = blk * W, w = std::min(W, R - c0);
-    for (int p = 0; p < P; ++p) {
-      uint32_t pair[kNR] = {};  // low half k = 2p, high half k = 2p + 1
-      for (int h = 0; h < 2 && 2 * p + h < K; ++h) {
-        const float* s = src_row(L, 2 * p + h) + c0;
-        const float f = L.row_scale ? L.row_scale[2 * p + h] : 1.f;
-        if (L.row_scale)
-          for (int j = 0; j < w; ++j) pair[j] |= round_bits(f * s[j]) << (16 * h);
-        else
-          for (int j = 0; j < w; ++j) pair[j] |= round_bits(s[j]) << (16 * h);
+  for (int ch = 0; ch < chunks; ++ch) {
+    const int p1 = std::min(P, (ch + 1) * kPackPairs);
+    for (int blk = 0; blk < nblk; ++blk) {
+      const int c0 = blk * W, w = std::min(W, R - c0);
+      for (int p = ch * kPackPairs; p < p1; ++p) {
+        uint32_t pair[kNR] = {};  // low half k = 2p, high half k = 2p + 1
+        for (int h = 0; h < 2 && 2 * p + h < K; ++h) {
+          const float* s = src_row(L, 2 * p + h) + c0;
+          const float f = L.row_scale ? L.row_scale[2 * p + h] : 1.f;
+          if (L.row_scale)
+            for (int j = 0; j < w; ++j) pair[j] |= round_bits(f * s[j]) << (16 * h);
+          else
+            for (int j = 0; j < w; ++j) pair[j] |= round_bits(s[j]) << (16 * h);
+        }
+        std::memcpy(dst + (std::size_t(blk) * P + p) * 2 * W, pair, std::size_t(W) * 4);
       }
-      std::memcpy(dst + (std::size_t(blk) * P + p) * 2 * W, pair, std::size_t(W) * 4);
     }
   }
 }
