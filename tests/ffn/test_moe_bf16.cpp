@@ -228,7 +228,7 @@ std::vector<float> bank_run(int E) {
   bank.set_bf16(true);
   const MoeParams<float> p{nullptr,   nullptr,   nullptr,   wg.data(), wu.data(),
                            wd.data(), sg.data(), su.data(), sd.data(), nullptr};
-  bank.refresh_bf16(p);
+  bank.refresh_bf16(p, E);
   std::vector<float> gu(std::size_t(rows) * W1), hid(std::size_t(rows) * H),
       ye(std::size_t(rows) * C), dx(std::size_t(rows) * C), ggr(wg.size()), gup(wg.size()),
       gdn(wg.size()), sgg(sg.size()), sgu(sg.size()), sgd(sg.size()), y(xt.size()), dxt(xt.size());

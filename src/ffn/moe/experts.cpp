@@ -391,11 +391,13 @@ void ExpertBank<T>::size_bf16_scratch() {
 }
 
 template <typename T>
-void ExpertBank<T>::refresh_bf16(const MoeParams<T>& p) {
+void ExpertBank<T>::refresh_bf16(const MoeParams<T>& p, int experts) {
   if constexpr (std::is_same_v<T, float>) {
-    MOE_CHECK(bf16_, "internal: refresh_bf16 without set_bf16(true)");
+    MOE_CHECK(bf16_ && experts >= 0 && experts <= bound_experts_,
+              "internal: refresh_bf16 of {} experts (bound {}, bf16 {})", experts, bound_experts_,
+              bf16_);
     const bool gated = spec_.act == Activation::kSwiGLU;
-    const int C = spec_.C, H = spec_.H, E = bound_experts_, S = spec_.n_shared;
+    const int C = spec_.C, H = spec_.H, E = experts, S = spec_.n_shared;
     const int Hs = S > 0 ? spec_.shared_H() : 0;
     const std::size_t per_e = bf16_expert_weight_elems(C, H, gated);
     const std::size_t per_s = S > 0 ? bf16_expert_weight_elems(C, Hs, gated) : 0;
@@ -408,9 +410,10 @@ void ExpertBank<T>::refresh_bf16(const MoeParams<T>& p) {
                                               p.w_down + we, C, H, gated);
       } else {
         const std::size_t ws = std::size_t(i - E) * Hs * C;
-        bf16_w_[i] = bf16_pack_expert_weights(bf16_weights_.data() + E * per_e + (i - E) * per_s,
-                                              p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws,
-                                              p.s_down + ws, C, Hs, gated);
+        // The shared experts' slots follow the bound routed experts'.
+        bf16_w_[bound_experts_ + i - E] = bf16_pack_expert_weights(
+            bf16_weights_.data() + bound_experts_ * per_e + (i - E) * per_s,
+            p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, p.s_down + ws, C, Hs, gated);
       }
     }
     bf16_packed_ = true;

@@ -72,9 +72,10 @@ class ExpertBank {
   // weights and the per-thread scratch once; a step allocates nothing.
   void set_bf16(bool on);
   bool bf16() const { return bf16_; }
-  // Rounds and packs the weights of p (the bound experts and the shared ones) for the bf16
-  // products: once per optimizer step, before its first forward (FeedForward's contract).
-  void refresh_bf16(const MoeParams<T>& p);
+  // Rounds and packs the weights of p (its `experts` routed experts, ≤ the bound count — this
+  // rank's block under expert parallelism — and the shared ones) for the bf16 products: once
+  // per optimizer step, before its first forward (FeedForward's contract).
+  void refresh_bf16(const MoeParams<T>& p, int experts);
 
   // Routed experts: q.gu, q.hid, q.ye (=), from weights w_* of experts 0..q.experts−1.
   void forward(const ExpertPanels<T>& q, const MoeParams<T>& p, const ExpertDropout& dropout);

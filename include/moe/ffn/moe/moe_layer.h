@@ -53,7 +53,7 @@ class MoeLayer {
   // before the step's first forward and before each evaluation.
   void set_precision(Precision precision) { experts_.set_bf16(precision == Precision::kBf16); }
   void refresh_low_precision(const MoeParams<T>& p) {
-    if (experts_.bf16()) experts_.refresh_bf16(p);
+    if (experts_.bf16()) experts_.refresh_bf16(p, local_experts());
   }
   bool bf16() const { return experts_.bf16(); }
   // y [N,C] written, N = step.batch·step.seq_len.
