@@ -4,8 +4,10 @@
 //      shared experts with the shared gate, expert dropout with capacity drops;
 //   2. a bf16 layer repeats its bits; the bf16 expert bank gives the same bits for 1 and 2
 //      threads (avx512bf16);
-//   3. set_precision(fp32) leaves the layer bit-identical to one never set, and describe() says
-//      bf16.
+//   3. set_precision(fp32) leaves the layer bit-identical to one never set; the double layer
+//      refuses bf16;
+//   4. MoeFfn: describe() says bf16, and each refresh_low_precision (not each forward) takes the
+//      masters' current values.
 //
 // Tolerance (1). Both sides use the same bf16 weights and the same routing (checked: the same
 // selected experts); what differs is that the bf16 layer rounds each activation operand of its
@@ -30,6 +32,8 @@
 #include "../grad_check.h"
 #include "moe/core/error.h"
 #include "moe/core/half.h"
+#include "moe/dist/communicator.h"
+#include "moe/ffn/feed_forward.h"
 #include "moe/ffn/moe/moe_layer.h"
 #include "moe/kernels/gemm_bf16.h"
 #include "moe_test_util.h"
@@ -309,6 +313,58 @@ TEST(MoeBf16, DoubleLayerRefusesBf16) {
   Arena m;
   layer.bind(m, 1, 4);
   EXPECT_THROW(layer.set_precision(Precision::kBf16), Error);
+}
+
+}  // namespace
+
+namespace {
+
+// The FeedForward face (MoeFfn): describe() says bf16, and a bf16 step follows the refreshed
+// weights: after the masters change, refresh_low_precision makes the next forward use them (the
+// output equals a fresh bf16 layer's on the new weights, bit for bit), while without a refresh
+// it still sees the old packed ones.
+TEST(MoeBf16, MoeFfnRefreshesOncePerStep) {
+  FfnConfig f;
+  f.kind = FfnConfig::Kind::kMoe;
+  f.moe.num_experts = 4;
+  f.moe.top_k = 2;
+  f.moe.d_expert = 40;
+  f.moe.shared_experts = 1;
+  ModelConfig mc;
+  mc.d_model = 64;
+  const int B = 2, T = 24, N = B * T, C = mc.d_model;
+  auto make = [&](ParamStore& ps) {
+    auto ffn = make_feed_forward(f, mc, ps, "blocks.0.ffn", 0, single_process_communicator());
+    ps.allocate();
+    ps.initialize(3);
+    return ffn;
+  };
+  ParamStore ps;
+  auto ffn = make(ps);
+  Arena m;
+  ffn->bind(m, B, T);
+  Arena acts(m.used());
+  ffn->bind(acts, B, T);
+  EXPECT_EQ(ffn->describe().find(" bf16"), std::string::npos) << ffn->describe();
+  ffn->set_precision(Precision::kBf16);
+  EXPECT_NE(ffn->describe().find(" bf16"), std::string::npos) << ffn->describe();
+  ffn->refresh_low_precision();
+  const std::vector<float> x = to_f(randn(std::size_t(N) * C, 5));
+  StepInfo info;
+  info.batch = B;
+  info.seq_len = T;
+  std::vector<float> y0(x.size()), y1(x.size()), y2(x.size());
+  ffn->forward(y0.data(), x.data(), N, info);
+  // A master weight changes (as after an optimizer step): without a refresh the products still
+  // read the packed weights of the last refresh; after one, the new weights.
+  Param* wd = ps.find("blocks.0.ffn.experts.w_down");
+  ASSERT_NE(wd, nullptr);
+  for (std::size_t i = 0; i < wd->numel; ++i) wd->w[i] *= 2.f;
+  ffn->forward(y1.data(), x.data(), N, info);
+  EXPECT_TRUE(same_bits(y0, y1)) << "the packed weights changed without a refresh";
+  ffn->refresh_low_precision();
+  ffn->forward(y2.data(), x.data(), N, info);
+  EXPECT_FALSE(same_bits(y0, y2)) << "the refresh did not pick up the new weights";
 }
 
 }  // namespace
