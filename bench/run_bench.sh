@@ -339,6 +339,7 @@ bench_moe_bf16() {
         fi
       done
     done
+    for side in torch torch_ac; do runs[$side]=${runs[$side]:- n/a}; done
     local f=${best[fp32]} b=${best[bf16]} t=${best[torch]:-} ta=${best[torch_ac]:-}
     add_row "$label ours: fp32 / bf16 (ms/step; ratio = bf16 speed-up)" \
       "$(num %.1f "$f") / $(num %.1f "$b")" "–" "$(num %.2f "$f / $b")"
@@ -356,8 +357,8 @@ bench_moe_bf16() {
       add_row "$label ours bf16 vs PyTorch autocast bf16 (ms/step)" "$(num %.1f "$b")" n/a n/a
     fi
     add_note "$label: best of $ROUNDS alternating runs per side (ms/step, in run order: ours fp32" \
-      "${runs[fp32]# }; ours bf16 ${runs[bf16]# }; PyTorch bmm fp32 ${runs[torch]:- n/a};" \
-      "PyTorch bmm autocast ${runs[torch_ac]:- n/a}); target (issue 19, not asserted): bf16 ≥ 1.7×" \
+      "${runs[fp32]# }; ours bf16 ${runs[bf16]# }; PyTorch bmm fp32 ${runs[torch]# };" \
+      "PyTorch bmm autocast ${runs[torch_ac]# }); target (issue 19, not asserted): bf16 ≥ 1.7×" \
       "our fp32 on a CPU with AVX512-BF16 (this one: $(grep -qw avx512_bf16 /proc/cpuinfo && echo yes || echo no))"
   done
   add_note "moe_bf16: the step of the moe section (C=$MOE_C, $MOE_TOKENS tokens, SwiGLU, top-k," \
