@@ -28,7 +28,10 @@ PY=${PYTHON:-/usr/bin/python3}  # Debian's python3, with torch 1.13 and numpy
 RESULTS=${RESULTS:-bench/RESULTS.md}
 THREADS=2
 ROUNDS=${BENCH_ROUNDS:-3}  # alternating runs per side in each benchmark; the fastest is kept
-ALL_BENCHES=(dense moe moe_bf16 peer mpi infer kernels)
+ALL_BENCHES=(dense moe peer mpi infer kernels)
+# moe_bf16 (bench_moe_bf16) runs by name only until its first quiet-machine run is recorded:
+# then it joins ALL_BENCHES after moe, with its section in RESULTS.md
+# (tests/python/test_bench_results.py checks the file has one section per name here).
 
 die() { echo "run_bench.sh: $*" >&2; exit 1; }
 [[ -x $MOE ]] || die "$MOE not found: build first (make build, or cmake --build build)"
