@@ -5,6 +5,8 @@
 #   bash bench/run_bench.sh            # every benchmark (run by `make bench` after the build)
 #   bash bench/run_bench.sh dense      # only the named ones (sgemm, the ceiling, always runs)
 #   bash bench/run_bench.sh moe        # the MoE layer against PyTorch (bench/pytorch_moe.py)
+#   bash bench/run_bench.sh moe_bf16   # the MoE layer in fp32 and bf16 against PyTorch fp32 and
+#                                      # torch.autocast bf16 (train.precision = bf16, issue 19)
 #   bash bench/run_bench.sh peer       # a PEER layer step against PyTorch (bench/pytorch_peer.py)
 #   bash bench/run_bench.sh mpi        # MoE training at P = 1 vs P = 2 ranks (expert / data parallel)
 #   bash bench/run_bench.sh infer      # inference pp/tg against llama.cpp on the same GGUF files
@@ -31,6 +33,9 @@ ROUNDS=${BENCH_ROUNDS:-3}  # alternating runs per side in each benchmark; the fa
 # bf16 (train.precision bf16 vs fp32) runs when named; it joins ALL_BENCHES together with its
 # first recorded section in RESULTS.md (tests/python/test_bench_results.py wants one per name).
 ALL_BENCHES=(dense moe peer mpi infer kernels)
+# moe_bf16 (bench_moe_bf16) runs by name only until its first quiet-machine run is recorded:
+# then it joins ALL_BENCHES after moe, with its section in RESULTS.md
+# (tests/python/test_bench_results.py checks the file has one section per name here).
 
 die() { echo "run_bench.sh: $*" >&2; exit 1; }
 [[ -x $MOE ]] || die "$MOE not found: build first (make build, or cmake --build build)"
@@ -298,6 +303,75 @@ bench_moe() {
     "GFLOP/s = 6·tokens·k·3·C·H / time (expert matmuls only: the router, the softmax and the" \
     "bmm layer's padding rows are not counted); the load differs slightly between the sides" \
     "(same distributions, different random generators)"
+}
+
+# The MoE layer's step in bf16 (the experts' products: bf16 operands, f32 accumulation) against
+# our fp32 step, PyTorch's fp32 step and PyTorch under torch.autocast("cpu", bfloat16), on the
+# shapes of bench_moe. PyTorch runs its faster layer of bench_moe's two on these shapes, bmm
+# (loop for comparison is in the moe section). Ratios above 1: ours faster / bf16 faster.
+bench_moe_bf16() {
+  echo "== moe layer forward+backward, fp32 vs bf16 (d_model $MOE_C, $MOE_TOKENS tokens)" >&2
+  local shape E k H
+  for shape in "${MOE_SHAPES[@]}"; do
+    read -r E k H <<<"$shape"
+    local args=(--d-model "$MOE_C" --experts "$E" --top-k "$k" --d-expert "$H" --tokens "$MOE_TOKENS")
+    local label="MoE E=$E k=$k H=$H"
+    echo "   -- $label" >&2
+    # best[<side>]: the fastest ms/step of each side over the rounds; failed sides read n/a.
+    local -A best=() runs=() failed=() run=()
+    local r side j
+    for ((r = 1; r <= ROUNDS; r++)); do
+      for side in fp32 bf16 torch torch_ac; do
+        [[ -z ${failed[$side]:-} ]] || continue
+        local cmd
+        case $side in
+          fp32) cmd=("$MOE" bench moe "${args[@]}" --precision fp32 --json) ;;
+          bf16) cmd=("$MOE" bench moe "${args[@]}" --precision bf16 --json) ;;
+          torch) cmd=("$PY" bench/pytorch_moe.py --impl bmm "${args[@]}" --threads "$THREADS" --json) ;;
+          torch_ac) cmd=("$PY" bench/pytorch_moe.py --impl bmm --autocast "${args[@]}" \
+                         --threads "$THREADS" --json) ;;
+        esac
+        if j=$("${cmd[@]}" 2>"$LOG" | tail -n1) && [[ $j == "{"* ]]; then
+          jload run "$j"
+          runs[$side]+=" $(num %.0f "${run[ms_per_step]}")"
+          echo "   $side: $(num %.1f "${run[ms_per_step]}") ms/step" >&2
+          if [[ -z ${best[$side]:-} ]] || gt "${best[$side]}" "${run[ms_per_step]}"; then
+            best[$side]=${run[ms_per_step]}
+          fi
+        else
+          cat "$LOG" >&2
+          [[ $side != fp32 && $side != bf16 ]] || die "build/moe bench moe --precision $side failed"
+          echo "   PyTorch $side failed (above); its figures read n/a" >&2
+          failed[$side]=1
+        fi
+      done
+    done
+    for side in torch torch_ac; do runs[$side]=${runs[$side]:- n/a}; done
+    local f=${best[fp32]} b=${best[bf16]} t=${best[torch]:-} ta=${best[torch_ac]:-}
+    add_row "$label ours: fp32 / bf16 (ms/step; ratio = bf16 speed-up)" \
+      "$(num %.1f "$f") / $(num %.1f "$b")" "–" "$(num %.2f "$f / $b")"
+    if [[ -n $t ]]; then
+      add_row "$label ours fp32 vs PyTorch fp32 (ms/step)" "$(num %.1f "$f")" "$(num %.1f "$t")" \
+        "$(num %.2f "$t / $f")"
+    else
+      add_row "$label ours fp32 vs PyTorch fp32 (ms/step)" "$(num %.1f "$f")" n/a n/a
+    fi
+    if [[ -n $ta ]]; then
+      add_row "$label ours bf16 vs PyTorch autocast bf16 (ms/step)" "$(num %.1f "$b")" \
+        "$(num %.1f "$ta")" "$(num %.2f "$ta / $b")"
+      [[ -z $t ]] || add_note "$label: PyTorch autocast speed-up over its fp32: $(num %.2f "$t / $ta")×"
+    else
+      add_row "$label ours bf16 vs PyTorch autocast bf16 (ms/step)" "$(num %.1f "$b")" n/a n/a
+    fi
+    add_note "$label: best of $ROUNDS alternating runs per side (ms/step, in run order: ours fp32" \
+      "${runs[fp32]# }; ours bf16 ${runs[bf16]# }; PyTorch bmm fp32 ${runs[torch]# };" \
+      "PyTorch bmm autocast ${runs[torch_ac]# }); target (issue 19, not asserted): bf16 ≥ 1.7×" \
+      "our fp32 on a CPU with AVX512-BF16 (this one: $(grep -qw avx512_bf16 /proc/cpuinfo && echo yes || echo no))"
+  done
+  add_note "moe_bf16: the step of the moe section (C=$MOE_C, $MOE_TOKENS tokens, SwiGLU, top-k," \
+    "dropless, aux 0.01, loss = mean(y²) + aux, forward + backward); ours in bf16 rounds and packs" \
+    "the expert weights every step (timed), routing, gates, losses and the combine stay fp32;" \
+    "PyTorch autocast: forward and loss under torch.autocast(\"cpu\", dtype=torch.bfloat16)"
 }
 
 # MoE training over MPI on this machine: the same config and global batch at P = 1 (2 OpenMP

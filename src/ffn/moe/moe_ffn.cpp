@@ -123,12 +123,13 @@ void MoeFfn::backward(float* dx, const float* dout, const float* x, int N) {
 
 std::string MoeFfn::describe() const {
   return fmt::format(
-      "moe {} E={} k={} H={}{}{}", router_kind_, spec_.E, spec_.k, spec_.H,
+      "moe {} E={} k={} H={}{}{}{}", router_kind_, spec_.E, spec_.k, spec_.H,
       spec_.n_shared ? fmt::format(" shared={}{}{}", spec_.n_shared,
                                    spec_.Hs > 0 ? fmt::format("×{}", spec_.Hs) : "",
                                    spec_.shared_gate ? " gated" : "")
                      : "",
-      spec_.capacity_factor > 0 ? fmt::format(" cf={}", spec_.capacity_factor) : " dropless");
+      spec_.capacity_factor > 0 ? fmt::format(" cf={}", spec_.capacity_factor) : " dropless",
+      layer_.bf16() ? " bf16" : "");
 }
 
 nlohmann::json MoeFfn::metrics() const {

@@ -24,6 +24,10 @@ class MoeFfn final : public FeedForward {
   // end_step (all micro-batches, all ranks), then the loads start afresh.
   void end_step() override;
   void reset_metrics() override;
+  // bf16: the routed and shared experts' products (experts.h); router, gates, losses and the
+  // combine stay f32. refresh_low_precision packs the expert weights (once per optimizer step).
+  void set_precision(Precision precision) override { layer_.set_precision(precision); }
+  void refresh_low_precision() override { layer_.refresh_low_precision(params()); }
   const MoeLayer<float>& layer() const { return layer_; }
 
  private:
