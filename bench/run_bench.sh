@@ -788,8 +788,8 @@ bench_kernels() {
 # bf16 training (train.precision = bf16, docs/KERNELS.md) against fp32, ours and PyTorch's: the
 # dense benchmark model's step in fp32 and bf16 (`moe bench train --set train.precision=…`) and
 # PyTorch fp32 and torch.autocast("cpu", dtype=torch.bfloat16) (bench/pytorch_dense.py
-# --autocast); then the MoE layer shapes in fp32 and bf16 when `moe bench moe` has --precision
-# (the experts' bf16 path). ROUNDS alternating runs of each side; the fastest of each is kept.
+# --autocast). The MoE layer shapes in bf16 are bench_moe_bf16's. ROUNDS alternating runs of
+# each side; the fastest of each is kept.
 # Ratios are speed ratios: the other's ms / this one's (above 1 = faster).
 bench_bf16() {
   local cfg=configs/bench-dense.json
@@ -838,34 +838,6 @@ bench_bf16() {
     "PyTorch autocast bf16${runs[torch16]:- n/a}); the CPU $(if grep -qw avx512_bf16 /proc/cpuinfo;
     then echo "has AVX512-BF16 (kernels/gemm_bf16 path avx512bf16)"; else echo "lacks AVX512-BF16" \
       "(path widen: f32 sgemm on widened operands)"; fi)"
-
-  # The MoE layer shapes, when `moe bench moe` can run the experts in bf16.
-  if ! "$MOE" bench moe --help 2>&1 | grep -q -- --precision; then
-    add_note "bf16 MoE shapes: not measured (this build's \`moe bench moe\` has no --precision)"
-    return
-  fi
-  local shape E k H
-  for shape in "${MOE_SHAPES[@]}"; do
-    read -r E k H <<<"$shape"
-    local args=(--d-model "$MOE_C" --experts "$E" --top-k "$k" --d-expert "$H" --tokens "$MOE_TOKENS")
-    local label="MoE E=$E k=$k H=$H"
-    local -A mb=() mr=()
-    for ((r = 1; r <= ROUNDS; r++)); do
-      for side in fp32 bf16; do
-        j=$("$MOE" bench moe "${args[@]}" --precision "$side" --json | tail -n1) ||
-          die "build/moe bench moe --precision $side failed"
-        jload run "$j"
-        mr[$side]+=" $(num %.0f "${run[ms_per_step]}")"
-        if [[ -z ${mb[$side]:-} ]] || gt "${mb[$side]}" "${run[ms_per_step]}"; then
-          mb[$side]=${run[ms_per_step]}
-        fi
-      done
-    done
-    add_row "$label bf16 vs fp32 (ms/step)" "$(num %.1f "${mb[bf16]}")" "–" \
-      "$(num %.2f "${mb[fp32]} / ${mb[bf16]}")× vs fp32"
-    add_note "bf16 $label: best of $ROUNDS alternating runs (ms/step: fp32${mr[fp32]};" \
-      "bf16${mr[bf16]})"
-  done
 }
 
 # ---- Main -------------------------------------------------------------------------------------
