@@ -72,6 +72,11 @@ class GlobalBatch(MpiCase):
             lines = [json.loads(l) for l in f]
         steps = [l for l in lines if "aux_loss" in l and "loss" in l]
         self.assertEqual(len(steps), STEPS)
+        # The counting forwards leave the routing metrics alone: each step logs the selections
+        # of its 4 sequences × 16 tokens × top-2 once per layer, whatever the layout.
+        for l in steps:
+            for m in l["moe"]:
+                self.assertEqual(sum(m["tokens_per_expert"]), 4 * 16 * 2, f"{out} {m}")
         w, _ = safetensors_np.load(os.path.join(out, "final.safetensors"))
         return (np.array([l["aux_loss"] for l in steps]), np.array([l["loss"] for l in steps]), w)
 
