@@ -50,7 +50,8 @@ std::span<const EnumSpelling<Precision>> spellings(Precision) {
 std::span<const EnumSpelling<MoeFfnConfig::AuxLossScope>> spellings(MoeFfnConfig::AuxLossScope) {
   using A = MoeFfnConfig::AuxLossScope;
   static constexpr EnumSpelling<A> k[] = {{A::kMicroBatch, "micro_batch"},
-                                          {A::kSequence, "sequence"}};
+                                          {A::kSequence, "sequence"},
+                                          {A::kGlobalBatch, "global_batch"}};
   return k;
 }
 
@@ -184,7 +185,9 @@ const FieldTable<MoeFfnConfig>& moe_ffn_config_fields() {
     t.add("aux_loss_coef", &M::aux_loss_coef, "α of the Switch load-balancing loss", nonneg_d);
     t.add("aux_loss_scope", &M::aux_loss_scope,
           "`micro_batch`: f_e and P_e over the forward's (global) batch; `sequence`: per "
-          "sequence, the losses averaged (DeepSeek-V2/V3)");
+          "sequence, the losses averaged (DeepSeek-V2/V3); `global_batch`: f_e over the "
+          "optimizer step's whole batch, all micro-batches and ranks (Qwen; one extra forward "
+          "per micro-batch when grad_accum > 1)");
     t.add("z_loss_coef", &M::z_loss_coef, "β of the router z-loss", nonneg_d);
     t.add("expert_dropout", &M::expert_dropout,
           "dropout on expert hidden units (training; for fine-tuning)", rule::half_open(0.f, 1.f));

@@ -296,12 +296,34 @@ void Trainer::inject_replica_fault() {
     }
 }
 
+void Trainer::count_pass(int64_t s, const StepInfo& info) {
+  // aux_loss_scope global_batch (FeedForward::needs_count_pass): a forward of each micro-batch
+  // of the step, before any backward, so the routers hold the step's expert counts. One extra
+  // forward per micro-batch; none with one micro-batch, whose forward already sees the step.
+  const TrainConfig& tc = cfg_.train;
+  if (tc.grad_accum == 1) return;
+  const auto& ffns = model_->ffns();
+  if (std::none_of(ffns.begin(), ffns.end(), [](auto& f) { return f->needs_count_pass(); })) return;
+  StepInfo ci = info;
+  ci.count_pass = true;
+  for (int m = 0; m < tc.grad_accum; ++m) {
+    sample_batch(s, m, batch_x_.data(), batch_y_.data());
+    model_->forward(batch_x_.data(), batch_y_.data(), local_batch_, tc.seq_len, ci, 0.f);
+  }
+}
+
 void Trainer::sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) const {
   // The global batch is drawn identically on every rank; this rank keeps its contiguous slice
-  // of sequences, so P ranks together see exactly the batch one process would.
-  const int T = cfg_.train.seq_len, b0 = comm_.rank() * local_batch_;
+  // of sequences, so P ranks together see exactly the batch one process would. With
+  // train.sample_by_step the step's sequences are numbered across its micro-batches too (micro
+  // m, rank r, row lb: m·batch_size + r·local + lb, all from one stream per step), so any split
+  // into grad_accum × ranks of the same step batch draws the same sequences; with one
+  // micro-batch that is the default order.
+  const int T = cfg_.train.seq_len;
+  const bool by_step = cfg_.train.sample_by_step;
+  const int b0 = comm_.rank() * local_batch_ + (by_step ? micro * cfg_.train.batch_size : 0);
   const uint64_t range = train_.ids.size() - T - 1;
-  Rng rng(cfg_.train.seed, stream_id(kPurposeData, uint32_t(step), uint32_t(micro)));
+  Rng rng(cfg_.train.seed, stream_id(kPurposeData, uint32_t(step), uint32_t(by_step ? 0 : micro)));
   for (int lb = 0; lb < local_batch_; ++lb) {
     const int b = b0 + lb;
     const uint64_t r = (uint64_t(rng.u32(2 * b)) << 32) | rng.u32(2 * b + 1);
@@ -415,6 +437,7 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
   // One backward forms the whole gradient: row-sparse tables (PEER) are then updated inside
   // it, each row as soon as its gradient is complete (the optimizer skips them in step()).
   if (tc.grad_accum == 1 && P == 1) opt_->prepare(s);
+  count_pass(s, info);
   StepResult r;
   for (int m = 0; m < tc.grad_accum; ++m) {
     sample_batch(s, m, batch_x_.data(), batch_y_.data());

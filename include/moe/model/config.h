@@ -55,8 +55,9 @@ struct MoeFfnConfig {
   // Which product runs the experts' matrices; the two give different bits, so it is part of the
   // config (and so of the checkpoint).
   enum class ExpertGemm { kAuto, kBlas, kPanel };
-  // The balancing loss's f_e and P_e over the micro-batch, or per sequence (DeepSeek-V2/V3).
-  enum class AuxLossScope { kMicroBatch, kSequence };
+  // The balancing loss's f_e and P_e over the micro-batch, or per sequence (DeepSeek-V2/V3), or
+  // f_e over the optimizer step's whole global batch (Qwen, arXiv 2501.11873; docs/MOE.md).
+  enum class AuxLossScope { kMicroBatch, kSequence, kGlobalBatch };
   int num_experts = 0;  // E (routed experts)
   int top_k = 0;        // k; 0 = 1 (gshard: 2; fine-grained: G·k_base)
   int d_expert = 0;     // H of one expert; 0 = d_ff (or d_ff / G)

@@ -15,6 +15,10 @@ struct TrainConfig {
   int batch_size = 16;  // sequences per micro-batch
   int seq_len = 128;    // T
   int grad_accum = 1;   // micro-batches per optimizer step
+  // Number a step's sequences across its micro-batches (one data stream per step), so that
+  // grad_accum × ranks splits of one step batch see the same sequences; false: one stream per
+  // micro-batch (the original order). Equal to it when grad_accum = 1.
+  bool sample_by_step = false;
   int steps = 1000;
   float lr = 1e-3f;
   float min_lr = 1e-4f;

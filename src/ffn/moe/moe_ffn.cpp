@@ -92,7 +92,10 @@ void MoeFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
   step.step = info.step;
   step.layer = layer_index_;
   step.loss_scale = info.loss_scale;
+  step.count_pass = info.count_pass && info.training;
   layer_.forward(out, x, params(), step);
+  // A counting forward only fed the router's step counts: no loads, no metrics.
+  if (step.count_pass) return;
   // DeepSeek-V3: the loads of the step's forwards, for the bias update in end_step.
   if (bias_ && info.training) {
     layer_.add_selections(step_loads_.data());
@@ -106,6 +109,11 @@ void MoeFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
   acc_aux_ += st.aux_loss;
   acc_z_ += st.z_loss;
   ++acc_forwards_;
+}
+
+bool MoeFfn::needs_count_pass() const {
+  return spec_.aux_scope == AuxLossScope::kGlobalBatch && spec_.alpha > 0 &&
+         spec_.kind != RouterKind::kExpertChoice;
 }
 
 void MoeFfn::end_step() {

@@ -33,8 +33,9 @@ MoeSpec MoeSpec::from_config(const FfnConfig& f, int d_model) {
                       : BiasUpdate::kSign;
   s.n_group = m.router.n_group;
   s.topk_group = m.router.topk_group;
-  s.aux_scope = m.aux_loss_scope == MoeFfnConfig::AuxLossScope::kSequence
-                    ? AuxLossScope::kSequence
+  s.aux_scope = m.aux_loss_scope == MoeFfnConfig::AuxLossScope::kSequence ? AuxLossScope::kSequence
+                : m.aux_loss_scope == MoeFfnConfig::AuxLossScope::kGlobalBatch
+                    ? AuxLossScope::kGlobalBatch
                     : AuxLossScope::kMicroBatch;
   s.jitter = m.router.jitter;
   s.expert_dropout = m.expert_dropout;

@@ -68,6 +68,12 @@ PeerParams<float> PeerFfn::params() const {
 }
 
 void PeerFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
+  // A training forward may update the query batch norm's running statistics and does count
+  // usage: a second forward of the same micro-batch would change what the step computes.
+  MOE_CHECK(!info.count_pass,
+            "model.ffn.aux_loss_scope global_batch with train.grad_accum > 1 runs a counting "
+            "forward of every micro-batch, which PEER layers cannot take: use grad_accum 1 (more "
+            "ranks or a larger batch_size) or another aux_loss_scope");
   layer_.forward(out, x, params(), N, info.training);
   // Only the retrieved rows of u and v will get gradients: tell the store and the optimizer.
   if (info.training && info.loss_scale > 0) {

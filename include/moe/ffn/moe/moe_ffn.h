@@ -23,6 +23,8 @@ class MoeFfn final : public FeedForward {
   // bias_balance: the bias update from the loads of every training forward since the last
   // end_step (all micro-batches, all ranks), then the loads start afresh.
   void end_step() override;
+  // aux_loss_scope global_batch with a balancing loss (token choice).
+  bool needs_count_pass() const override;
   void reset_metrics() override;
   // bf16: the routed and shared experts' products (experts.h); router, gates, losses and the
   // combine stay f32. refresh_low_precision packs the expert weights (once per optimizer step).

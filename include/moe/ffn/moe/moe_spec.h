@@ -14,8 +14,10 @@ enum class RouterKind { kTopK, kNoisyTopK, kGShard, kExpertChoice };
 
 // Over which tokens the balancing loss takes f_e and P_e (docs/MOE.md): the whole forward's
 // (global) batch, or each sequence on its own with the per-sequence losses averaged
-// (DeepSeek-V2/V3's sequence-wise balance loss).
-enum class AuxLossScope { kMicroBatch, kSequence };
+// (DeepSeek-V2/V3's sequence-wise balance loss), or kGlobalBatch: P_e over the forward's tokens
+// as kMicroBatch, f_e over the optimizer step's global batch (Qwen, arXiv 2501.11873) — the
+// counts of the step's counting pre-pass (MoeStep::count_pass) when it has several micro-batches.
+enum class AuxLossScope { kMicroBatch, kSequence, kGlobalBatch };
 
 // DeepSeek-V3's bias update b_e += γ·sign(mean load − load_e); kSignCentred then subtracts the
 // mean bias, so the biases keep mean zero.
@@ -117,6 +119,12 @@ struct MoeStep {
   // Multiplies the aux/z-loss gradients in backward (the caller's gradient scale).
   T loss_scale = T(1);
   MoeNoise<T> noise;
+  // aux_loss_scope global_batch, training: a counting pre-pass forward. The router adds this
+  // forward's selections (over all ranks) to the counts of optimizer step `step` (the first of a
+  // run of counting forwards starts them afresh); the step's later training forwards
+  // (count_pass false, same step) take f_e from those counts. Evaluation, a forward of another
+  // step, or of a step with no counting forward uses its own selections.
+  bool count_pass = false;
 };
 
 // Routing statistics of the last forward (per layer; logged and printed by moe eval).

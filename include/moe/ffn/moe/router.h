@@ -18,7 +18,9 @@
 // the documented order: all first choices before any second, then by global token index.
 // Losses: aux = α·E·Σ_e f_e·P_e (f_e: selections before capacity / (N·k), GShard: first choices
 // / N; P_e: mean router probability), z = β·mean_n logsumexp(r_n)². aux_loss_scope sequence
-// takes f and P per sequence (T tokens) and averages the sequences' losses (DeepSeek-V2/V3).
+// takes f and P per sequence (T tokens) and averages the sequences' losses (DeepSeek-V2/V3);
+// global_batch takes f over the optimizer step's global batch: the counts its counting forwards
+// (MoeStep::count_pass) gathered, P over each forward's tokens (Qwen, arXiv 2501.11873).
 //
 // Distributed training (set_parallel with P > 1): capacity, f_e, P_e, the bias loads and the
 // statistics are taken over the global batch of P slices, so P ranks compute the function of one
@@ -97,6 +99,10 @@ class Router {
   // aux_loss_scope sequence: per-sequence selection counts, and Σ_b Σ_e f_{b,e}·P_{b,e}.
   void count_sequence_selections();
   double sequence_balance_sum() const;
+  // aux_loss_scope global_batch: add this counting forward's selections to the step's counts;
+  // f_e from the step's counts.
+  void add_step_selections();
+  double step_fraction(int e) const;
   bool aux_loss_active() const;
   void gate_grads_to_logits();
   T* thread_keys() const;
@@ -130,6 +136,12 @@ class Router {
   T* aux_grad_ = nullptr;  // [E] d aux / d P(n, e), the same for every token ([B,E]: per sequence)
   int32_t* selections_ = nullptr;     // [E] selections per expert before capacity (f_e, bias)
   double* seq_selections_ = nullptr;  // [B,E] the same per sequence (aux_loss_scope sequence)
+  // aux_loss_scope global_batch: selections per expert over the counting forwards of optimizer
+  // step counts_step_ (all ranks), and their tokens; whether this forward counts or uses them.
+  double* step_selections_ = nullptr;  // [E]
+  int64_t step_tokens_ = 0, counts_step_ = -1;
+  bool count_pass_ = false, use_step_counts_ = false;
+  bool last_counted_ = false;  // the previous forward was a counting one
   // Capacity: [P·k·E] per (rank, slot, expert) counts then [E] selections, summed over ranks;
   // per-expert running counts.
   double* slot_counts_ = nullptr;
