@@ -5,6 +5,7 @@
 //
 // Tolerances as test_moe_reference.cpp's: double 1e-10 relative to each tensor's largest entry
 // (summation order only), float 2e-5 (float inputs, sums of up to a few hundred terms).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,6 +18,9 @@
 #include "moe/core/safetensors.h"
 #include "moe/ffn/moe/moe_layer.h"
 #include "moe/ffn/moe/remoe.h"
+#include "moe/model/transformer.h"
+#include "moe/scaling/accounting.h"
+#include "moe/train/config.h"
 #include "moe_test_util.h"
 
 using namespace moe;
@@ -166,6 +170,43 @@ TEST(MoeRelu, RefusesWhatDoesNotApply) {
   refused([](MoeSpec& s) { s.sigmoid = true; }, "score");
   refused([](MoeSpec& s) { s.n_group = 2; }, "n_group");
   refused([](MoeSpec& s) { s.routed_scale = 2.f; }, "routed_scaling_factor");
+}
+
+// Compute accounting (moe params / moe compare): a relu layer counts top_k active experts (the
+// target) and its router as top-k's, so at equal k the two have the same active parameters and
+// FLOPs; the total counts the l1_exponent ([1] per layer) and equals what the model allocates.
+// A model whose relu layers disagree on k is refused when its layers are linked.
+TEST(MoeRelu, AccountingCountsTheTargetK) {
+  auto cfg = [](const char* router, int k) {
+    return moe::config_from_json(
+        nlohmann::json::parse(fmt::format(
+            R"({{"model": {{"d_model": 32, "n_layers": 2, "n_heads": 4, "ffn": {{"kind": "moe",
+            "num_experts": 8, "top_k": {}, "d_expert": 16, "router": {{"kind": "{}",
+            "normalize": false}}}}}}}})",
+            k, router)),
+        "test");
+  };
+  const Config relu = cfg("relu", 2), topk = cfg("topk", 2);
+  Transformer m(relu.model, 1, 4);
+  int64_t allocated = 0;
+  for (auto& p : m.params().all()) allocated += int64_t(p.numel);
+  const ModelCount a = count_model(relu.model, 16), b = count_model(topk.model, 16);
+  EXPECT_EQ(a.total, allocated);
+  EXPECT_EQ(a.total, b.total + 2);  // the two l1_exponent tensors
+  EXPECT_EQ(a.active, b.active + 2);
+  EXPECT_EQ(a.flops_train, b.flops_train);
+  EXPECT_EQ(a.flops_fwd, b.flops_fwd);
+  Config mixed = relu;
+  FfnConfig other = mixed.model.ffn;
+  other.moe.top_k = 3;
+  mixed.model.ffn_overrides.push_back({1, other});
+  try {
+    Transformer bad(mixed.model, 1, 4);
+    ADD_FAILURE() << "relu layers with different top_k were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("share one L1 coefficient"), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

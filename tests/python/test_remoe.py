@@ -9,8 +9,10 @@ End to end through `moe train` on a tiny model (2 relu layers, E = 8, target k =
 - Sparsity control: after STEPS steps the mean active experts per token, averaged over the last
   20 steps and the layers, is within 25% of k. STEPS = 400: λ starts at λ_0 = 1e-8 and grows by
   α = 1.2 per step while the gates are too dense, so it needs ln(1e-2/1e-8)/ln 1.2 ≈ 76 steps to
-  reach the ~1e-2 scale where the L1 gradient competes with the LM's at this width; then it
-  oscillates around its equilibrium, and the run measures well after that (the paper's stage 3).
+  reach the ~1e-2 scale where the L1 gradient competes with the LM's at this width (measured:
+  ~5 active experts per token until step ~40, λ ≈ 0.03 at step 80, ~2 active from step ~100 on);
+  then it oscillates, and the run measures well after that (the paper's stage 3). That it was
+  the L1 term that did it is checked too: λ must have passed 1e-3 on the way.
 - Resume: a run stopped after 3 of 6 steps and resumed ends with the same final checkpoint,
   byte for byte (λ's exponent included), as the run that went straight through.
 - Two MPI ranks, data parallel and expert parallel, train the function of one process.
@@ -76,6 +78,7 @@ class ReMoE(MpiCase):
         print(f"mean active experts per token over the last 20 steps: {active:.3f} (k = {K}); "
               f"λ = {1e-8 * 1.2 ** n:.3g}", file=sys.stderr)
         self.assertLess(abs(active - K), 0.25 * K)
+        self.assertGreater(max(step[0]["relu_l1_coef"] for step in moe), 1e-3)
         early = np.mean([m["active_experts"] for m in moe[0]])
         self.assertGreater(early, 2.5, "at the start about half of the 8 gates are positive")
 
