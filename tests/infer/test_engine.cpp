@@ -82,6 +82,11 @@ const Case kCases[] = {
                  "router": {"kind": "expert_choice"}},
          "ffn_overrides": {"1": {"kind": "peer", "num_experts": 64, "heads": 2, "top_k": 4,
                                   "d_key": 8, "query_norm": "layernorm"}}})"},
+    // ReMoE: a variable number of experts per token (docs/MOE.md).
+    {"moe_relu",
+     R"({"vocab_size": 40, "d_model": 16, "n_layers": 2, "n_heads": 2, "max_seq_len": 64,
+         "ffn": {"kind": "moe", "num_experts": 6, "top_k": 2, "d_expert": 8,
+                 "router": {"kind": "relu", "normalize": false}}})"},
 };
 
 class EngineVsTransformer : public ::testing::TestWithParam<Case> {};
