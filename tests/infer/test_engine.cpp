@@ -36,11 +36,13 @@ Config parse(const std::string& model_json) {
 }
 
 // Every parameter random (norms around 1, biases and gates nonzero) so each feature moves the
-// logits.
+// logits. ReMoE's λ exponent is training state that must stay an integer, equal in every layer
+// (remoe.h), and moves no logit: left at its initial 0.
 void randomize(Transformer& m, uint32_t seed) {
   std::mt19937 g(seed);
   std::normal_distribution<float> n(0.f, 1.f);
   for (Param& p : m.params().all()) {
+    if (p.name.ends_with(".router.l1_exponent")) continue;
     const bool vec = p.shape.size() == 1;
     const float scale = vec ? 0.3f : 0.5f / std::sqrt(float(p.shape.back()));
     for (std::size_t i = 0; i < p.numel; ++i)
