@@ -276,6 +276,11 @@ void register_eval(CLI::App& app) {
               m["router_entropy"].get<double>(), m["unused_experts"].get<int>(),
               m["max_over_mean_load"].get<double>(), m["aux_loss"].get<double>(),
               m["z_loss"].get<double>(), loads);
+          if (m.contains("active_experts"))  // relu (ReMoE)
+            fmt::print(
+                "    active experts per token {:.3f}, sparsity {:.4f}, L1 coefficient {:.4g}\n",
+                m["active_experts"].get<double>(), m["sparsity"].get<double>(),
+                m["relu_l1_coef"].get<double>());
         }
       }
     }

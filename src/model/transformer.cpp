@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "moe/core/error.h"
+#include "moe/ffn/moe/moe_ffn.h"
 #include "moe/kernels/gemm_bf16.h"
 #include "moe/nn/attention.h"
 #include "moe/nn/cross_entropy.h"
@@ -62,6 +63,7 @@ Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq, Com
     L.ffn_norm = params_.add(p + ".ffn_norm.weight", {C_}, Init::kOnes, 0, false);
     ffn_.push_back(make_feed_forward(cfg_.ffn_for(l), cfg_, params_, p + ".ffn", l, comm_));
   }
+  share_relu_schedule(ffn_);  // ReMoE: one λ for all relu layers (moe_ffn.h)
   norm_ = params_.add("norm.weight", {C_}, Init::kOnes, 0, false);
   if (cfg_.tie_embeddings) {
     head_ = embed_;

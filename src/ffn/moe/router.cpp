@@ -114,6 +114,7 @@ void Router<T>::begin(const MoeStep<T>& st) {
   }
   use_step_counts_ = global && !st.count_pass && counts_step_ == st.step && step_tokens_ > 0;
   last_counted_ = count_pass_;
+  relu_l1_ = st.relu_l1;
   capacity_factor_ = st.training ? spec_.capacity_factor : spec_.eval_capacity_factor;
   // Expert choice needs a group of sequences; decoding one sequence (B = 1) routes with
   // token-choice top-round(cf) on the same softmax scores, unnormalised (docs/MOE.md).
@@ -155,7 +156,9 @@ void Router<T>::forward(const T* x, const MoeParams<T>& p, const MoeStep<T>& st)
   gemm<T>(false, true, N, E, C, T(1), xr, C, p.router, C, T(0), logits_, E);
   logsumexp_of_logits();
   noisy_ = false;
-  if (expert_choice_) {
+  if (spec_.kind == RouterKind::kRelu) {
+    select_relu();
+  } else if (expert_choice_) {
     select_expert_choice();
   } else {
     token_choice_scores(xr, p, st);
@@ -391,7 +394,8 @@ void Router<T>::select_expert_choice() {
 
 template <typename T>
 bool Router<T>::aux_loss_active() const {
-  return !expert_choice_ && spec_.alpha > 0 && spec_.kind != RouterKind::kExpertChoice;
+  return !expert_choice_ && spec_.alpha > 0 && spec_.kind != RouterKind::kExpertChoice &&
+         spec_.kind != RouterKind::kRelu;
 }
 
 template <typename T>
@@ -404,6 +408,7 @@ template <typename T>
 void Router<T>::finish_stats() {
   // Aux loss (token choice): α·E·Σ_e f_e·P_e, f from the selections before capacity, P the mean
   // router probability; both over the global batch when distributed, like the other statistics.
+  if (spec_.kind == RouterKind::kRelu) return finish_relu_stats();
   const int N = tokens_, E = spec_.E;
   // [kept per expert E | Σ_n P(n, e) E | assignments, dropped, Σ entropy, Σ lse²]
   // [.. | Σ over sequences of the per-sequence balance sums] with aux_loss_scope sequence.
@@ -585,7 +590,10 @@ template <typename T>
 void Router<T>::backward(T* dx, const MoeGrads<T>& g, const T* x, const MoeParams<T>& p,
                          T* scratch) {
   const int N = tokens_, E = spec_.E, C = spec_.C;
-  gate_grads_to_logits();
+  if (spec_.kind == RouterKind::kRelu)
+    relu_grads_to_logits();
+  else
+    gate_grads_to_logits();
   const T* xr = jittered_ ? jittered_x_ : x;
   gemm<T>(true, false, E, C, N, T(1), dlogits_, E, xr, C, T(1), g.router, C);
   if (noisy_) gemm<T>(true, false, E, C, N, T(1), noise_logits_, E, xr, C, T(1), g.w_noise, C);

@@ -69,7 +69,8 @@ class MoeLayer {
   void update_bias(T* bias) const { router_.update_bias(bias); }
   void add_selections(double* loads) const { router_.add_selections(loads); }
   // Assignments of the last forward (tests): per token-slot the expert and whether it was
-  // dropped (by capacity or GShard's random routing). Empty after an expert-choice forward.
+  // dropped (by capacity or GShard's random routing). Empty after an expert-choice or relu
+  // forward (no fixed slots per token).
   std::vector<int32_t> selected_experts() const;  // [N, k] (token choice)
   std::vector<int32_t> dropped_mask() const;      // [N, k]
 

@@ -11,6 +11,10 @@
 //   one position across the batch); gates = the softmax scores. Decoding one sequence (B = 1)
 //   falls back to token-choice top-round(cf), unnormalised.
 // Token-choice kinds may add the selection bias (bias_balance) to the keys of the top-k only;
+// - relu (ReMoE, Wang et al., arXiv 2412.14711): gates R = ReLU(r), no softmax, no top-k; every
+//   expert with R_e > 0 gets the token (dropless; k is only the target mean). Assignments are
+//   token-major, experts ascending. Its loss: relu_l1·(1/N)·Σ_n Σ_e f_e·R_e(x_n) with
+//   f_e = E·(tokens with R_e > 0)/(k·N), not differentiated (§3.4); no aux or z-loss.
 // topk may limit each token to its topk_group best groups of experts (DeepSeek-V3, n_group > 1:
 // routing_rules.h) and scale the gates by routed_scaling_factor after the normalisation.
 //
@@ -84,6 +88,8 @@ class Router {
   const MoeStats& stats() const { return stats_; }
   // This forward routed by expert choice (else token choice, k = experts_per_token()).
   bool expert_choice() const { return expert_choice_; }
+  // Each token has experts_per_token() assignment slots (token choice other than relu).
+  bool fixed_slots() const { return !expert_choice_ && spec_.kind != RouterKind::kRelu; }
   int experts_per_token() const { return experts_per_token_; }
 
  private:
@@ -106,6 +112,10 @@ class Router {
   bool aux_loss_active() const;
   void gate_grads_to_logits();
   T* thread_keys() const;
+  // relu (router_relu.cpp): gates and assignments; statistics and the L1 loss; d/dlogits.
+  void select_relu();
+  void finish_relu_stats();
+  void relu_grads_to_logits();
 
   MoeSpec spec_;
   // Parallel layout.
@@ -124,6 +134,7 @@ class Router {
   bool noisy_ = false;             // noisy router in training: noise was added
   bool jittered_ = false;          // the logits were computed from the jittered input
   T loss_scale_ = T(1);
+  double relu_l1_ = 0;  // relu: this forward's L1 coefficient (MoeStep::relu_l1)
   Assignments<T> assign_;
   // State [N,E]: logits, scores (softmax / sigmoid / softmax of the noisy logits), their
   // gradient (forward: the noisy logits themselves), and for noisy_topk the noise logits
