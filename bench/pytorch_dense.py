@@ -10,8 +10,12 @@ two parameter groups (weight decay on matrices only) and clip_grad_norm_.
 Timed step = zero_grad(set_to_none=True), forward, loss.backward(), clip_grad_norm_, opt.step().
 Warm-up steps are not timed; the median of the timed steps is reported.
 
+--autocast runs the forward (and so the backward of its products) under
+torch.autocast("cpu", dtype=torch.bfloat16): PyTorch's bf16 mixed precision, the baseline of
+moe.cpp's train.precision = bf16 (fp32 master weights, AdamW and loss as in moe.cpp).
+
     /usr/bin/python3 bench/pytorch_dense.py [--steps 10] [--warmup 2] [--threads 2] [--json]
-                                            [--breakdown]
+                                            [--breakdown] [--autocast]
 """
 import argparse
 import json
@@ -221,6 +225,8 @@ def main():
     ap.add_argument("--breakdown", action="store_true",
                     help="also time forward, backward and clip+AdamW separately")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ap.add_argument("--autocast", action="store_true",
+                    help='forward under torch.autocast("cpu", dtype=torch.bfloat16)')
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.threads < 1:
         ap.error("need --steps >= 1, --warmup >= 0, --threads >= 1")
@@ -246,7 +252,7 @@ def main():
     print(info, file=log)
     print(params_line, file=log)
     print(f"model: C={cfg['C']} L={cfg['n_layers']} H={cfg['n_heads']} d_ff={cfg['d_ff']} "
-          f"V={V}; batch {B} x {T}", file=log)
+          f"V={V}; batch {B} x {T}{'; autocast bf16' if args.autocast else ''}", file=log)
 
     times, fwd, bwd, upd = [], [], [], []
     params = list(model.parameters())
@@ -254,7 +260,8 @@ def main():
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast):
+            loss = model(x, y)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -274,6 +281,7 @@ def main():
            "threads": torch.get_num_threads(), "loss": float(loss), "params": n_params,
            "moe_params": n_moe, "params_match": match, "torch": torch.__version__,
            "blas_core": core, "adamw_foreach": args.foreach == "on",
+           "autocast_bf16": args.autocast,
            "forward_ms": statistics.median(fwd) * 1e3,
            "backward_ms": statistics.median(bwd) * 1e3,
            "optimizer_ms": statistics.median(upd) * 1e3}

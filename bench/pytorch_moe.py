@@ -23,8 +23,13 @@ median of --repeats steps, as `moe bench moe` does. gflops = 6·N·k·3·C·H / 
 FLOPs of forward + backward (the router and the aux loss are not counted), the formula of
 `moe bench moe`.
 
+--autocast runs the forward and the loss under torch.autocast("cpu", dtype=torch.bfloat16) (the
+PyTorch user's bf16 recipe: matmuls in bf16, fp32 weights and gradients), the baseline of
+`moe bench moe --precision bf16`.
+
     /usr/bin/python3 bench/pytorch_moe.py --impl loop|bmm [--d-model 512] [--experts 8]
-        [--top-k 2] [--d-expert 1024] [--tokens 4096] [--repeats 5] [--threads 2] [--json]
+        [--top-k 2] [--d-expert 1024] [--tokens 4096] [--repeats 5] [--threads 2] [--autocast]
+        [--json]
     /usr/bin/python3 bench/pytorch_moe.py --check   # loop, bmm and a dense float64 reference
                                                     # agree (y, loss, all gradients)
     /usr/bin/python3 bench/pytorch_moe.py --gemm-ceiling [shape options]  # the expert matmuls
@@ -190,14 +195,16 @@ def make_layer(impl, C, E, k, H, weights):
     return layer
 
 
-def step(layer, x):
-    """Forward, loss = mean(y²) + aux, backward. Returns (y, loss, aux, counts, t_fwd, t_bwd)."""
+def step(layer, x, autocast=False):
+    """Forward, loss = mean(y²) + aux, backward. Returns (y, loss, aux, counts, t_fwd, t_bwd).
+    autocast: forward and loss under torch.autocast("cpu", dtype=torch.bfloat16)."""
     for p in layer.parameters():
         p.grad = None
     x.grad = None
     t0 = time.perf_counter()
-    y, aux, counts = layer(x)
-    loss = y.pow(2).mean() + aux
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y, aux, counts = layer(x)
+        loss = y.float().pow(2).mean() + aux.float()
     t1 = time.perf_counter()
     loss.backward()
     t2 = time.perf_counter()
@@ -309,6 +316,8 @@ def main():
                     help="check on small shapes that loop and bmm compute the same step, and exit")
     ap.add_argument("--gemm-ceiling", action="store_true",
                     help="time only the nine expert matmuls per expert (torch.mm, balanced load)")
+    ap.add_argument("--autocast", action="store_true",
+                    help='forward under torch.autocast("cpu", dtype=torch.bfloat16)')
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -336,7 +345,7 @@ def main():
     times, fwd, bwd = [], [], []
     for i in range(args.warmup + args.repeats):
         t0 = time.perf_counter()
-        y, loss, aux, counts, tf, tb = step(layer, x)
+        y, loss, aux, counts, tf, tb = step(layer, x, args.autocast)
         t = time.perf_counter() - t0
         if i >= args.warmup:
             times.append(t)
@@ -350,11 +359,12 @@ def main():
            "loss": float(loss), "threads": torch.get_num_threads(),
            "forward_ms": statistics.median(fwd) * 1e3,
            "backward_ms": statistics.median(bwd) * 1e3,
-           "torch": torch.__version__, "blas_core": blas_core()[0]}
+           "torch": torch.__version__, "blas_core": blas_core()[0],
+           "precision": "autocast-bf16" if args.autocast else "fp32"}
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"pytorch {args.impl} moe layer C={C} E={E} k={k} H={H} tokens={N}: {ms:.1f} "
+        print(f"pytorch {args.impl}{' autocast-bf16' if args.autocast else ''} moe layer C={C} E={E} k={k} H={H} tokens={N}: {ms:.1f} "
               f"ms/step (forward {res['forward_ms']:.1f}, backward {res['backward_ms']:.1f}), "
               f"{res['tokens_per_s']:.0f} tokens/s, {gflops:.1f} GFLOP/s expert compute, "
               f"max/mean expert load {load:.2f}, aux {res['aux_loss']:.4f} "

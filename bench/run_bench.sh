@@ -5,10 +5,14 @@
 #   bash bench/run_bench.sh            # every benchmark (run by `make bench` after the build)
 #   bash bench/run_bench.sh dense      # only the named ones (sgemm, the ceiling, always runs)
 #   bash bench/run_bench.sh moe        # the MoE layer against PyTorch (bench/pytorch_moe.py)
+#   bash bench/run_bench.sh moe_bf16   # the MoE layer in fp32 and bf16 against PyTorch fp32 and
+#                                      # torch.autocast bf16 (train.precision = bf16, issue 19)
 #   bash bench/run_bench.sh peer       # a PEER layer step against PyTorch (bench/pytorch_peer.py)
 #   bash bench/run_bench.sh mpi        # MoE training at P = 1 vs P = 2 ranks (expert / data parallel)
 #   bash bench/run_bench.sh infer      # inference pp/tg against llama.cpp on the same GGUF files
 #   bash bench/run_bench.sh kernels    # the inference products (kernels/qmatmul.h) against oneDNN
+#   bash bench/run_bench.sh bf16       # train.precision bf16 vs fp32, ours and PyTorch autocast
+#                                      # (only when named, until its first recorded section)
 #
 # Prints a table per benchmark and puts it in bench/RESULTS.md in place of that benchmark's
 # previous section (bench/results_md.py), with the machine and the commit. See bench/README.md.
@@ -26,7 +30,12 @@ PY=${PYTHON:-/usr/bin/python3}  # Debian's python3, with torch 1.13 and numpy
 RESULTS=${RESULTS:-bench/RESULTS.md}
 THREADS=2
 ROUNDS=${BENCH_ROUNDS:-3}  # alternating runs per side in each benchmark; the fastest is kept
+# bf16 (train.precision bf16 vs fp32) runs when named; it joins ALL_BENCHES together with its
+# first recorded section in RESULTS.md (tests/python/test_bench_results.py wants one per name).
 ALL_BENCHES=(dense moe peer mpi infer kernels)
+# moe_bf16 (bench_moe_bf16) runs by name only until its first quiet-machine run is recorded:
+# then it joins ALL_BENCHES after moe, with its section in RESULTS.md
+# (tests/python/test_bench_results.py checks the file has one section per name here).
 
 die() { echo "run_bench.sh: $*" >&2; exit 1; }
 [[ -x $MOE ]] || die "$MOE not found: build first (make build, or cmake --build build)"
@@ -294,6 +303,75 @@ bench_moe() {
     "GFLOP/s = 6·tokens·k·3·C·H / time (expert matmuls only: the router, the softmax and the" \
     "bmm layer's padding rows are not counted); the load differs slightly between the sides" \
     "(same distributions, different random generators)"
+}
+
+# The MoE layer's step in bf16 (the experts' products: bf16 operands, f32 accumulation) against
+# our fp32 step, PyTorch's fp32 step and PyTorch under torch.autocast("cpu", bfloat16), on the
+# shapes of bench_moe. PyTorch runs its faster layer of bench_moe's two on these shapes, bmm
+# (loop for comparison is in the moe section). Ratios above 1: ours faster / bf16 faster.
+bench_moe_bf16() {
+  echo "== moe layer forward+backward, fp32 vs bf16 (d_model $MOE_C, $MOE_TOKENS tokens)" >&2
+  local shape E k H
+  for shape in "${MOE_SHAPES[@]}"; do
+    read -r E k H <<<"$shape"
+    local args=(--d-model "$MOE_C" --experts "$E" --top-k "$k" --d-expert "$H" --tokens "$MOE_TOKENS")
+    local label="MoE E=$E k=$k H=$H"
+    echo "   -- $label" >&2
+    # best[<side>]: the fastest ms/step of each side over the rounds; failed sides read n/a.
+    local -A best=() runs=() failed=() run=()
+    local r side j
+    for ((r = 1; r <= ROUNDS; r++)); do
+      for side in fp32 bf16 torch torch_ac; do
+        [[ -z ${failed[$side]:-} ]] || continue
+        local cmd
+        case $side in
+          fp32) cmd=("$MOE" bench moe "${args[@]}" --precision fp32 --json) ;;
+          bf16) cmd=("$MOE" bench moe "${args[@]}" --precision bf16 --json) ;;
+          torch) cmd=("$PY" bench/pytorch_moe.py --impl bmm "${args[@]}" --threads "$THREADS" --json) ;;
+          torch_ac) cmd=("$PY" bench/pytorch_moe.py --impl bmm --autocast "${args[@]}" \
+                         --threads "$THREADS" --json) ;;
+        esac
+        if j=$("${cmd[@]}" 2>"$LOG" | tail -n1) && [[ $j == "{"* ]]; then
+          jload run "$j"
+          runs[$side]+=" $(num %.0f "${run[ms_per_step]}")"
+          echo "   $side: $(num %.1f "${run[ms_per_step]}") ms/step" >&2
+          if [[ -z ${best[$side]:-} ]] || gt "${best[$side]}" "${run[ms_per_step]}"; then
+            best[$side]=${run[ms_per_step]}
+          fi
+        else
+          cat "$LOG" >&2
+          [[ $side != fp32 && $side != bf16 ]] || die "build/moe bench moe --precision $side failed"
+          echo "   PyTorch $side failed (above); its figures read n/a" >&2
+          failed[$side]=1
+        fi
+      done
+    done
+    for side in torch torch_ac; do runs[$side]=${runs[$side]:- n/a}; done
+    local f=${best[fp32]} b=${best[bf16]} t=${best[torch]:-} ta=${best[torch_ac]:-}
+    add_row "$label ours: fp32 / bf16 (ms/step; ratio = bf16 speed-up)" \
+      "$(num %.1f "$f") / $(num %.1f "$b")" "–" "$(num %.2f "$f / $b")"
+    if [[ -n $t ]]; then
+      add_row "$label ours fp32 vs PyTorch fp32 (ms/step)" "$(num %.1f "$f")" "$(num %.1f "$t")" \
+        "$(num %.2f "$t / $f")"
+    else
+      add_row "$label ours fp32 vs PyTorch fp32 (ms/step)" "$(num %.1f "$f")" n/a n/a
+    fi
+    if [[ -n $ta ]]; then
+      add_row "$label ours bf16 vs PyTorch autocast bf16 (ms/step)" "$(num %.1f "$b")" \
+        "$(num %.1f "$ta")" "$(num %.2f "$ta / $b")"
+      [[ -z $t ]] || add_note "$label: PyTorch autocast speed-up over its fp32: $(num %.2f "$t / $ta")×"
+    else
+      add_row "$label ours bf16 vs PyTorch autocast bf16 (ms/step)" "$(num %.1f "$b")" n/a n/a
+    fi
+    add_note "$label: best of $ROUNDS alternating runs per side (ms/step, in run order: ours fp32" \
+      "${runs[fp32]# }; ours bf16 ${runs[bf16]# }; PyTorch bmm fp32 ${runs[torch]# };" \
+      "PyTorch bmm autocast ${runs[torch_ac]# }); target (issue 19, not asserted): bf16 ≥ 1.7×" \
+      "our fp32 on a CPU with AVX512-BF16 (this one: $(grep -qw avx512_bf16 /proc/cpuinfo && echo yes || echo no))"
+  done
+  add_note "moe_bf16: the step of the moe section (C=$MOE_C, $MOE_TOKENS tokens, SwiGLU, top-k," \
+    "dropless, aux 0.01, loss = mean(y²) + aux, forward + backward); ours in bf16 rounds and packs" \
+    "the expert weights every step (timed), routing, gates, losses and the combine stay fp32;" \
+    "PyTorch autocast: forward and loss under torch.autocast(\"cpu\", dtype=torch.bfloat16)"
 }
 
 # MoE training over MPI on this machine: the same config and global batch at P = 1 (2 OpenMP
@@ -705,6 +783,61 @@ bench_kernels() {
     "oneDNN $("$ONEDNN" --rows 32 --cols 32 --n 1 --repeats 1 --min-mib 1 | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["onednn"])')" \
     "(Debian libdnnl, OpenMP runtime; implementation ${best[impl]:-?})," \
     "bf16 rounds X to bf16 inside the timed call on both sides; moe / oneDNN above 1 = moe.cpp faster"
+}
+
+# bf16 training (train.precision = bf16, docs/KERNELS.md) against fp32, ours and PyTorch's: the
+# dense benchmark model's step in fp32 and bf16 (`moe bench train --set train.precision=…`) and
+# PyTorch fp32 and torch.autocast("cpu", dtype=torch.bfloat16) (bench/pytorch_dense.py
+# --autocast). The MoE layer shapes in bf16 are bench_moe_bf16's. ROUNDS alternating runs of
+# each side; the fastest of each is kept.
+# Ratios are speed ratios: the other's ms / this one's (above 1 = faster).
+bench_bf16() {
+  local cfg=configs/bench-dense.json
+  echo "== bf16 vs fp32 training ($cfg)" >&2
+  local -A best=() runs=() failed=() run=()
+  local r side j
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for side in moe32 moe16 torch32 torch16; do
+      [[ -z ${failed[$side]:-} ]] || continue
+      local cmd
+      case $side in
+        moe32) cmd=("$MOE" bench train --config "$cfg" --set train.precision=fp32 --json) ;;
+        moe16) cmd=("$MOE" bench train --config "$cfg" --set train.precision=bf16 --json) ;;
+        torch32) cmd=("$PY" bench/pytorch_dense.py --config "$cfg" --moe "$MOE" \
+                      --threads "$THREADS" --json) ;;
+        torch16) cmd=("$PY" bench/pytorch_dense.py --config "$cfg" --moe "$MOE" \
+                      --threads "$THREADS" --json --autocast) ;;
+      esac
+      if j=$("${cmd[@]}" 2>"$LOG" | tail -n1) && [[ $j == "{"* ]]; then
+        jload run "$j"
+        runs[$side]+=" $(num %.0f "${run[ms_per_step]}")"
+        echo "   $side: $(num %.1f "${run[ms_per_step]}") ms/step" >&2
+        if [[ -z ${best[$side]:-} ]] || gt "${best[$side]}" "${run[ms_per_step]}"; then
+          best[$side]=${run[ms_per_step]}
+        fi
+      else
+        cat "$LOG" >&2
+        [[ $side != moe* ]] || die "build/moe bench train ($side) failed (above)"
+        echo "   PyTorch $side failed (above); its figures read n/a" >&2
+        failed[$side]=1
+        runs[$side]=" n/a"
+      fi
+    done
+  done
+  local m32=${best[moe32]} m16=${best[moe16]} p32=${best[torch32]:-} p16=${best[torch16]:-}
+  local p32_s=n/a p16_s=n/a r32=n/a r16=n/a rp=n/a
+  if [[ -n $p32 ]]; then p32_s=$(num %.1f "$p32"); r32=$(num %.2f "$p32 / $m32"); fi
+  if [[ -n $p16 ]]; then p16_s=$(num %.1f "$p16"); r16=$(num %.2f "$p16 / $m16"); fi
+  if [[ -n $p32 && -n $p16 ]]; then rp=$(num %.2f "$p32 / $p16"); fi
+  add_row "dense train fp32 vs PyTorch fp32 (ms/step)" "$(num %.1f "$m32")" "$p32_s" "$r32"
+  add_row "dense train bf16 vs PyTorch autocast bf16 (ms/step)" "$(num %.1f "$m16")" "$p16_s" "$r16"
+  add_row "dense train: bf16 speed-up over fp32 (each side its own)" \
+    "$(num %.2f "$m32 / $m16")×" "$(if [[ $rp != n/a ]]; then echo "$rp×"; else echo n/a; fi)" "–"
+  add_note "bf16 dense: best of $ROUNDS alternating runs per side (ms/step, in run order:" \
+    "moe.cpp fp32${runs[moe32]}; moe.cpp bf16${runs[moe16]}; PyTorch fp32${runs[torch32]:- n/a};" \
+    "PyTorch autocast bf16${runs[torch16]:- n/a}); the CPU $(if grep -qw avx512_bf16 /proc/cpuinfo;
+    then echo "has AVX512-BF16 (kernels/gemm_bf16 path avx512bf16)"; else echo "lacks AVX512-BF16" \
+      "(path widen: f32 sgemm on widened operands)"; fi)"
 }
 
 # ---- Main -------------------------------------------------------------------------------------

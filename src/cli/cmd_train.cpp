@@ -34,6 +34,7 @@ struct TrainArgs {
 
 struct EvalArgs {
   std::string checkpoint, split = "test", data_dir, text;
+  std::string precision;  // empty: the checkpoint's train.precision
   int batch = 8, seq = 0, threads = 0;
   bool json = false;
 };
@@ -189,10 +190,21 @@ void register_eval(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);  // -5 used to mean the default silently
   c->add_option("--threads", a->threads, "OpenMP threads (0 = default)")
       ->check(CLI::Range(0, kMaxThreads));
+  c->add_option("--precision", a->precision,
+                "fp32 | bf16: the operands of the model's products (default: the checkpoint's "
+                "train.precision; our checkpoints only)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   c->add_flag("--json", a->json, "print one JSON object");
   c->callback([a] {
     set_threads(a->threads, "--threads");
     Loaded l = open_for_inference(a->checkpoint);
+    MOE_CHECK(a->precision.empty() || l.ours(),
+              "--precision {}: {} is not a moe.cpp checkpoint; an imported model runs on its "
+              "stored weight types",
+              a->precision, a->checkpoint);
+    const Precision precision = a->precision.empty()     ? l.meta.config.train.precision
+                                : a->precision == "bf16" ? Precision::kBf16
+                                                         : Precision::kFp32;
     const int T = a->seq > 0 ? a->seq : l.meta.config.train.seq_len;
     MOE_CHECK(T <= l.meta.config.model.max_seq_len, "--seq-len {}: the model's max_seq_len is {}",
               T, l.meta.config.model.max_seq_len);
@@ -218,6 +230,7 @@ void register_eval(CLI::App& app) {
       check_memory(estimate_memory(l.meta.config.model, a->batch, T, MemoryUse::kEval),
                    l.meta.config.model, a->batch, T, "evaluating " + a->checkpoint);
       build_model(l, a->checkpoint, a->batch, T);
+      l.model->set_precision(precision);  // bf16: shadows rounded from the loaded masters
       r = evaluate(*l.model, s, a->batch, T);
     } else {
       // A model from outside runs on its stored weights (bf16, Q8_0, … read in place).
@@ -234,6 +247,7 @@ void register_eval(CLI::App& app) {
                           {"bpb", r.bpb},
                           {"tokens", r.tokens},
                           {"bytes", r.bytes}};
+      if (l.ours()) j["precision"] = enum_name(precision);
       if (!r.moe.is_null()) j["moe"] = r.moe;
       fmt::print("{}\n", j.dump());
     } else {
@@ -262,6 +276,11 @@ void register_eval(CLI::App& app) {
               m["router_entropy"].get<double>(), m["unused_experts"].get<int>(),
               m["max_over_mean_load"].get<double>(), m["aux_loss"].get<double>(),
               m["z_loss"].get<double>(), loads);
+          if (m.contains("active_experts"))  // relu (ReMoE)
+            fmt::print(
+                "    active experts per token {:.3f}, sparsity {:.4f}, L1 coefficient {:.4g}\n",
+                m["active_experts"].get<double>(), m["sparsity"].get<double>(),
+                m["relu_l1_coef"].get<double>());
         }
       }
     }

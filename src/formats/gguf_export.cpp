@@ -29,6 +29,7 @@ void refuse_unexportable_ffn(const FfnConfig& f, int layer) {
   const MoeFfnConfig& m = f.moe;
   using K = RouterConfig::Kind;
   if (m.router.kind == K::kExpertChoice) refuse(at + ": expert-choice routing");
+  if (m.router.kind == K::kRelu) refuse(at + ": ReLU routing (ReMoE)");
   if (m.router.kind == K::kNoisyTopK) refuse(at + ": noisy top-k routing (learned noise)");
   if (m.router.kind == K::kGShard) refuse(at + ": GShard routing (random second expert)");
   if (m.router.score == RouterConfig::Score::kSigmoid) refuse(at + ": sigmoid router scores");

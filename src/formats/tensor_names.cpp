@@ -91,6 +91,8 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const
     if (m.router.kind == RouterConfig::Kind::kNoisyTopK)
       out.push_back({p + "ffn.router.w_noise", {E, C}});
     if (m.router.bias_balance) out.push_back({p + "ffn.router.bias", {E}});
+    if (m.router.kind == RouterConfig::Kind::kRelu)
+      out.push_back({p + "ffn.router.l1_exponent", {1}});
     if (glu) out.push_back({p + "ffn.experts.w_gate", {E, H, C}});
     out.push_back({p + "ffn.experts.w_up", {E, H, C}});
     out.push_back({p + "ffn.experts.w_down", {E, C, H}});

@@ -146,7 +146,10 @@ class MoeBlock final : public FfnBlock {
       if (spec_.shared_gate) s_router_ = w.vec(p + ".shared.gate", {C});
     }
     // Router state for up to max_tokens tokens of one sequence and all their assignments.
-    const int slots = std::max(spec_.k, int(std::lround(spec_.eval_capacity_factor)));
+    // relu (ReMoE): any number of experts per token, up to E.
+    const int slots = spec_.kind == RouterKind::kRelu
+                          ? int(E)
+                          : std::max(spec_.k, int(std::lround(spec_.eval_capacity_factor)));
     max_assign_ = int64_t(max_tokens) * std::min<int64_t>(E, std::max(1, slots));
     bind_router();
     const std::size_t A = std::size_t(max_assign_), N = std::size_t(max_tokens);

@@ -175,6 +175,11 @@ void micro(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int
 
 }  // namespace
 
+void micro_12x32(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int mr, int nr,
+                 float alpha, float beta) {
+  micro(ap, bp, K, c, ldc, mr, nr, alpha, beta);
+}
+
 void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
                  int lda, const uint16_t* B, int ldb, float beta, float* C, int ldc) {
   // op(A)·op(B) [M,K]·[K,N] → C [M,N]; B panels [⌈N/kNR⌉][P][kNR][2], A panels likewise.

@@ -10,6 +10,13 @@ namespace moe::bf16k {
 void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
                  int lda, const uint16_t* B, int ldb, float beta, float* C, int ldc);
 
+// The 12×32 microkernel: C block [mr ≤ 12, nr ≤ 32] (row stride ldc) = alpha·Â·B̂ + beta·C
+// over K (⌈K/2⌉ pair steps) from one A panel ap [⌈K/2⌉][12][2] and one B panel bp
+// [⌈K/2⌉][32][2] (layouts in gemm_bf16_avx512.cpp); beta = 0 does not read C. The expert
+// products (grouped_gemm_bf16.cpp) run it on their own K blocks of the panels.
+void micro_12x32(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int mr, int nr,
+                 float alpha, float beta);
+
 // round_to_bf16 / widen_bf16 on one range, single-threaded; need cpu_features().avx512.
 void round_avx512(uint16_t* dst, const float* src, std::size_t n);
 void widen_avx512(float* dst, const uint16_t* src, std::size_t n);

@@ -25,7 +25,8 @@ std::span<const EnumSpelling<RouterConfig::Kind>> spellings(RouterConfig::Kind) 
   static constexpr EnumSpelling<K> k[] = {{K::kTopK, "topk"},
                                           {K::kNoisyTopK, "noisy_topk"},
                                           {K::kGShard, "gshard"},
-                                          {K::kExpertChoice, "expert_choice"}};
+                                          {K::kExpertChoice, "expert_choice"},
+                                          {K::kRelu, "relu"}};
   return k;
 }
 
@@ -50,7 +51,8 @@ std::span<const EnumSpelling<Precision>> spellings(Precision) {
 std::span<const EnumSpelling<MoeFfnConfig::AuxLossScope>> spellings(MoeFfnConfig::AuxLossScope) {
   using A = MoeFfnConfig::AuxLossScope;
   static constexpr EnumSpelling<A> k[] = {{A::kMicroBatch, "micro_batch"},
-                                          {A::kSequence, "sequence"}};
+                                          {A::kSequence, "sequence"},
+                                          {A::kGlobalBatch, "global_batch"}};
   return k;
 }
 
@@ -98,9 +100,13 @@ const FieldTable<RouterConfig>& router_config_fields() {
     FieldTable<R> t;
     t.add("kind", &R::kind,
           "`topk`, `noisy_topk`, `gshard` (top-2, random second expert), "
-          "`expert_choice`");
+          "`expert_choice`, `relu` (ReMoE: ReLU gates, adaptive L1; top_k = target active)");
     t.add("normalize", &R::normalize,
-          "topk: renormalise the k gates to sum 1 (Mixtral); false = Switch");
+          "topk: renormalise the k gates to sum 1 (Mixtral); false = Switch (relu: must be false)",
+          [](bool b, const R& r) -> std::optional<std::string> {
+            if (!b || r.kind != R::Kind::kRelu) return std::nullopt;
+            return "false (relu gates are the ReLU outputs themselves, never renormalised)";
+          });
     t.add("score", &R::score, "`softmax` or `sigmoid` (topk only)",
           [](R::Score s, const R& r) -> std::optional<std::string> {
             if (s == R::Score::kSoftmax || r.kind == R::Kind::kTopK) return std::nullopt;
@@ -112,7 +118,10 @@ const FieldTable<RouterConfig>& router_config_fields() {
     t.add("bias_balance", &R::bias_balance,
           "DeepSeek-V3 aux-loss-free selection bias (token-choice routers)",
           [](bool b, const R& r) -> std::optional<std::string> {
-            if (!b || r.kind != R::Kind::kExpertChoice) return std::nullopt;
+            if (!b || r.kind != R::Kind::kExpertChoice) {
+              if (!b || r.kind != R::Kind::kRelu) return std::nullopt;
+              return "false (relu balances with its load-weighted L1 loss)";
+            }
             return "false (expert choice balances by construction; bias_balance is for "
                    "token-choice routers)";
           });
@@ -141,6 +150,19 @@ const FieldTable<RouterConfig>& router_config_fields() {
             if (f == 1.f || (r.kind == R::Kind::kTopK && f > 0 && std::isfinite(f)))
               return std::nullopt;
             return r.kind == R::Kind::kTopK ? "> 0" : "1 (the factor is for the topk router)";
+          });
+    t.add("relu_l1_init", &R::relu_l1_init,
+          "relu: λ_0, the initial coefficient of ReMoE's L1 loss (paper: 1e-8)",
+          [](double v, const R&) -> std::optional<std::string> {
+            if (v > 0 && std::isfinite(v)) return std::nullopt;
+            return "> 0 and finite";
+          });
+    t.add("relu_l1_rate", &R::relu_l1_rate,
+          "relu: α, λ is multiplied (sparsity below 1 − top_k/num_experts) or divided (above) by "
+          "it once per optimizer step (paper: 1.2)",
+          [](double v, const R&) -> std::optional<std::string> {
+            if (v > 1 && std::isfinite(v)) return std::nullopt;
+            return "> 1 and finite";
           });
     return t;
   }();
@@ -184,7 +206,9 @@ const FieldTable<MoeFfnConfig>& moe_ffn_config_fields() {
     t.add("aux_loss_coef", &M::aux_loss_coef, "α of the Switch load-balancing loss", nonneg_d);
     t.add("aux_loss_scope", &M::aux_loss_scope,
           "`micro_batch`: f_e and P_e over the forward's (global) batch; `sequence`: per "
-          "sequence, the losses averaged (DeepSeek-V2/V3)");
+          "sequence, the losses averaged (DeepSeek-V2/V3); `global_batch`: f_e over the "
+          "optimizer step's whole batch, all micro-batches and ranks (Qwen; one extra forward "
+          "per micro-batch when grad_accum > 1)");
     t.add("z_loss_coef", &M::z_loss_coef, "β of the router z-loss", nonneg_d);
     t.add("expert_dropout", &M::expert_dropout,
           "dropout on expert hidden units (training; for fine-tuning)", rule::half_open(0.f, 1.f));
@@ -454,6 +478,13 @@ void resolve_moe(MoeFfnConfig& m, int d_ff, const std::string& where) {
   if (m.router.kind == Kind::kGShard)
     MOE_CHECK(m.top_k == 2, "config: field {}.top_k: got {}, the gshard router is top-2", where,
               m.top_k);
+  if (m.router.kind == Kind::kRelu) {
+    // ReMoE is dropless: a token goes to every expert whose ReLU gate is positive.
+    MOE_CHECK(m.capacity_factor == 0 && m.eval_capacity_factor == 0,
+              "config: field {}.capacity_factor: got {} (eval {}), the relu router is dropless "
+              "(expected 0)",
+              where, m.capacity_factor, m.eval_capacity_factor);
+  }
   if (m.router.kind == Kind::kExpertChoice) {
     // Here the capacity factor is the mean number of experts per token; default: top_k.
     if (m.capacity_factor == 0) m.capacity_factor = float(m.top_k);

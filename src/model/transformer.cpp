@@ -5,10 +5,13 @@
 #include <cstring>
 
 #include "moe/core/error.h"
+#include "moe/ffn/moe/moe_ffn.h"
+#include "moe/kernels/gemm_bf16.h"
 #include "moe/nn/attention.h"
 #include "moe/nn/cross_entropy.h"
 #include "moe/nn/embedding.h"
 #include "moe/nn/linear.h"
+#include "moe/nn/linear_bf16.h"
 #include "moe/nn/rmsnorm.h"
 
 namespace moe {
@@ -60,6 +63,7 @@ Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq, Com
     L.ffn_norm = params_.add(p + ".ffn_norm.weight", {C_}, Init::kOnes, 0, false);
     ffn_.push_back(make_feed_forward(cfg_.ffn_for(l), cfg_, params_, p + ".ffn", l, comm_));
   }
+  share_relu_schedule(ffn_);  // ReMoE: one λ for all relu layers (moe_ffn.h)
   norm_ = params_.add("norm.weight", {C_}, Init::kOnes, 0, false);
   if (cfg_.tie_embeddings) {
     head_ = embed_;
@@ -143,15 +147,25 @@ void bias_backward(float* db, const float* dy, int N, int D) {
 
 }  // namespace
 
-void Transformer::qkv_forward(const Layer& w, Layer& s, float* q, float* k, float* v, int N) {
+void Transformer::qkv_forward(int l, const Layer& w, Layer& s, uint16_t* ln1_b, float* q, float* k,
+                              float* v, int N) {
   // Projections (+ biases) into q/k or, with a q/k norm, into q_raw/k_raw normalised into q/k.
   // llama.cpp's order (build_qkv, then the model's norm): x·Wᵀ + b → RMSNorm → RoPE (after this).
   const bool qkn = cfg_.qk_norm != QkNorm::kNone;
   float* qp = qkn ? s.q_raw : q;
   float* kp = qkn ? s.k_raw : k;
-  linear_forward(qp, s.ln1, w.wq->w, N, C_, Dq_);
-  linear_forward(kp, s.ln1, w.wk->w, N, C_, Dkv_);
-  linear_forward(v, s.ln1, w.wv->w, N, C_, Dkv_);
+  if (precision_ == Precision::kBf16) {
+    // One rounding of the shared input, three products on it: [N,C]·[D,C]ᵀ.
+    const LowPrecision& lw = lp_[l];
+    round_to_bf16(ln1_b, s.ln1, std::size_t(N) * C_);
+    gemm_bf16(false, true, N, Dq_, C_, 1.f, ln1_b, C_, lw.wq, C_, 0.f, qp, Dq_);
+    gemm_bf16(false, true, N, Dkv_, C_, 1.f, ln1_b, C_, lw.wk, C_, 0.f, kp, Dkv_);
+    gemm_bf16(false, true, N, Dkv_, C_, 1.f, ln1_b, C_, lw.wv, C_, 0.f, v, Dkv_);
+  } else {
+    linear_forward(qp, s.ln1, w.wq->w, N, C_, Dq_);
+    linear_forward(kp, s.ln1, w.wk->w, N, C_, Dkv_);
+    linear_forward(v, s.ln1, w.wv->w, N, C_, Dkv_);
+  }
   if (cfg_.qkv_bias) {
     add_bias(qp, w.bq->w, N, Dq_);
     add_bias(kp, w.bk->w, N, Dkv_);
@@ -160,6 +174,15 @@ void Transformer::qkv_forward(const Layer& w, Layer& s, float* q, float* k, floa
   if (qkn) {
     qk_norm_forward(q, s.rstd_q, qp, w.q_norm, N, Hq_);
     qk_norm_forward(k, s.rstd_k, kp, w.k_norm, N, Hkv_);
+  }
+}
+
+void Transformer::wo_forward(int l, float* x, const float* att, uint16_t* att_b, int N) {
+  if (precision_ == Precision::kBf16) {
+    round_to_bf16(att_b, att, std::size_t(N) * Dq_);
+    gemm_bf16(false, true, N, C_, Dq_, 1.f, att_b, Dq_, lp_[l].wo, Dq_, 1.f, x, C_);
+  } else {
+    gemm<float>(false, true, N, C_, Dq_, 1.f, att, Dq_, layers_[l].wo->w, Dq_, 1.f, x, C_);
   }
 }
 
@@ -203,13 +226,13 @@ double Transformer::forward(const int32_t* tokens, const int32_t* targets, int B
     Layer& L = layers_[l];
     float* out = l + 1 < cfg_.n_layers ? layers_[l + 1].res_in : res_final_;
     rmsnorm_forward(L.ln1, L.rstd1, L.res_in, L.attn_norm->w, N, C_, eps);
-    qkv_forward(L, L, L.q, L.k, L.v, N);
+    qkv_forward(l, L, L, lp_.empty() ? nullptr : lp_[l].ln1, L.q, L.k, L.v, N);
     rope_apply(L.q, rope_, N, T, 0, Hq_, false);
     rope_apply(L.k, rope_, N, T, 0, Hkv_, false);
     attention_forward(L.att, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_, hd_);
     // res_mid = res_in + att·Woᵀ
     std::memcpy(L.res_mid, L.res_in, sizeof(float) * N * C_);
-    gemm<float>(false, true, N, C_, Dq_, 1.f, L.att, Dq_, L.wo->w, Dq_, 1.f, L.res_mid, C_);
+    wo_forward(l, L.res_mid, L.att, lp_.empty() ? nullptr : lp_[l].att, N);
     rmsnorm_forward(L.ln2, L.rstd2, L.res_mid, L.ffn_norm->w, N, C_, eps);
     ffn_[l]->forward(ffn_out_, L.ln2, N, si);
 #pragma omp parallel for schedule(static)
@@ -251,7 +274,12 @@ void Transformer::backward() {
     rmsnorm_backward(dres_, L.ffn_norm->g, rms_partial_, dln_, L.res_mid, L.ffn_norm->w, L.rstd2, N,
                      C_);
     // Attention sublayer: dres is now d(res_mid).
-    linear_backward(datt_, L.wo->g, dres_, L.att, L.wo->w, N, Dq_, C_, false);
+    const bool low = precision_ == Precision::kBf16;
+    if (low)
+      linear_backward_bf16(datt_, L.wo->g, dout_b_, dres_, lp_[l].att, lp_[l].wo, N, Dq_, C_,
+                           false);
+    else
+      linear_backward(datt_, L.wo->g, dres_, L.att, L.wo->w, N, Dq_, C_, false);
     attention_backward(dq_, dk_, dv_, att_scratch_, datt_, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_,
                        hd_);
     rope_apply(dq_, rope_, N, T, 0, Hq_, true);
@@ -271,13 +299,64 @@ void Transformer::backward() {
       bias_backward(L.bk->g, dk, N, Dkv_);
       bias_backward(L.bv->g, dv_, N, Dkv_);
     }
-    linear_backward(dln_, L.wq->g, dq, L.ln1, L.wq->w, N, C_, Dq_, false);
-    linear_backward(dln_, L.wk->g, dk, L.ln1, L.wk->w, N, C_, Dkv_, true);
-    linear_backward(dln_, L.wv->g, dv_, L.ln1, L.wv->w, N, C_, Dkv_, true);
+    if (low) {
+      const LowPrecision& lw = lp_[l];
+      linear_backward_bf16(dln_, L.wq->g, dout_b_, dq, lw.ln1, lw.wq, N, C_, Dq_, false);
+      linear_backward_bf16(dln_, L.wk->g, dout_b_, dk, lw.ln1, lw.wk, N, C_, Dkv_, true);
+      linear_backward_bf16(dln_, L.wv->g, dout_b_, dv_, lw.ln1, lw.wv, N, C_, Dkv_, true);
+    } else {
+      linear_backward(dln_, L.wq->g, dq, L.ln1, L.wq->w, N, C_, Dq_, false);
+      linear_backward(dln_, L.wk->g, dk, L.ln1, L.wk->w, N, C_, Dkv_, true);
+      linear_backward(dln_, L.wv->g, dv_, L.ln1, L.wv->w, N, C_, Dkv_, true);
+    }
     rmsnorm_backward(dres_, L.attn_norm->g, rms_partial_, dln_, L.res_in, L.attn_norm->w, L.rstd1,
                      N, C_);
   }
   embedding_backward(embed_->g, dres_, tokens_, N, C_);
+}
+
+void Transformer::bind_low_precision(Arena& a) {
+  const std::size_t N = max_tokens_;
+  auto h = [&](std::size_t n) { return a.take<uint16_t>(n); };
+  lp_.resize(cfg_.n_layers);
+  for (LowPrecision& p : lp_) {
+    p.wq = h(std::size_t(Dq_) * C_);
+    p.wk = h(std::size_t(Dkv_) * C_);
+    p.wv = h(std::size_t(Dkv_) * C_);
+    p.wo = h(std::size_t(C_) * Dq_);
+    p.ln1 = h(N * C_);
+    p.att = h(N * Dq_);
+  }
+  dout_b_ = h(N * std::max({C_, Dq_, Dkv_}));
+}
+
+void Transformer::set_precision(Precision p) {
+  precision_ = p;
+  for (auto& f : ffn_) f->set_precision(p);
+  if (p == Precision::kFp32) {
+    lp_.clear();
+    low_ = Arena();
+    dout_b_ = nullptr;
+    return;
+  }
+  Arena measure;
+  bind_low_precision(measure);
+  low_ = Arena(measure.used());
+  bind_low_precision(low_);
+  refresh_low_precision();
+}
+
+void Transformer::refresh_low_precision() {
+  if (precision_ == Precision::kFp32) return;
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    const Layer& L = layers_[l];
+    const LowPrecision& p = lp_[l];
+    round_to_bf16(p.wq, L.wq->w, L.wq->numel);
+    round_to_bf16(p.wk, L.wk->w, L.wk->numel);
+    round_to_bf16(p.wv, L.wv->w, L.wv->numel);
+    round_to_bf16(p.wo, L.wo->w, L.wo->numel);
+  }
+  for (auto& f : ffn_) f->refresh_low_precision();
 }
 
 void Transformer::ensure_positions(int positions) const {
@@ -320,7 +399,7 @@ const float* Transformer::decode_step(int32_t token, int pos, KVCache& cache) {
     float* q = S.q;
     float* k = kc + std::size_t(pos) * Dkv_;
     float* v = vc + std::size_t(pos) * Dkv_;
-    qkv_forward(L, S, q, k, v, 1);
+    qkv_forward(l, L, S, lp_.empty() ? nullptr : lp_[0].ln1, q, k, v, 1);
     rope_apply(q, rope_, 1, 1, pos, Hq_, false);
     rope_apply(k, rope_, 1, 1, pos, Hkv_, false);
     float* scores = decode_scores_.data();
@@ -342,7 +421,7 @@ const float* Transformer::decode_step(int32_t token, int pos, KVCache& cache) {
         for (int d = 0; d < hd_; ++d) o[d] += p * vj[d];
       }
     }
-    gemm<float>(false, true, 1, C_, Dq_, 1.f, S.att, Dq_, L.wo->w, Dq_, 1.f, x, C_);
+    wo_forward(l, x, S.att, lp_.empty() ? nullptr : lp_[0].att, 1);
     rmsnorm_forward(S.ln2, S.rstd2, x, L.ffn_norm->w, 1, C_, eps);
     ffn_[l]->forward(ffn_out_, S.ln2, 1, si);
     for (int i = 0; i < C_; ++i) x[i] += ffn_out_[i];

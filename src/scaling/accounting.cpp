@@ -90,15 +90,18 @@ ModelCount count_model(const ModelConfig& cfg, int seq_len) {
     const MoeFfnConfig& mo = f.moe;
     using Router = RouterConfig::Kind;
     const int64_t E = mo.num_experts, H = mo.d_expert, S = mo.shared_experts;
-    const int64_t router = k.add(k.mul(E, C, mo.router.kind == Router::kNoisyTopK ? 2 : 1),
-                                 mo.router.bias_balance ? E : 0);
+    const int64_t router =
+        k.add(k.mul(E, C, mo.router.kind == Router::kNoisyTopK ? 2 : 1),
+              k.add(mo.router.bias_balance ? E : 0, mo.router.kind == Router::kRelu ? 1 : 0));
     const int64_t expert = k.mul(mats, C, H);
     // Shared experts: their own width, and Qwen2-MoE's sigmoid gate [C].
     const int64_t shared =
         k.add(k.mul(k.mul(S, mats), C, mo.shared_d_expert ? mo.shared_d_expert : H),
               mo.shared_gate ? C : 0);
     const int64_t experts = k.mul(E, expert);
-    // Experts a token uses: k for token choice; on average capacity_factor for expert choice.
+    // Experts a token uses: k for token choice; on average capacity_factor for expert choice;
+    // relu (ReMoE): its target k, which its L1 schedule holds the mean at (docs/MOE.md). Its
+    // router costs what top-k's does (one [E, C] product; ReLU for softmax + top-k).
     const double per_token =
         mo.router.kind == Router::kExpertChoice ? mo.capacity_factor : mo.top_k;
     // per_token ≤ E (top_k and the capacity factor are bounded by the expert count).

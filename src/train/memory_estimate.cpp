@@ -61,6 +61,7 @@ double ffn_activations(const FfnConfig& f, double C, double B, double T, double 
     rows = std::max(std::min(T * E * c, N * E), N * kk);
     ec_pick = T * E * c + (B + 16) * threads;
   }
+  if (m.router.kind == RouterConfig::Kind::kRelu) rows = N * E;  // ReMoE: up to every expert
   const double router =
       N * E * 5 + N * 4 + 2 * N * C + rows * 5 + E * 16 + 2 * m.top_k * E + ec_pick;
   const double dispatch = rows * 13 + 2 * N + E + 4096 * threads;

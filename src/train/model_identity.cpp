@@ -14,7 +14,7 @@ void strip_training_knobs(nlohmann::json& j) {
   if (!j.is_object()) return;
   for (const char* k :
        {"init_std", "aux_loss_coef", "z_loss_coef", "capacity_factor", "eval_capacity_factor",
-        "expert_dropout", "expert_gemm", "jitter", "bias_rate"})
+        "expert_dropout", "expert_gemm", "jitter", "bias_rate", "relu_l1_init", "relu_l1_rate"})
     j.erase(k);
   for (auto& [k, v] : j.items()) strip_training_knobs(v);
 }

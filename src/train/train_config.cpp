@@ -17,6 +17,10 @@ const FieldTable<TrainConfig>& train_config_fields() {
     t.add("batch_size", &T::batch_size, "sequences per micro-batch", positive);
     t.add("seq_len", &T::seq_len, "tokens per sequence (at most model.max_seq_len)", positive);
     t.add("grad_accum", &T::grad_accum, "micro-batches per optimizer step", positive);
+    t.add("sample_by_step", &T::sample_by_step,
+          "draw a step's grad_accum × batch_size sequences from one stream, numbered across its "
+          "micro-batches, so any grad_accum × ranks split of the step sees the same sequences "
+          "(false: one stream per micro-batch; the same when grad_accum = 1)");
     t.add("steps", &T::steps, "optimizer steps", positive);
     t.add("lr", &T::lr,
           "peak learning rate: linear warmup to lr, cosine decay to min_lr at `steps`", above0);
@@ -50,6 +54,9 @@ const FieldTable<TrainConfig>& train_config_fields() {
     t.add("sparse_lr", &T::sparse_lr,
           "constant learning rate of row-sparse tables (PEER's u, v); 0 = the scheduled rate",
           nonneg_f);
+    t.add("precision", &T::precision,
+          "`fp32` or `bf16`: the operands of attention's projections and the FFN products (bf16: "
+          "f32 accumulation, f32 masters; README, bf16 training)");
     return t;
   }();
   return t;

@@ -174,6 +174,9 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   opt_ = std::make_unique<AdamWOptimizer>(model_->params(), cfg_.train, comm_);
   load_weights(resume_meta);
   if (foreign) formats::load_weights(*foreign, *model_);
+  // train.precision: bf16 shadows made from the masters just initialised or loaded (so a resumed
+  // run sees the same rounded weights the interrupted one would have).
+  model_->set_precision(cfg_.train.precision);
   freeze_parameters();
   inject_replica_fault();
   batch_x_.resize(std::size_t(local_batch_) * cfg_.train.seq_len);
@@ -303,12 +306,34 @@ void Trainer::inject_replica_fault() {
     }
 }
 
+void Trainer::count_pass(int64_t s, const StepInfo& info) {
+  // aux_loss_scope global_batch (FeedForward::needs_count_pass): a forward of each micro-batch
+  // of the step, before any backward, so the routers hold the step's expert counts. One extra
+  // forward per micro-batch; none with one micro-batch, whose forward already sees the step.
+  const TrainConfig& tc = cfg_.train;
+  if (tc.grad_accum == 1) return;
+  const auto& ffns = model_->ffns();
+  if (std::none_of(ffns.begin(), ffns.end(), [](auto& f) { return f->needs_count_pass(); })) return;
+  StepInfo ci = info;
+  ci.count_pass = true;
+  for (int m = 0; m < tc.grad_accum; ++m) {
+    sample_batch(s, m, batch_x_.data(), batch_y_.data());
+    model_->forward(batch_x_.data(), batch_y_.data(), local_batch_, tc.seq_len, ci, 0.f);
+  }
+}
+
 void Trainer::sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) const {
   // The global batch is drawn identically on every rank; this rank keeps its contiguous slice
-  // of sequences, so P ranks together see exactly the batch one process would.
-  const int T = cfg_.train.seq_len, b0 = comm_.rank() * local_batch_;
+  // of sequences, so P ranks together see exactly the batch one process would. With
+  // train.sample_by_step the step's sequences are numbered across its micro-batches too (micro
+  // m, rank r, row lb: m·batch_size + r·local + lb, all from one stream per step), so any split
+  // into grad_accum × ranks of the same step batch draws the same sequences; with one
+  // micro-batch that is the default order.
+  const int T = cfg_.train.seq_len;
+  const bool by_step = cfg_.train.sample_by_step;
+  const int b0 = comm_.rank() * local_batch_ + (by_step ? micro * cfg_.train.batch_size : 0);
   const uint64_t range = train_.ids.size() - T - 1;
-  Rng rng(cfg_.train.seed, stream_id(kPurposeData, uint32_t(step), uint32_t(micro)));
+  Rng rng(cfg_.train.seed, stream_id(kPurposeData, uint32_t(step), uint32_t(by_step ? 0 : micro)));
   for (int lb = 0; lb < local_batch_; ++lb) {
     const int b = b0 + lb;
     const uint64_t r = (uint64_t(rng.u32(2 * b)) << 32) | rng.u32(2 * b + 1);
@@ -412,6 +437,9 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
   const TrainConfig& tc = cfg_.train;
   const int B = local_batch_, T = tc.seq_len, P = comm_.size();
   model_->params().zero_grad();
+  // bf16: the masters changed in the last update; every micro-batch of this step sees one
+  // rounding of them (a no-op in fp32).
+  model_->refresh_low_precision();
   StepInfo info;
   info.training = true;
   info.step = s;
@@ -419,6 +447,7 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
   // One backward forms the whole gradient: row-sparse tables (PEER) are then updated inside
   // it, each row as soon as its gradient is complete (the optimizer skips them in step()).
   if (tc.grad_accum == 1 && P == 1) opt_->prepare(s);
+  count_pass(s, info);
   StepResult r;
   for (int m = 0; m < tc.grad_accum; ++m) {
     sample_batch(s, m, batch_x_.data(), batch_y_.data());
@@ -503,6 +532,7 @@ void Trainer::log_step(const StepResult& r) {
 void Trainer::evaluate_now(TrainResult& res) {
   const TrainConfig& tc = cfg_.train;
   const int B = local_batch_;
+  model_->refresh_low_precision();  // bf16: the weights of the update just made
   // eval_batches counts global batches: the same windows whatever the number of ranks.
   res.last_val =
       evaluate(*model_, val_, B, tc.seq_len, int64_t(tc.eval_batches) * B * comm_.size());

@@ -259,6 +259,36 @@ class Cli(unittest.TestCase):
             peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             self.assertLess(peak_kb, 1 << 20, "a child of this test used more than 1 GB")
 
+    def test_a_bf16_run_evaluates_in_either_precision(self):
+        # train.precision = bf16 is saved with the checkpoint; `moe eval` evaluates in it by
+        # default, and --precision picks either (the masters are f32). Another value is one
+        # clear line.
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "train.txt"), "w") as f:
+                f.write("some training text. " * 200)
+            with open(os.path.join(d, "val.txt"), "w") as f:
+                f.write("some validation text. " * 20)
+            out = os.path.join(d, "run")
+            r = run("train", "--set", "model.d_model=32", "--set", "model.n_layers=1",
+                    "--set", "train.steps=3", "--set", "train.batch_size=2",
+                    "--set", "train.seq_len=16", "--set", f"data.dir={d}", "--quiet",
+                    "--set", "train.eval_every=0", "--set", "train.precision=bf16",
+                    "--set", f"train.out_dir={out}")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            ckpt = os.path.join(out, "final.safetensors")
+            res = {}
+            for flag in ([], ["--precision", "bf16"], ["--precision", "fp32"]):
+                r = run("eval", "--checkpoint", ckpt, "--split", "val", "--json", *flag)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                j = json.loads(r.stdout)
+                res[tuple(flag)] = j
+            self.assertEqual(res[()]["precision"], "bf16")
+            self.assertEqual(res[()]["loss"], res[("--precision", "bf16")]["loss"])
+            self.assertEqual(res[("--precision", "fp32")]["precision"], "fp32")
+            self.assertNotEqual(res[("--precision", "fp32")]["loss"], res[()]["loss"])
+            r = run("eval", "--checkpoint", ckpt, "--precision", "fp16")
+            self.assert_one_line_error(r, "--precision", "fp16")
+
     def test_published_parameter_counts(self):
         r = run("params", "--preset", "mixtral-8x7b", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)

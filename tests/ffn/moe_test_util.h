@@ -47,6 +47,7 @@ struct MoeLayerOp {
   // (C, then H); backward adds the weight gradients' sums over the N tokens.
   double k_forward = spec.C + spec.E + spec.C + spec.H;
   double k_backward = k_forward + B * T;
+  double relu_l1 = 0;  // relu: the L1 loss's coefficient (MoeStep::relu_l1)
   int N() const { return B * T; }
   bool glu() const { return spec.act == Activation::kSwiGLU; }
   std::vector<OpArg> args() const {
@@ -78,6 +79,7 @@ struct MoeLayerOp {
     layer.bind(arena, B, T);
     MoeStep<U> st = step_of<U>(B, T, true);
     st.loss_scale = d.dout[1][0];
+    st.relu_l1 = relu_l1;
     const std::vector<U> no_bias(spec.E, U(0));
     layer.forward(d.y(0), d.x(0),
                   {d.x(1), ptr(d.in[2]), no_bias.data(), ptr(d.in[3]), d.x(4), d.x(5), ptr(d.in[6]),

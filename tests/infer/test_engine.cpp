@@ -36,11 +36,13 @@ Config parse(const std::string& model_json) {
 }
 
 // Every parameter random (norms around 1, biases and gates nonzero) so each feature moves the
-// logits.
+// logits. ReMoE's λ exponent is training state that must stay an integer, equal in every layer
+// (remoe.h), and moves no logit: left at its initial 0.
 void randomize(Transformer& m, uint32_t seed) {
   std::mt19937 g(seed);
   std::normal_distribution<float> n(0.f, 1.f);
   for (Param& p : m.params().all()) {
+    if (p.name.ends_with(".router.l1_exponent")) continue;
     const bool vec = p.shape.size() == 1;
     const float scale = vec ? 0.3f : 0.5f / std::sqrt(float(p.shape.back()));
     for (std::size_t i = 0; i < p.numel; ++i)
@@ -82,6 +84,11 @@ const Case kCases[] = {
                  "router": {"kind": "expert_choice"}},
          "ffn_overrides": {"1": {"kind": "peer", "num_experts": 64, "heads": 2, "top_k": 4,
                                   "d_key": 8, "query_norm": "layernorm"}}})"},
+    // ReMoE: a variable number of experts per token (docs/MOE.md).
+    {"moe_relu",
+     R"({"vocab_size": 40, "d_model": 16, "n_layers": 2, "n_heads": 2, "max_seq_len": 64,
+         "ffn": {"kind": "moe", "num_experts": 6, "top_k": 2, "d_expert": 8,
+                 "router": {"kind": "relu", "normalize": false}}})"},
 };
 
 class EngineVsTransformer : public ::testing::TestWithParam<Case> {};

@@ -34,6 +34,15 @@ The rules (float64, from the float32-rounded stored values; moe_layer.py's rules
           P_{b,e} = mean over the T tokens of the balance probability (softmax p; sigmoid:
                     p normalised over the experts per token)
           aux_loss = alpha * E * mean_b sum_e f_{b,e} * P_{b,e};  f is not differentiated.
+      global_batch [Qiu et al., arXiv 2501.11873, eqs. 4-6]: the fixture's x is a GLOBAL batch
+          of G micro-batches of B sequences (rows [j*B*T, (j+1)*B*T) are micro-batch j);
+          LBL_global = alpha * E * sum_e fbar_e * Pbar_e, fbar and Pbar over all G*B*T tokens
+          (f not differentiated); z over all tokens too. moe.cpp runs it as G forwards whose
+          f_e is fbar (a counting pre-pass) and P_e the micro-batch's own, with the aux and z
+          gradients scaled by 1/G: the mean of the G micro-batch losses is eq. 6's form of
+          LBL_global, checked equal here. The objective is sum(y*R) + aux + z over the whole
+          global batch, so grad.* are the step's summed gradients. Metadata: "batch" = B (one
+          micro-batch), "micro_batches" = G.
       Selections count the ACTUAL selection (bias and groups included), as DeepSeek-V2's
       released MoEGate counts topk_idx.
   bias update [DeepSeek-V3 §2.1.2]: load_e = selections of e before capacity over the step;
@@ -80,6 +89,8 @@ CASES = {
                                 scale=2.5, bias=True, scope="sequence", beta=0.0),
     "seq_aux_gshard": dict(seed=2005, router="gshard", cf=1.5, beta=0.0, skew=0.8,
                            scope="sequence"),
+    # 3 micro-batches of 2 sequences of 3 tokens; alpha large enough for a visible gradient.
+    "global_batch": dict(seed=2006, scope="global_batch", G=3, B=6, T=3, alpha=0.2),
 }
 
 
@@ -95,7 +106,35 @@ def layer_json(cfg):
     j.update(n_group=cfg["n_group"], topk_group=cfg["topk_group"],
              routed_scaling_factor=cfg["scale"], aux_loss_scope=cfg["scope"],
              bias_balance=cfg["bias"], bias_rate=BIAS_RATE)
+    if cfg["scope"] == "global_batch":  # cfg's B is the global batch's G*B sequences
+        j.update(batch=cfg["B"] // cfg["G"], micro_batches=cfg["G"])
     return j
+
+
+def balance(counted, q, kk, E, alpha):
+    """alpha * E * sum_e f_e * P_e over the given tokens (f not differentiated)."""
+    f = torch.bincount(counted.reshape(-1), minlength=E).to(DT) / (counted.shape[0] * kk)
+    return alpha * E * (f * q.mean(0)).sum()
+
+
+def global_batch_eq6(o, cfg):
+    """LBL_global in eq. 6's form: the mean over the G micro-batches of alpha*E*sum fbar*P^j."""
+    E, G, kk = cfg["E"], cfg["G"], 1 if cfg["router"] == "gshard" else cfg["k"]
+    counted = o["experts_idx"][:, :kk].long()
+    fbar = torch.bincount(counted.reshape(-1), minlength=E).to(DT) / (counted.numel())
+    n = counted.shape[0] // G
+    return sum(cfg["alpha"] * E * (fbar * o["q"][j * n:(j + 1) * n].mean(0)).sum()
+               for j in range(G)) / G
+
+
+def micro_batch_mean(o, cfg):
+    """What aux_loss_scope micro_batch gives for the same G micro-batches: the mean of each
+    micro-batch's own alpha*E*sum f^j*P^j."""
+    E, G, kk = cfg["E"], cfg["G"], 1 if cfg["router"] == "gshard" else cfg["k"]
+    counted = o["experts_idx"][:, :kk].long()
+    n = counted.shape[0] // G
+    return sum(balance(counted[j * n:(j + 1) * n], o["q"][j * n:(j + 1) * n], kk, E,
+                       cfg["alpha"]) for j in range(G)) / G
 
 
 def draw(cfg, seed):
@@ -157,14 +196,14 @@ def layer(P, inp, cfg):
             1, counted.reshape(B, -1), torch.ones(B, T * kk, dtype=DT))
         f = cnt / (T * kk)
         aux = cfg["alpha"] * E * (f * q.view(B, T, E).mean(1)).sum(1).mean()
-    else:
+    else:  # micro_batch; global_batch: the same over the whole global batch (eq. 4)
         f = torch.bincount(counted.reshape(-1), minlength=E).to(DT) / (N * kk)
         aux = cfg["alpha"] * E * (f * q.mean(0)).sum()
     y = torch.einsum("ne,enc->nc", W, ml.expert_bank(P, "experts.", x, cfg["activation"]))
     loads = torch.bincount(counted.reshape(-1), minlength=E).to(DT)
     out.update(y=y, aux_loss=aux, z_loss=z, experts_idx=idx.to(torch.int32),
                gates=gates.detach(), dropped=(~kept).to(torch.int32), key=key.detach(),
-               loads=loads)
+               loads=loads, q=q)
     return out
 
 
@@ -232,6 +271,9 @@ def acceptable(o, inp, P, cfg):
         mb = layer(P, inp, dict(cfg, scope="micro_batch"))
         if abs(float(mb["aux_loss"]) - float(o["aux_loss"])) < 1e-6:
             return False, "the micro-batch loss is the same"
+    if cfg["scope"] == "global_batch":
+        if abs(float(micro_batch_mean(o, cfg)) - float(o["aux_loss"])) < 1e-4:
+            return False, "the micro-batch losses' mean is the same"
     if cfg["name"] == "seq_aux_gshard":
         d = o["dropped"]
         if int(d[:, 0].sum()) + int((d[:, 1].bool() & o["keep_second"].bool()).sum()) < 1:
@@ -313,6 +355,13 @@ def run_checks(name, cfg, raw, o):
                                ["aux_loss"]))
         d = abs(sum(parts) / len(parts) - float(o["aux_loss"]))
         assert d < 1e-15, f"sequence aux vs mean of per-sequence losses: {d}"
+    # 2b. Global batch: eq. 4 (over all tokens) equals eq. 6 (the mean over micro-batches of
+    #     fbar times each micro-batch's P), the form moe.cpp computes.
+    if cfg["scope"] == "global_batch":
+        d = abs(float(global_batch_eq6(o, cfg)) - float(o["aux_loss"]))
+        assert d < 1e-15, f"global batch: eq. 4 vs eq. 6 {d}"
+        d = abs(float(micro_batch_mean(o, cfg)) - float(o["aux_loss"]))
+        print(f"  [{name}] micro_batch scope's mean differs from LBL_global by {d:.3e}")
     # 3. Bias update: sign moves every expert by ±rate or 0; centred keeps the mean at 0.
     if cfg["bias"]:
         c = bias_update(inp32["bias"], o["loads"], "sign_centred")

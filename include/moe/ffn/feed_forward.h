@@ -26,6 +26,10 @@ struct StepInfo {
   // Gradient scale of the step's loss (1/grad_accum); auxiliary losses scale their gradients by
   // it too, so they accumulate like the main loss.
   float loss_scale = 1.f;
+  // A counting pre-pass forward (training; see FeedForward::needs_count_pass): no backward
+  // follows. A layer gathers the step-wide statistics it asked for and otherwise leaves no trace
+  // (no metrics, no state); a layer with state that a forward changes refuses it.
+  bool count_pass = false;
 };
 
 class FeedForward {
@@ -47,6 +51,13 @@ class FeedForward {
   // forward and backward of the step are done: per-step state such as DeepSeek-V3's selection
   // bias (moe: router.bias_update) changes here.
   virtual void end_step() {}
+  // True when this layer needs statistics of the whole optimizer step before any of the step's
+  // backwards (moe: aux_loss_scope global_batch). With grad_accum > 1 the trainer then first
+  // runs a forward of every micro-batch of the step with StepInfo::count_pass, then the usual
+  // forward and backward of each; the micro-batches, weights and random keys are the same, so
+  // the counting forwards route exactly as the real ones will. One forward runs, on one
+  // micro-batch, when grad_accum = 1: its statistics are already the step's.
+  virtual bool needs_count_pass() const { return false; }
   // train.precision (docs/KERNELS.md). set_precision is called once, after bind and before the
   // first forward; a layer that has no bf16 path keeps computing in f32 (and says so in
   // describe()). refresh_low_precision() is called by the owner once per optimizer step, before
@@ -57,7 +68,7 @@ class FeedForward {
   virtual void reset_metrics() {}
   // The experts each token of the last forward selected, for routing analysis: [N, k] ids
   // (before capacity), k in *per_token. Empty (k = 0) for kinds without a fixed k per token
-  // (dense, PEER, expert choice).
+  // (dense, PEER, expert choice, relu).
   virtual std::vector<int32_t> last_choices(int* per_token) const {
     *per_token = 0;
     return {};

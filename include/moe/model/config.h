@@ -26,7 +26,7 @@ std::span<const EnumSpelling<Precision>> spellings(Precision);  // fp32 | bf16
 
 // Router of an MoE FFN (ffn.router). See docs/MOE.md.
 struct RouterConfig {
-  enum class Kind { kTopK, kNoisyTopK, kGShard, kExpertChoice };
+  enum class Kind { kTopK, kNoisyTopK, kGShard, kExpertChoice, kRelu };
   enum class Score { kSoftmax, kSigmoid };
   enum class BiasUpdate { kSign, kSignCentred };
   Kind kind = Kind::kTopK;
@@ -43,6 +43,11 @@ struct RouterConfig {
   // topk: multiplies the k combine weights after the optional renormalisation (DeepSeek's
   // routed_scaling_factor, llama.cpp's expert_weights_scale).
   float routed_scaling_factor = 1.f;
+  // relu (ReMoE, arXiv 2412.14711 §3.3): the L1 coefficient starts at relu_l1_init (λ_0) and is
+  // multiplied or divided by relu_l1_rate (α) once per optimizer step to hold the sparsity at
+  // 1 − top_k/num_experts. Training knobs (not model identity).
+  double relu_l1_init = 1e-8;
+  double relu_l1_rate = 1.2;
 };
 std::span<const EnumSpelling<RouterConfig::Kind>> spellings(RouterConfig::Kind);
 std::span<const EnumSpelling<RouterConfig::Score>> spellings(RouterConfig::Score);
@@ -55,8 +60,9 @@ struct MoeFfnConfig {
   // Which product runs the experts' matrices; the two give different bits, so it is part of the
   // config (and so of the checkpoint).
   enum class ExpertGemm { kAuto, kBlas, kPanel };
-  // The balancing loss's f_e and P_e over the micro-batch, or per sequence (DeepSeek-V2/V3).
-  enum class AuxLossScope { kMicroBatch, kSequence };
+  // The balancing loss's f_e and P_e over the micro-batch, or per sequence (DeepSeek-V2/V3), or
+  // f_e over the optimizer step's whole global batch (Qwen, arXiv 2501.11873; docs/MOE.md).
+  enum class AuxLossScope { kMicroBatch, kSequence, kGlobalBatch };
   int num_experts = 0;  // E (routed experts)
   int top_k = 0;        // k; 0 = 1 (gshard: 2; fine-grained: G·k_base)
   int d_expert = 0;     // H of one expert; 0 = d_ff (or d_ff / G)

@@ -6,6 +6,10 @@
 // head h / (Hq/Hkv)). FFN: any kind behind ffn/feed_forward.h, chosen per block.
 // Checkpoint names: see docs/FORMATS.md. All activations live in one arena sized at
 // construction for max_batch × max_seq tokens; nothing is allocated during a step.
+// Precision (train.precision, docs/KERNELS.md): f32 unless set_precision(kBf16) is called, after
+// which the q/k/v/o projections (and each FFN's products, as far as its kind has a bf16 path)
+// take bf16 operands with f32 accumulation; the head, QKᵀ/PV, norms, softmax, losses and all
+// gradients' accumulation stay f32.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -59,6 +63,19 @@ class Transformer {
 
   const std::vector<std::unique_ptr<FeedForward>>& ffns() const { return ffn_; }
 
+  // Chooses the operands of the matrix products for every later forward/backward (and decode).
+  // kBf16 allocates a second arena: bf16 shadows of wq/wk/wv/wo, the saved bf16 copies of the
+  // attention input and of the attention output, one scratch for a rounded output gradient; it
+  // is passed to every FeedForward, and the shadows are filled at once (refresh_low_precision).
+  // Call once, after construction and loading; kFp32 (the default) changes nothing.
+  void set_precision(Precision p);
+  Precision precision() const { return precision_; }
+  // Rounds the f32 masters into the bf16 shadows (nearest even) here and in every FFN: call it
+  // whenever the masters changed (once per optimizer step, before its first forward; after a
+  // load). The shadows are a pure function of the masters, so a resumed run is bit-exact. No-op
+  // in f32.
+  void refresh_low_precision();
+
  private:
   struct Layer {
     Param *attn_norm, *wq, *wk, *wv, *wo, *q_norm = nullptr, *k_norm = nullptr, *ffn_norm;
@@ -70,7 +87,10 @@ class Transformer {
   void bind(Arena& a);
   // q [N, Hq·hd], k and v [N, Hkv·hd] (written) from s.ln1 with layer w's weights: projections,
   // biases, q/k norm (saving s.q_raw, s.k_raw, s.rstd_q, s.rstd_k). RoPE is the caller's.
-  void qkv_forward(const Layer& w, Layer& s, float* q, float* k, float* v, int N);
+  // In bf16 s.ln1 is first rounded into ln1_b (the shared input of the three products) and the
+  // products use layer `l`'s shadows; `w` must be layers_[l].
+  void qkv_forward(int l, const Layer& w, Layer& s, uint16_t* ln1_b, float* q, float* k, float* v,
+                   int N);
   void qk_norm_forward(float* out, float* rstd, const float* in, const Param* w, int N, int heads);
   // din (+=), w->g (+=).
   void qk_norm_backward(float* din, Param* w, const float* dout, const float* in, const float* rstd,
@@ -99,6 +119,20 @@ class Transformer {
   float* rms_partial_;  // rmsnorm_backward's per-chunk dw sums, shared by every norm
   int cur_B_ = 0, cur_T_ = 0;
   bool have_grad_ = false;
+  // bf16 (set_precision): per layer, the shadows [rows, C] / [C, Dq] and the saved operands
+  // ln1_b [N, C] (the q/k/v input) and att_b [N, Dq] (the wo input); one scratch dout_b for the
+  // rounded output gradient of a backward product [N, max(C, Dq, Dkv)].
+  struct LowPrecision {
+    uint16_t *wq, *wk, *wv, *wo, *ln1, *att;
+  };
+  Precision precision_ = Precision::kFp32;
+  Arena low_;
+  std::vector<LowPrecision> lp_;
+  uint16_t* dout_b_ = nullptr;
+  void bind_low_precision(Arena& a);
+  // x [N,C] (+=) att [N,Dq]·Woᵀ with layer l's weights; in bf16 att is first rounded into att_b
+  // (saved for the backward: lp_[l].att in training, layer 0's as scratch when decoding).
+  void wo_forward(int l, float* x, const float* att, uint16_t* att_b, int N);
 };
 
 }  // namespace moe

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "moe/core/config_fields.h"
+#include "moe/model/config.h"
 
 namespace moe {
 
@@ -14,6 +15,10 @@ struct TrainConfig {
   int batch_size = 16;  // sequences per micro-batch
   int seq_len = 128;    // T
   int grad_accum = 1;   // micro-batches per optimizer step
+  // Number a step's sequences across its micro-batches (one data stream per step), so that
+  // grad_accum × ranks splits of one step batch see the same sequences; false: one stream per
+  // micro-batch (the original order). Equal to it when grad_accum = 1.
+  bool sample_by_step = false;
   int steps = 1000;
   float lr = 1e-3f;
   float min_lr = 1e-4f;
@@ -34,6 +39,11 @@ struct TrainConfig {
   std::vector<std::string> freeze;
   // Constant learning rate of row-sparse tables (PEER's u, v); 0 = the scheduled rate.
   float sparse_lr = 0;
+  // The operands of the matrix products (docs/KERNELS.md): bf16 rounds weights once per
+  // optimizer step and activations per product, accumulating in f32; masters, gradients, AdamW,
+  // norms, softmax, the router and the losses stay f32. A training knob: the checkpoint keeps f32
+  // masters whatever it is.
+  Precision precision = Precision::kFp32;
   std::string out_dir = "runs/default";
 };
 

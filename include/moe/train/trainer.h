@@ -137,6 +137,8 @@ class Trainer {
   void allreduce_replicated_grads();
   void check_replicas();
   void sample_batch(int64_t step, int micro, int32_t* x, int32_t* y) const;
+  // aux_loss_scope global_batch: the step's counting forwards (FeedForward::needs_count_pass).
+  void count_pass(int64_t step, const StepInfo& info);
   void save(const std::string& path, CheckpointKind kind);
   void log_json(const nlohmann::json& j);
 

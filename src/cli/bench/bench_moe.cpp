@@ -25,6 +25,7 @@ namespace {
 struct MoeArgs {
   int d_model = 512, experts = 8, top_k = 2, d_expert = 1024, tokens = 4096, repeats = 5;
   MoeFfnConfig::ExpertGemm expert_gemm = MoeFfnConfig::ExpertGemm::kAuto;
+  Precision precision = Precision::kFp32;  // bf16: the experts' products in bf16
   bool json = false;
 };
 
@@ -35,7 +36,9 @@ struct MoeResult {
 };
 
 // SwiGLU experts, softmax top-k renormalised, dropless, Switch aux loss 0.01; loss = mean(y²) +
-// aux. One untimed step first, then the median of the timed repeats.
+// aux. One untimed step first, then the median of the timed repeats. In bf16 each step also
+// rounds and packs the expert weights (refresh_low_precision, once per optimizer step in
+// training), timed as part of the step.
 MoeResult measure_moe_layer(const MoeArgs& m) {
   FfnConfig f;
   f.kind = FfnConfig::Kind::kMoe;
@@ -81,6 +84,7 @@ MoeResult measure_moe_layer(const MoeArgs& m) {
   fill(wd, wsz, 4, normal(0.02f));
   MoeParams<float> p{router, nullptr, nullptr, wg, wu, wd};
   MoeGrads<float> g{grouter, nullptr, gg, gu, gd};
+  layer.set_precision(m.precision);
   std::vector<double> times;
   for (int it = 0; it < m.repeats + 1; ++it) {
     auto t0 = BenchClock::now();
@@ -89,6 +93,7 @@ MoeResult measure_moe_layer(const MoeArgs& m) {
     step.training = true;
     step.seed = 1;
     step.step = it;
+    layer.refresh_low_precision(p);
     layer.forward(y, x, p, step);
     // loss = mean(y²) + aux: dL/dy = 2y / (N·C).
     const float sc = 2.f / (float(N) * C);
@@ -112,14 +117,15 @@ void print_moe(const MoeArgs& m, const MoeResult& r) {
                                        {"gflops", r.gflops},
                                        {"max_over_mean_load", st.max_over_mean_load},
                                        {"aux_loss", st.aux_loss},
-                                       {"threads", omp_get_max_threads()}})
+                                       {"threads", omp_get_max_threads()},
+                                       {"precision", enum_name(m.precision)}})
                            .dump());
   else
     fmt::print(
-        "moe layer C={} E={} k={} H={} tokens={}: {:.1f} ms/step, {:.0f} tokens/s, "
+        "moe layer C={} E={} k={} H={} tokens={} {}: {:.1f} ms/step, {:.0f} tokens/s, "
         "{:.1f} GFLOP/s expert compute, max/mean expert load {:.2f}\n",
-        m.d_model, m.experts, m.top_k, m.d_expert, N, ms, N / (ms / 1e3), r.gflops,
-        st.max_over_mean_load);
+        m.d_model, m.experts, m.top_k, m.d_expert, N, enum_name(m.precision), ms, N / (ms / 1e3),
+        r.gflops, st.max_over_mean_load);
 }
 
 }  // namespace
@@ -143,6 +149,11 @@ void register_bench_moe(CLI::App& bench) {
               {"auto", MoeFfnConfig::ExpertGemm::kAuto},
               {"blas", MoeFfnConfig::ExpertGemm::kBlas},
               {"panel", MoeFfnConfig::ExpertGemm::kPanel}},
+          CLI::ignore_case));
+  mb->add_option("--precision", m->precision,
+                 "the experts' products: fp32, or bf16 (bf16 operands, f32 accumulation)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, Precision>{{"fp32", Precision::kFp32}, {"bf16", Precision::kBf16}},
           CLI::ignore_case));
   mb->add_flag("--json", m->json, "print one JSON object");
   mb->callback([m] {

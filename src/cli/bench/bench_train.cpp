@@ -31,12 +31,14 @@ struct TrainResult {
   double ms_per_step = 0;  // median of the timed steps
   double loss = 0;         // of the last step
   int batch = 0, seq_len = 0;
+  std::string precision = "fp32";
 };
 
 TrainResult measure_train_step(const Config& cfg, int warmup, int steps) {
   const int B = cfg.train.batch_size, T = cfg.train.seq_len, V = cfg.model.vocab_size;
   Transformer model(cfg.model, B, T);
   model.params().initialize(cfg.train.seed);
+  model.set_precision(cfg.train.precision);
   AdamWOptimizer opt(model.params(), cfg.train);
   std::vector<int32_t> x(std::size_t(B) * T), y(x.size());
   Rng r(cfg.train.seed, stream_id(kPurposeData, 7));
@@ -49,6 +51,7 @@ TrainResult measure_train_step(const Config& cfg, int warmup, int steps) {
   for (int i = 0; i < warmup + steps; ++i) {
     auto t0 = BenchClock::now();
     model.params().zero_grad();
+    model.refresh_low_precision();  // bf16: once per step, as the trainer does (timed with it)
     StepInfo info;
     info.step = i;
     loss = model.forward(x.data(), y.data(), B, T, info, 1.f);
@@ -56,7 +59,7 @@ TrainResult measure_train_step(const Config& cfg, int warmup, int steps) {
     opt.step(i);
     if (i >= warmup) times.push_back(seconds_since(t0));
   }
-  return {median(times) * 1e3, loss, B, T};
+  return {median(times) * 1e3, loss, B, T, enum_name(cfg.train.precision)};
 }
 
 void print_train(const TrainArgs& t, const TrainResult& r) {
@@ -68,11 +71,12 @@ void print_train(const TrainArgs& t, const TrainResult& r) {
                                        {"batch", r.batch},
                                        {"seq_len", r.seq_len},
                                        {"threads", omp_get_max_threads()},
+                                       {"precision", r.precision},
                                        {"loss", r.loss}})
                            .dump());
   else
-    fmt::print("train step: {:.1f} ms/step, {:.0f} tokens/s (batch {} × {}, {} threads)\n", ms, tps,
-               r.batch, r.seq_len, omp_get_max_threads());
+    fmt::print("train step: {:.1f} ms/step, {:.0f} tokens/s (batch {} × {}, {} threads, {})\n", ms,
+               tps, r.batch, r.seq_len, omp_get_max_threads(), r.precision);
 }
 
 }  // namespace

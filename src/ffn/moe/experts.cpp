@@ -95,6 +95,10 @@ template <typename T>
 void ExpertBank<T>::bind(Arena& a, int experts, int max_expert_rows, int max_tokens, bool fusable) {
   const int C = spec_.C, H = spec_.H, W1 = spec_.w1_rows();
   order_ = a.take<int32_t>(experts);
+  bound_experts_ = experts;
+  bound_rows_ = max_expert_rows;
+  bound_tokens_ = max_tokens;
+  if (bf16_) size_bf16_scratch();  // bound again after set_bf16: the scratch follows the sizes
   if (spec_.n_shared > 0) {
     const int Hs = spec_.shared_H(), W1s = spec_.shared_w1_rows();
     shared_gu_ = a.take<T>(std::size_t(spec_.n_shared) * max_tokens * W1s);
@@ -151,6 +155,16 @@ template <typename T>
 void ExpertBank<T>::forward(const ExpertPanels<T>& q, const MoeParams<T>& p,
                             const ExpertDropout& dropout) {
   dropout_ = dropout;
+  if (bf16_) {
+    MOE_CHECK(bf16_packed_ && max_threads() <= bf16_threads_ &&
+                  largest_panel(q.offsets, q.experts) <= bound_rows_,
+              "internal: bf16 experts need refresh_low_precision() before the first forward and "
+              "at most {} threads, {} rows",
+              bf16_threads_, bound_rows_);
+    order_by_rows(order_, q.offsets, q.experts);
+    for_each_expert(order_, q.experts, [&](int e) { expert_forward_bf16(q, e); });
+    return;
+  }
   if (panel_) {
     const int m = largest_panel(q.offsets, q.experts);
     MOE_CHECK(m <= pack_rows_ && max_threads() <= pack_threads_,
@@ -195,6 +209,13 @@ void ExpertBank<T>::expert_forward(const ExpertPanels<T>& q, const MoeParams<T>&
 template <typename T>
 void ExpertBank<T>::backward(const ExpertPanels<T>& q, const MoeGrads<T>& g, const MoeParams<T>& p,
                              T* dx_rows) {
+  if (bf16_) {
+    MOE_CHECK(max_threads() <= bf16_threads_, "internal: {} threads, bf16 scratch for {}",
+              max_threads(), bf16_threads_);
+    order_by_rows(order_, q.offsets, q.experts);
+    for_each_expert(order_, q.experts, [&](int e) { expert_backward_bf16(q, g, dx_rows, e); });
+    return;
+  }
   if (panel_) {
     MOE_CHECK(max_threads() <= pack_threads_, "internal: {} threads, pack scratch for {}",
               max_threads(), pack_threads_);
@@ -257,15 +278,19 @@ void ExpertBank<T>::shared_forward(T* y, const T* x, const MoeParams<T>& p, int 
   const int C = spec_.C, H = spec_.shared_H(), W1 = spec_.shared_w1_rows();
   const bool gated = spec_.shared_gate;
   T* out = gated ? shared_out_ : y;
-  for (int s = 0; s < spec_.n_shared; ++s) {
-    T* gu = shared_gu_ + std::size_t(s) * N * W1;
-    T* hid = shared_hid_ + std::size_t(s) * N * H;
-    const std::size_t ws = std::size_t(s) * H * C;
-    first_forward(gu, x, p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, N, C, H, spec_.act);
-    activation_forward(hid, gu, N, H, spec_.act);
-    const T beta = gated && s == 0 ? T(0) : T(1);
-    gemm<T>(false, true, N, C, H, T(1), hid, H, p.s_down + std::size_t(s) * C * H, H, beta, out, C);
-  }
+  if (bf16_)
+    shared_forward_bf16(out, x, N);
+  else
+    for (int s = 0; s < spec_.n_shared; ++s) {
+      T* gu = shared_gu_ + std::size_t(s) * N * W1;
+      T* hid = shared_hid_ + std::size_t(s) * N * H;
+      const std::size_t ws = std::size_t(s) * H * C;
+      first_forward(gu, x, p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, N, C, H, spec_.act);
+      activation_forward(hid, gu, N, H, spec_.act);
+      const T beta = gated && s == 0 ? T(0) : T(1);
+      gemm<T>(false, true, N, C, H, T(1), hid, H, p.s_down + std::size_t(s) * C * H, H, beta, out,
+              C);
+    }
   if (!gated) return;
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n) {
@@ -314,6 +339,7 @@ void ExpertBank<T>::shared_backward(T* dx, const MoeGrads<T>& g, const T* dy, co
     shared_gate_backward(dx, g, dy, x, p, N);
     dy = shared_dy_;  // the shared experts' output gradient σ_n·dy_n
   }
+  if (bf16_) return shared_backward_bf16(dx, g, dy, x, N);
   for (int s = 0; s < spec_.n_shared; ++s) {
     T* gu = shared_gu_ + std::size_t(s) * N * W1;
     T* hid = shared_hid_ + std::size_t(s) * N * H;
@@ -324,6 +350,167 @@ void ExpertBank<T>::shared_backward(T* dx, const MoeGrads<T>& g, const T* dy, co
     activation_backward(gu, hid, N, H, spec_.act);                     // gu ← d(gu)
     first_backward(dx, g.s_gate ? g.s_gate + ws : nullptr, g.s_up + ws, gu, x,
                    p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, N, C, H, spec_.act, true);
+  }
+}
+
+// ---- bf16 (train.precision = bf16): the same steps on grouped_gemm_bf16's products.
+
+template <typename T>
+void ExpertBank<T>::set_bf16(bool on) {
+  if constexpr (!std::is_same_v<T, float>) {
+    MOE_CHECK(!on, "the double-typed expert bank (the reference) has no bf16 path");
+  } else {
+    bf16_ = on;
+    bf16_packed_ = false;
+    if (!on) return;
+    const bool gated = spec_.act == Activation::kSwiGLU;
+    const int C = spec_.C, H = spec_.H, S = spec_.n_shared, Hs = S > 0 ? spec_.shared_H() : 0;
+    bf16_weights_.assign(std::size_t(bound_experts_) * bf16_expert_weight_elems(C, H, gated) +
+                             std::size_t(S) * bf16_expert_weight_elems(C, Hs, gated),
+                         0);
+    bf16_w_.assign(std::size_t(bound_experts_ + S), {});
+    size_bf16_scratch();
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::size_bf16_scratch() {
+  if constexpr (std::is_same_v<T, float>) {
+    const bool gated = spec_.act == Activation::kSwiGLU;
+    const int C = spec_.C, H = spec_.H, S = spec_.n_shared, Hs = S > 0 ? spec_.shared_H() : 0;
+    // The shared experts run on all of a batch's tokens.
+    const int rows = std::max(bound_rows_, S > 0 ? bound_tokens_ : 0), Hm = std::max(H, Hs);
+    auto up32 = [](std::size_t n) { return (n + 31) / 32 * 32; };
+    bf16_a_ = up32(bf16_expert_scratch_a(rows, C, Hm, gated));
+    bf16_b_ = up32(bf16_expert_scratch_b(rows, C, Hm));
+    bf16_threads_ = max_threads();
+    bf16_scratch_.assign((bf16_a_ + bf16_b_) * bf16_threads_, 0);
+    bf16_u_stride_ = up32(std::size_t(bound_rows_) * H);
+    bf16_u_.assign(bf16_u_stride_ * bf16_threads_, 0.f);
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::refresh_bf16(const MoeParams<T>& p, int experts) {
+  if constexpr (std::is_same_v<T, float>) {
+    MOE_CHECK(bf16_ && experts >= 0 && experts <= bound_experts_,
+              "internal: refresh_bf16 of {} experts (bound {}, bf16 {})", experts, bound_experts_,
+              bf16_);
+    const bool gated = spec_.act == Activation::kSwiGLU;
+    const int C = spec_.C, H = spec_.H, E = experts, S = spec_.n_shared;
+    const int Hs = S > 0 ? spec_.shared_H() : 0;
+    const std::size_t per_e = bf16_expert_weight_elems(C, H, gated);
+    const std::size_t per_s = S > 0 ? bf16_expert_weight_elems(C, Hs, gated) : 0;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < E + S; ++i) {
+      if (i < E) {
+        const std::size_t we = std::size_t(i) * H * C;
+        bf16_w_[i] = bf16_pack_expert_weights(bf16_weights_.data() + i * per_e,
+                                              p.w_gate ? p.w_gate + we : nullptr, p.w_up + we,
+                                              p.w_down + we, C, H, gated);
+      } else {
+        const std::size_t ws = std::size_t(i - E) * Hs * C;
+        // The shared experts' slots follow the bound routed experts'.
+        bf16_w_[bound_experts_ + i - E] = bf16_pack_expert_weights(
+            bf16_weights_.data() + bound_experts_ * per_e + (i - E) * per_s,
+            p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, p.s_down + ws, C, Hs, gated);
+      }
+    }
+    bf16_packed_ = true;
+  }
+}
+
+template <typename T>
+Bf16ExpertScratch ExpertBank<T>::bf16_scratch() const {
+  uint16_t* base = const_cast<uint16_t*>(bf16_scratch_.data()) +
+                   std::size_t(thread_index()) * (bf16_a_ + bf16_b_);
+  return {base, base + bf16_a_};
+}
+
+template <typename T>
+void ExpertBank<T>::expert_forward_bf16(const ExpertPanels<T>& q, int e) {
+  if constexpr (std::is_same_v<T, float>) {
+    const int C = spec_.C, H = spec_.H, W1 = spec_.w1_rows();
+    const int o = q.offsets[e], m = q.offsets[e + 1] - o;
+    if (m == 0) return;
+    float* gu = q.gu + std::size_t(o) * W1;
+    float* hid = q.hid + std::size_t(o) * H;
+    const Bf16ExpertScratch s = bf16_scratch();
+    const float* X = q.rows ? q.x : q.x + std::size_t(o) * C;
+    bf16_first_forward(gu, X, q.rows ? q.rows + o : nullptr, bf16_w_[e], m, C, H,
+                       spec_.act == Activation::kSwiGLU, s);
+    activation_forward(hid, gu, m, H, spec_.act);
+    if (dropout_.active) apply_dropout(hid, o, m);
+    bf16_down_forward(q.ye + std::size_t(o) * C, hid, bf16_w_[e], m, C, H, s);
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::expert_backward_bf16(const ExpertPanels<T>& q, const MoeGrads<T>& g, T* dx_rows,
+                                         int e) {
+  if constexpr (std::is_same_v<T, float>) {
+    const int C = spec_.C, H = spec_.H, W1 = spec_.w1_rows();
+    const int o = q.offsets[e], m = q.offsets[e + 1] - o;
+    if (m == 0) return;
+    const std::size_t we = std::size_t(e) * H * C;
+    float* hid = q.hid + std::size_t(o) * H;
+    float* gu = q.gu + std::size_t(o) * W1;
+    const Bf16ExpertScratch s = bf16_scratch();
+    const Bf16ExpertWeights& w = bf16_w_[e];
+    const float* X = q.x + std::size_t(o) * C;
+    const int32_t* rows = nullptr;
+    if (q.rows) {  // fused: x and dy read through the expert's rows
+      rows = q.rows + o;
+      X = q.x;
+      float* u = bf16_u_.data() + std::size_t(thread_index()) * bf16_u_stride_;
+      bf16_down_backward(g.w_down + we, hid, q.dy, rows, q.gate + o, q.dgate + o, w, m, C, H, s, u);
+    } else {
+      bf16_down_backward(g.w_down + we, hid, q.dye + std::size_t(o) * C, nullptr, nullptr, nullptr,
+                         w, m, C, H, s, nullptr);
+    }
+    if (dropout_.active) apply_dropout(hid, o, m);  // the same mask, redrawn
+    activation_backward(gu, hid, m, H, spec_.act);
+    bf16_first_backward(dx_rows + std::size_t(o) * C, g.w_gate ? g.w_gate + we : nullptr,
+                        g.w_up + we, gu, X, rows, w, m, C, H, spec_.act == Activation::kSwiGLU,
+                        false, s);
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::shared_forward_bf16(T* out, const T* x, int N) {
+  if constexpr (std::is_same_v<T, float>) {
+    const int C = spec_.C, H = spec_.shared_H(), W1 = spec_.shared_w1_rows();
+    const Bf16ExpertScratch sc = bf16_scratch();
+    for (int s = 0; s < spec_.n_shared; ++s) {
+      float* gu = shared_gu_ + std::size_t(s) * N * W1;
+      float* hid = shared_hid_ + std::size_t(s) * N * H;
+      const Bf16ExpertWeights& w = bf16_w_[bound_experts_ + s];
+      bf16_first_forward(gu, x, nullptr, w, N, C, H, spec_.act == Activation::kSwiGLU, sc);
+      activation_forward(hid, gu, N, H, spec_.act);
+      // out (+=) hid·W_downᵀ; the gated sum starts from the first shared expert.
+      bf16_pack_a(sc.a, N, H, {hid, H});
+      bf16_panel_gemm(N, C, H, sc.a, w.down_t, out, C, !(spec_.shared_gate && s == 0));
+    }
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::shared_backward_bf16(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
+                                         int N) {
+  if constexpr (std::is_same_v<T, float>) {
+    const int C = spec_.C, H = spec_.shared_H(), W1 = spec_.shared_w1_rows();
+    const Bf16ExpertScratch sc = bf16_scratch();
+    for (int s = 0; s < spec_.n_shared; ++s) {
+      float* gu = shared_gu_ + std::size_t(s) * N * W1;
+      float* hid = shared_hid_ + std::size_t(s) * N * H;
+      const std::size_t ws = std::size_t(s) * H * C;
+      const Bf16ExpertWeights& w = bf16_w_[bound_experts_ + s];
+      bf16_down_backward(g.s_down + ws, hid, dy, nullptr, nullptr, nullptr, w, N, C, H, sc,
+                         nullptr);                    // hid ← d(hid)
+      activation_backward(gu, hid, N, H, spec_.act);  // gu ← d(gu)
+      bf16_first_backward(dx, g.s_gate ? g.s_gate + ws : nullptr, g.s_up + ws, gu, x, nullptr, w, N,
+                          C, H, spec_.act == Activation::kSwiGLU, true, sc);
+    }
   }
 }
 

@@ -30,6 +30,14 @@ MoeFfn::MoeFfn(const FfnConfig& f, const ModelConfig& model, ParamStore& ps,
     bias_ = ps.add(prefix + ".router.bias", {E}, Init::kZeros, 0, false);
     bias_->trainable = false;
   }
+  if (spec_.kind == RouterKind::kRelu) {
+    // ReMoE's λ as its exponent (starts at 0: λ = λ_0), state saved with the weights.
+    l1_exponent_ = ps.add(prefix + ".router.l1_exponent", {1}, Init::kZeros, 0, false);
+    l1_exponent_->trainable = false;
+    const RouterConfig& r = f.moe.router;
+    relu_schedule_ = std::make_shared<ReluL1Schedule>(r.relu_l1_init, r.relu_l1_rate, spec_.k, E);
+    relu_schedule_->add_layer(l1_exponent_);
+  }
   // Parallel training: routing statistics over the global batch whenever there are several
   // ranks; with expert parallelism this rank holds only its block of E/P experts.
   Communicator& w = comm_;
@@ -92,7 +100,12 @@ void MoeFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
   step.step = info.step;
   step.layer = layer_index_;
   step.loss_scale = info.loss_scale;
+  step.count_pass = info.count_pass && info.training;
+  if (relu_schedule_) step.relu_l1 = relu_schedule_->layer_coefficient();
   layer_.forward(out, x, params(), step);
+  // A counting forward only fed the router's step counts: no loads, no metrics, no sparsity.
+  if (step.count_pass) return;
+  if (relu_schedule_ && info.training) relu_schedule_->add_sparsity(layer_.stats().sparsity);
   // DeepSeek-V3: the loads of the step's forwards, for the bias update in end_step.
   if (bias_ && info.training) {
     layer_.add_selections(step_loads_.data());
@@ -105,12 +118,23 @@ void MoeFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
   acc_entropy_ += st.router_entropy;
   acc_aux_ += st.aux_loss;
   acc_z_ += st.z_loss;
+  acc_active_ += st.active_per_token;
+  acc_sparsity_ += st.sparsity;
   ++acc_forwards_;
+}
+
+bool MoeFfn::needs_count_pass() const {
+  // Expert choice has no balancing loss; relu (ReMoE) applies none (its L1 loss takes f_e from
+  // the forward's own selections).
+  return spec_.aux_scope == AuxLossScope::kGlobalBatch && spec_.alpha > 0 &&
+         spec_.kind != RouterKind::kExpertChoice && spec_.kind != RouterKind::kRelu;
 }
 
 void MoeFfn::end_step() {
   // Once per optimizer step, from the loads of all its micro-batches; each forward's loads are
   // already summed over the ranks (Router::apply_capacity), so every rank updates alike.
+  // relu: each forward's sparsity is over the global batch, so every rank's λ moves alike.
+  if (relu_schedule_) relu_schedule_->end_step();
   if (!bias_ || step_forwards_ == 0) return;
   update_selection_bias(bias_->w, step_loads_.data(), spec_.E, spec_.bias_rate, spec_.bias_update);
   std::fill(step_loads_.begin(), step_loads_.end(), 0.0);
@@ -123,12 +147,13 @@ void MoeFfn::backward(float* dx, const float* dout, const float* x, int N) {
 
 std::string MoeFfn::describe() const {
   return fmt::format(
-      "moe {} E={} k={} H={}{}{}", router_kind_, spec_.E, spec_.k, spec_.H,
+      "moe {} E={} k={} H={}{}{}{}", router_kind_, spec_.E, spec_.k, spec_.H,
       spec_.n_shared ? fmt::format(" shared={}{}{}", spec_.n_shared,
                                    spec_.Hs > 0 ? fmt::format("×{}", spec_.Hs) : "",
                                    spec_.shared_gate ? " gated" : "")
                      : "",
-      spec_.capacity_factor > 0 ? fmt::format(" cf={}", spec_.capacity_factor) : " dropless");
+      spec_.capacity_factor > 0 ? fmt::format(" cf={}", spec_.capacity_factor) : " dropless",
+      layer_.bf16() ? " bf16" : "");
 }
 
 nlohmann::json MoeFfn::metrics() const {
@@ -151,14 +176,21 @@ nlohmann::json MoeFfn::metrics_common() const {
     unused += c == 0;
   }
   const double mean = double(total) / acc_tokens_.size();
-  return {{"layer", layer_index_},
-          {"tokens_per_expert", acc_tokens_},
-          {"dropped_pct", acc_assign_ ? 100.0 * acc_dropped_ / acc_assign_ : 0.0},
-          {"router_entropy", acc_entropy_ / acc_forwards_},
-          {"unused_experts", unused},
-          {"max_over_mean_load", mean > 0 ? mx / mean : 0.0},
-          {"aux_loss", acc_aux_ / acc_forwards_},
-          {"z_loss", acc_z_ / acc_forwards_}};
+  nlohmann::json j = {{"layer", layer_index_},
+                      {"tokens_per_expert", acc_tokens_},
+                      {"dropped_pct", acc_assign_ ? 100.0 * acc_dropped_ / acc_assign_ : 0.0},
+                      {"router_entropy", acc_entropy_ / acc_forwards_},
+                      {"unused_experts", unused},
+                      {"max_over_mean_load", mean > 0 ? mx / mean : 0.0},
+                      {"aux_loss", acc_aux_ / acc_forwards_},
+                      {"z_loss", acc_z_ / acc_forwards_}};
+  if (relu_schedule_) {
+    // ReMoE: mean active experts per token and sparsity over the forwards, the current λ.
+    j["active_experts"] = acc_active_ / acc_forwards_;
+    j["sparsity"] = acc_sparsity_ / acc_forwards_;
+    j["relu_l1_coef"] = relu_schedule_->lambda();
+  }
+  return j;
 }
 
 void MoeFfn::reset_metrics() {
@@ -166,6 +198,25 @@ void MoeFfn::reset_metrics() {
   std::fill(acc_tokens_.begin(), acc_tokens_.end(), 0);
   acc_assign_ = acc_dropped_ = acc_forwards_ = 0;
   acc_entropy_ = acc_aux_ = acc_z_ = 0;
+  acc_active_ = acc_sparsity_ = 0;
+}
+
+void share_relu_schedule(const std::vector<std::unique_ptr<FeedForward>>& ffns) {
+  std::shared_ptr<ReluL1Schedule> shared;
+  for (const auto& f : ffns) {
+    auto* m = dynamic_cast<MoeFfn*>(f.get());
+    if (!m || !m->relu_schedule_) continue;
+    if (!shared) {
+      shared = m->relu_schedule_;
+      continue;
+    }
+    MOE_CHECK(shared->same_settings(*m->relu_schedule_),
+              "model.ffn (layer {}): the relu layers share one L1 coefficient, so top_k, "
+              "num_experts, router.relu_l1_init and router.relu_l1_rate must be equal in all",
+              m->layer_index_);
+    shared->add_layer(m->l1_exponent_);
+    m->relu_schedule_ = shared;
+  }
 }
 
 std::vector<int32_t> MoeFfn::last_choices(int* per_token) const {

@@ -23,6 +23,7 @@ MoeSpec MoeSpec::from_config(const FfnConfig& f, int d_model) {
   s.kind = m.router.kind == Kind::kNoisyTopK      ? RouterKind::kNoisyTopK
            : m.router.kind == Kind::kGShard       ? RouterKind::kGShard
            : m.router.kind == Kind::kExpertChoice ? RouterKind::kExpertChoice
+           : m.router.kind == Kind::kRelu         ? RouterKind::kRelu
                                                   : RouterKind::kTopK;
   s.normalize = m.router.normalize;
   s.sigmoid = m.router.score == RouterConfig::Score::kSigmoid;
@@ -33,8 +34,9 @@ MoeSpec MoeSpec::from_config(const FfnConfig& f, int d_model) {
                       : BiasUpdate::kSign;
   s.n_group = m.router.n_group;
   s.topk_group = m.router.topk_group;
-  s.aux_scope = m.aux_loss_scope == MoeFfnConfig::AuxLossScope::kSequence
-                    ? AuxLossScope::kSequence
+  s.aux_scope = m.aux_loss_scope == MoeFfnConfig::AuxLossScope::kSequence ? AuxLossScope::kSequence
+                : m.aux_loss_scope == MoeFfnConfig::AuxLossScope::kGlobalBatch
+                    ? AuxLossScope::kGlobalBatch
                     : AuxLossScope::kMicroBatch;
   s.jitter = m.router.jitter;
   s.expert_dropout = m.expert_dropout;
@@ -79,6 +81,18 @@ void MoeSpec::validate() const {
             "model.ffn.router.bias_balance: expert choice balances by construction; "
             "bias_balance is for token-choice routers");
   validate_groups();
+  // ReMoE: dropless ReLU gates used as they are, balanced by its own L1 loss.
+  if (kind == RouterKind::kRelu) {
+    MOE_CHECK(capacity_factor == 0 && eval_capacity_factor == 0,
+              "model.ffn.capacity_factor: got {} (eval {}), the relu router is dropless "
+              "(expected 0)",
+              capacity_factor, eval_capacity_factor);
+    MOE_CHECK(!bias_balance,
+              "model.ffn.router.bias_balance: the relu router balances with its L1 loss "
+              "(expected false)");
+    MOE_CHECK(!normalize,
+              "model.ffn.router.normalize: relu gates are never renormalised (expected false)");
+  }
 }
 
 void MoeSpec::validate_groups() const {
@@ -130,6 +144,8 @@ void MoeLayer<T>::bind(Arena& a, int max_batch, int max_seq) {
     const int64_t kk = std::min<int64_t>(E, std::max<int64_t>(1, std::lround(cf)));
     rows = std::max(std::min(int64_t(max_seq) * E * c, N * E), N * kk);
   }
+  // ReMoE: any number of experts per token, up to all E (early in training about half).
+  if (spec_.kind == RouterKind::kRelu) rows = N * E;
   MOE_CHECK(N * ranks_ <= INT32_MAX && rows * ranks_ <= INT32_MAX,
             "MoE layer: {} tokens routing up to {} rows on {} ranks exceed 2^31 rows", N, rows,
             ranks_);
@@ -254,14 +270,14 @@ void MoeLayer<T>::experts_backward(T* dx_rows, const MoeGrads<T>& g, const T* dy
 template <typename T>
 std::vector<int32_t> MoeLayer<T>::selected_experts() const {
   const Assignments<T>& a = router_.assignments();
-  const int n = router_.expert_choice() ? 0 : tokens_ * router_.experts_per_token();
+  const int n = router_.fixed_slots() ? tokens_ * router_.experts_per_token() : 0;
   return std::vector<int32_t>(a.expert, a.expert + n);
 }
 
 template <typename T>
 std::vector<int32_t> MoeLayer<T>::dropped_mask() const {
   const Assignments<T>& a = router_.assignments();
-  std::vector<int32_t> m(router_.expert_choice() ? 0 : tokens_ * router_.experts_per_token());
+  std::vector<int32_t> m(router_.fixed_slots() ? tokens_ * router_.experts_per_token() : 0);
   for (std::size_t i = 0; i < m.size(); ++i) m[i] = a.fate[i] != AssignmentFate::kKept;
   return m;
 }

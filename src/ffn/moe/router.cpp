@@ -57,6 +57,7 @@ void Router<T>::bind(Arena& a, int max_batch, int max_seq, int max_assign) {
   const bool per_sequence = spec_.aux_scope == AuxLossScope::kSequence;
   aux_grad_ = f(std::size_t(E) * (per_sequence ? max_batch : 1));
   selections_ = a.take<int32_t>(E);
+  if (spec_.aux_scope == AuxLossScope::kGlobalBatch) step_selections_ = a.take<double>(E);
   if (per_sequence) seq_selections_ = a.take<double>(std::size_t(max_batch) * E);
   // Token choice routes at most k experts per token; expert choice's decode fallback
   // round(cf), for the larger of the training and evaluation capacity factors.
@@ -101,6 +102,19 @@ void Router<T>::begin(const MoeStep<T>& st) {
   global_tokens_ = int64_t(tokens_) * (distributed_ ? ranks_ : 1);
   first_token_ = distributed_ ? int64_t(rank_) * tokens_ : 0;
   loss_scale_ = st.loss_scale;
+  // aux_loss_scope global_batch: the step's counts are gathered by its counting forwards and
+  // used by its other training forwards (never by evaluation, nor by another step's forwards).
+  const bool global = spec_.aux_scope == AuxLossScope::kGlobalBatch && st.training;
+  count_pass_ = global && st.count_pass;
+  // The first counting forward of a run of them starts the step's counts afresh.
+  if (count_pass_ && (counts_step_ != st.step || !last_counted_)) {
+    std::fill(step_selections_, step_selections_ + E, 0.0);
+    step_tokens_ = 0;
+    counts_step_ = st.step;
+  }
+  use_step_counts_ = global && !st.count_pass && counts_step_ == st.step && step_tokens_ > 0;
+  last_counted_ = count_pass_;
+  relu_l1_ = st.relu_l1;
   capacity_factor_ = st.training ? spec_.capacity_factor : spec_.eval_capacity_factor;
   // Expert choice needs a group of sequences; decoding one sequence (B = 1) routes with
   // token-choice top-round(cf) on the same softmax scores, unnormalised (docs/MOE.md).
@@ -142,13 +156,16 @@ void Router<T>::forward(const T* x, const MoeParams<T>& p, const MoeStep<T>& st)
   gemm<T>(false, true, N, E, C, T(1), xr, C, p.router, C, T(0), logits_, E);
   logsumexp_of_logits();
   noisy_ = false;
-  if (expert_choice_) {
+  if (spec_.kind == RouterKind::kRelu) {
+    select_relu();
+  } else if (expert_choice_) {
     select_expert_choice();
   } else {
     token_choice_scores(xr, p, st);
     select_token_choice(p, st);
     apply_capacity();
     if (spec_.aux_scope == AuxLossScope::kSequence) count_sequence_selections();
+    if (count_pass_) add_step_selections();
   }
 }
 
@@ -377,7 +394,8 @@ void Router<T>::select_expert_choice() {
 
 template <typename T>
 bool Router<T>::aux_loss_active() const {
-  return !expert_choice_ && spec_.alpha > 0 && spec_.kind != RouterKind::kExpertChoice;
+  return !expert_choice_ && spec_.alpha > 0 && spec_.kind != RouterKind::kExpertChoice &&
+         spec_.kind != RouterKind::kRelu;
 }
 
 template <typename T>
@@ -390,6 +408,7 @@ template <typename T>
 void Router<T>::finish_stats() {
   // Aux loss (token choice): α·E·Σ_e f_e·P_e, f from the selections before capacity, P the mean
   // router probability; both over the global batch when distributed, like the other statistics.
+  if (spec_.kind == RouterKind::kRelu) return finish_relu_stats();
   const int N = tokens_, E = spec_.E;
   // [kept per expert E | Σ_n P(n, e) E | assignments, dropped, Σ entropy, Σ lse²]
   // [.. | Σ over sequences of the per-sequence balance sums] with aux_loss_scope sequence.
@@ -433,6 +452,11 @@ void Router<T>::finish_stats() {
     // DeepSeek-V2/V3's sequence-wise loss, averaged over the (global) batch's sequences.
     const double sequences = double(batch_) * (distributed_ ? ranks_ : 1);
     stats_.aux_loss = spec_.alpha * E * b[2 * E + 4] / sequences;
+  } else if (aux_loss_active() && use_step_counts_) {
+    // aux_loss_scope global_batch: f_e of the whole step, P_e of this forward's tokens.
+    double acc = 0;
+    for (int e = 0; e < E; ++e) acc += step_fraction(e) * (psum[e] / Ng);
+    stats_.aux_loss = spec_.alpha * E * acc;
   } else if (aux_loss_active()) {
     const double denom = spec_.kind == RouterKind::kGShard ? Ng : Ng * experts_per_token_;
     double acc = 0;
@@ -484,6 +508,11 @@ void Router<T>::gate_grads_to_logits() {
             T(spec_.alpha * E * (seq_selections_[std::size_t(bq) * E + e] / fden) /
               (double(Tn) * batch_)) *
             loss_scale_;
+  } else if (aux && use_step_counts_) {
+    // aux_loss_scope global_batch: the same with f_e of the whole optimizer step. The step's loss
+    // is the mean of its G micro-batches' (the trainer's loss_scale carries the 1/G as the 1/P).
+    for (int e = 0; e < E; ++e)
+      aux_grad_[e] = T(spec_.alpha * E * step_fraction(e) / N) * loss_scale_;
   } else {
     for (int e = 0; e < E; ++e)
       aux_grad_[e] = aux ? T(spec_.alpha * E * (selections_[e] / denom) / N) * loss_scale_ : T(0);
@@ -561,7 +590,10 @@ template <typename T>
 void Router<T>::backward(T* dx, const MoeGrads<T>& g, const T* x, const MoeParams<T>& p,
                          T* scratch) {
   const int N = tokens_, E = spec_.E, C = spec_.C;
-  gate_grads_to_logits();
+  if (spec_.kind == RouterKind::kRelu)
+    relu_grads_to_logits();
+  else
+    gate_grads_to_logits();
   const T* xr = jittered_ ? jittered_x_ : x;
   gemm<T>(true, false, E, C, N, T(1), dlogits_, E, xr, C, T(1), g.router, C);
   if (noisy_) gemm<T>(true, false, E, C, N, T(1), noise_logits_, E, xr, C, T(1), g.w_noise, C);

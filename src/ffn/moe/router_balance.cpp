@@ -43,6 +43,21 @@ double Router<T>::sequence_balance_sum() const {
 }
 
 template <typename T>
+void Router<T>::add_step_selections() {
+  // aux_loss_scope global_batch, a counting forward: selections_ are already summed over the
+  // ranks (apply_capacity), so every rank holds the same step counts.
+  for (int e = 0; e < spec_.E; ++e) step_selections_[e] += selections_[e];
+  step_tokens_ += global_tokens_;
+}
+
+template <typename T>
+double Router<T>::step_fraction(int e) const {
+  // f_e over the step: its selections of e / its selections (GShard: first choices / tokens).
+  const double per_token = spec_.kind == RouterKind::kGShard ? 1.0 : double(experts_per_token_);
+  return step_selections_[e] / (double(step_tokens_) * per_token);
+}
+
+template <typename T>
 void Router<T>::update_bias(T* bias) const {
   // Load = selections per expert in this forward (before capacity), as DeepSeek-V3 counts it.
   const int E = spec_.E;
@@ -57,6 +72,8 @@ void Router<T>::add_selections(double* loads) const {
 
 #define MOE_ROUTER_BALANCE(T)                              \
   template void Router<T>::count_sequence_selections();    \
+  template void Router<T>::add_step_selections();          \
+  template double Router<T>::step_fraction(int e) const;   \
   template double Router<T>::sequence_balance_sum() const; \
   template void Router<T>::update_bias(T* bias) const;     \
   template void Router<T>::add_selections(double* loads) const;

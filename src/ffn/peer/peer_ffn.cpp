@@ -68,6 +68,12 @@ PeerParams<float> PeerFfn::params() const {
 }
 
 void PeerFfn::forward(float* out, const float* x, int N, const StepInfo& info) {
+  // A training forward may update the query batch norm's running statistics and does count
+  // usage: a second forward of the same micro-batch would change what the step computes.
+  MOE_CHECK(!info.count_pass,
+            "model.ffn.aux_loss_scope global_batch with train.grad_accum > 1 runs a counting "
+            "forward of every micro-batch, which PEER layers cannot take: use grad_accum 1 (more "
+            "ranks or a larger batch_size) or another aux_loss_scope");
   layer_.forward(out, x, params(), N, info.training);
   // Only the retrieved rows of u and v will get gradients: tell the store and the optimizer.
   if (info.training && info.loss_scale > 0) {
@@ -106,11 +112,12 @@ void PeerFfn::backward(float* dx, const float* dout, const float* x, int N) {
 }
 
 std::string PeerFfn::describe() const {
-  return fmt::format("peer {} experts h={} k={} d_key={} {}", spec_.experts(), spec_.heads, spec_.k,
-                     spec_.d_key,
+  return fmt::format("peer {} experts h={} k={} d_key={} {}{}", spec_.experts(), spec_.heads,
+                     spec_.k, spec_.d_key,
                      spec_.qnorm == QueryNorm::kBatch   ? "query-BN"
                      : spec_.qnorm == QueryNorm::kLayer ? "query-LN"
-                                                        : "no query norm");
+                                                        : "no query norm",
+                     precision_ == Precision::kBf16 ? " (f32 products: no bf16 path)" : "");
 }
 
 nlohmann::json PeerFfn::metrics() const {

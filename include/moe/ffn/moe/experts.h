@@ -14,13 +14,21 @@
 // which without expert parallelism also reads x and dy through the rows' token indices instead
 // of gathered panels ("fused").
 //
+// Precision (train.precision; float only): in bf16 the routed and shared experts' products take
+// bf16 operands with f32 accumulation (kernels/grouped_gemm_bf16.h): the weights rounded and
+// packed once per optimizer step (refresh_bf16), the activations rounded as each product packs
+// them. The activation function, dropout, gates, d(gate) and the gradients' accumulation stay
+// f32. The GEMM choice and fusion made at bind still decide the panels' layout.
+//
 // Expert dropout keeps hidden unit (row r, j) with probability 1 − p and scales it by
 // 1/(1 − p); the mask is redrawn in backward from the same key instead of being stored.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "moe/core/arena.h"
 #include "moe/ffn/moe/moe_spec.h"
+#include "moe/kernels/grouped_gemm_bf16.h"
 
 namespace moe {
 
@@ -60,6 +68,14 @@ class ExpertBank {
   void bind(Arena& a, int experts, int max_expert_rows, int max_tokens, bool fusable);
   // Whether the experts read x and dy through row indices (see ExpertPanels).
   bool fused() const { return fused_; }
+  // bf16 products on (float only; after bind, before the first forward). Allocates the packed
+  // weights and the per-thread scratch once; a step allocates nothing.
+  void set_bf16(bool on);
+  bool bf16() const { return bf16_; }
+  // Rounds and packs the weights of p (its `experts` routed experts, ≤ the bound count — this
+  // rank's block under expert parallelism — and the shared ones) for the bf16 products: once
+  // per optimizer step, before its first forward (FeedForward's contract).
+  void refresh_bf16(const MoeParams<T>& p, int experts);
 
   // Routed experts: q.gu, q.hid, q.ye (=), from weights w_* of experts 0..q.experts−1.
   void forward(const ExpertPanels<T>& q, const MoeParams<T>& p, const ExpertDropout& dropout);
@@ -78,6 +94,13 @@ class ExpertBank {
   // Multiplies the hidden panel rows [o, o+m) (at hid) by the dropout mask / (1 − p).
   void apply_dropout(T* hid, int o, int m) const;
   float* pack_buffer() const;
+  // The bf16 twins of expert_forward / expert_backward, and this thread's bf16 scratch.
+  void expert_forward_bf16(const ExpertPanels<T>& q, int e);
+  void expert_backward_bf16(const ExpertPanels<T>& q, const MoeGrads<T>& g, T* dx_rows, int e);
+  Bf16ExpertScratch bf16_scratch() const;
+  void size_bf16_scratch();  // per-thread scratch for the bound sizes
+  void shared_forward_bf16(T* out, const T* x, int N);
+  void shared_backward_bf16(T* dx, const MoeGrads<T>& g, const T* dy, const T* x, int N);
   // The shared gate's part of shared_backward: dx, g.s_router (+=); shared_dy_ (=) σ·dy.
   void shared_gate_backward(T* dx, const MoeGrads<T>& g, const T* dy, const T* x,
                             const MoeParams<T>& p, int N);
@@ -96,6 +119,17 @@ class ExpertBank {
   float* pack_ = nullptr;
   std::size_t pack_stride_ = 0, pack_b_floats_ = 0, pack_a_floats_ = 0;
   int pack_rows_ = 0, pack_threads_ = 0;
+  // bf16: the bound sizes, the packed weights (routed experts 0..bound_experts_−1, then the
+  // shared ones), whether they were packed since set_bf16, and per thread a scratch of
+  // bf16_a_ + bf16_b_ values and an f32 u [rows, H] (fused down backward).
+  int bound_experts_ = 0, bound_rows_ = 0, bound_tokens_ = 0;
+  bool bf16_ = false, bf16_packed_ = false;
+  std::vector<uint16_t> bf16_weights_;
+  std::vector<Bf16ExpertWeights> bf16_w_;
+  std::vector<uint16_t> bf16_scratch_;
+  std::vector<float> bf16_u_;
+  std::size_t bf16_a_ = 0, bf16_b_ = 0, bf16_u_stride_ = 0;
+  int bf16_threads_ = 0;
 };
 
 // order [0..n) (=) 0..n−1 sorted by rows off[e+1] − off[e], most first (ties: lower index

@@ -2,10 +2,15 @@
 // the model's ParamStore under <prefix> (checkpoint names, docs/FORMATS.md):
 //   router.weight [E,C]; router.w_noise [E,C] (noisy_topk); router.bias [E] (bias_balance,
 //   not trained by the optimizer); experts.w_gate [E,H,C] (SwiGLU), experts.w_up [E,H,C],
-//   experts.w_down [E,C,H]; shared.w_gate / shared.w_up [S,H,C], shared.w_down [S,C,H].
+//   experts.w_down [E,C,H]; shared.w_gate / shared.w_up [S,H,C], shared.w_down [S,C,H];
+//   router.l1_exponent [1] (relu: λ = relu_l1_init·relu_l1_rate^value, not trained; remoe.h).
 #pragma once
+#include <memory>
+#include <vector>
+
 #include "moe/ffn/feed_forward.h"
 #include "moe/ffn/moe/moe_layer.h"
+#include "moe/ffn/moe/remoe.h"
 
 namespace moe {
 
@@ -21,11 +26,20 @@ class MoeFfn final : public FeedForward {
   std::string describe() const override;
   nlohmann::json metrics() const override;
   // bias_balance: the bias update from the loads of every training forward since the last
-  // end_step (all micro-batches, all ranks), then the loads start afresh.
+  // end_step (all micro-batches, all ranks), then the loads start afresh. relu: the L1
+  // coefficient's update (ReluL1Schedule::end_step, once for all the layers sharing it).
   void end_step() override;
+  // aux_loss_scope global_batch with a balancing loss (token choice).
+  bool needs_count_pass() const override;
   void reset_metrics() override;
   std::vector<int32_t> last_choices(int* per_token) const override;
+  // bf16: the routed and shared experts' products (experts.h); router, gates, losses and the
+  // combine stay f32. refresh_low_precision packs the expert weights (once per optimizer step).
+  void set_precision(Precision precision) override { layer_.set_precision(precision); }
+  void refresh_low_precision() override { layer_.refresh_low_precision(params()); }
   const MoeLayer<float>& layer() const { return layer_; }
+  // relu: the L1 schedule this layer uses (its own until share_relu_schedule links the model's).
+  const std::shared_ptr<ReluL1Schedule>& relu_schedule() const { return relu_schedule_; }
 
  private:
   MoeParams<float> params() const;
@@ -47,6 +61,16 @@ class MoeFfn final : public FeedForward {
   std::vector<int64_t> acc_tokens_;
   int64_t acc_assign_ = 0, acc_dropped_ = 0, acc_forwards_ = 0;
   double acc_entropy_ = 0, acc_aux_ = 0, acc_z_ = 0;
+  double acc_active_ = 0, acc_sparsity_ = 0;  // relu
+
+  friend void share_relu_schedule(const std::vector<std::unique_ptr<FeedForward>>& ffns);
+  Param* l1_exponent_ = nullptr;                   // relu
+  std::shared_ptr<ReluL1Schedule> relu_schedule_;  // relu
 };
+
+// ReMoE adapts one λ for the whole model from the sparsity of all its relu layers (remoe.h):
+// gives every relu MoeFfn among ffns the first one's schedule. Throws moe::Error when two relu
+// layers differ in top_k, num_experts, relu_l1_init or relu_l1_rate (one target, one λ).
+void share_relu_schedule(const std::vector<std::unique_ptr<FeedForward>>& ffns);
 
 }  // namespace moe

@@ -47,6 +47,15 @@ class MoeLayer {
   void reset_comm_stats() { exchange_.reset_stats(); }
   // Carves buffers for up to max_batch × max_seq tokens (measuring pass first; see Arena).
   void bind(Arena& acts, int max_batch, int max_seq);
+  // train.precision (float only; after bind): bf16 runs the routed and shared experts' products
+  // in bf16 (experts.h); routing, gates, losses and the combine stay in T.
+  // refresh_low_precision rounds and packs p's expert weights for them: once per optimizer step,
+  // before the step's first forward and before each evaluation.
+  void set_precision(Precision precision) { experts_.set_bf16(precision == Precision::kBf16); }
+  void refresh_low_precision(const MoeParams<T>& p) {
+    if (experts_.bf16()) experts_.refresh_bf16(p, local_experts());
+  }
+  bool bf16() const { return experts_.bf16(); }
   // y [N,C] written, N = step.batch·step.seq_len.
   void forward(T* y, const T* x, const MoeParams<T>& p, const MoeStep<T>& step);
   // dx [N,C] (+=), grads (+=); dy [N,C]; x and p as in forward.
@@ -60,7 +69,8 @@ class MoeLayer {
   void update_bias(T* bias) const { router_.update_bias(bias); }
   void add_selections(double* loads) const { router_.add_selections(loads); }
   // Assignments of the last forward (tests): per token-slot the expert and whether it was
-  // dropped (by capacity or GShard's random routing). Empty after an expert-choice forward.
+  // dropped (by capacity or GShard's random routing). Empty after an expert-choice or relu
+  // forward (no fixed slots per token).
   std::vector<int32_t> selected_experts() const;                         // [N, k] (token choice)
   int experts_per_token() const { return router_.experts_per_token(); }  // that k
   std::vector<int32_t> dropped_mask() const;                             // [N, k]

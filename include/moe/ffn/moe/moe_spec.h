@@ -10,12 +10,16 @@
 
 namespace moe {
 
-enum class RouterKind { kTopK, kNoisyTopK, kGShard, kExpertChoice };
+// kRelu: ReMoE (arXiv 2412.14711): gates ReLU(x·W_rᵀ), every expert with a positive gate gets
+// the token (dropless, a variable number per token), an L1 loss on the gates (router_relu.cpp).
+enum class RouterKind { kTopK, kNoisyTopK, kGShard, kExpertChoice, kRelu };
 
 // Over which tokens the balancing loss takes f_e and P_e (docs/MOE.md): the whole forward's
 // (global) batch, or each sequence on its own with the per-sequence losses averaged
-// (DeepSeek-V2/V3's sequence-wise balance loss).
-enum class AuxLossScope { kMicroBatch, kSequence };
+// (DeepSeek-V2/V3's sequence-wise balance loss), or kGlobalBatch: P_e over the forward's tokens
+// as kMicroBatch, f_e over the optimizer step's global batch (Qwen, arXiv 2501.11873) — the
+// counts of the step's counting pre-pass (MoeStep::count_pass) when it has several micro-batches.
+enum class AuxLossScope { kMicroBatch, kSequence, kGlobalBatch };
 
 // DeepSeek-V3's bias update b_e += γ·sign(mean load − load_e); kSignCentred then subtracts the
 // mean bias, so the biases keep mean zero.
@@ -32,7 +36,7 @@ struct MoeSpec {
   int C = 0;         // model width
   int E = 0;         // routed experts
   int H = 0;         // hidden width of one expert
-  int k = 1;         // experts per token (token choice)
+  int k = 1;         // experts per token (token choice); relu: the target mean
   int n_shared = 0;  // shared experts, run on every token
   int Hs = 0;        // hidden width of one shared expert; 0 = H
   // Qwen2-MoE: the shared experts' summed output is multiplied per token by σ(x·w_sg), w_sg [C].
@@ -117,6 +121,15 @@ struct MoeStep {
   // Multiplies the aux/z-loss gradients in backward (the caller's gradient scale).
   T loss_scale = T(1);
   MoeNoise<T> noise;
+  // aux_loss_scope global_batch, training: a counting pre-pass forward. The router adds this
+  // forward's selections (over all ranks) to the counts of optimizer step `step` (the first of a
+  // run of counting forwards starts them afresh); the step's later training forwards
+  // (count_pass false, same step) take f_e from those counts. Evaluation, a forward of another
+  // step, or of a step with no counting forward uses its own selections.
+  bool count_pass = false;
+  // relu: the coefficient of this layer's load-balanced L1 loss, λ_i/L (L: the model's relu
+  // layers; ReluL1Schedule in remoe.h). The loss is relu_l1·(1/N)·Σ_n Σ_e f_e·R_e(x_n).
+  double relu_l1 = 0;
 };
 
 // Routing statistics of the last forward (per layer; logged and printed by moe eval).
@@ -128,6 +141,9 @@ struct MoeStats {
   int unused_experts = 0;
   double max_over_mean_load = 0;
   double aux_loss = 0, z_loss = 0;  // unscaled by the gradient scale
+  // relu: mean active (positive-gate) experts per token, the sparsity 1 − active/(N·E) and the
+  // L1 loss without its coefficient (aux_loss = relu_l1 · l1_loss); all over the global batch.
+  double active_per_token = 0, sparsity = 0, l1_loss = 0;
 };
 
 // All-to-all traffic of expert parallelism since the last reset (for the metrics log).

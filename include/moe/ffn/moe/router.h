@@ -11,6 +11,10 @@
 //   one position across the batch); gates = the softmax scores. Decoding one sequence (B = 1)
 //   falls back to token-choice top-round(cf), unnormalised.
 // Token-choice kinds may add the selection bias (bias_balance) to the keys of the top-k only;
+// - relu (ReMoE, Wang et al., arXiv 2412.14711): gates R = ReLU(r), no softmax, no top-k; every
+//   expert with R_e > 0 gets the token (dropless; k is only the target mean). Assignments are
+//   token-major, experts ascending. Its loss: relu_l1·(1/N)·Σ_n Σ_e f_e·R_e(x_n) with
+//   f_e = E·(tokens with R_e > 0)/(k·N), not differentiated (§3.4); no aux or z-loss.
 // topk may limit each token to its topk_group best groups of experts (DeepSeek-V3, n_group > 1:
 // routing_rules.h) and scale the gates by routed_scaling_factor after the normalisation.
 //
@@ -18,7 +22,9 @@
 // the documented order: all first choices before any second, then by global token index.
 // Losses: aux = α·E·Σ_e f_e·P_e (f_e: selections before capacity / (N·k), GShard: first choices
 // / N; P_e: mean router probability), z = β·mean_n logsumexp(r_n)². aux_loss_scope sequence
-// takes f and P per sequence (T tokens) and averages the sequences' losses (DeepSeek-V2/V3).
+// takes f and P per sequence (T tokens) and averages the sequences' losses (DeepSeek-V2/V3);
+// global_batch takes f over the optimizer step's global batch: the counts its counting forwards
+// (MoeStep::count_pass) gathered, P over each forward's tokens (Qwen, arXiv 2501.11873).
 //
 // Distributed training (set_parallel with P > 1): capacity, f_e, P_e, the bias loads and the
 // statistics are taken over the global batch of P slices, so P ranks compute the function of one
@@ -82,6 +88,8 @@ class Router {
   const MoeStats& stats() const { return stats_; }
   // This forward routed by expert choice (else token choice, k = experts_per_token()).
   bool expert_choice() const { return expert_choice_; }
+  // Each token has experts_per_token() assignment slots (token choice other than relu).
+  bool fixed_slots() const { return !expert_choice_ && spec_.kind != RouterKind::kRelu; }
   int experts_per_token() const { return experts_per_token_; }
 
  private:
@@ -97,9 +105,17 @@ class Router {
   // aux_loss_scope sequence: per-sequence selection counts, and Σ_b Σ_e f_{b,e}·P_{b,e}.
   void count_sequence_selections();
   double sequence_balance_sum() const;
+  // aux_loss_scope global_batch: add this counting forward's selections to the step's counts;
+  // f_e from the step's counts.
+  void add_step_selections();
+  double step_fraction(int e) const;
   bool aux_loss_active() const;
   void gate_grads_to_logits();
   T* thread_keys() const;
+  // relu (router_relu.cpp): gates and assignments; statistics and the L1 loss; d/dlogits.
+  void select_relu();
+  void finish_relu_stats();
+  void relu_grads_to_logits();
 
   MoeSpec spec_;
   // Parallel layout.
@@ -118,6 +134,7 @@ class Router {
   bool noisy_ = false;             // noisy router in training: noise was added
   bool jittered_ = false;          // the logits were computed from the jittered input
   T loss_scale_ = T(1);
+  double relu_l1_ = 0;  // relu: this forward's L1 coefficient (MoeStep::relu_l1)
   Assignments<T> assign_;
   // State [N,E]: logits, scores (softmax / sigmoid / softmax of the noisy logits), their
   // gradient (forward: the noisy logits themselves), and for noisy_topk the noise logits
@@ -130,6 +147,12 @@ class Router {
   T* aux_grad_ = nullptr;  // [E] d aux / d P(n, e), the same for every token ([B,E]: per sequence)
   int32_t* selections_ = nullptr;     // [E] selections per expert before capacity (f_e, bias)
   double* seq_selections_ = nullptr;  // [B,E] the same per sequence (aux_loss_scope sequence)
+  // aux_loss_scope global_batch: selections per expert over the counting forwards of optimizer
+  // step counts_step_ (all ranks), and their tokens; whether this forward counts or uses them.
+  double* step_selections_ = nullptr;  // [E]
+  int64_t step_tokens_ = 0, counts_step_ = -1;
+  bool count_pass_ = false, use_step_counts_ = false;
+  bool last_counted_ = false;  // the previous forward was a counting one
   // Capacity: [P·k·E] per (rank, slot, expert) counts then [E] selections, summed over ranks;
   // per-expert running counts.
   double* slot_counts_ = nullptr;

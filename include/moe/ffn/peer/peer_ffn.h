@@ -20,6 +20,10 @@ class PeerFfn final : public FeedForward {
   void forward(float* out, const float* x, int n_tokens, const StepInfo& info) override;
   void backward(float* dx, const float* dout, const float* x, int n_tokens) override;
   std::string describe() const override;
+  // PEER has no bf16 path yet (its query projection runs inside the templated PeerLayer, which
+  // the double-precision reference tests share): in bf16 it keeps computing in f32, and
+  // describe() says so.
+  void set_precision(Precision p) override { precision_ = p; }
   nlohmann::json metrics() const override;
   void reset_metrics() override;
 
@@ -40,6 +44,7 @@ class PeerFfn final : public FeedForward {
   std::vector<std::vector<double>> usage_;  // per head: Σ router weight per expert since reset
   int64_t forwards_ = 0;
   bool dist_acc_ = false;  // usage_ holds this rank's share of distributed training forwards
+  Precision precision_ = Precision::kFp32;
 };
 
 }  // namespace moe

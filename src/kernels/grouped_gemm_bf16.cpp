@@ -1,0 +1,321 @@
+// The MoE experts' bf16 products (grouped_gemm_bf16.h): the packers (rounding f32 → bf16 while
+// they lay the pairs out), the panel GEMM's two paths, and one expert's fused products.
+#include "moe/kernels/grouped_gemm_bf16.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "gemm_bf16_internal.h"
+#include "moe/core/error.h"
+#include "moe/core/half.h"
+#include "moe/core/threading.h"
+#include "moe/kernels/cpu_features.h"
+#include "moe/kernels/gemm.h"
+
+namespace moe {
+
+namespace {
+
+constexpr int kMR = 12;  // rows of an A panel (the microkernel's rows)
+constexpr int kNR = 32;  // columns of a B panel (the microkernel's columns)
+// Packs and products of fewer multiply-adds than this stay on one thread outside a parallel
+// region (a fork/join costs more than it saves).
+constexpr double kParallelWork = double(1 << 22);
+
+int pairs(int K) { return (K + 1) / 2; }
+
+// Per thread, grown on demand and kept (row buffers of the packers, the widen path's copies).
+template <typename T>
+T* scratch(std::vector<T>& v, std::size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// dst[0..n) = round(scale·src[0..n)) (scale applied in f32 first when has_scale).
+void round_row(uint16_t* dst, const float* src, int n, const float* scale) {
+  if (scale) {
+    thread_local std::vector<float> t;
+    float* s = scratch(t, std::size_t(n));
+    const float f = *scale;
+    for (int i = 0; i < n; ++i) s[i] = f * src[i];
+    src = s;
+  }
+  if (cpu_features().avx512) {
+    bf16k::round_avx512(dst, src, std::size_t(n));
+    return;
+  }
+  for (int i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+}
+
+// Source row s of L's storage: p + row(s)·ld, and its scale (null: none).
+const float* src_row(const Bf16Src& L, int s) {
+  return L.p + std::size_t(L.rows ? L.rows[s] : s) * std::size_t(L.ld);
+}
+const float* src_scale(const Bf16Src& L, int s) { return L.row_scale ? L.row_scale + s : nullptr; }
+
+// f32_to_bf16 (core/half.h) without its branch, so the packers' loops vectorise: nearest even,
+// a NaN kept quiet with its sign and top payload bits.
+inline uint32_t round_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r;
+}
+
+// K along the storage's rows: logical (k, r) = storage (row k, column r), r < R. Panels of W
+// over r: dst[(blk·P + p)·2W + 2j + h] = round(S(2p+h, blk·W + j)), zero past K and R.
+// (B untransposed: W = 32, R = N. A transposed: W = 12, R = M.) In chunks of kPackPairs pair
+// steps: the chunk's 2·kPackPairs source rows stay in cache while every panel takes its W
+// columns of them, and each panel's part of the chunk is written in order. (Row by row into
+// every panel at once, consecutive stores were a panel size apart, on a few L1 sets; panel by
+// panel over all of K, each panel re-read the source's lines from L3: 5× slower for dyᵀ.)
+void pack_k_along_rows(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
+  constexpr int kPackPairs = 16;
+  const int P = pairs(K), nblk = (R + W - 1) / W, chunks = (P + kPackPairs - 1) / kPackPairs;
+  const bool par = !in_parallel() && max_threads() > 1 && double(R) * K >= kParallelWork / 8;
+#pragma omp parallel for schedule(static) if (par)
+  for (int ch = 0; ch < chunks; ++ch) {
+    const int p1 = std::min(P, (ch + 1) * kPackPairs);
+    for (int blk = 0; blk < nblk; ++blk) {
+      const int c0 = blk * W, w = std::min(W, R - c0);
+      for (int p = ch * kPackPairs; p < p1; ++p) {
+        uint32_t pair[kNR] = {};  // low half k = 2p, high half k = 2p + 1
+        for (int h = 0; h < 2 && 2 * p + h < K; ++h) {
+          const float* s = src_row(L, 2 * p + h) + c0;
+          const float f = L.row_scale ? L.row_scale[2 * p + h] : 1.f;
+          if (L.row_scale)
+            for (int j = 0; j < w; ++j) pair[j] |= round_bits(f * s[j]) << (16 * h);
+          else
+            for (int j = 0; j < w; ++j) pair[j] |= round_bits(s[j]) << (16 * h);
+        }
+        std::memcpy(dst + (std::size_t(blk) * P + p) * 2 * W, pair, std::size_t(W) * 4);
+      }
+    }
+  }
+}
+
+// K along the storage's columns: logical (k, r) = storage (row r, column k). Panels of W over
+// r: dst[(blk·P + p)·2W + 2j + h] = round(S(blk·W + j, 2p+h)), zero past K and R.
+// (A untransposed: W = 12, R = M. B transposed: W = 32, R = N.)
+void pack_k_along_cols(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
+  const int P = pairs(K), nblk = (R + W - 1) / W;
+  const bool par = !in_parallel() && max_threads() > 1 && double(R) * K >= kParallelWork / 8;
+#pragma omp parallel for schedule(static) if (par)
+  for (int r = 0; r < nblk * W; ++r) {
+    thread_local std::vector<uint16_t> buf;
+    uint16_t* t = scratch(buf, 2 * std::size_t(P));
+    t[2 * P - 1] = 0;  // the missing half of the last pair when K is odd
+    if (r < R)
+      round_row(t, src_row(L, r), K, src_scale(L, r));
+    else
+      std::fill(t, t + 2 * std::size_t(P), uint16_t(0));
+    uint16_t* d = dst + std::size_t(r / W) * P * 2 * W + 2 * (r % W);
+    for (int p = 0; p < P; ++p) std::memcpy(d + std::size_t(p) * 2 * W, t + 2 * p, 4);
+  }
+}
+
+// C [M, N] (= or +=) from packed panels on the microkernel, K blocks of kBf16KC pairs in order.
+void gemm_avx512bf16(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, float* C, int ldc,
+                     bool accumulate) {
+  const int P = pairs(K), nb = (N + kNR - 1) / kNR, mb = (M + kMR - 1) / kMR;
+  constexpr int kMB = 8;  // A panels per task when the product is shared out
+  const int mg = (mb + kMB - 1) / kMB;
+  // One K block: every (B panel, A panel) pair; each C block is written by one task.
+  auto block = [&](int p0, int jb, int ib0, int ib1) {
+    const int pc = std::min(kBf16KC, P - p0);
+    const int kc = p0 + pc == P ? K - 2 * p0 : 2 * pc;  // elements (odd only in the last block)
+    const float beta = accumulate || p0 > 0 ? 1.f : 0.f;
+    const uint16_t* bp = Bp + (std::size_t(jb) * P + p0) * 2 * kNR;
+    const int nr = std::min(kNR, N - jb * kNR);
+    for (int ib = ib0; ib < ib1; ++ib) {
+      const uint16_t* ap = Ap + (std::size_t(ib) * P + p0) * 2 * kMR;
+      bf16k::micro_12x32(ap, bp, kc, C + std::size_t(ib) * kMR * ldc + jb * kNR, ldc,
+                         std::min(kMR, M - ib * kMR), nr, 1.f, beta);
+    }
+  };
+  const bool par =
+      !in_parallel() && max_threads() > 1 && nb * mg > 1 && double(M) * N * K >= kParallelWork;
+  if (!par) {
+    for (int p0 = 0; p0 < P; p0 += kBf16KC)
+      for (int jb = 0; jb < nb; ++jb) block(p0, jb, 0, mb);
+    return;
+  }
+#pragma omp parallel
+  for (int p0 = 0; p0 < P; p0 += kBf16KC) {
+    // The implicit barrier at the end of each K block keeps every C element's blocks in order.
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < nb * mg; ++t)
+      block(p0, t % nb, (t / nb) * kMB, std::min(mb, (t / nb + 1) * kMB));
+  }
+}
+
+// The widen path: both panels unpacked to f32 (exact), then OpenBLAS sgemm.
+void gemm_widen(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, float* C, int ldc,
+                bool accumulate) {
+  thread_local std::vector<float> a_buf, b_buf;
+  const int P = pairs(K);
+  float* a = scratch(a_buf, std::size_t(M) * K);
+  float* b = scratch(b_buf, std::size_t(K) * N);
+  for (int i = 0; i < M; ++i)
+    for (int k = 0; k < K; ++k)
+      a[std::size_t(i) * K + k] =
+          bf16_to_f32(Ap[(std::size_t(i / kMR) * P + k / 2) * 2 * kMR + (i % kMR) * 2 + k % 2]);
+  for (int k = 0; k < K; ++k)
+    for (int n = 0; n < N; ++n)
+      b[std::size_t(k) * N + n] =
+          bf16_to_f32(Bp[(std::size_t(n / kNR) * P + k / 2) * 2 * kNR + (n % kNR) * 2 + k % 2]);
+  gemm<float>(false, false, M, N, K, 1.f, a, K, b, N, accumulate ? 1.f : 0.f, C, ldc);
+}
+
+}  // namespace
+
+std::size_t bf16_pack_b_elems(int K, int N) {
+  return std::size_t((N + kNR - 1) / kNR) * pairs(K) * 2 * kNR;
+}
+
+std::size_t bf16_pack_a_elems(int M, int K) {
+  return std::size_t((M + kMR - 1) / kMR) * pairs(K) * 2 * kMR;
+}
+
+void bf16_pack_b(uint16_t* Bp, int K, int N, const Bf16Src& L) {
+  if (L.trans)
+    pack_k_along_cols(Bp, kNR, N, K, L);
+  else
+    pack_k_along_rows(Bp, kNR, N, K, L);
+}
+
+void bf16_pack_a(uint16_t* Ap, int M, int K, const Bf16Src& L) {
+  if (L.trans)
+    pack_k_along_rows(Ap, kMR, M, K, L);
+  else
+    pack_k_along_cols(Ap, kMR, M, K, L);
+}
+
+void bf16_panel_gemm(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, float* C, int ldc,
+                     bool accumulate, Bf16GemmPath path) {
+  MOE_CHECK(M >= 0 && N >= 0 && K >= 0 && ldc >= std::max(1, N),
+            "bf16_panel_gemm: bad shape M={} N={} K={} ldc={}", M, N, K, ldc);
+  MOE_CHECK(bf16_gemm_path_available(path), "bf16_panel_gemm: path {} needs a CPU with AVX512-BF16",
+            bf16_gemm_path_name(path));
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate)
+      for (int i = 0; i < M; ++i) std::fill_n(C + std::size_t(i) * ldc, N, 0.f);
+    return;
+  }
+  if (path == Bf16GemmPath::kAuto) path = gemm_bf16_path();
+  if (path == Bf16GemmPath::kAvx512Bf16)
+    gemm_avx512bf16(M, N, K, Ap, Bp, C, ldc, accumulate);
+  else
+    gemm_widen(M, N, K, Ap, Bp, C, ldc, accumulate);
+}
+
+// ---- One expert's products.
+
+std::size_t bf16_expert_weight_elems(int C, int H, bool gated) {
+  const int W1 = gated ? 2 * H : H;
+  return bf16_pack_b_elems(C, W1) + bf16_pack_b_elems(H, C) + bf16_pack_b_elems(C, H) +
+         bf16_pack_b_elems(W1, C);
+}
+
+Bf16ExpertWeights bf16_pack_expert_weights(uint16_t* dst, const float* wg, const float* wu,
+                                           const float* wd, int C, int H, bool gated) {
+  const int W1 = gated ? 2 * H : H;
+  // [W_gate; W_up] [W1, C] in one f32 copy (the two are separate parameters), read by both of
+  // its layouts.
+  const float* first = wu;
+  if (gated) {
+    thread_local std::vector<float> stack;
+    float* s = scratch(stack, std::size_t(W1) * C);
+    std::copy_n(wg, std::size_t(H) * C, s);
+    std::copy_n(wu, std::size_t(H) * C, s + std::size_t(H) * C);
+    first = s;
+  }
+  Bf16ExpertWeights w;
+  uint16_t* at = dst;
+  auto take = [&](std::size_t n) {
+    uint16_t* p = at;
+    at += n;
+    return p;
+  };
+  uint16_t* first_t = take(bf16_pack_b_elems(C, W1));
+  uint16_t* down_t = take(bf16_pack_b_elems(H, C));
+  uint16_t* down = take(bf16_pack_b_elems(C, H));
+  uint16_t* first_n = take(bf16_pack_b_elems(W1, C));
+  bf16_pack_b(first_t, C, W1, {first, C, true});
+  bf16_pack_b(down_t, H, C, {wd, H, true});
+  bf16_pack_b(down, C, H, {wd, H, false});
+  bf16_pack_b(first_n, W1, C, {first, C, false});
+  w.first_t = first_t;
+  w.down_t = down_t;
+  w.down = down;
+  w.first = first_n;
+  return w;
+}
+
+std::size_t bf16_expert_scratch_a(int max_rows, int C, int H, bool gated) {
+  const int m = max_rows, W1 = gated ? 2 * H : H;
+  return std::max({bf16_pack_a_elems(m, C), bf16_pack_a_elems(m, H), bf16_pack_a_elems(C, m),
+                   bf16_pack_a_elems(H, m), bf16_pack_a_elems(m, W1)});
+}
+
+std::size_t bf16_expert_scratch_b(int max_rows, int C, int H) {
+  return std::max(bf16_pack_b_elems(max_rows, H), bf16_pack_b_elems(max_rows, C));
+}
+
+void bf16_first_forward(float* gu, const float* X, const int32_t* rows, const Bf16ExpertWeights& w,
+                        int m, int C, int H, bool gated, const Bf16ExpertScratch& s,
+                        Bf16GemmPath path) {
+  const int W1 = gated ? 2 * H : H;
+  bf16_pack_a(s.a, m, C, {X, C, false, rows});
+  bf16_panel_gemm(m, W1, C, s.a, w.first_t, gu, W1, false, path);
+}
+
+void bf16_down_forward(float* ye, const float* hid, const Bf16ExpertWeights& w, int m, int C, int H,
+                       const Bf16ExpertScratch& s, Bf16GemmPath path) {
+  bf16_pack_a(s.a, m, H, {hid, H});
+  bf16_panel_gemm(m, C, H, s.a, w.down_t, ye, C, false, path);
+}
+
+void bf16_down_backward(float* dwd, float* hid, const float* d, const int32_t* rows,
+                        const float* gate, float* dgate, const Bf16ExpertWeights& w, int m, int C,
+                        int H, const Bf16ExpertScratch& s, float* u, Bf16GemmPath path) {
+  // dW_down [C, H] += d(ye)ᵀ·hid with d(ye) = gate·dy[rows] (fused: the gate goes on hid's rows,
+  // where it multiplies the same terms) or d.
+  bf16_pack_b(s.b, m, H, {hid, H, false, nullptr, rows ? gate : nullptr});
+  bf16_pack_a(s.a, C, m, {d, C, true, rows});
+  bf16_panel_gemm(C, H, m, s.a, s.b, dwd, H, true, path);
+  bf16_pack_a(s.a, m, C, {d, C, false, rows});
+  bf16_panel_gemm(m, H, C, s.a, w.down, rows ? u : hid, H, false, path);
+  if (!rows) return;
+  for (int i = 0; i < m; ++i) {
+    float* h = hid + std::size_t(i) * H;
+    const float* ui = u + std::size_t(i) * H;
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j < H; ++j) dot += ui[j] * h[j];
+    dgate[i] = dot;
+    const float gi = gate[i];
+#pragma omp simd
+    for (int j = 0; j < H; ++j) h[j] = gi * ui[j];
+  }
+}
+
+void bf16_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, const float* X,
+                         const int32_t* rows, const Bf16ExpertWeights& w, int m, int C, int H,
+                         bool gated, bool accumulate, const Bf16ExpertScratch& s,
+                         Bf16GemmPath path) {
+  const int W1 = gated ? 2 * H : H;
+  bf16_pack_b(s.b, m, C, {X, C, false, rows});
+  if (gated) {
+    bf16_pack_a(s.a, H, m, {dgu, W1, true});
+    bf16_panel_gemm(H, C, m, s.a, s.b, dwg, C, true, path);
+  }
+  bf16_pack_a(s.a, H, m, {dgu + (W1 - H), W1, true});
+  bf16_panel_gemm(H, C, m, s.a, s.b, dwu, C, true, path);
+  bf16_pack_a(s.a, m, W1, {dgu, W1});
+  bf16_panel_gemm(m, C, W1, s.a, w.first, dX, C, accumulate, path);
+}
+
+}  // namespace moe

@@ -1,0 +1,218 @@
+// train.precision = bf16, layer by layer: the bf16 forward of the dense FFN and of attention's
+// k/v/o projections against double references computed on the bf16-rounded operands
+// (core/half.h's f32_to_bf16, which round_to_bf16 matches bit for bit).
+//
+// Error bounds (u = 2⁻²⁴, γ_n = n·u/(1 − n·u); S = Σ|products| of one output element):
+//   - a bf16 product of the kernel is within γ_{K+3}·S of the exact sum of the rounded operands
+//     (kernels/gemm_bf16.h; tests/kernels/test_gemm_bf16.cpp);
+//   - an activation rounded to bf16 inside the layer (the FFN's hidden) comes from an f32 value h
+//     within e of the double reference's, so its rounding lies between f32_to_bf16(h − e) and
+//     f32_to_bf16(h + e) (rounding is monotone): the reference takes that interval's width as the
+//     element's error instead of assuming no neighbour flip;
+//   - first-order propagation through SwiGLU/GELU and RMSNorm (the errors are ~1e-7 relative, so
+//     the second-order terms are ~1e-14 and the factor 2 on the final bound covers them and the
+//     double reference's own rounding).
+// A mis-wired buffer, a stale or missing shadow, or an f32 product where bf16 was meant gives
+// errors of 2⁻⁹…1 relative, orders of magnitude above these bounds (~1e-6 relative).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "moe/core/half.h"
+#include "moe/core/rng.h"
+#include "moe/ffn/dense.h"
+#include "moe/model/transformer.h"
+#include "moe/nn/rmsnorm.h"
+
+using namespace moe;
+
+namespace {
+
+constexpr double kU = 1.0 / (1 << 24);
+double gamma(int K) { return (K + 3) * kU / (1 - (K + 3) * kU); }
+double rb(double x) { return bf16_to_f32(f32_to_bf16(float(x))); }  // round to bf16, as double
+// Width of the bf16 roundings of [x − e, x + e] around the rounding of x.
+double flip(double x, double e) { return std::max(rb(x) - rb(x - e), rb(x + e) - rb(x)); }
+
+void check_dense(Activation act) {
+  const int N = 13, C = 40, H = 72;
+  ModelConfig m;
+  m.d_model = C;
+  m.n_layers = 2;
+  FfnConfig f;
+  f.activation = act;
+  f.d_ff = H;
+  ParamStore ps;
+  DenseFfn ffn(f, m, ps, "ffn");
+  ps.allocate();
+  ps.initialize(5);
+  // Weights of the size a trained model has (init_std 0.02 would make every product tiny).
+  for (Param& p : ps.all())
+    for (std::size_t i = 0; i < p.numel; ++i) p.w[i] *= 10.f;
+  Arena measure;
+  ffn.bind(measure, 1, N);
+  Arena acts(measure.used());
+  ffn.bind(acts, 1, N);
+  ffn.set_precision(Precision::kBf16);
+  std::vector<float> x(std::size_t(N) * C), out(std::size_t(N) * C);
+  const Rng r(9, 1);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = r.normal(i);
+  StepInfo info;
+  ffn.forward(out.data(), x.data(), N, info);
+
+  const bool glu = act == Activation::kSwiGLU;
+  const float* wg = glu ? ps.find("ffn.w_gate")->w : nullptr;
+  const float* wu = ps.find("ffn.w_up")->w;
+  const float* wd = ps.find("ffn.w_down")->w;
+  std::vector<double> hb(H), ehb(H);
+  for (int n = 0; n < N; ++n) {
+    const float* xn = x.data() + std::size_t(n) * C;
+    for (int h = 0; h < H; ++h) {
+      // gate and up on the rounded operands, and the kernel's error bound on each.
+      double g = 0, sg = 0, u = 0, su = 0;
+      for (int c = 0; c < C; ++c) {
+        const double xb = rb(xn[c]);
+        u += xb * rb(wu[std::size_t(h) * C + c]);
+        su += std::fabs(xb * rb(wu[std::size_t(h) * C + c]));
+        if (glu) {
+          g += xb * rb(wg[std::size_t(h) * C + c]);
+          sg += std::fabs(xb * rb(wg[std::size_t(h) * C + c]));
+        }
+      }
+      const double eg = gamma(C) * sg, eu = gamma(C) * su;
+      double hv, eh;
+      if (glu) {
+        // h = silu(g)·u; ∂h/∂g = u·σ(1 + g(1 − σ)), ∂h/∂u = silu(g). The f32 evaluation
+        // (vexp within 2 ulp, kernels/vexp.h; then +, ÷, × each u): 8u·|h| covers it twice.
+        const double s = 1 / (1 + std::exp(-g)), silu = g * s;
+        hv = silu * u;
+        eh = std::fabs(u * s * (1 + g * (1 - s))) * eg + std::fabs(silu) * eu +
+             8 * kU * std::fabs(hv);
+      } else {
+        // h = ½x(1 + erf(x/√2)); |h'| = |Φ(x) + xφ(x)|; libm's erff within 2 ulp, 4 more roundings.
+        const double Phi = 0.5 * (1 + std::erf(u / std::sqrt(2.0)));
+        const double phi = std::exp(-0.5 * u * u) / std::sqrt(2 * M_PI);
+        hv = u * Phi;
+        eh = std::fabs(Phi + u * phi) * eu + 8 * kU * std::fabs(hv);
+      }
+      hb[h] = rb(hv);
+      ehb[h] = flip(hv, eh);
+    }
+    for (int c = 0; c < C; ++c) {
+      double y = 0, s = 0, e = 0;
+      for (int h = 0; h < H; ++h) {
+        const double w = rb(wd[std::size_t(c) * H + h]);
+        y += hb[h] * w;
+        s += std::fabs(hb[h] * w);
+        e += ehb[h] * std::fabs(w);
+      }
+      const double tol = 2 * (e + gamma(H) * (s + e));
+      ASSERT_LE(std::fabs(out[std::size_t(n) * C + c] - y), tol)
+          << "token " << n << " channel " << c << " (|y| = " << std::fabs(y) << ")";
+    }
+  }
+  EXPECT_NE(ffn.describe().find("bf16"), std::string::npos) << ffn.describe();
+}
+
+}  // namespace
+
+TEST(Bf16Layers, DenseSwiGluForwardMatchesDoubleOnRoundedOperands) {
+  check_dense(Activation::kSwiGLU);
+}
+
+TEST(Bf16Layers, DenseGeluForwardMatchesDoubleOnRoundedOperands) { check_dense(Activation::kGELU); }
+
+// Attention's k, v and o projections through decode_step at position 0, where attention is exact:
+// one key, softmax weight exactly 1, RoPE a rotation by 0, so the head output is v itself. One
+// block whose FFN has w_down = 0 (its bf16 output is exactly 0). Then
+//   ln1 = RMSNorm(embed[t])          the same f32 function as the model: known bit for bit
+//   k, v (the cache) = bf16(ln1)·W_{k,v}ᵀ   within γ_{C+3}·S of the double reference
+//   x = embed[t] + bf16(v)·Woᵀ        (v read back from the cache: exact operands)
+//   logits = RMSNorm(x)·Eᵀ            f32; the bound carries x's error through RMSNorm's
+//                                     first-order derivative, its f32 evaluation (rstd from a
+//                                     double sum, rounded once, then two products: 4u), and the
+//                                     f32 head product (γ_{C}).
+TEST(Bf16Layers, AttentionProjectionsMatchDoubleOnRoundedOperands) {
+  ModelConfig cfg;
+  cfg.vocab_size = 50;
+  cfg.d_model = 48;
+  cfg.n_layers = 1;
+  cfg.n_heads = 4;
+  cfg.n_kv_heads = 2;
+  cfg.max_seq_len = 4;
+  cfg.ffn.d_ff = 64;
+  Transformer model(cfg, 1, 4);
+  model.params().initialize(11);
+  for (Param& p : model.params().all())
+    for (std::size_t i = 0; i < p.numel; ++i)
+      p.w[i] = p.name.find("w_down") != std::string::npos ? 0.f
+               : p.name.find("norm") != std::string::npos ? 1.f + 0.1f * std::sin(float(i))
+                                                          : p.w[i] * 10.f;
+  model.set_precision(Precision::kBf16);
+  const int C = cfg.d_model, Dq = 4 * 12, Dkv = 2 * 12, V = cfg.vocab_size;
+  const float* E = model.params().find("embed.weight")->w;
+  const float* g1 = model.params().find("layers.0.attn_norm.weight")->w;
+  const float* gf = model.params().find("norm.weight")->w;
+  const float* wk = model.params().find("layers.0.attn.wk")->w;
+  const float* wv = model.params().find("layers.0.attn.wv")->w;
+  const float* wo = model.params().find("layers.0.attn.wo")->w;
+  for (int32_t tok : {3, 17, 42}) {
+    KVCache cache = model.make_cache(4);
+    const float* lp = model.decode_step(tok, 0, cache);
+    const std::vector<float> logits(lp, lp + V);
+    const float* e = E + std::size_t(tok) * C;
+    std::vector<float> ln1(C);
+    float rstd;
+    rmsnorm_forward(ln1.data(), &rstd, e, g1, 1, C, cfg.norm_eps);
+    for (int j = 0; j < Dkv; ++j) {
+      double k = 0, v = 0, sk = 0, sv = 0;
+      for (int c = 0; c < C; ++c) {
+        const double a = rb(ln1[c]);
+        k += a * rb(wk[std::size_t(j) * C + c]);
+        v += a * rb(wv[std::size_t(j) * C + c]);
+        sk += std::fabs(a * rb(wk[std::size_t(j) * C + c]));
+        sv += std::fabs(a * rb(wv[std::size_t(j) * C + c]));
+      }
+      ASSERT_LE(std::fabs(cache.k[j] - k), gamma(C) * sk) << "k " << j;
+      ASSERT_LE(std::fabs(cache.v[j] - v), gamma(C) * sv) << "v " << j;
+    }
+    // Head h's output is kv head h / 2's v: att [Dq] from the cache's v.
+    std::vector<double> x(C), ex(C);
+    for (int c = 0; c < C; ++c) {
+      double s = 0, acc = 0;
+      for (int i = 0; i < Dq; ++i) {
+        const int h = i / 12, d = i % 12;
+        const double a = rb(cache.v[(h / 2) * 12 + d]) * rb(wo[std::size_t(c) * Dq + i]);
+        acc += a;
+        s += std::fabs(a);
+      }
+      x[c] = e[c] + acc;
+      ex[c] = gamma(Dq) * (s + std::fabs(e[c]));  // beta = 1 accumulation into the residual
+    }
+    double ms = 0, sxe = 0;
+    for (int c = 0; c < C; ++c) {
+      ms += x[c] * x[c] / C;
+      sxe += std::fabs(x[c]) * ex[c];
+    }
+    const double r = 1 / std::sqrt(ms + cfg.norm_eps);
+    std::vector<double> lnf(C), elnf(C);
+    for (int c = 0; c < C; ++c) {
+      lnf[c] = x[c] * r * gf[c];
+      elnf[c] = std::fabs(gf[c]) * r * (ex[c] + std::fabs(x[c]) * r * r * sxe / C) +
+                4 * kU * std::fabs(lnf[c]);
+    }
+    for (int t = 0; t < V; ++t) {
+      double z = 0, s = 0, ez = 0;
+      for (int c = 0; c < C; ++c) {
+        const double w = E[std::size_t(t) * C + c];
+        z += lnf[c] * w;
+        s += std::fabs(lnf[c] * w);
+        ez += elnf[c] * std::fabs(w);
+      }
+      ASSERT_LE(std::fabs(logits[t] - z), 2 * (ez + gamma(C) * (s + ez)))
+          << "token " << tok << " logit " << t << " (|z| = " << std::fabs(z) << ")";
+    }
+  }
+}
