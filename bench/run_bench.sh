@@ -32,7 +32,7 @@ THREADS=2
 ROUNDS=${BENCH_ROUNDS:-3}  # alternating runs per side in each benchmark; the fastest is kept
 # bf16 (train.precision bf16 vs fp32) runs when named; it joins ALL_BENCHES together with its
 # first recorded section in RESULTS.md (tests/python/test_bench_results.py wants one per name).
-ALL_BENCHES=(dense moe peer mpi infer kernels)
+ALL_BENCHES=(dense moe peer mpi infer kernels bf16 moe_bf16)
 # moe_bf16 (bench_moe_bf16) runs by name only until its first quiet-machine run is recorded:
 # then it joins ALL_BENCHES after moe, with its section in RESULTS.md
 # (tests/python/test_bench_results.py checks the file has one section per name here).
