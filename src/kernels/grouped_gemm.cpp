@@ -419,6 +419,11 @@ void panel_down_backward(float* dwd, float* hid, const float* d, const int32_t* 
   // over the same rows then finds them in L2 instead of missing on each new line.
   input_grad();
   weight_grad();
+  gate_split_backward(hid, dgate, u, gate, m, H);
+}
+
+void gate_split_backward(float* hid, float* dgate, const float* u, const float* gate, int m,
+                         int H) {
   for (int i = 0; i < m; ++i) {
     float* h = hid + std::size_t(i) * H;
     const float* ui = u + std::size_t(i) * H;

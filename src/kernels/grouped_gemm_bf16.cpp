@@ -12,6 +12,7 @@
 #include "moe/core/threading.h"
 #include "moe/kernels/cpu_features.h"
 #include "moe/kernels/gemm.h"
+#include "moe/kernels/grouped_gemm.h"
 
 namespace moe {
 
@@ -289,17 +290,7 @@ void bf16_down_backward(float* dwd, float* hid, const float* d, const int32_t* r
   bf16_pack_a(s.a, m, C, {d, C, false, rows});
   bf16_panel_gemm(m, H, C, s.a, w.down, rows ? u : hid, H, false, path);
   if (!rows) return;
-  for (int i = 0; i < m; ++i) {
-    float* h = hid + std::size_t(i) * H;
-    const float* ui = u + std::size_t(i) * H;
-    float dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int j = 0; j < H; ++j) dot += ui[j] * h[j];
-    dgate[i] = dot;
-    const float gi = gate[i];
-#pragma omp simd
-    for (int j = 0; j < H; ++j) h[j] = gi * ui[j];
-  }
+  gate_split_backward(hid, dgate, u, gate, m, H);
 }
 
 void bf16_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, const float* X,

@@ -84,6 +84,10 @@ void panel_down_backward(float* dwd, float* hid, const float* d, const int32_t* 
                          const float* gate, float* dgate, const float* wd, int m, int C, int H,
                          float* pack, float* apack, float* u);
 
+// The fused down backward's last step, shared by the f32 and bf16 products: with u [m, H] =
+// dy[rows]·W_down, dgate_i (=) = u_i · hid_i and hid_i ← gate_i·u_i (in place).
+void gate_split_backward(float* hid, float* dgate, const float* u, const float* gate, int m, int H);
+
 // From dgu [m, W1]: dW_gate, dW_up [H, C] += dguᵀ · X (one packed X for both), then
 // dX [m, C] (= or += when accumulate) = dgu · [W_gate; W_up] (streaming stores).
 void panel_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, const float* X,
