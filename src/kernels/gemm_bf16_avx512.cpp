@@ -273,6 +273,39 @@ void round_avx512(uint16_t* dst, const float* src, std::size_t n) {
   }
 }
 
+namespace {
+
+// round_avx512's rule on 16 lanes, the result in the low half of each 32-bit lane.
+inline __m512i round_lanes(__m512i u) {
+  const __m512i hi = _mm512_srli_epi32(u, 16);
+  const __m512i rounded =
+      _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                                         _mm512_and_si512(hi, _mm512_set1_epi32(1))),
+                        16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  return _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+}
+
+}  // namespace
+
+void round_pairs_avx512(uint32_t* dst, const float* s0, const float* s1, std::size_t n, bool scaled,
+                        float f0, float f1) {
+  const __m512 v0 = _mm512_set1_ps(f0), v1 = _mm512_set1_ps(f1);
+  for (std::size_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    __m512 a = _mm512_maskz_loadu_ps(m, s0 + i);
+    if (scaled) a = _mm512_mul_ps(v0, a);
+    __m512i r = round_lanes(_mm512_castps_si512(a));
+    if (s1) {
+      __m512 b = _mm512_maskz_loadu_ps(m, s1 + i);
+      if (scaled) b = _mm512_mul_ps(v1, b);
+      r = _mm512_or_si512(r, _mm512_slli_epi32(round_lanes(_mm512_castps_si512(b)), 16));
+    }
+    _mm512_mask_storeu_epi32(dst + i, m, r);
+  }
+}
+
 void widen_avx512(float* dst, const uint16_t* src, std::size_t n) {
   for (std::size_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);

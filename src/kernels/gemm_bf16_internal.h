@@ -21,4 +21,11 @@ void micro_12x32(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ld
 void round_avx512(uint16_t* dst, const float* src, std::size_t n);
 void widen_avx512(float* dst, const uint16_t* src, std::size_t n);
 
+// dst[j] = bf16(f0·s0[j]) | bf16(f1·s1[j]) << 16 for j < n: the pairs (k = 2p, 2p + 1) of two
+// source rows, rounded as round_avx512 rounds. The products by f0, f1 are taken only when scaled
+// (one f32 multiply each); s1 = null gives zero high halves (the missing row past an odd K).
+// Needs cpu_features().avx512.
+void round_pairs_avx512(uint32_t* dst, const float* s0, const float* s1, std::size_t n, bool scaled,
+                        float f0, float f1);
+
 }  // namespace moe::bf16k
