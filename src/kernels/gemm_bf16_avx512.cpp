@@ -95,34 +95,82 @@ void pack_pairs_of_rows(uint16_t* dst, std::size_t panel, const uint16_t* X, int
       if (W == kNR) {
         _mm512_storeu_si512(d, o0);
         _mm512_storeu_si512(d + 32, _mm512_permutex2var_epi16(v0, vhi, v1));
+      } else if (p + 1 < p1) {
+        // 64 bytes for W = 12's 48: the last 16 (zeros) land on step p + 1's first pairs of
+        // this panel, which this thread writes next. (Masked stores are slow on Zen.)
+        _mm512_storeu_si512(d, o0);
       } else {
-        _mm512_mask_storeu_epi16(d, m_out, o0);
+        _mm512_mask_storeu_epi16(d, m_out, o0);  // the chunk's last step: the next is another's
       }
     }
   }
 }
 
+// Transposes the 16 × 16 block of 32-bit values r[0..15] (row i = r[i], lane j = column j) in
+// place: afterwards r[j] holds column j (lane i = row i). Unpacks within 128-bit lanes by 32 and
+// 64 bits, then two rounds of 128-bit lane shuffles.
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);      // per 128-bit lane: a0 b0 a1 b1
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);  // a2 b2 a3 b3
+  }
+  for (int g = 0; g < 16; g += 4) {  // rows g..g+3: u[g + j] = column 4L + j in lane L
+    u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+    u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+    u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+    u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512i v0 = _mm512_shuffle_i32x4(u[j], u[4 + j], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i w0 = _mm512_shuffle_i32x4(u[j], u[4 + j], _MM_SHUFFLE(3, 1, 3, 1));
+    const __m512i v1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i w1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(3, 1, 3, 1));
+    r[j] = _mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(2, 0, 2, 0));
+    r[8 + j] = _mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(3, 1, 3, 1));
+    r[4 + j] = _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(2, 0, 2, 0));
+    r[12 + j] = _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+}
+
+}  // namespace
+
 // Columns 2p, 2p+1 of row c0+c of X as the pair c of step p: dst[(p·W + c)·2 + h] =
 // X[(c0+c)·ld + 2p + h], zero past K or w. (B with trans_b: X = B [N, ldb], W = kNR.
-// A without trans_a: X = A, W = kMR.)
-void pack_pairs_of_cols(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W) {
+// A without trans_a: X = A, W = kMR.) Each row's pairs are 32-bit values in place, so a panel is
+// a transpose of W rows × P pairs: 16 rows (W = 12: 12 and four zero) × 16 steps per transpose16.
+void pack_cols_avx512(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W) {
   const int P = (K + 1) / 2, Pfull = K / 2;
   // 4-byte aligned: every panel starts at an even offset of a new[]-ed buffer.
   uint32_t* d32 = reinterpret_cast<uint32_t*>(dst);
-  for (int c = 0; c < W; ++c) {
-    if (c >= w) {
-      for (int p = 0; p < P; ++p) d32[std::size_t(p) * W + c] = 0;
-      continue;
+  for (int h = 0; h < W; h += 16) {
+    const int nr = std::min(16, W - h);  // output lanes of this group of rows
+    for (int p0 = 0; p0 < Pfull; p0 += 16) {
+      const int np = std::min(16, Pfull - p0);
+      const __mmask16 m = np == 16 ? __mmask16(0xffff) : __mmask16((1u << np) - 1);
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < nr && h + i < w
+                   ? _mm512_maskz_loadu_epi32(m, X + std::size_t(c0 + h + i) * ld + 2 * p0)
+                   : _mm512_setzero_si512();
+      transpose16(r);
+      for (int j = 0; j < np; ++j) {
+        uint32_t* o = d32 + std::size_t(p0 + j) * W + h;
+        if (nr == 16 || p0 + j + 1 < P)
+          // W = 12: the 16 bytes past this step's 48 land on step p + 1's first pairs, written
+          // next (by this loop or the odd-K tail below).
+          _mm512_storeu_si512(o, r[j]);
+        else
+          _mm512_mask_storeu_epi32(o, __mmask16((1u << nr) - 1), r[j]);
+      }
     }
-    const uint16_t* row = X + std::size_t(c0 + c) * ld;
-    for (int p = 0; p < Pfull; ++p) {
-      uint32_t v;
-      std::memcpy(&v, row + 2 * p, 4);
-      d32[std::size_t(p) * W + c] = v;
-    }
-    if (K & 1) d32[std::size_t(Pfull) * W + c] = row[K - 1];  // high half (k = K) is zero
   }
+  if (K & 1)  // the last step's pairs: (X[·, K−1], 0)
+    for (int c = 0; c < W; ++c)
+      d32[std::size_t(Pfull) * W + c] = c < w ? X[std::size_t(c0 + c) * ld + K - 1] : 0u;
 }
+
+namespace {
 
 inline __m512bh bcast_pair(const uint16_t* p) {
   uint32_t v;
@@ -199,7 +247,7 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
 #pragma omp for schedule(static)
       for (int jb = 0; jb < nb; ++jb) {
         const int j0 = jb * kNR;
-        pack_pairs_of_cols(bp + jb * b_panel, B, ldb, K, j0, std::min(kNR, N - j0), kNR);
+        pack_cols_avx512(bp + jb * b_panel, B, ldb, K, j0, std::min(kNR, N - j0), kNR);
       }
     } else {
 #pragma omp for schedule(static)
@@ -216,7 +264,7 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
 #pragma omp for schedule(static)
       for (int ib = 0; ib < mb; ++ib) {
         const int i0 = ib * kMR;
-        pack_pairs_of_cols(ap + ib * a_panel, A, lda, K, i0, std::min(kMR, M - i0), kMR);
+        pack_cols_avx512(ap + ib * a_panel, A, lda, K, i0, std::min(kMR, M - i0), kMR);
       }
     }
 #pragma omp for schedule(dynamic)

@@ -17,6 +17,11 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
 void micro_12x32(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int mr, int nr,
                  float alpha, float beta);
 
+// The panel of rows c0 .. c0+w−1 (w ≤ W; W = 12 or 32) of bf16 X [·, ld], K along the rows:
+// dst[(p·W + c)·2 + h] = X[(c0+c)·ld + 2p + h], zero past K or w (layouts in
+// gemm_bf16_avx512.cpp). Needs cpu_features().avx512.
+void pack_cols_avx512(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W);
+
 // round_to_bf16 / widen_bf16 on one range, single-threaded; need cpu_features().avx512.
 void round_avx512(uint16_t* dst, const float* src, std::size_t n);
 void widen_avx512(float* dst, const uint16_t* src, std::size_t n);
