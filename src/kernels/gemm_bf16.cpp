@@ -128,9 +128,12 @@ void round_to_bf16(uint16_t* dst, const float* src, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
     return;
   }
+  // Small or inside a parallel region: no pragma at all (even `if (false)` costs libgomp a team
+  // of one per call, a malloc and futex traffic, which dominated attention's per-row rounding).
+  if (n < kParallelConvert || omp_in_parallel()) return bf16k::round_avx512(dst, src, n);
   constexpr std::size_t kBlock = std::size_t(1) << 14;
   const std::ptrdiff_t blocks = std::ptrdiff_t((n + kBlock - 1) / kBlock);
-#pragma omp parallel for schedule(static) if (n >= kParallelConvert)
+#pragma omp parallel for schedule(static)
   for (std::ptrdiff_t b = 0; b < blocks; ++b) {
     const std::size_t i0 = std::size_t(b) * kBlock;
     bf16k::round_avx512(dst + i0, src + i0, std::min(kBlock, n - i0));

@@ -22,8 +22,12 @@ void micro_12x32(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ld
 // gemm_bf16_avx512.cpp). Needs cpu_features().avx512.
 void pack_cols_avx512(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W);
 
-// round_to_bf16 / widen_bf16 on one range, single-threaded; need cpu_features().avx512.
+// round_to_bf16 / widen_bf16 on one range, single-threaded; need cpu_features().avx512. The
+// rounding takes vcvtne2ps2bf16 where the CPU has AVX512-BF16 (round_bf16insn), the integer
+// rule otherwise (round_int_avx512): the same bits.
 void round_avx512(uint16_t* dst, const float* src, std::size_t n);
+void round_int_avx512(uint16_t* dst, const float* src, std::size_t n);
+void round_bf16insn(uint16_t* dst, const float* src, std::size_t n);  // needs avx512_bf16
 void widen_avx512(float* dst, const uint16_t* src, std::size_t n);
 
 // dst[j] = bf16(f0·s0[j]) | bf16(f1·s1[j]) << 16 for j < n: the pairs (k = 2p, 2p + 1) of two
@@ -32,5 +36,9 @@ void widen_avx512(float* dst, const uint16_t* src, std::size_t n);
 // Needs cpu_features().avx512.
 void round_pairs_avx512(uint32_t* dst, const float* s0, const float* s1, std::size_t n, bool scaled,
                         float f0, float f1);
+void round_pairs_int_avx512(uint32_t* dst, const float* s0, const float* s1, std::size_t n,
+                            bool scaled, float f0, float f1);
+void round_pairs_bf16insn(uint32_t* dst, const float* s0, const float* s1, std::size_t n,
+                          bool scaled, float f0, float f1);  // needs avx512_bf16
 
 }  // namespace moe::bf16k
