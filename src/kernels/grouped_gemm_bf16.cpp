@@ -111,21 +111,36 @@ void pack_k_along_rows(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
 
 // K along the storage's columns: logical (k, r) = storage (row r, column k). Panels of W over
 // r: dst[(blk·P + p)·2W + 2j + h] = round(S(blk·W + j, 2p+h)), zero past K and R.
-// (A untransposed: W = 12, R = M. B transposed: W = 32, R = N.)
+// (A untransposed: W = 12, R = M. B transposed: W = 32, R = N.) Per panel, its w ≤ W rows are
+// rounded whole into a block of rows, then transposed into the panel 16 × 16 pairs at a time
+// (bf16k::pack_cols_avx512, gemm_bf16's packer); without AVX-512, pair by pair.
 void pack_k_along_cols(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
   const int P = pairs(K), nblk = (R + W - 1) / W;
+  const bool vec = cpu_features().avx512;
   const bool par = !in_parallel() && max_threads() > 1 && double(R) * K >= kParallelWork / 8;
 #pragma omp parallel for schedule(static) if (par)
-  for (int r = 0; r < nblk * W; ++r) {
+  for (int blk = 0; blk < nblk; ++blk) {
     thread_local std::vector<uint16_t> buf;
-    uint16_t* t = scratch(buf, 2 * std::size_t(P));
-    t[2 * P - 1] = 0;  // the missing half of the last pair when K is odd
-    if (r < R)
-      round_row(t, src_row(L, r), K, src_scale(L, r));
-    else
-      std::fill(t, t + 2 * std::size_t(P), uint16_t(0));
-    uint16_t* d = dst + std::size_t(r / W) * P * 2 * W + 2 * (r % W);
-    for (int p = 0; p < P; ++p) std::memcpy(d + std::size_t(p) * 2 * W, t + 2 * p, 4);
+    const std::size_t ld = 2 * std::size_t(P);
+    uint16_t* t = scratch(buf, std::size_t(W) * ld);
+    const int r0 = blk * W, w = std::min(W, R - r0);
+    uint16_t* d = dst + std::size_t(blk) * P * 2 * W;
+    for (int j = 0; j < w; ++j) {
+      t[j * ld + ld - 1] = 0;  // the missing half of the last pair when K is odd
+      round_row(t + j * ld, src_row(L, r0 + j), K, src_scale(L, r0 + j));
+    }
+    if (vec) {
+      bf16k::pack_cols_avx512(d, t, int(ld), K, 0, w, W);
+      continue;
+    }
+    for (int j = 0; j < W; ++j)
+      for (int p = 0; p < P; ++p) {
+        uint16_t* o = d + (std::size_t(p) * W + j) * 2;
+        if (j < w)
+          std::memcpy(o, t + j * ld + 2 * p, 4);
+        else
+          o[0] = o[1] = 0;
+      }
   }
 }
 
