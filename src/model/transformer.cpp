@@ -8,7 +8,6 @@
 #include "moe/ffn/moe/moe_ffn.h"
 #include "moe/kernels/gemm_bf16.h"
 #include "moe/nn/attention.h"
-#include "moe/nn/attention_bf16.h"
 #include "moe/nn/cross_entropy.h"
 #include "moe/nn/embedding.h"
 #include "moe/nn/linear.h"
@@ -230,10 +229,7 @@ double Transformer::forward(const int32_t* tokens, const int32_t* targets, int B
     qkv_forward(l, L, L, lp_.empty() ? nullptr : lp_[l].ln1, L.q, L.k, L.v, N);
     rope_apply(L.q, rope_, N, T, 0, Hq_, false);
     rope_apply(L.k, rope_, N, T, 0, Hkv_, false);
-    if (precision_ == Precision::kBf16)
-      attention_forward_bf16(L.att, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_, hd_);
-    else
-      attention_forward(L.att, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_, hd_);
+    attention_forward(L.att, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_, hd_);
     // res_mid = res_in + att·Woᵀ
     std::memcpy(L.res_mid, L.res_in, sizeof(float) * N * C_);
     wo_forward(l, L.res_mid, L.att, lp_.empty() ? nullptr : lp_[l].att, N);
@@ -284,12 +280,8 @@ void Transformer::backward() {
                            false);
     else
       linear_backward(datt_, L.wo->g, dres_, L.att, L.wo->w, N, Dq_, C_, false);
-    if (low)
-      attention_backward_bf16(dq_, dk_, dv_, att_scratch_, datt_, L.probs, L.q, L.k, L.v, B, T, Hq_,
-                              Hkv_, hd_);
-    else
-      attention_backward(dq_, dk_, dv_, att_scratch_, datt_, L.probs, L.q, L.k, L.v, B, T, Hq_,
-                         Hkv_, hd_);
+    attention_backward(dq_, dk_, dv_, att_scratch_, datt_, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_,
+                       hd_);
     rope_apply(dq_, rope_, N, T, 0, Hq_, true);
     rope_apply(dk_, rope_, N, T, 0, Hkv_, true);
     float* dq = dq_;
