@@ -227,7 +227,7 @@ void register_eval(CLI::App& app) {
       // Our checkpoints keep the training model's evaluation: its capacity rule and routing
       // metrics, bit for bit what training reported. Before allocating: the model for
       // batch × T windows (not for max_seq_len positions).
-      check_memory(estimate_memory(l.meta.config.model, a->batch, T, MemoryUse::kEval),
+      check_memory(estimate_memory(l.meta.config.model, a->batch, T, MemoryUse::kEval, 0, precision),
                    l.meta.config.model, a->batch, T, "evaluating " + a->checkpoint);
       build_model(l, a->checkpoint, a->batch, T);
       l.model->set_precision(precision);  // bf16: shadows rounded from the loaded masters

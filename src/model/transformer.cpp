@@ -346,6 +346,12 @@ void Transformer::set_precision(Precision p) {
   refresh_low_precision();
 }
 
+std::size_t Transformer::low_precision_bytes() const {
+  std::size_t n = low_.capacity();
+  for (const auto& f : ffn_) n += f->low_precision_bytes();
+  return n;
+}
+
 void Transformer::refresh_low_precision() {
   if (precision_ == Precision::kFp32) return;
   for (int l = 0; l < cfg_.n_layers; ++l) {

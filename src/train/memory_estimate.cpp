@@ -36,6 +36,42 @@ double ffn_params(const FfnConfig& f, double C, double* tensors) {
   return 3 * E * C + E + mats * C * (E * H + m.shared_experts * Hs) + C;
 }
 
+// Token-expert rows an MoE layer's experts may receive for B × T tokens (their panels' bound).
+double expert_rows(const MoeFfnConfig& m, double B, double T) {
+  const double N = B * T, E = m.num_experts;
+  if (m.router.kind == RouterConfig::Kind::kRelu) return N * E;  // ReMoE: up to every expert
+  if (m.router.kind != RouterConfig::Kind::kExpertChoice) return N * m.top_k;
+  const double cf = std::max(m.capacity_factor, m.eval_capacity_factor);
+  const double c = std::min(B, std::ceil(B * cf / E));
+  const double kk = std::min(E, std::max(1.0, std::round(cf)));
+  return std::max(std::min(T * E * c, N * E), N * kk);
+}
+
+// Bytes of one block's FFN in bf16 (set_precision): its shadows, saved operands and scratch.
+double ffn_low_precision(const FfnConfig& f, double C, double B, double T, double threads) {
+  const double N = B * T;
+  const bool glu = f.activation == Activation::kSwiGLU;
+  if (f.kind == FfnConfig::Kind::kPeer) return 0;  // f32 products
+  if (f.kind == FfnConfig::Kind::kDense) {         // DenseFfn::bind_low_precision
+    const double H = f.d_ff, R = glu ? 2 * H : H;
+    return 2 * (R * C + C * H + N * C + N * H + N * std::max(C, R)) + 5 * kAlign;
+  }
+  const MoeFfnConfig& m = f.moe;
+  const double E = m.num_experts, H = m.d_expert, W1 = glu ? 2 * H : H;
+  const double Hs = m.shared_d_expert ? m.shared_d_expert : H, W1s = glu ? 2 * Hs : Hs;
+  // Packed panels (grouped_gemm_bf16.h): B [K, N] in panels of 32 columns, A [M, K] of 12 rows,
+  // K in pairs; an expert's weights in four layouts.
+  auto pb = [](double K, double n) { return std::ceil(n / 32) * 32 * 2 * std::ceil(K / 2); };
+  auto pa = [](double M, double K) { return std::ceil(M / 12) * 12 * 2 * std::ceil(K / 2); };
+  auto weights = [&](double w1, double h) { return pb(C, w1) + pb(h, C) + pb(C, h) + pb(w1, C); };
+  const double rows = std::max(expert_rows(m, B, T), m.shared_experts > 0 ? N : 0);
+  const double Hm = std::max(H, Hs), Wm = std::max(W1, W1s);
+  const double a = std::max({pa(rows, C), pa(rows, Hm), pa(C, rows), pa(Hm, rows), pa(rows, Wm)});
+  const double b = std::max(pb(rows, Hm), pb(rows, C));
+  return 2 * (E * weights(W1, H) + m.shared_experts * weights(W1s, Hs)) +
+         threads * (2 * (a + b + 64) + 4 * (expert_rows(m, B, T) * H + 32));
+}
+
 // Activation floats of one block's FFN for N = B·T tokens (an upper bound of its bind()).
 double ffn_activations(const FfnConfig& f, double C, double B, double T, double threads) {
   const double N = B * T;
@@ -53,15 +89,12 @@ double ffn_activations(const FfnConfig& f, double C, double B, double T, double 
   }
   const MoeFfnConfig& m = f.moe;
   const double E = m.num_experts, H = m.d_expert, W1 = mats == 3 ? 2 * H : H;
-  double rows = N * m.top_k, ec_pick = 0;
+  const double rows = expert_rows(m, B, T);
+  double ec_pick = 0;
   if (m.router.kind == RouterConfig::Kind::kExpertChoice) {
     const double cf = std::max(m.capacity_factor, m.eval_capacity_factor);
-    const double c = std::min(B, std::ceil(B * cf / E));
-    const double kk = std::min(E, std::max(1.0, std::round(cf)));
-    rows = std::max(std::min(T * E * c, N * E), N * kk);
-    ec_pick = T * E * c + (B + 16) * threads;
+    ec_pick = T * E * std::min(B, std::ceil(B * cf / E)) + (B + 16) * threads;
   }
-  if (m.router.kind == RouterConfig::Kind::kRelu) rows = N * E;  // ReMoE: up to every expert
   const double router =
       N * E * 5 + N * 4 + 2 * N * C + rows * 5 + E * 16 + 2 * m.top_k * E + ec_pick;
   const double dispatch = rows * 13 + 2 * N + E + 4096 * threads;
@@ -95,7 +128,7 @@ std::optional<double> read_number_file(const std::string& path) {
 }  // namespace
 
 MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max_seq, MemoryUse use,
-                               int kv_context) {
+                               int kv_context, Precision precision) {
   ModelConfig c = config;
   c.resolve();
   const double C = c.d_model, V = c.vocab_size, L = c.n_layers, B = max_batch, T = max_seq;
@@ -137,6 +170,20 @@ MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max
   e.activations = arena(4 * acts);
   if (use == MemoryUse::kTrain) e.training = 3 * e.weights;  // gradients, AdamW m and v
   if (use == MemoryUse::kGenerate) e.kv_cache = 4 * L * kv_context * 2 * Dkv;
+  if (precision == Precision::kBf16) {
+    // Transformer::bind_low_precision: per block the shadows of wq, wk, wv, wo and the saved
+    // bf16 attention input and output; one rounded-gradient scratch.
+    double low = L * (2 * (2 * Dq * C + 2 * Dkv * C + N * C + N * Dq) + 6 * kAlign) +
+                 2 * N * std::max({C, Dq, Dkv});
+    for (const auto& [l, f] : c.ffn_overrides) low += ffn_low_precision(f, C, B, T, threads);
+    low += (L - overridden) * ffn_low_precision(c.ffn, C, B, T, threads);
+    // gemm_bf16's packing scratch on the calling thread (its largest product: a weight
+    // gradient, [rows, N]·[N, C] with rows ≤ max(2·d_ff, Dq, C)).
+    const double R =
+        std::max({Dq, C, c.ffn.kind == FfnConfig::Kind::kDense ? 2.0 * c.ffn.d_ff : 0});
+    low += 2 * (std::ceil(R / 12) * 12 + std::ceil(C / 32) * 32) * (N + 2);
+    e.low_precision = arena(low);
+  }
   return e;
 }
 
@@ -183,6 +230,7 @@ void check_memory(const MemoryEstimate& e, const ModelConfig& cfg, int max_batch
   parts += fmt::format(", activations {} for batch {} × seq {}", human_bytes(e.activations),
                        max_batch, max_seq);
   if (e.kv_cache > 0) parts += fmt::format(", KV cache {}", human_bytes(e.kv_cache));
+  if (e.low_precision > 0) parts += fmt::format(", bf16 copies {}", human_bytes(e.low_precision));
   MOE_FAIL(
       "{} needs ~{} ({}) with {}, but {} is available (MemAvailable and the cgroup's "
       "memory.max); reduce the fields that drive it",

@@ -167,7 +167,8 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
             "{}/train.txt: {} tokens, need more than seq_len + 1 = {}", cfg_.data.dir,
             train_.ids.size(), cfg_.train.seq_len + 1);
   // Refuse what cannot fit before allocating (n_layers = 1e8 used to grow past 6.8 GB).
-  check_memory(estimate_memory(cfg_.model, local_batch_, cfg_.train.seq_len, MemoryUse::kTrain),
+  check_memory(estimate_memory(cfg_.model, local_batch_, cfg_.train.seq_len, MemoryUse::kTrain, 0,
+                               cfg_.train.precision),
                cfg_.model, local_batch_, cfg_.train.seq_len, "training");
   model_ = std::make_unique<Transformer>(cfg_.model, local_batch_, cfg_.train.seq_len, comm_);
   model_->params().initialize(cfg_.train.seed);

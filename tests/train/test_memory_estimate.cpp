@@ -54,6 +54,19 @@ TEST(MemoryEstimate, BoundsTheRealAllocationWithinOneAndAHalf) {
     // Training adds gradients and both AdamW moments: three more copies of the weights.
     const MemoryEstimate t = estimate_memory(cfg.model, c.B, c.T, MemoryUse::kTrain);
     EXPECT_EQ(t.training, 3 * t.weights);
+    EXPECT_EQ(t.low_precision, 0);
+    // train.precision = bf16 adds the bf16 arenas (the model's and each FFN's, the experts'
+    // packed weights and per-thread scratch), which the estimate bounds as it bounds the rest:
+    // at least what set_precision allocated, within 1.5× of it plus gemm_bf16's packing scratch
+    // (one calling thread's panels, counted by the estimate, allocated at the first product).
+    m.set_precision(Precision::kBf16);
+    const double low = double(m.low_precision_bytes());
+    const MemoryEstimate b =
+        estimate_memory(cfg.model, c.B, c.T, MemoryUse::kTrain, 0, Precision::kBf16);
+    EXPECT_GT(low, 0) << text;
+    EXPECT_GE(b.low_precision, low) << text;
+    EXPECT_LE(b.low_precision, 1.5 * low + 4.0 * c.B * c.T * (2 * 4 * 64 + 64)) << text;
+    EXPECT_EQ(b.weights, t.weights);
   }
 }
 

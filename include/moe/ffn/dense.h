@@ -17,6 +17,7 @@ class DenseFfn final : public FeedForward {
   std::string describe() const override;
   void set_precision(Precision p) override;
   void refresh_low_precision() override;
+  std::size_t low_precision_bytes() const override { return low_.capacity(); }
 
  private:
   Activation act_;

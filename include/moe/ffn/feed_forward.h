@@ -65,6 +65,8 @@ class FeedForward {
   // layer's bf16 shadows, so every product of a step sees the same rounded weights.
   virtual void set_precision(Precision) {}
   virtual void refresh_low_precision() {}
+  // Bytes the bf16 path allocated (set_precision): shadows, saved operands, scratch.
+  virtual std::size_t low_precision_bytes() const { return 0; }
   virtual void reset_metrics() {}
   // The experts each token of the last forward selected, for routing analysis: [N, k] ids
   // (before capacity), k in *per_token. Empty (k = 0) for kinds without a fixed k per token

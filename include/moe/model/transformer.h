@@ -75,6 +75,8 @@ class Transformer {
   // load). The shadows are a pure function of the masters, so a resumed run is bit-exact. No-op
   // in f32.
   void refresh_low_precision();
+  // Bytes of the bf16 path (its arena and every FFN's; per-thread packing scratch excluded).
+  std::size_t low_precision_bytes() const;
 
  private:
   struct Layer {

@@ -17,11 +17,12 @@ namespace moe {
 
 struct MemoryEstimate {
   // Bytes; doubles, so a config of any size is estimated without overflow.
-  double weights = 0;      // fp32 parameters (with the ParamStore's 64-byte alignment)
-  double training = 0;     // gradients + both AdamW moments (0 unless training)
-  double activations = 0;  // the activation arena and the RoPE table for batch × seq
-  double kv_cache = 0;     // generation: n_layers × context × 2 × n_kv_heads·head_dim floats
-  double total() const { return weights + training + activations + kv_cache; }
+  double weights = 0;        // fp32 parameters (with the ParamStore's 64-byte alignment)
+  double training = 0;       // gradients + both AdamW moments (0 unless training)
+  double activations = 0;    // the activation arena and the RoPE table for batch × seq
+  double kv_cache = 0;       // generation: n_layers × context × 2 × n_kv_heads·head_dim floats
+  double low_precision = 0;  // train.precision = bf16: shadows, saved bf16 operands, scratch
+  double total() const { return weights + training + activations + kv_cache + low_precision; }
 };
 
 enum class MemoryUse { kTrain, kEval, kGenerate };
@@ -29,7 +30,7 @@ enum class MemoryUse { kTrain, kEval, kGenerate };
 // For a model built for max_batch × max_seq (Transformer's sizes); kv_context: positions of the
 // KV cache (kGenerate only). Never throws for size: counts that exceed int64 stay doubles.
 MemoryEstimate estimate_memory(const ModelConfig& cfg, int max_batch, int max_seq, MemoryUse use,
-                               int kv_context = 0);
+                               int kv_context = 0, Precision precision = Precision::kFp32);
 
 // What this process may still allocate, in bytes: /proc/meminfo's MemAvailable, lowered to the
 // cgroup's memory.max − memory.current (v2) or limit − usage (v1) when one is set; nullopt when

@@ -72,6 +72,10 @@ class ExpertBank {
   // weights and the per-thread scratch once; a step allocates nothing.
   void set_bf16(bool on);
   bool bf16() const { return bf16_; }
+  // Bytes of the bf16 path: packed weights, per-thread packing scratch and fused-gate buffers.
+  std::size_t bf16_bytes() const {
+    return 2 * (bf16_weights_.capacity() + bf16_scratch_.capacity()) + 4 * bf16_u_.capacity();
+  }
   // Rounds and packs the weights of p (its `experts` routed experts, ≤ the bound count — this
   // rank's block under expert parallelism — and the shared ones) for the bf16 products: once
   // per optimizer step, before its first forward (FeedForward's contract).

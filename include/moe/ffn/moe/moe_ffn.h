@@ -37,6 +37,7 @@ class MoeFfn final : public FeedForward {
   // combine stay f32. refresh_low_precision packs the expert weights (once per optimizer step).
   void set_precision(Precision precision) override { layer_.set_precision(precision); }
   void refresh_low_precision() override { layer_.refresh_low_precision(params()); }
+  std::size_t low_precision_bytes() const override { return layer_.bf16_bytes(); }
   const MoeLayer<float>& layer() const { return layer_; }
   // relu: the L1 schedule this layer uses (its own until share_relu_schedule links the model's).
   const std::shared_ptr<ReluL1Schedule>& relu_schedule() const { return relu_schedule_; }

@@ -56,6 +56,7 @@ class MoeLayer {
     if (experts_.bf16()) experts_.refresh_bf16(p, local_experts());
   }
   bool bf16() const { return experts_.bf16(); }
+  std::size_t bf16_bytes() const { return experts_.bf16_bytes(); }
   // y [N,C] written, N = step.batch·step.seq_len.
   void forward(T* y, const T* x, const MoeParams<T>& p, const MoeStep<T>& step);
   // dx [N,C] (+=), grads (+=); dy [N,C]; x and p as in forward.
