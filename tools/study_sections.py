@@ -244,8 +244,8 @@ def fit_table(fit_path):
     out = ["Fit of L(N, D, G) = c + (g/G^γ + a)/N^α + b/D^β to these runs (`moe scaling fit`), "
            "beside Krajewski et al.'s (C4, GPT-2 tokens: only the exponents are comparable):", ""]
     out += _table(["fit"] + [names.get(k, k) for k in keys], body, "l" + "r" * len(keys))
-    extra = [f"{k} = {_fix(fit.get(k), 4)}" for k in ("rmse", "heldout_rmse", "runs")
-             if fit.get(k) is not None]
+    extra = [f"{k} = {_fix(fit.get(k), 0 if k in ('runs', 'heldout_runs') else 4)}"
+             for k in ("rmse", "heldout_rmse", "runs", "heldout_runs") if fit.get(k) is not None]
     if extra:
         out += ["", "Fit quality: " + ", ".join(extra) + "."]
     return out
