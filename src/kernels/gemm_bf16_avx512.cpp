@@ -28,6 +28,7 @@
 
 #include "gemm_bf16_internal.h"
 #include "moe/kernels/cpu_features.h"
+#include "transpose16_avx512.h"
 
 namespace moe::bf16k {
 
@@ -107,33 +108,6 @@ void pack_pairs_of_rows(uint16_t* dst, std::size_t panel, const uint16_t* X, int
   }
 }
 
-// Transposes the 16 × 16 block of 32-bit values r[0..15] (row i = r[i], lane j = column j) in
-// place: afterwards r[j] holds column j (lane i = row i). Unpacks within 128-bit lanes by 32 and
-// 64 bits, then two rounds of 128-bit lane shuffles.
-inline void transpose16(__m512i r[16]) {
-  __m512i t[16], u[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);      // per 128-bit lane: a0 b0 a1 b1
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);  // a2 b2 a3 b3
-  }
-  for (int g = 0; g < 16; g += 4) {  // rows g..g+3: u[g + j] = column 4L + j in lane L
-    u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
-    u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
-    u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
-    u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
-  }
-  for (int j = 0; j < 4; ++j) {
-    const __m512i v0 = _mm512_shuffle_i32x4(u[j], u[4 + j], _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512i w0 = _mm512_shuffle_i32x4(u[j], u[4 + j], _MM_SHUFFLE(3, 1, 3, 1));
-    const __m512i v1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512i w1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(3, 1, 3, 1));
-    r[j] = _mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(2, 0, 2, 0));
-    r[8 + j] = _mm512_shuffle_i32x4(v0, v1, _MM_SHUFFLE(3, 1, 3, 1));
-    r[4 + j] = _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(2, 0, 2, 0));
-    r[12 + j] = _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(3, 1, 3, 1));
-  }
-}
-
 }  // namespace
 
 // Columns 2p, 2p+1 of row c0+c of X as the pair c of step p: dst[(p·W + c)·2 + h] =
@@ -149,20 +123,21 @@ void pack_cols_avx512(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, i
     for (int p0 = 0; p0 < Pfull; p0 += 16) {
       const int np = std::min(16, Pfull - p0);
       const __mmask16 m = np == 16 ? __mmask16(0xffff) : __mmask16((1u << np) - 1);
-      __m512i r[16];
+      // Each pair is one 32-bit lane: the f32 transpose moves its bits unchanged.
+      __m512 r[16];
       for (int i = 0; i < 16; ++i)
-        r[i] = i < nr && h + i < w
-                   ? _mm512_maskz_loadu_epi32(m, X + std::size_t(c0 + h + i) * ld + 2 * p0)
-                   : _mm512_setzero_si512();
-      transpose16(r);
+        r[i] = i < nr && h + i < w ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(
+                                         m, X + std::size_t(c0 + h + i) * ld + 2 * p0))
+                                   : _mm512_setzero_ps();
+      kernels_detail::transpose16(r);
       for (int j = 0; j < np; ++j) {
         uint32_t* o = d32 + std::size_t(p0 + j) * W + h;
         if (nr == 16 || p0 + j + 1 < P)
           // W = 12: the 16 bytes past this step's 48 land on step p + 1's first pairs, written
           // next (by this loop or the odd-K tail below).
-          _mm512_storeu_si512(o, r[j]);
+          _mm512_storeu_si512(o, _mm512_castps_si512(r[j]));
         else
-          _mm512_mask_storeu_epi32(o, __mmask16((1u << nr) - 1), r[j]);
+          _mm512_mask_storeu_epi32(o, __mmask16((1u << nr) - 1), _mm512_castps_si512(r[j]));
       }
     }
   }
