@@ -339,28 +339,11 @@ void round_pairs_bf16insn(uint32_t* dst, const float* s0, const float* s1, std::
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-// f32 → bf16 exactly as core/half.h's f32_to_bf16 (not vcvtneps2bf16, which flushes subnormals):
-// u + 0x7fff + (bit 16 of u), top half; a NaN keeps its top half with the quiet bit set.
-void round_int_avx512(uint16_t* dst, const float* src, std::size_t n) {
-  const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1),
-                abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000),
-                quiet = _mm512_set1_epi32(0x40);
-  std::size_t i = 0;
-  for (; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
-    const __m512i u = _mm512_maskz_loadu_epi32(m, src + i);
-    const __m512i hi = _mm512_srli_epi32(u, 16);
-    const __m512i rounded = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(u, bias), _mm512_and_si512(hi, one)), 16);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
-    const __m512i r = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(hi, quiet));
-    _mm512_mask_cvtepi32_storeu_epi16(dst + i, m, r);
-  }
-}
-
 namespace {
 
-// round_avx512's rule on 16 lanes, the result in the low half of each 32-bit lane.
+// f32 → bf16 exactly as core/half.h's f32_to_bf16 (not vcvtneps2bf16, which flushes subnormals),
+// on 16 lanes: u + 0x7fff + (bit 16 of u), top half; a NaN keeps its top half with the quiet bit
+// set. The result is in the low half of each 32-bit lane.
 inline __m512i round_lanes(__m512i u) {
   const __m512i hi = _mm512_srli_epi32(u, 16);
   const __m512i rounded =
@@ -373,6 +356,14 @@ inline __m512i round_lanes(__m512i u) {
 }
 
 }  // namespace
+
+void round_int_avx512(uint16_t* dst, const float* src, std::size_t n) {
+  for (std::size_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    _mm512_mask_cvtepi32_storeu_epi16(dst + i, m,
+                                      round_lanes(_mm512_maskz_loadu_epi32(m, src + i)));
+  }
+}
 
 void round_pairs_int_avx512(uint32_t* dst, const float* s0, const float* s1, std::size_t n,
                             bool scaled, float f0, float f1) {
