@@ -3,7 +3,6 @@
 // gemm_bf16_avx512.cpp.
 #include "moe/kernels/gemm_bf16.h"
 
-#include <omp.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -12,6 +11,7 @@
 #include "gemm_bf16_internal.h"
 #include "moe/core/error.h"
 #include "moe/core/half.h"
+#include "moe/core/threading.h"
 #include "moe/kernels/cpu_features.h"
 #include "moe/kernels/gemm.h"
 
@@ -130,7 +130,7 @@ void round_to_bf16(uint16_t* dst, const float* src, std::size_t n) {
   }
   // Small or inside a parallel region: no pragma at all (even `if (false)` costs libgomp a team
   // of one per call, a malloc and futex traffic, which dominated attention's per-row rounding).
-  if (n < kParallelConvert || omp_in_parallel()) return bf16k::round_avx512(dst, src, n);
+  if (n < kParallelConvert || in_parallel()) return bf16k::round_avx512(dst, src, n);
   constexpr std::size_t kBlock = std::size_t(1) << 14;
   const std::ptrdiff_t blocks = std::ptrdiff_t((n + kBlock - 1) / kBlock);
 #pragma omp parallel for schedule(static)

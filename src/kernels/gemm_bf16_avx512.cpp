@@ -18,7 +18,6 @@
 // panel stays in cache across its row blocks. Every C element is summed over its pairs in order
 // p = 0..P−1 by one accumulator, then alpha·acc + beta·c: the bits do not depend on the threads.
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -27,6 +26,7 @@
 #include <memory>
 
 #include "gemm_bf16_internal.h"
+#include "moe/core/threading.h"
 #include "moe/kernels/cpu_features.h"
 #include "transpose16_avx512.h"
 
@@ -250,7 +250,7 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
   };
   // Inside a parallel region (attention's per-head products) or for a small product, no team:
   // a nested parallel region costs libgomp a team allocation and futex wake-ups per call.
-  if (omp_in_parallel() || omp_get_max_threads() == 1 || double(M) * N * K < double(1 << 18)) {
+  if (in_parallel() || max_threads() == 1 || double(M) * N * K < double(1 << 18)) {
     for (int it = 0; it < b_items; ++it) pack_b(it);
     for (int it = 0; it < a_items; ++it) pack_a(it);
     for (int t = 0; t < tm * tn; ++t) tile(t);
