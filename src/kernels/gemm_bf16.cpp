@@ -3,7 +3,6 @@
 // gemm_bf16_avx512.cpp.
 #include "moe/kernels/gemm_bf16.h"
 
-
 #include <algorithm>
 #include <cstddef>
 #include <memory>
