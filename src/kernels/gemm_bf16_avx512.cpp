@@ -11,8 +11,10 @@
 // Layouts (P = ⌈K/2⌉ pair steps; zero padding past K, M and N):
 //   B panel (kNR columns j0..j0+31):  bp[(p·kNR + j)·2 + h] = op(B)[2p+h, j0+j]
 //   A panel (kMR rows i0..i0+11):     ap[(p·kMR + i)·2 + h] = op(A)[i0+i, 2p+h]
-// Both are packed once per call, in parallel. (Reading A in place, its rows' pairs already
-// adjacent, ran at half the speed of the packed panel: 12 row streams instead of one.)
+// Both are packed once per call, in parallel, except an untransposed A with K even: its rows'
+// pairs are adjacent already, and the microkernel broadcasts them from the 12 rows in place.
+// That skips a pass over A and ran 1.1–1.4× faster on the dense model's NT and NN products
+// (2 threads, quiet machine, best of 4; docs/KERNELS.md), and the same on the transposed-A ones.
 //
 // Work split: tiles of kMC × kNC of C, one thread each (OpenMP, dynamic); inside a tile the B
 // panel stays in cache across its row blocks. Every C element is summed over its pairs in order
@@ -154,23 +156,10 @@ inline __m512bh bcast_pair(const uint16_t* p) {
   return (__m512bh)_mm512_set1_epi32(int(v));
 }
 
-// C block [mr ≤ kMR, nr ≤ kNR] at c (row stride ldc) = alpha·op(A)·op(B) + beta·C over all K,
-// from an A panel ap and a B panel bp (layouts above).
-void micro(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int mr, int nr,
-           float alpha, float beta) {
-  __m512 acc[kMR][2];
-  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-  const int P = (K + 1) / 2;
-  for (int p = 0; p < P; ++p) {
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2);
-    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2 + 32);
-    for (int i = 0; i < kMR; ++i) {
-      const __m512bh av = bcast_pair(ap + (std::size_t(p) * kMR + i) * 2);
-      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
-      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
-    }
-  }
-  // Epilogue: alpha·acc (+ beta·c), f32 multiply then add (no FMA: -ffp-contract=off).
+// Epilogue of a C block [mr, nr] at c (row stride ldc): alpha·acc (+ beta·c), f32 multiply
+// then add (no FMA: -ffp-contract=off); beta = 0 does not read c.
+inline void store_block(__m512 (&acc)[kMR][2], float* c, int ldc, int mr, int nr, float alpha,
+                        float beta) {
   const __mmask16 m0 = nr >= 16 ? __mmask16(0xffff) : __mmask16((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32  ? __mmask16(0xffff)
                        : nr > 16 ? __mmask16((1u << (nr - 16)) - 1)
@@ -197,11 +186,37 @@ void micro(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int
   }
 }
 
+// C block [mr ≤ kMR, nr ≤ kNR] at c (row stride ldc) = alpha·op(A)·op(B) + beta·C over all K,
+// from a B panel bp and, kInPlace false, an A panel at a (layouts above; lda unused), or,
+// kInPlace true, A's rows themselves: row i at a + i·lda (i < mr; the rest repeat row 0 and are
+// never stored), pair p at a + i·lda + 2p, K even (no pair runs past a row).
+template <bool kInPlace>
+void micro(const uint16_t* a, int lda, const uint16_t* bp, int K, float* c, int ldc, int mr, int nr,
+           float alpha, float beta) {
+  __m512 acc[kMR][2];
+  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  const uint16_t* row[kMR];
+  if constexpr (kInPlace)
+    for (int i = 0; i < kMR; ++i) row[i] = a + std::size_t(i < mr ? i : 0) * lda;
+  const int P = (K + 1) / 2;
+  for (int p = 0; p < P; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2 + 32);
+    for (int i = 0; i < kMR; ++i) {
+      const __m512bh av =
+          bcast_pair(kInPlace ? row[i] + 2 * p : a + (std::size_t(p) * kMR + i) * 2);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
+    }
+  }
+  store_block(acc, c, ldc, mr, nr, alpha, beta);
+}
+
 }  // namespace
 
 void micro_12x32(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int mr, int nr,
                  float alpha, float beta) {
-  micro(ap, bp, K, c, ldc, mr, nr, alpha, beta);
+  micro<false>(ap, 0, bp, K, c, ldc, mr, nr, alpha, beta);
 }
 
 void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
@@ -217,7 +232,9 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
   const int chunks = (P + kPackSteps - 1) / kPackSteps;
   // Untransposed B and transposed A are packed by steps p (rows of X in memory order), the
   // others by panels (each panel's rows of X read in order). Items of each stage:
-  const int b_items = trans_b ? nb : chunks, a_items = trans_a ? chunks : mb;
+  // Untransposed A with K even is read in place (its rows' pairs are adjacent already).
+  const bool inplace = !trans_a && K % 2 == 0;
+  const int b_items = trans_b ? nb : chunks, a_items = inplace ? 0 : trans_a ? chunks : mb;
   auto pack_b = [&](int it) {
     if (trans_b) {
       const int j0 = it * kNR;
@@ -244,7 +261,10 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
       for (int i0 = (t / tn) * kMC; i0 < i_end; i0 += kMR) {
         const int mr = std::min(kMR, M - i0);
         float* c = C + std::size_t(i0) * ldc + j0;
-        micro(ap + (i0 / kMR) * a_panel, bpj, K, c, ldc, mr, nr, alpha, beta);
+        if (inplace)
+          micro<true>(A + std::size_t(i0) * lda, lda, bpj, K, c, ldc, mr, nr, alpha, beta);
+        else
+          micro<false>(ap + (i0 / kMR) * a_panel, 0, bpj, K, c, ldc, mr, nr, alpha, beta);
       }
     }
   };
