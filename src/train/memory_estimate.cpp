@@ -51,18 +51,24 @@ double expert_rows(const MoeFfnConfig& m, double B, double T) {
 double ffn_low_precision(const FfnConfig& f, double C, double B, double T, double threads) {
   const double N = B * T;
   const bool glu = f.activation == Activation::kSwiGLU;
-  if (f.kind == FfnConfig::Kind::kPeer) return 0;  // f32 products
-  if (f.kind == FfnConfig::Kind::kDense) {         // DenseFfn::bind_low_precision
+  // Packed panels (grouped_gemm_bf16.h): B [K, N] in panels of 32 columns, A [M, K] of 12 rows,
+  // K in pairs.
+  auto pb = [](double K, double n) { return std::ceil(n / 32) * 32 * 2 * std::ceil(K / 2); };
+  auto pa = [](double M, double K) { return std::ceil(M / 12) * 12 * 2 * std::ceil(K / 2); };
+  if (f.kind == FfnConfig::Kind::kPeer) {  // PeerLayer::bind_bf16 and its retrieval's
+    const PeerFfnConfig& p = f.peer;
+    const double D = double(p.heads) * p.d_key, S = std::sqrt(double(p.num_experts));
+    const double half = p.d_key / 2;
+    return 2 * (D * C + N * C + N * D + 2 * pb(half, S) + threads * 2 * pa(64, half)) + 5 * kAlign;
+  }
+  if (f.kind == FfnConfig::Kind::kDense) {  // DenseFfn::bind_low_precision
     const double H = f.d_ff, R = glu ? 2 * H : H;
     return 2 * (R * C + C * H + N * C + N * H + N * std::max(C, R)) + 5 * kAlign;
   }
   const MoeFfnConfig& m = f.moe;
   const double E = m.num_experts, H = m.d_expert, W1 = glu ? 2 * H : H;
   const double Hs = m.shared_d_expert ? m.shared_d_expert : H, W1s = glu ? 2 * Hs : Hs;
-  // Packed panels (grouped_gemm_bf16.h): B [K, N] in panels of 32 columns, A [M, K] of 12 rows,
-  // K in pairs; an expert's weights in four layouts.
-  auto pb = [](double K, double n) { return std::ceil(n / 32) * 32 * 2 * std::ceil(K / 2); };
-  auto pa = [](double M, double K) { return std::ceil(M / 12) * 12 * 2 * std::ceil(K / 2); };
+  // An expert's weights in four layouts.
   auto weights = [&](double w1, double h) { return pb(C, w1) + pb(h, C) + pb(C, h) + pb(w1, C); };
   const double rows = std::max(expert_rows(m, B, T), m.shared_experts > 0 ? N : 0);
   const double Hm = std::max(H, Hs), Wm = std::max(W1, W1s);

@@ -30,6 +30,9 @@ struct PeerArgs {
   int d_model = 256, heads = 8, top_k = 16, d_key = 128, tokens = 2048, repeats = 5;
   int64_t experts = 1048576;
   bool json = false;
+  // bf16: the query projection and the sub-key scores in bf16 (PeerLayer::bind_bf16), W_q
+  // rounded and the sub-keys packed at the start of every step, as training does.
+  Precision precision = Precision::kFp32;
 };
 
 struct PeerResult {
@@ -72,6 +75,14 @@ PeerResult measure_peer_step(const PeerArgs& a, const PeerSpec& sp) {
   layer.bind(m, N);
   Arena acts(m.used());
   layer.bind(acts, N);
+  Arena low;
+  if (a.precision == Precision::kBf16) {
+    Arena ml;
+    layer.bind_bf16(ml);
+    layer.disable_bf16();
+    low = Arena(ml.used());
+    layer.bind_bf16(low);
+  }
   std::vector<float> x(std::size_t(N) * C), y(x.size()), dy(x.size()), dx(x.size());
   {
     const Rng r(7, stream_id(kPurposeInit, 5));
@@ -87,6 +98,7 @@ PeerResult measure_peer_step(const PeerArgs& a, const PeerSpec& sp) {
   for (int it = 0; it < a.repeats + 1; ++it) {
     auto t0 = BenchClock::now();
     ps.zero_grad();
+    if (layer.bf16()) layer.refresh_bf16(p);
     layer.forward(y.data(), x.data(), p, N, true);
     u->touch_rows(layer.ids(), std::size_t(N) * sp.heads * sp.k);
     v->touch_rows(layer.ids(), std::size_t(N) * sp.heads * sp.k);
@@ -121,17 +133,18 @@ void print_peer(const PeerArgs& a, const PeerSpec& sp, const PeerResult& r, doub
                                        {"bytes_per_step", r.bytes},
                                        {"memory_bandwidth_bytes_per_s", bandwidth},
                                        {"bandwidth_fraction", frac},
-                                       {"threads", omp_get_max_threads()}})
+                                       {"threads", omp_get_max_threads()},
+                                       {"precision", enum_name(a.precision)}})
                            .dump());
   else
     fmt::print(
-        "peer layer C={} experts={} h={} k={} d_key={} tokens={}: {:.1f} ms/step, {:.0f} "
+        "peer layer C={} experts={} h={} k={} d_key={} tokens={} {}: {:.1f} ms/step, {:.0f} "
         "tokens/s; {} distinct rows touched; ~{:.1f} MB moved per step = {:.1f}% of the "
         "measured {:.1f} GB/s\n  (defaults: sub-keys shared by the heads, query "
         "Linear+bias then BatchNorm on batch statistics, GELU, per-head softmax, Adam "
         "lr 1e-3 dense, lazy per-row Adam on u and v, loss = mean(y²))\n",
-        sp.C, sp.experts(), sp.heads, sp.k, sp.d_key, N, ms, N / (ms / 1e3), r.unique_rows,
-        r.bytes / 1e6, 100 * frac, bandwidth / 1e9);
+        sp.C, sp.experts(), sp.heads, sp.k, sp.d_key, N, enum_name(a.precision), ms, N / (ms / 1e3),
+        r.unique_rows, r.bytes / 1e6, 100 * frac, bandwidth / 1e9);
 }
 
 }  // namespace
@@ -150,6 +163,12 @@ void register_bench_peer(CLI::App& bench) {
   pb->add_option("--d-key", pa->d_key)->check(CLI::PositiveNumber);
   pb->add_option("--tokens", pa->tokens)->check(CLI::PositiveNumber);
   pb->add_option("--repeats", pa->repeats, "timed steps (median)")->check(CLI::PositiveNumber);
+  pb->add_option("--precision", pa->precision,
+                 "the query and sub-key products: fp32, or bf16 (bf16 operands, f32 "
+                 "accumulation)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, Precision>{{"fp32", Precision::kFp32}, {"bf16", Precision::kBf16}},
+          CLI::ignore_case));
   pb->add_flag("--json", pa->json, "print one JSON object");
   pb->callback([pa] {
     check_blas_is_openmp();

@@ -61,6 +61,23 @@ void PeerFfn::bind(Arena& acts, int max_batch, int max_seq) {
   layer_.bind(acts, max_batch * max_seq);
 }
 
+void PeerFfn::set_precision(Precision p) {
+  precision_ = p;
+  layer_.disable_bf16();
+  low_ = Arena();
+  if (p == Precision::kFp32) return;
+  Arena measure;
+  layer_.bind_bf16(measure);
+  layer_.disable_bf16();
+  low_ = Arena(measure.used());
+  layer_.bind_bf16(low_);
+  refresh_low_precision();
+}
+
+void PeerFfn::refresh_low_precision() {
+  if (precision_ == Precision::kBf16) layer_.refresh_bf16(params());
+}
+
 PeerParams<float> PeerFfn::params() const {
   auto w = [](const Param* p) { return p ? p->w : nullptr; };
   return {query_weight_->w, query_bias_->w, w(norm_weight_), w(norm_bias_),    keys1_->w,
@@ -117,7 +134,7 @@ std::string PeerFfn::describe() const {
                      spec_.qnorm == QueryNorm::kBatch   ? "query-BN"
                      : spec_.qnorm == QueryNorm::kLayer ? "query-LN"
                                                         : "no query norm",
-                     precision_ == Precision::kBf16 ? " (f32 products: no bf16 path)" : "");
+                     precision_ == Precision::kBf16 ? " bf16 query and sub-key products" : "");
 }
 
 nlohmann::json PeerFfn::metrics() const {

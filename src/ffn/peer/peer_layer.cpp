@@ -3,36 +3,51 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "moe/core/by_ranges.h"
 #include "moe/core/error.h"
 #include "moe/kernels/gemm.h"
+#include "moe/kernels/gemm_bf16.h"
 #include "moe/nn/batchnorm.h"
 #include "moe/nn/layernorm.h"
+#include "moe/nn/linear_bf16.h"
 
 namespace moe {
 
 namespace {
 
-// z [N, D] (written) = x [N, C]·W_qᵀ + b_q; wq [D, C], bq [D].
+// z [N, D] += b_q [D].
 template <typename T>
-void query_forward(T* z, const T* x, const T* wq, const T* bq, int N, int C, int D) {
-  gemm<T>(false, true, N, D, C, T(1), x, C, wq, C, T(0), z, D);
+void add_bias(T* z, const T* bq, int N, int D) {
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n)
     for (int f = 0; f < D; ++f) z[std::size_t(n) * D + f] += bq[f];
 }
 
-// dwq [D, C], dbq [D], dx [N, C] (+=); dz [N, D], x [N, C], wq [D, C]. dbq's sums run over n in
-// order, one thread per range of features: deterministic.
+// dbq [D] += Σ_n dz [N, D]: the sums run over n in order, one thread per range of features
+// (deterministic).
 template <typename T>
-void query_backward(T* dx, T* dwq, T* dbq, const T* dz, const T* x, const T* wq, int N, int C,
-                    int D) {
-  gemm<T>(true, false, D, C, N, T(1), dz, D, x, C, T(1), dwq, C);
+void bias_backward(T* dbq, const T* dz, int N, int D) {
   by_ranges(D, 64, [&](int f0, int f1) {
     for (int n = 0; n < N; ++n)
       for (int f = f0; f < f1; ++f) dbq[f] += dz[std::size_t(n) * D + f];
   });
+}
+
+// z [N, D] (written) = x [N, C]·W_qᵀ + b_q; wq [D, C], bq [D].
+template <typename T>
+void query_forward(T* z, const T* x, const T* wq, const T* bq, int N, int C, int D) {
+  gemm<T>(false, true, N, D, C, T(1), x, C, wq, C, T(0), z, D);
+  add_bias(z, bq, N, D);
+}
+
+// dwq [D, C], dbq [D], dx [N, C] (+=); dz [N, D], x [N, C], wq [D, C].
+template <typename T>
+void query_backward(T* dx, T* dwq, T* dbq, const T* dz, const T* x, const T* wq, int N, int C,
+                    int D) {
+  gemm<T>(true, false, D, C, N, T(1), dz, D, x, C, T(1), dwq, C);
+  bias_backward(dbq, dz, N, D);
   gemm<T>(false, false, N, C, D, T(1), dz, D, wq, C, T(1), dx, C);
 }
 
@@ -63,12 +78,47 @@ void PeerLayer<T>::bind(Arena& a, int max_tokens) {
 }
 
 template <typename T>
+void PeerLayer<T>::bind_bf16(Arena& a) {
+  MOE_CHECK((std::is_same_v<T, float>), "PEER: bf16 products need float");
+  MOE_CHECK(max_tokens_ > 0, "PEER: bind_bf16 before bind");
+  const std::size_t N = max_tokens_, D = std::size_t(spec_.heads) * spec_.d_key, C = spec_.C;
+  wq_b_ = a.take<uint16_t>(D * C);
+  x_b_ = a.take<uint16_t>(N * C);
+  dquery_b_ = a.take<uint16_t>(N * D);
+  retrieval_.bind_bf16(a);
+}
+
+template <typename T>
+void PeerLayer<T>::refresh_bf16(const PeerParams<T>& p) {
+  if constexpr (std::is_same_v<T, float>) {
+    MOE_CHECK(wq_b_, "PEER: refresh_bf16 before bind_bf16");
+    round_to_bf16(wq_b_, p.wq, std::size_t(spec_.heads) * spec_.d_key * spec_.C);
+    retrieval_.pack_keys_bf16(p.keys1, p.keys2);
+  }
+}
+
+template <typename T>
+void PeerLayer<T>::disable_bf16() {
+  wq_b_ = x_b_ = dquery_b_ = nullptr;
+  retrieval_.disable_bf16();
+}
+
+template <typename T>
 void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool training) {
   MOE_CHECK(N <= max_tokens_, "PEER forward with {} tokens, bound for {}", N, max_tokens_);
   tokens_ = N;
   training_ = training;
   const int C = spec_.C, D = spec_.heads * spec_.d_key;
-  query_forward(query_, x, p.wq, p.bq, N, C, D);
+  if constexpr (std::is_same_v<T, float>) {
+    if (wq_b_) {
+      linear_forward_bf16(query_, x_b_, x, wq_b_, N, C, D);
+      add_bias(query_, p.bq, N, D);
+    } else {
+      query_forward(query_, x, p.wq, p.bq, N, C, D);
+    }
+  } else {
+    query_forward(query_, x, p.wq, p.bq, N, C, D);
+  }
   query_norm_forward(p, N, training);
   retrieval_.forward(expert_ids_, scores_, gates_, query_normed_, p.keys1, p.keys2,
                      N * spec_.heads);
@@ -86,6 +136,14 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   retrieval_.backward(dquery_, g.keys1, g.keys2, dgate_, gates_, expert_ids_, query_normed_,
                       p.keys1, p.keys2, N * spec_.heads);
   query_norm_backward(g, p, N);
+  if constexpr (std::is_same_v<T, float>) {
+    if (wq_b_) {
+      // The forward's bf16(x) is still in x_b_ (the shadow W_q is the step's).
+      linear_backward_bf16(dx, g.wq, dquery_b_, dquery_, x_b_, wq_b_, N, C, D, true);
+      bias_backward(g.bq, dquery_, N, D);
+      return;
+    }
+  }
   query_backward(dx, g.wq, g.bq, dquery_, x, p.wq, N, C, D);
 }
 

@@ -10,6 +10,7 @@
 #include "moe/ffn/peer/product_keys.h"
 #include "moe/kernels/gemm.h"
 #include "moe/kernels/grouped_gemm.h"
+#include "moe/kernels/grouped_gemm_bf16.h"
 #include "moe/kernels/softmax.h"
 
 namespace moe {
@@ -28,10 +29,40 @@ void ProductKeyRetrieval<T>::bind(Arena& a, int max_rows) {
 }
 
 template <typename T>
+void ProductKeyRetrieval<T>::bind_bf16(Arena& a) {
+  MOE_CHECK((std::is_same_v<T, float>), "PEER retrieval: bf16 products need float");
+  MOE_CHECK(threads_ > 0, "PEER retrieval: bind_bf16 before bind");
+  const int half = d_key_ / 2;
+  bf16_keys_ = a.take<uint16_t>(2 * bf16_pack_b_elems(half, S_));
+  bf16_queries_ = a.take<uint16_t>(std::size_t(threads_) * 2 * bf16_pack_a_elems(kScoreRows, half));
+}
+
+template <typename T>
+void ProductKeyRetrieval<T>::pack_keys_bf16(const T* keys1, const T* keys2) {
+  if constexpr (std::is_same_v<T, float>) {
+    MOE_CHECK(bf16_keys_, "PEER retrieval: pack_keys_bf16 before bind_bf16");
+    const int half = d_key_ / 2;
+    // K¹ᵀ [half, S]: the stored keys [S, half] read transposed.
+    bf16_pack_b(bf16_keys_, half, S_, {keys1, half, true});
+    bf16_pack_b(bf16_keys_ + bf16_pack_b_elems(half, S_), half, S_, {keys2, half, true});
+  }
+}
+
+template <typename T>
 void ProductKeyRetrieval<T>::score_block(T* sc1, T* sc2, const T* q_block, int rb, const T* keys1,
-                                         const T* keys2) const {
+                                         const T* keys2, int thread) const {
   const int S = S_, dk = d_key_, half = dk / 2;
   if constexpr (std::is_same_v<T, float>) {
+    if (bf16_keys_) {
+      const std::size_t pa = bf16_pack_a_elems(kScoreRows, half), pb = bf16_pack_b_elems(half, S);
+      uint16_t* a1 = bf16_queries_ + std::size_t(thread) * 2 * pa;
+      uint16_t* a2 = a1 + pa;
+      bf16_pack_a(a1, rb, half, {q_block, dk});
+      bf16_pack_a(a2, rb, half, {q_block + half, dk});
+      bf16_panel_gemm(rb, S, half, a1, bf16_keys_, sc1, S, false);
+      bf16_panel_gemm(rb, S, half, a2, bf16_keys_ + pb, sc2, S, false);
+      return;
+    }
     if (use_panel_gemm_) {
       const std::size_t kp = panel_b_floats(half, S);
       panel_gemm(rb, S, half, q_block, dk, false, packed_keys_, sc1, S, false);
@@ -56,7 +87,7 @@ void ProductKeyRetrieval<T>::forward(int32_t* ids, T* scores, T* gates, const T*
             "bind)",
             max_threads(), threads_);
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panel_gemm_) {
+    if (use_panel_gemm_ && !bf16_keys_) {
       const std::size_t kp = panel_b_floats(half, S);
       panel_pack_b(packed_keys_, half, S, 0, 0, half, S, keys1, half, true);
       panel_pack_b(packed_keys_ + kp, half, S, 0, 0, half, S, keys2, half, true);
@@ -69,7 +100,7 @@ void ProductKeyRetrieval<T>::forward(int32_t* ids, T* scores, T* gates, const T*
     const int t = thread_index();
     T* sc1 = score_blocks_ + std::size_t(t) * 2 * kScoreRows * S;
     T* sc2 = sc1 + std::size_t(kScoreRows) * S;
-    score_block(sc1, sc2, q + std::size_t(r0) * dk, rb, keys1, keys2);
+    score_block(sc1, sc2, q + std::size_t(r0) * dk, rb, keys1, keys2, t);
     for (int r = r0; r < r0 + rb; ++r) {
       T* sc = scores + std::size_t(r) * k;
       product_key_topk(ids + std::size_t(r) * k, sc, sc1 + std::size_t(r - r0) * S,

@@ -20,10 +20,11 @@ class PeerFfn final : public FeedForward {
   void forward(float* out, const float* x, int n_tokens, const StepInfo& info) override;
   void backward(float* dx, const float* dout, const float* x, int n_tokens) override;
   std::string describe() const override;
-  // PEER has no bf16 path yet (its query projection runs inside the templated PeerLayer, which
-  // the double-precision reference tests share): in bf16 it keeps computing in f32, and
-  // describe() says so.
-  void set_precision(Precision p) override { precision_ = p; }
+  // bf16: the query projection and the sub-key scores take bf16 operands (PeerLayer::bind_bf16);
+  // the experts' rows (gathers, not products of matrices) stay f32.
+  void set_precision(Precision p) override;
+  void refresh_low_precision() override;
+  std::size_t low_precision_bytes() const override { return low_.capacity(); }
   nlohmann::json metrics() const override;
   void reset_metrics() override;
 
@@ -45,6 +46,7 @@ class PeerFfn final : public FeedForward {
   int64_t forwards_ = 0;
   bool dist_acc_ = false;  // usage_ holds this rank's share of distributed training forwards
   Precision precision_ = Precision::kFp32;
+  Arena low_;  // bf16: the layer's shadows and scratch (set_precision)
 };
 
 }  // namespace moe

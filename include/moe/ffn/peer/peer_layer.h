@@ -69,6 +69,16 @@ class PeerLayer {
   // backward the global sums), so P ranks compute the function of one process.
   void set_parallel(Communicator* comm) { comm_ = comm; }
   void bind(Arena& a, int max_tokens);
+  // train.precision = bf16 (T = float only; after bind, allocating in a): the query projection's
+  // three products (nn/linear_bf16.h) and the sub-key scores (ProductKeyRetrieval::bind_bf16)
+  // take bf16 operands with f32 accumulation; the bias, the query norm, top-k, the gates, the
+  // scores' sparse backward and the experts stay f32. refresh_bf16 rounds W_q and packs the
+  // sub-keys: once per optimizer step, before the step's first forward. disable_bf16() returns
+  // to f32 products.
+  void bind_bf16(Arena& a);
+  void refresh_bf16(const PeerParams<T>& p);
+  void disable_bf16();
+  bool bf16() const { return wq_b_ != nullptr; }
   // y [N,C] (written); x [N,C]. Training: BatchNorm uses (and updates the running statistics
   // toward) the batch's statistics.
   void forward(T* y, const T* x, const PeerParams<T>& p, int N, bool training);
@@ -78,6 +88,9 @@ class PeerLayer {
   const int32_t* ids() const { return expert_ids_; }
   const T* weights() const { return gates_; }
   int tokens() const { return tokens_; }
+  // The last forward's query x·W_qᵀ + b_q and the last backward's d(query), [N, heads·d_key].
+  const T* query() const { return query_; }
+  const T* dquery() const { return dquery_; }
   const PeerSpec& spec() const { return spec_; }
 
  private:
@@ -106,6 +119,11 @@ class PeerLayer {
   T* dquery_ = nullptr;          // [N, D] d(normed query), then d(query) in place
   double* bn_sums_ = nullptr;    // [2, D] BatchNorm's per-feature sums
   T* bn_affine_grad_ = nullptr;  // [2, D] BatchNorm backward's dγ | dβ
+  // bf16 (bind_bf16): W_q's shadow [D, C], the forward's rounded x [N, C] (kept for d(W_q)) and
+  // the backward's rounded d(query) [N, D].
+  uint16_t* wq_b_ = nullptr;
+  uint16_t* x_b_ = nullptr;
+  uint16_t* dquery_b_ = nullptr;
 };
 
 // Usage metrics (Lample et al.; PEER): z_e = Σ router weights over an evaluation set; usage =
