@@ -402,6 +402,17 @@ void round_pairs_int_avx512(uint32_t* dst, const float* s0, const float* s1, std
   }
 }
 
+void interleave_pairs_avx512(uint32_t* dst, const uint16_t* r0, const uint16_t* r1, std::size_t n) {
+  for (std::size_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    __m512i r = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0 + i));
+    if (r1)
+      r = _mm512_or_si512(
+          r, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + i)), 16));
+    _mm512_mask_storeu_epi32(dst + i, m, r);
+  }
+}
+
 void widen_avx512(float* dst, const uint16_t* src, std::size_t n) {
   for (std::size_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);

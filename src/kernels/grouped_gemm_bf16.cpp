@@ -54,6 +54,10 @@ const float* src_row(const Bf16Src& L, int s) {
   return L.p + std::size_t(L.rows ? L.rows[s] : s) * std::size_t(L.ld);
 }
 const float* src_scale(const Bf16Src& L, int s) { return L.row_scale ? L.row_scale + s : nullptr; }
+// The same row in L.bits (already rounded).
+const uint16_t* src_bits_row(const Bf16Src& L, int s) {
+  return L.bits + std::size_t(L.rows ? L.rows[s] : s) * std::size_t(L.ld);
+}
 
 // f32_to_bf16 (core/half.h) without its branch, so the packers' loops vectorise: nearest even,
 // a NaN kept quiet with its sign and top payload bits.
@@ -86,6 +90,17 @@ void pack_k_along_rows(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
     const int p0 = ch * kPackPairs, p1 = std::min(P, p0 + kPackPairs);
     for (int p = p0; p < p1; ++p) {
       uint32_t* tp = t + std::size_t(p - p0) * Rp;
+      if (L.bits) {  // already rounded: interleave the two rows' bits
+        const uint16_t* b0 = src_bits_row(L, 2 * p);
+        const uint16_t* b1 = 2 * p + 1 < K ? src_bits_row(L, 2 * p + 1) : nullptr;
+        if (vec) {
+          bf16k::interleave_pairs_avx512(tp, b0, b1, std::size_t(R));
+        } else {
+          for (int j = 0; j < R; ++j) tp[j] = b0[j] | (b1 ? uint32_t(b1[j]) << 16 : 0u);
+        }
+        std::fill(tp + R, tp + Rp, 0u);
+        continue;
+      }
       const float* s0 = src_row(L, 2 * p);
       const float* s1 = 2 * p + 1 < K ? src_row(L, 2 * p + 1) : nullptr;
       const bool scaled = L.row_scale != nullptr;
@@ -127,7 +142,10 @@ void pack_k_along_cols(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
     uint16_t* d = dst + std::size_t(blk) * P * 2 * W;
     for (int j = 0; j < w; ++j) {
       t[j * ld + ld - 1] = 0;  // the missing half of the last pair when K is odd
-      round_row(t + j * ld, src_row(L, r0 + j), K, src_scale(L, r0 + j));
+      if (L.bits)
+        std::memcpy(t + j * ld, src_bits_row(L, r0 + j), std::size_t(K) * 2);
+      else
+        round_row(t + j * ld, src_row(L, r0 + j), K, src_scale(L, r0 + j));
     }
     if (vec) {
       bf16k::pack_cols_avx512(d, t, int(ld), K, 0, w, W);
@@ -208,6 +226,7 @@ std::size_t bf16_pack_a_elems(int M, int K) {
 }
 
 void bf16_pack_b(uint16_t* Bp, int K, int N, const Bf16Src& L) {
+  MOE_CHECK(!L.bits || !L.row_scale, "internal: bf16 pack of rounded bits with a row scale");
   if (L.trans)
     pack_k_along_cols(Bp, kNR, N, K, L);
   else
@@ -215,6 +234,7 @@ void bf16_pack_b(uint16_t* Bp, int K, int N, const Bf16Src& L) {
 }
 
 void bf16_pack_a(uint16_t* Ap, int M, int K, const Bf16Src& L) {
+  MOE_CHECK(!L.bits || !L.row_scale, "internal: bf16 pack of rounded bits with a row scale");
   if (L.trans)
     pack_k_along_rows(Ap, kMR, M, K, L);
   else
@@ -295,9 +315,9 @@ std::size_t bf16_expert_scratch_b(int max_rows, int C, int H) {
 
 void bf16_first_forward(float* gu, const float* X, const int32_t* rows, const Bf16ExpertWeights& w,
                         int m, int C, int H, bool gated, const Bf16ExpertScratch& s,
-                        Bf16GemmPath path) {
+                        Bf16GemmPath path, const uint16_t* Xb) {
   const int W1 = gated ? 2 * H : H;
-  bf16_pack_a(s.a, m, C, {X, C, false, rows});
+  bf16_pack_a(s.a, m, C, {X, C, false, rows, nullptr, Xb});
   bf16_panel_gemm(m, W1, C, s.a, w.first_t, gu, W1, false, path);
 }
 
@@ -309,13 +329,14 @@ void bf16_down_forward(float* ye, const float* hid, const Bf16ExpertWeights& w, 
 
 void bf16_down_backward(float* dwd, float* hid, const float* d, const int32_t* rows,
                         const float* gate, float* dgate, const Bf16ExpertWeights& w, int m, int C,
-                        int H, const Bf16ExpertScratch& s, float* u, Bf16GemmPath path) {
+                        int H, const Bf16ExpertScratch& s, float* u, Bf16GemmPath path,
+                        const uint16_t* dyb) {
   // dW_down [C, H] += d(ye)ᵀ·hid with d(ye) = gate·dy[rows] (fused: the gate goes on hid's rows,
   // where it multiplies the same terms) or d.
   bf16_pack_b(s.b, m, H, {hid, H, false, nullptr, rows ? gate : nullptr});
-  bf16_pack_a(s.a, C, m, {d, C, true, rows});
+  bf16_pack_a(s.a, C, m, {d, C, true, rows, nullptr, dyb});
   bf16_panel_gemm(C, H, m, s.a, s.b, dwd, H, true, path);
-  bf16_pack_a(s.a, m, C, {d, C, false, rows});
+  bf16_pack_a(s.a, m, C, {d, C, false, rows, nullptr, dyb});
   bf16_panel_gemm(m, H, C, s.a, w.down, rows ? u : hid, H, false, path);
   if (!rows) return;
   gate_split_backward(hid, dgate, u, gate, m, H);
@@ -323,10 +344,10 @@ void bf16_down_backward(float* dwd, float* hid, const float* d, const int32_t* r
 
 void bf16_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, const float* X,
                          const int32_t* rows, const Bf16ExpertWeights& w, int m, int C, int H,
-                         bool gated, bool accumulate, const Bf16ExpertScratch& s,
-                         Bf16GemmPath path) {
+                         bool gated, bool accumulate, const Bf16ExpertScratch& s, Bf16GemmPath path,
+                         const uint16_t* Xb) {
   const int W1 = gated ? 2 * H : H;
-  bf16_pack_b(s.b, m, C, {X, C, false, rows});
+  bf16_pack_b(s.b, m, C, {X, C, false, rows, nullptr, Xb});
   if (gated) {
     bf16_pack_a(s.a, H, m, {dgu, W1, true});
     bf16_panel_gemm(H, C, m, s.a, s.b, dwg, C, true, path);

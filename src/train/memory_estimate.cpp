@@ -74,7 +74,8 @@ double ffn_low_precision(const FfnConfig& f, double C, double B, double T, doubl
   const double Hm = std::max(H, Hs), Wm = std::max(W1, W1s);
   const double a = std::max({pa(rows, C), pa(rows, Hm), pa(C, rows), pa(Hm, rows), pa(rows, Wm)});
   const double b = std::max(pb(rows, Hm), pb(rows, C));
-  return 2 * (E * weights(W1, H) + m.shared_experts * weights(W1s, Hs)) +
+  // The fused experts' rounded token matrices x and dy (ExpertBank::bf16_tokens_): 2·N·C.
+  return 2 * (E * weights(W1, H) + m.shared_experts * weights(W1s, Hs) + 2 * N * C) +
          threads * (2 * (a + b + 64) + 4 * (expert_rows(m, B, T) * H + 32));
 }
 

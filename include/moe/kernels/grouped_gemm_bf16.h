@@ -34,12 +34,16 @@ std::size_t bf16_pack_a_elems(int M, int K);
 // row(s) = rows ? rows[s] : s and scale(s) = row_scale ? row_scale[s] : 1 (multiplied in f32
 // before rounding), and L = trans ? Sᵀ : S. (rows pick an expert's tokens from the token matrix;
 // row_scale puts the gates on their rows.)
+// bits, when set, is the same storage already rounded to bf16 (bits[row(s)·ld + t] =
+// round(p[row(s)·ld + t]); p is then unused and row_scale must be null): the packers copy
+// instead of rounding, so a token matrix that several experts gather is rounded once.
 struct Bf16Src {
   const float* p = nullptr;
   int ld = 0;
   bool trans = false;
   const int32_t* rows = nullptr;
   const float* row_scale = nullptr;
+  const uint16_t* bits = nullptr;
 };
 
 // Bp (=) the packed B of L [K, N] (K = L's rows). Every element of Bp is written.
@@ -85,10 +89,12 @@ struct Bf16ExpertScratch {
 std::size_t bf16_expert_scratch_a(int max_rows, int C, int H, bool gated);
 std::size_t bf16_expert_scratch_b(int max_rows, int C, int H);
 
-// gu [m, W1] (=) = round(X[rows]) · first_t.
+// gu [m, W1] (=) = round(X[rows]) · first_t. (Xb, dyb below: when set, round(X) / round(dy)
+// of the whole token matrix, made once by the caller and read instead of rounding X / dy; the
+// same bits.)
 void bf16_first_forward(float* gu, const float* X, const int32_t* rows, const Bf16ExpertWeights& w,
                         int m, int C, int H, bool gated, const Bf16ExpertScratch& s,
-                        Bf16GemmPath path = Bf16GemmPath::kAuto);
+                        Bf16GemmPath path = Bf16GemmPath::kAuto, const uint16_t* Xb = nullptr);
 
 // ye [m, C] (=) = round(hid) · down_t.
 void bf16_down_forward(float* ye, const float* hid, const Bf16ExpertWeights& w, int m, int C, int H,
@@ -103,13 +109,13 @@ void bf16_down_forward(float* ye, const float* hid, const Bf16ExpertWeights& w, 
 void bf16_down_backward(float* dwd, float* hid, const float* d, const int32_t* rows,
                         const float* gate, float* dgate, const Bf16ExpertWeights& w, int m, int C,
                         int H, const Bf16ExpertScratch& s, float* u,
-                        Bf16GemmPath path = Bf16GemmPath::kAuto);
+                        Bf16GemmPath path = Bf16GemmPath::kAuto, const uint16_t* dyb = nullptr);
 
 // From dgu [m, W1]: dW_gate, dW_up [H, C] += round(dgu)ᵀ · round(X[rows]) (one packed X for
 // both), then dX [m, C] (= or += when accumulate) = round(dgu) · first.
 void bf16_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, const float* X,
                          const int32_t* rows, const Bf16ExpertWeights& w, int m, int C, int H,
                          bool gated, bool accumulate, const Bf16ExpertScratch& s,
-                         Bf16GemmPath path = Bf16GemmPath::kAuto);
+                         Bf16GemmPath path = Bf16GemmPath::kAuto, const uint16_t* Xb = nullptr);
 
 }  // namespace moe

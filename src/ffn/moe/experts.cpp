@@ -8,6 +8,7 @@
 #include "moe/core/rng.h"
 #include "moe/core/threading.h"
 #include "moe/kernels/gemm.h"
+#include "moe/kernels/gemm_bf16.h"
 #include "moe/kernels/grouped_gemm.h"
 #include "moe/nn/activations.h"
 
@@ -98,7 +99,6 @@ void ExpertBank<T>::bind(Arena& a, int experts, int max_expert_rows, int max_tok
   bound_experts_ = experts;
   bound_rows_ = max_expert_rows;
   bound_tokens_ = max_tokens;
-  if (bf16_) size_bf16_scratch();  // bound again after set_bf16: the scratch follows the sizes
   if (spec_.n_shared > 0) {
     const int Hs = spec_.shared_H(), W1s = spec_.shared_w1_rows();
     shared_gu_ = a.take<T>(std::size_t(spec_.n_shared) * max_tokens * W1s);
@@ -131,6 +131,7 @@ void ExpertBank<T>::bind(Arena& a, int experts, int max_expert_rows, int max_tok
       fused_ = fusable;
     }
   }
+  if (bf16_) size_bf16_scratch();  // bound again after set_bf16: the scratch follows the sizes
 }
 
 template <typename T>
@@ -161,6 +162,13 @@ void ExpertBank<T>::forward(const ExpertPanels<T>& q, const MoeParams<T>& p,
               "internal: bf16 experts need refresh_low_precision() before the first forward and "
               "at most {} threads, {} rows",
               bf16_threads_, bound_rows_);
+    if constexpr (std::is_same_v<T, float>) {
+      if (q.rows) {  // the token matrix, rounded once for every expert that gathers from it
+        MOE_CHECK(q.tokens <= bound_tokens_ && !bf16_tokens_.empty(),
+                  "internal: {} tokens for bf16 experts bound for {}", q.tokens, bound_tokens_);
+        round_to_bf16(bf16_tokens_.data(), q.x, std::size_t(q.tokens) * spec_.C);
+      }
+    }
     order_by_rows(order_, q.offsets, q.experts);
     for_each_expert(order_, q.experts, [&](int e) { expert_forward_bf16(q, e); });
     return;
@@ -212,6 +220,15 @@ void ExpertBank<T>::backward(const ExpertPanels<T>& q, const MoeGrads<T>& g, con
   if (bf16_) {
     MOE_CHECK(max_threads() <= bf16_threads_, "internal: {} threads, bf16 scratch for {}",
               max_threads(), bf16_threads_);
+    if constexpr (std::is_same_v<T, float>) {
+      if (q.rows) {  // x again (another forward may have run since), and dy
+        MOE_CHECK(q.tokens <= bound_tokens_ && !bf16_tokens_.empty(),
+                  "internal: {} tokens for bf16 experts bound for {}", q.tokens, bound_tokens_);
+        const std::size_t n = std::size_t(q.tokens) * spec_.C;
+        round_to_bf16(bf16_tokens_.data(), q.x, n);
+        round_to_bf16(bf16_tokens_.data() + std::size_t(bound_tokens_) * spec_.C, q.dy, n);
+      }
+    }
     order_by_rows(order_, q.offsets, q.experts);
     for_each_expert(order_, q.experts, [&](int e) { expert_backward_bf16(q, g, dx_rows, e); });
     return;
@@ -387,6 +404,7 @@ void ExpertBank<T>::size_bf16_scratch() {
     bf16_scratch_.assign((bf16_a_ + bf16_b_) * bf16_threads_, 0);
     bf16_u_stride_ = up32(std::size_t(bound_rows_) * H);
     bf16_u_.assign(bf16_u_stride_ * bf16_threads_, 0.f);
+    bf16_tokens_.assign(fused_ ? 2 * std::size_t(bound_tokens_) * C : 0, 0);
   }
 }
 
@@ -438,7 +456,8 @@ void ExpertBank<T>::expert_forward_bf16(const ExpertPanels<T>& q, int e) {
     const Bf16ExpertScratch s = bf16_scratch();
     const float* X = q.rows ? q.x : q.x + std::size_t(o) * C;
     bf16_first_forward(gu, X, q.rows ? q.rows + o : nullptr, bf16_w_[e], m, C, H,
-                       spec_.act == Activation::kSwiGLU, s);
+                       spec_.act == Activation::kSwiGLU, s, Bf16GemmPath::kAuto,
+                       q.rows ? bf16_tokens_.data() : nullptr);
     activation_forward(hid, gu, m, H, spec_.act);
     if (dropout_.active) apply_dropout(hid, o, m);
     bf16_down_forward(q.ye + std::size_t(o) * C, hid, bf16_w_[e], m, C, H, s);
@@ -459,11 +478,14 @@ void ExpertBank<T>::expert_backward_bf16(const ExpertPanels<T>& q, const MoeGrad
     const Bf16ExpertWeights& w = bf16_w_[e];
     const float* X = q.x + std::size_t(o) * C;
     const int32_t* rows = nullptr;
-    if (q.rows) {  // fused: x and dy read through the expert's rows
+    const uint16_t* Xb = nullptr;
+    if (q.rows) {  // fused: x and dy read through the expert's rows (rounded in backward())
       rows = q.rows + o;
       X = q.x;
+      Xb = bf16_tokens_.data();
       float* u = bf16_u_.data() + std::size_t(thread_index()) * bf16_u_stride_;
-      bf16_down_backward(g.w_down + we, hid, q.dy, rows, q.gate + o, q.dgate + o, w, m, C, H, s, u);
+      bf16_down_backward(g.w_down + we, hid, q.dy, rows, q.gate + o, q.dgate + o, w, m, C, H, s, u,
+                         Bf16GemmPath::kAuto, Xb + std::size_t(bound_tokens_) * C);
     } else {
       bf16_down_backward(g.w_down + we, hid, q.dye + std::size_t(o) * C, nullptr, nullptr, nullptr,
                          w, m, C, H, s, nullptr);
@@ -472,7 +494,7 @@ void ExpertBank<T>::expert_backward_bf16(const ExpertPanels<T>& q, const MoeGrad
     activation_backward(gu, hid, m, H, spec_.act);
     bf16_first_backward(dx_rows + std::size_t(o) * C, g.w_gate ? g.w_gate + we : nullptr,
                         g.w_up + we, gu, X, rows, w, m, C, H, spec_.act == Activation::kSwiGLU,
-                        false, s);
+                        false, s, Bf16GemmPath::kAuto, Xb);
   }
 }
 

@@ -179,6 +179,7 @@ ExpertPanels<T> MoeLayer<T>::local_panels(const T* x) const {
   if (experts_.fused()) {
     q.x = x;  // the token matrix, read through the rows' tokens
     q.rows = dispatch_.row_token;
+    q.tokens = tokens_;
   } else {
     q.x = rows_x_;
     q.dye = rows_dy_;
