@@ -11,6 +11,7 @@
 #   bash bench/run_bench.sh mpi        # MoE training at P = 1 vs P = 2 ranks (expert / data parallel)
 #   bash bench/run_bench.sh infer      # inference pp/tg against llama.cpp on the same GGUF files
 #   bash bench/run_bench.sh kernels    # the inference products (kernels/qmatmul.h) against oneDNN
+#   bash bench/run_bench.sh kernels_bf16  # the bf16 training products against oneDNN
 #   bash bench/run_bench.sh bf16       # train.precision bf16 vs fp32, ours and PyTorch autocast
 #                                      # (only when named, until its first recorded section)
 #
@@ -32,7 +33,7 @@ THREADS=2
 ROUNDS=${BENCH_ROUNDS:-3}  # alternating runs per side in each benchmark; the fastest is kept
 # bf16 (train.precision bf16 vs fp32) runs when named; it joins ALL_BENCHES together with its
 # first recorded section in RESULTS.md (tests/python/test_bench_results.py wants one per name).
-ALL_BENCHES=(dense moe peer mpi infer kernels bf16 moe_bf16 bf16_budget)
+ALL_BENCHES=(dense moe peer mpi infer kernels kernels_bf16 bf16 moe_bf16 bf16_budget)
 # moe_bf16 (bench_moe_bf16) runs by name only until its first quiet-machine run is recorded:
 # then it joins ALL_BENCHES after moe, with its section in RESULTS.md
 # (tests/python/test_bench_results.py checks the file has one section per name here).
@@ -783,6 +784,58 @@ bench_kernels() {
     "oneDNN $("$ONEDNN" --rows 32 --cols 32 --n 1 --repeats 1 --min-mib 1 | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["onednn"])')" \
     "(Debian libdnnl, OpenMP runtime; implementation ${best[impl]:-?})," \
     "bf16 rounds X to bf16 inside the timed call on both sides; moe / oneDNN above 1 = moe.cpp faster"
+}
+
+# The training products in bf16 (kernels/gemm_bf16.h, `moe bench gemm-bf16`: the dense
+# benchmark model's nine products and the two MoE shapes' expert panels, each timed with its
+# operands' packing) against oneDNN's bf16 matmul on the same shapes and transposes
+# (tools/onednn_ref/onednn_gemm_bf16.cpp, the same timing rule: median of 9 after a warm-up).
+# docs/KERNELS.md's decision to keep ours rests on these ratios. Each group's row weights its
+# products by their FLOPs per layer (time-weighted: total FLOPs / total time on each side).
+ONEDNN_BF16=${ONEDNN_BF16:-build/onednn_gemm_bf16}
+bench_kernels_bf16() {
+  OTHER="oneDNN"
+  echo "== kernels: gemm_bf16 on training shapes against oneDNN bf16 matmul" >&2
+  [[ -x $ONEDNN_BF16 ]] || die "$ONEDNN_BF16 not found: cmake --build build --target onednn_gemm_bf16 (needs libdnnl-dev; make bench does it)"
+  local out label ours theirs path=?
+  # One line per product (label, ours, oneDNN GFLOP/s), then one per group (time-weighted).
+  out=$("$PY" - "$MOE" "$ONEDNN_BF16" "$ROUNDS" <<'PYEOF'
+import json, subprocess, sys
+moe, dnnl, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+ours, theirs, meta = {}, {}, {}
+for _ in range(rounds):  # alternating: all of ours, then oneDNN shape by shape
+    d = run([moe, "bench", "gemm-bf16", "--repeats", "9", "--json"])
+    for s in d["shapes"]:
+        k = (s["group"], s["product"], s["op"]); meta[k] = s
+        ours[k] = max(ours.get(k, 0), s["bf16_gflops"])
+        o = run([dnnl, "--m", str(s["M"]), "--n", str(s["N"]), "--k", str(s["K"]),
+                 "--ta", str(int(s["op"][0] == "T")), "--tb", str(int(s["op"][1] == "T")),
+                 "--repeats", "9"])
+        theirs[k] = max(theirs.get(k, 0), o["gflops"])
+groups = {}
+for k, s in meta.items():
+    print(f"{k[0]} {k[1]} ({s['M']}×{s['N']}×{s['K']} {k[2]}, GFLOP/s)\t{ours[k]}\t{theirs[k]}")
+    f = 2.0 * s["M"] * s["N"] * s["K"] * s["count"]; g = groups.setdefault(k[0], [0, 0, 0])
+    g[0] += f; g[1] += f / ours[k]; g[2] += f / theirs[k]
+for name, (f, t_ours, t_theirs) in groups.items():
+    print(f"{name}: all products, time-weighted (GFLOP/s)\t{f / t_ours}\t{f / t_theirs}")
+print(f"#path\t{d['path']}\t")
+PYEOF
+  ) || die "the gemm-bf16 / oneDNN comparison failed"
+  while IFS=$'\t' read -r label ours theirs; do
+    [[ $label != "#path" ]] || { path=$ours; continue; }
+    add_row "bf16 GEMM $label" "$(num %.0f "$ours")" "$(num %.0f "$theirs")" \
+      "$(num %.2f "$ours / $theirs")"
+  done <<<"$out"
+  add_note "kernels_bf16: best of $ROUNDS alternating rounds per side, each product the median of 9" \
+    "runs after a warm-up, 2·M·N·K / time, operands bf16 and packed inside the timed call on both" \
+    "sides (ours: \`moe bench gemm-bf16\`, path $path; oneDNN: Debian libdnnl" \
+    "2.6 matmul, OpenMP runtime); moe / oneDNN above 1 = moe.cpp faster"
 }
 
 # bf16 training (train.precision = bf16, docs/KERNELS.md) against fp32, ours and PyTorch's: the
