@@ -187,24 +187,20 @@ inline void store_block(__m512 (&acc)[kMR][2], float* c, int ldc, int mr, int nr
 }
 
 // C block [mr ≤ kMR, nr ≤ kNR] at c (row stride ldc) = alpha·op(A)·op(B) + beta·C over all K,
-// from a B panel bp and, kInPlace false, an A panel at a (layouts above; lda unused), or,
-// kInPlace true, A's rows themselves: row i at a + i·lda (i < mr; the rest repeat row 0 and are
-// never stored), pair p at a + i·lda + 2p, K even (no pair runs past a row).
-template <bool kInPlace>
-void micro(const uint16_t* a, int lda, const uint16_t* bp, int K, float* c, int ldc, int mr, int nr,
-           float alpha, float beta) {
+// from a B panel bp and, kRows false, an A panel at ap (layouts above), or, kRows true, A's rows
+// themselves: row i's pair p at row[i] + 2p (K even: no pair runs past a row; rows i ≥ mr are
+// read but never stored).
+template <bool kRows>
+void micro(const uint16_t* ap, const uint16_t* const* row, const uint16_t* bp, int K, float* c,
+           int ldc, int mr, int nr, float alpha, float beta) {
   __m512 acc[kMR][2];
   for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-  const uint16_t* row[kMR];
-  if constexpr (kInPlace)
-    for (int i = 0; i < kMR; ++i) row[i] = a + std::size_t(i < mr ? i : 0) * lda;
   const int P = (K + 1) / 2;
   for (int p = 0; p < P; ++p) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2 + 32);
     for (int i = 0; i < kMR; ++i) {
-      const __m512bh av =
-          bcast_pair(kInPlace ? row[i] + 2 * p : a + (std::size_t(p) * kMR + i) * 2);
+      const __m512bh av = bcast_pair(kRows ? row[i] + 2 * p : ap + (std::size_t(p) * kMR + i) * 2);
       acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
       acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
     }
@@ -216,7 +212,12 @@ void micro(const uint16_t* a, int lda, const uint16_t* bp, int K, float* c, int 
 
 void micro_12x32(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int mr, int nr,
                  float alpha, float beta) {
-  micro<false>(ap, 0, bp, K, c, ldc, mr, nr, alpha, beta);
+  micro<false>(ap, nullptr, bp, K, c, ldc, mr, nr, alpha, beta);
+}
+
+void micro_rows_12x32(const uint16_t* const* rows, const uint16_t* bp, int K, float* c, int ldc,
+                      int mr, int nr, float alpha, float beta) {
+  micro<true>(nullptr, rows, bp, K, c, ldc, mr, nr, alpha, beta);
 }
 
 void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
@@ -261,10 +262,13 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
       for (int i0 = (t / tn) * kMC; i0 < i_end; i0 += kMR) {
         const int mr = std::min(kMR, M - i0);
         float* c = C + std::size_t(i0) * ldc + j0;
-        if (inplace)
-          micro<true>(A + std::size_t(i0) * lda, lda, bpj, K, c, ldc, mr, nr, alpha, beta);
-        else
-          micro<false>(ap + (i0 / kMR) * a_panel, 0, bpj, K, c, ldc, mr, nr, alpha, beta);
+        if (inplace) {
+          const uint16_t* row[kMR];
+          for (int i = 0; i < kMR; ++i) row[i] = A + std::size_t(i0 + (i < mr ? i : 0)) * lda;
+          micro<true>(nullptr, row, bpj, K, c, ldc, mr, nr, alpha, beta);
+        } else {
+          micro<false>(ap + (i0 / kMR) * a_panel, nullptr, bpj, K, c, ldc, mr, nr, alpha, beta);
+        }
       }
     }
   };

@@ -16,6 +16,10 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
 // products (grouped_gemm_bf16.cpp) run it on their own K blocks of the panels.
 void micro_12x32(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int mr, int nr,
                  float alpha, float beta);
+// The same with A read in place from 12 row pointers: row i's pair p at rows[i] + 2p (K even;
+// rows i ≥ mr must point at readable rows of K values, their results are not stored).
+void micro_rows_12x32(const uint16_t* const* rows, const uint16_t* bp, int K, float* c, int ldc,
+                      int mr, int nr, float alpha, float beta);
 
 // The panel of rows c0 .. c0+w−1 (w ≤ W; W = 12 or 32) of bf16 X [·, ld], K along the rows:
 // dst[(p·W + c)·2 + h] = X[(c0+c)·ld + 2p + h], zero past K or w (layouts in

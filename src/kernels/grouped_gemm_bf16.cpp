@@ -162,9 +162,18 @@ void pack_k_along_cols(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
   }
 }
 
+// A read in place by the microkernel (gemm_avx512bf16's alternative to a packed A): row i of
+// A [M, K] is bits + rows[i]·ld (rows null: bits + i·ld), already rounded; K even.
+struct Bf16Rows {
+  const uint16_t* bits = nullptr;
+  int ld = 0;
+  const int32_t* rows = nullptr;
+};
+
 // C [M, N] (= or +=) from packed panels on the microkernel, K blocks of kBf16KC pairs in order.
+// With Ar.bits set, A is read in place from those rows and Ap is unused.
 void gemm_avx512bf16(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, float* C, int ldc,
-                     bool accumulate) {
+                     bool accumulate, const Bf16Rows& Ar = {}) {
   const int P = pairs(K), nb = (N + kNR - 1) / kNR, mb = (M + kMR - 1) / kMR;
   constexpr int kMB = 8;  // A panels per task when the product is shared out
   const int mg = (mb + kMB - 1) / kMB;
@@ -176,9 +185,19 @@ void gemm_avx512bf16(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp
     const uint16_t* bp = Bp + (std::size_t(jb) * P + p0) * 2 * kNR;
     const int nr = std::min(kNR, N - jb * kNR);
     for (int ib = ib0; ib < ib1; ++ib) {
+      const int mr = std::min(kMR, M - ib * kMR);
+      float* c = C + std::size_t(ib) * kMR * ldc + jb * kNR;
+      if (Ar.bits) {
+        const uint16_t* row[kMR];
+        for (int i = 0; i < kMR; ++i) {
+          const int r = ib * kMR + (i < mr ? i : 0);
+          row[i] = Ar.bits + std::size_t(Ar.rows ? Ar.rows[r] : r) * Ar.ld + 2 * std::size_t(p0);
+        }
+        bf16k::micro_rows_12x32(row, bp, kc, c, ldc, mr, nr, 1.f, beta);
+        continue;
+      }
       const uint16_t* ap = Ap + (std::size_t(ib) * P + p0) * 2 * kMR;
-      bf16k::micro_12x32(ap, bp, kc, C + std::size_t(ib) * kMR * ldc + jb * kNR, ldc,
-                         std::min(kMR, M - ib * kMR), nr, 1.f, beta);
+      bf16k::micro_12x32(ap, bp, kc, c, ldc, mr, nr, 1.f, beta);
     }
   };
   const bool par =
@@ -262,6 +281,19 @@ void bf16_panel_gemm(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp
 
 // ---- One expert's products.
 
+namespace {
+
+// Whether an A already rounded (bits, K columns) is read in place by the microkernel instead of
+// packed: on the avx512bf16 path, K even. (Gathering an expert's token rows into a panel was a
+// memcpy per row and a transpose, ~7% of an E = 64 bf16 step; the microkernel broadcasts from
+// the rows as gemm_bf16 does from an untransposed A.)
+bool rows_in_place(const uint16_t* bits, int K, Bf16GemmPath path) {
+  if (path == Bf16GemmPath::kAuto) path = gemm_bf16_path();
+  return bits && K % 2 == 0 && path == Bf16GemmPath::kAvx512Bf16;
+}
+
+}  // namespace
+
 std::size_t bf16_expert_weight_elems(int C, int H, bool gated) {
   const int W1 = gated ? 2 * H : H;
   return bf16_pack_b_elems(C, W1) + bf16_pack_b_elems(H, C) + bf16_pack_b_elems(C, H) +
@@ -317,6 +349,10 @@ void bf16_first_forward(float* gu, const float* X, const int32_t* rows, const Bf
                         int m, int C, int H, bool gated, const Bf16ExpertScratch& s,
                         Bf16GemmPath path, const uint16_t* Xb) {
   const int W1 = gated ? 2 * H : H;
+  if (rows_in_place(Xb, C, path)) {
+    gemm_avx512bf16(m, W1, C, nullptr, w.first_t, gu, W1, false, {Xb, C, rows});
+    return;
+  }
   bf16_pack_a(s.a, m, C, {X, C, false, rows, nullptr, Xb});
   bf16_panel_gemm(m, W1, C, s.a, w.first_t, gu, W1, false, path);
 }
@@ -336,8 +372,12 @@ void bf16_down_backward(float* dwd, float* hid, const float* d, const int32_t* r
   bf16_pack_b(s.b, m, H, {hid, H, false, nullptr, rows ? gate : nullptr});
   bf16_pack_a(s.a, C, m, {d, C, true, rows, nullptr, dyb});
   bf16_panel_gemm(C, H, m, s.a, s.b, dwd, H, true, path);
-  bf16_pack_a(s.a, m, C, {d, C, false, rows, nullptr, dyb});
-  bf16_panel_gemm(m, H, C, s.a, w.down, rows ? u : hid, H, false, path);
+  if (rows_in_place(dyb, C, path)) {
+    gemm_avx512bf16(m, H, C, nullptr, w.down, rows ? u : hid, H, false, {dyb, C, rows});
+  } else {
+    bf16_pack_a(s.a, m, C, {d, C, false, rows, nullptr, dyb});
+    bf16_panel_gemm(m, H, C, s.a, w.down, rows ? u : hid, H, false, path);
+  }
   if (!rows) return;
   gate_split_backward(hid, dgate, u, gate, m, H);
 }
