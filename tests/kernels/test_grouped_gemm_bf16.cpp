@@ -1,11 +1,13 @@
 // kernels/grouped_gemm_bf16: the MoE experts' bf16 products.
 //   1. The packers against their definition (grouped_gemm_bf16.h), bit for bit, on every source
-//      form (transposed, rows picked by index, rows scaled) and odd sizes.
+//      form (transposed, rows picked by index, rows scaled) and odd sizes; on an already rounded
+//      source (Bf16Src::bits) the same bits as rounding the f32 source.
 //   2. bf16_panel_gemm on every path this CPU runs against a double reference on the same rounded
 //      operands, for the shapes the experts use: tiny M (1, 3, 12, 13), odd K, N and K across the
 //      K blocks, M = 0 and K = 0, store and accumulate.
-//   3. One expert's products (first/down, forward/backward, fused and not, SwiGLU and GELU)
-//      against double references on the rounded operands, each path; m = 0 experts.
+//   3. One expert's products (first/down, forward/backward, fused and not, fused with the token
+//      matrices given pre-rounded, SwiGLU and GELU) against double references on the rounded
+//      operands, each path; m = 0 experts.
 //   4. Bit-identical results for 1 and 2 threads on the avx512bf16 path.
 //
 // Tolerance (as tests/kernels/test_gemm_bf16.cpp): the operands are bf16, so each product is
@@ -141,6 +143,34 @@ TEST(GroupedGemmBf16, PackersMatchTheirDefinition) {
   }
 }
 
+// The packers on an already rounded source (Bf16Src::bits, no row scale) give the bits they give
+// when they round the f32 source themselves: every form, odd sizes, the specials included.
+TEST(GroupedGemmBf16, PackersOfRoundedBitsMatchRoundingThemselves) {
+  const int R = 45, K = 37, ld = 53, src_rows = 60;
+  std::vector<float> x = randn(std::size_t(src_rows) * ld, 3);
+  const uint32_t special[] = {0x3f808000u, 0x7fc12345u, 0xff800000u, 0x00000001u, 0x80000000u};
+  for (std::size_t i = 0; i < x.size(); i += 5) std::memcpy(&x[i], &special[(i / 5) % 5], 4);
+  std::vector<uint16_t> xb(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) xb[i] = f32_to_bf16(x[i]);
+  std::vector<int32_t> rows(60);
+  for (int i = 0; i < 60; ++i) rows[i] = (i * 11 + 5) % src_rows;
+  for (int form = 0; form < 4; ++form)
+    for (int k : {K, K - 1}) {  // odd and even K
+      const bool trans = form & 1;
+      const int32_t* rp = form & 2 ? rows.data() : nullptr;
+      const Bf16Src f{x.data(), ld, trans, rp}, b{nullptr, ld, trans, rp, nullptr, xb.data()};
+      std::vector<uint16_t> want(bf16_pack_b_elems(k, R), 1), got(want.size(), 2);
+      bf16_pack_b(want.data(), k, R, f);
+      bf16_pack_b(got.data(), k, R, b);
+      ASSERT_EQ(got, want) << "B form " << form << " K=" << k;
+      want.assign(bf16_pack_a_elems(R, k), 1);
+      got.assign(want.size(), 2);
+      bf16_pack_a(want.data(), R, k, f);
+      bf16_pack_a(got.data(), R, k, b);
+      ASSERT_EQ(got, want) << "A form " << form << " K=" << k;
+    }
+}
+
 // ---- 2. The panel GEMM.
 
 void check_gemm(int M, int N, int K, bool accumulate, Bf16GemmPath path, uint64_t seed) {
@@ -194,11 +224,15 @@ struct Expert {
   int W1() const { return gated ? 2 * H : H; }
 };
 
-void check_expert(const Expert& e, bool fused, Bf16GemmPath path) {
+// prerounded (fused only): the token matrices X and d are also given rounded (Xb, dyb), as the
+// expert bank passes them: read in place by the microkernel (K even, avx512bf16) or copied into
+// the panels; the same rounded operands, so the same references.
+void check_expert(const Expert& e, bool fused, Bf16GemmPath path, bool prerounded = false) {
   const int C = e.C, H = e.H, m = e.m, W1 = e.W1(), N = e.N;
   const std::string what = std::string(bf16_gemm_path_name(path)) + " C=" + std::to_string(C) +
                            " H=" + std::to_string(H) + " m=" + std::to_string(m) +
-                           (e.gated ? " swiglu" : " gelu") + (fused ? " fused" : "");
+                           (e.gated ? " swiglu" : " gelu") + (fused ? " fused" : "") +
+                           (prerounded ? " prerounded" : "");
   const std::vector<float> wg = randn(std::size_t(H) * C, 11, 0.1f),
                            wu = randn(std::size_t(H) * C, 12, 0.1f),
                            wd = randn(std::size_t(C) * H, 13, 0.1f);
@@ -213,12 +247,15 @@ void check_expert(const Expert& e, bool fused, Bf16GemmPath path) {
   const int32_t* rp = fused ? rows.data() : nullptr;
   const std::vector<float> X = randn(std::size_t(fused ? N : m) * C, 21);
   auto x = [&](int i, int c) { return X[std::size_t(fused ? rows[i] : i) * C + c]; };
+  std::vector<uint16_t> Xr(X.size());
+  for (std::size_t i = 0; i < X.size(); ++i) Xr[i] = f32_to_bf16(X[i]);
+  const uint16_t* Xb = prerounded ? Xr.data() : nullptr;
   auto wfirst = [&](int n, int c) {  // [W_gate; W_up] (n, c)
     return e.gated && n < H ? wg[std::size_t(n) * C + c] : wu[std::size_t(n - (W1 - H)) * C + c];
   };
   // Forward.
   std::vector<float> gu(std::size_t(m) * W1 + 1);
-  bf16_first_forward(gu.data(), X.data(), rp, w, m, C, H, e.gated, s, path);
+  bf16_first_forward(gu.data(), X.data(), rp, w, m, C, H, e.gated, s, path, Xb);
   expect_product(
       gu.data(), W1, m, W1, C, x, [&](int c, int n) { return wfirst(n, c); }, nullptr,
       what + " first_forward");
@@ -231,13 +268,15 @@ void check_expert(const Expert& e, bool fused, Bf16GemmPath path) {
   // Down backward.
   const std::vector<float> d = randn(std::size_t(fused ? N : m) * C, 23);
   auto dv = [&](int i, int c) { return d[std::size_t(fused ? rows[i] : i) * C + c]; };
+  std::vector<uint16_t> dr(d.size());
+  for (std::size_t i = 0; i < d.size(); ++i) dr[i] = f32_to_bf16(d[i]);
   const std::vector<float> gate = randn(m + 1, 24);
   std::vector<float> hid = hid0, dgate(m + 1, -7.f), u(std::size_t(m) * H + 1);
   const std::vector<float> dwd0 = randn(std::size_t(C) * H, 25);
   std::vector<float> dwd = dwd0;
   bf16_down_backward(dwd.data(), hid.data(), d.data(), rp, fused ? gate.data() : nullptr,
                      fused ? dgate.data() : nullptr, w, m, C, H, s, fused ? u.data() : nullptr,
-                     path);
+                     path, prerounded ? dr.data() : nullptr);
   expect_product(
       dwd.data(), H, C, H, m, [&](int c, int i) { return dv(i, c); },
       [&](int i, int j) {
@@ -271,7 +310,7 @@ void check_expert(const Expert& e, bool fused, Bf16GemmPath path) {
     std::vector<float> dx = dx0;
     if (acc) dwg = dwg0, dwu = dwu0;
     bf16_first_backward(dx.data(), e.gated ? dwg.data() : nullptr, dwu.data(), dgu.data(), X.data(),
-                        rp, w, m, C, H, e.gated, acc, s, path);
+                        rp, w, m, C, H, e.gated, acc, s, path, Xb);
     expect_product(
         dx.data(), C, m, C, W1, [&](int i, int n) { return dgu[std::size_t(i) * W1 + n]; }, wfirst,
         acc ? dx0.data() : nullptr, what + " dX");
@@ -291,8 +330,10 @@ TEST(GroupedGemmBf16, ExpertProductsMatchReference) {
       {64, 96, 0, 10, true}, {40, 24, 29, 50, false}, {96, 128, 70, 100, true},
   };
   for (Bf16GemmPath path : paths())
-    for (const Expert& e : shapes)
+    for (const Expert& e : shapes) {
       for (bool fused : {false, true}) check_expert(e, fused, path);
+      check_expert(e, true, path, true);
+    }
 }
 
 // ---- 4. Determinism: avx512bf16 gives the same bits on 1 and 2 threads (each C element is summed
