@@ -229,15 +229,15 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
   const int P = (K + 1) / 2;
   const int nb = (N + kNR - 1) / kNR, mb = (M + kMR - 1) / kMR;
   const std::size_t b_panel = std::size_t(P) * kNR * 2, a_panel = std::size_t(P) * kMR * 2;
+  // An untransposed A with K even is read in place (its rows' pairs are adjacent already).
+  const bool inplace = !trans_a && K % 2 == 0;
   thread_local Scratch b_scratch, a_scratch;
   uint16_t* bp = b_scratch.get(nb * b_panel);
-  uint16_t* ap = a_scratch.get(mb * a_panel);
+  uint16_t* ap = inplace ? nullptr : a_scratch.get(mb * a_panel);
   const int tm = (M + kMC - 1) / kMC, tn = (N + kNC - 1) / kNC;
   const int chunks = (P + kPackSteps - 1) / kPackSteps;
-  // Untransposed B and transposed A are packed by steps p (rows of X in memory order), the
-  // others by panels (each panel's rows of X read in order). Items of each stage:
-  // Untransposed A with K even is read in place (its rows' pairs are adjacent already).
-  const bool inplace = !trans_a && K % 2 == 0;
+  // Untransposed B and transposed A are packed in chunks of kPackSteps pair steps (pairs of rows
+  // of X), the others panel by panel. Items of each stage:
   const int b_items = trans_b ? nb : chunks, a_items = inplace ? 0 : trans_a ? chunks : mb;
   auto pack_b = [&](int it) {
     if (trans_b) {

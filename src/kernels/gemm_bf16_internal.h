@@ -38,15 +38,15 @@ void widen_avx512(float* dst, const uint16_t* src, std::size_t n);
 // source rows, rounded as round_avx512 rounds. The products by f0, f1 are taken only when scaled
 // (one f32 multiply each); s1 = null gives zero high halves (the missing row past an odd K).
 // Needs cpu_features().avx512.
-// dst[j] = r0[j] | r1[j] << 16 for j < n (r1 null: zero high halves): two rows of bf16 already
-// rounded, as the pairs of round_pairs_avx512. Needs cpu_features().avx512.
-void interleave_pairs_avx512(uint32_t* dst, const uint16_t* r0, const uint16_t* r1, std::size_t n);
-
 void round_pairs_avx512(uint32_t* dst, const float* s0, const float* s1, std::size_t n, bool scaled,
                         float f0, float f1);
 void round_pairs_int_avx512(uint32_t* dst, const float* s0, const float* s1, std::size_t n,
                             bool scaled, float f0, float f1);
 void round_pairs_bf16insn(uint32_t* dst, const float* s0, const float* s1, std::size_t n,
                           bool scaled, float f0, float f1);  // needs avx512_bf16
+
+// dst[j] = r0[j] | r1[j] << 16 for j < n (r1 null: zero high halves): two rows of bf16 already
+// rounded, as the pairs of round_pairs_avx512. Needs cpu_features().avx512.
+void interleave_pairs_avx512(uint32_t* dst, const uint16_t* r0, const uint16_t* r1, std::size_t n);
 
 }  // namespace moe::bf16k
