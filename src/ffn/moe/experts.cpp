@@ -162,13 +162,7 @@ void ExpertBank<T>::forward(const ExpertPanels<T>& q, const MoeParams<T>& p,
               "internal: bf16 experts need refresh_low_precision() before the first forward and "
               "at most {} threads, {} rows",
               bf16_threads_, bound_rows_);
-    if constexpr (std::is_same_v<T, float>) {
-      if (q.rows) {  // the token matrix, rounded once for every expert that gathers from it
-        MOE_CHECK(q.tokens <= bound_tokens_ && !bf16_tokens_.empty(),
-                  "internal: {} tokens for bf16 experts bound for {}", q.tokens, bound_tokens_);
-        round_to_bf16(bf16_tokens_.data(), q.x, std::size_t(q.tokens) * spec_.C);
-      }
-    }
+    round_token_matrices(q, false);
     order_by_rows(order_, q.offsets, q.experts);
     for_each_expert(order_, q.experts, [&](int e) { expert_forward_bf16(q, e); });
     return;
@@ -220,15 +214,7 @@ void ExpertBank<T>::backward(const ExpertPanels<T>& q, const MoeGrads<T>& g, con
   if (bf16_) {
     MOE_CHECK(max_threads() <= bf16_threads_, "internal: {} threads, bf16 scratch for {}",
               max_threads(), bf16_threads_);
-    if constexpr (std::is_same_v<T, float>) {
-      if (q.rows) {  // x again (another forward may have run since), and dy
-        MOE_CHECK(q.tokens <= bound_tokens_ && !bf16_tokens_.empty(),
-                  "internal: {} tokens for bf16 experts bound for {}", q.tokens, bound_tokens_);
-        const std::size_t n = std::size_t(q.tokens) * spec_.C;
-        round_to_bf16(bf16_tokens_.data(), q.x, n);
-        round_to_bf16(bf16_tokens_.data() + std::size_t(bound_tokens_) * spec_.C, q.dy, n);
-      }
-    }
+    round_token_matrices(q, true);  // x again: another forward may have run since
     order_by_rows(order_, q.offsets, q.experts);
     for_each_expert(order_, q.experts, [&](int e) { expert_backward_bf16(q, g, dx_rows, e); });
     return;
@@ -435,6 +421,18 @@ void ExpertBank<T>::refresh_bf16(const MoeParams<T>& p, int experts) {
       }
     }
     bf16_packed_ = true;
+  }
+}
+
+template <typename T>
+void ExpertBank<T>::round_token_matrices(const ExpertPanels<T>& q, bool with_dy) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!q.rows) return;  // unfused: the panels hold the rows themselves
+    MOE_CHECK(q.tokens <= bound_tokens_ && !bf16_tokens_.empty(),
+              "internal: {} tokens for bf16 experts bound for {}", q.tokens, bound_tokens_);
+    const std::size_t n = std::size_t(q.tokens) * spec_.C;
+    round_to_bf16(bf16_tokens_.data(), q.x, n);
+    if (with_dy) round_to_bf16(bf16_tokens_.data() + std::size_t(bound_tokens_) * spec_.C, q.dy, n);
   }
 }
 

@@ -104,6 +104,9 @@ class ExpertBank {
   void expert_forward_bf16(const ExpertPanels<T>& q, int e);
   void expert_backward_bf16(const ExpertPanels<T>& q, const MoeGrads<T>& g, T* dx_rows, int e);
   Bf16ExpertScratch bf16_scratch() const;
+  // Fused: bf16_tokens_ (=) round(q.x), and round(q.dy) after it when with_dy; the experts read
+  // their gathered rows from there (a no-op unfused).
+  void round_token_matrices(const ExpertPanels<T>& q, bool with_dy);
   void size_bf16_scratch();  // per-thread scratch for the bound sizes
   void shared_forward_bf16(T* out, const T* x, int N);
   void shared_backward_bf16(T* dx, const MoeGrads<T>& g, const T* dy, const T* x, int N);
