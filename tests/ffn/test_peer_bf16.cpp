@@ -1,4 +1,4 @@
-// PEER with train.precision = bf16 (PeerLayer::bind_bf16): the query projection and the sub-key
+// PEER with train.precision = bf16 (PeerLayer::enable_bf16): the query projection and the sub-key
 // scores take bf16 operands with f32 accumulation. Checked against double references computed on
 // the bf16-rounded operands (core/half.h's f32_to_bf16, which the kernels match bit for bit),
 // with the layer's own f32 intermediates as the references' inputs where the layer rounds them
@@ -31,6 +31,21 @@ namespace {
 constexpr double kU = 1.0 / (1 << 24);
 double gamma(int K) { return (K + 3) * kU / (1 - (K + 3) * kU); }
 double rb(double x) { return bf16_to_f32(f32_to_bf16(float(x))); }  // round to bf16, as double
+
+// Σ_i bf16(a(i))·bf16(b(i)) in double, and S = Σ|terms| (a bf16 product's bound is γ_n·S).
+struct Dot {
+  double sum = 0, abs = 0;
+};
+template <typename A, typename B>
+Dot rounded_dot(int n, const A& a, const B& b) {
+  Dot d;
+  for (int i = 0; i < n; ++i) {
+    const double term = rb(a(i)) * rb(b(i));
+    d.sum += term;
+    d.abs += std::fabs(term);
+  }
+  return d;
+}
 
 struct PeerCase {
   PeerSpec s;
@@ -75,11 +90,7 @@ struct Bf16Peer {
     layer.bind(m, t.N);
     acts = Arena(m.used());
     layer.bind(acts, t.N);
-    Arena ml;
-    layer.bind_bf16(ml);
-    layer.disable_bf16();
-    low = Arena(ml.used());
-    layer.bind_bf16(low);
+    low = layer.enable_bf16();
     layer.refresh_bf16(t.params());
   }
 };
@@ -99,15 +110,11 @@ TEST(PeerBf16, QueryScoresAndGatesMatchDoubleOnRoundedOperands) {
   const float* z = b.layer.query();
   for (int n = 0; n < N; ++n)
     for (int f = 0; f < D; ++f) {
-      double acc = 0, sum_abs = 0;
-      for (int c = 0; c < C; ++c) {
-        const double p = rb(t.x[std::size_t(n) * C + c]) * rb(t.wq[std::size_t(f) * C + c]);
-        acc += p;
-        sum_abs += std::fabs(p);
-      }
-      const double ref = acc + t.bq[f];
-      ASSERT_LE(std::fabs(z[std::size_t(n) * D + f] - ref),
-                gamma(C) * sum_abs + kU * std::fabs(ref))
+      const Dot d = rounded_dot(
+          C, [&](int c) { return t.x[std::size_t(n) * C + c]; },
+          [&](int c) { return t.wq[std::size_t(f) * C + c]; });
+      const double ref = d.sum + t.bq[f];
+      ASSERT_LE(std::fabs(z[std::size_t(n) * D + f] - ref), gamma(C) * d.abs + kU * std::fabs(ref))
           << "query " << n << ", " << f;
     }
 
@@ -119,19 +126,16 @@ TEST(PeerBf16, QueryScoresAndGatesMatchDoubleOnRoundedOperands) {
   for (int r = 0; r < N * h; ++r) {
     const float* q = z + std::size_t(r) * dk;  // row r = (token r / h, head r % h)
     for (int i = 0; i < S; ++i) {
-      double a1 = 0, a2 = 0, b1 = 0, b2 = 0;
-      for (int d = 0; d < half; ++d) {
-        const double p1 = rb(q[d]) * rb(t.keys1[std::size_t(i) * half + d]);
-        const double p2 = rb(q[half + d]) * rb(t.keys2[std::size_t(i) * half + d]);
-        a1 += p1;
-        b1 += std::fabs(p1);
-        a2 += p2;
-        b2 += std::fabs(p2);
-      }
-      s1[i] = a1;
-      e1[i] = gamma(half) * b1;
-      s2[i] = a2;
-      e2[i] = gamma(half) * b2;
+      const Dot d1 = rounded_dot(
+          half, [&](int d) { return q[d]; },
+          [&](int d) { return t.keys1[std::size_t(i) * half + d]; });
+      const Dot d2 = rounded_dot(
+          half, [&](int d) { return q[half + d]; },
+          [&](int d) { return t.keys2[std::size_t(i) * half + d]; });
+      s1[i] = d1.sum;
+      e1[i] = gamma(half) * d1.abs;
+      s2[i] = d2.sum;
+      e2[i] = gamma(half) * d2.abs;
     }
     auto score = [&](int id) { return s1[id / S] + s2[id % S]; };
     auto err = [&](int id) {
@@ -196,15 +200,12 @@ TEST(PeerBf16, BackwardMatchesDoubleOnRoundedOperands) {
     }
     ASSERT_LE(std::fabs(gbq[f] - sb), gamma(N) * sb_abs) << "bias " << f;
     for (int c = 0; c < C; ++c) {
-      double acc = 0, sum_abs = 0;
-      for (int n = 0; n < N; ++n) {
-        const double p = rb(dz[std::size_t(n) * D + f]) * rb(t.x[std::size_t(n) * C + c]);
-        acc += p;
-        sum_abs += std::fabs(p);
-      }
+      const Dot d = rounded_dot(
+          N, [&](int n) { return dz[std::size_t(n) * D + f]; },
+          [&](int n) { return t.x[std::size_t(n) * C + c]; });
       const std::size_t i = std::size_t(f) * C + c;
-      const double ref = gwq0[i] + acc;
-      ASSERT_LE(std::fabs(gwq[i] - ref), gamma(N) * (sum_abs + std::fabs(gwq0[i])))
+      const double ref = gwq0[i] + d.sum;
+      ASSERT_LE(std::fabs(gwq[i] - ref), gamma(N) * (d.abs + std::fabs(gwq0[i])))
           << "W_q " << f << ", " << c;
     }
   }
@@ -224,20 +225,17 @@ TEST(PeerBf16, BackwardMatchesDoubleOnRoundedOperands) {
               t.v.data(), b.layer.ids(), b.layer.weights(), N);
   for (int n = 0; n < N; ++n)
     for (int c = 0; c < C; ++c) {
-      double acc = 0, sum_abs = 0;
-      for (int f = 0; f < D; ++f) {
-        const double p = rb(dz[std::size_t(n) * D + f]) * rb(t.wq[std::size_t(f) * C + c]);
-        acc += p;
-        sum_abs += std::fabs(p);
-      }
+      const Dot d = rounded_dot(
+          D, [&](int f) { return dz[std::size_t(n) * D + f]; },
+          [&](int f) { return t.wq[std::size_t(f) * C + c]; });
       const std::size_t i = std::size_t(n) * C + c;
-      const double ref = dx_e[i] + acc;
-      ASSERT_LE(std::fabs(dx[i] - ref), gamma(D) * (sum_abs + std::fabs(dx_e[i])))
+      const double ref = dx_e[i] + d.sum;
+      ASSERT_LE(std::fabs(dx[i] - ref), gamma(D) * (d.abs + std::fabs(dx_e[i])))
           << "dx " << n << ", " << c;
     }
 }
 
-// The same layer without bind_bf16 keeps its f32 products: its query differs from the bf16
+// The same layer after disable_bf16 keeps its f32 products: its query differs from the bf16
 // one by the operands' rounding (~2⁻⁹ relative), which the bounds above would reject.
 TEST(PeerBf16, DisableReturnsToF32Products) {
   const PeerCase t = make_case();

@@ -30,7 +30,7 @@ struct PeerArgs {
   int d_model = 256, heads = 8, top_k = 16, d_key = 128, tokens = 2048, repeats = 5;
   int64_t experts = 1048576;
   bool json = false;
-  // bf16: the query projection and the sub-key scores in bf16 (PeerLayer::bind_bf16), W_q
+  // bf16: the query projection and the sub-key scores in bf16 (PeerLayer::enable_bf16), W_q
   // rounded and the sub-keys packed at the start of every step, as training does.
   Precision precision = Precision::kFp32;
 };
@@ -76,13 +76,7 @@ PeerResult measure_peer_step(const PeerArgs& a, const PeerSpec& sp) {
   Arena acts(m.used());
   layer.bind(acts, N);
   Arena low;
-  if (a.precision == Precision::kBf16) {
-    Arena ml;
-    layer.bind_bf16(ml);
-    layer.disable_bf16();
-    low = Arena(ml.used());
-    layer.bind_bf16(low);
-  }
+  if (a.precision == Precision::kBf16) low = layer.enable_bf16();
   std::vector<float> x(std::size_t(N) * C), y(x.size()), dy(x.size()), dx(x.size());
   {
     const Rng r(7, stream_id(kPurposeInit, 5));

@@ -66,11 +66,7 @@ void PeerFfn::set_precision(Precision p) {
   layer_.disable_bf16();
   low_ = Arena();
   if (p == Precision::kFp32) return;
-  Arena measure;
-  layer_.bind_bf16(measure);
-  layer_.disable_bf16();
-  low_ = Arena(measure.used());
-  layer_.bind_bf16(low_);
+  low_ = layer_.enable_bf16();
   refresh_low_precision();
 }
 

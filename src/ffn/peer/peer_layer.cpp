@@ -89,9 +89,18 @@ void PeerLayer<T>::bind_bf16(Arena& a) {
 }
 
 template <typename T>
+Arena PeerLayer<T>::enable_bf16() {
+  Arena measure;
+  bind_bf16(measure);  // a measuring arena hands out nulls: bf16 stays off until the real one
+  Arena a(measure.used());
+  bind_bf16(a);
+  return a;
+}
+
+template <typename T>
 void PeerLayer<T>::refresh_bf16(const PeerParams<T>& p) {
   if constexpr (std::is_same_v<T, float>) {
-    MOE_CHECK(wq_b_, "PEER: refresh_bf16 before bind_bf16");
+    MOE_CHECK(wq_b_, "PEER: refresh_bf16 before enable_bf16");
     round_to_bf16(wq_b_, p.wq, std::size_t(spec_.heads) * spec_.d_key * spec_.C);
     retrieval_.pack_keys_bf16(p.keys1, p.keys2);
   }
@@ -109,12 +118,10 @@ void PeerLayer<T>::forward(T* y, const T* x, const PeerParams<T>& p, int N, bool
   tokens_ = N;
   training_ = training;
   const int C = spec_.C, D = spec_.heads * spec_.d_key;
-  if constexpr (std::is_same_v<T, float>) {
-    if (wq_b_) {
+  if (wq_b_) {  // bf16 (float only: bind_bf16 refuses double)
+    if constexpr (std::is_same_v<T, float>) {
       linear_forward_bf16(query_, x_b_, x, wq_b_, N, C, D);
       add_bias(query_, p.bq, N, D);
-    } else {
-      query_forward(query_, x, p.wq, p.bq, N, C, D);
     }
   } else {
     query_forward(query_, x, p.wq, p.bq, N, C, D);
@@ -136,15 +143,14 @@ void PeerLayer<T>::backward(T* dx, const PeerGrads<T>& g, const T* dy, const T* 
   retrieval_.backward(dquery_, g.keys1, g.keys2, dgate_, gates_, expert_ids_, query_normed_,
                       p.keys1, p.keys2, N * spec_.heads);
   query_norm_backward(g, p, N);
-  if constexpr (std::is_same_v<T, float>) {
-    if (wq_b_) {
-      // The forward's bf16(x) is still in x_b_ (the shadow W_q is the step's).
+  if (wq_b_) {  // bf16 (float only): the forward's bf16(x) is still in x_b_
+    if constexpr (std::is_same_v<T, float>) {
       linear_backward_bf16(dx, g.wq, dquery_b_, dquery_, x_b_, wq_b_, N, C, D, true);
       bias_backward(g.bq, dquery_, N, D);
-      return;
     }
+  } else {
+    query_backward(dx, g.wq, g.bq, dquery_, x, p.wq, N, C, D);
   }
-  query_backward(dx, g.wq, g.bq, dquery_, x, p.wq, N, C, D);
 }
 
 // query_normed_ [N, D] (written) = norm(query_).

@@ -20,7 +20,7 @@ class PeerFfn final : public FeedForward {
   void forward(float* out, const float* x, int n_tokens, const StepInfo& info) override;
   void backward(float* dx, const float* dout, const float* x, int n_tokens) override;
   std::string describe() const override;
-  // bf16: the query projection and the sub-key scores take bf16 operands (PeerLayer::bind_bf16);
+  // bf16: the query projection and the sub-key scores take bf16 operands (PeerLayer::enable_bf16);
   // the experts' rows (gathers, not products of matrices) stay f32.
   void set_precision(Precision p) override;
   void refresh_low_precision() override;

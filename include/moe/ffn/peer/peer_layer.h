@@ -69,13 +69,14 @@ class PeerLayer {
   // backward the global sums), so P ranks compute the function of one process.
   void set_parallel(Communicator* comm) { comm_ = comm; }
   void bind(Arena& a, int max_tokens);
-  // train.precision = bf16 (T = float only; after bind, allocating in a): the query projection's
-  // three products (nn/linear_bf16.h) and the sub-key scores (ProductKeyRetrieval::bind_bf16)
-  // take bf16 operands with f32 accumulation; the bias, the query norm, top-k, the gates, the
-  // scores' sparse backward and the experts stay f32. refresh_bf16 rounds W_q and packs the
-  // sub-keys: once per optimizer step, before the step's first forward. disable_bf16() returns
-  // to f32 products.
-  void bind_bf16(Arena& a);
+  // train.precision = bf16 (T = float only; after bind): the query projection's three products
+  // (nn/linear_bf16.h) and the sub-key scores (ProductKeyRetrieval::bind_bf16) take bf16
+  // operands with f32 accumulation; the bias, the query norm, top-k, the gates, the scores'
+  // sparse backward and the experts stay f32. enable_bf16 allocates the bf16 buffers (measured,
+  // then carved) and returns the arena that owns them: keep it while bf16 is on. refresh_bf16
+  // rounds W_q and packs the sub-keys: once per optimizer step, before the step's first forward.
+  // disable_bf16() returns to f32 products (before the arena goes).
+  Arena enable_bf16();
   void refresh_bf16(const PeerParams<T>& p);
   void disable_bf16();
   bool bf16() const { return wq_b_ != nullptr; }
@@ -97,6 +98,7 @@ class PeerLayer {
   // The steps of forward and backward that are not a class of their own.
   void query_norm_forward(const PeerParams<T>& p, int N, bool training);
   void query_norm_backward(const PeerGrads<T>& g, const PeerParams<T>& p, int N);
+  void bind_bf16(Arena& a);  // enable_bf16's allocations in a
   BatchNormOptions batchnorm_options() const { return {spec_.bn_eps, spec_.bn_momentum, comm_}; }
 
   PeerSpec spec_;
