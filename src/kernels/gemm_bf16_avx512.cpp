@@ -189,13 +189,17 @@ inline void store_block(__m512 (&acc)[kMR][2], float* c, int ldc, int mr, int nr
   }
 }
 
+// Where the microkernel reads A's pairs: a packed panel (layout above), the rows themselves (row
+// i's pair p at row[i] + 2p; K even, no pair runs past a row), or a pair-interleaved matrix with a
+// step of astep pairs (row i's pair p at ap + (p·astep + i)·2: a panel is astep = kMR; attention's
+// Pᵀ and dSᵀ are interleaved pairs of query rows, astep their row length).
+enum class ASrc { kPanel, kRows, kStrided };
+
 // C block [mr ≤ kMR, nr ≤ kNR] at c (row stride ldc) = alpha·op(A)·op(B) + beta·C over all K,
-// from a B panel bp and, kRows false, an A panel at ap (layouts above), or, kRows true, A's rows
-// themselves: row i's pair p at row[i] + 2p (K even: no pair runs past a row; rows i ≥ mr are
-// read but never stored).
-template <bool kRows>
-void micro(const uint16_t* ap, const uint16_t* const* row, const uint16_t* bp, int K, float* c,
-           int ldc, int mr, int nr, float alpha, float beta) {
+// from a B panel bp and A as kSrc says (rows i ≥ mr are read but never stored).
+template <ASrc kSrc>
+void micro(const uint16_t* ap, int astep, const uint16_t* const* row, const uint16_t* bp, int K,
+           float* c, int ldc, int mr, int nr, float alpha, float beta) {
   __m512 acc[kMR][2];
   for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   const int P = (K + 1) / 2;
@@ -203,7 +207,10 @@ void micro(const uint16_t* ap, const uint16_t* const* row, const uint16_t* bp, i
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2 + 32);
     for (int i = 0; i < kMR; ++i) {
-      const __m512bh av = bcast_pair(kRows ? row[i] + 2 * p : ap + (std::size_t(p) * kMR + i) * 2);
+      const __m512bh av =
+          bcast_pair(kSrc == ASrc::kRows    ? row[i] + 2 * p
+                     : kSrc == ASrc::kPanel ? ap + (std::size_t(p) * kMR + i) * 2
+                                            : ap + (std::size_t(p) * astep + i) * 2);
       acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
       acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
     }
@@ -215,12 +222,17 @@ void micro(const uint16_t* ap, const uint16_t* const* row, const uint16_t* bp, i
 
 void micro_12x32(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ldc, int mr, int nr,
                  float alpha, float beta) {
-  micro<false>(ap, nullptr, bp, K, c, ldc, mr, nr, alpha, beta);
+  micro<ASrc::kPanel>(ap, kMR, nullptr, bp, K, c, ldc, mr, nr, alpha, beta);
 }
 
 void micro_rows_12x32(const uint16_t* const* rows, const uint16_t* bp, int K, float* c, int ldc,
                       int mr, int nr, float alpha, float beta) {
-  micro<true>(nullptr, rows, bp, K, c, ldc, mr, nr, alpha, beta);
+  micro<ASrc::kRows>(nullptr, 0, rows, bp, K, c, ldc, mr, nr, alpha, beta);
+}
+
+void micro_strided_12x32(const uint16_t* ap, int astep, const uint16_t* bp, int K, float* c,
+                         int ldc, int mr, int nr, float alpha, float beta) {
+  micro<ASrc::kStrided>(ap, astep, nullptr, bp, K, c, ldc, mr, nr, alpha, beta);
 }
 
 void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
@@ -268,9 +280,10 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
         if (inplace) {
           const uint16_t* row[kMR];
           for (int i = 0; i < kMR; ++i) row[i] = A + std::size_t(i0 + (i < mr ? i : 0)) * lda;
-          micro<true>(nullptr, row, bpj, K, c, ldc, mr, nr, alpha, beta);
+          micro<ASrc::kRows>(nullptr, 0, row, bpj, K, c, ldc, mr, nr, alpha, beta);
         } else {
-          micro<false>(ap + (i0 / kMR) * a_panel, nullptr, bpj, K, c, ldc, mr, nr, alpha, beta);
+          micro<ASrc::kPanel>(ap + (i0 / kMR) * a_panel, kMR, nullptr, bpj, K, c, ldc, mr, nr,
+                              alpha, beta);
         }
       }
     }

@@ -21,6 +21,11 @@ void micro_12x32(const uint16_t* ap, const uint16_t* bp, int K, float* c, int ld
 void micro_rows_12x32(const uint16_t* const* rows, const uint16_t* bp, int K, float* c, int ldc,
                       int mr, int nr, float alpha, float beta);
 
+// The same with A's pair (row i, step p) at ap + (p·astep + i)·2: pairs of rows of a matrix
+// whose rows are interleaved in pairs (row i's rows ≥ mr must be readable; not stored).
+void micro_strided_12x32(const uint16_t* ap, int astep, const uint16_t* bp, int K, float* c,
+                         int ldc, int mr, int nr, float alpha, float beta);
+
 // The panel of rows c0 .. c0+w−1 (w ≤ W; W = 12 or 32) of bf16 X [·, ld], K along the rows:
 // dst[(p·W + c)·2 + h] = X[(c0+c)·ld + 2p + h], zero past K or w (layouts in
 // gemm_bf16_avx512.cpp). Needs cpu_features().avx512.

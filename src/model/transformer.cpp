@@ -6,6 +6,7 @@
 
 #include "moe/core/error.h"
 #include "moe/ffn/moe/moe_ffn.h"
+#include "moe/kernels/attention_bf16.h"
 #include "moe/kernels/gemm_bf16.h"
 #include "moe/nn/attention.h"
 #include "moe/nn/cross_entropy.h"
@@ -99,6 +100,7 @@ void Transformer::bind(Arena& a) {
     L.rstd_k = qkn ? f(k_rows) : nullptr;
     L.v = f(N * Dkv_);
     L.probs = f(std::size_t(max_batch_) * Hq_ * max_seq_ * max_seq_);
+    L.att_stats = f(attention_stats_size(max_batch_, max_seq_, Hq_));
     L.att = f(N * Dq_);
     L.ln2 = f(N * C_);
     L.rstd2 = f(N);
@@ -229,7 +231,11 @@ double Transformer::forward(const int32_t* tokens, const int32_t* targets, int B
     qkv_forward(l, L, L, lp_.empty() ? nullptr : lp_[l].ln1, L.q, L.k, L.v, N);
     rope_apply(L.q, rope_, N, T, 0, Hq_, false);
     rope_apply(L.k, rope_, N, T, 0, Hkv_, false);
-    attention_forward(L.att, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_, hd_);
+    if (precision_ == Precision::kBf16)
+      attention_forward_bf16(L.att, L.att_stats, nullptr, {lp_[l].q, lp_[l].k, lp_[l].v}, L.q, L.k,
+                             L.v, B, T, Hq_, Hkv_, hd_);
+    else
+      attention_forward(L.att, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_, hd_);
     // res_mid = res_in + att·Woᵀ
     std::memcpy(L.res_mid, L.res_in, sizeof(float) * N * C_);
     wo_forward(l, L.res_mid, L.att, lp_.empty() ? nullptr : lp_[l].att, N);
@@ -280,8 +286,12 @@ void Transformer::backward() {
                            false);
     else
       linear_backward(datt_, L.wo->g, dres_, L.att, L.wo->w, N, Dq_, C_, false);
-    attention_backward(dq_, dk_, dv_, att_scratch_, datt_, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_,
-                       hd_);
+    if (low)
+      attention_backward_bf16(dq_, dk_, dv_, datt_, L.att_stats, {lp_[l].q, lp_[l].k, lp_[l].v}, B,
+                              T, Hq_, Hkv_, hd_);
+    else
+      attention_backward(dq_, dk_, dv_, att_scratch_, datt_, L.probs, L.q, L.k, L.v, B, T, Hq_,
+                         Hkv_, hd_);
     rope_apply(dq_, rope_, N, T, 0, Hq_, true);
     rope_apply(dk_, rope_, N, T, 0, Hkv_, true);
     float* dq = dq_;
@@ -326,6 +336,10 @@ void Transformer::bind_low_precision(Arena& a) {
     p.wo = h(std::size_t(C_) * Dq_);
     p.ln1 = h(N * C_);
     p.att = h(N * Dq_);
+    const std::size_t hdp = std::size_t(attention_bf16_head_width(hd_));
+    p.q = h(N * Hq_ * hdp);
+    p.k = h(N * Hkv_ * hdp);
+    p.v = h(N * Hkv_ * hdp);
   }
   dout_b_ = h(N * std::max({C_, Dq_, Dkv_}));
 }

@@ -9,6 +9,7 @@
 
 #include "moe/core/error.h"
 #include "moe/core/threading.h"
+#include "moe/kernels/attention_bf16.h"
 #include "moe/nn/rmsnorm.h"
 
 namespace moe {
@@ -147,6 +148,7 @@ MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max
   const double attn_params =
       2 * Dq * C + 2 * Dkv * C + 2 * C + (qkn ? Dq + Dkv : 0) + (c.qkv_bias ? Dq + 2 * Dkv : 0);
   const double attn_acts = 4 * N * C + 2 * N + 2 * N * Dq + 2 * N * Dkv + B * Hq * T * T +
+                           2 * B * Hq * T +  // the probabilities, bf16's stats
                            (qkn ? 2 * N * Dq + 2 * N * Dkv : 0);
   // The blocks: those of ffn_overrides differ, the rest are alike (n_layers may be 1e8).
   double params = 0, acts = 0, tensors = 0;
@@ -178,10 +180,14 @@ MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max
   if (use == MemoryUse::kTrain) e.training = 3 * e.weights;  // gradients, AdamW m and v
   if (use == MemoryUse::kGenerate) e.kv_cache = 4 * L * kv_context * 2 * Dkv;
   if (precision == Precision::kBf16) {
-    // Transformer::bind_low_precision: per block the shadows of wq, wk, wv, wo and the saved
-    // bf16 attention input and output; one rounded-gradient scratch.
-    double low = L * (2 * (2 * Dq * C + 2 * Dkv * C + N * C + N * Dq) + 6 * kAlign) +
-                 2 * N * std::max({C, Dq, Dkv});
+    // Transformer::bind_low_precision: per block the shadows of wq, wk, wv, wo, the saved
+    // bf16 attention input and output and attention's rounded q, k, v (heads padded to an even
+    // width); one rounded-gradient scratch.
+    const double hdp = attention_bf16_head_width(c.head_dim);
+    double low =
+        L * (2 * (2 * Dq * C + 2 * Dkv * C + N * C + N * Dq + N * (Hq + 2 * c.n_kv_heads) * hdp) +
+             9 * kAlign) +
+        2 * N * std::max({C, Dq, Dkv});
     for (const auto& [l, f] : c.ffn_overrides) low += ffn_low_precision(f, C, B, T, threads);
     low += (L - overridden) * ffn_low_precision(c.ffn, C, B, T, threads);
     // gemm_bf16's packing scratch on the calling thread (its largest product: a weight

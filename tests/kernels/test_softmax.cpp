@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "moe/core/rng.h"
@@ -49,6 +50,25 @@ TEST(KernelsSoftmax, FloatAndDoubleMatchTheReference) {
     for (int i = 0; i < n; ++i) ASSERT_NEAR(pd[i], ref[i], 1e-13 * ref[i]) << "element " << i;
     EXPECT_NEAR(logsumexp_row(x.data(), n), logsumexp_reference(x.data(), n), 1e-13 * 30);
     EXPECT_NEAR(logsumexp_row(xf.data(), n), logsumexp_reference(xr.data(), n), 1e-5);
+  }
+}
+
+// Attention's bf16 backward rebuilds each probability row from the forward's {max, 1/sum} and
+// relies on getting the forward's bits: anything but bit equality here (an exp evaluated another
+// way, the reciprocal folded differently) would make its gradient that of another forward.
+TEST(KernelsSoftmax, RowFromStatsGivesTheSameBits) {
+  for (int n : {1, 2, 15, 16, 17, 64, 255, 1000}) {
+    const std::vector<double> x = logits(n, uint32_t(100 + n));
+    std::vector<float> p(x.begin(), x.end()), again = p;
+    float stats[2];
+    softmax_row_simd(p.data(), n, stats);
+    std::vector<float> plain(x.begin(), x.end());
+    softmax_row_simd(plain.data(), n);  // without stats: the same row
+    softmax_row_from_stats(again.data(), n, stats);
+    for (int i = 0; i < n; ++i) {
+      ASSERT_EQ(std::memcmp(&p[i], &again[i], 4), 0) << "n=" << n << " element " << i;
+      ASSERT_EQ(std::memcmp(&p[i], &plain[i], 4), 0) << "n=" << n << " element " << i;
+    }
   }
 }
 

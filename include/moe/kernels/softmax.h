@@ -41,8 +41,9 @@ inline void softmax_row(T* p, const T* x, int n, SoftmaxExp exp_kind = SoftmaxEx
 // x [n] (in place) softmax of itself, every loop vectorised: the max and the sum as SIMD
 // reductions (a fixed lane order the compiler sets, the same on every run and thread count) and
 // one reciprocal. Attention's rows take it: T×T per head, far more than the routers' rows.
+// stats, when given, receives {max, 1/sum}: softmax_row_from_stats rebuilds the row from them.
 template <typename T>
-inline void softmax_row_simd(T* x, int n) {
+inline void softmax_row_simd(T* x, int n, T* stats = nullptr) {
   T mx = x[0];
   // This operand order (and i from 0) is the form GCC vectorizes as a max reduction.
 #pragma omp simd reduction(max : mx)
@@ -56,6 +57,21 @@ inline void softmax_row_simd(T* x, int n) {
   const T inv = T(1) / sum;
 #pragma omp simd
   for (int i = 0; i < n; ++i) x[i] *= inv;
+  if (stats) {
+    stats[0] = mx;
+    stats[1] = inv;
+  }
+}
+
+// x [n] (in place, the scores softmax_row_simd saw) = the probabilities it computed, from its
+// stats {max, 1/sum}: vexp(x − max)·(1/sum), the same two rounded operations on the same values,
+// so the same bits (vexp is plain arithmetic; -ffp-contract=off fuses nothing). Attention's bf16
+// backward recomputes P this way instead of keeping the T×T probabilities.
+template <typename T>
+inline void softmax_row_from_stats(T* x, int n, const T* stats) {
+  const T mx = stats[0], inv = stats[1];
+#pragma omp simd
+  for (int i = 0; i < n; ++i) x[i] = vexp(x[i] - mx) * inv;
 }
 
 // dx [n] (=) the softmax's backward: dx = p·(dp − Σ_i p_i·dp_i), for p [n] the forward's output

@@ -82,9 +82,10 @@ class Transformer {
   struct Layer {
     Param *attn_norm, *wq, *wk, *wv, *wo, *q_norm = nullptr, *k_norm = nullptr, *ffn_norm;
     Param *bq = nullptr, *bk = nullptr, *bv = nullptr;  // qkv_bias
-    // activations
+    // activations (fp32 attention saves its probabilities, bf16 attention their stats: the
+    // backward recomputes them; kernels/attention_bf16.h)
     float *res_in, *res_mid, *ln1, *rstd1, *q_raw, *q, *rstd_q, *k_raw, *k, *rstd_k, *v, *probs,
-        *att, *ln2, *rstd2;
+        *att_stats, *att, *ln2, *rstd2;
   };
   void bind(Arena& a);
   // q [N, Hq·hd], k and v [N, Hkv·hd] (written) from s.ln1 with layer w's weights: projections,
@@ -122,10 +123,11 @@ class Transformer {
   int cur_B_ = 0, cur_T_ = 0;
   bool have_grad_ = false;
   // bf16 (set_precision): per layer, the shadows [rows, C] / [C, Dq] and the saved operands
-  // ln1_b [N, C] (the q/k/v input) and att_b [N, Dq] (the wo input); one scratch dout_b for the
-  // rounded output gradient of a backward product [N, max(C, Dq, Dkv)].
+  // ln1_b [N, C] (the q/k/v input), att_b [N, Dq] (the wo input) and attention's rounded q, k, v
+  // (kernels/attention_bf16.h's AttnBf16Saved); one scratch dout_b for the rounded output
+  // gradient of a backward product [N, max(C, Dq, Dkv)].
   struct LowPrecision {
-    uint16_t *wq, *wk, *wv, *wo, *ln1, *att;
+    uint16_t *wq, *wk, *wv, *wo, *ln1, *att, *q, *k, *v;
   };
   Precision precision_ = Precision::kFp32;
   Arena low_;
