@@ -24,4 +24,13 @@ void linear_backward_bf16(float* dinp, float* dW, uint16_t* dout_b, const float*
                           const uint16_t* inp_b, const uint16_t* Wb, int N, int I, int O,
                           bool accumulate_dinp);
 
+// The same products on operands the caller has rounded already (inp_b, dout_b): a layer that
+// produces its activation row by row rounds each row while it is in L1 and never writes the f32
+// activation (ffn/dense.cpp), instead of a pass over it here.
+void linear_forward_bf16_rounded(float* out, const uint16_t* inp_b, const uint16_t* Wb, int N,
+                                 int I, int O);
+void linear_backward_bf16_rounded(float* dinp, float* dW, const uint16_t* dout_b,
+                                  const uint16_t* inp_b, const uint16_t* Wb, int N, int I, int O,
+                                  bool accumulate_dinp);
+
 }  // namespace moe
