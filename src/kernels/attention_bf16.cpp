@@ -13,6 +13,7 @@
 #include "gemm_bf16_internal.h"
 #include "moe/core/error.h"
 #include "moe/core/half.h"
+#include "moe/core/threading.h"
 #include "moe/kernels/gemm.h"
 #include "moe/kernels/softmax.h"
 
@@ -93,9 +94,9 @@ inline void softmax_saving_stats(float* s, int n, float* st, float* probs, int T
   }
 }
 
-void forward_fused(float* out, float* stats, float* probs, const AttnBf16Saved& sv, const float* q,
-                   const float* k, const float* v, int B, int Tn, int Hq, int Hkv, int hd) {
-  const int ldq = Hq * hd, ldk = Hkv * hd, group = Hq / Hkv;
+void forward_fused(float* out, float* stats, float* probs, const AttnBf16Saved& sv, int B, int Tn,
+                   int Hq, int Hkv, int hd) {
+  const int ldq = Hq * hd, group = Hq / Hkv;
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int hdp = attention_bf16_head_width(hd), Tw = Tn + (Tn & 1);  // whole pairs
   const int ldqb = Hq * hdp, ldkb = Hkv * hdp;                        // the saved rows
@@ -103,7 +104,7 @@ void forward_fused(float* out, float* stats, float* probs, const AttnBf16Saved& 
   const std::size_t kpanel = std::size_t(hdp) * kNR;  // Kᵀ's panels: hdp/2 steps of 32 keys
   const std::size_t vpanel = std::size_t(Tw) * kNR;   // V's panels: Tw/2 steps of 32 columns
   // Per task: Kp (Kᵀ's panels), Vp (V's panels), Pr [12, Tw] (a row block of P rounded); S
-  // [12, Tw] f32 (its scores). Q̂, K̂, V̂ are rounded into the saved rows and read there.
+  // [12, Tw] f32 (its scores). Q̂, K̂, V̂ are the saved rows.
   const std::size_t n_kp = nk * kpanel, n_vp = nd * vpanel, n_pr = std::size_t(kMR) * Tw;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int task = 0; task < B * Hkv; ++task) {
@@ -114,19 +115,15 @@ void forward_fused(float* out, float* stats, float* probs, const AttnBf16Saved& 
     uint16_t* Pr = Vp + n_vp;
     float* S = fbuf.get(n_pr);
     const int b = task / Hkv, kh = task % Hkv;
-    const std::size_t kv0 = std::size_t(b) * Tn * ldk + kh * hd;
     const std::size_t kvb0 = std::size_t(b) * Tn * ldkb + kh * hdp;
-    uint16_t* Kr = sv.k + kvb0;
-    uint16_t* Vr = sv.v + kvb0;
-    round_rows(Kr, ldkb, k + kv0, ldk, Tn, hd);
-    round_rows(Vr, ldkb, v + kv0, ldk, Tn, hd);
+    const uint16_t* Kr = sv.k + kvb0;
+    const uint16_t* Vr = sv.v + kvb0;
     col_panels(Kp, Kr, ldkb, hdp, Tn);
     pair_panels(Vp, vpanel, Vr, ldkb, Tn, hd);
     const uint16_t* row[kMR];
     for (int h = kh * group; h < (kh + 1) * group; ++h) {
       const std::size_t q0 = std::size_t(b) * Tn * ldq + h * hd, bh = std::size_t(b) * Hq + h;
-      uint16_t* Qr = sv.q + std::size_t(b) * Tn * ldqb + h * hdp;
-      round_rows(Qr, ldqb, q + q0, ldq, Tn, hd);
+      const uint16_t* Qr = sv.q + std::size_t(b) * Tn * ldqb + h * hdp;
       for (int i0 = 0; i0 < Tn; i0 += kMR) {
         // Rows i0 .. r1−1 need keys 0 .. r1−1 (causal): the scores of 32 keys per microkernel
         // call, the last call narrower.
@@ -279,16 +276,6 @@ void backward_fused(float* dq, float* dk, float* dv, const float* dout, const fl
 
 // ---- the widen path (any CPU) -------------------------------------------------------------------
 
-// dst [rows, ldd] = src [rows, ·] (row stride lds) rounded (round_to_bf16: any CPU), columns
-// [0, cols), and a zero in column cols when cols is odd.
-void round_rows_any(uint16_t* dst, int ldd, const float* src, int lds, int rows, int cols) {
-  for (int r = 0; r < rows; ++r) {
-    uint16_t* d = dst + std::size_t(r) * ldd;
-    round_to_bf16(d, src + std::size_t(r) * lds, std::size_t(cols));
-    if (cols & 1) d[cols] = 0;
-  }
-}
-
 // dst [rows, cols] f32 = src [rows, ·] bf16 (row stride ld), exactly widened.
 void widen_rows(float* dst, const uint16_t* src, int rows, int cols, int ld) {
   for (int r = 0; r < rows; ++r)
@@ -302,9 +289,9 @@ void rounded_copy(float* dst, const float* src, int rows, int cols, int ld) {
       dst[std::size_t(r) * cols + c] = bf16_to_f32(f32_to_bf16(src[std::size_t(r) * ld + c]));
 }
 
-void forward_widen(float* out, float* stats, float* probs, const AttnBf16Saved& sv, const float* q,
-                   const float* k, const float* v, int B, int Tn, int Hq, int Hkv, int hd) {
-  const int ldq = Hq * hd, ldk = Hkv * hd, group = Hq / Hkv;
+void forward_widen(float* out, float* stats, float* probs, const AttnBf16Saved& sv, int B, int Tn,
+                   int Hq, int Hkv, int hd) {
+  const int ldq = Hq * hd, group = Hq / Hkv;
   const int hdp = attention_bf16_head_width(hd), ldqb = Hq * hdp, ldkb = Hkv * hdp;
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const std::size_t th = std::size_t(Tn) * hd, blk = std::size_t(kQB) * Tn;
@@ -317,17 +304,12 @@ void forward_widen(float* out, float* stats, float* probs, const AttnBf16Saved& 
     float* S = Q + th;
     float* Pr = S + blk;
     const int b = task / Hkv, kh = task % Hkv;
-    const std::size_t kv0 = std::size_t(b) * Tn * ldk + kh * hd;
     const std::size_t kvb0 = std::size_t(b) * Tn * ldkb + kh * hdp;
-    round_rows_any(sv.k + kvb0, ldkb, k + kv0, ldk, Tn, hd);
-    round_rows_any(sv.v + kvb0, ldkb, v + kv0, ldk, Tn, hd);
     widen_rows(K, sv.k + kvb0, Tn, hd, ldkb);
     widen_rows(V, sv.v + kvb0, Tn, hd, ldkb);
     for (int h = kh * group; h < (kh + 1) * group; ++h) {
       const std::size_t bh = std::size_t(b) * Hq + h;
-      uint16_t* Qb = sv.q + std::size_t(b) * Tn * ldqb + h * hdp;
-      round_rows_any(Qb, ldqb, q + std::size_t(b) * Tn * ldq + h * hd, ldq, Tn, hd);
-      widen_rows(Q, Qb, Tn, hd, ldqb);
+      widen_rows(Q, sv.q + std::size_t(b) * Tn * ldqb + h * hdp, Tn, hd, ldqb);
       float* O = out + std::size_t(b) * Tn * ldq + h * hd;
       for (int r0 = 0; r0 < Tn; r0 += kQB) {
         const int r1 = std::min(Tn, r0 + kQB), m = r1 - r0;
@@ -418,13 +400,23 @@ bool fused(Bf16GemmPath path) {
 
 }  // namespace
 
+void attention_round_bf16(uint16_t* dst, const float* src, int N, int H, int hd) {
+  const int hdp = attention_bf16_head_width(hd);
+#pragma omp parallel for schedule(static) if (std::size_t(N) * H * hd > 65536 && !in_parallel())
+  for (int n = 0; n < N; ++n)
+    for (int h = 0; h < H; ++h) {
+      uint16_t* d = dst + (std::size_t(n) * H + h) * hdp;
+      round_to_bf16(d, src + (std::size_t(n) * H + h) * hd, std::size_t(hd));
+      if (hdp > hd) d[hd] = 0;
+    }
+}
+
 void attention_forward_bf16(float* out, float* stats, float* probs, const AttnBf16Saved& saved,
-                            const float* q, const float* k, const float* v, int B, int Tn, int Hq,
-                            int Hkv, int hd, Bf16GemmPath path) {
+                            int B, int Tn, int Hq, int Hkv, int hd, Bf16GemmPath path) {
   if (fused(path))
-    forward_fused(out, stats, probs, saved, q, k, v, B, Tn, Hq, Hkv, hd);
+    forward_fused(out, stats, probs, saved, B, Tn, Hq, Hkv, hd);
   else
-    forward_widen(out, stats, probs, saved, q, k, v, B, Tn, Hq, Hkv, hd);
+    forward_widen(out, stats, probs, saved, B, Tn, Hq, Hkv, hd);
 }
 
 void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* stats,

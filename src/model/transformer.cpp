@@ -229,13 +229,18 @@ double Transformer::forward(const int32_t* tokens, const int32_t* targets, int B
     float* out = l + 1 < cfg_.n_layers ? layers_[l + 1].res_in : res_final_;
     rmsnorm_forward(L.ln1, L.rstd1, L.res_in, L.attn_norm->w, N, C_, eps);
     qkv_forward(l, L, L, lp_.empty() ? nullptr : lp_[l].ln1, L.q, L.k, L.v, N);
-    rope_apply(L.q, rope_, N, T, 0, Hq_, false);
-    rope_apply(L.k, rope_, N, T, 0, Hkv_, false);
-    if (precision_ == Precision::kBf16)
-      attention_forward_bf16(L.att, L.att_stats, nullptr, {lp_[l].q, lp_[l].k, lp_[l].v}, L.q, L.k,
-                             L.v, B, T, Hq_, Hkv_, hd_);
-    else
+    if (precision_ == Precision::kBf16) {
+      // bf16 attention reads only the rounded operands: q and k go from RoPE straight into them.
+      const LowPrecision& p = lp_[l];
+      rope_rounded(p.q, L.q, N, T, Hq_);
+      rope_rounded(p.k, L.k, N, T, Hkv_);
+      attention_round_bf16(p.v, L.v, N, Hkv_, hd_);
+      attention_forward_bf16(L.att, L.att_stats, nullptr, {p.q, p.k, p.v}, B, T, Hq_, Hkv_, hd_);
+    } else {
+      rope_apply(L.q, rope_, N, T, 0, Hq_, false);
+      rope_apply(L.k, rope_, N, T, 0, Hkv_, false);
       attention_forward(L.att, L.probs, L.q, L.k, L.v, B, T, Hq_, Hkv_, hd_);
+    }
     // res_mid = res_in + att·Woᵀ
     std::memcpy(L.res_mid, L.res_in, sizeof(float) * N * C_);
     wo_forward(l, L.res_mid, L.att, lp_.empty() ? nullptr : lp_[l].att, N);
@@ -255,6 +260,26 @@ double Transformer::forward(const int32_t* tokens, const int32_t* targets, int B
   double sum = 0;
   for (int i = 0; i < N; ++i) sum += losses_[i];
   return sum / N;
+}
+
+void Transformer::rope_rounded(uint16_t* dst, const float* x, int N, int T, int n_heads) const {
+  const int half = rope_.half, w = n_heads * hd_, hdp = attention_bf16_head_width(hd_);
+#pragma omp parallel if (N > 64)
+  {
+    thread_local std::vector<float> row;  // grown once, kept
+    if (row.size() < std::size_t(w)) row.resize(std::size_t(w));
+#pragma omp for schedule(static)
+    for (int n = 0; n < N; ++n) {
+      const std::size_t pos = std::size_t(n % T) * half;
+      rope_row(row.data(), x + std::size_t(n) * w, rope_.cos.data() + pos, rope_.sin.data() + pos,
+               n_heads, half, rope_.interleaved, false);
+      for (int h = 0; h < n_heads; ++h) {
+        uint16_t* d = dst + (std::size_t(n) * n_heads + h) * hdp;
+        round_to_bf16(d, row.data() + std::size_t(h) * hd_, std::size_t(hd_));
+        if (hdp > hd_) d[hd_] = 0;
+      }
+    }
+  }
 }
 
 double Transformer::aux_loss() const {

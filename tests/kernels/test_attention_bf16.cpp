@@ -173,19 +173,22 @@ Outputs run_bf16(const Case& c, const std::vector<float>& q, const std::vector<f
   r.dk.assign(k.size(), 0.f);
   r.dv.assign(k.size(), 0.f);
   const std::size_t hdp = attention_bf16_head_width(c.hd), N = std::size_t(c.B) * c.T;
-  // Saved buffers filled with a pattern the forward must overwrite everywhere.
+  // Saved buffers filled with a pattern attention_round_bf16 must overwrite everywhere.
   r.qb.assign(N * c.Hq * hdp, 0x7fc1);
   r.kb.assign(N * c.Hkv * hdp, 0x7fc1);
   r.vb.assign(N * c.Hkv * hdp, 0x7fc1);
   const AttnBf16Saved saved{r.qb.data(), r.kb.data(), r.vb.data()};
+  attention_round_bf16(r.qb.data(), q.data(), int(N), c.Hq, c.hd);
+  attention_round_bf16(r.kb.data(), k.data(), int(N), c.Hkv, c.hd);
+  attention_round_bf16(r.vb.data(), v.data(), int(N), c.Hkv, c.hd);
   // The forward's own probabilities come back through the optional output; the backward sees
   // only the stats and the saved operands, and recomputes them. dk and dv start as NaN: the
   // backward must write every element (no accumulation into what was there).
   std::fill(r.dk.begin(), r.dk.end(), std::nanf(""));
   std::fill(r.dv.begin(), r.dv.end(), std::nanf(""));
   std::vector<float> stats(attention_stats_size(c.B, c.T, c.Hq));
-  attention_forward_bf16(r.out.data(), stats.data(), r.probs.data(), saved, q.data(), k.data(),
-                         v.data(), c.B, c.T, c.Hq, c.Hkv, c.hd, path);
+  attention_forward_bf16(r.out.data(), stats.data(), r.probs.data(), saved, c.B, c.T, c.Hq, c.Hkv,
+                         c.hd, path);
   attention_backward_bf16(r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), stats.data(), saved,
                           c.B, c.T, c.Hq, c.Hkv, c.hd, path);
   return r;

@@ -16,8 +16,9 @@
 // layer) and reading it back twice cost more than recomputing QKᵀ in bf16 saves.
 //
 // Paths (the path argument; kAuto = the fastest this CPU has, as gemm_bf16_path() says):
-//   avx512bf16 : fused. Per (batch, kv head) task K and V are rounded and packed once into the
-//                microkernel's panels (gemm_bf16_avx512.cpp), Q and dO rounded once per head;
+//   avx512bf16 : fused. Per (batch, kv head) task K̂ and V̂ are packed once into the
+//                microkernel's panels (gemm_bf16_avx512.cpp), Q̂'s rows read in place, dO
+//                rounded once per head;
 //                then per block of 12 query rows the scores go from the microkernel into a
 //                12-row buffer, the softmax runs on it while it is in L1, and P is rounded into
 //                the rows the microkernel reads in place for P·V. The backward does the same
@@ -29,11 +30,12 @@
 //                widened values with OpenBLAS sgemm (single-threaded calls in the task loop).
 // Both paths give bits independent of the thread count (every sum has one order).
 //
-// out [B·T, Hq·hd] (written); stats [B, Hq, T, 2] (written by the forward, read by the
-// backward); probs [B, Hq, T, T] (optional, written when not null: the forward's f32
-// probabilities, zeros above the diagonal); q [B·T, Hq·hd], k, v [B·T, Hkv·hd]; saved: the
-// rounded Q̂, K̂, V̂ (written by the forward, read by the backward, which needs nothing else of
-// q, k, v: the f32 copies are not read again). Backward: dq, dk, dv (written); dout [B·T, Hq·hd].
+// Forward: out [B·T, Hq·hd] (written); stats [B, Hq, T, 2] (written, read by the backward);
+// probs [B, Hq, T, T] (optional, written when not null: the forward's f32 probabilities, zeros
+// above the diagonal); saved: the rounded Q̂, K̂, V̂ (attention_round_bf16 of q, k, v; a caller
+// that produces q and k row by row, as RoPE does, rounds them there instead and never writes them
+// in f32). Backward: dq, dk, dv (written); dout [B·T, Hq·hd]; stats and saved as the forward saw
+// them: nothing else of q, k, v is read.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -49,7 +51,7 @@ inline constexpr int kAttnBf16QueryBlock = 48;
 // q [B·T, Hq·hdp], k and v [B·T, Hkv·hdp] bf16, each head's hd values then a zero when hd is odd
 // (hdp = attention_bf16_head_width(hd)), so every head's rows hold whole pairs.
 struct AttnBf16Saved {
-  uint16_t *q = nullptr, *k = nullptr, *v = nullptr;
+  const uint16_t *q = nullptr, *k = nullptr, *v = nullptr;
 };
 inline int attention_bf16_head_width(int hd) { return hd + (hd & 1); }
 
@@ -58,9 +60,13 @@ inline std::size_t attention_stats_size(int B, int Tn, int Hq) {
   return std::size_t(B) * Hq * Tn * 2;
 }
 
+// dst [N, H·hdp] (written) = src [N, H·hd] rounded, each head padded to hdp as AttnBf16Saved says.
+// Any CPU; OpenMP over rows outside a parallel region.
+void attention_round_bf16(uint16_t* dst, const float* src, int N, int H, int hd);
+
 void attention_forward_bf16(float* out, float* stats, float* probs, const AttnBf16Saved& saved,
-                            const float* q, const float* k, const float* v, int B, int Tn, int Hq,
-                            int Hkv, int hd, Bf16GemmPath path = Bf16GemmPath::kAuto);
+                            int B, int Tn, int Hq, int Hkv, int hd,
+                            Bf16GemmPath path = Bf16GemmPath::kAuto);
 
 void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* stats,
                              const AttnBf16Saved& saved, int B, int Tn, int Hq, int Hkv, int hd,

@@ -32,36 +32,46 @@ struct RopeTable {
   }
 };
 
+// One token's row x [n_heads·hd] rotated into out [n_heads·hd] (out may be x: each pair is read
+// before it is written) by the angles whose cos and sin rows are c, s [hd/2] (one position);
+// inverse rotates by −angle.
+template <typename T>
+inline void rope_row(T* out, const T* x, const T* c, const T* s, int n_heads, int half, bool inter,
+                     bool inverse) {
+  const int hd = 2 * half;
+  for (int h = 0; h < n_heads; ++h) {
+    const T* v = x + h * hd;
+    T* o = out + h * hd;
+    if (inter) {  // pair i = (v[2i], v[2i + 1])
+      for (int i = 0; i < half; ++i) {
+        const T x1 = v[2 * i], x2 = v[2 * i + 1];
+        const T sn = inverse ? -s[i] : s[i];
+        o[2 * i] = x1 * c[i] - x2 * sn;
+        o[2 * i + 1] = x2 * c[i] + x1 * sn;
+      }
+      continue;
+    }
+    for (int i = 0; i < half; ++i) {  // pair i = (v[i], v[i + hd/2])
+      const T x1 = v[i], x2 = v[i + half];
+      const T sn = inverse ? -s[i] : s[i];
+      o[i] = x1 * c[i] - x2 * sn;
+      o[i + half] = x2 * c[i] + x1 * sn;
+    }
+  }
+}
+
 // In place on x [N, n_heads·hd]; token n has position pos0 + n % T (T = sequence length).
 // inverse = true rotates by −angle: that is the backward (the rotation's transpose).
 template <typename T>
 void rope_apply(T* x, const RopeTable<T>& tab, int N, int T_len, int pos0, int n_heads,
                 bool inverse) {
-  const int half = tab.half, hd = 2 * half, row = n_heads * hd;
-  const bool inter = tab.interleaved;
+  const int half = tab.half, row = n_heads * 2 * half;
 #pragma omp parallel for schedule(static) if (N > 64)
   for (int n = 0; n < N; ++n) {
     const int pos = pos0 + n % T_len;
-    const T* c = tab.cos.data() + std::size_t(pos) * half;
-    const T* s = tab.sin.data() + std::size_t(pos) * half;
-    for (int h = 0; h < n_heads; ++h) {
-      T* v = x + std::size_t(n) * row + h * hd;
-      if (inter) {  // pair i = (v[2i], v[2i + 1])
-        for (int i = 0; i < half; ++i) {
-          const T x1 = v[2 * i], x2 = v[2 * i + 1];
-          const T sn = inverse ? -s[i] : s[i];
-          v[2 * i] = x1 * c[i] - x2 * sn;
-          v[2 * i + 1] = x2 * c[i] + x1 * sn;
-        }
-        continue;
-      }
-      for (int i = 0; i < half; ++i) {  // pair i = (v[i], v[i + hd/2])
-        const T x1 = v[i], x2 = v[i + half];
-        const T sn = inverse ? -s[i] : s[i];
-        v[i] = x1 * c[i] - x2 * sn;
-        v[i + half] = x2 * c[i] + x1 * sn;
-      }
-    }
+    T* v = x + std::size_t(n) * row;
+    rope_row(v, v, tab.cos.data() + std::size_t(pos) * half,
+             tab.sin.data() + std::size_t(pos) * half, n_heads, half, tab.interleaved, inverse);
   }
 }
 
