@@ -55,8 +55,8 @@ const FieldTable<TrainConfig>& train_config_fields() {
           "constant learning rate of row-sparse tables (PEER's u, v); 0 = the scheduled rate",
           nonneg_f);
     t.add("precision", &T::precision,
-          "`fp32` or `bf16`: the operands of attention's projections and the FFN products (bf16: "
-          "f32 accumulation, f32 masters; README, bf16 training)");
+          "`fp32` or `bf16`: the operands of attention's projections, QKᵀ and P·V and of the FFN "
+          "products (bf16: f32 accumulation, f32 masters; README, bf16 training)");
     return t;
   }();
   return t;

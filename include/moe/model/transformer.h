@@ -7,8 +7,9 @@
 // Checkpoint names: see docs/FORMATS.md. All activations live in one arena sized at
 // construction for max_batch × max_seq tokens; nothing is allocated during a step.
 // Precision (train.precision, docs/KERNELS.md): f32 unless set_precision(kBf16) is called, after
-// which the q/k/v/o projections (and each FFN's products, as far as its kind has a bf16 path)
-// take bf16 operands with f32 accumulation; the head, QKᵀ/PV, norms, softmax, losses and all
+// which the q/k/v/o projections, attention's QKᵀ and P·V (kernels/attention_bf16.h, which keeps
+// softmax stats instead of the probabilities) and each FFN's products, as far as its kind has a
+// bf16 path, take bf16 operands with f32 accumulation; the head, norms, softmax, losses and all
 // gradients' accumulation stay f32.
 #pragma once
 #include <cstdint>
