@@ -17,10 +17,9 @@
 //
 // Paths (the path argument; kAuto = the fastest this CPU has, as gemm_bf16_path() says):
 //   avx512bf16 : fused. Per (batch, kv head) task K̂ and V̂ are packed once into the
-//                microkernel's panels (gemm_bf16_avx512.cpp), Q̂'s rows read in place, dO
-//                rounded once per head;
-//                then per block of 12 query rows the scores go from the microkernel into a
-//                12-row buffer, the softmax runs on it while it is in L1, and P is rounded into
+//                microkernel's panels (gemm_bf16_avx512.cpp), Q̂'s rows are read in place and
+//                dO is rounded once per head; then per block of 12 query rows the scores go
+//                from the microkernel into a 12-row buffer, the softmax runs on it while it is in L1, and P is rounded into
 //                the rows the microkernel reads in place for P·V. The backward does the same
 //                for S, dP and dQ, and reads Pᵀ and dSᵀ for dV and dK from pairs of query rows
 //                interleaved while they are rounded. Nothing is packed per product: one
@@ -47,7 +46,8 @@ namespace moe {
 // Query rows per block of dV's and dK's sums (a multiple of the microkernel's 12 rows).
 inline constexpr int kAttnBf16QueryBlock = 48;
 
-// The forward's rounded operands, saved for the backward (as autocast saves its cast inputs):
+// The rounded operands, read by the forward and kept for the backward (as autocast saves its
+// cast inputs):
 // q [B·T, Hq·hdp], k and v [B·T, Hkv·hdp] bf16, each head's hd values then a zero when hd is odd
 // (hdp = attention_bf16_head_width(hd)), so every head's rows hold whole pairs.
 struct AttnBf16Saved {
