@@ -19,8 +19,9 @@
 //   avx512bf16 : fused. Per (batch, kv head) task K̂ and V̂ are packed once into the
 //                microkernel's panels (gemm_bf16_avx512.cpp), Q̂'s rows are read in place and
 //                dO is rounded once per head; then per block of 12 query rows the scores go
-//                from the microkernel into a 12-row buffer, the softmax runs on it while it is in L1, and P is rounded into
-//                the rows the microkernel reads in place for P·V. The backward does the same
+//                from the microkernel into a 12-row buffer, the softmax runs on it while it
+//                is in L1, and P is rounded into the rows the microkernel reads in place for
+//                P·V. The backward does the same
 //                for S, dP and dQ, and reads Pᵀ and dSᵀ for dV and dK from pairs of query rows
 //                interleaved while they are rounded. Nothing is packed per product: one
 //                gemm_bf16 call per product (commit 9cb023e) packed both operands every time
