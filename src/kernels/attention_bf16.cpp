@@ -94,6 +94,20 @@ inline void softmax_saving_stats(float* s, int n, float* st, float* probs, int T
   }
 }
 
+// Query row i of the backward, given its scores in p [r1] and dP in d [r1]: p = the forward's
+// probabilities (rebuilt from its stats st), d = dS = P∘(dP − Σ P∘dP)·scale (nn/attention.h's
+// softmax backward, the 1/sqrt(hd) of the scores folded in), both zero from i + 1 to the block's
+// last key r1, where Pᵀ and dSᵀ are read.
+inline void softmax_backward_row(float* p, float* d, int i, int r1, const float* st, float scale) {
+  softmax_row_from_stats(p, i + 1, st);
+  float dot = 0;
+#pragma omp simd reduction(+ : dot)
+  for (int j = 0; j <= i; ++j) dot += p[j] * d[j];
+#pragma omp simd
+  for (int j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - dot) * scale;
+  for (int j = i + 1; j < r1; ++j) p[j] = d[j] = 0.f;
+}
+
 void forward_fused(float* out, float* stats, float* probs, const AttnBf16Saved& sv, int B, int Tn,
                    int Hq, int Hkv, int hd) {
   const int ldq = Hq * hd, group = Hq / Hkv;
@@ -219,20 +233,9 @@ void backward_fused(float* dq, float* dk, float* dv, const float* dout, const fl
           for (int j0 = 0; j0 < c1; j0 += kNR)
             bf16k::micro_rows_12x32(row, Vc + (j0 / kNR) * kpanel, hdp, dSb + j0, Tw, mr,
                                     std::min(kNR, c1 - j0), 1.f, 0.f);
-          // P from the forward's stats; the softmax backward in f32 (nn/attention.h's loop), then
-          // the 1/sqrt(hd) of the scores: dS = P∘(dP − Σ P∘dP)·scale. Zeros above the diagonal
-          // up to the block's last key, where Pᵀ and dSᵀ are read.
-          for (int i = i0; i < c1; ++i) {
-            float* p = P + std::size_t(i - r0) * Tw;
-            float* d = dS + std::size_t(i - r0) * Tw;
-            softmax_row_from_stats(p, i + 1, stats + (bh * Tn + i) * 2);
-            float dot = 0;
-#pragma omp simd reduction(+ : dot)
-            for (int j = 0; j <= i; ++j) dot += p[j] * d[j];
-#pragma omp simd
-            for (int j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - dot) * scale;
-            for (int j = i + 1; j < r1; ++j) p[j] = d[j] = 0.f;
-          }
+          for (int i = i0; i < c1; ++i)
+            softmax_backward_row(P + std::size_t(i - r0) * Tw, dS + std::size_t(i - r0) * Tw, i, r1,
+                                 stats + (bh * Tn + i) * 2, scale);
           // dQ[i0:c1] = dŜ[i0:c1, 0:c1]·K̂[0:c1], dŜ's rows read in place.
           round_rows(dSr, Tw, dSb, Tw, mr, c1);
           rows_at(row, dSr, Tw, 0, mr);
@@ -366,18 +369,9 @@ void backward_widen(float* dq, float* dk, float* dv, const float* dout, const fl
         // The forward's scores and probabilities again; dP = dÔ·V̂ᵀ.
         gemm<float>(false, true, m, r1, hd, scale, Q + std::size_t(r0) * hd, hd, K, hd, 0.f, P, r1);
         gemm<float>(false, true, m, r1, hd, 1.f, dO + std::size_t(r0) * hd, hd, V, hd, 0.f, dS, r1);
-        for (int i = r0; i < r1; ++i) {
-          float* p = P + std::size_t(i - r0) * r1;
-          float* d = dS + std::size_t(i - r0) * r1;
-          softmax_row_from_stats(p, i + 1, stats + (bh * Tn + i) * 2);
-          float dot = 0;
-#pragma omp simd reduction(+ : dot)
-          for (int j = 0; j <= i; ++j) dot += p[j] * d[j];
-#pragma omp simd
-          for (int j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - dot) * scale;
-          std::fill(p + i + 1, p + r1, 0.f);
-          std::fill(d + i + 1, d + r1, 0.f);
-        }
+        for (int i = r0; i < r1; ++i)
+          softmax_backward_row(P + std::size_t(i - r0) * r1, dS + std::size_t(i - r0) * r1, i, r1,
+                               stats + (bh * Tn + i) * 2, scale);
         rounded_copy(Pr, P, m, r1, r1);
         rounded_copy(dSr, dS, m, r1, r1);
         gemm<float>(true, false, r1, hd, m, 1.f, Pr, r1, dO + std::size_t(r0) * hd, hd, 1.f, dV,
