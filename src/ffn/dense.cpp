@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "moe/core/error.h"
 #include "moe/kernels/gemm_bf16.h"
@@ -67,28 +66,6 @@ void DenseFfn::refresh_low_precision() {
   round_to_bf16(w_down_b_, w_down_->w, w_down_->numel);
 }
 
-namespace {
-
-// Activation rows computed into a per-thread f32 row and rounded into dst_b [N, w] (bf16) while
-// the row is in L1. In bf16 the f32 activation (hidden, d(gate|up)) is read only by its rounding,
-// so it is never written: at the dense benchmark model these are 11.5 and 23 MiB per block,
-// written, then read back by a separate rounding pass. The same bits either way.
-template <typename F>
-void rows_rounded(uint16_t* dst_b, int N, int w, const F& row_fn) {
-#pragma omp parallel if (std::size_t(N) * w > 65536)
-  {
-    thread_local std::vector<float> row;  // grown once, kept
-    if (row.size() < std::size_t(w)) row.resize(std::size_t(w));
-#pragma omp for schedule(static)
-    for (int n = 0; n < N; ++n) {
-      row_fn(row.data(), n);
-      round_to_bf16(dst_b + std::size_t(n) * w, row.data(), std::size_t(w));
-    }
-  }
-}
-
-}  // namespace
-
 void DenseFfn::forward(float* out, const float* x, int N, const StepInfo&) {
   const bool glu = act_ == Activation::kSwiGLU;
   const bool low = precision_ == Precision::kBf16;
@@ -96,7 +73,7 @@ void DenseFfn::forward(float* out, const float* x, int N, const StepInfo&) {
   const int H = H_;
   if (low) {
     linear_forward_bf16(gu_, x_b_, x, w1_b_, N, C_, first_rows(act_, H));
-    rows_rounded(hidden_b_, N, H, [&](float* row, int n) {
+    rounded_rows(hidden_b_, N, H, [&](float* row, int n) {
       if (glu) {
         const float* g = gu_ + std::size_t(n) * 2 * H;
         swiglu_forward_row(row, g, g + H, H);
@@ -124,9 +101,9 @@ void DenseFfn::backward(float* dx, const float* dout, const float* x, int N) {
   Param* w1 = glu ? w_gate_ : w_up_;
   if (precision_ == Precision::kBf16) {
     // The forward saved bf16(hidden) in hidden_b_ (hidden_ is not written in bf16), so hidden_
-    // takes d(hidden); d(gate|up) goes straight into dout_b_ rounded, row by row.
+    // takes d(hidden); d(gate|up) goes straight into dout_b_ rounded, row by row (rounded_rows).
     linear_backward_bf16(dhidden, w_down_->g, dout_b_, dout, hidden_b_, w_down_b_, N, H, C_, false);
-    rows_rounded(dout_b_, N, R, [&](float* row, int n) {
+    rounded_rows(dout_b_, N, R, [&](float* row, int n) {
       const float* d = dhidden + std::size_t(n) * H;
       if (glu) {
         const float* g = gu_ + std::size_t(n) * 2 * H;

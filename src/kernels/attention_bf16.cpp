@@ -26,19 +26,7 @@ constexpr int kNR = 32;  // columns of the microkernel (and of a B panel)
 constexpr int kQB = kAttnBf16QueryBlock;
 static_assert(kQB % kMR == 0 && kQB % 2 == 0, "query blocks hold whole row blocks and pairs");
 
-// Per thread, grown on demand (zero-filled: padding never written reads as zero), then kept.
-template <typename T>
-struct Scratch {
-  std::unique_ptr<T[]> p;
-  std::size_t cap = 0;
-  T* get(std::size_t n) {
-    if (n > cap) {
-      p.reset(new T[n]());
-      cap = n;
-    }
-    return p.get();
-  }
-};
+using bf16k::Scratch;
 
 // ---- the fused path (needs cpu_features().avx512_bf16) -----------------------------------------
 

@@ -22,19 +22,6 @@ namespace {
 // region); below it a fork/join costs more than it saves.
 constexpr std::size_t kParallelConvert = std::size_t(1) << 16;
 
-// Per calling thread, grown on demand and kept (the widen path's f32 copies).
-struct FloatScratch {
-  std::unique_ptr<float[]> p;
-  std::size_t cap = 0;
-  float* get(std::size_t n) {
-    if (n > cap) {
-      p.reset(new float[n]);
-      cap = n;
-    }
-    return p.get();
-  }
-};
-
 // X [rows, ld ≥ cols] bf16 → dst [rows, cols] f32 (exact).
 void widen_matrix(float* dst, const uint16_t* X, int rows, int cols, int ld) {
 #pragma omp parallel for schedule(static) if (std::size_t(rows) * cols >= kParallelConvert)
@@ -45,7 +32,7 @@ void widen_matrix(float* dst, const uint16_t* X, int rows, int cols, int ld) {
 // The stored shape of op(X) = [r, c]: X is [r, ·] untransposed, [c, ·] transposed.
 void gemm_widen(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
                 int lda, const uint16_t* B, int ldb, float beta, float* C, int ldc) {
-  thread_local FloatScratch a_scratch, b_scratch;
+  thread_local bf16k::Scratch<float> a_scratch, b_scratch;  // the f32 copies
   const int a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
   const int b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
   float* a = a_scratch.get(std::size_t(a_rows) * a_cols);

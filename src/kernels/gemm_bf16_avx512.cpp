@@ -56,19 +56,6 @@ constexpr int kMC = 4 * kMR;    // rows of a tile
 constexpr int kNC = 4 * kNR;    // columns of a tile
 constexpr int kPackSteps = 32;  // pair steps per work item of the row-order packing
 
-// Per calling thread, grown on demand and kept: no allocation once the largest shape was seen.
-struct Scratch {
-  std::unique_ptr<uint16_t[]> p;
-  std::size_t cap = 0;
-  uint16_t* get(std::size_t n) {
-    if (n > cap) {
-      p.reset(new uint16_t[n]);
-      cap = n;
-    }
-    return p.get();
-  }
-};
-
 // Interleave rows 2p and 2p+1 of X [K, ld ≥ C], for p in [p0, p1), into all ⌈C/W⌉ panels of W
 // pairs per step (panel cb at dst + cb·panel): dst[cb·panel + (p·W + c)·2 + h] =
 // X[(2p+h)·ld + cb·W + c], zero past K rows or C columns. (B without trans_b: X = B, W = kNR =
@@ -243,7 +230,7 @@ void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
   const std::size_t b_panel = std::size_t(P) * kNR * 2, a_panel = std::size_t(P) * kMR * 2;
   // An untransposed A with K even is read in place (its rows' pairs are adjacent already).
   const bool inplace = !trans_a && K % 2 == 0;
-  thread_local Scratch b_scratch, a_scratch;
+  thread_local Scratch<uint16_t> b_scratch, a_scratch;
   uint16_t* bp = b_scratch.get(nb * b_panel);
   uint16_t* ap = inplace ? nullptr : a_scratch.get(mb * a_panel);
   const int tm = (M + kMC - 1) / kMC, tn = (N + kNC - 1) / kNC;

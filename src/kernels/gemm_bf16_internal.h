@@ -1,10 +1,28 @@
-// Private to src/kernels/gemm_bf16*.cpp: the AVX512-BF16 path, compiled for that target in its
-// own file (gemm_bf16_avx512.cpp) and called only when cpu_features().avx512_bf16.
+// Private to src/kernels/gemm_bf16*.cpp (and attention_bf16.cpp, grouped_gemm_bf16.cpp): the
+// AVX512-BF16 path, compiled for that target in its own file (gemm_bf16_avx512.cpp) and called only
+// when cpu_features().avx512_bf16.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace moe::bf16k {
+
+// A per-thread buffer (as a thread_local), grown on demand and kept: no allocation once the
+// largest shape was seen. Zero-filled when it grows, so padding a caller never writes reads as
+// zero (attention's interleaved rows rely on it).
+template <typename T>
+struct Scratch {
+  std::unique_ptr<T[]> p;
+  std::size_t cap = 0;
+  T* get(std::size_t n) {
+    if (n > cap) {
+      p.reset(new T[n]());
+      cap = n;
+    }
+    return p.get();
+  }
+};
 
 // gemm_bf16's contract (include/moe/kernels/gemm_bf16.h) with alpha ≠ 0 and K > 0.
 void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,

@@ -263,23 +263,14 @@ double Transformer::forward(const int32_t* tokens, const int32_t* targets, int B
 }
 
 void Transformer::rope_rounded(uint16_t* dst, const float* x, int N, int T, int n_heads) const {
-  const int half = rope_.half, w = n_heads * hd_, hdp = attention_bf16_head_width(hd_);
-#pragma omp parallel if (N > 64)
-  {
-    thread_local std::vector<float> row;  // grown once, kept
-    if (row.size() < std::size_t(w)) row.resize(std::size_t(w));
-#pragma omp for schedule(static)
-    for (int n = 0; n < N; ++n) {
-      const std::size_t pos = std::size_t(n % T) * half;
-      rope_row(row.data(), x + std::size_t(n) * w, rope_.cos.data() + pos, rope_.sin.data() + pos,
-               n_heads, half, rope_.interleaved, false);
-      for (int h = 0; h < n_heads; ++h) {
-        uint16_t* d = dst + (std::size_t(n) * n_heads + h) * hdp;
-        round_to_bf16(d, row.data() + std::size_t(h) * hd_, std::size_t(hd_));
-        if (hdp > hd_) d[hd_] = 0;
-      }
-    }
-  }
+  // RoPE rotates pairs: the config requires an even head width, so the saved rows are unpadded.
+  MOE_CHECK(attention_bf16_head_width(hd_) == hd_, "rope_rounded: odd head width {}", hd_);
+  const int half = rope_.half, w = n_heads * hd_;
+  rounded_rows(dst, N, w, [&](float* row, int n) {
+    const std::size_t pos = std::size_t(n % T) * half;
+    rope_row(row, x + std::size_t(n) * w, rope_.cos.data() + pos, rope_.sin.data() + pos, n_heads,
+             half, rope_.interleaved, false);
+  });
 }
 
 double Transformer::aux_loss() const {

@@ -138,9 +138,10 @@ class Transformer {
   // x [N,C] (+=) att [N,Dq]·Woᵀ with layer l's weights; in bf16 att is first rounded into att_b
   // (saved for the backward: lp_[l].att in training, layer 0's as scratch when decoding).
   void wo_forward(int l, float* x, const float* att, uint16_t* att_b, int N);
-  // dst [N, n_heads·hdp] bf16 (written) = x [N, n_heads·hd] rotated by RoPE (positions n % T) and
-  // rounded as attention_round_bf16 rounds, row by row in L1: bf16 attention's Q̂ and K̂ without
-  // writing the rotated f32 q and k (the same bits as rope_apply then the rounding).
+  // dst [N, n_heads·hd] bf16 (written) = x [N, n_heads·hd] rotated by RoPE (positions n % T) and
+  // rounded, row by row in L1 (nn/linear_bf16.h's rounded_rows): bf16 attention's Q̂ and K̂
+  // without writing the rotated f32 q and k (the same bits as rope_apply then
+  // attention_round_bf16; hd is even, so the saved rows need no padding).
   void rope_rounded(uint16_t* dst, const float* x, int N, int T, int n_heads) const;
 };
 

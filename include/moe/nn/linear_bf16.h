@@ -13,7 +13,11 @@
 // on the rounded operands (K = I, O and N for the three products; kernels/gemm_bf16.h).
 // Deterministic for any thread count on the AVX512-BF16 path.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <vector>
+
+#include "moe/kernels/gemm_bf16.h"
 
 namespace moe {
 
@@ -32,5 +36,23 @@ void linear_forward_bf16_rounded(float* out, const uint16_t* inp_b, const uint16
 void linear_backward_bf16_rounded(float* dinp, float* dW, const uint16_t* dout_b,
                                   const uint16_t* inp_b, const uint16_t* Wb, int N, int I, int O,
                                   bool accumulate_dinp);
+
+// dst [N, w] bf16 (written): row n computed by row_fn(float* row, int n) into a per-thread f32
+// row, then rounded (round_to_bf16) while it is in L1. For an activation read only by its
+// rounding: the f32 activation is never written and read back by a separate pass (the FFN's
+// hidden and d(gate|up), RoPE's q and k feeding bf16 attention). The same bits either way.
+template <typename F>
+void rounded_rows(uint16_t* dst, int N, int w, const F& row_fn) {
+#pragma omp parallel if (std::size_t(N) * w > 65536)
+  {
+    thread_local std::vector<float> row;  // grown once, kept
+    if (row.size() < std::size_t(w)) row.resize(std::size_t(w));
+#pragma omp for schedule(static)
+    for (int n = 0; n < N; ++n) {
+      row_fn(row.data(), n);
+      round_to_bf16(dst + std::size_t(n) * w, row.data(), std::size_t(w));
+    }
+  }
+}
 
 }  // namespace moe
