@@ -133,6 +133,10 @@ Trainer::Trainer(const Config& cfg, Communicator& comm, TrainOptions opts, Train
   // A new run must not silently replace an earlier one; one rank removes (with overwrite).
   if (opts_.resume.empty() && (comm_.is_root() || !opts_.overwrite))
     claim_run_dir(cfg_.train.out_dir, opts_.overwrite, {opts_.init_from, opts_.upcycle_from});
+  // Every rank has looked before any writes: otherwise rank 0 could create metrics.jsonl while a
+  // slower rank was still checking, and that rank refused the directory as an earlier run
+  // (seen as a flaky 4-rank test_global_batch).
+  if (P > 1) comm_.barrier();
   make_dirs(cfg_.train.out_dir);
   // A kill during an earlier checkpoint write may have left its temporary behind.
   if (comm_.is_root()) remove_stale_temp_files(cfg_.train.out_dir);
