@@ -56,48 +56,17 @@ constexpr int kMC = 4 * kMR;    // rows of a tile
 constexpr int kNC = 4 * kNR;    // columns of a tile
 constexpr int kPackSteps = 32;  // pair steps per work item of the row-order packing
 
-// Interleave rows 2p and 2p+1 of X [K, ld ≥ C], for p in [p0, p1), into all ⌈C/W⌉ panels of W
-// pairs per step (panel cb at dst + cb·panel): dst[cb·panel + (p·W + c)·2 + h] =
-// X[(2p+h)·ld + cb·W + c], zero past K rows or C columns. (B without trans_b: X = B, W = kNR =
-// 32. A with trans_a: X = A, W = kMR = 12.) Panel by panel, each panel's steps in order, so its
-// stores are sequential; per panel and step, two masked loads of ≤ 32 columns interleaved by two
-// vpermt2w. (Step by step across all panels, consecutive stores were a panel apart — 48–128 KiB
-// at K = 4096, the same L1 sets — and this packing was 8.5% of a dense bf16 step.) The chunk's
-// 2·(p1 − p0) rows are read once per panel: from L1 or L2 after the first panel.
+// Interleave rows 2p and 2p+1 of X [K, ld ≥ C], for p in [p0, p1), into all ⌈C/W⌉ panels
+// (pack_row_pairs_avx512, below, on X's rows). (B without trans_b: X = B, W = kNR = 32. A with
+// trans_a: X = A, W = kMR = 12.)
 void pack_pairs_of_rows(uint16_t* dst, std::size_t panel, const uint16_t* X, int ld, int K, int C,
                         int W, int p0, int p1) {
-  static_assert(kNR == 32 && kMR <= 16, "one zmm of 32 columns per row; A's pairs in one zmm");
-  alignas(64) uint16_t lo[32], hi[32];  // output lane t ← column t/2 (+16) of row h = t%2
-  for (int t = 0; t < 32; ++t) {
-    lo[t] = uint16_t((t & 1) * 32 + t / 2);
-    hi[t] = uint16_t((t & 1) * 32 + 16 + t / 2);
+  const uint16_t* rows[2 * kPackSteps];
+  for (int r = 0; r < 2 * (p1 - p0); ++r) {
+    const int k = 2 * p0 + r;
+    rows[r] = k < K ? X + std::size_t(k) * ld : nullptr;
   }
-  const __m512i vlo = _mm512_load_si512(lo), vhi = _mm512_load_si512(hi);
-  const __mmask32 m_out = W >= 16 ? __mmask32(~0u) : __mmask32((1u << (2 * W)) - 1);
-  const int nb = (C + W - 1) / W;
-  for (int cb = 0; cb < nb; ++cb) {
-    const int c0 = cb * W, w = std::min(W, C - c0);
-    const __mmask32 m = w >= 32 ? __mmask32(~0u) : __mmask32((1u << w) - 1);
-    for (int p = p0; p < p1; ++p) {
-      const uint16_t* r0 = X + std::size_t(2 * p) * ld;
-      const bool has_r1 = 2 * p + 1 < K;
-      const __m512i v0 = _mm512_maskz_loadu_epi16(m, r0 + c0);
-      const __m512i v1 =
-          has_r1 ? _mm512_maskz_loadu_epi16(m, r0 + ld + c0) : _mm512_setzero_si512();
-      uint16_t* d = dst + cb * panel + std::size_t(p) * W * 2;
-      const __m512i o0 = _mm512_permutex2var_epi16(v0, vlo, v1);
-      if (W == kNR) {
-        _mm512_storeu_si512(d, o0);
-        _mm512_storeu_si512(d + 32, _mm512_permutex2var_epi16(v0, vhi, v1));
-      } else if (p + 1 < p1) {
-        // 64 bytes for W = 12's 48: the last 16 (zeros) land on step p + 1's first pairs of
-        // this panel, which this thread writes next. (Masked stores are slow on Zen.)
-        _mm512_storeu_si512(d, o0);
-      } else {
-        _mm512_mask_storeu_epi16(d, m_out, o0);  // the chunk's last step: the next is another's
-      }
-    }
-  }
+  pack_row_pairs_avx512(dst, panel, rows, C, W, p0, p1);
 }
 
 }  // namespace
@@ -417,6 +386,46 @@ void interleave_pairs_avx512(uint32_t* dst, const uint16_t* r0, const uint16_t* 
       r = _mm512_or_si512(
           r, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + i)), 16));
     _mm512_mask_storeu_epi32(dst + i, m, r);
+  }
+}
+
+// Panel by panel, each panel's steps in order, so its stores are sequential; per panel and step,
+// two masked loads of ≤ 32 columns interleaved by two vpermt2w. (Step by step across all panels,
+// consecutive stores were a panel apart — 48–128 KiB at K = 4096, the same L1 sets — and this
+// packing was 8.5% of a dense bf16 step.) The chunk's rows are read once per panel: from L1 or
+// L2 after the first panel.
+void pack_row_pairs_avx512(uint16_t* dst, std::size_t panel, const uint16_t* const* rows, int C,
+                           int W, int p0, int p1) {
+  static_assert(kNR == 32 && kMR <= 16, "one zmm of 32 columns per row; A's pairs in one zmm");
+  alignas(64) uint16_t lo[32], hi[32];  // output lane t ← column t/2 (+16) of row h = t%2
+  for (int t = 0; t < 32; ++t) {
+    lo[t] = uint16_t((t & 1) * 32 + t / 2);
+    hi[t] = uint16_t((t & 1) * 32 + 16 + t / 2);
+  }
+  const __m512i vlo = _mm512_load_si512(lo), vhi = _mm512_load_si512(hi);
+  const __mmask32 m_out = W >= 16 ? __mmask32(~0u) : __mmask32((1u << (2 * W)) - 1);
+  const int nb = (C + W - 1) / W;
+  for (int cb = 0; cb < nb; ++cb) {
+    const int c0 = cb * W, w = std::min(W, C - c0);
+    const __mmask32 m = w >= 32 ? __mmask32(~0u) : __mmask32((1u << w) - 1);
+    for (int p = p0; p < p1; ++p) {
+      const uint16_t* r0 = rows[2 * (p - p0)];
+      const uint16_t* r1 = rows[2 * (p - p0) + 1];
+      const __m512i v0 = r0 ? _mm512_maskz_loadu_epi16(m, r0 + c0) : _mm512_setzero_si512();
+      const __m512i v1 = r1 ? _mm512_maskz_loadu_epi16(m, r1 + c0) : _mm512_setzero_si512();
+      uint16_t* d = dst + cb * panel + std::size_t(p) * W * 2;
+      const __m512i o0 = _mm512_permutex2var_epi16(v0, vlo, v1);
+      if (W == kNR) {
+        _mm512_storeu_si512(d, o0);
+        _mm512_storeu_si512(d + 32, _mm512_permutex2var_epi16(v0, vhi, v1));
+      } else if (p + 1 < p1) {
+        // 64 bytes for W = 12's 48: the last 16 (zeros) land on step p + 1's first pairs of
+        // this panel, which this thread writes next. (Masked stores are slow on Zen.)
+        _mm512_storeu_si512(d, o0);
+      } else {
+        _mm512_mask_storeu_epi16(d, m_out, o0);  // the chunk's last step: the next is another's
+      }
+    }
   }
 }
 

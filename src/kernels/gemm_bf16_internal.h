@@ -49,6 +49,13 @@ void micro_strided_12x32(const uint16_t* ap, int astep, const uint16_t* bp, int 
 // gemm_bf16_avx512.cpp). Needs cpu_features().avx512.
 void pack_cols_avx512(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W);
 
+// Pairs of rows of bf16 matrices into panels of W pairs (W = 12 or 32): for the pair steps
+// p0 ≤ p < p1, dst[cb·panel + (p·W + c)·2 + h] = rows[2(p − p0) + h][cb·W + c] for every panel
+// cb < ⌈C/W⌉, zero past C and for a null row (the missing row past an odd K). At most 64 rows
+// (32 steps) per call. Needs cpu_features().avx512.
+void pack_row_pairs_avx512(uint16_t* dst, std::size_t panel, const uint16_t* const* rows, int C,
+                           int W, int p0, int p1);
+
 // round_to_bf16 / widen_bf16 on one range, single-threaded; need cpu_features().avx512. The
 // rounding takes vcvtne2ps2bf16 where the CPU has AVX512-BF16 (round_bf16insn), the integer
 // rule otherwise (round_int_avx512): the same bits.

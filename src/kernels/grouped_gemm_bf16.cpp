@@ -59,68 +59,57 @@ const uint16_t* src_bits_row(const Bf16Src& L, int s) {
   return L.bits + std::size_t(L.rows ? L.rows[s] : s) * std::size_t(L.ld);
 }
 
-// f32_to_bf16 (core/half.h) without its branch, so the packers' loops vectorise: nearest even,
-// a NaN kept quiet with its sign and top payload bits.
-inline uint32_t round_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  return (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r;
-}
-
 // K along the storage's rows: logical (k, r) = storage (row k, column r), r < R. Panels of W
 // over r: dst[(blk·P + p)·2W + 2j + h] = round(S(2p+h, blk·W + j)), zero past K and R.
 // (B untransposed: W = 32, R = N. A transposed: W = 12, R = M.) In chunks of kPackPairs pair
-// steps: each step's two source rows are rounded and interleaved whole into a row of pairs t
-// (vectorised over r, the rows read once, in order), then every panel copies its W pairs of
-// each step of the chunk, so each panel's part is written in order. (Row by row into every panel
-// at once, consecutive stores were a panel size apart, on a few L1 sets; panel by panel over all
-// of K, each panel re-read the source's lines from L3: 5× slower for dyᵀ. Building each panel's
-// W pairs from the source directly, W = 12 lanes at a time, was 15% of an E = 64 step.)
+// steps: the chunk's source rows (already rounded: in place; f32: rounded whole into a block of
+// rows) go to every panel by bf16k::pack_row_pairs_avx512, panel by panel, so each panel's part
+// is written in order from rows in L1. (Interleaving each step's two rows whole into a row of
+// pairs, then copying every panel's W pairs out of it, was 9% of an E = 64 bf16 step; row by
+// row into every panel at once, consecutive stores were a panel size apart, on a few L1 sets.)
 void pack_k_along_rows(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
   constexpr int kPackPairs = 16;
   const int P = pairs(K), nblk = (R + W - 1) / W, chunks = (P + kPackPairs - 1) / kPackPairs;
-  const int Rp = nblk * W;  // a row of pairs, zero past R
   const bool vec = cpu_features().avx512;
   const bool par = !in_parallel() && max_threads() > 1 && double(R) * K >= kParallelWork / 8;
+  const std::size_t panel = std::size_t(P) * 2 * W;
 #pragma omp parallel for schedule(static) if (par)
   for (int ch = 0; ch < chunks; ++ch) {
-    thread_local std::vector<uint32_t> buf;
-    uint32_t* t = scratch(buf, std::size_t(kPackPairs) * Rp);
     const int p0 = ch * kPackPairs, p1 = std::min(P, p0 + kPackPairs);
-    for (int p = p0; p < p1; ++p) {
-      uint32_t* tp = t + std::size_t(p - p0) * Rp;
-      if (L.bits) {  // already rounded: interleave the two rows' bits
-        const uint16_t* b0 = src_bits_row(L, 2 * p);
-        const uint16_t* b1 = 2 * p + 1 < K ? src_bits_row(L, 2 * p + 1) : nullptr;
-        if (vec) {
-          bf16k::interleave_pairs_avx512(tp, b0, b1, std::size_t(R));
+    if (vec) {
+      const uint16_t* rows[2 * kPackPairs];
+      thread_local std::vector<uint16_t> buf;
+      uint16_t* t = L.bits ? nullptr : scratch(buf, std::size_t(2 * kPackPairs) * R);
+      for (int r = 0; r < 2 * (p1 - p0); ++r) {
+        const int k = 2 * p0 + r;
+        if (k >= K) {
+          rows[r] = nullptr;
+        } else if (L.bits) {
+          rows[r] = src_bits_row(L, k);
         } else {
-          for (int j = 0; j < R; ++j) tp[j] = b0[j] | (b1 ? uint32_t(b1[j]) << 16 : 0u);
-        }
-        std::fill(tp + R, tp + Rp, 0u);
-        continue;
-      }
-      const float* s0 = src_row(L, 2 * p);
-      const float* s1 = 2 * p + 1 < K ? src_row(L, 2 * p + 1) : nullptr;
-      const bool scaled = L.row_scale != nullptr;
-      const float f0 = scaled ? L.row_scale[2 * p] : 1.f;
-      const float f1 = scaled && s1 ? L.row_scale[2 * p + 1] : 1.f;
-      if (vec) {
-        bf16k::round_pairs_avx512(tp, s0, s1, std::size_t(R), scaled, f0, f1);
-      } else {
-        for (int j = 0; j < R; ++j) {
-          uint32_t v = round_bits(scaled ? f0 * s0[j] : s0[j]);
-          if (s1) v |= round_bits(scaled ? f1 * s1[j] : s1[j]) << 16;
-          tp[j] = v;
+          round_row(t + std::size_t(r) * R, src_row(L, k), R, src_scale(L, k));
+          rows[r] = t + std::size_t(r) * R;
         }
       }
-      std::fill(tp + R, tp + Rp, 0u);
+      bf16k::pack_row_pairs_avx512(dst, panel, rows, R, W, p0, p1);
+      continue;
     }
-    for (int blk = 0; blk < nblk; ++blk)
-      for (int p = p0; p < p1; ++p)
-        std::memcpy(dst + (std::size_t(blk) * P + p) * 2 * W,
-                    t + std::size_t(p - p0) * Rp + blk * W, std::size_t(W) * 4);
+    for (int p = p0; p < p1; ++p)
+      for (int blk = 0; blk < nblk; ++blk)
+        for (int j = 0; j < W; ++j)
+          for (int h = 0; h < 2; ++h) {
+            const int k = 2 * p + h, r = blk * W + j;
+            uint16_t v = 0;
+            if (k < K && r < R) {
+              if (L.bits) {
+                v = src_bits_row(L, k)[r];
+              } else {
+                const float* sc = src_scale(L, k);
+                v = f32_to_bf16(sc ? *sc * src_row(L, k)[r] : src_row(L, k)[r]);
+              }
+            }
+            dst[std::size_t(blk) * panel + (std::size_t(p) * W + j) * 2 + h] = v;
+          }
   }
 }
 
@@ -358,8 +347,12 @@ void bf16_first_forward(float* gu, const float* X, const int32_t* rows, const Bf
 }
 
 void bf16_down_forward(float* ye, const float* hid, const Bf16ExpertWeights& w, int m, int C, int H,
-                       const Bf16ExpertScratch& s, Bf16GemmPath path) {
-  bf16_pack_a(s.a, m, H, {hid, H});
+                       const Bf16ExpertScratch& s, Bf16GemmPath path, const uint16_t* hidb) {
+  if (rows_in_place(hidb, H, path)) {
+    gemm_avx512bf16(m, C, H, nullptr, w.down_t, ye, C, false, {hidb, H, nullptr});
+    return;
+  }
+  bf16_pack_a(s.a, m, H, {hid, H, false, nullptr, nullptr, hidb});
   bf16_panel_gemm(m, C, H, s.a, w.down_t, ye, C, false, path);
 }
 
@@ -385,16 +378,25 @@ void bf16_down_backward(float* dwd, float* hid, const float* d, const int32_t* r
 void bf16_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, const float* X,
                          const int32_t* rows, const Bf16ExpertWeights& w, int m, int C, int H,
                          bool gated, bool accumulate, const Bf16ExpertScratch& s, Bf16GemmPath path,
-                         const uint16_t* Xb) {
+                         const uint16_t* Xb, const uint16_t* dgub) {
   const int W1 = gated ? 2 * H : H;
+  // dgu's columns from c0: f32, or its rounded bits.
+  auto dgu_src = [&](int c0, bool trans) {
+    return dgub ? Bf16Src{nullptr, W1, trans, nullptr, nullptr, dgub + c0}
+                : Bf16Src{dgu + c0, W1, trans};
+  };
   bf16_pack_b(s.b, m, C, {X, C, false, rows, nullptr, Xb});
   if (gated) {
-    bf16_pack_a(s.a, H, m, {dgu, W1, true});
+    bf16_pack_a(s.a, H, m, dgu_src(0, true));
     bf16_panel_gemm(H, C, m, s.a, s.b, dwg, C, true, path);
   }
-  bf16_pack_a(s.a, H, m, {dgu + (W1 - H), W1, true});
+  bf16_pack_a(s.a, H, m, dgu_src(W1 - H, true));
   bf16_panel_gemm(H, C, m, s.a, s.b, dwu, C, true, path);
-  bf16_pack_a(s.a, m, W1, {dgu, W1});
+  if (rows_in_place(dgub, W1, path)) {
+    gemm_avx512bf16(m, C, W1, nullptr, w.first, dX, C, accumulate, {dgub, W1, nullptr});
+    return;
+  }
+  bf16_pack_a(s.a, m, W1, dgu_src(0, false));
   bf16_panel_gemm(m, C, W1, s.a, w.first, dX, C, accumulate, path);
 }
 

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -225,8 +226,9 @@ struct Expert {
 };
 
 // prerounded (fused only): the token matrices X and d are also given rounded (Xb, dyb), as the
-// expert bank passes them: read in place by the microkernel (K even, avx512bf16) or copied into
-// the panels; the same rounded operands, so the same references.
+// expert bank passes them, and so are hid (hidb) and dgu (dgub), which the bank rounds row by row
+// as it computes them: read in place by the microkernel (K even, avx512bf16) or copied into the
+// panels; the same rounded operands, so the same references.
 void check_expert(const Expert& e, bool fused, Bf16GemmPath path, bool prerounded = false) {
   const int C = e.C, H = e.H, m = e.m, W1 = e.W1(), N = e.N;
   const std::string what = std::string(bf16_gemm_path_name(path)) + " C=" + std::to_string(C) +
@@ -261,7 +263,12 @@ void check_expert(const Expert& e, bool fused, Bf16GemmPath path, bool prerounde
       what + " first_forward");
   const std::vector<float> hid0 = randn(std::size_t(m) * H + 1, 22);
   std::vector<float> ye(std::size_t(m) * C + 1);
-  bf16_down_forward(ye.data(), hid0.data(), w, m, C, H, s, path);
+  std::vector<uint16_t> hid0r(hid0.size());
+  for (std::size_t i = 0; i < hid0.size(); ++i) hid0r[i] = f32_to_bf16(hid0[i]);
+  // prerounded: hid given only rounded (the f32 hid a poisoned copy, so reading it would show).
+  std::vector<float> nan_hid(hid0.size(), std::numeric_limits<float>::quiet_NaN());
+  bf16_down_forward(ye.data(), prerounded ? nan_hid.data() : hid0.data(), w, m, C, H, s, path,
+                    prerounded ? hid0r.data() : nullptr);
   expect_product(
       ye.data(), C, m, C, H, [&](int i, int j) { return hid0[std::size_t(i) * H + j]; },
       [&](int j, int c) { return wd[std::size_t(c) * H + j]; }, nullptr, what + " down_forward");
@@ -302,6 +309,8 @@ void check_expert(const Expert& e, bool fused, Bf16GemmPath path, bool prerounde
     }
   // First backward.
   const std::vector<float> dgu = randn(std::size_t(m) * W1 + 1, 26);
+  std::vector<uint16_t> dgur(dgu.size());
+  for (std::size_t i = 0; i < dgu.size(); ++i) dgur[i] = f32_to_bf16(dgu[i]);
   const std::vector<float> dwg0 = randn(std::size_t(H) * C, 27),
                            dwu0 = randn(std::size_t(H) * C, 28);
   std::vector<float> dwg = dwg0, dwu = dwu0;
@@ -309,8 +318,10 @@ void check_expert(const Expert& e, bool fused, Bf16GemmPath path, bool prerounde
     const std::vector<float> dx0 = randn(std::size_t(m) * C + 1, 29);
     std::vector<float> dx = dx0;
     if (acc) dwg = dwg0, dwu = dwu0;
-    bf16_first_backward(dx.data(), e.gated ? dwg.data() : nullptr, dwu.data(), dgu.data(), X.data(),
-                        rp, w, m, C, H, e.gated, acc, s, path, Xb);
+    // prerounded: dgu given only rounded (null f32).
+    bf16_first_backward(dx.data(), e.gated ? dwg.data() : nullptr, dwu.data(),
+                        prerounded ? nullptr : dgu.data(), X.data(), rp, w, m, C, H, e.gated, acc,
+                        s, path, Xb, prerounded ? dgur.data() : nullptr);
     expect_product(
         dx.data(), C, m, C, W1, [&](int i, int n) { return dgu[std::size_t(i) * W1 + n]; }, wfirst,
         acc ? dx0.data() : nullptr, what + " dX");

@@ -96,9 +96,11 @@ void bf16_first_forward(float* gu, const float* X, const int32_t* rows, const Bf
                         int m, int C, int H, bool gated, const Bf16ExpertScratch& s,
                         Bf16GemmPath path = Bf16GemmPath::kAuto, const uint16_t* Xb = nullptr);
 
-// ye [m, C] (=) = round(hid) · down_t.
+// ye [m, C] (=) = round(hid) · down_t. (hidb: when set, round(hid) [m, H] made by the caller
+// while it computed hid, read instead of hid: in place by the microkernel where it can.)
 void bf16_down_forward(float* ye, const float* hid, const Bf16ExpertWeights& w, int m, int C, int H,
-                       const Bf16ExpertScratch& s, Bf16GemmPath path = Bf16GemmPath::kAuto);
+                       const Bf16ExpertScratch& s, Bf16GemmPath path = Bf16GemmPath::kAuto,
+                       const uint16_t* hidb = nullptr);
 
 // The down projection's backward (panel_down_backward's two forms).
 // Unfused (rows, gate, dgate, u null): d = d(ye) [m, C];
@@ -112,10 +114,13 @@ void bf16_down_backward(float* dwd, float* hid, const float* d, const int32_t* r
                         Bf16GemmPath path = Bf16GemmPath::kAuto, const uint16_t* dyb = nullptr);
 
 // From dgu [m, W1]: dW_gate, dW_up [H, C] += round(dgu)ᵀ · round(X[rows]) (one packed X for
-// both), then dX [m, C] (= or += when accumulate) = round(dgu) · first.
+// both), then dX [m, C] (= or += when accumulate) = round(dgu) · first. (dgub: when set,
+// round(dgu) [m, W1] made by the caller, read instead of dgu — null then — and by dX's product
+// in place where it can.)
 void bf16_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, const float* X,
                          const int32_t* rows, const Bf16ExpertWeights& w, int m, int C, int H,
                          bool gated, bool accumulate, const Bf16ExpertScratch& s,
-                         Bf16GemmPath path = Bf16GemmPath::kAuto, const uint16_t* Xb = nullptr);
+                         Bf16GemmPath path = Bf16GemmPath::kAuto, const uint16_t* Xb = nullptr,
+                         const uint16_t* dgub = nullptr);
 
 }  // namespace moe

@@ -33,6 +33,53 @@ void activation_backward(T* gu, const T* dhid, int m, int H, Activation a) {
     gelu_backward(gu, dhid, gu, std::size_t(m) * H);
 }
 
+// fn(n) for n < m: in parallel outside a parallel region when work (values touched) is large;
+// inside one (an expert per thread) or small, no pragma at all (even `if (false)` costs libgomp
+// a team of one per call).
+template <typename F>
+void for_rows(int m, std::size_t work, const F& fn) {
+  if (in_parallel() || max_threads() == 1 || work < 65536) {
+    for (int n = 0; n < m; ++n) fn(n);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < m; ++n) fn(n);
+}
+
+// bf16 experts: activation_forward, each row of hid also rounded into hidb [m, H] while it is in
+// L1 (the down projection reads the rounded rows in place instead of packing hid).
+void activation_forward_rounded(float* hid, uint16_t* hidb, const float* gu, int m, int H,
+                                Activation a) {
+  for_rows(m, std::size_t(m) * H, [&](int n) {
+    float* h = hid + std::size_t(n) * H;
+    if (a == Activation::kSwiGLU) {
+      const float* g = gu + std::size_t(n) * 2 * H;
+      swiglu_forward_row(h, g, g + H, H);
+    } else {
+      const float* x = gu + std::size_t(n) * H;
+      for (int i = 0; i < H; ++i) h[i] = gelu(x[i]);
+    }
+    round_to_bf16(hidb + std::size_t(n) * H, h, std::size_t(H));
+  });
+}
+
+// bf16 experts: activation_backward, each row of dgu also rounded into dgub [m, W1] while it is
+// in L1 (the first projection's backward reads only the rounded rows).
+void activation_backward_rounded(uint16_t* dgub, float* gu, const float* dhid, int m, int H,
+                                 Activation a) {
+  const int W1 = a == Activation::kSwiGLU ? 2 * H : H;
+  for_rows(m, std::size_t(m) * W1, [&](int n) {
+    float* g = gu + std::size_t(n) * W1;
+    const float* d = dhid + std::size_t(n) * H;
+    if (a == Activation::kSwiGLU) {
+      swiglu_backward_row(g, g + H, d, g, g + H, H);
+    } else {
+      for (int i = 0; i < H; ++i) g[i] = gelu_grad(d[i], g[i]);
+    }
+    round_to_bf16(dgub + std::size_t(n) * W1, g, std::size_t(W1));
+  });
+}
+
 // The first projection of an expert on OpenBLAS: gu [m, W1] = X [m,C] · [W_gate; W_up]ᵀ
 // (SwiGLU: gate in columns 0..H-1, up in H..2H-1) or X · W_upᵀ (GELU). wg may be null for GELU.
 template <typename T>
@@ -386,8 +433,9 @@ void ExpertBank<T>::size_bf16_scratch() {
     auto up32 = [](std::size_t n) { return (n + 31) / 32 * 32; };
     bf16_a_ = up32(bf16_expert_scratch_a(rows, C, Hm, gated));
     bf16_b_ = up32(bf16_expert_scratch_b(rows, C, Hm));
+    bf16_c_ = up32(std::size_t(rows) * (gated ? 2 * Hm : Hm));
     bf16_threads_ = max_threads();
-    bf16_scratch_.assign((bf16_a_ + bf16_b_) * bf16_threads_, 0);
+    bf16_scratch_.assign((bf16_a_ + bf16_b_ + bf16_c_) * bf16_threads_, 0);
     bf16_u_stride_ = up32(std::size_t(bound_rows_) * H);
     bf16_u_.assign(bf16_u_stride_ * bf16_threads_, 0.f);
     bf16_tokens_.assign(fused_ ? 2 * std::size_t(bound_tokens_) * C : 0, 0);
@@ -439,8 +487,14 @@ void ExpertBank<T>::round_token_matrices(const ExpertPanels<T>& q, bool with_dy)
 template <typename T>
 Bf16ExpertScratch ExpertBank<T>::bf16_scratch() const {
   uint16_t* base = const_cast<uint16_t*>(bf16_scratch_.data()) +
-                   std::size_t(thread_index()) * (bf16_a_ + bf16_b_);
+                   std::size_t(thread_index()) * (bf16_a_ + bf16_b_ + bf16_c_);
   return {base, base + bf16_a_};
+}
+
+template <typename T>
+uint16_t* ExpertBank<T>::bf16_rows() const {
+  return const_cast<uint16_t*>(bf16_scratch_.data()) +
+         std::size_t(thread_index()) * (bf16_a_ + bf16_b_ + bf16_c_) + bf16_a_ + bf16_b_;
 }
 
 template <typename T>
@@ -456,9 +510,16 @@ void ExpertBank<T>::expert_forward_bf16(const ExpertPanels<T>& q, int e) {
     bf16_first_forward(gu, X, q.rows ? q.rows + o : nullptr, bf16_w_[e], m, C, H,
                        spec_.act == Activation::kSwiGLU, s, Bf16GemmPath::kAuto,
                        q.rows ? bf16_tokens_.data() : nullptr);
-    activation_forward(hid, gu, m, H, spec_.act);
-    if (dropout_.active) apply_dropout(hid, o, m);
-    bf16_down_forward(q.ye + std::size_t(o) * C, hid, bf16_w_[e], m, C, H, s);
+    uint16_t* hidb = bf16_rows();
+    if (dropout_.active) {  // rounded after the mask
+      activation_forward(hid, gu, m, H, spec_.act);
+      apply_dropout(hid, o, m);
+      round_to_bf16(hidb, hid, std::size_t(m) * H);
+    } else {
+      activation_forward_rounded(hid, hidb, gu, m, H, spec_.act);
+    }
+    bf16_down_forward(q.ye + std::size_t(o) * C, hid, bf16_w_[e], m, C, H, s, Bf16GemmPath::kAuto,
+                      hidb);
   }
 }
 
@@ -489,10 +550,11 @@ void ExpertBank<T>::expert_backward_bf16(const ExpertPanels<T>& q, const MoeGrad
                          w, m, C, H, s, nullptr);
     }
     if (dropout_.active) apply_dropout(hid, o, m);  // the same mask, redrawn
-    activation_backward(gu, hid, m, H, spec_.act);
+    uint16_t* dgub = bf16_rows();
+    activation_backward_rounded(dgub, gu, hid, m, H, spec_.act);
     bf16_first_backward(dx_rows + std::size_t(o) * C, g.w_gate ? g.w_gate + we : nullptr,
-                        g.w_up + we, gu, X, rows, w, m, C, H, spec_.act == Activation::kSwiGLU,
-                        false, s, Bf16GemmPath::kAuto, Xb);
+                        g.w_up + we, nullptr, X, rows, w, m, C, H, spec_.act == Activation::kSwiGLU,
+                        false, s, Bf16GemmPath::kAuto, Xb, dgub);
   }
 }
 
@@ -526,10 +588,12 @@ void ExpertBank<T>::shared_backward_bf16(T* dx, const MoeGrads<T>& g, const T* d
       const std::size_t ws = std::size_t(s) * H * C;
       const Bf16ExpertWeights& w = bf16_w_[bound_experts_ + s];
       bf16_down_backward(g.s_down + ws, hid, dy, nullptr, nullptr, nullptr, w, N, C, H, sc,
-                         nullptr);                    // hid ← d(hid)
-      activation_backward(gu, hid, N, H, spec_.act);  // gu ← d(gu)
-      bf16_first_backward(dx, g.s_gate ? g.s_gate + ws : nullptr, g.s_up + ws, gu, x, nullptr, w, N,
-                          C, H, spec_.act == Activation::kSwiGLU, true, sc);
+                         nullptr);  // hid ← d(hid)
+      uint16_t* dgub = bf16_rows();
+      activation_backward_rounded(dgub, gu, hid, N, H, spec_.act);  // gu ← d(gu), rounded
+      bf16_first_backward(dx, g.s_gate ? g.s_gate + ws : nullptr, g.s_up + ws, nullptr, x, nullptr,
+                          w, N, C, H, spec_.act == Activation::kSwiGLU, true, sc,
+                          Bf16GemmPath::kAuto, nullptr, dgub);
     }
   }
 }

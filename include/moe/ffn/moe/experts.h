@@ -104,6 +104,9 @@ class ExpertBank {
   void expert_forward_bf16(const ExpertPanels<T>& q, int e);
   void expert_backward_bf16(const ExpertPanels<T>& q, const MoeGrads<T>& g, T* dx_rows, int e);
   Bf16ExpertScratch bf16_scratch() const;
+  // This thread's rows of a rounded activation (hid in the forward, d(gate|up) in the backward):
+  // bf16_c_ values.
+  uint16_t* bf16_rows() const;
   // Fused: bf16_tokens_ (=) round(q.x), and round(q.dy) after it when with_dy; the experts read
   // their gathered rows from there (a no-op unfused).
   void round_token_matrices(const ExpertPanels<T>& q, bool with_dy);
@@ -130,7 +133,7 @@ class ExpertBank {
   int pack_rows_ = 0, pack_threads_ = 0;
   // bf16: the bound sizes, the packed weights (routed experts 0..bound_experts_−1, then the
   // shared ones), whether they were packed since set_bf16, and per thread a scratch of
-  // bf16_a_ + bf16_b_ values and an f32 u [rows, H] (fused down backward).
+  // bf16_a_ + bf16_b_ + bf16_c_ values and an f32 u [rows, H] (fused down backward).
   int bound_experts_ = 0, bound_rows_ = 0, bound_tokens_ = 0;
   bool bf16_ = false, bf16_packed_ = false;
   std::vector<uint16_t> bf16_weights_;
@@ -141,7 +144,7 @@ class ExpertBank {
   // forward / backward and gathered by every expert (k roundings of each token row were ~14% of
   // an E = 64, k = 8 bf16 step).
   std::vector<uint16_t> bf16_tokens_;
-  std::size_t bf16_a_ = 0, bf16_b_ = 0, bf16_u_stride_ = 0;
+  std::size_t bf16_a_ = 0, bf16_b_ = 0, bf16_c_ = 0, bf16_u_stride_ = 0;
   int bf16_threads_ = 0;
 };
 
