@@ -289,19 +289,38 @@ std::size_t bf16_expert_weight_elems(int C, int H, bool gated) {
          bf16_pack_b_elems(W1, C);
 }
 
+namespace {
+
+// Both packed B layouts of one f32 matrix S [R, W] (row r at row(r)), from one read of S:
+//   tr = pack_b of Sᵀ [W, R] (K = W along S's rows: panels of 32 rows of S),
+//   nt = pack_b of S  [R, W] (K = R: pairs of S's rows, panels of 32 columns).
+// Per block of 32 rows: rounded into a bf16 block in L1, which is panel r0/32 of tr (transposed
+// 16 × 16 pairs at a time) and pair steps r0/2 .. r0/2 + 15 of every panel of nt. Needs
+// cpu_features().avx512. (Packing each layout from f32 on its own read the weights twice and
+// went through a row buffer: 4.3 ms of an E = 64 bf16 step.)
+template <typename RowFn>
+void pack_both_layouts(uint16_t* tr, uint16_t* nt, int R, int W, const RowFn& row) {
+  const std::size_t panel_tr = std::size_t(pairs(W)) * 2 * kNR;
+  const std::size_t panel_nt = std::size_t(pairs(R)) * 2 * kNR;
+  thread_local std::vector<uint16_t> buf;
+  uint16_t* t = scratch(buf, std::size_t(kNR) * W);
+  for (int r0 = 0; r0 < R; r0 += kNR) {
+    const int w = std::min(kNR, R - r0);
+    const uint16_t* rows[kNR];
+    for (int i = 0; i < kNR; ++i) {
+      rows[i] = i < w ? t + std::size_t(i) * W : nullptr;
+      if (i < w) round_row(t + std::size_t(i) * W, row(r0 + i), W, nullptr);
+    }
+    bf16k::pack_cols_avx512(tr + std::size_t(r0 / kNR) * panel_tr, t, W, W, 0, w, kNR);
+    bf16k::pack_row_pairs_avx512(nt, panel_nt, rows, W, kNR, r0 / 2, (r0 + w + 1) / 2);
+  }
+}
+
+}  // namespace
+
 Bf16ExpertWeights bf16_pack_expert_weights(uint16_t* dst, const float* wg, const float* wu,
                                            const float* wd, int C, int H, bool gated) {
   const int W1 = gated ? 2 * H : H;
-  // [W_gate; W_up] [W1, C] in one f32 copy (the two are separate parameters), read by both of
-  // its layouts.
-  const float* first = wu;
-  if (gated) {
-    thread_local std::vector<float> stack;
-    float* s = scratch(stack, std::size_t(W1) * C);
-    std::copy_n(wg, std::size_t(H) * C, s);
-    std::copy_n(wu, std::size_t(H) * C, s + std::size_t(H) * C);
-    first = s;
-  }
   Bf16ExpertWeights w;
   uint16_t* at = dst;
   auto take = [&](std::size_t n) {
@@ -313,14 +332,27 @@ Bf16ExpertWeights bf16_pack_expert_weights(uint16_t* dst, const float* wg, const
   uint16_t* down_t = take(bf16_pack_b_elems(H, C));
   uint16_t* down = take(bf16_pack_b_elems(C, H));
   uint16_t* first_n = take(bf16_pack_b_elems(W1, C));
-  bf16_pack_b(first_t, C, W1, {first, C, true});
-  bf16_pack_b(down_t, H, C, {wd, H, true});
-  bf16_pack_b(down, C, H, {wd, H, false});
-  bf16_pack_b(first_n, W1, C, {first, C, false});
   w.first_t = first_t;
   w.down_t = down_t;
   w.down = down;
   w.first = first_n;
+  // [W_gate; W_up] [W1, C]: the two are separate parameters.
+  auto first_row = [&](int r) {
+    return r < W1 - H ? wg + std::size_t(r) * C : wu + std::size_t(r - (W1 - H)) * C;
+  };
+  if (cpu_features().avx512) {
+    pack_both_layouts(first_t, first_n, W1, C, first_row);
+    pack_both_layouts(down_t, down, C, H, [&](int r) { return wd + std::size_t(r) * H; });
+    return w;
+  }
+  // Without AVX-512: [W_gate; W_up] in one f32 copy, each layout packed on its own.
+  thread_local std::vector<float> stack;
+  float* first = scratch(stack, std::size_t(W1) * C);
+  for (int r = 0; r < W1; ++r) std::copy_n(first_row(r), C, first + std::size_t(r) * C);
+  bf16_pack_b(first_t, C, W1, {first, C, true});
+  bf16_pack_b(down_t, H, C, {wd, H, true});
+  bf16_pack_b(down, C, H, {wd, H, false});
+  bf16_pack_b(first_n, W1, C, {first, C, false});
   return w;
 }
 
