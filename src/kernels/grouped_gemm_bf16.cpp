@@ -73,8 +73,7 @@ void pack_k_along_rows(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
   const bool vec = cpu_features().avx512;
   const bool par = !in_parallel() && max_threads() > 1 && double(R) * K >= kParallelWork / 8;
   const std::size_t panel = std::size_t(P) * 2 * W;
-#pragma omp parallel for schedule(static) if (par)
-  for (int ch = 0; ch < chunks; ++ch) {
+  parallel_for_if(chunks, par, [&](int ch) {
     const int p0 = ch * kPackPairs, p1 = std::min(P, p0 + kPackPairs);
     if (vec) {
       const uint16_t* rows[2 * kPackPairs];
@@ -92,7 +91,7 @@ void pack_k_along_rows(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
         }
       }
       bf16k::pack_row_pairs_avx512(dst, panel, rows, R, W, p0, p1);
-      continue;
+      return;
     }
     for (int p = p0; p < p1; ++p)
       for (int blk = 0; blk < nblk; ++blk)
@@ -110,7 +109,7 @@ void pack_k_along_rows(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
             }
             dst[std::size_t(blk) * panel + (std::size_t(p) * W + j) * 2 + h] = v;
           }
-  }
+  });
 }
 
 // K along the storage's columns: logical (k, r) = storage (row r, column k). Panels of W over
@@ -122,8 +121,7 @@ void pack_k_along_cols(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
   const int P = pairs(K), nblk = (R + W - 1) / W;
   const bool vec = cpu_features().avx512;
   const bool par = !in_parallel() && max_threads() > 1 && double(R) * K >= kParallelWork / 8;
-#pragma omp parallel for schedule(static) if (par)
-  for (int blk = 0; blk < nblk; ++blk) {
+  parallel_for_if(nblk, par, [&](int blk) {
     thread_local std::vector<uint16_t> buf;
     const std::size_t ld = 2 * std::size_t(P);
     uint16_t* t = scratch(buf, std::size_t(W) * ld);
@@ -138,7 +136,7 @@ void pack_k_along_cols(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
     }
     if (vec) {
       bf16k::pack_cols_avx512(d, t, int(ld), K, 0, w, W);
-      continue;
+      return;
     }
     for (int j = 0; j < W; ++j)
       for (int p = 0; p < P; ++p) {
@@ -148,7 +146,7 @@ void pack_k_along_cols(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
         else
           o[0] = o[1] = 0;
       }
-  }
+  });
 }
 
 // A read in place by the microkernel (gemm_avx512bf16's alternative to a packed A): row i of

@@ -59,4 +59,18 @@ inline bool in_parallel() {
 #endif
 }
 
+// fn(i) for 0 ≤ i < n: shared out statically among a new team when par (and not already inside
+// a region), else on the calling thread with no OpenMP construct at all — even `#pragma omp
+// parallel if (false)` makes libgomp set up a team of one (allocation, futex traffic), which
+// showed in per-expert calls made from inside the expert loop's region.
+template <typename F>
+void parallel_for_if(int n, bool par, const F& fn) {
+  if (!par || in_parallel() || max_threads() == 1) {
+    for (int i = 0; i < n; ++i) fn(i);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < n; ++i) fn(i);
+}
+
 }  // namespace moe

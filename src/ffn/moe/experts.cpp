@@ -33,24 +33,11 @@ void activation_backward(T* gu, const T* dhid, int m, int H, Activation a) {
     gelu_backward(gu, dhid, gu, std::size_t(m) * H);
 }
 
-// fn(n) for n < m: in parallel outside a parallel region when work (values touched) is large;
-// inside one (an expert per thread) or small, no pragma at all (even `if (false)` costs libgomp
-// a team of one per call).
-template <typename F>
-void for_rows(int m, std::size_t work, const F& fn) {
-  if (in_parallel() || max_threads() == 1 || work < 65536) {
-    for (int n = 0; n < m; ++n) fn(n);
-    return;
-  }
-#pragma omp parallel for schedule(static)
-  for (int n = 0; n < m; ++n) fn(n);
-}
-
 // bf16 experts: activation_forward, each row of hid also rounded into hidb [m, H] while it is in
 // L1 (the down projection reads the rounded rows in place instead of packing hid).
 void activation_forward_rounded(float* hid, uint16_t* hidb, const float* gu, int m, int H,
                                 Activation a) {
-  for_rows(m, std::size_t(m) * H, [&](int n) {
+  parallel_for_if(m, std::size_t(m) * H >= 65536, [&](int n) {
     float* h = hid + std::size_t(n) * H;
     if (a == Activation::kSwiGLU) {
       const float* g = gu + std::size_t(n) * 2 * H;
@@ -68,7 +55,7 @@ void activation_forward_rounded(float* hid, uint16_t* hidb, const float* gu, int
 void activation_backward_rounded(uint16_t* dgub, float* gu, const float* dhid, int m, int H,
                                  Activation a) {
   const int W1 = a == Activation::kSwiGLU ? 2 * H : H;
-  for_rows(m, std::size_t(m) * W1, [&](int n) {
+  parallel_for_if(m, std::size_t(m) * W1 >= 65536, [&](int n) {
     float* g = gu + std::size_t(n) * W1;
     const float* d = dhid + std::size_t(n) * H;
     if (a == Activation::kSwiGLU) {
