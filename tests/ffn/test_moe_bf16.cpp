@@ -1,6 +1,8 @@
 // The MoE layer with train.precision = bf16 (the experts' products in bf16, everything else f32):
 //   1. forward and backward against the double layer (the reference, untouched) run on the same
-//      weights rounded to bf16, for SwiGLU and GELU, fused and unfused experts (panel / blas),
+//      weights rounded to bf16, for SwiGLU and GELU, both f32 expert GEMMs (panel / blas: bf16
+//      reads the token rows in place either way; its unfused path runs under expert
+//      parallelism, tests/python/test_expert_parallel.py),
 //      shared experts with the shared gate, expert dropout with capacity drops;
 //   2. a bf16 layer repeats its bits; the bf16 expert bank gives the same bits for 1 and 2
 //      threads (avx512bf16);
@@ -169,7 +171,7 @@ TEST(MoeBf16, LayerMatchesDoubleOnRoundedOperands) {
   for (int variant = 0; variant < 5; ++variant) {
     MoeSpec s = spec_of(RouterKind::kTopK, 8, 2, 96, 72);
     if (variant == 1) s.act = Activation::kGELU;
-    if (variant == 2) s.expert_gemm = ExpertGemm::kBlas;  // unfused: gathered panels
+    if (variant == 2) s.expert_gemm = ExpertGemm::kBlas;  // f32 would gather panels; bf16 not
     if (variant == 3) {
       s.n_shared = 1;
       s.shared_gate = true;

@@ -145,6 +145,7 @@ void ExpertBank<T>::bind(Arena& a, int experts, int max_expert_rows, int max_tok
     }
   }
   panel_ = fused_ = false;
+  fusable_ = fusable;
   if constexpr (std::is_same_v<T, float>) {
     const bool small = std::size_t(H) * C <= (std::size_t(1) << 17);
     const bool want = spec_.expert_gemm == ExpertGemm::kPanel ||
@@ -425,7 +426,7 @@ void ExpertBank<T>::size_bf16_scratch() {
     bf16_scratch_.assign((bf16_a_ + bf16_b_ + bf16_c_) * bf16_threads_, 0);
     bf16_u_stride_ = up32(std::size_t(bound_rows_) * H);
     bf16_u_.assign(bf16_u_stride_ * bf16_threads_, 0.f);
-    bf16_tokens_.assign(fused_ ? 2 * std::size_t(bound_tokens_) * C : 0, 0);
+    bf16_tokens_.assign(fused() ? 2 * std::size_t(bound_tokens_) * C : 0, 0);
   }
 }
 

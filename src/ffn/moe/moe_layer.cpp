@@ -159,10 +159,13 @@ void MoeLayer<T>::bind(Arena& a, int max_batch, int max_seq) {
   // An expert gets each token at most once (token choice, and expert choice's groups), so
   // ≤ N rows here, ≤ P·N on an owner under expert parallelism.
   experts_.bind(a, E, int(expert_parallel_ ? ranks_ * N : N), int(N), !expert_parallel_);
-  if (experts_.fused()) {
+  // The fused path's gates per row whenever the bank may fuse (bf16 does, whatever the f32
+  // GEMM); the gathered panels only where f32 does not.
+  if (!expert_parallel_) {
     row_gate_ = a.take<T>(max_rows);
     row_dgate_ = a.take<T>(max_rows);
-  } else {
+  }
+  if (!experts_.fused()) {
     rows_x_ = a.take<T>(std::size_t(max_rows) * C);
     rows_dy_ = a.take<T>(std::size_t(max_rows) * C);
   }
