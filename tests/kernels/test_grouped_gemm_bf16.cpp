@@ -197,8 +197,17 @@ void check_gemm(int M, int N, int K, bool accumulate, Bf16GemmPath path, uint64_
 }
 
 TEST(GroupedGemmBf16, PanelGemmMatchesReference) {
-  const int shapes[][3] = {{1, 1, 1},    {3, 40, 17},  {12, 32, 64},   {13, 33, 65},
-                           {5, 96, 515}, {40, 7, 513}, {64, 130, 300}, {2, 256, 1031}};
+  const int shapes[][3] = {{1, 1, 1},
+                           {3, 40, 17},
+                           {12, 32, 64},
+                           {13, 33, 65},
+                           {5, 96, 515},
+                           {40, 7, 513},
+                           {64, 130, 300},
+                           {2, 256, 1031},
+                           // across kBf16KC's K blocks (2048 values each)
+                           {3, 40, 2 * kBf16KC + 1},
+                           {13, 33, 4 * kBf16KC + 3}};
   for (Bf16GemmPath path : paths())
     for (const auto& s : shapes)
       for (bool acc : {false, true}) check_gemm(s[0], s[1], s[2], acc, path, s[0] * 131 + s[2]);

@@ -11,7 +11,7 @@
 // optimizer step (bf16_pack_expert_weights, from MoeFfn::refresh_low_precision).
 //
 // Paths (Bf16GemmPath, gemm_bf16.h): avx512bf16 runs the microkernel over K blocks of kBf16KC
-// pair steps (a 32-column B block of ≤ 32 KiB stays in L1 while every A panel passes), each C
+// pair steps (a 32-column B block stays in cache while every A panel passes), each C
 // element summed by one thread in a fixed order: bit-identical for any thread count. widen (any
 // x86-64) unpacks both panels to f32 and runs OpenBLAS sgemm: the same rounded operands,
 // repeatable per thread count. Packing does not depend on the path.
@@ -56,8 +56,11 @@ void bf16_pack_a(uint16_t* Ap, int M, int K, const Bf16Src& L);
 void bf16_panel_gemm(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, float* C, int ldc,
                      bool accumulate, Bf16GemmPath path = Bf16GemmPath::kAuto);
 
-// Pair steps of one K block on the avx512bf16 path (the B block of 32 columns: 32 KiB).
-inline constexpr int kBf16KC = 256;
+// Pair steps of one K block on the avx512bf16 path (the B block of 32 columns: 128 KiB, read
+// from L2). Every expert product up to K = 2048 runs as one block, so C is stored once: on the
+// E = 8, H = 1024 step (K up to 2048) 256 pair steps (a 32 KiB block in L1) ran ~2% slower
+// (alternating runs, 2026-12-07); the shorter blocks' L1 hits bought less than C's extra passes.
+inline constexpr int kBf16KC = 1024;
 
 // ---- One expert's products (grouped_gemm.h's panel_* twins; shapes as there: m rows, model
 // width C, hidden H, W1 = 2H gated (SwiGLU: gate columns 0..H−1, up H..2H−1) else H).
