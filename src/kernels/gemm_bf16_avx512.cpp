@@ -158,6 +158,16 @@ void micro(const uint16_t* ap, int astep, const uint16_t* const* row, const uint
            float* c, int ldc, int mr, int nr, float alpha, float beta) {
   __m512 acc[kMR][2];
   for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  // C's rows asked for now, read (beta ≠ 0) or written only after the K loop: a weight
+  // gradient's tiles (accumulated, from memory) and a fresh output's lines then arrive while the
+  // block computes instead of stalling its epilogue. Alternating runs, 2026-12-07: the E = 64
+  // MoE bf16 step 84.9 → 80.4 ms (mean of 6), E = 8 ~3%, the dense model's bf16 step 2–7%.
+  // (prefetchw, for ownership, measured between the two.)
+  for (int i = 0; i < mr; ++i) {
+    const char* ci = reinterpret_cast<const char*>(c + std::size_t(i) * ldc);
+    _mm_prefetch(ci, _MM_HINT_T0);
+    _mm_prefetch(ci + 64, _MM_HINT_T0);
+  }
   const int P = (K + 1) / 2;
   for (int p = 0; p < P; ++p) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2);
