@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "moe/core/error.h"
+#include "moe/core/threading.h"
 #include "moe/ffn/moe/moe_ffn.h"
 #include "moe/kernels/attention_bf16.h"
 #include "moe/kernels/gemm_bf16.h"
@@ -327,9 +328,25 @@ void Transformer::backward() {
     }
     if (low) {
       const LowPrecision& lw = lp_[l];
-      linear_backward_bf16(dln_, L.wq->g, dout_b_, dq, lw.ln1, lw.wq, N, C_, Dq_, false);
-      linear_backward_bf16(dln_, L.wk->g, dout_b_, dk, lw.ln1, lw.wk, N, C_, Dkv_, true);
-      linear_backward_bf16(dln_, L.wv->g, dout_b_, dv_, lw.ln1, lw.wv, N, C_, Dkv_, true);
+      const std::size_t nq = std::size_t(Dq_) * C_, nkv = std::size_t(Dkv_) * C_;
+      if (lw.wk == lw.wq + nq && lw.wv == lw.wk + nkv && L.wk->g == L.wq->g + nq &&
+          L.wv->g == L.wk->g + nkv) {
+        // The bf16 shadows and the gradients of wq, wk, wv lie stacked as one [Dq + 2·Dkv, C]
+        // (bind order): one product pair on [dq | dk | dv] rounded row by row, so ln1's rounded
+        // rows are packed for one weight gradient instead of three and dln is written once.
+        const int D3 = Dq_ + 2 * Dkv_;
+        parallel_for_if(N, true, [&](int n) {
+          uint16_t* d = dout_b_ + std::size_t(n) * D3;
+          round_to_bf16(d, dq + std::size_t(n) * Dq_, std::size_t(Dq_));
+          round_to_bf16(d + Dq_, dk + std::size_t(n) * Dkv_, std::size_t(Dkv_));
+          round_to_bf16(d + Dq_ + Dkv_, dv_ + std::size_t(n) * Dkv_, std::size_t(Dkv_));
+        });
+        linear_backward_bf16_rounded(dln_, L.wq->g, dout_b_, lw.ln1, lw.wq, N, C_, D3, false);
+      } else {
+        linear_backward_bf16(dln_, L.wq->g, dout_b_, dq, lw.ln1, lw.wq, N, C_, Dq_, false);
+        linear_backward_bf16(dln_, L.wk->g, dout_b_, dk, lw.ln1, lw.wk, N, C_, Dkv_, true);
+        linear_backward_bf16(dln_, L.wv->g, dout_b_, dv_, lw.ln1, lw.wv, N, C_, Dkv_, true);
+      }
     } else {
       linear_backward(dln_, L.wq->g, dq, L.ln1, L.wq->w, N, C_, Dq_, false);
       linear_backward(dln_, L.wk->g, dk, L.ln1, L.wk->w, N, C_, Dkv_, true);
@@ -357,7 +374,7 @@ void Transformer::bind_low_precision(Arena& a) {
     p.k = h(N * Hkv_ * hdp);
     p.v = h(N * Hkv_ * hdp);
   }
-  dout_b_ = h(N * std::max({C_, Dq_, Dkv_}));
+  dout_b_ = h(N * std::max(C_, Dq_ + 2 * Dkv_));  // up to [dq | dk | dv]
 }
 
 void Transformer::set_precision(Precision p) {
