@@ -75,7 +75,8 @@ void pack_pairs_of_rows(uint16_t* dst, std::size_t panel, const uint16_t* X, int
 // X[(c0+c)·ld + 2p + h], zero past K or w. (B with trans_b: X = B [N, ldb], W = kNR.
 // A without trans_a: X = A, W = kMR.) Each row's pairs are 32-bit values in place, so a panel is
 // a transpose of W rows × P pairs: 16 rows (W = 12: 12 and four zero) × 16 steps per transpose16.
-void pack_cols_avx512(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W) {
+void pack_cols_avx512(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W,
+                      bool stream) {
   const int P = (K + 1) / 2, Pfull = K / 2;
   // 4-byte aligned: every panel starts at an even offset of a new[]-ed buffer.
   uint32_t* d32 = reinterpret_cast<uint32_t*>(dst);
@@ -93,7 +94,9 @@ void pack_cols_avx512(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, i
       kernels_detail::transpose16(r);
       for (int j = 0; j < np; ++j) {
         uint32_t* o = d32 + std::size_t(p0 + j) * W + h;
-        if (nr == 16 || p0 + j + 1 < P)
+        if (stream && W == kNR && reinterpret_cast<std::uintptr_t>(o) % 64 == 0)
+          _mm512_stream_si512(reinterpret_cast<__m512i*>(o), _mm512_castps_si512(r[j]));
+        else if (nr == 16 || p0 + j + 1 < P)
           // W = 12: the 16 bytes past this step's 48 land on step p + 1's first pairs, written
           // next (by this loop or the odd-K tail below).
           _mm512_storeu_si512(o, _mm512_castps_si512(r[j]));
@@ -195,6 +198,8 @@ void micro_rows_12x32(const uint16_t* const* rows, const uint16_t* bp, int K, fl
                       int mr, int nr, float alpha, float beta) {
   micro<ASrc::kRows>(nullptr, 0, rows, bp, K, c, ldc, mr, nr, alpha, beta);
 }
+
+void store_fence() { _mm_sfence(); }
 
 void micro_strided_12x32(const uint16_t* ap, int astep, const uint16_t* bp, int K, float* c,
                          int ldc, int mr, int nr, float alpha, float beta) {
@@ -405,7 +410,7 @@ void interleave_pairs_avx512(uint32_t* dst, const uint16_t* r0, const uint16_t* 
 // packing was 8.5% of a dense bf16 step.) The chunk's rows are read once per panel: from L1 or
 // L2 after the first panel.
 void pack_row_pairs_avx512(uint16_t* dst, std::size_t panel, const uint16_t* const* rows, int C,
-                           int W, int p0, int p1) {
+                           int W, int p0, int p1, bool stream) {
   static_assert(kNR == 32 && kMR <= 16, "one zmm of 32 columns per row; A's pairs in one zmm");
   alignas(64) uint16_t lo[32], hi[32];  // output lane t ← column t/2 (+16) of row h = t%2
   for (int t = 0; t < 32; ++t) {
@@ -425,7 +430,11 @@ void pack_row_pairs_avx512(uint16_t* dst, std::size_t panel, const uint16_t* con
       const __m512i v1 = r1 ? _mm512_maskz_loadu_epi16(m, r1 + c0) : _mm512_setzero_si512();
       uint16_t* d = dst + cb * panel + std::size_t(p) * W * 2;
       const __m512i o0 = _mm512_permutex2var_epi16(v0, vlo, v1);
-      if (W == kNR) {
+      if (W == kNR && stream && reinterpret_cast<std::uintptr_t>(d) % 64 == 0) {
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(d), o0);
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(d + 32),
+                            _mm512_permutex2var_epi16(v0, vhi, v1));
+      } else if (W == kNR) {
         _mm512_storeu_si512(d, o0);
         _mm512_storeu_si512(d + 32, _mm512_permutex2var_epi16(v0, vhi, v1));
       } else if (p + 1 < p1) {

@@ -47,14 +47,21 @@ void micro_strided_12x32(const uint16_t* ap, int astep, const uint16_t* bp, int 
 // The panel of rows c0 .. c0+w−1 (w ≤ W; W = 12 or 32) of bf16 X [·, ld], K along the rows:
 // dst[(p·W + c)·2 + h] = X[(c0+c)·ld + 2p + h], zero past K or w (layouts in
 // gemm_bf16_avx512.cpp). Needs cpu_features().avx512.
-void pack_cols_avx512(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W);
+// stream (W = 32): 64-byte-aligned stores go to memory non-temporally (store_fence before the
+// panels are read by another thread): for panels read only later, the experts' weights.
+void pack_cols_avx512(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, int w, int W,
+                      bool stream = false);
 
 // Pairs of rows of bf16 matrices into panels of W pairs (W = 12 or 32): for the pair steps
 // p0 ≤ p < p1, dst[cb·panel + (p·W + c)·2 + h] = rows[2(p − p0) + h][cb·W + c] for every panel
 // cb < ⌈C/W⌉, zero past C and for a null row (the missing row past an odd K). At most 64 rows
 // (32 steps) per call. Needs cpu_features().avx512.
 void pack_row_pairs_avx512(uint16_t* dst, std::size_t panel, const uint16_t* const* rows, int C,
-                           int W, int p0, int p1);
+                           int W, int p0, int p1, bool stream = false);
+
+// sfence: this thread's non-temporal stores ordered before its later stores (so before the
+// release of the OpenMP barrier or lock through which another thread then reads them).
+void store_fence();
 
 // round_to_bf16 / widen_bf16 on one range, single-threaded; need cpu_features().avx512. The
 // rounding takes vcvtne2ps2bf16 where the CPU has AVX512-BF16 (round_bf16insn), the integer

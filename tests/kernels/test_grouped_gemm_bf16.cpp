@@ -247,9 +247,12 @@ void check_expert(const Expert& e, bool fused, Bf16GemmPath path, bool prerounde
   const std::vector<float> wg = randn(std::size_t(H) * C, 11, 0.1f),
                            wu = randn(std::size_t(H) * C, 12, 0.1f),
                            wd = randn(std::size_t(C) * H, 13, 0.1f);
-  std::vector<uint16_t> wp(bf16_expert_weight_elems(C, H, e.gated));
-  const Bf16ExpertWeights w = bf16_pack_expert_weights(wp.data(), e.gated ? wg.data() : nullptr,
-                                                       wu.data(), wd.data(), C, H, e.gated);
+  // 64-byte aligned, as the expert bank's: the packer then streams the panels (non-temporal).
+  std::vector<uint16_t> wp_buf(bf16_expert_weight_elems(C, H, e.gated) + 32);
+  uint16_t* wp =
+      wp_buf.data() + (64 - reinterpret_cast<std::uintptr_t>(wp_buf.data()) % 64) % 64 / 2;
+  const Bf16ExpertWeights w = bf16_pack_expert_weights(wp, e.gated ? wg.data() : nullptr, wu.data(),
+                                                       wd.data(), C, H, e.gated);
   std::vector<uint16_t> sa(bf16_expert_scratch_a(m, C, H, e.gated)),
       sb(bf16_expert_scratch_b(m, C, H));
   const Bf16ExpertScratch s{sa.data(), sb.data()};

@@ -80,7 +80,8 @@ struct Bf16ExpertWeights {
 // bf16 values of one expert's four packed layouts.
 std::size_t bf16_expert_weight_elems(int C, int H, bool gated);
 // Packs W_gate, W_up [H, C] (wg null when not gated) and W_down [C, H] into dst
-// (bf16_expert_weight_elems values) and returns the four layouts' pointers into it.
+// (bf16_expert_weight_elems values) and returns the four layouts' pointers into it. With dst
+// 64-byte aligned the panels bypass the cache (written for later reads).
 Bf16ExpertWeights bf16_pack_expert_weights(uint16_t* dst, const float* wg, const float* wu,
                                            const float* wd, int C, int H, bool gated);
 

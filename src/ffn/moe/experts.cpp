@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "moe/core/error.h"
@@ -403,7 +404,8 @@ void ExpertBank<T>::set_bf16(bool on) {
     if (!on) return;
     const bool gated = spec_.act == Activation::kSwiGLU;
     const int C = spec_.C, H = spec_.H, S = spec_.n_shared, Hs = S > 0 ? spec_.shared_H() : 0;
-    bf16_weights_.assign(std::size_t(bound_experts_) * bf16_expert_weight_elems(C, H, gated) +
+    // 32 values to spare: the panels start at the first 64-byte boundary (bf16_weight_base).
+    bf16_weights_.assign(32 + std::size_t(bound_experts_) * bf16_expert_weight_elems(C, H, gated) +
                              std::size_t(S) * bf16_expert_weight_elems(C, Hs, gated),
                          0);
     bf16_w_.assign(std::size_t(bound_experts_ + S), {});
@@ -441,19 +443,20 @@ void ExpertBank<T>::refresh_bf16(const MoeParams<T>& p, int experts) {
     const int Hs = S > 0 ? spec_.shared_H() : 0;
     const std::size_t per_e = bf16_expert_weight_elems(C, H, gated);
     const std::size_t per_s = S > 0 ? bf16_expert_weight_elems(C, Hs, gated) : 0;
+    uint16_t* base = bf16_weights_.data();
+    base += (64 - reinterpret_cast<std::uintptr_t>(base) % 64) % 64 / sizeof(uint16_t);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int i = 0; i < E + S; ++i) {
       if (i < E) {
         const std::size_t we = std::size_t(i) * H * C;
-        bf16_w_[i] = bf16_pack_expert_weights(bf16_weights_.data() + i * per_e,
-                                              p.w_gate ? p.w_gate + we : nullptr, p.w_up + we,
-                                              p.w_down + we, C, H, gated);
+        bf16_w_[i] = bf16_pack_expert_weights(base + i * per_e, p.w_gate ? p.w_gate + we : nullptr,
+                                              p.w_up + we, p.w_down + we, C, H, gated);
       } else {
         const std::size_t ws = std::size_t(i - E) * Hs * C;
         // The shared experts' slots follow the bound routed experts'.
         bf16_w_[bound_experts_ + i - E] = bf16_pack_expert_weights(
-            bf16_weights_.data() + bound_experts_ * per_e + (i - E) * per_s,
-            p.s_gate ? p.s_gate + ws : nullptr, p.s_up + ws, p.s_down + ws, C, Hs, gated);
+            base + bound_experts_ * per_e + (i - E) * per_s, p.s_gate ? p.s_gate + ws : nullptr,
+            p.s_up + ws, p.s_down + ws, C, Hs, gated);
       }
     }
     bf16_packed_ = true;
