@@ -162,7 +162,7 @@ struct Bf16Rows {
 void gemm_avx512bf16(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, float* C, int ldc,
                      bool accumulate, const Bf16Rows& Ar = {}) {
   const int P = pairs(K), nb = (N + kNR - 1) / kNR, mb = (M + kMR - 1) / kMR;
-  constexpr int kMB = 8;  // A panels per task when the product is shared out
+  constexpr int kMB = 8;  // A panels per block of rows (and per task when shared out)
   const int mg = (mb + kMB - 1) / kMB;
   // One K block: every (B panel, A panel) pair; each C block is written by one task.
   auto block = [&](int p0, int jb, int ib0, int ib1) {
@@ -190,8 +190,13 @@ void gemm_avx512bf16(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp
   const bool par =
       !in_parallel() && max_threads() > 1 && nb * mg > 1 && double(M) * N * K >= kParallelWork;
   if (!par) {
+    // Blocks of kMB A panels (96 rows), each against every B panel, as the shared-out tasks: an
+    // expert's rows read in place stay in L2 while the B panels pass, instead of all its rows
+    // (512 KiB at E = 64, beside its 512 KiB of output) streaming once per B panel. Alternating
+    // runs (2026-12-07): E64k8H128 bf16 step mean of 12 79.5 → 77.7 ms, E8k2H1024 ~1%.
     for (int p0 = 0; p0 < P; p0 += kBf16KC)
-      for (int jb = 0; jb < nb; ++jb) block(p0, jb, 0, mb);
+      for (int ib = 0; ib < mb; ib += kMB)
+        for (int jb = 0; jb < nb; ++jb) block(p0, jb, ib, std::min(mb, ib + kMB));
     return;
   }
 #pragma omp parallel
