@@ -16,10 +16,11 @@
 //
 // Precision (train.precision; float only): in bf16 the routed and shared experts' products take
 // bf16 operands with f32 accumulation (kernels/grouped_gemm_bf16.h): the weights rounded and
-// packed once per optimizer step (refresh_bf16), the activations rounded as each product packs
-// them. The activation function, dropout, gates, d(gate) and the gradients' accumulation stay
-// f32. Where the layer allows it (no expert parallelism) bf16 always reads the token matrices
-// through the rows (fused), whatever the f32 GEMM choice made at bind.
+// packed once per optimizer step (refresh_bf16), the token matrices rounded once per pass, the
+// activation's output and its gradient rounded row by row as they are computed, other operands
+// as each product packs them. The activation function, dropout, gates, d(gate) and the gradients'
+// accumulation stay f32. Where the layer allows it (no expert parallelism) bf16 always reads the
+// token matrices through the rows (fused), whatever the f32 GEMM choice made at bind.
 //
 // Expert dropout keeps hidden unit (row r, j) with probability 1 − p and scales it by
 // 1/(1 − p); the mask is redrawn in backward from the same key instead of being stored.
@@ -72,7 +73,7 @@ class ExpertBank {
   // Whether the experts read x and dy through the rows' token indices (q.rows) instead of
   // gathered panels: the float panel GEMM chosen at bind, or bf16 (its products read token rows
   // in place whatever the f32 GEMM), where fusable. May change with set_bf16.
-  bool fused() const { return fused_ || (bf16_ && fusable_); }
+  bool fused() const { return fusable_ && (panel_ || bf16_); }
   // bf16 products on (float only; after bind, before the first forward). Allocates the packed
   // weights and the per-thread scratch once; a step allocates nothing.
   void set_bf16(bool on);
@@ -131,7 +132,7 @@ class ExpertBank {
   // Float, panel GEMM: per thread pack_stride_ floats = packed B | A scratch | u [rows, H] of
   // the fused down-projection backward; sized for experts of up to pack_rows_ rows.
   bool panel_ = false;
-  bool fused_ = false, fusable_ = false;
+  bool fusable_ = false;
   float* pack_ = nullptr;
   std::size_t pack_stride_ = 0, pack_b_floats_ = 0, pack_a_floats_ = 0;
   int pack_rows_ = 0, pack_threads_ = 0;
