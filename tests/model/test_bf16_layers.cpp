@@ -1,6 +1,7 @@
 // train.precision = bf16, layer by layer: the bf16 forward of the dense FFN and of attention's
 // k/v/o projections against double references computed on the bf16-rounded operands
-// (core/half.h's f32_to_bf16, which round_to_bf16 matches bit for bit).
+// (core/half.h's f32_to_bf16, which round_to_bf16 matches bit for bit); the bf16 backward's
+// attention weight gradients against fp32's (bound at the test).
 //
 // Error bounds (u = 2⁻²⁴, γ_n = n·u/(1 − n·u); S = Σ|products| of one output element):
 //   - a bf16 product of the kernel is within γ_{K+3}·S of the exact sum of the rounded operands
@@ -18,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "moe/core/half.h"
@@ -214,5 +216,57 @@ TEST(Bf16Layers, AttentionProjectionsMatchDoubleOnRoundedOperands) {
       ASSERT_LE(std::fabs(logits[t] - z), 2 * (ez + gamma(C) * (s + ez)))
           << "token " << tok << " logit " << t << " (|z| = " << std::fabs(z) << ")";
     }
+  }
+}
+
+// The bf16 backward of attention's projections (wq, wk, wv run as one stacked product pair on
+// [dq | dk | dv]; wo on its own) against the fp32 backward of the same model and tokens. Each
+// bf16 rounding is a relative error ≤ 2⁻⁸ of one operand; per gradient tensor the errors of the
+// roundings on its chain (weights, ln1, q, k, v, P, dO, dS, dq, dk, dv: 11, plus the FFN's 4
+// and the next layer's) add at most linearly, so n·2⁻⁸ with n = 20 bounds the relative
+// Frobenius difference (≈ 0.08). A gradient landing in the wrong rows or tensor (wk's in wv's
+// place, a shifted offset) differs by O(1), and the fp32 rerun must match itself exactly.
+TEST(Bf16Layers, AttentionWeightGradientsTrackFp32) {
+  ModelConfig cfg;
+  cfg.vocab_size = 64;
+  cfg.d_model = 48;
+  cfg.n_layers = 2;
+  cfg.n_heads = 4;
+  cfg.n_kv_heads = 2;  // Dq ≠ Dkv: the stacked [dq | dk | dv] has unequal parts
+  cfg.max_seq_len = 16;
+  cfg.ffn.d_ff = 64;
+  const int B = 2, T = 16;
+  std::vector<int32_t> tok(B * T), tgt(B * T);
+  for (int i = 0; i < B * T; ++i) {
+    tok[i] = (i * 7 + 3) % cfg.vocab_size;
+    tgt[i] = (i * 11 + 5) % cfg.vocab_size;
+  }
+  auto grads = [&](Precision p) {
+    Transformer model(cfg, B, T);
+    model.params().initialize(5);
+    if (p == Precision::kBf16) model.set_precision(p);
+    model.params().zero_grad();
+    model.forward(tok.data(), tgt.data(), B, T, StepInfo{}, 1.f);
+    model.backward();
+    std::vector<std::vector<float>> g;
+    for (int l = 0; l < cfg.n_layers; ++l)
+      for (const char* w : {"wq", "wk", "wv", "wo"}) {
+        const Param* q = model.params().find("layers." + std::to_string(l) + ".attn." + w);
+        g.emplace_back(q->g, q->g + q->numel);
+      }
+    return g;
+  };
+  const auto f32 = grads(Precision::kFp32), again = grads(Precision::kFp32),
+             b16 = grads(Precision::kBf16);
+  for (std::size_t t = 0; t < f32.size(); ++t) {
+    double d2 = 0, n2 = 0;
+    for (std::size_t i = 0; i < f32[t].size(); ++i) {
+      ASSERT_EQ(f32[t][i], again[t][i]) << "tensor " << t;
+      d2 += double(b16[t][i] - f32[t][i]) * (b16[t][i] - f32[t][i]);
+      n2 += double(f32[t][i]) * f32[t][i];
+    }
+    ASSERT_GT(n2, 0.0) << "tensor " << t;
+    const char* names[] = {"wq", "wk", "wv", "wo"};
+    EXPECT_LE(std::sqrt(d2 / n2), 20.0 / 256) << "layer " << t / 4 << " " << names[t % 4];
   }
 }
