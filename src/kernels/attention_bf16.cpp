@@ -376,8 +376,7 @@ void backward_widen(float* dq, float* dk, float* dv, const float* dout, const fl
 bool fused(Bf16GemmPath path) {
   MOE_CHECK(bf16_gemm_path_available(path), "attention_bf16: path {} needs a CPU with AVX512-BF16",
             bf16_gemm_path_name(path));
-  if (path == Bf16GemmPath::kAuto) path = gemm_bf16_path();
-  return path == Bf16GemmPath::kAvx512Bf16;
+  return bf16_microkernel_path(path) == Bf16GemmPath::kAvx512Bf16;
 }
 
 }  // namespace

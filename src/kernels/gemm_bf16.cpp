@@ -60,16 +60,41 @@ const char* bf16_gemm_path_name(Bf16GemmPath p) {
       return "avx512bf16";
     case Bf16GemmPath::kWiden:
       return "widen";
+    case Bf16GemmPath::kAmx:
+      return "amx";
+    case Bf16GemmPath::kAmxModel:
+      return "amx-model";
   }
   return "?";
 }
 
 bool bf16_gemm_path_available(Bf16GemmPath p) {
-  return p != Bf16GemmPath::kAvx512Bf16 || cpu_features().avx512_bf16;
+  switch (p) {
+    case Bf16GemmPath::kAvx512Bf16:
+      return cpu_features().avx512_bf16;
+    case Bf16GemmPath::kAmx:
+      return cpu_features().amx_usable;
+    case Bf16GemmPath::kAmxModel:
+      return cpu_features().avx512;  // its packers and epilogue
+    default:
+      return true;
+  }
 }
 
 Bf16GemmPath gemm_bf16_path() {
-  return cpu_features().avx512_bf16 ? Bf16GemmPath::kAvx512Bf16 : Bf16GemmPath::kWiden;
+  const CpuFeatures& f = cpu_features();
+  return f.amx_usable    ? Bf16GemmPath::kAmx
+         : f.avx512_bf16 ? Bf16GemmPath::kAvx512Bf16
+                         : Bf16GemmPath::kWiden;
+}
+
+Bf16GemmPath bf16_microkernel_path(Bf16GemmPath p) {
+  if (p == Bf16GemmPath::kAuto) p = gemm_bf16_path();
+  // amx_usable implies AVX512-BF16; the model path may run where it is absent.
+  if (p == Bf16GemmPath::kAmx) return Bf16GemmPath::kAvx512Bf16;
+  if (p == Bf16GemmPath::kAmxModel)
+    return cpu_features().avx512_bf16 ? Bf16GemmPath::kAvx512Bf16 : Bf16GemmPath::kWiden;
+  return p;
 }
 
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
@@ -80,13 +105,16 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
                 ldc >= std::max(1, N),
             "gemm_bf16: leading dimension too small (lda={} ldb={} ldc={} for M={} N={} K={})", lda,
             ldb, ldc, M, N, K);
-  MOE_CHECK(bf16_gemm_path_available(path), "gemm_bf16: path {} needs a CPU with AVX512-BF16",
-            bf16_gemm_path_name(path));
+  MOE_CHECK(bf16_gemm_path_available(path), "gemm_bf16: path {} is not available on this CPU ({})",
+            bf16_gemm_path_name(path), cpu_features_string());
   if (M == 0 || N == 0) return;
   if (alpha == 0.f || K == 0) return scale_c(M, N, beta, C, ldc);
   if (path == Bf16GemmPath::kAuto) path = gemm_bf16_path();
   if (path == Bf16GemmPath::kAvx512Bf16)
     bf16k::gemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else if (path == Bf16GemmPath::kAmx || path == Bf16GemmPath::kAmxModel)
+    bf16k::gemm_amx(path == Bf16GemmPath::kAmx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb,
+                    beta, C, ldc);
   else
     gemm_widen(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

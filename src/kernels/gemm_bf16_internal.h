@@ -1,6 +1,6 @@
 // Private to src/kernels/gemm_bf16*.cpp (and attention_bf16.cpp, grouped_gemm_bf16.cpp): the
 // AVX512-BF16 path, compiled for that target in its own file (gemm_bf16_avx512.cpp) and called only
-// when cpu_features().avx512_bf16.
+// when cpu_features().avx512_bf16; the AMX path (gemm_bf16_amx.cpp).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -27,6 +27,13 @@ struct Scratch {
 // gemm_bf16's contract (include/moe/kernels/gemm_bf16.h) with alpha ≠ 0 and K > 0.
 void gemm_avx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
                  int lda, const uint16_t* B, int ldb, float beta, float* C, int ldc);
+
+// gemm_bf16's contract with alpha ≠ 0 and K > 0 on AMX tiles (gemm_bf16_amx.cpp): hardware =
+// true issues the tile instructions (needs cpu_features().amx_usable); false runs the same tile
+// program on the software model of the tiles (needs cpu_features().avx512).
+void gemm_amx(bool hardware, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+              const uint16_t* A, int lda, const uint16_t* B, int ldb, float beta, float* C,
+              int ldc);
 
 // The 12×32 microkernel: C block [mr ≤ 12, nr ≤ 32] (row stride ldc) = alpha·Â·B̂ + beta·C
 // over K (⌈K/2⌉ pair steps) from one A panel ap [⌈K/2⌉][12][2] and one B panel bp

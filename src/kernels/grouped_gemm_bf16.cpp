@@ -264,8 +264,7 @@ void bf16_panel_gemm(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp
       for (int i = 0; i < M; ++i) std::fill_n(C + std::size_t(i) * ldc, N, 0.f);
     return;
   }
-  if (path == Bf16GemmPath::kAuto) path = gemm_bf16_path();
-  if (path == Bf16GemmPath::kAvx512Bf16)
+  if (bf16_microkernel_path(path) == Bf16GemmPath::kAvx512Bf16)
     gemm_avx512bf16(M, N, K, Ap, Bp, C, ldc, accumulate);
   else
     gemm_widen(M, N, K, Ap, Bp, C, ldc, accumulate);
@@ -280,8 +279,7 @@ namespace {
 // memcpy per row and a transpose, ~7% of an E = 64 bf16 step; the microkernel broadcasts from
 // the rows as gemm_bf16 does from an untransposed A.)
 bool rows_in_place(const uint16_t* bits, int K, Bf16GemmPath path) {
-  if (path == Bf16GemmPath::kAuto) path = gemm_bf16_path();
-  return bits && K % 2 == 0 && path == Bf16GemmPath::kAvx512Bf16;
+  return bits && K % 2 == 0 && bf16_microkernel_path(path) == Bf16GemmPath::kAvx512Bf16;
 }
 
 }  // namespace

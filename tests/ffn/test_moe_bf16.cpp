@@ -261,7 +261,7 @@ std::vector<float> bank_run(int E) {
 }
 
 TEST(MoeBf16, ExpertBankSameBitsForOneAndTwoThreads) {
-  const bool across = gemm_bf16_path() == Bf16GemmPath::kAvx512Bf16;
+  const bool across = bf16_microkernel_path(Bf16GemmPath::kAuto) == Bf16GemmPath::kAvx512Bf16;
   const int saved = omp_get_max_threads();
   for (int E : {8, 2}) {
     omp_set_num_threads(1);

@@ -6,7 +6,11 @@
 //      odd sizes (M, N, K from 1 to 1000, padded leading dimensions), several alpha and beta.
 //   3. The edge contracts: beta = 0 never reads C (NaN there stays out), alpha = 0 and K = 0
 //      only scale C, nothing outside C [M, N] is written.
-//   4. Bit-identical results for 1, 2, 3 and 4 threads (avx512bf16; widen: per thread count).
+//   4. Bit-identical results for 1, 2, 3 and 4 threads (avx512bf16, amx, amx-model; widen: per
+//      thread count).
+// The amx path runs where the CPU has AMX and the OS grants it; its tile program also runs on a
+// software model of the tiles (amx-model) on every CPU with AVX-512, so all of the above covers
+// the program's packing, padding, blocking and epilogue on machines without AMX too.
 //
 // Tolerance. The inputs are bf16, so every product a·b is exact in f32 (8 + 8 significant
 // bits), and the reference sums them in double then rounds alpha·s + beta·c once to f32. A path
@@ -36,7 +40,8 @@ namespace {
 
 std::vector<Bf16GemmPath> available_paths() {
   std::vector<Bf16GemmPath> v;
-  for (Bf16GemmPath p : {Bf16GemmPath::kAvx512Bf16, Bf16GemmPath::kWiden, Bf16GemmPath::kAuto})
+  for (Bf16GemmPath p : {Bf16GemmPath::kAvx512Bf16, Bf16GemmPath::kWiden, Bf16GemmPath::kAmx,
+                         Bf16GemmPath::kAmxModel, Bf16GemmPath::kAuto})
     if (bf16_gemm_path_available(p)) v.push_back(p);
   return v;
 }
@@ -173,14 +178,36 @@ TEST(Bf16Convert, WidenIsExact) {
 
 TEST(GemmBf16, ReportsItsPath) {
   const Bf16GemmPath p = gemm_bf16_path();
+  const CpuFeatures& f = cpu_features();
   EXPECT_NE(p, Bf16GemmPath::kAuto);
-  EXPECT_EQ(p == Bf16GemmPath::kAvx512Bf16, cpu_features().avx512_bf16) << cpu_features_string();
+  EXPECT_NE(p, Bf16GemmPath::kAmxModel);
+  EXPECT_EQ(p == Bf16GemmPath::kAmx, f.amx_usable) << cpu_features_string();
+  EXPECT_EQ(p == Bf16GemmPath::kAvx512Bf16, f.avx512_bf16 && !f.amx_usable)
+      << cpu_features_string();
+  // The amx model runs wherever AVX-512 does: the tile program is tested on every CI machine.
+  EXPECT_EQ(bf16_gemm_path_available(Bf16GemmPath::kAmxModel), f.avx512);
 }
 
 TEST(GemmBf16, EveryPathMatchesTheReference) {
-  const int shapes[][3] = {{1, 1, 1},    {7, 1, 1},      {1, 7, 33},    {33, 7, 1},    {7, 33, 7},
-                           {1, 1000, 7}, {1000, 1, 33},  {7, 33, 1000}, {33, 1000, 1}, {13, 45, 64},
-                           {25, 64, 2},  {100, 97, 101}, {49, 129, 255}};
+  const int shapes[][3] = {{1, 1, 1},
+                           {7, 1, 1},
+                           {1, 7, 33},
+                           {33, 7, 1},
+                           {7, 33, 7},
+                           {1, 1000, 7},
+                           {1000, 1, 33},
+                           {7, 33, 1000},
+                           {33, 1000, 1},
+                           {13, 45, 64},
+                           {25, 64, 2},
+                           {100, 97, 101},
+                           {49, 129, 255},
+                           // K a multiple of 32 (amx: an untransposed A read in place), full
+                           // and partial 32-row blocks, one and several column panels.
+                           {64, 40, 64},
+                           {70, 33, 96},
+                           {32, 160, 32},
+                           {96, 5, 320}};
   for (Bf16GemmPath path : available_paths())
     for (const auto& s : shapes)
       for (int t = 0; t < 4; ++t)

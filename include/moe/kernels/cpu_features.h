@@ -2,8 +2,9 @@
 // __builtin_cpu_supports) and cached. The kernels choose their instruction set from it at run
 // time, so one binary runs on any x86-64 and uses what the CPU has.
 //
-// AMX is reported, not used: AMX-BF16 tiles need Linux's arch_prctl(ARCH_REQ_XCOMP_PERM)
-// permission before the first tile instruction, and no kernel here issues one yet.
+// AMX needs the OS as well as the CPU: the tile state is saved on context switches only for a
+// process that asked for it (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)), so the
+// first cpu_features() call asks, and amx_usable says whether the tiles may be used.
 #pragma once
 #include <string>
 
@@ -18,6 +19,9 @@ struct CpuFeatures {
   bool avx512_vnni = false;  // vpdpbusd
   bool amx_tile = false;     // CPUID.(7,0):EDX[24]
   bool amx_bf16 = false;     // CPUID.(7,0):EDX[22] (Sapphire Rapids and later)
+  // AMX-TILE, AMX-BF16 and AVX512-BF16 on the CPU, the tile state enabled in XCR0 (bits 17, 18)
+  // and the kernel's permission granted to this process: gemm_bf16's amx path runs.
+  bool amx_usable = false;
 };
 
 // The features of this CPU (computed on the first call; thread-safe).

@@ -17,13 +17,21 @@
 //   avx512bf16 : vdpbf16ps on packed panels of bf16 pairs, a register-blocked microkernel,
 //                OpenMP over tiles of C. Like the instruction, it reads bf16 subnormals as zero
 //                (they are below 1.2e-38: no weight or activation of a trained model is one).
+//   amx        : Sapphire Rapids and later (AMX-BF16, granted by the OS): tdpbf16ps on tiles of
+//                16 rows × 16 pairs, 32 × 32 blocks of C; bf16 subnormals read as zero, subnormal
+//                sums flushed to zero. kAuto takes it where cpu_features().amx_usable.
+//   amx-model  : the amx path's tile program executed on a software model of the tiles (the
+//                instruction's definition), so the program is tested on CPUs without AMX. Slow.
 //   widen      : any x86-64: op(A) and op(B) widened to f32 (exactly) and OpenBLAS sgemm.
+// Only gemm_bf16 has AMX paths: the expert panels and attention (grouped_gemm_bf16.h,
+// attention_bf16.h) run their AVX512-BF16 microkernels where kAuto resolves to amx.
 //
-// Determinism: on the avx512bf16 path every C element is summed by one thread over k = 0..K−1
-// in pairs, in that order, whatever the thread count, tile or position; so results are
-// bit-identical for any number of threads. The widen path inherits OpenBLAS sgemm's rule:
-// repeatable for a given thread count, not across thread counts (sgemm's blocking follows them).
-// Threads: OpenMP inside the call; inside a parallel region it runs on the calling thread.
+// Determinism: on the avx512bf16 and amx paths every C element is summed by one thread in an
+// order the path fixes (avx512bf16: over k = 0..K−1 in pairs), whatever the thread count, tile or
+// position; so results are bit-identical for any number of threads. The widen path inherits
+// OpenBLAS sgemm's rule: repeatable for a given thread count, not across thread counts (sgemm's
+// blocking follows them). Threads: OpenMP inside the call; inside a parallel region it runs on the
+// calling thread.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -34,11 +42,20 @@ enum class Bf16GemmPath : uint8_t {
   kAuto,        // the fastest this CPU runs
   kAvx512Bf16,  // needs cpu_features().avx512_bf16
   kWiden,       // widen to f32, OpenBLAS sgemm: runs everywhere
+  kAmx,         // AMX tiles: needs cpu_features().amx_usable
+  kAmxModel,    // the amx path's tile program on a software model of the tiles (tests; slow):
+                // needs cpu_features().avx512
 };
 
-const char* bf16_gemm_path_name(Bf16GemmPath p);  // "auto" | "avx512bf16" | "widen"
+// "auto" | "avx512bf16" | "widen" | "amx" | "amx-model"
+const char* bf16_gemm_path_name(Bf16GemmPath p);
 bool bf16_gemm_path_available(Bf16GemmPath p);
 Bf16GemmPath gemm_bf16_path();  // what kAuto runs on this CPU
+
+// The path of the kernels built on the 12 × 32 AVX512-BF16 microkernel (expert panels,
+// attention) for a requested path: kAuto resolved; the amx paths become avx512bf16 (the model
+// path: widen where the CPU lacks AVX512-BF16); the others unchanged.
+Bf16GemmPath bf16_microkernel_path(Bf16GemmPath p);
 
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A,
                int lda, const uint16_t* B, int ldb, float beta, float* C, int ldc,

@@ -5,6 +5,7 @@
 // E=64/k=8/H=128 → 512), forward and backward. GFLOP/s = 2·M·N·K / median time, side by side.
 // oneDNN's bf16 matmul on the same shapes, by the same rule: tools/onednn_ref/onednn_gemm_bf16
 // (moe never links oneDNN), one shape per run, the shapes as this command's --json lists them.
+// Where the CPU runs the amx path, the avx512bf16 path is timed beside it (column "avx512").
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -72,7 +73,11 @@ std::vector<Shape> training_shapes() {
 
 struct Timing {
   double ours = 0, sgemm = 0, widen = 0;  // median seconds
+  double avx512 = 0;                      // the avx512bf16 path where ours is amx, else 0
 };
+
+// Whether the avx512bf16 path gets its own column: when it is not the one `ours` runs.
+bool second_path() { return gemm_bf16_path() == Bf16GemmPath::kAmx; }
 
 template <typename F>
 double median_seconds(int repeats, F&& run) {
@@ -100,6 +105,11 @@ Timing time_shape(const Shape& s, int repeats) {
   t.ours = median_seconds(repeats, [&] {
     gemm_bf16(s.ta, s.tb, s.M, s.N, s.K, 1.f, ah.data(), lda, bh.data(), ldb, 0.f, c.data(), s.N);
   });
+  if (second_path())
+    t.avx512 = median_seconds(repeats, [&] {
+      gemm_bf16(s.ta, s.tb, s.M, s.N, s.K, 1.f, ah.data(), lda, bh.data(), ldb, 0.f, c.data(), s.N,
+                Bf16GemmPath::kAvx512Bf16);
+    });
   t.widen = median_seconds(repeats, [&] {
     gemm_bf16(s.ta, s.tb, s.M, s.N, s.K, 1.f, ah.data(), lda, bh.data(), ldb, 0.f, c.data(), s.N,
               Bf16GemmPath::kWiden);
@@ -118,15 +128,18 @@ void run_gemm_bf16(const GemmBf16Args& g) {
   const std::vector<Shape> shapes = training_shapes();
   nlohmann::json rows = nlohmann::json::array();
   struct Sum {
-    double flops = 0, ours = 0, sgemm = 0, widen = 0;
+    double flops = 0, ours = 0, sgemm = 0, widen = 0, avx512 = 0;
   };
+  const bool two = second_path();
+  const std::string extra_head = two ? fmt::format(" {:>8}", "avx512") : "";
+  auto extra = [&](double rate) { return two ? fmt::format(" {:>8.1f}", rate) : std::string(); };
   std::vector<std::pair<std::string, Sum>> groups;
   if (!g.json)
     fmt::print("bf16 GEMM, GFLOP/s ({} threads; path {}; {}; CPU: {})\n", omp_get_max_threads(),
                bf16_gemm_path_name(gemm_bf16_path()), blas_info(), cpu_features_string());
   if (!g.json)
-    fmt::print("{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8} {:>8} {:>8} {:>6}\n", "group",
-               "product", "op", "M", "N", "K", "bf16", "widen", "sgemm", "×sgemm");
+    fmt::print("{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8}{} {:>8} {:>8} {:>6}\n", "group",
+               "product", "op", "M", "N", "K", "bf16", extra_head, "widen", "sgemm", "×sgemm");
   for (const Shape& s : shapes) {
     const Timing t = time_shape(s, g.repeats);
     if (groups.empty() || groups.back().first != s.group) groups.push_back({s.group, {}});
@@ -136,6 +149,7 @@ void run_gemm_bf16(const GemmBf16Args& g) {
     sum.ours += t.ours * s.count;
     sum.sgemm += t.sgemm * s.count;
     sum.widen += t.widen * s.count;
+    sum.avx512 += t.avx512 * s.count;
     const std::string op = std::string(s.ta ? "T" : "N") + (s.tb ? "T" : "N");
     rows.push_back({{"group", s.group},
                     {"product", s.name},
@@ -147,10 +161,11 @@ void run_gemm_bf16(const GemmBf16Args& g) {
                     {"bf16_gflops", gflops(s, t.ours)},
                     {"widen_gflops", gflops(s, t.widen)},
                     {"sgemm_gflops", gflops(s, t.sgemm)}});
+    if (two) rows.back()["avx512bf16_gflops"] = gflops(s, t.avx512);
     if (!g.json)
-      fmt::print("{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8.1f} {:>8.1f} {:>8.1f} {:>6.2f}\n",
-                 s.group, s.name, op, s.M, s.N, s.K, gflops(s, t.ours), gflops(s, t.widen),
-                 gflops(s, t.sgemm), t.sgemm / t.ours);
+      fmt::print("{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8.1f}{} {:>8.1f} {:>8.1f} {:>6.2f}\n",
+                 s.group, s.name, op, s.M, s.N, s.K, gflops(s, t.ours), extra(gflops(s, t.avx512)),
+                 gflops(s, t.widen), gflops(s, t.sgemm), t.sgemm / t.ours);
   }
   nlohmann::json totals = nlohmann::json::object();
   for (const auto& [name, s] : groups) {
@@ -159,10 +174,11 @@ void run_gemm_bf16(const GemmBf16Args& g) {
                     {"widen_gflops", rate(s.widen)},
                     {"sgemm_gflops", rate(s.sgemm)},
                     {"bf16_over_sgemm", s.sgemm / s.ours}};
+    if (two) totals[name]["avx512bf16_gflops"] = rate(s.avx512);
     if (!g.json)
-      fmt::print("{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8.1f} {:>8.1f} {:>8.1f} {:>6.2f}\n",
-                 name, "all (× count)", "", "", "", "", rate(s.ours), rate(s.widen), rate(s.sgemm),
-                 s.sgemm / s.ours);
+      fmt::print("{:<14} {:<18} {:>2} {:>5} {:>5} {:>5} {:>8.1f}{} {:>8.1f} {:>8.1f} {:>6.2f}\n",
+                 name, "all (× count)", "", "", "", "", rate(s.ours), extra(rate(s.avx512)),
+                 rate(s.widen), rate(s.sgemm), s.sgemm / s.ours);
   }
   if (g.json)
     fmt::print("{}\n", nlohmann::json({{"threads", omp_get_max_threads()},
