@@ -255,16 +255,17 @@ struct HwTiles {
 // ---- The tile program.
 
 // acc [32, 32] f32 (row stride kTN) = the 32 rows of A at a (row stride a_ld values, K contiguous,
-// Kp values each, Kp a multiple of kTK) times the B panel bp [Kp/2][kTN][2].
-template <class T>
-void block_32x32(const uint16_t* a, std::size_t a_ld, const uint16_t* bp, int Kp, float* acc) {
+// Kp values each, Kp a multiple of kTK) times B, whose 16 pair steps from K offset k are
+// bchunk(k): [16][kTN][2], rows 128 bytes apart (a B panel's steps, or a zero-padded copy).
+template <class T, class BChunk>
+void block_32x32(const uint16_t* a, std::size_t a_ld, const BChunk& bchunk, int Kp, float* acc) {
   T::template zero<0>();
   T::template zero<1>();
   T::template zero<2>();
   T::template zero<3>();
   const long as = long(a_ld * sizeof(uint16_t)), bs = kTN * 2 * sizeof(uint16_t);
   for (int k = 0; k < Kp; k += kTK) {
-    const uint16_t* b = bp + std::size_t(k / 2) * kTN * 2;
+    const uint16_t* b = bchunk(k);
     T::template load<4>(a + k, as);
     T::template load<5>(a + 16 * a_ld + k, as);
     T::template load<6>(b, bs);       // columns 0..15: the first 64 bytes of each step's row
@@ -391,7 +392,9 @@ void gemm_tiles(bool trans_a, bool trans_b, int M, int N, int K, float alpha, co
     }
     for (int jb = j_begin; jb < std::min(nb, j_begin + kGroup); ++jb) {
       const int j0 = jb * kTN;
-      block_32x32<T>(a, a_ld, bp + jb * b_panel, Kp, acc);
+      const uint16_t* b = bp + jb * b_panel;
+      block_32x32<T>(
+          a, a_ld, [b](int k) { return b + std::size_t(k / 2) * kTN * 2; }, Kp, acc);
       epilogue(acc, C + std::size_t(i0) * ldc + j0, ldc, mr, std::min(kTN, N - j0), alpha, beta);
     }
   };
@@ -419,6 +422,106 @@ void gemm_tiles(bool trans_a, bool trans_b, int M, int N, int K, float alpha, co
   }
 }
 
+// ---- The expert panels (grouped_gemm_bf16.cpp) on the same tile program.
+
+constexpr int kPanelRows = 12;  // rows of the expert packer's A panels (its microkernel's rows)
+
+// dst [32][Kp] = rows i0 .. i0+31 of A [M, K] held as 12-row panels Ap [⌈M/12⌉][P][12][2]
+// (row i's pair p at Ap + ((i/12)·P + p)·24 + (i%12)·2), zero past M and past P: per panel and
+// 16 steps, the steps' 12 pairs (16 lanes, 4 zero) transposed in registers into 12 rows' pairs.
+void stage_a_panels(uint16_t* dst, int Kp, const uint16_t* Ap, int P, int M, int i0) {
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(dst);
+  const int Pp = Kp / 2, i1 = std::min(M, i0 + kTM);
+  for (int r = i1 - i0; r < kTM; ++r) std::fill(d32 + std::size_t(r) * Pp, d32 + (r + 1) * Pp, 0u);
+  const uint32_t* a32 = reinterpret_cast<const uint32_t*>(Ap);
+  for (int pb = i0 / kPanelRows; pb * kPanelRows < i1; ++pb) {
+    const uint32_t* panel = a32 + std::size_t(pb) * P * kPanelRows;
+    for (int p0 = 0; p0 < Pp; p0 += 16) {
+      __m512 r[16];
+      for (int j = 0; j < 16; ++j)
+        r[j] = p0 + j < P ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(
+                                __mmask16(0x0fff), panel + std::size_t(p0 + j) * kPanelRows))
+                          : _mm512_setzero_ps();
+      kernels_detail::transpose16(r);
+      for (int l = 0; l < kPanelRows; ++l) {
+        const int i = pb * kPanelRows + l;
+        if (i < i0 || i >= i1) continue;
+        _mm512_storeu_si512(d32 + std::size_t(i - i0) * Pp + p0, _mm512_castps_si512(r[l]));
+      }
+    }
+  }
+}
+
+// dst [32][Kp] = rows i0 .. i0+31 of A [M, K], row i at bits + row(i)·ld (row(i) = rows ? rows[i]
+// : i), zero past M and K.
+void stage_a_rows(uint16_t* dst, int Kp, const uint16_t* bits, int ld, const int32_t* rows, int M,
+                  int K, int i0) {
+  for (int r = 0; r < kTM; ++r) {
+    uint16_t* d = dst + std::size_t(r) * Kp;
+    const int i = i0 + r;
+    if (i < M) {
+      std::memcpy(d, bits + std::size_t(rows ? rows[i] : i) * ld, std::size_t(K) * 2);
+      std::fill(d + K, d + Kp, uint16_t(0));
+    } else {
+      std::fill(d, d + Kp, uint16_t(0));
+    }
+  }
+}
+
+template <class T>
+void panel_tiles(int M, int N, int K, const uint16_t* Ap, const uint16_t* a_bits, int a_ld,
+                 const int32_t* a_rows, const uint16_t* Bp, float* C, int ldc, bool accumulate) {
+  const int P = (K + 1) / 2, Kp = (K + kTK - 1) / kTK * kTK;
+  const int nb = (N + kTN - 1) / kTN, mb = (M + kTM - 1) / kTM, groups = (nb + kGroup - 1) / kGroup;
+  const float beta = accumulate ? 1.f : 0.f;
+  // One item: 32 rows of A staged (per thread), against up to kGroup B panels. The panels hold
+  // P steps, not a multiple of 16: a last partial chunk of steps is copied into a zeroed buffer.
+  auto item = [&](int t, int j_count, uint16_t* a, uint32_t* tail, float* acc) {
+    const int ib = t / groups, j_begin = (t % groups) * kGroup, i0 = ib * kTM;
+    if (a_bits)
+      stage_a_rows(a, Kp, a_bits, a_ld, a_rows, M, K, i0);
+    else
+      stage_a_panels(a, Kp, Ap, P, M, i0);
+    for (int jb = j_begin; jb < std::min(nb, j_begin + j_count); ++jb) {
+      const uint16_t* b = Bp + std::size_t(jb) * P * kTN * 2;
+      auto bchunk = [&](int k) -> const uint16_t* {
+        const int p0 = k / 2;
+        if (p0 + 16 <= P) return b + std::size_t(p0) * kTN * 2;
+        std::memset(tail, 0, 16 * kTN * 4);
+        std::memcpy(tail, b + std::size_t(p0) * kTN * 2, std::size_t(P - p0) * kTN * 4);
+        return reinterpret_cast<const uint16_t*>(tail);
+      };
+      block_32x32<T>(a, std::size_t(Kp), bchunk, Kp, acc);
+      const int j0 = jb * kTN;
+      epilogue(acc, C + std::size_t(i0) * ldc + j0, ldc, std::min(kTM, M - i0),
+               std::min(kTN, N - j0), 1.f, beta);
+    }
+  };
+  thread_local Scratch<uint16_t> a_scratch;
+  const TileConfig cfg = block_config();
+  const bool par = !in_parallel() && max_threads() > 1 && mb * groups > 1 &&
+                   double(M) * N * K >= double(1 << 22);
+  if (!par) {  // every panel per staged block of A
+    alignas(64) float acc[kTM * kTN];
+    alignas(64) uint32_t tail[16 * kTN];
+    uint16_t* a = a_scratch.get(std::size_t(kTM) * Kp);
+    T::config(cfg);
+    for (int ib = 0; ib < mb; ++ib) item(ib * groups, nb, a, tail, acc);
+    T::release();
+    return;
+  }
+#pragma omp parallel
+  {
+    alignas(64) float acc[kTM * kTN];
+    alignas(64) uint32_t tail[16 * kTN];
+    uint16_t* a = a_scratch.get(std::size_t(kTM) * Kp);  // this thread's own
+    T::config(cfg);
+#pragma omp for schedule(dynamic)
+    for (int t = 0; t < mb * groups; ++t) item(t, kGroup, a, tail, acc);
+    T::release();
+  }
+}
+
 }  // namespace
 
 void gemm_amx(bool hardware, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
@@ -428,6 +531,15 @@ void gemm_amx(bool hardware, bool trans_a, bool trans_b, int M, int N, int K, fl
     gemm_tiles<HwTiles>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   else
     gemm_tiles<ModelTiles>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void panel_gemm_amx(bool hardware, int M, int N, int K, const uint16_t* Ap, const uint16_t* a_bits,
+                    int a_ld, const int32_t* a_rows, const uint16_t* Bp, float* C, int ldc,
+                    bool accumulate) {
+  if (hardware)
+    panel_tiles<HwTiles>(M, N, K, Ap, a_bits, a_ld, a_rows, Bp, C, ldc, accumulate);
+  else
+    panel_tiles<ModelTiles>(M, N, K, Ap, a_bits, a_ld, a_rows, Bp, C, ldc, accumulate);
 }
 
 #pragma GCC diagnostic pop

@@ -35,6 +35,14 @@ void gemm_amx(bool hardware, bool trans_a, bool trans_b, int M, int N, int K, fl
               const uint16_t* A, int lda, const uint16_t* B, int ldb, float beta, float* C,
               int ldc);
 
+// The expert panels' product (grouped_gemm_bf16.h's layouts) on the same tile program:
+// C [M, N] (= or += when accumulate; row stride ldc) = A·B with B in 32-column panels
+// Bp [⌈N/32⌉][P][32][2] (P = ⌈K/2⌉), and A either in 12-row panels Ap [⌈M/12⌉][P][12][2]
+// (a_bits null) or as rows of bf16 values, row i at a_bits + (a_rows ? a_rows[i] : i)·a_ld.
+void panel_gemm_amx(bool hardware, int M, int N, int K, const uint16_t* Ap, const uint16_t* a_bits,
+                    int a_ld, const int32_t* a_rows, const uint16_t* Bp, float* C, int ldc,
+                    bool accumulate);
+
 // The 12×32 microkernel: C block [mr ≤ 12, nr ≤ 32] (row stride ldc) = alpha·Â·B̂ + beta·C
 // over K (⌈K/2⌉ pair steps) from one A panel ap [⌈K/2⌉][12][2] and one B panel bp
 // [⌈K/2⌉][32][2] (layouts in gemm_bf16_avx512.cpp); beta = 0 does not read C. The expert

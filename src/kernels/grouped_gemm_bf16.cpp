@@ -149,7 +149,7 @@ void pack_k_along_cols(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
   });
 }
 
-// A read in place by the microkernel (gemm_avx512bf16's alternative to a packed A): row i of
+// A read in place by the microkernel (panel_product's alternative to a packed A): row i of
 // A [M, K] is bits + rows[i]·ld (rows null: bits + i·ld), already rounded; K even.
 struct Bf16Rows {
   const uint16_t* bits = nullptr;
@@ -157,10 +157,33 @@ struct Bf16Rows {
   const int32_t* rows = nullptr;
 };
 
+// Which kernel runs the panel products for a requested path: the microkernel (avx512bf16), the
+// AMX tile program on the hardware or on its model, or the widen fallback.
+enum class PanelKernel { kMicro, kAmx, kAmxModel, kWiden };
+
+PanelKernel panel_kernel(Bf16GemmPath path) {
+  if (path == Bf16GemmPath::kAuto) path = gemm_bf16_path();
+  switch (path) {
+    case Bf16GemmPath::kAvx512Bf16:
+      return PanelKernel::kMicro;
+    case Bf16GemmPath::kAmx:
+      return PanelKernel::kAmx;
+    case Bf16GemmPath::kAmxModel:
+      return PanelKernel::kAmxModel;
+    default:
+      return PanelKernel::kWiden;
+  }
+}
+
 // C [M, N] (= or +=) from packed panels on the microkernel, K blocks of kBf16KC pairs in order.
-// With Ar.bits set, A is read in place from those rows and Ap is unused.
-void gemm_avx512bf16(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, float* C, int ldc,
-                     bool accumulate, const Bf16Rows& Ar = {}) {
+// With Ar.bits set, A is read in place from those rows and Ap is unused. On the amx kernels, the
+// AMX tile program on the same operands instead (bf16k::panel_gemm_amx).
+void panel_product(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, float* C, int ldc,
+                   bool accumulate, const Bf16Rows& Ar = {},
+                   PanelKernel kernel = PanelKernel::kMicro) {
+  if (kernel == PanelKernel::kAmx || kernel == PanelKernel::kAmxModel)
+    return bf16k::panel_gemm_amx(kernel == PanelKernel::kAmx, M, N, K, Ap, Ar.bits, Ar.ld, Ar.rows,
+                                 Bp, C, ldc, accumulate);
   const int P = pairs(K), nb = (N + kNR - 1) / kNR, mb = (M + kMR - 1) / kMR;
   constexpr int kMB = 8;  // A panels per block of rows (and per task when shared out)
   const int mg = (mb + kMB - 1) / kMB;
@@ -264,10 +287,11 @@ void bf16_panel_gemm(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp
       for (int i = 0; i < M; ++i) std::fill_n(C + std::size_t(i) * ldc, N, 0.f);
     return;
   }
-  if (bf16_microkernel_path(path) == Bf16GemmPath::kAvx512Bf16)
-    gemm_avx512bf16(M, N, K, Ap, Bp, C, ldc, accumulate);
-  else
+  const PanelKernel kernel = panel_kernel(path);
+  if (kernel == PanelKernel::kWiden)
     gemm_widen(M, N, K, Ap, Bp, C, ldc, accumulate);
+  else
+    panel_product(M, N, K, Ap, Bp, C, ldc, accumulate, {}, kernel);
 }
 
 // ---- One expert's products.
@@ -277,9 +301,10 @@ namespace {
 // Whether an A already rounded (bits, K columns) is read in place by the microkernel instead of
 // packed: on the avx512bf16 path, K even. (Gathering an expert's token rows into a panel was a
 // memcpy per row and a transpose, ~7% of an E = 64 bf16 step; the microkernel broadcasts from
-// the rows as gemm_bf16 does from an untransposed A.)
+// the rows as gemm_bf16 does from an untransposed A.) The amx kernels copy the rows straight
+// into their tile rows instead of going through a panel.
 bool rows_in_place(const uint16_t* bits, int K, Bf16GemmPath path) {
-  return bits && K % 2 == 0 && bf16_microkernel_path(path) == Bf16GemmPath::kAvx512Bf16;
+  return bits && K % 2 == 0 && panel_kernel(path) != PanelKernel::kWiden;
 }
 
 }  // namespace
@@ -377,7 +402,7 @@ void bf16_first_forward(float* gu, const float* X, const int32_t* rows, const Bf
                         Bf16GemmPath path, const uint16_t* Xb) {
   const int W1 = gated ? 2 * H : H;
   if (rows_in_place(Xb, C, path)) {
-    gemm_avx512bf16(m, W1, C, nullptr, w.first_t, gu, W1, false, {Xb, C, rows});
+    panel_product(m, W1, C, nullptr, w.first_t, gu, W1, false, {Xb, C, rows}, panel_kernel(path));
     return;
   }
   bf16_pack_a(s.a, m, C, {X, C, false, rows, nullptr, Xb});
@@ -387,7 +412,7 @@ void bf16_first_forward(float* gu, const float* X, const int32_t* rows, const Bf
 void bf16_down_forward(float* ye, const float* hid, const Bf16ExpertWeights& w, int m, int C, int H,
                        const Bf16ExpertScratch& s, Bf16GemmPath path, const uint16_t* hidb) {
   if (rows_in_place(hidb, H, path)) {
-    gemm_avx512bf16(m, C, H, nullptr, w.down_t, ye, C, false, {hidb, H, nullptr});
+    panel_product(m, C, H, nullptr, w.down_t, ye, C, false, {hidb, H, nullptr}, panel_kernel(path));
     return;
   }
   bf16_pack_a(s.a, m, H, {hid, H, false, nullptr, nullptr, hidb});
@@ -404,7 +429,8 @@ void bf16_down_backward(float* dwd, float* hid, const float* d, const int32_t* r
   bf16_pack_a(s.a, C, m, {d, C, true, rows, nullptr, dyb});
   bf16_panel_gemm(C, H, m, s.a, s.b, dwd, H, true, path);
   if (rows_in_place(dyb, C, path)) {
-    gemm_avx512bf16(m, H, C, nullptr, w.down, rows ? u : hid, H, false, {dyb, C, rows});
+    panel_product(m, H, C, nullptr, w.down, rows ? u : hid, H, false, {dyb, C, rows},
+                  panel_kernel(path));
   } else {
     bf16_pack_a(s.a, m, C, {d, C, false, rows, nullptr, dyb});
     bf16_panel_gemm(m, H, C, s.a, w.down, rows ? u : hid, H, false, path);
@@ -431,7 +457,8 @@ void bf16_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, co
   bf16_pack_a(s.a, H, m, dgu_src(W1 - H, true));
   bf16_panel_gemm(H, C, m, s.a, s.b, dwu, C, true, path);
   if (rows_in_place(dgub, W1, path)) {
-    gemm_avx512bf16(m, C, W1, nullptr, w.first, dX, C, accumulate, {dgub, W1, nullptr});
+    panel_product(m, C, W1, nullptr, w.first, dX, C, accumulate, {dgub, W1, nullptr},
+                  panel_kernel(path));
     return;
   }
   bf16_pack_a(s.a, m, W1, dgu_src(0, false));

@@ -8,7 +8,10 @@
 //   3. One expert's products (first/down, forward/backward, fused and not, fused with the token
 //      matrices given pre-rounded, SwiGLU and GELU) against double references on the rounded
 //      operands, each path; m = 0 experts.
-//   4. Bit-identical results for 1 and 2 threads on the avx512bf16 path.
+//   4. Bit-identical results for 1 and 2 threads on the avx512bf16 and amx paths.
+// "Every path this CPU runs" includes amx-model, the AMX tile program on the software model of the
+// tiles (gemm_bf16.h), wherever the CPU has AVX-512: the staging of A (rows picked by index,
+// 12-row panels) and the zero-padded last chunk of B's steps are tested on machines without AMX.
 //
 // Tolerance (as tests/kernels/test_gemm_bf16.cpp): the operands are bf16, so each product is
 // exact in f32 and the reference sums them in double. A path sums the K exact products in f32
@@ -42,7 +45,8 @@ namespace {
 
 std::vector<Bf16GemmPath> paths() {
   std::vector<Bf16GemmPath> v;
-  for (Bf16GemmPath p : {Bf16GemmPath::kAvx512Bf16, Bf16GemmPath::kWiden})
+  for (Bf16GemmPath p : {Bf16GemmPath::kAvx512Bf16, Bf16GemmPath::kWiden, Bf16GemmPath::kAmx,
+                         Bf16GemmPath::kAmxModel})
     if (bf16_gemm_path_available(p)) v.push_back(p);
   return v;
 }
@@ -359,8 +363,8 @@ TEST(GroupedGemmBf16, ExpertProductsMatchReference) {
     }
 }
 
-// ---- 4. Determinism: avx512bf16 gives the same bits on 1 and 2 threads (each C element is summed
-// by one task in a fixed order); widen inherits sgemm's rule, repeatable per thread count.
+// ---- 4. Determinism: avx512bf16 and amx give the same bits on 1 and 2 threads (each C element is
+// summed by one task in a fixed order); widen inherits sgemm's rule, repeatable per thread count.
 
 TEST(GroupedGemmBf16, SameBitsForOneAndTwoThreads) {
   const int M = 200, N = 170, K = 700;  // M·N·K above the threshold that shares the work out

@@ -23,8 +23,8 @@
 //   amx-model  : the amx path's tile program executed on a software model of the tiles (the
 //                instruction's definition), so the program is tested on CPUs without AMX. Slow.
 //   widen      : any x86-64: op(A) and op(B) widened to f32 (exactly) and OpenBLAS sgemm.
-// Only gemm_bf16 has AMX paths: the expert panels and attention (grouped_gemm_bf16.h,
-// attention_bf16.h) run their AVX512-BF16 microkernels where kAuto resolves to amx.
+// The expert panels (grouped_gemm_bf16.h) run the same AMX tile program on the amx paths; the fused
+// attention (attention_bf16.h) keeps its AVX512-BF16 microkernel where kAuto resolves to amx.
 //
 // Determinism: on the avx512bf16 and amx paths every C element is summed by one thread in an
 // order the path fixes (avx512bf16: over k = 0..K−1 in pairs), whatever the thread count, tile or
@@ -52,8 +52,8 @@ const char* bf16_gemm_path_name(Bf16GemmPath p);
 bool bf16_gemm_path_available(Bf16GemmPath p);
 Bf16GemmPath gemm_bf16_path();  // what kAuto runs on this CPU
 
-// The path of the kernels built on the 12 × 32 AVX512-BF16 microkernel (expert panels,
-// attention) for a requested path: kAuto resolved; the amx paths become avx512bf16 (the model
+// The path of the kernels that have no AMX form (the fused attention, on the 12 × 32 AVX512-BF16
+// microkernel) for a requested path: kAuto resolved; the amx paths become avx512bf16 (the model
 // path: widen where the CPU lacks AVX512-BF16); the others unchanged.
 Bf16GemmPath bf16_microkernel_path(Bf16GemmPath p);
 

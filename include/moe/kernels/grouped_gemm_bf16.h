@@ -14,7 +14,11 @@
 // pair steps (a 32-column B block stays in cache while every A panel passes), each C
 // element summed by one thread in a fixed order: bit-identical for any thread count. widen (any
 // x86-64) unpacks both panels to f32 and runs OpenBLAS sgemm: the same rounded operands,
-// repeatable per thread count. Packing does not depend on the path.
+// repeatable per thread count. amx (where kAuto resolves to it) and amx-model run gemm_bf16's AMX
+// tile program on the same panels: B's tiles are 16 steps of a panel (the last partial chunk
+// copied with zero steps), A's rows are staged 32 at a time from the 12-row panels (transposed
+// 16 × 16 pairs in registers) or straight from the rows given in place; whole K per element, in
+// the program's order: bit-identical for any thread count. Packing does not depend on the path.
 //
 // Threads: called inside an OpenMP parallel region (one expert per thread) everything runs on
 // the calling thread; outside one, bf16_panel_gemm shares its tiles out among the threads.
