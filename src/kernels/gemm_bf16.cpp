@@ -4,6 +4,7 @@
 #include "moe/kernels/gemm_bf16.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <memory>
 
@@ -81,7 +82,22 @@ bool bf16_gemm_path_available(Bf16GemmPath p) {
   }
 }
 
+namespace {
+std::atomic<Bf16GemmPath> g_scoped_path{Bf16GemmPath::kAuto};  // kAuto: none
+}  // namespace
+
+ScopedBf16GemmPath::ScopedBf16GemmPath(Bf16GemmPath path) {
+  MOE_CHECK(bf16_gemm_path_available(path), "ScopedBf16GemmPath: path {} is not available ({})",
+            bf16_gemm_path_name(path), cpu_features_string());
+  saved_ = g_scoped_path.exchange(path);
+}
+
+ScopedBf16GemmPath::~ScopedBf16GemmPath() { g_scoped_path.store(saved_); }
+
 Bf16GemmPath gemm_bf16_path() {
+  if (const Bf16GemmPath p = g_scoped_path.load(std::memory_order_relaxed);
+      p != Bf16GemmPath::kAuto)
+    return p;
   const CpuFeatures& f = cpu_features();
   return f.amx_usable    ? Bf16GemmPath::kAmx
          : f.avx512_bf16 ? Bf16GemmPath::kAvx512Bf16

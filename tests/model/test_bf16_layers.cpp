@@ -25,6 +25,8 @@
 #include "moe/core/half.h"
 #include "moe/core/rng.h"
 #include "moe/ffn/dense.h"
+#include "moe/kernels/cpu_features.h"
+#include "moe/kernels/gemm_bf16.h"
 #include "moe/model/transformer.h"
 #include "moe/nn/rmsnorm.h"
 
@@ -269,4 +271,75 @@ TEST(Bf16Layers, AttentionWeightGradientsTrackFp32) {
     const char* names[] = {"wq", "wk", "wv", "wo"};
     EXPECT_LE(std::sqrt(d2 / n2), 20.0 / 256) << "layer " << t / 4 << " " << names[t % 4];
   }
+}
+
+// The AMX tile program (on its software model where the CPU has no AMX) in a whole bf16 backward:
+// every parameter's gradient of a model with MoE blocks (experts, router, attention, norms,
+// embeddings) against the default path's on the same weights and tokens. Both paths multiply the
+// same bf16 operands exactly and differ only in the order of the f32 sums (≤ γ_{K+3}·Σ|a·b| per
+// product, K ≤ 64 here: ~4·10⁻⁶ relative), which can also flip a later operand's rounding to bf16
+// by one unit (2⁻⁸ relative) where it lands on a tie boundary — rare, so such flips add far less
+// than 2⁻⁸ to a tensor's Frobenius norm. Bound: 2⁻⁸ relative per tensor. A wrong operand in any
+// product (a panel lane, a token row, a tile's columns) changes gradients by O(1): 1.46 with the
+// 12-row panels' lanes swapped pairwise, 0.13 with every tile product scaled by 1.01.
+// Observed when written (amx-model on AMD Zen, no AMX): 0 — every product here has K ≤ 2048, so
+// both paths sum each element's pairs in the same order (p = 0, 1, …), and this CPU's vdpbf16ps
+// evidently rounds after each product as the model does; AMX hardware need not, hence the bound.
+TEST(Bf16Layers, AmxTileProgramGivesTheSameGradients) {
+  const Bf16GemmPath amx = cpu_features().amx_usable ? Bf16GemmPath::kAmx : Bf16GemmPath::kAmxModel;
+  ASSERT_TRUE(bf16_gemm_path_available(amx)) << "needs AVX-512 (" << cpu_features_string() << ")";
+  ModelConfig cfg;
+  cfg.vocab_size = 64;
+  cfg.d_model = 48;
+  cfg.n_layers = 2;
+  cfg.n_heads = 4;
+  cfg.n_kv_heads = 2;
+  cfg.max_seq_len = 16;
+  cfg.ffn.kind = FfnConfig::Kind::kMoe;
+  cfg.ffn.d_ff = 64;
+  cfg.ffn.moe.num_experts = 4;
+  cfg.ffn.moe.top_k = 2;
+  cfg.ffn_overrides = {{0, FfnConfig{}}};  // layer 0 dense (d_ff 4·C by default), layer 1 MoE
+  cfg.ffn_overrides[0].second.d_ff = 96;
+  const int B = 2, T = 16;
+  std::vector<int32_t> tok(B * T), tgt(B * T);
+  for (int i = 0; i < B * T; ++i) {
+    tok[i] = (i * 7 + 3) % cfg.vocab_size;
+    tgt[i] = (i * 11 + 5) % cfg.vocab_size;
+  }
+  auto grads = [&] {
+    Transformer model(cfg, B, T);
+    model.params().initialize(5);
+    model.set_precision(Precision::kBf16);
+    model.params().zero_grad();
+    model.forward(tok.data(), tgt.data(), B, T, StepInfo{}, 1.f);
+    model.backward();
+    std::vector<std::pair<std::string, std::vector<float>>> g;
+    for (const Param& p : model.params().all())
+      g.emplace_back(p.name, std::vector(p.g, p.g + p.numel));
+    return g;
+  };
+  const auto base = grads();
+  std::vector<std::pair<std::string, std::vector<float>>> tiles;
+  {
+    const ScopedBf16GemmPath scoped(amx);
+    tiles = grads();
+  }
+  ASSERT_EQ(base.size(), tiles.size());
+  double worst = 0;
+  for (std::size_t t = 0; t < base.size(); ++t) {
+    double d2 = 0, n2 = 0;
+    for (std::size_t i = 0; i < base[t].second.size(); ++i) {
+      const double d = double(tiles[t].second[i]) - base[t].second[i];
+      d2 += d * d;
+      n2 += double(base[t].second[i]) * base[t].second[i];
+    }
+    if (n2 == 0) {
+      EXPECT_EQ(d2, 0.0) << base[t].first;
+      continue;
+    }
+    worst = std::max(worst, std::sqrt(d2 / n2));
+    EXPECT_LE(std::sqrt(d2 / n2), 1.0 / 256) << base[t].first << " on " << bf16_gemm_path_name(amx);
+  }
+  RecordProperty("worst_relative_difference", std::to_string(worst));
 }

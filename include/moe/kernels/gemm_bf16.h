@@ -50,7 +50,22 @@ enum class Bf16GemmPath : uint8_t {
 // "auto" | "avx512bf16" | "widen" | "amx" | "amx-model"
 const char* bf16_gemm_path_name(Bf16GemmPath p);
 bool bf16_gemm_path_available(Bf16GemmPath p);
-Bf16GemmPath gemm_bf16_path();  // what kAuto runs on this CPU
+Bf16GemmPath gemm_bf16_path();  // what kAuto runs on this CPU (or the scoped choice below)
+
+// For tests and benchmarks: while one lives, kAuto resolves to `path` (which must be available)
+// in every caller of the bf16 kernels, so a whole training step can run on, e.g., the amx tile
+// program's model. Not for production: results follow the path, which lives in no config.
+// Not nestable across threads (one process-wide choice); restores the previous one on exit.
+class ScopedBf16GemmPath {
+ public:
+  explicit ScopedBf16GemmPath(Bf16GemmPath path);
+  ~ScopedBf16GemmPath();
+  ScopedBf16GemmPath(const ScopedBf16GemmPath&) = delete;
+  ScopedBf16GemmPath& operator=(const ScopedBf16GemmPath&) = delete;
+
+ private:
+  Bf16GemmPath saved_;
+};
 
 // The path of the kernels that have no AMX form (the fused attention, on the 12 × 32 AVX512-BF16
 // microkernel) for a requested path: kAuto resolved; the amx paths become avx512bf16 (the model
