@@ -36,7 +36,7 @@ test: ref data
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 bench: data ref
-	cmake --build $(BUILD) --target onednn_matmul
+	cmake --build $(BUILD) --target onednn_matmul onednn_gemm_bf16 libxsmm_gemm_bf16
 	bash bench/run_bench.sh
 
 # The miniature reproduction of the papers' claims (docs/RESULTS.md), about 2 hours on 2 cores.

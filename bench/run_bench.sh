@@ -788,54 +788,68 @@ bench_kernels() {
 
 # The training products in bf16 (kernels/gemm_bf16.h, `moe bench gemm-bf16`: the dense
 # benchmark model's nine products and the two MoE shapes' expert panels, each timed with its
-# operands' packing) against oneDNN's bf16 matmul on the same shapes and transposes
-# (tools/onednn_ref/onednn_gemm_bf16.cpp, the same timing rule: median of 9 after a warm-up).
-# docs/KERNELS.md's decision to keep ours rests on these ratios. Each group's row weights its
-# products by their FLOPs per layer (time-weighted: total FLOPs / total time on each side).
+# operands' packing) against the two libraries issue 19 names, on the same shapes and transposes
+# and by the same timing rule (median of 9 after a warm-up): oneDNN's bf16 matmul
+# (tools/onednn_ref/onednn_gemm_bf16.cpp) and libxsmm's JIT batch-reduce bf16 kernels under a
+# blocked OpenMP driver (tools/libxsmm_ref/libxsmm_gemm_bf16.cpp; libxsmm 1.17 has no general
+# bf16 GEMM of its own). docs/KERNELS.md's decision to keep ours rests on these ratios. Each
+# group's row weights its products by their FLOPs per layer (time-weighted: total FLOPs / total
+# time on each side).
 ONEDNN_BF16=${ONEDNN_BF16:-build/onednn_gemm_bf16}
+LIBXSMM_BF16=${LIBXSMM_BF16:-build/libxsmm_gemm_bf16}
 bench_kernels_bf16() {
-  OTHER="oneDNN"
-  echo "== kernels: gemm_bf16 on training shapes against oneDNN bf16 matmul" >&2
+  OTHER="library"
+  echo "== kernels: gemm_bf16 on training shapes against oneDNN and libxsmm" >&2
   [[ -x $ONEDNN_BF16 ]] || die "$ONEDNN_BF16 not found: cmake --build build --target onednn_gemm_bf16 (needs libdnnl-dev; make bench does it)"
+  [[ -x $LIBXSMM_BF16 ]] || die "$LIBXSMM_BF16 not found: cmake --build build --target libxsmm_gemm_bf16 (needs libxsmm-dev; make bench does it)"
   local out label ours theirs path=?
-  # One line per product (label, ours, oneDNN GFLOP/s), then one per group (time-weighted).
-  out=$("$PY" - "$MOE" "$ONEDNN_BF16" "$ROUNDS" <<'PYEOF'
+  # One line per product and library (label, ours, theirs GFLOP/s), then per group and library
+  # (time-weighted).
+  out=$("$PY" - "$MOE" "$ONEDNN_BF16" "$LIBXSMM_BF16" "$ROUNDS" <<'PYEOF'
 import json, subprocess, sys
-moe, dnnl, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+moe, dnnl, xsmm, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+libs = {"oneDNN": dnnl, "libxsmm": xsmm}
 def run(cmd):
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
     return json.loads(r.stdout.strip().splitlines()[-1])
-ours, theirs, meta = {}, {}, {}
-for _ in range(rounds):  # alternating: all of ours, then oneDNN shape by shape
+ours, theirs, meta = {}, {n: {} for n in libs}, {}
+for _ in range(rounds):  # alternating: all of ours, then each library shape by shape
     d = run([moe, "bench", "gemm-bf16", "--repeats", "9", "--json"])
     for s in d["shapes"]:
         k = (s["group"], s["product"], s["op"]); meta[k] = s
         ours[k] = max(ours.get(k, 0), s["bf16_gflops"])
-        o = run([dnnl, "--m", str(s["M"]), "--n", str(s["N"]), "--k", str(s["K"]),
-                 "--ta", str(int(s["op"][0] == "T")), "--tb", str(int(s["op"][1] == "T")),
-                 "--repeats", "9"])
-        theirs[k] = max(theirs.get(k, 0), o["gflops"])
-groups = {}
-for k, s in meta.items():
-    print(f"{k[0]} {k[1]} ({s['M']}×{s['N']}×{s['K']} {k[2]}, GFLOP/s)\t{ours[k]}\t{theirs[k]}")
-    f = 2.0 * s["M"] * s["N"] * s["K"] * s["count"]; g = groups.setdefault(k[0], [0, 0, 0])
-    g[0] += f; g[1] += f / ours[k]; g[2] += f / theirs[k]
-for name, (f, t_ours, t_theirs) in groups.items():
-    print(f"{name}: all products, time-weighted (GFLOP/s)\t{f / t_ours}\t{f / t_theirs}")
+        args = ["--m", str(s["M"]), "--n", str(s["N"]), "--k", str(s["K"]),
+                "--ta", str(int(s["op"][0] == "T")), "--tb", str(int(s["op"][1] == "T")),
+                "--repeats", "9"]
+        for name, tool in libs.items():
+            o = run([tool] + args)
+            theirs[name][k] = max(theirs[name].get(k, 0), o["gflops"])
+for name in libs:
+    groups = {}
+    for k, s in meta.items():
+        print(f"{k[0]} {k[1]} ({s['M']}×{s['N']}×{s['K']} {k[2]}) vs {name}, GFLOP/s"
+              f"\t{ours[k]}\t{theirs[name][k]}")
+        f = 2.0 * s["M"] * s["N"] * s["K"] * s["count"]; g = groups.setdefault(k[0], [0, 0, 0])
+        g[0] += f; g[1] += f / ours[k]; g[2] += f / theirs[name][k]
+    for g, (f, t_ours, t_theirs) in groups.items():
+        print(f"{g}: all products, time-weighted, vs {name} (GFLOP/s)\t{f / t_ours}\t{f / t_theirs}")
 print(f"#path\t{d['path']}\t")
 PYEOF
-  ) || die "the gemm-bf16 / oneDNN comparison failed"
+  ) || die "the gemm-bf16 / oneDNN / libxsmm comparison failed"
   while IFS=$'\t' read -r label ours theirs; do
     [[ $label != "#path" ]] || { path=$ours; continue; }
     add_row "bf16 GEMM $label" "$(num %.0f "$ours")" "$(num %.0f "$theirs")" \
       "$(num %.2f "$ours / $theirs")"
   done <<<"$out"
   add_note "kernels_bf16: best of $ROUNDS alternating rounds per side, each product the median of 9" \
-    "runs after a warm-up, 2·M·N·K / time, operands bf16 and packed inside the timed call on both" \
-    "sides (ours: \`moe bench gemm-bf16\`, path $path; oneDNN: Debian libdnnl" \
-    "2.6 matmul, OpenMP runtime); moe / oneDNN above 1 = moe.cpp faster"
+    "runs after a warm-up, 2·M·N·K / time, operands bf16 and packed inside the timed call on every" \
+    "side (ours: \`moe bench gemm-bf16\`, path $path; oneDNN: Debian libdnnl 2.6 matmul, OpenMP" \
+    "runtime; libxsmm: Debian libxsmm 1.17, its batch-reduce bf16 kernels (JIT for" \
+    "$("$LIBXSMM_BF16" --m 32 --n 32 --k 32 --repeats 1 | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["arch"])'))" \
+    "in 32 × 128 tiles of C over K chunks of 64, operands packed by our packers or libxsmm_otrans);" \
+    "moe / library above 1 = moe.cpp faster"
 }
 
 # bf16 training (train.precision = bf16, docs/KERNELS.md) against fp32, ours and PyTorch's: the

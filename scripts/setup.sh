@@ -6,7 +6,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libgtest-dev libgmock-dev
       nlohmann-json3-dev libcli11-dev libfmt-dev libsentencepiece-dev libnlopt-dev libpcre2-dev
-      libopenmpi-dev openmpi-bin libdnnl-dev ocl-icd-opencl-dev
+      libopenmpi-dev openmpi-bin libdnnl-dev ocl-icd-opencl-dev libxsmm-dev
       xz-utils python3-numpy python3-torch python3-matplotlib python3-sentencepiece)
 [ "${1:-}" = fuzz ] && PKGS+=(clang libclang-rt-dev libomp-dev)
 missing=()
