@@ -48,6 +48,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include "gemm_bf16_internal.h"
 #include "moe/core/error.h"
@@ -167,26 +168,32 @@ struct TileModel {
   }
 };
 
-thread_local TileModel model;
+// Per thread, on the heap, made on first use: as a thread_local object its 8 KiB of tiles sat in
+// every thread's static TLS block, test path or not.
+thread_local std::unique_ptr<TileModel> model_tiles;
+TileModel& model() {
+  if (!model_tiles) model_tiles = std::make_unique<TileModel>();
+  return *model_tiles;
+}
 
 struct ModelTiles {
-  static void config(const TileConfig& c) { model.config(c); }
-  static void release() { model.configured = false; }
+  static void config(const TileConfig& c) { model().config(c); }
+  static void release() { model().configured = false; }
   template <int T>
   static void load(const void* p, long stride) {
-    model.load(T, p, stride);
+    model().load(T, p, stride);
   }
   template <int T>
   static void store(void* p, long stride) {
-    model.store(T, p, stride);
+    model().store(T, p, stride);
   }
   template <int T>
   static void zero() {
-    model.zero(T);
+    model().zero(T);
   }
   template <int C, int A, int B>
   static void dp() {
-    model.dpbf16ps(C, A, B);
+    model().dpbf16ps(C, A, B);
   }
 };
 
