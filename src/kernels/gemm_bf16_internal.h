@@ -6,21 +6,23 @@
 #include <cstdint>
 #include <memory>
 
+#include "moe/core/arena.h"
+
 namespace moe::bf16k {
 
 // A per-thread buffer (as a thread_local), grown on demand and kept: no allocation once the
 // largest shape was seen. Zero-filled when it grows, so padding a caller never writes reads as
 // zero (attention's interleaved rows rely on it).
+// 64-byte aligned (core/arena.h's AlignedAllocator says why).
 template <typename T>
 struct Scratch {
-  std::unique_ptr<T[]> p;
-  std::size_t cap = 0;
+  AlignedVector<T> v;
   T* get(std::size_t n) {
-    if (n > cap) {
-      p.reset(new T[n]());
-      cap = n;
+    if (n > v.size()) {
+      v.clear();
+      v.resize(n);  // value-initialised: zeros
     }
-    return p.get();
+    return v.data();
   }
 };
 

@@ -6,6 +6,8 @@
 #pragma once
 #include <cstddef>
 #include <memory>
+#include <new>
+#include <vector>
 
 namespace moe {
 
@@ -30,6 +32,28 @@ struct HugePageAllocator {
     return true;
   }
 };
+
+// A std::vector allocator aligned to kAlign. For buffers the AVX-512 kernels stream through in
+// 64-byte rows (packed bf16 panels, rows read by the packers): malloc aligns to 16 only, and large
+// blocks come from mmap 16 bytes past a page, so a 64-byte row there spans two cache lines on
+// every load and store — and where smaller blocks land depends on everything allocated before.
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <typename U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(std::size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(kAlign)));
+  }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(kAlign)); }
+  template <typename U>
+  bool operator==(const AlignedAllocator<U>&) const {
+    return true;
+  }
+};
+template <typename T>
+using AlignedVector = std::vector<T, AlignedAllocator<T>>;
 
 class Arena {
  public:

@@ -143,12 +143,12 @@ class ExpertBank {
   bool bf16_ = false, bf16_packed_ = false;
   std::vector<uint16_t> bf16_weights_;
   std::vector<Bf16ExpertWeights> bf16_w_;
-  std::vector<uint16_t> bf16_scratch_;
-  std::vector<float> bf16_u_;
+  AlignedVector<uint16_t> bf16_scratch_;  // 64-byte aligned: packed panels (core/arena.h)
+  AlignedVector<float> bf16_u_;
   // Fused: round(x) then round(dy) of the token matrix [2, bound_tokens_, C], each made once per
   // forward / backward and gathered by every expert (k roundings of each token row were ~14% of
   // an E = 64, k = 8 bf16 step).
-  std::vector<uint16_t> bf16_tokens_;
+  AlignedVector<uint16_t> bf16_tokens_;
   std::size_t bf16_a_ = 0, bf16_b_ = 0, bf16_c_ = 0, bf16_u_stride_ = 0;
   int bf16_threads_ = 0;
 };
