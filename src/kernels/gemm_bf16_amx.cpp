@@ -11,9 +11,10 @@
 //
 // The tile program: a 32 × 32 block of C in four accumulator tiles (tmm0..3), over K in steps of
 // 32 values (16 pairs): two A tiles (rows 0..15, 16..31: tmm4, tmm5), two B tiles (columns 0..15,
-// 16..31: tmm6, tmm7), four tdpbf16ps. Every tile is configured 16 rows × 64 bytes once per thread,
-// so operands are padded: K to a multiple of 32 with zero pairs (B panels and packed A rows), M to
-// a multiple of 32 with zero rows (packed A), N to a multiple of 32 by the panels' zero columns.
+// 16..31: tmm6, tmm7), four tdpbf16ps. Every tile is configured 16 rows × 64 bytes once per thread
+// and call, so operands are padded: K to a multiple of 32 with zero pairs (B panels and packed A
+// rows), M to a multiple of 32 with zero rows (packed A), N to a multiple of 32 by the panels' zero
+// columns.
 // The accumulators go through a per-thread 32 × 32 f32 buffer to the epilogue, which writes
 // alpha·acc + beta·C on the block's mr × nr part (multiply, then add, as the AVX512-BF16 path).
 //
@@ -30,7 +31,7 @@
 // The OS must grant the tile state before the first tile instruction (Linux:
 // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), asked once by cpu_features()), and each
 // thread loads the tile configuration (ldtilecfg) before its first tile instruction and releases
-// it (tilerelease) after its last, so the kernel saves no tile state across context switches.
+// it (tilerelease) after its last, within each call: no tile state stays live between calls.
 //
 // The model (TileModel below) executes the same program on arrays: 8 tiles of rows × colsb bytes,
 // per thread, configured by the same 64-byte configuration; loads and stores copy each row through
