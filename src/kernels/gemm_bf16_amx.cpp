@@ -78,7 +78,7 @@ constexpr int kTM = 32;     // rows of a C block (two 16-row tiles)
 constexpr int kTN = 32;     // columns of a C block = the B panel's width (two 16-column tiles)
 constexpr int kTK = 32;     // K values per tile step: 16 pairs, a 64-byte A tile row
 constexpr int kGroup = 4;   // column panels per work item (one packed A block reused across them)
-constexpr int kChunk = 32;  // pair steps per item of the B packing (pairs of B's rows)
+constexpr int kChunk = 32;  // pair steps per item of the B packing (pack_pairs_of_rows: ≤ 32)
 
 // The 64-byte operand of ldtilecfg (palette 1).
 struct alignas(64) TileConfig {
@@ -305,12 +305,15 @@ void epilogue(const float* acc, float* c, int ldc, int mr, int nr, float alpha, 
   }
 }
 
-// dst [32][Kp] = rows i0 .. i0+31 of an untransposed A [M, lda], zero past K and M.
-void pack_a_rows(uint16_t* dst, int Kp, const uint16_t* A, int lda, int M, int K, int i0) {
+// dst [32][Kp] = rows i0 .. i0+31 of A [M, K], row i at bits + row(i)·ld (row(i) = rows ? rows[i]
+// : i), zero past M and K.
+void stage_a_rows(uint16_t* dst, int Kp, const uint16_t* bits, int ld, const int32_t* rows, int M,
+                  int K, int i0) {
   for (int r = 0; r < kTM; ++r) {
     uint16_t* d = dst + std::size_t(r) * Kp;
-    if (i0 + r < M) {
-      std::memcpy(d, A + std::size_t(i0 + r) * lda, std::size_t(K) * sizeof(uint16_t));
+    const int i = i0 + r;
+    if (i < M) {
+      std::memcpy(d, bits + std::size_t(rows ? rows[i] : i) * ld, std::size_t(K) * 2);
       std::fill(d + K, d + Kp, uint16_t(0));
     } else {
       std::fill(d, d + Kp, uint16_t(0));
@@ -365,12 +368,7 @@ void gemm_tiles(bool trans_a, bool trans_b, int M, int N, int K, float alpha, co
       std::fill(d + std::size_t(P) * kTN * 2, d + b_panel, uint16_t(0));
     } else {
       const int p0 = it * kChunk, p1 = std::min(P, p0 + kChunk);
-      const uint16_t* rows[2 * kChunk];
-      for (int r = 0; r < 2 * (p1 - p0); ++r) {
-        const int k = 2 * p0 + r;
-        rows[r] = k < K ? B + std::size_t(k) * ldb : nullptr;
-      }
-      pack_row_pairs_avx512(bp, b_panel, rows, N, kTN, p0, p1);
+      pack_pairs_of_rows(bp, b_panel, B, ldb, K, N, kTN, p0, p1);
       if (it == chunks - 1)  // the zero steps P .. Pp−1 of every panel
         for (int j = 0; j < nb; ++j)
           std::fill(bp + j * b_panel + std::size_t(P) * kTN * 2, bp + (j + 1) * b_panel,
@@ -383,7 +381,7 @@ void gemm_tiles(bool trans_a, bool trans_b, int M, int N, int K, float alpha, co
     if (trans_a)
       pack_a_trans(d, Kp, A, lda, M, K, i0);
     else
-      pack_a_rows(d, Kp, A, lda, M, K, i0);
+      stage_a_rows(d, Kp, A, lda, nullptr, M, K, i0);
   };
   const int groups = (nb + kGroup - 1) / kGroup;
   auto item = [&](int t, float* acc) {
@@ -456,22 +454,6 @@ void stage_a_panels(uint16_t* dst, int Kp, const uint16_t* Ap, int P, int M, int
         if (i < i0 || i >= i1) continue;
         _mm512_storeu_si512(d32 + std::size_t(i - i0) * Pp + p0, _mm512_castps_si512(r[l]));
       }
-    }
-  }
-}
-
-// dst [32][Kp] = rows i0 .. i0+31 of A [M, K], row i at bits + row(i)·ld (row(i) = rows ? rows[i]
-// : i), zero past M and K.
-void stage_a_rows(uint16_t* dst, int Kp, const uint16_t* bits, int ld, const int32_t* rows, int M,
-                  int K, int i0) {
-  for (int r = 0; r < kTM; ++r) {
-    uint16_t* d = dst + std::size_t(r) * Kp;
-    const int i = i0 + r;
-    if (i < M) {
-      std::memcpy(d, bits + std::size_t(rows ? rows[i] : i) * ld, std::size_t(K) * 2);
-      std::fill(d + K, d + Kp, uint16_t(0));
-    } else {
-      std::fill(d, d + Kp, uint16_t(0));
     }
   }
 }

@@ -56,20 +56,20 @@ constexpr int kMC = 4 * kMR;    // rows of a tile
 constexpr int kNC = 4 * kNR;    // columns of a tile
 constexpr int kPackSteps = 32;  // pair steps per work item of the row-order packing
 
+}  // namespace
+
 // Interleave rows 2p and 2p+1 of X [K, ld ≥ C], for p in [p0, p1), into all ⌈C/W⌉ panels
 // (pack_row_pairs_avx512, below, on X's rows). (B without trans_b: X = B, W = kNR = 32. A with
 // trans_a: X = A, W = kMR = 12.)
 void pack_pairs_of_rows(uint16_t* dst, std::size_t panel, const uint16_t* X, int ld, int K, int C,
                         int W, int p0, int p1) {
-  const uint16_t* rows[2 * kPackSteps];
+  const uint16_t* rows[2 * kPackSteps];  // p1 − p0 ≤ kPackSteps
   for (int r = 0; r < 2 * (p1 - p0); ++r) {
     const int k = 2 * p0 + r;
     rows[r] = k < K ? X + std::size_t(k) * ld : nullptr;
   }
   pack_row_pairs_avx512(dst, panel, rows, C, W, p0, p1);
 }
-
-}  // namespace
 
 // Columns 2p, 2p+1 of row c0+c of X as the pair c of step p: dst[(p·W + c)·2 + h] =
 // X[(c0+c)·ld + 2p + h], zero past K or w. (B with trans_b: X = B [N, ldb], W = kNR.

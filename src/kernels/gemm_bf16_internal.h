@@ -76,6 +76,11 @@ void pack_cols_avx512(uint16_t* dst, const uint16_t* X, int ld, int K, int c0, i
 void pack_row_pairs_avx512(uint16_t* dst, std::size_t panel, const uint16_t* const* rows, int C,
                            int W, int p0, int p1, bool stream = false);
 
+// The same on the rows of one matrix X [K, ld ≥ C]: rows 2p, 2p+1 of X (null past K) for the pair
+// steps p0 ≤ p < p1 (p1 − p0 ≤ 32). Needs cpu_features().avx512.
+void pack_pairs_of_rows(uint16_t* dst, std::size_t panel, const uint16_t* X, int ld, int K, int C,
+                        int W, int p0, int p1);
+
 // sfence: this thread's non-temporal stores ordered before its later stores (so before the
 // release of the OpenMP barrier or lock through which another thread then reads them).
 void store_fence();

@@ -179,8 +179,7 @@ PanelKernel panel_kernel(Bf16GemmPath path) {
 // With Ar.bits set, A is read in place from those rows and Ap is unused. On the amx kernels, the
 // AMX tile program on the same operands instead (bf16k::panel_gemm_amx).
 void panel_product(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, float* C, int ldc,
-                   bool accumulate, const Bf16Rows& Ar = {},
-                   PanelKernel kernel = PanelKernel::kMicro) {
+                   bool accumulate, const Bf16Rows& Ar, PanelKernel kernel) {
   if (kernel == PanelKernel::kAmx || kernel == PanelKernel::kAmxModel)
     return bf16k::panel_gemm_amx(kernel == PanelKernel::kAmx, M, N, K, Ap, Ar.bits, Ar.ld, Ar.rows,
                                  Bp, C, ldc, accumulate);
@@ -303,8 +302,8 @@ namespace {
 // memcpy per row and a transpose, ~7% of an E = 64 bf16 step; the microkernel broadcasts from
 // the rows as gemm_bf16 does from an untransposed A.) The amx kernels copy the rows straight
 // into their tile rows instead of going through a panel.
-bool rows_in_place(const uint16_t* bits, int K, Bf16GemmPath path) {
-  return bits && K % 2 == 0 && panel_kernel(path) != PanelKernel::kWiden;
+bool rows_in_place(const uint16_t* bits, int K, PanelKernel kernel) {
+  return bits && K % 2 == 0 && kernel != PanelKernel::kWiden;
 }
 
 }  // namespace
@@ -401,8 +400,9 @@ void bf16_first_forward(float* gu, const float* X, const int32_t* rows, const Bf
                         int m, int C, int H, bool gated, const Bf16ExpertScratch& s,
                         Bf16GemmPath path, const uint16_t* Xb) {
   const int W1 = gated ? 2 * H : H;
-  if (rows_in_place(Xb, C, path)) {
-    panel_product(m, W1, C, nullptr, w.first_t, gu, W1, false, {Xb, C, rows}, panel_kernel(path));
+  const PanelKernel kernel = panel_kernel(path);
+  if (rows_in_place(Xb, C, kernel)) {
+    panel_product(m, W1, C, nullptr, w.first_t, gu, W1, false, {Xb, C, rows}, kernel);
     return;
   }
   bf16_pack_a(s.a, m, C, {X, C, false, rows, nullptr, Xb});
@@ -411,8 +411,9 @@ void bf16_first_forward(float* gu, const float* X, const int32_t* rows, const Bf
 
 void bf16_down_forward(float* ye, const float* hid, const Bf16ExpertWeights& w, int m, int C, int H,
                        const Bf16ExpertScratch& s, Bf16GemmPath path, const uint16_t* hidb) {
-  if (rows_in_place(hidb, H, path)) {
-    panel_product(m, C, H, nullptr, w.down_t, ye, C, false, {hidb, H, nullptr}, panel_kernel(path));
+  const PanelKernel kernel = panel_kernel(path);
+  if (rows_in_place(hidb, H, kernel)) {
+    panel_product(m, C, H, nullptr, w.down_t, ye, C, false, {hidb, H, nullptr}, kernel);
     return;
   }
   bf16_pack_a(s.a, m, H, {hid, H, false, nullptr, nullptr, hidb});
@@ -428,9 +429,8 @@ void bf16_down_backward(float* dwd, float* hid, const float* d, const int32_t* r
   bf16_pack_b(s.b, m, H, {hid, H, false, nullptr, rows ? gate : nullptr});
   bf16_pack_a(s.a, C, m, {d, C, true, rows, nullptr, dyb});
   bf16_panel_gemm(C, H, m, s.a, s.b, dwd, H, true, path);
-  if (rows_in_place(dyb, C, path)) {
-    panel_product(m, H, C, nullptr, w.down, rows ? u : hid, H, false, {dyb, C, rows},
-                  panel_kernel(path));
+  if (const PanelKernel kernel = panel_kernel(path); rows_in_place(dyb, C, kernel)) {
+    panel_product(m, H, C, nullptr, w.down, rows ? u : hid, H, false, {dyb, C, rows}, kernel);
   } else {
     bf16_pack_a(s.a, m, C, {d, C, false, rows, nullptr, dyb});
     bf16_panel_gemm(m, H, C, s.a, w.down, rows ? u : hid, H, false, path);
@@ -456,9 +456,8 @@ void bf16_first_backward(float* dX, float* dwg, float* dwu, const float* dgu, co
   }
   bf16_pack_a(s.a, H, m, dgu_src(W1 - H, true));
   bf16_panel_gemm(H, C, m, s.a, s.b, dwu, C, true, path);
-  if (rows_in_place(dgub, W1, path)) {
-    panel_product(m, C, W1, nullptr, w.first, dX, C, accumulate, {dgub, W1, nullptr},
-                  panel_kernel(path));
+  if (const PanelKernel kernel = panel_kernel(path); rows_in_place(dgub, W1, kernel)) {
+    panel_product(m, C, W1, nullptr, w.first, dX, C, accumulate, {dgub, W1, nullptr}, kernel);
     return;
   }
   bf16_pack_a(s.a, m, W1, dgu_src(0, false));

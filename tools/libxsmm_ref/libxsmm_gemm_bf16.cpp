@@ -13,7 +13,7 @@
 // (libxsmm_bsmmdispatch_reducebatch_strd), so that is what this tool times, under a driver as a
 // library user would write one: in libxsmm's column-major terms Cᵀ [N, M] = op(B)ᵀ · op(A)ᵀ, where
 // op(B)ᵀ must be in VNNI form — pairs along K, i.e. exactly our B panels [⌈K/2⌉][32][2] (packed
-// by our packers, bf16k::pack_cols_avx512 / pack_row_pairs_avx512, so both sides pay the same
+// by our packers, bf16k::pack_cols_avx512 / pack_pairs_of_rows, so both sides pay the same
 // packing) — and op(A)ᵀ is op(A)'s rows, read in place when A is untransposed and K is a multiple
 // of the K chunk, otherwise transposed by libxsmm_otrans or copied into a zero-padded buffer.
 // OpenMP over 32-column × kBn-row tiles of C; per tile one batch-reduce call over all K chunks.
@@ -154,15 +154,9 @@ struct Brgemm {
         if (a.tb) {
           moe::bf16k::pack_cols_avx512(bp.data() + j * panel, B, ldb, K, j0, w, kBm);
         } else {
-          for (int p0 = 0; p0 < Pk; p0 += 32) {
-            const int p1 = std::min(Pk, p0 + 32);
-            const uint16_t* rows[64];
-            for (int r = 0; r < 2 * (p1 - p0); ++r) {
-              const int k = 2 * p0 + r;
-              rows[r] = k < K ? B + std::size_t(k) * ldb + j0 : nullptr;
-            }
-            moe::bf16k::pack_row_pairs_avx512(bp.data() + j * panel, 0, rows, w, kBm, p0, p1);
-          }
+          for (int p0 = 0; p0 < Pk; p0 += 32)
+            moe::bf16k::pack_pairs_of_rows(bp.data() + j * panel, 0, B + j0, ldb, K, w, kBm, p0,
+                                           std::min(Pk, p0 + 32));
         }
       }
       // op(A)'s rows: libxsmm's transpose for a transposed A, a row copy when K needs padding.
