@@ -26,7 +26,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -39,64 +38,13 @@
 #include <vector>
 
 #include "../../src/kernels/gemm_bf16_internal.h"
+#include "../common/gemm_ref_cli.h"
 #include "moe/core/half.h"
 #include "moe/kernels/gemm_bf16.h"
 
 namespace {
 
-struct Args {
-  int m = 1024, n = 1024, k = 1024;
-  bool ta = false, tb = false;
-  int repeats = 5;
-};
-
-[[noreturn]] void usage(const char* why) {
-  std::fprintf(stderr,
-               "libxsmm_gemm_bf16: %s\nusage: libxsmm_gemm_bf16 --m M --n N --k K [--ta 0|1] "
-               "[--tb 0|1] [--repeats R]\n",
-               why);
-  std::exit(2);
-}
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; i += 2) {
-    if (i + 1 >= argc) usage("every option takes a value");
-    const std::string k = argv[i];
-    const long long v = std::atoll(argv[i + 1]);
-    if (k == "--m")
-      a.m = int(v);
-    else if (k == "--n")
-      a.n = int(v);
-    else if (k == "--k")
-      a.k = int(v);
-    else if (k == "--ta")
-      a.ta = v != 0;
-    else if (k == "--tb")
-      a.tb = v != 0;
-    else if (k == "--repeats")
-      a.repeats = int(v);
-    else
-      usage(("unknown option " + k).c_str());
-  }
-  if (a.m < 1 || a.n < 1 || a.k < 1 || a.m > 65536 || a.n > 65536 || a.k > 65536)
-    usage("--m, --n, --k must be in 1..65536");
-  if (a.repeats < 1 || a.repeats > 1000) usage("--repeats must be in 1..1000");
-  return a;
-}
-
-template <typename F>
-double median_seconds(int repeats, F&& run) {
-  run();  // warm: caches, pages, JIT
-  std::vector<double> t;
-  for (int i = 0; i < repeats; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];  // the upper median, as moe bench's median()
-}
+using gemm_ref::Args;
 
 // Tile sizes: kBm is our panels' width (the VNNI operand); kBn and kKc were chosen on this
 // machine (2026-12-07, 2 threads, six of the shapes): kBn 16 / 32 / 64 / 96 / 128 / 192 and kKc
@@ -119,8 +67,8 @@ struct Brgemm {
     bp.assign(std::size_t(nb) * P * kBm * 2, 0);
     if (a.ta || a.k % kKc) arows.assign(std::size_t(a.m) * Kp, 0);
     // All tile shapes (full and edge), dispatched before timing (JIT is cached by libxsmm too).
-    for (int w : {kBm, a.n % kBm})
-      for (int h : {kBn, a.m % kBn})
+    for (int w : {kBm, int(a.n % kBm)})
+      for (int h : {kBn, int(a.m % kBn)})
         if (w > 0 && h > 0) kernel(w, h);
   }
   libxsmm_bsmmfunction_reducebatch_strd kernel(int w, int h) {
@@ -195,7 +143,7 @@ struct Brgemm {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Args a = parse(argc, argv);
+  const Args a = gemm_ref::parse("libxsmm_gemm_bf16", argc, argv);
   libxsmm_init();
   std::mt19937 rng(1);
   std::normal_distribution<float> g(0.f, 1.f);
@@ -217,15 +165,15 @@ int main(int argc, char** argv) {
   Brgemm br(a);
   std::fill(C.begin(), C.end(), 0.f);
   auto brgemm = [&] { br.run(A.data(), lda, B.data(), ldb, C.data()); };
-  const double t_br = median_seconds(a.repeats, brgemm);
+  const double t_br = gemm_ref::median_seconds(a.repeats, brgemm);
   const double err_br = max_err();
 
   const double flop = 2.0 * a.m * a.n * double(a.k);
   std::printf(
       "{\"m\": %d, \"n\": %d, \"k\": %d, \"ta\": %d, \"tb\": %d, \"arch\": \"%s\", "
       "\"threads\": %d, \"gflops\": %.3f, \"ms\": %.4f, \"max_error\": %.3g}\n",
-      a.m, a.n, a.k, int(a.ta), int(a.tb), libxsmm_get_target_arch(), omp_get_max_threads(),
-      flop / t_br / 1e9, t_br * 1e3, err_br);
+      int(a.m), int(a.n), int(a.k), int(a.ta), int(a.tb), libxsmm_get_target_arch(),
+      omp_get_max_threads(), flop / t_br / 1e9, t_br * 1e3, err_br);
   libxsmm_finalize();
   // A wrong product is not a measurement: bf16 products are exact, so f32 sums of K of them are
   // within K·2⁻²⁴ of the scale; 1e-3 leaves room for any summation order.

@@ -11,8 +11,6 @@
 // Threads: oneDNN's OpenMP runtime, OMP_NUM_THREADS.
 // Usage: onednn_gemm_bf16 --m M --n N --k K [--ta 0|1] [--tb 0|1] [--repeats 5]
 // Prints one JSON line: {"m", "n", "k", "ta", "tb", "gflops", "ms"}.
-#include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -22,48 +20,11 @@
 #include <string>
 #include <vector>
 
+#include "../common/gemm_ref_cli.h"
+
 namespace {
 
-struct Args {
-  int64_t m = 1024, n = 1024, k = 1024;
-  bool ta = false, tb = false;
-  int repeats = 5;
-};
-
-[[noreturn]] void usage(const char* why) {
-  std::fprintf(stderr,
-               "onednn_gemm_bf16: %s\nusage: onednn_gemm_bf16 --m M --n N --k K [--ta 0|1] "
-               "[--tb 0|1] [--repeats R]\n",
-               why);
-  std::exit(2);
-}
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; i += 2) {
-    if (i + 1 >= argc) usage("every option takes a value");
-    const std::string k = argv[i];
-    const long long v = std::atoll(argv[i + 1]);
-    if (k == "--m")
-      a.m = v;
-    else if (k == "--n")
-      a.n = v;
-    else if (k == "--k")
-      a.k = v;
-    else if (k == "--ta")
-      a.ta = v != 0;
-    else if (k == "--tb")
-      a.tb = v != 0;
-    else if (k == "--repeats")
-      a.repeats = int(v);
-    else
-      usage(("unknown option " + k).c_str());
-  }
-  if (a.m < 1 || a.n < 1 || a.k < 1 || a.m > 65536 || a.n > 65536 || a.k > 65536)
-    usage("--m, --n, --k must be in 1..65536");
-  if (a.repeats < 1 || a.repeats > 1000) usage("--repeats must be in 1..1000");
-  return a;
-}
+using gemm_ref::Args;
 
 // core/half.h's f32_to_bf16 (nearest even; the values here are finite).
 uint16_t to_bf16(float f) {
@@ -78,7 +39,7 @@ uint16_t to_bf16(float f) {
 int main(int argc, char** argv) {
   using namespace dnnl;
   using dt = memory::data_type;
-  const Args a = parse(argc, argv);
+  const Args a = gemm_ref::parse("onednn_gemm_bf16", argc, argv);
   engine eng(engine::kind::cpu, 0);
   stream s(eng);
   const memory::dims a_strides = a.ta ? memory::dims{1, a.m} : memory::dims{a.k, 1};
@@ -99,15 +60,7 @@ int main(int argc, char** argv) {
     prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
     s.wait();
   };
-  run();  // warm: caches, pages, the primitive's scratchpad
-  std::vector<double> t;
-  for (int i = 0; i < a.repeats; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  const double sec = t[t.size() / 2];  // the upper median, as moe bench's median()
+  const double sec = gemm_ref::median_seconds(a.repeats, run);
   std::printf(
       "{\"m\": %lld, \"n\": %lld, \"k\": %lld, \"ta\": %d, \"tb\": %d, \"gflops\": %.3f, "
       "\"ms\": %.4f}\n",
