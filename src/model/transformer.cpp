@@ -78,6 +78,20 @@ Transformer::Transformer(const ModelConfig& cfg, int max_batch, int max_seq, Com
   bind(measure);
   acts_ = Arena(measure.used());
   bind(acts_);
+  allocate_attention_f32();
+}
+
+void Transformer::bind_attention_f32(Arena& a) {
+  for (Layer& L : layers_)
+    L.probs = a.take<float>(std::size_t(max_batch_) * Hq_ * max_seq_ * max_seq_);
+  att_scratch_ = a.take<float>(attention_scratch_size(max_seq_));
+}
+
+void Transformer::allocate_attention_f32() {
+  Arena measure;
+  bind_attention_f32(measure);
+  attn_f32_ = Arena(measure.used());
+  bind_attention_f32(attn_f32_);
 }
 
 void Transformer::bind(Arena& a) {
@@ -100,8 +114,6 @@ void Transformer::bind(Arena& a) {
     L.k = f(N * Dkv_);
     L.rstd_k = qkn ? f(k_rows) : nullptr;
     L.v = f(N * Dkv_);
-    L.probs = f(std::size_t(max_batch_) * Hq_ * max_seq_ * max_seq_);
-    L.att_stats = f(attention_stats_size(max_batch_, max_seq_, Hq_));
     L.att = f(N * Dq_);
     L.ln2 = f(N * C_);
     L.rstd2 = f(N);
@@ -121,7 +133,6 @@ void Transformer::bind(Arena& a) {
   dv_ = f(N * Dkv_);
   dq_raw_ = qkn ? f(N * Dq_) : nullptr;
   dk_raw_ = qkn ? f(N * Dkv_) : nullptr;
-  att_scratch_ = f(attention_scratch_size(max_seq_));
   tokens_ = a.take<int32_t>(N);
   rms_partial_ = f(std::max(rmsnorm_backward_scratch_size(int(N), std::max({C_, Dq_, Dkv_})),
                             rmsnorm_backward_scratch_size(int(q_rows), hd_)));
@@ -374,6 +385,8 @@ void Transformer::bind_low_precision(Arena& a) {
     p.k = h(N * Hkv_ * hdp);
     p.v = h(N * Hkv_ * hdp);
   }
+  for (Layer& L : layers_)
+    L.att_stats = a.take<float>(attention_stats_size(max_batch_, max_seq_, Hq_));
   dout_b_ = h(N * std::max(C_, Dq_ + 2 * Dkv_));  // up to [dq | dk | dv]
 }
 
@@ -384,8 +397,13 @@ void Transformer::set_precision(Precision p) {
     lp_.clear();
     low_ = Arena();
     dout_b_ = nullptr;
+    for (Layer& L : layers_) L.att_stats = nullptr;
+    if (attn_f32_.capacity() == 0) allocate_attention_f32();
     return;
   }
+  attn_f32_ = Arena();
+  for (Layer& L : layers_) L.probs = nullptr;
+  att_scratch_ = nullptr;
   Arena measure;
   bind_low_precision(measure);
   low_ = Arena(measure.used());

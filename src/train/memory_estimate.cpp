@@ -147,9 +147,9 @@ MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max
   // One block's attention and norms (floats), activations as Transformer::bind takes them.
   const double attn_params =
       2 * Dq * C + 2 * Dkv * C + 2 * C + (qkn ? Dq + Dkv : 0) + (c.qkv_bias ? Dq + 2 * Dkv : 0);
-  const double attn_acts = 4 * N * C + 2 * N + 2 * N * Dq + 2 * N * Dkv + B * Hq * T * T +
-                           2 * B * Hq * T +  // the probabilities, bf16's stats
-                           (qkn ? 2 * N * Dq + 2 * N * Dkv : 0);
+  const double attn_acts =
+      4 * N * C + 2 * N + 2 * N * Dq + 2 * N * Dkv + (qkn ? 2 * N * Dq + 2 * N * Dkv : 0);
+  const bool bf16 = precision == Precision::kBf16;
   // The blocks: those of ffn_overrides differ, the rest are alike (n_layers may be 1e8).
   double params = 0, acts = 0, tensors = 0;
   const double overridden = double(c.ffn_overrides.size());
@@ -167,7 +167,7 @@ MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max
   // Model-wide buffers: final norm, logits, the backward's gradients of q/k/v, scratch.
   const double maxw = std::max({C, Dq, Dkv});
   acts += 5 * N * C + 3 * N + N * V + 2 * N * Dq + 2 * N * Dkv + (qkn ? N * Dq + N * Dkv : 0) +
-          threads * T * T + (N / kRmsNormChunkRows + 1) * std::max(maxw, hd * Hq);
+          (N / kRmsNormChunkRows + 1) * std::max(maxw, hd * Hq);
   // RoPE (cos and sin) and the decoding scores, for the longest position used.
   const double positions = std::max(T, double(use == MemoryUse::kGenerate ? kv_context : 0));
   acts += 2 * positions * (hd / 2) + positions;
@@ -176,7 +176,10 @@ MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max
   auto arena = [&](double bytes) { return bytes >= 16 * kHugePage ? bytes + kHugePage : bytes; };
   MemoryEstimate e;
   e.weights = arena(4 * params + tensors * kAlign);
-  e.activations = arena(4 * acts);
+  // f32 attention's probabilities per block and its backward scratch, in their own arena
+  // (Transformer::bind_attention_f32); bf16 attention keeps row stats instead (below).
+  e.activations = arena(4 * acts) +
+                  (bf16 ? 0 : arena(4 * (L * B * Hq * T * T + threads * T * T) + (L + 1) * kAlign));
   if (use == MemoryUse::kTrain) e.training = 3 * e.weights;  // gradients, AdamW m and v
   if (use == MemoryUse::kGenerate) e.kv_cache = 4 * L * kv_context * 2 * Dkv;
   if (precision == Precision::kBf16) {
@@ -186,7 +189,7 @@ MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max
     const double hdp = attention_bf16_head_width(c.head_dim);
     double low =
         L * (2 * (2 * Dq * C + 2 * Dkv * C + N * C + N * Dq + N * (Hq + 2 * c.n_kv_heads) * hdp) +
-             9 * kAlign) +
+             4 * 2 * B * Hq * T + 10 * kAlign) +
         2 * N * std::max({C, Dq, Dkv});
     for (const auto& [l, f] : c.ffn_overrides) low += ffn_low_precision(f, C, B, T, threads);
     low += (L - overridden) * ffn_low_precision(c.ffn, C, B, T, threads);

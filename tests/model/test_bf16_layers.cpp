@@ -226,8 +226,8 @@ namespace {
 using Grads = std::vector<std::pair<std::string, std::vector<float>>>;  // (name, gradient)
 
 // Every parameter's gradient after one forward + backward, in precision p, of a model
-// initialised with seed 5 on fixed tokens [B, T].
-Grads one_backward(const ModelConfig& cfg, int B, int T, Precision p) {
+// initialised with seed 5 on fixed tokens [B, T]. via_bf16: set to bf16 first, then to p.
+Grads one_backward(const ModelConfig& cfg, int B, int T, Precision p, bool via_bf16 = false) {
   std::vector<int32_t> tok(B * T), tgt(B * T);
   for (int i = 0; i < B * T; ++i) {
     tok[i] = (i * 7 + 3) % cfg.vocab_size;
@@ -235,7 +235,8 @@ Grads one_backward(const ModelConfig& cfg, int B, int T, Precision p) {
   }
   Transformer model(cfg, B, T);
   model.params().initialize(5);
-  if (p == Precision::kBf16) model.set_precision(p);
+  if (via_bf16) model.set_precision(Precision::kBf16);
+  if (p == Precision::kBf16 || via_bf16) model.set_precision(p);
   model.params().zero_grad();
   model.forward(tok.data(), tgt.data(), B, T, StepInfo{}, 1.f);
   model.backward();
@@ -293,6 +294,25 @@ TEST(Bf16Layers, AttentionWeightGradientsTrackFp32) {
     EXPECT_LE(std::sqrt(n.diff / n.ref), 20.0 / 256) << name;
   }
   EXPECT_EQ(checked, 4 * cfg.n_layers);
+}
+
+// bf16 frees f32 attention's saved probabilities (set_precision); set back to fp32, the model
+// allocates them again and its backward is the fresh fp32 model's, bit for bit (a probability
+// buffer left null, shared with another layer or not rebound would crash or differ).
+TEST(Bf16Layers, BackToFp32AfterBf16IsTheFp32Model) {
+  ModelConfig cfg;
+  cfg.vocab_size = 64;
+  cfg.d_model = 32;
+  cfg.n_layers = 2;
+  cfg.n_heads = 2;
+  cfg.max_seq_len = 16;
+  cfg.ffn.d_ff = 48;
+  const int B = 2, T = 16;
+  const Grads fresh = one_backward(cfg, B, T, Precision::kFp32),
+              back = one_backward(cfg, B, T, Precision::kFp32, true);
+  ASSERT_EQ(fresh.size(), back.size());
+  for (std::size_t t = 0; t < fresh.size(); ++t)
+    EXPECT_EQ(fresh[t].second, back[t].second) << fresh[t].first;
 }
 
 // The AMX tile program (on its software model where the CPU has no AMX) in a whole bf16 backward:

@@ -59,6 +59,7 @@ TEST(MemoryEstimate, BoundsTheRealAllocationWithinOneAndAHalf) {
     // packed weights and per-thread scratch), which the estimate bounds as it bounds the rest:
     // at least what set_precision allocated, within 1.5× of it plus gemm_bf16's packing scratch
     // (one calling thread's panels, counted by the estimate, allocated at the first product).
+    const double acts_f32 = double(m.activation_bytes());
     m.set_precision(Precision::kBf16);
     const double low = double(m.low_precision_bytes());
     const MemoryEstimate b =
@@ -67,6 +68,16 @@ TEST(MemoryEstimate, BoundsTheRealAllocationWithinOneAndAHalf) {
     EXPECT_GE(b.low_precision, low) << text;
     EXPECT_LE(b.low_precision, 1.5 * low + 4.0 * c.B * c.T * (2 * 4 * 64 + 64)) << text;
     EXPECT_EQ(b.weights, t.weights);
+    // bf16 attention saves row stats instead of the probabilities [B, Hq, T, T] per layer: those
+    // (and f32 attention's backward scratch) are freed, and the estimate leaves them out.
+    const double acts_bf16 = double(m.activation_bytes()),
+                 probs = 4.0 * cfg.model.n_layers * c.B * cfg.model.n_heads * c.T * c.T;
+    EXPECT_LE(acts_bf16, acts_f32 - probs) << text;
+    EXPECT_LE(b.activations, t.activations - probs) << text;
+    // The same bounds as above for weights + activations.
+    const double real_bf16 = real - acts_f32 + acts_bf16;
+    EXPECT_GE(b.weights + b.activations, real_bf16) << text;
+    EXPECT_LE(b.weights + b.activations, 1.5 * real_bf16) << text;
   }
 }
 

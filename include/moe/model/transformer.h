@@ -43,7 +43,9 @@ class Transformer {
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return params_; }
   Communicator& communicator() const { return comm_; }
-  std::size_t activation_bytes() const { return acts_.capacity(); }
+  // The activation arenas: every precision's, and f32 attention's saved probabilities (absent
+  // in bf16).
+  std::size_t activation_bytes() const { return acts_.capacity() + attn_f32_.capacity(); }
 
   // tokens, targets [B·T] (targets may be null: logits only). Returns the mean loss (nats) or 0.
   // grad_scale > 0 prepares backward: dL/dlogits is scaled by grad_scale/(B·T) (1/grad_accum
@@ -66,8 +68,10 @@ class Transformer {
 
   // Chooses the operands of the matrix products for every later forward/backward (and decode).
   // kBf16 allocates a second arena: bf16 shadows of wq/wk/wv/wo, the saved bf16 copies of the
-  // attention input and of the attention output, one scratch for a rounded output gradient; it
-  // is passed to every FeedForward, and the shadows are filled at once (refresh_low_precision).
+  // attention input and of the attention output, attention's softmax stats, one scratch for a
+  // rounded output gradient; it is passed to every FeedForward, and the shadows are filled at
+  // once (refresh_low_precision). It frees f32 attention's probabilities [B, Hq, T, T] per layer
+  // and their backward scratch, which bf16 attention does not use (kFp32 allocates them again).
   // Call once, after construction and loading; kFp32 (the default) changes nothing.
   void set_precision(Precision p);
   Precision precision() const { return precision_; }
@@ -83,12 +87,18 @@ class Transformer {
   struct Layer {
     Param *attn_norm, *wq, *wk, *wv, *wo, *q_norm = nullptr, *k_norm = nullptr, *ffn_norm;
     Param *bq = nullptr, *bk = nullptr, *bv = nullptr;  // qkv_bias
-    // activations (fp32 attention saves its probabilities, bf16 attention their stats: the
-    // backward recomputes them; kernels/attention_bf16.h)
-    float *res_in, *res_mid, *ln1, *rstd1, *q_raw, *q, *rstd_q, *k_raw, *k, *rstd_k, *v, *probs,
-        *att_stats, *att, *ln2, *rstd2;
+    // activations (fp32 attention saves its probabilities, in attn_f32_; bf16 attention their
+    // stats, in low_: the backward recomputes them; kernels/attention_bf16.h)
+    float *res_in, *res_mid, *ln1, *rstd1, *q_raw, *q, *rstd_q, *k_raw, *k, *rstd_k, *v, *att, *ln2,
+        *rstd2;
+    float* probs = nullptr;
+    float* att_stats = nullptr;
   };
   void bind(Arena& a);
+  // f32 attention's probabilities [B, Hq, T, T] per layer and its backward scratch, in their own
+  // arena (attn_f32_) so that bf16 does not hold O(T²) memory per layer it never touches.
+  void bind_attention_f32(Arena& a);
+  void allocate_attention_f32();
   // q [N, Hq·hd], k and v [N, Hkv·hd] (written) from s.ln1 with layer w's weights: projections,
   // biases, q/k norm (saving s.q_raw, s.k_raw, s.rstd_q, s.rstd_k). RoPE is the caller's.
   // In bf16 s.ln1 is first rounded into ln1_b (the shared input of the three products) and the
@@ -116,6 +126,7 @@ class Transformer {
   mutable std::vector<float> decode_scores_;
   void ensure_positions(int positions) const;
   Arena acts_;
+  Arena attn_f32_;  // bind_attention_f32's; empty in bf16
   // top-level activations and backward scratch
   float *res_final_, *lnf_, *rstdf_, *logits_, *losses_, *ffn_out_;
   float *dres_, *dln_, *datt_, *dq_, *dk_, *dv_, *dq_raw_, *dk_raw_, *att_scratch_;
