@@ -3,10 +3,14 @@
 // gemm_bf16_avx512.cpp.
 #include "moe/kernels/gemm_bf16.h"
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdio>
 #include <memory>
+#include <vector>
 
 #include "gemm_bf16_internal.h"
 #include "moe/core/error.h"
@@ -14,6 +18,7 @@
 #include "moe/core/threading.h"
 #include "moe/kernels/cpu_features.h"
 #include "moe/kernels/gemm.h"
+#include "moe/kernels/grouped_gemm_bf16.h"
 
 namespace moe {
 
@@ -94,12 +99,84 @@ ScopedBf16GemmPath::ScopedBf16GemmPath(Bf16GemmPath path) {
 
 ScopedBf16GemmPath::~ScopedBf16GemmPath() { g_scoped_path.store(saved_); }
 
+bool bf16_path_self_check(Bf16GemmPath path) {
+  MOE_CHECK(path != Bf16GemmPath::kAuto && bf16_gemm_path_available(path),
+            "bf16_path_self_check: path {} is not available ({})", bf16_gemm_path_name(path),
+            cpu_features_string());
+  // M, N past a 32 × 32 block and a 12-row panel, K odd and past a 16-pair chunk; values in
+  // [−3, 3]: |partial sums| ≤ 9·K, integers, exact in f32 in any order.
+  const int M = 45, N = 50, K = 71, Ke = 70;  // Ke: the even K of A's rows read in place
+  auto value = [](int i, int salt) { return float((i * 7 + salt * 3 + (i / 5) % 4) % 7 - 3); };
+  std::vector<float> af(std::size_t(M) * K), bf(std::size_t(K) * N);
+  for (std::size_t i = 0; i < af.size(); ++i) af[i] = value(int(i), 1);
+  for (std::size_t i = 0; i < bf.size(); ++i) bf[i] = value(int(i), 2);
+  std::vector<uint16_t> a(af.size()), b(bf.size());
+  for (std::size_t i = 0; i < af.size(); ++i) a[i] = f32_to_bf16(af[i]);
+  for (std::size_t i = 0; i < bf.size(); ++i) b[i] = f32_to_bf16(bf[i]);
+  std::vector<float> want(std::size_t(M) * N), got(want.size());
+  auto same = [&] { return want == got; };  // integers: equal values are equal bits (or ±0)
+  // gemm_bf16: a and b read as [M, K]·[K, N] or, transposed, as [K, M] and [N, K] (the same
+  // values in another order: what matters is that both sides read them alike).
+  for (int t = 0; t < 4; ++t) {
+    const bool ta = t & 1, tb = t & 2;
+    const int lda = ta ? M : K, ldb = tb ? K : N;
+    for (std::size_t i = 0; i < got.size(); ++i) want[i] = got[i] = value(int(i), 3);
+    gemm_bf16_reference(ta, tb, M, N, K, 1.f, a.data(), lda, b.data(), ldb, 1.f, want.data(), N);
+    gemm_bf16(ta, tb, M, N, K, 1.f, a.data(), lda, b.data(), ldb, 1.f, got.data(), N, path);
+    if (!same()) return false;
+  }
+  // The expert panels: packed A and B, written then accumulated.
+  std::vector<uint16_t> ap(bf16_pack_a_elems(M, K)), bp(bf16_pack_b_elems(K, N));
+  bf16_pack_a(ap.data(), M, K, {af.data(), K});
+  bf16_pack_b(bp.data(), K, N, {bf.data(), N});
+  for (const bool acc : {false, true}) {
+    gemm_bf16_reference(false, false, M, N, K, 1.f, a.data(), K, b.data(), N, acc ? 1.f : 0.f,
+                        want.data(), N);
+    bf16_panel_gemm(M, N, K, ap.data(), bp.data(), got.data(), N, acc, path);
+    if (!same()) return false;
+  }
+  // A's rows in place (the products of rounded rows: bf16_down_forward with hidb), [M, Ke].
+  std::vector<uint16_t> be(bf16_pack_b_elems(Ke, N));
+  bf16_pack_b(be.data(), Ke, N, {bf.data(), N});
+  std::vector<uint16_t> scratch_a(bf16_expert_scratch_a(M, N, Ke, false)),
+      scratch_b(bf16_expert_scratch_b(M, N, Ke));
+  Bf16ExpertWeights w;
+  w.down_t = be.data();
+  gemm_bf16_reference(false, false, M, N, Ke, 1.f, a.data(), K, b.data(), N, 0.f, want.data(), N);
+  std::vector<uint16_t> rows(std::size_t(M) * Ke);
+  for (int i = 0; i < M; ++i)
+    std::copy_n(a.data() + std::size_t(i) * K, Ke, rows.data() + std::size_t(i) * Ke);
+  std::vector<float> rows_f(rows.size());
+  for (std::size_t i = 0; i < rows.size(); ++i) rows_f[i] = bf16_to_f32(rows[i]);
+  bf16_down_forward(got.data(), rows_f.data(), w, M, N, Ke, {scratch_a.data(), scratch_b.data()},
+                    path, rows.data());
+  return same();
+}
+
+namespace {
+
+// kAuto's AMX: usable (CPUID, XCR0, the kernel's grant) and its products checked, once.
+bool amx_checked() {
+  static const bool ok = [] {
+    if (!cpu_features().amx_usable) return false;
+    if (bf16_path_self_check(Bf16GemmPath::kAmx)) return true;
+    fmt::print(stderr,
+               "moe: warning: the AMX tile program's bf16 products differ from the reference on "
+               "this CPU ({}); bf16 products run on AVX512-BF16 instead. Please report it.\n",
+               cpu_features_string());
+    return false;
+  }();
+  return ok;
+}
+
+}  // namespace
+
 Bf16GemmPath gemm_bf16_path() {
   if (const Bf16GemmPath p = g_scoped_path.load(std::memory_order_relaxed);
       p != Bf16GemmPath::kAuto)
     return p;
   const CpuFeatures& f = cpu_features();
-  return f.amx_usable    ? Bf16GemmPath::kAmx
+  return amx_checked()   ? Bf16GemmPath::kAmx
          : f.avx512_bf16 ? Bf16GemmPath::kAvx512Bf16
                          : Bf16GemmPath::kWiden;
 }

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "../error_util.h"
 #include "moe/core/half.h"
 #include "moe/core/rng.h"
 #include "moe/kernels/cpu_features.h"
@@ -186,6 +187,18 @@ TEST(GemmBf16, ReportsItsPath) {
       << cpu_features_string();
   // The amx model runs wherever AVX-512 does: the tile program is tested on every CI machine.
   EXPECT_EQ(bf16_gemm_path_available(Bf16GemmPath::kAmxModel), f.avx512);
+}
+
+// The check kAuto runs on the amx path before first using it (no machine we have has AMX, so on
+// real tiles it is the only test the hardware instructions get): it passes on every path this
+// CPU runs, the amx tile program's model included. A broken product fails it: checked when
+// written on the model with its tile products scaled by 1.01, the 12-row panels' lanes swapped
+// pairwise when staged into tiles, and A's rows read in place staged one row off (each: false).
+TEST(GemmBf16, SelfCheckPassesOnEveryPath) {
+  for (Bf16GemmPath path : available_paths())
+    if (path != Bf16GemmPath::kAuto)
+      EXPECT_TRUE(bf16_path_self_check(path)) << bf16_gemm_path_name(path);
+  moe::testing::expect_error([] { bf16_path_self_check(Bf16GemmPath::kAuto); }, "not available");
 }
 
 TEST(GemmBf16, EveryPathMatchesTheReference) {

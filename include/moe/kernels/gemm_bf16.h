@@ -19,7 +19,10 @@
 //                (they are below 1.2e-38: no weight or activation of a trained model is one).
 //   amx        : Sapphire Rapids and later (AMX-BF16, granted by the OS): tdpbf16ps on tiles of
 //                16 rows × 16 pairs, 32 × 32 blocks of C; bf16 subnormals read as zero, subnormal
-//                sums flushed to zero. kAuto takes it where cpu_features().amx_usable.
+//                sums flushed to zero. kAuto takes it where cpu_features().amx_usable and the
+//                path passes bf16_path_self_check (once per process, on first use): the AMX
+//                instructions have only run on the model below on the machines we have, so a
+//                CPU where they compute otherwise falls back to avx512bf16, with a warning.
 //   amx-model  : the amx path's tile program executed on a software model of the tiles (the
 //                instruction's definition), so the program is tested on CPUs without AMX. Slow.
 //   widen      : any x86-64: op(A) and op(B) widened to f32 (exactly) and OpenBLAS sgemm.
@@ -51,6 +54,13 @@ enum class Bf16GemmPath : uint8_t {
 const char* bf16_gemm_path_name(Bf16GemmPath p);
 bool bf16_gemm_path_available(Bf16GemmPath p);
 Bf16GemmPath gemm_bf16_path();  // what kAuto runs on this CPU (or the scoped choice below)
+
+// Whether `path` (available here) computes bf16 products bit for bit as gemm_bf16_reference
+// does on operands of small integers (exact in bf16, every partial sum exact in f32, so any
+// correct summation order gives the same bits): gemm_bf16 in all four transpose cases and the
+// expert panels' products (packed A, and A's rows read in place), with partial tiles, an odd K
+// and accumulation. False names a broken path; kAuto runs it on amx before first using it.
+bool bf16_path_self_check(Bf16GemmPath path);
 
 // For tests and benchmarks: while one lives, kAuto resolves to `path` (which must be available)
 // in every caller of the bf16 kernels, so a whole training step can run on, e.g., the amx tile
