@@ -141,14 +141,16 @@ class ExpertBank {
   // bf16_a_ + bf16_b_ + bf16_c_ values and an f32 u [rows, H] (fused down backward).
   int bound_experts_ = 0, bound_rows_ = 0, bound_tokens_ = 0;
   bool bf16_ = false, bf16_packed_ = false;
-  std::vector<uint16_t> bf16_weights_;
+  // The packed weights (24 MiB at E = 64, C = 512, H = 128) and the rounded token matrices
+  // (gathered by row) on huge pages, as the f32 masters and activations are (core/arena.h).
+  std::vector<uint16_t, HugePageAllocator<uint16_t>> bf16_weights_;
   std::vector<Bf16ExpertWeights> bf16_w_;
   AlignedVector<uint16_t> bf16_scratch_;  // 64-byte aligned: packed panels (core/arena.h)
   AlignedVector<float> bf16_u_;
   // Fused: round(x) then round(dy) of the token matrix [2, bound_tokens_, C], each made once per
   // forward / backward and gathered by every expert (k roundings of each token row were ~14% of
   // an E = 64, k = 8 bf16 step).
-  AlignedVector<uint16_t> bf16_tokens_;
+  std::vector<uint16_t, HugePageAllocator<uint16_t>> bf16_tokens_;
   std::size_t bf16_a_ = 0, bf16_b_ = 0, bf16_c_ = 0, bf16_u_stride_ = 0;
   int bf16_threads_ = 0;
 };
