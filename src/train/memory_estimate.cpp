@@ -184,8 +184,8 @@ MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max
   if (use == MemoryUse::kGenerate) e.kv_cache = 4 * L * kv_context * 2 * Dkv;
   if (precision == Precision::kBf16) {
     // Transformer::bind_low_precision: per block the shadows of wq, wk, wv, wo, the saved
-    // bf16 attention input and output and attention's rounded q, k, v (heads padded to an even
-    // width); one rounded-gradient scratch.
+    // bf16 attention input and output, attention's rounded q, k, v (heads padded to an even
+    // width) and its f32 softmax stats [B, Hq, T, 2]; one rounded-gradient scratch.
     const double hdp = attention_bf16_head_width(c.head_dim);
     double low =
         L * (2 * (2 * Dq * C + 2 * Dkv * C + N * C + N * Dq + N * (Hq + 2 * c.n_kv_heads) * hdp) +
