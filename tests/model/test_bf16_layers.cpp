@@ -225,6 +225,20 @@ namespace {
 
 using Grads = std::vector<std::pair<std::string, std::vector<float>>>;  // (name, gradient)
 
+// The small model of the gradient tests below: two blocks of grouped-query attention (Dq ≠ Dkv:
+// the stacked [dq | dk | dv] has unequal parts) and a dense SwiGLU FFN, 16 positions.
+ModelConfig small_model() {
+  ModelConfig cfg;
+  cfg.vocab_size = 64;
+  cfg.d_model = 48;
+  cfg.n_layers = 2;
+  cfg.n_heads = 4;
+  cfg.n_kv_heads = 2;
+  cfg.max_seq_len = 16;
+  cfg.ffn.d_ff = 64;
+  return cfg;
+}
+
 // Every parameter's gradient after one forward + backward, in precision p, of a model
 // initialised with seed 5 on fixed tokens [B, T]. via_bf16: set to bf16 first, then to p.
 Grads one_backward(const ModelConfig& cfg, int B, int T, Precision p, bool via_bf16 = false) {
@@ -270,14 +284,7 @@ SquaredNorms squared_norms(const std::vector<float>& ref, const std::vector<floa
 // Frobenius difference (≈ 0.08). A gradient landing in the wrong rows or tensor (wk's in wv's
 // place, a shifted offset) differs by O(1), and the fp32 rerun must match itself exactly.
 TEST(Bf16Layers, AttentionWeightGradientsTrackFp32) {
-  ModelConfig cfg;
-  cfg.vocab_size = 64;
-  cfg.d_model = 48;
-  cfg.n_layers = 2;
-  cfg.n_heads = 4;
-  cfg.n_kv_heads = 2;  // Dq ≠ Dkv: the stacked [dq | dk | dv] has unequal parts
-  cfg.max_seq_len = 16;
-  cfg.ffn.d_ff = 64;
+  const ModelConfig cfg = small_model();
   const int B = 2, T = 16;
   const Grads f32 = one_backward(cfg, B, T, Precision::kFp32),
               again = one_backward(cfg, B, T, Precision::kFp32),
@@ -300,13 +307,7 @@ TEST(Bf16Layers, AttentionWeightGradientsTrackFp32) {
 // allocates them again and its backward is the fresh fp32 model's, bit for bit (a probability
 // buffer left null, shared with another layer or not rebound would crash or differ).
 TEST(Bf16Layers, BackToFp32AfterBf16IsTheFp32Model) {
-  ModelConfig cfg;
-  cfg.vocab_size = 64;
-  cfg.d_model = 32;
-  cfg.n_layers = 2;
-  cfg.n_heads = 2;
-  cfg.max_seq_len = 16;
-  cfg.ffn.d_ff = 48;
+  const ModelConfig cfg = small_model();
   const int B = 2, T = 16;
   const Grads fresh = one_backward(cfg, B, T, Precision::kFp32),
               back = one_backward(cfg, B, T, Precision::kFp32, true);
@@ -330,15 +331,8 @@ TEST(Bf16Layers, BackToFp32AfterBf16IsTheFp32Model) {
 TEST(Bf16Layers, AmxTileProgramGivesTheSameGradients) {
   const Bf16GemmPath amx = cpu_features().amx_usable ? Bf16GemmPath::kAmx : Bf16GemmPath::kAmxModel;
   ASSERT_TRUE(bf16_gemm_path_available(amx)) << "needs AVX-512 (" << cpu_features_string() << ")";
-  ModelConfig cfg;
-  cfg.vocab_size = 64;
-  cfg.d_model = 48;
-  cfg.n_layers = 2;
-  cfg.n_heads = 4;
-  cfg.n_kv_heads = 2;
-  cfg.max_seq_len = 16;
+  ModelConfig cfg = small_model();
   cfg.ffn.kind = FfnConfig::Kind::kMoe;
-  cfg.ffn.d_ff = 64;
   cfg.ffn.moe.num_experts = 4;
   cfg.ffn.moe.top_k = 2;
   cfg.ffn_overrides = {{0, FfnConfig{}}};  // layer 0 dense (d_ff 4·C by default), layer 1 MoE
