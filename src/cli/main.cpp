@@ -16,6 +16,8 @@
 #include "commands.h"
 #include "moe/core/error.h"
 #include "moe/dist/communicator.h"
+#include "moe/kernels/cpu_features.h"
+#include "moe/kernels/gemm_bf16.h"
 #include "world.h"
 
 extern "C" char* openblas_get_corename(void);
@@ -82,6 +84,13 @@ int main(int argc, char** argv) {
   moe::cli::register_inspect(app);
   try {
     moe::cli::set_world(moe::make_communicator(&argc, &argv, moe::cli::launched_by_mpirun()));
+    // The AMX tile program is checked before bf16 products use it (kernels/gemm_bf16.h); only a
+    // CPU with AMX runs the check (~1 ms), and only a failed one is reported.
+    if (moe::amx_refused())
+      fmt::print(stderr,
+                 "moe: warning: the AMX tile program's bf16 products differ from the reference on "
+                 "this CPU ({}); bf16 products run on AVX512-BF16 instead. Please report it.\n",
+                 moe::cpu_features_string());
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     // --help and --help-all arrive as "errors" with exit code 0: CLI11 prints them. A real

@@ -3,12 +3,9 @@
 // gemm_bf16_avx512.cpp.
 #include "moe/kernels/gemm_bf16.h"
 
-#include <fmt/core.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
-#include <cstdio>
 #include <memory>
 #include <vector>
 
@@ -157,19 +154,13 @@ namespace {
 
 // kAuto's AMX: usable (CPUID, XCR0, the kernel's grant) and its products checked, once.
 bool amx_checked() {
-  static const bool ok = [] {
-    if (!cpu_features().amx_usable) return false;
-    if (bf16_path_self_check(Bf16GemmPath::kAmx)) return true;
-    fmt::print(stderr,
-               "moe: warning: the AMX tile program's bf16 products differ from the reference on "
-               "this CPU ({}); bf16 products run on AVX512-BF16 instead. Please report it.\n",
-               cpu_features_string());
-    return false;
-  }();
+  static const bool ok = cpu_features().amx_usable && bf16_path_self_check(Bf16GemmPath::kAmx);
   return ok;
 }
 
 }  // namespace
+
+bool amx_refused() { return cpu_features().amx_usable && !amx_checked(); }
 
 Bf16GemmPath gemm_bf16_path() {
   if (const Bf16GemmPath p = g_scoped_path.load(std::memory_order_relaxed);

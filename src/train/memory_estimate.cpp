@@ -182,7 +182,7 @@ MemoryEstimate estimate_memory(const ModelConfig& config, int max_batch, int max
                   (bf16 ? 0 : arena(4 * (L * B * Hq * T * T + threads * T * T) + (L + 1) * kAlign));
   if (use == MemoryUse::kTrain) e.training = 3 * e.weights;  // gradients, AdamW m and v
   if (use == MemoryUse::kGenerate) e.kv_cache = 4 * L * kv_context * 2 * Dkv;
-  if (precision == Precision::kBf16) {
+  if (bf16) {
     // Transformer::bind_low_precision: per block the shadows of wq, wk, wv, wo, the saved
     // bf16 attention input and output, attention's rounded q, k, v (heads padded to an even
     // width) and its f32 softmax stats [B, Hq, T, 2]; one rounded-gradient scratch.

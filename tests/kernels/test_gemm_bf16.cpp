@@ -183,6 +183,8 @@ TEST(GemmBf16, ReportsItsPath) {
   EXPECT_NE(p, Bf16GemmPath::kAuto);
   EXPECT_NE(p, Bf16GemmPath::kAmxModel);
   EXPECT_EQ(p == Bf16GemmPath::kAmx, f.amx_usable) << cpu_features_string();
+  EXPECT_FALSE(amx_refused()) << "the AMX products failed bf16_path_self_check on "
+                              << cpu_features_string();
   EXPECT_EQ(p == Bf16GemmPath::kAvx512Bf16, f.avx512_bf16 && !f.amx_usable)
       << cpu_features_string();
   // The amx model runs wherever AVX-512 does: the tile program is tested on every CI machine.

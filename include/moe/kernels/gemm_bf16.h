@@ -22,7 +22,8 @@
 //                sums flushed to zero. kAuto takes it where cpu_features().amx_usable and the
 //                path passes bf16_path_self_check (once per process, on first use): the AMX
 //                instructions have only run on the model below on the machines we have, so a
-//                CPU where they compute otherwise falls back to avx512bf16, with a warning.
+//                CPU where they compute otherwise falls back to avx512bf16 (amx_refused(); the
+//                CLI warns).
 //   amx-model  : the amx path's tile program executed on a software model of the tiles (the
 //                instruction's definition), so the program is tested on CPUs without AMX. Slow.
 //   widen      : any x86-64: op(A) and op(B) widened to f32 (exactly) and OpenBLAS sgemm.
@@ -61,6 +62,9 @@ Bf16GemmPath gemm_bf16_path();  // what kAuto runs on this CPU (or the scoped ch
 // expert panels' products (packed A, and A's rows read in place), with partial tiles, an odd K
 // and accumulation. False names a broken path; kAuto runs it on amx before first using it.
 bool bf16_path_self_check(Bf16GemmPath path);
+// AMX is usable here but failed that check, so kAuto runs avx512bf16 instead (runs the check on
+// first call where AMX is usable; false at once elsewhere).
+bool amx_refused();
 
 // For tests and benchmarks: while one lives, kAuto resolves to `path` (which must be available)
 // in every caller of the bf16 kernels, so a whole training step can run on, e.g., the amx tile
