@@ -26,18 +26,11 @@ constexpr double kParallelWork = double(1 << 22);
 
 int pairs(int K) { return (K + 1) / 2; }
 
-// Per thread, grown on demand and kept (row buffers of the packers, the widen path's copies).
-template <typename T>
-T* scratch(AlignedVector<T>& v, std::size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
-
 // dst[0..n) = round(scale·src[0..n)) (scale applied in f32 first when has_scale).
 void round_row(uint16_t* dst, const float* src, int n, const float* scale) {
   if (scale) {
-    thread_local AlignedVector<float> t;
-    float* s = scratch(t, std::size_t(n));
+    thread_local bf16k::Scratch<float> t;
+    float* s = t.get(std::size_t(n));
     const float f = *scale;
     for (int i = 0; i < n; ++i) s[i] = f * src[i];
     src = s;
@@ -77,8 +70,8 @@ void pack_k_along_rows(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
     const int p0 = ch * kPackPairs, p1 = std::min(P, p0 + kPackPairs);
     if (vec) {
       const uint16_t* rows[2 * kPackPairs];
-      thread_local AlignedVector<uint16_t> buf;
-      uint16_t* t = L.bits ? nullptr : scratch(buf, std::size_t(2 * kPackPairs) * R);
+      thread_local bf16k::Scratch<uint16_t> buf;
+      uint16_t* t = L.bits ? nullptr : buf.get(std::size_t(2 * kPackPairs) * R);
       for (int r = 0; r < 2 * (p1 - p0); ++r) {
         const int k = 2 * p0 + r;
         if (k >= K) {
@@ -122,9 +115,9 @@ void pack_k_along_cols(uint16_t* dst, int W, int R, int K, const Bf16Src& L) {
   const bool vec = cpu_features().avx512;
   const bool par = !in_parallel() && max_threads() > 1 && double(R) * K >= kParallelWork / 8;
   parallel_for_if(nblk, par, [&](int blk) {
-    thread_local AlignedVector<uint16_t> buf;
+    thread_local bf16k::Scratch<uint16_t> buf;
     const std::size_t ld = 2 * std::size_t(P);
-    uint16_t* t = scratch(buf, std::size_t(W) * ld);
+    uint16_t* t = buf.get(std::size_t(W) * ld);
     const int r0 = blk * W, w = std::min(W, R - r0);
     uint16_t* d = dst + std::size_t(blk) * P * 2 * W;
     for (int j = 0; j < w; ++j) {
@@ -233,10 +226,10 @@ void panel_product(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, 
 // The widen path: both panels unpacked to f32 (exact), then OpenBLAS sgemm.
 void gemm_widen(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, float* C, int ldc,
                 bool accumulate) {
-  thread_local AlignedVector<float> a_buf, b_buf;
+  thread_local bf16k::Scratch<float> a_buf, b_buf;
   const int P = pairs(K);
-  float* a = scratch(a_buf, std::size_t(M) * K);
-  float* b = scratch(b_buf, std::size_t(K) * N);
+  float* a = a_buf.get(std::size_t(M) * K);
+  float* b = b_buf.get(std::size_t(K) * N);
   for (int i = 0; i < M; ++i)
     for (int k = 0; k < K; ++k)
       a[std::size_t(i) * K + k] =
@@ -331,8 +324,8 @@ template <typename RowFn>
 void pack_both_layouts(uint16_t* tr, uint16_t* nt, int R, int W, const RowFn& row) {
   const std::size_t panel_tr = std::size_t(pairs(W)) * 2 * kNR;
   const std::size_t panel_nt = std::size_t(pairs(R)) * 2 * kNR;
-  thread_local AlignedVector<uint16_t> buf;
-  uint16_t* t = scratch(buf, std::size_t(kNR) * W);
+  thread_local bf16k::Scratch<uint16_t> buf;
+  uint16_t* t = buf.get(std::size_t(kNR) * W);
   for (int r0 = 0; r0 < R; r0 += kNR) {
     const int w = std::min(kNR, R - r0);
     const uint16_t* rows[kNR];
@@ -376,8 +369,8 @@ Bf16ExpertWeights bf16_pack_expert_weights(uint16_t* dst, const float* wg, const
     return w;
   }
   // Without AVX-512: [W_gate; W_up] in one f32 copy, each layout packed on its own.
-  thread_local AlignedVector<float> stack;
-  float* first = scratch(stack, std::size_t(W1) * C);
+  thread_local bf16k::Scratch<float> stack;
+  float* first = stack.get(std::size_t(W1) * C);
   for (int r = 0; r < W1; ++r) std::copy_n(first_row(r), C, first + std::size_t(r) * C);
   bf16_pack_b(first_t, C, W1, {first, C, true});
   bf16_pack_b(down_t, H, C, {wd, H, true});
