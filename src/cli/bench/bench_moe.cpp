@@ -96,9 +96,15 @@ MoeResult measure_moe_layer(const MoeArgs& m) {
     layer.refresh_low_precision(p);
     layer.forward(y, x, p, step);
     // loss = mean(y²) + aux: dL/dy = 2y / (N·C).
+    // Both passes over [N, C] on every thread, as PyTorch runs its loss and zeroing: on one
+    // they were ~1.1 ms of the step (0.6 on two), the same in both precisions.
     const float sc = 2.f / (float(N) * C);
-    for (std::size_t j = 0; j < xsz; ++j) dy[j] = sc * y[j];
-    std::fill(dx, dx + xsz, 0.f);
+    const std::ptrdiff_t n = std::ptrdiff_t(xsz);
+#pragma omp parallel for schedule(static)
+    for (std::ptrdiff_t j = 0; j < n; ++j) {
+      dy[j] = sc * y[j];
+      dx[j] = 0.f;
+    }
     layer.backward(dx, g, dy, x, p);
     if (it > 0) times.push_back(seconds_since(t0));  // the first run warms caches and pages
   }
