@@ -189,6 +189,20 @@ void panel_product(int M, int N, int K, const uint16_t* Ap, const uint16_t* Bp, 
     for (int ib = ib0; ib < ib1; ++ib) {
       const int mr = std::min(kMR, M - ib * kMR);
       float* c = C + std::size_t(ib) * kMR * ldc + jb * kNR;
+      // The C tile two calls ahead, for writing: the microkernel's own prefetch of its tile
+      // (issued as its K loop starts) had too little time at K = 128 and on the fresh outputs
+      // (gu, ye, u, dX rows), where the products ran ~10% below their rate on hot caches.
+      // E = 64 bf16 step, one binary with the distance switched at run time, 8–10 alternating
+      // rounds (2026-12-07): none 78.6 / 84.3 ms, one ahead 75.1 / 82.6, two ahead 74.3 / 82.1;
+      // E = 8: 129.6, 127.1, 122.0 (6 rounds, a drifting spell).
+      if (ib + 2 < ib1) {
+        const int mn = std::min(kMR, M - (ib + 2) * kMR);
+        for (int i = 0; i < mn; ++i) {
+          const float* cn = c + std::size_t(2 * kMR + i) * ldc;
+          __builtin_prefetch(cn, 1, 3);
+          __builtin_prefetch(cn + 16, 1, 3);
+        }
+      }
       if (Ar.bits) {
         const uint16_t* row[kMR];
         for (int i = 0; i < kMR; ++i) {
