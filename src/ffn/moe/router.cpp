@@ -11,7 +11,6 @@
 #include "moe/kernels/gemm.h"
 #include "moe/kernels/softmax.h"
 #include "moe/kernels/topk.h"
-#include "moe/kernels/vexp.h"
 
 namespace moe {
 
