@@ -1,5 +1,5 @@
 // train.precision = bf16, layer by layer: the bf16 forward of the dense FFN and of attention's
-// k/v/o projections against double references computed on the bf16-rounded operands
+// q/k/v/o projections against double references computed on the bf16-rounded operands
 // (core/half.h's f32_to_bf16, which round_to_bf16 matches bit for bit); the bf16 backward's
 // attention weight gradients against fp32's (bound at the test).
 //
@@ -29,6 +29,7 @@
 #include "moe/kernels/gemm_bf16.h"
 #include "moe/model/transformer.h"
 #include "moe/nn/rmsnorm.h"
+#include "moe/nn/rope.h"
 
 using namespace moe;
 
@@ -37,6 +38,11 @@ namespace {
 constexpr double kU = 1.0 / (1 << 24);
 double gamma(int K) { return (K + 3) * kU / (1 - (K + 3) * kU); }
 double rb(double x) { return bf16_to_f32(f32_to_bf16(float(x))); }  // round to bf16, as double
+// The bf16 value after v (a bf16 value) towards +∞.
+float next_bf16(float v) {
+  const uint16_t b = f32_to_bf16(v);
+  return v == 0 ? bf16_to_f32(1) : bf16_to_f32(uint16_t(v > 0 ? b + 1 : b - 1));
+}
 // Width of the bf16 roundings of [x − e, x + e] around the rounding of x.
 double flip(double x, double e) { return std::max(rb(x) - rb(x - e), rb(x + e) - rb(x)); }
 
@@ -128,17 +134,12 @@ TEST(Bf16Layers, DenseSwiGluForwardMatchesDoubleOnRoundedOperands) {
 
 TEST(Bf16Layers, DenseGeluForwardMatchesDoubleOnRoundedOperands) { check_dense(Activation::kGELU); }
 
-// Attention's k, v and o projections through decode_step at position 0, where attention is exact:
-// one key, softmax weight exactly 1, RoPE a rotation by 0, so the head output is v itself. One
-// block whose FFN has w_down = 0 (its bf16 output is exactly 0). Then
-//   ln1 = RMSNorm(embed[t])          the same f32 function as the model: known bit for bit
-//   k, v (the cache) = bf16(ln1)·W_{k,v}ᵀ   within γ_{C+3}·S of the double reference
-//   x = embed[t] + bf16(v)·Woᵀ        (v read back from the cache: exact operands)
-//   logits = RMSNorm(x)·Eᵀ            f32; the bound carries x's error through RMSNorm's
-//                                     first-order derivative, its f32 evaluation (rstd from a
-//                                     double sum, rounded once, then two products: 4u), and the
-//                                     f32 head product (γ_{C}).
-TEST(Bf16Layers, AttentionProjectionsMatchDoubleOnRoundedOperands) {
+namespace {
+
+// The model of the decode tests below: one block of grouped-query attention (4 query heads,
+// 2 kv heads of width 12) whose FFN has w_down = 0 (its bf16 output is exactly 0), weights ×10
+// (the size a trained model's have), norm gains 1 + 0.1·sin(i); set to bf16.
+ModelConfig decode_model() {
   ModelConfig cfg;
   cfg.vocab_size = 50;
   cfg.d_model = 48;
@@ -147,7 +148,9 @@ TEST(Bf16Layers, AttentionProjectionsMatchDoubleOnRoundedOperands) {
   cfg.n_kv_heads = 2;
   cfg.max_seq_len = 4;
   cfg.ffn.d_ff = 64;
-  Transformer model(cfg, 1, 4);
+  return cfg;
+}
+void prepare_decode_model(Transformer& model) {
   model.params().initialize(11);
   for (Param& p : model.params().all())
     for (std::size_t i = 0; i < p.numel; ++i)
@@ -155,6 +158,58 @@ TEST(Bf16Layers, AttentionProjectionsMatchDoubleOnRoundedOperands) {
                : p.name.find("norm") != std::string::npos ? 1.f + 0.1f * std::sin(float(i))
                                                           : p.w[i] * 10.f;
   model.set_precision(Precision::kBf16);
+}
+
+// Whether the model's logits [V] are those of residual x [C] (double reference, each element
+// within ex[c] of the model's) through the final RMSNorm and the f32 head: the bound carries x's
+// error through RMSNorm's first-order derivative, its f32 evaluation (rstd from a double sum,
+// rounded once, then two products: 4u), and the f32 head product (γ_C); the factor 2 covers
+// second-order terms. On failure *why names the first logit outside.
+bool logits_within(const float* logits, const std::vector<double>& x, const std::vector<double>& ex,
+                   const ModelConfig& cfg, const float* gf, const float* E, std::string* why) {
+  const int C = cfg.d_model, V = cfg.vocab_size;
+  double ms = 0, sxe = 0;
+  for (int c = 0; c < C; ++c) {
+    ms += x[c] * x[c] / C;
+    sxe += std::fabs(x[c]) * ex[c];
+  }
+  const double r = 1 / std::sqrt(ms + cfg.norm_eps);
+  std::vector<double> lnf(C), elnf(C);
+  for (int c = 0; c < C; ++c) {
+    lnf[c] = x[c] * r * gf[c];
+    elnf[c] = std::fabs(gf[c]) * r * (ex[c] + std::fabs(x[c]) * r * r * sxe / C) +
+              4 * kU * std::fabs(lnf[c]);
+  }
+  for (int t = 0; t < V; ++t) {
+    double z = 0, s = 0, ez = 0;
+    for (int c = 0; c < C; ++c) {
+      const double w = E[std::size_t(t) * C + c];
+      z += lnf[c] * w;
+      s += std::fabs(lnf[c] * w);
+      ez += elnf[c] * std::fabs(w);
+    }
+    const double err = std::fabs(logits[t] - z), bound = 2 * (ez + gamma(C) * (s + ez));
+    if (err > bound) {
+      *why = "logit " + std::to_string(t) + ": |model − reference| = " + std::to_string(err) +
+             " > bound " + std::to_string(bound) + " (|z| = " + std::to_string(std::fabs(z)) + ")";
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+// Attention's k, v and o projections through decode_step at position 0, where attention is exact:
+// one key, softmax weight exactly 1, RoPE a rotation by 0, so the head output is v itself. Then
+//   ln1 = RMSNorm(embed[t])          the same f32 function as the model: known bit for bit
+//   k, v (the cache) = bf16(ln1)·W_{k,v}ᵀ   within γ_{C+3}·S of the double reference
+//   x = embed[t] + bf16(v)·Woᵀ        (v read back from the cache: exact operands)
+//   logits = RMSNorm(x)·Eᵀ            logits_within
+TEST(Bf16Layers, AttentionProjectionsMatchDoubleOnRoundedOperands) {
+  const ModelConfig cfg = decode_model();
+  Transformer model(cfg, 1, 4);
+  prepare_decode_model(model);
   const int C = cfg.d_model, Dq = 4 * 12, Dkv = 2 * 12, V = cfg.vocab_size;
   const float* E = model.params().find("embed.weight")->w;
   const float* g1 = model.params().find("layers.0.attn_norm.weight")->w;
@@ -195,30 +250,141 @@ TEST(Bf16Layers, AttentionProjectionsMatchDoubleOnRoundedOperands) {
       x[c] = e[c] + acc;
       ex[c] = gamma(Dq) * (s + std::fabs(e[c]));  // beta = 1 accumulation into the residual
     }
-    double ms = 0, sxe = 0;
-    for (int c = 0; c < C; ++c) {
-      ms += x[c] * x[c] / C;
-      sxe += std::fabs(x[c]) * ex[c];
-    }
-    const double r = 1 / std::sqrt(ms + cfg.norm_eps);
-    std::vector<double> lnf(C), elnf(C);
-    for (int c = 0; c < C; ++c) {
-      lnf[c] = x[c] * r * gf[c];
-      elnf[c] = std::fabs(gf[c]) * r * (ex[c] + std::fabs(x[c]) * r * r * sxe / C) +
-                4 * kU * std::fabs(lnf[c]);
-    }
-    for (int t = 0; t < V; ++t) {
-      double z = 0, s = 0, ez = 0;
-      for (int c = 0; c < C; ++c) {
-        const double w = E[std::size_t(t) * C + c];
-        z += lnf[c] * w;
-        s += std::fabs(lnf[c] * w);
-        ez += elnf[c] * std::fabs(w);
-      }
-      ASSERT_LE(std::fabs(logits[t] - z), 2 * (ez + gamma(C) * (s + ez)))
-          << "token " << tok << " logit " << t << " (|z| = " << std::fabs(z) << ")";
-    }
+    std::string why;
+    EXPECT_TRUE(logits_within(logits.data(), x, ex, cfg, gf, E, &why))
+        << "token " << tok << ": " << why;
   }
+}
+
+// Attention's q projection, which position 0 cannot see, through decode_step at position 1: two
+// keys, so the softmax weights depend on q. After tokens t0, t1 at positions 0, 1:
+//   q = bf16(RMSNorm(embed[t1]))·W_qᵀ     within e_q = γ_{C+3}·S of the double reference
+//   q' = RoPE(q, position 1)               f32 table (cos, sin rounded once) and two products
+//                                          per element: pair (a, b) gets e_q(a) + e_q(b) +
+//                                          4u·(|q_a| + |q_b|)
+//   s_j = (q'·k_j)·(1/√12), j = 0, 1       k_j read back from the cache (exact operands):
+//                                          Σ e_q'·|k| / √12 + γ_{hd+1}·Σ|q'·k| / √12
+//   p = softmax(s)                         two entries: |dp_j| ≤ p₀p₁·(e_s₀ + e_s₁), plus the
+//                                          f32 evaluation (exp of a rounded difference, a sum, a
+//                                          division): 2·(|s₀ − s₁| + 6)·u
+//   o = p₀·v₀ + p₁·v₁                      v from the cache: Σ e_p·|v| + γ₂·Σ p·|v|
+//   x = embed[t1] + bf16(o)·Woᵀ            o is rounded by the model: to one of the bf16 values
+//                                          from rb(o − e_o) to rb(o + e_o) (rounding is monotone)
+//   logits                                 logits_within, for one assignment of those values
+// Guard: the softmax is not saturated (some head's smaller weight > 0.05), so a wrong q moves
+// the weights, and o by up to |v₀ − v₁|. Checked by mutation: q as an f32 product of the
+// unrounded ln1 and masters (2⁻⁹ relative) misses every assignment's bound by ~10× (logit 0:
+// 0.0042 against 0.0004).
+TEST(Bf16Layers, AttentionQueryProjectionMatchesDoubleOnRoundedOperands) {
+  const ModelConfig cfg = decode_model();
+  Transformer model(cfg, 1, 4);
+  prepare_decode_model(model);
+  const int C = cfg.d_model, hd = 12, Hq = 4, Dq = Hq * hd, Dkv = 2 * hd, V = cfg.vocab_size;
+  const float* E = model.params().find("embed.weight")->w;
+  const float* g1 = model.params().find("layers.0.attn_norm.weight")->w;
+  const float* gf = model.params().find("norm.weight")->w;
+  const float* wq = model.params().find("layers.0.attn.wq")->w;
+  const float* wo = model.params().find("layers.0.attn.wo")->w;
+  const RopeTable<double> rope(2, hd, cfg.rope_theta, cfg.rope_style == RopeStyle::kInterleaved);
+  const float scale = 1.f / std::sqrt(float(hd));  // the model's: an exact operand here
+  double least_mixed = 0;
+  for (auto [t0, t1] : {std::pair{3, 17}, std::pair{42, 5}, std::pair{17, 42}}) {
+    KVCache cache = model.make_cache(4);
+    model.decode_step(t0, 0, cache);
+    const float* lp = model.decode_step(t1, 1, cache);
+    const std::vector<float> logits(lp, lp + V);
+    const float* e = E + std::size_t(t1) * C;
+    std::vector<float> ln1(C);
+    float rstd;
+    rmsnorm_forward(ln1.data(), &rstd, e, g1, 1, C, cfg.norm_eps);
+    std::vector<double> q(Dq), eq(Dq), qr(Dq), eqr(Dq);
+    for (int i = 0; i < Dq; ++i) {
+      double acc = 0, s = 0;
+      for (int c = 0; c < C; ++c) {
+        const double a = rb(ln1[c]) * rb(wq[std::size_t(i) * C + c]);
+        acc += a;
+        s += std::fabs(a);
+      }
+      q[i] = acc;
+      eq[i] = gamma(C) * s;
+    }
+    rope_row(qr.data(), q.data(), rope.cos.data() + rope.half, rope.sin.data() + rope.half, Hq,
+             rope.half, rope.interleaved, false);
+    for (int h = 0; h < Hq; ++h)
+      for (int i = 0; i < hd / 2; ++i) {
+        const int a = h * hd + (rope.interleaved ? 2 * i : i);
+        const int b = h * hd + (rope.interleaved ? 2 * i + 1 : i + hd / 2);
+        eqr[a] = eqr[b] = eq[a] + eq[b] + 4 * kU * (std::fabs(q[a]) + std::fabs(q[b]));
+      }
+    std::vector<double> o(Dq), eo(Dq);
+    double mixed = 0;
+    for (int h = 0; h < Hq; ++h) {
+      const int kv = (h / 2) * hd;
+      const float* k0 = cache.k.data() + kv;
+      const float* k1 = cache.k.data() + Dkv + kv;
+      const float* v0 = cache.v.data() + kv;
+      const float* v1 = cache.v.data() + Dkv + kv;
+      double s[2] = {0, 0}, es[2] = {0, 0};
+      for (int j = 0; j < 2; ++j) {
+        const float* kj = j == 0 ? k0 : k1;
+        double sa = 0;
+        for (int d = 0; d < hd; ++d) {
+          s[j] += qr[h * hd + d] * kj[d];
+          sa += std::fabs(qr[h * hd + d] * kj[d]);
+          es[j] += eqr[h * hd + d] * std::fabs(kj[d]);
+        }
+        s[j] *= scale;
+        es[j] = (es[j] + gamma(hd + 1) * sa) * scale;
+      }
+      const double p0 = 1 / (1 + std::exp(s[1] - s[0])), p1 = 1 - p0;
+      const double ep = p0 * p1 * (es[0] + es[1]) + 2 * (std::fabs(s[0] - s[1]) + 6) * kU;
+      mixed = std::max(mixed, std::min(p0, p1));
+      for (int d = 0; d < hd; ++d) {
+        o[h * hd + d] = p0 * v0[d] + p1 * v1[d];
+        eo[h * hd + d] = ep * (std::fabs(v0[d]) + std::fabs(v1[d])) +
+                         gamma(2) * (p0 * std::fabs(v0[d]) + p1 * std::fabs(v1[d]));
+      }
+    }
+    least_mixed = least_mixed == 0 ? mixed : std::min(least_mixed, mixed);
+    // The model's bf16(o_i) is one of the bf16 values from rb(o_i − e_i) to rb(o_i + e_i) (one
+    // or two where |o_i| is large against e_i, a few more near 0). Rather than bound each
+    // ambiguous element by the whole width at once (which let an f32 q through: its o moves by
+    // a fraction of an ulp and flips a few of them), every assignment of the ambiguous ones is
+    // tried, and the logits must be one of them within the products' bound.
+    std::vector<std::vector<double>> cand(Dq);
+    std::size_t combos = 1;
+    for (int i = 0; i < Dq; ++i) {
+      for (float v = float(rb(o[i] - eo[i])); v <= float(rb(o[i] + eo[i])); v = next_bf16(v))
+        cand[i].push_back(v);
+      ASSERT_FALSE(cand[i].empty()) << "o " << i;
+      combos *= cand[i].size();
+      ASSERT_LE(combos, std::size_t(1) << 16) << "too many ambiguous roundings to try";
+    }
+    bool matched = false;
+    std::string why;
+    for (std::size_t m = 0; m < combos && !matched; ++m) {
+      std::vector<double> ob(Dq);
+      for (std::size_t i = 0, rest = m; i < std::size_t(Dq); ++i) {
+        ob[i] = cand[i][rest % cand[i].size()];
+        rest /= cand[i].size();
+      }
+      std::vector<double> x(C), ex(C);
+      for (int c = 0; c < C; ++c) {
+        double acc = 0, s = 0;
+        for (int i = 0; i < Dq; ++i) {
+          const double w = ob[i] * rb(wo[std::size_t(c) * Dq + i]);
+          acc += w;
+          s += std::fabs(w);
+        }
+        x[c] = e[c] + acc;
+        ex[c] = gamma(Dq) * (s + std::fabs(e[c]));
+      }
+      matched = logits_within(logits.data(), x, ex, cfg, gf, E, &why);
+    }
+    EXPECT_TRUE(matched) << "tokens " << t0 << ", " << t1 << " (" << combos
+                         << " assignments of o's roundings tried; the last: " << why << ")";
+  }
+  EXPECT_GT(least_mixed, 0.05) << "every head's softmax saturated: q would not be seen";
 }
 
 namespace {
