@@ -2,6 +2,7 @@
 // the group-limited router and of the sequence-wise balance loss against central differences in
 // double (and float against double), group-limited top-k against its definition, the bias
 // update's formulas, and the one-line errors of the new fields.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -192,7 +193,7 @@ TEST(MoeRouting, SequenceScopeWithOneSequenceIsTheMicroBatchLoss) {
     a.backward(da);
     b.backward(db);
     for (std::size_t i = 0; i < da.din.size(); ++i)
-      EXPECT_TRUE(all_close("d" + std::to_string(i), da.din[i], db.din[i], 1e-15, 1e-12));
+      EXPECT_TRUE(all_close(fmt::format("d{}", i), da.din[i], db.din[i], 1e-15, 1e-12));
   }
 }
 

@@ -197,9 +197,11 @@ TEST(GemmBf16, ReportsItsPath) {
 // written on the model with its tile products scaled by 1.01, the 12-row panels' lanes swapped
 // pairwise when staged into tiles, and A's rows read in place staged one row off (each: false).
 TEST(GemmBf16, SelfCheckPassesOnEveryPath) {
-  for (Bf16GemmPath path : available_paths())
-    if (path != Bf16GemmPath::kAuto)
+  for (Bf16GemmPath path : available_paths()) {
+    if (path != Bf16GemmPath::kAuto) {
       EXPECT_TRUE(bf16_path_self_check(path)) << bf16_gemm_path_name(path);
+    }
+  }
   moe::testing::expect_error([] { bf16_path_self_check(Bf16GemmPath::kAuto); }, "not available");
 }
 
