@@ -120,7 +120,8 @@ inline __m512bh bcast_pair(const uint16_t* p) {
 
 // Epilogue of a C block [mr, nr] at c (row stride ldc): alpha·acc (+ beta·c), f32 multiply
 // then add (no FMA: -ffp-contract=off); beta = 0 does not read c.
-inline void store_block(__m512 (&acc)[kMR][2], float* c, int ldc, int mr, int nr, float alpha,
+template <int R>
+inline void store_block(__m512 (&acc)[R][2], float* c, int ldc, int mr, int nr, float alpha,
                         float beta) {
   const __mmask16 m0 = nr >= 16 ? __mmask16(0xffff) : __mmask16((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32  ? __mmask16(0xffff)
@@ -154,13 +155,13 @@ inline void store_block(__m512 (&acc)[kMR][2], float* c, int ldc, int mr, int nr
 // Pᵀ and dSᵀ are interleaved pairs of query rows, astep their row length).
 enum class ASrc { kPanel, kRows, kStrided };
 
-// C block [mr ≤ kMR, nr ≤ kNR] at c (row stride ldc) = alpha·op(A)·op(B) + beta·C over all K,
-// from a B panel bp and A as kSrc says (rows i ≥ mr are read but never stored).
-template <ASrc kSrc>
-void micro(const uint16_t* ap, int astep, const uint16_t* const* row, const uint16_t* bp, int K,
-           float* c, int ldc, int mr, int nr, float alpha, float beta) {
-  __m512 acc[kMR][2];
-  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+// C block [mr ≤ R ≤ kMR, nr ≤ kNR] at c (row stride ldc) = alpha·op(A)·op(B) + beta·C over all
+// K, from a B panel bp and A as kSrc says (rows mr ≤ i < R are read but never stored).
+template <ASrc kSrc, int R>
+void micro_r(const uint16_t* ap, int astep, const uint16_t* const* row, const uint16_t* bp, int K,
+             float* c, int ldc, int mr, int nr, float alpha, float beta) {
+  __m512 acc[R][2];
+  for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   // C's rows asked for now, read (beta ≠ 0) or written only after the K loop: a weight
   // gradient's tiles (accumulated, from memory) and a fresh output's lines then arrive while the
   // block computes instead of stalling its epilogue. Alternating runs, 2026-12-07: the E = 64
@@ -175,7 +176,7 @@ void micro(const uint16_t* ap, int astep, const uint16_t* const* row, const uint
   for (int p = 0; p < P; ++p) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + std::size_t(p) * kNR * 2 + 32);
-    for (int i = 0; i < kMR; ++i) {
+    for (int i = 0; i < R; ++i) {
       const __m512bh av =
           bcast_pair(kSrc == ASrc::kRows    ? row[i] + 2 * p
                      : kSrc == ASrc::kPanel ? ap + (std::size_t(p) * kMR + i) * 2
@@ -184,7 +185,25 @@ void micro(const uint16_t* ap, int astep, const uint16_t* const* row, const uint
       acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
     }
   }
-  store_block(acc, c, ldc, mr, nr, alpha, beta);
+  store_block<R>(acc, c, ldc, mr, nr, alpha, beta);
+}
+
+// The block on as few rows as cover mr (a last panel of M): R rows cost R/12 of the full kernel's
+// multiply-adds (4 rows, 8 accumulators, run below the unit's rate: about half its time), and
+// each element's sum is the same steps in the same order, so the bits do not depend on R. The
+// experts' dW_gate, dW_up (M = H = 128: 10 panels and 8 rows) and every expert's rows mod 12 ran
+// the full 12: 1.5% of the E = 64 step's multiply-adds. One thread, hot panels (2026-12-07, 12
+// rows always vs this): M 128, N 512, K 512 393.5 → 400.5 and 394.7 → 403.1 GFLOP/s; M 520
+// (4 rows last), N 512, K 128 366.8 → 369.6, 367.7 → 370.6; M 132, 516 (no tail) unchanged.
+template <ASrc kSrc>
+void micro(const uint16_t* ap, int astep, const uint16_t* const* row, const uint16_t* bp, int K,
+           float* c, int ldc, int mr, int nr, float alpha, float beta) {
+  if (mr <= 4)
+    micro_r<kSrc, 4>(ap, astep, row, bp, K, c, ldc, mr, nr, alpha, beta);
+  else if (mr <= 8)
+    micro_r<kSrc, 8>(ap, astep, row, bp, K, c, ldc, mr, nr, alpha, beta);
+  else
+    micro_r<kSrc, kMR>(ap, astep, row, bp, K, c, ldc, mr, nr, alpha, beta);
 }
 
 }  // namespace
