@@ -287,7 +287,7 @@ TEST(Bf16Layers, AttentionQueryProjectionMatchesDoubleOnRoundedOperands) {
   const float* wo = model.params().find("layers.0.attn.wo")->w;
   const RopeTable<double> rope(2, hd, cfg.rope_theta, cfg.rope_style == RopeStyle::kInterleaved);
   const float scale = 1.f / std::sqrt(float(hd));  // the model's: an exact operand here
-  double least_mixed = 0;
+  double least_mixed = 1;  // the smallest, over the token pairs, of the most mixed head
   for (auto [t0, t1] : {std::pair{3, 17}, std::pair{42, 5}, std::pair{17, 42}}) {
     KVCache cache = model.make_cache(4);
     model.decode_step(t0, 0, cache);
@@ -345,7 +345,7 @@ TEST(Bf16Layers, AttentionQueryProjectionMatchesDoubleOnRoundedOperands) {
                          gamma(2) * (p0 * std::fabs(v0[d]) + p1 * std::fabs(v1[d]));
       }
     }
-    least_mixed = least_mixed == 0 ? mixed : std::min(least_mixed, mixed);
+    least_mixed = std::min(least_mixed, mixed);
     // The model's bf16(o_i) is one of the bf16 values from rb(o_i − e_i) to rb(o_i + e_i) (one
     // or two where |o_i| is large against e_i, a few more near 0). Rather than bound each
     // ambiguous element by the whole width at once (which let an f32 q through: its o moves by
